@@ -1,0 +1,98 @@
+//! Per-batch progress, shaped as Spark's `StreamingQueryProgress` so its readers feel at home.
+
+use serde::Serialize;
+
+use crate::offsets::Offsets;
+
+/// Milliseconds spent in each phase of a batch.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Durations {
+    /// Waiting for the source (the trigger's poll).
+    pub get_batch: u64,
+    /// Decoding raw messages into Arrow.
+    pub decode: u64,
+    /// Running the SQL transform.
+    pub query: u64,
+    /// Writing rows and dead letters (including retries).
+    pub sink: u64,
+    /// Committing the source and the checkpoint.
+    pub commit: u64,
+    /// All of the above.
+    pub total: u64,
+}
+
+/// The source's part of a batch's progress.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceProgress {
+    /// What the source reads.
+    pub description: String,
+    /// Where the batch started.
+    pub start_offset: Offsets,
+    /// Where it ended.
+    pub end_offset: Offsets,
+    /// Messages in the batch.
+    pub num_input_rows: u64,
+    /// The source's own counters.
+    pub metrics: std::collections::BTreeMap<String, u64>,
+}
+
+/// The sink's part of a batch's progress.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkProgress {
+    /// Where rows go.
+    pub description: String,
+    /// Rows written.
+    pub num_output_rows: u64,
+}
+
+/// One batch's progress.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchProgress {
+    /// The batch id (increases by one per batch, across restarts).
+    pub batch_id: u64,
+    /// When the batch started (RFC 3339).
+    pub timestamp: String,
+    /// Messages read from the source.
+    pub num_input_rows: u64,
+    /// Messages per second arriving since the previous batch started.
+    pub input_rows_per_second: f64,
+    /// Messages per second this batch was processed at.
+    pub processed_rows_per_second: f64,
+    /// Messages that went to the dead-letter output.
+    pub num_dead_letters: u64,
+    /// Time per phase.
+    pub duration_ms: Durations,
+    /// The source (one per query for now, in a list as Spark's).
+    pub sources: Vec<SourceProgress>,
+    /// The sink.
+    pub sink: SinkProgress,
+}
+
+impl BatchProgress {
+    /// A one-line summary for people.
+    pub fn human_line(&self) -> String {
+        format!(
+            "batch {}: {} in, {} out, {} dead-lettered in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
+            self.batch_id,
+            self.num_input_rows,
+            self.sink.num_output_rows,
+            self.num_dead_letters,
+            self.duration_ms.total,
+            self.duration_ms.decode,
+            self.duration_ms.query,
+            self.duration_ms.sink,
+            self.duration_ms.commit,
+            self.processed_rows_per_second,
+            self.sources.first().map(|s| s.end_offset.to_string()).unwrap_or_default(),
+        )
+    }
+
+    /// The record as one JSON line.
+    pub fn json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"progress not serialisable: {e}\"}}"))
+    }
+}

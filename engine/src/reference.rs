@@ -1,0 +1,145 @@
+//! Reference tables: small JSON files loaded once into memory with a declared schema. The file is
+//! one JSON object keyed by id; each value is either an object of the declared columns
+//! (`{"BTC-USD": {"buy_price": "…"}}`) or a single scalar (`{"BTC-USD": "Bitcoin"}`). The key
+//! becomes the table's first column.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+
+use crate::decode::RecordDecoder;
+use crate::error::{Error, Result};
+use crate::source::RawRecord;
+
+/// How to load one reference table.
+#[derive(Debug, Clone)]
+pub struct ReferenceTable {
+    /// The table name SQL uses.
+    pub name: String,
+    /// The JSON file.
+    pub path: PathBuf,
+    /// The name of the column the object's keys go into.
+    pub key_column: String,
+    /// The declared value columns (one column if values are scalars).
+    pub columns: SchemaRef,
+    /// Values are scalars (one column) rather than objects.
+    pub scalar_values: bool,
+}
+
+impl ReferenceTable {
+    /// The table's full schema: the key column, then the declared columns.
+    pub fn schema(&self) -> SchemaRef {
+        let mut fields = vec![Arc::new(Field::new(&self.key_column, arrow::datatypes::DataType::Utf8, false))];
+        fields.extend(self.columns.fields().iter().cloned());
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Reads and decodes the file. Errors name the file and the key at fault.
+    pub fn load(&self) -> Result<RecordBatch> {
+        let fail = |message: String| Error::Reference {
+            table: self.name.clone(),
+            path: self.path.clone(),
+            message,
+        };
+        let text = std::fs::read(&self.path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let root: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&text).map_err(|e| fail(format!("not a JSON object keyed by id: {e}")))?;
+        if self.scalar_values && self.columns.fields().len() != 1 {
+            return Err(fail("a table of scalar values declares exactly one value column".into()));
+        }
+        let mut keys = Vec::with_capacity(root.len());
+        let mut records = Vec::with_capacity(root.len());
+        for (i, (key, value)) in root.into_iter().enumerate() {
+            let mut row = if self.scalar_values {
+                let mut row = serde_json::Map::new();
+                row.insert(self.columns.field(0).name().clone(), value);
+                row
+            } else {
+                match value {
+                    serde_json::Value::Object(row) => row,
+                    other => return Err(fail(format!("key {key:?}: expected an object, found {other}"))),
+                }
+            };
+            if row.contains_key(&self.key_column) {
+                return Err(fail(format!("key {key:?}: field {} clashes with the key column", self.key_column)));
+            }
+            row.insert(self.key_column.clone(), serde_json::Value::String(key.clone()));
+            records.push(RawRecord {
+                topic: self.name.clone(),
+                partition: 0,
+                offset: i as i64,
+                payload: serde_json::to_vec(&row).map_err(|e| Error::Internal(e.to_string()))?,
+                rejected: None,
+                received_at: SystemTime::now(),
+            });
+            keys.push(key);
+        }
+        let decoded = RecordDecoder::new(self.schema()).decode(&records)?;
+        if let Some(bad) = decoded.dead_letters.first() {
+            let key = &keys[bad.offset as usize];
+            return Err(fail(format!("key {key:?}: {}", bad.reason)));
+        }
+        Ok(decoded.batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::parse_columns;
+
+    fn table(dir: &tempfile::TempDir, body: &str, scalar: bool, columns: &[&str]) -> ReferenceTable {
+        let path = dir.path().join("ref.json");
+        std::fs::write(&path, body).unwrap();
+        ReferenceTable {
+            name: "portfolio".into(),
+            path,
+            key_column: "symbol".into(),
+            columns: parse_columns("c", &columns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap(),
+            scalar_values: scalar,
+        }
+    }
+
+    #[test]
+    fn loads_objects_keyed_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(
+            &dir,
+            r#"{"BTC-USD":{"coin_name":"Bitcoin","buy_price":"60000.5","size":"0.25","buy_time":1700000000000}}"#,
+            false,
+            &["coin_name utf8 not null", "buy_price decimal(28,10) not null", "size decimal(28,10) not null", "buy_time timestamp(ms) not null"],
+        );
+        let batch = t.load().unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&[batch]).unwrap().to_string();
+        assert!(text.contains("| BTC-USD | Bitcoin   | 60000.5000000000 | 0.2500000000 | 2023-11-14T22:13:20Z |"), "{text}");
+    }
+
+    #[test]
+    fn loads_scalar_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(&dir, r#"{"BTC-USD":"Bitcoin","ETH-USD":"Ethereum"}"#, true, &["coin_name utf8 not null"]);
+        assert_eq!(t.load().unwrap().num_rows(), 2);
+    }
+
+    #[test]
+    fn names_file_and_key_on_bad_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(
+            &dir,
+            r#"{"BTC-USD":{"buy_price":"1"},"ETH-USD":{"buy_price":"lots"}}"#,
+            false,
+            &["buy_price decimal(28,10) not null"],
+        );
+        let err = t.load().unwrap_err().to_string();
+        assert!(err.contains("ref.json"), "{err}");
+        assert!(err.contains("key \"ETH-USD\""), "{err}");
+        let t = table(&dir, r#"{"BTC-USD":{"size":"1"}}"#, false, &["buy_price decimal(28,10) not null"]);
+        let err = t.load().unwrap_err().to_string();
+        assert!(err.contains("key \"BTC-USD\": missing required field buy_price"), "{err}");
+        let t = table(&dir, r#"["BTC-USD"]"#, false, &["buy_price decimal(28,10) not null"]);
+        assert!(t.load().unwrap_err().to_string().contains("not a JSON object keyed by id"));
+    }
+}

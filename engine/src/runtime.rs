@@ -1,0 +1,276 @@
+//! The micro-batch loop: poll the source, record the batch's offsets, decode, run the transform,
+//! write rows and dead letters, and only then commit the source and the checkpoint.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::watch;
+
+use crate::checkpoint::{Checkpoint, PlannedBatch};
+use crate::context::InputSlot;
+use crate::decode::RecordDecoder;
+use crate::error::{Error, Result};
+use crate::progress::{BatchProgress, Durations, SinkProgress, SourceProgress};
+use crate::sink::{DeadLetterSink, Sink};
+use crate::source::{Poll, PollLimits, Source, SourceBatch, StartRequest};
+use crate::transform::PlannedTransform;
+use crate::trigger::Trigger;
+
+/// The first and the longest pause between retries of a transient failure.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// Retries `$op` (an expression giving a future of `Result<()>`) while it fails transiently, with
+/// exponential backoff, until it succeeds, fails permanently, or `$shutdown` turns true (the batch
+/// is then left uncommitted, to be replayed). A macro because the future borrows the caller's
+/// fields afresh on every attempt.
+macro_rules! retry_transient {
+    ($shutdown:expr, $what:expr, $op:expr) => {{
+        let mut backoff = RETRY_BACKOFF.0;
+        let mut failures = 0u32;
+        loop {
+            match $op.await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(what = $what, failures, "Recovered after transient failures.");
+                    }
+                    break Ok(());
+                }
+                Err(e) if e.is_transient() => {
+                    failures += 1;
+                    tracing::warn!(what = $what, error = %e, failures, retry_in_ms = backoff.as_millis() as u64,
+                        "Transient failure; nothing is committed until it succeeds.");
+                    tokio::select! {
+                        _ = $shutdown.changed() => {
+                            break Err(Error::Stopped(format!(
+                                "{} still failing at shutdown: {e}; the batch stays uncommitted and is replayed on restart",
+                                $what
+                            )));
+                        }
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_BACKOFF.1);
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+/// How long an available-now poll may wait for records that are there but not yet delivered.
+const AVAILABLE_NOW_WAIT: Duration = Duration::from_millis(500);
+
+/// What ran, in the end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Batches processed in this run.
+    pub batches: u64,
+    /// Messages read.
+    pub input_rows: u64,
+    /// Rows written to the sink.
+    pub output_rows: u64,
+    /// Messages dead-lettered.
+    pub dead_letters: u64,
+}
+
+/// A streaming query: one source, one transform, one sink.
+pub struct StreamingQuery {
+    /// Where messages come from.
+    pub source: Box<dyn Source>,
+    /// Decodes messages into the input table's schema.
+    pub decoder: RecordDecoder,
+    /// The input table's slot in the engine context.
+    pub input: InputSlot,
+    /// The transform whose rows go to the sink.
+    pub transform: PlannedTransform,
+    /// Where rows go.
+    pub sink: Box<dyn Sink>,
+    /// Where undecodable messages go.
+    pub dead_letters: Box<dyn DeadLetterSink>,
+    /// The checkpoint folder; without one every run starts from the source's own position.
+    pub checkpoint: Option<Checkpoint>,
+    /// When batches run.
+    pub trigger: Trigger,
+    /// At most this many messages per batch.
+    pub max_records_per_batch: usize,
+    /// Called after every batch.
+    pub on_progress: Box<dyn FnMut(&BatchProgress) + Send>,
+}
+
+enum Step {
+    Batch(SourceBatch, Duration),
+    Idle,
+    Done,
+}
+
+impl StreamingQuery {
+    /// Runs until the source is exhausted (or, with an interval trigger, until `shutdown` turns
+    /// true), then closes the sink and the source. A batch in flight when `shutdown` turns true is
+    /// finished first.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<RunSummary> {
+        self.sink.healthcheck().await?;
+        let recovered = match &self.checkpoint {
+            Some(cp) => cp.recover()?,
+            None => Default::default(),
+        };
+        let available_now = self.trigger == Trigger::AvailableNow;
+        self.source
+            .start(StartRequest { committed: recovered.committed.clone(), available_now })
+            .await?;
+        let mut summary = RunSummary::default();
+        let mut batch_id = recovered.next_batch_id;
+        let mut last_start = Instant::now();
+        if let Some(pending) = recovered.pending {
+            tracing::info!(batch_id = pending.batch_id, start = %pending.start, end = %pending.end,
+                "Replaying a batch that was not committed before the last stop.");
+            let started = Instant::now();
+            let batch = self.source.fetch_range(&pending.start, &pending.end).await?;
+            self.process(pending.batch_id, batch, started.elapsed(), started, &mut last_start, &mut summary, &mut shutdown)
+                .await?;
+        }
+        let interval = match self.trigger {
+            Trigger::ProcessingTime(i) => i,
+            Trigger::AvailableNow => Duration::ZERO,
+        };
+        let mut next_tick = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let started = Instant::now();
+            next_tick = (next_tick + interval).max(started);
+            let max_wait = if available_now { AVAILABLE_NOW_WAIT } else { next_tick - started };
+            let limits = PollLimits { max_records: self.max_records_per_batch.max(1), max_wait };
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.changed() => Step::Done,
+                polled = self.poll_with_retry(limits) => match polled? {
+                    Poll::Batch(b) => Step::Batch(b, started.elapsed()),
+                    Poll::Idle => Step::Idle,
+                    Poll::Exhausted => Step::Done,
+                },
+            };
+            match step {
+                Step::Done => break,
+                Step::Idle => {
+                    let pause = next_tick.saturating_duration_since(Instant::now());
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Step::Batch(batch, waited) => {
+                    if let Some(cp) = &self.checkpoint {
+                        cp.plan(&PlannedBatch { batch_id, start: batch.start.clone(), end: batch.end.clone() })?;
+                    }
+                    self.process(batch_id, batch, waited, started, &mut last_start, &mut summary, &mut shutdown).await?;
+                    batch_id += 1;
+                }
+            }
+        }
+        self.sink.close().await?;
+        self.dead_letters.close().await?;
+        self.source.close().await?;
+        Ok(summary)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn process(
+        &mut self,
+        batch_id: u64,
+        batch: SourceBatch,
+        waited: Duration,
+        started: Instant,
+        last_start: &mut Instant,
+        summary: &mut RunSummary,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
+        let timestamp = chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let since_last = last_start.elapsed();
+        *last_start = started;
+        let t = Instant::now();
+        let decoded = self.decoder.decode(&batch.records)?;
+        let decode = t.elapsed();
+
+        let t = Instant::now();
+        self.input.set(vec![decoded.batch]);
+        let executed = self.transform.execute().await;
+        self.input.set(Vec::new());
+        let (rows, _plan) = executed?;
+        let query = t.elapsed();
+
+        let t = Instant::now();
+        let output_rows: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        retry_transient!(shutdown, "sink write", self.sink.write(batch_id, &rows))?;
+        if !decoded.dead_letters.is_empty() {
+            tracing::warn!(batch_id, count = decoded.dead_letters.len(),
+                first_reason = %decoded.dead_letters[0].reason, "Messages went to the dead-letter output.");
+            let letters = &decoded.dead_letters;
+            retry_transient!(shutdown, "dead-letter write", self.dead_letters.write(batch_id, letters))?;
+        }
+        let sink = t.elapsed();
+
+        let t = Instant::now();
+        retry_transient!(shutdown, "source commit", self.source.commit(&batch.end))?;
+        if let Some(cp) = &self.checkpoint {
+            cp.commit(batch_id)?;
+        }
+        let commit = t.elapsed();
+
+        let processing = decode + query + sink + commit;
+        let n = batch.records.len() as u64;
+        summary.batches += 1;
+        summary.input_rows += n;
+        summary.output_rows += output_rows as u64;
+        summary.dead_letters += decoded.dead_letters.len() as u64;
+        let progress = BatchProgress {
+            batch_id,
+            timestamp,
+            num_input_rows: n,
+            input_rows_per_second: per_second(n, since_last),
+            processed_rows_per_second: per_second(n, processing),
+            num_dead_letters: decoded.dead_letters.len() as u64,
+            duration_ms: Durations {
+                get_batch: millis(waited),
+                decode: millis(decode),
+                query: millis(query),
+                sink: millis(sink),
+                commit: millis(commit),
+                total: millis(waited + processing),
+            },
+            sources: vec![SourceProgress {
+                description: self.source.description(),
+                start_offset: batch.start,
+                end_offset: batch.end,
+                num_input_rows: n,
+                metrics: self.source.metrics().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            }],
+            sink: SinkProgress { description: self.sink.description(), num_output_rows: output_rows as u64 },
+        };
+        (self.on_progress)(&progress);
+        Ok(())
+    }
+
+    async fn poll_with_retry(&mut self, limits: PollLimits) -> Result<Poll> {
+        let mut backoff = RETRY_BACKOFF.0;
+        loop {
+            match self.source.poll(limits).await {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Source poll failed; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF.1);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn per_second(n: u64, d: Duration) -> f64 {
+    let secs = d.as_secs_f64();
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}

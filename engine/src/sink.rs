@@ -1,0 +1,63 @@
+//! The contracts of sinks (the transform's rows) and dead-letter outputs (messages that could not
+//! be decoded). Both are called by the runtime only, one batch at a time, in batch-id order.
+//!
+//! # Call order
+//! [`Sink::healthcheck`] once before any data flows, [`Sink::write`] once per batch (again with the
+//! same batch id if the engine restarted before committing it: writes must be idempotent per
+//! batch id), [`Sink::close`] once on shutdown. A `write` that returns `Ok` has made every row
+//! durable; the source is committed only after that.
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+/// Where a transform's output goes.
+#[async_trait]
+pub trait Sink: Send {
+    /// A short name for logs and progress.
+    fn description(&self) -> String;
+
+    /// Does what `write` will do, without side effects (e.g. prepares the insert statement).
+    async fn healthcheck(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Writes one batch's rows; returns once every row is durable.
+    async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()>;
+
+    /// Flushes and releases resources.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A message that could not become a row, with where it came from and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The source topic (or file).
+    pub topic: String,
+    /// The source partition.
+    pub partition: i32,
+    /// The message's offset.
+    pub offset: i64,
+    /// The message exactly as received.
+    pub raw: Vec<u8>,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// Where dead letters go.
+#[async_trait]
+pub trait DeadLetterSink: Send {
+    /// A short name for logs.
+    fn description(&self) -> String;
+
+    /// Stores one batch's dead letters durably (idempotent per batch id, as [`Sink::write`]).
+    async fn write(&mut self, batch_id: u64, letters: &[DeadLetter]) -> Result<()>;
+
+    /// Flushes and releases resources.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

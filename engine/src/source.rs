@@ -1,0 +1,121 @@
+//! The contract every source implements. A source hands out raw messages (one per business event,
+//! bytes as they were on the wire after unwrapping the venue's envelope) with their offsets; the
+//! engine decodes them. The shape is Kafka's: partitioned offsets, and nothing is committed until
+//! the sink has acknowledged the batch.
+//!
+//! # Call order
+//! 1. [`Source::start`] once, with the positions the engine's checkpoint holds (if any).
+//! 2. If the checkpoint holds a batch that was planned but never committed,
+//!    [`Source::fetch_range`] once, for exactly that batch's offsets.
+//! 3. [`Source::poll`] repeatedly, one call per trigger, then [`Source::commit`] with the batch's end
+//!    offsets after the sink acknowledged it. `poll` is never called again before the previous
+//!    batch is committed.
+//! 4. [`Source::close`] once on shutdown.
+//!
+//! Cancellation: the runtime may drop a `poll` future when shutting down; a source must not lose
+//! records by that (records are only "taken" once committed).
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::offsets::Offsets;
+
+/// One raw message from a source.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// The topic (or file) the message came from.
+    pub topic: String,
+    /// The partition within the topic.
+    pub partition: i32,
+    /// The message's offset within its partition.
+    pub offset: i64,
+    /// The message body: one JSON object in the declared schema.
+    pub payload: Vec<u8>,
+    /// Set when the source already knows the message is unusable (e.g. a feed line that is not
+    /// JSON): the engine dead-letters it with this reason instead of decoding it.
+    pub rejected: Option<String>,
+    /// When the message was received (for latency metrics).
+    pub received_at: SystemTime,
+}
+
+/// The records of one micro-batch and the offsets it spans.
+#[derive(Debug, Clone, Default)]
+pub struct SourceBatch {
+    /// The records, in offset order within each partition.
+    pub records: Vec<RawRecord>,
+    /// Where the batch starts (inclusive) in each partition.
+    pub start: Offsets,
+    /// Where the batch ends (exclusive) in each partition: the offsets to commit.
+    pub end: Offsets,
+}
+
+/// What a poll returned.
+#[derive(Debug)]
+pub enum Poll {
+    /// New records. A batch may also hold no records but moved offsets (e.g. heartbeats skipped).
+    Batch(SourceBatch),
+    /// Nothing new right now.
+    Idle,
+    /// The source will never have more (a finite source read to its end, or, with
+    /// `available_now`, everything that was there at start was handed out).
+    Exhausted,
+}
+
+/// Limits on one poll, from the trigger.
+#[derive(Debug, Clone, Copy)]
+pub struct PollLimits {
+    /// At most this many records in the batch (Spark's `maxOffsetsPerTrigger`).
+    pub max_records: usize,
+    /// Return by then, with what has arrived (possibly nothing).
+    pub max_wait: Duration,
+}
+
+/// How the engine starts a source.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    /// The end offsets of the last committed batch in the engine's checkpoint, if any. A source
+    /// with its own committed positions (a Kafka consumer group) may prefer those.
+    pub committed: Option<Offsets>,
+    /// Process what is available at start, then report [`Poll::Exhausted`].
+    pub available_now: bool,
+}
+
+/// A source of raw messages. See the module docs for the call order.
+#[async_trait]
+pub trait Source: Send {
+    /// A short name for logs and progress (the source's kind and what it reads).
+    fn description(&self) -> String;
+
+    /// Prepares to read; see [`StartRequest`].
+    async fn start(&mut self, request: StartRequest) -> Result<()>;
+
+    /// Reads exactly the records between `start` and `end` again (a batch that was planned but
+    /// not committed before a crash). The default refuses: a source that cannot replay must not
+    /// pretend to.
+    async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
+        let _ = (start, end);
+        Err(crate::Error::Source {
+            name: self.description(),
+            message: "this source cannot replay an uncommitted batch".into(),
+            retry: crate::error::Retry::Permanent,
+        })
+    }
+
+    /// Returns the next batch, waiting at most `limits.max_wait`.
+    async fn poll(&mut self, limits: PollLimits) -> Result<Poll>;
+
+    /// Makes the batch ending at `end` durable at the source (after the sink acknowledged it).
+    async fn commit(&mut self, end: &Offsets) -> Result<()>;
+
+    /// Counters the source keeps (e.g. reconnects, gaps), reported with each batch's progress.
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// Releases the source's resources.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
