@@ -63,19 +63,32 @@ impl Checkpoint {
         };
         let planned = self.read_planned(last)?;
         if self.dir.join("commits").join(last.to_string()).exists() {
-            return Ok(Recovered { next_batch_id: last + 1, committed: Some(planned.end), pending: None });
+            return Ok(Recovered {
+                next_batch_id: last + 1,
+                committed: Some(planned.end),
+                pending: None,
+            });
         }
         let committed = match last.checked_sub(1) {
-            Some(prev) if self.dir.join("offsets").join(prev.to_string()).exists() => Some(self.read_planned(prev)?.end),
+            Some(prev) if self.dir.join("offsets").join(prev.to_string()).exists() => {
+                Some(self.read_planned(prev)?.end)
+            }
             _ => None,
         };
-        Ok(Recovered { next_batch_id: last + 1, committed, pending: Some(planned) })
+        Ok(Recovered {
+            next_batch_id: last + 1,
+            committed,
+            pending: Some(planned),
+        })
     }
 
     /// Records a batch's offsets before it is processed.
     pub fn plan(&self, batch: &PlannedBatch) -> Result<()> {
         let body = serde_json::to_vec(batch).map_err(|e| Error::Internal(e.to_string()))?;
-        self.write_atomically(&self.dir.join("offsets").join(batch.batch_id.to_string()), &body)
+        self.write_atomically(
+            &self.dir.join("offsets").join(batch.batch_id.to_string()),
+            &body,
+        )
     }
 
     /// Records that a batch was written and committed.
@@ -93,8 +106,10 @@ impl Checkpoint {
     fn read_planned(&self, id: u64) -> Result<PlannedBatch> {
         let path = self.dir.join("offsets").join(id.to_string());
         let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_slice(&text)
-            .map_err(|e| Error::Checkpoint { path, message: format!("unreadable offsets entry: {e}") })
+        serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
+            path,
+            message: format!("unreadable offsets entry: {e}"),
+        })
     }
 
     fn last_id(&self, sub: &str) -> Result<Option<u64>> {
@@ -103,7 +118,11 @@ impl Checkpoint {
         let mut last = None;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(&path, e))?;
-            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 last = last.max(Some(id));
             }
         }
@@ -139,13 +158,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cp = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(cp.recover().unwrap(), Recovered::default());
-        cp.plan(&PlannedBatch { batch_id: 0, start: offsets(0), end: offsets(10) }).unwrap();
+        cp.plan(&PlannedBatch {
+            batch_id: 0,
+            start: offsets(0),
+            end: offsets(10),
+        })
+        .unwrap();
         cp.commit(0).unwrap();
         let r = cp.recover().unwrap();
-        assert_eq!((r.next_batch_id, r.committed.clone(), r.pending.clone()), (1, Some(offsets(10)), None));
-        let pending = PlannedBatch { batch_id: 1, start: offsets(10), end: offsets(25) };
+        assert_eq!(
+            (r.next_batch_id, r.committed.clone(), r.pending.clone()),
+            (1, Some(offsets(10)), None)
+        );
+        let pending = PlannedBatch {
+            batch_id: 1,
+            start: offsets(10),
+            end: offsets(25),
+        };
         cp.plan(&pending).unwrap();
         let r = Checkpoint::open(dir.path()).unwrap().recover().unwrap();
-        assert_eq!(r, Recovered { next_batch_id: 2, committed: Some(offsets(10)), pending: Some(pending) });
+        assert_eq!(
+            r,
+            Recovered {
+                next_batch_id: 2,
+                committed: Some(offsets(10)),
+                pending: Some(pending)
+            }
+        );
     }
 }

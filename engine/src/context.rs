@@ -31,7 +31,10 @@ pub struct ContextOptions {
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        Self { target_partitions: 1, batch_size: 65_536 }
+        Self {
+            target_partitions: 1,
+            batch_size: 65_536,
+        }
     }
 }
 
@@ -45,7 +48,10 @@ pub struct InputSlot {
 impl InputSlot {
     /// Replaces what the table holds.
     pub fn set(&self, batches: Vec<RecordBatch>) {
-        *self.batches.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = batches;
+        *self
+            .batches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = batches;
     }
 
     /// The table's schema.
@@ -60,7 +66,11 @@ impl PartitionStream for InputSlot {
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let batches = self.batches.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let batches = self
+            .batches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             futures::stream::iter(batches.into_iter().map(Ok)),
@@ -82,11 +92,26 @@ impl EngineContext {
             .with_batch_size(options.batch_size.max(1));
         // Plans are executed again for every micro-batch; dynamic filters keep state between
         // executions that `reset_plan_states` does not clear, so they stay off.
-        config.options_mut().optimizer.enable_dynamic_filter_pushdown = false;
-        config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
-        config.options_mut().optimizer.enable_topk_dynamic_filter_pushdown = false;
-        config.options_mut().optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-        Self { session: SessionContext::new_with_config(config), inputs: HashMap::new() }
+        config
+            .options_mut()
+            .optimizer
+            .enable_dynamic_filter_pushdown = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_join_dynamic_filter_pushdown = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_topk_dynamic_filter_pushdown = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_aggregate_dynamic_filter_pushdown = false;
+        Self {
+            session: SessionContext::new_with_config(config),
+            inputs: HashMap::new(),
+        }
     }
 
     /// The DataFusion session (for `query` and tests).
@@ -98,13 +123,17 @@ impl EngineContext {
     pub fn register_reference(&mut self, table: &ReferenceTable) -> Result<()> {
         let batch = table.load()?;
         let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-        self.session.register_table(table.name.as_str(), Arc::new(mem))?;
+        self.session
+            .register_table(table.name.as_str(), Arc::new(mem))?;
         Ok(())
     }
 
     /// Registers a streaming input table; the returned slot sets its rows for each micro-batch.
     pub fn register_input(&mut self, name: &str, schema: SchemaRef) -> Result<InputSlot> {
-        let slot = InputSlot { schema: schema.clone(), batches: Arc::new(Mutex::new(Vec::new())) };
+        let slot = InputSlot {
+            schema: schema.clone(),
+            batches: Arc::new(Mutex::new(Vec::new())),
+        };
         let table = StreamingTable::try_new(schema, vec![Arc::new(slot.clone())])?;
         self.session.register_table(name, Arc::new(table))?;
         self.inputs.insert(name.to_owned(), slot.clone());
@@ -120,7 +149,10 @@ impl EngineContext {
     /// `query` can read it. Planning errors name the file.
     pub async fn register_transform(&mut self, file: TransformFile) -> Result<PlannedTransform> {
         let planned = PlannedTransform::plan(&self.session, file).await?;
-        let view = datafusion::datasource::ViewTable::new(planned.logical_plan().clone(), Some(planned.sql().to_owned()));
+        let view = datafusion::datasource::ViewTable::new(
+            planned.logical_plan().clone(),
+            Some(planned.sql().to_owned()),
+        );
         self.session
             .register_table(planned.name(), Arc::new(view))
             .map_err(|e| Error::Sql {

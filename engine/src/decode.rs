@@ -34,7 +34,10 @@ impl RecordDecoder {
     /// A decoder for `schema` (fields missing from a message are null; non-nullable ones are then
     /// an error; fields not in the schema are ignored).
     pub fn new(schema: SchemaRef) -> Self {
-        Self { schema, buffer: Vec::new() }
+        Self {
+            schema,
+            buffer: Vec::new(),
+        }
     }
 
     /// The schema rows are decoded into.
@@ -47,7 +50,10 @@ impl RecordDecoder {
         let all_clean = records.iter().all(|r| r.rejected.is_none());
         if all_clean {
             if let Some(batch) = self.decode_all(records.iter())? {
-                return Ok(Decoded { batch, dead_letters: Vec::new() });
+                return Ok(Decoded {
+                    batch,
+                    dead_letters: Vec::new(),
+                });
             }
         }
         let mut good = Vec::with_capacity(records.len());
@@ -76,7 +82,10 @@ impl RecordDecoder {
                 ));
             }
         };
-        Ok(Decoded { batch, dead_letters })
+        Ok(Decoded {
+            batch,
+            dead_letters,
+        })
     }
 
     /// Decodes every record in one pass; `None` if any failed or the row count differs.
@@ -164,12 +173,20 @@ mod tests {
         let mut d = RecordDecoder::new(schema());
         let out = d
             .decode(&[
-                record(0, r#"{"trade_id":1,"price":"64000.12345678","side":"buy","extra":true}"#),
+                record(
+                    0,
+                    r#"{"trade_id":1,"price":"64000.12345678","side":"buy","extra":true}"#,
+                ),
                 record(1, r#"{"trade_id":2,"price":"0.0000123400"}"#),
             ])
             .unwrap();
         assert!(out.dead_letters.is_empty());
-        let prices = out.batch.column(1).as_any().downcast_ref::<Decimal128Array>().unwrap();
+        let prices = out
+            .batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .unwrap();
         assert_eq!(prices.value_as_string(0), "64000.1234567800");
         assert_eq!(prices.value_as_string(1), "0.0000123400");
         assert!(out.batch.column(2).is_null(1));
@@ -192,18 +209,34 @@ mod tests {
                 record(7, r#"{"trade_id":8,"price":"9.25"}"#),
             ])
             .unwrap();
-        let ids = out.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let ids = out
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(ids.values().to_vec(), vec![1, 8]);
-        let reasons: Vec<(i64, &str)> =
-            out.dead_letters.iter().map(|l| (l.offset, l.reason.as_str())).collect();
+        let reasons: Vec<(i64, &str)> = out
+            .dead_letters
+            .iter()
+            .map(|l| (l.offset, l.reason.as_str()))
+            .collect();
         assert_eq!(reasons.len(), 6, "{reasons:?}");
         assert!(reasons[0].1.starts_with("invalid JSON: EOF"), "{reasons:?}");
         assert!(reasons[1].1.contains("abc"), "{reasons:?}");
         assert_eq!(reasons[2].1, "missing required field trade_id");
-        assert!(reasons[3].1.starts_with("invalid JSON: trailing characters"), "{reasons:?}");
+        assert!(
+            reasons[3]
+                .1
+                .starts_with("invalid JSON: trailing characters"),
+            "{reasons:?}"
+        );
         assert_eq!(reasons[4].1, "not a JSON object");
         assert_eq!(reasons[5], (6, "not a trade"));
-        assert_eq!(out.dead_letters[1].raw, br#"{"trade_id":3,"price":"abc"}"#.to_vec());
+        assert_eq!(
+            out.dead_letters[1].raw,
+            br#"{"trade_id":3,"price":"abc"}"#.to_vec()
+        );
     }
 
     #[test]

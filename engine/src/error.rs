@@ -102,17 +102,29 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Source { retry: Retry::Transient, .. } | Error::Sink { retry: Retry::Transient, .. }
+            Error::Source {
+                retry: Retry::Transient,
+                ..
+            } | Error::Sink {
+                retry: Retry::Transient,
+                ..
+            }
         )
     }
 
     /// Shorthand for a [`Error::Config`].
     pub fn config(what: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Config { what: what.into(), message: message.into() }
+        Error::Config {
+            what: what.into(),
+            message: message.into(),
+        }
     }
 
     /// Shorthand for an [`Error::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -19,7 +19,10 @@ impl Offsets {
 
     /// Sets the next offset of `topic`/`partition`.
     pub fn set(&mut self, topic: &str, partition: i32, next_offset: i64) {
-        self.0.entry(topic.to_owned()).or_default().insert(partition, next_offset);
+        self.0
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, next_offset);
     }
 
     /// The next offset of `topic`/`partition`, if known.
@@ -41,7 +44,9 @@ impl Offsets {
 
     /// Records between `self` (start) and `end`, summed over partitions.
     pub fn distance_to(&self, end: &Offsets) -> i64 {
-        end.iter().map(|(t, p, e)| e - self.get(t, p).unwrap_or(e)).sum()
+        end.iter()
+            .map(|(t, p, e)| e - self.get(t, p).unwrap_or(e))
+            .sum()
     }
 }
 

@@ -87,12 +87,16 @@ impl BatchProgress {
             self.duration_ms.sink,
             self.duration_ms.commit,
             self.processed_rows_per_second,
-            self.sources.first().map(|s| s.end_offset.to_string()).unwrap_or_default(),
+            self.sources
+                .first()
+                .map(|s| s.end_offset.to_string())
+                .unwrap_or_default(),
         )
     }
 
     /// The record as one JSON line.
     pub fn json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"progress not serialisable: {e}\"}}"))
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"error\":\"progress not serialisable: {e}\"}}"))
     }
 }

@@ -32,7 +32,11 @@ pub struct ReferenceTable {
 impl ReferenceTable {
     /// The table's full schema: the key column, then the declared columns.
     pub fn schema(&self) -> SchemaRef {
-        let mut fields = vec![Arc::new(Field::new(&self.key_column, arrow::datatypes::DataType::Utf8, false))];
+        let mut fields = vec![Arc::new(Field::new(
+            &self.key_column,
+            arrow::datatypes::DataType::Utf8,
+            false,
+        ))];
         fields.extend(self.columns.fields().iter().cloned());
         Arc::new(Schema::new(fields))
     }
@@ -45,10 +49,12 @@ impl ReferenceTable {
             message,
         };
         let text = std::fs::read(&self.path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let root: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&text).map_err(|e| fail(format!("not a JSON object keyed by id: {e}")))?;
+        let root: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)
+            .map_err(|e| fail(format!("not a JSON object keyed by id: {e}")))?;
         if self.scalar_values && self.columns.fields().len() != 1 {
-            return Err(fail("a table of scalar values declares exactly one value column".into()));
+            return Err(fail(
+                "a table of scalar values declares exactly one value column".into(),
+            ));
         }
         let mut keys = Vec::with_capacity(root.len());
         let mut records = Vec::with_capacity(root.len());
@@ -60,13 +66,23 @@ impl ReferenceTable {
             } else {
                 match value {
                     serde_json::Value::Object(row) => row,
-                    other => return Err(fail(format!("key {key:?}: expected an object, found {other}"))),
+                    other => {
+                        return Err(fail(format!(
+                            "key {key:?}: expected an object, found {other}"
+                        )));
+                    }
                 }
             };
             if row.contains_key(&self.key_column) {
-                return Err(fail(format!("key {key:?}: field {} clashes with the key column", self.key_column)));
+                return Err(fail(format!(
+                    "key {key:?}: field {} clashes with the key column",
+                    self.key_column
+                )));
             }
-            row.insert(self.key_column.clone(), serde_json::Value::String(key.clone()));
+            row.insert(
+                self.key_column.clone(),
+                serde_json::Value::String(key.clone()),
+            );
             records.push(RawRecord {
                 topic: self.name.clone(),
                 partition: 0,
@@ -91,14 +107,23 @@ mod tests {
     use super::*;
     use crate::schema::parse_columns;
 
-    fn table(dir: &tempfile::TempDir, body: &str, scalar: bool, columns: &[&str]) -> ReferenceTable {
+    fn table(
+        dir: &tempfile::TempDir,
+        body: &str,
+        scalar: bool,
+        columns: &[&str],
+    ) -> ReferenceTable {
         let path = dir.path().join("ref.json");
         std::fs::write(&path, body).unwrap();
         ReferenceTable {
             name: "portfolio".into(),
             path,
             key_column: "symbol".into(),
-            columns: parse_columns("c", &columns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap(),
+            columns: parse_columns(
+                "c",
+                &columns.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap(),
             scalar_values: scalar,
         }
     }
@@ -110,17 +135,34 @@ mod tests {
             &dir,
             r#"{"BTC-USD":{"coin_name":"Bitcoin","buy_price":"60000.5","size":"0.25","buy_time":1700000000000}}"#,
             false,
-            &["coin_name utf8 not null", "buy_price decimal(28,10) not null", "size decimal(28,10) not null", "buy_time timestamp(ms) not null"],
+            &[
+                "coin_name utf8 not null",
+                "buy_price decimal(28,10) not null",
+                "size decimal(28,10) not null",
+                "buy_time timestamp(ms) not null",
+            ],
         );
         let batch = t.load().unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&[batch]).unwrap().to_string();
-        assert!(text.contains("| BTC-USD | Bitcoin   | 60000.5000000000 | 0.2500000000 | 2023-11-14T22:13:20Z |"), "{text}");
+        let text = arrow::util::pretty::pretty_format_batches(&[batch])
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains(
+                "| BTC-USD | Bitcoin   | 60000.5000000000 | 0.2500000000 | 2023-11-14T22:13:20Z |"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
     fn loads_scalar_maps() {
         let dir = tempfile::tempdir().unwrap();
-        let t = table(&dir, r#"{"BTC-USD":"Bitcoin","ETH-USD":"Ethereum"}"#, true, &["coin_name utf8 not null"]);
+        let t = table(
+            &dir,
+            r#"{"BTC-USD":"Bitcoin","ETH-USD":"Ethereum"}"#,
+            true,
+            &["coin_name utf8 not null"],
+        );
         assert_eq!(t.load().unwrap().num_rows(), 2);
     }
 
@@ -136,10 +178,28 @@ mod tests {
         let err = t.load().unwrap_err().to_string();
         assert!(err.contains("ref.json"), "{err}");
         assert!(err.contains("key \"ETH-USD\""), "{err}");
-        let t = table(&dir, r#"{"BTC-USD":{"size":"1"}}"#, false, &["buy_price decimal(28,10) not null"]);
+        let t = table(
+            &dir,
+            r#"{"BTC-USD":{"size":"1"}}"#,
+            false,
+            &["buy_price decimal(28,10) not null"],
+        );
         let err = t.load().unwrap_err().to_string();
-        assert!(err.contains("key \"BTC-USD\": missing required field buy_price"), "{err}");
-        let t = table(&dir, r#"["BTC-USD"]"#, false, &["buy_price decimal(28,10) not null"]);
-        assert!(t.load().unwrap_err().to_string().contains("not a JSON object keyed by id"));
+        assert!(
+            err.contains("key \"BTC-USD\": missing required field buy_price"),
+            "{err}"
+        );
+        let t = table(
+            &dir,
+            r#"["BTC-USD"]"#,
+            false,
+            &["buy_price decimal(28,10) not null"],
+        );
+        assert!(
+            t.load()
+                .unwrap_err()
+                .to_string()
+                .contains("not a JSON object keyed by id")
+        );
     }
 }

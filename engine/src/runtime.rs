@@ -114,7 +114,10 @@ impl StreamingQuery {
         };
         let available_now = self.trigger == Trigger::AvailableNow;
         self.source
-            .start(StartRequest { committed: recovered.committed.clone(), available_now })
+            .start(StartRequest {
+                committed: recovered.committed.clone(),
+                available_now,
+            })
             .await?;
         let mut summary = RunSummary::default();
         let mut batch_id = recovered.next_batch_id;
@@ -123,9 +126,20 @@ impl StreamingQuery {
             tracing::info!(batch_id = pending.batch_id, start = %pending.start, end = %pending.end,
                 "Replaying a batch that was not committed before the last stop.");
             let started = Instant::now();
-            let batch = self.source.fetch_range(&pending.start, &pending.end).await?;
-            self.process(pending.batch_id, batch, started.elapsed(), started, &mut last_start, &mut summary, &mut shutdown)
+            let batch = self
+                .source
+                .fetch_range(&pending.start, &pending.end)
                 .await?;
+            self.process(
+                pending.batch_id,
+                batch,
+                started.elapsed(),
+                started,
+                &mut last_start,
+                &mut summary,
+                &mut shutdown,
+            )
+            .await?;
         }
         let interval = match self.trigger {
             Trigger::ProcessingTime(i) => i,
@@ -136,10 +150,28 @@ impl StreamingQuery {
             if *shutdown.borrow() {
                 break;
             }
+            // A processing-time trigger starts batches on interval boundaries; one that ran late
+            // is followed at once by the next.
+            let pause = next_tick.saturating_duration_since(Instant::now());
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
             let started = Instant::now();
             next_tick = (next_tick + interval).max(started);
-            let max_wait = if available_now { AVAILABLE_NOW_WAIT } else { next_tick - started };
-            let limits = PollLimits { max_records: self.max_records_per_batch.max(1), max_wait };
+            // At the tick the batch takes what the source has; half the interval is enough for a
+            // source to hand over what it has buffered.
+            let max_wait = if available_now {
+                AVAILABLE_NOW_WAIT
+            } else {
+                interval / 2
+            };
+            let limits = PollLimits {
+                max_records: self.max_records_per_batch.max(1),
+                max_wait,
+            };
             let step = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Step::Done,
@@ -151,18 +183,25 @@ impl StreamingQuery {
             };
             match step {
                 Step::Done => break,
-                Step::Idle => {
-                    let pause = next_tick.saturating_duration_since(Instant::now());
-                    tokio::select! {
-                        _ = shutdown.changed() => {}
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
+                Step::Idle => {}
                 Step::Batch(batch, waited) => {
                     if let Some(cp) = &self.checkpoint {
-                        cp.plan(&PlannedBatch { batch_id, start: batch.start.clone(), end: batch.end.clone() })?;
+                        cp.plan(&PlannedBatch {
+                            batch_id,
+                            start: batch.start.clone(),
+                            end: batch.end.clone(),
+                        })?;
                     }
-                    self.process(batch_id, batch, waited, started, &mut last_start, &mut summary, &mut shutdown).await?;
+                    self.process(
+                        batch_id,
+                        batch,
+                        waited,
+                        started,
+                        &mut last_start,
+                        &mut summary,
+                        &mut shutdown,
+                    )
+                    .await?;
                     batch_id += 1;
                 }
             }
@@ -206,7 +245,11 @@ impl StreamingQuery {
             tracing::warn!(batch_id, count = decoded.dead_letters.len(),
                 first_reason = %decoded.dead_letters[0].reason, "Messages went to the dead-letter output.");
             let letters = &decoded.dead_letters;
-            retry_transient!(shutdown, "dead-letter write", self.dead_letters.write(batch_id, letters))?;
+            retry_transient!(
+                shutdown,
+                "dead-letter write",
+                self.dead_letters.write(batch_id, letters)
+            )?;
         }
         let sink = t.elapsed();
 
@@ -243,9 +286,17 @@ impl StreamingQuery {
                 start_offset: batch.start,
                 end_offset: batch.end,
                 num_input_rows: n,
-                metrics: self.source.metrics().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                metrics: self
+                    .source
+                    .metrics()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
             }],
-            sink: SinkProgress { description: self.sink.description(), num_output_rows: output_rows as u64 },
+            sink: SinkProgress {
+                description: self.sink.description(),
+                num_output_rows: output_rows as u64,
+            },
         };
         (self.on_progress)(&progress);
         Ok(())

@@ -64,22 +64,42 @@ pub fn parse_type(ty: &str) -> Result<DataType, String> {
     if let Some(t) = simple {
         return Ok(t);
     }
-    if let Some(args) = lower.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')) {
-        let (p, s) = args.split_once(',').ok_or("decimal needs (precision,scale)")?;
-        let p: u8 = p.trim().parse().map_err(|_| format!("bad decimal precision {p:?}"))?;
-        let s: i8 = s.trim().parse().map_err(|_| format!("bad decimal scale {s:?}"))?;
+    if let Some(args) = lower
+        .strip_prefix("decimal(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        let (p, s) = args
+            .split_once(',')
+            .ok_or("decimal needs (precision,scale)")?;
+        let p: u8 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad decimal precision {p:?}"))?;
+        let s: i8 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad decimal scale {s:?}"))?;
         if !(1..=38).contains(&p) || s < 0 || s as u8 > p {
-            return Err(format!("decimal({p},{s}) needs 1 <= precision <= 38 and 0 <= scale <= precision"));
+            return Err(format!(
+                "decimal({p},{s}) needs 1 <= precision <= 38 and 0 <= scale <= precision"
+            ));
         }
         return Ok(DataType::Decimal128(p, s));
     }
-    if let Some(unit) = lower.strip_prefix("timestamp(").and_then(|r| r.strip_suffix(')')) {
+    if let Some(unit) = lower
+        .strip_prefix("timestamp(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
         let unit = match unit {
             "s" => TimeUnit::Second,
             "ms" => TimeUnit::Millisecond,
             "us" => TimeUnit::Microsecond,
             "ns" => TimeUnit::Nanosecond,
-            other => return Err(format!("unknown timestamp unit {other:?}; valid units are s, ms, us, ns")),
+            other => {
+                return Err(format!(
+                    "unknown timestamp unit {other:?}; valid units are s, ms, us, ns"
+                ));
+            }
         };
         return Ok(DataType::Timestamp(unit, Some("UTC".into())));
     }
@@ -96,20 +116,34 @@ mod tests {
     fn parses_declarations() {
         let s = parse_columns(
             "t",
-            &["price decimal(28,10) not null".into(), "time timestamp(us)".into()],
+            &[
+                "price decimal(28,10) not null".into(),
+                "time timestamp(us)".into(),
+            ],
         )
         .unwrap();
         assert_eq!(s.field(0).data_type(), &DataType::Decimal128(28, 10));
         assert!(!s.field(0).is_nullable());
-        assert_eq!(s.field(1).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
+        assert_eq!(
+            s.field(1).data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        );
         assert!(s.field(1).is_nullable());
     }
 
     #[test]
     fn rejects_bad_declarations_naming_each() {
-        let err = parse_columns("input.columns", &["a floaty".into(), "b decimal(50,2)".into(), "a utf8".into(), "a utf8".into()])
-            .unwrap_err()
-            .to_string();
+        let err = parse_columns(
+            "input.columns",
+            &[
+                "a floaty".into(),
+                "b decimal(50,2)".into(),
+                "a utf8".into(),
+                "a utf8".into(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("config: input.columns:"), "{err}");
         assert!(err.contains("[0] \"a floaty\": unknown type"), "{err}");
         assert!(err.contains("[1]"), "{err}");

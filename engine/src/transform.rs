@@ -34,9 +34,16 @@ impl TransformFile {
             .and_then(|s| s.to_str())
             .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
             .ok_or_else(|| {
-                Error::config(path.display().to_string(), "a transform's file name must be letters, digits and _ (it names the view)")
+                Error::config(
+                    path.display().to_string(),
+                    "a transform's file name must be letters, digits and _ (it names the view)",
+                )
             })?;
-        Ok(Self { name: name.to_owned(), path: path.to_owned(), sql })
+        Ok(Self {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            sql,
+        })
     }
 }
 
@@ -61,7 +68,12 @@ impl PlannedTransform {
         let logical = frame.logical_plan().clone();
         let physical = frame.create_physical_plan().await.map_err(sql_error)?;
         let task_ctx = session.task_ctx();
-        Ok(Self { file, logical, physical, task_ctx })
+        Ok(Self {
+            file,
+            logical,
+            physical,
+            task_ctx,
+        })
     }
 
     /// The transform's name.
@@ -95,11 +107,13 @@ impl PlannedTransform {
         // Operators such as a hash join cache their build side inside the plan; a fresh copy of
         // the plan's state per batch keeps one batch's rows from leaking into the next.
         let plan = reset_plan_states(self.physical.clone())?;
-        let batches = collect(plan.clone(), self.task_ctx.clone()).await.map_err(|e| Error::Sql {
-            name: self.file.name.clone(),
-            file: self.file.path.clone(),
-            message: e.to_string(),
-        })?;
+        let batches = collect(plan.clone(), self.task_ctx.clone())
+            .await
+            .map_err(|e| Error::Sql {
+                name: self.file.name.clone(),
+                file: self.file.path.clone(),
+                message: e.to_string(),
+            })?;
         Ok((batches, plan))
     }
 

@@ -30,9 +30,19 @@ impl std::str::FromStr for Trigger {
         if text == "available-now" {
             return Ok(Trigger::AvailableNow);
         }
-        let bad = || Error::config("trigger", format!("{text:?} is not available-now or interval:<n>ms|s|m (e.g. interval:500ms)"));
+        let bad = || {
+            Error::config(
+                "trigger",
+                format!(
+                    "{text:?} is not available-now or interval:<n>ms|s|m (e.g. interval:500ms)"
+                ),
+            )
+        };
         let spec = text.strip_prefix("interval:").ok_or_else(bad)?;
-        let (digits, unit) = spec.split_at(spec.find(|c: char| !c.is_ascii_digit()).unwrap_or(spec.len()));
+        let (digits, unit) = spec.split_at(
+            spec.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(spec.len()),
+        );
         let n: u64 = digits.parse().map_err(|_| bad())?;
         let interval = match unit {
             "ms" => Duration::from_millis(n),
@@ -50,10 +60,25 @@ mod tests {
 
     #[test]
     fn parses_triggers() {
-        assert_eq!("available-now".parse::<Trigger>().unwrap(), Trigger::AvailableNow);
-        assert_eq!("interval:500ms".parse::<Trigger>().unwrap(), Trigger::ProcessingTime(Duration::from_millis(500)));
-        assert_eq!("interval:2s".parse::<Trigger>().unwrap(), Trigger::ProcessingTime(Duration::from_secs(2)));
-        assert!("interval:fast".parse::<Trigger>().unwrap_err().to_string().contains("interval:500ms"));
+        assert_eq!(
+            "available-now".parse::<Trigger>().unwrap(),
+            Trigger::AvailableNow
+        );
+        assert_eq!(
+            "interval:500ms".parse::<Trigger>().unwrap(),
+            Trigger::ProcessingTime(Duration::from_millis(500))
+        );
+        assert_eq!(
+            "interval:2s".parse::<Trigger>().unwrap(),
+            Trigger::ProcessingTime(Duration::from_secs(2))
+        );
+        assert!(
+            "interval:fast"
+                .parse::<Trigger>()
+                .unwrap_err()
+                .to_string()
+                .contains("interval:500ms")
+        );
         assert!("interval:5h".parse::<Trigger>().is_err());
     }
 }

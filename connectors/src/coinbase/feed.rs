@@ -1,0 +1,200 @@
+//! Parsing of Exchange feed messages and their normalisation into bus records.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::common::trade::TradeRecord;
+
+/// What one feed message is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// A trade (`match`, or `last_match` replayed after subscribing), normalised.
+    Trade {
+        /// The bus record.
+        record: TradeRecord,
+        /// It came as `last_match` (historical: may duplicate one already seen).
+        last_match: bool,
+    },
+    /// A heartbeat: the product's last trade id so far.
+    Heartbeat {
+        /// The product.
+        product_id: String,
+        /// The id of the product's last trade.
+        last_trade_id: i64,
+    },
+    /// The subscriptions acknowledgement.
+    Subscriptions,
+    /// An `error` message from the exchange.
+    Error {
+        /// Its summary.
+        message: String,
+        /// Its detail, if any.
+        reason: Option<String>,
+    },
+    /// A message type this pipeline does not use (the docs say to ignore unknown types).
+    Other(String),
+    /// A message that cannot be used, and why.
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    trade_id: Option<i64>,
+    sequence: Option<i64>,
+    #[serde(borrow)]
+    side: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    size: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    price: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    product_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<std::borrow::Cow<'a, str>>,
+    last_trade_id: Option<i64>,
+    message: Option<String>,
+    reason: Option<String>,
+}
+
+/// Parses one feed message. `coins` maps product ids to coin names; `ingest_time` is when it
+/// arrived (RFC 3339).
+pub fn parse(line: &[u8], coins: &BTreeMap<String, String>, ingest_time: &str) -> FeedEvent {
+    let message: Message = match serde_json::from_slice(line) {
+        Ok(m) => m,
+        Err(e) => return classify_unparsed(line, e),
+    };
+    match message.kind.as_ref() {
+        "match" | "last_match" => normalise(&message, coins, ingest_time),
+        "heartbeat" => match (message.product_id, message.last_trade_id) {
+            (Some(p), Some(id)) => FeedEvent::Heartbeat {
+                product_id: p.into_owned(),
+                last_trade_id: id,
+            },
+            _ => FeedEvent::Invalid("heartbeat without product_id or last_trade_id".into()),
+        },
+        "subscriptions" => FeedEvent::Subscriptions,
+        "error" => FeedEvent::Error {
+            message: message.message.unwrap_or_default(),
+            reason: message.reason,
+        },
+        other => FeedEvent::Other(other.to_owned()),
+    }
+}
+
+/// A message that did not fit the shape: say why, but skip types we ignore anyway.
+fn classify_unparsed(line: &[u8], error: serde_json::Error) -> FeedEvent {
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Err(_) => FeedEvent::Invalid(format!("invalid JSON: {error}")),
+        Ok(value) => match value.get("type").and_then(|t| t.as_str()) {
+            Some(kind @ ("match" | "last_match" | "heartbeat" | "error" | "subscriptions")) => {
+                FeedEvent::Invalid(format!("{kind} message with wrong field types: {error}"))
+            }
+            Some(other) => FeedEvent::Other(other.to_owned()),
+            None => FeedEvent::Invalid("message without a type".into()),
+        },
+    }
+}
+
+fn normalise(m: &Message, coins: &BTreeMap<String, String>, ingest_time: &str) -> FeedEvent {
+    let missing = [
+        ("trade_id", m.trade_id.is_none()),
+        ("product_id", m.product_id.is_none()),
+        ("price", m.price.is_none()),
+        ("size", m.size.is_none()),
+        ("side", m.side.is_none()),
+        ("time", m.time.is_none()),
+    ];
+    if let Some((field, _)) = missing.iter().find(|(_, absent)| *absent) {
+        return FeedEvent::Invalid(format!("{} without {field}", m.kind));
+    }
+    let taker_side = match m.side.as_deref() {
+        Some("sell") => "buy",
+        Some("buy") => "sell",
+        other => {
+            return FeedEvent::Invalid(format!("unknown side {other:?}; expected buy or sell"));
+        }
+    };
+    let symbol = m.product_id.as_deref().unwrap_or_default();
+    FeedEvent::Trade {
+        record: TradeRecord {
+            symbol: symbol.to_owned(),
+            coin_name: coins.get(symbol).cloned(),
+            trade_id: m.trade_id.unwrap_or_default(),
+            sequence: m.sequence,
+            trade_time: m.time.as_deref().unwrap_or_default().to_owned(),
+            price: m.price.as_deref().unwrap_or_default().to_owned(),
+            size: m.size.as_deref().unwrap_or_default().to_owned(),
+            side: taker_side.to_owned(),
+            ingest_time: ingest_time.to_owned(),
+        },
+        last_match: m.kind == "last_match",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coins() -> BTreeMap<String, String> {
+        [("BTC-USD".to_owned(), "Bitcoin".to_owned())].into()
+    }
+
+    #[test]
+    fn normalises_a_documented_match_inverting_the_makers_side() {
+        let line = br#"{"type":"match","trade_id":10,"sequence":50,"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","time":"2014-11-07T08:19:27.028459Z","product_id":"BTC-USD","size":"5.23512","price":"400.23","side":"sell"}"#;
+        let FeedEvent::Trade { record, last_match } =
+            parse(line, &coins(), "2014-11-07T08:19:28.000000Z")
+        else {
+            panic!("not a trade");
+        };
+        assert!(!last_match);
+        assert_eq!(record.side, "buy", "maker sold, so the taker bought");
+        assert_eq!(record.coin_name.as_deref(), Some("Bitcoin"));
+        assert_eq!((record.trade_id, record.sequence), (10, Some(50)));
+        assert_eq!(
+            (record.price.as_str(), record.size.as_str()),
+            ("400.23", "5.23512")
+        );
+    }
+
+    #[test]
+    fn classifies_other_messages() {
+        let c = coins();
+        assert_eq!(
+            parse(br#"{"type":"heartbeat","sequence":90,"last_trade_id":20,"product_id":"BTC-USD","time":"2014-11-07T08:19:28.464459Z"}"#, &c, ""),
+            FeedEvent::Heartbeat { product_id: "BTC-USD".into(), last_trade_id: 20 }
+        );
+        assert_eq!(
+            parse(br#"{"type":"subscriptions","channels":[]}"#, &c, ""),
+            FeedEvent::Subscriptions
+        );
+        assert_eq!(
+            parse(br#"{"type":"error","message":"Failed to subscribe","reason":"FOO-USD is not a valid product"}"#, &c, ""),
+            FeedEvent::Error { message: "Failed to subscribe".into(), reason: Some("FOO-USD is not a valid product".into()) }
+        );
+        assert_eq!(
+            parse(br#"{"type":"ticker","price":"1"}"#, &c, ""),
+            FeedEvent::Other("ticker".into())
+        );
+    }
+
+    #[test]
+    fn explains_unusable_messages() {
+        let c = coins();
+        let invalid = |line: &[u8]| match parse(line, &c, "") {
+            FeedEvent::Invalid(reason) => reason,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        assert!(invalid(br#"{"type":"match","trade_id":1"#).starts_with("invalid JSON"));
+        assert!(
+            invalid(br#"{"type":"match","trade_id":"ten","product_id":"BTC-USD"}"#)
+                .starts_with("match message with wrong field types")
+        );
+        assert_eq!(invalid(br#"{"type":"match","trade_id":1,"product_id":"BTC-USD","price":"1","size":"1","side":"sell"}"#), "match without time");
+        assert!(invalid(br#"{"type":"match","trade_id":1,"product_id":"BTC-USD","price":"1","size":"1","side":"up","time":"t"}"#).starts_with("unknown side"));
+        assert_eq!(invalid(br#"{"no":"type"}"#), "message without a type");
+    }
+}

@@ -1,0 +1,4 @@
+//! Code that more than one connector needs. It names no venue.
+
+pub mod reference_files;
+pub mod trade;

@@ -1,0 +1,114 @@
+//! # coinstream's connectors
+//!
+//! Implementations of the engine's [`engine::Source`], [`engine::Sink`] and
+//! [`engine::DeadLetterSink`]: one folder per service. Each connector owns its transport, its
+//! envelope handling and its config; none knows another, and none knows SQL or batching policy.
+//! Config enums here are tagged by `type`, so a new connector fails to compile until every
+//! `match` handles it.
+
+pub mod coinbase;
+pub mod common;
+pub mod dead_letter;
+pub mod generate;
+pub mod parquet;
+pub mod replay;
+pub mod stdout;
+
+use engine::{DeadLetterSink, Result, Sink, Source};
+use serde::Deserialize;
+
+/// `[source]`: where messages come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A file of Coinbase Exchange feed messages.
+    Replay(replay::ReplayConfig),
+    /// Generated trades.
+    Generate(generate::source::GenerateConfig),
+}
+
+/// `[sink]`: where the transform's rows go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// The embedded Parquet store.
+    Parquet(parquet::ParquetConfig),
+    /// Printed rows.
+    Stdout(stdout::StdoutConfig),
+    /// Counted and dropped.
+    Null {},
+}
+
+/// `[dead_letter]`: where undecodable messages go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeadLetterConfig {
+    /// JSON-lines files in a folder.
+    File(dead_letter::FileDeadLetterConfig),
+}
+
+/// Builds the configured source.
+pub fn build_source(config: &SourceConfig) -> Result<Box<dyn Source>> {
+    Ok(match config {
+        SourceConfig::Replay(c) => Box::new(replay::ReplaySource::new(c.clone())?),
+        SourceConfig::Generate(c) => Box::new(generate::source::GenerateSource::new(c.clone())?),
+    })
+}
+
+/// Builds the configured sink.
+pub fn build_sink(config: &SinkConfig) -> Result<Box<dyn Sink>> {
+    Ok(match config {
+        SinkConfig::Parquet(c) => Box::new(parquet::ParquetSink::new(c.clone())),
+        SinkConfig::Stdout(c) => Box::new(stdout::StdoutSink::new(c.clone())),
+        SinkConfig::Null {} => Box::new(stdout::NullSink::default()),
+    })
+}
+
+/// Builds the configured dead-letter output.
+pub fn build_dead_letter(config: &DeadLetterConfig) -> Result<Box<dyn DeadLetterSink>> {
+    Ok(match config {
+        DeadLetterConfig::File(c) => Box::new(dead_letter::FileDeadLetterSink::new(c.clone())?),
+    })
+}
+
+/// Makes a relative path relative to `base` (the config file's folder).
+fn rebase(path: &mut std::path::PathBuf, base: &std::path::Path) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
+
+impl SourceConfig {
+    /// Resolves relative paths against the config file's folder.
+    pub fn rebase_paths(&mut self, base: &std::path::Path) {
+        match self {
+            SourceConfig::Replay(c) => {
+                rebase(&mut c.path, base);
+                rebase(&mut c.coin_map, base);
+            }
+            SourceConfig::Generate(c) => {
+                rebase(&mut c.portfolio, base);
+                rebase(&mut c.coin_map, base);
+            }
+        }
+    }
+}
+
+impl SinkConfig {
+    /// Resolves relative paths against the config file's folder.
+    pub fn rebase_paths(&mut self, base: &std::path::Path) {
+        match self {
+            SinkConfig::Parquet(c) => rebase(&mut c.path, base),
+            SinkConfig::Stdout(_) | SinkConfig::Null {} => {}
+        }
+    }
+}
+
+impl DeadLetterConfig {
+    /// Resolves relative paths against the config file's folder.
+    pub fn rebase_paths(&mut self, base: &std::path::Path) {
+        match self {
+            DeadLetterConfig::File(c) => rebase(&mut c.path, base),
+        }
+    }
+}

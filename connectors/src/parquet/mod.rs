@@ -1,0 +1,206 @@
+//! The embedded store: a Parquet dataset under a folder, partitioned Hive-style by the configured
+//! columns (`symbol=BTC-USD/trade_date=2026-11-23/part-<batch>-<n>.parquet`). Each file is written
+//! under a temporary name, synced and renamed, so a crash never leaves a torn file, and its name
+//! comes from the batch id, so a replayed batch overwrites its own files instead of doubling rows.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use engine::{Error, Result, Retry, Sink};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::Deserialize;
+
+/// `[sink] type = "parquet"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetConfig {
+    /// The dataset's folder.
+    pub path: PathBuf,
+    /// Columns whose values name the partition folders, outermost first.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+}
+
+/// The Parquet sink.
+pub struct ParquetSink {
+    config: ParquetConfig,
+}
+
+impl ParquetSink {
+    /// Builds the sink.
+    pub fn new(config: ParquetConfig) -> Self {
+        Self { config }
+    }
+
+    fn error(&self, message: String, retry: Retry) -> Error {
+        Error::Sink {
+            name: self.description(),
+            message,
+            retry,
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for ParquetSink {
+    fn description(&self) -> String {
+        format!("parquet {}", self.config.path.display())
+    }
+
+    async fn healthcheck(&mut self) -> Result<()> {
+        let probe = self.config.path.join(".coinstream-write-check");
+        fs::create_dir_all(&self.config.path)
+            .and_then(|_| fs::write(&probe, b""))
+            .and_then(|_| fs::remove_file(&probe))
+            .map_err(|e| self.error(format!("folder is not writable: {e}"), Retry::Permanent))
+    }
+
+    async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
+        let Some(first) = batches.first() else {
+            return Ok(());
+        };
+        let combined = concat_batches(&first.schema(), batches)?;
+        if combined.num_rows() == 0 {
+            return Ok(());
+        }
+        let config = self.config.clone();
+        let description = self.description();
+        tokio::task::spawn_blocking(move || write_partitions(&config, batch_id, &combined))
+            .await
+            .map_err(|e| Error::Internal(format!("parquet writer task failed: {e}")))?
+            .map_err(|message| Error::Sink {
+                name: description,
+                message,
+                retry: Retry::Transient,
+            })
+    }
+}
+
+fn write_partitions(
+    config: &ParquetConfig,
+    batch_id: u64,
+    batch: &RecordBatch,
+) -> std::result::Result<(), String> {
+    let schema = batch.schema();
+    let mut key_columns = Vec::new();
+    for name in &config.partition_by {
+        let index = schema
+            .index_of(name)
+            .map_err(|_| format!("partition column {name} is not in the transform's output"))?;
+        key_columns.push((name.as_str(), batch.column(index).clone()));
+    }
+    let options = FormatOptions::default();
+    let formatters = key_columns
+        .iter()
+        .map(|(_, col)| ArrayFormatter::try_new(col.as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut groups: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
+    for row in 0..batch.num_rows() {
+        let key = formatters
+            .iter()
+            .map(|f| f.value(row).to_string())
+            .collect();
+        groups.entry(key).or_default().push(row as u32);
+    }
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    for (n, (key, rows)) in groups.into_iter().enumerate() {
+        let mut dir = config.path.clone();
+        for ((name, _), value) in key_columns.iter().zip(&key) {
+            dir.push(format!("{name}={}", escape(value)));
+        }
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let part = take_record_batch(batch, &UInt32Array::from(rows)).map_err(|e| e.to_string())?;
+        write_file(
+            &dir.join(format!("part-{batch_id:010}-{n:04}.parquet")),
+            &part,
+            props.clone(),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_file(
+    path: &Path,
+    batch: &RecordBatch,
+    props: WriterProperties,
+) -> std::result::Result<(), String> {
+    let tmp = path.with_extension("parquet.tmp");
+    let file =
+        fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
+    writer.write(batch).map_err(|e| e.to_string())?;
+    let file = writer.into_inner().map_err(|e| e.to_string())?;
+    file.sync_all()
+        .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("cannot rename into {}: {e}", path.display()))
+}
+
+/// Keeps partition values usable as folder names.
+fn escape(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Registers a dataset written by this sink as table `name` for `query` and reports.
+pub async fn register_store(session: &SessionContext, name: &str, path: &Path) -> Result<()> {
+    let has_files = walk_has_parquet(path);
+    if !has_files {
+        return Err(Error::config(
+            path.display().to_string(),
+            format!(
+                "the store for table {name} holds no Parquet files yet; run the pipeline first"
+            ),
+        ));
+    }
+    // Partition folders are plain folders to the reader: the partition columns are kept in the
+    // files too, so no column is derived from a folder name.
+    session
+        .sql("SET datafusion.execution.listing_table_ignore_subdirectory = false")
+        .await?
+        .collect()
+        .await?;
+    let url = format!(
+        "{}/",
+        path.canonicalize()
+            .map_err(|e| Error::io(path, e))?
+            .display()
+    );
+    session
+        .register_parquet(name, &url, ParquetReadOptions::default())
+        .await?;
+    Ok(())
+}
+
+fn walk_has_parquet(path: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(path) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            walk_has_parquet(&p)
+        } else {
+            p.extension().is_some_and(|x| x == "parquet")
+        }
+    })
+}

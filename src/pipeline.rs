@@ -1,0 +1,260 @@
+//! What each subcommand wires together.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use connectors::SinkConfig;
+use engine::checkpoint::Checkpoint;
+use engine::context::{EngineContext, InputSlot};
+use engine::decode::RecordDecoder;
+use engine::runtime::StreamingQuery;
+use engine::transform::{PlannedTransform, TransformFile};
+use engine::{PollLimits, StartRequest};
+use tokio::sync::watch;
+
+use crate::cli::{Command, ProgressFormat};
+use crate::config::Config;
+
+pub async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            config,
+            trigger,
+            progress,
+            max_records_per_batch,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(t) = trigger {
+                config.trigger = t.parse().context("--trigger")?;
+            }
+            if let Some(n) = max_records_per_batch {
+                config.max_records_per_batch = n
+                    .try_into()
+                    .context("--max-records-per-batch must be at least 1")?;
+            }
+            run(config, progress).await
+        }
+        Command::Explain {
+            config,
+            analyze,
+            transform,
+        } => explain(&Config::load(&config)?, analyze, transform.as_deref()).await,
+        Command::Query { config, sql } => query(&Config::load(&config)?, &sql).await,
+        Command::Generate {
+            count,
+            rate,
+            out,
+            seed,
+            start,
+            portfolio,
+            coin_map,
+        } => generate(
+            count,
+            rate,
+            &out,
+            seed,
+            start.as_deref(),
+            &portfolio,
+            &coin_map,
+        ),
+    }
+}
+
+/// The engine context with reference tables, the input table and every transform planned.
+async fn plan(
+    config: &Config,
+) -> anyhow::Result<(EngineContext, InputSlot, Vec<PlannedTransform>)> {
+    let mut ctx = EngineContext::new(&config.context);
+    for table in &config.references {
+        ctx.register_reference(table)?;
+    }
+    let slot = ctx.register_input(&config.input_table, config.input_schema.clone())?;
+    let mut transforms = Vec::new();
+    for file in &config.transform_files {
+        transforms.push(ctx.register_transform(TransformFile::read(file)?).await?);
+    }
+    Ok((ctx, slot, transforms))
+}
+
+fn take_output(
+    config: &Config,
+    transforms: Vec<PlannedTransform>,
+) -> anyhow::Result<PlannedTransform> {
+    match transforms.into_iter().find(|t| t.name() == config.output) {
+        Some(t) => Ok(t),
+        None => bail!("transforms.output {:?} was not planned", config.output),
+    }
+}
+
+async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
+    let (_ctx, input, transforms) = plan(&config).await?;
+    let transform = take_output(&config, transforms)?;
+    let checkpoint = config
+        .checkpoint_dir
+        .as_ref()
+        .map(Checkpoint::open)
+        .transpose()?;
+    let query = StreamingQuery {
+        source: connectors::build_source(&config.source)?,
+        decoder: RecordDecoder::new(config.input_schema.clone()),
+        input,
+        transform,
+        sink: connectors::build_sink(&config.sink)?,
+        dead_letters: connectors::build_dead_letter(&config.dead_letter)?,
+        checkpoint,
+        trigger: config.trigger,
+        max_records_per_batch: config.max_records_per_batch.get(),
+        on_progress: Box::new(move |p| match progress {
+            ProgressFormat::Human => eprintln!("{}", p.human_line()),
+            ProgressFormat::Json => eprintln!("{}", p.json_line()),
+        }),
+    };
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Stopping after the current batch.");
+        let _ = stop.send(true);
+    });
+    let summary = query.run(shutdown).await?;
+    tracing::info!(
+        batches = summary.batches,
+        input_rows = summary.input_rows,
+        output_rows = summary.output_rows,
+        dead_letters = summary.dead_letters,
+        "Run finished."
+    );
+    if let Some(report) = &config.report {
+        let sql = std::fs::read_to_string(report)
+            .with_context(|| format!("reading report {}", report.display()))?;
+        println!(
+            "{}",
+            run_query(&config, &sql)
+                .await
+                .with_context(|| format!("report {}", report.display()))?
+        );
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn explain(config: &Config, analyze: bool, only: Option<&str>) -> anyhow::Result<()> {
+    let (_ctx, input, transforms) = plan(config).await?;
+    if let Some(name) = only {
+        if !transforms.iter().any(|t| t.name() == name) {
+            let names: Vec<&str> = transforms.iter().map(|t| t.name()).collect();
+            bail!("no transform {name:?}; the config has {}", names.join(", "));
+        }
+    }
+    for t in transforms
+        .iter()
+        .filter(|t| only.is_none_or(|n| n == t.name()))
+    {
+        println!("{}\n", t.explain());
+        if analyze {
+            let mut source = connectors::build_source(&config.source)?;
+            source
+                .start(StartRequest {
+                    committed: None,
+                    available_now: true,
+                })
+                .await?;
+            let limits = PollLimits {
+                max_records: config.max_records_per_batch.get(),
+                max_wait: std::time::Duration::from_secs(2),
+            };
+            let records = match source.poll(limits).await? {
+                engine::Poll::Batch(b) => b.records,
+                _ => Vec::new(),
+            };
+            let decoded = RecordDecoder::new(config.input_schema.clone()).decode(&records)?;
+            let rows_in = decoded.batch.num_rows();
+            input.set(vec![decoded.batch]);
+            let (out, plan) = t.execute().await?;
+            let rows_out: usize = out.iter().map(|b| b.num_rows()).sum();
+            println!(
+                "-- analyzed on one batch: {} messages, {} rows decoded, {} dead letters, {} rows out --\n{}",
+                records.len(),
+                rows_in,
+                decoded.dead_letters.len(),
+                rows_out,
+                PlannedTransform::explain_executed(&plan)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn query(config: &Config, sql: &str) -> anyhow::Result<()> {
+    println!("{}", run_query(config, sql).await?);
+    Ok(())
+}
+
+/// Runs SQL over the store (as a table named after the output transform) and the reference tables.
+async fn run_query(config: &Config, sql: &str) -> anyhow::Result<String> {
+    let mut ctx = EngineContext::new(&config.context);
+    for table in &config.references {
+        ctx.register_reference(table)?;
+    }
+    match &config.sink {
+        SinkConfig::Parquet(p) => {
+            connectors::parquet::register_store(ctx.session(), &config.output, &p.path).await?
+        }
+        other => bail!("query reads the Parquet store; this config's sink is {other:?}"),
+    }
+    let batches = ctx.session().sql(sql).await?.collect().await?;
+    Ok(arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+}
+
+fn generate(
+    count: u64,
+    rate: f64,
+    out: &Path,
+    seed: u64,
+    start: Option<&str>,
+    portfolio: &Path,
+    coin_map: &Path,
+) -> anyhow::Result<()> {
+    if !(rate > 0.0 && rate.is_finite()) {
+        bail!("--rate must be a positive number");
+    }
+    let spacing_us = (1e6 / rate) as i64;
+    let start_us = match start {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .context("--start must be RFC 3339")?
+            .timestamp_micros(),
+        None => chrono::Utc::now().timestamp_micros() - spacing_us * count as i64,
+    };
+    let mut generator = connectors::generate::Generator::from_files(
+        portfolio, coin_map, seed, start_us, spacing_us,
+    )?;
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    connectors::generate::write_feed(&mut generator, count, &mut writer)?;
+    std::io::Write::flush(&mut writer)?;
+    eprintln!(
+        "wrote {count} trades for {} products to {}",
+        generator.product_count(),
+        out.display()
+    );
+    Ok(())
+}
