@@ -99,7 +99,7 @@ async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
         decoder: RecordDecoder::new(config.input_schema.clone()),
         input,
         transform,
-        sink: connectors::build_sink(&config.sink)?,
+        sink,
         dead_letters: connectors::build_dead_letter(&config.dead_letter)?,
         checkpoint,
         trigger: config.trigger,

@@ -55,8 +55,12 @@ pub fn build_source(config: &SourceConfig) -> Result<Box<dyn Source>> {
     })
 }
 
-/// Builds the configured sink.
-pub fn build_sink(config: &SinkConfig) -> Result<Box<dyn Sink>> {
+/// Builds the configured sink for rows of `schema` (the output transform's schema).
+pub fn build_sink(
+    config: &SinkConfig,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<Box<dyn Sink>> {
+    let _ = schema;
     Ok(match config {
         SinkConfig::Parquet(c) => Box::new(parquet::ParquetSink::new(c.clone())),
         SinkConfig::Stdout(c) => Box::new(stdout::StdoutSink::new(c.clone())),
