@@ -94,6 +94,7 @@ async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
         .as_ref()
         .map(Checkpoint::open)
         .transpose()?;
+    let sink = connectors::build_sink(&config.sink, &transform.schema())?;
     let query = StreamingQuery {
         source: connectors::build_source(&config.source)?,
         decoder: RecordDecoder::new(config.input_schema.clone()),
