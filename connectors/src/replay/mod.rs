@@ -1,7 +1,7 @@
 //! Replays a file of Coinbase Exchange feed messages, one JSON message per line exactly as the feed
 //! sends them. Trades (`match`, `last_match`) are normalised to bus records; heartbeats,
-//! subscriptions and unknown types are skipped; unusable lines are passed on as rejected so they
-//! reach the dead-letter output with their reason. Offsets are line numbers (partition 0, topic =
+//! subscriptions and unknown types are skipped; unusable lines (and trades of products missing from
+//! the coin map) are passed on as rejected so they reach the dead-letter output with their reason. Offsets are line numbers (partition 0, topic =
 //! the file's path), so a batch can be replayed exactly after a crash.
 
 use std::collections::BTreeMap;
@@ -183,6 +183,11 @@ fn read_lines(
             received_at,
         };
         match feed::parse(line, coins, &ingest_time) {
+            FeedEvent::Trade { record: trade, .. } if trade.coin_name.is_none() => {
+                state.counters.invalid += 1;
+                let reason = format!("unknown product {} (not in the coin map)", trade.symbol);
+                records.push(record(line.to_vec(), Some(reason)));
+            }
             FeedEvent::Trade { record: trade, .. } => {
                 let last = state
                     .last_trade_id

@@ -1,0 +1,385 @@
+//! The `coinstream` binary end to end on the embedded pipeline (replay → profit.sql → Parquet),
+//! with every stored row checked against an independent computation of its profit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::str::FromStr;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rust_decimal::Decimal;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn coinstream(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("the binary runs")
+}
+
+/// The shipped default config, pointed at `input` and with its outputs in `dir`.
+fn config(dir: &Path, input: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("coinstream.toml")).unwrap();
+    let r = repo();
+    let text = text
+        .replace(
+            "\"required_data/sample_trades.jsonl\"",
+            &format!("{:?}", input),
+        )
+        .replace(
+            "\"required_data/",
+            &format!("\"{}/required_data/", r.display()),
+        )
+        .replace("\"sql/", &format!("\"{}/sql/", r.display()))
+        .replace("\"data/", &format!("\"{}/data/", dir.display()));
+    let path = dir.join("coinstream.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `(symbol, trade_id) → (profit, side)` as read back from every Parquet file under `root`.
+fn stored_rows(root: &Path) -> Vec<((String, i64), (Decimal, String))> {
+    let mut rows = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            assert_eq!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("parquet"),
+                "only finished files: {path:?}"
+            );
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+                let symbol = col("symbol");
+                let symbol = symbol.as_string::<i32>();
+                let ids = col("trade_id");
+                let ids = ids.as_primitive::<Int64Type>();
+                let side = col("side");
+                let side = side.as_string::<i32>();
+                let profit = col("profit");
+                let profit = profit
+                    .as_any()
+                    .downcast_ref::<arrow::array::Decimal128Array>()
+                    .unwrap();
+                for i in 0..batch.num_rows() {
+                    assert!(!profit.is_null(i));
+                    rows.push((
+                        (symbol.value(i).to_owned(), ids.value(i)),
+                        (
+                            Decimal::from_str(&profit.value_as_string(i)).unwrap(),
+                            side.value(i).to_owned(),
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// The expected rows, computed from the feed file and the portfolio with no code of ours.
+fn expected_rows(feed: &Path) -> BTreeMap<(String, i64), (Decimal, String)> {
+    let portfolio: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("required_data/my_Portfolio.json")).unwrap(),
+    )
+    .unwrap();
+    let mut expected = BTreeMap::new();
+    for line in std::fs::read_to_string(feed).unwrap().lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if !matches!(m["type"].as_str(), Some("match" | "last_match")) {
+            continue;
+        }
+        let symbol = m["product_id"].as_str().unwrap();
+        let Some(holding) = portfolio.get(symbol) else {
+            continue;
+        };
+        let (Ok(price), Some(id)) = (
+            Decimal::from_str(m["price"].as_str().unwrap_or("x")),
+            m["trade_id"].as_i64(),
+        ) else {
+            continue;
+        };
+        let buy = Decimal::from_str(holding["buy_price"].as_str().unwrap()).unwrap();
+        let size = Decimal::from_str(holding["size"].as_str().unwrap()).unwrap();
+        let taker = if m["side"] == "sell" { "buy" } else { "sell" };
+        expected.insert(
+            (symbol.to_owned(), id),
+            ((price - buy) * size, taker.to_owned()),
+        );
+    }
+    expected
+}
+
+#[test]
+fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = repo().join("required_data/sample_trades.jsonl");
+    let cfg = config(dir.path(), &feed);
+    let out = coinstream(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+        "--progress",
+        "json",
+    ]);
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+
+    let progress: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        progress.len() >= 5,
+        "the 2000-record cap makes several batches: {}",
+        stderr(&out)
+    );
+    for (i, p) in progress.iter().enumerate() {
+        assert_eq!(p["batchId"], i as u64);
+    }
+    let input: u64 = progress
+        .iter()
+        .map(|p| p["numInputRows"].as_u64().unwrap())
+        .sum();
+
+    let stored = stored_rows(&dir.path().join("data/profit"));
+    let expected = expected_rows(&feed);
+    assert!(
+        expected.len() > 8_000,
+        "the sample holds ~10,000 trades, most in the portfolio"
+    );
+    assert!(
+        input as usize > expected.len(),
+        "non-portfolio trades are read too"
+    );
+    assert_eq!(stored.len(), expected.len(), "one row per portfolio trade");
+    let stored: BTreeMap<_, _> = stored.into_iter().collect();
+    assert_eq!(stored.len(), expected.len(), "no trade stored twice");
+    for (key, (profit, side)) in &expected {
+        let (got_profit, got_side) = stored
+            .get(key)
+            .unwrap_or_else(|| panic!("trade {key:?} missing"));
+        assert_eq!(got_profit, profit, "profit of {key:?}");
+        assert_eq!(got_side, side, "taker side of {key:?}");
+    }
+
+    // The report and `query` read the same store.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("| Bitcoin "),
+        "P&L table printed"
+    );
+    let q = coinstream(&[
+        "query",
+        "--config",
+        cfg.to_str().unwrap(),
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT symbol) AS s FROM profit",
+    ]);
+    assert!(q.status.success(), "{}", stderr(&q));
+    let text = String::from_utf8_lossy(&q.stdout);
+    assert!(text.contains(&format!("| {} ", expected.len())), "{text}");
+
+    // A second run finds everything committed: no new batches, nothing doubled.
+    let again = coinstream(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+        "--progress",
+        "json",
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        !stderr(&again)
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("\"numInputRows\":1")),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        stored_rows(&dir.path().join("data/profit")).len(),
+        expected.len()
+    );
+}
+
+#[test]
+fn hostile_feed_lines_go_to_dead_letters_with_reasons_and_good_rows_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.jsonl");
+    let good = r#"{"type":"match","trade_id":7,"sequence":50,"maker_order_id":"a","taker_order_id":"b","time":"2026-11-20T14:00:00.028459Z","product_id":"BTC-USD","size":"0.5","price":"92000.01","side":"sell"}"#;
+    let lines = [
+        good,
+        r#"{"type":"match","trade_id":8,"sequence":51,"time":"2026-11-20T14:00:01Z","product_id":"BTC-USD","size":"0.5","price":"abc","side":"buy"}"#,
+        r#"{"type":"match","trade_id":9,"product_id":"ETH-"#,
+        r#"{"type":"match","sequence":52,"time":"2026-11-20T14:00:01Z","product_id":"ETH-USD","size":"1","price":"3000","side":"buy"}"#,
+        r#"{"type":"heartbeat","sequence":90,"last_trade_id":20,"product_id":"BTC-USD","time":"2026-11-20T14:00:02Z"}"#,
+        r#"{"type":"match","trade_id":10,"sequence":53,"time":"2026-11-20T14:00:03Z","product_id":"FOO-USD","size":"1","price":"1","side":"buy"}"#,
+        "\u{1}garbage",
+    ];
+    std::fs::write(&feed, lines.join("\n")).unwrap();
+    let cfg = config(dir.path(), &feed);
+    let out = coinstream(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = stored_rows(&dir.path().join("data/profit"));
+    assert_eq!(stored.len(), 1, "the one good portfolio trade: {stored:?}");
+    assert_eq!(stored[0].0, ("BTC-USD".to_owned(), 7));
+
+    let mut letters = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("data/dead_letters")).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .lines()
+        {
+            letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+        }
+    }
+    letters.sort_by_key(|l| l["offset"].as_i64());
+    let summary: Vec<(i64, String)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["offset"].as_i64().unwrap(),
+                l["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(summary.len(), 5, "{summary:?}");
+    assert_eq!(summary[0].0, 1);
+    assert!(summary[0].1.contains("abc"), "{summary:?}");
+    assert!(summary[1].1.starts_with("invalid JSON"), "{summary:?}");
+    assert_eq!(summary[2].1, "match without trade_id");
+    assert_eq!(
+        summary[3],
+        (
+            5,
+            "unknown product FOO-USD (not in the coin map)".to_owned()
+        )
+    );
+    assert_eq!(summary[4].0, 6);
+    assert_eq!(letters[1]["raw"], lines[2]);
+}
+
+#[test]
+fn explain_shows_plans_and_analyze_shows_metrics() {
+    let out = coinstream(&["explain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("== profit ("), "{text}");
+    assert!(
+        text.contains("-- logical plan --") && text.contains("Join"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-- physical plan --") && text.contains("HashJoinExec"),
+        "{text}"
+    );
+    let out = coinstream(&["explain", "--analyze", "profit"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("analyzed on one batch: 2000 messages"),
+        "{text}"
+    );
+    assert!(
+        text.contains("output_rows="),
+        "per-operator metrics: {text}"
+    );
+    let out = coinstream(&["explain", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no transform \"nope\"; the config has profit"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &repo().join("required_data/sample_trades.jsonl"),
+    );
+    let sql = dir.path().join("profit.sql");
+    std::fs::write(&sql, "SELECT symbol, FROM trades WHERE").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("{}/sql/profit.sql", repo().display()),
+        sql.to_str().unwrap(),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let out = coinstream(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("transform profit (") && stderr(&out).contains("profit.sql"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("data/profit").exists(), "no data flowed");
+
+    std::fs::write(
+        &sql,
+        std::fs::read_to_string(repo().join("sql/profit.sql")).unwrap(),
+    )
+    .unwrap();
+    let portfolio = dir.path().join("portfolio.json");
+    std::fs::write(
+        &portfolio,
+        r#"{"BTC-USD":{"coin_name":"Bitcoin","buy_price":"a lot","size":"1","buy_time":0}}"#,
+    )
+    .unwrap();
+    let text = text.replace(
+        &format!("{}/required_data/my_Portfolio.json", repo().display()),
+        portfolio.to_str().unwrap(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = coinstream(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("portfolio.json") && err.contains("key \"BTC-USD\""),
+        "{err}"
+    );
+}
