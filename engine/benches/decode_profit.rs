@@ -1,1 +1,178 @@
-fn main() {}
+//! Decode + `sql/profit.sql` on 1,000,000 generated trades, and the fixed cost of one micro-batch.
+//! Run: `cargo bench -p coinstream-engine --bench decode_profit`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use engine::context::{ContextOptions, EngineContext, InputSlot};
+use engine::decode::RecordDecoder;
+use engine::reference::ReferenceTable;
+use engine::schema::parse_columns;
+use engine::transform::{PlannedTransform, TransformFile};
+use engine::RawRecord;
+
+const TRADES: usize = 1_000_000;
+const BATCH: usize = 100_000;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+const TRADE_COLUMNS: [&str; 9] = [
+    "symbol utf8 not null",
+    "coin_name utf8",
+    "trade_id int64 not null",
+    "sequence int64",
+    "trade_time timestamp(us) not null",
+    "price decimal(28,10) not null",
+    "size decimal(28,10) not null",
+    "side utf8 not null",
+    "ingest_time timestamp(us)",
+];
+
+/// Bus records shaped as the connectors write them: 9 portfolio products and 4 others.
+fn messages(n: usize) -> Vec<RawRecord> {
+    let products = [
+        ("BTC-USD", "Bitcoin", 91000.0),
+        ("ETH-USD", "Ethereum", 3400.0),
+        ("SOL-USD", "Solana", 182.0),
+        ("ADA-USD", "Cardano", 0.74),
+        ("DOGE-USD", "Dogecoin", 0.32),
+        ("XRP-USD", "XRP", 2.18),
+        ("LTC-USD", "Litecoin", 96.3),
+        ("DOT-USD", "Polkadot", 6.48),
+        ("AVAX-USD", "Avalanche", 34.9),
+        ("LINK-USD", "Chainlink", 18.4),
+        ("SHIB-USD", "Shiba Inu", 0.0000223),
+        ("UNI-USD", "Uniswap", 9.87),
+        ("XLM-USD", "Stellar", 0.41),
+    ];
+    let mut state: u64 = 42;
+    (0..n)
+        .map(|i| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let (symbol, name, level) = products[(state >> 33) as usize % products.len()];
+            let price = level * (1.0 + ((state >> 40) as f64 / (1u64 << 24) as f64 - 0.5) / 50.0);
+            let payload = format!(
+                r#"{{"symbol":"{symbol}","coin_name":"{name}","trade_id":{},"sequence":{},"trade_time":"2026-11-20T14:{:02}:{:02}.{:06}Z","price":"{price:.8}","size":"{:.8}","side":"{}","ingest_time":"2026-11-20T14:00:00.000000Z"}}"#,
+                100_000_000 + i,
+                5_000_000_000u64 + i as u64 * 7,
+                (i / 60_000) % 60,
+                (i / 1000) % 60,
+                i % 1_000_000,
+                (state % 10_000) as f64 / 1000.0,
+                if state & 1 == 0 { "buy" } else { "sell" },
+            );
+            RawRecord {
+                topic: "bench".into(),
+                partition: 0,
+                offset: i as i64,
+                payload: payload.into_bytes(),
+                rejected: None,
+                received_at: SystemTime::now(),
+            }
+        })
+        .collect()
+}
+
+fn columns(decls: &[&str]) -> Vec<String> {
+    decls.iter().map(|s| (*s).to_owned()).collect()
+}
+
+async fn planned() -> (EngineContext, InputSlot, PlannedTransform) {
+    let mut ctx = EngineContext::new(&ContextOptions::default());
+    ctx.register_reference(&ReferenceTable {
+        name: "portfolio".into(),
+        path: repo().join("required_data/my_Portfolio.json"),
+        key_column: "symbol".into(),
+        columns: parse_columns(
+            "portfolio",
+            &columns(&["coin_name utf8 not null", "buy_price decimal(28,10) not null", "size decimal(28,10) not null", "buy_time timestamp(ms) not null"]),
+        )
+        .unwrap(),
+        scalar_values: false,
+    })
+    .unwrap();
+    ctx.register_reference(&ReferenceTable {
+        name: "coins".into(),
+        path: repo().join("required_data/coin_map.json"),
+        key_column: "symbol".into(),
+        columns: parse_columns("coins", &columns(&["coin_name utf8 not null"])).unwrap(),
+        scalar_values: true,
+    })
+    .unwrap();
+    let slot = ctx.register_input("trades", parse_columns("trades", &columns(&TRADE_COLUMNS)).unwrap()).unwrap();
+    let transform = ctx.register_transform(TransformFile::read(&repo().join("sql/profit.sql")).unwrap()).await.unwrap();
+    (ctx, slot, transform)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (ctx, slot, transform) = rt.block_on(planned());
+    let schema = slot.schema().clone();
+    let records = messages(TRADES);
+
+    let mut group = c.benchmark_group("1M trades");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(TRADES as u64));
+    group.bench_function("decode", |b| {
+        let mut decoder = RecordDecoder::new(schema.clone());
+        b.iter(|| {
+            for chunk in records.chunks(BATCH) {
+                black_box(decoder.decode(chunk).unwrap());
+            }
+        })
+    });
+    let mut decoder = RecordDecoder::new(schema.clone());
+    let decoded: Vec<_> = records.chunks(BATCH).map(|c| decoder.decode(c).unwrap().batch).collect();
+    group.bench_function("profit.sql", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for batch in &decoded {
+                    slot.set(vec![batch.clone()]);
+                    black_box(transform.execute().await.unwrap());
+                }
+            })
+        })
+    });
+    group.bench_function("decode + profit.sql", |b| {
+        let mut decoder = RecordDecoder::new(schema.clone());
+        b.iter(|| {
+            rt.block_on(async {
+                for chunk in records.chunks(BATCH) {
+                    slot.set(vec![decoder.decode(chunk).unwrap().batch]);
+                    black_box(transform.execute().await.unwrap());
+                }
+            })
+        })
+    });
+    group.finish();
+
+    // The fixed cost of a micro-batch: one trade through the reused plan, against planning the
+    // same SQL again for every batch.
+    let one = decoder.decode(&records[..1]).unwrap().batch;
+    let mut group = c.benchmark_group("per-batch overhead (1 trade)");
+    group.bench_function("reused plan", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                slot.set(vec![one.clone()]);
+                black_box(transform.execute().await.unwrap());
+            })
+        })
+    });
+    let sql = std::fs::read_to_string(repo().join("sql/profit.sql")).unwrap();
+    group.bench_function("re-planned", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                slot.set(vec![one.clone()]);
+                black_box(ctx.session().sql(&sql).await.unwrap().collect().await.unwrap());
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
