@@ -141,7 +141,11 @@ impl Config {
             None => Trigger::default(),
             Some(Ok(t)) => t,
             Some(Err(e)) => {
-                problems.push(format!("engine.trigger: {}", strip_config_prefix(&e)));
+                let message = match e {
+                    engine::Error::Config { message, .. } => message,
+                    other => other.to_string(),
+                };
+                problems.push(format!("engine.trigger: {message}"));
                 Trigger::default()
             }
         };
@@ -264,9 +268,16 @@ mod tests {
 
     #[test]
     fn shipped_configs_validate() {
-        for name in ["coinstream.toml"] {
+        for (name, output) in [
+            ("coinstream.toml", "profit"),
+            ("pipelines/kafka-cassandra.toml", "profit"),
+            ("pipelines/kafka-cassandra-legacy.toml", "profit_legacy"),
+        ] {
             let c = Config::load(&repo_root().join(name)).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(c.output, "profit");
+            assert_eq!(c.output, output);
+            for file in &c.transform_files {
+                assert!(file.exists(), "{name}: {} exists", file.display());
+            }
         }
     }
 

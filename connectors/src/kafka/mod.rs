@@ -1,0 +1,33 @@
+//! Apache Kafka, through librdkafka (`rdkafka`). Docs: <https://kafka.apache.org/documentation/>,
+//! <https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md>.
+//!
+//! The source is a consumer-group member that commits offsets itself, only after the engine's sink
+//! acknowledged a batch (auto-commit off). Quirks that shape the code:
+//! - librdkafka serves rebalance callbacks only inside `poll`, and the engine polls only between
+//!   batches, so partitions are never revoked from under a batch being written.
+//! - A member that stops polling for `max.poll.interval.ms` is removed from the group; the sink's
+//!   retry loop can take long when Cassandra is down, so that limit is raised by default.
+//! - Committed offsets are the group's truth: a restart resumes from them, and a batch the engine
+//!   planned but never committed starts exactly at its first offset again.
+
+pub mod config;
+mod context;
+pub mod dead_letter;
+pub mod source;
+
+use rdkafka::ClientConfig;
+
+/// The brokers to use when the config names none: `KAFKA_BOOTSTRAP`, else the local default.
+pub fn default_brokers() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A client config with the brokers and the user's extra librdkafka properties.
+fn client_config(brokers: &str, properties: &std::collections::BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
