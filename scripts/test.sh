@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The project's one test command (the README and .ci/run call exactly this):
+#
+#   1. starts the real Kafka and Cassandra with scripts/services.sh (installing their jars with
+#      mvn on a fresh machine) and exports KAFKA_BOOTSTRAP / CASSANDRA_NODES for the tests;
+#   2. runs cargo fmt --check, clippy -D warnings and the whole workspace's tests, in that
+#      order, in the default dev/test profile only;
+#   3. stops on exit only the services this run started, so a developer's running services
+#      stay up.
+#
+# Every cargo step runs even when an earlier one failed, so one run reports everything that is
+# wrong; the exit status is non-zero if any step failed. Each step's wall time is printed, and
+# a summary at the end.
+#
+# Environment: CARGO_TARGET_DIR [$HOME/.cache/coinstream/target]: outside the clone, so repeated
+# CI runs on one machine build incrementally. scripts/services.sh's variables (ports, heaps,
+# timeouts, COINSTREAM_SERVICES_DIR) pass through unchanged.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coinstream/target}"
+SERVICES=scripts/services.sh
+
+log() { printf '%s test: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+# Microseconds since the epoch; EPOCHREALTIME needs bash 5, SECONDS is the fallback.
+now_us() {
+  if [[ -n "${EPOCHREALTIME:-}" ]]; then
+    echo "${EPOCHREALTIME/[.,]/}"
+  else
+    echo "$((SECONDS * 1000000))"
+  fi
+}
+fmt_secs() { printf '%d.%01ds' "$(($1 / 1000000))" "$((($1 % 1000000) / 100000))"; }
+
+command -v cargo >/dev/null 2>&1 ||
+  die "cargo not found on PATH: install Rust with rustup (https://rustup.rs), toolchain $(
+    sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml
+  ) or newer, plus: rustup component add rustfmt clippy"
+for component in fmt clippy; do
+  cargo "$component" --version >/dev/null 2>&1 ||
+    die "cargo $component is missing: rustup component add ${component/fmt/rustfmt}"
+done
+
+# --- services ---------------------------------------------------------------------------------
+
+# Only services that were stopped before this run count as ours. One that is "running but not
+# answering" belongs to someone else's `up` still in progress: we wait for it but never stop it.
+OURS=()
+stop_ours() {
+  local rc=$?
+  if ((${#OURS[@]})); then
+    log "stopping the services this run started: ${OURS[*]}"
+    "$SERVICES" down "${OURS[@]}" || log "warning: scripts/services.sh down ${OURS[*]} failed"
+  fi
+  exit "$rc"
+}
+trap stop_ours EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+status="$("$SERVICES" status 2>&1)" || true
+for svc in kafka cassandra; do
+  if grep -q "^$svc: stopped" <<<"$status"; then
+    OURS+=("$svc")
+  fi
+done
+log "services before this run:"$'\n'"$status"
+
+STEP_NAMES=()
+STEP_TIMES=()
+STEP_RESULTS=()
+FAILED=0
+
+# step NAME CMD...: runs CMD, records its wall time and result; never exits the script.
+step() {
+  local name=$1 t0 rc=0 elapsed
+  shift
+  log "==> $name: $*"
+  t0="$(now_us)"
+  "$@" || rc=$?
+  elapsed=$(($(now_us) - t0))
+  STEP_NAMES+=("$name")
+  STEP_TIMES+=("$(fmt_secs "$elapsed")")
+  if ((rc == 0)); then
+    STEP_RESULTS+=(ok)
+    log "<== $name: ok in $(fmt_secs "$elapsed")"
+  else
+    STEP_RESULTS+=("FAILED (exit $rc)")
+    FAILED=1
+    log "<== $name: FAILED (exit $rc) after $(fmt_secs "$elapsed")"
+  fi
+  return "$rc"
+}
+
+summary() {
+  local i
+  log "summary:"
+  for i in "${!STEP_NAMES[@]}"; do
+    printf '  %-10s %9s  %s\n' "${STEP_NAMES[$i]}" "${STEP_TIMES[$i]}" "${STEP_RESULTS[$i]}" >&2
+  done
+}
+
+# Without the services every integration test would fail anyway: stop here.
+if ! step services "$SERVICES" up; then
+  summary
+  die "the services did not come up; see: $SERVICES logs"
+fi
+
+while IFS='=' read -r key value; do
+  case "$key" in
+    KAFKA_BOOTSTRAP | CASSANDRA_NODES) export "$key=$value" ;;
+    *) die "unexpected line from $SERVICES env: $key=$value" ;;
+  esac
+done < <("$SERVICES" env)
+: "${KAFKA_BOOTSTRAP:?$SERVICES env printed no KAFKA_BOOTSTRAP}"
+: "${CASSANDRA_NODES:?$SERVICES env printed no CASSANDRA_NODES}"
+log "KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP CASSANDRA_NODES=$CASSANDRA_NODES CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+# --- cargo ------------------------------------------------------------------------------------
+
+step fmt cargo fmt --all --check || true
+step clippy cargo clippy --workspace --all-targets -- -D warnings || true
+# --no-fail-fast: run every test binary, so one failure does not hide the others.
+step test cargo test --workspace --no-fail-fast || true
+
+summary
+((FAILED == 0)) || die "some steps failed (see above)"
+log "all steps passed"
