@@ -29,7 +29,12 @@ struct Tables {
 fn shipped_configs() -> Vec<PathBuf> {
     let mut configs = vec![repo().join("coinstream.toml")];
     if let Ok(entries) = std::fs::read_dir(repo().join("pipelines")) {
-        configs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")));
+        configs.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml")),
+        );
     }
     configs
 }
@@ -37,34 +42,65 @@ fn shipped_configs() -> Vec<PathBuf> {
 fn tables_for(transform: &str) -> Result<Tables, String> {
     for config in shipped_configs() {
         let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
-        let value: toml::Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+        let value: toml::Value =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
         let strings = |v: Option<&toml::Value>| -> Vec<String> {
-            v.and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+            v.and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
         };
         let files: Vec<PathBuf> = strings(value.get("transforms").and_then(|t| t.get("files")))
             .iter()
             .map(|f| config.parent().unwrap().join(f))
             .collect();
-        if !files.iter().any(|f| f.file_stem().is_some_and(|s| s == transform)) {
+        if !files
+            .iter()
+            .any(|f| f.file_stem().is_some_and(|s| s == transform))
+        {
             continue;
         }
         let input = value.get("input");
-        let table = input.and_then(|i| i.get("table")).and_then(|t| t.as_str()).unwrap_or("trades").to_owned();
+        let table = input
+            .and_then(|i| i.get("table"))
+            .and_then(|t| t.as_str())
+            .unwrap_or("trades")
+            .to_owned();
         let mut columns = strings(input.and_then(|i| i.get("columns")));
         if columns.is_empty() {
             columns = connectors::common::trade::trade_columns();
         }
         let mut references = Vec::new();
-        for r in value.get("reference").and_then(|r| r.as_array()).into_iter().flatten() {
-            let name = r.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            let key = r.get("key").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        for r in value
+            .get("reference")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let name = r
+                .get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let key = r
+                .get("key")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
             let mut cols = strings(r.get("columns"));
             if let Some(v) = r.get("value").and_then(|v| v.as_str()) {
                 cols.push(v.to_owned());
             }
             references.push((name, key, cols));
         }
-        return Ok(Tables { input: (table, columns), references, files });
+        return Ok(Tables {
+            input: (table, columns),
+            references,
+            files,
+        });
     }
     Err(format!("no shipped config uses transform {transform}"))
 }
@@ -77,20 +113,32 @@ impl Db {
     async fn new(transform: &str) -> Result<Self, String> {
         let tables = tables_for(transform)?;
         let ctx = EngineContext::new(&ContextOptions::default());
-        let empty = |schema: arrow::datatypes::SchemaRef| MemTable::try_new(schema, vec![vec![]]).map(Arc::new);
+        let empty = |schema: arrow::datatypes::SchemaRef| {
+            MemTable::try_new(schema, vec![vec![]]).map(Arc::new)
+        };
         let (name, columns) = &tables.input;
         let schema = parse_columns("input.columns", columns).map_err(|e| e.to_string())?;
-        ctx.session().register_table(name.as_str(), empty(schema).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        ctx.session()
+            .register_table(name.as_str(), empty(schema).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
         for (name, key, columns) in &tables.references {
-            let mut fields = vec![arrow::datatypes::Field::new(key, arrow::datatypes::DataType::Utf8, false)];
+            let mut fields = vec![arrow::datatypes::Field::new(
+                key,
+                arrow::datatypes::DataType::Utf8,
+                false,
+            )];
             let declared = parse_columns(name, columns).map_err(|e| e.to_string())?;
             fields.extend(declared.fields().iter().map(|f| f.as_ref().clone()));
             let schema = Arc::new(arrow::datatypes::Schema::new(fields));
-            ctx.session().register_table(name.as_str(), empty(schema).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            ctx.session()
+                .register_table(name.as_str(), empty(schema).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
         }
         let mut ctx = ctx;
         for file in &tables.files {
-            ctx.register_transform(TransformFile::read(file).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+            ctx.register_transform(TransformFile::read(file).map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(Self { ctx })
     }
@@ -137,10 +185,18 @@ impl sqllogictest::AsyncDB for Db {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| SqlError(e.to_string()))?;
             for row in 0..batch.num_rows() {
-                rows.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
+                rows.push(
+                    formatters
+                        .iter()
+                        .map(|f| f.value(row).to_string())
+                        .collect(),
+                );
             }
         }
-        Ok(DBOutput::Rows { types: vec![DefaultColumnType::Any; width], rows })
+        Ok(DBOutput::Rows {
+            types: vec![DefaultColumnType::Any; width],
+            rows,
+        })
     }
 
     async fn shutdown(&mut self) {}
@@ -155,14 +211,24 @@ impl sqllogictest::AsyncDB for Db {
 }
 
 fn run_file(path: &Path) -> Result<(), Failed> {
-    let transform = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let transform = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let mut runner = Runner::new(move || {
             let transform = transform.clone();
             async move { Db::new(&transform).await.map_err(SqlError) }
         });
-        runner.run_file_async(path).await.map_err(|e| Failed::from(e.display(true).to_string()))
+        runner
+            .run_file_async(path)
+            .await
+            .map_err(|e| Failed::from(e.display(true).to_string()))
     })
 }
 
@@ -189,11 +255,22 @@ fn main() {
         .collect();
     // Every transform ships with its golden test.
     for sql in sql_files {
-        let stem = sql.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        let stem = sql
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
         let slt = dir.join(format!("{stem}.slt"));
-        trials.push(Trial::test(format!("{} has a golden test", sql.display()), move || {
-            if slt.exists() { Ok(()) } else { Err(format!("{} is missing", slt.display()).into()) }
-        }));
+        trials.push(Trial::test(
+            format!("{} has a golden test", sql.display()),
+            move || {
+                if slt.exists() {
+                    Ok(())
+                } else {
+                    Err(format!("{} is missing", slt.display()).into())
+                }
+            },
+        ));
     }
     run(&Arguments::from_args(), trials).exit();
 }

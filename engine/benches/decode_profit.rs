@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use engine::RawRecord;
 use engine::context::{ContextOptions, EngineContext, InputSlot};
 use engine::decode::RecordDecoder;
 use engine::reference::ReferenceTable;
 use engine::schema::parse_columns;
 use engine::transform::{PlannedTransform, TransformFile};
-use engine::RawRecord;
 
 const TRADES: usize = 1_000_000;
 const BATCH: usize = 100_000;
@@ -89,7 +89,12 @@ async fn planned() -> (EngineContext, InputSlot, PlannedTransform) {
         key_column: "symbol".into(),
         columns: parse_columns(
             "portfolio",
-            &columns(&["coin_name utf8 not null", "buy_price decimal(28,10) not null", "size decimal(28,10) not null", "buy_time timestamp(ms) not null"]),
+            &columns(&[
+                "coin_name utf8 not null",
+                "buy_price decimal(28,10) not null",
+                "size decimal(28,10) not null",
+                "buy_time timestamp(ms) not null",
+            ]),
         )
         .unwrap(),
         scalar_values: false,
@@ -103,13 +108,25 @@ async fn planned() -> (EngineContext, InputSlot, PlannedTransform) {
         scalar_values: true,
     })
     .unwrap();
-    let slot = ctx.register_input("trades", parse_columns("trades", &columns(&TRADE_COLUMNS)).unwrap()).unwrap();
-    let transform = ctx.register_transform(TransformFile::read(&repo().join("sql/profit.sql")).unwrap()).await.unwrap();
+    let slot = ctx
+        .register_input(
+            "trades",
+            parse_columns("trades", &columns(&TRADE_COLUMNS)).unwrap(),
+        )
+        .unwrap();
+    let transform = ctx
+        .register_transform(TransformFile::read(&repo().join("sql/profit.sql")).unwrap())
+        .await
+        .unwrap();
     (ctx, slot, transform)
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let (ctx, slot, transform) = rt.block_on(planned());
     let schema = slot.schema().clone();
     let records = messages(TRADES);
@@ -126,7 +143,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     let mut decoder = RecordDecoder::new(schema.clone());
-    let decoded: Vec<_> = records.chunks(BATCH).map(|c| decoder.decode(c).unwrap().batch).collect();
+    let decoded: Vec<_> = records
+        .chunks(BATCH)
+        .map(|c| decoder.decode(c).unwrap().batch)
+        .collect();
     group.bench_function("profit.sql", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -167,7 +187,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 slot.set(vec![one.clone()]);
-                black_box(ctx.session().sql(&sql).await.unwrap().collect().await.unwrap());
+                black_box(
+                    ctx.session()
+                        .sql(&sql)
+                        .await
+                        .unwrap()
+                        .collect()
+                        .await
+                        .unwrap(),
+                );
             })
         })
     });

@@ -48,13 +48,11 @@ impl RecordDecoder {
     /// Decodes `records`; see the module docs.
     pub fn decode(&mut self, records: &[RawRecord]) -> Result<Decoded> {
         let all_clean = records.iter().all(|r| r.rejected.is_none());
-        if all_clean {
-            if let Some(batch) = self.decode_all(records.iter())? {
-                return Ok(Decoded {
-                    batch,
-                    dead_letters: Vec::new(),
-                });
-            }
+        if all_clean && let Some(batch) = self.decode_all(records.iter())? {
+            return Ok(Decoded {
+                batch,
+                dead_letters: Vec::new(),
+            });
         }
         let mut good = Vec::with_capacity(records.len());
         let mut dead_letters = Vec::new();

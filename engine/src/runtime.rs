@@ -107,7 +107,9 @@ impl StreamingQuery {
     /// true), then closes the sink and the source. A batch in flight when `shutdown` turns true is
     /// finished first.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<RunSummary> {
-        self.sink.healthcheck().await?;
+        // A sink that is down at start (a transient failure) is waited for, as one that goes down
+        // mid-run is.
+        retry_transient!(shutdown, "sink healthcheck", self.sink.healthcheck())?;
         let recovered = match &self.checkpoint {
             Some(cp) => cp.recover()?,
             None => Default::default(),

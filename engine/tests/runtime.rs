@@ -96,9 +96,9 @@ impl Source for MemorySource {
         // Round-robin over partitions up to the cap, as a Kafka consumer would mix them.
         loop {
             let mut progressed = false;
-            for p in 0..to.len() {
-                if taken < limits.max_records && (to[p] as usize) < self.partitions[p].len() {
-                    to[p] += 1;
+            for (next, messages) in to.iter_mut().zip(&self.partitions) {
+                if taken < limits.max_records && (*next as usize) < messages.len() {
+                    *next += 1;
                     taken += 1;
                     progressed = true;
                 }
@@ -124,10 +124,13 @@ impl Source for MemorySource {
     }
 }
 
+/// What a sink was given, per batch id.
+type Written = Arc<Mutex<Vec<(u64, Vec<RecordBatch>)>>>;
+
 /// Keeps what it is given per batch id (a rewrite replaces), failing as scripted.
 #[derive(Clone, Default)]
 struct MemorySink {
-    written: Arc<Mutex<Vec<(u64, Vec<RecordBatch>)>>>,
+    written: Written,
     /// Per write call: `Some(retry)` fails that call.
     failures: Arc<Mutex<Vec<Option<Retry>>>>,
 }

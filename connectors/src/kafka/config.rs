@@ -88,14 +88,20 @@ impl KafkaSourceConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), Error> {
         if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(Error::config("source.topics", "list at least one topic, none empty"));
+            return Err(Error::config(
+                "source.topics",
+                "list at least one topic, none empty",
+            ));
         }
         if self.group_id.trim().is_empty() {
             return Err(Error::config("source.group_id", "must not be empty"));
         }
         for key in ["enable.auto.commit", "group.id", "bootstrap.servers"] {
             if self.properties.contains_key(key) {
-                return Err(Error::config(format!("source.properties.{key}"), "is set by coinstream itself"));
+                return Err(Error::config(
+                    format!("source.properties.{key}"),
+                    "is set by coinstream itself",
+                ));
             }
         }
         Ok(())
@@ -126,11 +132,20 @@ mod tests {
 
     #[test]
     fn parses_starting_offsets() {
-        assert_eq!(parse_starting_offsets("earliest").unwrap(), StartingOffsets::Earliest);
-        let StartingOffsets::Specific(o) = parse_starting_offsets(r#"{"t":{"0":23,"1":-2}}"#).unwrap() else {
+        assert_eq!(
+            parse_starting_offsets("earliest").unwrap(),
+            StartingOffsets::Earliest
+        );
+        let StartingOffsets::Specific(o) =
+            parse_starting_offsets(r#"{"t":{"0":23,"1":-2}}"#).unwrap()
+        else {
             panic!()
         };
         assert_eq!((o.get("t", 0), o.get("t", 1)), (Some(23), Some(-2)));
-        assert!(parse_starting_offsets("newest").unwrap_err().contains("earliest, latest or JSON"));
+        assert!(
+            parse_starting_offsets("newest")
+                .unwrap_err()
+                .contains("earliest, latest or JSON")
+        );
     }
 }

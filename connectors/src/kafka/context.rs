@@ -38,7 +38,12 @@ pub struct SourceContext {
 impl SourceContext {
     /// A context with the source's first-start and data-loss policies.
     pub fn new(starting_offsets: StartingOffsets, fail_on_data_loss: bool) -> Self {
-        Self { starting_offsets, fail_on_data_loss, events: Mutex::default(), data_loss: Mutex::default() }
+        Self {
+            starting_offsets,
+            fail_on_data_loss,
+            events: Mutex::default(),
+            data_loss: Mutex::default(),
+        }
     }
 
     /// Takes the events recorded since the last call.
@@ -48,11 +53,17 @@ impl SourceContext {
 
     /// The data loss that must stop the run, if any.
     pub fn data_loss(&self) -> Option<String> {
-        self.data_loss.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.data_loss
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn push(&self, event: RebalanceEvent) {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
     }
 
     /// Sets each partition's first position in `tpl` (left unset: the committed offset).
@@ -68,7 +79,11 @@ impl SourceContext {
             let (topic, partition) = (elem.topic().to_owned(), elem.partition());
             let position = match elem.offset() {
                 Offset::Offset(c) => {
-                    let Ok((low, _high)) = consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT) else { continue };
+                    let Ok((low, _high)) =
+                        consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT)
+                    else {
+                        continue;
+                    };
                     if c >= low {
                         continue;
                     }
@@ -104,15 +119,32 @@ impl SourceContext {
 impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let parts = |tpl: &TopicPartitionList| tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect::<Vec<_>>();
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let parts = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect::<Vec<_>>()
+        };
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.choose_positions(consumer, tpl);
                 let assigned = parts(tpl);
                 tracing::info!(partitions = ?assigned, "Partitions assigned to this instance.");
-                let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
                 if let Err(e) = result {
                     tracing::error!(error = %e, "Could not take the assigned partitions.");
                 }
@@ -122,7 +154,11 @@ impl ConsumerContext for SourceContext {
                 let revoked = parts(tpl);
                 tracing::info!(partitions = ?revoked, "Partitions revoked from this instance.");
                 self.push(RebalanceEvent::Revoked(revoked));
-                let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(e) = result {
                     tracing::error!(error = %e, "Could not release the revoked partitions.");
                 }

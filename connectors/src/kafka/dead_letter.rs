@@ -24,12 +24,20 @@ pub struct KafkaDeadLetterSink {
 impl KafkaDeadLetterSink {
     /// Builds the producer (idempotent, acks from all in-sync replicas).
     pub fn new(config: KafkaDeadLetterConfig) -> Result<Self> {
-        let brokers = config.brokers.clone().unwrap_or_else(super::default_brokers);
+        let brokers = config
+            .brokers
+            .clone()
+            .unwrap_or_else(super::default_brokers);
         let producer = super::client_config(&brokers, &config.properties)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create()
-            .map_err(|e| Error::config("dead_letter", format!("cannot create the Kafka producer: {e}")))?;
+            .map_err(|e| {
+                Error::config(
+                    "dead_letter",
+                    format!("cannot create the Kafka producer: {e}"),
+                )
+            })?;
         Ok(Self { config, producer })
     }
 }
@@ -43,10 +51,18 @@ impl DeadLetterSink for KafkaDeadLetterSink {
     async fn write(&mut self, _batch_id: u64, letters: &[DeadLetter]) -> Result<()> {
         let payloads: Vec<(String, String)> = letters
             .iter()
-            .map(|l| (format!("{}/{}", l.topic, l.partition), dead_letter_json(l).to_string()))
+            .map(|l| {
+                (
+                    format!("{}/{}", l.topic, l.partition),
+                    dead_letter_json(l).to_string(),
+                )
+            })
             .collect();
         let sends = payloads.iter().map(|(key, body)| {
-            self.producer.send(FutureRecord::to(&self.config.topic).key(key).payload(body), DELIVERY_TIMEOUT)
+            self.producer.send(
+                FutureRecord::to(&self.config.topic).key(key).payload(body),
+                DELIVERY_TIMEOUT,
+            )
         });
         try_join_all(sends).await.map_err(|(e, _)| Error::Sink {
             name: self.description(),
@@ -59,6 +75,10 @@ impl DeadLetterSink for KafkaDeadLetterSink {
     async fn close(&mut self) -> Result<()> {
         self.producer
             .flush(DELIVERY_TIMEOUT)
-            .map_err(|e| Error::Sink { name: self.description(), message: format!("flush failed: {e}"), retry: Retry::Transient })
+            .map_err(|e| Error::Sink {
+                name: self.description(),
+                message: format!("flush failed: {e}"),
+                retry: Retry::Transient,
+            })
     }
 }

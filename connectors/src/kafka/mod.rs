@@ -23,7 +23,10 @@ pub fn default_brokers() -> String {
 }
 
 /// A client config with the brokers and the user's extra librdkafka properties.
-fn client_config(brokers: &str, properties: &std::collections::BTreeMap<String, String>) -> ClientConfig {
+fn client_config(
+    brokers: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (key, value) in properties {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use engine::{Error, Offsets, Poll, PollLimits, RawRecord, Result, Retry, Source, SourceBatch, StartRequest};
+use engine::{
+    Error, Offsets, Poll, PollLimits, RawRecord, Result, Retry, Source, SourceBatch, StartRequest,
+};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -67,20 +69,28 @@ impl KafkaSource {
     }
 
     fn error(&self, message: impl Into<String>, retry: Retry) -> Error {
-        Error::Source { name: self.description(), message: message.into(), retry }
+        Error::Source {
+            name: self.description(),
+            message: message.into(),
+            retry,
+        }
     }
 
     fn consumer(&self) -> Result<Arc<BaseConsumer<SourceContext>>> {
-        self.consumer.clone().ok_or_else(|| Error::Internal("kafka source polled before start".into()))
+        self.consumer
+            .clone()
+            .ok_or_else(|| Error::Internal("kafka source polled before start".into()))
     }
 
     /// Polls the consumer on a blocking thread until `max_records` or `max_wait`.
     async fn gather(&mut self, max_records: usize, max_wait: Duration) -> Result<()> {
         let consumer = self.consumer()?;
-        let gathered = tokio::task::spawn_blocking(move || gather(&consumer, max_records, max_wait))
-            .await
-            .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
-        let gathered = gathered.map_err(|e| self.error(format!("consumer failed: {e}"), retry_of(&e)))?;
+        let gathered =
+            tokio::task::spawn_blocking(move || gather(&consumer, max_records, max_wait))
+                .await
+                .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
+        let gathered =
+            gathered.map_err(|e| self.error(format!("consumer failed: {e}"), retry_of(&e)))?;
         self.counters.consumer_errors += gathered.errors;
         self.counters.messages += gathered.records.len() as u64;
         self.buffer.extend(gathered.records);
@@ -91,7 +101,8 @@ impl KafkaSource {
                 RebalanceEvent::Revoked(parts) => {
                     let revoked: BTreeSet<Partition> = parts.into_iter().collect();
                     let before = self.buffer.len();
-                    self.buffer.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+                    self.buffer
+                        .retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
                     self.counters.dropped_on_revoke += (before - self.buffer.len()) as u64;
                     for p in &revoked {
                         self.assigned.remove(p);
@@ -126,12 +137,18 @@ impl KafkaSource {
         for (topic, partition, next) in end.iter() {
             self.last_end.insert((topic.to_owned(), partition), next);
         }
-        SourceBatch { records, start, end }
+        SourceBatch {
+            records,
+            start,
+            end,
+        }
     }
 
     /// Whether every partition of the topics is committed up to its watermark at start.
     async fn caught_up(&self) -> Result<bool> {
-        let Some(targets) = self.targets.clone() else { return Ok(false) };
+        let Some(targets) = self.targets.clone() else {
+            return Ok(false);
+        };
         if !self.buffer.is_empty() {
             return Ok(false);
         }
@@ -154,7 +171,12 @@ impl KafkaSource {
         })
         .await
         .map_err(|e| Error::Internal(format!("kafka offsets task failed: {e}")))?;
-        done.map_err(|e| self.error(format!("cannot read committed offsets: {e}"), Retry::Transient))
+        done.map_err(|e| {
+            self.error(
+                format!("cannot read committed offsets: {e}"),
+                Retry::Transient,
+            )
+        })
     }
 }
 
@@ -165,7 +187,11 @@ fn retry_of(e: &KafkaError) -> Retry {
     }
 }
 
-fn gather(consumer: &BaseConsumer<SourceContext>, max_records: usize, max_wait: Duration) -> Result<Gathered, KafkaError> {
+fn gather(
+    consumer: &BaseConsumer<SourceContext>,
+    max_records: usize,
+    max_wait: Duration,
+) -> Result<Gathered, KafkaError> {
     let deadline = Instant::now() + max_wait;
     let mut records: Vec<RawRecord> = Vec::with_capacity(max_records.min(65_536));
     let mut events = Vec::new();
@@ -175,7 +201,11 @@ fn gather(consumer: &BaseConsumer<SourceContext>, max_records: usize, max_wait: 
         let polled = consumer.poll(remaining);
         for event in consumer.context().take_events() {
             if let RebalanceEvent::Revoked(parts) = &event {
-                records.retain(|r| !parts.iter().any(|(t, p)| *t == r.topic && *p == r.partition));
+                records.retain(|r| {
+                    !parts
+                        .iter()
+                        .any(|(t, p)| *t == r.topic && *p == r.partition)
+                });
             }
             events.push(event);
         }
@@ -188,7 +218,9 @@ fn gather(consumer: &BaseConsumer<SourceContext>, max_records: usize, max_wait: 
                 rejected: None,
                 received_at: SystemTime::now(),
             }),
-            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => return Err(e),
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                return Err(e);
+            }
             Some(Err(e)) => {
                 errors += 1;
                 tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries by itself.");
@@ -196,7 +228,11 @@ fn gather(consumer: &BaseConsumer<SourceContext>, max_records: usize, max_wait: 
             None => {}
         }
         if records.len() >= max_records || Instant::now() >= deadline {
-            return Ok(Gathered { records, events, errors });
+            return Ok(Gathered {
+                records,
+                events,
+                errors,
+            });
         }
     }
 }
@@ -204,7 +240,11 @@ fn gather(consumer: &BaseConsumer<SourceContext>, max_records: usize, max_wait: 
 #[async_trait]
 impl Source for KafkaSource {
     fn description(&self) -> String {
-        format!("kafka {} (group {})", self.config.topics.join(","), self.config.group_id)
+        format!(
+            "kafka {} (group {})",
+            self.config.topics.join(","),
+            self.config.group_id
+        )
     }
 
     async fn start(&mut self, request: StartRequest) -> Result<()> {
@@ -215,14 +255,25 @@ impl Source for KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
-            .set("max.poll.interval.ms", self.config.max_poll_interval_ms.to_string());
-        let context = SourceContext::new(self.config.starting_offsets.clone(), self.config.fail_on_data_loss);
+            .set(
+                "session.timeout.ms",
+                self.config.session_timeout_ms.to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                self.config.max_poll_interval_ms.to_string(),
+            );
+        let context = SourceContext::new(
+            self.config.starting_offsets.clone(),
+            self.config.fail_on_data_loss,
+        );
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
             .map_err(|e| self.error(format!("cannot create consumer: {e}"), Retry::Permanent))?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(|e| self.error(format!("cannot subscribe: {e}"), Retry::Permanent))?;
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| self.error(format!("cannot subscribe: {e}"), Retry::Permanent))?;
         let consumer = Arc::new(consumer);
         if request.available_now {
             let c = consumer.clone();
@@ -230,8 +281,16 @@ impl Source for KafkaSource {
             let targets = tokio::task::spawn_blocking(move || watermarks(&c, &topics))
                 .await
                 .map_err(|e| Error::Internal(format!("kafka metadata task failed: {e}")))?
-                .map_err(|e| self.error(format!("cannot read the topics' offsets: {e}"), Retry::Transient))?;
-            tracing::info!(partitions = targets.len(), "Available-now: reading every partition up to its end at start.");
+                .map_err(|e| {
+                    self.error(
+                        format!("cannot read the topics' offsets: {e}"),
+                        Retry::Transient,
+                    )
+                })?;
+            tracing::info!(
+                partitions = targets.len(),
+                "Available-now: reading every partition up to its end at start."
+            );
             self.targets = Some(targets);
         }
         self.consumer = Some(consumer);
@@ -252,11 +311,15 @@ impl Source for KafkaSource {
             .map(|(t, p, e)| (t.to_owned(), p, e))
             .collect();
         let reached = |buffer: &VecDeque<RawRecord>, t: &str, p: i32, e: i64| {
-            buffer.iter().any(|r| r.topic == t && r.partition == p && r.offset >= e - 1)
+            buffer
+                .iter()
+                .any(|r| r.topic == t && r.partition == p && r.offset >= e - 1)
         };
         loop {
-            let missing: Vec<&(String, i32, i64)> =
-                wanted.iter().filter(|(t, p, e)| !reached(&self.buffer, t, *p, *e)).collect();
+            let missing: Vec<&(String, i32, i64)> = wanted
+                .iter()
+                .filter(|(t, p, e)| !reached(&self.buffer, t, *p, *e))
+                .collect();
             if missing.is_empty() {
                 break;
             }
@@ -271,9 +334,17 @@ impl Source for KafkaSource {
         let mut records = Vec::new();
         let mut rest = VecDeque::new();
         for r in self.buffer.drain(..) {
-            let in_batch = wanted.iter().any(|(t, p, e)| *t == r.topic && *p == r.partition && r.offset < *e)
-                && start.get(&r.topic, r.partition).is_none_or(|s| r.offset >= s);
-            if in_batch { records.push(r) } else { rest.push_back(r) }
+            let in_batch = wanted
+                .iter()
+                .any(|(t, p, e)| *t == r.topic && *p == r.partition && r.offset < *e)
+                && start
+                    .get(&r.topic, r.partition)
+                    .is_none_or(|s| r.offset >= s);
+            if in_batch {
+                records.push(r)
+            } else {
+                rest.push_back(r)
+            }
         }
         self.buffer = rest;
         let (mut s, mut e) = (Offsets::new(), Offsets::new());
@@ -284,12 +355,17 @@ impl Source for KafkaSource {
             self.last_end.insert((topic.clone(), *partition), *last);
         }
         tracing::info!(records = records.len(), start = %s, end = %e, "Re-read the uncommitted batch.");
-        Ok(SourceBatch { records, start: s, end: e })
+        Ok(SourceBatch {
+            records,
+            start: s,
+            end: e,
+        })
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
         if self.buffer.len() < limits.max_records {
-            self.gather(limits.max_records - self.buffer.len(), limits.max_wait).await?;
+            self.gather(limits.max_records - self.buffer.len(), limits.max_wait)
+                .await?;
         }
         if !self.buffer.is_empty() {
             return Ok(Poll::Batch(self.take_batch(limits.max_records)));
@@ -359,7 +435,10 @@ impl Source for KafkaSource {
 }
 
 /// Every partition's (low, high) watermarks.
-fn watermarks(consumer: &BaseConsumer<SourceContext>, topics: &[String]) -> Result<BTreeMap<Partition, (i64, i64)>, KafkaError> {
+fn watermarks(
+    consumer: &BaseConsumer<SourceContext>,
+    topics: &[String],
+) -> Result<BTreeMap<Partition, (i64, i64)>, KafkaError> {
     let mut out = BTreeMap::new();
     for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;

@@ -1,0 +1,217 @@
+//! The production path end to end on the real Kafka and Cassandra (`scripts/services.sh up`):
+//! generated trades produced to a fresh topic → `coinstream run` with
+//! `pipelines/kafka-cassandra.toml` → Cassandra, checked row by row against an independent
+//! computation of each profit. The servers must be running: a missing one fails the test.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_100k_trades_from_six_partitions_exactly_once_with_their_profit() {
+    let setup = Setup::new("full").await;
+    let (messages, expected) = trades(100_000, 1);
+    produce(&setup.topic, &messages).await;
+    let started = Instant::now();
+    let out = setup.run(&[]).output().unwrap();
+    let log = check(&out);
+    let elapsed = started.elapsed();
+    let session = session().await;
+    let rows = stored(&session, &setup.keyspace).await;
+    assert_exactly(&rows, &expected);
+    assert_committed_to_end(&setup.group, &setup.topic);
+    let batches = log.lines().filter(|l| l.starts_with('{')).count();
+    assert!(
+        batches >= 5,
+        "max_records_per_batch bounds each batch: {batches} batches"
+    );
+    eprintln!(
+        "100000 trades ({} portfolio rows) Kafka -> Cassandra in {elapsed:?}",
+        expected.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_three_sigkills_with_every_row_once_and_offsets_at_the_end() {
+    let setup = Setup::new("kill").await;
+    let (messages, expected) = trades(60_000, 2);
+    produce(&setup.topic, &messages).await;
+    let mut seed: u64 = 0x9e3779b97f4a7c15 ^ std::process::id() as u64;
+    for round in 0..3 {
+        let mut child = setup
+            .run(&["--max-records-per-batch", "3000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        // Somewhere between joining the group and a few batches in.
+        let after = Duration::from_millis(1_500 + (seed >> 33) % 3_000);
+        std::thread::sleep(after);
+        child.kill().unwrap(); // SIGKILL
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "round {round}: killed after {after:?}, {} batches done",
+            log.lines().filter(|l| l.starts_with('{')).count()
+        );
+    }
+    let out = wait(
+        setup
+            .run(&["--max-records-per-batch", "3000"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(300),
+    );
+    check(&out);
+    let session = session().await;
+    assert_exactly(&stored(&session, &setup.keyspace).await, &expected);
+    assert_committed_to_end(&setup.group, &setup.topic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_in_one_group_share_the_partitions_and_store_every_row_once() {
+    let setup = Setup::new("pair").await;
+    let (messages, expected) = trades(60_000, 3);
+    produce(&setup.topic, &messages).await;
+    let second_dir = tempfile::tempdir().unwrap();
+    let second_config = second_dir.path().join("pipeline.toml");
+    let text = std::fs::read_to_string(&setup.config).unwrap().replace(
+        &format!("{:?}", setup.dir.path().join("checkpoint")),
+        &format!("{:?}", second_dir.path().join("checkpoint")),
+    );
+    std::fs::write(&second_config, text).unwrap();
+    let args = ["--max-records-per-batch", "2000"];
+    let a = setup
+        .run(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = setup
+        .run_with(&second_config, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (
+        wait(a, Duration::from_secs(300)),
+        wait(b, Duration::from_secs(300)),
+    );
+    let (log_a, log_b) = (check(&a), check(&b));
+    let rows_of = |log: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["numInputRows"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let (ra, rb) = (rows_of(&log_a), rows_of(&log_b));
+    eprintln!("instance a read {ra}, instance b read {rb}");
+    assert!(
+        ra > 0 && rb > 0,
+        "both instances took partitions: a {ra}, b {rb}"
+    );
+    assert_eq!(
+        ra + rb,
+        messages.len() as u64,
+        "no message read by both instances"
+    );
+    let session = session().await;
+    assert_exactly(&stored(&session, &setup.keyspace).await, &expected);
+    assert_committed_to_end(&setup.group, &setup.topic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_go_to_the_dead_letter_topic_with_their_reason() {
+    let setup = Setup::new("hostile").await;
+    let (mut messages, expected) = trades(20_000, 4);
+    let hostile: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let body = match i % 4 {
+                0 => r#"{"symbol":"BTC-USD","trade_id":1,"price":"abc","size":"1","side":"buy","trade_time":"2026-11-20T00:00:00Z"}"#.to_owned(),
+                1 => r#"{"symbol":"BTC-USD","trade_id":"#.to_owned(),
+                2 => r#"{"symbol":"ETH-USD","price":"1","size":"1","side":"buy","trade_time":"2026-11-20T00:00:00Z"}"#.to_owned(),
+                _ => "\u{0}\u{1}not json at all".to_owned(),
+            };
+            (format!("hostile-{i}"), body.into_bytes())
+        })
+        .collect();
+    for (i, h) in hostile.iter().enumerate() {
+        messages.insert(i * 100 + 50, h.clone());
+    }
+    produce(&setup.topic, &messages).await;
+    let out = setup.run(&[]).output().unwrap();
+    let log = check(&out);
+    let dead: u64 = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["numDeadLetters"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(dead, 200, "every hostile message counted");
+    let session = session().await;
+    assert_exactly(&stored(&session, &setup.keyspace).await, &expected);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq_reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&setup.dead_letters]).unwrap();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while letters.len() < 200 && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            let m = m.unwrap();
+            letters.push(
+                serde_json::from_slice::<serde_json::Value>(rdkafka::Message::payload(&m).unwrap())
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(
+        letters.len(),
+        200,
+        "every hostile message is on the dead-letter topic"
+    );
+    let raws: BTreeSet<String> = letters
+        .iter()
+        .map(|l| l["raw"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for (_, body) in &hostile {
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(raws.contains(&text), "{text} in the dead letters");
+    }
+    for l in &letters {
+        assert_eq!(l["topic"], setup.topic.as_str());
+        assert!(l["offset"].is_i64() && l["partition"].is_i64());
+        let reason = l["reason"].as_str().unwrap();
+        let raw = l["raw"].as_str().unwrap_or("");
+        let ok = if raw.contains("abc") {
+            reason.contains("abc")
+        } else if raw.ends_with("\"trade_id\":") {
+            reason.starts_with("invalid JSON")
+        } else if raw.contains("ETH-USD") {
+            reason == "missing required field trade_id"
+        } else {
+            reason.starts_with("invalid JSON")
+        };
+        assert!(ok, "reason {reason:?} for {raw:?}");
+    }
+}
