@@ -59,30 +59,53 @@ pub enum Command {
         /// The query.
         sql: String,
     },
-    /// Writes generated trades as Coinbase Exchange feed messages (for `replay`).
-    Generate {
-        /// How many trades.
-        #[arg(long)]
-        count: u64,
-        /// Trades per second of exchange time (spacing of trade times).
-        #[arg(long, default_value_t = 20.0)]
-        rate: f64,
-        /// The output file (JSON lines).
-        #[arg(long)]
-        out: PathBuf,
-        /// The random seed.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Start of trade times, RFC 3339 (default: now minus count/rate).
-        #[arg(long)]
-        start: Option<String>,
-        /// The portfolio file.
-        #[arg(long, default_value = "required_data/my_Portfolio.json")]
-        portfolio: PathBuf,
-        /// The coin map.
-        #[arg(long, default_value = "required_data/coin_map.json")]
-        coin_map: PathBuf,
-    },
+    /// Generates realistic trades: Coinbase Exchange feed messages into a file (for `replay`), or
+    /// bus records into a file or a Kafka topic (for `run` and benchmarks).
+    Generate(GenerateArgs),
+}
+
+/// `coinstream generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// How many trades.
+    #[arg(long)]
+    pub count: u64,
+    /// Trades per second of exchange time (spacing of trade times).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// The output file (JSON lines).
+    #[arg(long, required_unless_present = "topic", conflicts_with = "topic")]
+    pub out: Option<PathBuf>,
+    /// Publish bus records to this Kafka topic instead (keyed by product).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Kafka brokers for `--topic` (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// `feed` (Coinbase Exchange messages; the default for files) or `record` (bus records;
+    /// always used for `--topic`).
+    #[arg(long, value_enum, default_value_t = GenerateFormat::Feed)]
+    pub format: GenerateFormat,
+    /// The random seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Start of trade times, RFC 3339 (default: now minus count/rate).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// The portfolio file.
+    #[arg(long, default_value = "required_data/my_Portfolio.json")]
+    pub portfolio: PathBuf,
+    /// The coin map.
+    #[arg(long, default_value = "required_data/coin_map.json")]
+    pub coin_map: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenerateFormat {
+    /// Coinbase Exchange feed messages.
+    Feed,
+    /// Bus records.
+    Record,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -1,7 +1,5 @@
 //! What each subcommand wires together.
 
-use std::path::Path;
-
 use anyhow::{Context, bail};
 use connectors::SinkConfig;
 use engine::checkpoint::Checkpoint;
@@ -12,7 +10,9 @@ use engine::transform::{PlannedTransform, TransformFile};
 use engine::{PollLimits, StartRequest};
 use tokio::sync::watch;
 
-use crate::cli::{Command, ProgressFormat};
+use std::io::Write;
+
+use crate::cli::{Command, GenerateArgs, GenerateFormat, ProgressFormat};
 use crate::config::Config;
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -40,23 +40,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             transform,
         } => explain(&Config::load(&config)?, analyze, transform.as_deref()).await,
         Command::Query { config, sql } => query(&Config::load(&config)?, &sql).await,
-        Command::Generate {
-            count,
-            rate,
-            out,
-            seed,
-            start,
-            portfolio,
-            coin_map,
-        } => generate(
-            count,
-            rate,
-            &out,
-            seed,
-            start.as_deref(),
-            &portfolio,
-            &coin_map,
-        ),
+        Command::Generate(args) => generate(args).await,
     }
 }
 
@@ -226,32 +210,63 @@ async fn run_query(config: &Config, sql: &str) -> anyhow::Result<String> {
     Ok(arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
 }
 
-fn generate(
-    count: u64,
-    rate: f64,
-    out: &Path,
-    seed: u64,
-    start: Option<&str>,
-    portfolio: &Path,
-    coin_map: &Path,
-) -> anyhow::Result<()> {
+async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let GenerateArgs {
+        count,
+        rate,
+        out,
+        topic,
+        brokers,
+        format,
+        seed,
+        start,
+        portfolio,
+        coin_map,
+    } = args;
     if !(rate > 0.0 && rate.is_finite()) {
         bail!("--rate must be a positive number");
     }
     let spacing_us = (1e6 / rate) as i64;
     let start_us = match start {
-        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+        Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
             .context("--start must be RFC 3339")?
             .timestamp_micros(),
         None => chrono::Utc::now().timestamp_micros() - spacing_us * count as i64,
     };
     let mut generator = connectors::generate::Generator::from_files(
-        portfolio, coin_map, seed, start_us, spacing_us,
+        &portfolio, &coin_map, seed, start_us, spacing_us,
     )?;
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let ingest_time = connectors::common::trade::rfc3339_micros(chrono::Utc::now());
+    if let Some(topic) = topic {
+        let brokers = brokers.unwrap_or_else(connectors::kafka::default_brokers);
+        let producer =
+            connectors::kafka::producer::TopicProducer::new(&brokers, &topic, &Default::default())?;
+        let records = (0..count).map(|_| {
+            let trade = generator.next_trade();
+            let record = generator.record(&trade, &ingest_time);
+            (record.symbol.clone(), record.to_json())
+        });
+        let sent = producer.send_all(records).await?;
+        eprintln!("published {sent} trades to {topic} on {brokers}");
+        return Ok(());
+    }
+    let out = out.context("--out or --topic is required")?;
+    let file =
+        std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut writer = std::io::BufWriter::new(file);
-    connectors::generate::write_feed(&mut generator, count, &mut writer)?;
-    std::io::Write::flush(&mut writer)?;
+    match format {
+        GenerateFormat::Feed => {
+            connectors::generate::write_feed(&mut generator, count, &mut writer)?
+        }
+        GenerateFormat::Record => {
+            for _ in 0..count {
+                let trade = generator.next_trade();
+                writer.write_all(&generator.record(&trade, &ingest_time).to_json())?;
+                writer.write_all(b"\n")?;
+            }
+        }
+    }
+    writer.flush()?;
     eprintln!(
         "wrote {count} trades for {} products to {}",
         generator.product_count(),

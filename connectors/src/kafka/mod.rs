@@ -13,6 +13,7 @@
 pub mod config;
 mod context;
 pub mod dead_letter;
+pub mod producer;
 pub mod source;
 
 use rdkafka::ClientConfig;
