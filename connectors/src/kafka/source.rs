@@ -305,10 +305,27 @@ impl Source for KafkaSource {
         while self.assigned.is_empty() && Instant::now() < deadline {
             self.gather(usize::MAX, Duration::from_millis(200)).await?;
         }
-        let wanted: Vec<(String, i32, i64)> = end
+        let owned: Vec<(String, i32, i64)> = end
             .iter()
             .filter(|(t, p, _)| self.assigned.contains(&((*t).to_owned(), *p)))
             .map(|(t, p, e)| (t.to_owned(), p, e))
+            .collect();
+        // A partition whose group offset is already past the batch's end was finished by another
+        // instance after a rebalance: nothing of it is left to replay here.
+        let consumer = self.consumer()?;
+        let query: Vec<(String, i32)> = owned.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        let committed = tokio::task::spawn_blocking(move || committed_positions(&consumer, &query))
+            .await
+            .map_err(|e| Error::Internal(format!("kafka offsets task failed: {e}")))?
+            .map_err(|e| {
+                self.error(
+                    format!("cannot read committed offsets: {e}"),
+                    Retry::Transient,
+                )
+            })?;
+        let wanted: Vec<(String, i32, i64)> = owned
+            .into_iter()
+            .filter(|(t, p, e)| committed.get(&(t.clone(), *p)).is_none_or(|c| c < e))
             .collect();
         let reached = |buffer: &VecDeque<RawRecord>, t: &str, p: i32, e: i64| {
             buffer
@@ -432,6 +449,26 @@ impl Source for KafkaSource {
         }
         Ok(())
     }
+}
+
+/// The group's committed offset of each partition that has one.
+fn committed_positions(
+    consumer: &BaseConsumer<SourceContext>,
+    partitions: &[(String, i32)],
+) -> Result<BTreeMap<Partition, i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(c) => Some(((e.topic().to_owned(), e.partition()), c)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Every partition's (low, high) watermarks.
