@@ -6,6 +6,7 @@
 //! Config enums here are tagged by `type`, so a new connector fails to compile until every
 //! `match` handles it.
 
+pub mod cassandra;
 pub mod coinbase;
 pub mod common;
 pub mod dead_letter;
@@ -33,6 +34,8 @@ pub enum SourceConfig {
 pub enum SinkConfig {
     /// The embedded Parquet store.
     Parquet(parquet::ParquetConfig),
+    /// Rows of an Apache Cassandra table (boxed: it is much larger than the other variants).
+    Cassandra(Box<cassandra::CassandraConfig>),
     /// Printed rows.
     Stdout(stdout::StdoutConfig),
     /// Counted and dropped.
@@ -63,6 +66,9 @@ pub fn build_sink(
     let _ = schema;
     Ok(match config {
         SinkConfig::Parquet(c) => Box::new(parquet::ParquetSink::new(c.clone())),
+        SinkConfig::Cassandra(c) => {
+            Box::new(cassandra::CassandraSink::new((**c).clone(), schema.clone())?)
+        }
         SinkConfig::Stdout(c) => Box::new(stdout::StdoutSink::new(c.clone())),
         SinkConfig::Null {} => Box::new(stdout::NullSink::default()),
     })
@@ -103,6 +109,11 @@ impl SinkConfig {
     pub fn rebase_paths(&mut self, base: &std::path::Path) {
         match self {
             SinkConfig::Parquet(c) => rebase(&mut c.path, base),
+            SinkConfig::Cassandra(c) => {
+                if let Some(path) = &mut c.tls_ca_cert_path {
+                    rebase(path, base);
+                }
+            }
             SinkConfig::Stdout(_) | SinkConfig::Null {} => {}
         }
     }
