@@ -144,11 +144,11 @@ async fn wait_for_signal() {
 
 async fn explain(config: &Config, analyze: bool, only: Option<&str>) -> anyhow::Result<()> {
     let (_ctx, input, transforms) = plan(config).await?;
-    if let Some(name) = only {
-        if !transforms.iter().any(|t| t.name() == name) {
-            let names: Vec<&str> = transforms.iter().map(|t| t.name()).collect();
-            bail!("no transform {name:?}; the config has {}", names.join(", "));
-        }
+    if let Some(name) = only
+        && !transforms.iter().any(|t| t.name() == name)
+    {
+        let names: Vec<&str> = transforms.iter().map(|t| t.name()).collect();
+        bail!("no transform {name:?}; the config has {}", names.join(", "));
     }
     for t in transforms
         .iter()

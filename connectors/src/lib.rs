@@ -11,6 +11,7 @@ pub mod coinbase;
 pub mod common;
 pub mod dead_letter;
 pub mod generate;
+pub mod kafka;
 pub mod parquet;
 pub mod replay;
 pub mod stdout;
@@ -26,6 +27,8 @@ pub enum SourceConfig {
     Replay(replay::ReplayConfig),
     /// Generated trades.
     Generate(generate::source::GenerateConfig),
+    /// A Kafka consumer group.
+    Kafka(kafka::config::KafkaSourceConfig),
 }
 
 /// `[sink]`: where the transform's rows go.
@@ -48,6 +51,8 @@ pub enum SinkConfig {
 pub enum DeadLetterConfig {
     /// JSON-lines files in a folder.
     File(dead_letter::FileDeadLetterConfig),
+    /// JSON messages on a Kafka topic.
+    Kafka(kafka::config::KafkaDeadLetterConfig),
 }
 
 /// Builds the configured source.
@@ -55,6 +60,7 @@ pub fn build_source(config: &SourceConfig) -> Result<Box<dyn Source>> {
     Ok(match config {
         SourceConfig::Replay(c) => Box::new(replay::ReplaySource::new(c.clone())?),
         SourceConfig::Generate(c) => Box::new(generate::source::GenerateSource::new(c.clone())?),
+        SourceConfig::Kafka(c) => Box::new(kafka::source::KafkaSource::new(c.clone())?),
     })
 }
 
@@ -66,9 +72,10 @@ pub fn build_sink(
     let _ = schema;
     Ok(match config {
         SinkConfig::Parquet(c) => Box::new(parquet::ParquetSink::new(c.clone())),
-        SinkConfig::Cassandra(c) => {
-            Box::new(cassandra::CassandraSink::new((**c).clone(), schema.clone())?)
-        }
+        SinkConfig::Cassandra(c) => Box::new(cassandra::CassandraSink::new(
+            (**c).clone(),
+            schema.clone(),
+        )?),
         SinkConfig::Stdout(c) => Box::new(stdout::StdoutSink::new(c.clone())),
         SinkConfig::Null {} => Box::new(stdout::NullSink::default()),
     })
@@ -78,6 +85,9 @@ pub fn build_sink(
 pub fn build_dead_letter(config: &DeadLetterConfig) -> Result<Box<dyn DeadLetterSink>> {
     Ok(match config {
         DeadLetterConfig::File(c) => Box::new(dead_letter::FileDeadLetterSink::new(c.clone())?),
+        DeadLetterConfig::Kafka(c) => {
+            Box::new(kafka::dead_letter::KafkaDeadLetterSink::new(c.clone())?)
+        }
     })
 }
 
@@ -100,6 +110,7 @@ impl SourceConfig {
                 rebase(&mut c.portfolio, base);
                 rebase(&mut c.coin_map, base);
             }
+            SourceConfig::Kafka(_) => {}
         }
     }
 }
@@ -124,6 +135,7 @@ impl DeadLetterConfig {
     pub fn rebase_paths(&mut self, base: &std::path::Path) {
         match self {
             DeadLetterConfig::File(c) => rebase(&mut c.path, base),
+            DeadLetterConfig::Kafka(_) => {}
         }
     }
 }

@@ -152,7 +152,13 @@ impl Setup {
 }
 
 /// Generated trades as bus records, plus the expected profit of each portfolio trade.
-pub fn trades(n: u64, seed: u64) -> (Vec<(String, Vec<u8>)>, BTreeMap<(String, i64), Decimal>) {
+/// Messages to produce, `(key, payload)`.
+pub type Messages = Vec<(String, Vec<u8>)>;
+
+/// The expected profit of each portfolio trade, by `(symbol, trade_id)`.
+pub type Expected = BTreeMap<(String, i64), Decimal>;
+
+pub fn trades(n: u64, seed: u64) -> (Messages, Expected) {
     let mut generator = connectors::generate::Generator::from_files(
         &repo().join("required_data/my_Portfolio.json"),
         &repo().join("required_data/coin_map.json"),
@@ -203,18 +209,22 @@ pub async fn produce(topic: &str, messages: &[(String, Vec<u8>)]) {
 }
 
 pub async fn session() -> Session {
-    tokio::time::timeout(
+    let built = tokio::time::timeout(
         Duration::from_secs(30),
         SessionBuilder::new().known_node(cassandra_node()).build(),
     )
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
+    .await;
+    match built {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => panic!(
+            "Cassandra at {} refused: {e}; start it with scripts/services.sh up",
+            cassandra_node()
+        ),
+        Err(_) => panic!(
             "Cassandra at {} did not answer; start it with scripts/services.sh up",
             cassandra_node()
-        )
-    })
-    .expect("Cassandra session")
+        ),
+    }
 }
 
 pub fn decimal(d: &CqlDecimal) -> Decimal {
