@@ -118,6 +118,12 @@ async fn two_instances_in_one_group_share_the_partitions_and_store_every_row_onc
             .sum()
     };
     let (ra, rb) = (rows_of(&log_a), rows_of(&log_b));
+    let session = session().await;
+    let rows = stored(&session, &setup.keyspace).await;
+    if ra + rb != messages.len() as u64 {
+        eprintln!("instance a:\n{log_a}\ninstance b:\n{log_b}");
+    }
+    assert_exactly(&rows, &expected);
     eprintln!("instance a read {ra}, instance b read {rb}");
     assert!(
         ra > 0 && rb > 0,
