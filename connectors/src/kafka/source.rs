@@ -93,7 +93,9 @@ impl KafkaSource {
             gathered.map_err(|e| self.error(format!("consumer failed: {e}"), retry_of(&e)))?;
         self.counters.consumer_errors += gathered.errors;
         self.counters.messages += gathered.records.len() as u64;
-        self.buffer.extend(gathered.records);
+        // Revocations apply to what was buffered before this gather; the gathered records were
+        // already filtered in order, and may hold a re-assigned partition's messages read again
+        // from its committed offset, which must stay.
         for event in gathered.events {
             self.counters.rebalances += 1;
             match event {
@@ -111,6 +113,7 @@ impl KafkaSource {
                 }
             }
         }
+        self.buffer.extend(gathered.records);
         let consumer = self.consumer()?;
         if let Some(loss) = consumer.context().data_loss() {
             return Err(self.error(
