@@ -66,6 +66,11 @@ async fn a_twenty_second_cassandra_outage_mid_run_loses_nothing() {
     let _guard = RestartOnDrop;
     services(&["stop", "cassandra"]);
     let stopped_at = Instant::now();
+    assert!(
+        std::net::TcpStream::connect(cassandra_node()).is_err(),
+        "Cassandra still answers at {} after `scripts/services.sh stop cassandra` (was it started by another services folder?)",
+        cassandra_node()
+    );
     let batches_before = log.iter().filter(|l| l.starts_with('{')).count();
     while stopped_at.elapsed() < Duration::from_secs(20) {
         if let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(200)) {
