@@ -43,6 +43,7 @@ async fn survives_three_sigkills_with_every_row_once_and_offsets_at_the_end() {
     let (messages, expected) = trades(60_000, 2);
     produce(&setup.topic, &messages).await;
     let mut seed: u64 = 0x9e3779b97f4a7c15 ^ std::process::id() as u64;
+    let mut replays = 0;
     for round in 0..3 {
         let mut child = setup
             .run(&["--max-records-per-batch", "3000"])
@@ -50,16 +51,48 @@ async fn survives_three_sigkills_with_every_row_once_and_offsets_at_the_end() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        // Somewhere between joining the group and a few batches in.
-        let after = Duration::from_millis(1_500 + (seed >> 33) % 3_000);
-        std::thread::sleep(after);
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // A random point inside the run: after 1 to 3 batches of this round, then up to 300 ms
+        // into the next batch (a batch of 3000 rows takes longer than that to write).
+        let batches = 1 + (seed >> 40) % 3;
+        let delay = Duration::from_millis((seed >> 20) % 300);
+        let mut log = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while (log.iter().filter(|l: &&String| l.starts_with('{')).count() as u64) < batches {
+            assert!(
+                Instant::now() < deadline,
+                "no progress in round {round}:\n{}",
+                log.join("\n")
+            );
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                log.push(line);
+            }
+        }
+        std::thread::sleep(delay);
         child.kill().unwrap(); // SIGKILL
-        let out = child.wait_with_output().unwrap();
-        let log = String::from_utf8_lossy(&out.stderr);
+        child.wait().unwrap();
+        reader.join().unwrap();
+        log.extend(rx.try_iter());
+        replays += log
+            .iter()
+            .filter(|l| l.contains("Replaying a batch that was not committed"))
+            .count();
         eprintln!(
-            "round {round}: killed after {after:?}, {} batches done",
-            log.lines().filter(|l| l.starts_with('{')).count()
+            "round {round}: killed {delay:?} after batch {batches}, {} batches done, {replays} replays so far",
+            log.iter().filter(|l| l.starts_with('{')).count()
         );
     }
     let out = wait(
@@ -71,7 +104,12 @@ async fn survives_three_sigkills_with_every_row_once_and_offsets_at_the_end() {
             .unwrap(),
         Duration::from_secs(300),
     );
-    check(&out);
+    let log = check(&out);
+    replays += log
+        .lines()
+        .filter(|l| l.contains("Replaying a batch that was not committed"))
+        .count();
+    eprintln!("{replays} uncommitted batches replayed after kills");
     let session = session().await;
     assert_exactly(&stored(&session, &setup.keyspace).await, &expected);
     assert_committed_to_end(&setup.group, &setup.topic);
