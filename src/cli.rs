@@ -62,6 +62,90 @@ pub enum Command {
     /// Generates realistic trades: Coinbase Exchange feed messages into a file (for `replay`), or
     /// bus records into a file or a Kafka topic (for `run` and benchmarks).
     Generate(GenerateArgs),
+    /// Runs an ingester: exchange data into Kafka, until SIGINT/SIGTERM (or `--once`).
+    #[command(subcommand)]
+    Ingest(IngestCommand),
+}
+
+/// `coinstream ingest`.
+#[derive(Debug, Subcommand)]
+pub enum IngestCommand {
+    /// Coinbase trades over WebSocket, normalised to bus records, into a Kafka topic keyed by
+    /// product.
+    Coinbase(IngestCoinbaseArgs),
+    /// Gate.io closed candles over REST, into a Kafka topic keyed by currency pair.
+    Gateio(IngestGateioArgs),
+}
+
+/// `coinstream ingest coinbase`.
+#[derive(Debug, clap::Args)]
+pub struct IngestCoinbaseArgs {
+    /// The feed's WebSocket URL (default: wss://ws-feed.exchange.coinbase.com, or
+    /// wss://advanced-trade-ws.coinbase.com with `--feed advanced`).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Products to subscribe to, comma-separated (default: the portfolio's).
+    #[arg(long, value_delimiter = ',')]
+    pub products: Vec<String>,
+    /// Which Coinbase API: `exchange` (matches + heartbeat) or `advanced` (market_trades +
+    /// heartbeats).
+    #[arg(long, value_enum, default_value_t = CoinbaseFeed::Exchange)]
+    pub feed: CoinbaseFeed,
+    /// Kafka brokers (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// The Kafka topic.
+    #[arg(long, default_value = "crypto_trades")]
+    pub topic: String,
+    /// A connection silent for this long (no trade, no heartbeat) is replaced, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub idle_timeout_ms: u64,
+    /// The portfolio file (its products are the default `--products`).
+    #[arg(long, default_value = "required_data/my_Portfolio.json")]
+    pub portfolio: PathBuf,
+    /// The coin map (trades of products missing from it are counted and dropped).
+    #[arg(long, default_value = "required_data/coin_map.json")]
+    pub coin_map: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CoinbaseFeed {
+    /// Coinbase Exchange: channels matches and heartbeat.
+    Exchange,
+    /// Coinbase Advanced Trade: channels market_trades and heartbeats.
+    Advanced,
+}
+
+/// `coinstream ingest gateio`.
+#[derive(Debug, clap::Args)]
+pub struct IngestGateioArgs {
+    /// The REST API's base URL (default: https://api.gateio.ws/api/v4).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Currency pairs, comma-separated (default: each portfolio product `X-USD` as `X_USDT`).
+    #[arg(long, value_delimiter = ',')]
+    pub pairs: Vec<String>,
+    /// The candle interval: 1s, 10s, 1m, 5m, 15m, 30m, 1h, 4h, 8h, 1d or 7d.
+    #[arg(long, default_value = "1m")]
+    pub interval: String,
+    /// Backfill windows starting at or after this time (RFC 3339, a date, or unix seconds).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the backfill (default: now, then keep polling unless `--once`).
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+    /// One poll (or one backfill), then exit 0: for schedulers such as Airflow.
+    #[arg(long)]
+    pub once: bool,
+    /// Kafka brokers (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// The Kafka topic.
+    #[arg(long, default_value = "crypto_candles")]
+    pub topic: String,
+    /// The portfolio file (its products give the default `--pairs`).
+    #[arg(long, default_value = "required_data/my_Portfolio.json")]
+    pub portfolio: PathBuf,
 }
 
 /// `coinstream generate`.

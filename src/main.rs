@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod ingest;
 mod pipeline;
 
 use std::process::ExitCode;

@@ -41,6 +41,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => explain(&Config::load(&config)?, analyze, transform.as_deref()).await,
         Command::Query { config, sql } => query(&Config::load(&config)?, &sql).await,
         Command::Generate(args) => generate(args).await,
+        Command::Ingest(command) => crate::ingest::dispatch(command).await,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cassandra;
 pub mod coinbase;
 pub mod common;
 pub mod dead_letter;
+pub mod gateio;
 pub mod generate;
 pub mod kafka;
 pub mod parquet;
@@ -29,6 +30,8 @@ pub enum SourceConfig {
     Generate(generate::source::GenerateConfig),
     /// A Kafka consumer group.
     Kafka(kafka::config::KafkaSourceConfig),
+    /// Live trades from a Coinbase WebSocket feed.
+    Coinbase(coinbase::config::CoinbaseConfig),
 }
 
 /// `[sink]`: where the transform's rows go.
@@ -61,6 +64,7 @@ pub fn build_source(config: &SourceConfig) -> Result<Box<dyn Source>> {
         SourceConfig::Replay(c) => Box::new(replay::ReplaySource::new(c.clone())?),
         SourceConfig::Generate(c) => Box::new(generate::source::GenerateSource::new(c.clone())?),
         SourceConfig::Kafka(c) => Box::new(kafka::source::KafkaSource::new(c.clone())?),
+        SourceConfig::Coinbase(c) => Box::new(coinbase::source::CoinbaseSource::new(c.clone())?),
     })
 }
 
@@ -111,6 +115,12 @@ impl SourceConfig {
                 rebase(&mut c.coin_map, base);
             }
             SourceConfig::Kafka(_) => {}
+            SourceConfig::Coinbase(c) => {
+                rebase(&mut c.coin_map, base);
+                if let Some(path) = &mut c.portfolio {
+                    rebase(path, base);
+                }
+            }
         }
     }
 }

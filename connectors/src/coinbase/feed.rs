@@ -98,6 +98,27 @@ fn classify_unparsed(line: &[u8], error: serde_json::Error) -> FeedEvent {
     }
 }
 
+/// The taker's side of a trade whose `side` field is the **maker's** side, as in both Coinbase
+/// feeds (Exchange `buy`/`sell`, Advanced Trade `BUY`/`SELL`): the maker sold, so the taker bought.
+pub fn taker_side_of(maker_side: &str) -> Option<&'static str> {
+    match maker_side {
+        "sell" | "SELL" => Some("buy"),
+        "buy" | "BUY" => Some("sell"),
+        _ => None,
+    }
+}
+
+/// The `subscribe` request for `matches` and `heartbeat` of `products` (it must reach the feed
+/// within 5 s of connecting, or the feed disconnects).
+pub fn subscribe_message(products: &[String]) -> String {
+    serde_json::json!({
+        "type": "subscribe",
+        "product_ids": products,
+        "channels": ["matches", "heartbeat"],
+    })
+    .to_string()
+}
+
 fn normalise(m: &Message, coins: &BTreeMap<String, String>, ingest_time: &str) -> FeedEvent {
     let missing = [
         ("trade_id", m.trade_id.is_none()),
@@ -110,12 +131,11 @@ fn normalise(m: &Message, coins: &BTreeMap<String, String>, ingest_time: &str) -
     if let Some((field, _)) = missing.iter().find(|(_, absent)| *absent) {
         return FeedEvent::Invalid(format!("{} without {field}", m.kind));
     }
-    let taker_side = match m.side.as_deref() {
-        Some("sell") => "buy",
-        Some("buy") => "sell",
-        other => {
-            return FeedEvent::Invalid(format!("unknown side {other:?}; expected buy or sell"));
-        }
+    let Some(taker_side) = m.side.as_deref().and_then(taker_side_of) else {
+        return FeedEvent::Invalid(format!(
+            "unknown side {:?}; expected buy or sell",
+            m.side.as_deref()
+        ));
     };
     let symbol = m.product_id.as_deref().unwrap_or_default();
     FeedEvent::Trade {
@@ -157,6 +177,17 @@ mod tests {
         assert_eq!(
             (record.price.as_str(), record.size.as_str()),
             ("400.23", "5.23512")
+        );
+    }
+
+    #[test]
+    fn subscribes_to_matches_and_heartbeat_of_every_product() {
+        let message: serde_json::Value =
+            serde_json::from_str(&subscribe_message(&["BTC-USD".into(), "ETH-USD".into()]))
+                .unwrap();
+        assert_eq!(
+            message,
+            serde_json::json!({"type":"subscribe","product_ids":["BTC-USD","ETH-USD"],"channels":["matches","heartbeat"]})
         );
     }
 

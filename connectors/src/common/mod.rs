@@ -1,4 +1,9 @@
 //! Code that more than one connector needs. It names no venue.
 
+pub mod backoff;
+pub mod excerpt;
+pub mod http;
 pub mod reference_files;
+pub mod tls;
 pub mod trade;
+pub mod websocket;

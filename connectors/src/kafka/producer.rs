@@ -84,6 +84,52 @@ impl TopicProducer {
         }
     }
 
+    /// Fetches the topic's metadata, as the first send would: fails when no broker answers within
+    /// `timeout` (a healthcheck before reading from a venue).
+    pub async fn check(&self, timeout: Duration) -> Result<()> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&topic), timeout)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("Kafka metadata task failed: {e}")))?
+        .map(|_| ())
+        .map_err(|e| Error::Sink {
+            name: format!("kafka {}", self.topic),
+            message: format!("no broker answered within {timeout:?}: {e}"),
+            retry: Retry::Transient,
+        })
+    }
+
+    /// Publishes everything `rx` yields until it closes, in batches of what has arrived (at most
+    /// `max_batch`): each batch is sent with [`TopicProducer::send_all`] and acknowledged before
+    /// the next is read, so order per key holds and nothing is flushed per message.
+    /// `on_published` is told each acknowledged batch's size. Returns the total published.
+    pub async fn publish_from<T>(
+        &self,
+        rx: &mut tokio::sync::mpsc::Receiver<T>,
+        max_batch: usize,
+        mut encode: impl FnMut(T) -> (String, Vec<u8>),
+        mut on_published: impl FnMut(u64),
+    ) -> Result<u64> {
+        let mut total = 0;
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.push(encode(first));
+            while batch.len() < max_batch.max(1) {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(encode(item)),
+                    Err(_) => break,
+                }
+            }
+            let sent = self.send_all(batch.drain(..)).await?;
+            on_published(sent);
+            total += sent;
+        }
+        Ok(total)
+    }
+
     /// Waits until every queued message is delivered.
     pub fn flush(&self) -> Result<()> {
         self.producer

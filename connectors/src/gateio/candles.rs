@@ -1,0 +1,236 @@
+//! `GET /spot/candlesticks` rows and the candle record on the bus.
+//!
+//! A row is an array of strings read **by index** (the order is not OHLC):
+//! `[start, quote volume, close, high, low, open, base volume, closed]`. Rows of 7 elements (no
+//! `closed` flag; an older API version) are accepted as legacy: such a window counts as closed
+//! once its end has passed. Prices and volumes stay decimal strings, checked to be decimals.
+
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The bus record's field names, in order (see [`CandleRecord`]).
+pub const CANDLE_COLUMNS: [&str; 10] = [
+    "currency_pair utf8 not null",
+    "interval utf8 not null",
+    "window_start timestamp(s) not null",
+    "open decimal(28,10) not null",
+    "high decimal(28,10) not null",
+    "low decimal(28,10) not null",
+    "close decimal(28,10) not null",
+    "volume_base decimal(38,10)",
+    "volume_quote decimal(38,10) not null",
+    "ingest_time timestamp(us)",
+];
+
+/// One row of the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candle {
+    /// Window start, unix seconds.
+    pub window_start: i64,
+    /// Opening price.
+    pub open: String,
+    /// Highest price.
+    pub high: String,
+    /// Lowest price.
+    pub low: String,
+    /// Closing price.
+    pub close: String,
+    /// Volume in the base currency.
+    pub volume_base: Option<String>,
+    /// Volume in the quote currency.
+    pub volume_quote: String,
+    /// Whether the window is closed; `None` for a legacy 7-element row.
+    pub closed: Option<bool>,
+}
+
+/// Parses a response body: a JSON array of rows. The outer error means the body is not such an
+/// array; each row parses on its own (a bad row does not spoil the others).
+pub fn parse_rows(body: &[u8]) -> Result<Vec<Result<Candle, String>>, String> {
+    let rows: Vec<Value> =
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON array of rows: {e}"))?;
+    Ok(rows.iter().map(parse_row).collect())
+}
+
+fn parse_row(row: &Value) -> Result<Candle, String> {
+    let Some(cells) = row.as_array() else {
+        return Err(format!("row {row} is not an array"));
+    };
+    if cells.len() < 7 {
+        return Err(format!(
+            "row {row} has {} elements; expected 8 (7 for the legacy format)",
+            cells.len()
+        ));
+    }
+    let text = |i: usize, what: &str| -> Result<&str, String> {
+        cells[i]
+            .as_str()
+            .ok_or_else(|| format!("row {row}: {what} (index {i}) is not a string"))
+    };
+    let decimal = |i: usize, what: &str| -> Result<String, String> {
+        let s = text(i, what)?;
+        Decimal::from_str(s)
+            .or_else(|_| Decimal::from_scientific(s))
+            .map(|d| {
+                if s.contains(['e', 'E']) {
+                    d.to_string()
+                } else {
+                    s.to_owned()
+                }
+            })
+            .map_err(|_| format!("row {row}: {what} {s:?} is not a decimal"))
+    };
+    let start = text(0, "window start")?;
+    let window_start = start
+        .parse::<i64>()
+        .map_err(|_| format!("row {row}: window start {start:?} is not unix seconds"))?;
+    let closed = match cells.get(7) {
+        None => None,
+        Some(_) => match text(7, "closed flag")? {
+            "true" => Some(true),
+            "false" => Some(false),
+            other => {
+                return Err(format!(
+                    "row {row}: closed flag {other:?} is not \"true\" or \"false\""
+                ));
+            }
+        },
+    };
+    Ok(Candle {
+        window_start,
+        volume_quote: decimal(1, "quote volume")?,
+        close: decimal(2, "close")?,
+        high: decimal(3, "high")?,
+        low: decimal(4, "low")?,
+        open: decimal(5, "open")?,
+        volume_base: Some(decimal(6, "base volume")?),
+        closed,
+    })
+}
+
+/// One closed candle as it travels on the bus (topic `crypto_candles`, keyed by pair).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandleRecord {
+    /// `BASE_QUOTE`, e.g. `BTC_USDT`.
+    pub currency_pair: String,
+    /// The interval's API name, e.g. `1m`.
+    pub interval: String,
+    /// Window start, RFC 3339 UTC.
+    pub window_start: String,
+    /// Opening price, decimal string.
+    pub open: String,
+    /// Highest price, decimal string.
+    pub high: String,
+    /// Lowest price, decimal string.
+    pub low: String,
+    /// Closing price, decimal string.
+    pub close: String,
+    /// Volume in the base currency, decimal string.
+    pub volume_base: Option<String>,
+    /// Volume in the quote currency, decimal string.
+    pub volume_quote: String,
+    /// When coinstream fetched it, RFC 3339 UTC.
+    pub ingest_time: String,
+}
+
+impl CandleRecord {
+    /// The record of `candle` of `pair` at `interval`.
+    pub fn new(pair: &str, interval: &str, candle: Candle, ingest_time: &str) -> Self {
+        let window_start = chrono::DateTime::from_timestamp(candle.window_start, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        Self {
+            currency_pair: pair.to_owned(),
+            interval: interval.to_owned(),
+            window_start,
+            open: candle.open,
+            high: candle.high,
+            low: candle.low,
+            close: candle.close,
+            volume_base: candle.volume_base,
+            volume_quote: candle.volume_quote,
+            ingest_time: ingest_time.to_owned(),
+        }
+    }
+
+    /// The record as one JSON object.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_real_row_by_index_not_as_ohlc() {
+        let rows = parse_rows(
+            br#"[["1717246800","1157762.86821200","67772.5","67839.9","67715","67715.1","17.07790000","true"]]"#,
+        )
+        .unwrap();
+        let candle = rows[0].clone().unwrap();
+        assert_eq!(
+            candle,
+            Candle {
+                window_start: 1_717_246_800,
+                volume_quote: "1157762.86821200".into(),
+                close: "67772.5".into(),
+                high: "67839.9".into(),
+                low: "67715".into(),
+                open: "67715.1".into(),
+                volume_base: Some("17.07790000".into()),
+                closed: Some(true),
+            }
+        );
+        let record = CandleRecord::new("BTC_USDT", "1h", candle, "2024-06-01T13:00:01.000000Z");
+        assert_eq!(record.window_start, "2024-06-01T13:00:00Z");
+        let json: Value = serde_json::from_slice(&record.to_json()).unwrap();
+        assert_eq!(json["open"], "67715.1");
+        assert_eq!(json["volume_quote"], "1157762.86821200");
+    }
+
+    #[test]
+    fn accepts_legacy_rows_and_rejects_bad_ones_one_by_one() {
+        let rows = parse_rows(
+            br#"[["1717246800","1","2","3","1","2","0.5"],
+                 ["1717246860","1","2","3","1"],
+                 ["1717246920","1","abc","3","1","2","0.5","true"],
+                 [1717246980,"1","2","3","1","2","0.5","true"],
+                 ["1717247040","1","2","3","1","2","0.5","maybe"],
+                 ["1717247100","1e2","2","3","1","2","0.5","false"],
+                 {"t":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(rows[0].as_ref().unwrap().closed, None, "legacy");
+        assert!(rows[1].as_ref().unwrap_err().contains("has 5 elements"));
+        assert!(
+            rows[2]
+                .as_ref()
+                .unwrap_err()
+                .contains("close \"abc\" is not a decimal")
+        );
+        assert!(
+            rows[3]
+                .as_ref()
+                .unwrap_err()
+                .contains("window start (index 0) is not a string")
+        );
+        assert!(
+            rows[4]
+                .as_ref()
+                .unwrap_err()
+                .contains("closed flag \"maybe\"")
+        );
+        let open = rows[5].as_ref().unwrap();
+        assert_eq!(
+            (open.closed, open.volume_quote.as_str()),
+            (Some(false), "100")
+        );
+        assert!(rows[6].as_ref().unwrap_err().contains("is not an array"));
+        assert!(parse_rows(br#"{"label":"X"}"#).is_err());
+    }
+}

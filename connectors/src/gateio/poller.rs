@@ -1,0 +1,304 @@
+//! The schedule: a backfill of `from`..`to` in pages of at most 1000 windows, then (unless it was
+//! bounded or `once`) a poll per pair shortly after every interval boundary, fetching everything
+//! since the last published window. Only closed windows leave, each once per (pair, interval,
+//! window start): a per-pair watermark of the last published start drops overlaps and repeats.
+//!
+//! The watermark lives in memory: separate `--once` runs (an Airflow schedule) may publish a
+//! window again; the candle table's primary key makes that an overwrite with the same values.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use engine::{Error, Result};
+use tokio::sync::{mpsc, watch};
+
+use super::candles::CandleRecord;
+use super::client::{GateClient, Request};
+use super::config::{MAX_POINTS_PER_REQUEST, Settings};
+use crate::common::trade::rfc3339_micros;
+
+/// Re-polls, `poll_delay` apart, while the window that just ended is not closed yet.
+const MAX_CATCH_UP_POLLS: u32 = 5;
+
+/// What the poller counted since it started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// HTTP requests sent.
+    pub requests: AtomicU64,
+    /// Rows received.
+    pub rows_in: AtomicU64,
+    /// Candles the consumer published (Kafka acknowledged).
+    pub published: AtomicU64,
+    /// Rows of windows still open (fetched again later).
+    pub open_windows: AtomicU64,
+    /// Rows of windows already published, or outside the requested range.
+    pub duplicates: AtomicU64,
+    /// Rows that could not be used, and error answers.
+    pub errors: AtomicU64,
+    /// Requests retried after a transient failure.
+    pub retries: AtomicU64,
+    /// HTTP 429 answers.
+    pub rate_limited: AtomicU64,
+    /// Windows missing between two published ones (a pair without trades in a window may have
+    /// no candle for it).
+    pub gaps: AtomicU64,
+    /// Rows in the legacy 7-element format.
+    pub legacy_rows: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every counter by name, plus `skipped` (open windows and duplicates).
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("requests", get(&self.requests)),
+            ("messages_in", get(&self.rows_in)),
+            ("published", get(&self.published)),
+            ("skipped", get(&self.open_windows) + get(&self.duplicates)),
+            ("open_windows", get(&self.open_windows)),
+            ("duplicates", get(&self.duplicates)),
+            ("errors", get(&self.errors)),
+            ("retries", get(&self.retries)),
+            ("rate_limited", get(&self.rate_limited)),
+            ("gaps", get(&self.gaps)),
+            ("legacy_rows", get(&self.legacy_rows)),
+        ]
+    }
+
+    /// The value of counter `name` from [`Counters::snapshot`] (0 if there is none).
+    pub fn get(&self, name: &str) -> u64 {
+        self.snapshot()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| v)
+    }
+
+    /// Logs every counter at `info`.
+    pub fn log(&self, message: &'static str) {
+        let c: BTreeMap<_, _> = self.snapshot().into_iter().collect();
+        tracing::info!(
+            requests = c["requests"],
+            messages_in = c["messages_in"],
+            published = c["published"],
+            skipped = c["skipped"],
+            errors = c["errors"],
+            retries = c["retries"],
+            rate_limited = c["rate_limited"],
+            gaps = c["gaps"],
+            "{message}"
+        );
+    }
+}
+
+/// Why a pass over the pairs ended early.
+enum Stop {
+    /// Shutdown was asked for, or nobody takes the candles any more.
+    Requested,
+    /// A request failed for good.
+    Failed(Error),
+}
+
+struct Poller {
+    settings: Settings,
+    client: GateClient,
+    /// The last published window start per pair.
+    watermark: BTreeMap<String, i64>,
+    tx: mpsc::Sender<CandleRecord>,
+    counters: Arc<Counters>,
+}
+
+/// Runs the schedule until it is done (`once`, or a bounded backfill) or `shutdown` turns true;
+/// candles go to `tx` in window order per pair. Fails on a permanent API error, or on a transient
+/// one during a backfill or a `once` poll (a live schedule logs it and tries again next window).
+pub async fn run(
+    settings: Settings,
+    tx: mpsc::Sender<CandleRecord>,
+    mut shutdown: watch::Receiver<bool>,
+    counters: Arc<Counters>,
+) -> Result<()> {
+    let mut poller = Poller {
+        client: GateClient::new(&settings, counters.clone()),
+        settings,
+        watermark: BTreeMap::new(),
+        tx,
+        counters,
+    };
+    let secs = poller.settings.interval.secs();
+    let first = match poller.settings.from {
+        Some(from) => (from, poller.settings.to.unwrap_or_else(now_secs)),
+        None => {
+            let now = now_secs();
+            (now - poller.settings.lookback_windows * secs, now)
+        }
+    };
+    match poller.pass(Some(first), &mut shutdown).await {
+        Ok(()) => {}
+        Err(Stop::Requested) => return Ok(()),
+        Err(Stop::Failed(e)) => return Err(e),
+    }
+    if poller.settings.once || poller.settings.to.is_some() {
+        return Ok(());
+    }
+    loop {
+        let now = now_secs();
+        let next_boundary = (now.div_euclid(secs) + 1) * secs;
+        let mut wait =
+            Duration::from_secs((next_boundary - now).max(0) as u64) + poller.settings.poll_delay;
+        for attempt in 0..=MAX_CATCH_UP_POLLS {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match poller.pass(None, &mut shutdown).await {
+                Ok(()) => {}
+                Err(Stop::Requested) => return Ok(()),
+                Err(Stop::Failed(e)) if !e.is_transient() => return Err(e),
+                Err(Stop::Failed(e)) => {
+                    tracing::error!(error = %e, "Gate.io poll failed; trying again at the next window.");
+                    break;
+                }
+            }
+            // The window that just ended: Gate.io marks it closed a moment after the boundary.
+            let expected = now_secs().div_euclid(secs) * secs - secs;
+            let behind: Vec<&String> = poller
+                .settings
+                .pairs
+                .iter()
+                .filter(|p| poller.watermark.get(*p).is_none_or(|w| *w < expected))
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            tracing::debug!(
+                ?behind,
+                attempt,
+                "Latest window not closed yet; polling again shortly."
+            );
+            wait = poller.settings.poll_delay;
+        }
+    }
+}
+
+impl Poller {
+    /// Fetches every pair: `range`, or from each pair's watermark to now.
+    async fn pass(
+        &mut self,
+        range: Option<(i64, i64)>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> std::result::Result<(), Stop> {
+        let secs = self.settings.interval.secs();
+        for pair in self.settings.pairs.clone() {
+            let (from, to) = match range {
+                Some(r) => r,
+                None => {
+                    let now = now_secs();
+                    let from = self
+                        .watermark
+                        .get(&pair)
+                        .map_or(now - self.settings.lookback_windows * secs, |w| w + secs);
+                    (from, now)
+                }
+            };
+            self.range(&pair, from, to, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches windows of `pair` starting in `from..=to`, in pages the API accepts.
+    async fn range(
+        &mut self,
+        pair: &str,
+        from: i64,
+        to: i64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> std::result::Result<(), Stop> {
+        let secs = self.settings.interval.secs();
+        let mut page_from = from;
+        while page_from <= to {
+            let page_to = (page_from + (MAX_POINTS_PER_REQUEST - 1) * secs).min(to);
+            let request = Request {
+                pair,
+                interval: self.settings.interval,
+                from: page_from,
+                to: page_to,
+            };
+            let rows = tokio::select! {
+                _ = shutdown.changed() => return Err(Stop::Requested),
+                rows = self.client.candlesticks(request) => rows.map_err(Stop::Failed)?,
+            };
+            self.publish(pair, page_from, page_to, rows).await?;
+            page_from = page_to + secs;
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        pair: &str,
+        from: i64,
+        to: i64,
+        rows: Vec<std::result::Result<super::candles::Candle, String>>,
+    ) -> std::result::Result<(), Stop> {
+        let secs = self.settings.interval.secs();
+        let now = now_secs();
+        let ingest_time = rfc3339_micros(chrono::Utc::now());
+        Counters::add(&self.counters.rows_in, rows.len() as u64);
+        let mut candles = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row {
+                Ok(c) => candles.push(c),
+                Err(reason) => {
+                    Counters::add(&self.counters.errors, 1);
+                    tracing::warn!(pair, reason = %reason, "Unusable candlestick row skipped.");
+                }
+            }
+        }
+        // Row order is not documented.
+        candles.sort_by_key(|c| c.window_start);
+        for candle in candles {
+            let closed = match candle.closed {
+                Some(closed) => closed,
+                None => {
+                    Counters::add(&self.counters.legacy_rows, 1);
+                    candle.window_start + secs <= now
+                }
+            };
+            if !closed {
+                Counters::add(&self.counters.open_windows, 1);
+                continue;
+            }
+            let watermark = self.watermark.get(pair).copied();
+            if candle.window_start < from
+                || candle.window_start > to
+                || watermark.is_some_and(|w| candle.window_start <= w)
+            {
+                Counters::add(&self.counters.duplicates, 1);
+                continue;
+            }
+            if let Some(w) = watermark {
+                let missing = (candle.window_start - w) / secs - 1;
+                if missing > 0 {
+                    Counters::add(&self.counters.gaps, missing as u64);
+                    tracing::debug!(pair, after = w, missing, "Windows without a candle.");
+                }
+            }
+            self.watermark.insert(pair.to_owned(), candle.window_start);
+            let record =
+                CandleRecord::new(pair, self.settings.interval.name(), candle, &ingest_time);
+            if self.tx.send(record).await.is_err() {
+                return Err(Stop::Requested);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
