@@ -1,0 +1,808 @@
+"""The benchmark: coinstream against the seeds' Spark Structured Streaming job, side by side on the
+same Kafka topic and the same Cassandra. Started by bench/run.sh, which installs what is needed;
+see bench/README.md for what is measured and how.
+
+Needs only the Python standard library for the coinstream part (`--coinstream-only`); the Spark
+part runs bench/spark/job.py with --spark-python (a venv with pyspark), and the chart needs
+matplotlib (skipped with a note when it cannot be imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import decimal
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cql  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+JAVA17 = os.environ.get("BENCH_JAVA", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java")
+if not os.path.exists(JAVA17):
+    JAVA17 = shutil.which("java") or JAVA17
+
+ENGINES = {
+    "spark_udf": "Spark, as the seeds wrote it (Python UDF)",
+    "spark_sql": "Spark, done well (broadcast join in SQL)",
+    "coinstream": "coinstream",
+}
+
+TABLE_DDL = (
+    "CREATE TABLE IF NOT EXISTS {ks}.{table} (symbol text, coin_name text, trade_id bigint, "
+    "trade_time timestamp, trade_date date, price decimal, size decimal, side text, profit decimal, "
+    "PRIMARY KEY ((symbol, trade_date), trade_time, trade_id))"
+)
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} bench: {msg}", file=sys.stderr, flush=True)
+
+
+def sh(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+# --- machine ------------------------------------------------------------------------------------
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def proc_cpu_s(pid: int | None) -> float:
+    if not pid:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_pids() -> dict[str, int]:
+    pids = {}
+    out = subprocess.run([os.path.join(REPO, "scripts/services.sh"), "status"], text=True, capture_output=True)
+    for name, pid in re.findall(r"^(\w+): up \(pid (\d+)\)", out.stdout + out.stderr, re.M):
+        pids[name] = int(pid)
+    return pids
+
+
+def machine_facts(args) -> dict:
+    facts = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S %Z").strip()}
+    with open("/proc/cpuinfo") as f:
+        models = re.findall(r"^model name\s*:\s*(.*)$", f.read(), re.M)
+    facts["cpu"] = f"{models[0] if models else platform.processor()} × {os.cpu_count()}"
+    with open("/proc/meminfo") as f:
+        mem_kb = int(re.search(r"MemTotal:\s+(\d+)", f.read()).group(1))
+    facts["memory"] = f"{mem_kb / 2**20:.1f} GiB"
+    facts["kernel"] = platform.release()
+    facts["python"] = platform.python_version()
+    try:
+        facts["java"] = subprocess.run([JAVA17, "-version"], text=True, capture_output=True).stderr.splitlines()[0]
+    except (OSError, IndexError):
+        facts["java"] = "?"
+    try:
+        facts["coinstream"] = sh(["git", "-C", REPO, "rev-parse", "--short", "HEAD"]).stdout.strip()
+    except (subprocess.CalledProcessError, OSError):
+        facts["coinstream"] = "?"
+    if args.spark_python:
+        try:
+            facts["pyspark"] = sh([args.spark_python, "-c", "import pyspark; print(pyspark.__version__)"]).stdout.strip()
+        except (subprocess.CalledProcessError, OSError):
+            facts["pyspark"] = "?"
+    facts["kafka"] = "Apache Kafka 4.3.1 (KRaft, 1 node, scripts/services.sh)"
+    facts["cassandra"] = "Apache Cassandra 5.0.9 (1 node, 1 GiB heap, scripts/services.sh)"
+    facts["loadavg_at_start"] = loadavg()
+    return facts
+
+
+# --- Kafka ----------------------------------------------------------------------------------------
+
+
+class Kafka:
+    def __init__(self, brokers: str, jars: str):
+        self.brokers, self.cp = brokers, os.path.join(jars, "*")
+
+    def _tool(self, main: str, *args: str) -> str:
+        return sh([JAVA17, "-cp", self.cp, main, "--bootstrap-server", self.brokers, *args]).stdout
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        self._tool(
+            "org.apache.kafka.tools.TopicCommand",
+            "--create", "--topic", topic, "--partitions", str(partitions), "--replication-factor", "1",
+        )
+
+    def delete_topic(self, topic: str) -> None:
+        try:
+            self._tool("org.apache.kafka.tools.TopicCommand", "--delete", "--topic", topic)
+        except subprocess.CalledProcessError as e:
+            log(f"could not delete topic {topic}: {e.stderr.strip()[:300]}")
+
+    def message_count(self, topic: str) -> int:
+        out = self._tool("org.apache.kafka.tools.GetOffsetShell", "--topic", topic)
+        return sum(int(line.rsplit(":", 1)[1]) for line in out.split() if line.startswith(topic + ":"))
+
+
+# --- the engines --------------------------------------------------------------------------------
+
+
+def coinstream_config(args, path: str, topic: str, group: str, keyspace: str, table: str, sink: str, checkpoint: str):
+    with open(os.path.join(REPO, "pipelines/kafka-cassandra.toml")) as f:
+        text = f.read()
+    replacements = [
+        ('"../', f'"{REPO}/'),
+        ('topics = ["crypto_trades"]', f'topics = ["{topic}"]'),
+        ('group_id = "coinstream-profit"', f'group_id = "{group}"'),
+        ('keyspace = "crypto_keyspace"', f'keyspace = "{keyspace}"'),
+        ('table = "crypto_trades"', f'table = "{table}"'),
+        ('topic = "crypto_trades_dead_letters"', f'topic = "{topic}_dlq"'),
+        (f'"{REPO}/data/kafka-cassandra/checkpoint"', json.dumps(checkpoint)),
+    ]
+    for old, new in replacements:
+        if old not in text:
+            raise SystemExit(f"pipelines/kafka-cassandra.toml no longer contains {old!r}; update bench/bench.py")
+        text = text.replace(old, new)
+    text = re.sub(r'# brokers = "127.0.0.1:9092"', f'brokers = "{args.brokers}"', text)
+    if sink == "null":
+        # Everything from [sink] up to the next section becomes the null sink.
+        text = re.sub(r"\[sink\]\n(?:(?!\n\[).)*", '[sink]\ntype = "null"\n', text, flags=re.S)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_dir: str, live: bool) -> tuple[list[str], str]:
+    """The command line of one engine run and the regex of its "a batch was written" lines."""
+    if engine == "coinstream":
+        config = os.path.join(run_dir, "pipeline.toml")
+        coinstream_config(
+            args, config, topic, f"bench_{os.path.basename(run_dir)}", args.keyspace, table,
+            "cassandra" if sink == "cassandra" else "null", os.path.join(run_dir, "checkpoint"),
+        )
+        trigger = args.coinstream_live_trigger if live else "available-now"
+        cmd = [args.coinstream_bin, "run", "--config", config, "--trigger", trigger, "--progress", "json"]
+        return cmd, r'"numInputRows":[1-9]'
+    variant = engine.split("_", 1)[1]
+    cmd = [
+        args.spark_python, os.path.join(BENCH, "spark/job.py"),
+        "--variant", variant, "--sink", "noop" if sink == "null" else "cassandra",
+        "--topic", topic, "--brokers", args.brokers, "--cassandra", args.cassandra,
+        "--keyspace", args.keyspace, "--table", table, "--jars", args.spark_jars,
+        "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
+        "--coin-map", os.path.join(REPO, "required_data/coin_map.json"),
+        "--checkpoint", os.path.join(run_dir, "checkpoint"),
+        "--max-offsets", str(args.spark_max_offsets), "--driver-memory", args.spark_driver_memory,
+    ]
+    if live:
+        cmd += ["--trigger", "continuous-microbatch", "--stop-file", os.path.join(run_dir, "STOP")]
+    return cmd, r"BENCH_BATCH "
+
+
+def measured(cmd: list[str], run_dir: str, marker: str, stop_file: str | None = None, timeout: float = 3600):
+    out = os.path.join(run_dir, "measure.json")
+    wrapper = [sys.executable, os.path.join(BENCH, "measure.py"), "--out", out, "--log",
+               os.path.join(run_dir, "output.log"), "--marker", marker, "--timeout", str(timeout)]
+    if stop_file:
+        wrapper += ["--stop-file", stop_file]
+    proc = subprocess.Popen(wrapper + ["--", *cmd])
+    RUNNING.append(proc)
+    return proc, out
+
+
+RUNNING: list[subprocess.Popen] = []
+
+
+def stop_running() -> None:
+    """Stops engines still running (after an error): measure.py passes the TERM on to the tree."""
+    for p in RUNNING:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(90)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+# --- Cassandra checks -----------------------------------------------------------------------------
+
+
+def expected_from_records(path: str, portfolio: dict) -> tuple[dict, dict]:
+    """Per (symbol, trade_date) row counts of the portfolio trades, and (symbol, trade_id) -> price."""
+    counts: dict = collections.Counter()
+    prices = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            if r["symbol"] in portfolio:
+                counts[(r["symbol"], r["trade_time"][:10])] += 1
+                prices[(r["symbol"], r["trade_id"])] = r["price"]
+    return dict(counts), prices
+
+
+def check_table(session: cql.Session, ks: str, table: str, partitions: dict, sample: int) -> dict:
+    """Rows per partition (against the expected counts) and the first `sample` rows of each."""
+    total, wrong, rows = 0, [], {}
+    for (symbol, date), want in sorted(partitions.items()):
+        where = f"WHERE symbol = {cql.quote_text(symbol)} AND trade_date = '{date}'"
+        got = session.execute(f"SELECT COUNT(*) FROM {ks}.{table} {where}")[0][0]
+        total += got
+        if got != want:
+            wrong.append(f"{symbol} {date}: {got} rows, expected {want}")
+        for trade_id, price, profit in session.execute(
+            f"SELECT trade_id, price, profit FROM {ks}.{table} {where} LIMIT {sample}"
+        ):
+            rows[(symbol, trade_id)] = (price, profit)
+    return {"rows": total, "partition_mismatches": wrong, "sample": rows}
+
+
+def verify_profits(sample: dict, prices: dict, portfolio: dict) -> list[str]:
+    """Every sampled row against an independent exact computation from the generated record."""
+    problems = []
+    for (symbol, trade_id), (price, profit) in sample.items():
+        h = portfolio[symbol]
+        want = (decimal.Decimal(prices[(symbol, trade_id)]) - decimal.Decimal(h["buy_price"])) * decimal.Decimal(h["size"])
+        if profit is None or profit.compare(want) != 0 or price.compare(decimal.Decimal(prices[(symbol, trade_id)])) != 0:
+            problems.append(f"{symbol} {trade_id}: profit {profit}, expected {want}")
+    return problems
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+
+def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, partitions, prices, portfolio) -> dict:
+    name = f"{engine}-{sink}"
+    run_dir = os.path.join(args.work, name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    table = f"{engine}_{sink}"
+    if sink == "cassandra":
+        with cql.Session.connect(args.cassandra) as s:
+            s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+            s.execute(TABLE_DDL.format(ks=args.keyspace, table=table))
+    cmd, marker = engine_command(args, engine, topic=topic, table=table, sink=sink, run_dir=run_dir, live=False)
+    services = service_pids()
+    before = {k: proc_cpu_s(p) for k, p in services.items()}
+    busy0, total0 = cpu_jiffies()
+    load = loadavg()
+    log(f"{name}: {' '.join(cmd)}")
+    proc, out = measured(cmd, run_dir, marker, timeout=args.run_timeout)
+    proc.wait()
+    busy1, total1 = cpu_jiffies()
+    with open(out) as f:
+        m = json.load(f)
+    result = {
+        "engine": engine,
+        "sink": sink,
+        "load_before": load,
+        "wall_s": m["wall_s"],
+        "cpu_s": m["cpu_s"],
+        "user_s": m["user_s"],
+        "sys_s": m["sys_s"],
+        "peak_rss_mb": m["peak_rss_mb"],
+        "exit_code": m["exit_code"],
+        "first_batch_s": m["markers"][0][0] if m["markers"] else None,
+        "cpu_at_first_batch_s": m["cpu_at_first_marker_s"],
+        "batches": len(m["markers"]),
+        "start_unix": m["start_unix"],
+        "machine_busy_cores": round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2),
+        "service_cpu_s": {k: round(proc_cpu_s(p) - before[k], 1) for k, p in services.items()},
+        "trades": args.trades,
+        "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
+    }
+    if engine != "coinstream":
+        # Spark prints its batches' end times (from its progress records) when the query ended.
+        ends = sorted(float(line.split()[3]) - m["start_unix"] for _, line in m["markers"])
+        result["first_batch_s"] = round(ends[0], 3) if ends else None
+        result["cpu_at_first_batch_s"] = None
+        m["markers"] = [[t, ""] for t in ends]
+    if len(m["markers"]) >= 2:
+        result["last_batch_s"] = m["markers"][-1][0]
+    result["trades_per_s"] = round(args.trades / m["wall_s"], 1)
+    if m["exit_code"] != 0:
+        log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
+        with open(os.path.join(run_dir, "output.log")) as f:
+            tail = f.readlines()[-30:]
+        sys.stderr.write("".join(tail))
+        result["error"] = f"exit code {m['exit_code']}"
+        return result
+    if engine == "coinstream":
+        rows_out = 0
+        with open(os.path.join(run_dir, "output.log")) as f:
+            for line in f:
+                j = line.find("{")
+                if '"numInputRows"' in line and j >= 0:
+                    rows_out += json.loads(line[j:])["sink"]["numOutputRows"]
+        result["rows_reported"] = rows_out
+    if sink == "cassandra":
+        with cql.Session.connect(args.cassandra) as s:
+            check = check_table(s, args.keyspace, table, partitions, args.sample)
+            if not args.keep:
+                s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+        result["rows_in_cassandra"] = check["rows"]
+        result["rows_expected"] = expected_rows
+        result["partition_mismatches"] = check["partition_mismatches"]
+        result["profit_problems"] = verify_profits(check["sample"], prices, portfolio)
+        result["sampled_rows"] = len(check["sample"])
+        result["_sample"] = check["sample"]
+        result["rows_per_s"] = round(check["rows"] / m["wall_s"], 1)
+    log(
+        f"{name}: {m['wall_s']:.1f} s wall, {result['trades_per_s']:.0f} trades/s, first batch at "
+        f"{result['first_batch_s']}, {m['cpu_s']:.1f} CPU s, peak RSS {m['peak_rss_mb']:.0f} MB"
+        + (f", {result['rows_in_cassandra']} rows in Cassandra (expected {expected_rows})" if sink == "cassandra" else "")
+    )
+    return result
+
+
+def run_live(args, engine: str, kafka: Kafka, index: int, portfolio) -> dict:
+    """Trades produced live at a fixed rate while the engine runs; latency from send to WRITETIME."""
+    name = f"{engine}-live"
+    run_dir = os.path.join(args.work, name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    topic = f"{args.prefix}_live_{engine}"
+    table = f"{engine}_live"
+    kafka.create_topic(topic, args.partitions)
+    kafka.create_topic(f"{topic}_dlq", 1)
+    total_s = args.live_warmup + args.live_seconds
+    count = int(args.live_rate * total_s)
+    records = os.path.join(run_dir, "records.jsonl")
+    start = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    sh([args.coinstream_bin, "generate", "--count", str(count), "--format", "record", "--out", records,
+        "--seed", str(1000 + index), "--rate", str(args.live_rate), "--start", start,
+        "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
+        "--coin-map", os.path.join(REPO, "required_data/coin_map.json")])
+    with cql.Session.connect(args.cassandra) as s:
+        s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+        s.execute(TABLE_DDL.format(ks=args.keyspace, table=table))
+    cmd, marker = engine_command(args, engine, topic=topic, table=table, sink="cassandra", run_dir=run_dir, live=True)
+    stop = os.path.join(run_dir, "STOP")
+    log(f"{name}: {' '.join(cmd)}")
+    proc, out = measured(cmd, run_dir, marker + "|BENCH_STARTED", stop_file=stop if engine == "coinstream" else None,
+                         timeout=args.run_timeout)
+    # Ready: coinstream has joined the group when it logs its assignment; Spark when its query
+    # started. Then a few seconds more for the first (empty) batches to be planned.
+    ready_re = re.compile(r"BENCH_STARTED|assign|Kafka source|partitions", re.I)
+    t0 = time.monotonic()
+    ready = False
+    while time.monotonic() - t0 < 120 and proc.poll() is None:
+        try:
+            with open(os.path.join(run_dir, "output.log")) as f:
+                if ready_re.search(f.read()):
+                    ready = True
+                    break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        raise SystemExit(f"{name}: the engine exited before the live phase; see {run_dir}/output.log")
+    time.sleep(args.live_settle if ready else 10)
+    sent_log = os.path.join(run_dir, "sent.csv")
+    kafka_cp = os.path.join(args.kafka_jars, "*")
+    busy0, total0 = cpu_jiffies()
+    producer = subprocess.run(
+        [JAVA17, "-cp", kafka_cp, os.path.join(BENCH, "PacedProducer.java"), args.brokers, topic, records,
+         str(args.live_rate), str(total_s), sent_log],
+        text=True, capture_output=True,
+    )
+    busy1, total1 = cpu_jiffies()
+    if producer.returncode != 0:
+        raise SystemExit(f"paced producer failed: {producer.stderr[-2000:]}")
+    log(f"{name}: {producer.stderr.strip().splitlines()[-1]}")
+    sent = {}
+    first_send = None
+    with open(sent_log) as f:
+        for line in f:
+            symbol, trade_id, us = line.rstrip().split(",")
+            us = int(us)
+            first_send = us if first_send is None else min(first_send, us)
+            if symbol in portfolio:
+                sent[(symbol, int(trade_id))] = us
+    # Wait (bounded) until every portfolio trade is in Cassandra, then stop the engine.
+    deadline = time.monotonic() + args.live_drain_timeout
+    with cql.Session.connect(args.cassandra) as s:
+        while True:
+            n = s.execute(f"SELECT COUNT(*) FROM {args.keyspace}.{table}")[0][0]
+            if n >= len(sent) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    open(stop, "w").close()
+    proc.wait()
+    with open(out) as f:
+        m = json.load(f)
+    with cql.Session.connect(args.cassandra) as s:
+        rows = s.execute(f"SELECT symbol, trade_id, WRITETIME(profit) FROM {args.keyspace}.{table}")
+        if not args.keep:
+            s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+    warm_until = first_send + int(args.live_warmup * 1e6)
+    lat_ms = []
+    for symbol, trade_id, written_us in rows:
+        us = sent.get((symbol, trade_id))
+        if us is not None and us >= warm_until:
+            lat_ms.append((written_us - us) / 1000.0)
+    measured_sent = sum(1 for us in sent.values() if us >= warm_until)
+    lat_ms.sort()
+    result = {
+        "engine": engine,
+        "rate": args.live_rate,
+        "seconds": args.live_seconds,
+        "warmup_s": args.live_warmup,
+        "trigger": args.coinstream_live_trigger if engine == "coinstream" else "default (micro-batches back to back)",
+        "rows_sent": len(sent),
+        "rows_written": len(rows),
+        "rows_measured": len(lat_ms),
+        "rows_expected_measured": measured_sent,
+        "machine_busy_cores": round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2),
+        "engine_cpu_s": m["cpu_s"],
+        "engine_wall_s": m["wall_s"],
+        "peak_rss_mb": m["peak_rss_mb"],
+        "exit_code": m["exit_code"],
+    }
+    if lat_ms:
+        q = statistics.quantiles(lat_ms, n=100, method="inclusive") if len(lat_ms) > 1 else [lat_ms[0]] * 99
+        result.update(p50_ms=round(q[49], 1), p99_ms=round(q[98], 1), max_ms=round(lat_ms[-1], 1),
+                      min_ms=round(lat_ms[0], 1), mean_ms=round(statistics.fmean(lat_ms), 1))
+    log(f"{name}: {result}")
+    kafka.delete_topic(topic)
+    kafka.delete_topic(f"{topic}_dlq")
+    return result
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def ratio(a, b, higher_is_better=True):
+    if not a or not b:
+        return "–"
+    r = a / b
+    return f"{r:.1f}×" if r >= 10 else f"{r:.2g}×"
+
+
+def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
+    by = {(r["engine"], r["sink"]): r for r in runs}
+    engines = [e for e in ENGINES if any(k[0] == e for k in by)]
+    lines = [f"# Benchmark {date}: coinstream vs the seeds' Spark Structured Streaming job", ""]
+    lines += [
+        f"Command: `{args.command}`", "",
+        f"{args.trades:,} generated trades (90% on the 9 portfolio products, so "
+        f"{fmt(next((r.get('rows_expected') for r in runs if r.get('rows_expected')), None))} rows to write), "
+        f"in one Kafka topic with {args.partitions} partitions, produced once by `coinstream generate --topic` "
+        f"in {generate_s:.1f} s. Every engine reads the same topic from the start (available-now: drain, "
+        f"then exit) into a fresh Cassandra table with the same schema; each run is one fresh process, "
+        f"so JVM and Python start-up is inside the wall time (that is what an available-now job pays).",
+        "",
+        "## Kafka → profit → Cassandra", "",
+        "| engine | wall s | trades/s | rows in Cassandra | first batch written s | CPU s (user+sys) | peak RSS MB | load before |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for e in engines:
+        r = by.get((e, "cassandra"))
+        if not r:
+            continue
+        lines.append(
+            f"| {ENGINES[e]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} | {fmt(r.get('rows_in_cassandra'))} "
+            f"| {fmt(r['first_batch_s'], 2)} | {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {r['load_before']} |"
+        )
+    lines += ["", "## Compute only (Spark `noop` sink, coinstream `null` sink)", "",
+              "| engine | wall s | trades/s | first batch s | CPU s | peak RSS MB | load before |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for e in engines:
+        r = by.get((e, "null"))
+        if not r:
+            continue
+        lines.append(
+            f"| {ENGINES[e]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} | {fmt(r['first_batch_s'], 2)} "
+            f"| {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {r['load_before']} |"
+        )
+    if live:
+        lines += ["", f"## Live: {args.live_rate:,.0f} trades/s for {args.live_seconds:.0f} s "
+                  f"(after {args.live_warmup:.0f} s of warm-up), latency from send to Cassandra write time", "",
+                  "| engine | trigger | rows measured | p50 ms | p99 ms | max ms | CPU s (whole run) | peak RSS MB |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in live:
+            lines.append(
+                f"| {ENGINES[r['engine']]} | {r['trigger']} | {fmt(r['rows_measured'])} of {fmt(r['rows_expected_measured'])} "
+                f"| {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | {fmt(r['engine_cpu_s'])} "
+                f"| {fmt(r['peak_rss_mb'], 0)} |"
+            )
+    c = by.get(("coinstream", "cassandra"))
+    cn = by.get(("coinstream", "null"))
+    lc = next((r for r in live if r["engine"] == "coinstream"), None)
+    spark_variants = [e for e in engines if e != "coinstream"]
+    if c and spark_variants:
+        lines += ["", "## coinstream ÷ Spark", "",
+                  "| vs | throughput → Cassandra | throughput compute-only | CPU s (→ Cassandra) | peak RSS (→ Cassandra) | first batch | live p99 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for e in spark_variants:
+            s, sn = by.get((e, "cassandra")), by.get((e, "null"))
+            ls = next((r for r in live if r["engine"] == e), None)
+            lines.append(
+                f"| {ENGINES[e]} | {ratio(c['trades_per_s'], s and s['trades_per_s'])} "
+                f"| {ratio(cn and cn['trades_per_s'], sn and sn['trades_per_s'])} "
+                f"| {ratio(c['cpu_s'], s and s['cpu_s'], False)} | {ratio(c['peak_rss_mb'], s and s['peak_rss_mb'], False)} "
+                f"| {ratio(c['first_batch_s'], s and s['first_batch_s'], False)} "
+                f"| {ratio(lc and lc.get('p99_ms'), ls and ls.get('p99_ms'), False)} |"
+            )
+        lines += ["", "Throughput ratios: higher is better for coinstream; CPU, RSS, first-batch and latency "
+                  "ratios: lower is better (0.10× = a tenth of Spark's)."]
+    lines += ["", "## Checks", ""]
+    for r in runs:
+        if r["sink"] != "cassandra":
+            continue
+        ok = (r.get("rows_in_cassandra") == r.get("rows_expected") and not r.get("partition_mismatches")
+              and not r.get("profit_problems"))
+        lines.append(
+            f"- {ENGINES[r['engine']]}: {fmt(r.get('rows_in_cassandra'))} rows in Cassandra, expected "
+            f"{fmt(r.get('rows_expected'))}; {fmt(r.get('sampled_rows'))} sampled rows (the first {args.sample} "
+            f"of each partition) checked against an exact recomputation from the generated records: "
+            f"{'OK' if ok else 'MISMATCH ' + '; '.join((r.get('partition_mismatches') or []) + (r.get('profit_problems') or []))[:500]}"
+        )
+    if equal_check:
+        lines.append(f"- Across engines: {equal_check}")
+    lines += ["", "## How it was measured", "",
+              "- wall: from the engine process's start to the exit of its whole process tree (all rows are "
+              "in Cassandra then: coinstream commits a batch only after Cassandra acknowledged every row, "
+              "Spark's `foreachBatch` returns after the connector's writes). trades/s = trades read ÷ wall.",
+              "- first batch written: the first coinstream progress line with rows (printed after the "
+              "sink acknowledged and the offsets were committed) or the end of Spark's first batch with rows "
+              "(its progress record's timestamp + triggerExecution), timed from process start.",
+              "- CPU: user+sys of the engine's whole process tree (bench/measure.py becomes a child subreaper, "
+              "so the JVM PySpark starts and the Python UDF workers are counted), from `wait4` rusage. "
+              "Kafka's and Cassandra's own CPU is not in it (see `service_cpu_s` in the JSON).",
+              "- peak RSS: the largest sum of VmRSS over the tree, sampled every 100 ms.",
+              f"- Spark: pyspark {facts.get('pyspark', '?')}, `local[2]`, driver memory {args.spark_driver_memory}, "
+              f"`trigger(availableNow=True)`, maxOffsetsPerTrigger {args.spark_max_offsets or 'unset'}, "
+              "spark-sql-kafka and spark-cassandra-connector 3.5.1 from Maven Central as local jars, default "
+              "connector write settings, LOCAL_QUORUM. coinstream: a copy of `pipelines/kafka-cassandra.toml` "
+              "(max 20,000 records per batch, LOCAL_QUORUM).",
+              "- live: `bench/PacedProducer.java` (kafka-clients, acks=all, linger.ms=1) sends pre-generated "
+              "records at a fixed rate and logs each send time; latency = Cassandra `WRITETIME(profit)` − send "
+              "time, over every portfolio trade sent after the warm-up. WRITETIME is the write's timestamp "
+              "as the coordinator (coinstream: server-side) or the connector's driver (client-side) set it.",
+              "", "## Machine", ""]
+    for k, v in facts.items():
+        lines.append(f"- {k}: {v}")
+    lines.append("- load average before each run: in the tables (other engineers compile on this machine in bursts; "
+                 "Kafka and Cassandra run on the same 2 cores as the engines)")
+    return "\n".join(lines) + "\n"
+
+
+def chart(path: str, runs, live) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart"
+    by = {(r["engine"], r["sink"]): r for r in runs}
+    engines = [e for e in ENGINES if any(k[0] == e for k in by)]
+    labels = {"spark_udf": "Spark\n(Python UDF)", "spark_sql": "Spark\n(SQL join)", "coinstream": "coinstream"}
+    colors = {"spark_udf": "#d62728", "spark_sql": "#ff7f0e", "coinstream": "#2ca02c"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+
+    def bars(ax, values, title, unit):
+        xs = [labels[e] for e, _ in values]
+        ys = [v or 0 for _, v in values]
+        b = ax.bar(xs, ys, color=[colors[e] for e, _ in values])
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+        for rect, y in zip(b, ys):
+            ax.annotate(f"{y:,.0f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                        ha="center", va="bottom", fontsize=9)
+
+    bars(axes[0][0], [(e, by.get((e, "cassandra"), {}).get("trades_per_s")) for e in engines],
+         "Kafka → Cassandra throughput", "trades/s (higher is better)")
+    bars(axes[0][1], [(e, by.get((e, "null"), {}).get("trades_per_s")) for e in engines],
+         "Compute only (noop / null sink)", "trades/s (higher is better)")
+    bars(axes[1][0], [(e, by.get((e, "cassandra"), {}).get("peak_rss_mb")) for e in engines],
+         "Peak RSS of the process tree (→ Cassandra)", "MB (lower is better)")
+    ax = axes[1][1]
+    if live:
+        xs = [labels[r["engine"]] for r in live]
+        p50 = [r.get("p50_ms") or 0 for r in live]
+        p99 = [r.get("p99_ms") or 0 for r in live]
+        x = range(len(xs))
+        ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50", color="#1f77b4")
+        ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99", color="#9467bd")
+        ax.set_xticks(list(x), xs)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms, log scale (lower is better)")
+        ax.set_title("Live end-to-end latency")
+        ax.legend()
+        for i in x:
+            ax.annotate(f"{p99[i]:,.0f}", (i + 0.2, p99[i] or 1), ha="center", va="bottom", fontsize=9)
+    else:
+        bars(ax, [(e, by.get((e, "cassandra"), {}).get("cpu_s")) for e in engines],
+             "CPU seconds (→ Cassandra)", "s (lower is better)")
+    fig.suptitle("coinstream vs Spark Structured Streaming (same Kafka topic, same Cassandra, 2 cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--trades", type=int, default=1_000_000)
+    ap.add_argument("--coinstream-only", action="store_true")
+    ap.add_argument("--coinstream-bin", required=True)
+    ap.add_argument("--spark-python", help="a Python with pyspark (the bench venv)")
+    ap.add_argument("--spark-jars", help="folder of the Spark connector jars")
+    ap.add_argument("--spark-max-offsets", type=int, default=100_000)
+    ap.add_argument("--spark-driver-memory", default="2g")
+    ap.add_argument("--kafka-jars", default=os.path.join(REPO, ".services/jars/kafka"))
+    ap.add_argument("--brokers", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    ap.add_argument("--cassandra", default=os.environ.get("CASSANDRA_NODES", "127.0.0.1:9042"))
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--work", default=os.path.join(BENCH, ".work/runs"))
+    ap.add_argument("--results", default=os.path.join(BENCH, "results"))
+    ap.add_argument("--engines", default="spark_udf,spark_sql,coinstream")
+    ap.add_argument("--no-noop", action="store_true", help="skip the compute-only runs")
+    ap.add_argument("--live-engines", default="coinstream,spark_sql,spark_udf")
+    ap.add_argument("--live-rate", type=float, default=2000)
+    ap.add_argument("--live-seconds", type=float, default=60)
+    ap.add_argument("--live-warmup", type=float, default=5)
+    ap.add_argument("--live-settle", type=float, default=5, help="seconds between engine ready and first send")
+    ap.add_argument("--live-drain-timeout", type=float, default=60)
+    ap.add_argument("--coinstream-live-trigger", default="interval:100ms")
+    ap.add_argument("--sample", type=int, default=50, help="rows per partition whose profit is checked")
+    ap.add_argument("--run-timeout", type=float, default=1200)
+    ap.add_argument("--pause", type=float, default=5, help="seconds between runs (Cassandra settles)")
+    ap.add_argument("--keep", action="store_true", help="keep the keyspace, tables and topic")
+    ap.add_argument("--command", default=os.environ.get("BENCH_COMMAND", "bench/run.sh"),
+                    help="the command line to quote in the report")
+    args = ap.parse_args()
+
+    engines = [e for e in args.engines.split(",") if e]
+    live_engines = [e for e in args.live_engines.split(",") if e] if args.live_seconds > 0 else []
+    if args.coinstream_only:
+        engines = ["coinstream"]
+        live_engines = [e for e in live_engines if e == "coinstream"]
+    else:
+        live_engines = [e for e in live_engines if e in engines]
+        if any(e != "coinstream" for e in engines) and not (args.spark_python and args.spark_jars):
+            ap.error("the Spark runs need --spark-python and --spark-jars (or --coinstream-only)")
+    for e in engines + live_engines:
+        if e not in ENGINES:
+            ap.error(f"unknown engine {e!r}")
+
+    t_start = time.monotonic()
+    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    args.prefix = f"bench_{stamp}"
+    args.keyspace = args.prefix
+    args.work = os.path.join(os.path.abspath(args.work), stamp)
+    os.makedirs(args.work, exist_ok=True)
+    os.makedirs(args.results, exist_ok=True)
+    facts = machine_facts(args)
+    log(f"work folder {args.work}; load average {facts['loadavg_at_start']}")
+    with open(os.path.join(REPO, "required_data/my_Portfolio.json")) as f:
+        portfolio = json.load(f)
+
+    kafka = Kafka(args.brokers, args.kafka_jars)
+    topic = f"{args.prefix}_trades"
+    kafka.create_topic(topic, args.partitions)
+    kafka.create_topic(f"{topic}_dlq", 1)
+    with cql.Session.connect(args.cassandra) as s:
+        s.execute(f"CREATE KEYSPACE IF NOT EXISTS {args.keyspace} WITH replication = "
+                  "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+
+    # The trades: once into the topic, and (same seed, same start: the same records) into a file
+    # from which the expected rows and profits are computed independently of every engine.
+    start = "2026-11-20T00:00:00.000000Z"
+    gen = [args.coinstream_bin, "generate", "--count", str(args.trades), "--seed", "42", "--start", start,
+           "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
+           "--coin-map", os.path.join(REPO, "required_data/coin_map.json")]
+    t = time.monotonic()
+    sh(gen + ["--topic", topic, "--brokers", args.brokers])
+    generate_s = time.monotonic() - t
+    in_topic = kafka.message_count(topic)
+    log(f"published {args.trades:,} trades to {topic} in {generate_s:.1f} s ({in_topic:,} messages in the topic)")
+    if in_topic != args.trades:
+        raise SystemExit(f"the topic holds {in_topic} messages, expected {args.trades}")
+    records = os.path.join(args.work, "records.jsonl")
+    sh(gen + ["--format", "record", "--out", records])
+    partitions, prices = expected_from_records(records, portfolio)
+    expected_rows = sum(partitions.values())
+    log(f"expected {expected_rows:,} rows in {len(partitions)} Cassandra partitions")
+
+    runs, live = [], []
+    sinks = ["cassandra"] + ([] if args.no_noop else ["null"])
+    for sink in sinks:
+        for engine in engines:
+            runs.append(run_engine(args, engine, sink, topic, expected_rows, partitions, prices, portfolio))
+            time.sleep(args.pause)
+    for i, engine in enumerate(live_engines):
+        live.append(run_live(args, engine, kafka, i, portfolio))
+        time.sleep(args.pause)
+
+    # The same rows from every engine: the sampled rows must be identical across engines.
+    samples = {r["engine"]: r.pop("_sample") for r in runs if "_sample" in r}
+    equal_check = None
+    if len(samples) > 1:
+        ref_engine, ref = next(iter(samples.items()))
+        diffs = []
+        for e, sample in samples.items():
+            if set(sample) != set(ref):
+                diffs.append(f"{e} sampled other rows than {ref_engine}")
+            else:
+                bad = [k for k in sample if sample[k][1].compare(ref[k][1]) != 0]
+                if bad:
+                    diffs.append(f"{e}: {len(bad)} profits differ from {ref_engine}'s, e.g. {bad[0]}")
+        equal_check = ("the sampled rows (keys, prices and profits) are identical in every engine's table"
+                       if not diffs else "; ".join(diffs))
+    else:
+        for r in runs:
+            r.pop("_sample", None)
+
+    if not args.keep:
+        with cql.Session.connect(args.cassandra) as s:
+            s.execute(f"DROP KEYSPACE IF EXISTS {args.keyspace}")
+        kafka.delete_topic(topic)
+        kafka.delete_topic(f"{topic}_dlq")
+        os.remove(records)
+    facts["bench_wall_time"] = f"{(time.monotonic() - t_start) / 60:.1f} min"
+    facts["loadavg_at_end"] = loadavg()
+
+    date = dt.datetime.now().strftime("%Y-%m-%d")
+    base = date + ("" if not args.coinstream_only else "-coinstream-only")
+    png = os.path.join(args.results, base + ".png")
+    note = chart(png, runs, live)
+    md = report(args, facts, runs, live, generate_s, equal_check, date)
+    if note:
+        md += f"\n({note})\n"
+    else:
+        md += f"\n![chart]({os.path.basename(png)})\n"
+    md_path = os.path.join(args.results, base + ".md")
+    with open(md_path, "w") as f:
+        f.write(md)
+    with open(os.path.join(args.results, base + ".json"), "w") as f:
+        json.dump({"facts": facts, "runs": runs, "live": live, "generate_s": generate_s,
+                   "equal_check": equal_check, "args": {k: v for k, v in vars(args).items()}}, f, indent=1,
+                  default=str)
+    log(f"wrote {md_path} ({facts['bench_wall_time']})")
+    print(md)
+    failed = [r for r in runs if r.get("error") or (r["sink"] == "cassandra" and (
+        r.get("rows_in_cassandra") != r.get("rows_expected") or r.get("profit_problems")))]
+    failed += [r for r in live if r.get("exit_code") not in (0, None) and r["engine"] == "coinstream"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        stop_running()

@@ -1,0 +1,227 @@
+"""The Spark baseline of the benchmark: the seeds' PySpark Structured Streaming job, in two variants.
+
+    python bench/spark/job.py --variant udf|sql --sink cassandra|noop --topic T --jars DIR ...
+
+- `udf` is the job as the seeds wrote it: Kafka source, `from_json`, profit computed by a Python
+  UDF from the portfolio dict, `foreachBatch` appending each micro-batch to Cassandra through the
+  spark-cassandra-connector.
+- `sql` is the same job done well: profit as a broadcast join against the portfolio in Spark SQL
+  (the same SQL as coinstream's sql/profit.sql), no Python in the data path.
+
+Both use exact decimals, so that the rows equal coinstream's: prices and sizes are
+DECIMAL(28,10) as coinstream declares them; the arithmetic is done at DECIMAL(18,10) so that
+Spark's result type (38,20) keeps every digit (DECIMAL(28,10) operands would make Spark round the
+product to 6 decimals). The input is the bus record coinstream reads (symbol, coin_name, trade_id,
+sequence, trade_time, price, size, side, ingest_time). Trades of products outside the portfolio
+are dropped, as coinstream's inner join drops them.
+
+When the query has ended, each batch with rows is printed as
+`BENCH_BATCH <id> <rows> <unix time it ended> <durationMs>` from Spark's own progress records
+(the batch's start plus its triggerExecution time), for bench/bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import sys
+import time
+
+
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", choices=["udf", "sql"], required=True)
+    ap.add_argument("--sink", choices=["cassandra", "noop"], required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--brokers", default="127.0.0.1:9092")
+    ap.add_argument("--cassandra", default="127.0.0.1:9042")
+    ap.add_argument("--keyspace")
+    ap.add_argument("--table")
+    ap.add_argument("--jars", required=True, help="folder of the connector jars")
+    ap.add_argument("--portfolio", required=True)
+    ap.add_argument("--coin-map", required=True)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--max-offsets", type=int, default=0, help="maxOffsetsPerTrigger (0: none)")
+    ap.add_argument("--trigger", default="available-now", help="available-now or continuous-microbatch")
+    ap.add_argument("--stop-file", help="with continuous-microbatch: stop once this file exists")
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--driver-memory", default="2g")
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # spark.driver.memory must be known before the JVM starts: pass it on the launcher's command line.
+    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--driver-memory {args.driver_memory} pyspark-shell"
+
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    jars = sorted(glob.glob(os.path.join(args.jars, "*.jar")))
+    if not jars:
+        print(f"no jars in {args.jars}", file=sys.stderr)
+        return 2
+    host, _, port = args.cassandra.split(",")[0].rpartition(":")
+    spark = (
+        SparkSession.builder.master(args.master)
+        .appName(f"seeds-profit-{args.variant}-{args.sink}")
+        .config("spark.jars", ",".join(jars))
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.cassandra.connection.host", host)
+        .config("spark.cassandra.connection.port", port or "9042")
+        .config("spark.cassandra.output.consistency.level", "LOCAL_QUORUM")
+        .config("spark.sql.streaming.numRecentProgressUpdates", "100000")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+
+    with open(args.portfolio) as f:
+        portfolio = json.load(f)
+    with open(args.coin_map) as f:
+        coin_map = json.load(f)
+
+    raw = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", args.brokers)
+        .option("subscribe", args.topic)
+        .option("startingOffsets", "earliest")
+        .option("failOnDataLoss", "true")
+    )
+    if args.max_offsets > 0:
+        raw = raw.option("maxOffsetsPerTrigger", str(args.max_offsets))
+    raw = raw.load()
+
+    dec_in = T.DecimalType(28, 10)
+    schema = T.StructType(
+        [
+            T.StructField("symbol", T.StringType()),
+            T.StructField("coin_name", T.StringType()),
+            T.StructField("trade_id", T.LongType()),
+            T.StructField("sequence", T.LongType()),
+            T.StructField("trade_time", T.StringType()),
+            T.StructField("price", dec_in),
+            T.StructField("size", dec_in),
+            T.StructField("side", T.StringType()),
+            T.StructField("ingest_time", T.StringType()),
+        ]
+    )
+    trades = (
+        raw.selectExpr("CAST(value AS STRING) AS value")
+        .select(F.from_json(F.col("value"), schema).alias("t"))
+        .select("t.*")
+        .withColumn("trade_time", F.col("trade_time").cast("timestamp"))
+        .withColumn("ingest_time", F.col("ingest_time").cast("timestamp"))
+    )
+    dec_calc = T.DecimalType(18, 10)
+    dec_out = T.DecimalType(38, 20)
+
+    if args.variant == "udf":
+        # As the seeds: the portfolio is a Python dict captured by a row-at-a-time Python UDF.
+        import decimal
+
+        holdings = {
+            s: (decimal.Decimal(h["buy_price"]), decimal.Decimal(h["size"])) for s, h in portfolio.items()
+        }
+
+        def calc_profit(symbol, price):
+            h = holdings.get(symbol)
+            if h is None or price is None:
+                return None
+            return (price - h[0]) * h[1]
+
+        profit_udf = F.udf(calc_profit, dec_out)
+        result = (
+            trades.filter(F.col("symbol").isin(list(portfolio)))
+            .withColumn("trade_date", F.to_date("trade_time"))
+            .withColumn("profit", profit_udf(F.col("symbol"), F.col("price")))
+            .select("symbol", "coin_name", "trade_id", "trade_time", "trade_date", "price", "size", "side", "profit")
+        )
+    else:
+        rows = [
+            (s, coin_map.get(s, h["coin_name"]), h["buy_price"], h["size"]) for s, h in portfolio.items()
+        ]
+        ref = spark.createDataFrame(rows, "symbol string, coin_name string, buy_price string, size string")
+        ref = ref.select(
+            "symbol",
+            "coin_name",
+            F.col("buy_price").cast(dec_calc).alias("buy_price"),
+            F.col("size").cast(dec_calc).alias("size"),
+        )
+        ref.createOrReplaceTempView("portfolio")
+        trades.createOrReplaceTempView("trades")
+        # sql/profit.sql, with the coin map folded into the portfolio table and a broadcast hint.
+        result = spark.sql(
+            """
+            SELECT /*+ BROADCAST(p) */
+                t.symbol,
+                p.coin_name,
+                t.trade_id,
+                t.trade_time,
+                CAST(t.trade_time AS DATE) AS trade_date,
+                t.price,
+                t.size,
+                t.side,
+                (CAST(t.price AS DECIMAL(18,10)) - p.buy_price) * p.size AS profit
+            FROM trades AS t
+            JOIN portfolio AS p ON p.symbol = t.symbol
+            """
+        )
+
+    writer = result.writeStream.option("checkpointLocation", args.checkpoint)
+    if args.sink == "cassandra":
+        keyspace, table = args.keyspace, args.table
+
+        def write_to_cassandra(batch_df, batch_id):
+            (
+                batch_df.write.format("org.apache.spark.sql.cassandra")
+                .mode("append")
+                .options(keyspace=keyspace, table=table)
+                .save()
+            )
+
+        writer = writer.foreachBatch(write_to_cassandra).outputMode("append")
+    else:
+        writer = writer.format("noop").outputMode("append")
+
+    if args.trigger == "available-now":
+        query = writer.trigger(availableNow=True).start()
+        print(f"BENCH_STARTED {time.time():.6f}", flush=True)
+        query.awaitTermination()
+    else:  # micro-batches back to back (Spark's default trigger), until the stop file appears
+        query = writer.start()
+        print(f"BENCH_STARTED {time.time():.6f}", flush=True)
+        while not (args.stop_file and os.path.exists(args.stop_file)):
+            if query.awaitTermination(0.5):
+                break
+        query.stop()
+    error = query.exception()
+    # When each batch with rows ended (its start + triggerExecution), from Spark's own progress
+    # records: the time its rows were written.
+    progress = query.recentProgress
+    print(f"BENCH_PROGRESS_RECORDS {len(progress)}", flush=True)
+    for p in progress:
+        if p.get("numInputRows", 0) > 0:
+            started = datetime.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
+            ended = started + p["durationMs"]["triggerExecution"] / 1000
+            print(f"BENCH_BATCH {p['batchId']} {p['numInputRows']} {ended:.3f} {json.dumps(p['durationMs'])}", flush=True)
+    spark.stop()
+    if error is not None:
+        print(f"query failed: {error}", file=sys.stderr)
+        return 1
+    print(f"BENCH_DONE {time.time():.6f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+//! The benchmark (bench/) is not run by CI, but its scripts must keep working: they must parse,
+//! and the coinstream part must run end to end on 1,000 trades against the real Kafka and
+//! Cassandra (scripts/services.sh up) and produce its result rows. No pyspark is installed and
+//! nothing is built here: bench/run.sh gets this test's own coinstream binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn files_with_extension(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            // bench/.work holds the venv and run folders, not the bench's own scripts.
+            if !name.starts_with('.') && name != "__pycache__" && name != "results" {
+                files_with_extension(&path, ext, out);
+            }
+        } else if path.extension().is_some_and(|e| e == ext) {
+            out.push(path);
+        }
+    }
+}
+
+fn bench_files(ext: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    files_with_extension(&repo().join("bench"), ext, &mut files);
+    files.sort();
+    assert!(!files.is_empty(), "no .{ext} files under bench/");
+    files
+}
+
+#[test]
+fn shell_scripts_parse() {
+    for script in bench_files("sh") {
+        let out = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "bash -n {}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn python_scripts_compile() {
+    let pyc = tempfile::tempdir().unwrap();
+    for script in bench_files("py") {
+        // py_compile, with the byte code kept out of the work tree.
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)",
+            ])
+            .arg(&script)
+            .arg(pyc.path().join("out.pyc"))
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "py_compile {}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// bench/run.sh --coinstream-only on 1,000 trades: Kafka → coinstream → Cassandra, the null-sink
+/// run and a short live phase, each with its measurements and checks in the results JSON.
+#[test]
+fn coinstream_part_of_the_bench_runs_on_1000_trades() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let results = tmp.path().join("results");
+    let out = Command::new("bash")
+        .arg(repo().join("bench/run.sh"))
+        .args(["--coinstream-only", "--trades", "1000", "--coinstream-bin"])
+        .arg(env!("CARGO_BIN_EXE_coinstream"))
+        .arg("--work")
+        .arg(&work)
+        .arg("--results")
+        .arg(&results)
+        .args([
+            "--live-rate",
+            "200",
+            "--live-seconds",
+            "3",
+            "--live-warmup",
+            "1",
+            "--live-settle",
+            "2",
+            "--pause",
+            "0",
+        ])
+        .env("BENCH_WORK", tmp.path().join("bench-work"))
+        .output()
+        .expect("bench/run.sh runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench/run.sh failed ({}):\n{stderr}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let json = std::fs::read_dir(&results)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap_or_else(|| panic!("no results JSON in {}:\n{stderr}", results.display()));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let run = |sink: &str| {
+        runs.iter()
+            .find(|r| r["engine"] == "coinstream" && r["sink"] == sink)
+            .unwrap_or_else(|| panic!("no coinstream {sink} run in {report}"))
+    };
+
+    let cassandra = run("cassandra");
+    assert_eq!(cassandra["exit_code"], 0, "{cassandra}");
+    let expected = cassandra["rows_expected"].as_u64().unwrap();
+    // The generator puts 90% of trades on portfolio products: about 900 of 1,000 are rows.
+    assert!((800..=1000).contains(&expected), "{cassandra}");
+    assert_eq!(cassandra["rows_in_cassandra"].as_u64(), Some(expected), "{cassandra}");
+    assert_eq!(cassandra["rows_reported"].as_u64(), Some(expected), "{cassandra}");
+    assert_eq!(cassandra["profit_problems"], serde_json::json!([]), "{cassandra}");
+    assert!(cassandra["sampled_rows"].as_u64().unwrap() > 0, "{cassandra}");
+    for key in ["wall_s", "cpu_s", "peak_rss_mb", "first_batch_s", "trades_per_s"] {
+        assert!(
+            cassandra[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {cassandra}"
+        );
+    }
+
+    let null = run("null");
+    assert_eq!(null["exit_code"], 0, "{null}");
+    assert_eq!(null["rows_reported"].as_u64(), Some(expected), "{null}");
+
+    let live = &report["live"][0];
+    assert_eq!(live["engine"], "coinstream", "{report}");
+    assert!(live["rows_measured"].as_u64().unwrap() > 0, "{live}");
+    assert_eq!(live["rows_measured"], live["rows_expected_measured"], "{live}");
+    assert!(live["p99_ms"].as_f64().is_some(), "{live}");
+
+    let md = std::fs::read_to_string(json.with_extension("md")).unwrap();
+    assert!(md.contains("| coinstream |"), "{md}");
+}
