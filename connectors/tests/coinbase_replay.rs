@@ -734,6 +734,7 @@ url = "{}"
 product_ids = ["BTC-USD", "ETH-USD"]
 coin_map = "{}"
 idle_timeout_ms = 2000
+connect_timeout_ms = 1000
 "#,
         server.url,
         repo().join("required_data/coin_map.json").display()

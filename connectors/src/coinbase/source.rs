@@ -11,7 +11,8 @@
 //!   is removed.
 //! - [`Source::commit`] has nothing to tell the exchange; it only counts the batch as published.
 //! - With `available_now` (e.g. `--trigger available-now`) the source ends at the first poll that
-//!   gets no trade within its wait: a live feed has no "end of what is there".
+//!   gets no trade within its wait (before the first trade, within `connect_timeout_ms`): a live
+//!   feed has no "end of what is there".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub struct CoinbaseSource {
     next_ids: BTreeMap<String, i64>,
     handed_out: u64,
     available_now: bool,
+    seen_any: bool,
 }
 
 impl CoinbaseSource {
@@ -56,6 +58,7 @@ impl CoinbaseSource {
             next_ids: BTreeMap::new(),
             handed_out: 0,
             available_now: false,
+            seen_any: false,
         })
     }
 
@@ -127,11 +130,24 @@ impl Source for CoinbaseSource {
                 "coinbase source polled before start".into(),
             ));
         };
-        let deadline = tokio::time::Instant::now() + limits.max_wait;
+        // A live feed needs a moment to connect and subscribe: with available_now, "nothing within
+        // the wait" only counts once the first trade arrived or a connect timeout passed.
+        let wait = if self.available_now && !self.seen_any {
+            limits.max_wait.max(self.settings.connect_timeout)
+        } else {
+            limits.max_wait
+        };
+        let mut deadline = tokio::time::Instant::now() + wait;
         let max = limits.max_records.max(1);
         while self.pending.len() < max {
             match tokio::time::timeout_at(deadline, feed.trades.recv()).await {
-                Ok(Some(trade)) => self.pending.push(trade),
+                Ok(Some(trade)) => {
+                    if !self.seen_any {
+                        self.seen_any = true;
+                        deadline = deadline.min(tokio::time::Instant::now() + limits.max_wait);
+                    }
+                    self.pending.push(trade);
+                }
                 Ok(None) => {
                     if self.pending.is_empty() {
                         return Err(Error::Internal(

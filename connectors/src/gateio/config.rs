@@ -81,7 +81,8 @@ pub struct GateioConfig {
     /// Poll once (or backfill once) and stop. Default false.
     #[serde(default)]
     pub once: bool,
-    /// The first live poll reaches back this many windows. Default 100 (the API's default).
+    /// The first live poll fetches this many windows before the current one. Default 100 (the
+    /// API's default).
     #[serde(default = "default_lookback_windows")]
     pub lookback_windows: u32,
     /// How long after a window closes it is fetched, in milliseconds (the API marks it closed a

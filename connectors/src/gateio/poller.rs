@@ -134,7 +134,10 @@ pub async fn run(
         Some(from) => (from, poller.settings.to.unwrap_or_else(now_secs)),
         None => {
             let now = now_secs();
-            (now - poller.settings.lookback_windows * secs, now)
+            (
+                now.div_euclid(secs) * secs - poller.settings.lookback_windows * secs,
+                now,
+            )
         }
     };
     match poller.pass(Some(first), &mut shutdown).await {
@@ -198,10 +201,10 @@ impl Poller {
                 Some(r) => r,
                 None => {
                     let now = now_secs();
-                    let from = self
-                        .watermark
-                        .get(&pair)
-                        .map_or(now - self.settings.lookback_windows * secs, |w| w + secs);
+                    let from = self.watermark.get(&pair).map_or(
+                        now.div_euclid(secs) * secs - self.settings.lookback_windows * secs,
+                        |w| w + secs,
+                    );
                     (from, now)
                 }
             };

@@ -1,0 +1,512 @@
+//! The Gate.io candle poller against an in-process HTTP/1.1 server that speaks REST v4's exact
+//! formats (`../shared/exchange-formats.md` §3): rows of strings in `[t, quote volume, close,
+//! high, low, open, base volume, closed]` order, a 429 with rate-limit headers, 5xx answers with
+//! and without Gate.io's error body, overlapping pages and an open window. The backfill test
+//! publishes through the real Kafka (`scripts/services.sh up`) and reads the topic back; a
+//! missing broker fails it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use connectors::gateio::candles::CandleRecord;
+use connectors::gateio::config::{GateioConfig, Settings};
+use connectors::gateio::poller::{self, Counters};
+use connectors::kafka::producer::TopicProducer;
+use rdkafka::ClientConfig;
+use rdkafka::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+// ---- the server ----------------------------------------------------------------------------
+
+/// One request the server saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    query: BTreeMap<String, String>,
+    at: Instant,
+}
+
+/// An answer: status, extra headers, body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(body: String) -> Self {
+        Reply {
+            status: 200,
+            headers: vec![
+                ("X-Gate-RateLimit-Requests-Remain".into(), "199".into()),
+                ("X-Gate-RateLimit-Limit".into(), "200".into()),
+                (
+                    "X-Gate-RateLimit-Reset-Timestamp".into(),
+                    now_secs().to_string(),
+                ),
+            ],
+            body,
+        }
+    }
+}
+
+type Handler = dyn Fn(usize, &Seen) -> Reply + Send + Sync;
+
+struct RestServer {
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// Serves HTTP/1.1 (keep-alive) on 127.0.0.1; `handler` gets the request's number (from 0).
+async fn serve(handler: Arc<Handler>) -> RestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api/v4", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (handler, log, count) = (handler.clone(), log.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request head (GETs have no body).
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                    let seen = Seen {
+                        path: path.to_owned(),
+                        query: query
+                            .split('&')
+                            .filter_map(|kv| kv.split_once('='))
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect(),
+                        at: Instant::now(),
+                    };
+                    log.lock().unwrap().push(seen.clone());
+                    let reply = handler(count.fetch_add(1, Ordering::SeqCst), &seen);
+                    let mut response = format!(
+                        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                        reply.status,
+                        match reply.status {
+                            200 => "OK",
+                            400 => "Bad Request",
+                            429 => "Too Many Requests",
+                            500 => "Internal Server Error",
+                            502 => "Bad Gateway",
+                            _ => "Whatever",
+                        },
+                        reply.body.len()
+                    );
+                    for (k, v) in &reply.headers {
+                        response.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    response.push_str("\r\n");
+                    response.push_str(&reply.body);
+                    if tcp.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    RestServer { base, seen }
+}
+
+/// A row in the API's order; prices derive from the window start so a test can check them.
+fn row(start: i64, closed: bool) -> String {
+    let p = 60_000 + start % 997;
+    format!(
+        r#"["{start}","{}.5","{}.1","{}.9","{}","{}.25","0.{:04}","{closed}"]"#,
+        p * 3,
+        p,
+        p + 2,
+        p - 3,
+        p - 1,
+        start % 10_000
+    )
+}
+
+/// Rows for windows `from..=to` (newest first, as a server may send them), with `extra` rows
+/// outside the range mixed in.
+fn rows(from: i64, to: i64, secs: i64, extra: &[String]) -> String {
+    let mut starts: Vec<i64> = ((from + secs - 1).div_euclid(secs)..=to.div_euclid(secs))
+        .map(|i| i * secs)
+        .collect();
+    starts.reverse();
+    let mut rows: Vec<String> = starts.iter().map(|s| row(*s, true)).collect();
+    rows.extend(extra.iter().cloned());
+    format!("[{}]", rows.join(","))
+}
+
+fn query_i64(seen: &Seen, key: &str) -> i64 {
+    seen.query[key].parse().unwrap()
+}
+
+fn settings(
+    base: &str,
+    pairs: &[&str],
+    from: Option<i64>,
+    to: Option<i64>,
+    once: bool,
+) -> Settings {
+    let mut config = GateioConfig::new(pairs.iter().map(|p| (*p).to_owned()).collect());
+    config.base_url = base.to_owned();
+    config.from_secs = from;
+    config.to_secs = to;
+    config.once = once;
+    config.retry_backoff_initial_ms = 50;
+    config.retry_backoff_max_ms = 200;
+    config.request_timeout_ms = 5_000;
+    config.validate().unwrap()
+}
+
+// ---- Kafka ---------------------------------------------------------------------------------
+
+async fn create_topic(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let created = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.create_topics(
+            &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "Kafka at {} did not answer; start it with scripts/services.sh up",
+            brokers()
+        )
+    })
+    .expect("create topic");
+    for r in created {
+        r.expect("topic created");
+    }
+}
+
+async fn read_topic(topic: &str, expected: usize) -> BTreeMap<String, Vec<CandleRecord>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{topic}_reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out: BTreeMap<String, Vec<CandleRecord>> = BTreeMap::new();
+    let mut count = 0;
+    let mut limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = limit.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                out.entry(key)
+                    .or_default()
+                    .push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+                count += 1;
+                if count == expected {
+                    // Anything extra would show up now.
+                    limit = Instant::now() + Duration::from_secs(2);
+                }
+            }
+            Ok(Err(e)) => panic!("consuming {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        count >= expected,
+        "only {count} of {expected} candles on {topic}"
+    );
+    out
+}
+
+// ---- tests ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_once() {
+    let secs = 60;
+    let from = 1_780_000_000 / secs * secs;
+    let windows = 2_500;
+    let to = from + (windows - 1) * secs;
+    let handler: Arc<Handler> = Arc::new(move |n, seen| {
+        let (f, t) = (query_i64(seen, "from"), query_i64(seen, "to"));
+        if seen.path != "/api/v4/spot/candlesticks"
+            || seen.query["interval"] != "1m"
+            || seen.query.contains_key("limit")
+        {
+            return Reply {
+                status: 400,
+                headers: vec![],
+                body: r#"{"label":"INVALID_PARAM_VALUE","message":"bad request"}"#.into(),
+            };
+        }
+        if (t - f) / secs + 1 > 1000 {
+            return Reply {
+                status: 400,
+                headers: vec![],
+                body: r#"{"label":"INVALID_PARAM_VALUE","message":"too many points requested"}"#
+                    .into(),
+            };
+        }
+        match n {
+            1 => Reply {
+                status: 429,
+                headers: vec![
+                    ("X-Gate-RateLimit-Requests-Remain".into(), "0".into()),
+                    ("X-Gate-RateLimit-Limit".into(), "200".into()),
+                    (
+                        "X-Gate-RateLimit-Reset-Timestamp".into(),
+                        (now_secs() + 2).to_string(),
+                    ),
+                ],
+                body: r#"{"label":"TOO_MANY_REQUESTS","message":"Request Rate limit Exceeded"}"#
+                    .into(),
+            },
+            3 => Reply {
+                status: 500,
+                headers: vec![],
+                body: r#"{"label":"SERVER_ERROR","message":"Internal server error"}"#.into(),
+            },
+            4 => Reply {
+                status: 502,
+                headers: vec![],
+                body: "<html><body>502 Bad Gateway</body></html>".into(),
+            },
+            _ => {
+                // Every page also repeats five windows before it (already published), holds a
+                // broken row, and the last page shows the window after `to`, still open.
+                let mut extra = vec![row(f - 5 * secs, true), r#"["x","1"]"#.to_owned()];
+                if t == to {
+                    extra.push(row(to + secs, false));
+                }
+                Reply::json(rows(f - 5 * secs, t, secs, &extra))
+            }
+        }
+    });
+    let server = serve(handler).await;
+
+    let topic = format!(
+        "gateio_replay_{}_{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    create_topic(&topic).await;
+    let producer = TopicProducer::new(&brokers(), &topic, &Default::default()).unwrap();
+    producer
+        .check(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; start Kafka with scripts/services.sh up"));
+    let counters = Arc::new(Counters::default());
+    let (tx, mut rx) = mpsc::channel(1_000);
+    let (_stop, shutdown) = watch::channel(false);
+    let poll = tokio::spawn(poller::run(
+        settings(
+            &server.base,
+            &["BTC_USDT", "ETH_USDT"],
+            Some(from),
+            Some(to),
+            false,
+        ),
+        tx,
+        shutdown,
+        counters.clone(),
+    ));
+    let published = producer
+        .publish_from(
+            &mut rx,
+            500,
+            |c: CandleRecord| (c.currency_pair.clone(), c.to_json()),
+            |n| {
+                counters.published.fetch_add(n, Ordering::Relaxed);
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the bounded backfill ends by itself")
+        .unwrap()
+        .unwrap();
+    producer.flush().unwrap();
+    assert_eq!(published, 2 * windows as u64, "{:?}", counters.snapshot());
+
+    let on_kafka = read_topic(&topic, 2 * windows as usize).await;
+    assert_eq!(on_kafka.len(), 2);
+    for pair in ["BTC_USDT", "ETH_USDT"] {
+        let starts: Vec<String> = on_kafka[pair]
+            .iter()
+            .map(|c| c.window_start.clone())
+            .collect();
+        let expected: Vec<String> = (0..windows)
+            .map(|i| {
+                chrono::DateTime::from_timestamp(from + i * secs, 0)
+                    .unwrap()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            })
+            .collect();
+        assert_eq!(starts, expected, "{pair}: every window once, in order");
+    }
+    // Read by index, not as OHLC.
+    let first = &on_kafka["BTC_USDT"][0];
+    let p = 60_000 + from % 997;
+    assert_eq!(
+        (
+            first.open.as_str(),
+            first.high.as_str(),
+            first.low.as_str(),
+            first.close.as_str()
+        ),
+        (
+            format!("{}.25", p - 1).as_str(),
+            format!("{}.9", p + 2).as_str(),
+            format!("{}", p - 3).as_str(),
+            format!("{p}.1").as_str()
+        )
+    );
+    assert_eq!(first.volume_quote, format!("{}.5", p * 3));
+    assert_eq!(first.interval, "1m");
+
+    let seen = server.seen.lock().unwrap().clone();
+    // 3 pages per pair + the 429, the 500 and the 502 retried.
+    assert_eq!(seen.len(), 6 + 3, "{seen:#?}");
+    assert!(
+        seen[2].at - seen[1].at >= Duration::from_millis(900),
+        "the 429 was waited out until its reset: {:?}",
+        seen[2].at - seen[1].at
+    );
+    let c: BTreeMap<_, _> = counters.snapshot().into_iter().collect();
+    assert_eq!((c["rate_limited"], c["retries"]), (1, 2), "{c:?}");
+    assert_eq!(
+        c["open_windows"], 2,
+        "the open window after `to`, once per pair"
+    );
+    assert_eq!(
+        c["errors"],
+        2 * 3 + 2,
+        "a broken row per page, the 500 and the 502"
+    );
+    assert_eq!(c["gaps"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_body_fails_the_poll_with_its_label_and_message() {
+    let handler: Arc<Handler> = Arc::new(|_, _| Reply {
+        status: 400,
+        headers: vec![],
+        body: r#"{"label":"INVALID_CURRENCY_PAIR","message":"Invalid currency pair FOO_BAR"}"#
+            .into(),
+    });
+    let server = serve(handler).await;
+    let (tx, _rx) = mpsc::channel(10);
+    let (_stop, shutdown) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    let err = poller::run(
+        settings(&server.base, &["FOO_BAR"], None, None, true),
+        tx,
+        shutdown,
+        counters.clone(),
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("400 Bad Request INVALID_CURRENCY_PAIR: Invalid currency pair FOO_BAR"),
+        "{text}"
+    );
+    assert!(
+        !err.is_transient(),
+        "a bad pair does not go away by retrying"
+    );
+    assert_eq!(counters.get("requests"), 1, "not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_live_poll_publishes_only_closed_windows() {
+    let secs = 60;
+    let handler: Arc<Handler> = Arc::new(move |_, seen| {
+        let (f, t) = (query_i64(seen, "from"), query_i64(seen, "to"));
+        // The current window is open; legacy 7-element rows are understood too.
+        let current = t.div_euclid(secs) * secs;
+        let legacy = format!(r#"["{}","1","2","3","1","2","0.5"]"#, current - 2 * secs);
+        let body = rows(
+            f,
+            current - 3 * secs,
+            secs,
+            &[legacy, row(current - secs, true), row(current, false)],
+        );
+        Reply::json(body)
+    });
+    let server = serve(handler).await;
+    let (tx, mut rx) = mpsc::channel(1_000);
+    let (_stop, shutdown) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    poller::run(
+        settings(&server.base, &["BTC_USDT"], None, None, true),
+        tx,
+        shutdown,
+        counters.clone(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = rx.recv().await {
+        got.push(c);
+    }
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one poll");
+    let (f, t) = (query_i64(&seen[0], "from"), query_i64(&seen[0], "to"));
+    let current = t.div_euclid(secs) * secs;
+    assert_eq!(
+        f,
+        current - 100 * secs,
+        "the first poll reaches back 100 windows"
+    );
+    assert_eq!(got.len(), 100, "{:?}", counters.snapshot());
+    assert_eq!(
+        got.last().unwrap().window_start,
+        chrono::DateTime::from_timestamp(current - secs, 0)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "the newest closed window; the open one is not published"
+    );
+    assert_eq!(
+        got[got.len() - 2].volume_base.as_deref(),
+        Some("0.5"),
+        "the legacy row"
+    );
+    assert_eq!(counters.get("open_windows"), 1);
+    assert_eq!(counters.get("legacy_rows"), 1);
+}

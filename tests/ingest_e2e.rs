@@ -1,0 +1,583 @@
+//! The ingesters end to end, through the built binary, on the real Kafka and Cassandra
+//! (`scripts/services.sh up`); the exchanges are in-process servers speaking their formats:
+//! - `coinstream ingest coinbase` (from a feed that drops the connection and replays an overlap)
+//!   → Kafka → `coinstream run` with `pipelines/kafka-cassandra.toml` → every portfolio trade once,
+//!   with its profit;
+//! - `coinstream ingest gateio --once` (a paged backfill through a 429) → Kafka → `coinstream run`
+//!   with `pipelines/candles-cassandra.toml` → every candle;
+//! - `pipelines/coinbase-embedded.toml`: the feed as an engine source → profit.sql → Parquet.
+//!
+//! A missing service fails the test.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rust_decimal::Decimal;
+use scylla::value::{CqlDecimal, CqlTimestamp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+
+// ---- an in-process Coinbase Exchange feed ----------------------------------------------------
+
+#[derive(Clone)]
+enum Step {
+    Text(String),
+    Drop,
+    KeepAlive(Vec<String>),
+}
+
+/// Serves `scripts[i]` on the i-th connection (the last one again after that), after reading the
+/// client's subscribe request.
+async fn feed_server(scripts: Vec<Vec<Step>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut i = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let script = scripts[i.min(scripts.len() - 1)].clone();
+            i += 1;
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) if t.contains("\"subscribe\"") => {}
+                    _ => return,
+                }
+                for step in script {
+                    match step {
+                        Step::Text(t) => {
+                            if ws.send(Message::text(t)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Step::Drop => return,
+                        Step::KeepAlive(frames) => loop {
+                            for f in &frames {
+                                if ws.send(Message::text(f.clone())).await.is_err() {
+                                    return;
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        },
+                    }
+                }
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    url
+}
+
+fn ack() -> String {
+    r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":[]},{"name":"heartbeat","product_ids":[]}]}"#.into()
+}
+
+fn heartbeat(product: &str, last_trade_id: i64) -> String {
+    format!(
+        r#"{{"type":"heartbeat","sequence":{},"last_trade_id":{last_trade_id},"product_id":"{product}","time":"2026-11-20T00:00:00.000000Z"}}"#,
+        last_trade_id * 3
+    )
+}
+
+fn portfolio() -> BTreeMap<String, (Decimal, Decimal)> {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("required_data/my_Portfolio.json")).unwrap(),
+    )
+    .unwrap();
+    json.as_object()
+        .unwrap()
+        .iter()
+        .map(|(symbol, h)| {
+            let d = |k: &str| Decimal::from_str(h[k].as_str().unwrap()).unwrap();
+            (symbol.clone(), (d("buy_price"), d("size")))
+        })
+        .collect()
+}
+
+/// A trade's price: within ±10 % of `reference`, so profits come out both ways.
+fn price_of(reference: Decimal, id: i64) -> Decimal {
+    (reference * Decimal::from(90 + id % 21) / Decimal::from(100)).round_dp(8)
+}
+
+fn exchange_match(kind: &str, product: &str, id: i64, price: Decimal) -> String {
+    let time = chrono::DateTime::from_timestamp(1_795_000_000 + id * 13, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    format!(
+        r#"{{"type":"{kind}","trade_id":{id},"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","side":"{}","size":"0.01","price":"{price}","product_id":"{product}","sequence":{},"time":"{time}"}}"#,
+        if id % 2 == 0 { "sell" } else { "buy" },
+        id * 3 + 1
+    )
+}
+
+fn messages_on(topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
+}
+
+/// The log without its ANSI colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_coinbase_then_run_stores_every_portfolio_trade_once_with_its_profit() {
+    let setup = Setup::new("ingest").await;
+    let holdings = portfolio();
+    // Every portfolio product, plus LINK-USD: in the coin map, not in the portfolio (published,
+    // but profit.sql keeps no row for it).
+    let mut products: Vec<(String, Decimal)> = holdings
+        .iter()
+        .map(|(p, (buy, _))| (p.clone(), *buy))
+        .collect();
+    products.push(("LINK-USD".into(), Decimal::from(15)));
+    let base = |k: usize| 1_000_000 * (k as i64 + 1);
+    let (mut first, mut second) = (vec![Step::Text(ack())], vec![Step::Text(ack())]);
+    for (k, (product, reference)) in products.iter().enumerate() {
+        let id = base(k);
+        first.push(Step::Text(exchange_match(
+            "last_match",
+            product,
+            id,
+            price_of(*reference, id),
+        )));
+        second.push(Step::Text(exchange_match(
+            "last_match",
+            product,
+            id + 25,
+            price_of(*reference, id + 25),
+        )));
+    }
+    for offset in 1..=40 {
+        for (k, (product, reference)) in products.iter().enumerate() {
+            let id = base(k) + offset;
+            let frame = Step::Text(exchange_match(
+                "match",
+                product,
+                id,
+                price_of(*reference, id),
+            ));
+            // The first connection drops after trade 25; the second replays from 20.
+            if offset <= 25 {
+                first.push(frame.clone());
+            }
+            if offset >= 20 {
+                second.push(frame);
+            }
+        }
+    }
+    first.push(Step::Drop);
+    second.push(Step::KeepAlive(
+        products
+            .iter()
+            .enumerate()
+            .map(|(k, (p, _))| heartbeat(p, base(k) + 40))
+            .collect(),
+    ));
+    let url = feed_server(vec![first, second]).await;
+    let per_product = 41;
+    let total = products.len() as i64 * per_product;
+    let mut expected = BTreeMap::new();
+    for (k, (product, reference)) in products.iter().enumerate() {
+        if let Some((buy, size)) = holdings.get(product) {
+            for id in base(k)..=base(k) + 40 {
+                expected.insert(
+                    (product.clone(), id),
+                    (price_of(*reference, id) - buy) * size,
+                );
+            }
+        }
+    }
+
+    let names: Vec<&str> = products.iter().map(|(p, _)| p.as_str()).collect();
+    let child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "ingest",
+            "coinbase",
+            "--url",
+            &url,
+            "--products",
+            &names.join(","),
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &setup.topic,
+        ])
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while messages_on(&setup.topic, PARTITIONS) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Replays after the reconnect would land now, if they were published.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sigterm(&child);
+    let out = wait(child, Duration::from_secs(30));
+    let log = plain(&check(&out));
+    assert!(log.contains("Coinbase ingest stopped."), "{log}");
+    assert!(log.contains(&format!("published={total}")), "{log}");
+    assert!(log.contains("reconnects=1"), "{log}");
+    assert_eq!(
+        messages_on(&setup.topic, PARTITIONS),
+        total,
+        "every trade once on Kafka"
+    );
+
+    check(&setup.run(&[]).output().unwrap());
+    let session = session().await;
+    let rows = stored(&session, &setup.keyspace).await;
+    assert_exactly(&rows, &expected);
+    assert_eq!(rows.len(), 9 * per_product as usize);
+}
+
+// ---- an in-process Gate.io REST API ----------------------------------------------------------
+
+fn candle_row(start: i64) -> String {
+    let p = 60_000 + start % 991;
+    format!(
+        r#"["{start}","{}.5","{p}.5","{}","{}","{}.25","0.{:04}","true"]"#,
+        p * 7,
+        p + 3,
+        p - 4,
+        p - 1,
+        start % 10_000
+    )
+}
+
+/// Serves candlestick pages for any pair; the second request gets a 429.
+async fn rest_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api/v4", listener.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let query: BTreeMap<&str, i64> = target
+                        .split_once('?')
+                        .map(|(_, q)| q)
+                        .unwrap_or("")
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+                        .collect();
+                    let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (status, extra, body) = if n == 1 {
+                        let reset = chrono::Utc::now().timestamp() + 1;
+                        (
+                            "429 Too Many Requests",
+                            format!("X-Gate-RateLimit-Requests-Remain: 0\r\nX-Gate-RateLimit-Limit: 200\r\nX-Gate-RateLimit-Reset-Timestamp: {reset}\r\n"),
+                            r#"{"label":"TOO_MANY_REQUESTS","message":"Request Rate limit Exceeded"}"#.to_owned(),
+                        )
+                    } else {
+                        let (from, to) = (query["from"], query["to"]);
+                        let rows: Vec<String> = (from.div_euclid(60)..=to.div_euclid(60))
+                            .map(|i| candle_row(i * 60))
+                            .collect();
+                        ("200 OK", String::new(), format!("[{}]", rows.join(",")))
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+                        body.len()
+                    );
+                    if tcp.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_gateio_once_then_run_stores_every_candle() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("candles");
+    let dead_letters = format!("{topic}_dlq");
+    let group = unique("group_candles");
+    let keyspace = unique("ks_candles");
+    let text = std::fs::read_to_string(repo().join("pipelines/candles-cassandra.toml"))
+        .unwrap()
+        .replace("\"../", &format!("\"{}/", repo().display()))
+        .replace(
+            "topics = [\"crypto_candles\"]",
+            &format!("topics = [\"{topic}\"]"),
+        )
+        .replace(
+            "group_id = \"coinstream-candles\"",
+            &format!("group_id = \"{group}\""),
+        )
+        .replace(
+            "keyspace = \"crypto_keyspace\"",
+            &format!("keyspace = \"{keyspace}\""),
+        )
+        .replace(
+            "topic = \"crypto_candles_dead_letters\"",
+            &format!("topic = \"{dead_letters}\""),
+        )
+        .replace(
+            &format!("\"{}/data/candles-cassandra/checkpoint\"", repo().display()),
+            &format!("{:?}", dir.path().join("checkpoint")),
+        );
+    assert!(text.contains(&keyspace) && text.contains(&group) && text.contains(&topic));
+    let config = dir.path().join("candles.toml");
+    std::fs::write(&config, text).unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let created = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.create_topics(
+            &[
+                NewTopic::new(&topic, 3, TopicReplication::Fixed(1)),
+                NewTopic::new(&dead_letters, 1, TopicReplication::Fixed(1)),
+            ],
+            &AdminOptions::new(),
+        ),
+    )
+    .await
+    .expect("Kafka answers; start it with scripts/services.sh up")
+    .unwrap();
+    for r in created {
+        r.unwrap();
+    }
+
+    let base = rest_server().await;
+    let from = 1_780_000_000 / 60 * 60;
+    let windows = 1_500;
+    let to = from + (windows - 1) * 60;
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "ingest",
+            "gateio",
+            "--url",
+            &base,
+            "--pairs",
+            "BTC_USDT,ETH_USDT",
+            "--interval",
+            "1m",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &chrono::DateTime::from_timestamp(to, 0)
+                .unwrap()
+                .to_rfc3339(),
+            "--once",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topic,
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let log = plain(&check(&out));
+    assert!(log.contains("rate limit hit"), "{log}");
+    assert!(log.contains(&format!("published={}", 2 * windows)), "{log}");
+    assert_eq!(
+        messages_on(&topic, 3),
+        2 * windows,
+        "every window once on Kafka"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    check(&out);
+    let session = session().await;
+    let mut rows = session
+        .query_iter(
+            format!(
+                "SELECT currency_pair, \"interval\", window_start, open, close, change FROM \"{keyspace}\".\"crypto_candles\""
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .rows_stream::<(String, String, CqlTimestamp, CqlDecimal, CqlDecimal, CqlDecimal)>()
+        .unwrap();
+    let mut stored: BTreeMap<(String, i64), (Decimal, Decimal)> = BTreeMap::new();
+    while let Some((pair, interval, start, open, close, change)) = rows.try_next().await.unwrap() {
+        assert_eq!(interval, "1m");
+        assert_eq!(decimal(&close) - decimal(&open), decimal(&change));
+        stored.insert((pair, start.0 / 1000), (decimal(&open), decimal(&close)));
+    }
+    assert_eq!(stored.len(), 2 * windows as usize);
+    for pair in ["BTC_USDT", "ETH_USDT"] {
+        for i in 0..windows {
+            let start = from + i * 60;
+            let p = 60_000 + start % 991;
+            let (open, close) = stored[&(pair.to_owned(), start)];
+            assert_eq!(open, Decimal::from_str(&format!("{}.25", p - 1)).unwrap());
+            assert_eq!(close, Decimal::from_str(&format!("{p}.5")).unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
+    let holdings = portfolio();
+    let products = ["BTC-USD", "ETH-USD"];
+    let mut script = vec![Step::Text(ack())];
+    for (k, product) in products.iter().enumerate() {
+        let id = 500 * (k as i64 + 1);
+        script.push(Step::Text(exchange_match(
+            "last_match",
+            product,
+            id,
+            price_of(holdings[*product].0, id),
+        )));
+    }
+    for offset in 1..=30 {
+        for (k, product) in products.iter().enumerate() {
+            let id = 500 * (k as i64 + 1) + offset;
+            script.push(Step::Text(exchange_match(
+                "match",
+                product,
+                id,
+                price_of(holdings[*product].0, id),
+            )));
+        }
+    }
+    script.push(Step::KeepAlive(vec![
+        heartbeat("BTC-USD", 530),
+        heartbeat("ETH-USD", 1030),
+    ]));
+    let url = feed_server(vec![script]).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/coinbase-embedded.toml"))
+        .unwrap()
+        .replace(
+            "# url = \"wss://ws-feed.exchange.coinbase.com\"",
+            &format!("url = \"{url}\" #"),
+        )
+        .replace(
+            "# product_ids = [\"BTC-USD\", \"ETH-USD\"]",
+            "product_ids = [\"BTC-USD\", \"ETH-USD\"] #",
+        )
+        .replace(
+            "\"../data/coinbase/",
+            &format!("\"{}/", dir.path().display()),
+        )
+        .replace("\"../", &format!("\"{}/", repo().display()));
+    assert!(text.contains(&url) && text.contains(&dir.path().display().to_string()));
+    let config = dir.path().join("embedded.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+            "--progress",
+            "json",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let log = check(&out);
+    let progress: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rows: u64 = progress
+        .iter()
+        .map(|p| p["numInputRows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, 62, "{log}");
+    assert!(
+        log.contains("published"),
+        "the source's counters are in the progress: {log}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "query",
+            "--config",
+            config.to_str().unwrap(),
+            "SELECT symbol, count(*) AS n, min(trade_id) AS first, max(trade_id) AS last FROM profit GROUP BY symbol ORDER BY symbol",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    check(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("| BTC-USD | 31 | 500   | 530  |"), "{table}");
+    assert!(table.contains("| ETH-USD | 31 | 1000  | 1030 |"), "{table}");
+}
