@@ -72,6 +72,22 @@ pub enum HttpError {
     },
 }
 
+impl HttpError {
+    /// The message followed by every underlying cause (hyper's own message alone, e.g. "client
+    /// error (Connect)", does not say what failed).
+    pub fn with_causes(&self) -> String {
+        // The message already shows the direct source.
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self).and_then(|s| s.source());
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+}
+
 /// A pooled HTTP(S) client.
 #[derive(Clone)]
 pub struct HttpClient {

@@ -102,7 +102,7 @@ impl GateClient {
             }
             Counters::add(&self.counters.requests, 1);
             let transient = match self.http.get(&url).await {
-                Err(e) => e.to_string(),
+                Err(e) => e.with_causes(),
                 Ok(response) => {
                     self.note_rate_limit(&response);
                     let status = response.status;
