@@ -384,7 +384,8 @@ impl Client {
     fn lost(&self, product: &str, lost: Lost, why: &'static str) {
         Counters::add(&self.counters.gaps, 1);
         Counters::add(&self.counters.lost_trades, lost.count());
-        tracing::warn!(
+        // Data loss: ERROR, per the logging rules.
+        tracing::error!(
             product,
             first_trade_id = lost.first,
             last_trade_id = lost.last,
