@@ -272,6 +272,8 @@ mod tests {
             ("coinstream.toml", "profit"),
             ("pipelines/kafka-cassandra.toml", "profit"),
             ("pipelines/kafka-cassandra-legacy.toml", "profit_legacy"),
+            ("pipelines/candles-cassandra.toml", "candles"),
+            ("pipelines/coinbase-embedded.toml", "profit"),
         ] {
             let c = Config::load(&repo_root().join(name)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.output, output);
