@@ -89,17 +89,15 @@ impl TopicProducer {
     pub async fn check(&self, timeout: Duration) -> Result<()> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(&topic), timeout)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("Kafka metadata task failed: {e}")))?
-        .map(|_| ())
-        .map_err(|e| Error::Sink {
-            name: format!("kafka {}", self.topic),
-            message: format!("no broker answered within {timeout:?}: {e}"),
-            retry: Retry::Transient,
-        })
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), timeout))
+            .await
+            .map_err(|e| Error::Internal(format!("Kafka metadata task failed: {e}")))?
+            .map(|_| ())
+            .map_err(|e| Error::Sink {
+                name: format!("kafka {}", self.topic),
+                message: format!("no broker answered within {timeout:?}: {e}"),
+                retry: Retry::Transient,
+            })
     }
 
     /// Publishes everything `rx` yields until it closes, in batches of what has arrived (at most
