@@ -77,6 +77,21 @@ fn messages(n: usize) -> Vec<RawRecord> {
         .collect()
 }
 
+/// User + system CPU seconds of this process so far (Linux: `/proc/self/stat`, 100 ticks/s).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn columns(decls: &[&str]) -> Vec<String> {
     decls.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -169,6 +184,38 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Throughput per core, from the CPU time this process used (wall time on a shared 2-core
+    // machine also counts other processes' turns).
+    let per_cpu_second = |label: &str, run: &mut dyn FnMut()| {
+        let (cpu0, wall0) = (process_cpu_seconds(), std::time::Instant::now());
+        let rounds = 5;
+        for _ in 0..rounds {
+            run();
+        }
+        let cpu = process_cpu_seconds() - cpu0;
+        let wall = wall0.elapsed().as_secs_f64();
+        println!(
+            "{label:<40} {:>12.0} trades per CPU-second ({:.2} CPU-s, {:.2} wall-s for {rounds} x 1M)",
+            (rounds * TRADES) as f64 / cpu,
+            cpu,
+            wall
+        );
+    };
+    let mut decoder = RecordDecoder::new(schema.clone());
+    per_cpu_second("decode", &mut || {
+        for chunk in records.chunks(BATCH) {
+            black_box(decoder.decode(chunk).unwrap());
+        }
+    });
+    per_cpu_second("decode + profit.sql", &mut || {
+        rt.block_on(async {
+            for chunk in records.chunks(BATCH) {
+                slot.set(vec![decoder.decode(chunk).unwrap().batch]);
+                black_box(transform.execute().await.unwrap());
+            }
+        })
+    });
 
     // The fixed cost of a micro-batch: one trade through the reused plan, against planning the
     // same SQL again for every batch.
