@@ -468,3 +468,41 @@ async fn a_bad_transform_fails_at_planning_naming_the_file() {
         .to_string();
     assert!(err.contains("nope"), "{err}");
 }
+
+#[tokio::test]
+async fn a_transform_names_the_input_columns_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = EngineContext::new(&ContextOptions::default());
+    let schema = parse_columns(
+        "t",
+        &[
+            "id int64 not null".into(),
+            "price decimal(10,2)".into(),
+            "note utf8".into(),
+        ],
+    )
+    .unwrap();
+    ctx.register_input("trades", schema).unwrap();
+    let path = dir.path().join("pick.sql");
+    std::fs::write(&path, "SELECT id FROM trades WHERE price > 1").unwrap();
+    let t = ctx
+        .register_transform(TransformFile::read(&path).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        t.input_columns("trades"),
+        Some(vec!["id".to_owned(), "price".to_owned()])
+    );
+    assert_eq!(t.input_columns("other"), None);
+    let path = dir.path().join("everything.sql");
+    std::fs::write(&path, "SELECT * FROM trades").unwrap();
+    let t = ctx
+        .register_transform(TransformFile::read(&path).unwrap())
+        .await
+        .unwrap();
+    let all = t.input_columns("trades");
+    assert!(
+        all.is_none() || all == Some(vec!["id".to_owned(), "note".to_owned(), "price".to_owned()]),
+        "{all:?}"
+    );
+}
