@@ -82,10 +82,7 @@ async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
     let sink = connectors::build_sink(&config.sink, &transform.schema())?;
     let query = StreamingQuery {
         source: connectors::build_source(&config.source)?,
-        decoder: match transform.input_columns(&config.input_table) {
-            Some(needed) => RecordDecoder::with_columns(config.input_schema.clone(), &needed),
-            None => RecordDecoder::new(config.input_schema.clone()),
-        },
+        decoder: RecordDecoder::new(config.input_schema.clone()),
         input,
         transform,
         sink,

@@ -144,23 +144,20 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let (ctx, slot, transform) = rt.block_on(planned());
     let schema = slot.schema().clone();
-    let needed = transform.input_columns("trades").unwrap_or_default();
-    // As `coinstream run` decodes: only what the transform reads, plus the required columns.
-    let new_decoder = || RecordDecoder::with_columns(schema.clone(), &needed);
     let records = messages(TRADES);
 
     let mut group = c.benchmark_group("1M trades");
     group.sample_size(10);
     group.throughput(Throughput::Elements(TRADES as u64));
     group.bench_function("decode", |b| {
-        let mut decoder = new_decoder();
+        let mut decoder = RecordDecoder::new(schema.clone());
         b.iter(|| {
             for chunk in records.chunks(BATCH) {
                 black_box(decoder.decode(chunk).unwrap());
             }
         })
     });
-    let mut decoder = new_decoder();
+    let mut decoder = RecordDecoder::new(schema.clone());
     let decoded: Vec<_> = records
         .chunks(BATCH)
         .map(|c| decoder.decode(c).unwrap().batch)
@@ -176,7 +173,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.bench_function("decode + profit.sql", |b| {
-        let mut decoder = new_decoder();
+        let mut decoder = RecordDecoder::new(schema.clone());
         b.iter(|| {
             rt.block_on(async {
                 for chunk in records.chunks(BATCH) {
@@ -205,7 +202,7 @@ fn bench(c: &mut Criterion) {
             wall
         );
     };
-    let mut decoder = new_decoder();
+    let mut decoder = RecordDecoder::new(schema.clone());
     per_cpu_second("decode", &mut || {
         for chunk in records.chunks(BATCH) {
             black_box(decoder.decode(chunk).unwrap());

@@ -2,18 +2,11 @@
 //! Messages that do not decode become dead letters with their reason; the rest of the batch still
 //! flows. It knows nothing of where the bytes came from.
 //!
-//! Columns no transform reads may be left out of decoding ([`RecordDecoder::with_columns`]):
-//! they arrive as nulls. Required (non-nullable) columns are always decoded, so a message missing
-//! one is still dead-lettered.
-//!
 //! Fast path: the whole batch is decoded in one pass. Only when that fails (or yields a different
 //! row count, e.g. a message holding two objects) is each message decoded alone to find the bad
 //! ones, so clean batches pay nothing for the dead-letter policy.
 
-use std::sync::Arc;
-
-use arrow::array::new_null_array;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::json::ReaderBuilder;
 use arrow::record_batch::RecordBatch;
 
@@ -33,10 +26,7 @@ pub struct Decoded {
 /// Decodes JSON messages into a declared schema.
 #[derive(Debug)]
 pub struct RecordDecoder {
-    /// The declared schema: what decoded batches have.
     schema: SchemaRef,
-    /// The columns actually parsed (a subset of `schema`, in its order).
-    decoded: SchemaRef,
     buffer: Vec<u8>,
 }
 
@@ -45,45 +35,9 @@ impl RecordDecoder {
     /// an error; fields not in the schema are ignored).
     pub fn new(schema: SchemaRef) -> Self {
         Self {
-            decoded: schema.clone(),
             schema,
             buffer: Vec::new(),
         }
-    }
-
-    /// A decoder for `schema` that parses only the `needed` columns and the non-nullable ones;
-    /// the other columns come out as nulls. Parsing a timestamp or a decimal no query reads is
-    /// the largest avoidable cost of decoding.
-    pub fn with_columns(schema: SchemaRef, needed: &[String]) -> Self {
-        let fields: Vec<_> = schema
-            .fields()
-            .iter()
-            .filter(|f| !f.is_nullable() || needed.iter().any(|n| n == f.name()))
-            .cloned()
-            .collect();
-        Self {
-            decoded: Arc::new(Schema::new(fields)),
-            schema,
-            buffer: Vec::new(),
-        }
-    }
-
-    /// Widens a batch of the decoded columns to the declared schema with null columns.
-    fn widen(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        if self.decoded.fields().len() == self.schema.fields().len() {
-            return Ok(batch);
-        }
-        let rows = batch.num_rows();
-        let columns = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| match batch.column_by_name(f.name()) {
-                Some(column) => column.clone(),
-                None => new_null_array(f.data_type(), rows),
-            })
-            .collect();
-        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 
     /// The schema rows are decoded into.
@@ -143,14 +97,14 @@ impl RecordDecoder {
             self.buffer.extend_from_slice(&r.payload);
             self.buffer.push(b'\n');
         }
-        let mut decoder = ReaderBuilder::new(self.decoded.clone())
+        let mut decoder = ReaderBuilder::new(self.schema.clone())
             .with_batch_size(expected.max(1) + 1)
             .build_decoder()?;
         if decoder.decode(&self.buffer).is_err() {
             return Ok(None);
         }
         match decoder.flush() {
-            Ok(Some(batch)) if batch.num_rows() == expected => Ok(Some(self.widen(batch)?)),
+            Ok(Some(batch)) if batch.num_rows() == expected => Ok(Some(batch)),
             Ok(None) if expected == 0 => Ok(Some(RecordBatch::new_empty(self.schema.clone()))),
             _ => Ok(None),
         }
@@ -170,7 +124,7 @@ impl RecordDecoder {
                 return Some(format!("missing required field {}", field.name()));
             }
         }
-        let mut decoder = match ReaderBuilder::new(self.decoded.clone()).build_decoder() {
+        let mut decoder = match ReaderBuilder::new(self.schema.clone()).build_decoder() {
             Ok(d) => d,
             Err(e) => return Some(e.to_string()),
         };
@@ -280,31 +234,6 @@ mod tests {
         assert_eq!(
             out.dead_letters[1].raw,
             br#"{"trade_id":3,"price":"abc"}"#.to_vec()
-        );
-    }
-
-    #[test]
-    fn leaves_unneeded_nullable_columns_undecoded_but_checks_required_ones() {
-        let mut d = RecordDecoder::with_columns(schema(), &["price".to_owned()]);
-        let out = d
-            .decode(&[
-                record(0, r#"{"trade_id":1,"price":"2.5","side":"buy"}"#),
-                record(1, r#"{"price":"3"}"#),
-            ])
-            .unwrap();
-        assert_eq!(
-            out.batch.schema(),
-            schema(),
-            "the declared schema, whatever was decoded"
-        );
-        assert_eq!(out.batch.num_rows(), 1);
-        assert!(
-            out.batch.column(2).is_null(0),
-            "side is not read by any query"
-        );
-        assert_eq!(
-            out.dead_letters[0].reason,
-            "missing required field trade_id"
         );
     }
 

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
@@ -66,8 +65,7 @@ impl PlannedTransform {
             message: e.to_string(),
         };
         let frame = session.sql(&file.sql).await.map_err(sql_error)?;
-        // The optimised plan: it shows what runs, and its scans name the columns they read.
-        let logical = session.state().optimize(frame.logical_plan()).map_err(sql_error)?;
+        let logical = frame.logical_plan().clone();
         let physical = frame.create_physical_plan().await.map_err(sql_error)?;
         let task_ctx = session.task_ctx();
         Ok(Self {
@@ -96,35 +94,6 @@ impl PlannedTransform {
     /// The optimised logical plan.
     pub fn logical_plan(&self) -> &LogicalPlan {
         &self.logical
-    }
-
-    /// The columns of table `table` the plan reads, or `None` if it reads all of them (or the
-    /// table not at all). Decoding can skip the others.
-    pub fn input_columns(&self, table: &str) -> Option<Vec<String>> {
-        let mut columns: Vec<String> = Vec::new();
-        let mut reads_all = false;
-        let visited = self.logical.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node
-                && scan.table_name.table() == table
-            {
-                match &scan.projection {
-                    Some(_) => columns.extend(
-                        scan.projected_schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone()),
-                    ),
-                    None => reads_all = true,
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-        if visited.is_err() || reads_all || columns.is_empty() {
-            return None;
-        }
-        columns.sort();
-        columns.dedup();
-        Some(columns)
     }
 
     /// The output schema.
