@@ -36,7 +36,17 @@ ENGINES = {
     "spark_udf": "Spark, as the seeds wrote it (Python UDF)",
     "spark_sql": "Spark, done well (broadcast join in SQL)",
     "coinstream": "coinstream",
+    "coinstream_tuned": "coinstream, Kafka source tuned",
 }
+
+# librdkafka properties of the coinstream_tuned variant: by default librdkafka stops prefetching a
+# partition whose local queue is "full" (queued.min.messages, 100,000) and then waits
+# fetch.queue.backoff.ms (1,000 ms) before fetching it again, which leaves a fast consumer idle.
+TUNED_SOURCE_PROPERTIES = {"fetch.queue.backoff.ms": "0", "queued.min.messages": "1000000"}
+
+
+def is_coinstream(engine: str) -> bool:
+    return engine.startswith("coinstream")
 
 TABLE_DDL = (
     "CREATE TABLE IF NOT EXISTS {ks}.{table} (symbol text, coin_name text, trade_id bigint, "
@@ -148,7 +158,8 @@ class Kafka:
 # --- the engines --------------------------------------------------------------------------------
 
 
-def coinstream_config(args, path: str, topic: str, group: str, keyspace: str, table: str, sink: str, checkpoint: str):
+def coinstream_config(args, path: str, topic: str, group: str, keyspace: str, table: str, sink: str, checkpoint: str,
+                      properties: dict | None = None):
     with open(os.path.join(REPO, "pipelines/kafka-cassandra.toml")) as f:
         text = f.read()
     replacements = [
@@ -165,6 +176,9 @@ def coinstream_config(args, path: str, topic: str, group: str, keyspace: str, ta
             raise SystemExit(f"pipelines/kafka-cassandra.toml no longer contains {old!r}; update bench/bench.py")
         text = text.replace(old, new)
     text = re.sub(r'# brokers = "127.0.0.1:9092"', f'brokers = "{args.brokers}"', text)
+    if properties:
+        inline = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in properties.items())
+        text = text.replace("fail_on_data_loss = true", f"fail_on_data_loss = true\nproperties = {{ {inline} }}", 1)
     if sink == "null":
         # Everything from [sink] up to the next section becomes the null sink.
         text = re.sub(r"\[sink\]\n(?:(?!\n\[).)*", '[sink]\ntype = "null"\n', text, flags=re.S)
@@ -172,15 +186,17 @@ def coinstream_config(args, path: str, topic: str, group: str, keyspace: str, ta
         f.write(text)
 
 
-def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_dir: str, live: bool) -> tuple[list[str], str]:
+def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_dir: str, live: bool,
+                   trigger: str | None = None) -> tuple[list[str], str]:
     """The command line of one engine run and the regex of its "a batch was written" lines."""
-    if engine == "coinstream":
+    if is_coinstream(engine):
         config = os.path.join(run_dir, "pipeline.toml")
         coinstream_config(
-            args, config, topic, f"bench_{os.path.basename(run_dir)}", args.keyspace, table,
+            args, config, topic, f"{args.prefix}_{os.path.basename(run_dir)}", args.keyspace, table,
             "cassandra" if sink == "cassandra" else "null", os.path.join(run_dir, "checkpoint"),
+            TUNED_SOURCE_PROPERTIES if engine == "coinstream_tuned" else None,
         )
-        trigger = args.coinstream_live_trigger if live else "available-now"
+        trigger = trigger if live else "available-now"
         cmd = [args.coinstream_bin, "run", "--config", config, "--trigger", trigger, "--progress", "json"]
         return cmd, r'"numInputRows":[1-9]'
     variant = engine.split("_", 1)[1]
@@ -291,10 +307,13 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
     busy1, total1 = cpu_jiffies()
     with open(out) as f:
         m = json.load(f)
+    other_s = (busy1 - busy0) / os.sysconf("SC_CLK_TCK") - m["cpu_s"] - sum(
+        proc_cpu_s(p) - before[k] for k, p in services.items())
     result = {
         "engine": engine,
         "sink": sink,
         "load_before": load,
+        "other_cpu_s": round(max(0.0, other_s), 1),
         "wall_s": m["wall_s"],
         "cpu_s": m["cpu_s"],
         "user_s": m["user_s"],
@@ -310,14 +329,21 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
         "trades": args.trades,
         "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
     }
-    if engine != "coinstream":
+    # (end time since start, input rows) of each batch with rows.
+    if is_coinstream(engine):
+        batches = [(t, json.loads(line[line.find("{"):])["numInputRows"]) for t, line in m["markers"]]
+    else:
         # Spark prints its batches' end times (from its progress records) when the query ended.
-        ends = sorted(float(line.split()[3]) - m["start_unix"] for _, line in m["markers"])
-        result["first_batch_s"] = round(ends[0], 3) if ends else None
+        batches = sorted((float(line.split()[3]) - m["start_unix"], int(line.split()[2])) for _, line in m["markers"])
+        result["first_batch_s"] = round(batches[0][0], 3) if batches else None
         result["cpu_at_first_batch_s"] = None
-        m["markers"] = [[t, ""] for t in ends]
-    if len(m["markers"]) >= 2:
-        result["last_batch_s"] = m["markers"][-1][0]
+    result["batches"] = len(batches)
+    if len(batches) >= 2:
+        # Throughput once the first batch is done: start-up and warm-up (JIT) left out.
+        result["last_batch_s"] = round(batches[-1][0], 3)
+        later = sum(n for _, n in batches[1:])
+        span = batches[-1][0] - batches[0][0]
+        result["trades_per_s_after_first_batch"] = round(later / span, 1) if span > 0 else None
     result["trades_per_s"] = round(args.trades / m["wall_s"], 1)
     if m["exit_code"] != 0:
         log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
@@ -326,7 +352,7 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
         sys.stderr.write("".join(tail))
         result["error"] = f"exit code {m['exit_code']}"
         return result
-    if engine == "coinstream":
+    if is_coinstream(engine):
         rows_out = 0
         with open(os.path.join(run_dir, "output.log")) as f:
             for line in f:
@@ -354,14 +380,14 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
     return result
 
 
-def run_live(args, engine: str, kafka: Kafka, index: int, portfolio) -> dict:
+def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: str | None = None) -> dict:
     """Trades produced live at a fixed rate while the engine runs; latency from send to WRITETIME."""
-    name = f"{engine}-live"
+    name = f"{engine}-live" + (f"-{trigger.split(':')[-1]}" if trigger else "")
     run_dir = os.path.join(args.work, name)
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
-    topic = f"{args.prefix}_live_{engine}"
-    table = f"{engine}_live"
+    topic = f"{args.prefix}_live_{index}_{engine}"
+    table = f"{engine}_live_{index}"
     kafka.create_topic(topic, args.partitions)
     kafka.create_topic(f"{topic}_dlq", 1)
     total_s = args.live_warmup + args.live_seconds
@@ -375,10 +401,11 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio) -> dict:
     with cql.Session.connect(args.cassandra) as s:
         s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
         s.execute(TABLE_DDL.format(ks=args.keyspace, table=table))
-    cmd, marker = engine_command(args, engine, topic=topic, table=table, sink="cassandra", run_dir=run_dir, live=True)
+    cmd, marker = engine_command(args, engine, topic=topic, table=table, sink="cassandra", run_dir=run_dir, live=True,
+                                 trigger=trigger)
     stop = os.path.join(run_dir, "STOP")
     log(f"{name}: {' '.join(cmd)}")
-    proc, out = measured(cmd, run_dir, marker + "|BENCH_STARTED", stop_file=stop if engine == "coinstream" else None,
+    proc, out = measured(cmd, run_dir, marker + "|BENCH_STARTED", stop_file=stop if is_coinstream(engine) else None,
                          timeout=args.run_timeout)
     # Ready: coinstream has joined the group when it logs its assignment; Spark when its query
     # started. Then a few seconds more for the first (empty) batches to be planned.
@@ -399,6 +426,8 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio) -> dict:
     time.sleep(args.live_settle if ready else 10)
     sent_log = os.path.join(run_dir, "sent.csv")
     kafka_cp = os.path.join(args.kafka_jars, "*")
+    services = service_pids()
+    before = {k: proc_cpu_s(p) for k, p in services.items()}
     busy0, total0 = cpu_jiffies()
     producer = subprocess.run(
         [JAVA17, "-cp", kafka_cp, os.path.join(BENCH, "PacedProducer.java"), args.brokers, topic, records,
@@ -406,6 +435,7 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio) -> dict:
         text=True, capture_output=True,
     )
     busy1, total1 = cpu_jiffies()
+    service_cpu = {k: round(proc_cpu_s(p) - before[k], 1) for k, p in services.items()}
     if producer.returncode != 0:
         raise SystemExit(f"paced producer failed: {producer.stderr[-2000:]}")
     log(f"{name}: {producer.stderr.strip().splitlines()[-1]}")
@@ -447,13 +477,14 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio) -> dict:
         "rate": args.live_rate,
         "seconds": args.live_seconds,
         "warmup_s": args.live_warmup,
-        "trigger": args.coinstream_live_trigger if engine == "coinstream" else "default (micro-batches back to back)",
+        "trigger": trigger or "default (micro-batches back to back)",
         "rows_sent": len(sent),
         "rows_written": len(rows),
         "rows_measured": len(lat_ms),
         "rows_expected_measured": measured_sent,
         "machine_busy_cores": round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2),
         "engine_cpu_s": m["cpu_s"],
+        "service_cpu_s_while_producing": service_cpu,
         "engine_wall_s": m["wall_s"],
         "peak_rss_mb": m["peak_rss_mb"],
         "exit_code": m["exit_code"],
@@ -502,27 +533,31 @@ def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
         f"so JVM and Python start-up is inside the wall time (that is what an available-now job pays).",
         "",
         "## Kafka → profit → Cassandra", "",
-        "| engine | wall s | trades/s | rows in Cassandra | first batch written s | CPU s (user+sys) | peak RSS MB | load before |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| engine | wall s | trades/s | trades/s after 1st batch | rows in Cassandra | first batch written s "
+        "| CPU s (user+sys) | Cassandra CPU s | peak RSS MB | other CPU s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for e in engines:
         r = by.get((e, "cassandra"))
         if not r:
             continue
         lines.append(
-            f"| {ENGINES[e]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} | {fmt(r.get('rows_in_cassandra'))} "
-            f"| {fmt(r['first_batch_s'], 2)} | {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {r['load_before']} |"
+            f"| {ENGINES[e]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} "
+            f"| {fmt(r.get('trades_per_s_after_first_batch'), 0)} | {fmt(r.get('rows_in_cassandra'))} "
+            f"| {fmt(r['first_batch_s'], 2)} | {fmt(r['cpu_s'])} | {fmt(r['service_cpu_s'].get('cassandra'))} "
+            f"| {fmt(r['peak_rss_mb'], 0)} | {fmt(r.get('other_cpu_s'))} |"
         )
     lines += ["", "## Compute only (Spark `noop` sink, coinstream `null` sink)", "",
-              "| engine | wall s | trades/s | first batch s | CPU s | peak RSS MB | load before |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+              "| engine | wall s | trades/s | trades/s after 1st batch | first batch s | CPU s | peak RSS MB | other CPU s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for e in engines:
         r = by.get((e, "null"))
         if not r:
             continue
         lines.append(
-            f"| {ENGINES[e]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} | {fmt(r['first_batch_s'], 2)} "
-            f"| {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {r['load_before']} |"
+            f"| {ENGINES[e]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} "
+            f"| {fmt(r.get('trades_per_s_after_first_batch'), 0)} | {fmt(r['first_batch_s'], 2)} "
+            f"| {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r.get('other_cpu_s'))} |"
         )
     if live:
         lines += ["", f"## Live: {args.live_rate:,.0f} trades/s for {args.live_seconds:.0f} s "
@@ -535,26 +570,31 @@ def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
                 f"| {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | {fmt(r['engine_cpu_s'])} "
                 f"| {fmt(r['peak_rss_mb'], 0)} |"
             )
-    c = by.get(("coinstream", "cassandra"))
-    cn = by.get(("coinstream", "null"))
-    lc = next((r for r in live if r["engine"] == "coinstream"), None)
-    spark_variants = [e for e in engines if e != "coinstream"]
-    if c and spark_variants:
+    spark_variants = [e for e in engines if not is_coinstream(e)]
+    c_variants = [e for e in engines if is_coinstream(e) and (e, "cassandra") in by]
+    if c_variants and spark_variants:
         lines += ["", "## coinstream ÷ Spark", "",
-                  "| vs | throughput → Cassandra | throughput compute-only | CPU s (→ Cassandra) | peak RSS (→ Cassandra) | first batch | live p99 |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for e in spark_variants:
+                  "| coinstream vs | throughput → Cassandra | same, after 1st batch | throughput compute-only | same, after 1st batch "
+                  "| CPU s (→ Cassandra) | peak RSS (→ Cassandra) | first batch | live p99 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for ce, e in [(ce, e) for ce in c_variants for e in spark_variants]:
+            c, cn = by.get((ce, "cassandra")), by.get((ce, "null"))
+            lc = min((r for r in live if r["engine"] == ce and r.get("p99_ms")), key=lambda r: r["p99_ms"], default=None)
             s, sn = by.get((e, "cassandra")), by.get((e, "null"))
             ls = next((r for r in live if r["engine"] == e), None)
             lines.append(
-                f"| {ENGINES[e]} | {ratio(c['trades_per_s'], s and s['trades_per_s'])} "
+                f"| {ENGINES[ce]} vs {ENGINES[e]} | {ratio(c['trades_per_s'], s and s['trades_per_s'])} "
+                f"| {ratio(c.get('trades_per_s_after_first_batch'), s and s.get('trades_per_s_after_first_batch'))} "
                 f"| {ratio(cn and cn['trades_per_s'], sn and sn['trades_per_s'])} "
+                f"| {ratio(cn and cn.get('trades_per_s_after_first_batch'), sn and sn.get('trades_per_s_after_first_batch'))} "
                 f"| {ratio(c['cpu_s'], s and s['cpu_s'], False)} | {ratio(c['peak_rss_mb'], s and s['peak_rss_mb'], False)} "
                 f"| {ratio(c['first_batch_s'], s and s['first_batch_s'], False)} "
                 f"| {ratio(lc and lc.get('p99_ms'), ls and ls.get('p99_ms'), False)} |"
             )
         lines += ["", "Throughput ratios: higher is better for coinstream; CPU, RSS, first-batch and latency "
-                  "ratios: lower is better (0.10× = a tenth of Spark's)."]
+                  "ratios: lower is better (0.10× = a tenth of Spark's). Live p99: coinstream's best trigger above.",
+                  "", f"coinstream, Kafka source tuned: the same config plus `[source] properties = "
+                  f"{json.dumps(TUNED_SOURCE_PROPERTIES)}` (librdkafka), to show what the source's prefetch costs."]
     lines += ["", "## Checks", ""]
     for r in runs:
         if r["sink"] != "cassandra":
@@ -607,8 +647,9 @@ def chart(path: str, runs, live) -> str | None:
         return "matplotlib is not installed: no chart"
     by = {(r["engine"], r["sink"]): r for r in runs}
     engines = [e for e in ENGINES if any(k[0] == e for k in by)]
-    labels = {"spark_udf": "Spark\n(Python UDF)", "spark_sql": "Spark\n(SQL join)", "coinstream": "coinstream"}
-    colors = {"spark_udf": "#d62728", "spark_sql": "#ff7f0e", "coinstream": "#2ca02c"}
+    labels = {"spark_udf": "Spark\n(Python UDF)", "spark_sql": "Spark\n(SQL join)", "coinstream": "coinstream",
+              "coinstream_tuned": "coinstream\n(source tuned)"}
+    colors = {"spark_udf": "#d62728", "spark_sql": "#ff7f0e", "coinstream": "#2ca02c", "coinstream_tuned": "#98df8a"}
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
 
     def bars(ax, values, title, unit):
@@ -629,7 +670,7 @@ def chart(path: str, runs, live) -> str | None:
          "Peak RSS of the process tree (→ Cassandra)", "MB (lower is better)")
     ax = axes[1][1]
     if live:
-        xs = [labels[r["engine"]] for r in live]
+        xs = [labels[r["engine"]] + (f"\n{r['trigger']}" if is_coinstream(r["engine"]) else "") for r in live]
         p50 = [r.get("p50_ms") or 0 for r in live]
         p99 = [r.get("p99_ms") or 0 for r in live]
         x = range(len(xs))
@@ -670,7 +711,7 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--work", default=os.path.join(BENCH, ".work/runs"))
     ap.add_argument("--results", default=os.path.join(BENCH, "results"))
-    ap.add_argument("--engines", default="spark_udf,spark_sql,coinstream")
+    ap.add_argument("--engines", default="spark_udf,spark_sql,coinstream,coinstream_tuned")
     ap.add_argument("--no-noop", action="store_true", help="skip the compute-only runs")
     ap.add_argument("--live-engines", default="coinstream,spark_sql,spark_udf")
     ap.add_argument("--live-rate", type=float, default=2000)
@@ -678,7 +719,8 @@ def main() -> int:
     ap.add_argument("--live-warmup", type=float, default=5)
     ap.add_argument("--live-settle", type=float, default=5, help="seconds between engine ready and first send")
     ap.add_argument("--live-drain-timeout", type=float, default=60)
-    ap.add_argument("--coinstream-live-trigger", default="interval:100ms")
+    ap.add_argument("--coinstream-live-triggers", default="interval:10ms,interval:100ms",
+                    help="coinstream's live phase runs once per trigger")
     ap.add_argument("--sample", type=int, default=50, help="rows per partition whose profit is checked")
     ap.add_argument("--run-timeout", type=float, default=1200)
     ap.add_argument("--pause", type=float, default=5, help="seconds between runs (Cassandra settles)")
@@ -690,11 +732,11 @@ def main() -> int:
     engines = [e for e in args.engines.split(",") if e]
     live_engines = [e for e in args.live_engines.split(",") if e] if args.live_seconds > 0 else []
     if args.coinstream_only:
-        engines = ["coinstream"]
-        live_engines = [e for e in live_engines if e == "coinstream"]
+        engines = [e for e in engines if is_coinstream(e)]
+        live_engines = [e for e in live_engines if is_coinstream(e)]
     else:
         live_engines = [e for e in live_engines if e in engines]
-        if any(e != "coinstream" for e in engines) and not (args.spark_python and args.spark_jars):
+        if any(not is_coinstream(e) for e in engines) and not (args.spark_python and args.spark_jars):
             ap.error("the Spark runs need --spark-python and --spark-jars (or --coinstream-only)")
     for e in engines + live_engines:
         if e not in ENGINES:
@@ -745,8 +787,14 @@ def main() -> int:
         for engine in engines:
             runs.append(run_engine(args, engine, sink, topic, expected_rows, partitions, prices, portfolio))
             time.sleep(args.pause)
-    for i, engine in enumerate(live_engines):
-        live.append(run_live(args, engine, kafka, i, portfolio))
+    live_runs = []
+    for engine in live_engines:
+        if is_coinstream(engine):
+            live_runs += [(engine, t) for t in args.coinstream_live_triggers.split(",") if t]
+        else:
+            live_runs.append((engine, None))
+    for i, (engine, trigger) in enumerate(live_runs):
+        live.append(run_live(args, engine, kafka, i, portfolio, trigger))
         time.sleep(args.pause)
 
     # The same rows from every engine: the sampled rows must be identical across engines.
@@ -797,7 +845,7 @@ def main() -> int:
     print(md)
     failed = [r for r in runs if r.get("error") or (r["sink"] == "cassandra" and (
         r.get("rows_in_cassandra") != r.get("rows_expected") or r.get("profit_problems")))]
-    failed += [r for r in live if r.get("exit_code") not in (0, None) and r["engine"] == "coinstream"]
+    failed += [r for r in live if r.get("exit_code") not in (0, None) and is_coinstream(r["engine"])]
     return 1 if failed else 0
 
 

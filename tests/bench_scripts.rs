@@ -36,7 +36,11 @@ fn bench_files(ext: &str) -> Vec<PathBuf> {
 #[test]
 fn shell_scripts_parse() {
     for script in bench_files("sh") {
-        let out = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+        let out = Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "bash -n {}: {}",
@@ -85,6 +89,10 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
         .arg("--results")
         .arg(&results)
         .args([
+            "--engines",
+            "coinstream",
+            "--coinstream-live-triggers",
+            "interval:100ms",
             "--live-rate",
             "200",
             "--live-seconds",
@@ -126,11 +134,32 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
     let expected = cassandra["rows_expected"].as_u64().unwrap();
     // The generator puts 90% of trades on portfolio products: about 900 of 1,000 are rows.
     assert!((800..=1000).contains(&expected), "{cassandra}");
-    assert_eq!(cassandra["rows_in_cassandra"].as_u64(), Some(expected), "{cassandra}");
-    assert_eq!(cassandra["rows_reported"].as_u64(), Some(expected), "{cassandra}");
-    assert_eq!(cassandra["profit_problems"], serde_json::json!([]), "{cassandra}");
-    assert!(cassandra["sampled_rows"].as_u64().unwrap() > 0, "{cassandra}");
-    for key in ["wall_s", "cpu_s", "peak_rss_mb", "first_batch_s", "trades_per_s"] {
+    assert_eq!(
+        cassandra["rows_in_cassandra"].as_u64(),
+        Some(expected),
+        "{cassandra}"
+    );
+    assert_eq!(
+        cassandra["rows_reported"].as_u64(),
+        Some(expected),
+        "{cassandra}"
+    );
+    assert_eq!(
+        cassandra["profit_problems"],
+        serde_json::json!([]),
+        "{cassandra}"
+    );
+    assert!(
+        cassandra["sampled_rows"].as_u64().unwrap() > 0,
+        "{cassandra}"
+    );
+    for key in [
+        "wall_s",
+        "cpu_s",
+        "peak_rss_mb",
+        "first_batch_s",
+        "trades_per_s",
+    ] {
         assert!(
             cassandra[key].as_f64().is_some_and(|v| v > 0.0),
             "{key}: {cassandra}"
@@ -144,7 +173,10 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
     let live = &report["live"][0];
     assert_eq!(live["engine"], "coinstream", "{report}");
     assert!(live["rows_measured"].as_u64().unwrap() > 0, "{live}");
-    assert_eq!(live["rows_measured"], live["rows_expected_measured"], "{live}");
+    assert_eq!(
+        live["rows_measured"], live["rows_expected_measured"],
+        "{live}"
+    );
     assert!(live["p99_ms"].as_f64().is_some(), "{live}");
 
     let md = std::fs::read_to_string(json.with_extension("md")).unwrap();
