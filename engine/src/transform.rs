@@ -66,7 +66,10 @@ impl PlannedTransform {
         };
         let frame = session.sql(&file.sql).await.map_err(sql_error)?;
         // The optimised plan, so `explain` shows what runs (projections pushed into the scans).
-        let logical = session.state().optimize(frame.logical_plan()).map_err(sql_error)?;
+        let logical = session
+            .state()
+            .optimize(frame.logical_plan())
+            .map_err(sql_error)?;
         let physical = frame.create_physical_plan().await.map_err(sql_error)?;
         let task_ctx = session.task_ctx();
         Ok(Self {
