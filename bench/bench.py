@@ -316,6 +316,8 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
         "other_cpu_s": round(max(0.0, other_s), 1),
         "wall_s": m["wall_s"],
         "cpu_s": m["cpu_s"],
+        "cpu_rusage_s": m["cpu_rusage_s"],
+        "cpu_sampled_s": m["cpu_sampled_s"],
         "user_s": m["user_s"],
         "sys_s": m["sys_s"],
         "peak_rss_mb": m["peak_rss_mb"],
@@ -617,7 +619,9 @@ def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
               "sink acknowledged and the offsets were committed) or the end of Spark's first batch with rows "
               "(its progress record's timestamp + triggerExecution), timed from process start.",
               "- CPU: user+sys of the engine's whole process tree (bench/measure.py becomes a child subreaper, "
-              "so the JVM PySpark starts and the Python UDF workers are counted), from `wait4` rusage. "
+              "so the JVM PySpark starts and the Python UDF workers are counted): the larger of the `wait4` "
+              "rusage and the sum of each process's own CPU time sampled every 100 ms (rusage misses "
+              "PySpark's Python workers that nobody waits for). "
               "Kafka's and Cassandra's own CPU is not in it (see `service_cpu_s` in the JSON).",
               "- peak RSS: the largest sum of VmRSS over the tree, sampled every 100 ms.",
               f"- Spark: pyspark {facts.get('pyspark', '?')}, `local[2]`, driver memory {args.spark_driver_memory}, "
