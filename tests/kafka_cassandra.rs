@@ -127,7 +127,8 @@ async fn two_instances_in_one_group_share_the_partitions_and_store_every_row_onc
         &format!("{:?}", second_dir.path().join("checkpoint")),
     );
     std::fs::write(&second_config, text).unwrap();
-    let args = ["--max-records-per-batch", "2000"];
+    // Small batches keep the run going well past the second member's join.
+    let args = ["--max-records-per-batch", "1000"];
     let a = setup
         .run(&args)
         .stdout(Stdio::null())
@@ -141,8 +142,8 @@ async fn two_instances_in_one_group_share_the_partitions_and_store_every_row_onc
         .spawn()
         .unwrap();
     let (a, b) = (
-        wait(a, Duration::from_secs(300)),
-        wait(b, Duration::from_secs(300)),
+        wait(a, Duration::from_secs(600)),
+        wait(b, Duration::from_secs(600)),
     );
     let (log_a, log_b) = (check(&a), check(&b));
     let rows_of = |log: &str| -> u64 {
