@@ -10,7 +10,7 @@
 //! A missing service fails the test.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,14 +156,6 @@ fn plain(log: &str) -> String {
     out
 }
 
-fn sigterm(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -TERM");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_coinbase_then_run_stores_every_portfolio_trade_once_with_its_profit() {
     let setup = Setup::new("ingest").await;
@@ -234,7 +226,8 @@ async fn ingest_coinbase_then_run_stores_every_portfolio_trade_once_with_its_pro
     }
 
     let names: Vec<&str> = products.iter().map(|(p, _)| p.as_str()).collect();
-    let child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+    let mut ingest = Command::new(env!("CARGO_BIN_EXE_coinstream"));
+    ingest
         .args([
             "ingest",
             "coinbase",
@@ -247,20 +240,15 @@ async fn ingest_coinbase_then_run_stores_every_portfolio_trade_once_with_its_pro
             "--topic",
             &setup.topic,
         ])
-        .current_dir(repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .current_dir(repo());
+    let child = Running::spawn(ingest);
     let deadline = Instant::now() + Duration::from_secs(90);
     while messages_on(&setup.topic, PARTITIONS) < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Replays after the reconnect would land now, if they were published.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    sigterm(&child);
-    let out = wait(child, Duration::from_secs(30));
-    let log = plain(&check(&out));
+    let log = plain(&child.terminate(Duration::from_secs(30)));
     assert!(log.contains("Coinbase ingest stopped."), "{log}");
     assert!(log.contains(&format!("published={total}")), "{log}");
     assert!(log.contains("reconnects=1"), "{log}");

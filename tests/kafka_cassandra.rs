@@ -4,7 +4,6 @@
 //! computation of each profit. The servers must be running: a missing one fails the test.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,23 +44,7 @@ async fn survives_three_sigkills_with_every_row_once_and_offsets_at_the_end() {
     let mut seed: u64 = 0x9e3779b97f4a7c15 ^ std::process::id() as u64;
     let mut replays = 0;
     for round in 0..3 {
-        let mut child = setup
-            .run(&["--max-records-per-batch", "3000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
+        let mut child = Running::spawn(setup.run(&["--max-records-per-batch", "3000"]));
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -69,23 +52,9 @@ async fn survives_three_sigkills_with_every_row_once_and_offsets_at_the_end() {
         // into the next batch (a batch of 3000 rows takes longer than that to write).
         let batches = 1 + (seed >> 40) % 3;
         let delay = Duration::from_millis((seed >> 20) % 300);
-        let mut log = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while (log.iter().filter(|l: &&String| l.starts_with('{')).count() as u64) < batches {
-            assert!(
-                Instant::now() < deadline,
-                "no progress in round {round}:\n{}",
-                log.join("\n")
-            );
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                log.push(line);
-            }
-        }
+        child.wait_for_batches(batches as usize, Duration::from_secs(120));
         std::thread::sleep(delay);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
-        log.extend(rx.try_iter());
+        let log = child.kill();
         replays += log
             .iter()
             .filter(|l| l.contains("Replaying a batch that was not committed"))
@@ -95,16 +64,8 @@ async fn survives_three_sigkills_with_every_row_once_and_offsets_at_the_end() {
             log.iter().filter(|l| l.starts_with('{')).count()
         );
     }
-    let out = wait(
-        setup
-            .run(&["--max-records-per-batch", "3000"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(300),
-    );
-    let log = check(&out);
+    let log = Running::spawn(setup.run(&["--max-records-per-batch", "3000"]))
+        .finish(Duration::from_secs(300));
     replays += log
         .lines()
         .filter(|l| l.contains("Replaying a batch that was not committed"))
@@ -115,11 +76,13 @@ async fn survives_three_sigkills_with_every_row_once_and_offsets_at_the_end() {
     assert_committed_to_end(&setup.group, &setup.topic);
 }
 
+/// Two engines in one consumer group, as users scale past one machine: both join first, then
+/// the trades arrive, so the split does not depend on how fast one instance starts (with
+/// `available-now` a quick first member can drain the topic before the second has joined).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_in_one_group_share_the_partitions_and_store_every_row_once() {
     let setup = Setup::new("pair").await;
     let (messages, expected) = trades(60_000, 3);
-    produce(&setup.topic, &messages).await;
     let second_dir = tempfile::tempdir().unwrap();
     let second_config = second_dir.path().join("pipeline.toml");
     let text = std::fs::read_to_string(&setup.config).unwrap().replace(
@@ -127,43 +90,41 @@ async fn two_instances_in_one_group_share_the_partitions_and_store_every_row_onc
         &format!("{:?}", second_dir.path().join("checkpoint")),
     );
     std::fs::write(&second_config, text).unwrap();
-    // Small batches keep the run going well past the second member's join.
-    let args = ["--max-records-per-batch", "1000"];
-    let a = setup
-        .run(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let b = setup
-        .run_with(&second_config, &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (a, b) = (
-        wait(a, Duration::from_secs(600)),
-        wait(b, Duration::from_secs(600)),
+    let args = ["--max-records-per-batch", "5000"];
+    let a = Running::spawn(setup.run_triggered(&setup.config, "interval:200ms", &args));
+    let b = Running::spawn(setup.run_triggered(&second_config, "interval:200ms", &args));
+    wait_for_members(&setup.group, 2, Duration::from_secs(120));
+    produce(&setup.topic, &messages).await;
+
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let lag: i64 = committed_and_end(&setup.group, &setup.topic)
+            .iter()
+            .map(|(_, committed, end)| end - committed.unwrap_or(0))
+            .sum();
+        if lag == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{lag} messages not committed after 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (log_a, log_b) = (
+        a.terminate(Duration::from_secs(60)),
+        b.terminate(Duration::from_secs(60)),
     );
-    let (log_a, log_b) = (check(&a), check(&b));
-    let rows_of = |log: &str| -> u64 {
-        log.lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["numInputRows"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .sum()
-    };
-    let (ra, rb) = (rows_of(&log_a), rows_of(&log_b));
-    let session = session().await;
-    let rows = stored(&session, &setup.keyspace).await;
+    let (ra, rb) = (
+        progress_sum(&log_a, "numInputRows"),
+        progress_sum(&log_b, "numInputRows"),
+    );
+    eprintln!("instance a read {ra}, instance b read {rb}");
     if ra + rb != messages.len() as u64 {
         eprintln!("instance a:\n{log_a}\ninstance b:\n{log_b}");
     }
-    assert_exactly(&rows, &expected);
-    eprintln!("instance a read {ra}, instance b read {rb}");
+    let session = session().await;
+    assert_exactly(&stored(&session, &setup.keyspace).await, &expected);
     assert!(
         ra > 0 && rb > 0,
         "both instances took partitions: a {ra}, b {rb}"
@@ -197,15 +158,7 @@ async fn hostile_messages_go_to_the_dead_letter_topic_with_their_reason() {
     produce(&setup.topic, &messages).await;
     let out = setup.run(&[]).output().unwrap();
     let log = check(&out);
-    let dead: u64 = log
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["numDeadLetters"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let dead = progress_sum(&log, "numDeadLetters");
     assert_eq!(dead, 200, "every hostile message counted");
     let session = session().await;
     assert_exactly(&stored(&session, &setup.keyspace).await, &expected);

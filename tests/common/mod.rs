@@ -136,13 +136,23 @@ impl Setup {
     }
 
     pub fn run_with(&self, config: &std::path::Path, extra: &[&str]) -> Command {
+        self.run_triggered(config, "available-now", extra)
+    }
+
+    /// `coinstream run` with `config` and `trigger`, printing progress as JSON lines.
+    pub fn run_triggered(
+        &self,
+        config: &std::path::Path,
+        trigger: &str,
+        extra: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
         cmd.args([
             "run",
             "--config",
             config.to_str().unwrap(),
             "--trigger",
-            "available-now",
+            trigger,
             "--progress",
             "json",
         ]);
@@ -284,8 +294,8 @@ pub fn assert_exactly(
     }
 }
 
-/// Committed offsets of the group equal every partition's end.
-pub fn assert_committed_to_end(group: &str, topic: &str) {
+/// Each partition's committed offset in `group` (None when nothing is committed) and its end.
+pub fn committed_and_end(group: &str, topic: &str) -> Vec<(i32, Option<i64>, i64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", group)
@@ -298,17 +308,188 @@ pub fn assert_committed_to_end(group: &str, topic: &str) {
     let committed = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
         .unwrap();
-    for e in committed.elements() {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
-            .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+                .unwrap();
+            let at = match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            };
+            (e.partition(), at, high)
+        })
+        .collect()
+}
+
+/// Committed offsets of the group equal every partition's end.
+pub fn assert_committed_to_end(group: &str, topic: &str) {
+    for (partition, committed, end) in committed_and_end(group, topic) {
         assert_eq!(
-            e.offset(),
-            Offset::Offset(high),
-            "partition {} committed to its end",
-            e.partition()
+            committed,
+            Some(end),
+            "partition {partition} committed to its end"
         );
     }
+}
+
+/// Waits until `group` is stable with `members` members, each holding at least one partition.
+pub fn wait_for_members(group: &str, members: usize, limit: Duration) {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let list = client
+            .fetch_group_list(Some(group), Duration::from_secs(10))
+            .unwrap();
+        if let Some(g) = list.groups().first() {
+            // A member's assignment is the consumer protocol's bytes; more than the header of
+            // an empty assignment means it holds partitions.
+            let holding = g
+                .members()
+                .iter()
+                .filter(|m| m.assignment().is_some_and(|a| a.len() > 10))
+                .count();
+            if g.state() == "Stable" && g.members().len() == members && holding == members {
+                return;
+            }
+            last = format!("{} with {} members", g.state(), g.members().len());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("group {group} did not become stable with {members} members in {limit:?}: {last}");
+}
+
+/// A `coinstream` process whose standard error is read as it comes, so a long run never blocks
+/// on a full pipe.
+pub struct Running {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// The lines written so far.
+    pub fn log(&mut self) -> &[String] {
+        self.log.extend(self.lines.try_iter());
+        &self.log
+    }
+
+    /// Waits until the process printed `batches` progress lines; panics after `limit`.
+    pub fn wait_for_batches(&mut self, batches: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.log().iter().filter(|l| l.starts_with('{')).count() < batches {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {batches} batches after {limit:?}:\n{}",
+                self.log.join("\n")
+            );
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.log.push(line);
+            }
+        }
+    }
+
+    /// Collects what the process prints for `span`.
+    pub fn read_for(&mut self, span: Duration) {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.log.push(line);
+            }
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Kills the process with SIGKILL, as a crash, and returns what it printed.
+    pub fn kill(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.drain()
+    }
+
+    /// Stops the process with SIGTERM (a graceful stop); see [`Running::finish`].
+    pub fn terminate(self, limit: Duration) -> String {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {}", self.child.id());
+        self.finish(limit)
+    }
+
+    /// Waits for the process to exit and returns its whole log; panics when it does not exit
+    /// successfully within `limit`.
+    pub fn finish(mut self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "coinstream did not finish within {limit:?}:\n{}",
+                    self.log().join("\n")
+                );
+            }
+            self.read_for(Duration::from_millis(100));
+        };
+        let log = self.drain().join("\n");
+        assert!(status.success(), "coinstream failed ({status}):\n{log}");
+        log
+    }
+
+    /// Everything printed, once the process has exited (the reader ends at the pipe's end).
+    fn drain(&mut self) -> Vec<String> {
+        let mut log = std::mem::take(&mut self.log);
+        log.extend(self.lines.iter());
+        log
+    }
+}
+
+/// The sum of `field` over the JSON progress lines of a log.
+pub fn progress_sum(log: &str, field: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()[field]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
 }
 
 pub fn check(out: &Output) -> String {
@@ -319,22 +500,4 @@ pub fn check(out: &Output) -> String {
         out.status
     );
     err
-}
-
-pub fn wait(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "coinstream did not finish in {limit:?}:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
