@@ -28,9 +28,8 @@ impl KafkaDeadLetterSink {
             .brokers
             .clone()
             .unwrap_or_else(super::default_brokers);
-        let producer = super::client_config(&brokers, &config.properties)
+        let producer = super::client_config(&brokers, &[("linger.ms", "5")], &config.properties)
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
             .create()
             .map_err(|e| {
                 Error::config(

@@ -23,13 +23,18 @@ pub fn default_brokers() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-/// A client config with the brokers and the user's extra librdkafka properties.
+/// A client config with the brokers, coinstream's defaults, and the user's extra librdkafka
+/// properties (which override the defaults).
 fn client_config(
     brokers: &str,
+    defaults: &[(&str, &str)],
     properties: &std::collections::BTreeMap<String, String>,
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
     for (key, value) in properties {
         config.set(key, value);
     }

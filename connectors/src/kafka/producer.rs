@@ -23,12 +23,16 @@ pub struct TopicProducer {
 impl TopicProducer {
     /// A producer for `topic` on `brokers` (extra librdkafka properties in `properties`).
     pub fn new(brokers: &str, topic: &str, properties: &BTreeMap<String, String>) -> Result<Self> {
-        let producer = super::client_config(brokers, properties)
+        // Batched sends (never a flush per message); the user's properties may retune these,
+        // but not idempotence, which keeps a retried send from writing a trade twice.
+        let defaults = [
+            ("linger.ms", "10"),
+            ("compression.type", "lz4"),
+            ("queue.buffering.max.messages", "1000000"),
+        ];
+        let producer = super::client_config(brokers, &defaults, properties)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "10")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "1000000")
             .create()
             .map_err(|e| {
                 Error::config(
