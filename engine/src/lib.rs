@@ -32,6 +32,7 @@ pub mod checkpoint;
 pub mod context;
 pub mod decode;
 pub mod error;
+mod flat_json;
 pub mod offsets;
 pub mod progress;
 pub mod reference;

@@ -1,0 +1,665 @@
+//! A fast path for the usual shape of bus records: one flat JSON object per message whose keys and
+//! strings have no escapes and whose values are strings, numbers, booleans or null. It writes each
+//! value straight into its column, where arrow's JSON decoder first records every token on a tape
+//! and copies every string twice.
+//!
+//! Anything outside that shape (an escape, a nested value, a duplicate key, a value of the wrong
+//! kind, a missing required field, trailing bytes) makes it give up on the whole batch, and the
+//! caller decodes it with arrow's decoder instead. So the batches it does produce are exactly
+//! what arrow's decoder makes of the same messages: decimals and zoned timestamps go through the
+//! same parsing functions, and only the plain UTC form of a timestamp has its own, checked, path.
+
+use std::sync::Arc;
+
+use arrow::array::timezone::Tz;
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, PrimitiveBuilder,
+    StringBuilder, make_array,
+};
+use arrow::compute::kernels::cast_utils::{parse_decimal, string_to_datetime};
+use arrow::datatypes::{DataType, Decimal128Type, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+
+/// How one declared column is read.
+#[derive(Debug, Clone)]
+enum Kind {
+    Utf8,
+    Int64,
+    Int32,
+    Float64,
+    Boolean,
+    Decimal(u8, i8),
+    Timestamp(TimeUnit, Tz),
+}
+
+/// One column being filled.
+enum Column {
+    Utf8(StringBuilder),
+    Int64(Int64Builder),
+    Int32(Int32Builder),
+    Float64(Float64Builder),
+    Boolean(BooleanBuilder),
+    Decimal(PrimitiveBuilder<Decimal128Type>),
+    /// Timestamps of any unit, as their i64 values; typed when the batch is finished.
+    Timestamp(Int64Builder),
+}
+
+impl Column {
+    fn new(kind: &Kind, rows: usize) -> Self {
+        match kind {
+            Kind::Utf8 => Self::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            Kind::Int64 => Self::Int64(Int64Builder::with_capacity(rows)),
+            Kind::Int32 => Self::Int32(Int32Builder::with_capacity(rows)),
+            Kind::Float64 => Self::Float64(Float64Builder::with_capacity(rows)),
+            Kind::Boolean => Self::Boolean(BooleanBuilder::with_capacity(rows)),
+            Kind::Decimal(..) => Self::Decimal(PrimitiveBuilder::with_capacity(rows)),
+            Kind::Timestamp(..) => Self::Timestamp(Int64Builder::with_capacity(rows)),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Self::Utf8(b) => b.append_null(),
+            Self::Int64(b) | Self::Timestamp(b) => b.append_null(),
+            Self::Int32(b) => b.append_null(),
+            Self::Float64(b) => b.append_null(),
+            Self::Boolean(b) => b.append_null(),
+            Self::Decimal(b) => b.append_null(),
+        }
+    }
+
+    fn finish(self, data_type: &DataType) -> Option<ArrayRef> {
+        let array: ArrayRef = match self {
+            Self::Utf8(mut b) => Arc::new(b.finish()),
+            Self::Int64(mut b) => Arc::new(b.finish()),
+            Self::Int32(mut b) => Arc::new(b.finish()),
+            Self::Float64(mut b) => Arc::new(b.finish()),
+            Self::Boolean(mut b) => Arc::new(b.finish()),
+            Self::Decimal(mut b) => Arc::new(b.finish()),
+            Self::Timestamp(mut b) => Arc::new(b.finish()),
+        };
+        if array.data_type() == data_type {
+            return Some(array);
+        }
+        // Decimals and timestamps are built as their storage type (i128, i64); the declared type
+        // only adds precision and scale, or unit and zone.
+        let data = array.to_data().into_builder().data_type(data_type.clone());
+        data.build().ok().map(make_array)
+    }
+}
+
+/// Decodes batches of flat JSON objects into a declared schema; see the module docs.
+#[derive(Debug)]
+pub struct FlatDecoder {
+    schema: SchemaRef,
+    names: Vec<Box<[u8]>>,
+    kinds: Vec<Kind>,
+    nullable: Vec<bool>,
+}
+
+impl FlatDecoder {
+    /// A decoder for `schema`, or `None` when a column's type is not one this path reads (such
+    /// schemas always take arrow's decoder).
+    pub fn new(schema: SchemaRef) -> Option<Self> {
+        if schema.fields().len() > 64 {
+            return None;
+        }
+        let mut kinds = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            kinds.push(match field.data_type() {
+                DataType::Utf8 => Kind::Utf8,
+                DataType::Int64 => Kind::Int64,
+                DataType::Int32 => Kind::Int32,
+                DataType::Float64 => Kind::Float64,
+                DataType::Boolean => Kind::Boolean,
+                DataType::Decimal128(p, s) => Kind::Decimal(*p, *s),
+                DataType::Timestamp(unit, Some(zone)) => {
+                    Kind::Timestamp(*unit, zone.parse::<Tz>().ok()?)
+                }
+                _ => return None,
+            });
+        }
+        Some(Self {
+            names: schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_bytes().into())
+                .collect(),
+            nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
+            kinds,
+            schema,
+        })
+    }
+
+    /// The batch of `payloads`, one row each, or `None` if any of them is outside this path's
+    /// shape (see the module docs).
+    pub fn decode<'a>(
+        &self,
+        payloads: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Option<RecordBatch> {
+        let rows = payloads.len();
+        let mut columns: Vec<Column> = self.kinds.iter().map(|k| Column::new(k, rows)).collect();
+        for payload in payloads {
+            self.row(payload, &mut columns)?;
+        }
+        let arrays = columns
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| c.finish(f.data_type()))
+            .collect::<Option<Vec<_>>>()?;
+        RecordBatch::try_new(self.schema.clone(), arrays).ok()
+    }
+
+    /// Appends one message's row: exactly one value (or null) to every column.
+    fn row(&self, payload: &[u8], columns: &mut [Column]) -> Option<()> {
+        let mut cur = Cursor { b: payload, i: 0 };
+        let mut seen: u64 = 0;
+        // Records usually list their keys in the declared order: try the next field first.
+        let mut next = 0;
+        cur.ws();
+        cur.expect(b'{')?;
+        cur.ws();
+        if cur.peek() == Some(b'}') {
+            cur.i += 1;
+        } else {
+            loop {
+                cur.expect(b'"')?;
+                let key = cur.string()?;
+                cur.ws();
+                cur.expect(b':')?;
+                cur.ws();
+                match self.field_index(key.as_bytes(), next) {
+                    Some(f) => {
+                        if seen & (1 << f) != 0 {
+                            return None;
+                        }
+                        seen |= 1 << f;
+                        self.value(&mut cur, f, &mut columns[f])?;
+                        next = f + 1;
+                    }
+                    None => cur.skip_scalar()?,
+                }
+                cur.ws();
+                match cur.byte()? {
+                    b',' => cur.ws(),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        cur.ws();
+        if cur.i != payload.len() {
+            return None;
+        }
+        for (f, column) in columns.iter_mut().enumerate() {
+            if seen & (1 << f) == 0 {
+                if !self.nullable[f] {
+                    return None;
+                }
+                column.append_null();
+            }
+        }
+        Some(())
+    }
+
+    fn field_index(&self, key: &[u8], hint: usize) -> Option<usize> {
+        if self.names.get(hint).is_some_and(|n| **n == *key) {
+            return Some(hint);
+        }
+        self.names.iter().position(|n| **n == *key)
+    }
+
+    /// Reads the value of field `f` into its column.
+    fn value(&self, cur: &mut Cursor<'_>, f: usize, column: &mut Column) -> Option<()> {
+        if cur.peek()? == b'n' {
+            cur.literal(b"null")?;
+            if !self.nullable[f] {
+                return None;
+            }
+            column.append_null();
+            return Some(());
+        }
+        match (column, &self.kinds[f]) {
+            (Column::Utf8(b), _) => {
+                cur.expect(b'"')?;
+                b.append_value(cur.string()?);
+            }
+            (Column::Int64(b), _) => b.append_value(cur.integer()?.parse().ok()?),
+            (Column::Int32(b), _) => b.append_value(cur.integer()?.parse().ok()?),
+            (Column::Float64(b), _) => b.append_value(cur.number()?.parse().ok()?),
+            (Column::Boolean(b), _) => match cur.peek()? {
+                b't' => {
+                    cur.literal(b"true")?;
+                    b.append_value(true);
+                }
+                _ => {
+                    cur.literal(b"false")?;
+                    b.append_value(false);
+                }
+            },
+            (Column::Decimal(b), Kind::Decimal(precision, scale)) => {
+                let text = if cur.peek()? == b'"' {
+                    cur.i += 1;
+                    cur.string()?
+                } else {
+                    cur.number()?
+                };
+                b.append_value(parse_decimal::<Decimal128Type>(text, *precision, *scale).ok()?);
+            }
+            (Column::Timestamp(b), Kind::Timestamp(unit, zone)) => {
+                cur.expect(b'"')?;
+                b.append_value(timestamp(cur.string()?, *unit, zone)?);
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
+/// A timestamp string as a count of `unit` since the epoch, as arrow's JSON decoder computes it.
+fn timestamp(text: &str, unit: TimeUnit, zone: &Tz) -> Option<i64> {
+    let (seconds, nanos) = match plain_utc(text.as_bytes()) {
+        Some(parsed) => parsed,
+        None => {
+            let at = string_to_datetime(zone, text).ok()?;
+            (at.timestamp(), at.timestamp_subsec_nanos() as i64)
+        }
+    };
+    match unit {
+        TimeUnit::Second => Some(seconds),
+        TimeUnit::Millisecond => seconds.checked_mul(1_000)?.checked_add(nanos / 1_000_000),
+        TimeUnit::Microsecond => seconds.checked_mul(1_000_000)?.checked_add(nanos / 1_000),
+        TimeUnit::Nanosecond => seconds.checked_mul(1_000_000_000)?.checked_add(nanos),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, the form the connectors and exchanges write, as seconds since
+/// the epoch and nanoseconds; `None` for anything else (an invalid date included).
+fn plain_utc(b: &[u8]) -> Option<(i64, i64)> {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || *b.last()? != b'Z' {
+        return None;
+    }
+    let digits = |from: usize, to: usize| -> Option<i64> {
+        b[from..to].iter().try_fold(0i64, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + (c - b'0') as i64)
+        })
+    };
+    let (year, month, day) = (digits(0, 4)?, digits(5, 7)?, digits(8, 10)?);
+    let (hour, minute, second) = (digits(11, 13)?, digits(14, 16)?, digits(17, 19)?);
+    let nanos = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', fraction @ ..] if (1..=9).contains(&fraction.len()) => {
+            digits(20, b.len() - 1)? * 10i64.pow(9 - fraction.len() as u32)
+        }
+        _ => return None,
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month) || day < 1 || day > month_days[month as usize - 1] {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    Some((
+        days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second,
+        nanos,
+    ))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A position in one message.
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn expect(&mut self, c: u8) -> Option<()> {
+        (self.byte()? == c).then_some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// The rest of a string whose opening quote was read; `None` on an escape, a control
+    /// character or invalid UTF-8.
+    fn string(&mut self) -> Option<&'a str> {
+        let start = self.i;
+        loop {
+            match self.byte()? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => {}
+            }
+        }
+        std::str::from_utf8(&self.b[start..self.i - 1]).ok()
+    }
+
+    /// A JSON number's text: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn number(&mut self) -> Option<&'a str> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.byte()? {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.digit()?;
+            self.digits();
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.digit()?;
+            self.digits();
+        }
+        // Only ASCII was consumed.
+        std::str::from_utf8(&self.b[start..self.i]).ok()
+    }
+
+    /// A number with neither fraction nor exponent.
+    fn integer(&mut self) -> Option<&'a str> {
+        let text = self.number()?;
+        (!text.contains(['.', 'e', 'E'])).then_some(text)
+    }
+
+    fn digit(&mut self) -> Option<()> {
+        self.byte()?.is_ascii_digit().then_some(())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+    }
+
+    /// Skips the value of a key not in the schema; only scalars are skipped.
+    fn skip_scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                self.string().map(drop)
+            }
+            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            _ => self.number().map(drop),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{Field, Schema};
+    use arrow::json::ReaderBuilder;
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("trade_id", DataType::Int64, false),
+            Field::new("seq", DataType::Int32, true),
+            Field::new("price", DataType::Decimal128(28, 10), false),
+            Field::new("ratio", DataType::Float64, true),
+            Field::new("maker", DataType::Boolean, true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new(
+                "at_ns",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new(
+                "at_ms",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into())),
+                true,
+            ),
+        ]))
+    }
+
+    /// What arrow's own JSON decoder makes of the same messages.
+    fn arrow_decode(schema: &SchemaRef, messages: &[String]) -> Option<RecordBatch> {
+        let mut decoder = ReaderBuilder::new(schema.clone())
+            .with_batch_size(messages.len() + 1)
+            .build_decoder()
+            .unwrap();
+        for m in messages {
+            decoder.decode(m.as_bytes()).ok()?;
+        }
+        let batch = decoder.flush().ok()??;
+        (batch.num_rows() == messages.len()).then_some(batch)
+    }
+
+    fn flat_decode(schema: &SchemaRef, messages: &[String]) -> Option<RecordBatch> {
+        FlatDecoder::new(schema.clone())
+            .unwrap()
+            .decode(messages.iter().map(|m| m.as_bytes()))
+    }
+
+    /// A small deterministic generator, so a failure can be replayed.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// A message with random values, key order, spacing, nulls, missing and unknown keys.
+    fn random_message(rng: &mut Lcg) -> String {
+        let digits = |rng: &mut Lcg, n: u64| -> String {
+            (0..1 + rng.next(n))
+                .map(|_| rng.next(10).to_string())
+                .collect()
+        };
+        let stamp = |rng: &mut Lcg| -> String {
+            let fraction = match rng.next(4) {
+                0 => String::new(),
+                _ => format!(".{}", digits(rng, 9)),
+            };
+            let zone = ["Z", "Z", "Z", "+01:00", "-05:30"][rng.next(5) as usize];
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}{zone}",
+                1950 + rng.next(150),
+                1 + rng.next(12),
+                1 + rng.next(28),
+                rng.next(24),
+                rng.next(60),
+                rng.next(60),
+            )
+        };
+        let mut pairs = vec![
+            format!(
+                "\"symbol\":\"{}\"",
+                ["BTC-USD", "ETH-USD", "ÉTÉ-€", "", "A\\\"B"][match rng.next(10) {
+                    9 => 4,
+                    n => n as usize % 4,
+                }]
+            ),
+            format!("\"trade_id\":{}", rng.next(1 << 62) as i64 - (1 << 61)),
+            format!(
+                "\"price\":{}",
+                match rng.next(4) {
+                    0 => format!("{}.{}", 1 + rng.next(9), digits(rng, 12)),
+                    1 => format!("\"{}\"", digits(rng, 8)),
+                    _ => format!("\"{}.{}\"", digits(rng, 10), digits(rng, 14)),
+                }
+            ),
+        ];
+        let optional = [
+            ("seq", format!("{}", rng.next(1 << 31) as i64 - (1 << 30))),
+            (
+                "ratio",
+                format!("{}.{}e-{}", 1 + rng.next(9), digits(rng, 6), rng.next(5)),
+            ),
+            ("maker", ["true", "false"][rng.next(2) as usize].to_owned()),
+            ("at", format!("\"{}\"", stamp(rng))),
+            ("at_ns", format!("\"{}\"", stamp(rng))),
+            ("at_ms", format!("\"{}\"", stamp(rng))),
+            (
+                "extra",
+                ["1", "\"x\"", "null", "true", "-2.5e3"][rng.next(5) as usize].into(),
+            ),
+        ];
+        for (key, value) in optional {
+            match rng.next(5) {
+                0 => {}
+                1 => pairs.push(format!("\"{key}\":null")),
+                _ => pairs.push(format!("\"{key}\":{value}")),
+            }
+        }
+        if rng.next(3) == 0 {
+            for i in (1..pairs.len()).rev() {
+                pairs.swap(i, rng.next(i as u64 + 1) as usize);
+            }
+        }
+        let gap = [" ", "", "\n", "\t "][rng.next(4) as usize];
+        format!("{{{gap}{}{gap}}}", pairs.join(&format!(",{gap}")))
+    }
+
+    #[test]
+    fn matches_arrows_decoder_on_every_batch_it_takes() {
+        let schema = schema();
+        let mut rng = Lcg(7);
+        let (mut taken, mut total) = (0, 0);
+        for _ in 0..400 {
+            let messages: Vec<String> = (0..1 + rng.next(8))
+                .map(|_| random_message(&mut rng))
+                .collect();
+            total += 1;
+            if let Some(flat) = flat_decode(&schema, &messages) {
+                taken += 1;
+                let arrow = arrow_decode(&schema, &messages).unwrap_or_else(|| {
+                    panic!("arrow rejects what the fast path took: {messages:#?}")
+                });
+                assert_eq!(flat, arrow, "{messages:#?}");
+            }
+        }
+        // Escapes and the odd out-of-range date send some batches to arrow's decoder; most
+        // must stay on the fast path, or it serves no purpose.
+        assert!(
+            taken * 3 > total,
+            "fast path took {taken} of {total} batches"
+        );
+    }
+
+    #[test]
+    fn gives_up_on_what_it_does_not_read() {
+        let schema = schema();
+        let base = r#""symbol":"BTC-USD","trade_id":1,"price":"2.5""#;
+        for message in [
+            format!("{{{base},\"nested\":{{\"a\":1}}}}"),
+            format!("{{{base},\"symbol\":\"again\"}}"),
+            format!("{{{base}}}{{{base}}}"),
+            format!("{{{base}"),
+            format!("{{{base},\"trade_id\":2}}"),
+            r#"{"symbol":"BTC-USD","trade_id":"1","price":"2.5"}"#.into(),
+            r#"{"symbol":"BTC\nUSD","trade_id":1,"price":"2.5"}"#.into(),
+            r#"{"symbol":"BTC-USD","trade_id":1.0,"price":"2.5"}"#.into(),
+            r#"{"symbol":"BTC-USD","trade_id":01,"price":"2.5"}"#.into(),
+            r#"{"symbol":"BTC-USD","trade_id":1,"price":"abc"}"#.into(),
+            r#"{"symbol":"BTC-USD","trade_id":1}"#.into(),
+            r#"{"symbol":null,"trade_id":1,"price":"2.5"}"#.into(),
+            format!("{{{base},\"at\":\"2026-02-30T00:00:00Z\"}}"),
+            format!("{{{base},\"at\":1700000000}}"),
+            format!("[{base}]"),
+        ] {
+            assert!(
+                flat_decode(&schema, std::slice::from_ref(&message)).is_none(),
+                "{message}"
+            );
+        }
+        let clean = format!("{{{base},\"at\":\"2026-11-20T14:00:00.123456Z\"}}");
+        let batch =
+            flat_decode(&schema, std::slice::from_ref(&clean)).expect("a clean message is taken");
+        assert_eq!(batch, arrow_decode(&schema, &[clean]).unwrap());
+    }
+
+    #[test]
+    fn plain_utc_timestamps_agree_with_arrows_parser() {
+        let mut rng = Lcg(11);
+        for _ in 0..20_000 {
+            let text = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{}Z",
+                rng.next(10_000),
+                1 + rng.next(12),
+                1 + rng.next(31),
+                rng.next(24),
+                rng.next(60),
+                rng.next(60),
+                match rng.next(10) as usize {
+                    0 => String::new(),
+                    n => format!(".{}", &format!("{:09}", rng.next(1_000_000_000))[..n]),
+                },
+            );
+            let ours = plain_utc(text.as_bytes());
+            let arrow = string_to_datetime(&chrono::Utc, &text)
+                .ok()
+                .map(|t| (t.timestamp(), t.timestamp_subsec_nanos() as i64));
+            match ours {
+                Some(ours) => assert_eq!(Some(ours), arrow, "{text}"),
+                // The only dates refused are ones that do not exist.
+                None => assert!(arrow.is_none() || text.len() < 20, "{text}: {arrow:?}"),
+            }
+        }
+    }
+}
