@@ -3,12 +3,12 @@
 //! publishes what was already read and is flushed, the process exits 0.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use connectors::coinbase::config::{CoinbaseConfig, FeedKind};
 use connectors::coinbase::gaps::TradeTracker;
+use connectors::common::counters::{CounterSet, add};
 use connectors::gateio::config::GateioConfig;
 use connectors::kafka::producer::TopicProducer;
 use tokio::sync::{mpsc, watch};
@@ -127,7 +127,7 @@ async fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<()> {
             MAX_BATCH,
             |t| (t.record.symbol.clone(), t.record.to_json()),
             |n| {
-                counters.published.fetch_add(n, Ordering::Relaxed);
+                add(&counters.published, n);
             },
         )
         .await;
@@ -196,7 +196,7 @@ async fn gateio(args: IngestGateioArgs) -> anyhow::Result<()> {
             MAX_BATCH,
             |c: connectors::gateio::candles::CandleRecord| (c.currency_pair.clone(), c.to_json()),
             |n| {
-                counters.published.fetch_add(n, Ordering::Relaxed);
+                add(&counters.published, n);
             },
         )
         .await;

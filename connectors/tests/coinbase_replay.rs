@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use connectors::coinbase::client::{self, FeedTask, ReceivedTrade};
 use connectors::coinbase::config::{CoinbaseConfig, FeedKind, Settings};
 use connectors::coinbase::gaps::TradeTracker;
+use connectors::common::counters::CounterSet;
 use connectors::common::trade::TradeRecord;
 use connectors::kafka::producer::TopicProducer;
 use engine::{Offsets, Poll, PollLimits, StartRequest};

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use connectors::common::counters::CounterSet;
 use connectors::gateio::candles::CandleRecord;
 use connectors::gateio::config::{GateioConfig, Settings};
 use connectors::gateio::poller::{self, Counters};

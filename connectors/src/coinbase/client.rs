@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use futures::{SinkExt, StreamExt};
@@ -23,6 +23,7 @@ use super::config::{FeedKind, Settings};
 use super::feed::{self, FeedEvent};
 use super::gaps::{Lost, Seen, TradeTracker};
 use crate::common::backoff::Backoff;
+use crate::common::counters::{CounterSet, add, read};
 use crate::common::excerpt::excerpt;
 use crate::common::trade::{TradeRecord, rfc3339_micros};
 use crate::common::websocket::{self, WsStream};
@@ -66,60 +67,30 @@ pub struct Counters {
     pub lost_trades: AtomicU64,
 }
 
-impl Counters {
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Every counter by name, plus `skipped` (duplicates and unknown products) and `errors`
-    /// (exchange errors and unusable frames).
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let duplicates = get(&self.duplicates);
-        let unknown = get(&self.unknown_products);
-        let exchange_errors = get(&self.exchange_errors);
-        let invalid = get(&self.invalid);
+impl CounterSet for Counters {
+    /// Every counter, plus `skipped` (duplicates and unknown products) and `errors` (exchange
+    /// errors and unusable frames).
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let duplicates = read(&self.duplicates);
+        let unknown = read(&self.unknown_products);
+        let exchange_errors = read(&self.exchange_errors);
+        let invalid = read(&self.invalid);
         vec![
-            ("messages_in", get(&self.messages_in)),
-            ("trades", get(&self.trades)),
-            ("published", get(&self.published)),
+            ("messages_in", read(&self.messages_in)),
+            ("trades", read(&self.trades)),
+            ("published", read(&self.published)),
             ("skipped", duplicates + unknown),
             ("duplicates", duplicates),
             ("unknown_products", unknown),
             ("errors", exchange_errors + invalid),
             ("exchange_errors", exchange_errors),
             ("invalid", invalid),
-            ("reconnects", get(&self.reconnects)),
-            ("connect_failures", get(&self.connect_failures)),
-            ("idle_timeouts", get(&self.idle_timeouts)),
-            ("gaps", get(&self.gaps)),
-            ("lost_trades", get(&self.lost_trades)),
+            ("reconnects", read(&self.reconnects)),
+            ("connect_failures", read(&self.connect_failures)),
+            ("idle_timeouts", read(&self.idle_timeouts)),
+            ("gaps", read(&self.gaps)),
+            ("lost_trades", read(&self.lost_trades)),
         ]
-    }
-
-    /// The value of counter `name` from [`Counters::snapshot`] (0 if there is none).
-    pub fn get(&self, name: &str) -> u64 {
-        self.snapshot()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, v)| v)
-    }
-
-    /// Logs every counter at `info`.
-    pub fn log(&self, message: &'static str) {
-        let c: std::collections::BTreeMap<_, _> = self.snapshot().into_iter().collect();
-        tracing::info!(
-            messages_in = c["messages_in"],
-            published = c["published"],
-            skipped = c["skipped"],
-            errors = c["errors"],
-            reconnects = c["reconnects"],
-            gaps = c["gaps"],
-            lost_trades = c["lost_trades"],
-            duplicates = c["duplicates"],
-            unknown_products = c["unknown_products"],
-            "{message}"
-        );
     }
 }
 
@@ -221,13 +192,13 @@ impl Client {
             connected = websocket::connect(&url, self.settings.connect_timeout) => match connected {
                 Ok(ws) => ws,
                 Err(e) => {
-                    Counters::add(&self.counters.connect_failures, 1);
+                    add(&self.counters.connect_failures, 1);
                     return End::Lost(format!("cannot connect: {e}"));
                 }
             },
         };
         if self.connections > 0 {
-            Counters::add(&self.counters.reconnects, 1);
+            add(&self.counters.reconnects, 1);
         }
         self.connections += 1;
         // The feed disconnects a client that has not subscribed within 5 s: subscribe first.
@@ -257,7 +228,7 @@ impl Client {
             };
             let bytes = match next {
                 Err(_) => {
-                    Counters::add(&self.counters.idle_timeouts, 1);
+                    add(&self.counters.idle_timeouts, 1);
                     return End::Lost(format!("no message for {idle:?}"));
                 }
                 Ok(None) => return End::Lost("the server closed the connection".into()),
@@ -282,7 +253,7 @@ impl Client {
     }
 
     async fn frame(&mut self, bytes: &[u8]) -> Result<(), End> {
-        Counters::add(&self.counters.messages_in, 1);
+        add(&self.counters.messages_in, 1);
         let received_at = SystemTime::now();
         let ingest_time = rfc3339_micros(chrono::Utc::now());
         match self.settings.feed {
@@ -310,7 +281,7 @@ impl Client {
                 self.healthy = true;
                 match self.tracker.trade(&record.symbol, record.trade_id) {
                     Seen::Duplicate => {
-                        Counters::add(&self.counters.duplicates, 1);
+                        add(&self.counters.duplicates, 1);
                         tracing::trace!(product = %record.symbol, trade_id = record.trade_id, last_match, "Replayed trade skipped.");
                         return Ok(());
                     }
@@ -320,9 +291,9 @@ impl Client {
                         }
                     }
                 }
-                Counters::add(&self.counters.trades, 1);
+                add(&self.counters.trades, 1);
                 if record.coin_name.is_none() {
-                    Counters::add(&self.counters.unknown_products, 1);
+                    add(&self.counters.unknown_products, 1);
                     if self.warned_unknown.insert(record.symbol.clone()) {
                         tracing::warn!(
                             product = %record.symbol,
@@ -359,7 +330,7 @@ impl Client {
                 Ok(())
             }
             FeedEvent::Error { message, reason } => {
-                Counters::add(&self.counters.exchange_errors, 1);
+                add(&self.counters.exchange_errors, 1);
                 tracing::warn!(
                     message = %message,
                     reason = reason.as_deref().unwrap_or(""),
@@ -374,7 +345,7 @@ impl Client {
                 Ok(())
             }
             FeedEvent::Invalid(reason) => {
-                Counters::add(&self.counters.invalid, 1);
+                add(&self.counters.invalid, 1);
                 tracing::warn!(reason = %reason, frame = %excerpt(frame), "Unusable feed message skipped.");
                 Ok(())
             }
@@ -382,8 +353,8 @@ impl Client {
     }
 
     fn lost(&self, product: &str, lost: Lost, why: &'static str) {
-        Counters::add(&self.counters.gaps, 1);
-        Counters::add(&self.counters.lost_trades, lost.count());
+        add(&self.counters.gaps, 1);
+        add(&self.counters.lost_trades, lost.count());
         // Data loss: ERROR, per the logging rules.
         tracing::error!(
             product,

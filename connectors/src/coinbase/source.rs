@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use engine::{
@@ -27,6 +26,7 @@ use tokio::sync::watch;
 use super::client::{self, Counters, FeedTask, ReceivedTrade};
 use super::config::{CoinbaseConfig, Settings};
 use super::gaps::TradeTracker;
+use crate::common::counters::{CounterSet, add};
 
 /// Trades buffered between the client and the engine; the client stops reading when it is full.
 const CHANNEL_CAPACITY: usize = 100_000;
@@ -171,9 +171,10 @@ impl Source for CoinbaseSource {
 
     async fn commit(&mut self, _end: &Offsets) -> Result<()> {
         // Nothing to acknowledge to the exchange; the batch is now published.
-        self.counters
-            .published
-            .fetch_add(std::mem::take(&mut self.handed_out), Ordering::Relaxed);
+        add(
+            &self.counters.published,
+            std::mem::take(&mut self.handed_out),
+        );
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use super::candles::{Candle, parse_rows};
 use super::config::{Interval, Settings};
 use super::poller::Counters;
 use crate::common::backoff::Backoff;
+use crate::common::counters::add;
 use crate::common::excerpt::excerpt;
 use crate::common::http::{HttpClient, Response};
 
@@ -100,7 +101,7 @@ impl GateClient {
                     tokio::time::sleep(wait).await;
                 }
             }
-            Counters::add(&self.counters.requests, 1);
+            add(&self.counters.requests, 1);
             let transient = match self.http.get(&url).await {
                 Err(e) => e.with_causes(),
                 Ok(response) => {
@@ -116,7 +117,7 @@ impl GateClient {
                     }
                     let described = describe(&url, &response);
                     if status == StatusCode::TOO_MANY_REQUESTS {
-                        Counters::add(&self.counters.rate_limited, 1);
+                        add(&self.counters.rate_limited, 1);
                         rate_limited += 1;
                         if rate_limited > MAX_RATE_LIMITED_WAITS {
                             return Err(self.error(
@@ -133,7 +134,7 @@ impl GateClient {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
-                    Counters::add(&self.counters.errors, 1);
+                    add(&self.counters.errors, 1);
                     if !(status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT) {
                         return Err(self.error(described, Retry::Permanent));
                     }
@@ -147,7 +148,7 @@ impl GateClient {
                     Retry::Transient,
                 ));
             }
-            Counters::add(&self.counters.retries, 1);
+            add(&self.counters.retries, 1);
             let wait = self.backoff.next_delay();
             tracing::warn!(
                 error = %transient,

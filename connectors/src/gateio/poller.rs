@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use engine::{Error, Result};
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::candles::CandleRecord;
 use super::client::{GateClient, Request};
 use super::config::{MAX_POINTS_PER_REQUEST, Settings};
+use crate::common::counters::{CounterSet, add, read};
 use crate::common::trade::rfc3339_micros;
 
 /// Re-polls, `poll_delay` apart, while the window that just ended is not closed yet.
@@ -48,51 +49,22 @@ pub struct Counters {
     pub legacy_rows: AtomicU64,
 }
 
-impl Counters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Every counter by name, plus `skipped` (open windows and duplicates).
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+impl CounterSet for Counters {
+    /// Every counter, plus `skipped` (open windows and duplicates).
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![
-            ("requests", get(&self.requests)),
-            ("messages_in", get(&self.rows_in)),
-            ("published", get(&self.published)),
-            ("skipped", get(&self.open_windows) + get(&self.duplicates)),
-            ("open_windows", get(&self.open_windows)),
-            ("duplicates", get(&self.duplicates)),
-            ("errors", get(&self.errors)),
-            ("retries", get(&self.retries)),
-            ("rate_limited", get(&self.rate_limited)),
-            ("gaps", get(&self.gaps)),
-            ("legacy_rows", get(&self.legacy_rows)),
+            ("requests", read(&self.requests)),
+            ("messages_in", read(&self.rows_in)),
+            ("published", read(&self.published)),
+            ("skipped", read(&self.open_windows) + read(&self.duplicates)),
+            ("open_windows", read(&self.open_windows)),
+            ("duplicates", read(&self.duplicates)),
+            ("errors", read(&self.errors)),
+            ("retries", read(&self.retries)),
+            ("rate_limited", read(&self.rate_limited)),
+            ("gaps", read(&self.gaps)),
+            ("legacy_rows", read(&self.legacy_rows)),
         ]
-    }
-
-    /// The value of counter `name` from [`Counters::snapshot`] (0 if there is none).
-    pub fn get(&self, name: &str) -> u64 {
-        self.snapshot()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, v)| v)
-    }
-
-    /// Logs every counter at `info`.
-    pub fn log(&self, message: &'static str) {
-        let c: BTreeMap<_, _> = self.snapshot().into_iter().collect();
-        tracing::info!(
-            requests = c["requests"],
-            messages_in = c["messages_in"],
-            published = c["published"],
-            skipped = c["skipped"],
-            errors = c["errors"],
-            retries = c["retries"],
-            rate_limited = c["rate_limited"],
-            gaps = c["gaps"],
-            "{message}"
-        );
     }
 }
 
@@ -251,13 +223,13 @@ impl Poller {
         let secs = self.settings.interval.secs();
         let now = now_secs();
         let ingest_time = rfc3339_micros(chrono::Utc::now());
-        Counters::add(&self.counters.rows_in, rows.len() as u64);
+        add(&self.counters.rows_in, rows.len() as u64);
         let mut candles = Vec::with_capacity(rows.len());
         for row in rows {
             match row {
                 Ok(c) => candles.push(c),
                 Err(reason) => {
-                    Counters::add(&self.counters.errors, 1);
+                    add(&self.counters.errors, 1);
                     tracing::warn!(pair, reason = %reason, "Unusable candlestick row skipped.");
                 }
             }
@@ -268,12 +240,12 @@ impl Poller {
             let closed = match candle.closed {
                 Some(closed) => closed,
                 None => {
-                    Counters::add(&self.counters.legacy_rows, 1);
+                    add(&self.counters.legacy_rows, 1);
                     candle.window_start + secs <= now
                 }
             };
             if !closed {
-                Counters::add(&self.counters.open_windows, 1);
+                add(&self.counters.open_windows, 1);
                 continue;
             }
             let watermark = self.watermark.get(pair).copied();
@@ -281,13 +253,13 @@ impl Poller {
                 || candle.window_start > to
                 || watermark.is_some_and(|w| candle.window_start <= w)
             {
-                Counters::add(&self.counters.duplicates, 1);
+                add(&self.counters.duplicates, 1);
                 continue;
             }
             if let Some(w) = watermark {
                 let missing = (candle.window_start - w) / secs - 1;
                 if missing > 0 {
-                    Counters::add(&self.counters.gaps, missing as u64);
+                    add(&self.counters.gaps, missing as u64);
                     tracing::debug!(pair, after = w, missing, "Windows without a candle.");
                 }
             }
