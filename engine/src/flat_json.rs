@@ -226,7 +226,11 @@ impl FlatDecoder {
             }
             (Column::Int64(b), _) => b.append_value(cur.integer()?.parse().ok()?),
             (Column::Int32(b), _) => b.append_value(cur.integer()?.parse().ok()?),
-            (Column::Float64(b), _) => b.append_value(cur.number()?.parse().ok()?),
+            (Column::Float64(b), _) => {
+                // Out of range (1e400) is left to arrow's decoder to judge.
+                let value: f64 = cur.number()?.parse().ok()?;
+                b.append_value(value.is_finite().then_some(value)?);
+            }
             (Column::Boolean(b), _) => match cur.peek()? {
                 b't' => {
                     cur.literal(b"true")?;
