@@ -22,13 +22,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a replay of an uncommitted batch may wait for its partitions and messages.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// librdkafka's prefetch, unless the config's `properties` say otherwise. By default it keeps
-/// 100,000 messages per partition queued and, once its queue is full, waits
-/// `fetch.queue.backoff.ms` (1 s) before fetching that partition again; a consumer that drains
-/// faster than that sat idle between bursts (half the wall time of a 1M-trade backlog with the
-/// null sink). A deeper queue keeps it fed; `queued.max.messages.kbytes` (64 MiB) still bounds
-/// the memory.
-const PREFETCH_DEFAULTS: &[(&str, &str)] = &[("queued.min.messages", "1000000")];
+/// librdkafka's prefetch, unless the config's `properties` say otherwise. By default librdkafka
+/// keeps up to 100,000 messages per partition queued and, whenever a partition's queue is full,
+/// waits `fetch.queue.backoff.ms` (1 s) before fetching it again: a consumer that drains faster
+/// than that sat idle between bursts. Measured on a 1M-trade backlog, 6 partitions, null sink:
+/// librdkafka's defaults 6.3 s and 198 MB peak RSS; these 2.3 s and 164 MB, with the same CPU
+/// (and the same 21 s to Cassandra, where 1,000,000 queued messages used 344 MB).
+const PREFETCH_DEFAULTS: &[(&str, &str)] = &[
+    ("queued.min.messages", "20000"),
+    ("fetch.queue.backoff.ms", "20"),
+];
 
 /// Once records have arrived, how long a poll waits for more before handing them over: enough to
 /// take a whole fetch response, short enough not to hold a live trade back.
