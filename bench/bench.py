@@ -594,9 +594,11 @@ def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
                 f"| {ratio(lc and lc.get('p99_ms'), ls and ls.get('p99_ms'), False)} |"
             )
         lines += ["", "Throughput ratios: higher is better for coinstream; CPU, RSS, first-batch and latency "
-                  "ratios: lower is better (0.10× = a tenth of Spark's). Live p99: coinstream's best trigger above.",
-                  "", f"coinstream, Kafka source tuned: the same config plus `[source] properties = "
-                  f"{json.dumps(TUNED_SOURCE_PROPERTIES)}` (librdkafka), to show what the source's prefetch costs."]
+                  "ratios: lower is better (0.10× = a tenth of Spark's). Live p99: coinstream's best trigger above."]
+        if "coinstream_tuned" in engines:
+            lines += ["", f"coinstream, Kafka source tuned: the same config plus `[source] properties = "
+                      f"{json.dumps(TUNED_SOURCE_PROPERTIES)}` (librdkafka), to show what the source's prefetch "
+                      "costs and gains."]
     lines += ["", "## Checks", ""]
     for r in runs:
         if r["sink"] != "cassandra":
