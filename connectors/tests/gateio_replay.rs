@@ -511,3 +511,82 @@ async fn a_single_live_poll_publishes_only_closed_windows() {
     assert_eq!(counters.get("open_windows"), 1);
     assert_eq!(counters.get("legacy_rows"), 1);
 }
+
+/// The schedule that replaces the seeds' Airflow runs: with 1-second windows it polls after
+/// every boundary, polls again while the window that just ended is not closed yet (the server
+/// closes a window 250 ms after it ends, as Gate.io marks it a moment late), and publishes every
+/// closed window once, in order, with no gap, until it is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_schedule_publishes_every_window_once_as_it_closes() {
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+    let handler: Arc<Handler> = Arc::new(move |_, seen| {
+        let (f, t) = (query_i64(seen, "from"), query_i64(seen, "to"));
+        let at = now_ms();
+        let body: Vec<String> = (f..=t)
+            .filter(|s| s * 1000 <= at)
+            .map(|s| row(s, (s + 1) * 1000 + 250 <= at))
+            .collect();
+        Reply::json(format!("[{}]", body.join(",")))
+    });
+    let server = serve(handler).await;
+    let mut config = GateioConfig::new(vec!["BTC_USDT".into()]);
+    config.base_url = server.base.clone();
+    config.interval = "1s".into();
+    config.lookback_windows = 5;
+    config.poll_delay_ms = 100;
+    config.request_timeout_ms = 5_000;
+    let settings = config.validate().unwrap();
+    let (tx, mut rx) = mpsc::channel(1_000);
+    let (stop, shutdown) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    let started = now_secs();
+    let schedule = tokio::spawn(poller::run(settings, tx, shutdown, counters.clone()));
+
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_millis(4_500);
+    while let Ok(Some(c)) = tokio::time::timeout_at(until.into(), rx.recv()).await {
+        got.push(c);
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), schedule)
+        .await
+        .expect("the schedule stops when asked")
+        .unwrap()
+        .unwrap();
+    let ended = now_secs();
+
+    let starts: Vec<i64> = got
+        .iter()
+        .map(|c| {
+            chrono::DateTime::parse_from_rfc3339(&c.window_start)
+                .unwrap()
+                .timestamp()
+        })
+        .collect();
+    let seen = server.seen.lock().unwrap().clone();
+    let first_from = query_i64(&seen[0], "from");
+    assert_eq!(starts.first(), Some(&first_from), "{starts:?}");
+    assert!(
+        starts.windows(2).all(|w| w[1] == w[0] + 1),
+        "every window once, in order, no gap: {starts:?}"
+    );
+    let last = *starts.last().unwrap();
+    assert!(
+        last >= started + 2 && last < ended,
+        "windows that closed while it ran are published, open ones are not: last {last}, ran {started}..{ended}"
+    );
+    // One poll at start, one after each boundary, and at least one more that came back for a
+    // window still open 100 ms after its end.
+    let boundaries = (ended - started) as usize;
+    assert!(
+        seen.len() > boundaries + 1,
+        "{} requests over {boundaries} boundaries",
+        seen.len()
+    );
+    assert!(
+        counters.get("open_windows") > 0,
+        "open windows are counted, not published: {:?}",
+        counters.snapshot()
+    );
+    assert_eq!(counters.get("duplicates"), 0, "{:?}", counters.snapshot());
+}

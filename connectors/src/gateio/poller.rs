@@ -121,10 +121,13 @@ pub async fn run(
         return Ok(());
     }
     loop {
-        let now = now_secs();
-        let next_boundary = (now.div_euclid(secs) + 1) * secs;
-        let mut wait =
-            Duration::from_secs((next_boundary - now).max(0) as u64) + poller.settings.poll_delay;
+        // In milliseconds: a wait computed from whole seconds could start a 1 s window's poll
+        // almost a whole window late.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let window_ms = secs * 1000;
+        let next_boundary_ms = (now_ms.div_euclid(window_ms) + 1) * window_ms;
+        let mut wait = Duration::from_millis((next_boundary_ms - now_ms).max(0) as u64)
+            + poller.settings.poll_delay;
         for attempt in 0..=MAX_CATCH_UP_POLLS {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
