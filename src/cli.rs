@@ -137,6 +137,12 @@ pub struct IngestGateioArgs {
     /// One poll (or one backfill), then exit 0: for schedulers such as Airflow.
     #[arg(long)]
     pub once: bool,
+    /// A file that keeps the last published window per pair between runs, so separate runs
+    /// (`--once` from a scheduler) publish each window once and resume where the last one ended;
+    /// written after Kafka acknowledged the run's candles. Windows at or before it are skipped,
+    /// in a backfill too: delete the file to publish them again.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
     /// Kafka brokers (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
     #[arg(long)]
     pub brokers: Option<String>,

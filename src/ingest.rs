@@ -10,6 +10,7 @@ use connectors::coinbase::config::{CoinbaseConfig, FeedKind};
 use connectors::coinbase::gaps::TradeTracker;
 use connectors::common::counters::{CounterSet, add};
 use connectors::gateio::config::GateioConfig;
+use connectors::gateio::state::PublishedState;
 use connectors::kafka::producer::TopicProducer;
 use tokio::sync::{mpsc, watch};
 
@@ -175,11 +176,17 @@ async fn gateio(args: IngestGateioArgs) -> anyhow::Result<()> {
         topic = %args.topic,
         "Ingesting Gate.io candles."
     );
+    let mut state = match &args.state {
+        Some(path) => PublishedState::load(path)?,
+        None => PublishedState::default(),
+    };
+    let interval = settings.interval.name().to_owned();
     let (_stop, shutdown) = stop_on_signal();
     let counters = Arc::new(connectors::gateio::poller::Counters::default());
     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
     let poller = tokio::spawn(connectors::gateio::poller::run(
         settings,
+        state.watermarks(&interval),
         tx,
         shutdown,
         counters.clone(),
@@ -208,7 +215,12 @@ async fn gateio(args: IngestGateioArgs) -> anyhow::Result<()> {
     let polled = poller.await.context("the Gate.io poller task failed")?;
     producer.flush()?;
     counters.log("Gate.io ingest stopped.");
-    polled?;
+    let published_up_to = polled?;
+    // Every candle handed to the producer is acknowledged now: the state may move past them.
+    if let Some(path) = &args.state {
+        state.record(&interval, &published_up_to);
+        state.save(path)?;
+    }
     Ok(())
 }
 

@@ -398,38 +398,55 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
     let from = 1_780_000_000 / 60 * 60;
     let windows = 1_500;
     let to = from + (windows - 1) * 60;
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "ingest",
-            "gateio",
-            "--url",
-            &base,
-            "--pairs",
-            "BTC_USDT,ETH_USDT",
-            "--interval",
-            "1m",
-            "--from",
-            &from.to_string(),
-            "--to",
-            &chrono::DateTime::from_timestamp(to, 0)
-                .unwrap()
-                .to_rfc3339(),
-            "--once",
-            "--brokers",
-            &brokers(),
-            "--topic",
-            &topic,
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let log = plain(&check(&out));
+    let state = dir.path().join("gateio-state.json");
+    let ingest = || {
+        Command::new(env!("CARGO_BIN_EXE_coinstream"))
+            .args([
+                "ingest",
+                "gateio",
+                "--url",
+                &base,
+                "--pairs",
+                "BTC_USDT,ETH_USDT",
+                "--interval",
+                "1m",
+                "--from",
+                &from.to_string(),
+                "--to",
+                &chrono::DateTime::from_timestamp(to, 0)
+                    .unwrap()
+                    .to_rfc3339(),
+                "--once",
+                "--state",
+                state.to_str().unwrap(),
+                "--brokers",
+                &brokers(),
+                "--topic",
+                &topic,
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let log = plain(&check(&ingest()));
     assert!(log.contains("rate limit hit"), "{log}");
     assert!(log.contains(&format!("published={}", 2 * windows)), "{log}");
     assert_eq!(
         messages_on(&topic, 3),
         2 * windows,
         "every window once on Kafka"
+    );
+    // A second scheduled run over the same windows: the state file says they are out.
+    let log = plain(&check(&ingest()));
+    assert!(log.contains("published=0"), "{log}");
+    assert!(
+        log.contains(&format!("duplicates={}", 2 * windows)),
+        "{log}"
+    );
+    assert_eq!(
+        messages_on(&topic, 3),
+        2 * windows,
+        "no window twice across runs"
     );
 
     let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))

@@ -1,15 +1,17 @@
 """Gate.io candles into Kafka on an Airflow schedule, for deployments that keep Airflow.
 
 `coinstream ingest gateio` can run on its own and polls on the interval's boundaries; this DAG is
-the alternative for a scheduler: every run does one poll (`--once`) of the last 100 one-minute
-windows before the current one, publishes the closed ones to the `crypto_candles` topic and exits
-0. Consecutive runs overlap on purpose (a late or skipped run loses nothing); a window published
-twice overwrites itself in Cassandra (primary key pair, interval, window start), so the overlap is
-harmless. A non-zero exit (an API error with its label and message, or Kafka unreachable) fails
-the task and Airflow's retries take over.
+the alternative for a scheduler: every run does one poll (`--once`) and exits 0. With `--state`,
+a run starts right after the last window the previous run published (however long ago that was,
+so a late or skipped run loses nothing) and publishes each closed window once; the file is
+written only after Kafka acknowledged the run's candles. Without it, each run reaches back 100
+windows and overlaps the last one; a window published twice overwrites itself in Cassandra
+(primary key pair, interval, window start). A non-zero exit (an API error with its label and
+message, or Kafka unreachable) fails the task and Airflow's retries take over.
 
 Needs the `coinstream` binary on the worker's PATH (or set COINSTREAM_BIN) and a working
-directory holding `required_data/` when `--pairs` is not given.
+directory holding `required_data/` when `--pairs` is not given. The state file must live where
+every run of the task can read it (one worker, or a shared volume).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from airflow.operators.bash import BashOperator
 COINSTREAM = os.environ.get("COINSTREAM_BIN", "coinstream")
 KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 PAIRS = os.environ.get("COINSTREAM_GATEIO_PAIRS", "BTC_USDT,ETH_USDT,SOL_USDT")
+STATE = os.environ.get("COINSTREAM_GATEIO_STATE", "/var/lib/coinstream/gateio-state.json")
 
 with DAG(
     dag_id="coinstream_gateio_candles",
@@ -45,6 +48,7 @@ with DAG(
             f"{COINSTREAM} ingest gateio --once"
             f" --pairs {PAIRS}"
             " --interval 1m"
+            f" --state {STATE}"
             f" --brokers {KAFKA_BOOTSTRAP}"
             " --topic crypto_candles"
         ),

@@ -341,6 +341,7 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
             Some(to),
             false,
         ),
+        BTreeMap::new(),
         tx,
         shutdown,
         counters.clone(),
@@ -356,11 +357,16 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
         )
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), poll)
+    let ended_at = tokio::time::timeout(Duration::from_secs(5), poll)
         .await
         .expect("the bounded backfill ends by itself")
         .unwrap()
         .unwrap();
+    assert_eq!(
+        ended_at,
+        BTreeMap::from([("BTC_USDT".to_owned(), to), ("ETH_USDT".to_owned(), to)]),
+        "the last window published per pair"
+    );
     producer.flush().unwrap();
     assert_eq!(published, 2 * windows as u64, "{:?}", counters.snapshot());
 
@@ -436,6 +442,7 @@ async fn an_error_body_fails_the_poll_with_its_label_and_message() {
     let counters = Arc::new(Counters::default());
     let err = poller::run(
         settings(&server.base, &["FOO_BAR"], None, None, true),
+        BTreeMap::new(),
         tx,
         shutdown,
         counters.clone(),
@@ -476,6 +483,7 @@ async fn a_single_live_poll_publishes_only_closed_windows() {
     let counters = Arc::new(Counters::default());
     poller::run(
         settings(&server.base, &["BTC_USDT"], None, None, true),
+        BTreeMap::new(),
         tx,
         shutdown,
         counters.clone(),
@@ -540,7 +548,13 @@ async fn the_live_schedule_publishes_every_window_once_as_it_closes() {
     let (stop, shutdown) = watch::channel(false);
     let counters = Arc::new(Counters::default());
     let started = now_secs();
-    let schedule = tokio::spawn(poller::run(settings, tx, shutdown, counters.clone()));
+    let schedule = tokio::spawn(poller::run(
+        settings,
+        BTreeMap::new(),
+        tx,
+        shutdown,
+        counters.clone(),
+    ));
 
     let mut got = Vec::new();
     let until = Instant::now() + Duration::from_millis(4_500);
@@ -589,4 +603,57 @@ async fn the_live_schedule_publishes_every_window_once_as_it_closes() {
         counters.snapshot()
     );
     assert_eq!(counters.get("duplicates"), 0, "{:?}", counters.snapshot());
+}
+
+/// A run given the last window a previous run published (`--state`) starts right after it, even
+/// further back than `lookback_windows`, and publishes nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_poll_starts_right_after_the_last_published_window() {
+    let secs = 60;
+    let handler: Arc<Handler> = Arc::new(move |_, seen| {
+        let (f, t) = (query_i64(seen, "from"), query_i64(seen, "to"));
+        let now = now_secs();
+        let body: Vec<String> = (f.div_euclid(secs)..=t.div_euclid(secs))
+            .map(|i| i * secs)
+            .filter(|s| *s >= f && *s <= now)
+            .map(|s| row(s, s + secs <= now))
+            .collect();
+        Reply::json(format!("[{}]", body.join(",")))
+    });
+    let server = serve(handler).await;
+    let current = now_secs().div_euclid(secs) * secs;
+    let last = current - 300 * secs;
+    let (tx, mut rx) = mpsc::channel(1_000);
+    let (_stop, shutdown) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    let ended_at = poller::run(
+        settings(&server.base, &["BTC_USDT"], None, None, true),
+        BTreeMap::from([("BTC_USDT".to_owned(), last)]),
+        tx,
+        shutdown,
+        counters.clone(),
+    )
+    .await
+    .unwrap();
+    let mut starts = Vec::new();
+    while let Some(c) = rx.recv().await {
+        starts.push(
+            chrono::DateTime::parse_from_rfc3339(&c.window_start)
+                .unwrap()
+                .timestamp(),
+        );
+    }
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(query_i64(&seen[0], "from"), last + secs, "resumes after it");
+    // The minute may have turned during the poll.
+    let newest = *starts.last().unwrap();
+    assert!(newest == current - secs || newest == current, "{newest}");
+    let expected: Vec<i64> = (1..=(newest - last) / secs)
+        .map(|i| last + i * secs)
+        .collect();
+    assert_eq!(
+        starts, expected,
+        "each window after the last published one, once"
+    );
+    assert_eq!(ended_at, BTreeMap::from([("BTC_USDT".to_owned(), newest)]));
 }

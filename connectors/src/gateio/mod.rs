@@ -20,3 +20,4 @@ pub mod candles;
 pub mod client;
 pub mod config;
 pub mod poller;
+pub mod state;

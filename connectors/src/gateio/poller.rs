@@ -3,8 +3,10 @@
 //! since the last published window. Only closed windows leave, each once per (pair, interval,
 //! window start): a per-pair watermark of the last published start drops overlaps and repeats.
 //!
-//! The watermark lives in memory: separate `--once` runs (an Airflow schedule) may publish a
-//! window again; the candle table's primary key makes that an overwrite with the same values.
+//! The watermark lives in memory; [`run`] starts from the watermarks it is given and returns
+//! where it ended, which `coinstream ingest gateio --state FILE` keeps between runs
+//! ([`super::state`]). A pair with a watermark and no `from` resumes right after it, however far
+//! back that is; in a backfill, windows at or before it count as duplicates.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -86,39 +88,37 @@ struct Poller {
 }
 
 /// Runs the schedule until it is done (`once`, or a bounded backfill) or `shutdown` turns true;
-/// candles go to `tx` in window order per pair. Fails on a permanent API error, or on a transient
-/// one during a backfill or a `once` poll (a live schedule logs it and tries again next window).
+/// candles go to `tx` in window order per pair. `resume` holds the last window already published
+/// per pair (see the module docs); the result is the last window handed to `tx` per pair. Fails
+/// on a permanent API error, or on a transient one during a backfill or a `once` poll (a live
+/// schedule logs it and tries again next window).
 pub async fn run(
     settings: Settings,
+    resume: BTreeMap<String, i64>,
     tx: mpsc::Sender<CandleRecord>,
     mut shutdown: watch::Receiver<bool>,
     counters: Arc<Counters>,
-) -> Result<()> {
+) -> Result<BTreeMap<String, i64>> {
     let mut poller = Poller {
         client: GateClient::new(&settings, counters.clone()),
         settings,
-        watermark: BTreeMap::new(),
+        watermark: resume,
         tx,
         counters,
     };
     let secs = poller.settings.interval.secs();
-    let first = match poller.settings.from {
-        Some(from) => (from, poller.settings.to.unwrap_or_else(now_secs)),
-        None => {
-            let now = now_secs();
-            (
-                now.div_euclid(secs) * secs - poller.settings.lookback_windows * secs,
-                now,
-            )
-        }
-    };
-    match poller.pass(Some(first), &mut shutdown).await {
+    // Without `from`, each pair starts after its watermark or `lookback_windows` back.
+    let first = poller
+        .settings
+        .from
+        .map(|from| (from, poller.settings.to.unwrap_or_else(now_secs)));
+    match poller.pass(first, &mut shutdown).await {
         Ok(()) => {}
-        Err(Stop::Requested) => return Ok(()),
+        Err(Stop::Requested) => return Ok(poller.watermark),
         Err(Stop::Failed(e)) => return Err(e),
     }
     if poller.settings.once || poller.settings.to.is_some() {
-        return Ok(());
+        return Ok(poller.watermark);
     }
     loop {
         // In milliseconds: a wait computed from whole seconds could start a 1 s window's poll
@@ -130,12 +130,12 @@ pub async fn run(
             + poller.settings.poll_delay;
         for attempt in 0..=MAX_CATCH_UP_POLLS {
             tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return Ok(poller.watermark),
                 _ = tokio::time::sleep(wait) => {}
             }
             match poller.pass(None, &mut shutdown).await {
                 Ok(()) => {}
-                Err(Stop::Requested) => return Ok(()),
+                Err(Stop::Requested) => return Ok(poller.watermark),
                 Err(Stop::Failed(e)) if !e.is_transient() => return Err(e),
                 Err(Stop::Failed(e)) => {
                     tracing::error!(error = %e, "Gate.io poll failed; trying again at the next window.");
