@@ -169,6 +169,13 @@ fn rows(from: i64, to: i64, secs: i64, extra: &[String]) -> String {
     format!("[{}]", rows.join(","))
 }
 
+/// A published candle's window start, in unix seconds.
+fn start_secs(c: &CandleRecord) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&c.window_start)
+        .unwrap()
+        .timestamp()
+}
+
 fn query_i64(seen: &Seen, key: &str) -> i64 {
     seen.query[key].parse().unwrap()
 }
@@ -569,14 +576,7 @@ async fn the_live_schedule_publishes_every_window_once_as_it_closes() {
         .unwrap();
     let ended = now_secs();
 
-    let starts: Vec<i64> = got
-        .iter()
-        .map(|c| {
-            chrono::DateTime::parse_from_rfc3339(&c.window_start)
-                .unwrap()
-                .timestamp()
-        })
-        .collect();
+    let starts: Vec<i64> = got.iter().map(start_secs).collect();
     let seen = server.seen.lock().unwrap().clone();
     let first_from = query_i64(&seen[0], "from");
     assert_eq!(starts.first(), Some(&first_from), "{starts:?}");
@@ -637,11 +637,7 @@ async fn a_resumed_poll_starts_right_after_the_last_published_window() {
     .unwrap();
     let mut starts = Vec::new();
     while let Some(c) = rx.recv().await {
-        starts.push(
-            chrono::DateTime::parse_from_rfc3339(&c.window_start)
-                .unwrap()
-                .timestamp(),
-        );
+        starts.push(start_secs(&c));
     }
     let seen = server.seen.lock().unwrap().clone();
     assert_eq!(query_i64(&seen[0], "from"), last + secs, "resumes after it");
