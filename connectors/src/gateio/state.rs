@@ -37,10 +37,13 @@ impl PublishedState {
         })
     }
 
-    /// Writes the state to `path` atomically.
+    /// Writes the state to `path` atomically, creating its folder if needed.
     pub fn save(&self, path: &Path) -> Result<()> {
         let body = serde_json::to_vec_pretty(&self.0)
             .map_err(|e| Error::Internal(format!("cannot serialise the Gate.io state: {e}")))?;
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+        }
         engine::checkpoint::write_atomically(path, &body)
     }
 
@@ -70,7 +73,7 @@ mod tests {
     #[test]
     fn round_trips_per_pair_and_interval_and_names_a_bad_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
+        let path = dir.path().join("new folder").join("state.json");
         assert_eq!(
             PublishedState::load(&path).unwrap(),
             PublishedState::default()
