@@ -3,6 +3,7 @@
 //! publishes what was already read and is flushed, the process exits 0.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -89,6 +90,30 @@ fn every(period: Duration, mut tick: impl FnMut() + Send + 'static) -> tokio::ta
     })
 }
 
+/// Publishes what `rx` yields until it closes, counting deliveries in `published` and logging
+/// `counters` every [`PROGRESS_INTERVAL`] meanwhile.
+async fn publish_all<T, C>(
+    producer: &TopicProducer,
+    rx: &mut mpsc::Receiver<T>,
+    encode: impl FnMut(T) -> (String, Vec<u8>),
+    counters: &Arc<C>,
+    published: &AtomicU64,
+    progress_message: &'static str,
+) -> anyhow::Result<()>
+where
+    C: CounterSet + Send + Sync + 'static,
+{
+    let progress = {
+        let counters = counters.clone();
+        every(PROGRESS_INTERVAL, move || counters.log(progress_message))
+    };
+    let sent = producer
+        .publish_from(rx, MAX_BATCH, encode, |n| add(published, n))
+        .await;
+    progress.abort();
+    sent.map(drop).context("publishing to Kafka")
+}
+
 async fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<()> {
     let feed = match args.feed {
         CoinbaseFeed::Exchange => FeedKind::Exchange,
@@ -116,26 +141,18 @@ async fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<()> {
         shutdown,
     );
     let counters = feed.counters.clone();
-    let progress = {
-        let counters = counters.clone();
-        every(PROGRESS_INTERVAL, move || {
-            counters.log("Coinbase ingest progress.")
-        })
-    };
-    let published = producer
-        .publish_from(
-            &mut feed.trades,
-            MAX_BATCH,
-            |t| (t.record.symbol.clone(), t.record.to_json()),
-            |n| {
-                add(&counters.published, n);
-            },
-        )
-        .await;
-    progress.abort();
+    let published = publish_all(
+        &producer,
+        &mut feed.trades,
+        |t| (t.record.symbol.clone(), t.record.to_json()),
+        &counters,
+        &counters.published,
+        "Coinbase ingest progress.",
+    )
+    .await;
     if let Err(e) = published {
         let _ = stop.send(true);
-        return Err(e).context("publishing to Kafka");
+        return Err(e);
     }
     feed.task.await.context("the Coinbase client task failed")?;
     producer.flush()?;
@@ -191,26 +208,18 @@ async fn gateio(args: IngestGateioArgs) -> anyhow::Result<()> {
         shutdown,
         counters.clone(),
     ));
-    let progress = {
-        let counters = counters.clone();
-        every(PROGRESS_INTERVAL, move || {
-            counters.log("Gate.io ingest progress.")
-        })
-    };
-    let published = producer
-        .publish_from(
-            &mut rx,
-            MAX_BATCH,
-            |c: connectors::gateio::candles::CandleRecord| (c.currency_pair.clone(), c.to_json()),
-            |n| {
-                add(&counters.published, n);
-            },
-        )
-        .await;
-    progress.abort();
+    let published = publish_all(
+        &producer,
+        &mut rx,
+        |c: connectors::gateio::candles::CandleRecord| (c.currency_pair.clone(), c.to_json()),
+        &counters,
+        &counters.published,
+        "Gate.io ingest progress.",
+    )
+    .await;
     if let Err(e) = published {
         poller.abort();
-        return Err(e).context("publishing to Kafka");
+        return Err(e);
     }
     let polled = poller.await.context("the Gate.io poller task failed")?;
     producer.flush()?;
