@@ -89,7 +89,7 @@ impl Checkpoint {
     /// Records a batch's offsets before it is processed.
     pub fn plan(&self, batch: &PlannedBatch) -> Result<()> {
         let body = serde_json::to_vec(batch).map_err(|e| Error::Internal(e.to_string()))?;
-        self.write_atomically(
+        write_atomically(
             &self.dir.join("offsets").join(batch.batch_id.to_string()),
             &body,
         )
@@ -150,10 +150,6 @@ impl Checkpoint {
             }
         }
         Ok(last)
-    }
-
-    fn write_atomically(&self, path: &Path, body: &[u8]) -> Result<()> {
-        write_atomically(path, body)
     }
 }
 
