@@ -211,12 +211,14 @@ fn gather(
     max_records: usize,
     max_wait: Duration,
 ) -> Result<Gathered, KafkaError> {
-    let deadline = Instant::now() + max_wait;
+    // One clock read per message: this loop runs once for every message consumed.
+    let mut now = Instant::now();
+    let deadline = now + max_wait;
     let mut records: Vec<RawRecord> = Vec::with_capacity(max_records.min(65_536));
     let mut events = Vec::new();
     let mut errors = 0;
     loop {
-        let mut remaining = deadline.saturating_duration_since(Instant::now());
+        let mut remaining = deadline.saturating_duration_since(now);
         if !records.is_empty() {
             remaining = remaining.min(LINGER);
         }
@@ -257,7 +259,8 @@ fn gather(
             }
             None => {}
         }
-        if records.len() >= max_records || Instant::now() >= deadline {
+        now = Instant::now();
+        if records.len() >= max_records || now >= deadline {
             return Ok(Gathered {
                 records,
                 events,
