@@ -137,7 +137,11 @@ pub fn parse_decimal(
         return Err(DecimalError::ExcessScale { scale });
     }
     // Zero stays zero whatever its exponent.
-    let zeros = if shift > 0 && !digits.is_empty() { shift } else { 0 };
+    let zeros = if shift > 0 && !digits.is_empty() {
+        shift
+    } else {
+        0
+    };
     if kept.len() as i64 + zeros > i64::from(precision) {
         return Err(too_big);
     }
@@ -214,7 +218,9 @@ impl Number {
             return Err(syntax("no digits"));
         }
         if !int_part.iter().chain(frac_part).all(u8::is_ascii_digit) {
-            return Err(syntax("only digits, one point, a sign and an exponent are allowed"));
+            return Err(syntax(
+                "only digits, one point, a sign and an exponent are allowed",
+            ));
         }
         let exponent = match exponent {
             None => 0,
@@ -300,7 +306,10 @@ mod tests {
         assert_eq!(half_up("+2.5", 10, 2), Ok((250, false)));
         assert_eq!(half_up(".5", 10, 2), Ok((50, false)));
         assert_eq!(half_up("5.", 10, 2), Ok((500, false)));
-        assert_eq!(half_up("0000000000000000000000000000000000000000042", 10, 2), Ok((4200, false)));
+        assert_eq!(
+            half_up("0000000000000000000000000000000000000000042", 10, 2),
+            Ok((4200, false))
+        );
         assert_eq!(half_up("-0.00", 10, 2), Ok((0, false)));
         assert_eq!(half_up("0e999999999", 10, 2), Ok((0, false)));
         assert_eq!(half_up("1e-2000000000", 10, 2), Ok((0, true)));
@@ -312,8 +321,27 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_finite_decimal() {
         for text in [
-            "", " 1.5", "1.5 ", "1 000", "NaN", "-nan", "Infinity", "-Infinity", "inf", "1,000.5",
-            "0x10", "1.2.3", "--1", "+-1", "1e", "1e+", "e5", ".", "-", "1.5e3.2", "١٢",
+            "",
+            " 1.5",
+            "1.5 ",
+            "1 000",
+            "NaN",
+            "-nan",
+            "Infinity",
+            "-Infinity",
+            "inf",
+            "1,000.5",
+            "0x10",
+            "1.2.3",
+            "--1",
+            "+-1",
+            "1e",
+            "1e+",
+            "e5",
+            ".",
+            "-",
+            "1.5e3.2",
+            "١٢",
             "1e99999999999",
         ] {
             assert!(
