@@ -537,7 +537,14 @@ fn a_run_that_stores_nothing_ends_with_an_empty_report() {
     let report = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = report.lines().filter(|l| l.starts_with('|')).collect();
     assert_eq!(lines.len(), 1, "{report}");
-    for column in ["coin_name", "symbol", "last_trade_time", "last_price", "profit", "trades"] {
+    for column in [
+        "coin_name",
+        "symbol",
+        "last_trade_time",
+        "last_price",
+        "profit",
+        "trades",
+    ] {
         assert!(lines[0].contains(column), "{report}");
     }
 

@@ -161,7 +161,11 @@ mod tests {
     fn an_error_that_is_not_about_rows_stops_the_bisection() {
         let (outcome, _) = bisect(8, |r| {
             if r.contains(&2) {
-                Some(if r.len() == 8 { "overflow" } else { "fatal: out of memory" })
+                Some(if r.len() == 8 {
+                    "overflow"
+                } else {
+                    "fatal: out of memory"
+                })
             } else {
                 None
             }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::record_batch::RecordBatch;
 use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
@@ -116,8 +116,11 @@ impl PlannedTransform {
         let batches = collect(plan.clone(), self.task_ctx.clone())
             .await
             .map_err(|e| {
-                let (name, file, message) =
-                    (self.file.name.clone(), self.file.path.clone(), e.to_string());
+                let (name, file, message) = (
+                    self.file.name.clone(),
+                    self.file.path.clone(),
+                    e.to_string(),
+                );
                 if is_row_error(&e) {
                     Error::SqlRows {
                         name,
@@ -215,7 +218,9 @@ mod tests {
     fn errors_about_values_are_row_errors_and_the_rest_stay_fatal() {
         let arrow = |e| DataFusionError::ArrowError(Box::new(e), None);
         for e in [
-            arrow(ArrowError::ArithmeticOverflow("Overflow happened on: 1 * 2".into())),
+            arrow(ArrowError::ArithmeticOverflow(
+                "Overflow happened on: 1 * 2".into(),
+            )),
             arrow(ArrowError::DivideByZero),
             arrow(ArrowError::CastError("Cannot cast string 'x'".into())),
             arrow(ArrowError::ParseError("bad date".into())),
@@ -240,7 +245,10 @@ mod tests {
             DataFusionError::IoError(std::io::Error::other("disk")),
             DataFusionError::NotImplemented("x".into()),
             arrow(ArrowError::MemoryError("oom".into())),
-            arrow(ArrowError::IoError("disk".into(), std::io::Error::other("disk"))),
+            arrow(ArrowError::IoError(
+                "disk".into(),
+                std::io::Error::other("disk"),
+            )),
             DataFusionError::External(Box::new(std::io::Error::other("socket"))),
             DataFusionError::Context(
                 "in profit".into(),

@@ -257,7 +257,11 @@ async fn query_with(
         .unwrap();
     let input = ctx.register_input("trades", schema.clone()).unwrap();
     let sql_path = dir.join(format!("{}.sql", t.name));
-    std::fs::write(&sql_path, t.sql.replace("JOIN tiers r", "JOIN tiers_by_id r")).unwrap();
+    std::fs::write(
+        &sql_path,
+        t.sql.replace("JOIN tiers r", "JOIN tiers_by_id r"),
+    )
+    .unwrap();
     let transform = ctx
         .register_transform(TransformFile::read(&sql_path).unwrap())
         .await
@@ -744,7 +748,9 @@ async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
     assert!(err.starts_with("transform total ("), "{err}");
     assert!(err.contains("no single row explains the error"), "{err}");
     assert!(
-        err.contains("the 4 rows from t partition 0 offset 0 to t partition 0 offset 3 fail together"),
+        err.contains(
+            "the 4 rows from t partition 0 offset 0 to t partition 0 offset 3 fail together"
+        ),
         "{err}"
     );
     assert!(err.contains("Cast error"), "DataFusion's message: {err}");
