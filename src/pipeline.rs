@@ -196,19 +196,27 @@ async fn query(config: &Config, sql: &str) -> anyhow::Result<()> {
 }
 
 /// Runs SQL over the store (as a table named after the output transform) and the reference tables.
+/// An empty result still shows its columns.
 async fn run_query(config: &Config, sql: &str) -> anyhow::Result<String> {
+    let SinkConfig::Parquet(p) = &config.sink else {
+        bail!(
+            "query reads the Parquet store; this config's sink is {:?}",
+            config.sink
+        );
+    };
+    // The output's schema, for a store that holds no rows yet; planned in a context of its own,
+    // where the transforms' views do not shadow the store's table.
+    let (_ctx, _input, transforms) = plan(config).await?;
+    let schema = take_output(config, transforms)?.schema();
     let mut ctx = EngineContext::new(&config.context);
     for table in &config.references {
         ctx.register_reference(table)?;
     }
-    match &config.sink {
-        SinkConfig::Parquet(p) => {
-            connectors::parquet::register_store(ctx.session(), &config.output, &p.path).await?
-        }
-        other => bail!("query reads the Parquet store; this config's sink is {other:?}"),
-    }
-    let batches = ctx.session().sql(sql).await?.collect().await?;
-    Ok(arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+    connectors::parquet::register_store(ctx.session(), &config.output, &p.path, schema).await?;
+    let frame = ctx.session().sql(sql).await?;
+    let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await?;
+    Ok(arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?.to_string())
 }
 
 async fn generate(args: GenerateArgs) -> anyhow::Result<()> {

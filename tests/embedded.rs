@@ -383,3 +383,176 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
         "{err}"
     );
 }
+
+/// Every dead letter written under `dir` (JSON objects), by offset.
+fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
+    let mut letters = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .lines()
+        {
+            letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+        }
+    }
+    letters.sort_by_key(|l| l["offset"].as_i64());
+    letters
+}
+
+fn progress_lines(o: &Output) -> Vec<serde_json::Value> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = repo().join("tests/fixtures/profit-overflow/feed.jsonl");
+    let cfg = config(dir.path(), &feed);
+    let run = || {
+        coinstream(&[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+            "--progress",
+            "json",
+        ])
+    };
+    let out = run();
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+
+    let poison = ("ADA-USD".to_owned(), 96034231);
+    let mut expected = expected_rows(&feed);
+    assert!(expected.remove(&poison).is_some());
+    let stored: BTreeMap<_, _> = stored_rows(&dir.path().join("data/profit"))
+        .into_iter()
+        .collect();
+    assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        vec![
+            &("ADA-USD".to_owned(), 96034230),
+            &("ADA-USD".to_owned(), 96034232),
+            &("ETH-USD".to_owned(), 612558300),
+            &("ETH-USD".to_owned(), 612558301),
+        ],
+        "the 4 ordinary trades"
+    );
+    assert_eq!(stored, expected, "each with its exact profit");
+    assert_eq!(
+        stored[&("ADA-USD".to_owned(), 96034230)].0,
+        Decimal::from_str("646.8").unwrap()
+    );
+
+    let letters = dead_letters(&dir.path().join("data/dead_letters"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let raw = letters[0]["raw"].as_str().unwrap();
+    assert!(
+        raw.contains("96034231") && raw.contains("99999999999999999.5"),
+        "the overflowing trade: {raw}"
+    );
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("transform profit (")
+            && reason.contains("profit.sql): ")
+            && reason.contains("Arithmetic overflow"),
+        "the transform and DataFusion's message: {reason}"
+    );
+
+    let progress = progress_lines(&out);
+    let dead: u64 = progress
+        .iter()
+        .map(|p| p["numDeadLetters"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dead, 1, "{}", stderr(&out));
+    assert!(
+        progress
+            .iter()
+            .any(|p| p["deadLettersByReason"] == serde_json::json!({"transform profit": 1})),
+        "{}",
+        stderr(&out)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("| Cardano ") && report.contains("| Ethereum "),
+        "{report}"
+    );
+
+    // The batch was committed: a restart meets the poison row no more.
+    let again = run();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let input: u64 = progress_lines(&again)
+        .iter()
+        .map(|p| p["numInputRows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(input, 0, "nothing reprocessed: {}", stderr(&again));
+    let after: BTreeMap<_, _> = stored_rows(&dir.path().join("data/profit"))
+        .into_iter()
+        .collect();
+    assert_eq!(after, stored);
+    assert_eq!(dead_letters(&dir.path().join("data/dead_letters")).len(), 1);
+}
+
+#[test]
+fn a_run_that_stores_nothing_ends_with_an_empty_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.jsonl");
+    // Products in the coin map but not in the portfolio: decoded, then joined away.
+    let lines = [
+        r#"{"type":"match","trade_id":11,"sequence":1,"maker_order_id":"a","taker_order_id":"b","time":"2026-11-20T14:00:00.000001Z","product_id":"LINK-USD","size":"3","price":"14.02","side":"sell"}"#,
+        r#"{"type":"match","trade_id":12,"sequence":2,"maker_order_id":"a","taker_order_id":"b","time":"2026-11-20T14:00:01Z","product_id":"XLM-USD","size":"100","price":"0.25","side":"buy"}"#,
+    ];
+    std::fs::write(&feed, lines.join("\n")).unwrap();
+    let cfg = config(dir.path(), &feed);
+    let query = |sql: &str| coinstream(&["query", "--config", cfg.to_str().unwrap(), sql]);
+    let before = query("SELECT COUNT(*) AS n FROM profit");
+    assert!(!before.status.success(), "no store before any run");
+    assert!(
+        stderr(&before).contains("does not exist yet; run the pipeline first"),
+        "{}",
+        stderr(&before)
+    );
+
+    let out = coinstream(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+        "--progress",
+        "json",
+    ]);
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    let input: u64 = progress_lines(&out)
+        .iter()
+        .map(|p| p["numInputRows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(input, 2, "both trades read: {}", stderr(&out));
+    assert!(stored_rows(&dir.path().join("data/profit")).is_empty());
+    // The report's header, and no row.
+    let report = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = report.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(lines.len(), 1, "{report}");
+    for column in [
+        "coin_name",
+        "symbol",
+        "last_trade_time",
+        "last_price",
+        "profit",
+        "trades",
+    ] {
+        assert!(lines[0].contains(column), "{report}");
+    }
+
+    let q = query("SELECT COUNT(*) AS n FROM profit");
+    assert!(q.status.success(), "{}", stderr(&q));
+    assert!(
+        String::from_utf8_lossy(&q.stdout).contains("| 0 "),
+        "{}",
+        String::from_utf8_lossy(&q.stdout)
+    );
+}

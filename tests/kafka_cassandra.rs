@@ -2,13 +2,17 @@
 //! generated trades produced to a fresh topic → `coinstream run` with
 //! `pipelines/kafka-cassandra.toml` → Cassandra, checked row by row against an independent
 //! computation of each profit. The servers must be running: a missing one fails the test.
+//! One test swaps Cassandra for the Parquet store, to show a poison row does not hold the
+//! partition up whatever the sink.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rust_decimal::Decimal;
 
 mod common;
 
@@ -209,5 +213,107 @@ async fn hostile_messages_go_to_the_dead_letter_topic_with_their_reason() {
             reason.starts_with("invalid JSON")
         };
         assert!(ok, "reason {reason:?} for {raw:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_group_commits_past_it() {
+    let setup = Setup::new("poison").await;
+    let records =
+        std::fs::read_to_string(repo().join("tests/fixtures/profit-overflow/kafka_records.txt"))
+            .unwrap();
+    let messages: Messages = records
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (key, value) = l.split_once('|').unwrap();
+            (key.to_owned(), value.as_bytes().to_vec())
+        })
+        .collect();
+    assert_eq!(messages.len(), 3);
+    produce(&setup.topic, &messages).await;
+
+    let store = setup.dir.path().join("profit");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let (head, rest) = text.split_once("[sink]").unwrap();
+    let (_, tail) = rest.split_once("[dead_letter]").unwrap();
+    let config = setup.dir.path().join("parquet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{head}[sink]\ntype = \"parquet\"\npath = {store:?}\npartition_by = [\"symbol\"]\n\n[dead_letter]{tail}"
+        ),
+    )
+    .unwrap();
+
+    let expected: BTreeMap<(String, i64), Decimal> = [
+        (("ADA-USD".to_owned(), 96034230), "646.8"),
+        (("ADA-USD".to_owned(), 96034232), "658.8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, Decimal::from_str(v).unwrap()))
+    .collect();
+    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    assert_eq!(progress_sum(&log, "numInputRows"), 3, "{log}");
+    assert_eq!(progress_sum(&log, "numDeadLetters"), 1, "{log}");
+    assert_eq!(parquet_profits(&store), expected, "the 2 good rows");
+    assert_past_the_poison_row(&setup);
+
+    // The second run finds the group past the poison row.
+    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    assert_eq!(progress_sum(&log, "numInputRows"), 0, "{log}");
+    assert_eq!(parquet_profits(&store), expected);
+    assert_past_the_poison_row(&setup);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq_reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&setup.dead_letters]).unwrap();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            let m = m.unwrap();
+            letters.push(
+                serde_json::from_slice::<serde_json::Value>(rdkafka::Message::payload(&m).unwrap())
+                    .unwrap(),
+            );
+        } else if !letters.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0]["raw"].as_str().unwrap().as_bytes(),
+        messages[1].1.as_slice()
+    );
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("transform profit (") && reason.contains("Arithmetic overflow"),
+        "{reason}"
+    );
+}
+
+/// The one partition the three records (all keyed ADA-USD) went to is committed to its end, 3;
+/// the others hold nothing and have nothing to commit.
+fn assert_past_the_poison_row(setup: &Setup) {
+    let offsets = committed_and_end(&setup.group, &setup.topic);
+    let used: Vec<_> = offsets.iter().filter(|(_, _, end)| *end > 0).collect();
+    assert_eq!(used.len(), 1, "{offsets:?}");
+    assert_eq!(
+        used[0].1,
+        Some(3),
+        "committed past the poison row: {offsets:?}"
+    );
+    for (partition, committed, end) in &offsets {
+        if *end == 0 {
+            assert!(
+                matches!(committed, None | Some(0)),
+                "partition {partition}: {offsets:?}"
+            );
+        }
     }
 }

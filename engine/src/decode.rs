@@ -30,6 +30,9 @@ pub struct Decoded {
     pub batch: RecordBatch,
     /// The messages that did not.
     pub dead_letters: Vec<DeadLetter>,
+    /// For each row of `batch`, the position of its message in the decoded slice (so a row that
+    /// later fails in a transform can be dead-lettered with its message).
+    pub rows: Vec<usize>,
 }
 
 /// Decodes JSON messages into a declared schema.
@@ -76,23 +79,29 @@ impl RecordDecoder {
             return Ok(Decoded {
                 batch,
                 dead_letters: Vec::new(),
+                rows: (0..records.len()).collect(),
             });
         }
         if all_clean && let Some(batch) = self.decode_all(records.iter())? {
             return Ok(Decoded {
                 batch,
                 dead_letters: Vec::new(),
+                rows: (0..records.len()).collect(),
             });
         }
         let mut good = Vec::with_capacity(records.len());
+        let mut rows = Vec::with_capacity(records.len());
         let mut dead_letters = Vec::new();
-        for record in records {
+        for (i, record) in records.iter().enumerate() {
             let reason = match &record.rejected {
                 Some(reason) => Some(reason.clone()),
                 None => self.reject_reason(&record.payload),
             };
             match reason {
-                None => good.push(record),
+                None => {
+                    good.push(record);
+                    rows.push(i);
+                }
                 Some(reason) => dead_letters.push(DeadLetter {
                     topic: record.topic.clone(),
                     partition: record.partition,
@@ -113,6 +122,7 @@ impl RecordDecoder {
         Ok(Decoded {
             batch,
             dead_letters,
+            rows,
         })
     }
 
@@ -257,6 +267,7 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(ids(&out.batch), vec![3]);
+        assert_eq!(out.rows, vec![2], "the row's message");
         let offsets: Vec<i64> = out.dead_letters.iter().map(|l| l.offset).collect();
         assert_eq!(offsets, vec![0, 1]);
         // The same decoder, after that failure and with a larger batch, still decodes exactly.
@@ -301,6 +312,7 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .unwrap();
         assert_eq!(ids.values().to_vec(), vec![1, 8]);
+        assert_eq!(out.rows, vec![0, 7], "each row's message");
         let reasons: Vec<(i64, &str)> = out
             .dead_letters
             .iter()

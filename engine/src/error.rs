@@ -46,6 +46,18 @@ pub enum Error {
         /// DataFusion's message, with the position where it has one.
         message: String,
     },
+    /// A transform failed on the values of the rows it ran over (an overflow, a failed cast, a
+    /// division by zero, a function rejecting a value; see [`crate::transform::is_row_error`]).
+    /// The runtime finds the rows that cause it and dead-letters them with this message.
+    #[error("transform {name} ({}): {message}", file.display())]
+    SqlRows {
+        /// The transform's name (its file stem).
+        name: String,
+        /// The transform's file.
+        file: PathBuf,
+        /// DataFusion's message.
+        message: String,
+    },
     /// A source failed.
     #[error("source {name}: {message}")]
     Source {

@@ -12,6 +12,8 @@
 //!      ─► Sink::write + DeadLetterSink::write ─► Source::commit ─► checkpoint commits/<id>
 //!      ─► BatchProgress
 //! ```
+//! A row the transform fails on (an overflow, a failed cast) is found by bisection and
+//! dead-lettered; the rest of the batch flows ([`runtime`] module docs).
 //! Nothing is committed before the sink acknowledged every row; a crash in between leaves
 //! `offsets/<id>` without `commits/<id>`, and the next start replays exactly that range with the
 //! same batch id (sinks write idempotently per batch id).
@@ -34,6 +36,7 @@ pub mod decimal;
 pub mod decode;
 pub mod error;
 mod flat_json;
+mod isolate;
 pub mod offsets;
 pub mod progress;
 pub mod reference;

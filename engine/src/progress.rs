@@ -1,5 +1,7 @@
 //! Per-batch progress, shaped as Spark's `StreamingQueryProgress` so its readers feel at home.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::offsets::Offsets;
@@ -35,7 +37,7 @@ pub struct SourceProgress {
     /// Messages in the batch.
     pub num_input_rows: u64,
     /// The source's own counters.
-    pub metrics: std::collections::BTreeMap<String, u64>,
+    pub metrics: BTreeMap<String, u64>,
 }
 
 /// The sink's part of a batch's progress.
@@ -64,6 +66,9 @@ pub struct BatchProgress {
     pub processed_rows_per_second: f64,
     /// Messages that went to the dead-letter output.
     pub num_dead_letters: u64,
+    /// The same messages counted by what rejected them: `decode` (the source or the decoder) or
+    /// `transform <name>` (a row the transform failed on).
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
     /// Time per phase.
     pub duration_ms: Durations,
     /// The source (one per query for now, in a list as Spark's).
@@ -76,11 +81,21 @@ impl BatchProgress {
     /// A one-line summary for people.
     pub fn human_line(&self) -> String {
         format!(
-            "batch {}: {} in, {} out, {} dead-lettered in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
+            "batch {}: {} in, {} out, {} dead-lettered{} in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
             self.batch_id,
             self.num_input_rows,
             self.sink.num_output_rows,
             self.num_dead_letters,
+            if self.dead_letters_by_reason.is_empty() {
+                String::new()
+            } else {
+                let parts: Vec<String> = self
+                    .dead_letters_by_reason
+                    .iter()
+                    .map(|(reason, n)| format!("{reason} {n}"))
+                    .collect();
+                format!(" ({})", parts.join(", "))
+            },
             self.duration_ms.total,
             self.duration_ms.decode,
             self.duration_ms.query,

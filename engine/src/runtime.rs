@@ -1,6 +1,14 @@
 //! The micro-batch loop: poll the source, record the batch's offsets, decode, run the transform,
 //! write rows and dead letters, and only then commit the source and the checkpoint.
+//!
+//! A row the transform fails on (an overflow, a failed cast: see
+//! [`crate::transform::is_row_error`]) does not stop the query: the rows that cause the error are
+//! found by bisection (the private `isolate` module) and dead-lettered with their message, the
+//! transform runs again over the other rows, and the batch is written and committed as usual, so
+//! a restart never meets that row again.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime};
 
 use arrow::record_batch::RecordBatch;
@@ -8,11 +16,12 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, PlannedBatch};
 use crate::context::InputSlot;
-use crate::decode::RecordDecoder;
+use crate::decode::{Decoded, RecordDecoder};
 use crate::error::{Error, Result};
+use crate::isolate::{Isolation, isolate};
 use crate::progress::{BatchProgress, Durations, SinkProgress, SourceProgress};
-use crate::sink::{DeadLetterSink, Sink};
-use crate::source::{Poll, PollLimits, Source, SourceBatch, StartRequest};
+use crate::sink::{DeadLetter, DeadLetterSink, Sink};
+use crate::source::{Poll, PollLimits, RawRecord, Source, SourceBatch, StartRequest};
 use crate::transform::PlannedTransform;
 use crate::trigger::Trigger;
 
@@ -70,6 +79,8 @@ pub struct RunSummary {
     pub output_rows: u64,
     /// Messages dead-lettered.
     pub dead_letters: u64,
+    /// The same, by what rejected them (see [`BatchProgress::dead_letters_by_reason`]).
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
 }
 
 /// A streaming query: one source, one transform, one sink.
@@ -84,7 +95,7 @@ pub struct StreamingQuery {
     pub transform: PlannedTransform,
     /// Where rows go.
     pub sink: Box<dyn Sink>,
-    /// Where undecodable messages go.
+    /// Where messages that do not decode, and those whose row the transform fails on, go.
     pub dead_letters: Box<dyn DeadLetterSink>,
     /// The checkpoint folder; without one every run starts from the source's own position.
     pub checkpoint: Option<Checkpoint>,
@@ -234,19 +245,28 @@ impl StreamingQuery {
         let decode = t.elapsed();
 
         let t = Instant::now();
-        self.input.set(vec![decoded.batch]);
-        let executed = self.transform.execute().await;
-        self.input.set(Vec::new());
-        let (rows, _plan) = executed?;
+        let (rows, transform_letters) = self.run_transform(&decoded, &batch.records).await?;
         let query = t.elapsed();
+        let mut by_reason = BTreeMap::new();
+        if !decoded.dead_letters.is_empty() {
+            by_reason.insert("decode".to_owned(), decoded.dead_letters.len() as u64);
+        }
+        if !transform_letters.is_empty() {
+            by_reason.insert(
+                format!("transform {}", self.transform.name()),
+                transform_letters.len() as u64,
+            );
+        }
+        let mut dead_letters = decoded.dead_letters;
+        dead_letters.extend(transform_letters);
 
         let t = Instant::now();
         let output_rows: usize = rows.iter().map(RecordBatch::num_rows).sum();
         retry_transient!(shutdown, "sink write", self.sink.write(batch_id, &rows))?;
-        if !decoded.dead_letters.is_empty() {
-            tracing::warn!(batch_id, count = decoded.dead_letters.len(),
-                first_reason = %decoded.dead_letters[0].reason, "Messages went to the dead-letter output.");
-            let letters = &decoded.dead_letters;
+        if !dead_letters.is_empty() {
+            tracing::warn!(batch_id, count = dead_letters.len(),
+                first_reason = %dead_letters[0].reason, "Messages went to the dead-letter output.");
+            let letters = &dead_letters;
             retry_transient!(
                 shutdown,
                 "dead-letter write",
@@ -267,14 +287,21 @@ impl StreamingQuery {
         summary.batches += 1;
         summary.input_rows += n;
         summary.output_rows += output_rows as u64;
-        summary.dead_letters += decoded.dead_letters.len() as u64;
+        summary.dead_letters += dead_letters.len() as u64;
+        for (reason, n) in &by_reason {
+            *summary
+                .dead_letters_by_reason
+                .entry(reason.clone())
+                .or_default() += n;
+        }
         let progress = BatchProgress {
             batch_id,
             timestamp,
             num_input_rows: n,
             input_rows_per_second: per_second(n, since_last),
             processed_rows_per_second: per_second(n, processing),
-            num_dead_letters: decoded.dead_letters.len() as u64,
+            num_dead_letters: dead_letters.len() as u64,
+            dead_letters_by_reason: by_reason,
             duration_ms: Durations {
                 get_batch: millis(waited),
                 decode: millis(decode),
@@ -302,6 +329,125 @@ impl StreamingQuery {
         };
         (self.on_progress)(&progress);
         Ok(())
+    }
+
+    /// Runs the transform over a decoded batch. When it fails on the rows' values, the rows that
+    /// fail alone are found by bisection and become dead letters carrying their message, and the
+    /// transform runs once more over every other row: their output is then exactly what it would
+    /// have been had the failing rows never arrived (right for joins and aggregates alike). An
+    /// error no single row explains stops the query, with the batch left uncommitted.
+    async fn run_transform(
+        &self,
+        decoded: &Decoded,
+        records: &[RawRecord],
+    ) -> Result<(Vec<RecordBatch>, Vec<DeadLetter>)> {
+        let batch = &decoded.batch;
+        let first = match self.execute(vec![batch.clone()]).await {
+            Ok(rows) => return Ok((rows, Vec::new())),
+            Err(e @ Error::SqlRows { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let started = Instant::now();
+        let mut runs = 0u64;
+        let outcome = isolate(
+            batch.num_rows(),
+            first,
+            async |range: Range<usize>| {
+                runs += 1;
+                self.execute(vec![batch.slice(range.start, range.len())])
+                    .await
+                    .map(drop)
+            },
+            |e| matches!(e, Error::SqlRows { .. }),
+        )
+        .await;
+        let failing = match outcome {
+            Isolation::Rows(failing) => failing,
+            Isolation::Fatal(e) => return Err(e),
+            Isolation::Unexplained { range, error } => {
+                let (first, last) = (
+                    &records[decoded.rows[range.start]],
+                    &records[decoded.rows[range.end - 1]],
+                );
+                return Err(self.unexplained(
+                    &format!(
+                        "the {} rows from {} partition {} offset {} to {} partition {} offset {} fail together, though each half of them runs alone",
+                        range.len(),
+                        first.topic,
+                        first.partition,
+                        first.offset,
+                        last.topic,
+                        last.partition,
+                        last.offset
+                    ),
+                    error,
+                ));
+            }
+        };
+        let mut good = Vec::new();
+        let mut next = 0;
+        for &(row, _) in &failing {
+            if row > next {
+                good.push(batch.slice(next, row - next));
+            }
+            next = row + 1;
+        }
+        if next < batch.num_rows() {
+            good.push(batch.slice(next, batch.num_rows() - next));
+        }
+        let rows = match self.execute(good).await {
+            Ok(rows) => rows,
+            Err(e @ Error::SqlRows { .. }) => {
+                return Err(self.unexplained(
+                    &format!(
+                        "without the {} rows that fail alone, the other rows still fail together",
+                        failing.len()
+                    ),
+                    e,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(transform = self.transform.name(), rows = failing.len(), runs = runs + 2,
+            elapsed_ms = millis(started.elapsed()), first_reason = %failing[0].1,
+            "The transform failed on rows; they go to the dead-letter output and the rest of the batch flows.");
+        let letters = failing
+            .into_iter()
+            .map(|(row, error)| {
+                let record = &records[decoded.rows[row]];
+                DeadLetter {
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    raw: record.payload.clone(),
+                    reason: error.to_string(),
+                }
+            })
+            .collect();
+        Ok((rows, letters))
+    }
+
+    /// Runs the transform over `batches` as the input table's rows.
+    async fn execute(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        self.input.set(batches);
+        let executed = self.transform.execute().await;
+        self.input.set(Vec::new());
+        executed.map(|(rows, _plan)| rows)
+    }
+
+    /// The fatal error for a transform error that no single row explains.
+    fn unexplained(&self, rows: &str, error: Error) -> Error {
+        let message = match error {
+            Error::SqlRows { message, .. } => message,
+            other => other.to_string(),
+        };
+        Error::Sql {
+            name: self.transform.name().to_owned(),
+            file: self.transform.file().to_owned(),
+            message: format!(
+                "no single row explains the error, so no row can be dead-lettered for it and the query stops with the batch uncommitted: {rows}: {message}"
+            ),
+        }
     }
 
     async fn poll_with_retry(&mut self, limits: PollLimits) -> Result<Poll> {

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
@@ -113,10 +115,25 @@ impl PlannedTransform {
         let plan = reset_plan_states(self.physical.clone())?;
         let batches = collect(plan.clone(), self.task_ctx.clone())
             .await
-            .map_err(|e| Error::Sql {
-                name: self.file.name.clone(),
-                file: self.file.path.clone(),
-                message: e.to_string(),
+            .map_err(|e| {
+                let (name, file, message) = (
+                    self.file.name.clone(),
+                    self.file.path.clone(),
+                    e.to_string(),
+                );
+                if is_row_error(&e) {
+                    Error::SqlRows {
+                        name,
+                        file,
+                        message,
+                    }
+                } else {
+                    Error::Sql {
+                        name,
+                        file,
+                        message,
+                    }
+                }
             })?;
         Ok((batches, plan))
     }
@@ -137,5 +154,112 @@ impl PlannedTransform {
         datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
             .indent(true)
             .to_string()
+    }
+}
+
+/// Whether an error raised while a planned transform ran is about the values of the rows it ran
+/// over, so that the rows that cause it can be found and dead-lettered while the others flow on.
+///
+/// The rule: arithmetic overflow, division by zero, a failed cast or parse, a compute kernel or a
+/// function rejecting its argument (Arrow's `ArithmeticOverflow`, `DivideByZero`, `CastError`,
+/// `ParseError`, `ComputeError`, `InvalidArgumentError`, `JsonError`, and DataFusion's
+/// `Execution`, which functions raise on values they cannot take) are about rows. Everything else
+/// is not and stays fatal: resources exhausted, memory, IO, an internal error, a panicked task,
+/// an external error that is none of the above, planning, schema and configuration errors
+/// (wrappers such as `Context` and `Shared` are judged by what they wrap).
+pub fn is_row_error(error: &DataFusionError) -> bool {
+    match error {
+        DataFusionError::ArrowError(e, _) => is_row_arrow_error(e),
+        DataFusionError::Execution(_) => true,
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            is_row_error(inner)
+        }
+        DataFusionError::Shared(inner) => is_row_error(inner),
+        DataFusionError::Collection(errors) => {
+            !errors.is_empty() && errors.iter().all(is_row_error)
+        }
+        DataFusionError::External(e) => is_row_external(e.as_ref()),
+        _ => false,
+    }
+}
+
+fn is_row_arrow_error(error: &ArrowError) -> bool {
+    match error {
+        ArrowError::ArithmeticOverflow(_)
+        | ArrowError::DivideByZero
+        | ArrowError::CastError(_)
+        | ArrowError::ParseError(_)
+        | ArrowError::ComputeError(_)
+        | ArrowError::InvalidArgumentError(_)
+        | ArrowError::JsonError(_) => true,
+        ArrowError::ExternalError(e) => is_row_external(e.as_ref()),
+        _ => false,
+    }
+}
+
+/// An error boxed by a stream adapter: judged by the DataFusion or Arrow error inside, if any.
+fn is_row_external(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    if let Some(e) = error.downcast_ref::<DataFusionError>() {
+        is_row_error(e)
+    } else if let Some(e) = error.downcast_ref::<ArrowError>() {
+        is_row_arrow_error(e)
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn errors_about_values_are_row_errors_and_the_rest_stay_fatal() {
+        let arrow = |e| DataFusionError::ArrowError(Box::new(e), None);
+        for e in [
+            arrow(ArrowError::ArithmeticOverflow(
+                "Overflow happened on: 1 * 2".into(),
+            )),
+            arrow(ArrowError::DivideByZero),
+            arrow(ArrowError::CastError("Cannot cast string 'x'".into())),
+            arrow(ArrowError::ParseError("bad date".into())),
+            arrow(ArrowError::ComputeError("bad value".into())),
+            DataFusionError::Execution("Arrow error: Divide by zero error".into()),
+            DataFusionError::Context(
+                "in profit".into(),
+                Box::new(arrow(ArrowError::DivideByZero)),
+            ),
+            DataFusionError::Shared(Arc::new(arrow(ArrowError::DivideByZero))),
+            DataFusionError::External(Box::new(ArrowError::DivideByZero)),
+            arrow(ArrowError::ExternalError(Box::new(
+                DataFusionError::Execution("function failed".into()),
+            ))),
+        ] {
+            assert!(is_row_error(&e), "{e}");
+        }
+        for e in [
+            DataFusionError::ResourcesExhausted("memory".into()),
+            DataFusionError::Internal("bug".into()),
+            DataFusionError::Plan("no such column".into()),
+            DataFusionError::IoError(std::io::Error::other("disk")),
+            DataFusionError::NotImplemented("x".into()),
+            arrow(ArrowError::MemoryError("oom".into())),
+            arrow(ArrowError::IoError(
+                "disk".into(),
+                std::io::Error::other("disk"),
+            )),
+            DataFusionError::External(Box::new(std::io::Error::other("socket"))),
+            DataFusionError::Context(
+                "in profit".into(),
+                Box::new(DataFusionError::ResourcesExhausted("memory".into())),
+            ),
+            DataFusionError::Collection(vec![
+                arrow(ArrowError::DivideByZero),
+                DataFusionError::Internal("bug".into()),
+            ]),
+        ] {
+            assert!(!is_row_error(&e), "{e}");
+        }
     }
 }

@@ -192,11 +192,50 @@ async fn query(
     progress: Arc<Mutex<Vec<BatchProgress>>>,
     max_records: usize,
 ) -> StreamingQuery {
+    let transform = Transform {
+        name: "doubled",
+        price: "decimal(10,2)",
+        sql: SQL,
+    };
+    query_with(
+        dir,
+        transform,
+        source,
+        sink,
+        letters,
+        checkpoint,
+        progress,
+        max_records,
+    )
+    .await
+}
+
+/// A transform of the test's `trades(id, price)` table.
+struct Transform {
+    /// Its name (and file stem).
+    name: &'static str,
+    /// The price column's type.
+    price: &'static str,
+    /// Its SQL; `tiers` is joined as `tiers_by_id`.
+    sql: &'static str,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn query_with(
+    dir: &std::path::Path,
+    t: Transform,
+    source: MemorySource,
+    sink: MemorySink,
+    letters: MemoryDeadLetters,
+    checkpoint: bool,
+    progress: Arc<Mutex<Vec<BatchProgress>>>,
+    max_records: usize,
+) -> StreamingQuery {
     let schema = parse_columns(
         "t",
         &[
             "id int64 not null".into(),
-            "price decimal(10,2) not null".into(),
+            format!("price {} not null", t.price),
         ],
     )
     .unwrap();
@@ -217,8 +256,12 @@ async fn query(
         .await
         .unwrap();
     let input = ctx.register_input("trades", schema.clone()).unwrap();
-    let sql_path = dir.join("doubled.sql");
-    std::fs::write(&sql_path, SQL.replace("JOIN tiers r", "JOIN tiers_by_id r")).unwrap();
+    let sql_path = dir.join(format!("{}.sql", t.name));
+    std::fs::write(
+        &sql_path,
+        t.sql.replace("JOIN tiers r", "JOIN tiers_by_id r"),
+    )
+    .unwrap();
     let transform = ctx
         .register_transform(TransformFile::read(&sql_path).unwrap())
         .await
@@ -467,4 +510,251 @@ async fn a_bad_transform_fails_at_planning_naming_the_file() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope"), "{err}");
+}
+
+/// profit.sql's arithmetic: a decimal(28,10) price times a decimal(28,10) size is a
+/// decimal(38,20), which overflows for a price above about 8.3e13 times 12000.
+const VALUE_SQL: &str = "SELECT t.id, t.price * CAST(12000 AS DECIMAL(28,10)) AS value, r.tier \
+     FROM trades t JOIN tiers r ON r.id % 2 = t.id % 2";
+
+fn value_transform() -> Transform {
+    Transform {
+        name: "value",
+        price: "decimal(28,10)",
+        sql: VALUE_SQL,
+    }
+}
+
+/// The rows of what a sink was given, as sorted table lines (rows come out of a join in no set
+/// order).
+fn table_lines(written: &[(u64, Vec<RecordBatch>)]) -> Vec<String> {
+    let batches: Vec<RecordBatch> = written.iter().flat_map(|(_, b)| b.clone()).collect();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+const POISON: &str = r#"{"id":4,"price":"99999999999999999.5"}"#;
+
+#[tokio::test]
+async fn a_row_that_fails_in_the_transform_is_dead_lettered_and_the_rest_flows_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = messages(0..9)
+        .into_iter()
+        .filter(|m| !m.starts_with(r#"{"id":4,"#))
+        .collect::<Vec<_>>();
+    // Message 4 overflows in the transform; message 2 does not even decode, so the decoded rows
+    // and the messages are numbered differently.
+    let mut msgs = good.clone();
+    msgs.insert(2, r#"{"id":"#.into());
+    msgs.insert(5, POISON.into());
+    assert_eq!(msgs[5], POISON);
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let sink = MemorySink::default();
+    let letters = MemoryDeadLetters::default();
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    let q = query_with(
+        dir.path(),
+        value_transform(),
+        MemorySource::new(vec![msgs.clone()], commits.clone()),
+        sink.clone(),
+        letters.clone(),
+        true,
+        progress.clone(),
+        100,
+    )
+    .await;
+    let (_tx, rx) = watch::channel(false);
+    let summary = q.run(rx).await.unwrap();
+    assert_eq!(
+        (summary.batches, summary.output_rows, summary.dead_letters),
+        (1, 8, 2)
+    );
+    assert_eq!(
+        summary.dead_letters_by_reason,
+        [("decode".to_owned(), 1), ("transform value".to_owned(), 1)].into()
+    );
+
+    // The good rows are exactly what they give alone.
+    let alone = MemorySink::default();
+    let other = tempfile::tempdir().unwrap();
+    let q = query_with(
+        other.path(),
+        value_transform(),
+        MemorySource::new(vec![good], Default::default()),
+        alone.clone(),
+        Default::default(),
+        false,
+        Default::default(),
+        100,
+    )
+    .await;
+    let (_tx, rx) = watch::channel(false);
+    q.run(rx).await.unwrap();
+    let written = sink.written.lock().unwrap().clone();
+    assert_eq!(ids_of(&written), vec![vec![0, 1, 2, 3, 5, 6, 7, 8]]);
+    assert_eq!(
+        table_lines(&written),
+        table_lines(&alone.written.lock().unwrap())
+    );
+    assert!(
+        table_lines(&written)
+            .iter()
+            .any(|l| l.contains("| 8  | 99000.00000000000000000000 | even |")),
+        "8.25 * 12000 exactly: {:#?}",
+        table_lines(&written)
+    );
+
+    let l = letters.0.lock().unwrap().clone();
+    assert_eq!(
+        l.iter().map(|(_, l)| l.offset).collect::<Vec<_>>(),
+        vec![2, 5]
+    );
+    let (batch_id, poison) = &l[1];
+    assert_eq!(*batch_id, 0);
+    assert_eq!(poison.raw, POISON.as_bytes(), "the message as received");
+    assert!(
+        poison.reason.starts_with("transform value (")
+            && poison.reason.contains("value.sql): ")
+            && poison.reason.contains("Arithmetic overflow"),
+        "the transform and DataFusion's message: {}",
+        poison.reason
+    );
+
+    // The batch is committed: a restart on the same checkpoint meets the row no more.
+    assert_eq!(
+        commits.lock().unwrap().clone(),
+        vec![MemorySource::offsets(&[10])]
+    );
+    let p = progress.lock().unwrap().clone();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].num_dead_letters, 2);
+    assert_eq!(p[0].sink.num_output_rows, 8);
+    let json: serde_json::Value = serde_json::from_str(&p[0].json_line()).unwrap();
+    assert_eq!(
+        json["deadLettersByReason"],
+        serde_json::json!({"decode": 1, "transform value": 1})
+    );
+    assert!(
+        p[0].human_line()
+            .contains("2 dead-lettered (decode 1, transform value 1)"),
+        "{}",
+        p[0].human_line()
+    );
+    let again = Arc::new(Mutex::new(Vec::new()));
+    let q = query_with(
+        dir.path(),
+        value_transform(),
+        MemorySource::new(vec![msgs], Default::default()),
+        sink.clone(),
+        letters.clone(),
+        true,
+        again.clone(),
+        100,
+    )
+    .await;
+    let (_tx, rx) = watch::channel(false);
+    let summary = q.run(rx).await.unwrap();
+    assert_eq!(summary.batches, 0, "nothing reprocessed");
+    assert_eq!(letters.0.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_batch_whose_every_row_fails_is_all_dead_letters_and_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs: Vec<String> = (0..37)
+        .map(|i| format!(r#"{{"id":{i},"price":"9999999999999999{}.5"}}"#, i % 10))
+        .collect();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let sink = MemorySink::default();
+    let letters = MemoryDeadLetters::default();
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    let q = query_with(
+        dir.path(),
+        value_transform(),
+        MemorySource::new(vec![msgs.clone()], commits.clone()),
+        sink.clone(),
+        letters.clone(),
+        false,
+        progress.clone(),
+        20,
+    )
+    .await;
+    let (_tx, rx) = watch::channel(false);
+    let summary = q.run(rx).await.unwrap();
+    assert_eq!(
+        (summary.batches, summary.output_rows, summary.dead_letters),
+        (2, 0, 37)
+    );
+    let l = letters.0.lock().unwrap();
+    assert_eq!(
+        l.iter().map(|(_, l)| l.offset).collect::<Vec<_>>(),
+        (0..37).collect::<Vec<i64>>()
+    );
+    for (i, (_, letter)) in l.iter().enumerate() {
+        assert_eq!(letter.raw, msgs[i].as_bytes());
+        assert!(letter.reason.contains("Arithmetic overflow"), "{letter:?}");
+    }
+    assert_eq!(
+        commits.lock().unwrap().clone(),
+        vec![MemorySource::offsets(&[20]), MemorySource::offsets(&[37])]
+    );
+    let p = progress.lock().unwrap();
+    assert_eq!(
+        p.iter().map(|p| p.num_dead_letters).collect::<Vec<_>>(),
+        vec![20, 17]
+    );
+    assert_eq!(
+        p[1].dead_letters_by_reason,
+        [("transform value".to_owned(), 17)].into()
+    );
+}
+
+#[tokio::test]
+async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each id fits a TINYINT and so does each half's sum; the whole batch's sum (200) does not.
+    let msgs: Vec<String> = (0..4)
+        .map(|i| format!(r#"{{"id":50,"price":"{i}"}}"#))
+        .collect();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let sink = MemorySink::default();
+    let letters = MemoryDeadLetters::default();
+    let q = query_with(
+        dir.path(),
+        Transform {
+            name: "total",
+            price: "decimal(10,2)",
+            sql: "SELECT CAST(SUM(t.id) AS TINYINT) AS total FROM trades t",
+        },
+        MemorySource::new(vec![msgs], commits.clone()),
+        sink.clone(),
+        letters.clone(),
+        true,
+        Default::default(),
+        100,
+    )
+    .await;
+    let (_tx, rx) = watch::channel(false);
+    let err = q.run(rx).await.unwrap_err().to_string();
+    assert!(err.starts_with("transform total ("), "{err}");
+    assert!(err.contains("no single row explains the error"), "{err}");
+    assert!(
+        err.contains(
+            "the 4 rows from t partition 0 offset 0 to t partition 0 offset 3 fail together"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("Cast error"), "DataFusion's message: {err}");
+    assert!(commits.lock().unwrap().is_empty(), "nothing committed");
+    assert!(sink.written.lock().unwrap().is_empty());
+    assert!(letters.0.lock().unwrap().is_empty(), "no row blamed");
 }

@@ -501,3 +501,43 @@ pub fn check(out: &Output) -> String {
     );
     err
 }
+
+/// Every `(symbol, trade_id) → profit` in the Parquet files under `root`.
+pub fn parquet_profits(root: &std::path::Path) -> BTreeMap<(String, i64), Decimal> {
+    use arrow::array::{Array, AsArray, Decimal128Array};
+    use arrow::datatypes::Int64Type;
+    let mut rows = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&path).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+                let (symbol, ids, profit) = (col("symbol"), col("trade_id"), col("profit"));
+                let profit = profit.as_any().downcast_ref::<Decimal128Array>().unwrap();
+                for i in 0..batch.num_rows() {
+                    let previous = rows.insert(
+                        (
+                            symbol.as_string::<i32>().value(i).to_owned(),
+                            ids.as_primitive::<Int64Type>().value(i),
+                        ),
+                        Decimal::from_str(&profit.value_as_string(i)).unwrap(),
+                    );
+                    assert!(previous.is_none(), "a row stored twice in {root:?}");
+                }
+            }
+        }
+    }
+    rows
+}

@@ -6,11 +6,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::SchemaRef;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
+use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use engine::{Error, Result, Retry, Sink};
 use parquet::arrow::ArrowWriter;
@@ -161,16 +164,27 @@ fn escape(value: &str) -> String {
         .collect()
 }
 
-/// Registers a dataset written by this sink as table `name` for `query` and reports.
-pub async fn register_store(session: &SessionContext, name: &str, path: &Path) -> Result<()> {
-    let has_files = walk_has_parquet(path);
-    if !has_files {
+/// Registers a dataset written by this sink as table `name` for `query` and reports. A store
+/// whose folder exists but holds no file yet (a run stored nothing: no portfolio trade yet, or
+/// every row dead-lettered) is an empty table of `schema`, the transform's output schema; a
+/// folder that does not exist is an error (no run has used it).
+pub async fn register_store(
+    session: &SessionContext,
+    name: &str,
+    path: &Path,
+    schema: SchemaRef,
+) -> Result<()> {
+    if !path.is_dir() {
         return Err(Error::config(
             path.display().to_string(),
-            format!(
-                "the store for table {name} holds no Parquet files yet; run the pipeline first"
-            ),
+            format!("the store for table {name} does not exist yet; run the pipeline first"),
         ));
+    }
+    if !walk_has_parquet(path) {
+        tracing::info!(table = name, path = %path.display(), "The store holds no rows yet.");
+        let empty = MemTable::try_new(schema, vec![Vec::new()])?;
+        session.register_table(name, Arc::new(empty))?;
+        return Ok(());
     }
     // Partition folders are plain folders to the reader: the partition columns are kept in the
     // files too, so no column is derived from a folder name.
