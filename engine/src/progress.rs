@@ -64,6 +64,8 @@ pub struct BatchProgress {
     pub processed_rows_per_second: f64,
     /// Messages that went to the dead-letter output.
     pub num_dead_letters: u64,
+    /// Decimal values rounded to their column's scale (the input's decimal policy).
+    pub num_rounded_decimals: u64,
     /// Time per phase.
     pub duration_ms: Durations,
     /// The source (one per query for now, in a list as Spark's).
@@ -75,8 +77,12 @@ pub struct BatchProgress {
 impl BatchProgress {
     /// A one-line summary for people.
     pub fn human_line(&self) -> String {
+        let rounded = match self.num_rounded_decimals {
+            0 => String::new(),
+            n => format!(", {n} decimals rounded"),
+        };
         format!(
-            "batch {}: {} in, {} out, {} dead-lettered in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
+            "batch {}: {} in, {} out, {} dead-lettered{rounded} in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
             self.batch_id,
             self.num_input_rows,
             self.sink.num_output_rows,

@@ -275,6 +275,7 @@ impl StreamingQuery {
             input_rows_per_second: per_second(n, since_last),
             processed_rows_per_second: per_second(n, processing),
             num_dead_letters: decoded.dead_letters.len() as u64,
+            num_rounded_decimals: decoded.rounded_decimals as u64,
             duration_ms: Durations {
                 get_batch: millis(waited),
                 decode: millis(decode),
