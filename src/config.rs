@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use arrow::datatypes::SchemaRef;
 use connectors::{DeadLetterConfig, SinkConfig, SourceConfig};
 use engine::context::ContextOptions;
+use engine::decimal::DecimalPolicy;
 use engine::reference::ReferenceTable;
 use engine::trigger::Trigger;
 use serde::Deserialize;
@@ -53,6 +54,10 @@ struct RawInput {
     table: Option<String>,
     /// Declared columns (`"<name> <type> [not null]"`); default the trade record.
     columns: Option<Vec<String>>,
+    /// What a decimal with more fractional digits than its column's scale becomes:
+    /// `round_half_up` (default, as Spark's `from_json`; counted in the progress) or `reject`
+    /// (the message goes to the dead letters).
+    decimal_policy: Option<String>,
 }
 
 /// `[[reference]]`: a JSON file keyed by id, loaded once.
@@ -95,6 +100,7 @@ pub struct Config {
     pub context: ContextOptions,
     pub input_table: String,
     pub input_schema: SchemaRef,
+    pub decimal_policy: DecimalPolicy,
     pub references: Vec<ReferenceTable>,
     pub transform_files: Vec<PathBuf>,
     pub output: String,
@@ -175,6 +181,15 @@ impl Config {
         let input_schema = engine::schema::parse_columns("input.columns", &columns)
             .map_err(|e| problems.push(strip_config_prefix(&e)));
 
+        let decimal_policy = match raw.input.decimal_policy.as_deref().map(str::parse) {
+            None => DecimalPolicy::default(),
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                problems.push(format!("input.decimal_policy: {e}"));
+                DecimalPolicy::default()
+            }
+        };
+
         let mut references = Vec::new();
         for (i, r) in raw.reference.into_iter().enumerate() {
             let what = format!("reference[{i}] ({})", r.name);
@@ -237,6 +252,7 @@ impl Config {
                 context,
                 input_table,
                 input_schema,
+                decimal_policy,
                 references,
                 transform_files,
                 output: raw.transforms.output,
@@ -295,6 +311,7 @@ trigger = "sometimes"
 max_records_per_batch = 0
 [input]
 columns = ["price money"]
+decimal_policy = "truncate"
 [transforms]
 files = ["sql/profit.sql"]
 output = "pnl"
@@ -321,6 +338,7 @@ sql = "r.sql"
             "engine.trigger: \"sometimes\"",
             "engine.max_records_per_batch: must be at least 1",
             "input.columns: [0] \"price money\": unknown type",
+            "input.decimal_policy: unknown decimal policy \"truncate\" (valid: round_half_up, reject)",
             "transforms.output: \"pnl\" is not one of the transforms (profit)",
             "report: a report reads the Parquet store",
         ] {

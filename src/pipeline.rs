@@ -82,7 +82,8 @@ async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
     let sink = connectors::build_sink(&config.sink, &transform.schema())?;
     let query = StreamingQuery {
         source: connectors::build_source(&config.source)?,
-        decoder: RecordDecoder::new(config.input_schema.clone()),
+        decoder: RecordDecoder::new(config.input_schema.clone())
+            .with_decimal_policy(config.decimal_policy),
         input,
         transform,
         sink,
@@ -172,7 +173,9 @@ async fn explain(config: &Config, analyze: bool, only: Option<&str>) -> anyhow::
                 engine::Poll::Batch(b) => b.records,
                 _ => Vec::new(),
             };
-            let decoded = RecordDecoder::new(config.input_schema.clone()).decode(&records)?;
+            let decoded = RecordDecoder::new(config.input_schema.clone())
+                .with_decimal_policy(config.decimal_policy)
+                .decode(&records)?;
             let rows_in = decoded.batch.num_rows();
             input.set(vec![decoded.batch]);
             let (out, plan) = t.execute().await?;

@@ -556,3 +556,164 @@ fn a_run_that_stores_nothing_ends_with_an_empty_report() {
         String::from_utf8_lossy(&q.stdout)
     );
 }
+
+/// The `decimal-excess-scale` case's capture: ADA-USD prices and sizes with 11–12 decimals into
+/// the bus's `decimal(28,10)` columns.
+const EXCESS_SCALE_FEED: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]}]}
+{"type":"match","trade_id":96034223,"maker_order_id":"00000000-0000-4000-8000-000096034223","taker_order_id":"00000000-0000-4000-9000-000096034223","side":"sell","size":"2987.85","price":"0.796","product_id":"ADA-USD","sequence":9712066600,"time":"2025-05-12T14:03:22.100000Z"}
+{"type":"match","trade_id":96034224,"maker_order_id":"00000000-0000-4000-8000-000096034224","taker_order_id":"00000000-0000-4000-9000-000096034224","side":"sell","size":"0.00000000019","price":"0.79600000009","product_id":"ADA-USD","sequence":9712066601,"time":"2025-05-12T14:03:22.200000Z"}
+{"type":"match","trade_id":96034225,"maker_order_id":"00000000-0000-4000-8000-000096034225","taker_order_id":"00000000-0000-4000-9000-000096034225","side":"buy","size":"1.99999999999","price":"0.742100000051","product_id":"ADA-USD","sequence":9712066602,"time":"2025-05-12T14:03:22.300000Z"}
+"#;
+
+/// `trade_id → [price, size, profit]` as stored, read back from every Parquet file under `root`.
+fn stored_amounts(root: &Path) -> BTreeMap<i64, [String; 3]> {
+    let mut rows = BTreeMap::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rows.extend(stored_amounts(&path));
+            continue;
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+            let ids = col("trade_id");
+            let text = |name: &str, i: usize| {
+                arrow::util::display::array_value_to_string(&col(name), i).unwrap()
+            };
+            for i in 0..batch.num_rows() {
+                rows.insert(
+                    ids.as_primitive::<Int64Type>().value(i),
+                    [text("price", i), text("size", i), text("profit", i)],
+                );
+            }
+        }
+    }
+    rows
+}
+
+/// Every dead letter under `dir` as `(offset, reason, raw)`, in offset order.
+fn dead_letter_triples(dir: &Path) -> Vec<(i64, String, String)> {
+    let mut letters = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return letters;
+    };
+    for entry in entries {
+        for line in std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .lines()
+        {
+            let l: serde_json::Value = serde_json::from_str(line).unwrap();
+            letters.push((
+                l["offset"].as_i64().unwrap(),
+                l["reason"].as_str().unwrap().to_owned(),
+                l["raw"].to_string(),
+            ));
+        }
+    }
+    letters.sort();
+    letters
+}
+
+/// Runs the default pipeline over `EXCESS_SCALE_FEED` in `dir` with `decimal_policy`, and
+/// returns the run's output and its progress records.
+fn run_excess_scale(
+    dir: &Path,
+    decimal_policy: &str,
+    progress: &str,
+) -> (Output, Vec<serde_json::Value>) {
+    let feed = dir.join("feed.jsonl");
+    std::fs::write(&feed, EXCESS_SCALE_FEED).unwrap();
+    let cfg = config(dir, &feed);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let policy = "decimal_policy = \"round_half_up\"";
+    assert!(text.contains(policy), "the shipped config names its policy");
+    std::fs::write(
+        &cfg,
+        text.replace(policy, &format!("decimal_policy = {decimal_policy:?}")),
+    )
+    .unwrap();
+    let out = coinstream(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+        "--progress",
+        progress,
+    ]);
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    let records = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out, records)
+}
+
+#[test]
+fn excess_decimal_digits_round_half_up_as_spark_and_each_rounding_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, progress) = run_excess_scale(dir.path(), "round_half_up", "json");
+    let stored = stored_amounts(&dir.path().join("data/profit"));
+    let amounts = |id: i64| stored[&id].clone().map(|s| Decimal::from_str(&s).unwrap());
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert_eq!(stored[&96034223][..2], ["0.7960000000", "2987.8500000000"]);
+    assert_eq!(stored[&96034224][..2], ["0.7960000001", "0.0000000002"]);
+    assert_eq!(stored[&96034225][..2], ["0.7421000001", "2.0000000000"]);
+    // The profit follows the stored price: (0.7421000001 - 0.7421) × 12000.
+    assert_eq!(
+        amounts(96034225)[2],
+        Decimal::from_str("0.0000012").unwrap()
+    );
+    assert!(dead_letter_triples(&dir.path().join("data/dead_letters")).is_empty());
+    let rounded: u64 = progress
+        .iter()
+        .map(|p| p["numRoundedDecimals"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rounded, 4, "{progress:?}");
+
+    // The human progress line says so too.
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = run_excess_scale(dir.path(), "round_half_up", "human");
+    assert!(
+        stderr(&out).contains("0 dead-lettered, 4 decimals rounded in "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn reject_decimal_policy_dead_letters_values_that_would_change_and_stores_exact_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, progress) = run_excess_scale(dir.path(), "reject", "json");
+    let stored = stored_amounts(&dir.path().join("data/profit"));
+    assert_eq!(stored.keys().copied().collect::<Vec<_>>(), [96034223]);
+    assert_eq!(stored[&96034223][..2], ["0.7960000000", "2987.8500000000"]);
+    let letters = dead_letter_triples(&dir.path().join("data/dead_letters"));
+    let reasons: Vec<(i64, &str)> = letters.iter().map(|(o, r, _)| (*o, r.as_str())).collect();
+    assert_eq!(
+        reasons,
+        [
+            (
+                2,
+                r#"column price: "0.79600000009" has non-zero digits beyond the scale 10 (decimal policy reject)"#
+            ),
+            (
+                3,
+                r#"column price: "0.742100000051" has non-zero digits beyond the scale 10 (decimal policy reject)"#
+            ),
+        ],
+        "{}",
+        stderr(&out)
+    );
+    assert!(letters[0].2.contains("96034224"), "{letters:?}");
+    assert!(letters[1].2.contains("96034225"), "{letters:?}");
+    let sum = |key: &str| -> u64 { progress.iter().map(|p| p[key].as_u64().unwrap()).sum() };
+    assert_eq!(sum("numDeadLetters"), 2);
+    assert_eq!(sum("numRoundedDecimals"), 0);
+}

@@ -67,6 +67,9 @@ pub struct Parsed {
 }
 
 /// Why a text is not a decimal of the requested type. Permanent: the same text always fails.
+///
+/// Displayed as a predicate to follow the value (`"NaN" is not a decimal: …`,
+/// `"1e40" does not fit decimal(28,10): …`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecimalError {
     /// Not decimal syntax (empty, spaces, `NaN`, `Infinity`, stray characters).
@@ -88,7 +91,7 @@ pub enum DecimalError {
 impl fmt::Display for DecimalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Syntax(why) => write!(f, "not a decimal: {why}"),
+            Self::Syntax(why) => write!(f, "is not a decimal: {why}"),
             Self::Overflow { precision, scale } => write!(
                 f,
                 "does not fit decimal({precision},{scale}): more than {} integer digits",
@@ -108,7 +111,9 @@ impl std::error::Error for DecimalError {}
 const MAX_EXPONENT: i64 = i32::MAX as i64;
 
 /// Parses `text` into the unscaled value of a `decimal(precision, scale)` under `policy`; see
-/// the module docs for the grammar, rounding and errors. `precision` is at most 38.
+/// the module docs for the grammar, rounding and errors. A `precision` above 38 counts as 38.
+///
+/// It allocates nothing: the flat decoder calls it for every decimal value of every message.
 pub fn parse_decimal(
     text: &str,
     precision: u8,
@@ -116,38 +121,43 @@ pub fn parse_decimal(
     policy: DecimalPolicy,
 ) -> Result<Parsed, DecimalError> {
     let number = Number::parse(text.as_bytes())?;
-    // value = digits × 10^(exponent - fraction_digits); scaled by 10^scale for the column.
-    let shift = number.exponent - number.fraction_digits + i64::from(scale);
-    let digits = number.significant();
     let too_big = DecimalError::Overflow { precision, scale };
-    let (kept, dropped) = if shift >= 0 {
-        (digits, &[][..])
+    let precision = precision.min(38);
+    let all = number.int.len() + number.frac.len();
+    let leading = number.digits().take_while(|&d| d == b'0').count();
+    let significant = all - leading;
+    // value = digits × 10^(exponent - fraction digits); scaled by 10^scale for the column.
+    let shift = number.exponent - number.frac.len() as i64 + i64::from(scale);
+    let cut = if shift >= 0 {
+        0
     } else {
-        let cut = usize::try_from(-shift).unwrap_or(usize::MAX);
-        digits.split_at(digits.len().saturating_sub(cut))
+        usize::try_from(-shift).unwrap_or(usize::MAX)
     };
-    let round_up = match dropped.first() {
-        // The dropped digits start right after the kept ones only when the cut fell inside the
-        // digit string; otherwise implicit leading zeros come first and the value rounds to 0.
-        Some(&d) if dropped.len() as i64 == -shift => d >= b'5',
-        _ => false,
-    };
-    let rounded = dropped.iter().any(|&d| d != b'0');
-    if rounded && policy == DecimalPolicy::Reject {
-        return Err(DecimalError::ExcessScale { scale });
-    }
+    let dropped = cut.min(significant);
+    let kept = significant - dropped;
     // Zero stays zero whatever its exponent.
-    let zeros = if shift > 0 && !digits.is_empty() {
+    let zeros = if shift > 0 && significant > 0 {
         shift
     } else {
         0
     };
-    if kept.len() as i64 + zeros > i64::from(precision) {
+    if kept as i64 + zeros > i64::from(precision) {
         return Err(too_big);
     }
+    let mut digits = number.digits().skip(leading);
     let mut value: i128 = 0;
-    for &d in kept {
+    for d in digits.by_ref().take(kept) {
         value = value * 10 + i128::from(d - b'0');
+    }
+    let (mut rounded, mut round_up) = (false, false);
+    if let Some(first) = digits.next() {
+        // The dropped digits start right after the kept ones only when the cut fell inside the
+        // digit string; otherwise implicit leading zeros come first and the value rounds to 0.
+        round_up = dropped == cut && first >= b'5';
+        rounded = first != b'0' || digits.any(|d| d != b'0');
+    }
+    if rounded && policy == DecimalPolicy::Reject {
+        return Err(DecimalError::ExcessScale { scale });
     }
     for _ in 0..zeros {
         value *= 10;
@@ -155,7 +165,7 @@ pub fn parse_decimal(
     if round_up {
         value += 1;
     }
-    if value >= 10i128.pow(u32::from(precision.min(38))) {
+    if value >= 10i128.pow(u32::from(precision)) {
         return Err(too_big);
     }
     Ok(Parsed {
@@ -173,29 +183,33 @@ pub fn check_decimal(text: &str) -> Result<(), DecimalError> {
 /// Whether `text` is a decimal greater than zero (a price or a size).
 pub fn is_positive_decimal(text: &str) -> Result<bool, DecimalError> {
     let n = Number::parse(text.as_bytes())?;
-    Ok(!n.negative && !n.significant().is_empty())
+    Ok(!n.negative && n.digits().any(|d| d != b'0'))
 }
 
-/// Decimal syntax split into its parts.
-struct Number {
+/// Decimal syntax split into its parts, borrowed from the text.
+struct Number<'a> {
     negative: bool,
-    /// Integer and fraction digits together, leading zeros included.
-    digits: Vec<u8>,
-    /// How many of `digits` came after the point.
-    fraction_digits: i64,
+    /// The digits before the point, leading zeros included.
+    int: &'a [u8],
+    /// The digits after the point.
+    frac: &'a [u8],
     exponent: i64,
 }
 
-impl Number {
-    fn parse(text: &[u8]) -> Result<Self, DecimalError> {
+impl<'a> Number<'a> {
+    fn parse(text: &'a [u8]) -> Result<Self, DecimalError> {
         let syntax = |why: &str| DecimalError::Syntax(why.to_owned());
         if text.is_empty() {
             return Err(syntax("empty"));
         }
-        let lower = text.to_ascii_lowercase();
-        let unsigned = lower.strip_prefix(b"-").or(lower.strip_prefix(b"+"));
-        let word = unsigned.unwrap_or(&lower);
-        if word == b"nan" || word == b"inf" || word == b"infinity" {
+        let word = match text[0] {
+            b'-' | b'+' => &text[1..],
+            _ => text,
+        };
+        if [&b"nan"[..], b"inf", b"infinity"]
+            .iter()
+            .any(|w| word.eq_ignore_ascii_case(w))
+        {
             return Err(syntax("NaN and infinities are not finite decimals"));
         }
         if text.iter().any(u8::is_ascii_whitespace) {
@@ -210,14 +224,14 @@ impl Number {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
-        let (int_part, frac_part) = match mantissa.iter().position(|&c| c == b'.') {
+        let (int, frac) = match mantissa.iter().position(|&c| c == b'.') {
             Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
             None => (mantissa, &[][..]),
         };
-        if int_part.is_empty() && frac_part.is_empty() {
+        if int.is_empty() && frac.is_empty() {
             return Err(syntax("no digits"));
         }
-        if !int_part.iter().chain(frac_part).all(u8::is_ascii_digit) {
+        if !int.iter().chain(frac).all(u8::is_ascii_digit) {
             return Err(syntax(
                 "only digits, one point, a sign and an exponent are allowed",
             ));
@@ -243,25 +257,17 @@ impl Number {
                 if neg { -value } else { value }
             }
         };
-        let mut digits = Vec::with_capacity(int_part.len() + frac_part.len());
-        digits.extend_from_slice(int_part);
-        digits.extend_from_slice(frac_part);
         Ok(Self {
             negative,
-            digits,
-            fraction_digits: frac_part.len() as i64,
+            int,
+            frac,
             exponent,
         })
     }
 
-    /// The digits without leading zeros (empty for zero).
-    fn significant(&self) -> &[u8] {
-        let first = self
-            .digits
-            .iter()
-            .position(|&d| d != b'0')
-            .unwrap_or(self.digits.len());
-        &self.digits[first..]
+    /// Integer and fraction digits together, leading zeros included.
+    fn digits(&self) -> impl Iterator<Item = u8> + 'a {
+        self.int.iter().chain(self.frac).copied()
     }
 }
 

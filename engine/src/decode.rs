@@ -12,12 +12,26 @@
 //!
 //! The decoder is kept from batch to batch: it owns buffers sized for a whole batch, and building
 //! a new one per batch spent more time in page faults than in parsing.
+//!
+//! # Decimals
+//! Every top-level `Decimal128` column is parsed by the one checked parser, [`crate::decimal`], on
+//! every path, from a JSON string or a JSON number alike, so a value never depends on the path a
+//! batch took. Arrow's decoder reads such a column as text (a number kept exactly as written), and
+//! the text is then converted; a value that does not convert (or that the
+//! [`DecimalPolicy`] refuses) makes its message a dead letter whose reason names the column and
+//! the value. Values rounded to the column's scale are counted in [`Decoded::rounded_decimals`].
+//! One side effect of reading decimals as text: arrow's decoder then takes a JSON number or
+//! boolean in any string column as its text (as Spark's `from_json` does for a `StringType`).
 
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Decimal128Builder, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
 use arrow::record_batch::RecordBatch;
 
+use crate::decimal::{DecimalPolicy, parse_decimal};
 use crate::error::Result;
 use crate::flat_json::FlatDecoder;
 use crate::sink::DeadLetter;
@@ -33,11 +47,28 @@ pub struct Decoded {
     /// For each row of `batch`, the position of its message in the decoded slice (so a row that
     /// later fails in a transform can be dead-lettered with its message).
     pub rows: Vec<usize>,
+    /// Decimal values rounded to their column's scale (under [`DecimalPolicy::RoundHalfUp`]).
+    pub rounded_decimals: usize,
 }
+
+/// A decimal column arrow's decoder reads as text.
+#[derive(Debug, Clone)]
+struct DecimalColumn {
+    index: usize,
+    precision: u8,
+    scale: i8,
+}
+
+/// Values longer than this are cut in dead-letter reasons.
+const MAX_VALUE_IN_REASON: usize = 40;
 
 /// Decodes JSON messages into a declared schema.
 pub struct RecordDecoder {
     schema: SchemaRef,
+    /// `schema` with every decimal column as text: what arrow's decoder reads.
+    text_schema: SchemaRef,
+    decimals: Vec<DecimalColumn>,
+    decimal_policy: DecimalPolicy,
     /// The fast path for flat records, when the schema's types allow it.
     flat: Option<FlatDecoder>,
     /// The reusable decoder and the most rows it takes per batch; dropped after any error, since
@@ -57,11 +88,41 @@ impl RecordDecoder {
     /// A decoder for `schema` (fields missing from a message are null; non-nullable ones are then
     /// an error; fields not in the schema are ignored).
     pub fn new(schema: SchemaRef) -> Self {
+        let mut decimals = Vec::new();
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(index, field)| match field.data_type() {
+                DataType::Decimal128(precision, scale) => {
+                    decimals.push(DecimalColumn {
+                        index,
+                        precision: *precision,
+                        scale: *scale,
+                    });
+                    field.as_ref().clone().with_data_type(DataType::Utf8)
+                }
+                _ => field.as_ref().clone(),
+            })
+            .collect();
+        let text_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+        let decimal_policy = DecimalPolicy::default();
         Self {
-            flat: FlatDecoder::new(schema.clone()),
+            flat: FlatDecoder::new(schema.clone(), decimal_policy),
             schema,
+            text_schema,
+            decimals,
+            decimal_policy,
             decoder: None,
         }
+    }
+
+    /// What happens to decimals with more fractional digits than their column's scale (default:
+    /// round half up, as Spark).
+    pub fn with_decimal_policy(mut self, policy: DecimalPolicy) -> Self {
+        self.decimal_policy = policy;
+        self.flat = FlatDecoder::new(self.schema.clone(), policy);
+        self
     }
 
     /// The schema rows are decoded into.
@@ -74,19 +135,25 @@ impl RecordDecoder {
         let all_clean = records.iter().all(|r| r.rejected.is_none());
         if all_clean
             && let Some(flat) = &self.flat
-            && let Some(batch) = flat.decode(records.iter().map(|r| r.payload.as_slice()))
+            && let Some((batch, rounded_decimals)) =
+                flat.decode(records.iter().map(|r| r.payload.as_slice()))
         {
             return Ok(Decoded {
                 batch,
                 dead_letters: Vec::new(),
                 rows: (0..records.len()).collect(),
+                rounded_decimals,
             });
         }
-        if all_clean && let Some(batch) = self.decode_all(records.iter())? {
+        if all_clean
+            && let Some(text) = self.decode_all(records.iter())?
+            && let Ok((batch, rounded_decimals)) = self.convert_decimals(&text)
+        {
             return Ok(Decoded {
                 batch,
                 dead_letters: Vec::new(),
                 rows: (0..records.len()).collect(),
+                rounded_decimals,
             });
         }
         let mut good = Vec::with_capacity(records.len());
@@ -111,37 +178,88 @@ impl RecordDecoder {
                 }),
             }
         }
-        let batch = match self.decode_all(good.iter().copied())? {
-            Some(batch) => batch,
-            None => {
-                return Err(crate::Error::Internal(
-                    "messages that decoded one by one failed to decode together".into(),
-                ));
-            }
+        let together = || {
+            crate::Error::Internal(
+                "messages that decoded one by one failed to decode together".into(),
+            )
         };
+        let text = self
+            .decode_all(good.iter().copied())?
+            .ok_or_else(together)?;
+        let (batch, rounded_decimals) = self.convert_decimals(&text).map_err(|_| together())?;
         Ok(Decoded {
             batch,
             dead_letters,
             rows,
+            rounded_decimals,
         })
     }
 
-    /// Decodes every record in one pass; `None` if any record failed or did not hold exactly one
-    /// JSON object.
+    /// `text` (a batch of [`Self::text_schema`]) with its decimal columns parsed, and how many
+    /// values were rounded; or why the first value that does not convert does not.
+    fn convert_decimals(
+        &self,
+        text: &RecordBatch,
+    ) -> std::result::Result<(RecordBatch, usize), String> {
+        if self.decimals.is_empty() {
+            return Ok((text.clone(), 0));
+        }
+        let mut columns: Vec<ArrayRef> = text.columns().to_vec();
+        let mut rounded = 0;
+        for d in &self.decimals {
+            let name = self.schema.field(d.index).name();
+            let values = text
+                .column(d.index)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| format!("column {name}: not read as text"))?;
+            let mut builder = Decimal128Builder::with_capacity(values.len());
+            for value in values {
+                let Some(value) = value else {
+                    builder.append_null();
+                    continue;
+                };
+                match parse_decimal(value, d.precision, d.scale, self.decimal_policy) {
+                    Ok(parsed) => {
+                        rounded += usize::from(parsed.rounded);
+                        builder.append_value(parsed.value);
+                    }
+                    Err(e) => {
+                        return Err(format!("column {name}: {} {e}", quoted(value)));
+                    }
+                }
+            }
+            let array = builder
+                .finish()
+                .with_precision_and_scale(d.precision, d.scale)
+                .map_err(|e| format!("column {name}: {e}"))?;
+            columns[d.index] = Arc::new(array);
+        }
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map(|batch| (batch, rounded))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Arrow's decoder as configured for [`Self::text_schema`]: JSON numbers in a text column
+    /// are kept as written (`1.10` stays `1.10`), for the decimal parser to read.
+    fn reader(&self) -> ReaderBuilder {
+        ReaderBuilder::new(self.text_schema.clone()).with_coerce_primitive(true)
+    }
+
+    /// Decodes every record in one pass into [`Self::text_schema`]; `None` if any record failed
+    /// or did not hold exactly one JSON object.
     fn decode_all<'a>(
         &mut self,
         records: impl ExactSizeIterator<Item = &'a RawRecord>,
     ) -> Result<Option<RecordBatch>> {
         let expected = records.len();
         if expected == 0 {
-            return Ok(Some(RecordBatch::new_empty(self.schema.clone())));
+            return Ok(Some(RecordBatch::new_empty(self.text_schema.clone())));
         }
         let mut decoder = match self.decoder.take() {
             Some((decoder, rows)) if rows >= expected => (decoder, rows),
             _ => (
-                ReaderBuilder::new(self.schema.clone())
-                    .with_batch_size(expected)
-                    .build_decoder()?,
+                self.reader().with_batch_size(expected).build_decoder()?,
                 expected,
             ),
         };
@@ -180,16 +298,35 @@ impl RecordDecoder {
                 return Some(format!("missing required field {}", field.name()));
             }
         }
-        let mut decoder = match ReaderBuilder::new(self.schema.clone()).build_decoder() {
+        let mut decoder = match self.reader().build_decoder() {
             Ok(d) => d,
             Err(e) => return Some(e.to_string()),
         };
         let result = decoder.decode(payload).and_then(|_| decoder.flush());
         match result {
-            Ok(Some(batch)) if batch.num_rows() == 1 => None,
+            Ok(Some(batch)) if batch.num_rows() == 1 => self.convert_decimals(&batch).err(),
             Ok(_) => Some("expected exactly one JSON object".into()),
             Err(e) => Some(e.to_string()),
         }
+    }
+
+    /// This decoder without its fast path, to check both paths agree.
+    #[cfg(test)]
+    pub(crate) fn without_fast_path(mut self) -> Self {
+        self.flat = None;
+        self
+    }
+}
+
+/// `value` quoted for a reason, cut after [`MAX_VALUE_IN_REASON`] characters.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(MAX_VALUE_IN_REASON) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!(
+            "{:?}… ({} characters)",
+            &value[..end],
+            value.chars().count()
+        ),
     }
 }
 
@@ -336,10 +473,252 @@ mod tests {
         );
     }
 
+    /// Each message's decimal as stored (or its dead-letter reason), and the roundings counted.
+    fn decimals(
+        d: &mut RecordDecoder,
+        messages: &[String],
+    ) -> (Vec<Result<String, String>>, usize) {
+        let records: Vec<RawRecord> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| record(i as i64, m))
+            .collect();
+        let out = d.decode(&records).unwrap();
+        let prices = out
+            .batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .unwrap();
+        let ids = out
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let mut values = vec![None; messages.len()];
+        for row in 0..out.batch.num_rows() {
+            values[ids.value(row) as usize] = Some(Ok(prices.value_as_string(row)));
+        }
+        for letter in &out.dead_letters {
+            values[letter.offset as usize] = Some(Err(letter.reason.clone()));
+        }
+        let values = values.into_iter().map(Option::unwrap).collect();
+        (values, out.rounded_decimals)
+    }
+
+    /// Hostile decimal texts (as JSON strings, or JSON numbers where JSON allows) with what
+    /// the round-half-up policy makes of them: a value, or the dead-letter reason.
+    const DECIMAL_CASES: &[(&str, Result<&str, &str>)] = &[
+        // The decimal-excess-scale case.
+        (r#""0.79600000009""#, Ok("0.7960000001")),
+        (r#""0.00000000019""#, Ok("0.0000000002")),
+        (r#""0.742100000051""#, Ok("0.7421000001")),
+        (r#""1.99999999999""#, Ok("2.0000000000")),
+        ("0.79600000009", Ok("0.7960000001")),
+        ("-0.00000000005", Ok("-0.0000000001")),
+        (r#""-0.00000000004999""#, Ok("0.0000000000")),
+        ("1.10", Ok("1.1000000000")),
+        ("1e5", Ok("100000.0000000000")),
+        (r#""1.5E+4""#, Ok("15000.0000000000")),
+        ("1.5E+4", Ok("15000.0000000000")),
+        (r#""25e-3""#, Ok("0.0250000000")),
+        (r#""+2.5""#, Ok("2.5000000000")),
+        (r#"".5""#, Ok("0.5000000000")),
+        (r#""5.""#, Ok("5.0000000000")),
+        (
+            r#""0.500000000000000000000000000000000000000000000000""#,
+            Ok("0.5000000000"),
+        ),
+        (
+            r#""0.123456789049999999999999999999999999999999999999""#,
+            Ok("0.1234567890"),
+        ),
+        ("123456789012345678", Ok("123456789012345678.0000000000")),
+        (
+            r#""NaN""#,
+            Err(
+                r#"column price: "NaN" is not a decimal: NaN and infinities are not finite decimals"#,
+            ),
+        ),
+        (
+            r#""-Infinity""#,
+            Err(
+                r#"column price: "-Infinity" is not a decimal: NaN and infinities are not finite decimals"#,
+            ),
+        ),
+        (r#""Infinity""#, Err("is not a decimal: NaN and infinities")),
+        (
+            r#"" 1.5""#,
+            Err(r#"column price: " 1.5" is not a decimal: contains spaces"#),
+        ),
+        (r#""1.5 ""#, Err("contains spaces")),
+        (r#""1 000""#, Err("contains spaces")),
+        (
+            r#""1,000.5""#,
+            Err(r#"column price: "1,000.5" is not a decimal"#),
+        ),
+        (r#""0x10""#, Err("is not a decimal")),
+        (r#""""#, Err(r#"column price: "" is not a decimal: empty"#)),
+        ("true", Err(r#"column price: "true" is not a decimal"#)),
+        (
+            "1234567890123456789",
+            Err(
+                r#"column price: "1234567890123456789" does not fit decimal(28,10): more than 18 integer digits"#,
+            ),
+        ),
+        ("1e18", Err("does not fit decimal(28,10)")),
+        (
+            r#""999999999999999999.99999999995""#,
+            Err("does not fit decimal(28,10)"),
+        ),
+        (
+            r#""11111111111111111111111111111111111111111111111111111111111111111""#,
+            Err(
+                r#"column price: "1111111111111111111111111111111111111111"… (65 characters) does not fit"#,
+            ),
+        ),
+    ];
+
+    fn decimal_messages() -> Vec<String> {
+        DECIMAL_CASES
+            .iter()
+            .enumerate()
+            .map(|(i, (price, _))| format!(r#"{{"trade_id":{i},"price":{price},"side":"buy"}}"#))
+            .collect()
+    }
+
+    fn check_decimal_case(case: usize, got: &Result<String, String>) {
+        let (input, expected) = &DECIMAL_CASES[case];
+        match (expected, got) {
+            (Ok(want), Ok(got)) => assert_eq!(want, got, "{input}"),
+            (Err(want), Err(got)) => assert!(got.contains(want), "{input}: {got:?}"),
+            _ => panic!("{input}: expected {expected:?}, got {got:?}"),
+        }
+    }
+
+    #[test]
+    fn decimals_become_the_policys_value_or_a_dead_letter_naming_column_and_value() {
+        let messages = decimal_messages();
+        let (values, rounded) = decimals(&mut RecordDecoder::new(schema()), &messages);
+        assert_eq!(values.len(), DECIMAL_CASES.len());
+        for (case, got) in values.iter().enumerate() {
+            check_decimal_case(case, got);
+        }
+        // 0.79600000009 (twice), 0.00000000019, 0.742100000051, 1.99999999999, -0.00000000005,
+        // -0.00000000004999, 0.1234567890499…
+        assert_eq!(rounded, 8);
+    }
+
+    #[test]
+    fn both_decoder_paths_give_the_same_decimals() {
+        let messages = decimal_messages();
+        let mut fast = RecordDecoder::new(schema());
+        let mut arrow = RecordDecoder::new(schema()).without_fast_path();
+        // Whole batches, and each message alone (so the clean ones take the fast path).
+        assert_eq!(
+            decimals(&mut fast, &messages),
+            decimals(&mut arrow, &messages)
+        );
+        for (i, m) in messages.iter().enumerate() {
+            let m = [m.replace(&format!(r#""trade_id":{i}"#), r#""trade_id":0"#)];
+            let (values, rounded) = decimals(&mut fast, &m);
+            assert_eq!((values.clone(), rounded), decimals(&mut arrow, &m), "{m:?}");
+            check_decimal_case(i, &values[0]);
+        }
+    }
+
+    #[test]
+    fn a_batch_the_fast_path_declines_gives_the_values_the_fast_path_gives() {
+        let clean: Vec<String> = DECIMAL_CASES
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, expected))| expected.is_ok())
+            .map(|(i, (price, _))| format!(r#"{{"trade_id":{i},"price":{price},"side":"buy"}}"#))
+            .collect();
+        let flat = FlatDecoder::new(schema(), DecimalPolicy::RoundHalfUp).unwrap();
+        assert!(flat.decode(clean.iter().map(|m| m.as_bytes())).is_some());
+        // An escape in one message sends the whole batch to arrow's decoder.
+        let mut escaped = clean.clone();
+        escaped[0] = escaped[0].replace(r#""buy""#, r#""b\u0075y""#);
+        assert!(flat.decode(escaped.iter().map(|m| m.as_bytes())).is_none());
+        let mut d = RecordDecoder::new(schema());
+        let (fast_values, fast_rounded) = decimals(&mut d, &clean);
+        let (arrow_values, arrow_rounded) = decimals(&mut d, &escaped);
+        assert_eq!(fast_values, arrow_values);
+        assert_eq!(fast_rounded, arrow_rounded);
+        assert!(fast_rounded > 0);
+    }
+
+    #[test]
+    fn reject_policy_dead_letters_values_that_would_change_and_keeps_exact_ones() {
+        let messages: Vec<String> = [
+            r#""0.79600000009""#,
+            "1.10",
+            r#""2.50000000000000""#,
+            "0.00000000019",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, price)| format!(r#"{{"trade_id":{i},"price":{price}}}"#))
+        .collect();
+        let reject = || RecordDecoder::new(schema()).with_decimal_policy(DecimalPolicy::Reject);
+        for mut d in [reject(), reject().without_fast_path()] {
+            let (values, rounded) = decimals(&mut d, &messages);
+            assert_eq!(rounded, 0);
+            assert_eq!(
+                values,
+                vec![
+                    Err(r#"column price: "0.79600000009" has non-zero digits beyond the scale 10 (decimal policy reject)"#.to_owned()),
+                    Ok("1.1000000000".to_owned()),
+                    Ok("2.5000000000".to_owned()),
+                    Err(r#"column price: "0.00000000019" has non-zero digits beyond the scale 10 (decimal policy reject)"#.to_owned()),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn arrows_decoder_keeps_a_json_numbers_text_for_the_decimal_parser() {
+        let mut d = RecordDecoder::new(schema());
+        let texts = [
+            "1.10",
+            "1e5",
+            "0.79600000009",
+            "-0.0",
+            "123456789012345678901234567890",
+            "1.5E+4",
+        ];
+        let records: Vec<RawRecord> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| record(i as i64, &format!(r#"{{"trade_id":{i},"price":{t}}}"#)))
+            .collect();
+        let text = d.decode_all(records.iter()).unwrap().expect("decodes");
+        let prices = text
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let got: Vec<&str> = prices.iter().map(Option::unwrap).collect();
+        assert_eq!(got, texts);
+    }
+
     #[test]
     fn empty_input_gives_empty_batch() {
         let mut d = RecordDecoder::new(schema());
         let out = d.decode(&[]).unwrap();
         assert_eq!(out.batch.num_rows(), 0);
+        let mut rejected = record(0, "whatever");
+        rejected.rejected = Some("not a trade".into());
+        for mut d in [
+            RecordDecoder::new(schema()),
+            RecordDecoder::new(schema()).without_fast_path(),
+        ] {
+            let out = d.decode(std::slice::from_ref(&rejected)).unwrap();
+            assert_eq!(out.batch.num_rows(), 0);
+            assert_eq!(out.batch.schema(), schema());
+            assert_eq!(out.dead_letters.len(), 1);
+        }
     }
 }

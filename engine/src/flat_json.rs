@@ -6,8 +6,10 @@
 //! Anything outside that shape (an escape, a nested value, a duplicate key, a value of the wrong
 //! kind, a missing required field, trailing bytes) makes it give up on the whole batch, and the
 //! caller decodes it with arrow's decoder instead. So the batches it does produce are exactly
-//! what arrow's decoder makes of the same messages: decimals and zoned timestamps go through the
-//! same parsing functions, and only the plain UTC form of a timestamp has its own, checked, path.
+//! what the arrow path makes of the same messages: decimals go through the one checked parser
+//! ([`crate::decimal`]) on both paths (a decimal it refuses sends the batch to the arrow path, which
+//! dead-letters that message alone), zoned timestamps through arrow's parsing function, and only
+//! the plain UTC form of a timestamp has its own, checked, path.
 
 use std::sync::Arc;
 
@@ -16,9 +18,11 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, PrimitiveBuilder,
     StringBuilder, make_array,
 };
-use arrow::compute::kernels::cast_utils::{parse_decimal, string_to_datetime};
+use arrow::compute::kernels::cast_utils::string_to_datetime;
 use arrow::datatypes::{DataType, Decimal128Type, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
+
+use crate::decimal::{DecimalPolicy, parse_decimal};
 
 /// How one declared column is read.
 #[derive(Debug, Clone)]
@@ -95,12 +99,13 @@ pub struct FlatDecoder {
     names: Vec<Box<[u8]>>,
     kinds: Vec<Kind>,
     nullable: Vec<bool>,
+    decimal_policy: DecimalPolicy,
 }
 
 impl FlatDecoder {
-    /// A decoder for `schema`, or `None` when a column's type is not one this path reads (such
-    /// schemas always take arrow's decoder).
-    pub fn new(schema: SchemaRef) -> Option<Self> {
+    /// A decoder for `schema` whose decimals follow `decimal_policy`, or `None` when a column's
+    /// type is not one this path reads (such schemas always take arrow's decoder).
+    pub fn new(schema: SchemaRef, decimal_policy: DecimalPolicy) -> Option<Self> {
         if schema.fields().len() > 64 {
             return None;
         }
@@ -128,30 +133,33 @@ impl FlatDecoder {
             nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
             kinds,
             schema,
+            decimal_policy,
         })
     }
 
-    /// The batch of `payloads`, one row each, or `None` if any of them is outside this path's
-    /// shape (see the module docs).
+    /// The batch of `payloads`, one row each, and how many decimal values were rounded, or
+    /// `None` if any of them is outside this path's shape (see the module docs).
     pub fn decode<'a>(
         &self,
         payloads: impl ExactSizeIterator<Item = &'a [u8]>,
-    ) -> Option<RecordBatch> {
+    ) -> Option<(RecordBatch, usize)> {
         let rows = payloads.len();
         let mut columns: Vec<Column> = self.kinds.iter().map(|k| Column::new(k, rows)).collect();
+        let mut rounded = 0;
         for payload in payloads {
-            self.row(payload, &mut columns)?;
+            self.row(payload, &mut columns, &mut rounded)?;
         }
         let arrays = columns
             .into_iter()
             .zip(self.schema.fields())
             .map(|(c, f)| c.finish(f.data_type()))
             .collect::<Option<Vec<_>>>()?;
-        RecordBatch::try_new(self.schema.clone(), arrays).ok()
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays).ok()?;
+        Some((batch, rounded))
     }
 
     /// Appends one message's row: exactly one value (or null) to every column.
-    fn row(&self, payload: &[u8], columns: &mut [Column]) -> Option<()> {
+    fn row(&self, payload: &[u8], columns: &mut [Column], rounded: &mut usize) -> Option<()> {
         let mut cur = Cursor { b: payload, i: 0 };
         let mut seen: u64 = 0;
         // Records usually list their keys in the declared order: try the next field first.
@@ -174,7 +182,7 @@ impl FlatDecoder {
                             return None;
                         }
                         seen |= 1 << f;
-                        self.value(&mut cur, f, &mut columns[f])?;
+                        self.value(&mut cur, f, &mut columns[f], rounded)?;
                         next = f + 1;
                     }
                     None => cur.skip_scalar()?,
@@ -209,8 +217,14 @@ impl FlatDecoder {
         self.names.iter().position(|n| **n == *key)
     }
 
-    /// Reads the value of field `f` into its column.
-    fn value(&self, cur: &mut Cursor<'_>, f: usize, column: &mut Column) -> Option<()> {
+    /// Reads the value of field `f` into its column, counting a rounded decimal in `rounded`.
+    fn value(
+        &self,
+        cur: &mut Cursor<'_>,
+        f: usize,
+        column: &mut Column,
+        rounded: &mut usize,
+    ) -> Option<()> {
         if cur.peek()? == b'n' {
             cur.literal(b"null")?;
             if !self.nullable[f] {
@@ -248,7 +262,9 @@ impl FlatDecoder {
                 } else {
                     cur.number()?
                 };
-                b.append_value(parse_decimal::<Decimal128Type>(text, *precision, *scale).ok()?);
+                let parsed = parse_decimal(text, *precision, *scale, self.decimal_policy).ok()?;
+                *rounded += usize::from(parsed.rounded);
+                b.append_value(parsed.value);
             }
             (Column::Timestamp(b), Kind::Timestamp(unit, zone)) => {
                 cur.expect(b'"')?;
@@ -446,9 +462,10 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use arrow::datatypes::{Field, Schema};
-    use arrow::json::ReaderBuilder;
 
     use super::*;
+    use crate::decode::RecordDecoder;
+    use crate::source::RawRecord;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -476,23 +493,51 @@ mod tests {
         ]))
     }
 
-    /// What arrow's own JSON decoder makes of the same messages.
+    /// What the decoder's arrow path makes of the same messages (with the decimals read by the
+    /// same checked parser), and its count of rounded decimals; `None` if any is a dead letter.
+    fn arrow_decode_counted(
+        schema: &SchemaRef,
+        messages: &[String],
+        policy: DecimalPolicy,
+    ) -> Option<(RecordBatch, usize)> {
+        let records: Vec<RawRecord> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| RawRecord {
+                topic: "t".into(),
+                partition: 0,
+                offset: i as i64,
+                payload: m.as_bytes().to_vec(),
+                rejected: None,
+                received_at: std::time::SystemTime::UNIX_EPOCH,
+            })
+            .collect();
+        let out = RecordDecoder::new(schema.clone())
+            .with_decimal_policy(policy)
+            .without_fast_path()
+            .decode(&records)
+            .ok()?;
+        out.dead_letters
+            .is_empty()
+            .then_some((out.batch, out.rounded_decimals))
+    }
+
     fn arrow_decode(schema: &SchemaRef, messages: &[String]) -> Option<RecordBatch> {
-        let mut decoder = ReaderBuilder::new(schema.clone())
-            .with_batch_size(messages.len() + 1)
-            .build_decoder()
-            .unwrap();
-        for m in messages {
-            decoder.decode(m.as_bytes()).ok()?;
-        }
-        let batch = decoder.flush().ok()??;
-        (batch.num_rows() == messages.len()).then_some(batch)
+        arrow_decode_counted(schema, messages, DecimalPolicy::RoundHalfUp).map(|(b, _)| b)
+    }
+
+    fn flat_decode_counted(
+        schema: &SchemaRef,
+        messages: &[String],
+        policy: DecimalPolicy,
+    ) -> Option<(RecordBatch, usize)> {
+        FlatDecoder::new(schema.clone(), policy)
+            .unwrap()
+            .decode(messages.iter().map(|m| m.as_bytes()))
     }
 
     fn flat_decode(schema: &SchemaRef, messages: &[String]) -> Option<RecordBatch> {
-        FlatDecoder::new(schema.clone())
-            .unwrap()
-            .decode(messages.iter().map(|m| m.as_bytes()))
+        flat_decode_counted(schema, messages, DecimalPolicy::RoundHalfUp).map(|(b, _)| b)
     }
 
     /// A small deterministic generator, so a failure can be replayed.
@@ -542,9 +587,20 @@ mod tests {
             format!("\"trade_id\":{}", rng.next(1 << 62) as i64 - (1 << 61)),
             format!(
                 "\"price\":{}",
-                match rng.next(4) {
+                match rng.next(6) {
                     0 => format!("{}.{}", 1 + rng.next(9), digits(rng, 12)),
                     1 => format!("\"{}\"", digits(rng, 8)),
+                    2 => [
+                        "\"1.5E+4\"",
+                        "1.5e-11",
+                        "\"+2.5\"",
+                        "\".5\"",
+                        "\"-0.00000000005\"",
+                        "\"NaN\"",
+                        "\"1e30\"",
+                        "\" 1\"",
+                    ][rng.next(8) as usize]
+                        .to_owned(),
                     _ => format!("\"{}.{}\"", digits(rng, 10), digits(rng, 14)),
                 }
             ),
@@ -590,9 +646,10 @@ mod tests {
                 .map(|_| random_message(&mut rng))
                 .collect();
             total += 1;
-            if let Some(flat) = flat_decode(&schema, &messages) {
+            let policy = [DecimalPolicy::RoundHalfUp, DecimalPolicy::Reject][rng.next(2) as usize];
+            if let Some(flat) = flat_decode_counted(&schema, &messages, policy) {
                 taken += 1;
-                let arrow = arrow_decode(&schema, &messages).unwrap_or_else(|| {
+                let arrow = arrow_decode_counted(&schema, &messages, policy).unwrap_or_else(|| {
                     panic!("arrow rejects what the fast path took: {messages:#?}")
                 });
                 assert_eq!(flat, arrow, "{messages:#?}");
@@ -636,6 +693,43 @@ mod tests {
         let batch =
             flat_decode(&schema, std::slice::from_ref(&clean)).expect("a clean message is taken");
         assert_eq!(batch, arrow_decode(&schema, &[clean]).unwrap());
+    }
+
+    #[test]
+    fn decimals_round_half_up_and_count_or_give_up_under_reject() {
+        let schema = schema();
+        let message = |price: &str| {
+            vec![format!(
+                r#"{{"symbol":"ADA-USD","trade_id":1,"price":{price}}}"#
+            )]
+        };
+        let price = |batch: &RecordBatch| {
+            batch
+                .column(3)
+                .as_any()
+                .downcast_ref::<arrow::array::Decimal128Array>()
+                .unwrap()
+                .value_as_string(0)
+        };
+        for (text, stored, rounded) in [
+            (r#""0.79600000009""#, "0.7960000001", 1),
+            ("0.79600000009", "0.7960000001", 1),
+            (r#""1.5E+4""#, "15000.0000000000", 0),
+            ("1.5e4", "15000.0000000000", 0),
+            (r#""+.5""#, "0.5000000000", 0),
+            (r#""-1.99999999999""#, "-2.0000000000", 1),
+        ] {
+            let (batch, n) =
+                flat_decode_counted(&schema, &message(text), DecimalPolicy::RoundHalfUp)
+                    .unwrap_or_else(|| panic!("{text} is taken"));
+            assert_eq!((price(&batch), n), (stored.to_owned(), rounded), "{text}");
+            let reject = flat_decode_counted(&schema, &message(text), DecimalPolicy::Reject);
+            assert_eq!(reject.is_none(), rounded == 1, "{text} under reject");
+        }
+        // What the parser refuses is left to the arrow path, which dead-letters it with a reason.
+        for text in [r#""NaN""#, r#""Infinity""#, r#"" 1""#, r#""1e40""#, r#""""#] {
+            assert!(flat_decode(&schema, &message(text)).is_none(), "{text}");
+        }
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct BatchProgress {
     /// The same messages counted by what rejected them: `decode` (the source or the decoder) or
     /// `transform <name>` (a row the transform failed on).
     pub dead_letters_by_reason: BTreeMap<String, u64>,
+    /// Decimal values rounded to their column's scale (the input's decimal policy).
+    pub num_rounded_decimals: u64,
     /// Time per phase.
     pub duration_ms: Durations,
     /// The source (one per query for now, in a list as Spark's).
@@ -80,8 +82,12 @@ pub struct BatchProgress {
 impl BatchProgress {
     /// A one-line summary for people.
     pub fn human_line(&self) -> String {
+        let rounded = match self.num_rounded_decimals {
+            0 => String::new(),
+            n => format!(", {n} decimals rounded"),
+        };
         format!(
-            "batch {}: {} in, {} out, {} dead-lettered{} in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
+            "batch {}: {} in, {} out, {} dead-lettered{}{rounded} in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
             self.batch_id,
             self.num_input_rows,
             self.sink.num_output_rows,

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
+use crate::decimal::DecimalPolicy;
 use crate::decode::RecordDecoder;
 use crate::error::{Error, Result};
 use crate::source::RawRecord;
@@ -93,7 +94,11 @@ impl ReferenceTable {
             });
             keys.push(key);
         }
-        let decoded = RecordDecoder::new(self.schema()).decode(&records)?;
+        // A value with more decimals than its declared column is a mistake in the declaration,
+        // not a value to change quietly: refuse it, naming the key, the column and the value.
+        let decoded = RecordDecoder::new(self.schema())
+            .with_decimal_policy(DecimalPolicy::Reject)
+            .decode(&records)?;
         if let Some(bad) = decoded.dead_letters.first() {
             let key = &keys[bad.offset as usize];
             return Err(fail(format!("key {key:?}: {}", bad.reason)));
@@ -151,6 +156,24 @@ mod tests {
                 "| BTC-USD | Bitcoin   | 60000.5000000000 | 0.2500000000 | 2023-11-14T22:13:20Z |"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn refuses_decimals_finer_than_their_declared_column_naming_key_column_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(
+            &dir,
+            r#"{"BTC-USD":{"buy_price":"60000.5"},"ADA-USD":{"buy_price":"0.742100000051"}}"#,
+            false,
+            &["buy_price decimal(28,10) not null"],
+        );
+        let err = t.load().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                r#"key "ADA-USD": column buy_price: "0.742100000051" has non-zero digits beyond the scale 10"#
+            ),
+            "{err}"
         );
     }
 

@@ -302,6 +302,7 @@ impl StreamingQuery {
             processed_rows_per_second: per_second(n, processing),
             num_dead_letters: dead_letters.len() as u64,
             dead_letters_by_reason: by_reason,
+            num_rounded_decimals: decoded.rounded_decimals as u64,
             duration_ms: Durations {
                 get_batch: millis(waited),
                 decode: millis(decode),
