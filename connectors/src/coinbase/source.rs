@@ -89,6 +89,8 @@ impl CoinbaseSource {
                 received_at: trade.received_at,
             });
         }
+        // `published` counts trades; rejected frames are dead letters.
+        let trades = records.len() as u64;
         for rejected in self.pending_rejected.drain(..) {
             records.push(RawRecord {
                 payload: rejected.frame,
@@ -106,7 +108,7 @@ impl CoinbaseSource {
                 start.set(product, 0, *next);
             }
         }
-        self.handed_out = records.len() as u64;
+        self.handed_out = trades;
         SourceBatch {
             records,
             start,

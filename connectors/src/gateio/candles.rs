@@ -230,7 +230,7 @@ mod tests {
             rows[2]
                 .as_ref()
                 .unwrap_err()
-                .contains("close \"abc\" is not a decimal")
+                .contains("close \"abc\" not a decimal")
         );
         assert!(
             rows[3]
