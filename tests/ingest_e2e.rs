@@ -592,7 +592,11 @@ async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
 /// A Coinbase Exchange stand-in as `../shared/cases/*/ws_script.py`: a subscribe naming `refused`
 /// gets `{"type":"error","message":"Failed to subscribe","reason":"<refused> is not a valid
 /// product"}` and then silence; any other gets `frames` (10 ms apart), then heartbeats.
-async fn case_feed_server(refused: Option<&'static str>, frames: Vec<String>) -> String {
+async fn case_feed_server(
+    refused: Option<&'static str>,
+    frames: Vec<String>,
+    heartbeats: bool,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -631,7 +635,7 @@ async fn case_feed_server(refused: Option<&'static str>, frames: Vec<String>) ->
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 loop {
-                    for p in &products {
+                    for p in products.iter().filter(|_| heartbeats) {
                         if ws.send(Message::text(heartbeat(p, 0))).await.is_err() {
                             return;
                         }
@@ -704,7 +708,7 @@ async fn case_heartbeat_zero_false_loss_stores_four_trades_and_reports_no_loss()
 {"type":"match","trade_id":612558207,"maker_order_id":"00000000-0000-4000-8000-000612558207","taker_order_id":"00000000-0000-4000-9000-000612558207","side":"sell","size":"0.4","price":"2515.70","product_id":"ETH-USD","sequence":61204477400,"time":"2025-05-12T14:03:22.600000Z"}
 {"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011427000,"time":"2025-05-12T14:03:23.402171Z"}
 {"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477500,"time":"2025-05-12T14:03:23.402247Z"}"#;
-    let url = case_feed_server(None, frames.lines().map(str::to_owned).collect()).await;
+    let url = case_feed_server(None, frames.lines().map(str::to_owned).collect(), true).await;
     let dir = tempfile::tempdir().unwrap();
     let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD"]);
     let log = plain(&check(&run_available_now(&config, dir.path())));
@@ -745,7 +749,7 @@ async fn case_subscribe_error_drops_the_refused_product_and_the_others_flow() {
             ));
         }
     }
-    let url = case_feed_server(Some("DOT-USD"), frames).await;
+    let url = case_feed_server(Some("DOT-USD"), frames, true).await;
     let dir = tempfile::tempdir().unwrap();
     let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD", "DOT-USD"]);
     let log = plain(&check(&run_available_now(&config, dir.path())));
@@ -789,7 +793,7 @@ async fn case_subscribe_error_drops_the_refused_product_and_the_others_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_coinbase_exits_non_zero_when_no_message_could_be_used() {
     let frame = r#"{"channel":"market_trades","client_id":"","timestamp":"2026-11-20T00:00:00.123456789Z","sequence_num":3,"events":[{"type":"update","trades":[{"trade_id":"12","product_id":"BTC-USD","price":"90000.1","size":"0.5","side":"SELL","time":"2026-11-20T00:00:00Z"}]}]}"#;
-    let url = case_feed_server(None, vec![frame.to_owned(); 40]).await;
+    let url = case_feed_server(None, vec![frame.to_owned(); 40], false).await;
     let topic = unique("trades_unusable");
     let mut child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
         .args([
