@@ -154,10 +154,11 @@ async fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<()> {
         let _ = stop.send(true);
         return Err(e);
     }
-    feed.task.await.context("the Coinbase client task failed")?;
+    let ended = feed.task.await.context("the Coinbase client task failed")?;
     producer.flush()?;
     counters.log("Coinbase ingest stopped.");
-    Ok(())
+    // Every product refused, or nothing received could be used: not a success.
+    Ok(ended?)
 }
 
 async fn gateio(args: IngestGateioArgs) -> anyhow::Result<()> {

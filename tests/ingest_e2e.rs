@@ -586,3 +586,261 @@ async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
     assert!(table.contains("| BTC-USD | 31 | 500   | 530  |"), "{table}");
     assert!(table.contains("| ETH-USD | 31 | 1000  | 1030 |"), "{table}");
 }
+
+// ---- hostile input ---------------------------------------------------------------------------
+
+/// A Coinbase Exchange stand-in as `../shared/cases/*/ws_script.py`: a subscribe naming `refused`
+/// gets `{"type":"error","message":"Failed to subscribe","reason":"<refused> is not a valid
+/// product"}` and then silence; any other gets `frames` (10 ms apart), then heartbeats.
+async fn case_feed_server(
+    refused: Option<&'static str>,
+    frames: Vec<String>,
+    heartbeats: bool,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let frames = frames.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let request = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+                    _ => return,
+                };
+                let asked: serde_json::Value = serde_json::from_str(&request).unwrap();
+                let products: Vec<String> = asked["product_ids"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let Some(refused) = refused.filter(|r| products.iter().any(|p| p == r)) {
+                    let error = format!(
+                        r#"{{"type":"error","message":"Failed to subscribe","reason":"{refused} is not a valid product"}}"#
+                    );
+                    let _ = ws.send(Message::text(error)).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return;
+                }
+                for f in frames {
+                    if ws.send(Message::text(f)).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                loop {
+                    for p in products.iter().filter(|_| heartbeats) {
+                        if ws.send(Message::text(heartbeat(p, 0))).await.is_err() {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        }
+    });
+    url
+}
+
+/// `pipelines/coinbase-embedded.toml` pointed at `url` and `products`, storing under `dir`.
+fn embedded_config(dir: &std::path::Path, url: &str, products: &[&str]) -> std::path::PathBuf {
+    let ids = serde_json::to_string(products).unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/coinbase-embedded.toml"))
+        .unwrap()
+        .replace(
+            "# url = \"wss://ws-feed.exchange.coinbase.com\"",
+            &format!("url = \"{url}\" #"),
+        )
+        .replace(
+            "# product_ids = [\"BTC-USD\", \"ETH-USD\"]",
+            &format!("product_ids = {ids} #"),
+        )
+        .replace("\"../data/coinbase/", &format!("\"{}/", dir.display()))
+        .replace("\"../", &format!("\"{}/", repo().display()));
+    assert!(text.contains(url) && text.contains(&ids));
+    let config = dir.join("embedded.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn run_available_now(config: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn query(config: &std::path::Path, dir: &std::path::Path, sql: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args(["query", "--config", config.to_str().unwrap(), sql])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    check(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// heartbeat-zero-false-loss, as its README runs it: the embedded pipeline on a feed whose
+/// heartbeats say `last_trade_id: 0`: 4 trades stored, no "Trades lost", gaps=0 lost_trades=0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_heartbeat_zero_false_loss_stores_four_trades_and_reports_no_loss() {
+    let frames = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD"]}]}
+{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011426656,"time":"2025-05-12T14:03:21.402171Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477167,"time":"2025-05-12T14:03:21.402247Z"}
+{"type":"match","trade_id":831102379,"maker_order_id":"00000000-0000-4000-8000-000831102379","taker_order_id":"00000000-0000-4000-9000-000831102379","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":14011426700,"time":"2025-05-12T14:03:21.500000Z"}
+{"type":"match","trade_id":612558206,"maker_order_id":"00000000-0000-4000-8000-000612558206","taker_order_id":"00000000-0000-4000-9000-000612558206","side":"buy","size":"1.1","price":"2515.69","product_id":"ETH-USD","sequence":61204477200,"time":"2025-05-12T14:03:21.600000Z"}
+{"type":"match","trade_id":831102380,"maker_order_id":"00000000-0000-4000-8000-000831102380","taker_order_id":"00000000-0000-4000-9000-000831102380","side":"buy","size":"0.2","price":"104212.40","product_id":"BTC-USD","sequence":14011426800,"time":"2025-05-12T14:03:21.700000Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011426900,"time":"2025-05-12T14:03:22.402171Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477300,"time":"2025-05-12T14:03:22.402247Z"}
+{"type":"match","trade_id":612558207,"maker_order_id":"00000000-0000-4000-8000-000612558207","taker_order_id":"00000000-0000-4000-9000-000612558207","side":"sell","size":"0.4","price":"2515.70","product_id":"ETH-USD","sequence":61204477400,"time":"2025-05-12T14:03:22.600000Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011427000,"time":"2025-05-12T14:03:23.402171Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477500,"time":"2025-05-12T14:03:23.402247Z"}"#;
+    let url = case_feed_server(None, frames.lines().map(str::to_owned).collect(), true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD"]);
+    let log = plain(&check(&run_available_now(&config, dir.path())));
+    assert!(!log.contains("Trades lost"), "{log}");
+    assert!(log.contains("gaps=0 lost_trades=0"), "{log}");
+    let table = query(
+        &config,
+        dir.path(),
+        "SELECT symbol, trade_id FROM profit ORDER BY symbol, trade_id",
+    );
+    for row in [
+        "| BTC-USD | 831102379 |",
+        "| BTC-USD | 831102380 |",
+        "| ETH-USD | 612558206 |",
+        "| ETH-USD | 612558207 |",
+    ] {
+        assert!(table.contains(row), "{row} in {table}");
+    }
+    assert_eq!(table.matches("-USD |").count(), 4, "{table}");
+}
+
+/// subscribe-error-reconnect-loop, as its README runs it: the exchange refuses DOT-USD; BTC-USD
+/// and ETH-USD flow after DOT-USD is dropped with an ERROR naming it and the reason. With only
+/// DOT-USD the run exits non-zero with that message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_subscribe_error_drops_the_refused_product_and_the_others_flow() {
+    let holdings = portfolio();
+    let mut frames = vec![ack()];
+    for offset in 0..5 {
+        for (k, product) in ["BTC-USD", "ETH-USD"].iter().enumerate() {
+            let id = 700 * (k as i64 + 1) + offset;
+            let kind = if offset == 0 { "last_match" } else { "match" };
+            frames.push(exchange_match(
+                kind,
+                product,
+                id,
+                price_of(holdings[*product].0, id),
+            ));
+        }
+    }
+    let url = case_feed_server(Some("DOT-USD"), frames, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD", "DOT-USD"]);
+    let log = plain(&check(&run_available_now(&config, dir.path())));
+    let refused = log
+        .lines()
+        .find(|l| l.contains("The exchange refused a product"))
+        .unwrap_or_else(|| panic!("no refusal logged: {log}"));
+    assert!(
+        refused.contains("ERROR")
+            && refused.contains("DOT-USD")
+            && refused.contains("DOT-USD is not a valid product"),
+        "{refused}"
+    );
+    let table = query(
+        &config,
+        dir.path(),
+        "SELECT symbol, count(*) AS n FROM profit GROUP BY symbol ORDER BY symbol",
+    );
+    assert!(table.contains("| BTC-USD | 5 |"), "{table}");
+    assert!(table.contains("| ETH-USD | 5 |"), "{table}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path(), &url, &["DOT-USD"]);
+    let started = Instant::now();
+    let out = run_available_now(&config, dir.path());
+    let log = plain(&String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("DOT-USD is not a valid product") && log.contains("refused every product"),
+        "{log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no reconnect loop"
+    );
+}
+
+/// An ingester whose every message was unusable (a response shape it does not know: here the
+/// Advanced Trade feed read as the Exchange feed) logs it once at ERROR and exits non-zero with
+/// the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_coinbase_exits_non_zero_when_no_message_could_be_used() {
+    let frame = r#"{"channel":"market_trades","client_id":"","timestamp":"2026-11-20T00:00:00.123456789Z","sequence_num":3,"events":[{"type":"update","trades":[{"trade_id":"12","product_id":"BTC-USD","price":"90000.1","size":"0.5","side":"SELL","time":"2026-11-20T00:00:00Z"}]}]}"#;
+    let url = case_feed_server(None, vec![frame.to_owned(); 40], false).await;
+    let topic = unique("trades_unusable");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "ingest",
+            "coinbase",
+            "--url",
+            &url,
+            "--products",
+            "BTC-USD",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topic,
+        ])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 40 frames 10 ms apart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the ingester did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = plain(&String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("none of the 40 frames received could be used")
+            && log.contains("message without a type"),
+        "{log}"
+    );
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Nothing the Coinbase feed sent could be used"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("ERROR"), "{}", errors[0]);
+    assert!(
+        log.matches("Unusable feed message skipped.").count() <= 10,
+        "not one WARN per message: {log}"
+    );
+}

@@ -116,6 +116,8 @@ enum Step {
     Drop,
     /// Sends these frames every 100 ms until the client goes away.
     KeepAlive(Vec<String>),
+    /// Sends only WebSocket pings, every 100 ms, for the duration (the transport stays up).
+    Pings(Duration),
 }
 
 struct FeedServer {
@@ -188,6 +190,22 @@ async fn connection(
                 true
             }
             Step::Drop => return,
+            Step::Pings(duration) => {
+                let until = Instant::now() + duration;
+                let mut ok = true;
+                while ok && Instant::now() < until {
+                    ok = ws
+                        .send(Message::Ping(b"alive?".to_vec().into()))
+                        .await
+                        .is_ok();
+                    // Read the pongs, as a server does.
+                    while let Ok(Some(Ok(_))) =
+                        tokio::time::timeout(Duration::from_millis(100), ws.next()).await
+                    {
+                    }
+                }
+                ok
+            }
             Step::KeepAlive(frames) => loop {
                 for f in &frames {
                     if ws.send(Message::text(f.clone())).await.is_err() {
@@ -440,7 +458,7 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
         .await
         .unwrap();
     stopper.await.unwrap();
-    feed.task.await.unwrap();
+    feed.task.await.unwrap().unwrap();
     producer.flush().unwrap();
     assert_eq!(
         published,
@@ -545,6 +563,7 @@ async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     tokio::time::timeout(Duration::from_secs(5), feed.task)
         .await
         .expect("the client stops on shutdown")
+        .unwrap()
         .unwrap();
 }
 
@@ -553,7 +572,6 @@ async fn hostile_frames_and_error_messages_are_counted_not_fatal() {
     let products = ["BTC-USD", "FOO-USD"];
     let script = vec![
         Step::Text(exchange_ack(&products)),
-        Step::Text(r#"{"type":"error","message":"Failed to subscribe","reason":"FOO-USD is not a valid product"}"#.into()),
         Step::Text(exchange_match("match", "BTC-USD", 1)),
         Step::Text(r#"{"type":"match","trade_id":2,"#.into()),
         Step::Text(r#"{"type":"match","trade_id":"two","product_id":"BTC-USD","price":"1","size":"1","side":"buy","time":"2026-11-20T00:00:00Z"}"#.into()),
@@ -567,6 +585,12 @@ async fn hostile_frames_and_error_messages_are_counted_not_fatal() {
         Step::Text(exchange_match("match", "BTC-USD", 2)),
         Step::Text(r#"{"type":"heartbeat","product_id":"BTC-USD"}"#.into()),
         Step::Text(r#"{"type":"error","message":"slow consumer"}"#.into()),
+        // Values that cannot be a trade: counted, never handed on.
+        Step::Text(exchange_match("match", "BTC-USD", 3).replace(&price(3), "0")),
+        Step::Text(exchange_match("match", "BTC-USD", 3).replace(&price(3), "-1.5")),
+        Step::Text(exchange_match("match", "BTC-USD", 3).replace(&price(3), "NaN")),
+        Step::Text(exchange_match("match", "BTC-USD", 3).replace("\"size\":\"0.0004\"", "\"size\":\"Infinity\"")),
+        Step::Text(exchange_match("match", "BTC-USD", 3).replace("\"trade_id\":3,", "")),
         Step::Text(exchange_match("match", "BTC-USD", 3)),
         Step::KeepAlive(vec![heartbeat("BTC-USD", 3)]),
     ];
@@ -583,10 +607,10 @@ async fn hostile_frames_and_error_messages_are_counted_not_fatal() {
     assert_no_more(&mut feed, Duration::from_millis(500)).await;
     let c = feed.counters.clone();
     // bad JSON, wrong type, missing time, unknown side, no type, binary garbage, heartbeat
-    // without last_trade_id.
-    assert_eq!(c.get("invalid"), 7, "{:?}", c.snapshot());
-    assert_eq!(c.get("exchange_errors"), 2);
-    assert_eq!(c.get("errors"), 9);
+    // without last_trade_id; price 0, price -1.5, price NaN, size Infinity, no trade id.
+    assert_eq!(c.get("invalid"), 7 + 5, "{:?}", c.snapshot());
+    assert_eq!(c.get("exchange_errors"), 1);
+    assert_eq!(c.get("errors"), 13);
     assert_eq!(
         c.get("unknown_products"),
         1,
@@ -594,7 +618,7 @@ async fn hostile_frames_and_error_messages_are_counted_not_fatal() {
     );
     assert_eq!(c.get("reconnects"), 0, "the connection carried on");
     stop.send(true).unwrap();
-    feed.task.await.unwrap();
+    feed.task.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,7 +653,7 @@ async fn skipped_trade_ids_and_heartbeats_ahead_are_counted_as_lost() {
     );
     assert_eq!(feed.counters.get("lost_trades"), 2 + 3);
     stop.send(true).unwrap();
-    feed.task.await.unwrap();
+    feed.task.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,7 +670,7 @@ async fn advanced_trade_market_trades_become_the_same_records() {
         Step::Text(advanced_heartbeat(1)),
         Step::Text(advanced_trades("update", 3, &[("ETH-USD", 502), ("BTC-USD", 104), ("ETH-USD", 501)])),
         Step::Text(advanced_trades("update", 4, &[("BTC-USD", 106), ("BTC-USD", 105)])),
-        Step::Text(r#"{"type":"error","message":"authentication failure"}"#.into()),
+        Step::Text(r#"{"type":"error","message":"slow consumer"}"#.into()),
         Step::Text(r#"{"channel":"market_trades","events":[{"type":"update","trades":[{"trade_id":"abc","product_id":"BTC-USD","price":"1","size":"1","side":"BUY","time":"2026-11-20T00:00:00Z"}]}]}"#.into()),
         Step::Drop,
     ];
@@ -711,7 +735,7 @@ async fn advanced_trade_market_trades_become_the_same_records() {
         assert_eq!(channels, ["market_trades", "heartbeats"]);
     }
     stop.send(true).unwrap();
-    feed.task.await.unwrap();
+    feed.task.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -807,4 +831,470 @@ connect_timeout_ms = 1000
     let metrics: BTreeMap<_, _> = again.metrics().into_iter().collect();
     assert!(metrics["duplicates"] >= 2, "{metrics:?}");
     again.close().await.unwrap();
+}
+
+// ---- hostile input: refused products, ping-only connections, values that cannot be real -----
+
+/// The frames of `../shared/cases/heartbeat-zero-false-loss/frames.jsonl`: heartbeats with
+/// `last_trade_id` 0 around contiguous trades of two products.
+const HEARTBEAT_ZERO_FRAMES: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD"]}]}
+{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011426656,"time":"2025-05-12T14:03:21.402171Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477167,"time":"2025-05-12T14:03:21.402247Z"}
+{"type":"match","trade_id":831102379,"maker_order_id":"00000000-0000-4000-8000-000831102379","taker_order_id":"00000000-0000-4000-9000-000831102379","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":14011426700,"time":"2025-05-12T14:03:21.500000Z"}
+{"type":"match","trade_id":612558206,"maker_order_id":"00000000-0000-4000-8000-000612558206","taker_order_id":"00000000-0000-4000-9000-000612558206","side":"buy","size":"1.1","price":"2515.69","product_id":"ETH-USD","sequence":61204477200,"time":"2025-05-12T14:03:21.600000Z"}
+{"type":"match","trade_id":831102380,"maker_order_id":"00000000-0000-4000-8000-000831102380","taker_order_id":"00000000-0000-4000-9000-000831102380","side":"buy","size":"0.2","price":"104212.40","product_id":"BTC-USD","sequence":14011426800,"time":"2025-05-12T14:03:21.700000Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011426900,"time":"2025-05-12T14:03:22.402171Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477300,"time":"2025-05-12T14:03:22.402247Z"}
+{"type":"match","trade_id":612558207,"maker_order_id":"00000000-0000-4000-8000-000612558207","taker_order_id":"00000000-0000-4000-9000-000612558207","side":"sell","size":"0.4","price":"2515.70","product_id":"ETH-USD","sequence":61204477400,"time":"2025-05-12T14:03:22.600000Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011427000,"time":"2025-05-12T14:03:23.402171Z"}
+{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477500,"time":"2025-05-12T14:03:23.402247Z"}"#;
+
+/// heartbeat-zero-false-loss: a heartbeat's `last_trade_id` of 0 (or any id below the first
+/// trade seen) says nothing about loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_with_last_trade_id_zero_report_no_loss() {
+    let mut script: Vec<Step> = HEARTBEAT_ZERO_FRAMES
+        .lines()
+        .map(|l| Step::Text(l.to_owned()))
+        .collect();
+    // Then zero heartbeats for a while, and a stale non-zero one below the first trade.
+    script.push(Step::Heartbeats(
+        vec![heartbeat("BTC-USD", 0), heartbeat("ETH-USD", 0)],
+        Duration::from_millis(300),
+    ));
+    script.push(Step::Text(heartbeat("BTC-USD", 831_102_000)));
+    script.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 0)]));
+    let server = serve(vec![script], 1).await;
+    let (stop, shutdown) = watch::channel(false);
+    let mut feed = client::spawn(
+        settings(
+            &server.url,
+            FeedKind::Exchange,
+            &["BTC-USD", "ETH-USD"],
+            2_000,
+        ),
+        TradeTracker::default(),
+        100,
+        shutdown,
+    );
+    let trades = take(&mut feed, 4).await;
+    assert_eq!(ids(&trades, "BTC-USD"), [831_102_379, 831_102_380]);
+    assert_eq!(ids(&trades, "ETH-USD"), [612_558_206, 612_558_207]);
+    assert_no_more(&mut feed, Duration::from_millis(800)).await;
+    let c = feed.counters.clone();
+    assert_eq!(
+        (c.get("trades"), c.get("gaps"), c.get("lost_trades")),
+        (4, 0, 0),
+        "{:?}",
+        c.snapshot()
+    );
+    stop.send(true).unwrap();
+    feed.task.await.unwrap().unwrap();
+}
+
+/// A stand-in for the Exchange feed that answers any subscribe naming `refused` the way the feed
+/// answers an unknown product (`../shared/cases/subscribe-error-reconnect-loop`): one `error`,
+/// then silence; any other subscribe gets `frames`, then heartbeats.
+async fn serve_refusing(
+    refused: &'static str,
+    frames: Vec<String>,
+    keep_alive: Vec<String>,
+) -> FeedServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let subscribes = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (log, count) = (subscribes.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (log, frames, keep_alive) = (log.clone(), frames.clone(), keep_alive.clone());
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let request = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+                    _ => return,
+                };
+                log.lock().unwrap().push(vec![request.clone()]);
+                let asked: serde_json::Value = serde_json::from_str(&request).unwrap();
+                let products: Vec<&str> = asked["product_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_str().unwrap())
+                    .collect();
+                if products.contains(&refused) {
+                    let error = format!(
+                        r#"{{"type":"error","message":"Failed to subscribe","reason":"{refused} is not a valid product"}}"#
+                    );
+                    if ws.send(Message::text(error)).await.is_err() {
+                        return;
+                    }
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return;
+                }
+                for f in frames {
+                    if ws.send(Message::text(f)).await.is_err() {
+                        return;
+                    }
+                }
+                loop {
+                    for f in &keep_alive {
+                        if ws.send(Message::text(f.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    FeedServer {
+        url,
+        subscribes,
+        connections,
+    }
+}
+
+/// subscribe-error-reconnect-loop: a `Failed to subscribe` naming one product drops that product
+/// and the others flow; with nothing left the client stops with a permanent error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_the_exchange_refuses_is_dropped_and_the_others_flow() {
+    let mut frames = vec![exchange_ack(&["BTC-USD", "ETH-USD"])];
+    frames.extend((1..=5).map(|id| exchange_match("match", "BTC-USD", id)));
+    frames.extend((101..=105).map(|id| exchange_match("match", "ETH-USD", id)));
+    let server = serve_refusing(
+        "DOT-USD",
+        frames,
+        vec![heartbeat("BTC-USD", 5), heartbeat("ETH-USD", 105)],
+    )
+    .await;
+    let (stop, shutdown) = watch::channel(false);
+    let mut feed = client::spawn(
+        settings(
+            &server.url,
+            FeedKind::Exchange,
+            &["BTC-USD", "ETH-USD", "DOT-USD"],
+            2_000,
+        ),
+        TradeTracker::default(),
+        100,
+        shutdown,
+    );
+    let started = Instant::now();
+    let trades = take(&mut feed, 10).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "resubscribed at once"
+    );
+    assert_eq!(ids(&trades, "BTC-USD"), [1, 2, 3, 4, 5]);
+    assert_eq!(ids(&trades, "ETH-USD"), [101, 102, 103, 104, 105]);
+    assert_no_more(&mut feed, Duration::from_millis(500)).await;
+    let subscribes: Vec<serde_json::Value> = server
+        .subscribes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::from_str(&s[0]).unwrap())
+        .collect();
+    assert_eq!(subscribes.len(), 2, "{subscribes:?}");
+    assert_eq!(
+        subscribes[0]["product_ids"],
+        serde_json::json!(["BTC-USD", "ETH-USD", "DOT-USD"])
+    );
+    assert_eq!(
+        subscribes[1]["product_ids"],
+        serde_json::json!(["BTC-USD", "ETH-USD"]),
+        "subscribed again without the refused product"
+    );
+    let c = feed.counters.clone();
+    assert_eq!(
+        (
+            c.get("exchange_errors"),
+            c.get("idle_timeouts"),
+            c.get("reconnects")
+        ),
+        (1, 0, 1),
+        "{:?}",
+        c.snapshot()
+    );
+    stop.send(true).unwrap();
+    feed.task.await.unwrap().unwrap();
+
+    // Only the refused product: the client stops by itself, with the product and the reason.
+    let (_stop, shutdown) = watch::channel(false);
+    let mut feed = client::spawn(
+        settings(&server.url, FeedKind::Exchange, &["DOT-USD"], 2_000),
+        TradeTracker::default(),
+        100,
+        shutdown,
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), feed.task)
+        .await
+        .expect("the client stops instead of reconnecting forever")
+        .unwrap();
+    let err = ended.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("DOT-USD") && text.contains("DOT-USD is not a valid product"),
+        "{text}"
+    );
+    assert!(!err.is_transient(), "{err:?}");
+    assert!(
+        feed.trades.recv().await.is_none(),
+        "the trades channel closed"
+    );
+    assert_eq!(feed.counters.get("reconnects"), 0);
+}
+
+/// The engine source ends with the client's permanent error, so `coinstream run` exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_source_fails_permanently_when_every_product_is_refused() {
+    let server = serve_refusing("DOT-USD", vec![], vec![]).await;
+    let config: connectors::SourceConfig = toml::from_str(&format!(
+        r#"
+type = "coinbase"
+url = "{}"
+product_ids = ["DOT-USD"]
+coin_map = "{}"
+idle_timeout_ms = 2000
+"#,
+        server.url,
+        repo().join("required_data/coin_map.json").display()
+    ))
+    .unwrap();
+    let mut source = connectors::build_source(&config).unwrap();
+    source.start(StartRequest::default()).await.unwrap();
+    let limits = PollLimits {
+        max_records: 10,
+        max_wait: Duration::from_millis(200),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match source.poll(limits).await {
+            Ok(Poll::Idle) if Instant::now() < deadline => continue,
+            Ok(other) => panic!("expected the refusal, got {other:?}"),
+            Err(e) => break e,
+        }
+    };
+    let text = err.to_string();
+    assert!(text.contains("DOT-USD is not a valid product"), "{text}");
+    assert!(!err.is_transient(), "{err:?}");
+    source.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authentication_failure_stops_the_advanced_trade_client() {
+    let script = vec![
+        Step::Text(r#"{"type":"error","message":"authentication failure"}"#.into()),
+        Step::KeepAlive(vec![advanced_heartbeat(1)]),
+    ];
+    let server = serve(vec![script], 2).await;
+    let (_stop, shutdown) = watch::channel(false);
+    let feed = client::spawn(
+        settings(&server.url, FeedKind::Advanced, &["BTC-USD"], 2_000),
+        TradeTracker::default(),
+        100,
+        shutdown,
+    );
+    let err = tokio::time::timeout(Duration::from_secs(5), feed.task)
+        .await
+        .expect("an authentication failure is not retried")
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("authentication failure"), "{err}");
+    assert!(!err.is_transient());
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+}
+
+/// Liveness comes from data: a connection that answers pings but carries no trade or heartbeat
+/// for the idle timeout is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_only_answers_pings_is_replaced() {
+    let products = ["BTC-USD"];
+    let mut first = vec![Step::Text(exchange_ack(&products))];
+    first.extend((1..=3).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
+    // Pings (and an unused message type) only, for far longer than the idle timeout.
+    first.push(Step::Text(
+        r#"{"type":"ticker","product_id":"BTC-USD","price":"1"}"#.into(),
+    ));
+    first.push(Step::Pings(Duration::from_secs(30)));
+    let mut second = vec![
+        Step::Text(exchange_ack(&products)),
+        Step::Text(exchange_match("last_match", "BTC-USD", 3)),
+    ];
+    second.extend((4..=6).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
+    second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 6)]));
+    let server = serve(vec![first, second], 1).await;
+    let (stop, shutdown) = watch::channel(false);
+    let mut feed = client::spawn(
+        settings(&server.url, FeedKind::Exchange, &products, 800),
+        TradeTracker::default(),
+        100,
+        shutdown,
+    );
+    let started = Instant::now();
+    let trades = take(&mut feed, 6).await;
+    assert_eq!(ids(&trades, "BTC-USD"), [1, 2, 3, 4, 5, 6]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(10),
+        "replaced after the idle timeout, not kept by the pings: {took:?}"
+    );
+    assert_eq!(feed.counters.get("idle_timeouts"), 1);
+    assert_eq!(feed.counters.get("reconnects"), 1);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+    stop.send(true).unwrap();
+    feed.task.await.unwrap().unwrap();
+}
+
+/// A run of the client whose every frame was unusable (here: Advanced Trade frames read as the
+/// Exchange feed) ends in a permanent error with the first reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_could_use_no_frame_fails() {
+    let script = vec![Step::KeepAlive(vec![
+        advanced_trades("update", 1, &[("BTC-USD", 7)]),
+        advanced_heartbeat(2),
+    ])];
+    let server = serve(vec![script], 1).await;
+    let (stop, shutdown) = watch::channel(false);
+    let mut feed = client::spawn(
+        settings(&server.url, FeedKind::Exchange, &["BTC-USD"], 5_000),
+        TradeTracker::default(),
+        100,
+        shutdown,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while feed.counters.get("invalid") < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    assert!(feed.trades.recv().await.is_none());
+    let err = feed.task.await.unwrap().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("frames received could be used") && text.contains("message without a type"),
+        "{text}"
+    );
+    assert!(!err.is_transient());
+}
+
+/// Trades whose values cannot be real reach the engine as rejected records (dead letters) with
+/// their reason, from the live source and from a capture alike; the good ones are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_that_cannot_be_real_become_dead_letters_with_their_reason() {
+    let good = |id| exchange_match("match", "BTC-USD", id);
+    let bad = [
+        good(3).replace(&price(3), "0"),
+        good(3).replace(&price(3), "-90000.03"),
+        good(3).replace(&price(3), "NaN"),
+        good(3).replace("\"size\":\"0.0004\"", "\"size\":\"Infinity\""),
+        good(3).replace("\"size\":\"0.0004\"", "\"size\":\"0\""),
+        good(3).replace("\"trade_id\":3,", ""),
+    ];
+    let reasons = [
+        "match BTC-USD 3: price \"0\" is not greater than zero",
+        "match BTC-USD 3: price \"-90000.03\" is not greater than zero",
+        "match BTC-USD 3: price \"NaN\" not a decimal: NaN and infinities are not finite decimals",
+        "match BTC-USD 3: size \"Infinity\" not a decimal: NaN and infinities are not finite decimals",
+        "match BTC-USD 3: size \"0\" is not greater than zero",
+        "match without trade_id",
+    ];
+    let mut frames = vec![exchange_ack(&["BTC-USD"]), good(1), good(2)];
+    frames.extend(bad.iter().cloned());
+    frames.push(good(3));
+
+    // The live source.
+    let mut script: Vec<Step> = frames.iter().cloned().map(Step::Text).collect();
+    script.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 3)]));
+    let server = serve(vec![script], 1).await;
+    let config: connectors::SourceConfig = toml::from_str(&format!(
+        r#"
+type = "coinbase"
+url = "{}"
+product_ids = ["BTC-USD"]
+coin_map = "{}"
+"#,
+        server.url,
+        repo().join("required_data/coin_map.json").display()
+    ))
+    .unwrap();
+    let mut source = connectors::build_source(&config).unwrap();
+    source.start(StartRequest::default()).await.unwrap();
+    let limits = PollLimits {
+        max_records: 100,
+        max_wait: Duration::from_millis(300),
+    };
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while records.len() < 9 && Instant::now() < deadline {
+        if let Poll::Batch(b) = source.poll(limits).await.unwrap() {
+            source.commit(&b.end).await.unwrap();
+            records.extend(b.records);
+        }
+    }
+    let trades: Vec<i64> = records
+        .iter()
+        .filter(|r| r.rejected.is_none())
+        .map(|r| r.offset)
+        .collect();
+    assert_eq!(trades, [1, 2, 3]);
+    let rejected: Vec<(&str, String)> = records
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.rejected.as_deref()?,
+                String::from_utf8(r.payload.clone()).unwrap(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        rejected.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        reasons
+    );
+    for ((_, payload), frame) in rejected.iter().zip(&bad) {
+        assert_eq!(payload, frame, "the frame as received");
+    }
+    let metrics: BTreeMap<_, _> = source.metrics().into_iter().collect();
+    assert_eq!(
+        (metrics["invalid"], metrics["published"]),
+        (6, 3),
+        "{metrics:?}"
+    );
+    source.close().await.unwrap();
+
+    // A capture of the same frames.
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("capture.jsonl");
+    std::fs::write(&capture, frames.join("\n")).unwrap();
+    let config: connectors::SourceConfig = toml::from_str(&format!(
+        "type = \"replay\"\npath = {:?}\ncoin_map = {:?}\n",
+        capture.display().to_string(),
+        repo()
+            .join("required_data/coin_map.json")
+            .display()
+            .to_string()
+    ))
+    .unwrap();
+    let mut replay = connectors::build_source(&config).unwrap();
+    replay.start(StartRequest::default()).await.unwrap();
+    let Poll::Batch(batch) = replay.poll(limits).await.unwrap() else {
+        panic!("a batch");
+    };
+    let rejected: Vec<&str> = batch
+        .records
+        .iter()
+        .filter_map(|r| r.rejected.as_deref())
+        .collect();
+    assert_eq!(rejected, reasons);
+    assert_eq!(
+        batch
+            .records
+            .iter()
+            .filter(|r| r.rejected.is_none())
+            .count(),
+        3
+    );
 }

@@ -653,3 +653,248 @@ async fn a_resumed_poll_starts_right_after_the_last_published_window() {
     );
     assert_eq!(ended_at, BTreeMap::from([("BTC_USDT".to_owned(), newest)]));
 }
+
+// ---- hostile input: unaligned ranges, refused pairs, answers of an unknown shape ---------------
+
+/// A stand-in for `GET /spot/candlesticks` as `../shared/cases/gateio-unaligned-from-gap/
+/// http_gate.py`: more than 1000 window starts in `from..=to` (both ends counted) or a `from`
+/// more than 10000 intervals ago is a 400 `INVALID_PARAM_VALUE`; otherwise one row per window
+/// start in the range, closed unless it holds `now`.
+fn gate_limits(n: usize, seen: &Seen) -> Reply {
+    let _ = n;
+    let secs = match seen.query["interval"].as_str() {
+        "1s" => 1,
+        "10s" => 10,
+        "1m" => 60,
+        "5m" => 300,
+        "15m" => 900,
+        "30m" => 1_800,
+        "1h" => 3_600,
+        "4h" => 14_400,
+        "8h" => 28_800,
+        "1d" => 86_400,
+        _ => 604_800,
+    };
+    let (from, to) = (query_i64(seen, "from"), query_i64(seen, "to"));
+    let now = now_secs();
+    let first = (from + secs - 1).div_euclid(secs) * secs;
+    let last = to.div_euclid(secs) * secs;
+    let points = if last >= first {
+        (last - first) / secs + 1
+    } else {
+        0
+    };
+    let refuse = |message: &str| Reply {
+        status: 400,
+        headers: vec![],
+        body: format!(r#"{{"label":"INVALID_PARAM_VALUE","message":"{message}"}}"#),
+    };
+    if points > 1000 {
+        return refuse(
+            "Candlestick range too broad. Maximum 1000 data points are allowed per request",
+        );
+    }
+    if from < now.div_euclid(secs) * secs - 10_000 * secs {
+        return refuse("Candlestick too long ago. Maximum 10000 points ago are allowed");
+    }
+    let rows: Vec<String> = (0..points)
+        .map(|i| first + i * secs)
+        .map(|start| row(start, start + secs <= now))
+        .collect();
+    Reply::json(format!("[{}]", rows.join(",")))
+}
+
+/// gateio-unaligned-from-gap: a backfill from a `from` that is not on an interval boundary
+/// publishes every window from the first at or after `from` to the last closed one, no gaps, in
+/// pages the API accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_from_an_unaligned_from_skips_no_window() {
+    let server = serve(Arc::new(gate_limits)).await;
+    // (interval, its seconds, windows back, offset into the window, bounded by `to`)
+    let cases: [(&str, i64, i64, i64, bool); 6] = [
+        ("1m", 60, 2_500, 30, false),
+        ("1m", 60, 2_500, 1, true),
+        ("1m", 60, 3_100, 59, true),
+        ("5m", 300, 2_200, 7, true),
+        ("10s", 10, 2_050, 3, false),
+        ("1h", 3_600, 1_001, 1_799, true),
+    ];
+    for (interval, secs, back, offset, bounded) in cases {
+        let requests_before = server.seen.lock().unwrap().len();
+        let current = now_secs().div_euclid(secs) * secs;
+        let from = current - back * secs + offset;
+        // Bounded: up to a `to` inside a window; otherwise up to now.
+        let to = bounded.then_some(current - 5 * secs + secs / 2);
+        let mut config = GateioConfig::new(vec!["BTC_USDT".into()]);
+        config.base_url = server.base.clone();
+        config.interval = interval.into();
+        config.from_secs = Some(from);
+        config.to_secs = to;
+        config.once = true;
+        config.request_timeout_ms = 5_000;
+        let (tx, mut rx) = mpsc::channel(20_000);
+        let (_stop, shutdown) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let ended = poller::run(
+            config.validate().unwrap(),
+            BTreeMap::new(),
+            tx,
+            shutdown,
+            counters.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{interval} +{offset}s: {e}"));
+        let mut starts = Vec::new();
+        while let Some(c) = rx.recv().await {
+            starts.push(start_secs(&c));
+        }
+        let first = current - back * secs + secs;
+        let last = match to {
+            Some(to) => to.div_euclid(secs) * secs,
+            // The minute may have turned while it ran.
+            None => *starts.last().unwrap(),
+        };
+        if to.is_none() {
+            assert!(
+                last == current - secs || last == current,
+                "{interval}: the last closed window, got {last} (current {current})"
+            );
+        }
+        let expected: Vec<i64> = (0..=(last - first) / secs)
+            .map(|i| first + i * secs)
+            .collect();
+        assert_eq!(
+            starts.len(),
+            expected.len(),
+            "{interval} from +{offset}s: {} windows, {} expected; counters {:?}",
+            starts.len(),
+            expected.len(),
+            counters.snapshot()
+        );
+        assert_eq!(
+            starts, expected,
+            "{interval} from +{offset}s: every window once, no gap"
+        );
+        assert_eq!(ended, BTreeMap::from([("BTC_USDT".to_owned(), last)]));
+        assert_eq!((counters.get("gaps"), counters.get("errors")), (0, 0));
+        let seen = server.seen.lock().unwrap()[requests_before..].to_vec();
+        assert_eq!(
+            seen.len() as i64,
+            (expected.len() as i64 + 999) / 1000,
+            "{interval}: full pages of 1000 windows"
+        );
+        for s in &seen {
+            let (f, t) = (query_i64(s, "from"), query_i64(s, "to"));
+            assert_eq!(
+                f.rem_euclid(secs),
+                0,
+                "{interval}: pages start on a boundary"
+            );
+            assert!((t - f) / secs < 1000, "{interval}: at most 1000 points");
+        }
+    }
+}
+
+/// A pair Gate.io refuses (unknown or delisted) is dropped with an error naming it; the other
+/// pairs go on, and the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_the_api_refuses_is_dropped_and_the_others_go_on() {
+    let handler: Arc<Handler> = Arc::new(|n, seen| {
+        if seen.query["currency_pair"] == "FOO_BAR" {
+            return Reply {
+                status: 400,
+                headers: vec![],
+                body:
+                    r#"{"label":"INVALID_CURRENCY_PAIR","message":"Invalid currency pair FOO_BAR"}"#
+                        .into(),
+            };
+        }
+        gate_limits(n, seen)
+    });
+    let server = serve(handler).await;
+    let secs = 60;
+    let current = now_secs().div_euclid(secs) * secs;
+    let from = current - 1_500 * secs;
+    let to = current - 11 * secs;
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let (_stop, shutdown) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    let ended = poller::run(
+        settings(
+            &server.base,
+            &["BTC_USDT", "FOO_BAR", "ETH_USDT"],
+            Some(from),
+            Some(to),
+            false,
+        ),
+        BTreeMap::new(),
+        tx,
+        shutdown,
+        counters.clone(),
+    )
+    .await
+    .unwrap();
+    let mut per_pair: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(c) = rx.recv().await {
+        *per_pair.entry(c.currency_pair).or_default() += 1;
+    }
+    assert_eq!(
+        per_pair,
+        BTreeMap::from([
+            ("BTC_USDT".to_owned(), 1_490),
+            ("ETH_USDT".to_owned(), 1_490)
+        ])
+    );
+    assert_eq!(
+        ended.keys().collect::<Vec<_>>(),
+        ["BTC_USDT", "ETH_USDT"],
+        "the refused pair published nothing"
+    );
+    let asked_foo = server
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.query["currency_pair"] == "FOO_BAR")
+        .count();
+    assert_eq!(asked_foo, 1, "asked once, not once per page nor retried");
+}
+
+/// A run that received rows but could use none of them (a shape it does not know, prices of
+/// zero) fails with the reason, instead of succeeding with nothing published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_every_row_is_unusable_fails_with_the_reason() {
+    for (body, reason) in [
+        (
+            r#"[{"t":"1717246800","o":"1","c":"1"},{"t":"1717246860","o":"1","c":"1"}]"#,
+            "is not an array",
+        ),
+        (
+            r#"[["1717246800","1","0","0","0","0","0.5","true"]]"#,
+            "close \"0\" is not greater than zero",
+        ),
+    ] {
+        let handler: Arc<Handler> = Arc::new(move |_, _| Reply::json(body.to_owned()));
+        let server = serve(handler).await;
+        let (tx, mut rx) = mpsc::channel(10);
+        let (_stop, shutdown) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let err = poller::run(
+            settings(&server.base, &["BTC_USDT"], None, None, true),
+            BTreeMap::new(),
+            tx,
+            shutdown,
+            counters.clone(),
+        )
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("rows received could be used") && text.contains(reason),
+            "{text}"
+        );
+        assert!(!err.is_transient());
+        assert!(rx.recv().await.is_none(), "nothing published");
+        assert!(counters.get("errors") > 0);
+    }
+}

@@ -26,6 +26,10 @@ use serde_json::Value;
 use super::feed::{self, FeedEvent};
 use crate::common::trade::TradeRecord;
 
+/// The channel whose frames prove the feed is alive; they are parsed as
+/// `FeedEvent::Other(HEARTBEATS)`.
+pub const HEARTBEATS: &str = "heartbeats";
+
 /// The `subscribe` requests (one channel per request) for `market_trades` of `products` and for
 /// `heartbeats`, which keeps quiet products' connections from being closed after 60–90 s.
 pub fn subscribe_messages(products: &[String]) -> Vec<String> {
@@ -36,7 +40,7 @@ pub fn subscribe_messages(products: &[String]) -> Vec<String> {
             "channel": "market_trades",
         })
         .to_string(),
-        serde_json::json!({"type": "subscribe", "channel": "heartbeats"}).to_string(),
+        serde_json::json!({"type": "subscribe", "channel": HEARTBEATS}).to_string(),
     ]
 }
 
@@ -91,7 +95,7 @@ pub fn parse(frame: &[u8], coins: &BTreeMap<String, String>, ingest_time: &str) 
         Some("market_trades") => trades(envelope.events, coins, ingest_time),
         Some("subscriptions") => vec![FeedEvent::Subscriptions],
         // Liveness only; see the module docs.
-        Some("heartbeats") => vec![FeedEvent::Other("heartbeats".into())],
+        Some(HEARTBEATS) => vec![FeedEvent::Other(HEARTBEATS.into())],
         Some(other) => vec![FeedEvent::Other(other.to_owned())],
         None => vec![FeedEvent::Invalid("frame without a channel".into())],
     }
@@ -155,7 +159,7 @@ fn normalise(
     };
     let taker = feed::taker_side_of(&side)
         .ok_or_else(|| format!("unknown side {side:?}; expected BUY or SELL"))?;
-    Ok(TradeRecord {
+    let record = TradeRecord {
         coin_name: coins.get(&product).cloned(),
         symbol: product,
         trade_id,
@@ -165,7 +169,11 @@ fn normalise(
         size,
         side: taker.to_owned(),
         ingest_time: ingest_time.to_owned(),
-    })
+    };
+    record
+        .check()
+        .map_err(|why| format!("market_trades {} {}: {why}", record.symbol, record.trade_id))?;
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -253,6 +261,40 @@ mod tests {
             parse(br#"{"channel":"market_trades","events":[{"type":"update","trades":[{"trade_id":{"n":1}}]}]}"#, &c, "").as_slice(),
             [FeedEvent::Invalid(r)] if r.contains("is not a string")
         ));
+    }
+
+    #[test]
+    fn rejects_trades_without_an_id_or_with_values_that_cannot_be_real() {
+        let c = coins();
+        let frame = |id: &str, price: &str, size: &str| {
+            format!(
+                r#"{{"channel":"market_trades","events":[{{"type":"update","trades":[{{"trade_id":{id},"product_id":"ETH-USD","price":"{price}","size":"{size}","side":"BUY","time":"2019-08-14T20:42:27.265Z"}},{{"trade_id":"8","product_id":"ETH-USD","price":"1260.01","size":"0.3","side":"BUY","time":"2019-08-14T20:42:27.265Z"}}]}}]}}"#
+            )
+        };
+        let reason = |id: &str, price: &str, size: &str| {
+            let events = parse(frame(id, price, size).as_bytes(), &c, "");
+            // The good trade of the same frame still comes through.
+            assert!(
+                matches!(events.last(), Some(FeedEvent::Trade { record, .. }) if record.trade_id == 8),
+                "{events:?}"
+            );
+            match &events[0] {
+                FeedEvent::Invalid(r) => r.clone(),
+                other => panic!("expected invalid, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            reason("\"7\"", "0", "0.3"),
+            "market_trades ETH-USD 7: price \"0\" is not greater than zero"
+        );
+        assert_eq!(
+            reason("\"7\"", "1260.01", "-0.3"),
+            "market_trades ETH-USD 7: size \"-0.3\" is not greater than zero"
+        );
+        assert!(reason("\"7\"", "NaN", "0.3").contains("price \"NaN\" not a decimal"));
+        assert!(reason("\"7\"", "1", "Infinity").contains("size \"Infinity\" not a decimal"));
+        assert!(reason("\"\"", "1", "1").contains("trade_id \"\" is not an integer"));
+        assert!(reason("null", "1", "1").contains("without trade_id"));
     }
 
     #[test]

@@ -138,18 +138,25 @@ fn normalise(m: &Message, coins: &BTreeMap<String, String>, ingest_time: &str) -
         ));
     };
     let symbol = m.product_id.as_deref().unwrap_or_default();
+    let record = TradeRecord {
+        symbol: symbol.to_owned(),
+        coin_name: coins.get(symbol).cloned(),
+        trade_id: m.trade_id.unwrap_or_default(),
+        sequence: m.sequence,
+        trade_time: m.time.as_deref().unwrap_or_default().to_owned(),
+        price: m.price.as_deref().unwrap_or_default().to_owned(),
+        size: m.size.as_deref().unwrap_or_default().to_owned(),
+        side: taker_side.to_owned(),
+        ingest_time: ingest_time.to_owned(),
+    };
+    if let Err(why) = record.check() {
+        return FeedEvent::Invalid(format!(
+            "{} {} {}: {why}",
+            m.kind, record.symbol, record.trade_id
+        ));
+    }
     FeedEvent::Trade {
-        record: TradeRecord {
-            symbol: symbol.to_owned(),
-            coin_name: coins.get(symbol).cloned(),
-            trade_id: m.trade_id.unwrap_or_default(),
-            sequence: m.sequence,
-            trade_time: m.time.as_deref().unwrap_or_default().to_owned(),
-            price: m.price.as_deref().unwrap_or_default().to_owned(),
-            size: m.size.as_deref().unwrap_or_default().to_owned(),
-            side: taker_side.to_owned(),
-            ingest_time: ingest_time.to_owned(),
-        },
+        record,
         last_match: m.kind == "last_match",
     }
 }
@@ -227,5 +234,39 @@ mod tests {
         assert_eq!(invalid(br#"{"type":"match","trade_id":1,"product_id":"BTC-USD","price":"1","size":"1","side":"sell"}"#), "match without time");
         assert!(invalid(br#"{"type":"match","trade_id":1,"product_id":"BTC-USD","price":"1","size":"1","side":"up","time":"t"}"#).starts_with("unknown side"));
         assert_eq!(invalid(br#"{"no":"type"}"#), "message without a type");
+    }
+
+    #[test]
+    fn rejects_trades_whose_values_cannot_be_real() {
+        let c = coins();
+        let reason = |price: &str, size: &str| {
+            let line = format!(
+                r#"{{"type":"match","trade_id":12,"product_id":"BTC-USD","price":"{price}","size":"{size}","side":"sell","time":"2014-11-07T08:19:27.028459Z"}}"#
+            );
+            match parse(line.as_bytes(), &c, "") {
+                FeedEvent::Invalid(reason) => reason,
+                other => panic!("{price} {size}: expected invalid, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            reason("0", "1"),
+            "match BTC-USD 12: price \"0\" is not greater than zero"
+        );
+        assert_eq!(
+            reason("400.23", "-0.5"),
+            "match BTC-USD 12: size \"-0.5\" is not greater than zero"
+        );
+        assert!(reason("NaN", "1").contains("price \"NaN\" not a decimal"));
+        assert!(reason("1", "Infinity").contains("size \"Infinity\" not a decimal"));
+        assert!(reason("1e", "1").contains("not a decimal"));
+        // A price given as a JSON number is not the documented decimal string.
+        assert!(matches!(
+            parse(br#"{"type":"match","trade_id":12,"product_id":"BTC-USD","price":400.23,"size":"1","side":"sell","time":"2014-11-07T08:19:27.028459Z"}"#, &c, ""),
+            FeedEvent::Invalid(r) if r.starts_with("match message with wrong field types")
+        ));
+        assert!(matches!(
+            parse(br#"{"type":"match","trade_id":-3,"product_id":"BTC-USD","price":"1","size":"1","side":"sell","time":"2014-11-07T08:19:27.028459Z"}"#, &c, ""),
+            FeedEvent::Invalid(r) if r.ends_with("trade_id -3 is negative")
+        ));
     }
 }

@@ -6,6 +6,11 @@
 //!
 //! Trade ids increase per product; `sequence` is not used (it counts the product's full stream, so
 //! it jumps on `matches` by design).
+//!
+//! A heartbeat only tells of loss relative to a trade already seen (or a checkpoint's seed): the
+//! feed has sent `"last_trade_id":0` for long stretches (a placeholder, not a fact), and before a
+//! product's first trade (the `last_match` sent after subscribing) there is nothing to compare
+//! with. So a heartbeat of a product without a trade yet, or with an id of 0 or below, is ignored.
 
 use std::collections::HashMap;
 
@@ -91,19 +96,13 @@ impl TradeTracker {
     }
 
     /// Records a heartbeat of `product` saying its last trade is `last_trade_id`; returns the ids
-    /// that were never received. The first heartbeat of a product with no trades yet only sets
-    /// where its trades start.
+    /// that were never received. A heartbeat before the product's first trade, or with an id of
+    /// 0 or below, says nothing about loss (see the module docs).
     pub fn heartbeat(&mut self, product: &str, last_trade_id: i64) -> Option<Lost> {
-        let Some(state) = self.products.get_mut(product) else {
-            self.products.insert(
-                product.to_owned(),
-                ProductState {
-                    last_published: None,
-                    accounted_through: last_trade_id,
-                },
-            );
+        if last_trade_id <= 0 {
             return None;
-        };
+        }
+        let state = self.products.get_mut(product)?;
         if last_trade_id <= state.accounted_through {
             return None;
         }
@@ -167,9 +166,32 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_of_zero_or_before_the_first_trade_says_nothing_about_loss() {
+        // heartbeat-zero-false-loss: zero heartbeats around contiguous trades of two products.
+        let mut t = TradeTracker::default();
+        assert_eq!(t.heartbeat("BTC-USD", 0), None);
+        assert_eq!(t.heartbeat("ETH-USD", 0), None);
+        assert_eq!(t.trade("BTC-USD", 831_102_379), Seen::New { lost: None });
+        assert_eq!(t.trade("ETH-USD", 612_558_206), Seen::New { lost: None });
+        assert_eq!(t.trade("BTC-USD", 831_102_380), Seen::New { lost: None });
+        assert_eq!(t.heartbeat("BTC-USD", 0), None);
+        assert_eq!(t.heartbeat("ETH-USD", 0), None);
+        assert_eq!(t.trade("ETH-USD", 612_558_207), Seen::New { lost: None });
+        assert_eq!(t.heartbeat("BTC-USD", -5), None);
+        // Before any trade, a heartbeat's id is not a start to count losses from.
+        let mut early = TradeTracker::default();
+        assert_eq!(early.heartbeat("BTC-USD", 20), None);
+        assert_eq!(early.heartbeat("BTC-USD", 25), None);
+        assert_eq!(early.trade("BTC-USD", 30), Seen::New { lost: None });
+        // An id below the first trade seen is stale.
+        assert_eq!(early.heartbeat("BTC-USD", 12), None);
+        assert_eq!(early.trade("BTC-USD", 31), Seen::New { lost: None });
+    }
+
+    #[test]
     fn a_heartbeat_ahead_of_the_last_trade_reports_the_missing_ids() {
         let mut t = TradeTracker::default();
-        assert_eq!(t.heartbeat("BTC-USD", 20), None, "sets the start");
+        assert_eq!(t.heartbeat("BTC-USD", 20), None, "no trade yet");
         assert_eq!(t.trade("BTC-USD", 21), Seen::New { lost: None });
         assert_eq!(t.heartbeat("BTC-USD", 21), None);
         assert_eq!(

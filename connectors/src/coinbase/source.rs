@@ -10,6 +10,11 @@
 //!   runs without a checkpoint folder, or accepts that such a restart fails until the checkpoint
 //!   is removed.
 //! - [`Source::commit`] has nothing to tell the exchange; it only counts the batch as published.
+//! - Frames (or trades in them) that cannot be used, e.g. a price of zero, are handed out as
+//!   rejected records (the engine dead-letters them with their reason): topic = the feed's URL,
+//!   offset = the frame's number since the client started.
+//! - When the exchange refuses every product (or the credentials), the client stops and `poll`
+//!   returns its permanent error.
 //! - With `available_now` (e.g. `--trigger available-now`) the source ends at the first poll that
 //!   gets no trade within its wait (before the first trade, within `connect_timeout_ms`): a live
 //!   feed has no "end of what is there".
@@ -23,7 +28,7 @@ use engine::{
 };
 use tokio::sync::watch;
 
-use super::client::{self, Counters, FeedTask, ReceivedTrade};
+use super::client::{self, Counters, FeedTask, ReceivedTrade, RejectedFrame};
 use super::config::{CoinbaseConfig, Settings};
 use super::gaps::TradeTracker;
 use crate::common::counters::{CounterSet, add};
@@ -39,6 +44,8 @@ pub struct CoinbaseSource {
     counters: Arc<Counters>,
     /// Received but not yet handed out (kept here so a dropped `poll` loses nothing).
     pending: Vec<ReceivedTrade>,
+    /// Unusable frames received but not yet handed out.
+    pending_rejected: Vec<RejectedFrame>,
     /// Next trade id per product after everything handed out.
     next_ids: BTreeMap<String, i64>,
     handed_out: u64,
@@ -55,6 +62,7 @@ impl CoinbaseSource {
             stop: None,
             counters: Arc::new(Counters::default()),
             pending: Vec::new(),
+            pending_rejected: Vec::new(),
             next_ids: BTreeMap::new(),
             handed_out: 0,
             available_now: false,
@@ -81,6 +89,18 @@ impl CoinbaseSource {
                 received_at: trade.received_at,
             });
         }
+        // `published` counts trades; rejected frames are dead letters.
+        let trades = records.len() as u64;
+        for rejected in self.pending_rejected.drain(..) {
+            records.push(RawRecord {
+                payload: rejected.frame,
+                topic: self.settings.url.clone(),
+                partition: 0,
+                offset: rejected.number as i64,
+                rejected: Some(rejected.reason),
+                received_at: rejected.received_at,
+            });
+        }
         let mut end = Offsets::new();
         for (product, next) in &self.next_ids {
             end.set(product, 0, *next);
@@ -88,12 +108,44 @@ impl CoinbaseSource {
                 start.set(product, 0, *next);
             }
         }
-        self.handed_out = records.len() as u64;
+        self.handed_out = trades;
         SourceBatch {
             records,
             start,
             end,
         }
+    }
+
+    /// Why the client stopped while the source runs: its permanent error (every product
+    /// refused), or else a bug.
+    async fn stopped(&mut self) -> Error {
+        let Some(feed) = self.feed.take() else {
+            return Error::Internal("coinbase source polled before start".into());
+        };
+        match feed.task.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => {
+                Error::Internal("the coinbase feed client stopped while the source runs".into())
+            }
+            Err(e) => Error::Internal(format!("the coinbase feed client task failed: {e}")),
+        }
+    }
+}
+
+/// The next unusable frame; pends forever when there is no such channel or it closed (the end
+/// of the client shows on the trades channel).
+async fn recv_rejected(
+    rejected: &mut Option<tokio::sync::mpsc::Receiver<RejectedFrame>>,
+) -> Option<RejectedFrame> {
+    match rejected {
+        Some(rx) => match rx.recv().await {
+            Some(r) => Some(r),
+            None => {
+                *rejected = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -117,7 +169,12 @@ impl Source for CoinbaseSource {
         }
         self.available_now = request.available_now;
         let (stop, shutdown) = watch::channel(false);
-        let feed = client::spawn(self.settings.clone(), tracker, CHANNEL_CAPACITY, shutdown);
+        let feed = client::spawn_keeping_rejected(
+            self.settings.clone(),
+            tracker,
+            CHANNEL_CAPACITY,
+            shutdown,
+        );
         self.counters = feed.counters.clone();
         self.feed = Some(feed);
         self.stop = Some(stop);
@@ -139,8 +196,15 @@ impl Source for CoinbaseSource {
         };
         let mut deadline = tokio::time::Instant::now() + wait;
         let max = limits.max_records.max(1);
-        while self.pending.len() < max {
-            match tokio::time::timeout_at(deadline, feed.trades.recv()).await {
+        while self.pending.len() + self.pending_rejected.len() < max {
+            let next = tokio::select! {
+                Some(rejected) = recv_rejected(&mut feed.rejected) => {
+                    self.pending_rejected.push(rejected);
+                    continue;
+                }
+                next = tokio::time::timeout_at(deadline, feed.trades.recv()) => next,
+            };
+            match next {
                 Ok(Some(trade)) => {
                     if !self.seen_any {
                         self.seen_any = true;
@@ -149,17 +213,15 @@ impl Source for CoinbaseSource {
                     self.pending.push(trade);
                 }
                 Ok(None) => {
-                    if self.pending.is_empty() {
-                        return Err(Error::Internal(
-                            "the coinbase feed client stopped while the source runs".into(),
-                        ));
+                    if self.pending.is_empty() && self.pending_rejected.is_empty() {
+                        return Err(self.stopped().await);
                     }
                     break;
                 }
                 Err(_) => break,
             }
         }
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.pending_rejected.is_empty() {
             return Ok(if self.available_now {
                 Poll::Exhausted
             } else {

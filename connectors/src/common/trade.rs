@@ -1,7 +1,13 @@
 //! The trade record on the bus: one JSON object per trade, the same whichever venue it came from.
 //! Prices and sizes are decimal strings (exact); `side` is the taker's side.
+//!
+//! [`TradeRecord::check`] is the edge: a record leaves a connector only if the engine would
+//! accept it, and a price or size of zero or below is not a trade (as the holding's last price
+//! it would write the whole holding off).
 
 use serde::{Deserialize, Serialize};
+
+use super::excerpt::excerpt;
 
 /// The default declared columns of the bus record (see `engine::schema`).
 pub const TRADE_COLUMNS: [&str; 9] = [
@@ -45,6 +51,24 @@ pub struct TradeRecord {
 }
 
 impl TradeRecord {
+    /// Why the record cannot be published, if it cannot: a negative trade id, a price or size
+    /// that is not a finite decimal greater than zero (checked with the engine's one decimal
+    /// parser), or a time that is not RFC 3339.
+    pub fn check(&self) -> Result<(), String> {
+        if self.trade_id < 0 {
+            return Err(format!("trade_id {} is negative", self.trade_id));
+        }
+        check_positive_decimal("price", &self.price)?;
+        check_positive_decimal("size", &self.size)?;
+        if chrono::DateTime::parse_from_rfc3339(&self.trade_time).is_err() {
+            return Err(format!(
+                "time \"{}\" is not an RFC 3339 time",
+                excerpt(self.trade_time.as_bytes())
+            ));
+        }
+        Ok(())
+    }
+
     /// The record as one JSON object.
     pub fn to_json(&self) -> Vec<u8> {
         // A struct of strings and integers always serialises.
@@ -52,7 +76,78 @@ impl TradeRecord {
     }
 }
 
+/// Checks that `text`, the value of `field`, is a finite decimal greater than zero (a price, a
+/// size); the error names the field and the (shortened) value.
+pub fn check_positive_decimal(field: &str, text: &str) -> Result<(), String> {
+    match engine::decimal::is_positive_decimal(text) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "{field} \"{}\" is not greater than zero",
+            excerpt(text.as_bytes())
+        )),
+        Err(e) => Err(format!("{field} \"{}\" {e}", excerpt(text.as_bytes()))),
+    }
+}
+
 /// Formats a time as RFC 3339 with microseconds, as the exchange does.
 pub fn rfc3339_micros(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(price: &str, size: &str) -> TradeRecord {
+        TradeRecord {
+            symbol: "BTC-USD".into(),
+            coin_name: Some("Bitcoin".into()),
+            trade_id: 7,
+            sequence: None,
+            trade_time: "2026-11-20T00:00:00.123456Z".into(),
+            price: price.into(),
+            size: size.into(),
+            side: "buy".into(),
+            ingest_time: "2026-11-20T00:00:01Z".into(),
+        }
+    }
+
+    #[test]
+    fn accepts_positive_finite_decimals() {
+        for (price, size) in [("400.23", "5.23512"), ("1.5E+4", "0.00000001"), ("1", "1.")] {
+            assert_eq!(record(price, size).check(), Ok(()), "{price} {size}");
+        }
+    }
+
+    #[test]
+    fn rejects_values_that_cannot_be_a_trade_with_their_reason() {
+        let reason = |price: &str, size: &str| record(price, size).check().unwrap_err();
+        assert_eq!(reason("0", "1"), "price \"0\" is not greater than zero");
+        assert_eq!(
+            reason("0.000", "1"),
+            "price \"0.000\" is not greater than zero"
+        );
+        assert_eq!(
+            reason("-3.5", "1"),
+            "price \"-3.5\" is not greater than zero"
+        );
+        assert_eq!(reason("1", "-0"), "size \"-0\" is not greater than zero");
+        assert!(reason("NaN", "1").starts_with("price \"NaN\" not a decimal: NaN"));
+        assert!(reason("1", "Infinity").starts_with("size \"Infinity\" not a decimal"));
+        assert!(reason("1", "").starts_with("size \"\" not a decimal: empty"));
+        assert!(reason("1 000", "1").contains("spaces"));
+        let long = reason(&"9".repeat(10_000), "x");
+        assert!(long.starts_with("size \"x\""), "{long}");
+        let huge = reason("abc".repeat(1_000).as_str(), "1");
+        assert!(huge.len() < 400, "the value is shortened: {huge}");
+        let mut negative_id = record("1", "1");
+        negative_id.trade_id = -1;
+        assert_eq!(negative_id.check().unwrap_err(), "trade_id -1 is negative");
+        let mut bad_time = record("1", "1");
+        bad_time.trade_time = "yesterday".into();
+        assert_eq!(
+            bad_time.check().unwrap_err(),
+            "time \"yesterday\" is not an RFC 3339 time"
+        );
+    }
 }

@@ -3,13 +3,14 @@
 //! A row is an array of strings read **by index** (the order is not OHLC):
 //! `[start, quote volume, close, high, low, open, base volume, closed]`. Rows of 7 elements (no
 //! `closed` flag; an older API version) are accepted as legacy: such a window counts as closed
-//! once its end has passed. Prices and volumes stay decimal strings, checked to be decimals.
+//! once its end has passed. Prices and volumes stay decimal strings as received, checked with the
+//! engine's one decimal parser: prices must be greater than zero, volumes at least zero (a window
+//! without trades has none).
 
-use std::str::FromStr;
-
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::common::excerpt::excerpt;
 
 /// The bus record's field names, in order (see [`CandleRecord`]).
 pub const CANDLE_COLUMNS: [&str; 10] = [
@@ -69,19 +70,29 @@ fn parse_row(row: &Value) -> Result<Candle, String> {
             .as_str()
             .ok_or_else(|| format!("row {row}: {what} (index {i}) is not a string"))
     };
-    let decimal = |i: usize, what: &str| -> Result<String, String> {
+    let checked = |i: usize, what: &str, zero_allowed: bool| -> Result<String, String> {
         let s = text(i, what)?;
-        Decimal::from_str(s)
-            .or_else(|_| Decimal::from_scientific(s))
-            .map(|d| {
-                if s.contains(['e', 'E']) {
-                    d.to_string()
+        let shown = excerpt(s.as_bytes());
+        match engine::decimal::is_positive_decimal(s) {
+            Ok(true) => Ok(s.to_owned()),
+            Ok(false) if zero_allowed && !is_negative(s) => Ok(s.to_owned()),
+            Ok(false) => Err(format!(
+                "row {}: {what} \"{shown}\" is not {}",
+                excerpt(row.to_string().as_bytes()),
+                if zero_allowed {
+                    "zero or more"
                 } else {
-                    s.to_owned()
+                    "greater than zero"
                 }
-            })
-            .map_err(|_| format!("row {row}: {what} {s:?} is not a decimal"))
+            )),
+            Err(e) => Err(format!(
+                "row {}: {what} \"{shown}\" {e}",
+                excerpt(row.to_string().as_bytes())
+            )),
+        }
     };
+    let price = |i: usize, what: &str| checked(i, what, false);
+    let volume = |i: usize, what: &str| checked(i, what, true);
     let start = text(0, "window start")?;
     let window_start = start
         .parse::<i64>()
@@ -100,14 +111,22 @@ fn parse_row(row: &Value) -> Result<Candle, String> {
     };
     Ok(Candle {
         window_start,
-        volume_quote: decimal(1, "quote volume")?,
-        close: decimal(2, "close")?,
-        high: decimal(3, "high")?,
-        low: decimal(4, "low")?,
-        open: decimal(5, "open")?,
-        volume_base: Some(decimal(6, "base volume")?),
+        volume_quote: volume(1, "quote volume")?,
+        close: price(2, "close")?,
+        high: price(3, "high")?,
+        low: price(4, "low")?,
+        open: price(5, "open")?,
+        volume_base: Some(volume(6, "base volume")?),
         closed,
     })
+}
+
+/// Whether `decimal` (already known to be a decimal that is not positive) is below zero: the
+/// grammar allows a sign only in front, and `-0` is zero.
+fn is_negative(decimal: &str) -> bool {
+    decimal
+        .strip_prefix('-')
+        .is_some_and(|magnitude| engine::decimal::is_positive_decimal(magnitude) == Ok(true))
 }
 
 /// One closed candle as it travels on the bus (topic `crypto_candles`, keyed by pair).
@@ -211,7 +230,7 @@ mod tests {
             rows[2]
                 .as_ref()
                 .unwrap_err()
-                .contains("close \"abc\" is not a decimal")
+                .contains("close \"abc\" not a decimal")
         );
         assert!(
             rows[3]
@@ -228,9 +247,48 @@ mod tests {
         let open = rows[5].as_ref().unwrap();
         assert_eq!(
             (open.closed, open.volume_quote.as_str()),
-            (Some(false), "100")
+            (Some(false), "1e2"),
+            "kept as received: the engine's decimal parser reads exponents exactly"
         );
         assert!(rows[6].as_ref().unwrap_err().contains("is not an array"));
         assert!(parse_rows(br#"{"label":"X"}"#).is_err());
+    }
+
+    #[test]
+    fn rejects_prices_that_cannot_be_real_and_negative_volumes() {
+        let reason = |cells: &str| {
+            let body = format!("[[\"1717246800\",{cells},\"true\"]]");
+            parse_rows(body.as_bytes()).unwrap()[0].clone().unwrap_err()
+        };
+        let ok = |cells: &str| {
+            let body = format!("[[\"1717246800\",{cells},\"true\"]]");
+            parse_rows(body.as_bytes()).unwrap()[0].clone().unwrap()
+        };
+        assert!(
+            reason(r#""1","0","3","1","2","0.5""#).contains("close \"0\" is not greater than zero")
+        );
+        assert!(
+            reason(r#""1","2","3","-1","2","0.5""#).contains("low \"-1\" is not greater than zero")
+        );
+        assert!(reason(r#""1","2","NaN","1","2","0.5""#).contains("high \"NaN\" not a decimal"));
+        assert!(
+            reason(r#""1","2","3","1","Infinity","0.5""#)
+                .contains("open \"Infinity\" not a decimal")
+        );
+        assert!(
+            reason(r#""-1","2","3","1","2","0.5""#)
+                .contains("quote volume \"-1\" is not zero or more")
+        );
+        assert!(
+            reason(r#""1","2","3","1","2","""#).contains("base volume \"\" not a decimal: empty")
+        );
+        // A window without trades has zero volume.
+        let quiet = ok(r#""0","2","2","2","2","-0""#);
+        assert_eq!(
+            (quiet.volume_quote.as_str(), quiet.volume_base.as_deref()),
+            ("0", Some("-0"))
+        );
+        let long = reason(&format!(r#""1","{}","3","1","2","0.5""#, "x".repeat(5_000)));
+        assert!(long.len() < 1_000, "shortened: {} chars", long.len());
     }
 }

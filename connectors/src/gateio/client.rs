@@ -2,7 +2,8 @@
 //! `X-Gate-RateLimit-Requests-Remain` wait until `X-Gate-RateLimit-Reset-Timestamp` (or
 //! `Retry-After`, or a jittered backoff); 5xx, timeouts and broken connections are retried with
 //! backoff; any other error answer is permanent and reported with the body's `label` and
-//! `message`.
+//! `message`, and says whether it refuses the pair itself (unknown or delisted: the other pairs
+//! may still work) or the request as a whole.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,27 @@ struct ApiError {
     label: Option<String>,
     message: Option<String>,
     detail: Option<String>,
+}
+
+/// Labels that say the currency pair itself does not exist (any more).
+const PAIR_LABELS: [&str; 2] = ["INVALID_CURRENCY_PAIR", "INVALID_CURRENCY"];
+
+/// A failed request.
+#[derive(Debug)]
+pub struct Failure {
+    /// What failed, with whether retrying may help.
+    pub error: Error,
+    /// The answer refuses the pair itself (permanent for this pair only).
+    pub pair_refused: bool,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure {
+            error,
+            pair_refused: false,
+        }
+    }
 }
 
 /// One candlesticks request.
@@ -78,7 +100,10 @@ impl GateClient {
     }
 
     /// The rows of one request (each row parsed on its own).
-    pub async fn candlesticks(&mut self, r: Request<'_>) -> Result<Vec<Result<Candle, String>>> {
+    pub async fn candlesticks(
+        &mut self,
+        r: Request<'_>,
+    ) -> std::result::Result<Vec<Result<Candle, String>>, Failure> {
         let url = format!(
             "{}/spot/candlesticks?currency_pair={}&interval={}&from={}&to={}",
             self.base_url,
@@ -113,6 +138,7 @@ impl GateClient {
                                 format!("GET {url}: {e}: {}", excerpt(&response.body)),
                                 Retry::Transient,
                             )
+                            .into()
                         });
                     }
                     let described = describe(&url, &response);
@@ -120,10 +146,12 @@ impl GateClient {
                         add(&self.counters.rate_limited, 1);
                         rate_limited += 1;
                         if rate_limited > MAX_RATE_LIMITED_WAITS {
-                            return Err(self.error(
-                                format!("{described} ({rate_limited} times in a row)"),
-                                Retry::Transient,
-                            ));
+                            return Err(self
+                                .error(
+                                    format!("{described} ({rate_limited} times in a row)"),
+                                    Retry::Transient,
+                                )
+                                .into());
                         }
                         let wait = rate_limit_wait(&response).max(self.backoff.next_delay());
                         tracing::warn!(
@@ -136,17 +164,22 @@ impl GateClient {
                     }
                     add(&self.counters.errors, 1);
                     if !(status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT) {
-                        return Err(self.error(described, Retry::Permanent));
+                        return Err(Failure {
+                            error: self.error(described, Retry::Permanent),
+                            pair_refused: refuses_pair(&response, r.pair),
+                        });
                     }
                     described
                 }
             };
             failures += 1;
             if failures >= self.max_attempts {
-                return Err(self.error(
-                    format!("{transient} (gave up after {failures} attempts)"),
-                    Retry::Transient,
-                ));
+                return Err(self
+                    .error(
+                        format!("{transient} (gave up after {failures} attempts)"),
+                        Retry::Transient,
+                    )
+                    .into());
             }
             add(&self.counters.retries, 1);
             let wait = self.backoff.next_delay();
@@ -188,6 +221,28 @@ fn describe(url: &str, response: &Response) -> String {
         ),
         _ => format!("GET {url}: {status}: {}", excerpt(&response.body)),
     }
+}
+
+/// Whether an error answer refuses `pair` itself: its label says the pair (or its currency) is
+/// invalid, or it is `INVALID_PARAM_VALUE` and its text names the pair as the bad value. Other
+/// refusals (a range too broad or too long ago, credentials) would fail every pair alike.
+fn refuses_pair(response: &Response, pair: &str) -> bool {
+    let Ok(ApiError {
+        label: Some(label),
+        message,
+        detail,
+    }) = serde_json::from_slice::<ApiError>(&response.body)
+    else {
+        return false;
+    };
+    if PAIR_LABELS.contains(&label.as_str()) {
+        return true;
+    }
+    label == "INVALID_PARAM_VALUE"
+        && [message, detail].into_iter().flatten().any(|text| {
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|word| word.eq_ignore_ascii_case(pair))
+        })
 }
 
 /// The reset time (unix seconds, fractional) from `X-Gate-RateLimit-Reset-Timestamp`, which is
@@ -258,6 +313,27 @@ mod tests {
             describe("u", &r),
             "GET u: 502 Bad Gateway: <html>bad gateway</html>"
         );
+    }
+
+    #[test]
+    fn tells_a_refused_pair_from_a_refused_request() {
+        let refused = |body: &str| refuses_pair(&response(400, &[], body), "FOO_BAR");
+        assert!(refused(
+            r#"{"label":"INVALID_CURRENCY_PAIR","message":"Invalid currency pair FOO_BAR"}"#
+        ));
+        assert!(refused(
+            r#"{"label":"INVALID_CURRENCY","message":"Invalid currency FOO"}"#
+        ));
+        assert!(refused(
+            r#"{"label":"INVALID_PARAM_VALUE","message":"Invalid parameter currency_pair with value: FOO_BAR"}"#
+        ));
+        assert!(!refused(
+            r#"{"label":"INVALID_PARAM_VALUE","message":"Candlestick too long ago. Maximum 10000 points ago are allowed"}"#
+        ));
+        assert!(!refused(
+            r#"{"label":"INVALID_KEY","message":"Invalid key provided"}"#
+        ));
+        assert!(!refused("<html>bad request</html>"));
     }
 
     #[test]

@@ -3,6 +3,13 @@
 //! since the last published window. Only closed windows leave, each once per (pair, interval,
 //! window start): a per-pair watermark of the last published start drops overlaps and repeats.
 //!
+//! Pages start on a window boundary (the first at or after `from`) and each next page right
+//! after the previous page's last window, so an unaligned `from` skips nothing.
+//!
+//! A pair the API refuses (unknown or delisted) is dropped with an ERROR and the others go on;
+//! when none is left the run fails. A run (a backfill, a `once` poll) that received rows but
+//! could use none of them fails too; the live schedule logs such a stretch once at ERROR.
+//!
 //! The watermark lives in memory; [`run`] starts from the watermarks it is given and returns
 //! where it ended, which `coinstream ingest gateio --state FILE` keeps between runs
 //! ([`super::state`]). A pair with a watermark and no `from` resumes right after it, however far
@@ -17,7 +24,7 @@ use engine::{Error, Result};
 use tokio::sync::{mpsc, watch};
 
 use super::candles::CandleRecord;
-use super::client::{GateClient, Request};
+use super::client::{Failure, GateClient, Request};
 use super::config::{MAX_POINTS_PER_REQUEST, Settings};
 use crate::common::counters::{CounterSet, add, read};
 use crate::common::trade::rfc3339_micros;
@@ -78,6 +85,19 @@ enum Stop {
     Failed(Error),
 }
 
+/// Why a pair's range ended early.
+enum RangeStop {
+    Stop(Stop),
+    /// The API refused the pair itself.
+    PairRefused(Error),
+}
+
+impl From<Stop> for RangeStop {
+    fn from(stop: Stop) -> Self {
+        RangeStop::Stop(stop)
+    }
+}
+
 struct Poller {
     settings: Settings,
     client: GateClient,
@@ -85,6 +105,13 @@ struct Poller {
     watermark: BTreeMap<String, i64>,
     tx: mpsc::Sender<CandleRecord>,
     counters: Arc<Counters>,
+    /// Rows that parsed, and rows that did not, over the whole run.
+    usable_rows: u64,
+    bad_rows: u64,
+    /// Why the first unusable row was unusable.
+    first_bad_row: Option<String>,
+    /// Whether the current stretch of pages without a usable row was already logged at ERROR.
+    reported_unusable: bool,
 }
 
 /// Runs the schedule until it is done (`once`, or a bounded backfill) or `shutdown` turns true;
@@ -105,6 +132,10 @@ pub async fn run(
         watermark: resume,
         tx,
         counters,
+        usable_rows: 0,
+        bad_rows: 0,
+        first_bad_row: None,
+        reported_unusable: false,
     };
     let secs = poller.settings.interval.secs();
     // Without `from`, each pair starts after its watermark or `lookback_windows` back.
@@ -118,7 +149,10 @@ pub async fn run(
         Err(Stop::Failed(e)) => return Err(e),
     }
     if poller.settings.once || poller.settings.to.is_some() {
-        return Ok(poller.watermark);
+        return match poller.nothing_usable() {
+            Some(e) => Err(e),
+            None => Ok(poller.watermark),
+        };
     }
     loop {
         // In milliseconds: a wait computed from whole seconds could start a 1 s window's poll
@@ -164,6 +198,42 @@ pub async fn run(
 }
 
 impl Poller {
+    /// A run that received rows but could use none of them failed.
+    fn nothing_usable(&self) -> Option<Error> {
+        (self.usable_rows == 0 && self.bad_rows > 0).then(|| Error::Source {
+            name: format!("gateio {}", self.settings.base_url),
+            message: format!(
+                "none of the {} rows received could be used (the first: {})",
+                self.bad_rows,
+                self.first_bad_row.as_deref().unwrap_or_default()
+            ),
+            retry: engine::Retry::Permanent,
+        })
+    }
+
+    /// Drops `pair`, which the API refused; fails when no pair is left.
+    fn drop_pair(&mut self, pair: &str, error: Error) -> std::result::Result<(), Stop> {
+        self.settings.pairs.retain(|p| p != pair);
+        // A configured pair will never deliver: an operator must act.
+        tracing::error!(
+            pair,
+            error = %error,
+            left = self.settings.pairs.join(","),
+            "Gate.io refused a currency pair; it is dropped and the others go on."
+        );
+        if !self.settings.pairs.is_empty() {
+            return Ok(());
+        }
+        Err(Stop::Failed(match error {
+            Error::Source { name, message, .. } => Error::Source {
+                name,
+                message: format!("every currency pair was refused; the last, {pair}: {message}"),
+                retry: engine::Retry::Permanent,
+            },
+            other => other,
+        }))
+    }
+
     /// Fetches every pair: `range`, or from each pair's watermark to now.
     async fn pass(
         &mut self,
@@ -183,21 +253,32 @@ impl Poller {
                     (from, now)
                 }
             };
-            self.range(&pair, from, to, shutdown).await?;
+            match self.range(&pair, from, to, shutdown).await {
+                Ok(()) => {}
+                Err(RangeStop::Stop(stop)) => return Err(stop),
+                Err(RangeStop::PairRefused(e)) => self.drop_pair(&pair, e)?,
+            }
         }
         Ok(())
     }
 
-    /// Fetches windows of `pair` starting in `from..=to`, in pages the API accepts.
+    /// Fetches windows of `pair` starting in `from..=to`, in pages the API accepts: at most
+    /// [`MAX_POINTS_PER_REQUEST`] window starts, both ends counted, each page from a window
+    /// boundary.
     async fn range(
         &mut self,
         pair: &str,
         from: i64,
         to: i64,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> std::result::Result<(), Stop> {
+    ) -> std::result::Result<(), RangeStop> {
         let secs = self.settings.interval.secs();
-        let mut page_from = from;
+        // The first window starting at or after `from`: a page spanning 1000 intervals from an
+        // unaligned `from` holds only 999 windows, and the next one would skip a window.
+        let mut page_from = from.div_euclid(secs) * secs;
+        if page_from < from {
+            page_from += secs;
+        }
         while page_from <= to {
             let page_to = (page_from + (MAX_POINTS_PER_REQUEST - 1) * secs).min(to);
             let request = Request {
@@ -207,8 +288,14 @@ impl Poller {
                 to: page_to,
             };
             let rows = tokio::select! {
-                _ = shutdown.changed() => return Err(Stop::Requested),
-                rows = self.client.candlesticks(request) => rows.map_err(Stop::Failed)?,
+                _ = shutdown.changed() => return Err(Stop::Requested.into()),
+                rows = self.client.candlesticks(request) => match rows {
+                    Ok(rows) => rows,
+                    Err(Failure { error, pair_refused: true }) => {
+                        return Err(RangeStop::PairRefused(error));
+                    }
+                    Err(Failure { error, .. }) => return Err(Stop::Failed(error).into()),
+                },
             };
             self.publish(pair, page_from, page_to, rows).await?;
             page_from = page_to + secs;
@@ -227,15 +314,45 @@ impl Poller {
         let now = now_secs();
         let ingest_time = rfc3339_micros(chrono::Utc::now());
         add(&self.counters.rows_in, rows.len() as u64);
+        let received = rows.len();
         let mut candles = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
         for row in rows {
             match row {
                 Ok(c) => candles.push(c),
-                Err(reason) => {
-                    add(&self.counters.errors, 1);
-                    tracing::warn!(pair, reason = %reason, "Unusable candlestick row skipped.");
-                }
+                Err(reason) => bad.push(reason),
             }
+        }
+        self.usable_rows += candles.len() as u64;
+        self.bad_rows += bad.len() as u64;
+        if let Some(first) = bad.first() {
+            add(&self.counters.errors, bad.len() as u64);
+            if self.first_bad_row.is_none() {
+                self.first_bad_row = Some(first.clone());
+            }
+            if candles.is_empty() {
+                // Once per stretch of pages with nothing usable, not once per row.
+                if !self.reported_unusable {
+                    self.reported_unusable = true;
+                    tracing::error!(
+                        pair,
+                        rows = received,
+                        first_reason = %first,
+                        "No row of the Gate.io answer could be used."
+                    );
+                }
+            } else {
+                tracing::warn!(
+                    pair,
+                    unusable = bad.len(),
+                    rows = received,
+                    first_reason = %first,
+                    "Unusable candlestick rows skipped."
+                );
+            }
+        }
+        if !candles.is_empty() {
+            self.reported_unusable = false;
         }
         // Row order is not documented.
         candles.sort_by_key(|c| c.window_start);
