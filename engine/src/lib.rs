@@ -30,6 +30,7 @@
 
 pub mod checkpoint;
 pub mod context;
+pub mod decimal;
 pub mod decode;
 pub mod error;
 mod flat_json;

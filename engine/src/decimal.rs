@@ -1,0 +1,363 @@
+//! The one checked parser for decimal text (money: prices, sizes). Every path that turns outside
+//! text into a `decimal(P,S)` value goes through [`parse_decimal`]: both decoder paths (the flat
+//! fast path and arrow-json's) and the connectors that validate records before publishing them.
+//! Library parsers differ exactly where it matters (arrow-cast's `parse_decimal` truncates digits
+//! beyond the scale, its cast rounds them), so none is relied on.
+//!
+//! # What is accepted
+//! What Spark's `from_json` accepts for a `DecimalType` (Java's `BigDecimal` grammar):
+//! an optional sign (`+` or `-`), digits with an optional decimal point (`1`, `1.`, `.5`,
+//! `0001.50`), and an optional exponent (`1.5E+4`, `25e-3`). Anything else is rejected with a
+//! reason: empty text, spaces anywhere, `NaN`, `Infinity`, thousands separators, hexadecimal, more
+//! than one point or sign.
+//!
+//! # Digits beyond the scale
+//! Under [`DecimalPolicy::RoundHalfUp`] (the default, Spark's: `Decimal.set` rounds with
+//! `ROUND_HALF_UP`) the value is rounded to the scale, half away from zero, and reported as
+//! [`Parsed::rounded`] so callers can count it. Under [`DecimalPolicy::Reject`] a value that would
+//! change is an error. Digits beyond the scale that are all zero change nothing and are neither.
+//!
+//! # Too large
+//! A value with more than `P - S` integer digits (after rounding) does not fit and is an error
+//! under either policy, as in Spark (which turns it into a bad record).
+
+use std::fmt;
+
+/// What happens to a decimal with more fractional digits than its column's scale.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecimalPolicy {
+    /// Round half away from zero to the scale, as Spark's `from_json` does; counted.
+    #[default]
+    RoundHalfUp,
+    /// Reject the value (the message goes to the dead letters).
+    Reject,
+}
+
+impl DecimalPolicy {
+    /// The config spelling of the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundHalfUp => "round_half_up",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+impl std::str::FromStr for DecimalPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "round_half_up" => Ok(Self::RoundHalfUp),
+            "reject" => Ok(Self::Reject),
+            other => Err(format!(
+                "unknown decimal policy {other:?} (valid: round_half_up, reject)"
+            )),
+        }
+    }
+}
+
+/// A parsed decimal: the unscaled value (`value / 10^scale` is the number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// The unscaled value at the requested scale.
+    pub value: i128,
+    /// Whether non-zero digits beyond the scale were rounded away.
+    pub rounded: bool,
+}
+
+/// Why a text is not a decimal of the requested type. Permanent: the same text always fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecimalError {
+    /// Not decimal syntax (empty, spaces, `NaN`, `Infinity`, stray characters).
+    Syntax(String),
+    /// More integer digits than the type holds.
+    Overflow {
+        /// The type's precision.
+        precision: u8,
+        /// The type's scale.
+        scale: i8,
+    },
+    /// Non-zero digits beyond the scale under [`DecimalPolicy::Reject`].
+    ExcessScale {
+        /// The type's scale.
+        scale: i8,
+    },
+}
+
+impl fmt::Display for DecimalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Syntax(why) => write!(f, "not a decimal: {why}"),
+            Self::Overflow { precision, scale } => write!(
+                f,
+                "does not fit decimal({precision},{scale}): more than {} integer digits",
+                i16::from(*precision) - i16::from(*scale)
+            ),
+            Self::ExcessScale { scale } => write!(
+                f,
+                "has non-zero digits beyond the scale {scale} (decimal policy reject)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DecimalError {}
+
+/// Largest exponent magnitude accepted, as Java's `BigDecimal` (an `int` scale).
+const MAX_EXPONENT: i64 = i32::MAX as i64;
+
+/// Parses `text` into the unscaled value of a `decimal(precision, scale)` under `policy`; see
+/// the module docs for the grammar, rounding and errors. `precision` is at most 38.
+pub fn parse_decimal(
+    text: &str,
+    precision: u8,
+    scale: i8,
+    policy: DecimalPolicy,
+) -> Result<Parsed, DecimalError> {
+    let number = Number::parse(text.as_bytes())?;
+    // value = digits × 10^(exponent - fraction_digits); scaled by 10^scale for the column.
+    let shift = number.exponent - number.fraction_digits + i64::from(scale);
+    let digits = number.significant();
+    let too_big = DecimalError::Overflow { precision, scale };
+    let (kept, dropped) = if shift >= 0 {
+        (digits, &[][..])
+    } else {
+        let cut = usize::try_from(-shift).unwrap_or(usize::MAX);
+        digits.split_at(digits.len().saturating_sub(cut))
+    };
+    let round_up = match dropped.first() {
+        // The dropped digits start right after the kept ones only when the cut fell inside the
+        // digit string; otherwise implicit leading zeros come first and the value rounds to 0.
+        Some(&d) if dropped.len() as i64 == -shift => d >= b'5',
+        _ => false,
+    };
+    let rounded = dropped.iter().any(|&d| d != b'0');
+    if rounded && policy == DecimalPolicy::Reject {
+        return Err(DecimalError::ExcessScale { scale });
+    }
+    // Zero stays zero whatever its exponent.
+    let zeros = if shift > 0 && !digits.is_empty() { shift } else { 0 };
+    if kept.len() as i64 + zeros > i64::from(precision) {
+        return Err(too_big);
+    }
+    let mut value: i128 = 0;
+    for &d in kept {
+        value = value * 10 + i128::from(d - b'0');
+    }
+    for _ in 0..zeros {
+        value *= 10;
+    }
+    if round_up {
+        value += 1;
+    }
+    if value >= 10i128.pow(u32::from(precision.min(38))) {
+        return Err(too_big);
+    }
+    Ok(Parsed {
+        value: if number.negative { -value } else { value },
+        rounded,
+    })
+}
+
+/// Whether `text` is a finite decimal in the grammar of [`parse_decimal`], whatever its size
+/// (for connectors that check a value before publishing it, without knowing the column type).
+pub fn check_decimal(text: &str) -> Result<(), DecimalError> {
+    Number::parse(text.as_bytes()).map(|_| ())
+}
+
+/// Whether `text` is a decimal greater than zero (a price or a size).
+pub fn is_positive_decimal(text: &str) -> Result<bool, DecimalError> {
+    let n = Number::parse(text.as_bytes())?;
+    Ok(!n.negative && !n.significant().is_empty())
+}
+
+/// Decimal syntax split into its parts.
+struct Number {
+    negative: bool,
+    /// Integer and fraction digits together, leading zeros included.
+    digits: Vec<u8>,
+    /// How many of `digits` came after the point.
+    fraction_digits: i64,
+    exponent: i64,
+}
+
+impl Number {
+    fn parse(text: &[u8]) -> Result<Self, DecimalError> {
+        let syntax = |why: &str| DecimalError::Syntax(why.to_owned());
+        if text.is_empty() {
+            return Err(syntax("empty"));
+        }
+        let lower = text.to_ascii_lowercase();
+        let unsigned = lower.strip_prefix(b"-").or(lower.strip_prefix(b"+"));
+        let word = unsigned.unwrap_or(&lower);
+        if word == b"nan" || word == b"inf" || word == b"infinity" {
+            return Err(syntax("NaN and infinities are not finite decimals"));
+        }
+        if text.iter().any(u8::is_ascii_whitespace) {
+            return Err(syntax("contains spaces"));
+        }
+        let (negative, rest) = match text[0] {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (mantissa, exponent) = match rest.iter().position(|&c| c == b'e' || c == b'E') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let (int_part, frac_part) = match mantissa.iter().position(|&c| c == b'.') {
+            Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+            None => (mantissa, &[][..]),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(syntax("no digits"));
+        }
+        if !int_part.iter().chain(frac_part).all(u8::is_ascii_digit) {
+            return Err(syntax("only digits, one point, a sign and an exponent are allowed"));
+        }
+        let exponent = match exponent {
+            None => 0,
+            Some(e) => {
+                let (neg, digits) = match e.first() {
+                    Some(b'-') => (true, &e[1..]),
+                    Some(b'+') => (false, &e[1..]),
+                    _ => (false, e),
+                };
+                if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                    return Err(syntax("the exponent must be digits"));
+                }
+                let mut value: i64 = 0;
+                for &d in digits {
+                    value = value * 10 + i64::from(d - b'0');
+                    if value > MAX_EXPONENT {
+                        return Err(syntax("the exponent is out of range"));
+                    }
+                }
+                if neg { -value } else { value }
+            }
+        };
+        let mut digits = Vec::with_capacity(int_part.len() + frac_part.len());
+        digits.extend_from_slice(int_part);
+        digits.extend_from_slice(frac_part);
+        Ok(Self {
+            negative,
+            digits,
+            fraction_digits: frac_part.len() as i64,
+            exponent,
+        })
+    }
+
+    /// The digits without leading zeros (empty for zero).
+    fn significant(&self) -> &[u8] {
+        let first = self
+            .digits
+            .iter()
+            .position(|&d| d != b'0')
+            .unwrap_or(self.digits.len());
+        &self.digits[first..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn half_up(text: &str, p: u8, s: i8) -> Result<(i128, bool), DecimalError> {
+        parse_decimal(text, p, s, DecimalPolicy::RoundHalfUp).map(|v| (v.value, v.rounded))
+    }
+
+    #[test]
+    fn rounds_excess_fraction_digits_half_up_as_spark() {
+        // The decimal-excess-scale case: 0.7960000001 / 0.0000000002 / 0.7421000001 / 2.
+        assert_eq!(half_up("0.79600000009", 28, 10), Ok((7_960_000_001, true)));
+        assert_eq!(half_up("0.00000000019", 28, 10), Ok((2, true)));
+        assert_eq!(half_up("0.742100000051", 28, 10), Ok((7_421_000_001, true)));
+        assert_eq!(half_up("1.99999999999", 28, 10), Ok((20_000_000_000, true)));
+        // Half away from zero, on the first dropped digit only.
+        assert_eq!(half_up("0.125", 10, 2), Ok((13, true)));
+        assert_eq!(half_up("-0.125", 10, 2), Ok((-13, true)));
+        assert_eq!(half_up("0.1249999", 10, 2), Ok((12, true)));
+        assert_eq!(half_up("-0.0049", 10, 2), Ok((0, true)));
+        // Dropped zeros change nothing.
+        assert_eq!(half_up("1.500000000000000", 10, 2), Ok((150, false)));
+    }
+
+    #[test]
+    fn reject_policy_refuses_only_values_that_would_change() {
+        let reject = |t| parse_decimal(t, 28, 10, DecimalPolicy::Reject);
+        assert_eq!(
+            reject("0.79600000009"),
+            Err(DecimalError::ExcessScale { scale: 10 })
+        );
+        assert_eq!(reject("0.796000000000").map(|p| p.value), Ok(7_960_000_000));
+    }
+
+    #[test]
+    fn accepts_the_forms_java_big_decimal_accepts() {
+        assert_eq!(half_up("1.5E+4", 10, 2), Ok((1_500_000, false)));
+        assert_eq!(half_up("15e-1", 10, 2), Ok((150, false)));
+        assert_eq!(half_up("+2.5", 10, 2), Ok((250, false)));
+        assert_eq!(half_up(".5", 10, 2), Ok((50, false)));
+        assert_eq!(half_up("5.", 10, 2), Ok((500, false)));
+        assert_eq!(half_up("0000000000000000000000000000000000000000042", 10, 2), Ok((4200, false)));
+        assert_eq!(half_up("-0.00", 10, 2), Ok((0, false)));
+        assert_eq!(half_up("0e999999999", 10, 2), Ok((0, false)));
+        assert_eq!(half_up("1e-2000000000", 10, 2), Ok((0, true)));
+        assert_eq!(half_up("6e-3", 10, 2), Ok((1, true)));
+        assert_eq!(half_up("4e-3", 10, 2), Ok((0, true)));
+        assert_eq!(half_up("5e-4", 10, 2), Ok((0, true)));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_finite_decimal() {
+        for text in [
+            "", " 1.5", "1.5 ", "1 000", "NaN", "-nan", "Infinity", "-Infinity", "inf", "1,000.5",
+            "0x10", "1.2.3", "--1", "+-1", "1e", "1e+", "e5", ".", "-", "1.5e3.2", "١٢",
+            "1e99999999999",
+        ] {
+            assert!(
+                matches!(half_up(text, 38, 10), Err(DecimalError::Syntax(_))),
+                "{text:?} gave {:?}",
+                half_up(text, 38, 10)
+            );
+            assert!(check_decimal(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_integer_digits_is_an_error_not_a_wrapped_value() {
+        assert_eq!(
+            half_up("123456789012345678901234567890", 28, 10),
+            Err(DecimalError::Overflow {
+                precision: 28,
+                scale: 10
+            })
+        );
+        // Rounding up can carry into one digit too many.
+        assert_eq!(
+            half_up("99.995", 4, 2),
+            Err(DecimalError::Overflow {
+                precision: 4,
+                scale: 2
+            })
+        );
+        assert_eq!(half_up("99.994", 4, 2), Ok((9999, true)));
+        assert!(half_up("1e30", 38, 10).is_err());
+        assert_eq!(
+            half_up("99999999999999999999999999999999999999", 38, 0),
+            Ok((99_999_999_999_999_999_999_999_999_999_999_999_999, false))
+        );
+        assert!(half_up("999999999999999999999999999999999999999", 38, 0).is_err());
+        assert!(half_up("1e99999", 38, 0).is_err());
+    }
+
+    #[test]
+    fn positive_check_for_prices_and_sizes() {
+        assert_eq!(is_positive_decimal("0.0001"), Ok(true));
+        assert_eq!(is_positive_decimal("0"), Ok(false));
+        assert_eq!(is_positive_decimal("-0.0"), Ok(false));
+        assert_eq!(is_positive_decimal("-1"), Ok(false));
+        assert!(is_positive_decimal("NaN").is_err());
+    }
+}
