@@ -61,6 +61,17 @@ impl RecordDecoder {
         }
     }
 
+    /// A decoder that never takes the flat fast path: the reference the fast path is fuzzed
+    /// against (`engine/src/fuzz.rs`).
+    #[cfg(test)]
+    pub(crate) fn without_fast_path(schema: SchemaRef) -> Self {
+        Self {
+            flat: None,
+            schema,
+            decoder: None,
+        }
+    }
+
     /// The schema rows are decoded into.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema

@@ -34,6 +34,8 @@ pub mod decimal;
 pub mod decode;
 pub mod error;
 mod flat_json;
+#[cfg(test)]
+mod fuzz;
 pub mod offsets;
 pub mod progress;
 pub mod reference;
