@@ -158,6 +158,42 @@ pub const HOSTILE_JSON: &[&str] = &[
     "\"\u{feff}\"",
 ];
 
+/// Whether `text` holds an e-notation exponent of 32768 or more (`1e40097242`).
+///
+/// KNOWN FAULT, set aside until it is fixed: arrow-cast 59's `parse_decimal`, which both decoder
+/// paths use for decimal columns today, keeps the exponent in an `i16`: past 32767 it panics in
+/// debug builds ("attempt to multiply with overflow", arrow-cast `parse.rs:854`) and wraps in
+/// release builds, so `1e65537` would read as `10`. Found by the `coinbase_exchange` target
+/// (`"size":"536.2151e40097242"`). The fix is the decoders' move to `engine::decimal` (issue 9
+/// §2); the targets skip such inputs and count them until then. Remove this when they do.
+pub fn has_exponent_past_i16(text: &[u8]) -> bool {
+    text.iter().enumerate().any(|(i, b)| {
+        if !matches!(b, b'e' | b'E')
+            || !text[..i]
+                .last()
+                .is_some_and(|c| c.is_ascii_digit() || *c == b'.')
+        {
+            return false;
+        }
+        let rest = &text[i + 1..];
+        let rest = rest
+            .strip_prefix(b"+")
+            .or(rest.strip_prefix(b"-"))
+            .unwrap_or(rest);
+        let digits: Vec<u8> = rest
+            .iter()
+            .take_while(|d| d.is_ascii_digit())
+            .copied()
+            .skip_while(|d| *d == b'0')
+            .collect();
+        digits.len() > 5
+            || std::str::from_utf8(&digits)
+                .ok()
+                .and_then(|d| d.parse::<u32>().ok())
+                .is_some_and(|e| e >= 32768)
+    })
+}
+
 /// Bytes bolero chose, read front to back; zeros once they run out.
 struct Driver<'a> {
     bytes: &'a [u8],
@@ -253,8 +289,7 @@ impl Harness {
     /// Checks every seed as it is; a failing seed's path is in the panic message.
     pub fn replay_seeds(&self, mut check: impl FnMut(&[u8])) {
         for (path, bytes) in &self.seeds {
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(bytes)));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(bytes)));
             if let Err(panic) = result {
                 eprintln!("fuzz {}: seed {path} failed", self.name);
                 std::panic::resume_unwind(panic);
@@ -349,7 +384,12 @@ impl Harness {
                 let mut line = lines[d.below(lines.len())].to_vec();
                 line.push(b'\n');
                 let starts: Vec<usize> = std::iter::once(0)
-                    .chain(data.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1))
+                    .chain(
+                        data.iter()
+                            .enumerate()
+                            .filter(|(_, b)| **b == b'\n')
+                            .map(|(i, _)| i + 1),
+                    )
                     .collect();
                 let at = starts[d.below(starts.len())];
                 data.splice(at..at, line);
@@ -476,7 +516,8 @@ fn tokens(data: &[u8]) -> Vec<Range<usize>> {
             }
             b'-' | b'0'..=b'9' => {
                 i += 1;
-                while i < data.len() && matches!(data[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                while i < data.len()
+                    && matches!(data[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
                 {
                     i += 1;
                 }
@@ -543,7 +584,15 @@ mod tests {
             .collect();
         assert_eq!(
             found,
-            [r#""a""#, r#""x\"y""#, r#""b""#, "-1.5e3", r#""c""#, "true", "null"]
+            [
+                r#""a""#,
+                r#""x\"y""#,
+                r#""b""#,
+                "-1.5e3",
+                r#""c""#,
+                "true",
+                "null"
+            ]
         );
         let toml = b"[engine]\ntrigger = \"available-now\"\n";
         let found: Vec<&str> = tokens(toml)
@@ -563,6 +612,9 @@ mod tests {
             assert_eq!(a, h.mutate(&driver).0, "the same bytes make the same input");
             changed += usize::from(!h.seeds.iter().any(|(_, s)| *s == a));
         }
-        assert!(changed > 400, "only {changed} of 500 inputs differ from every seed");
+        assert!(
+            changed > 400,
+            "only {changed} of 500 inputs differ from every seed"
+        );
     }
 }
