@@ -321,10 +321,13 @@ fn check_advanced(frame: &[u8], schema: &SchemaRef, seen: &Seen) {
 /// A frame may hold no event only as a `market_trades` frame without trades (or one the
 /// independent reading cannot judge; see `check_exchange`).
 fn frame_has_no_trades(frame: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(frame).map_or(true, |v| {
-        v.get("channel").and_then(Value::as_str) == Some("market_trades")
-            && advanced_trades(&v).is_empty()
-    })
+    match serde_json::from_slice::<Value>(frame) {
+        Err(_) => true,
+        Ok(v) => {
+            v.get("channel").and_then(Value::as_str) == Some("market_trades")
+                && advanced_trades(&v).is_empty()
+        }
+    }
 }
 
 fn check_candles(body: &[u8], schema: &SchemaRef, seen: &Seen) {
