@@ -127,7 +127,17 @@ impl Config {
         };
         let text =
             std::fs::read_to_string(file).map_err(|e| fail(vec![format!("cannot read: {e}")]))?;
-        let raw: RawConfig = toml::from_str(&text)
+        Self::parse(file, &text)
+    }
+
+    /// Validates `text`, the contents of `file` (relative paths in it are relative to `file`'s
+    /// folder; `file` itself is not read).
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            file: file.to_owned(),
+            problems,
+        };
+        let raw: RawConfig = toml::from_str(text)
             .map_err(|e| fail(vec![e.to_string().trim().replace('\n', "\n    ")]))?;
         let base = file.parent().map(Path::to_owned).unwrap_or_default();
         Self::validate(raw, &base).map_err(fail)

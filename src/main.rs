@@ -3,6 +3,8 @@
 
 mod cli;
 mod config;
+#[cfg(test)]
+mod fuzz;
 mod ingest;
 mod pipeline;
 

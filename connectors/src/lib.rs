@@ -10,6 +10,8 @@ pub mod cassandra;
 pub mod coinbase;
 pub mod common;
 pub mod dead_letter;
+#[cfg(test)]
+mod fuzz;
 pub mod gateio;
 pub mod generate;
 pub mod kafka;

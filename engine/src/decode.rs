@@ -125,6 +125,15 @@ impl RecordDecoder {
         self
     }
 
+    /// A decoder that never takes the flat fast path: the reference the fast path is fuzzed
+    /// against (`engine/src/fuzz.rs`).
+    #[cfg(test)]
+    pub(crate) fn without_fast_path(schema: SchemaRef) -> Self {
+        let mut decoder = Self::new(schema);
+        decoder.flat = None;
+        decoder
+    }
+
     /// The schema rows are decoded into.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema

@@ -36,6 +36,8 @@ pub mod decimal;
 pub mod decode;
 pub mod error;
 mod flat_json;
+#[cfg(test)]
+mod fuzz;
 mod isolate;
 pub mod offsets;
 pub mod progress;

@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 /// The default processing-time interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The longest processing-time interval accepted.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
 /// When the next micro-batch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -47,9 +50,18 @@ impl std::str::FromStr for Trigger {
         let interval = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
+            // Checked: `interval:999999999999999999m` overflowed (a panic in debug builds).
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
             _ => return Err(bad()),
         };
+        // The runtime adds the interval to the clock for each tick: one past the clock's range
+        // would panic there, long after the config was accepted.
+        if interval > MAX_INTERVAL {
+            return Err(Error::config(
+                "trigger",
+                format!("{text:?} is longer than the longest interval, 24 hours"),
+            ));
+        }
         Ok(Trigger::ProcessingTime(interval))
     }
 }
@@ -80,5 +92,22 @@ mod tests {
                 .contains("interval:500ms")
         );
         assert!("interval:5h".parse::<Trigger>().is_err());
+    }
+
+    #[test]
+    fn refuses_intervals_past_a_day_instead_of_overflowing() {
+        assert_eq!(
+            "interval:1440m".parse::<Trigger>().unwrap(),
+            Trigger::ProcessingTime(MAX_INTERVAL)
+        );
+        for text in [
+            "interval:1441m",
+            "interval:999999999999999999m",
+            "interval:18446744073709551615s",
+            "interval:18446744073709551615ms",
+        ] {
+            let err = text.parse::<Trigger>().unwrap_err().to_string();
+            assert!(err.contains(text), "{err}");
+        }
     }
 }

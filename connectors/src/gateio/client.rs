@@ -23,7 +23,7 @@ use crate::common::http::{HttpClient, Response};
 /// 429s in a row that are waited out before the request fails.
 const MAX_RATE_LIMITED_WAITS: u32 = 20;
 /// The longest wait a rate-limit header can impose.
-const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
 /// Gate.io's error body. `label` is the stable key; the text is in `message` or `detail`.
 #[derive(Debug, Deserialize)]
@@ -208,7 +208,7 @@ impl GateClient {
 
 /// `"GET url: 400 Bad Request INVALID_CURRENCY_PAIR: <message>"`, or the body's excerpt when it
 /// is not Gate.io's error object.
-fn describe(url: &str, response: &Response) -> String {
+pub(crate) fn describe(url: &str, response: &Response) -> String {
     let status = response.status;
     match serde_json::from_slice::<ApiError>(&response.body) {
         Ok(ApiError {
@@ -257,12 +257,16 @@ fn reset_timestamp(response: &Response) -> Option<f64> {
 }
 
 /// How long a 429 asks to wait: `Retry-After` seconds, else until the reset timestamp.
-fn rate_limit_wait(response: &Response) -> Duration {
+pub(crate) fn rate_limit_wait(response: &Response) -> Duration {
     let wait = match response
         .header("retry-after")
         .and_then(|v| v.trim().parse::<f64>().ok())
     {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        // Capped before converting: `Duration::from_secs_f64` panics on a value past its range
+        // (a `Retry-After` of 1e28 crashed the poller; found by the gateio_responses fuzz target).
+        Some(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::from_secs_f64(secs.min(MAX_RATE_LIMIT_WAIT.as_secs_f64()))
+        }
         _ => reset_timestamp(response).map_or(Duration::ZERO, secs_until),
     };
     wait.min(MAX_RATE_LIMIT_WAIT)
@@ -370,5 +374,24 @@ mod tests {
             rate_limit_wait(&response(429, &[("retry-after", "100000")], "")),
             MAX_RATE_LIMIT_WAIT
         );
+    }
+
+    #[test]
+    fn a_retry_after_past_durations_range_waits_the_cap_instead_of_panicking() {
+        // Found by the gateio_responses fuzz target (fuzz/corpus/gateio_responses/regression-*).
+        for huge in ["9999999999999999999999999999", "1e300", "1.7e308"] {
+            assert_eq!(
+                rate_limit_wait(&response(429, &[("retry-after", huge)], "")),
+                MAX_RATE_LIMIT_WAIT,
+                "{huge}"
+            );
+        }
+        for nonsense in ["-5", "inf", "NaN", "soon"] {
+            assert_eq!(
+                rate_limit_wait(&response(429, &[("retry-after", nonsense)], "")),
+                Duration::ZERO,
+                "{nonsense}"
+            );
+        }
     }
 }

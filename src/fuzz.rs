@@ -1,0 +1,155 @@
+//! Fuzz target `config` (see the `coinstream-fuzz` crate and `fuzz/README.md`): the config loader
+//! ([`Config::parse`], what `Config::load` runs on a file's text) on hostile variants of the
+//! shipped configs.
+//!
+//! Properties: it never panics; a refused config says which file, and every problem names its
+//! key (`engine.trigger: …`) or, for a TOML error, the line and column it is at; an accepted
+//! config keeps the invariants the rest of the binary relies on.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuzz::{Harness, bolero};
+
+use crate::config::Config;
+
+const WORDS: &[&str] = &[
+    "engine",
+    "trigger",
+    "max_records_per_batch",
+    "checkpoint_dir",
+    "target_partitions",
+    "input",
+    "columns",
+    "reference",
+    "transforms",
+    "files",
+    "output",
+    "source",
+    "sink",
+    "dead_letter",
+    "report",
+    r#""available-now""#,
+    r#""interval:0ms""#,
+    r#""interval:1m""#,
+    r#""decimal(38,20)""#,
+    r#""decimal(39,2)""#,
+    r#""price decimal(28,10) not null""#,
+    r#""at timestamp(ns)""#,
+    r#""replay""#,
+    r#""generate""#,
+    r#""kafka""#,
+    r#""coinbase""#,
+    r#""parquet""#,
+    r#""cassandra""#,
+    r#""stdout""#,
+    r#""null""#,
+    r#""file""#,
+    "[[reference]]",
+    "[engine]",
+    "[source]",
+    "= 1",
+    "= -1",
+    "= 0",
+    "= 1e400",
+    "= nan",
+    "= inf",
+    "= 18446744073709551616",
+    "= 2024-01-01T00:00:00Z",
+    "= []",
+    "= {}",
+    "\"\"\"",
+    "'''",
+    "#",
+    "\r\n",
+];
+
+/// The key a problem names: its text up to the first `:` is a dotted path of the config's own
+/// keys (indices and a reference's name in parentheses allowed).
+fn names_a_key(problem: &str) -> bool {
+    const TOP: [&str; 8] = [
+        "engine",
+        "input",
+        "reference",
+        "transforms",
+        "source",
+        "sink",
+        "dead_letter",
+        "report",
+    ];
+    if problem.starts_with("TOML parse error at line ") && problem.contains(", column ") {
+        return true;
+    }
+    TOP.iter().any(|key| {
+        problem
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with(['.', '[', ':']))
+    })
+}
+
+fn check(text: &[u8], accepted: &AtomicU64) {
+    // The loader reads text: bytes that are not UTF-8 are refused before it.
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
+    let file = Path::new("/fuzz/pipelines/fuzzed.toml");
+    match Config::parse(file, text) {
+        Ok(config) => {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            let stems: Vec<_> = config
+                .transform_files
+                .iter()
+                .filter_map(|p| p.file_stem()?.to_str())
+                .collect();
+            assert!(stems.contains(&config.output.as_str()), "{stems:?}");
+            assert!(!config.transform_files.is_empty());
+            assert!(config.context.target_partitions >= 1);
+            if let engine::trigger::Trigger::ProcessingTime(interval) = config.trigger {
+                assert!(
+                    interval <= engine::trigger::MAX_INTERVAL,
+                    "the runtime can add {interval:?} to the clock"
+                );
+            }
+            assert!(!config.input_schema.fields().is_empty());
+            for path in &config.transform_files {
+                assert!(path.is_absolute(), "{} is rebased", path.display());
+            }
+        }
+        Err(e) => {
+            assert!(!e.problems.is_empty(), "a refusal says why");
+            assert!(
+                e.to_string().contains("/fuzz/pipelines/fuzzed.toml"),
+                "names the file"
+            );
+            for problem in &e.problems {
+                assert!(names_a_key(problem), "names no key: {problem}");
+            }
+        }
+    }
+}
+
+#[test]
+fn config() {
+    let accepted = AtomicU64::new(0);
+    let harness = Harness::new("config", WORDS).with_repo_files(&[
+        "coinstream.toml",
+        "pipelines/kafka-cassandra.toml",
+        "pipelines/kafka-cassandra-legacy.toml",
+        "pipelines/candles-cassandra.toml",
+        "pipelines/coinbase-embedded.toml",
+    ]);
+    harness.replay_seeds(|text| check(text, &accepted));
+    assert!(
+        accepted.load(Ordering::Relaxed) >= 5,
+        "the shipped configs are accepted"
+    );
+    bolero::check!()
+        .with_test_time(fuzz::budget())
+        .with_type::<Vec<u8>>()
+        .map(|driver| harness.mutate(&driver))
+        .for_each(|input| {
+            harness.count();
+            check(&input.0, &accepted);
+        });
+    harness.report(&format!("{} accepted", accepted.load(Ordering::Relaxed)));
+}
