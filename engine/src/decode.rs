@@ -93,13 +93,7 @@ impl RecordDecoder {
             };
             match reason {
                 None => good.push(record),
-                Some(reason) => dead_letters.push(DeadLetter {
-                    topic: record.topic.clone(),
-                    partition: record.partition,
-                    offset: record.offset,
-                    raw: record.payload.clone(),
-                    reason,
-                }),
+                Some(reason) => dead_letters.push(DeadLetter::from_record(record, reason)),
             }
         }
         let batch = match self.decode_all(good.iter().copied())? {
@@ -208,6 +202,7 @@ mod tests {
             offset,
             payload: payload.as_bytes().to_vec(),
             rejected: None,
+            frame: None,
             received_at: SystemTime::now(),
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::watch;
 
-use crate::checkpoint::{Checkpoint, PlannedBatch};
+use crate::checkpoint::{Checkpoint, PlannedBatch, QueryIdentity};
 use crate::context::InputSlot;
 use crate::decode::RecordDecoder;
 use crate::error::{Error, Result};
@@ -111,7 +111,13 @@ impl StreamingQuery {
         // mid-run is.
         retry_transient!(shutdown, "sink healthcheck", self.sink.healthcheck())?;
         let recovered = match &self.checkpoint {
-            Some(cp) => cp.recover()?,
+            Some(cp) => {
+                cp.bind(&QueryIdentity {
+                    source: self.source.identity(),
+                    transform: self.transform.name().to_owned(),
+                })?;
+                cp.recover()?
+            }
             None => Default::default(),
         };
         let available_now = self.trigger == Trigger::AvailableNow;
@@ -119,6 +125,7 @@ impl StreamingQuery {
             .start(StartRequest {
                 committed: recovered.committed.clone(),
                 available_now,
+                committed_state: recovered.committed_state.clone(),
             })
             .await?;
         let mut summary = RunSummary::default();
@@ -192,6 +199,7 @@ impl StreamingQuery {
                             batch_id,
                             start: batch.start.clone(),
                             end: batch.end.clone(),
+                            source_state: self.source.checkpoint_state(),
                         })?;
                     }
                     self.process(
