@@ -342,7 +342,11 @@ fn input_rows(o: &Output) -> u64 {
     stderr(o)
         .lines()
         .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["numInputRows"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["numInputRows"]
+                .as_u64()
+                .unwrap()
+        })
         .sum()
 }
 
@@ -356,7 +360,10 @@ fn a_capture_that_grew_with_a_reconnect_between_runs_stores_each_trade_once() {
     let first = run_in(dir.path(), &["--config", cfg]);
     assert!(first.status.success(), "{}", stderr(&first));
 
-    let mut grown = std::fs::OpenOptions::new().append(true).open(&feed).unwrap();
+    let mut grown = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&feed)
+        .unwrap();
     std::io::Write::write_all(&mut grown, RESTART_PART_B.as_bytes()).unwrap();
     let second = run_in(dir.path(), &["--config", cfg]);
     assert!(second.status.success(), "{}", stderr(&second));
@@ -410,7 +417,10 @@ fn the_same_config_typed_another_way_or_run_from_another_folder_reprocesses_noth
     let first = run_in(root, &[]);
     assert!(first.status.success(), "{}", stderr(&first));
     let stored = stored_rows(&root.join("data/profit")).len();
-    assert!(stored > 100, "the first 400 lines hold portfolio trades: {stored}");
+    assert!(
+        stored > 100,
+        "the first 400 lines hold portfolio trades: {stored}"
+    );
     assert!(input_rows(&first) as usize >= stored);
 
     let absolute = root.join("coinstream.toml");
@@ -423,8 +433,17 @@ fn the_same_config_typed_another_way_or_run_from_another_folder_reprocesses_noth
     ];
     for (cwd, args) in spellings {
         let again = run_in(cwd, args);
-        assert!(again.status.success(), "{args:?} in {cwd:?}: {}", stderr(&again));
-        assert_eq!(input_rows(&again), 0, "{args:?} in {cwd:?}: {}", stderr(&again));
+        assert!(
+            again.status.success(),
+            "{args:?} in {cwd:?}: {}",
+            stderr(&again)
+        );
+        assert_eq!(
+            input_rows(&again),
+            0,
+            "{args:?} in {cwd:?}: {}",
+            stderr(&again)
+        );
         assert_eq!(
             stored_rows(&root.join("data/profit")).len(),
             stored,
@@ -445,7 +464,10 @@ fn a_checkpoint_of_another_query_is_refused_naming_both() {
     std::fs::write(root.join("required_data/other.jsonl"), sample_lines(80)).unwrap();
     let text = std::fs::read_to_string(root.join("coinstream.toml"))
         .unwrap()
-        .replace("required_data/sample_trades.jsonl", "required_data/other.jsonl");
+        .replace(
+            "required_data/sample_trades.jsonl",
+            "required_data/other.jsonl",
+        );
     std::fs::write(root.join("other.toml"), text).unwrap();
     let other = run_in(root, &["--config", "other.toml"]);
     assert!(!other.status.success(), "{}", stderr(&other));
@@ -462,7 +484,11 @@ fn a_checkpoint_of_another_query_is_refused_naming_both() {
             && err.contains("data/checkpoint"),
         "{err}"
     );
-    assert_eq!(stored_rows(&root.join("data/profit")).len(), stored, "nothing ran");
+    assert_eq!(
+        stored_rows(&root.join("data/profit")).len(),
+        stored,
+        "nothing ran"
+    );
 }
 
 /// The shipped config with a generate source of `count` trades (or, without one, `rate_per_sec`
@@ -496,13 +522,20 @@ fn a_generate_source_resumes_from_its_checkpoint_and_stores_each_trade_once() {
     let cfg = cfg.to_str().unwrap();
     let mut inputs = Vec::new();
     for _ in 0..3 {
-        let out = run_in(dir.path(), &["--config", cfg, "--max-records-per-batch", "120"]);
+        let out = run_in(
+            dir.path(),
+            &["--config", cfg, "--max-records-per-batch", "120"],
+        );
         assert!(out.status.success(), "{}", stderr(&out));
         inputs.push(input_rows(&out));
     }
     assert_eq!(inputs, [300, 0, 0], "the checkpoint holds the position");
     let copies = copies(&dir.path().join("data/profit"));
-    assert!(copies.len() > 200, "90% of trades are portfolio trades: {}", copies.len());
+    assert!(
+        copies.len() > 200,
+        "90% of trades are portfolio trades: {}",
+        copies.len()
+    );
     assert!(copies.values().all(|&n| n == 1), "each trade stored once");
 }
 
@@ -512,8 +545,14 @@ fn a_second_run_on_a_held_checkpoint_is_refused_and_a_killed_holder_leaves_no_st
     let cfg = generate_config(dir.path(), None);
     let long_run = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-        cmd.args(["run", "--config", cfg.to_str().unwrap(), "--trigger", "interval:100ms"])
-            .args(["--progress", "json"]);
+        cmd.args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--trigger",
+            "interval:100ms",
+        ])
+        .args(["--progress", "json"]);
         common::Running::spawn(cmd)
     };
     let mut holder = long_run();
@@ -521,7 +560,13 @@ fn a_second_run_on_a_held_checkpoint_is_refused_and_a_killed_holder_leaves_no_st
     let pid = holder.id();
 
     let second = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args(["run", "--config", cfg.to_str().unwrap(), "--trigger", "interval:100ms"])
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--trigger",
+            "interval:100ms",
+        ])
         .output()
         .unwrap();
     assert!(!second.status.success());
@@ -539,7 +584,10 @@ fn a_second_run_on_a_held_checkpoint_is_refused_and_a_killed_holder_leaves_no_st
     let log = restarted.terminate(std::time::Duration::from_secs(30));
     assert!(!log.contains("in use by another"), "{log}");
     let copies = copies(&dir.path().join("data/profit"));
-    assert!(copies.values().all(|&n| n == 1), "no trade stored twice across the kill: {copies:?}");
+    assert!(
+        copies.values().all(|&n| n == 1),
+        "no trade stored twice across the kill: {copies:?}"
+    );
 }
 
 #[test]
@@ -556,14 +604,18 @@ fn a_capture_with_a_byte_order_mark_keeps_its_first_trade() {
     let cfg = config(dir.path(), &feed);
     let out = run_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let stored: BTreeMap<_, _> = stored_rows(&dir.path().join("data/profit")).into_iter().collect();
+    let stored: BTreeMap<_, _> = stored_rows(&dir.path().join("data/profit"))
+        .into_iter()
+        .collect();
     let ids: Vec<i64> = stored.keys().map(|(_, id)| *id).collect();
     assert_eq!(ids, [831102600, 831102601], "both trades stored");
-    assert_eq!(stored[&("BTC-USD".to_owned(), 831102600)].1, "buy", "the maker sold");
+    assert_eq!(
+        stored[&("BTC-USD".to_owned(), 831102600)].1,
+        "buy",
+        "the maker sold"
+    );
     let letters = dir.path().join("data/dead_letters");
-    let dead: usize = std::fs::read_dir(&letters)
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let dead: usize = std::fs::read_dir(&letters).map(|d| d.count()).unwrap_or(0);
     assert_eq!(dead, 0, "no dead letters");
 }
 
@@ -584,16 +636,25 @@ fn dead_letters_keep_the_feed_frame_as_received() {
     assert!(out.status.success(), "{}", stderr(&out));
     let mut letters = Vec::new();
     for entry in std::fs::read_dir(dir.path().join("data/dead_letters")).unwrap() {
-        for line in std::fs::read_to_string(entry.unwrap().path()).unwrap().lines() {
+        for line in std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .lines()
+        {
             letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
         }
     }
     letters.sort_by_key(|l| l["offset"].as_i64());
-    let offsets: Vec<i64> = letters.iter().map(|l| l["offset"].as_i64().unwrap()).collect();
+    let offsets: Vec<i64> = letters
+        .iter()
+        .map(|l| l["offset"].as_i64().unwrap())
+        .collect();
     assert_eq!(offsets, [1, 2], "{letters:?}");
     for letter in &letters {
         let offset = letter["offset"].as_u64().unwrap() as usize;
-        assert_eq!(letter["raw"], lines[offset], "the frame as received, side unflipped");
+        assert_eq!(
+            letter["raw"], lines[offset],
+            "the frame as received, side unflipped"
+        );
         assert!(!letter["reason"].as_str().unwrap().is_empty());
         // Where the engine rejected the converted record, it is there too, with the taker's side.
         if let Some(record) = letter.get("record") {

@@ -76,7 +76,11 @@ pub struct QueryIdentity {
 
 impl std::fmt::Display for QueryIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "source {:?}, transform {:?}", self.source, self.transform)
+        write!(
+            f,
+            "source {:?}, transform {:?}",
+            self.source, self.transform
+        )
     }
 }
 
@@ -451,6 +455,9 @@ mod tests {
             ..ours
         };
         let err = cp.bind(&other_transform).unwrap_err().to_string();
-        assert!(err.contains("\"volume\"") && err.contains("\"profit\""), "{err}");
+        assert!(
+            err.contains("\"volume\"") && err.contains("\"profit\""),
+            "{err}"
+        );
     }
 }

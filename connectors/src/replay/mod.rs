@@ -208,11 +208,9 @@ impl ReplaySource {
 
     /// The line of this file in `offsets` (under its canonical or adopted legacy topic).
     fn line_in(&self, offsets: &Offsets) -> Option<i64> {
-        offsets.get(&self.topic, 0).or_else(|| {
-            self.legacy_topic
-                .as_deref()
-                .and_then(|t| offsets.get(t, 0))
-        })
+        offsets
+            .get(&self.topic, 0)
+            .or_else(|| self.legacy_topic.as_deref().and_then(|t| offsets.get(t, 0)))
     }
 
     /// The de-duplication state after the first `lines` lines, read from the file (for a
@@ -294,7 +292,7 @@ fn read_lines(
 ) -> std::io::Result<(Vec<RawRecord>, i64, bool)> {
     let mut records = Vec::with_capacity(if emit { max_records.min(65_536) } else { 0 });
     // Trade lines stay in `arena` (their records' frames); other lines are dropped from it.
-    let mut arena: Vec<u8> = Vec::with_capacity(if emit { 1 << 20 } else { 4096 });
+    let mut arena: Vec<u8> = Vec::with_capacity(if emit { 64 << 10 } else { 4096 });
     let mut frames: Vec<(usize, Range<usize>)> = Vec::new();
     let mut lines = 0i64;
     let mut eof = false;
@@ -414,8 +412,11 @@ impl Source for ReplaySource {
             },
             None if self.next_line > 0 => {
                 let state = self.rebuild_state(self.next_line).await?;
-                tracing::info!(lines = self.next_line, products = state.last_trade_id.len(),
-                    "Rebuilt the last trade id per product from the capture (the checkpoint has no source state).");
+                tracing::info!(
+                    lines = self.next_line,
+                    products = state.last_trade_id.len(),
+                    "Rebuilt the last trade id per product from the capture (the checkpoint has no source state)."
+                );
                 state
             }
             None => ReadState::default(),
@@ -630,7 +631,10 @@ mod tests {
         legacy.set(&typed.display().to_string(), 0, 3);
         let (records, end, _) = run(&mut source(&path), Some(legacy), None).await;
         assert_eq!(trade_ids(&records), [831102702]);
-        assert_eq!(end.unwrap().get(&canonical.display().to_string(), 0), Some(4));
+        assert_eq!(
+            end.unwrap().get(&canonical.display().to_string(), 0),
+            Some(4)
+        );
 
         // A position in another file is refused, naming both.
         let mut other = Offsets::new();
@@ -644,7 +648,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("/elsewhere/other.jsonl") && err.contains(&canonical.display().to_string()),
+            err.contains("/elsewhere/other.jsonl")
+                && err.contains(&canonical.display().to_string()),
             "{err}"
         );
     }
