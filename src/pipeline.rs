@@ -161,8 +161,8 @@ async fn explain(config: &Config, analyze: bool, only: Option<&str>) -> anyhow::
             let mut source = connectors::build_source(&config.source)?;
             source
                 .start(StartRequest {
-                    committed: None,
                     available_now: true,
+                    ..Default::default()
                 })
                 .await?;
             let limits = PollLimits {

@@ -11,6 +11,8 @@ use arrow::datatypes::Int64Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rust_decimal::Decimal;
 
+mod common;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -288,6 +290,383 @@ fn hostile_feed_lines_go_to_dead_letters_with_reasons_and_good_rows_flow() {
     );
     assert_eq!(summary[4].0, 6);
     assert_eq!(letters[1]["raw"], lines[2]);
+}
+
+/// The `replay-restart-duplicate` case's capture, run 1 (subscriptions, BTC-USD 831102700..702).
+const RESTART_PART_A: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]}]}
+{"type":"match","trade_id":831102700,"maker_order_id":"00000000-0000-4000-8000-000831102700","taker_order_id":"00000000-0000-4000-9000-000831102700","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":104512339200,"time":"2025-05-12T14:03:22.100000Z"}
+{"type":"match","trade_id":831102701,"maker_order_id":"00000000-0000-4000-8000-000831102701","taker_order_id":"00000000-0000-4000-9000-000831102701","side":"sell","size":"0.2","price":"104212.36","product_id":"BTC-USD","sequence":104512339201,"time":"2025-05-12T14:03:22.200000Z"}
+{"type":"match","trade_id":831102702,"maker_order_id":"00000000-0000-4000-8000-000831102702","taker_order_id":"00000000-0000-4000-9000-000831102702","side":"buy","size":"0.3","price":"104212.37","product_id":"BTC-USD","sequence":104512339202,"time":"2025-05-12T14:03:22.300000Z"}
+"#;
+
+/// What the capture grew by before run 2: a reconnect (the ack, `last_match` repeating 831102702),
+/// then the new trade 831102703.
+const RESTART_PART_B: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]}]}
+{"type":"last_match","trade_id":831102702,"maker_order_id":"00000000-0000-4000-8000-000831102702","taker_order_id":"00000000-0000-4000-9000-000831102702","side":"buy","size":"0.3","price":"104212.37","product_id":"BTC-USD","sequence":104512339202,"time":"2025-05-12T14:03:22.300000Z"}
+{"type":"match","trade_id":831102703,"maker_order_id":"00000000-0000-4000-8000-000831102703","taker_order_id":"00000000-0000-4000-9000-000831102703","side":"sell","size":"0.4","price":"104212.38","product_id":"BTC-USD","sequence":104512339300,"time":"2025-05-12T14:03:25.100000Z"}
+"#;
+
+/// The number of stored rows per `(symbol, trade_id)`.
+fn copies(root: &Path) -> BTreeMap<(String, i64), usize> {
+    let mut copies = BTreeMap::new();
+    for (key, _) in stored_rows(root) {
+        *copies.entry(key).or_insert(0) += 1;
+    }
+    copies
+}
+
+/// The `trades` cell of the P&L report's row for `symbol`.
+fn report_trades(stdout: &[u8], symbol: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(stdout);
+    let row = text.lines().find(|l| l.contains(&format!(" {symbol} ")))?;
+    let cells: Vec<&str> = row
+        .split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    cells.last().map(|c| (*c).to_owned())
+}
+
+/// `coinstream run --trigger available-now` in `cwd` with `args`.
+fn run_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args(["run", "--trigger", "available-now", "--progress", "json"])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the binary runs")
+}
+
+/// The input rows a run's JSON progress lines report.
+fn input_rows(o: &Output) -> u64 {
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["numInputRows"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn a_capture_that_grew_with_a_reconnect_between_runs_stores_each_trade_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("capture.jsonl");
+    std::fs::write(&feed, RESTART_PART_A).unwrap();
+    let cfg = config(dir.path(), &feed);
+    let cfg = cfg.to_str().unwrap();
+    let first = run_in(dir.path(), &["--config", cfg]);
+    assert!(first.status.success(), "{}", stderr(&first));
+
+    let mut grown = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&feed)
+        .unwrap();
+    std::io::Write::write_all(&mut grown, RESTART_PART_B.as_bytes()).unwrap();
+    let second = run_in(dir.path(), &["--config", cfg]);
+    assert!(second.status.success(), "{}", stderr(&second));
+
+    let copies = copies(&dir.path().join("data/profit"));
+    let expected: BTreeMap<(String, i64), usize> = (831102700..=831102703)
+        .map(|id| (("BTC-USD".to_owned(), id), 1))
+        .collect();
+    assert_eq!(copies, expected, "4 rows, one per trade id");
+    assert_eq!(
+        report_trades(&second.stdout, "BTC-USD").as_deref(),
+        Some("4"),
+        "the P&L report counts 4 trades:\n{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+}
+
+/// A folder with the shipped `coinstream.toml` as a user has it (relative paths), the files it
+/// names, and `capture` as its capture.
+fn project(capture: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in ["required_data", "sql/reports", "elsewhere"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for file in [
+        "coinstream.toml",
+        "required_data/coin_map.json",
+        "required_data/my_Portfolio.json",
+        "sql/profit.sql",
+        "sql/reports/pnl_by_coin.sql",
+    ] {
+        std::fs::copy(repo().join(file), root.join(file)).unwrap();
+    }
+    std::fs::write(root.join("required_data/sample_trades.jsonl"), capture).unwrap();
+    dir
+}
+
+/// The first `n` lines of the shipped sample capture.
+fn sample_lines(n: usize) -> String {
+    let text = std::fs::read_to_string(repo().join("required_data/sample_trades.jsonl")).unwrap();
+    let mut out: String = text.lines().take(n).collect::<Vec<_>>().join("\n");
+    out.push('\n');
+    out
+}
+
+#[test]
+fn the_same_config_typed_another_way_or_run_from_another_folder_reprocesses_nothing() {
+    let dir = project(&sample_lines(400));
+    let root = dir.path();
+    let first = run_in(root, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let stored = stored_rows(&root.join("data/profit")).len();
+    assert!(
+        stored > 100,
+        "the first 400 lines hold portfolio trades: {stored}"
+    );
+    assert!(input_rows(&first) as usize >= stored);
+
+    let absolute = root.join("coinstream.toml");
+    let absolute = absolute.to_str().unwrap();
+    let spellings: [(&Path, &[&str]); 4] = [
+        (root, &["--config", "./coinstream.toml"]),
+        (root, &["--config", absolute]),
+        (&root.join("elsewhere"), &["--config", "../coinstream.toml"]),
+        (Path::new("/"), &["--config", absolute]),
+    ];
+    for (cwd, args) in spellings {
+        let again = run_in(cwd, args);
+        assert!(
+            again.status.success(),
+            "{args:?} in {cwd:?}: {}",
+            stderr(&again)
+        );
+        assert_eq!(
+            input_rows(&again),
+            0,
+            "{args:?} in {cwd:?}: {}",
+            stderr(&again)
+        );
+        assert_eq!(
+            stored_rows(&root.join("data/profit")).len(),
+            stored,
+            "{args:?} in {cwd:?} stored nothing again"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_of_another_query_is_refused_naming_both() {
+    let dir = project(&sample_lines(50));
+    let root = dir.path();
+    let first = run_in(root, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let stored = stored_rows(&root.join("data/profit")).len();
+
+    // The same checkpoint folder, another capture.
+    std::fs::write(root.join("required_data/other.jsonl"), sample_lines(80)).unwrap();
+    let text = std::fs::read_to_string(root.join("coinstream.toml"))
+        .unwrap()
+        .replace(
+            "required_data/sample_trades.jsonl",
+            "required_data/other.jsonl",
+        );
+    std::fs::write(root.join("other.toml"), text).unwrap();
+    let other = run_in(root, &["--config", "other.toml"]);
+    assert!(!other.status.success(), "{}", stderr(&other));
+    let err = stderr(&other);
+    let canonical = |p: &str| {
+        std::fs::canonicalize(root.join(p))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    assert!(
+        err.contains(&canonical("required_data/sample_trades.jsonl"))
+            && err.contains(&canonical("required_data/other.jsonl"))
+            && err.contains("data/checkpoint"),
+        "{err}"
+    );
+    assert_eq!(
+        stored_rows(&root.join("data/profit")).len(),
+        stored,
+        "nothing ran"
+    );
+}
+
+/// The shipped config with a generate source of `count` trades (or, without one, `rate_per_sec`
+/// trades a second for ever) in place of the capture, its outputs in `dir`.
+fn generate_config(dir: &Path, count: Option<u64>) -> PathBuf {
+    let cfg = config(dir, &repo().join("required_data/sample_trades.jsonl"));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let source = text
+        .lines()
+        .skip_while(|l| *l != "[source]")
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let limit = match count {
+        Some(n) => format!("count = {n}"),
+        None => "rate_per_sec = 40".to_owned(),
+    };
+    let generate = format!(
+        "[source]\ntype = \"generate\"\nportfolio = \"{}/required_data/my_Portfolio.json\"\ncoin_map = \"{}/required_data/coin_map.json\"\n{limit}\nseed = 7",
+        repo().display(),
+        repo().display()
+    );
+    std::fs::write(&cfg, text.replace(&source, &generate)).unwrap();
+    cfg
+}
+
+#[test]
+fn a_generate_source_resumes_from_its_checkpoint_and_stores_each_trade_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = generate_config(dir.path(), Some(300));
+    let cfg = cfg.to_str().unwrap();
+    let mut inputs = Vec::new();
+    for _ in 0..3 {
+        let out = run_in(
+            dir.path(),
+            &["--config", cfg, "--max-records-per-batch", "120"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        inputs.push(input_rows(&out));
+    }
+    assert_eq!(inputs, [300, 0, 0], "the checkpoint holds the position");
+    let copies = copies(&dir.path().join("data/profit"));
+    assert!(
+        copies.len() > 200,
+        "90% of trades are portfolio trades: {}",
+        copies.len()
+    );
+    assert!(copies.values().all(|&n| n == 1), "each trade stored once");
+}
+
+#[test]
+fn a_second_run_on_a_held_checkpoint_is_refused_and_a_killed_holder_leaves_no_stale_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = generate_config(dir.path(), None);
+    let long_run = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
+        cmd.args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--trigger",
+            "interval:100ms",
+        ])
+        .args(["--progress", "json"]);
+        common::Running::spawn(cmd)
+    };
+    let mut holder = long_run();
+    holder.wait_for_batches(1, std::time::Duration::from_secs(60));
+    let pid = holder.id();
+
+    let second = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--trigger",
+            "interval:100ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    let folder = dir.path().join("data/checkpoint").display().to_string();
+    assert!(
+        err.contains(&folder) && err.contains(&format!("pid {pid}")),
+        "names the folder {folder} and pid {pid}: {err}"
+    );
+    assert!(holder.is_running(), "the holder runs on");
+
+    holder.kill();
+    let mut restarted = long_run();
+    restarted.wait_for_batches(2, std::time::Duration::from_secs(60));
+    let log = restarted.terminate(std::time::Duration::from_secs(30));
+    assert!(!log.contains("in use by another"), "{log}");
+    let copies = copies(&dir.path().join("data/profit"));
+    assert!(
+        copies.values().all(|&n| n == 1),
+        "no trade stored twice across the kill: {copies:?}"
+    );
+}
+
+#[test]
+fn a_capture_with_a_byte_order_mark_keeps_its_first_trade() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.jsonl");
+    // The `utf8-bom-first-line` case: EF BB BF, then two BTC-USD matches.
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend_from_slice(br#"{"type":"match","trade_id":831102600,"maker_order_id":"00000000-0000-4000-8000-000831102600","taker_order_id":"00000000-0000-4000-9000-000831102600","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":104512339100,"time":"2025-05-12T14:03:22.100000Z"}"#);
+    body.extend_from_slice(b"\r\n");
+    body.extend_from_slice(br#"{"type":"match","trade_id":831102601,"maker_order_id":"00000000-0000-4000-8000-000831102601","taker_order_id":"00000000-0000-4000-9000-000831102601","side":"buy","size":"0.2","price":"104212.40","product_id":"BTC-USD","sequence":104512339101,"time":"2025-05-12T14:03:22.200000Z"}"#);
+    body.extend_from_slice(b"\r\n");
+    std::fs::write(&feed, body).unwrap();
+    let cfg = config(dir.path(), &feed);
+    let out = run_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored: BTreeMap<_, _> = stored_rows(&dir.path().join("data/profit"))
+        .into_iter()
+        .collect();
+    let ids: Vec<i64> = stored.keys().map(|(_, id)| *id).collect();
+    assert_eq!(ids, [831102600, 831102601], "both trades stored");
+    assert_eq!(
+        stored[&("BTC-USD".to_owned(), 831102600)].1,
+        "buy",
+        "the maker sold"
+    );
+    let letters = dir.path().join("data/dead_letters");
+    let dead: usize = std::fs::read_dir(&letters).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(dead, 0, "no dead letters");
+}
+
+#[test]
+fn dead_letters_keep_the_feed_frame_as_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.jsonl");
+    // Lines the source converts but the engine then rejects (or, with stricter validation at the
+    // edge, the source itself rejects): either way the letter holds the line as received.
+    let lines = [
+        r#"{"type":"match","trade_id":7,"sequence":50,"time":"2026-11-20T14:00:00Z","product_id":"BTC-USD","size":"0.5","price":"92000.01","side":"sell"}"#,
+        r#"{"type":"match","trade_id":8,"sequence":51,"time":"not a time","product_id":"BTC-USD","size":"0.5","price":"92000.02","side":"sell"}"#,
+        r#"{"type":"match","trade_id":9,"sequence":52,"time":"2026-11-20T14:00:01Z","product_id":"BTC-USD","size":"0.5","price":"abc","side":"sell"}"#,
+    ];
+    std::fs::write(&feed, lines.join("\n")).unwrap();
+    let cfg = config(dir.path(), &feed);
+    let out = run_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut letters = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("data/dead_letters")).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .lines()
+        {
+            letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+        }
+    }
+    letters.sort_by_key(|l| l["offset"].as_i64());
+    let offsets: Vec<i64> = letters
+        .iter()
+        .map(|l| l["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, [1, 2], "{letters:?}");
+    for letter in &letters {
+        let offset = letter["offset"].as_u64().unwrap() as usize;
+        assert_eq!(
+            letter["raw"], lines[offset],
+            "the frame as received, side unflipped"
+        );
+        assert!(!letter["reason"].as_str().unwrap().is_empty());
+        // Where the engine rejected the converted record, it is there too, with the taker's side.
+        if let Some(record) = letter.get("record") {
+            let record: serde_json::Value = serde_json::from_str(record.as_str().unwrap()).unwrap();
+            assert_eq!(record["side"], "buy", "{letter}");
+            assert_eq!(record["trade_id"], offset as i64 + 7);
+        }
+    }
+    assert!(
+        letters.iter().any(|l| l.get("record").is_some()),
+        "at least the bad time passes the source and is rejected by the decoder: {letters:?}"
+    );
 }
 
 #[test]

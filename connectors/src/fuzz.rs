@@ -105,6 +105,7 @@ fn decode(schema: &SchemaRef, json: Vec<u8>) -> Result<arrow::record_batch::Reco
         partition: 0,
         offset: 0,
         payload: json,
+        frame: None,
         rejected: None,
         received_at: SystemTime::UNIX_EPOCH,
     };

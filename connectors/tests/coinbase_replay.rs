@@ -823,6 +823,7 @@ connect_timeout_ms = 1000
         .start(StartRequest {
             committed: Some(committed),
             available_now: true,
+            ..Default::default()
         })
         .await
         .unwrap();

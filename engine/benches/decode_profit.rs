@@ -71,6 +71,7 @@ fn messages(n: usize) -> Vec<RawRecord> {
                 offset: i as i64,
                 payload: payload.into_bytes(),
                 rejected: None,
+                frame: None,
                 received_at: SystemTime::now(),
             }
         })

@@ -7,10 +7,20 @@
 //! over the same offsets, which the sinks' idempotent writes absorb (and a source that committed
 //! it already skips). Each sync costs a disk flush, and at a 10 ms trigger two per batch were a
 //! tenth of the engine's CPU.
+//!
+//! Each offsets entry may also hold the source's own state after the batch (opaque JSON, see
+//! [`crate::Source::checkpoint_state`]), so de-duplication state survives a restart.
+//!
+//! A checkpoint belongs to one query: `metadata` records the query's identity (its source's
+//! identity and its transform) at the first start, and a query with another identity is refused
+//! the folder with an error naming both. And one query runs on it at a time: [`Checkpoint::open`]
+//! takes an exclusive OS lock on `lock` (holding the process id, for the message a second query
+//! gets), which the OS releases when the process ends, even by `kill -9`.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +40,10 @@ pub struct PlannedBatch {
     pub start: Offsets,
     /// Where it ends (what is committed once it is written).
     pub end: Offsets,
+    /// The source's state after the batch ([`crate::Source::checkpoint_state`]); absent in
+    /// entries of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_state: Option<serde_json::Value>,
 }
 
 /// What the checkpoint says on start-up.
@@ -39,25 +53,112 @@ pub struct Recovered {
     pub next_batch_id: u64,
     /// The end offsets of the last committed batch.
     pub committed: Option<Offsets>,
+    /// The source state saved with the last committed batch.
+    pub committed_state: Option<serde_json::Value>,
     /// A batch that was planned but not committed: replay it first.
     pub pending: Option<PlannedBatch>,
 }
 
-/// A checkpoint folder.
+/// The file holding the query's identity.
+const METADATA: &str = "metadata";
+/// The file the running query holds locked.
+const LOCK: &str = "lock";
+
+/// What makes a query the same query across restarts (Spark's checkpoint `metadata`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryIdentity {
+    /// The source's [`crate::Source::identity`].
+    pub source: String,
+    /// The output transform's name.
+    pub transform: String,
+}
+
+impl std::fmt::Display for QueryIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "source {:?}, transform {:?}",
+            self.source, self.transform
+        )
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Metadata {
+    /// A random id of the query, as Spark's, to tell two queries of the same shape apart in logs.
+    id: String,
+    #[serde(flatten)]
+    identity: QueryIdentity,
+}
+
+/// A checkpoint folder, locked for this process while any clone of it lives.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     dir: PathBuf,
+    /// The locked `lock` file; dropping the last clone releases the lock.
+    _lock: Arc<fs::File>,
 }
 
 impl Checkpoint {
-    /// Opens (creating if needed) a checkpoint folder.
+    /// Opens (creating if needed) a checkpoint folder and locks it for this process.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] naming the folder and the holder's process id when another process
+    /// (or another open `Checkpoint` in this one) holds the folder.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         for sub in ["offsets", "commits"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
-        Ok(Self { dir })
+        let lock = lock(&dir)?;
+        Ok(Self {
+            dir,
+            _lock: Arc::new(lock),
+        })
+    }
+
+    /// Binds the folder to `identity`: records it at the first start (and when adopting a folder
+    /// of an older version, which has no metadata), and refuses a folder that belongs to another
+    /// query.
+    pub fn bind(&self, identity: &QueryIdentity) -> Result<()> {
+        let path = self.dir.join(METADATA);
+        match fs::read(&path) {
+            Ok(text) => {
+                let recorded: Metadata =
+                    serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
+                        path: path.clone(),
+                        message: format!("unreadable query metadata: {e}"),
+                    })?;
+                if recorded.identity != *identity {
+                    return Err(Error::Checkpoint {
+                        path: self.dir.clone(),
+                        message: format!(
+                            "the folder belongs to another query ({}; id {}) and this query is \
+                             {identity}; give this query its own checkpoint_dir, or delete the \
+                             folder to start that query over",
+                            recorded.identity, recorded.id
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.last_id("offsets")?.is_some() {
+                    tracing::info!(checkpoint = %self.dir.display(), query = %identity,
+                        "Adopting a checkpoint folder written without query metadata.");
+                }
+                let metadata = Metadata {
+                    id: query_id(),
+                    identity: identity.clone(),
+                };
+                let body =
+                    serde_json::to_vec(&metadata).map_err(|e| Error::Internal(e.to_string()))?;
+                write_atomically(&path, &body)
+            }
+            Err(e) => Err(Error::io(&path, e)),
+        }
     }
 
     /// Reads the folder's state.
@@ -70,18 +171,21 @@ impl Checkpoint {
             return Ok(Recovered {
                 next_batch_id: last + 1,
                 committed: Some(planned.end),
+                committed_state: planned.source_state,
                 pending: None,
             });
         }
-        let committed = match last.checked_sub(1) {
+        let (committed, committed_state) = match last.checked_sub(1) {
             Some(prev) if self.dir.join("offsets").join(prev.to_string()).exists() => {
-                Some(self.read_planned(prev)?.end)
+                let prev = self.read_planned(prev)?;
+                (Some(prev.end), prev.source_state)
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(Recovered {
             next_batch_id: last + 1,
             committed,
+            committed_state,
             pending: Some(planned),
         })
     }
@@ -153,6 +257,53 @@ impl Checkpoint {
     }
 }
 
+/// Takes the exclusive lock on `dir/lock` and writes this process's id into it. `flock`-style
+/// locks belong to the open file, so the OS releases them when the process ends however it ends.
+fn lock(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "a process that has not written its id yet".to_owned(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(Error::Checkpoint {
+                path: dir.to_owned(),
+                message: format!(
+                    "the folder is in use by another running query ({holder}); only one query \
+                     may run on a checkpoint folder (two would overwrite each other's batches)"
+                ),
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    let pid = std::process::id().to_string();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(file)
+}
+
+/// A practically unique id: the time in nanoseconds and the process id, in hex.
+fn query_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos:x}-{:x}", std::process::id())
+}
+
 /// Writes `body` to `path` so that readers see the old file or the whole new one, never a part.
 pub fn write_atomically(path: &Path, body: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -181,6 +332,7 @@ mod tests {
                 batch_id: id,
                 start: offsets(id as i64),
                 end: offsets(id as i64 + 1),
+                source_state: None,
             })
             .unwrap();
             cp.commit(id).unwrap();
@@ -212,6 +364,7 @@ mod tests {
             batch_id: 0,
             start: offsets(0),
             end: offsets(10),
+            source_state: Some(serde_json::json!({"last": 9})),
         })
         .unwrap();
         cp.commit(0).unwrap();
@@ -220,20 +373,91 @@ mod tests {
             (r.next_batch_id, r.committed.clone(), r.pending.clone()),
             (1, Some(offsets(10)), None)
         );
+        assert_eq!(r.committed_state, Some(serde_json::json!({"last": 9})));
         let pending = PlannedBatch {
             batch_id: 1,
             start: offsets(10),
             end: offsets(25),
+            source_state: Some(serde_json::json!({"last": 24})),
         };
         cp.plan(&pending).unwrap();
+        drop(cp);
         let r = Checkpoint::open(dir.path()).unwrap().recover().unwrap();
         assert_eq!(
             r,
             Recovered {
                 next_batch_id: 2,
                 committed: Some(offsets(10)),
+                committed_state: Some(serde_json::json!({"last": 9})),
                 pending: Some(pending)
             }
+        );
+    }
+
+    #[test]
+    fn reads_offsets_entries_of_older_versions_without_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        fs::write(
+            dir.path().join("offsets/0"),
+            r#"{"batchId":0,"start":{"t":{"0":0}},"end":{"t":{"0":4}}}"#,
+        )
+        .unwrap();
+        cp.commit(0).unwrap();
+        let r = cp.recover().unwrap();
+        assert_eq!(r.committed, Some(offsets(4)));
+        assert_eq!(r.committed_state, None);
+    }
+
+    #[test]
+    fn a_second_open_of_a_held_folder_is_refused_naming_the_folder_and_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Checkpoint::open(dir.path()).unwrap();
+        let err = Checkpoint::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        Checkpoint::open(dir.path()).expect("released when the holder is dropped");
+    }
+
+    #[test]
+    fn refuses_a_folder_of_another_query_naming_both_and_adopts_old_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        cp.plan(&PlannedBatch {
+            batch_id: 0,
+            start: offsets(0),
+            end: offsets(1),
+            source_state: None,
+        })
+        .unwrap();
+        let ours = QueryIdentity {
+            source: "replay /data/a.jsonl".into(),
+            transform: "profit".into(),
+        };
+        // No metadata yet (a folder of an older version): adopted and recorded.
+        cp.bind(&ours).unwrap();
+        cp.bind(&ours).unwrap();
+        let theirs = QueryIdentity {
+            source: "replay /data/b.jsonl".into(),
+            transform: "profit".into(),
+        };
+        let err = cp.bind(&theirs).unwrap_err().to_string();
+        assert!(
+            err.contains("replay /data/a.jsonl") && err.contains("replay /data/b.jsonl"),
+            "{err}"
+        );
+        let other_transform = QueryIdentity {
+            transform: "volume".into(),
+            ..ours
+        };
+        let err = cp.bind(&other_transform).unwrap_err().to_string();
+        assert!(
+            err.contains("\"volume\"") && err.contains("\"profit\""),
+            "{err}"
         );
     }
 }

@@ -178,13 +178,7 @@ impl RecordDecoder {
                     good.push(record);
                     rows.push(i);
                 }
-                Some(reason) => dead_letters.push(DeadLetter {
-                    topic: record.topic.clone(),
-                    partition: record.partition,
-                    offset: record.offset,
-                    raw: record.payload.clone(),
-                    reason,
-                }),
+                Some(reason) => dead_letters.push(DeadLetter::from_record(record, reason)),
             }
         }
         let together = || {
@@ -364,6 +358,7 @@ mod tests {
             offset,
             payload: payload.as_bytes().to_vec(),
             rejected: None,
+            frame: None,
             received_at: SystemTime::now(),
         }
     }

@@ -508,6 +508,7 @@ mod tests {
                 partition: 0,
                 offset: i as i64,
                 payload: m.as_bytes().to_vec(),
+                frame: None,
                 rejected: None,
                 received_at: std::time::SystemTime::UNIX_EPOCH,
             })

@@ -76,6 +76,7 @@ fn records(input: &[u8]) -> Vec<RawRecord> {
             partition: 0,
             offset: i as i64,
             payload: line.to_vec(),
+            frame: None,
             rejected: None,
             received_at: SystemTime::UNIX_EPOCH,
         })

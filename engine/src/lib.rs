@@ -49,6 +49,7 @@ pub mod source;
 pub mod transform;
 pub mod trigger;
 
+pub use bytes::Bytes;
 pub use error::{Error, Result, Retry};
 pub use offsets::Offsets;
 pub use sink::{DeadLetter, DeadLetterSink, Sink};

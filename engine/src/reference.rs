@@ -90,6 +90,7 @@ impl ReferenceTable {
                 offset: i as i64,
                 payload: serde_json::to_vec(&row).map_err(|e| Error::Internal(e.to_string()))?,
                 rejected: None,
+                frame: None,
                 received_at: SystemTime::now(),
             });
             keys.push(key);

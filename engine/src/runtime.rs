@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::watch;
 
-use crate::checkpoint::{Checkpoint, PlannedBatch};
+use crate::checkpoint::{Checkpoint, PlannedBatch, QueryIdentity};
 use crate::context::InputSlot;
 use crate::decode::{Decoded, RecordDecoder};
 use crate::error::{Error, Result};
@@ -122,7 +122,13 @@ impl StreamingQuery {
         // mid-run is.
         retry_transient!(shutdown, "sink healthcheck", self.sink.healthcheck())?;
         let recovered = match &self.checkpoint {
-            Some(cp) => cp.recover()?,
+            Some(cp) => {
+                cp.bind(&QueryIdentity {
+                    source: self.source.identity(),
+                    transform: self.transform.name().to_owned(),
+                })?;
+                cp.recover()?
+            }
             None => Default::default(),
         };
         let available_now = self.trigger == Trigger::AvailableNow;
@@ -130,6 +136,7 @@ impl StreamingQuery {
             .start(StartRequest {
                 committed: recovered.committed.clone(),
                 available_now,
+                committed_state: recovered.committed_state.clone(),
             })
             .await?;
         let mut summary = RunSummary::default();
@@ -203,6 +210,7 @@ impl StreamingQuery {
                             batch_id,
                             start: batch.start.clone(),
                             end: batch.end.clone(),
+                            source_state: self.source.checkpoint_state(),
                         })?;
                     }
                     self.process(
@@ -415,14 +423,7 @@ impl StreamingQuery {
         let letters = failing
             .into_iter()
             .map(|(row, error)| {
-                let record = &records[decoded.rows[row]];
-                DeadLetter {
-                    topic: record.topic.clone(),
-                    partition: record.partition,
-                    offset: record.offset,
-                    raw: record.payload.clone(),
-                    reason: error.to_string(),
-                }
+                DeadLetter::from_record(&records[decoded.rows[row]], error.to_string())
             })
             .collect();
         Ok((rows, letters))

@@ -11,6 +11,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
 use crate::error::Result;
+use crate::source::RawRecord;
 
 /// Where a transform's output goes.
 #[async_trait]
@@ -41,10 +42,32 @@ pub struct DeadLetter {
     pub partition: i32,
     /// The message's offset.
     pub offset: i64,
-    /// The message exactly as received.
+    /// The message exactly as received (the feed frame, before any conversion by the source).
     pub raw: Vec<u8>,
+    /// The record the source converted the message into, when that differs from `raw` (what the
+    /// decoder or the transform saw).
+    pub record: Option<Vec<u8>>,
     /// Why it was rejected.
     pub reason: String,
+}
+
+impl DeadLetter {
+    /// The dead letter of `record`: its frame as received and, when the source converted it, the
+    /// converted payload.
+    pub fn from_record(record: &RawRecord, reason: impl Into<String>) -> Self {
+        let (raw, converted) = match &record.frame {
+            Some(frame) => (frame.to_vec(), Some(record.payload.clone())),
+            None => (record.payload.clone(), None),
+        };
+        Self {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            raw,
+            record: converted,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Where dead letters go.

@@ -4,12 +4,15 @@
 //! the sink has acknowledged the batch.
 //!
 //! # Call order
-//! 1. [`Source::start`] once, with the positions the engine's checkpoint holds (if any).
+//! 1. [`Source::start`] once, with the positions the engine's checkpoint holds (if any) and the
+//!    state the source saved with them (see [`Source::checkpoint_state`]).
 //! 2. If the checkpoint holds a batch that was planned but never committed,
-//!    [`Source::fetch_range`] once, for exactly that batch's offsets.
-//! 3. [`Source::poll`] repeatedly, one call per trigger, then [`Source::commit`] with the batch's end
-//!    offsets after the sink acknowledged it. `poll` is never called again before the previous
-//!    batch is committed.
+//!    [`Source::fetch_range`] once, for exactly that batch's offsets (it starts from the state
+//!    given to `start`: the state saved with the batch before it).
+//! 3. [`Source::poll`] repeatedly, one call per trigger, then [`Source::checkpoint_state`] (saved
+//!    in the checkpoint with the batch's offsets before it is processed), then [`Source::commit`]
+//!    with the batch's end offsets after the sink acknowledged it. `poll` is never called again
+//!    before the previous batch is committed.
 //! 4. [`Source::close`] once on shutdown.
 //!
 //! Cancellation: the runtime may drop a `poll` future when shutting down; a source must not lose
@@ -18,6 +21,7 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::error::Result;
 use crate::offsets::Offsets;
@@ -33,6 +37,10 @@ pub struct RawRecord {
     pub offset: i64,
     /// The message body: one JSON object in the declared schema.
     pub payload: Vec<u8>,
+    /// The message as it was received, when `payload` is a conversion of it (e.g. a feed frame
+    /// turned into a bus record); `None` when `payload` is the message as received. Only dead
+    /// letters copy it, so a source can hand out a cheap slice of its read buffer.
+    pub frame: Option<Bytes>,
     /// Set when the source already knows the message is unusable (e.g. a feed line that is not
     /// JSON): the engine dead-letters it with this reason instead of decoding it.
     pub rejected: Option<String>,
@@ -80,6 +88,9 @@ pub struct StartRequest {
     pub committed: Option<Offsets>,
     /// Process what is available at start, then report [`Poll::Exhausted`].
     pub available_now: bool,
+    /// The state the source returned from [`Source::checkpoint_state`] for the last committed
+    /// batch, if the checkpoint holds one (checkpoints of older versions do not).
+    pub committed_state: Option<serde_json::Value>,
 }
 
 /// A source of raw messages. See the module docs for the call order.
@@ -87,6 +98,23 @@ pub struct StartRequest {
 pub trait Source: Send {
     /// A short name for logs and progress (the source's kind and what it reads).
     fn description(&self) -> String;
+
+    /// What the checkpoint records to recognise the source on a later start: a query whose
+    /// source gives another identity is refused the checkpoint. It must not depend on how the
+    /// user spelled a path (use a canonical path) nor on settings that may change between runs
+    /// without changing what is read. The default is [`Source::description`].
+    fn identity(&self) -> String {
+        self.description()
+    }
+
+    /// State the source needs besides its offsets to continue exactly where a batch ended (e.g.
+    /// the last trade id per product, to drop trades a feed repeats), as opaque JSON. Called
+    /// after each [`Source::poll`] that returned a batch; saved in the checkpoint with the
+    /// batch's offsets and handed back in [`StartRequest::committed_state`] on restart (Spark
+    /// keeps per-source offsets JSON the same way). The default is none.
+    fn checkpoint_state(&self) -> Option<serde_json::Value> {
+        None
+    }
 
     /// Prepares to read; see [`StartRequest`].
     async fn start(&mut self, request: StartRequest) -> Result<()>;

@@ -54,6 +54,7 @@ impl MemorySource {
                     offset,
                     payload: msgs[offset as usize].clone().into_bytes(),
                     rejected: None,
+                    frame: None,
                     received_at: SystemTime::now(),
                 });
             }

@@ -4,7 +4,8 @@
 //! - Offsets are trade ids: one "topic" per product (partition 0), a batch spans from each
 //!   product's first trade id to one past its last. A batch's end offsets carry every product seen
 //!   so far, so the engine's checkpoint holds the last trade id per product; a restart seeds the
-//!   trade tracker with them and does not hand out the feed's `last_match` again.
+//!   trade tracker with them and does not hand out the feed's `last_match` again (its
+//!   de-duplication state lives in the offsets, so it needs no [`Source::checkpoint_state`]).
 //! - A live feed cannot replay: a batch planned but not committed before a crash is gone, so
 //!   [`Source::fetch_range`] keeps the engine's refusal. A pipeline with this source therefore
 //!   runs without a checkpoint folder, or accepts that such a restart fails until the checkpoint
@@ -86,6 +87,7 @@ impl CoinbaseSource {
                 partition: 0,
                 offset: trade.record.trade_id,
                 rejected: None,
+                frame: None,
                 received_at: trade.received_at,
             });
         }
@@ -97,6 +99,7 @@ impl CoinbaseSource {
                 topic: self.settings.url.clone(),
                 partition: 0,
                 offset: rejected.number as i64,
+                frame: None,
                 rejected: Some(rejected.reason),
                 received_at: rejected.received_at,
             });
@@ -157,6 +160,12 @@ impl Source for CoinbaseSource {
             self.settings.url,
             self.settings.products.len()
         )
+    }
+
+    fn identity(&self) -> String {
+        // The products may change between runs of the same query (a product added or delisted);
+        // the feed it reads from may not.
+        format!("coinbase {}", self.settings.url)
     }
 
     async fn start(&mut self, request: StartRequest) -> Result<()> {

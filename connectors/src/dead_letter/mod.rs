@@ -1,6 +1,8 @@
 //! `[dead_letter] type = "file"`: one JSON-lines file per batch under a folder, written atomically
 //! and named by batch id (a replayed batch rewrites its own file). Each line holds the message's
-//! topic, partition, offset, reason and raw bytes (as text when they are UTF-8, else base64).
+//! topic, partition, offset, reason, the message as received (`raw`, as text when it is UTF-8,
+//! else `raw_base64`) and, when the source converted it (a feed frame made a bus record), the
+//! converted record (`record`, likewise or `record_base64`).
 
 use std::path::PathBuf;
 
@@ -39,11 +41,19 @@ pub fn dead_letter_json(letter: &DeadLetter) -> serde_json::Value {
         "offset": letter.offset,
         "reason": letter.reason,
     });
-    match std::str::from_utf8(&letter.raw) {
-        Ok(text) => value["raw"] = json!(text),
-        Err(_) => value["raw_base64"] = json!(base64(&letter.raw)),
+    put_bytes(&mut value, "raw", &letter.raw);
+    if let Some(record) = &letter.record {
+        put_bytes(&mut value, "record", record);
     }
     value
+}
+
+/// Sets `key` to `bytes` as text when they are UTF-8, else `<key>_base64` to their base64.
+fn put_bytes(value: &mut serde_json::Value, key: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => value[key] = json!(text),
+        Err(_) => value[format!("{key}_base64")] = json!(base64(bytes)),
+    }
 }
 
 #[async_trait]
@@ -96,5 +106,42 @@ mod tests {
         assert_eq!(base64(b"Ma"), "TWE=");
         assert_eq!(base64(b"M"), "TQ==");
         assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[test]
+    fn a_dead_letter_holds_the_frame_as_received_and_the_converted_record() {
+        let frame = br#"{"type":"match","side":"sell","price":"1e999"}"#;
+        let converted = br#"{"side":"buy","price":"1e999"}"#;
+        let record = engine::RawRecord {
+            topic: "feed".into(),
+            partition: 0,
+            offset: 3,
+            payload: converted.to_vec(),
+            rejected: None,
+            frame: Some(engine::Bytes::from_static(frame)),
+            received_at: std::time::SystemTime::now(),
+        };
+        let value = dead_letter_json(&DeadLetter::from_record(&record, "price out of range"));
+        assert_eq!(
+            value,
+            json!({
+                "topic": "feed",
+                "partition": 0,
+                "offset": 3,
+                "reason": "price out of range",
+                "raw": std::str::from_utf8(frame).unwrap(),
+                "record": std::str::from_utf8(converted).unwrap(),
+            })
+        );
+        // A message the source passed on unchanged has no separate record; bytes that are not
+        // UTF-8 are kept as base64.
+        let record = engine::RawRecord {
+            payload: vec![0xff, 0xfe],
+            frame: None,
+            ..record
+        };
+        let value = dead_letter_json(&DeadLetter::from_record(&record, "not JSON"));
+        assert_eq!(value["raw_base64"], "//4=");
+        assert!(value.get("record").is_none() && value.get("raw").is_none());
     }
 }

@@ -1,5 +1,6 @@
 //! `[dead_letter] type = "kafka"`: each dead letter as one JSON message (source topic, partition,
-//! offset, reason, raw bytes) on a topic, keyed by its source `topic/partition`. A replayed batch
+//! offset, reason, the message as received and, when the source converted it, the converted record:
+//! the same JSON as the file output) on a topic, keyed by its source `topic/partition`. A replayed batch
 //! sends its dead letters again: this output is at-least-once.
 
 use std::time::Duration;

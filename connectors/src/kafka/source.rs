@@ -240,6 +240,7 @@ fn gather(
                 offset: m.offset(),
                 payload: m.payload().unwrap_or_default().to_vec(),
                 rejected: None,
+                frame: None,
                 received_at: SystemTime::now(),
             }),
             Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
