@@ -125,15 +125,6 @@ impl RecordDecoder {
         self
     }
 
-    /// A decoder that never takes the flat fast path: the reference the fast path is fuzzed
-    /// against (`engine/src/fuzz.rs`).
-    #[cfg(test)]
-    pub(crate) fn without_fast_path(schema: SchemaRef) -> Self {
-        let mut decoder = Self::new(schema);
-        decoder.flat = None;
-        decoder
-    }
-
     /// The schema rows are decoded into.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
@@ -313,7 +304,8 @@ impl RecordDecoder {
         }
     }
 
-    /// This decoder without its fast path, to check both paths agree.
+    /// This decoder without its flat fast path: the reference the fast path is checked and
+    /// fuzzed against (`engine/src/fuzz.rs`).
     #[cfg(test)]
     pub(crate) fn without_fast_path(mut self) -> Self {
         self.flat = None;

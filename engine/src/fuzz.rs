@@ -111,7 +111,7 @@ fn check_schema(schema: &SchemaRef, records: &[RawRecord]) -> bool {
         records.len(),
         "every message is a row or a dead letter"
     );
-    let mut reference = RecordDecoder::without_fast_path(schema.clone());
+    let mut reference = RecordDecoder::new(schema.clone()).without_fast_path();
     let arrow = reference.decode(records);
     assert_eq!(
         outcome(&fast),
