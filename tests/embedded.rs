@@ -623,12 +623,14 @@ fn a_capture_with_a_byte_order_mark_keeps_its_first_trade() {
 fn dead_letters_keep_the_feed_frame_as_received() {
     let dir = tempfile::tempdir().unwrap();
     let feed = dir.path().join("feed.jsonl");
-    // Lines the source converts but the engine then rejects (or, with stricter validation at the
-    // edge, the source itself rejects): either way the letter holds the line as received.
+    // Lines the source rejects (a bad time, a price that is not a decimal) and one it converts but
+    // the engine's decoder rejects: either way the letter holds the line as received.
     let lines = [
         r#"{"type":"match","trade_id":7,"sequence":50,"time":"2026-11-20T14:00:00Z","product_id":"BTC-USD","size":"0.5","price":"92000.01","side":"sell"}"#,
         r#"{"type":"match","trade_id":8,"sequence":51,"time":"not a time","product_id":"BTC-USD","size":"0.5","price":"92000.02","side":"sell"}"#,
         r#"{"type":"match","trade_id":9,"sequence":52,"time":"2026-11-20T14:00:01Z","product_id":"BTC-USD","size":"0.5","price":"abc","side":"sell"}"#,
+        // A finite positive price passes the source; it overflows decimal(28,10) in the decoder.
+        r#"{"type":"match","trade_id":10,"sequence":53,"time":"2026-11-20T14:00:02Z","product_id":"BTC-USD","size":"0.5","price":"1E+30","side":"sell"}"#,
     ];
     std::fs::write(&feed, lines.join("\n")).unwrap();
     let cfg = config(dir.path(), &feed);
@@ -648,7 +650,7 @@ fn dead_letters_keep_the_feed_frame_as_received() {
         .iter()
         .map(|l| l["offset"].as_i64().unwrap())
         .collect();
-    assert_eq!(offsets, [1, 2], "{letters:?}");
+    assert_eq!(offsets, [1, 2, 3], "{letters:?}");
     for letter in &letters {
         let offset = letter["offset"].as_u64().unwrap() as usize;
         assert_eq!(
@@ -663,9 +665,19 @@ fn dead_letters_keep_the_feed_frame_as_received() {
             assert_eq!(record["trade_id"], offset as i64 + 7);
         }
     }
+    let from_decoder: Vec<i64> = letters
+        .iter()
+        .filter(|l| l.get("record").is_some())
+        .map(|l| l["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        from_decoder,
+        [3],
+        "only the overflowing price passes the source and is rejected by the decoder: {letters:?}"
+    );
     assert!(
-        letters.iter().any(|l| l.get("record").is_some()),
-        "at least the bad time passes the source and is rejected by the decoder: {letters:?}"
+        letters[2]["reason"].as_str().unwrap().contains("price"),
+        "{letters:?}"
     );
 }
 

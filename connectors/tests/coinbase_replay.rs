@@ -1198,8 +1198,8 @@ async fn trades_that_cannot_be_real_become_dead_letters_with_their_reason() {
     let reasons = [
         "match BTC-USD 3: price \"0\" is not greater than zero",
         "match BTC-USD 3: price \"-90000.03\" is not greater than zero",
-        "match BTC-USD 3: price \"NaN\" not a decimal: NaN and infinities are not finite decimals",
-        "match BTC-USD 3: size \"Infinity\" not a decimal: NaN and infinities are not finite decimals",
+        "match BTC-USD 3: price \"NaN\" is not a decimal: NaN and infinities are not finite decimals",
+        "match BTC-USD 3: size \"Infinity\" is not a decimal: NaN and infinities are not finite decimals",
         "match BTC-USD 3: size \"0\" is not greater than zero",
         "match without trade_id",
     ];

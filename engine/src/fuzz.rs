@@ -195,6 +195,9 @@ struct Reference {
     negative: bool,
     /// The unscaled magnitude's digits, no leading zeros ("0" for zero).
     magnitude: String,
+    /// How many digits the magnitude has before rounding (the integer digits the column must
+    /// hold whatever the policy).
+    truncated_digits: usize,
     rounded: bool,
 }
 
@@ -253,6 +256,7 @@ fn reference(text: &str, scale: i8) -> Option<Reference> {
     };
     let rounded = dropped.bytes().any(|b| b != b'0');
     let mut magnitude: Vec<u8> = kept.trim_start_matches('0').bytes().collect();
+    let truncated_digits = magnitude.len();
     if dropped.as_bytes().first().is_some_and(|d| *d >= b'5') {
         // Add one, by hand.
         let mut i = magnitude.len();
@@ -278,6 +282,7 @@ fn reference(text: &str, scale: i8) -> Option<Reference> {
         } else {
             magnitude
         },
+        truncated_digits,
         rounded,
     })
 }
@@ -325,7 +330,15 @@ fn check_decimal(input: &[u8]) {
                 continue;
             };
             let what = format!("{text:?} as decimal({precision},{scale}) {policy:?}");
-            if expected.rounded && policy == DecimalPolicy::Reject {
+            // Too many integer digits overflow under either policy; a value that fits but has
+            // digits past the scale is refused under Reject; rounding up can still overflow.
+            if expected.truncated_digits > usize::from(precision) {
+                assert_eq!(
+                    ours,
+                    Err(DecimalError::Overflow { precision, scale }),
+                    "{what}"
+                );
+            } else if expected.rounded && policy == DecimalPolicy::Reject {
                 assert_eq!(ours, Err(DecimalError::ExcessScale { scale }), "{what}");
             } else if expected.magnitude.len() > usize::from(precision) {
                 assert_eq!(

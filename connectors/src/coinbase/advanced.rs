@@ -291,8 +291,8 @@ mod tests {
             reason("\"7\"", "1260.01", "-0.3"),
             "market_trades ETH-USD 7: size \"-0.3\" is not greater than zero"
         );
-        assert!(reason("\"7\"", "NaN", "0.3").contains("price \"NaN\" not a decimal"));
-        assert!(reason("\"7\"", "1", "Infinity").contains("size \"Infinity\" not a decimal"));
+        assert!(reason("\"7\"", "NaN", "0.3").contains("price \"NaN\" is not a decimal"));
+        assert!(reason("\"7\"", "1", "Infinity").contains("size \"Infinity\" is not a decimal"));
         assert!(reason("\"\"", "1", "1").contains("trade_id \"\" is not an integer"));
         assert!(reason("null", "1", "1").contains("without trade_id"));
     }

@@ -256,8 +256,8 @@ mod tests {
             reason("400.23", "-0.5"),
             "match BTC-USD 12: size \"-0.5\" is not greater than zero"
         );
-        assert!(reason("NaN", "1").contains("price \"NaN\" not a decimal"));
-        assert!(reason("1", "Infinity").contains("size \"Infinity\" not a decimal"));
+        assert!(reason("NaN", "1").contains("price \"NaN\" is not a decimal"));
+        assert!(reason("1", "Infinity").contains("size \"Infinity\" is not a decimal"));
         assert!(reason("1e", "1").contains("not a decimal"));
         // A price given as a JSON number is not the documented decimal string.
         assert!(matches!(

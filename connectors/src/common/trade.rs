@@ -132,9 +132,9 @@ mod tests {
             "price \"-3.5\" is not greater than zero"
         );
         assert_eq!(reason("1", "-0"), "size \"-0\" is not greater than zero");
-        assert!(reason("NaN", "1").starts_with("price \"NaN\" not a decimal: NaN"));
-        assert!(reason("1", "Infinity").starts_with("size \"Infinity\" not a decimal"));
-        assert!(reason("1", "").starts_with("size \"\" not a decimal: empty"));
+        assert!(reason("NaN", "1").starts_with("price \"NaN\" is not a decimal: NaN"));
+        assert!(reason("1", "Infinity").starts_with("size \"Infinity\" is not a decimal"));
+        assert!(reason("1", "").starts_with("size \"\" is not a decimal: empty"));
         assert!(reason("1 000", "1").contains("spaces"));
         let long = reason(&"9".repeat(10_000), "x");
         assert!(long.starts_with("size \"x\""), "{long}");

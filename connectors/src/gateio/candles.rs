@@ -230,7 +230,7 @@ mod tests {
             rows[2]
                 .as_ref()
                 .unwrap_err()
-                .contains("close \"abc\" not a decimal")
+                .contains("close \"abc\" is not a decimal")
         );
         assert!(
             rows[3]
@@ -270,17 +270,18 @@ mod tests {
         assert!(
             reason(r#""1","2","3","-1","2","0.5""#).contains("low \"-1\" is not greater than zero")
         );
-        assert!(reason(r#""1","2","NaN","1","2","0.5""#).contains("high \"NaN\" not a decimal"));
+        assert!(reason(r#""1","2","NaN","1","2","0.5""#).contains("high \"NaN\" is not a decimal"));
         assert!(
             reason(r#""1","2","3","1","Infinity","0.5""#)
-                .contains("open \"Infinity\" not a decimal")
+                .contains("open \"Infinity\" is not a decimal")
         );
         assert!(
             reason(r#""-1","2","3","1","2","0.5""#)
                 .contains("quote volume \"-1\" is not zero or more")
         );
         assert!(
-            reason(r#""1","2","3","1","2","""#).contains("base volume \"\" not a decimal: empty")
+            reason(r#""1","2","3","1","2","""#)
+                .contains("base volume \"\" is not a decimal: empty")
         );
         // A window without trades has zero volume.
         let quiet = ok(r#""0","2","2","2","2","-0""#);
