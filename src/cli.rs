@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use connectors::kafka::config::Compression;
 
 /// The default config: the embedded pipeline (replay → profit.sql → Parquet), no servers needed.
 pub const DEFAULT_CONFIG: &str = "coinstream.toml";
@@ -97,6 +98,9 @@ pub struct IngestCoinbaseArgs {
     /// The Kafka topic.
     #[arg(long, default_value = "crypto_trades")]
     pub topic: String,
+    /// The codec the producer compresses batches with: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "lz4")]
+    pub compression: Compression,
     /// A connection silent for this long (no trade, no heartbeat) is replaced, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub idle_timeout_ms: u64,
@@ -149,6 +153,9 @@ pub struct IngestGateioArgs {
     /// The Kafka topic.
     #[arg(long, default_value = "crypto_candles")]
     pub topic: String,
+    /// The codec the producer compresses batches with: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "lz4")]
+    pub compression: Compression,
     /// The portfolio file (its products give the default `--pairs`).
     #[arg(long, default_value = "required_data/my_Portfolio.json")]
     pub portfolio: PathBuf,
@@ -172,6 +179,9 @@ pub struct GenerateArgs {
     /// Kafka brokers for `--topic` (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
     #[arg(long)]
     pub brokers: Option<String>,
+    /// The codec for `--topic`: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "lz4", requires = "topic")]
+    pub compression: Compression,
     /// `feed` (Coinbase Exchange messages; the default for files) or `record` (bus records;
     /// always used for `--topic`).
     #[arg(long, value_enum, default_value_t = GenerateFormat::Feed)]

@@ -246,6 +246,9 @@ impl Config {
         sink.rebase_paths(base);
         let mut dead_letter = raw.dead_letter;
         dead_letter.rebase_paths(base);
+        if let Err(e) = dead_letter.validate() {
+            problems.push(strip_config_prefix(&e));
+        }
         let report = raw.report.map(|r| rebase(&r.sql));
         if report.is_some() && !matches!(sink, SinkConfig::Parquet(_)) {
             problems.push(
@@ -363,5 +366,42 @@ sql = "r.sql"
         std::fs::write(&file, "[engine]\ntriger = \"available-now\"\n").unwrap();
         let err = Config::load(&file).unwrap_err().to_string();
         assert!(err.contains("unknown field `triger`"), "{err}");
+    }
+
+    #[test]
+    fn rejects_an_unknown_dead_letter_compression_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        let config = |dead_letter: &str| {
+            format!(
+                "[transforms]\nfiles = [\"sql/profit.sql\"]\noutput = \"profit\"\n\
+                 [source]\ntype = \"generate\"\nportfolio = \"p.json\"\ncoin_map = \"c.json\"\n\
+                 [sink]\ntype = \"null\"\n[dead_letter]\ntype = \"kafka\"\ntopic = \"dl\"\n{dead_letter}"
+            )
+        };
+        std::fs::write(&file, config("compression = \"brotli\"")).unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("dead_letter.compression: must be one of none, gzip, snappy, lz4, zstd"),
+            "{err}"
+        );
+        std::fs::write(&file, config("compression = \"zstd\"")).unwrap();
+        let loaded = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let DeadLetterConfig::Kafka(c) = loaded.dead_letter else {
+            panic!("{:?}", loaded.dead_letter)
+        };
+        assert_eq!(c.compression, connectors::kafka::config::Compression::Zstd);
+        std::fs::write(
+            &file,
+            config("properties = { \"compression.codec\" = \"gzip\" }"),
+        )
+        .unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "dead_letter.properties.compression.codec: set dead_letter.compression instead"
+            ),
+            "{err}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! and connects the two. Shutdown order on SIGINT/SIGTERM: the client stops reading, the producer
 //! publishes what was already read and is flushed, the process exits 0.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use connectors::coinbase::gaps::TradeTracker;
 use connectors::common::counters::{CounterSet, add};
 use connectors::gateio::config::GateioConfig;
 use connectors::gateio::state::PublishedState;
+use connectors::kafka::config::Compression;
 use connectors::kafka::producer::TopicProducer;
 use tokio::sync::{mpsc, watch};
 
@@ -33,14 +35,24 @@ pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn producer(brokers: Option<String>, topic: &str) -> anyhow::Result<TopicProducer> {
+async fn producer(
+    brokers: Option<String>,
+    topic: &str,
+    compression: Compression,
+) -> anyhow::Result<TopicProducer> {
     let brokers = brokers.unwrap_or_else(connectors::kafka::default_brokers);
-    let producer = TopicProducer::new(&brokers, topic, &Default::default())?;
+    let producer = TopicProducer::new(&brokers, topic, &producer_properties(compression))?;
     producer
         .check(KAFKA_CHECK_TIMEOUT)
         .await
         .with_context(|| format!("Kafka at {brokers}"))?;
     Ok(producer)
+}
+
+/// The librdkafka properties the `--compression` flag stands for.
+pub fn producer_properties(compression: Compression) -> BTreeMap<String, String> {
+    let (key, value) = compression.property();
+    BTreeMap::from([(key.to_owned(), value.to_owned())])
 }
 
 /// A stop signal that turns true on the first SIGINT or SIGTERM; a second one exits at once.
@@ -126,7 +138,7 @@ async fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<()> {
     }
     config.idle_timeout_ms = args.idle_timeout_ms;
     let settings = config.validate()?;
-    let producer = producer(args.brokers, &args.topic).await?;
+    let producer = producer(args.brokers, &args.topic, args.compression).await?;
     tracing::info!(
         url = %settings.url,
         products = settings.products.join(","),
@@ -186,7 +198,7 @@ async fn gateio(args: IngestGateioArgs) -> anyhow::Result<()> {
         .context("--to")?;
     config.once = args.once;
     let settings = config.validate()?;
-    let producer = producer(args.brokers, &args.topic).await?;
+    let producer = producer(args.brokers, &args.topic, args.compression).await?;
     tracing::info!(
         url = %settings.base_url,
         pairs = settings.pairs.join(","),

@@ -229,6 +229,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         out,
         topic,
         brokers,
+        compression,
         format,
         seed,
         start,
@@ -251,8 +252,11 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let ingest_time = connectors::common::trade::rfc3339_micros(chrono::Utc::now());
     if let Some(topic) = topic {
         let brokers = brokers.unwrap_or_else(connectors::kafka::default_brokers);
-        let producer =
-            connectors::kafka::producer::TopicProducer::new(&brokers, &topic, &Default::default())?;
+        let producer = connectors::kafka::producer::TopicProducer::new(
+            &brokers,
+            &topic,
+            &crate::ingest::producer_properties(compression),
+        )?;
         let records = (0..count).map(|_| {
             let trade = generator.next_trade();
             let record = generator.record(&trade, &ingest_time);

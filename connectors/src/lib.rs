@@ -150,4 +150,12 @@ impl DeadLetterConfig {
             DeadLetterConfig::Kafka(_) => {}
         }
     }
+
+    /// Checks what serde cannot (the key in the error starts with `dead_letter.`).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            DeadLetterConfig::File(_) => Ok(()),
+            DeadLetterConfig::Kafka(c) => c.validate(),
+        }
+    }
 }

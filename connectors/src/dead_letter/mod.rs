@@ -3,6 +3,9 @@
 //! topic, partition, offset, reason, the message as received (`raw`, as text when it is UTF-8,
 //! else `raw_base64`) and, when the source converted it (a feed frame made a bus record), the
 //! converted record (`record`, likewise or `record_base64`).
+//!
+//! [`truncated_dead_letter_json`] is the cut-down form an output that limits message sizes (the
+//! Kafka one) falls back to; the file output always writes letters whole.
 
 use std::path::PathBuf;
 
@@ -54,6 +57,59 @@ fn put_bytes(value: &mut serde_json::Value, key: &str, bytes: &[u8]) {
         Ok(text) => value[key] = json!(text),
         Err(_) => value[format!("{key}_base64")] = json!(base64(bytes)),
     }
+}
+
+/// The most of `reason` a truncated dead letter keeps, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// The dead letter as JSON cut down for an output that refused it whole: `raw` and `record` keep
+/// at most their first `max_bytes` bytes and `reason` at most its first
+/// `min(max_bytes, MAX_REASON_BYTES)`, each cut at a character boundary when it is text (bytes
+/// that are not UTF-8 stay `_base64`, of the kept prefix). `truncated: true` marks it, and
+/// `raw_bytes` (`record_bytes`, `reason_bytes` when those were cut) give the original sizes;
+/// topic, partition and offset are always whole. `None` when nothing is longer than the limits
+/// (the letter is already as small as this form would make it).
+pub fn truncated_dead_letter_json(
+    letter: &DeadLetter,
+    max_bytes: usize,
+) -> Option<serde_json::Value> {
+    let reason_max = max_bytes.min(MAX_REASON_BYTES);
+    let record_len = letter.record.as_ref().map_or(0, Vec::len);
+    if letter.raw.len() <= max_bytes && record_len <= max_bytes && letter.reason.len() <= reason_max
+    {
+        return None;
+    }
+    let reason = text_prefix(&letter.reason, reason_max);
+    let mut value = json!({
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "reason": reason,
+        "truncated": true,
+        "raw_bytes": letter.raw.len(),
+    });
+    if reason.len() < letter.reason.len() {
+        value["reason_bytes"] = json!(letter.reason.len());
+    }
+    put_prefix(&mut value, "raw", &letter.raw, max_bytes);
+    if let Some(record) = &letter.record {
+        value["record_bytes"] = json!(record.len());
+        put_prefix(&mut value, "record", record, max_bytes);
+    }
+    Some(value)
+}
+
+/// As [`put_bytes`] with at most the first `max` bytes; text or base64 as the whole would be.
+fn put_prefix(value: &mut serde_json::Value, key: &str, bytes: &[u8], max: usize) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => value[key] = json!(text_prefix(text, max)),
+        Err(_) => value[format!("{key}_base64")] = json!(base64(&bytes[..bytes.len().min(max)])),
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary.
+fn text_prefix(text: &str, max: usize) -> &str {
+    &text[..text.floor_char_boundary(max)]
 }
 
 #[async_trait]
@@ -143,5 +199,96 @@ mod tests {
         let value = dead_letter_json(&DeadLetter::from_record(&record, "not JSON"));
         assert_eq!(value["raw_base64"], "//4=");
         assert!(value.get("record").is_none() && value.get("raw").is_none());
+    }
+
+    fn letter(raw: &[u8], record: Option<&[u8]>, reason: &str) -> DeadLetter {
+        DeadLetter {
+            topic: "trades".into(),
+            partition: 4,
+            offset: 1_234_567,
+            raw: raw.to_vec(),
+            record: record.map(<[u8]>::to_vec),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_truncated_dead_letter_keeps_a_prefix_and_the_original_sizes() {
+        let raw = "x".repeat(100_000);
+        let value = truncated_dead_letter_json(&letter(raw.as_bytes(), None, "not JSON"), 256)
+            .expect("cut");
+        assert_eq!(
+            value,
+            json!({
+                "topic": "trades",
+                "partition": 4,
+                "offset": 1_234_567,
+                "reason": "not JSON",
+                "truncated": true,
+                "raw_bytes": 100_000,
+                "raw": "x".repeat(256),
+            })
+        );
+        assert!(value.to_string().len() < 400, "{}", value.to_string().len());
+    }
+
+    #[test]
+    fn a_letter_within_the_limits_is_not_truncated() {
+        let small = letter(b"{\"price\":1}", Some(b"{}"), "bad price");
+        assert_eq!(truncated_dead_letter_json(&small, 256), None);
+        // At the limit exactly: still whole.
+        let exact = letter(&[b'a'; 256], None, "r");
+        assert_eq!(truncated_dead_letter_json(&exact, 256), None);
+        assert!(truncated_dead_letter_json(&exact, 255).is_some());
+    }
+
+    #[test]
+    fn truncation_cuts_text_at_a_character_boundary() {
+        // "€" is 3 bytes and "é" 2: cuts at 256 and 1024 bytes would fall inside a character.
+        let raw = "€".repeat(1000);
+        let value = truncated_dead_letter_json(&letter(raw.as_bytes(), None, "r"), 256).unwrap();
+        let kept = value["raw"].as_str().unwrap();
+        assert_eq!(kept.len(), 255, "85 whole euro signs");
+        assert!(raw.starts_with(kept));
+        assert_eq!(value["raw_bytes"], 3000);
+        let reason = format!("a{}", "é".repeat(600));
+        let value = truncated_dead_letter_json(&letter(b"{}", None, &reason), 4096).unwrap();
+        let kept = value["reason"].as_str().unwrap();
+        assert_eq!(
+            (kept.len(), value["reason_bytes"].as_u64()),
+            (1023, Some(1201))
+        );
+        assert!(reason.starts_with(kept));
+        assert_eq!(value["raw"], "{}", "the raw message was not cut");
+    }
+
+    #[test]
+    fn truncation_keeps_bytes_that_are_not_utf8_as_base64_of_the_prefix() {
+        // Invalid UTF-8 only after the cut: the letter still says base64, as the whole would.
+        let mut raw = vec![b'a'; 300];
+        raw.push(0xff);
+        let converted = "é".repeat(200);
+        let value =
+            truncated_dead_letter_json(&letter(&raw, Some(converted.as_bytes()), "overflow"), 256)
+                .unwrap();
+        assert_eq!(value["raw_base64"], base64(&[b'a'; 256]));
+        assert!(value.get("raw").is_none());
+        assert_eq!(value["raw_bytes"], 301);
+        assert_eq!(value["record"], "é".repeat(128));
+        assert_eq!(value["record_bytes"], 400);
+        assert_eq!(
+            (
+                &value["topic"],
+                &value["partition"],
+                &value["offset"],
+                &value["reason"]
+            ),
+            (
+                &json!("trades"),
+                &json!(4),
+                &json!(1_234_567),
+                &json!("overflow")
+            )
+        );
     }
 }

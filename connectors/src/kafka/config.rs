@@ -1,6 +1,8 @@
-//! Kafka source and dead-letter configs.
+//! Kafka source and dead-letter configs, and the producers' compression codec.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
 use engine::{Error, Offsets};
 use serde::Deserialize;
@@ -113,6 +115,83 @@ impl KafkaSourceConfig {
     }
 }
 
+/// The codec a producer compresses record batches with (librdkafka's `compression.type`). The
+/// broker's `max.message.bytes` limit applies to the compressed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Uncompressed (the dead-letter output's default).
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (the ingesters' default).
+    Lz4,
+    /// Zstandard (brokers since Kafka 2.1).
+    Zstd,
+}
+
+/// librdkafka's producer property the codec goes into (`compression.codec` is its alias).
+pub const COMPRESSION_PROPERTIES: [&str; 2] = ["compression.type", "compression.codec"];
+
+impl Compression {
+    /// Every codec, in the order the error message lists them.
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    /// The name in config files and flags, which is also librdkafka's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The librdkafka property that selects this codec.
+    pub fn property(self) -> (&'static str, &'static str) {
+        (COMPRESSION_PROPERTIES[0], self.as_str())
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Compression {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|c| c.as_str()).collect();
+                format!("must be one of {}, not {text:?}", names.join(", "))
+            })
+    }
+}
+
+/// `dead_letter.compression`, with the key in the error: the config enums are internally tagged,
+/// so the TOML error cannot point at the line.
+fn dead_letter_compression<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Compression, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map_err(|e| serde::de::Error::custom(format!("dead_letter.compression: {e}")))
+}
+
 /// `[dead_letter] type = "kafka"`: dead letters as JSON messages on a topic.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,9 +200,30 @@ pub struct KafkaDeadLetterConfig {
     pub brokers: Option<String>,
     /// The topic (created by the broker on first write if it allows that).
     pub topic: String,
-    /// Extra librdkafka producer properties.
+    /// The codec letters are compressed with: `none` (default), `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default, deserialize_with = "dead_letter_compression")]
+    pub compression: Compression,
+    /// Extra librdkafka producer properties (not the compression, which is `compression`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaDeadLetterConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.topic.trim().is_empty() {
+            return Err(Error::config("dead_letter.topic", "must not be empty"));
+        }
+        for key in COMPRESSION_PROPERTIES {
+            if self.properties.contains_key(key) {
+                return Err(Error::config(
+                    format!("dead_letter.properties.{key}"),
+                    "set dead_letter.compression instead",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +246,40 @@ mod tests {
             parse_starting_offsets("newest")
                 .unwrap_err()
                 .contains("earliest, latest or JSON")
+        );
+    }
+
+    #[test]
+    fn compression_names_are_librdkafkas() {
+        for c in Compression::ALL {
+            assert_eq!(c.as_str().parse::<Compression>(), Ok(c));
+            assert_eq!(c.property(), ("compression.type", c.as_str()));
+        }
+        assert_eq!(
+            "brotli".parse::<Compression>().unwrap_err(),
+            "must be one of none, gzip, snappy, lz4, zstd, not \"brotli\""
+        );
+    }
+
+    #[test]
+    fn dead_letter_compression_defaults_to_none_and_names_its_key_when_wrong() {
+        let parse = |extra: &str| {
+            toml::from_str::<KafkaDeadLetterConfig>(&format!("topic = \"dl\"\n{extra}"))
+        };
+        assert_eq!(parse("").unwrap().compression, Compression::None);
+        assert_eq!(
+            parse("compression = \"zstd\"").unwrap().compression,
+            Compression::Zstd
+        );
+        let err = parse("compression = \"brotli\"").unwrap_err().to_string();
+        assert!(
+            err.contains("dead_letter.compression: must be one of none, gzip, snappy, lz4, zstd"),
+            "{err}"
+        );
+        let config = parse("[properties]\n\"compression.type\" = \"gzip\"").unwrap();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "config: dead_letter.properties.compression.type: set dead_letter.compression instead"
         );
     }
 }

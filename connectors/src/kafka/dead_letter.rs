@@ -1,20 +1,94 @@
 //! `[dead_letter] type = "kafka"`: each dead letter as one JSON message (source topic, partition,
 //! offset, reason, the message as received and, when the source converted it, the converted record:
-//! the same JSON as the file output) on a topic, keyed by its source `topic/partition`. A replayed batch
-//! sends its dead letters again: this output is at-least-once.
+//! the same JSON as the file output) on a topic, keyed by its source `topic/partition`, compressed
+//! with `compression` (default none). A replayed batch sends its dead letters again: this output is
+//! at-least-once.
+//!
+//! What the producer reports for a letter decides what happens next ([`Failure`]):
+//! - **Too large**: the topic's `max.message.bytes` (checked by the broker on the compressed batch)
+//!   or librdkafka's own `message.max.bytes` (checked before sending) refused it. The letter is sent
+//!   again alone and whole, because the broker refuses a whole batch and so fails the small
+//!   letters batched with a big one. If it is refused again, it is sent cut down
+//!   ([`truncated_dead_letter_json`]): `raw` and `record` keep their first 64 KiB, then 4 KiB, then
+//!   256 bytes, `truncated: true` and `raw_bytes` (the original size) mark it, and topic, partition
+//!   and offset stay whole. The first form accepted is kept, and the cut is logged at WARN with the
+//!   sizes. If even the 256-byte form is refused, the query stops with a permanent error naming the
+//!   dead-letter topic, the source topic, partition and offset and the broker's message: a letter
+//!   is never dropped silently, and never retried forever.
+//! - **Permanent**: a failure that no retry fixes until a person acts: authorization or
+//!   authentication, an invalid topic, a record, timestamp or codec the broker rejects, a policy
+//!   violation, a fatal idempotence error, or a topic or partition that does not exist. The last
+//!   one is permanent because librdkafka reports it only after the broker has not created the topic
+//!   for `topic.metadata.propagation.max.ms` (30 s): with auto-creation on, the first write creates
+//!   the topic and this never happens; with it off, nothing in coinstream will create it. The query
+//!   stops with [`Retry::Permanent`], naming the topic; create the topic or grant the ACL, then
+//!   restart: nothing past the batch was committed.
+//! - **Transient**: everything else (timeouts, brokers down, not enough in-sync replicas), which
+//!   librdkafka has already retried until `message.timeout.ms`: the runtime retries the batch with
+//!   backoff and commits nothing meanwhile.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use engine::{DeadLetter, DeadLetterSink, Error, Result, Retry};
-use futures::future::try_join_all;
+use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::config::KafkaDeadLetterConfig;
-use crate::dead_letter::dead_letter_json;
+use crate::dead_letter::{dead_letter_json, truncated_dead_letter_json};
 
-/// How long a dead letter may wait for the broker's acknowledgement.
+/// How long a dead letter may wait for room in librdkafka's queue.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The per-field limits, in bytes, of the cut-down forms a letter refused as too large is sent in,
+/// largest first.
+pub const TRUNCATION_STEPS: [usize; 3] = [64 * 1024, 4 * 1024, 256];
+
+/// What a producer error means for the letter it refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Larger than the broker or the client accepts: send it smaller.
+    TooLarge,
+    /// No retry helps: stop the query.
+    Permanent,
+    /// Retrying may help: the runtime retries the batch with backoff.
+    Transient,
+}
+
+/// Sorts a producer error (see the module docs for why each is where it is).
+pub fn classify(error: &KafkaError) -> Failure {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge) => Failure::TooLarge,
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::UnsupportedSASLMechanism
+            | C::Authentication
+            | C::InvalidTopic
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::UnknownTopicOrPartition
+            | C::UnknownTopicId
+            | C::InvalidRecord
+            | C::InvalidTimestamp
+            | C::InvalidRequiredAcks
+            | C::UnsupportedForMessageFormat
+            | C::UnsupportedCompressionType
+            | C::UnsupportedVersion
+            | C::PolicyViolation
+            | C::InvalidArgument
+            | C::Fatal
+            | C::GaplessGuarantee
+            | C::ProducerFenced
+            | C::Fenced,
+        ) => Failure::Permanent,
+        _ => Failure::Transient,
+    }
+}
 
 /// The Kafka dead-letter output.
 pub struct KafkaDeadLetterSink {
@@ -23,13 +97,15 @@ pub struct KafkaDeadLetterSink {
 }
 
 impl KafkaDeadLetterSink {
-    /// Builds the producer (idempotent, acks from all in-sync replicas).
+    /// Builds the producer (idempotent, acks from all in-sync replicas, the configured codec).
     pub fn new(config: KafkaDeadLetterConfig) -> Result<Self> {
+        config.validate()?;
         let brokers = config
             .brokers
             .clone()
             .unwrap_or_else(super::default_brokers);
-        let producer = super::client_config(&brokers, &[("linger.ms", "5")], &config.properties)
+        let defaults = [("linger.ms", "5"), config.compression.property()];
+        let producer = super::client_config(&brokers, &defaults, &config.properties)
             .set("enable.idempotence", "true")
             .create()
             .map_err(|e| {
@@ -39,6 +115,80 @@ impl KafkaDeadLetterSink {
                 )
             })?;
         Ok(Self { config, producer })
+    }
+
+    async fn send(&self, key: &str, body: &str) -> Result<(), KafkaError> {
+        self.producer
+            .send(
+                FutureRecord::to(&self.config.topic).key(key).payload(body),
+                DELIVERY_TIMEOUT,
+            )
+            .await
+            .map(drop)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Sends a letter the topic refused as too large: alone and whole, then cut down step by step.
+    async fn send_smaller(&self, letter: &DeadLetter, key: &str, whole: &str) -> Result<()> {
+        let mut refused = match self.send(key, whole).await {
+            Ok(()) => return Ok(()),
+            Err(e) => self.check(letter, e)?,
+        };
+        for limit in TRUNCATION_STEPS {
+            let Some(cut) = truncated_dead_letter_json(letter, limit) else {
+                continue;
+            };
+            let body = cut.to_string();
+            match self.send(key, &body).await {
+                Ok(()) => {
+                    tracing::warn!(dead_letter_topic = %self.config.topic, topic = %letter.topic,
+                        partition = letter.partition, offset = letter.offset,
+                        raw_bytes = letter.raw.len(), letter_bytes = whole.len(),
+                        sent_bytes = body.len(), max_field_bytes = limit, error = %refused,
+                        "A dead letter was too large for the dead-letter topic; it was written truncated.");
+                    return Ok(());
+                }
+                Err(e) => refused = self.check(letter, e)?,
+            }
+        }
+        Err(Error::Sink {
+            name: self.description(),
+            message: format!(
+                "dead-letter topic {} refused the dead letter of {} partition {} offset {} even cut to {} bytes per field: {refused}",
+                self.config.topic,
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                TRUNCATION_STEPS[TRUNCATION_STEPS.len() - 1],
+            ),
+            retry: Retry::Permanent,
+        })
+    }
+
+    /// Passes a too-large refusal back to be cut further; any other failure becomes the error.
+    fn check(&self, letter: &DeadLetter, error: KafkaError) -> Result<KafkaError> {
+        match classify(&error) {
+            Failure::TooLarge => Ok(error),
+            other => Err(self.failed(letter, &error, other)),
+        }
+    }
+
+    fn failed(&self, letter: &DeadLetter, error: &KafkaError, failure: Failure) -> Error {
+        let (retry, hint) = match failure {
+            Failure::Transient => (Retry::Transient, ""),
+            _ => (
+                Retry::Permanent,
+                " (permanent: check that the topic exists and that coinstream may write to it)",
+            ),
+        };
+        Error::Sink {
+            name: self.description(),
+            message: format!(
+                "dead letter of {} partition {} offset {} not delivered to topic {}: {error}{hint}",
+                letter.topic, letter.partition, letter.offset, self.config.topic
+            ),
+            retry,
+        }
     }
 }
 
@@ -58,18 +208,24 @@ impl DeadLetterSink for KafkaDeadLetterSink {
                 )
             })
             .collect();
-        let sends = payloads.iter().map(|(key, body)| {
-            self.producer.send(
-                FutureRecord::to(&self.config.topic).key(key).payload(body),
-                DELIVERY_TIMEOUT,
-            )
-        });
-        try_join_all(sends).await.map_err(|(e, _)| Error::Sink {
-            name: self.description(),
-            message: format!("dead letter not delivered: {e}"),
-            retry: Retry::Transient,
-        })?;
-        Ok(())
+        let sent = join_all(payloads.iter().map(|(key, body)| self.send(key, body))).await;
+        let mut transient = None;
+        let mut too_large = Vec::new();
+        for ((letter, payload), result) in letters.iter().zip(&payloads).zip(sent) {
+            let Err(e) = result else { continue };
+            match classify(&e) {
+                Failure::TooLarge => too_large.push((letter, payload)),
+                Failure::Permanent => return Err(self.failed(letter, &e, Failure::Permanent)),
+                Failure::Transient => {
+                    transient.get_or_insert_with(|| self.failed(letter, &e, Failure::Transient));
+                }
+            }
+        }
+        // One at a time, so that each is alone in its request.
+        for (letter, (key, body)) in too_large {
+            self.send_smaller(letter, key, body).await?;
+        }
+        transient.map_or(Ok(()), Err)
     }
 
     async fn close(&mut self) -> Result<()> {
@@ -80,5 +236,52 @@ impl DeadLetterSink for KafkaDeadLetterSink {
                 message: format!("flush failed: {e}"),
                 retry: Retry::Transient,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_producer_errors() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        for (code, failure) in [
+            (RDKafkaErrorCode::MessageSizeTooLarge, Failure::TooLarge),
+            (RDKafkaErrorCode::MessageBatchTooLarge, Failure::TooLarge),
+            (
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+                Failure::Permanent,
+            ),
+            (RDKafkaErrorCode::UnknownTopic, Failure::Permanent),
+            (RDKafkaErrorCode::InvalidRecord, Failure::Permanent),
+            (RDKafkaErrorCode::Fatal, Failure::Permanent),
+            (RDKafkaErrorCode::MessageTimedOut, Failure::Transient),
+            (RDKafkaErrorCode::AllBrokersDown, Failure::Transient),
+            (RDKafkaErrorCode::NotEnoughReplicas, Failure::Transient),
+            (RDKafkaErrorCode::QueueFull, Failure::Transient),
+        ] {
+            assert_eq!(classify(&produce(code)), failure, "{code:?}");
+        }
+        assert_eq!(classify(&KafkaError::Canceled), Failure::Transient);
+    }
+
+    #[test]
+    fn the_smallest_form_fits_a_small_topic() {
+        // A letter cut at the last step, with a long reason and a source topic of Kafka's longest
+        // name, stays well under 4 KiB (a small but plausible max.message.bytes).
+        let letter = DeadLetter {
+            topic: "t".repeat(249),
+            partition: i32::MAX,
+            offset: i64::MAX,
+            raw: vec![b'"'; 1_000_000],
+            record: Some(vec![0xff; 1_000_000]),
+            reason: "r".repeat(100_000),
+        };
+        let last = TRUNCATION_STEPS[TRUNCATION_STEPS.len() - 1];
+        let body = truncated_dead_letter_json(&letter, last)
+            .unwrap()
+            .to_string();
+        assert!(body.len() < 2048, "{} bytes", body.len());
     }
 }
