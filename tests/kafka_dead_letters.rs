@@ -1,0 +1,301 @@
+//! What coinstream's Kafka producers write, on the real broker (`scripts/services.sh up kafka`):
+//! dead letters on a dead-letter topic that refuses large messages (cut down, never retried
+//! forever, never dropped), a dead-letter topic that does not exist (a permanent error naming it),
+//! the `compression` of dead letters, and `generate --compression`. Each run reads a fresh topic
+//! into the Parquet store, so Cassandra is not needed.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+mod common;
+
+/// The dead-letter topics' `max.message.bytes`: an ordinary letter fits, a 100 KB one does not.
+const SMALL_MAX_MESSAGE_BYTES: &str = "4096";
+
+async fn create_topic(name: &str, config: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let topic = config.iter().fold(
+        NewTopic::new(name, 1, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
+    let created = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.create_topics([&topic], &AdminOptions::new()),
+    )
+    .await
+    .expect("Kafka answers")
+    .expect("create topic");
+    for r in created {
+        r.expect("topic created");
+    }
+}
+
+/// Produces one message and returns the partition and offset it got.
+async fn produce_one(topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let delivery = producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produced");
+    (delivery.partition, delivery.offset)
+}
+
+/// The setup's config with the Parquet store under the test's folder and `dead_letter` as the
+/// `[dead_letter]` section.
+fn parquet_config(setup: &Setup, dead_letter: &str) -> (PathBuf, PathBuf) {
+    let store = setup.dir.path().join("profit");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let (head, _) = text.split_once("[sink]").unwrap();
+    let config = setup.dir.path().join("parquet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{head}[sink]\ntype = \"parquet\"\npath = {store:?}\npartition_by = [\"symbol\"]\n\n[dead_letter]\ntype = \"kafka\"\n{dead_letter}\n"
+        ),
+    )
+    .unwrap();
+    (config, store)
+}
+
+/// Every message of `topic`, as JSON: waits for `count`, then for any more.
+fn read_letters(topic: &str, count: usize) -> Vec<Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq_reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while letters.len() < count && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            let m = m.unwrap();
+            letters.push(
+                serde_json::from_slice::<Value>(rdkafka::Message::payload(&m).unwrap()).unwrap(),
+            );
+        }
+    }
+    // Anything more would be a letter written twice or a stray retry.
+    while let Some(m) = consumer.poll(Duration::from_secs(2)) {
+        letters
+            .push(serde_json::from_slice(rdkafka::Message::payload(&m.unwrap()).unwrap()).unwrap());
+    }
+    letters
+}
+
+fn letter_at<'a>(letters: &'a [Value], partition: i32, offset: i64) -> &'a Value {
+    letters
+        .iter()
+        .find(|l| l["partition"] == partition && l["offset"] == offset)
+        .unwrap_or_else(|| panic!("no letter for {partition}/{offset} in {letters:?}"))
+}
+
+/// 100 KB of text that is not JSON, with 3-byte characters so a cut can fall inside one.
+fn big_bad_message() -> String {
+    let text = "€ this is not JSON, ".repeat(5_000);
+    assert!(text.len() > 100_000);
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_larger_than_its_topic_allows_is_written_truncated_and_the_group_commits_past_it()
+ {
+    let setup = Setup::new("dlq_big").await;
+    let dlq = format!("{}_small", setup.dead_letters);
+    create_topic(&dlq, &[("max.message.bytes", SMALL_MAX_MESSAGE_BYTES)]).await;
+    let (messages, expected) = trades(2_000, 11);
+    produce(&setup.topic, &messages[..1_000]).await;
+    let big = big_bad_message();
+    let (big_partition, big_offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
+    let small = br#"{"symbol":"ETH-USD","price":"#;
+    let (small_partition, small_offset) = produce_one(&setup.topic, "ETH-USD", small).await;
+    produce(&setup.topic, &messages[1_000..]).await;
+
+    let (config, store) = parquet_config(&setup, &format!("topic = \"{dlq}\""));
+    let run = Running::spawn(setup.run_with(&config, &[]));
+    // Before the fix, the big letter was retried as transient forever: the run never ended.
+    let log = run.finish(Duration::from_secs(120));
+    assert_eq!(progress_sum(&log, "numInputRows"), 2_002, "{log}");
+    assert_eq!(progress_sum(&log, "numDeadLetters"), 2, "{log}");
+    assert_eq!(parquet_profits(&store), expected, "every good row, once");
+    assert_committed_to_end(&setup.group, &setup.topic);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("written truncated"))
+        .unwrap_or_else(|| panic!("no truncation warning in:\n{log}"));
+    assert!(
+        [
+            "raw_bytes",
+            &big.len().to_string(),
+            "sent_bytes",
+            "max_field_bytes"
+        ]
+        .iter()
+        .all(|w| warning.contains(w)),
+        "{warning}"
+    );
+
+    let letters = read_letters(&dlq, 2);
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let cut = letter_at(&letters, big_partition, big_offset);
+    assert_eq!(cut["topic"], setup.topic.as_str());
+    assert_eq!(cut["truncated"], true);
+    assert_eq!(cut["raw_bytes"], big.len());
+    let kept = cut["raw"].as_str().unwrap();
+    assert!(
+        !kept.is_empty() && kept.len() < 4096 && big.starts_with(kept),
+        "a prefix of the message: {} bytes",
+        kept.len()
+    );
+    let reason = cut["reason"].as_str().unwrap();
+    assert!(reason.starts_with("invalid JSON: "), "{reason}");
+    assert!(cut.to_string().len() < 4096);
+
+    let whole = letter_at(&letters, small_partition, small_offset);
+    assert_eq!(whole["raw"].as_str().unwrap().as_bytes(), small);
+    assert!(whole.get("truncated").is_none(), "{whole}");
+    assert_eq!(whole["topic"], setup.topic.as_str());
+
+    // The next run finds the group past both.
+    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    assert_eq!(progress_sum(&log, "numInputRows"), 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
+    let setup = Setup::new("dlq_zstd").await;
+    // The broker checks max.message.bytes against the compressed batch: 20 KB of repeated text
+    // fits 4 KB only compressed, so a letter arriving whole shows the codec was used.
+    let dlq = format!("{}_small", setup.dead_letters);
+    create_topic(&dlq, &[("max.message.bytes", SMALL_MAX_MESSAGE_BYTES)]).await;
+    let (messages, expected) = trades(200, 12);
+    produce(&setup.topic, &messages).await;
+    let bad = "not JSON ".repeat(2_300);
+    assert!(bad.len() > 20_000);
+    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", bad.as_bytes()).await;
+
+    let (config, store) = parquet_config(
+        &setup,
+        &format!("topic = \"{dlq}\"\ncompression = \"zstd\""),
+    );
+    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    assert_eq!(progress_sum(&log, "numDeadLetters"), 1, "{log}");
+    assert_eq!(parquet_profits(&store), expected);
+    assert_committed_to_end(&setup.group, &setup.topic);
+    assert!(!log.contains("written truncated"), "{log}");
+
+    let letters = read_letters(&dlq, 1);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = letter_at(&letters, partition, offset);
+    assert_eq!(letter["raw"], bad.as_str());
+    assert!(letter.get("truncated").is_none(), "{letter}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
+    let setup = Setup::new("dlq_missing").await;
+    let (messages, _) = trades(100, 13);
+    produce(&setup.topic, &messages).await;
+    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", b"not JSON").await;
+    // The test broker creates topics on first write: this producer does not ask it to, as when
+    // the broker's auto-creation is off.
+    let missing = format!("{}_missing", setup.dead_letters);
+    let (config, _) = parquet_config(
+        &setup,
+        &format!(
+            "topic = \"{missing}\"\n[dead_letter.properties]\n\"allow.auto.create.topics\" = \"false\"\n\"topic.metadata.propagation.max.ms\" = \"2000\""
+        ),
+    );
+    let out = wait_with_limit(setup.run_with(&config, &[]), Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "dead letter of {} partition {partition} offset {offset} not delivered to topic {missing}",
+            setup.topic
+        )) && err.contains("permanent"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Transient failure"),
+        "not retried as transient: {err}"
+    );
+    // Nothing past the batch holding the bad message was committed.
+    let at = committed_and_end(&setup.group, &setup.topic)
+        .into_iter()
+        .find(|(p, _, _)| *p == partition)
+        .unwrap();
+    assert!(at.1.is_none_or(|c| c <= offset), "{at:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_publishes_zstd_batches_and_rejects_an_unknown_codec() {
+    let setup = Setup::new("gen_zstd").await;
+    let generate = |codec: &str| {
+        Command::new(env!("CARGO_BIN_EXE_coinstream"))
+            .args(["generate", "--count", "500", "--topic", &setup.topic])
+            .args(["--compression", codec, "--brokers", &brokers()])
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    };
+    let out = generate("brotli");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--compression")
+            && err.contains("must be one of none, gzip, snappy, lz4, zstd"),
+        "{err}"
+    );
+    check(&generate("zstd"));
+    // A consumer decompresses and reads every record.
+    let records = read_letters(&setup.topic, 500);
+    assert_eq!(records.len(), 500);
+    assert!(
+        records.iter().all(|r| r["trade_id"].is_i64()),
+        "{:?}",
+        records[0]
+    );
+}
+
+fn wait_with_limit(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+            panic!("coinstream did not stop within {limit:?}");
+        }
+    }
+}
