@@ -182,6 +182,42 @@ async fn a_dead_letter_larger_than_its_topic_allows_is_written_truncated_and_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_over_the_producers_own_limit_is_written_truncated() {
+    // librdkafka refuses a message over its `message.max.bytes` before sending it; the letter is
+    // cut as when the broker refuses it, here to the 4 KiB step (the 64 KiB one is still over).
+    let setup = Setup::new("dlq_local").await;
+    let (messages, expected) = trades(100, 14);
+    produce(&setup.topic, &messages).await;
+    let big = big_bad_message();
+    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
+    let (config, store) = parquet_config(
+        &setup,
+        &format!(
+            "topic = \"{}\"\n[dead_letter.properties]\n\"message.max.bytes\" = \"10000\"",
+            setup.dead_letters
+        ),
+    );
+    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    assert_eq!(progress_sum(&log, "numDeadLetters"), 1, "{log}");
+    assert_eq!(parquet_profits(&store), expected);
+    assert_committed_to_end(&setup.group, &setup.topic);
+
+    let letters = read_letters(&setup.dead_letters, 1);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let cut = letter_at(&letters, partition, offset);
+    assert_eq!(
+        (&cut["truncated"], &cut["raw_bytes"]),
+        (&Value::from(true), &Value::from(big.len()))
+    );
+    let kept = cut["raw"].as_str().unwrap();
+    assert!(
+        (4096 - 2..=4096).contains(&kept.len()) && big.starts_with(kept),
+        "the 4 KiB step, cut at a character boundary: {} bytes",
+        kept.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
     let setup = Setup::new("dlq_zstd").await;
     // The broker checks max.message.bytes against the compressed batch: 20 KB of repeated text

@@ -174,12 +174,25 @@ impl KafkaDeadLetterSink {
     }
 
     fn failed(&self, letter: &DeadLetter, error: &KafkaError, failure: Failure) -> Error {
-        let (retry, hint) = match failure {
-            Failure::Transient => (Retry::Transient, ""),
-            _ => (
+        use RDKafkaErrorCode as C;
+        let (retry, hint) = match (failure, error.rdkafka_error_code()) {
+            (Failure::Transient, _) => (Retry::Transient, ""),
+            (_, Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition)) => (
                 Retry::Permanent,
-                " (permanent: check that the topic exists and that coinstream may write to it)",
+                " (permanent: the topic does not exist and the broker did not create it; create it, then restart)",
             ),
+            (
+                _,
+                Some(
+                    C::TopicAuthorizationFailed
+                    | C::ClusterAuthorizationFailed
+                    | C::TransactionalIdAuthorizationFailed,
+                ),
+            ) => (
+                Retry::Permanent,
+                " (permanent: allow coinstream to write to the topic, then restart)",
+            ),
+            _ => (Retry::Permanent, " (permanent: retrying cannot fix it)"),
         };
         Error::Sink {
             name: self.description(),
