@@ -103,7 +103,7 @@ fn read_letters(topic: &str, count: usize) -> Vec<Value> {
     letters
 }
 
-fn letter_at<'a>(letters: &'a [Value], partition: i32, offset: i64) -> &'a Value {
+fn letter_at(letters: &[Value], partition: i32, offset: i64) -> &Value {
     letters
         .iter()
         .find(|l| l["partition"] == partition && l["offset"] == offset)

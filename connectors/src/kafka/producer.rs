@@ -23,8 +23,9 @@ pub struct TopicProducer {
 impl TopicProducer {
     /// A producer for `topic` on `brokers` (extra librdkafka properties in `properties`).
     pub fn new(brokers: &str, topic: &str, properties: &BTreeMap<String, String>) -> Result<Self> {
-        // Batched sends (never a flush per message); the user's properties may retune these,
-        // but not idempotence, which keeps a retried send from writing a trade twice.
+        // Batched sends (never a flush per message); the user's properties may retune these
+        // (the binary's `--compression` arrives as `compression.type`), but not idempotence,
+        // which keeps a retried send from writing a trade twice.
         let defaults = [
             ("linger.ms", "10"),
             ("compression.type", "lz4"),
