@@ -1,6 +1,6 @@
 //! What coinstream's Kafka producers write, on the real broker (`scripts/services.sh up kafka`):
 //! dead letters on a dead-letter topic that refuses large messages (cut down, never retried
-//! forever, never dropped), a dead-letter topic that does not exist (a permanent error naming it),
+//! forever, never dropped; a run stops when even the smallest form is refused), a dead-letter topic that does not exist (a permanent error naming it),
 //! the `compression` of dead letters, and `generate --compression`. Each run reads a fresh topic
 //! into the Parquet store, so Cassandra is not needed.
 
@@ -215,6 +215,35 @@ async fn a_dead_letter_over_the_producers_own_limit_is_written_truncated() {
         "the 4 KiB step, cut at a character boundary: {} bytes",
         kept.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
+    // 200 bytes: less than any dead letter with its topic, partition and offset.
+    let setup = Setup::new("dlq_tiny").await;
+    let dlq = format!("{}_tiny", setup.dead_letters);
+    create_topic(&dlq, &[("max.message.bytes", "200")]).await;
+    let (messages, _) = trades(100, 15);
+    produce(&setup.topic, &messages).await;
+    let big = big_bad_message();
+    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
+    let (config, _) = parquet_config(&setup, &format!("topic = \"{dlq}\""));
+    let out = wait_with_limit(setup.run_with(&config, &[]), Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "dead-letter topic {dlq} refused the dead letter of {} partition {partition} offset {offset} even cut to 256 bytes per field: ",
+            setup.topic
+        )) && err.contains("Message size too large"),
+        "{err}"
+    );
+    assert!(!err.contains("Transient failure"), "{err}");
+    let at = committed_and_end(&setup.group, &setup.topic)
+        .into_iter()
+        .find(|(p, _, _)| *p == partition)
+        .unwrap();
+    assert!(at.1.is_none_or(|c| c <= offset), "{at:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
