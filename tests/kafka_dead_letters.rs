@@ -1,8 +1,9 @@
 //! What coinstream's Kafka producers write, on the real broker (`scripts/services.sh up kafka`):
 //! dead letters on a dead-letter topic that refuses large messages (cut down, never retried
-//! forever, never dropped; a run stops when even the smallest form is refused), a dead-letter topic that does not exist (a permanent error naming it),
-//! the `compression` of dead letters, and `generate --compression`. Each run reads a fresh topic
-//! into the Parquet store, so Cassandra is not needed.
+//! forever, never dropped; the run stops when even the smallest form is refused), a dead-letter
+//! topic that does not exist (a permanent error naming it), the `compression` of dead letters, and
+//! `generate --compression`. Each run reads a fresh topic into the Parquet store, so Cassandra is
+//! not needed.
 
 use std::path::PathBuf;
 use std::process::Command;
