@@ -36,7 +36,7 @@ Commands:
   stop SERVICE...      same as down, for the named services
   status               print each service's state; exit 0 only if all are up and answering
   logs [SERVICE] [-f]  print the last \$LOG_LINES (40) lines of the log(s); -f follows
-  env                  print KAFKA_BOOTSTRAP and CASSANDRA_NODES as shell assignments
+  env                  print KAFKA_BOOTSTRAP, CASSANDRA_NODES, KAFKA_JARS and JAVA as shell assignments
 
 Environment (defaults in brackets):
   COINSTREAM_SERVICES_DIR  state folder [<repo>/.services]
@@ -577,8 +577,12 @@ main() {
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
     env)
+      find_jdk17
       echo "KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT"
       echo "CASSANDRA_NODES=$HOST:$CASSANDRA_PORT"
+      # For tests that write topics with the Java producer (tests/java/TopicWriter.java).
+      echo "KAFKA_JARS=$(jars_dir kafka)"
+      echo "JAVA=$JAVA_HOME_17/bin/java"
       ;;
     -h | --help | help) usage ;;
     '') usage >&2; exit 2 ;;

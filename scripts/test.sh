@@ -114,7 +114,7 @@ fi
 
 while IFS='=' read -r key value; do
   case "$key" in
-    KAFKA_BOOTSTRAP | CASSANDRA_NODES) export "$key=$value" ;;
+    KAFKA_BOOTSTRAP | CASSANDRA_NODES | KAFKA_JARS | JAVA) export "$key=$value" ;;
     *) die "unexpected line from $SERVICES env: $key=$value" ;;
   esac
 done < <("$SERVICES" env)

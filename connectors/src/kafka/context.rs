@@ -1,12 +1,22 @@
 //! The consumer's context. It serves rebalances itself so that a partition's first position is
-//! decided before fetching starts: the group's committed offset, unless retention already deleted
-//! it (data loss), or, with nothing committed, the configured starting offset. It records every
-//! rebalance so the source can drop messages of partitions it no longer owns.
+//! decided before fetching starts, as Spark's Kafka source decides it:
+//! - the group's committed offset, unless retention already deleted it (data loss);
+//! - with nothing committed, on the query's first start (no checkpoint, no committed offset for
+//!   any partition of the topics) and for a partition that existed then, the configured
+//!   `starting_offsets`, resolved to a concrete offset and committed at once, so every partition
+//!   has a recorded position and a restart never depends on a reset policy;
+//! - any other partition with nothing committed (added to a topic while the query runs, or never
+//!   committed before a restart) starts at its earliest offset, so none of its records is skipped.
+//!
+//! It records every rebalance, with each assigned partition's first position, so the source can
+//! drop messages of partitions it no longer owns and check each fetch for data loss.
 
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -16,34 +26,57 @@ use super::config::StartingOffsets;
 /// How long broker look-ups inside a rebalance may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A partition and, when known, the offset this member starts reading it at.
+pub type Assignment = ((String, i32), Option<i64>);
+
 /// One rebalance, as seen by this member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RebalanceEvent {
-    /// These partitions are now ours.
-    Assigned(Vec<(String, i32)>),
+    /// These partitions are now ours, with their first positions where known.
+    Assigned(Vec<Assignment>),
     /// These partitions are no longer ours.
     Revoked(Vec<(String, i32)>),
+}
+
+/// How the query starts: decided once, before the first rebalance.
+#[derive(Debug, Clone)]
+pub struct StartPolicy {
+    /// Where partitions start on the query's first start.
+    pub starting_offsets: StartingOffsets,
+    /// Whether this is the query's first start (no checkpoint, nothing committed).
+    pub first_start: bool,
+    /// The partitions the topics had at start: only these take `starting_offsets`.
+    pub initial_partitions: BTreeSet<(String, i32)>,
+    /// Stop when records were deleted by retention before they were read.
+    pub fail_on_data_loss: bool,
 }
 
 /// Decides first positions and records rebalance events for the source to apply.
 #[derive(Debug)]
 pub struct SourceContext {
-    starting_offsets: StartingOffsets,
-    fail_on_data_loss: bool,
+    /// Set by the source before it subscribes (it needs the consumer to decide it).
+    policy: OnceLock<StartPolicy>,
     events: Mutex<Vec<RebalanceEvent>>,
     /// Set when a rebalance found committed offsets deleted by retention and the config says to stop.
     data_loss: Mutex<Option<String>>,
+    /// Offsets found deleted by retention at assignment and skipped (fail_on_data_loss = false).
+    lost_offsets: AtomicU64,
 }
 
 impl SourceContext {
-    /// A context with the source's first-start and data-loss policies.
-    pub fn new(starting_offsets: StartingOffsets, fail_on_data_loss: bool) -> Self {
+    /// A context whose start policy is set with [`SourceContext::set_policy`] before subscribing.
+    pub fn new() -> Self {
         Self {
-            starting_offsets,
-            fail_on_data_loss,
+            policy: OnceLock::new(),
             events: Mutex::default(),
             data_loss: Mutex::default(),
+            lost_offsets: AtomicU64::new(0),
         }
+    }
+
+    /// Sets how the query starts; only the first call counts.
+    pub fn set_policy(&self, policy: StartPolicy) {
+        let _ = self.policy.set(policy);
     }
 
     /// Takes the events recorded since the last call.
@@ -59,6 +92,11 @@ impl SourceContext {
             .clone()
     }
 
+    /// Offsets skipped at assignment because retention had deleted them.
+    pub fn lost_offsets(&self) -> u64 {
+        self.lost_offsets.load(Ordering::Relaxed)
+    }
+
     fn push(&self, event: RebalanceEvent) {
         self.events
             .lock()
@@ -66,53 +104,108 @@ impl SourceContext {
             .push(event);
     }
 
-    /// Sets each partition's first position in `tpl` (left unset: the committed offset).
-    fn choose_positions(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// Sets each partition's first position in `tpl` (left unset: the committed offset) and
+    /// returns, per partition, the concrete first position where known, plus the positions
+    /// resolved from `starting_offsets` (to commit, so they are recorded).
+    fn choose_positions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> (Vec<Assignment>, TopicPartitionList) {
+        let mut resolved = TopicPartitionList::new();
+        let unknown = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| ((e.topic().to_owned(), e.partition()), None))
+                .collect::<Vec<_>>()
+        };
+        let Some(policy) = self.policy.get() else {
+            tracing::error!(
+                "Partitions assigned before the start policy was set; librdkafka picks their positions."
+            );
+            return (unknown(tpl), resolved);
+        };
         let committed = match consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "Could not read committed offsets during a rebalance; librdkafka will use them itself.");
-                return;
+                return (unknown(tpl), resolved);
             }
         };
+        let mut assignments = Vec::new();
         for elem in committed.elements() {
             let (topic, partition) = (elem.topic().to_owned(), elem.partition());
-            let position = match elem.offset() {
+            let key = (topic.clone(), partition);
+            let marks = || consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT);
+            let (position, first) = match elem.offset() {
                 Offset::Offset(c) => {
-                    let Ok((low, _high)) =
-                        consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT)
-                    else {
+                    let Ok((low, _high)) = marks() else {
+                        assignments.push((key, Some(c)));
                         continue;
                     };
                     if c >= low {
+                        assignments.push((key, Some(c)));
                         continue;
                     }
                     let message = format!(
-                        "{topic}/{partition}: committed offset {c} was deleted by retention (earliest kept is {low}); {} messages were never processed",
-                        low - c
+                        "{topic}/{partition}: committed offset {c} was deleted by retention (earliest kept is {low}); offsets {c}..{low} were never processed"
                     );
-                    if self.fail_on_data_loss {
+                    if policy.fail_on_data_loss {
                         tracing::error!(%message, "Data loss: stopping (fail_on_data_loss = true).");
                         *self.data_loss.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                        assignments.push((key, Some(c)));
                         continue;
                     }
                     tracing::error!(%message, "Data loss: continuing from the earliest kept offset (fail_on_data_loss = false).");
-                    Offset::Offset(low)
+                    self.lost_offsets
+                        .fetch_add((low - c) as u64, Ordering::Relaxed);
+                    (Offset::Offset(low), Some(low))
                 }
-                _ => match &self.starting_offsets {
-                    StartingOffsets::Earliest => Offset::Beginning,
-                    StartingOffsets::Latest => Offset::End,
-                    StartingOffsets::Specific(o) => match o.get(&topic, partition) {
-                        Some(-2) => Offset::Beginning,
-                        Some(n) if n >= 0 => Offset::Offset(n),
-                        _ => Offset::End,
-                    },
-                },
+                _ if policy.first_start && policy.initial_partitions.contains(&key) => {
+                    let wanted = match &policy.starting_offsets {
+                        StartingOffsets::Earliest => Offset::Beginning,
+                        StartingOffsets::Latest => Offset::End,
+                        StartingOffsets::Specific(o) => match o.get(&topic, partition) {
+                            Some(-2) => Offset::Beginning,
+                            Some(n) if n >= 0 => Offset::Offset(n),
+                            _ => Offset::End,
+                        },
+                    };
+                    // A concrete offset, committed below: the partition's position is recorded
+                    // from the first start on.
+                    let concrete = match (wanted, marks()) {
+                        (Offset::Offset(n), _) => Some(n),
+                        (Offset::Beginning, Ok((low, _))) => Some(low),
+                        (Offset::End, Ok((_, high))) => Some(high),
+                        _ => None,
+                    };
+                    match concrete {
+                        Some(n) => {
+                            let _ =
+                                resolved.add_partition_offset(&topic, partition, Offset::Offset(n));
+                            (Offset::Offset(n), Some(n))
+                        }
+                        None => (wanted, None),
+                    }
+                }
+                // Added after the first start, or never committed: read all of it.
+                _ => {
+                    if !policy.first_start || !policy.initial_partitions.contains(&key) {
+                        tracing::info!(
+                            topic,
+                            partition,
+                            "A partition with no committed offset starts at its earliest offset."
+                        );
+                    }
+                    (Offset::Beginning, None)
+                }
             };
+            assignments.push((key, first));
             if let Err(e) = tpl.set_partition_offset(&topic, partition, position) {
                 tracing::warn!(error = %e, topic, partition, "Could not set a starting position.");
             }
         }
+        (assignments, resolved)
     }
 }
 
@@ -137,9 +230,8 @@ impl ConsumerContext for SourceContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.choose_positions(consumer, tpl);
-                let assigned = parts(tpl);
-                tracing::info!(partitions = ?assigned, "Partitions assigned to this instance.");
+                let (assigned, resolved) = self.choose_positions(consumer, tpl);
+                tracing::info!(partitions = ?parts(tpl), "Partitions assigned to this instance.");
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -147,6 +239,13 @@ impl ConsumerContext for SourceContext {
                 };
                 if let Err(e) = result {
                     tracing::error!(error = %e, "Could not take the assigned partitions.");
+                }
+                if resolved.count() > 0 {
+                    // Spark writes the resolved starting offsets to its offset log before the
+                    // first batch; the group's commit is that record here.
+                    if let Err(e) = consumer.commit(&resolved, CommitMode::Sync) {
+                        tracing::warn!(error = %e, "Could not record the starting offsets; a restart before the first batch resolves them again.");
+                    }
                 }
                 self.push(RebalanceEvent::Assigned(assigned));
             }

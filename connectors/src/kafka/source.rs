@@ -1,4 +1,24 @@
 //! `[source] type = "kafka"`: a consumer-group member handing the engine batches of messages.
+//!
+//! What real topics do, and how the source meets it:
+//! - **Codecs.** librdkafka is linked with gzip, snappy, lz4 and zstd. A consumer error that
+//!   retrying cannot fix (an unsupported codec, a corrupt batch, a refused authorization) stops the
+//!   query with the error and the partitions that have not reached their end, never a warning
+//!   loop. (The Rust binding drops the partition a consumer error names, so the message lists
+//!   each assigned partition still short of its end with its position.)
+//! - **Transactions and offset gaps.** Records are read `read_committed` by default (aborted
+//!   records never arrive). Commit markers and compaction leave offsets with no record, so the end
+//!   is judged by positions: a batch's end offset for a partition is the consumer's position when
+//!   the batch holds its last fetched record (past any marker), and a position moved only by
+//!   markers is committed on its own, so the group's lag reaches 0 and `available-now` ends.
+//! - **Partitions with no committed offset**: see `context.rs` (first start only takes
+//!   `starting_offsets`; later ones start at their earliest offset). New partitions are found
+//!   within `topic.metadata.refresh.interval.ms` (5 s by default here).
+//! - **Retention during a run.** Every fetch is checked: where the offsets skipped between two
+//!   records (or up to the position) are below the partition's earliest kept offset, retention
+//!   deleted records before they were read. With `fail_on_data_loss` the query stops naming the
+//!   partition and the lost range; without it the loss is logged at ERROR and counted
+//!   (`lost_offsets` in the progress record).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -14,7 +34,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::{KafkaSourceConfig, StartingOffsets};
-use super::context::{RebalanceEvent, SourceContext};
+use super::context::{RebalanceEvent, SourceContext, StartPolicy};
 
 /// How long metadata and offset requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,9 +48,15 @@ const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 /// than that sat idle between bursts. Measured on a 1M-trade backlog, 6 partitions, null sink:
 /// librdkafka's defaults 6.3 s and 198 MB peak RSS; these 2.3 s and 164 MB, with the same CPU
 /// (and the same 21 s to Cassandra, where 1,000,000 queued messages used 344 MB).
-const PREFETCH_DEFAULTS: &[(&str, &str)] = &[
+///
+/// Also: `read_committed` (aborted transactions never reach a query, as Kafka's own stream
+/// processors read), and partitions added to a topic are noticed within 5 s rather than
+/// librdkafka's 5 minutes (Spark looks for new partitions at every trigger).
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("queued.min.messages", "20000"),
     ("fetch.queue.backoff.ms", "20"),
+    ("isolation.level", "read_committed"),
+    ("topic.metadata.refresh.interval.ms", "5000"),
 ];
 
 /// Once records have arrived, how long a poll waits for more before handing them over: enough to
@@ -44,6 +70,9 @@ struct Gathered {
     records: Vec<RawRecord>,
     events: Vec<RebalanceEvent>,
     errors: u64,
+    /// The consumer's position of each assigned partition after the gather: the offset after
+    /// the last record or marker it consumed.
+    positions: BTreeMap<Partition, i64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -52,6 +81,8 @@ struct Counters {
     rebalances: u64,
     dropped_on_revoke: u64,
     consumer_errors: u64,
+    /// Offsets deleted by retention before they were read (fail_on_data_loss = false).
+    lost_offsets: u64,
 }
 
 /// The Kafka source.
@@ -63,8 +94,16 @@ pub struct KafkaSource {
     /// Per partition, the end of the last batch handed out: the next batch's start.
     last_end: BTreeMap<Partition, i64>,
     assigned: BTreeSet<Partition>,
-    /// With `available_now`: every partition's high watermark at start.
+    /// With `available_now`: every partition's (low, end) at start, the end being the last
+    /// stable offset under `read_committed`.
     targets: Option<BTreeMap<Partition, (i64, i64)>>,
+    /// The consumer's position of each assigned partition after the last gather.
+    positions: BTreeMap<Partition, i64>,
+    /// Per assigned partition, the offset the next record should have if none was lost: the
+    /// first position, then one past each record read. Records past it are checked for loss.
+    expected: BTreeMap<Partition, i64>,
+    /// Per partition, what this instance knows to be committed in the group.
+    committed: BTreeMap<Partition, i64>,
     counters: Counters,
 }
 
@@ -79,6 +118,9 @@ impl KafkaSource {
             last_end: BTreeMap::new(),
             assigned: BTreeSet::new(),
             targets: None,
+            positions: BTreeMap::new(),
+            expected: BTreeMap::new(),
+            committed: BTreeMap::new(),
             counters: Counters::default(),
         })
     }
@@ -105,8 +147,10 @@ impl KafkaSource {
             tokio::task::spawn_blocking(move || gather(&consumer, max_records, max_wait))
                 .await
                 .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
-        let gathered =
-            gathered.map_err(|e| self.error(format!("consumer failed: {e}"), retry_of(&e)))?;
+        let gathered = match gathered {
+            Ok(g) => g,
+            Err(e) => return Err(self.consumer_error(e).await),
+        };
         self.counters.consumer_errors += gathered.errors;
         self.counters.messages += gathered.records.len() as u64;
         // Revocations apply to what was buffered before this gather; the gathered records were
@@ -115,7 +159,15 @@ impl KafkaSource {
         for event in gathered.events {
             self.counters.rebalances += 1;
             match event {
-                RebalanceEvent::Assigned(parts) => self.assigned.extend(parts),
+                RebalanceEvent::Assigned(parts) => {
+                    for (partition, first) in parts {
+                        if let Some(first) = first {
+                            self.expected.insert(partition.clone(), first);
+                            self.committed.insert(partition.clone(), first);
+                        }
+                        self.assigned.insert(partition);
+                    }
+                }
                 RebalanceEvent::Revoked(parts) => {
                     let revoked: BTreeSet<Partition> = parts.into_iter().collect();
                     let before = self.buffer.len();
@@ -125,10 +177,20 @@ impl KafkaSource {
                     for p in &revoked {
                         self.assigned.remove(p);
                         self.last_end.remove(p);
+                        self.expected.remove(p);
+                        self.committed.remove(p);
+                        self.positions.remove(p);
                     }
                 }
             }
         }
+        self.positions.extend(
+            gathered
+                .positions
+                .into_iter()
+                .filter(|(p, _)| self.assigned.contains(p)),
+        );
+        self.check_for_loss(&gathered.records).await?;
         self.buffer.extend(gathered.records);
         let consumer = self.consumer()?;
         if let Some(loss) = consumer.context().data_loss() {
@@ -153,8 +215,25 @@ impl KafkaSource {
             }
             end.set(&r.topic, r.partition, r.offset + 1);
         }
-        for (topic, partition, next) in end.iter() {
-            self.last_end.insert((topic.to_owned(), partition), next);
+        // Where the batch holds a partition's last fetched record, its end is the consumer's
+        // position: past the commit markers (and compacted offsets) after that record, so
+        // committing it leaves no lag that no record will ever fill.
+        let still_buffered: BTreeSet<Partition> = self
+            .buffer
+            .iter()
+            .map(|r| (r.topic.clone(), r.partition))
+            .collect();
+        let ends: Vec<(String, i32, i64)> =
+            end.iter().map(|(t, p, e)| (t.to_owned(), p, e)).collect();
+        for (topic, partition, mut next) in ends {
+            let key = (topic, partition);
+            if !still_buffered.contains(&key)
+                && let Some(&position) = self.positions.get(&key)
+            {
+                next = next.max(position);
+                end.set(&key.0, partition, next);
+            }
+            self.last_end.insert(key, next);
         }
         SourceBatch {
             records,
@@ -163,7 +242,10 @@ impl KafkaSource {
         }
     }
 
-    /// Whether every partition of the topics is committed up to its watermark at start.
+    /// Whether every partition of the topics has been read and committed up to its end at start.
+    /// A partition of this instance is done when the consumer's position reached that end (a
+    /// position counts commit markers and compacted offsets, which no record fills); one of
+    /// another instance of the group when the group's committed offset reached it.
     async fn caught_up(&self) -> Result<bool> {
         let Some(targets) = self.targets.clone() else {
             return Ok(false);
@@ -171,37 +253,251 @@ impl KafkaSource {
         if !self.buffer.is_empty() {
             return Ok(false);
         }
-        let consumer = self.consumer()?;
-        let latest = self.config.starting_offsets == StartingOffsets::Latest;
-        let done = tokio::task::spawn_blocking(move || -> Result<bool, KafkaError> {
-            let mut tpl = TopicPartitionList::new();
-            for (topic, partition) in targets.keys() {
-                tpl.add_partition(topic, *partition);
+        let mut others = Vec::new();
+        for (partition, &(low, end)) in &targets {
+            if end <= low {
+                continue;
             }
-            let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
-            Ok(committed.elements().iter().all(|e| {
-                let (low, high) = targets[&(e.topic().to_owned(), e.partition())];
-                match e.offset() {
-                    Offset::Offset(c) => c >= high,
-                    // Nothing committed: done only if there was nothing to read.
-                    _ => high <= low || latest,
+            if self.assigned.contains(partition) {
+                let committed = self.committed.get(partition).copied().unwrap_or(-1);
+                // A partition nothing was read from this run has no position yet: it stands
+                // where it was committed.
+                let position = self.positions.get(partition).copied().unwrap_or(committed);
+                if position < end || committed < position {
+                    return Ok(false);
                 }
-            }))
+            } else {
+                others.push(partition.clone());
+            }
+        }
+        if others.is_empty() {
+            return Ok(true);
+        }
+        let consumer = self.consumer()?;
+        let query = others.clone();
+        let committed = tokio::task::spawn_blocking(move || committed_positions(&consumer, &query))
+            .await
+            .map_err(|e| Error::Internal(format!("kafka offsets task failed: {e}")))?
+            .map_err(|e| {
+                self.error(
+                    format!("cannot read committed offsets: {e}"),
+                    Retry::Transient,
+                )
+            })?;
+        let latest = self.config.starting_offsets == StartingOffsets::Latest;
+        Ok(others.iter().all(|p| match committed.get(p) {
+            Some(&c) => c >= targets[p].1,
+            // Nothing committed yet: only a latest first start has nothing to read there.
+            None => latest,
+        }))
+    }
+
+    /// Commits positions that commit markers alone moved (no record to hand out), for
+    /// partitions with no batch in flight, so the group's lag reaches 0 on transactional topics.
+    async fn commit_marker_positions(&mut self) -> Result<()> {
+        let advanced: Vec<(Partition, i64)> = self
+            .positions
+            .iter()
+            .filter(|(p, pos)| {
+                let committed = self.committed.get(*p).copied();
+                let handed_out = self.last_end.get(*p).copied();
+                let settled = handed_out.is_none_or(|h| Some(h) == committed);
+                settled && committed.is_some_and(|c| **pos > c)
+            })
+            .map(|(p, pos)| (p.clone(), *pos))
+            .collect();
+        if advanced.is_empty()
+            || self.buffer.iter().any(|r| {
+                advanced
+                    .iter()
+                    .any(|((t, p), _)| *t == r.topic && *p == r.partition)
+            })
+        {
+            return Ok(());
+        }
+        let mut end = Offsets::new();
+        for ((topic, partition), position) in &advanced {
+            end.set(topic, *partition, *position);
+        }
+        self.commit_offsets(&end).await?;
+        for (partition, position) in advanced {
+            self.last_end.insert(partition, position);
+        }
+        Ok(())
+    }
+
+    /// Checks the records of one gather (and the positions after it) for offsets that retention
+    /// deleted before they were read: a jump past the next expected offset is data loss when the
+    /// partition's earliest kept offset is above that expected offset; otherwise it is a commit
+    /// marker, an aborted transaction or compaction.
+    async fn check_for_loss(&mut self, records: &[RawRecord]) -> Result<()> {
+        let mut jumps: Vec<(Partition, i64, i64)> = Vec::new();
+        for r in records {
+            let key = (r.topic.clone(), r.partition);
+            match self.expected.get(&key) {
+                Some(&e) if r.offset > e => jumps.push((key.clone(), e, r.offset)),
+                _ => {}
+            }
+            self.expected.insert(key, r.offset + 1);
+        }
+        for (partition, &position) in &self.positions {
+            if let Some(&e) = self.expected.get(partition)
+                && position > e
+            {
+                jumps.push((partition.clone(), e, position));
+                self.expected.insert(partition.clone(), position);
+            }
+        }
+        if jumps.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer()?;
+        let lows = tokio::task::spawn_blocking(move || {
+            let mut lows = BTreeMap::new();
+            for ((topic, partition), _, _) in &jumps {
+                let key = (topic.clone(), *partition);
+                if lows.contains_key(&key) {
+                    continue;
+                }
+                // One look-up per partition and gather, only where offsets were skipped.
+                let low = consumer
+                    .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)
+                    .ok()
+                    .map(|(low, _)| low);
+                lows.insert(key, low);
+            }
+            (jumps, lows)
         })
         .await
-        .map_err(|e| Error::Internal(format!("kafka offsets task failed: {e}")))?;
-        done.map_err(|e| {
-            self.error(
-                format!("cannot read committed offsets: {e}"),
-                Retry::Transient,
-            )
-        })
+        .map_err(|e| Error::Internal(format!("kafka watermark task failed: {e}")))?;
+        let (jumps, lows) = lows;
+        for ((topic, partition), expected, next) in jumps {
+            let Some(Some(low)) = lows.get(&(topic.clone(), partition)) else {
+                continue;
+            };
+            if *low <= expected {
+                continue;
+            }
+            let lost_to = (*low).min(next);
+            let message = format!(
+                "{topic}/{partition}: offsets {expected}..{lost_to} were deleted by retention before they were read ({} offsets; the earliest kept is {low})",
+                lost_to - expected
+            );
+            if self.config.fail_on_data_loss {
+                tracing::error!(%message, "Data loss: stopping (fail_on_data_loss = true).");
+                return Err(self.error(
+                    format!(
+                        "{message}; set fail_on_data_loss = false to continue past lost records"
+                    ),
+                    Retry::Permanent,
+                ));
+            }
+            tracing::error!(%message, "Data loss: continuing (fail_on_data_loss = false).");
+            self.counters.lost_offsets += (lost_to - expected) as u64;
+        }
+        Ok(())
+    }
+
+    /// The error for a consumer error from librdkafka: permanent when retrying cannot fix it.
+    async fn consumer_error(&self, e: KafkaError) -> Error {
+        let retry = retry_of(&e);
+        if retry == Retry::Transient {
+            return self.error(format!("consumer failed: {e}"), retry);
+        }
+        let positions = self.positions.clone();
+        let behind = match self.consumer() {
+            Ok(consumer) => tokio::task::spawn_blocking(move || {
+                positions
+                    .iter()
+                    .filter_map(|((t, p), pos)| {
+                        let (_, end) = consumer.fetch_watermarks(t, *p, REQUEST_TIMEOUT).ok()?;
+                        (*pos < end).then(|| format!("{t}/{p} at offset {pos} (end {end})"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let at = if behind.is_empty() {
+            String::new()
+        } else {
+            format!("; partitions not at their end: {}", behind.join(", "))
+        };
+        self.error(
+            format!("consumer error that retrying cannot fix: {e}{at}"),
+            retry,
+        )
+    }
+
+    /// Commits `end` to the group for the partitions this instance holds.
+    async fn commit_offsets(&mut self, end: &Offsets) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in end.iter() {
+            if self.assigned.contains(&(topic.to_owned(), partition)) {
+                tpl.add_partition_offset(topic, partition, Offset::Offset(next))
+                    .map_err(|e| Error::Internal(format!("bad offset list: {e}")))?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self.consumer()?;
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|e| Error::Internal(format!("kafka commit task failed: {e}")))?;
+        match result {
+            Ok(()) => {
+                for (topic, partition, next) in end.iter() {
+                    let key = (topic.to_owned(), partition);
+                    if self.assigned.contains(&key) {
+                        self.committed.insert(key, next);
+                    }
+                }
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::IllegalGeneration
+                            | RDKafkaErrorCode::UnknownMemberId
+                            | RDKafkaErrorCode::RebalanceInProgress
+                    )
+                ) =>
+            {
+                // The group moved these partitions while the batch was written: the new owner
+                // starts from the last committed offset and writes the same rows again, which the
+                // sinks' idempotent writes absorb.
+                tracing::warn!(error = %e, end = %end, "Offsets not committed: this instance lost the partitions during the batch.");
+                Ok(())
+            }
+            Err(e) => Err(self.error(format!("commit of {end} failed: {e}"), Retry::Transient)),
+        }
     }
 }
 
+/// Whether retrying can fix a consumer error. Permanent: librdkafka's fatal errors, a codec
+/// this build cannot decode, a corrupt or undecodable batch, and refused authorization (the
+/// same request gets the same answer until someone changes the broker's ACLs or the build).
 fn retry_of(e: &KafkaError) -> Retry {
+    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+        return Retry::Permanent;
+    }
     match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::Fatal) => Retry::Permanent,
+        Some(
+            RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::NotImplemented
+            | RDKafkaErrorCode::UnsupportedCompressionType
+            | RDKafkaErrorCode::BadCompression
+            | RDKafkaErrorCode::BadMessage
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication,
+        ) => Retry::Permanent,
         _ => Retry::Transient,
     }
 }
@@ -243,7 +539,7 @@ fn gather(
                 frame: None,
                 received_at: SystemTime::now(),
             }),
-            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+            Some(Err(e)) if retry_of(&e) == Retry::Permanent => {
                 return Err(e);
             }
             Some(Err(e)) => {
@@ -256,6 +552,7 @@ fn gather(
                     records,
                     events,
                     errors,
+                    positions: positions(consumer),
                 });
             }
             None => {}
@@ -266,6 +563,7 @@ fn gather(
                 records,
                 events,
                 errors,
+                positions: positions(consumer),
             });
         }
     }
@@ -284,7 +582,7 @@ impl Source for KafkaSource {
     async fn start(&mut self, request: StartRequest) -> Result<()> {
         let mut client = super::client_config(
             &self.config.brokers(),
-            PREFETCH_DEFAULTS,
+            CONSUMER_DEFAULTS,
             &self.config.properties,
         );
         client
@@ -301,35 +599,49 @@ impl Source for KafkaSource {
                 "max.poll.interval.ms",
                 self.config.max_poll_interval_ms.to_string(),
             );
-        let context = SourceContext::new(
-            self.config.starting_offsets.clone(),
-            self.config.fail_on_data_loss,
-        );
         let consumer: BaseConsumer<SourceContext> = client
-            .create_with_context(context)
+            .create_with_context(SourceContext::new())
             .map_err(|e| self.error(format!("cannot create consumer: {e}"), Retry::Permanent))?;
+        let consumer = Arc::new(consumer);
+        // The partitions there are now, their ends, and whether the group committed any of them:
+        // with no checkpoint and no commit, this is the query's first start.
+        let c = consumer.clone();
+        let topics = self.config.topics.clone();
+        let (marks, committed) = tokio::task::spawn_blocking(move || {
+            let marks = watermarks(&c, &topics)?;
+            let partitions: Vec<Partition> = marks.keys().cloned().collect();
+            let committed = committed_positions(&c, &partitions)?;
+            Ok::<_, KafkaError>((marks, committed))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("kafka metadata task failed: {e}")))?
+        .map_err(|e| {
+            self.error(
+                format!("cannot read the topics' partitions and offsets: {e}"),
+                Retry::Transient,
+            )
+        })?;
+        let checkpointed = request.committed.as_ref().is_some_and(|o| {
+            o.iter()
+                .any(|(topic, _, _)| self.config.topics.iter().any(|t| t == topic))
+        });
+        let first_start = !checkpointed && committed.is_empty();
+        consumer.context().set_policy(StartPolicy {
+            starting_offsets: self.config.starting_offsets.clone(),
+            first_start,
+            initial_partitions: marks.keys().cloned().collect(),
+            fail_on_data_loss: self.config.fail_on_data_loss,
+        });
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
             .map_err(|e| self.error(format!("cannot subscribe: {e}"), Retry::Permanent))?;
-        let consumer = Arc::new(consumer);
         if request.available_now {
-            let c = consumer.clone();
-            let topics = self.config.topics.clone();
-            let targets = tokio::task::spawn_blocking(move || watermarks(&c, &topics))
-                .await
-                .map_err(|e| Error::Internal(format!("kafka metadata task failed: {e}")))?
-                .map_err(|e| {
-                    self.error(
-                        format!("cannot read the topics' offsets: {e}"),
-                        Retry::Transient,
-                    )
-                })?;
             tracing::info!(
-                partitions = targets.len(),
+                partitions = marks.len(),
                 "Available-now: reading every partition up to its end at start."
             );
-            self.targets = Some(targets);
+            self.targets = Some(marks);
         }
         self.consumer = Some(consumer);
         Ok(())
@@ -365,15 +677,21 @@ impl Source for KafkaSource {
             .into_iter()
             .filter(|(t, p, e)| committed.get(&(t.clone(), *p)).is_none_or(|c| c < e))
             .collect();
-        let reached = |buffer: &VecDeque<RawRecord>, t: &str, p: i32, e: i64| {
-            buffer
-                .iter()
-                .any(|r| r.topic == t && r.partition == p && r.offset >= e - 1)
+        // A batch's end may be a position past commit markers, which no record reaches.
+        let reached = |source: &Self, t: &str, p: i32, e: i64| {
+            source
+                .positions
+                .get(&(t.to_owned(), p))
+                .is_some_and(|pos| *pos >= e)
+                || source
+                    .buffer
+                    .iter()
+                    .any(|r| r.topic == t && r.partition == p && r.offset >= e - 1)
         };
         loop {
             let missing: Vec<&(String, i32, i64)> = wanted
                 .iter()
-                .filter(|(t, p, e)| !reached(&self.buffer, t, *p, *e))
+                .filter(|(t, p, e)| !reached(self, t, *p, *e))
                 .collect();
             if missing.is_empty() {
                 break;
@@ -425,6 +743,7 @@ impl Source for KafkaSource {
         if !self.buffer.is_empty() {
             return Ok(Poll::Batch(self.take_batch(limits.max_records)));
         }
+        self.commit_marker_positions().await?;
         if self.caught_up().await? {
             return Ok(Poll::Exhausted);
         }
@@ -432,40 +751,7 @@ impl Source for KafkaSource {
     }
 
     async fn commit(&mut self, end: &Offsets) -> Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in end.iter() {
-            if self.assigned.contains(&(topic.to_owned(), partition)) {
-                tpl.add_partition_offset(topic, partition, Offset::Offset(next))
-                    .map_err(|e| Error::Internal(format!("bad offset list: {e}")))?;
-            }
-        }
-        if tpl.count() == 0 {
-            return Ok(());
-        }
-        let consumer = self.consumer()?;
-        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await
-            .map_err(|e| Error::Internal(format!("kafka commit task failed: {e}")))?;
-        match result {
-            Ok(()) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.rdkafka_error_code(),
-                    Some(
-                        RDKafkaErrorCode::IllegalGeneration
-                            | RDKafkaErrorCode::UnknownMemberId
-                            | RDKafkaErrorCode::RebalanceInProgress
-                    )
-                ) =>
-            {
-                // The group moved these partitions while the batch was written: the new owner
-                // starts from the last committed offset and writes the same rows again, which the
-                // sinks' idempotent writes absorb.
-                tracing::warn!(error = %e, end = %end, "Offsets not committed: this instance lost the partitions during the batch.");
-                Ok(())
-            }
-            Err(e) => Err(self.error(format!("commit of {end} failed: {e}"), Retry::Transient)),
-        }
+        self.commit_offsets(end).await
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
@@ -475,6 +761,14 @@ impl Source for KafkaSource {
             ("rebalances", c.rebalances),
             ("dropped_on_revoke", c.dropped_on_revoke),
             ("consumer_errors", c.consumer_errors),
+            (
+                "lost_offsets",
+                c.lost_offsets
+                    + self
+                        .consumer
+                        .as_ref()
+                        .map_or(0, |consumer| consumer.context().lost_offsets()),
+            ),
             ("assigned_partitions", self.assigned.len() as u64),
         ]
     }
@@ -487,6 +781,20 @@ impl Source for KafkaSource {
         }
         Ok(())
     }
+}
+
+/// The consumer's position of each assigned partition that has one (a local read).
+fn positions(consumer: &BaseConsumer<SourceContext>) -> BTreeMap<Partition, i64> {
+    let Ok(tpl) = consumer.position() else {
+        return BTreeMap::new();
+    };
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(n) => Some(((e.topic().to_owned(), e.partition()), n)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The group's committed offset of each partition that has one.
