@@ -273,9 +273,22 @@ impl KafkaSource {
         if others.is_empty() {
             return Ok(true);
         }
+        let committed = self.group_committed(others.clone()).await?;
+        let latest = self.config.starting_offsets == StartingOffsets::Latest;
+        Ok(others.iter().all(|p| match committed.get(p) {
+            Some(&c) => c >= targets[p].1,
+            // Nothing committed yet: only a latest first start has nothing to read there.
+            None => latest,
+        }))
+    }
+
+    /// The group's committed offset of each of `partitions` that has one (a broker request).
+    async fn group_committed(
+        &self,
+        partitions: Vec<Partition>,
+    ) -> Result<BTreeMap<Partition, i64>> {
         let consumer = self.consumer()?;
-        let query = others.clone();
-        let committed = tokio::task::spawn_blocking(move || committed_positions(&consumer, &query))
+        tokio::task::spawn_blocking(move || committed_positions(&consumer, &partitions))
             .await
             .map_err(|e| Error::Internal(format!("kafka offsets task failed: {e}")))?
             .map_err(|e| {
@@ -283,13 +296,7 @@ impl KafkaSource {
                     format!("cannot read committed offsets: {e}"),
                     Retry::Transient,
                 )
-            })?;
-        let latest = self.config.starting_offsets == StartingOffsets::Latest;
-        Ok(others.iter().all(|p| match committed.get(p) {
-            Some(&c) => c >= targets[p].1,
-            // Nothing committed yet: only a latest first start has nothing to read there.
-            None => latest,
-        }))
+            })
     }
 
     /// Commits positions that commit markers alone moved (no record to hand out), for
@@ -662,17 +669,8 @@ impl Source for KafkaSource {
             .collect();
         // A partition whose group offset is already past the batch's end was finished by another
         // instance after a rebalance: nothing of it is left to replay here.
-        let consumer = self.consumer()?;
         let query: Vec<(String, i32)> = owned.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-        let committed = tokio::task::spawn_blocking(move || committed_positions(&consumer, &query))
-            .await
-            .map_err(|e| Error::Internal(format!("kafka offsets task failed: {e}")))?
-            .map_err(|e| {
-                self.error(
-                    format!("cannot read committed offsets: {e}"),
-                    Retry::Transient,
-                )
-            })?;
+        let committed = self.group_committed(query).await?;
         let wanted: Vec<(String, i32, i64)> = owned
             .into_iter()
             .filter(|(t, p, e)| committed.get(&(t.clone(), *p)).is_none_or(|c| c < e))
