@@ -835,3 +835,46 @@ fn watermarks(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_errors_that_retrying_cannot_fix_are_permanent() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::NotImplemented,
+            C::UnsupportedCompressionType,
+            C::BadCompression,
+            C::BadMessage,
+            C::InvalidMessage,
+            C::TopicAuthorizationFailed,
+            C::GroupAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+        ] {
+            assert_eq!(
+                retry_of(&KafkaError::MessageConsumption(code)),
+                Retry::Permanent,
+                "{code:?}"
+            );
+        }
+        assert_eq!(
+            retry_of(&KafkaError::MessageConsumptionFatal(C::Unknown)),
+            Retry::Permanent
+        );
+        for code in [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::NotLeaderForPartition,
+            C::UnknownTopicOrPartition,
+            C::RequestTimedOut,
+        ] {
+            assert_eq!(
+                retry_of(&KafkaError::MessageConsumption(code)),
+                Retry::Transient,
+                "{code:?}"
+            );
+        }
+    }
+}
