@@ -467,3 +467,90 @@ async fn records_deleted_by_retention_are_counted_and_the_query_goes_on_without_
         .collect();
     assert_eq!(stored(&store), kept);
 }
+
+/// The number text after `"field":` in a JSON object (decimals are exact JSON numbers, which
+/// `serde_json` would read as floats).
+fn number_text<'a>(json: &'a str, field: &str) -> &'a str {
+    let start = json
+        .find(&format!("\"{field}\":"))
+        .unwrap_or_else(|| panic!("no {field} in {json}"))
+        + field.len()
+        + 3;
+    let rest = &json[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_sink_writes_every_row_once_as_json_keyed_by_its_column() {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::str::FromStr;
+
+    let setup = Setup::new("ksink").await;
+    let out = format!("{}_out", setup.topic);
+    create_topic(&out, 3).await;
+    let (messages, expected) = trades(1_000, 26);
+    produce(&setup.topic, &messages).await;
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let (head, _) = text.split_once("[sink]").unwrap();
+    let config = setup.dir.path().join("kafka-sink.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{head}[sink]\ntype = \"kafka\"\ntopic = {out:?}\nkey = \"symbol\"\ncompression = \"zstd\"\n\n[dead_letter]\ntype = \"file\"\npath = {:?}\n",
+            setup.dir.path().join("dead_letters")
+        ),
+    )
+    .unwrap();
+    let log = Running::spawn(setup.run_with(&config, &[])).finish(Duration::from_secs(120));
+    assert_eq!(progress_sum(&log, "numInputRows"), 1_000, "{log}");
+    assert_committed_to_end(&setup.group, &setup.topic);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("sink_reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&out]).unwrap();
+    let mut written: BTreeMap<(String, i64), Vec<Decimal>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut count = 0;
+    while count < expected.len() && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let body = std::str::from_utf8(m.payload().unwrap()).unwrap();
+        let row: serde_json::Value = serde_json::from_str(body).unwrap();
+        let symbol = row["symbol"].as_str().unwrap().to_owned();
+        assert_eq!(m.key(), Some(symbol.as_bytes()), "keyed by symbol: {body}");
+        let profit = Decimal::from_str(number_text(body, "profit")).unwrap();
+        written
+            .entry((symbol, row["trade_id"].as_i64().unwrap()))
+            .or_default()
+            .push(profit);
+        count += 1;
+    }
+    // Nothing more than the rows arrives.
+    assert!(consumer.poll(Duration::from_secs(2)).is_none());
+    assert_eq!(count, expected.len());
+    let once: BTreeMap<(String, i64), Decimal> = written
+        .into_iter()
+        .map(|(k, v)| {
+            assert_eq!(v.len(), 1, "{k:?} written once");
+            (k, v[0])
+        })
+        .collect();
+    let normal = |m: &BTreeMap<(String, i64), Decimal>| -> BTreeMap<(String, i64), Decimal> {
+        m.iter().map(|(k, v)| (k.clone(), v.normalize())).collect()
+    };
+    assert_eq!(
+        normal(&once),
+        normal(&expected),
+        "every row, its exact profit"
+    );
+}

@@ -48,6 +48,8 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutConfig),
     /// Counted and dropped.
     Null {},
+    /// JSON rows on a Kafka topic.
+    Kafka(kafka::sink::KafkaSinkConfig),
 }
 
 /// `[dead_letter]`: where undecodable messages go.
@@ -84,6 +86,7 @@ pub fn build_sink(
         )?),
         SinkConfig::Stdout(c) => Box::new(stdout::StdoutSink::new(c.clone())),
         SinkConfig::Null {} => Box::new(stdout::NullSink::default()),
+        SinkConfig::Kafka(c) => Box::new(kafka::sink::KafkaSink::new(c.clone(), schema)?),
     })
 }
 
@@ -137,7 +140,7 @@ impl SinkConfig {
                     rebase(path, base);
                 }
             }
-            SinkConfig::Stdout(_) | SinkConfig::Null {} => {}
+            SinkConfig::Stdout(_) | SinkConfig::Null {} | SinkConfig::Kafka(_) => {}
         }
     }
 }

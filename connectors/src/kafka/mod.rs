@@ -14,6 +14,7 @@ pub mod config;
 mod context;
 pub mod dead_letter;
 pub mod producer;
+pub mod sink;
 pub mod source;
 
 use rdkafka::ClientConfig;
