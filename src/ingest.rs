@@ -41,18 +41,12 @@ async fn producer(
     compression: Compression,
 ) -> anyhow::Result<TopicProducer> {
     let brokers = brokers.unwrap_or_else(connectors::kafka::default_brokers);
-    let producer = TopicProducer::new(&brokers, topic, &producer_properties(compression))?;
+    let producer = TopicProducer::new(&brokers, topic, compression, &BTreeMap::new())?;
     producer
         .check(KAFKA_CHECK_TIMEOUT)
         .await
         .with_context(|| format!("Kafka at {brokers}"))?;
     Ok(producer)
-}
-
-/// The librdkafka properties the `--compression` flag stands for.
-pub fn producer_properties(compression: Compression) -> BTreeMap<String, String> {
-    let (key, value) = compression.property();
-    BTreeMap::from([(key.to_owned(), value.to_owned())])
 }
 
 /// A stop signal that turns true on the first SIGINT or SIGTERM; a second one exits at once.

@@ -255,7 +255,8 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         let producer = connectors::kafka::producer::TopicProducer::new(
             &brokers,
             &topic,
-            &crate::ingest::producer_properties(compression),
+            compression,
+            &Default::default(),
         )?;
         let records = (0..count).map(|_| {
             let trade = generator.next_trade();

@@ -182,14 +182,42 @@ impl FromStr for Compression {
     }
 }
 
-/// `dead_letter.compression`, with the key in the error: the config enums are internally tagged,
-/// so the TOML error cannot point at the line.
+impl Compression {
+    /// Reads the value of the config key `key` (e.g. `sink.compression`), naming the key in the
+    /// error: the config enums are internally tagged, so the TOML error cannot point at the line.
+    pub fn deserialize_key<'de, D: serde::Deserializer<'de>>(
+        d: D,
+        key: &str,
+    ) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
+    }
+
+    /// Refuses a codec set through the `properties` of config section `section`: the codec has
+    /// its own key, `<section>.compression`.
+    pub fn refuse_in_properties(
+        section: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        match COMPRESSION_PROPERTIES
+            .into_iter()
+            .find(|key| properties.contains_key(*key))
+        {
+            Some(key) => Err(Error::config(
+                format!("{section}.properties.{key}"),
+                format!("set {section}.compression instead"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `dead_letter.compression`.
 fn dead_letter_compression<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Compression, D::Error> {
-    let text = String::deserialize(d)?;
-    text.parse()
-        .map_err(|e| serde::de::Error::custom(format!("dead_letter.compression: {e}")))
+    Compression::deserialize_key(d, "dead_letter.compression")
 }
 
 /// `[dead_letter] type = "kafka"`: dead letters as JSON messages on a topic.
@@ -214,15 +242,7 @@ impl KafkaDeadLetterConfig {
         if self.topic.trim().is_empty() {
             return Err(Error::config("dead_letter.topic", "must not be empty"));
         }
-        for key in COMPRESSION_PROPERTIES {
-            if self.properties.contains_key(key) {
-                return Err(Error::config(
-                    format!("dead_letter.properties.{key}"),
-                    "set dead_letter.compression instead",
-                ));
-            }
-        }
-        Ok(())
+        Compression::refuse_in_properties("dead_letter", &self.properties)
     }
 }
 

@@ -8,6 +8,8 @@ use engine::{Error, Result, Retry};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use super::config::Compression;
+
 /// How long one message may wait for the broker's acknowledgement (librdkafka retries inside).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -21,14 +23,19 @@ pub struct TopicProducer {
 }
 
 impl TopicProducer {
-    /// A producer for `topic` on `brokers` (extra librdkafka properties in `properties`).
-    pub fn new(brokers: &str, topic: &str, properties: &BTreeMap<String, String>) -> Result<Self> {
-        // Batched sends (never a flush per message); the user's properties may retune these
-        // (the binary's `--compression` arrives as `compression.type`), but not idempotence,
-        // which keeps a retried send from writing a trade twice.
+    /// A producer for `topic` on `brokers` whose record batches are compressed with
+    /// `compression` (extra librdkafka properties in `properties`).
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        compression: Compression,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        // Batched sends (never a flush per message); the user's properties may retune these,
+        // but not idempotence, which keeps a retried send from writing a trade twice.
         let defaults = [
             ("linger.ms", "10"),
-            ("compression.type", "lz4"),
+            compression.property(),
             ("queue.buffering.max.messages", "1000000"),
         ];
         let producer = super::client_config(brokers, &defaults, properties)

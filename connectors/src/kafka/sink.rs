@@ -16,18 +16,16 @@ use async_trait::async_trait;
 use engine::{Error, Result, Sink};
 use serde::Deserialize;
 
-use super::config::{COMPRESSION_PROPERTIES, Compression};
+use super::config::Compression;
 use super::producer::TopicProducer;
 
 fn default_compression() -> Compression {
     Compression::Lz4
 }
 
-/// `sink.compression`, with the key in the error (the config enums are internally tagged).
+/// `sink.compression`.
 fn sink_compression<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Compression, D::Error> {
-    let text = String::deserialize(d)?;
-    text.parse()
-        .map_err(|e| serde::de::Error::custom(format!("sink.compression: {e}")))
+    Compression::deserialize_key(d, "sink.compression")
 }
 
 /// `[sink] type = "kafka"`.
@@ -58,15 +56,7 @@ impl KafkaSinkConfig {
         if self.key.trim().is_empty() {
             return Err(Error::config("sink.key", "must name an output column"));
         }
-        for key in COMPRESSION_PROPERTIES {
-            if self.properties.contains_key(key) {
-                return Err(Error::config(
-                    format!("sink.properties.{key}"),
-                    "set sink.compression instead",
-                ));
-            }
-        }
-        Ok(())
+        Compression::refuse_in_properties("sink", &self.properties)
     }
 }
 
@@ -98,10 +88,12 @@ impl KafkaSink {
             .brokers
             .clone()
             .unwrap_or_else(super::default_brokers);
-        let mut properties = config.properties.clone();
-        let (name, value) = config.compression.property();
-        properties.insert(name.to_owned(), value.to_owned());
-        let producer = TopicProducer::new(&brokers, &config.topic, &properties)?;
+        let producer = TopicProducer::new(
+            &brokers,
+            &config.topic,
+            config.compression,
+            &config.properties,
+        )?;
         Ok(Self {
             config,
             producer,

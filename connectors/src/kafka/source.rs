@@ -218,18 +218,19 @@ impl KafkaSource {
         // Where the batch holds a partition's last fetched record, its end is the consumer's
         // position: past the commit markers (and compacted offsets) after that record, so
         // committing it leaves no lag that no record will ever fill.
-        let still_buffered: BTreeSet<Partition> = self
+        // Borrowed keys and one pass over what stays buffered: no copy per record.
+        let still_buffered: BTreeSet<(&str, i32)> = self
             .buffer
             .iter()
-            .map(|r| (r.topic.clone(), r.partition))
+            .map(|r| (r.topic.as_str(), r.partition))
             .collect();
-        let ends: Vec<(String, i32, i64)> =
-            end.iter().map(|(t, p, e)| (t.to_owned(), p, e)).collect();
-        for (topic, partition, mut next) in ends {
+        let ends: Vec<(String, i32, i64, bool)> = end
+            .iter()
+            .map(|(t, p, e)| (t.to_owned(), p, e, still_buffered.contains(&(t, p))))
+            .collect();
+        for (topic, partition, mut next, buffered) in ends {
             let key = (topic, partition);
-            if !still_buffered.contains(&key)
-                && let Some(&position) = self.positions.get(&key)
-            {
+            if !buffered && let Some(&position) = self.positions.get(&key) {
                 next = next.max(position);
                 end.set(&key.0, partition, next);
             }
@@ -339,13 +340,32 @@ impl KafkaSource {
     /// marker, an aborted transaction or compaction.
     async fn check_for_loss(&mut self, records: &[RawRecord]) -> Result<()> {
         let mut jumps: Vec<(Partition, i64, i64)> = Vec::new();
+        // Per partition of this gather, the next expected offset: the map is read and written
+        // once per partition, not once per record (this runs for every record consumed).
+        let mut next: Vec<(&str, i32, Option<i64>)> = Vec::new();
         for r in records {
-            let key = (r.topic.clone(), r.partition);
-            match self.expected.get(&key) {
-                Some(&e) if r.offset > e => jumps.push((key.clone(), e, r.offset)),
-                _ => {}
+            let slot = match next
+                .iter()
+                .position(|(t, p, _)| *t == r.topic && *p == r.partition)
+            {
+                Some(i) => i,
+                None => {
+                    let known = self.expected.get(&(r.topic.clone(), r.partition)).copied();
+                    next.push((&r.topic, r.partition, known));
+                    next.len() - 1
+                }
+            };
+            if let Some(e) = next[slot].2
+                && r.offset > e
+            {
+                jumps.push(((r.topic.clone(), r.partition), e, r.offset));
             }
-            self.expected.insert(key, r.offset + 1);
+            next[slot].2 = Some(r.offset + 1);
+        }
+        for (topic, partition, expected) in next {
+            if let Some(e) = expected {
+                self.expected.insert((topic.to_owned(), partition), e);
+            }
         }
         for (partition, &position) in &self.positions {
             if let Some(&e) = self.expected.get(partition)
