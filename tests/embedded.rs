@@ -798,6 +798,9 @@ fn progress_lines(o: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `profit-overflow-poison-pill` case on the replay path: the 4 ordinary trades are stored,
+/// the overflowing one is dead-lettered with DataFusion's message, the run exits 0 and a second
+/// run finds nothing left to do.
 #[test]
 fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();

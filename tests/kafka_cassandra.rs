@@ -216,6 +216,9 @@ async fn hostile_messages_go_to_the_dead_letter_topic_with_their_reason() {
     }
 }
 
+/// The `profit-overflow-poison-pill` case on the Kafka path: the good rows are stored, the
+/// overflowing one goes to the dead-letter topic, and the group commits past it, so a second run
+/// reads nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_group_commits_past_it() {
     let setup = Setup::new("poison").await;
@@ -233,18 +236,9 @@ async fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_group_commits_p
     assert_eq!(messages.len(), 3);
     produce(&setup.topic, &messages).await;
 
-    let store = setup.dir.path().join("profit");
     let text = std::fs::read_to_string(&setup.config).unwrap();
-    let (head, rest) = text.split_once("[sink]").unwrap();
-    let (_, tail) = rest.split_once("[dead_letter]").unwrap();
-    let config = setup.dir.path().join("parquet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{head}[sink]\ntype = \"parquet\"\npath = {store:?}\npartition_by = [\"symbol\"]\n\n[dead_letter]{tail}"
-        ),
-    )
-    .unwrap();
+    let (_, dead_letter) = text.split_once("[dead_letter]\n").unwrap();
+    let (config, store) = setup.parquet_config(&text, dead_letter);
 
     let expected: BTreeMap<(String, i64), Decimal> = [
         (("ADA-USD".to_owned(), 96034230), "646.8"),

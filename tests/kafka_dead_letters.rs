@@ -63,18 +63,17 @@ async fn produce_one(topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
 /// The setup's config with the Parquet store under the test's folder and `dead_letter` as the
 /// `[dead_letter]` section.
 fn parquet_config(setup: &Setup, dead_letter: &str) -> (PathBuf, PathBuf) {
-    let store = setup.dir.path().join("profit");
     let text = std::fs::read_to_string(&setup.config).unwrap();
-    let (head, _) = text.split_once("[sink]").unwrap();
-    let config = setup.dir.path().join("parquet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{head}[sink]\ntype = \"parquet\"\npath = {store:?}\npartition_by = [\"symbol\"]\n\n[dead_letter]\ntype = \"kafka\"\n{dead_letter}\n"
-        ),
-    )
-    .unwrap();
-    (config, store)
+    setup.parquet_config(&text, &format!("type = \"kafka\"\n{dead_letter}\n"))
+}
+
+/// Nothing past the batch holding `offset` of `partition` was committed.
+fn assert_not_committed_past(setup: &Setup, partition: i32, offset: i64) {
+    let at = committed_and_end(&setup.group, &setup.topic)
+        .into_iter()
+        .find(|(p, _, _)| *p == partition)
+        .unwrap();
+    assert!(at.1.is_none_or(|c| c <= offset), "{at:?}");
 }
 
 /// Every message of `topic`, as JSON: waits for `count`, then for any more.
@@ -240,11 +239,7 @@ async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
         "{err}"
     );
     assert!(!err.contains("Transient failure"), "{err}");
-    let at = committed_and_end(&setup.group, &setup.topic)
-        .into_iter()
-        .find(|(p, _, _)| *p == partition)
-        .unwrap();
-    assert!(at.1.is_none_or(|c| c <= offset), "{at:?}");
+    assert_not_committed_past(&setup, partition, offset);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,12 +301,7 @@ async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
         !err.contains("Transient failure"),
         "not retried as transient: {err}"
     );
-    // Nothing past the batch holding the bad message was committed.
-    let at = committed_and_end(&setup.group, &setup.topic)
-        .into_iter()
-        .find(|(p, _, _)| *p == partition)
-        .unwrap();
-    assert!(at.1.is_none_or(|c| c <= offset), "{at:?}");
+    assert_not_committed_past(&setup, partition, offset);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

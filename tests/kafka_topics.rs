@@ -104,7 +104,6 @@ fn lines(messages: &[(String, Vec<u8>)]) -> Vec<String> {
 /// The test's pipeline with a Parquet sink, reading `topics`, with `source_lines` replacing the
 /// shipped `starting_offsets`/`fail_on_data_loss` lines.
 fn parquet_config(setup: &Setup, topics: &[String], source_lines: &str) -> (PathBuf, PathBuf) {
-    let store = setup.dir.path().join("profit");
     let text = std::fs::read_to_string(&setup.config).unwrap();
     let quoted: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
     let text = text
@@ -121,17 +120,8 @@ fn parquet_config(setup: &Setup, topics: &[String], source_lines: &str) -> (Path
             },
         )
         .replace("fail_on_data_loss = true", "");
-    let (head, _) = text.split_once("[sink]").unwrap();
-    let config = setup.dir.path().join("parquet.toml");
     let letters = setup.dir.path().join("dead_letters");
-    std::fs::write(
-        &config,
-        format!(
-            "{head}[sink]\ntype = \"parquet\"\npath = {store:?}\npartition_by = [\"symbol\"]\n\n[dead_letter]\ntype = \"file\"\npath = {letters:?}\n"
-        ),
-    )
-    .unwrap();
-    (config, store)
+    setup.parquet_config(&text, &format!("type = \"file\"\npath = {letters:?}\n"))
 }
 
 fn stored(store: &Path) -> BTreeMap<(String, i64), Decimal> {

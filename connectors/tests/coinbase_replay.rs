@@ -411,7 +411,13 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
         chrono::Utc::now().timestamp_millis()
     );
     create_topic(&topic, 3).await;
-    let producer = TopicProducer::new(&brokers(), &topic, &Default::default()).unwrap();
+    let producer = TopicProducer::new(
+        &brokers(),
+        &topic,
+        connectors::kafka::config::Compression::Lz4,
+        &Default::default(),
+    )
+    .unwrap();
     producer
         .check(Duration::from_secs(15))
         .await

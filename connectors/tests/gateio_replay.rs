@@ -332,7 +332,13 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
         chrono::Utc::now().timestamp_millis()
     );
     create_topic(&topic).await;
-    let producer = TopicProducer::new(&brokers(), &topic, &Default::default()).unwrap();
+    let producer = TopicProducer::new(
+        &brokers(),
+        &topic,
+        connectors::kafka::config::Compression::Lz4,
+        &Default::default(),
+    )
+    .unwrap();
     producer
         .check(Duration::from_secs(15))
         .await

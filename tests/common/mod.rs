@@ -131,6 +131,23 @@ impl Setup {
         }
     }
 
+    /// Writes `text` (this setup's config, as the test edited it) with the Cassandra sink
+    /// replaced by a Parquet store under the test's folder and `dead_letter` as the body of the
+    /// `[dead_letter]` section; returns the config file and the store's folder.
+    pub fn parquet_config(&self, text: &str, dead_letter: &str) -> (PathBuf, PathBuf) {
+        let store = self.dir.path().join("profit");
+        let (head, _) = text.split_once("[sink]").unwrap();
+        let config = self.dir.path().join("parquet.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "{head}[sink]\ntype = \"parquet\"\npath = {store:?}\npartition_by = [\"symbol\"]\n\n[dead_letter]\n{dead_letter}"
+            ),
+        )
+        .unwrap();
+        (config, store)
+    }
+
     pub fn run(&self, extra: &[&str]) -> Command {
         self.run_with(&self.config, extra)
     }
