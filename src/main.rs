@@ -36,7 +36,9 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {e:#}");
+            // Every cause once (anyhow's `{:#}` would repeat the causes that DataFusion, rdkafka
+            // and scylla already print inside their own messages).
+            eprintln!("error: {}", engine::report(e.as_ref()));
             ExitCode::FAILURE
         }
     }

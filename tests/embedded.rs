@@ -742,6 +742,13 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
         "{}",
         stderr(&out)
     );
+    // The whole chain, each cause once: what failed, then DataFusion's parser error under it.
+    assert!(
+        stderr(&out).contains("profit.sql): planning failed: SQL error: ParserError")
+            && stderr(&out).matches("ParserError").count() == 1,
+        "{}",
+        stderr(&out)
+    );
     assert!(!dir.path().join("data/profit").exists(), "no data flowed");
 
     std::fs::write(
@@ -776,6 +783,34 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
 }
 
 /// Every dead letter written under `dir` (JSON objects), by offset.
+#[test]
+fn a_sink_error_prints_its_cause_from_the_operating_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &repo().join("required_data/sample_trades.jsonl"),
+    );
+    // A file where the Parquet folder goes: the healthcheck cannot create the folder.
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/profit"), "not a folder").unwrap();
+    let out = coinstream(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: sink parquet ")
+            && last.contains("/data/profit: folder is not writable: ")
+            && last.ends_with("File exists (os error 17)"),
+        "the sink, what failed, then the io error under it: {err}"
+    );
+}
+
 fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
     let mut letters = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -10,6 +10,7 @@ pub mod cassandra;
 pub mod coinbase;
 pub mod common;
 pub mod dead_letter;
+pub mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod gateio;
@@ -20,6 +21,7 @@ pub mod replay;
 pub mod stdout;
 
 use engine::{DeadLetterSink, Result, Sink, Source};
+pub use error::Error;
 use serde::Deserialize;
 
 /// `[source]`: where messages come from.

@@ -155,10 +155,11 @@ impl EngineContext {
         );
         self.session
             .register_table(planned.name(), Arc::new(view))
-            .map_err(|e| Error::Sql {
+            .map_err(|source| Error::Sql {
                 name: planned.name().to_owned(),
                 file: planned.file().to_owned(),
-                message: e.to_string(),
+                message: "cannot register it as a view".into(),
+                source,
             })?;
         Ok(planned)
     }

@@ -42,6 +42,7 @@ mod isolate;
 pub mod offsets;
 pub mod progress;
 pub mod reference;
+pub mod retry;
 pub mod runtime;
 pub mod schema;
 pub mod sink;
@@ -50,7 +51,7 @@ pub mod transform;
 pub mod trigger;
 
 pub use bytes::Bytes;
-pub use error::{Error, Result, Retry};
+pub use error::{BoxError, Error, Result, Retry, report};
 pub use offsets::Offsets;
 pub use sink::{DeadLetter, DeadLetterSink, Sink};
 pub use source::{Poll, PollLimits, RawRecord, Source, SourceBatch, StartRequest};

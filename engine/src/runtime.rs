@@ -17,53 +17,14 @@ use tokio::sync::watch;
 use crate::checkpoint::{Checkpoint, PlannedBatch, QueryIdentity};
 use crate::context::InputSlot;
 use crate::decode::{Decoded, RecordDecoder};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, report};
 use crate::isolate::{Isolation, isolate};
 use crate::progress::{BatchProgress, Durations, SinkProgress, SourceProgress};
+use crate::retry::{Backoff, retry_transient};
 use crate::sink::{DeadLetter, DeadLetterSink, Sink};
 use crate::source::{Poll, PollLimits, RawRecord, Source, SourceBatch, StartRequest};
 use crate::transform::PlannedTransform;
 use crate::trigger::Trigger;
-
-/// The first and the longest pause between retries of a transient failure.
-const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-
-/// Retries `$op` (an expression giving a future of `Result<()>`) while it fails transiently, with
-/// exponential backoff, until it succeeds, fails permanently, or `$shutdown` turns true (the batch
-/// is then left uncommitted, to be replayed). A macro because the future borrows the caller's
-/// fields afresh on every attempt.
-macro_rules! retry_transient {
-    ($shutdown:expr, $what:expr, $op:expr) => {{
-        let mut backoff = RETRY_BACKOFF.0;
-        let mut failures = 0u32;
-        loop {
-            match $op.await {
-                Ok(()) => {
-                    if failures > 0 {
-                        tracing::info!(what = $what, failures, "Recovered after transient failures.");
-                    }
-                    break Ok(());
-                }
-                Err(e) if e.is_transient() => {
-                    failures += 1;
-                    tracing::warn!(what = $what, error = %e, failures, retry_in_ms = backoff.as_millis() as u64,
-                        "Transient failure; nothing is committed until it succeeds.");
-                    tokio::select! {
-                        _ = $shutdown.changed() => {
-                            break Err(Error::Stopped(format!(
-                                "{} still failing at shutdown: {e}; the batch stays uncommitted and is replayed on restart",
-                                $what
-                            )));
-                        }
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(RETRY_BACKOFF.1);
-                }
-                Err(e) => break Err(e),
-            }
-        }
-    }};
-}
 
 /// How long an available-now poll may wait for records that are there but not yet delivered.
 const AVAILABLE_NOW_WAIT: Duration = Duration::from_millis(500);
@@ -120,7 +81,14 @@ impl StreamingQuery {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<RunSummary> {
         // A sink that is down at start (a transient failure) is waited for, as one that goes down
         // mid-run is.
-        retry_transient!(shutdown, "sink healthcheck", self.sink.healthcheck())?;
+        let mut backoff = Backoff::default();
+        retry_transient(
+            &mut backoff,
+            &mut shutdown,
+            "sink healthcheck",
+            async || self.sink.healthcheck().await,
+        )
+        .await?;
         let recovered = match &self.checkpoint {
             Some(cp) => {
                 cp.bind(&QueryIdentity {
@@ -166,6 +134,9 @@ impl StreamingQuery {
             Trigger::AvailableNow => Duration::ZERO,
         };
         let mut next_tick = Instant::now();
+        // The poll's retries stop with the run: the select below drops them when `shutdown`
+        // turns true, through its own receiver.
+        let mut poll_shutdown = shutdown.clone();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -195,7 +166,8 @@ impl StreamingQuery {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Step::Done,
-                polled = self.poll_with_retry(limits) => match polled? {
+                polled = retry_transient(&mut backoff, &mut poll_shutdown, "source poll",
+                    async || self.source.poll(limits).await) => match polled? {
                     Poll::Batch(b) => Step::Batch(b, started.elapsed()),
                     Poll::Idle => Step::Idle,
                     Poll::Exhausted => Step::Done,
@@ -270,21 +242,26 @@ impl StreamingQuery {
 
         let t = Instant::now();
         let output_rows: usize = rows.iter().map(RecordBatch::num_rows).sum();
-        retry_transient!(shutdown, "sink write", self.sink.write(batch_id, &rows))?;
+        let mut backoff = Backoff::default();
+        retry_transient(&mut backoff, shutdown, "sink write", async || {
+            self.sink.write(batch_id, &rows).await
+        })
+        .await?;
         if !dead_letters.is_empty() {
             tracing::warn!(batch_id, count = dead_letters.len(),
                 first_reason = %dead_letters[0].reason, "Messages went to the dead-letter output.");
-            let letters = &dead_letters;
-            retry_transient!(
-                shutdown,
-                "dead-letter write",
-                self.dead_letters.write(batch_id, letters)
-            )?;
+            retry_transient(&mut backoff, shutdown, "dead-letter write", async || {
+                self.dead_letters.write(batch_id, &dead_letters).await
+            })
+            .await?;
         }
         let sink = t.elapsed();
 
         let t = Instant::now();
-        retry_transient!(shutdown, "source commit", self.source.commit(&batch.end))?;
+        retry_transient(&mut backoff, shutdown, "source commit", async || {
+            self.source.commit(&batch.end).await
+        })
+        .await?;
         if let Some(cp) = &self.checkpoint {
             cp.commit(batch_id)?;
         }
@@ -423,7 +400,7 @@ impl StreamingQuery {
         let letters = failing
             .into_iter()
             .map(|(row, error)| {
-                DeadLetter::from_record(&records[decoded.rows[row]], error.to_string())
+                DeadLetter::from_record(&records[decoded.rows[row]], report(&error).to_string())
             })
             .collect();
         Ok((rows, letters))
@@ -439,30 +416,17 @@ impl StreamingQuery {
 
     /// The fatal error for a transform error that no single row explains.
     fn unexplained(&self, rows: &str, error: Error) -> Error {
-        let message = match error {
-            Error::SqlRows { message, .. } => message,
-            other => other.to_string(),
+        let source = match error {
+            Error::SqlRows { source, .. } => source,
+            other => datafusion::error::DataFusionError::External(Box::new(other)),
         };
         Error::Sql {
             name: self.transform.name().to_owned(),
             file: self.transform.file().to_owned(),
             message: format!(
-                "no single row explains the error, so no row can be dead-lettered for it and the query stops with the batch uncommitted: {rows}: {message}"
+                "no single row explains the error, so no row can be dead-lettered for it and the query stops with the batch uncommitted: {rows}"
             ),
-        }
-    }
-
-    async fn poll_with_retry(&mut self, limits: PollLimits) -> Result<Poll> {
-        let mut backoff = RETRY_BACKOFF.0;
-        loop {
-            match self.source.poll(limits).await {
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Source poll failed; retrying.");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF.1);
-                }
-                other => return other,
-            }
+            source,
         }
     }
 }

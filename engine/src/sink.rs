@@ -6,6 +6,14 @@
 //! same batch id if the engine restarted before committing it: writes must be idempotent per
 //! batch id), [`Sink::close`] once on shutdown. A `write` that returns `Ok` has made every row
 //! durable; the source is committed only after that.
+//!
+//! # Errors
+//! Every method fails with [`Error::Sink`](crate::Error::Sink), whose `retry` says whether trying
+//! again may help and whose source is the client library's error. The runtime retries
+//! [`Retry::Transient`](crate::Retry) failures of `healthcheck` and `write` with its backoff
+//! ([`crate::retry`]) until they succeed or the run is stopped (the batch then stays
+//! uncommitted); a permanent failure stops the run at once. A sink never sleeps and retries on
+//! its own (a driver's immediate retry on another node is fine).
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -20,14 +28,27 @@ pub trait Sink: Send {
     fn description(&self) -> String;
 
     /// Does what `write` will do, without side effects (e.g. prepares the insert statement).
+    ///
+    /// # Errors
+    /// Transient when the service cannot be reached (the runtime waits for it, as for a sink that
+    /// goes down mid-run); permanent when writing cannot work (a table whose columns do not
+    /// match, refused credentials, a folder that cannot be written).
     async fn healthcheck(&mut self) -> Result<()> {
         Ok(())
     }
 
     /// Writes one batch's rows; returns once every row is durable.
+    ///
+    /// # Errors
+    /// Transient when some rows may not be durable but a retry may make them so (timeouts, an
+    /// unreachable service: the runtime writes the same batch again); permanent when the rows
+    /// cannot be written (a null in a key column, refused credentials).
     async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()>;
 
     /// Flushes and releases resources.
+    ///
+    /// # Errors
+    /// Reported as the run's error (a Parquet file whose footer could not be written).
     async fn close(&mut self) -> Result<()> {
         Ok(())
     }
@@ -77,9 +98,17 @@ pub trait DeadLetterSink: Send {
     fn description(&self) -> String;
 
     /// Stores one batch's dead letters durably (idempotent per batch id, as [`Sink::write`]).
+    ///
+    /// # Errors
+    /// As [`Sink::write`]: transient failures are retried by the runtime, and the batch is not
+    /// committed before its dead letters are stored; a permanent one (a topic that does not
+    /// exist, a letter the output refuses even cut down) stops the run.
     async fn write(&mut self, batch_id: u64, letters: &[DeadLetter]) -> Result<()>;
 
     /// Flushes and releases resources.
+    ///
+    /// # Errors
+    /// Reported as the run's error.
     async fn close(&mut self) -> Result<()> {
         Ok(())
     }

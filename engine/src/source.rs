@@ -17,6 +17,13 @@
 //!
 //! Cancellation: the runtime may drop a `poll` future when shutting down; a source must not lose
 //! records by that (records are only "taken" once committed).
+//!
+//! # Errors
+//! Every method fails with [`Error::Source`](crate::Error::Source), whose `retry` says whether
+//! trying again may help and whose source is the client library's error. The runtime retries
+//! [`Retry::Transient`](crate::Retry) failures of `poll` and `commit` with its backoff
+//! ([`crate::retry`]) until they succeed or the run is stopped; any other failure stops the run
+//! with the batch uncommitted. A source never sleeps and retries on its own.
 
 use std::time::{Duration, SystemTime};
 
@@ -117,24 +124,42 @@ pub trait Source: Send {
     }
 
     /// Prepares to read; see [`StartRequest`].
+    ///
+    /// # Errors
+    /// Any failure stops the run, transient or not (nothing has been read yet, so a restart loses
+    /// nothing): positions that do not fit the source (permanent), a service that cannot be
+    /// reached (transient).
     async fn start(&mut self, request: StartRequest) -> Result<()>;
 
     /// Reads exactly the records between `start` and `end` again (a batch that was planned but
     /// not committed before a crash). The default refuses: a source that cannot replay must not
     /// pretend to.
+    ///
+    /// # Errors
+    /// Permanent when the range cannot be read exactly again (the default; records that expired
+    /// from the source); the run stops, with the batch still planned in the checkpoint.
     async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
         let _ = (start, end);
-        Err(crate::Error::Source {
-            name: self.description(),
-            message: "this source cannot replay an uncommitted batch".into(),
-            retry: crate::error::Retry::Permanent,
-        })
+        Err(crate::Error::source_failed(
+            self.description(),
+            "this source cannot replay an uncommitted batch",
+            crate::error::Retry::Permanent,
+        ))
     }
 
     /// Returns the next batch, waiting at most `limits.max_wait`.
+    ///
+    /// # Errors
+    /// Transient when the service is unreachable or timed out (the runtime polls again after a
+    /// backoff); permanent when reading cannot work (refused credentials, an unsupported codec,
+    /// a feed that sends nothing usable).
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll>;
 
     /// Makes the batch ending at `end` durable at the source (after the sink acknowledged it).
+    ///
+    /// # Errors
+    /// Transient when the commit may succeed later (the runtime retries it; the rows are already
+    /// written, so a commit that never succeeds means they are written again after a restart).
     async fn commit(&mut self, end: &Offsets) -> Result<()>;
 
     /// Counters the source keeps (e.g. reconnects, gaps), reported with each batch's progress.
@@ -143,6 +168,9 @@ pub trait Source: Send {
     }
 
     /// Releases the source's resources.
+    ///
+    /// # Errors
+    /// Reported as the run's error, after every batch was committed.
     async fn close(&mut self) -> Result<()> {
         Ok(())
     }

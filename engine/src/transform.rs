@@ -61,10 +61,11 @@ pub struct PlannedTransform {
 impl PlannedTransform {
     /// Plans `file` against `session`'s tables.
     pub async fn plan(session: &SessionContext, file: TransformFile) -> Result<Self> {
-        let sql_error = |e: datafusion::error::DataFusionError| Error::Sql {
+        let sql_error = |source: datafusion::error::DataFusionError| Error::Sql {
             name: file.name.clone(),
             file: file.path.clone(),
-            message: e.to_string(),
+            message: "planning failed".into(),
+            source,
         };
         let frame = session.sql(&file.sql).await.map_err(sql_error)?;
         // The optimised plan, so `explain` shows what runs (projections pushed into the scans).
@@ -115,23 +116,16 @@ impl PlannedTransform {
         let plan = reset_plan_states(self.physical.clone())?;
         let batches = collect(plan.clone(), self.task_ctx.clone())
             .await
-            .map_err(|e| {
-                let (name, file, message) = (
-                    self.file.name.clone(),
-                    self.file.path.clone(),
-                    e.to_string(),
-                );
-                if is_row_error(&e) {
-                    Error::SqlRows {
-                        name,
-                        file,
-                        message,
-                    }
+            .map_err(|source| {
+                let (name, file) = (self.file.name.clone(), self.file.path.clone());
+                if is_row_error(&source) {
+                    Error::SqlRows { name, file, source }
                 } else {
                     Error::Sql {
                         name,
                         file,
-                        message,
+                        message: "execution failed".into(),
+                        source,
                     }
                 }
             })?;

@@ -148,11 +148,7 @@ impl Sink for MemorySink {
             if f.is_empty() { None } else { f.remove(0) }
         };
         if let Some(retry) = scripted {
-            return Err(Error::Sink {
-                name: "memory".into(),
-                message: "scripted failure".into(),
-                retry,
-            });
+            return Err(Error::sink_failed("memory", "scripted failure", retry));
         }
         let mut w = self.written.lock().unwrap();
         w.retain(|(id, _)| *id != batch_id);

@@ -34,11 +34,11 @@ use super::advanced;
 use super::config::{FeedKind, Settings};
 use super::feed::{self, FeedEvent};
 use super::gaps::{Lost, Seen, TradeTracker};
-use crate::common::backoff::Backoff;
 use crate::common::counters::{CounterSet, add, read};
 use crate::common::excerpt::excerpt;
 use crate::common::trade::{TradeRecord, rfc3339_micros};
 use crate::common::websocket::{self, WsStream};
+use engine::retry::Backoff;
 
 /// One trade to hand on, with when its frame arrived.
 #[derive(Debug, Clone)]
@@ -314,6 +314,7 @@ impl Client {
             name: format!("coinbase {}", self.settings.url),
             message,
             retry: Retry::Permanent,
+            source: None,
         }
     }
 

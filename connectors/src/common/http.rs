@@ -33,7 +33,9 @@ impl Response {
     }
 }
 
-/// Why a request got no response. All of these are transient from the client's point of view.
+/// Why a request got no response. The message never repeats the source's (hyper's messages,
+/// e.g. "client error (Connect)", only make sense with their causes: print the chain with
+/// [`engine::report`]).
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The URL cannot be requested.
@@ -53,7 +55,7 @@ pub enum HttpError {
         after: Duration,
     },
     /// Connecting or sending failed, or the response head was bad.
-    #[error("GET {url}: {source}")]
+    #[error("GET {url}")]
     Request {
         /// The URL.
         url: String,
@@ -62,7 +64,7 @@ pub enum HttpError {
         source: hyper_util::client::legacy::Error,
     },
     /// The body broke off.
-    #[error("GET {url}: reading the body: {source}")]
+    #[error("GET {url}: reading the body")]
     Body {
         /// The URL.
         url: String,
@@ -73,18 +75,15 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// The message followed by every underlying cause (hyper's own message alone, e.g. "client
-    /// error (Connect)", does not say what failed).
-    pub fn with_causes(&self) -> String {
-        // The message already shows the direct source.
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self).and_then(|s| s.source());
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
+    /// A bad URL is permanent (retrying sends the same URL); no response in time, a failed
+    /// connection and a body that broke off are transient.
+    pub fn retry(&self) -> engine::Retry {
+        match self {
+            HttpError::Url { .. } => engine::Retry::Permanent,
+            HttpError::Timeout { .. } | HttpError::Request { .. } | HttpError::Body { .. } => {
+                engine::Retry::Transient
+            }
         }
-        text
     }
 }
 

@@ -96,6 +96,7 @@ impl GateClient {
             name: format!("gateio {}", self.base_url),
             message,
             retry,
+            source: None,
         }
     }
 
@@ -128,7 +129,7 @@ impl GateClient {
             }
             add(&self.counters.requests, 1);
             let transient = match self.http.get(&url).await {
-                Err(e) => e.with_causes(),
+                Err(e) => engine::report(&e).to_string(),
                 Ok(response) => {
                     self.note_rate_limit(&response);
                     let status = response.status;

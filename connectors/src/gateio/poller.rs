@@ -208,6 +208,7 @@ impl Poller {
                 self.first_bad_row.as_deref().unwrap_or_default()
             ),
             retry: engine::Retry::Permanent,
+            source: None,
         })
     }
 
@@ -225,10 +226,16 @@ impl Poller {
             return Ok(());
         }
         Err(Stop::Failed(match error {
-            Error::Source { name, message, .. } => Error::Source {
+            Error::Source {
+                name,
+                message,
+                source,
+                ..
+            } => Error::Source {
                 name,
                 message: format!("every currency pair was refused; the last, {pair}: {message}"),
                 retry: engine::Retry::Permanent,
+                source,
             },
             other => other,
         }))

@@ -157,6 +157,7 @@ impl GenerateSource {
                 name: self.description(),
                 message: format!("the checkpoint's offsets {offsets} hold no position of {TOPIC}"),
                 retry: engine::Retry::Permanent,
+                source: None,
             }),
         }
     }

@@ -162,6 +162,7 @@ impl KafkaDeadLetterSink {
                 TRUNCATION_STEPS[TRUNCATION_STEPS.len() - 1],
             ),
             retry: Retry::Permanent,
+            source: None,
         })
     }
 
@@ -201,6 +202,7 @@ impl KafkaDeadLetterSink {
                 letter.topic, letter.partition, letter.offset, self.config.topic
             ),
             retry,
+            source: None,
         }
     }
 }
@@ -248,6 +250,7 @@ impl DeadLetterSink for KafkaDeadLetterSink {
                 name: self.description(),
                 message: format!("flush failed: {e}"),
                 retry: Retry::Transient,
+                source: None,
             })
     }
 }

@@ -9,6 +9,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::config::Compression;
+use crate::Error as ClientError;
 
 /// How long one message may wait for the broker's acknowledgement (librdkafka retries inside).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -45,7 +46,10 @@ impl TopicProducer {
             .map_err(|e| {
                 Error::config(
                     "brokers",
-                    format!("cannot create a Kafka producer for {brokers}: {e}"),
+                    format!(
+                        "cannot create a Kafka producer for {brokers}: {}",
+                        engine::report(&e)
+                    ),
                 )
             })?;
         Ok(Self {
@@ -55,6 +59,12 @@ impl TopicProducer {
     }
 
     /// Sends every `(key, payload)` and returns once all are acknowledged.
+    ///
+    /// # Errors
+    /// A record that librdkafka could not deliver within its delivery timeout (it retries inside
+    /// until then) fails the whole call as a transient [`Error::Sink`] with rdkafka's error as
+    /// the source; records already acknowledged stay written (callers resend the batch, which is
+    /// at-least-once).
     pub async fn send_all(
         &self,
         messages: impl IntoIterator<Item = (String, Vec<u8>)>,
@@ -85,19 +95,27 @@ impl TopicProducer {
         Ok(sent)
     }
 
+    /// The sink name of this producer's errors.
+    fn name(&self) -> String {
+        format!("kafka {}", self.topic)
+    }
+
     fn settle(&self, result: Option<Result<(), rdkafka::error::KafkaError>>) -> Result<()> {
         match result {
-            Some(Err(e)) => Err(Error::Sink {
-                name: format!("kafka {}", self.topic),
-                message: format!("message not delivered: {e}"),
-                retry: Retry::Transient,
-            }),
+            // librdkafka already retried the send until the delivery timeout.
+            Some(Err(e)) => Err(
+                ClientError::kafka("message not delivered", Retry::Transient, e)
+                    .at_sink(self.name()),
+            ),
             _ => Ok(()),
         }
     }
 
     /// Fetches the topic's metadata, as the first send would: fails when no broker answers within
     /// `timeout` (a healthcheck before reading from a venue).
+    ///
+    /// # Errors
+    /// A transient [`Error::Sink`] when no broker answers.
     pub async fn check(&self, timeout: Duration) -> Result<()> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
@@ -105,10 +123,13 @@ impl TopicProducer {
             .await
             .map_err(|e| Error::Internal(format!("Kafka metadata task failed: {e}")))?
             .map(|_| ())
-            .map_err(|e| Error::Sink {
-                name: format!("kafka {}", self.topic),
-                message: format!("no broker answered within {timeout:?}: {e}"),
-                retry: Retry::Transient,
+            .map_err(|e| {
+                ClientError::kafka(
+                    format!("no broker answered within {timeout:?}"),
+                    Retry::Transient,
+                    e,
+                )
+                .at_sink(self.name())
             })
     }
 
@@ -141,13 +162,12 @@ impl TopicProducer {
     }
 
     /// Waits until every queued message is delivered.
+    ///
+    /// # Errors
+    /// A transient [`Error::Sink`] when the queue does not drain within the delivery timeout.
     pub fn flush(&self) -> Result<()> {
-        self.producer
-            .flush(DELIVERY_TIMEOUT)
-            .map_err(|e| Error::Sink {
-                name: format!("kafka {}", self.topic),
-                message: format!("flush failed: {e}"),
-                retry: Retry::Transient,
-            })
+        self.producer.flush(DELIVERY_TIMEOUT).map_err(|e| {
+            ClientError::kafka("flush failed", Retry::Transient, e).at_sink(self.name())
+        })
     }
 }

@@ -147,17 +147,8 @@ impl Sink for KafkaSink {
         if messages.is_empty() {
             return Ok(());
         }
-        self.producer
-            .send_all(messages)
-            .await
-            .map_err(|e| match e {
-                Error::Sink { message, retry, .. } => Error::Sink {
-                    name: self.description(),
-                    message,
-                    retry,
-                },
-                other => other,
-            })?;
+        // The producer's errors already name `kafka <topic>`, this sink's description.
+        self.producer.send_all(messages).await?;
         Ok(())
     }
 }

@@ -130,6 +130,7 @@ impl KafkaSource {
             name: self.description(),
             message: message.into(),
             retry,
+            source: None,
         }
     }
 

@@ -44,11 +44,7 @@ impl ParquetSink {
     }
 
     fn error(&self, message: String, retry: Retry) -> Error {
-        Error::Sink {
-            name: self.description(),
-            message,
-            retry,
-        }
+        Error::sink_failed(self.description(), message, retry)
     }
 }
 
@@ -63,7 +59,10 @@ impl Sink for ParquetSink {
         fs::create_dir_all(&self.config.path)
             .and_then(|_| fs::write(&probe, b""))
             .and_then(|_| fs::remove_file(&probe))
-            .map_err(|e| self.error(format!("folder is not writable: {e}"), Retry::Permanent))
+            .map_err(|e| {
+                self.error("folder is not writable".into(), Retry::Permanent)
+                    .caused_by(e)
+            })
     }
 
     async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
@@ -79,11 +78,7 @@ impl Sink for ParquetSink {
         tokio::task::spawn_blocking(move || write_partitions(&config, batch_id, &combined))
             .await
             .map_err(|e| Error::Internal(format!("parquet writer task failed: {e}")))?
-            .map_err(|message| Error::Sink {
-                name: description,
-                message,
-                retry: Retry::Transient,
-            })
+            .map_err(|message| Error::sink_failed(description, message, Retry::Transient))
     }
 }
 

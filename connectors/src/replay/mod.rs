@@ -104,6 +104,7 @@ impl ReplaySource {
             name: self.description(),
             message: format!("cannot open: {e}"),
             retry: Retry::Permanent,
+            source: None,
         })?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut skipped = 0;
@@ -124,6 +125,7 @@ impl ReplaySource {
             name: self.description(),
             message: format!("read failed: {e}"),
             retry: Retry::Transient,
+            source: None,
         }
     }
 
@@ -203,6 +205,7 @@ impl ReplaySource {
                 self.topic
             ),
             retry: Retry::Permanent,
+            source: None,
         })
     }
 
@@ -407,6 +410,7 @@ impl Source for ReplaySource {
                          of product to trade id"
                     ),
                     retry: Retry::Permanent,
+                    source: None,
                 })?,
                 counters: Counters::default(),
             },
@@ -436,6 +440,7 @@ impl Source for ReplaySource {
                         "checkpointed range {start} .. {end} is not a range of this file"
                     ),
                     retry: Retry::Permanent,
+                    source: None,
                 });
             }
         };
@@ -450,6 +455,7 @@ impl Source for ReplaySource {
                     self.next_line
                 ),
                 retry: Retry::Permanent,
+                source: None,
             });
         }
         Ok(batch)

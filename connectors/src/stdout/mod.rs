@@ -62,10 +62,8 @@ impl Sink for StdoutSink {
                 Ok(())
             }
         };
-        written.and_then(|_| out.flush()).map_err(|e| Error::Sink {
-            name: "stdout".into(),
-            message: e.to_string(),
-            retry: Retry::Permanent,
+        written.and_then(|_| out.flush()).map_err(|e| {
+            Error::sink_failed("stdout", "cannot write", Retry::Permanent).caused_by(e)
         })
     }
 }
