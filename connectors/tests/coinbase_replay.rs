@@ -5,9 +5,6 @@
 //! the topic back; a missing broker fails it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use connectors::coinbase::client::{self, FeedTask, ReceivedTrade};
@@ -16,220 +13,21 @@ use connectors::coinbase::gaps::TradeTracker;
 use connectors::common::counters::CounterSet;
 use connectors::common::trade::TradeRecord;
 use connectors::kafka::producer::TopicProducer;
-use engine::{Offsets, Poll, PollLimits, StartRequest};
-use futures::{SinkExt, StreamExt};
-use rdkafka::ClientConfig;
-use rdkafka::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use tokio::net::TcpListener;
+use engine::{Offsets, Poll, PollLimits, Source, StartRequest};
+use testkit::coinbase::{
+    FeedServer, Step, advanced_ack, advanced_heartbeat, advanced_trades, exchange_ack,
+    exchange_match, heartbeat, interleaved, price, trade_time,
+};
+use testkit::env::{kafka_bootstrap, required_data};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-// ---- the feeds' frames ---------------------------------------------------------------------
-
-fn trade_time(id: i64) -> String {
-    chrono::DateTime::from_timestamp(1_795_000_000 + id, (id % 1000) as u32 * 1000)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-fn price(id: i64) -> String {
-    format!("{}.{:02}", 90_000 + id % 500, id % 100)
-}
-
-/// A `match` (or `last_match`) in the live key order.
-fn exchange_match(kind: &str, product: &str, id: i64) -> String {
-    format!(
-        r#"{{"type":"{kind}","trade_id":{id},"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","side":"{}","size":"0.{:04}","price":"{}","product_id":"{product}","sequence":{},"time":"{}"}}"#,
-        if id % 2 == 0 { "sell" } else { "buy" },
-        id % 10_000 + 1,
-        price(id),
-        id * 7 + 3,
-        trade_time(id)
-    )
-}
-
-fn heartbeat(product: &str, last_trade_id: i64) -> String {
-    format!(
-        r#"{{"type":"heartbeat","sequence":{},"last_trade_id":{last_trade_id},"product_id":"{product}","time":"2026-11-20T00:00:00.000000Z"}}"#,
-        last_trade_id * 7 + 5
-    )
-}
-
-fn exchange_ack(products: &[&str]) -> String {
-    let ids = serde_json::to_string(products).unwrap();
-    format!(
-        r#"{{"type":"subscriptions","channels":[{{"name":"matches","product_ids":{ids}}},{{"name":"heartbeat","product_ids":{ids}}}]}}"#
-    )
-}
-
-fn advanced_trades(kind: &str, seq: u64, trades: &[(&str, i64)]) -> String {
-    let trades: Vec<String> = trades
-        .iter()
-        .map(|(product, id)| {
-            format!(
-                r#"{{"trade_id":"{id}","product_id":"{product}","price":"{}","size":"0.5","side":"{}","time":"{}"}}"#,
-                price(*id),
-                if id % 2 == 0 { "SELL" } else { "BUY" },
-                trade_time(*id)
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"channel":"market_trades","client_id":"","timestamp":"2026-11-20T00:00:00.123456789Z","sequence_num":{seq},"events":[{{"type":"{kind}","trades":[{}]}}]}}"#,
-        trades.join(",")
-    )
-}
-
-fn advanced_heartbeat(counter: u64) -> String {
-    format!(
-        r#"{{"channel":"heartbeats","client_id":"","timestamp":"2026-11-20T00:00:00.123456789Z","sequence_num":{counter},"events":[{{"current_time":"2026-11-20 00:00:00.121961769 +0000 UTC m=+91717.525857105","heartbeat_counter":{counter}}}]}}"#
-    )
-}
-
-fn advanced_ack() -> String {
-    r#"{"channel":"subscriptions","client_id":"","timestamp":"2026-11-20T00:00:00.1Z","sequence_num":2,"events":[{"subscriptions":{"heartbeats":["heartbeats"],"market_trades":["BTC-USD","ETH-USD"]}}]}"#.into()
-}
-
-// ---- the scripted server -------------------------------------------------------------------
-
-/// What the server does on one connection, after reading the client's subscribe requests.
-#[derive(Clone)]
-enum Step {
-    Text(String),
-    Binary(Vec<u8>),
-    /// Sends these frames every 100 ms for the duration (keeps the connection alive).
-    Heartbeats(Vec<String>, Duration),
-    /// Sends nothing for the duration, holding the connection open.
-    Silence(Duration),
-    /// Closes the TCP connection without a close frame.
-    Drop,
-    /// Sends these frames every 100 ms until the client goes away.
-    KeepAlive(Vec<String>),
-    /// Sends only WebSocket pings, every 100 ms, for the duration (the transport stays up).
-    Pings(Duration),
-}
-
-struct FeedServer {
-    url: String,
-    /// The subscribe requests of each connection, in connection order.
-    subscribes: Arc<Mutex<Vec<Vec<String>>>>,
-    connections: Arc<AtomicUsize>,
-}
-
-/// Serves `scripts[i]` on the i-th connection (connections after the last script get the last
-/// one again); reads `requests` subscribe messages first on each.
-async fn serve(scripts: Vec<Vec<Step>>, requests: usize) -> FeedServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let subscribes = Arc::new(Mutex::new(Vec::new()));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (log, count) = (subscribes.clone(), connections.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let i = count.fetch_add(1, Ordering::SeqCst);
-            let script = scripts[i.min(scripts.len() - 1)].clone();
-            tokio::spawn(connection(tcp, script, requests, log.clone()));
-        }
-    });
-    FeedServer {
-        url,
-        subscribes,
-        connections,
-    }
-}
-
-async fn connection(
-    tcp: tokio::net::TcpStream,
-    script: Vec<Step>,
-    requests: usize,
-    log: Arc<Mutex<Vec<Vec<String>>>>,
-) {
-    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-        return;
-    };
-    let mut received = Vec::new();
-    for _ in 0..requests {
-        // The feed's rule: subscribe within 5 s or be disconnected.
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => received.push(t.to_string()),
-            _ => return,
-        }
-    }
-    log.lock().unwrap().push(received);
-    for step in script {
-        let sent = match step {
-            Step::Text(t) => ws.send(Message::text(t)).await.is_ok(),
-            Step::Binary(b) => ws.send(Message::binary(b)).await.is_ok(),
-            Step::Heartbeats(frames, duration) => {
-                let until = Instant::now() + duration;
-                let mut ok = true;
-                while ok && Instant::now() < until {
-                    for f in &frames {
-                        ok &= ws.send(Message::text(f.clone())).await.is_ok();
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                ok
-            }
-            Step::Silence(d) => {
-                tokio::time::sleep(d).await;
-                true
-            }
-            Step::Drop => return,
-            Step::Pings(duration) => {
-                let until = Instant::now() + duration;
-                let mut ok = true;
-                while ok && Instant::now() < until {
-                    ok = ws
-                        .send(Message::Ping(b"alive?".to_vec().into()))
-                        .await
-                        .is_ok();
-                    // Read the pongs, as a server does.
-                    while let Ok(Some(Ok(_))) =
-                        tokio::time::timeout(Duration::from_millis(100), ws.next()).await
-                    {
-                    }
-                }
-                ok
-            }
-            Step::KeepAlive(frames) => loop {
-                for f in &frames {
-                    if ws.send(Message::text(f.clone())).await.is_err() {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            },
-        };
-        if !sent {
-            return;
-        }
-    }
-    // Hold the connection until the client closes it.
-    while let Some(Ok(_)) = ws.next().await {}
-}
 
 // ---- the client ----------------------------------------------------------------------------
 
 fn settings(url: &str, feed: FeedKind, products: &[&str], idle_ms: u64) -> Settings {
     let mut config = CoinbaseConfig::new(
         feed,
-        repo().join("required_data/coin_map.json"),
-        repo().join("required_data/my_Portfolio.json"),
+        required_data("coin_map.json"),
+        required_data("my_Portfolio.json"),
     );
     config.url = Some(url.to_owned());
     config.product_ids = Some(products.iter().map(|p| (*p).to_owned()).collect());
@@ -237,6 +35,58 @@ fn settings(url: &str, feed: FeedKind, products: &[&str], idle_ms: u64) -> Setti
     config.reconnect_backoff_initial_ms = 50;
     config.reconnect_backoff_max_ms = 500;
     config.validate().unwrap()
+}
+
+/// The feed client of one test, on a stand-in server, with its shutdown switch.
+struct Client {
+    server: FeedServer,
+    feed: FeedTask,
+    stop: watch::Sender<bool>,
+}
+
+impl Client {
+    /// Serves `scripts` (reading `requests` subscribe messages per connection) and starts the
+    /// client of `kind` for `products` with idle timeout `idle_ms` and a channel of 100 trades.
+    async fn start(
+        scripts: Vec<Vec<Step>>,
+        requests: usize,
+        kind: FeedKind,
+        products: &[&str],
+        idle_ms: u64,
+    ) -> Self {
+        Self::on(
+            FeedServer::scripted(scripts, requests).await,
+            kind,
+            products,
+            idle_ms,
+        )
+    }
+
+    /// The client of `kind` for `products` on `server`.
+    fn on(server: FeedServer, kind: FeedKind, products: &[&str], idle_ms: u64) -> Self {
+        let (stop, shutdown) = watch::channel(false);
+        let feed = client::spawn(
+            settings(&server.url, kind, products, idle_ms),
+            TradeTracker::default(),
+            100,
+            shutdown,
+        );
+        Self { server, feed, stop }
+    }
+
+    /// Asks the client to stop and waits (5 s at most) for it to end without an error.
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.feed.task)
+            .await
+            .expect("the client stops on shutdown")
+            .unwrap()
+            .unwrap();
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.feed.counters.get(name)
+    }
 }
 
 /// Reads trades from the client until `n` arrived (or fails after 30 s).
@@ -275,99 +125,44 @@ fn ids(trades: &[TradeRecord], product: &str) -> Vec<i64> {
         .collect()
 }
 
-fn interleaved(
-    btc: std::ops::RangeInclusive<i64>,
-    eth: std::ops::RangeInclusive<i64>,
-) -> Vec<Step> {
-    let mut steps = Vec::new();
-    let (mut b, mut e) = (btc.peekable(), eth.peekable());
-    let mut n = 0;
-    while b.peek().is_some() || e.peek().is_some() {
-        if let Some(id) = b.next() {
-            steps.push(Step::Text(exchange_match("match", "BTC-USD", id)));
-        }
-        if let Some(id) = e.next() {
-            steps.push(Step::Text(exchange_match("match", "ETH-USD", id)));
-        }
-        n += 1;
-        if n % 25 == 0 {
-            steps.push(Step::Text(heartbeat("BTC-USD", 0)));
-        }
-    }
-    steps
+// ---- the engine source ---------------------------------------------------------------------
+
+/// The engine's `coinbase` source on `url` for `products`, with `extra` TOML lines, started.
+async fn engine_source(
+    url: &str,
+    products: &[&str],
+    extra: &str,
+    start: StartRequest,
+) -> Box<dyn Source> {
+    let config: connectors::SourceConfig = toml::from_str(&format!(
+        "type = \"coinbase\"\nurl = {url:?}\nproduct_ids = {products:?}\ncoin_map = {:?}\n{extra}",
+        required_data("coin_map.json").display().to_string(),
+    ))
+    .unwrap();
+    let mut source = connectors::build_source(&config).unwrap();
+    source.start(start).await.unwrap();
+    source
 }
 
-// ---- Kafka ---------------------------------------------------------------------------------
-
-async fn create_topic(topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let created = tokio::time::timeout(
-        Duration::from_secs(30),
-        admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "Kafka at {} did not answer; start it with scripts/services.sh up",
-            brokers()
-        )
-    })
-    .expect("create topic");
-    for r in created {
-        r.expect("topic created");
-    }
-}
-
-/// Every message of `topic` per key, in offset order; waits for `expected` messages, then for
-/// `quiet` more to catch any extra.
-async fn read_topic(
-    topic: &str,
-    expected: usize,
-    quiet: Duration,
-) -> BTreeMap<String, Vec<TradeRecord>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{topic}_reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out: BTreeMap<String, Vec<TradeRecord>> = BTreeMap::new();
+/// Polls `source` (committing each batch) until it handed out `n` records or 20 s passed;
+/// returns the batches.
+async fn poll_batches(
+    source: &mut dyn Source,
+    n: usize,
+    limits: PollLimits,
+) -> Vec<engine::SourceBatch> {
+    let mut batches = Vec::new();
     let mut count = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut quiet_until: Option<Instant> = None;
-    loop {
-        let limit = match quiet_until {
-            Some(q) => q,
-            None => deadline,
-        };
-        let left = limit.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(m)) => {
-                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-                let record: TradeRecord = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                out.entry(key).or_default().push(record);
-                count += 1;
-                if count >= expected && quiet_until.is_none() {
-                    quiet_until = Some(Instant::now() + quiet);
-                }
-            }
-            Ok(Err(e)) => panic!("consuming {topic}: {e}"),
-            Err(_) => break,
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count < n && Instant::now() < deadline {
+        if let Poll::Batch(b) = source.poll(limits).await.unwrap() {
+            assert!(b.records.len() <= limits.max_records);
+            source.commit(&b.end).await.unwrap();
+            count += b.records.len();
+            batches.push(b);
         }
     }
-    assert!(
-        count >= expected,
-        "only {count} of {expected} messages on {topic}"
-    );
-    out
+    batches
 }
 
 // ---- tests ---------------------------------------------------------------------------------
@@ -403,16 +198,12 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
         Step::Text(exchange_match("last_match", "ETH-USD", 5100)),
         Step::KeepAlive(vec![heartbeat("BTC-USD", 1100), heartbeat("ETH-USD", 5100)]),
     ];
-    let server = serve(vec![first, second, third], 1).await;
+    let server = FeedServer::scripted(vec![first, second, third], 1).await;
 
-    let topic = format!(
-        "coinbase_replay_{}_{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_millis()
-    );
-    create_topic(&topic, 3).await;
+    let topic = testkit::unique_name("coinbase_replay");
+    testkit::kafka::create_topic(&topic, 3).await;
     let producer = TopicProducer::new(
-        &brokers(),
+        &kafka_bootstrap(),
         &topic,
         connectors::kafka::config::Compression::Lz4,
         &Default::default(),
@@ -473,7 +264,8 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
         counters.snapshot()
     );
 
-    let on_kafka = read_topic(&topic, expected, Duration::from_secs(2)).await;
+    let on_kafka: BTreeMap<String, Vec<TradeRecord>> =
+        testkit::kafka::read_topic_by_key(&topic, expected, Duration::from_secs(2)).await;
     let btc: Vec<i64> = on_kafka["BTC-USD"].iter().map(|t| t.trade_id).collect();
     let eth: Vec<i64> = on_kafka["ETH-USD"].iter().map(|t| t.trade_id).collect();
     assert_eq!(
@@ -508,7 +300,7 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
         (0, 0, 0),
         "{c:?}"
     );
-    let subscribes = server.subscribes.lock().unwrap().clone();
+    let subscribes = server.subscribes();
     assert!(subscribes.len() >= 3, "resubscribed on every connection");
     for s in &subscribes {
         let request: serde_json::Value = serde_json::from_str(&s[0]).unwrap();
@@ -538,39 +330,22 @@ async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     ];
     second.extend((12..=20).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
     second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 20)]));
-    let server = serve(vec![first, second], 1).await;
-
-    let (stop, shutdown) = watch::channel(false);
-    let mut feed = client::spawn(
-        settings(&server.url, FeedKind::Exchange, &products, 800),
-        TradeTracker::default(),
-        100,
-        shutdown,
-    );
+    let mut c = Client::start(vec![first, second], 1, FeedKind::Exchange, &products, 800).await;
     let started = Instant::now();
-    let first_part = take(&mut feed, 11).await;
+    let first_part = take(&mut c.feed, 11).await;
     assert!(
         started.elapsed() >= Duration::from_millis(2_400),
         "trade 11 came after the heartbeat-only phase"
     );
-    assert_eq!(
-        feed.counters.get("reconnects"),
-        0,
-        "heartbeats kept it alive"
-    );
-    let rest = take(&mut feed, 9).await;
+    assert_eq!(c.counter("reconnects"), 0, "heartbeats kept it alive");
+    let rest = take(&mut c.feed, 9).await;
     let all: Vec<TradeRecord> = first_part.into_iter().chain(rest).collect();
     assert_eq!(ids(&all, "BTC-USD"), (1..=20).collect::<Vec<_>>());
-    assert_no_more(&mut feed, Duration::from_millis(500)).await;
-    assert_eq!(feed.counters.get("idle_timeouts"), 1);
-    assert_eq!(feed.counters.get("reconnects"), 1);
-    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), feed.task)
-        .await
-        .expect("the client stops on shutdown")
-        .unwrap()
-        .unwrap();
+    assert_no_more(&mut c.feed, Duration::from_millis(500)).await;
+    assert_eq!(c.counter("idle_timeouts"), 1);
+    assert_eq!(c.counter("reconnects"), 1);
+    assert_eq!(c.server.connections(), 2);
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,31 +375,23 @@ async fn hostile_frames_and_error_messages_are_counted_not_fatal() {
         Step::Text(exchange_match("match", "BTC-USD", 3)),
         Step::KeepAlive(vec![heartbeat("BTC-USD", 3)]),
     ];
-    let server = serve(vec![script], 1).await;
-    let (stop, shutdown) = watch::channel(false);
-    let mut feed = client::spawn(
-        settings(&server.url, FeedKind::Exchange, &products, 2_000),
-        TradeTracker::default(),
-        100,
-        shutdown,
-    );
-    let trades = take(&mut feed, 3).await;
+    let mut c = Client::start(vec![script], 1, FeedKind::Exchange, &products, 2_000).await;
+    let trades = take(&mut c.feed, 3).await;
     assert_eq!(ids(&trades, "BTC-USD"), [1, 2, 3]);
-    assert_no_more(&mut feed, Duration::from_millis(500)).await;
-    let c = feed.counters.clone();
+    assert_no_more(&mut c.feed, Duration::from_millis(500)).await;
+    let n = c.feed.counters.clone();
     // bad JSON, wrong type, missing time, unknown side, no type, binary garbage, heartbeat
     // without last_trade_id; price 0, price -1.5, price NaN, size Infinity, no trade id.
-    assert_eq!(c.get("invalid"), 7 + 5, "{:?}", c.snapshot());
-    assert_eq!(c.get("exchange_errors"), 1);
-    assert_eq!(c.get("errors"), 13);
+    assert_eq!(n.get("invalid"), 7 + 5, "{:?}", n.snapshot());
+    assert_eq!(n.get("exchange_errors"), 1);
+    assert_eq!(n.get("errors"), 13);
     assert_eq!(
-        c.get("unknown_products"),
+        n.get("unknown_products"),
         1,
         "FOO-USD is not in the coin map"
     );
-    assert_eq!(c.get("reconnects"), 0, "the connection carried on");
-    stop.send(true).unwrap();
-    feed.task.await.unwrap().unwrap();
+    assert_eq!(n.get("reconnects"), 0, "the connection carried on");
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,26 +407,13 @@ async fn skipped_trade_ids_and_heartbeats_ahead_are_counted_as_lost() {
     script.push(Step::Text(heartbeat("BTC-USD", 13)));
     script.push(Step::Text(exchange_match("match", "BTC-USD", 14)));
     script.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 14)]));
-    let server = serve(vec![script], 1).await;
-    let (stop, shutdown) = watch::channel(false);
-    let mut feed = client::spawn(
-        settings(&server.url, FeedKind::Exchange, &products, 2_000),
-        TradeTracker::default(),
-        100,
-        shutdown,
-    );
-    let trades = take(&mut feed, 9).await;
+    let mut c = Client::start(vec![script], 1, FeedKind::Exchange, &products, 2_000).await;
+    let trades = take(&mut c.feed, 9).await;
     assert_eq!(ids(&trades, "BTC-USD"), [1, 2, 3, 4, 5, 8, 9, 10, 14]);
-    assert_no_more(&mut feed, Duration::from_millis(300)).await;
-    assert_eq!(
-        feed.counters.get("gaps"),
-        2,
-        "{:?}",
-        feed.counters.snapshot()
-    );
-    assert_eq!(feed.counters.get("lost_trades"), 2 + 3);
-    stop.send(true).unwrap();
-    feed.task.await.unwrap().unwrap();
+    assert_no_more(&mut c.feed, Duration::from_millis(300)).await;
+    assert_eq!(c.counter("gaps"), 2, "{:?}", c.feed.counters.snapshot());
+    assert_eq!(c.counter("lost_trades"), 2 + 3);
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,23 +448,18 @@ async fn advanced_trade_market_trades_become_the_same_records() {
         )),
         Step::KeepAlive(vec![advanced_heartbeat(9)]),
     ];
-    let server = serve(vec![first, second], 2).await;
-    let (stop, shutdown) = watch::channel(false);
-    let mut feed = client::spawn(
-        settings(
-            &server.url,
-            FeedKind::Advanced,
-            &["BTC-USD", "ETH-USD"],
-            2_000,
-        ),
-        TradeTracker::default(),
-        100,
-        shutdown,
-    );
-    let trades = take(&mut feed, 11).await;
+    let mut c = Client::start(
+        vec![first, second],
+        2,
+        FeedKind::Advanced,
+        &["BTC-USD", "ETH-USD"],
+        2_000,
+    )
+    .await;
+    let trades = take(&mut c.feed, 11).await;
     assert_eq!(ids(&trades, "BTC-USD"), (101..=107).collect::<Vec<_>>());
     assert_eq!(ids(&trades, "ETH-USD"), (500..=503).collect::<Vec<_>>());
-    assert_no_more(&mut feed, Duration::from_millis(500)).await;
+    assert_no_more(&mut c.feed, Duration::from_millis(500)).await;
     let t = trades.iter().find(|t| t.trade_id == 102).unwrap();
     assert_eq!(
         (
@@ -722,11 +471,11 @@ async fn advanced_trade_market_trades_become_the_same_records() {
         ("buy", None, Some("Bitcoin"), trade_time(102)),
         "maker SELL -> taker buy; no per-product sequence"
     );
-    let c = feed.counters.clone();
-    assert_eq!(c.get("duplicates"), 3, "{:?}", c.snapshot());
-    assert_eq!((c.get("exchange_errors"), c.get("invalid")), (1, 1));
-    assert_eq!(c.get("reconnects"), 1);
-    let subscribes = server.subscribes.lock().unwrap().clone();
+    let n = c.feed.counters.clone();
+    assert_eq!(n.get("duplicates"), 3, "{:?}", n.snapshot());
+    assert_eq!((n.get("exchange_errors"), n.get("invalid")), (1, 1));
+    assert_eq!(n.get("reconnects"), 1);
+    let subscribes = c.server.subscribes();
     assert_eq!(subscribes.len(), 2);
     for s in subscribes {
         let channels: Vec<String> = s
@@ -740,8 +489,7 @@ async fn advanced_trade_market_trades_become_the_same_records() {
             .collect();
         assert_eq!(channels, ["market_trades", "heartbeats"]);
     }
-    stop.send(true).unwrap();
-    feed.task.await.unwrap().unwrap();
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -757,42 +505,23 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
         heartbeat("BTC-USD", 14),
         heartbeat("ETH-USD", 72),
     ]));
-    let server = serve(vec![script], 1).await;
-    let config: connectors::SourceConfig = toml::from_str(&format!(
-        r#"
-type = "coinbase"
-url = "{}"
-product_ids = ["BTC-USD", "ETH-USD"]
-coin_map = "{}"
-idle_timeout_ms = 2000
-connect_timeout_ms = 1000
-"#,
-        server.url,
-        repo().join("required_data/coin_map.json").display()
-    ))
-    .unwrap();
-    let mut source = connectors::build_source(&config).unwrap();
+    let server = FeedServer::scripted(vec![script], 1).await;
+    let extra = "idle_timeout_ms = 2000\nconnect_timeout_ms = 1000\n";
+    let mut source = engine_source(&server.url, &products, extra, StartRequest::default()).await;
     assert!(source.description().starts_with("coinbase ws://127.0.0.1"));
-    source.start(StartRequest::default()).await.unwrap();
     let limits = PollLimits {
         max_records: 5,
         max_wait: Duration::from_millis(500),
     };
-    let mut records = Vec::new();
-    let mut ends = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while records.len() < 8 && Instant::now() < deadline {
-        if let Poll::Batch(b) = source.poll(limits).await.unwrap() {
-            assert!(b.records.len() <= 5);
-            for r in &b.records {
-                assert_eq!(b.start.get(&r.topic, 0).map(|s| s <= r.offset), Some(true));
-                assert!(b.end.get(&r.topic, 0).unwrap() > r.offset);
-            }
-            source.commit(&b.end).await.unwrap();
-            ends.push(b.end.clone());
-            records.extend(b.records);
+    let batches = poll_batches(&mut *source, 8, limits).await;
+    for b in &batches {
+        for r in &b.records {
+            assert_eq!(b.start.get(&r.topic, 0).map(|s| s <= r.offset), Some(true));
+            assert!(b.end.get(&r.topic, 0).unwrap() > r.offset);
         }
     }
+    let records: Vec<engine::RawRecord> = batches.iter().flat_map(|b| b.records.clone()).collect();
+    let ends: Vec<Offsets> = batches.iter().map(|b| b.end.clone()).collect();
     let offsets: Vec<(String, i64)> = records
         .iter()
         .map(|r| (r.topic.clone(), r.offset))
@@ -824,15 +553,12 @@ connect_timeout_ms = 1000
     let mut committed = Offsets::new();
     committed.set("BTC-USD", 0, 15);
     committed.set("ETH-USD", 0, 73);
-    let mut again = connectors::build_source(&config).unwrap();
-    again
-        .start(StartRequest {
-            committed: Some(committed),
-            available_now: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let start = StartRequest {
+        committed: Some(committed),
+        available_now: true,
+        ..Default::default()
+    };
+    let mut again = engine_source(&server.url, &products, extra, start).await;
     let polled = again.poll(limits).await.unwrap();
     assert!(matches!(polled, Poll::Exhausted), "{polled:?}");
     let metrics: BTreeMap<_, _> = again.metrics().into_iter().collect();
@@ -871,98 +597,26 @@ async fn heartbeats_with_last_trade_id_zero_report_no_loss() {
     ));
     script.push(Step::Text(heartbeat("BTC-USD", 831_102_000)));
     script.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 0)]));
-    let server = serve(vec![script], 1).await;
-    let (stop, shutdown) = watch::channel(false);
-    let mut feed = client::spawn(
-        settings(
-            &server.url,
-            FeedKind::Exchange,
-            &["BTC-USD", "ETH-USD"],
-            2_000,
-        ),
-        TradeTracker::default(),
-        100,
-        shutdown,
-    );
-    let trades = take(&mut feed, 4).await;
+    let mut c = Client::start(
+        vec![script],
+        1,
+        FeedKind::Exchange,
+        &["BTC-USD", "ETH-USD"],
+        2_000,
+    )
+    .await;
+    let trades = take(&mut c.feed, 4).await;
     assert_eq!(ids(&trades, "BTC-USD"), [831_102_379, 831_102_380]);
     assert_eq!(ids(&trades, "ETH-USD"), [612_558_206, 612_558_207]);
-    assert_no_more(&mut feed, Duration::from_millis(800)).await;
-    let c = feed.counters.clone();
+    assert_no_more(&mut c.feed, Duration::from_millis(800)).await;
+    let n = c.feed.counters.clone();
     assert_eq!(
-        (c.get("trades"), c.get("gaps"), c.get("lost_trades")),
+        (n.get("trades"), n.get("gaps"), n.get("lost_trades")),
         (4, 0, 0),
         "{:?}",
-        c.snapshot()
+        n.snapshot()
     );
-    stop.send(true).unwrap();
-    feed.task.await.unwrap().unwrap();
-}
-
-/// A stand-in for the Exchange feed that answers any subscribe naming `refused` the way the feed
-/// answers an unknown product (`../shared/cases/subscribe-error-reconnect-loop`): one `error`,
-/// then silence; any other subscribe gets `frames`, then heartbeats.
-async fn serve_refusing(
-    refused: &'static str,
-    frames: Vec<String>,
-    keep_alive: Vec<String>,
-) -> FeedServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let subscribes = Arc::new(Mutex::new(Vec::new()));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (log, count) = (subscribes.clone(), connections.clone());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let (log, frames, keep_alive) = (log.clone(), frames.clone(), keep_alive.clone());
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                let request = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
-                    _ => return,
-                };
-                log.lock().unwrap().push(vec![request.clone()]);
-                let asked: serde_json::Value = serde_json::from_str(&request).unwrap();
-                let products: Vec<&str> = asked["product_ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_str().unwrap())
-                    .collect();
-                if products.contains(&refused) {
-                    let error = format!(
-                        r#"{{"type":"error","message":"Failed to subscribe","reason":"{refused} is not a valid product"}}"#
-                    );
-                    if ws.send(Message::text(error)).await.is_err() {
-                        return;
-                    }
-                    while let Some(Ok(_)) = ws.next().await {}
-                    return;
-                }
-                for f in frames {
-                    if ws.send(Message::text(f)).await.is_err() {
-                        return;
-                    }
-                }
-                loop {
-                    for f in &keep_alive {
-                        if ws.send(Message::text(f.clone())).await.is_err() {
-                            return;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        }
-    });
-    FeedServer {
-        url,
-        subscribes,
-        connections,
-    }
+    c.stop().await;
 }
 
 /// subscribe-error-reconnect-loop: a `Failed to subscribe` naming one product drops that product
@@ -972,37 +626,30 @@ async fn a_product_the_exchange_refuses_is_dropped_and_the_others_flow() {
     let mut frames = vec![exchange_ack(&["BTC-USD", "ETH-USD"])];
     frames.extend((1..=5).map(|id| exchange_match("match", "BTC-USD", id)));
     frames.extend((101..=105).map(|id| exchange_match("match", "ETH-USD", id)));
-    let server = serve_refusing(
+    let server = FeedServer::refusing(
         "DOT-USD",
         frames,
         vec![heartbeat("BTC-USD", 5), heartbeat("ETH-USD", 105)],
     )
     .await;
-    let (stop, shutdown) = watch::channel(false);
-    let mut feed = client::spawn(
-        settings(
-            &server.url,
-            FeedKind::Exchange,
-            &["BTC-USD", "ETH-USD", "DOT-USD"],
-            2_000,
-        ),
-        TradeTracker::default(),
-        100,
-        shutdown,
+    let mut c = Client::on(
+        server,
+        FeedKind::Exchange,
+        &["BTC-USD", "ETH-USD", "DOT-USD"],
+        2_000,
     );
     let started = Instant::now();
-    let trades = take(&mut feed, 10).await;
+    let trades = take(&mut c.feed, 10).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "resubscribed at once"
     );
     assert_eq!(ids(&trades, "BTC-USD"), [1, 2, 3, 4, 5]);
     assert_eq!(ids(&trades, "ETH-USD"), [101, 102, 103, 104, 105]);
-    assert_no_more(&mut feed, Duration::from_millis(500)).await;
-    let subscribes: Vec<serde_json::Value> = server
-        .subscribes
-        .lock()
-        .unwrap()
+    assert_no_more(&mut c.feed, Duration::from_millis(500)).await;
+    let subscribes: Vec<serde_json::Value> = c
+        .server
+        .subscribes()
         .iter()
         .map(|s| serde_json::from_str(&s[0]).unwrap())
         .collect();
@@ -1016,33 +663,33 @@ async fn a_product_the_exchange_refuses_is_dropped_and_the_others_flow() {
         serde_json::json!(["BTC-USD", "ETH-USD"]),
         "subscribed again without the refused product"
     );
-    let c = feed.counters.clone();
+    let n = c.feed.counters.clone();
     assert_eq!(
         (
-            c.get("exchange_errors"),
-            c.get("idle_timeouts"),
-            c.get("reconnects")
+            n.get("exchange_errors"),
+            n.get("idle_timeouts"),
+            n.get("reconnects")
         ),
         (1, 0, 1),
         "{:?}",
-        c.snapshot()
+        n.snapshot()
     );
-    stop.send(true).unwrap();
-    feed.task.await.unwrap().unwrap();
+    let server = c.server.url.clone();
+    c.stop().await;
 
     // Only the refused product: the client stops by itself, with the product and the reason.
     let (_stop, shutdown) = watch::channel(false);
     let mut feed = client::spawn(
-        settings(&server.url, FeedKind::Exchange, &["DOT-USD"], 2_000),
+        settings(&server, FeedKind::Exchange, &["DOT-USD"], 2_000),
         TradeTracker::default(),
         100,
         shutdown,
     );
-    let ended = tokio::time::timeout(Duration::from_secs(5), feed.task)
+    let err = tokio::time::timeout(Duration::from_secs(5), &mut feed.task)
         .await
         .expect("the client stops instead of reconnecting forever")
-        .unwrap();
-    let err = ended.unwrap_err();
+        .unwrap()
+        .unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("DOT-USD") && text.contains("DOT-USD is not a valid product"),
@@ -1059,21 +706,14 @@ async fn a_product_the_exchange_refuses_is_dropped_and_the_others_flow() {
 /// The engine source ends with the client's permanent error, so `coinstream run` exits non-zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_source_fails_permanently_when_every_product_is_refused() {
-    let server = serve_refusing("DOT-USD", vec![], vec![]).await;
-    let config: connectors::SourceConfig = toml::from_str(&format!(
-        r#"
-type = "coinbase"
-url = "{}"
-product_ids = ["DOT-USD"]
-coin_map = "{}"
-idle_timeout_ms = 2000
-"#,
-        server.url,
-        repo().join("required_data/coin_map.json").display()
-    ))
-    .unwrap();
-    let mut source = connectors::build_source(&config).unwrap();
-    source.start(StartRequest::default()).await.unwrap();
+    let server = FeedServer::refusing("DOT-USD", vec![], vec![]).await;
+    let mut source = engine_source(
+        &server.url,
+        &["DOT-USD"],
+        "idle_timeout_ms = 2000\n",
+        StartRequest::default(),
+    )
+    .await;
     let limits = PollLimits {
         max_records: 10,
         max_wait: Duration::from_millis(200),
@@ -1098,22 +738,15 @@ async fn an_authentication_failure_stops_the_advanced_trade_client() {
         Step::Text(r#"{"type":"error","message":"authentication failure"}"#.into()),
         Step::KeepAlive(vec![advanced_heartbeat(1)]),
     ];
-    let server = serve(vec![script], 2).await;
-    let (_stop, shutdown) = watch::channel(false);
-    let feed = client::spawn(
-        settings(&server.url, FeedKind::Advanced, &["BTC-USD"], 2_000),
-        TradeTracker::default(),
-        100,
-        shutdown,
-    );
-    let err = tokio::time::timeout(Duration::from_secs(5), feed.task)
+    let c = Client::start(vec![script], 2, FeedKind::Advanced, &["BTC-USD"], 2_000).await;
+    let err = tokio::time::timeout(Duration::from_secs(5), c.feed.task)
         .await
         .expect("an authentication failure is not retried")
         .unwrap()
         .unwrap_err();
     assert!(err.to_string().contains("authentication failure"), "{err}");
     assert!(!err.is_transient());
-    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(c.server.connections(), 1);
 }
 
 /// Liveness comes from data: a connection that answers pings but carries no trade or heartbeat
@@ -1134,27 +767,19 @@ async fn a_connection_that_only_answers_pings_is_replaced() {
     ];
     second.extend((4..=6).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
     second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 6)]));
-    let server = serve(vec![first, second], 1).await;
-    let (stop, shutdown) = watch::channel(false);
-    let mut feed = client::spawn(
-        settings(&server.url, FeedKind::Exchange, &products, 800),
-        TradeTracker::default(),
-        100,
-        shutdown,
-    );
+    let mut c = Client::start(vec![first, second], 1, FeedKind::Exchange, &products, 800).await;
     let started = Instant::now();
-    let trades = take(&mut feed, 6).await;
+    let trades = take(&mut c.feed, 6).await;
     assert_eq!(ids(&trades, "BTC-USD"), [1, 2, 3, 4, 5, 6]);
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(800) && took < Duration::from_secs(10),
         "replaced after the idle timeout, not kept by the pings: {took:?}"
     );
-    assert_eq!(feed.counters.get("idle_timeouts"), 1);
-    assert_eq!(feed.counters.get("reconnects"), 1);
-    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
-    stop.send(true).unwrap();
-    feed.task.await.unwrap().unwrap();
+    assert_eq!(c.counter("idle_timeouts"), 1);
+    assert_eq!(c.counter("reconnects"), 1);
+    assert_eq!(c.server.connections(), 2);
+    c.stop().await;
 }
 
 /// A run of the client whose every frame was unusable (here: Advanced Trade frames read as the
@@ -1165,21 +790,14 @@ async fn a_run_that_could_use_no_frame_fails() {
         advanced_trades("update", 1, &[("BTC-USD", 7)]),
         advanced_heartbeat(2),
     ])];
-    let server = serve(vec![script], 1).await;
-    let (stop, shutdown) = watch::channel(false);
-    let mut feed = client::spawn(
-        settings(&server.url, FeedKind::Exchange, &["BTC-USD"], 5_000),
-        TradeTracker::default(),
-        100,
-        shutdown,
-    );
+    let mut c = Client::start(vec![script], 1, FeedKind::Exchange, &["BTC-USD"], 5_000).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while feed.counters.get("invalid") < 20 && Instant::now() < deadline {
+    while c.counter("invalid") < 20 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.send(true).unwrap();
-    assert!(feed.trades.recv().await.is_none());
-    let err = feed.task.await.unwrap().unwrap_err();
+    c.stop.send(true).unwrap();
+    assert!(c.feed.trades.recv().await.is_none());
+    let err = c.feed.task.await.unwrap().unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("frames received could be used") && text.contains("message without a type"),
@@ -1216,32 +834,17 @@ async fn trades_that_cannot_be_real_become_dead_letters_with_their_reason() {
     // The live source.
     let mut script: Vec<Step> = frames.iter().cloned().map(Step::Text).collect();
     script.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 3)]));
-    let server = serve(vec![script], 1).await;
-    let config: connectors::SourceConfig = toml::from_str(&format!(
-        r#"
-type = "coinbase"
-url = "{}"
-product_ids = ["BTC-USD"]
-coin_map = "{}"
-"#,
-        server.url,
-        repo().join("required_data/coin_map.json").display()
-    ))
-    .unwrap();
-    let mut source = connectors::build_source(&config).unwrap();
-    source.start(StartRequest::default()).await.unwrap();
+    let server = FeedServer::scripted(vec![script], 1).await;
+    let mut source = engine_source(&server.url, &["BTC-USD"], "", StartRequest::default()).await;
     let limits = PollLimits {
         max_records: 100,
         max_wait: Duration::from_millis(300),
     };
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while records.len() < 9 && Instant::now() < deadline {
-        if let Poll::Batch(b) = source.poll(limits).await.unwrap() {
-            source.commit(&b.end).await.unwrap();
-            records.extend(b.records);
-        }
-    }
+    let records: Vec<engine::RawRecord> = poll_batches(&mut *source, 9, limits)
+        .await
+        .into_iter()
+        .flat_map(|b| b.records)
+        .collect();
     let trades: Vec<i64> = records
         .iter()
         .filter(|r| r.rejected.is_none())
@@ -1279,10 +882,7 @@ coin_map = "{}"
     let config: connectors::SourceConfig = toml::from_str(&format!(
         "type = \"replay\"\npath = {:?}\ncoin_map = {:?}\n",
         capture.display().to_string(),
-        repo()
-            .join("required_data/coin_map.json")
-            .display()
-            .to_string()
+        required_data("coin_map.json").display().to_string()
     ))
     .unwrap();
     let mut replay = connectors::build_source(&config).unwrap();
