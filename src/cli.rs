@@ -63,102 +63,120 @@ pub enum Command {
     /// Generates realistic trades: Coinbase Exchange feed messages into a file (for `replay`), or
     /// bus records into a file or a Kafka topic (for `run` and benchmarks).
     Generate(GenerateArgs),
-    /// Runs an ingester: exchange data into Kafka, until SIGINT/SIGTERM (or `--once`).
+    /// Runs an ingest pipeline: exchange data into Kafka, until SIGINT/SIGTERM (or `--once`).
     #[command(subcommand)]
     Ingest(IngestCommand),
 }
 
-/// `coinstream ingest`.
+/// `coinstream ingest`: shortcuts that run a shipped pipeline (`pipelines/ingest-*.toml`), each
+/// flag overriding one key of it; a flag left out keeps the file's value.
 #[derive(Debug, Subcommand)]
 pub enum IngestCommand {
     /// Coinbase trades over WebSocket, normalised to bus records, into a Kafka topic keyed by
-    /// product.
+    /// product (`pipelines/ingest-coinbase.toml`).
     Coinbase(IngestCoinbaseArgs),
-    /// Gate.io closed candles over REST, into a Kafka topic keyed by currency pair.
+    /// Gate.io closed candles over REST, into a Kafka topic keyed by currency pair
+    /// (`pipelines/ingest-gateio.toml`).
     Gateio(IngestGateioArgs),
 }
 
 /// `coinstream ingest coinbase`.
 #[derive(Debug, clap::Args)]
 pub struct IngestCoinbaseArgs {
-    /// The feed's WebSocket URL (default: wss://ws-feed.exchange.coinbase.com, or
+    /// The pipeline this shortcut runs.
+    #[arg(long, default_value = "pipelines/ingest-coinbase.toml")]
+    pub pipeline: PathBuf,
+    /// `source.url`: the feed's WebSocket URL (default: wss://ws-feed.exchange.coinbase.com, or
     /// wss://advanced-trade-ws.coinbase.com with `--feed advanced`).
     #[arg(long)]
     pub url: Option<String>,
-    /// Products to subscribe to, comma-separated (default: the portfolio's).
+    /// `source.product_ids`: products to subscribe to, comma-separated (default: the
+    /// portfolio's).
     #[arg(long, value_delimiter = ',')]
     pub products: Vec<String>,
-    /// Which Coinbase API: `exchange` (matches + heartbeat) or `advanced` (market_trades +
-    /// heartbeats).
-    #[arg(long, value_enum, default_value_t = CoinbaseFeed::Exchange)]
-    pub feed: CoinbaseFeed,
-    /// Kafka brokers (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
+    /// `source.feed`: which Coinbase API, `exchange` (matches + heartbeat; the pipeline's default)
+    /// or `advanced` (market_trades + heartbeats).
+    #[arg(long, value_parser = ["exchange", "advanced"])]
+    pub feed: Option<String>,
+    /// `sink.brokers` and `dead_letter.brokers`: Kafka brokers (default: env KAFKA_BOOTSTRAP,
+    /// else 127.0.0.1:9092).
     #[arg(long)]
     pub brokers: Option<String>,
-    /// The Kafka topic.
-    #[arg(long, default_value = "crypto_trades")]
-    pub topic: String,
-    /// The codec the producer compresses batches with: none, gzip, snappy, lz4 or zstd.
-    #[arg(long, default_value = "lz4")]
-    pub compression: Compression,
-    /// A connection silent for this long (no trade, no heartbeat) is replaced, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
-    pub idle_timeout_ms: u64,
-    /// The portfolio file (its products are the default `--products`).
-    #[arg(long, default_value = "required_data/my_Portfolio.json")]
-    pub portfolio: PathBuf,
-    /// The coin map (trades of products missing from it are counted and dropped).
-    #[arg(long, default_value = "required_data/coin_map.json")]
-    pub coin_map: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CoinbaseFeed {
-    /// Coinbase Exchange: channels matches and heartbeat.
-    Exchange,
-    /// Coinbase Advanced Trade: channels market_trades and heartbeats.
-    Advanced,
+    /// `sink.topic` (default crypto_trades); dead letters go to `<topic>_dead_letters`.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// `sink.compression`: the codec the producer compresses batches with: none, gzip, snappy,
+    /// lz4 (the pipeline's default) or zstd.
+    #[arg(long)]
+    pub compression: Option<Compression>,
+    /// `source.idle_timeout_ms`: a connection silent for this long (no trade, no heartbeat) is
+    /// replaced, in milliseconds (default 5000).
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// `source.portfolio`: the portfolio file (its products are the default `--products`;
+    /// default required_data/my_Portfolio.json).
+    #[arg(long)]
+    pub portfolio: Option<PathBuf>,
+    /// `source.coin_map`: the coin map (trades of products missing from it are counted and
+    /// dropped; default required_data/coin_map.json).
+    #[arg(long)]
+    pub coin_map: Option<PathBuf>,
+    /// `engine.checkpoint_dir`: a folder keeping the last trade id per product between runs, so a
+    /// restart publishes no trade twice. A live feed cannot replay a batch that was planned but
+    /// not committed before a crash: after one, the restart fails until the folder is removed.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// `coinstream ingest gateio`.
 #[derive(Debug, clap::Args)]
 pub struct IngestGateioArgs {
-    /// The REST API's base URL (default: https://api.gateio.ws/api/v4).
+    /// The pipeline this shortcut runs.
+    #[arg(long, default_value = "pipelines/ingest-gateio.toml")]
+    pub pipeline: PathBuf,
+    /// `source.base_url`: the REST API's base URL (default: https://api.gateio.ws/api/v4).
     #[arg(long)]
     pub url: Option<String>,
-    /// Currency pairs, comma-separated (default: each portfolio product `X-USD` as `X_USDT`).
+    /// `source.currency_pairs`: currency pairs, comma-separated (default: each portfolio product
+    /// `X-USD` as `X_USDT`).
     #[arg(long, value_delimiter = ',')]
     pub pairs: Vec<String>,
-    /// The candle interval: 1s, 10s, 1m, 5m, 15m, 30m, 1h, 4h, 8h, 1d or 7d.
-    #[arg(long, default_value = "1m")]
-    pub interval: String,
-    /// Backfill windows starting at or after this time (RFC 3339, a date, or unix seconds).
+    /// `source.interval`: the candle interval: 1s, 10s, 1m (the pipeline's default), 5m, 15m,
+    /// 30m, 1h, 4h, 8h, 1d or 7d.
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// `source.from_secs`: backfill windows starting at or after this time (RFC 3339, a date, or
+    /// unix seconds).
     #[arg(long)]
     pub from: Option<String>,
-    /// End of the backfill (default: now, then keep polling unless `--once`).
+    /// `source.to_secs`: end of the backfill (default: now, then keep polling unless `--once`).
     #[arg(long, requires = "from")]
     pub to: Option<String>,
-    /// One poll (or one backfill), then exit 0: for schedulers such as Airflow.
+    /// `source.once`: one poll (or one backfill), then exit 0: for schedulers such as Airflow.
     #[arg(long)]
     pub once: bool,
-    /// A file that keeps the last published window per pair between runs, so separate runs
-    /// (`--once` from a scheduler) publish each window once and resume where the last one ended;
-    /// written after Kafka acknowledged the run's candles. Windows at or before it are skipped,
-    /// in a backfill too: delete the file to publish them again.
-    #[arg(long)]
+    /// `engine.checkpoint_dir`: a folder (the engine's checkpoint) that keeps the last published
+    /// window per pair and interval between runs, so separate runs (`--once` from a scheduler)
+    /// publish each window once and resume where the last one ended; it moves only after Kafka
+    /// acknowledged the candles. Windows at or before it are skipped, in a backfill too: delete
+    /// the folder to publish them again.
+    #[arg(long, visible_alias = "checkpoint")]
     pub state: Option<PathBuf>,
-    /// Kafka brokers (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
+    /// `sink.brokers` and `dead_letter.brokers`: Kafka brokers (default: env KAFKA_BOOTSTRAP,
+    /// else 127.0.0.1:9092).
     #[arg(long)]
     pub brokers: Option<String>,
-    /// The Kafka topic.
-    #[arg(long, default_value = "crypto_candles")]
-    pub topic: String,
-    /// The codec the producer compresses batches with: none, gzip, snappy, lz4 or zstd.
-    #[arg(long, default_value = "lz4")]
-    pub compression: Compression,
-    /// The portfolio file (its products give the default `--pairs`).
-    #[arg(long, default_value = "required_data/my_Portfolio.json")]
-    pub portfolio: PathBuf,
+    /// `sink.topic` (default crypto_candles); dead letters go to `<topic>_dead_letters`.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// `sink.compression`: the codec the producer compresses batches with: none, gzip, snappy,
+    /// lz4 (the pipeline's default) or zstd.
+    #[arg(long)]
+    pub compression: Option<Compression>,
+    /// `source.portfolio`: the portfolio file (its products give the default `--pairs`; default
+    /// required_data/my_Portfolio.json).
+    #[arg(long)]
+    pub portfolio: Option<PathBuf>,
 }
 
 /// `coinstream generate`.

@@ -130,6 +130,33 @@ impl Config {
         Self::parse(file, &text)
     }
 
+    /// Reads `file`, sets each of `overrides` (see [`set_key`]), then validates it as
+    /// [`Config::load`] does. Problems name the file; a bad override names its key.
+    pub fn load_with_overrides(file: &Path, overrides: &[Override]) -> Result<Self, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            file: file.to_owned(),
+            problems,
+        };
+        let text =
+            std::fs::read_to_string(file).map_err(|e| fail(vec![format!("cannot read: {e}")]))?;
+        if overrides.is_empty() {
+            return Self::parse(file, &text);
+        }
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| fail(vec![e.to_string().trim().replace('\n', "\n    ")]))?;
+        let problems: Vec<String> = overrides
+            .iter()
+            .filter_map(|o| set_key(&mut table, &o.key, o.value.clone()).err())
+            .collect();
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        let raw: RawConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| fail(vec![e.to_string().trim().to_owned()]))?;
+        Self::from_raw(file, raw)
+    }
+
     /// Validates `text`, the contents of `file` (relative paths in it are relative to `file`'s
     /// folder; `file` itself is not read).
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
@@ -139,6 +166,14 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| fail(vec![e.to_string().trim().replace('\n', "\n    ")]))?;
+        Self::from_raw(file, raw)
+    }
+
+    fn from_raw(file: &Path, raw: RawConfig) -> Result<Self, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            file: file.to_owned(),
+            problems,
+        };
         let base = file.parent().map(Path::to_owned).unwrap_or_default();
         Self::validate(raw, &base).map_err(fail)
     }
@@ -277,6 +312,49 @@ impl Config {
             _ => Err(problems),
         }
     }
+}
+
+/// One key of a config file set to a value, e.g. `source.url = "wss://…"` (a command-line flag
+/// that stands for a key of a shipped pipeline file).
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// The dotted key path, e.g. `sink.topic`.
+    pub key: String,
+    /// The value, as it would be written in the file.
+    pub value: toml::Value,
+}
+
+impl Override {
+    /// `key = value`.
+    pub fn new(key: &str, value: impl Into<toml::Value>) -> Self {
+        Self {
+            key: key.to_owned(),
+            value: value.into(),
+        }
+    }
+}
+
+/// Sets the dotted `key` (e.g. `source.from_secs`) of a parsed file to `value`, creating the
+/// tables on the way; fails, naming the key, when a part of the path is not a table.
+pub fn set_key(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop().filter(|l| !l.is_empty()) else {
+        return Err(format!("{key}: not a key path"));
+    };
+    let mut current = table;
+    for (i, part) in parts.iter().enumerate() {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(format!("{key}: {} is not a table", parts[..=i].join(".")));
+            }
+        };
+    }
+    current.insert(last.to_owned(), value);
+    Ok(())
 }
 
 /// Engine config errors already say "config: <key>: …"; inside a list of problems the prefix is noise.

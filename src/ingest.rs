@@ -1,263 +1,148 @@
-//! `coinstream ingest coinbase|gateio`: builds a venue client from the flags and a Kafka producer,
-//! and connects the two. Shutdown order on SIGINT/SIGTERM: the client stops reading, the producer
-//! publishes what was already read and is flushed, the process exits 0.
+//! `coinstream ingest coinbase|gateio`: thin shortcuts for the shipped pipelines
+//! `pipelines/ingest-coinbase.toml` and `pipelines/ingest-gateio.toml` (an exchange source →
+//! `sql/passthrough.sql` → the Kafka sink). Each flag given overrides one key of the file (a flag
+//! left out keeps the file's value), then the engine runs the pipeline as `coinstream run` does:
+//! signal handling, batching, progress and de-duplication across restarts (the checkpoint) are
+//! the engine's.
+//!
+//! Paths given as flags are relative to the working directory (paths in the file stay relative to
+//! the file's folder).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use connectors::coinbase::config::{CoinbaseConfig, FeedKind};
-use connectors::coinbase::gaps::TradeTracker;
-use connectors::common::counters::{CounterSet, add};
-use connectors::gateio::config::GateioConfig;
-use connectors::gateio::state::PublishedState;
-use connectors::kafka::config::Compression;
-use connectors::kafka::producer::TopicProducer;
-use tokio::sync::{mpsc, watch};
 
-use crate::cli::{CoinbaseFeed, IngestCoinbaseArgs, IngestCommand, IngestGateioArgs};
-
-/// Records buffered between a venue client and the producer.
-const CHANNEL_CAPACITY: usize = 50_000;
-/// Records per producer batch at most.
-const MAX_BATCH: usize = 10_000;
-/// How often the counters are logged.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
-/// How long the brokers may take to answer the startup check.
-const KAFKA_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::cli::{IngestCoinbaseArgs, IngestCommand, IngestGateioArgs, ProgressFormat};
+use crate::config::{Config, Override};
 
 pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
-    match command {
-        IngestCommand::Coinbase(args) => coinbase(args).await,
-        IngestCommand::Gateio(args) => gateio(args).await,
+    let (pipeline, overrides) = match command {
+        IngestCommand::Coinbase(args) => coinbase(args)?,
+        IngestCommand::Gateio(args) => gateio(args)?,
+    };
+    let config = Config::load_with_overrides(&pipeline, &overrides)?;
+    crate::pipeline::run(config, ProgressFormat::Human).await
+}
+
+/// A path flag as an absolute path: it is relative to the working directory, not to the
+/// pipeline file.
+fn path_value(flag: &str, path: &Path) -> anyhow::Result<toml::Value> {
+    let absolute = std::path::absolute(path).with_context(|| flag.to_owned())?;
+    match absolute.to_str() {
+        Some(text) => Ok(text.into()),
+        None => bail!("{flag}: {} is not UTF-8", absolute.display()),
     }
 }
 
-async fn producer(
+fn list(items: Vec<String>) -> toml::Value {
+    toml::Value::Array(items.into_iter().map(toml::Value::from).collect())
+}
+
+/// The overrides every ingest shortcut shares: where the records (and the dead letters) go, and
+/// the checkpoint folder.
+fn kafka_overrides(
     brokers: Option<String>,
-    topic: &str,
-    compression: Compression,
-) -> anyhow::Result<TopicProducer> {
-    let brokers = brokers.unwrap_or_else(connectors::kafka::default_brokers);
-    let producer = TopicProducer::new(&brokers, topic, compression, &BTreeMap::new())?;
-    producer
-        .check(KAFKA_CHECK_TIMEOUT)
-        .await
-        .with_context(|| format!("Kafka at {brokers}"))?;
-    Ok(producer)
-}
-
-/// A stop signal that turns true on the first SIGINT or SIGTERM; a second one exits at once.
-fn stop_on_signal() -> (Arc<watch::Sender<bool>>, watch::Receiver<bool>) {
-    let (stop, shutdown) = watch::channel(false);
-    let stop = Arc::new(stop);
-    let signalled = stop.clone();
-    tokio::spawn(async move {
-        signal().await;
-        tracing::info!("Stopping: no more reads; publishing what was read, then flushing.");
-        let _ = signalled.send(true);
-        signal().await;
-        tracing::warn!("Second signal: exiting without flushing.");
-        std::process::exit(130);
-    });
-    (stop, shutdown)
-}
-
-async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+    topic: Option<String>,
+    compression: Option<connectors::kafka::config::Compression>,
+    checkpoint: Option<(&str, PathBuf)>,
+) -> anyhow::Result<Vec<Override>> {
+    let mut overrides = Vec::new();
+    if let Some(brokers) = brokers {
+        overrides.push(Override::new("sink.brokers", brokers.as_str()));
+        overrides.push(Override::new("dead_letter.brokers", brokers));
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-fn every(period: Duration, mut tick: impl FnMut() + Send + 'static) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(period);
-        interval.tick().await;
-        loop {
-            interval.tick().await;
-            tick();
-        }
-    })
-}
-
-/// Publishes what `rx` yields until it closes, counting deliveries in `published` and logging
-/// `counters` every [`PROGRESS_INTERVAL`] meanwhile.
-async fn publish_all<T, C>(
-    producer: &TopicProducer,
-    rx: &mut mpsc::Receiver<T>,
-    encode: impl FnMut(T) -> (String, Vec<u8>),
-    counters: &Arc<C>,
-    published: &AtomicU64,
-    progress_message: &'static str,
-) -> anyhow::Result<()>
-where
-    C: CounterSet + Send + Sync + 'static,
-{
-    let progress = {
-        let counters = counters.clone();
-        every(PROGRESS_INTERVAL, move || counters.log(progress_message))
-    };
-    let sent = producer
-        .publish_from(rx, MAX_BATCH, encode, |n| add(published, n))
-        .await;
-    progress.abort();
-    sent.map(drop).context("publishing to Kafka")
-}
-
-async fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<()> {
-    let feed = match args.feed {
-        CoinbaseFeed::Exchange => FeedKind::Exchange,
-        CoinbaseFeed::Advanced => FeedKind::Advanced,
-    };
-    let mut config = CoinbaseConfig::new(feed, args.coin_map, args.portfolio);
-    config.url = args.url;
-    if !args.products.is_empty() {
-        config.product_ids = Some(args.products);
+    if let Some(topic) = topic {
+        overrides.push(Override::new(
+            "dead_letter.topic",
+            format!("{topic}_dead_letters"),
+        ));
+        overrides.push(Override::new("sink.topic", topic));
     }
-    config.idle_timeout_ms = args.idle_timeout_ms;
-    let settings = config.validate()?;
-    let producer = producer(args.brokers, &args.topic, args.compression).await?;
-    tracing::info!(
-        url = %settings.url,
-        products = settings.products.join(","),
-        topic = %args.topic,
-        "Ingesting Coinbase trades."
-    );
-    let (stop, shutdown) = stop_on_signal();
-    let mut feed = connectors::coinbase::client::spawn(
-        settings,
-        TradeTracker::default(),
-        CHANNEL_CAPACITY,
-        shutdown,
-    );
-    let counters = feed.counters.clone();
-    let published = publish_all(
-        &producer,
-        &mut feed.trades,
-        |t| (t.record.symbol.clone(), t.record.to_json()),
-        &counters,
-        &counters.published,
-        "Coinbase ingest progress.",
-    )
-    .await;
-    if let Err(e) = published {
-        let _ = stop.send(true);
-        return Err(e);
+    if let Some(codec) = compression {
+        overrides.push(Override::new("sink.compression", codec.as_str()));
     }
-    let ended = feed.task.await.context("the Coinbase client task failed")?;
-    producer.flush()?;
-    counters.log("Coinbase ingest stopped.");
-    // Every product refused, or nothing received could be used: not a success.
-    Ok(ended?)
+    if let Some((flag, dir)) = checkpoint {
+        overrides.push(Override::new(
+            "engine.checkpoint_dir",
+            path_value(flag, &dir)?,
+        ));
+    }
+    Ok(overrides)
 }
 
-async fn gateio(args: IngestGateioArgs) -> anyhow::Result<()> {
-    let pairs = if args.pairs.is_empty() {
-        pairs_of_portfolio(&args.portfolio)?
-    } else {
-        args.pairs
-    };
-    let mut config = GateioConfig::new(pairs);
+fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
+    let mut overrides = kafka_overrides(
+        args.brokers,
+        args.topic,
+        args.compression,
+        args.checkpoint.map(|dir| ("--checkpoint", dir)),
+    )?;
     if let Some(url) = args.url {
-        config.base_url = url;
+        overrides.push(Override::new("source.url", url));
     }
-    config.interval = args.interval;
-    config.from_secs = args
-        .from
-        .as_deref()
-        .map(parse_time)
-        .transpose()
-        .context("--from")?;
-    config.to_secs = args
-        .to
-        .as_deref()
-        .map(parse_time)
-        .transpose()
-        .context("--to")?;
-    config.once = args.once;
-    let settings = config.validate()?;
-    let producer = producer(args.brokers, &args.topic, args.compression).await?;
-    tracing::info!(
-        url = %settings.base_url,
-        pairs = settings.pairs.join(","),
-        interval = settings.interval.name(),
-        topic = %args.topic,
-        "Ingesting Gate.io candles."
-    );
-    let mut state = match &args.state {
-        Some(path) => PublishedState::load(path)?,
-        None => PublishedState::default(),
-    };
-    let interval = settings.interval.name().to_owned();
-    let (_stop, shutdown) = stop_on_signal();
-    let counters = Arc::new(connectors::gateio::poller::Counters::default());
-    let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let poller = tokio::spawn(connectors::gateio::poller::run(
-        settings,
-        state.watermarks(&interval),
-        tx,
-        shutdown,
-        counters.clone(),
-    ));
-    let published = publish_all(
-        &producer,
-        &mut rx,
-        |c: connectors::gateio::candles::CandleRecord| (c.currency_pair.clone(), c.to_json()),
-        &counters,
-        &counters.published,
-        "Gate.io ingest progress.",
-    )
-    .await;
-    if let Err(e) = published {
-        poller.abort();
-        return Err(e);
+    if !args.products.is_empty() {
+        overrides.push(Override::new("source.product_ids", list(args.products)));
     }
-    let polled = poller.await.context("the Gate.io poller task failed")?;
-    producer.flush()?;
-    counters.log("Gate.io ingest stopped.");
-    let published_up_to = polled?;
-    // Every candle handed to the producer is acknowledged now: the state may move past them.
-    if let Some(path) = &args.state {
-        state.record(&interval, &published_up_to);
-        state.save(path)?;
+    if let Some(feed) = args.feed {
+        overrides.push(Override::new("source.feed", feed));
     }
-    Ok(())
+    if let Some(ms) = args.idle_timeout_ms {
+        let ms = i64::try_from(ms).context("--idle-timeout-ms is too large")?;
+        overrides.push(Override::new("source.idle_timeout_ms", ms));
+    }
+    if let Some(path) = &args.portfolio {
+        overrides.push(Override::new(
+            "source.portfolio",
+            path_value("--portfolio", path)?,
+        ));
+    }
+    if let Some(path) = &args.coin_map {
+        overrides.push(Override::new(
+            "source.coin_map",
+            path_value("--coin-map", path)?,
+        ));
+    }
+    Ok((args.pipeline, overrides))
 }
 
-/// Gate.io pairs for the portfolio's products: `X-USD` is traded there as `X_USDT`.
-fn pairs_of_portfolio(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let portfolio = connectors::common::reference_files::read_portfolio(path)?;
-    let pairs: Vec<String> = portfolio
-        .keys()
-        .filter_map(|product| {
-            let (base, quote) = product.split_once('-')?;
-            let quote = if quote == "USD" { "USDT" } else { quote };
-            Some(format!("{base}_{quote}"))
-        })
-        .collect();
-    if pairs.is_empty() {
-        bail!(
-            "the portfolio {} has no products; pass --pairs",
-            path.display()
-        );
+fn gateio(args: IngestGateioArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
+    let mut overrides = kafka_overrides(
+        args.brokers,
+        args.topic,
+        args.compression,
+        args.state.map(|dir| ("--state", dir)),
+    )?;
+    if let Some(url) = args.url {
+        overrides.push(Override::new("source.base_url", url));
     }
-    Ok(pairs)
+    if !args.pairs.is_empty() {
+        overrides.push(Override::new("source.currency_pairs", list(args.pairs)));
+    }
+    if let Some(interval) = args.interval {
+        overrides.push(Override::new("source.interval", interval));
+    }
+    if let Some(from) = &args.from {
+        overrides.push(Override::new(
+            "source.from_secs",
+            parse_time(from).context("--from")?,
+        ));
+    }
+    if let Some(to) = &args.to {
+        overrides.push(Override::new(
+            "source.to_secs",
+            parse_time(to).context("--to")?,
+        ));
+    }
+    if args.once {
+        overrides.push(Override::new("source.once", true));
+    }
+    if let Some(path) = &args.portfolio {
+        overrides.push(Override::new(
+            "source.portfolio",
+            path_value("--portfolio", path)?,
+        ));
+    }
+    Ok((args.pipeline, overrides))
 }
 
 /// Unix seconds from RFC 3339, a date (`2026-11-20`, midnight UTC) or a number of seconds.

@@ -71,7 +71,9 @@ fn take_output(
     }
 }
 
-async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
+/// Runs the configured pipeline until its source is exhausted or SIGINT/SIGTERM (`run`, and the
+/// `ingest` shortcuts).
+pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
     let (_ctx, input, transforms) = plan(&config).await?;
     let transform = take_output(&config, transforms)?;
     let checkpoint = config

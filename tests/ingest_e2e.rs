@@ -1,10 +1,12 @@
-//! The ingesters end to end, through the built binary, on the real Kafka and Cassandra
+//! The ingest pipelines end to end, through the built binary, on the real Kafka and Cassandra
 //! (`scripts/services.sh up`); the exchanges are in-process servers speaking their formats:
-//! - `coinstream ingest coinbase` (from a feed that drops the connection and replays an overlap)
-//!   → Kafka → `coinstream run` with `pipelines/kafka-cassandra.toml` → every portfolio trade once,
-//!   with its profit;
-//! - `coinstream ingest gateio --once` (a paged backfill through a 429) → Kafka → `coinstream run`
-//!   with `pipelines/candles-cassandra.toml` → every candle;
+//! - `coinstream ingest coinbase` (`pipelines/ingest-coinbase.toml`, from a feed that drops the
+//!   connection and replays an overlap) → Kafka, every record byte for byte the bus record →
+//!   `coinstream run` with `pipelines/kafka-cassandra.toml` → every portfolio trade once, with its
+//!   profit;
+//! - `coinstream ingest gateio --once` (`pipelines/ingest-gateio.toml`, a paged backfill through a
+//!   429, twice over one checkpoint) → Kafka, every record byte for byte the candle record →
+//!   `coinstream run` with `pipelines/candles-cassandra.toml` → every candle;
 //! - `pipelines/coinbase-embedded.toml`: the feed as an engine source → profit.sql → Parquet.
 //!
 //! A missing service fails the test.
@@ -16,8 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use connectors::common::trade::TradeRecord;
+use connectors::gateio::candles::{Candle, CandleRecord};
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use rdkafka::ClientConfig;
+use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -138,6 +143,35 @@ fn messages_on(topic: &str, partitions: i32) -> i64 {
         .sum()
 }
 
+/// Every `(key, payload)` on `topic`, read from the start until `expected` arrived and a moment
+/// more (anything extra would show up then).
+fn read_records(topic: &str, expected: usize) -> Vec<(String, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut limit = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < limit {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap();
+                out.push((key, m.payload().unwrap_or_default().to_vec()));
+                if out.len() == expected {
+                    limit = Instant::now() + Duration::from_secs(2);
+                }
+            }
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+    assert_eq!(out.len(), expected, "records on {topic}");
+    out
+}
+
 /// The log without its ANSI colour codes.
 fn plain(log: &str) -> String {
     let mut out = String::with_capacity(log.len());
@@ -249,14 +283,44 @@ async fn ingest_coinbase_then_run_stores_every_portfolio_trade_once_with_its_pro
     // Replays after the reconnect would land now, if they were published.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = plain(&child.terminate(Duration::from_secs(30)));
-    assert!(log.contains("Coinbase ingest stopped."), "{log}");
-    assert!(log.contains(&format!("published={total}")), "{log}");
-    assert!(log.contains("reconnects=1"), "{log}");
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("Coinbase feed client stopped."))
+        .unwrap_or_else(|| panic!("no final counters: {log}"));
+    assert!(stopped.contains(&format!("published={total}")), "{stopped}");
+    assert!(stopped.contains("reconnects=1"), "{stopped}");
     assert_eq!(
         messages_on(&setup.topic, PARTITIONS),
         total,
         "every trade once on Kafka"
     );
+    // The records are the bus record, byte for byte: each payload is exactly what
+    // `TradeRecord::to_json` makes of the record it holds (field names and order, nulls,
+    // decimals and times as the exchange's text), keyed by its product, and holds what the
+    // feed sent.
+    let on_kafka = read_records(&setup.topic, total as usize);
+    for (key, payload) in &on_kafka {
+        let record: TradeRecord = serde_json::from_slice(payload)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)));
+        assert_eq!(
+            String::from_utf8_lossy(&record.to_json()),
+            String::from_utf8_lossy(payload)
+        );
+        assert_eq!(key, &record.symbol);
+        let (k, (_, reference)) = products
+            .iter()
+            .enumerate()
+            .find(|(_, (p, _))| *p == record.symbol)
+            .unwrap();
+        assert!((base(k)..=base(k) + 40).contains(&record.trade_id));
+        assert_eq!(
+            record.price,
+            price_of(*reference, record.trade_id).to_string()
+        );
+        assert_eq!(record.size, "0.01");
+        assert_eq!(record.sequence, Some(record.trade_id * 3 + 1), "{record:?}");
+        assert!(record.trade_time.ends_with(".000000Z"), "{record:?}");
+    }
 
     check(&setup.run(&[]).output().unwrap());
     let session = session().await;
@@ -398,7 +462,8 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
     let from = 1_780_000_000 / 60 * 60;
     let windows = 1_500;
     let to = from + (windows - 1) * 60;
-    let state = dir.path().join("gateio-state.json");
+    // The engine's checkpoint folder: the last window per pair and interval.
+    let state = dir.path().join("gateio-checkpoint");
     let ingest = || {
         Command::new(env!("CARGO_BIN_EXE_coinstream"))
             .args([
@@ -424,24 +489,69 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
                 "--topic",
                 &topic,
             ])
-            .current_dir(dir.path())
+            .current_dir(repo())
             .output()
             .unwrap()
     };
+    let final_counters = |log: &str| -> String {
+        log.lines()
+            .find(|l| l.contains("Gate.io source stopped."))
+            .unwrap_or_else(|| panic!("no final counters: {log}"))
+            .to_owned()
+    };
     let log = plain(&check(&ingest()));
     assert!(log.contains("rate limit hit"), "{log}");
-    assert!(log.contains(&format!("published={}", 2 * windows)), "{log}");
+    let counters = final_counters(&log);
+    assert!(
+        counters.contains(&format!("published={}", 2 * windows)),
+        "{counters}"
+    );
     assert_eq!(
         messages_on(&topic, 3),
         2 * windows,
         "every window once on Kafka"
     );
-    // A second scheduled run over the same windows: the state file says they are out.
+    // The records are the candle record, byte for byte: each payload is exactly what
+    // `CandleRecord::to_json` makes of the row the API sent (decimals as the API's text, trailing
+    // zeros kept; the window start as RFC 3339), keyed by its pair.
+    let on_kafka = read_records(&topic, 2 * windows as usize);
+    let mut seen_windows = std::collections::BTreeSet::new();
+    for (key, payload) in &on_kafka {
+        let record: CandleRecord = serde_json::from_slice(payload)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)));
+        let start = chrono::DateTime::parse_from_rfc3339(&record.window_start)
+            .unwrap()
+            .timestamp();
+        let cells: Vec<String> = serde_json::from_str(&candle_row(start)).unwrap();
+        let expected = CandleRecord::new(
+            &record.currency_pair,
+            "1m",
+            Candle {
+                window_start: start,
+                volume_quote: cells[1].clone(),
+                close: cells[2].clone(),
+                high: cells[3].clone(),
+                low: cells[4].clone(),
+                open: cells[5].clone(),
+                volume_base: Some(cells[6].clone()),
+                closed: Some(true),
+            },
+            &record.ingest_time,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&expected.to_json()),
+            String::from_utf8_lossy(payload)
+        );
+        assert_eq!(key, &record.currency_pair);
+        assert!(seen_windows.insert((record.currency_pair.clone(), start)));
+    }
+    // A second scheduled run over the same windows: the checkpoint says they are out.
     let log = plain(&check(&ingest()));
-    assert!(log.contains("published=0"), "{log}");
+    let counters = final_counters(&log);
+    assert!(counters.contains("published=0"), "{counters}");
     assert!(
-        log.contains(&format!("duplicates={}", 2 * windows)),
-        "{log}"
+        counters.contains(&format!("duplicates={}", 2 * windows)),
+        "{counters}"
     );
     assert_eq!(
         messages_on(&topic, 3),

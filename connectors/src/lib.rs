@@ -36,6 +36,8 @@ pub enum SourceConfig {
     Kafka(kafka::config::KafkaSourceConfig),
     /// Live trades from a Coinbase WebSocket feed.
     Coinbase(coinbase::config::CoinbaseConfig),
+    /// Closed Gate.io candles polled over REST.
+    Gateio(gateio::config::GateioConfig),
 }
 
 /// `[sink]`: where the transform's rows go.
@@ -71,6 +73,7 @@ pub fn build_source(config: &SourceConfig) -> Result<Box<dyn Source>> {
         SourceConfig::Generate(c) => Box::new(generate::source::GenerateSource::new(c.clone())?),
         SourceConfig::Kafka(c) => Box::new(kafka::source::KafkaSource::new(c.clone())?),
         SourceConfig::Coinbase(c) => Box::new(coinbase::source::CoinbaseSource::new(c.clone())?),
+        SourceConfig::Gateio(c) => Box::new(gateio::source::GateioSource::new(c.clone())?),
     })
 }
 
@@ -124,6 +127,11 @@ impl SourceConfig {
             SourceConfig::Kafka(_) => {}
             SourceConfig::Coinbase(c) => {
                 rebase(&mut c.coin_map, base);
+                if let Some(path) = &mut c.portfolio {
+                    rebase(path, base);
+                }
+            }
+            SourceConfig::Gateio(c) => {
                 if let Some(path) = &mut c.portfolio {
                     rebase(path, base);
                 }

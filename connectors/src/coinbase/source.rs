@@ -15,7 +15,8 @@
 //!   rejected records (the engine dead-letters them with their reason): topic = the feed's URL,
 //!   offset = the frame's number since the client started.
 //! - When the exchange refuses every product (or the credentials), the client stops and `poll`
-//!   returns its permanent error.
+//!   returns its permanent error. A run that received frames but could use none of them fails
+//!   at [`Source::close`] with the client's error.
 //! - With `available_now` (e.g. `--trigger available-now`) the source ends at the first poll that
 //!   gets no trade within its wait (before the first trade, within `connect_timeout_ms`): a live
 //!   feed has no "end of what is there".
@@ -259,7 +260,13 @@ impl Source for CoinbaseSource {
         }
         if let Some(feed) = self.feed.take() {
             drop(feed.trades);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), feed.task).await;
+            // A client that received frames but could use none of them ends in a permanent
+            // error (a wrong feed kind or url): the run is not a success.
+            if let Ok(Ok(Err(e))) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), feed.task).await
+            {
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
-//! The Gate.io candle poller's config (built from the flags of `coinstream ingest gateio`): the raw
-//! struct and [`Settings`], the validated form, with every problem reported at once.
+//! `[source] type = "gateio"` (`pipelines/ingest-gateio.toml`, whose keys the flags of
+//! `coinstream ingest gateio` override): the raw struct and [`Settings`], the validated form, with
+//! every problem reported at once. Validation reads the portfolio when the pairs come from it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use engine::{Error, Result};
@@ -61,15 +63,19 @@ impl Interval {
     }
 }
 
-/// The poller's config.
+/// `[source] type = "gateio"`: the poller's config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateioConfig {
     /// The REST API's base URL. Default [`DEFAULT_BASE_URL`].
     #[serde(default = "default_base_url")]
     pub base_url: String,
-    /// Currency pairs, `BASE_QUOTE` (e.g. `BTC_USDT`).
+    /// Currency pairs, `BASE_QUOTE` (e.g. `BTC_USDT`). Default: each product `X-USD` of
+    /// `portfolio` as `X_USDT` (other quotes as they are).
+    #[serde(default)]
     pub currency_pairs: Vec<String>,
+    /// The portfolio file whose products give the pairs when `currency_pairs` is empty.
+    pub portfolio: Option<PathBuf>,
     /// The candle interval. Default `1m`.
     #[serde(default = "default_interval")]
     pub interval: String,
@@ -143,6 +149,7 @@ impl GateioConfig {
         Self {
             base_url: default_base_url(),
             currency_pairs,
+            portfolio: None,
             interval: default_interval(),
             from_secs: None,
             to_secs: None,
@@ -169,7 +176,14 @@ impl GateioConfig {
             )),
         }
         let mut pairs = Vec::new();
-        for pair in &self.currency_pairs {
+        let configured = match (self.currency_pairs.is_empty(), &self.portfolio) {
+            (true, Some(path)) => pairs_of_portfolio(path).unwrap_or_else(|e| {
+                problems.push(format!("portfolio: {e}"));
+                Vec::new()
+            }),
+            _ => self.currency_pairs.clone(),
+        };
+        for pair in &configured {
             let ok = |s: &str| {
                 !s.is_empty()
                     && s.chars()
@@ -186,8 +200,11 @@ impl GateioConfig {
                 )),
             }
         }
-        if self.currency_pairs.is_empty() {
-            problems.push("currency_pairs: must name at least one pair".into());
+        if configured.is_empty() && problems.is_empty() {
+            problems.push(
+                "currency_pairs: must name at least one pair (or set portfolio to a file with products)"
+                    .into(),
+            );
         }
         let interval = Interval::parse(&self.interval).unwrap_or_else(|e| {
             problems.push(format!("interval: {e}"));
@@ -221,7 +238,7 @@ impl GateioConfig {
             ));
         }
         if !problems.is_empty() {
-            return Err(Error::config("gateio", problems.join("; ")));
+            return Err(Error::config("source (gateio)", problems.join("; ")));
         }
         Ok(Settings {
             base_url,
@@ -238,6 +255,27 @@ impl GateioConfig {
             backoff_max: Duration::from_millis(self.retry_backoff_max_ms),
         })
     }
+}
+
+/// Gate.io pairs for the portfolio's products: `X-USD` is traded there as `X_USDT`.
+fn pairs_of_portfolio(path: &std::path::Path) -> std::result::Result<Vec<String>, String> {
+    let portfolio =
+        crate::common::reference_files::read_portfolio(path).map_err(|e| e.to_string())?;
+    let pairs: Vec<String> = portfolio
+        .keys()
+        .filter_map(|product| {
+            let (base, quote) = product.split_once('-')?;
+            let quote = if quote == "USD" { "USDT" } else { quote };
+            Some(format!("{base}_{quote}"))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Err(format!(
+            "{} has no products; set currency_pairs",
+            path.display()
+        ));
+    }
+    Ok(pairs)
 }
 
 /// The validated config.

@@ -1,6 +1,7 @@
 //! Gate.io spot candlesticks over REST v4 (`GET https://api.gateio.ws/api/v4/spot/candlesticks`;
 //! docs: <https://www.gate.io/docs/developers/apiv4/en/#market-candlesticks>), polled on a schedule
-//! into candle records for the bus (`coinstream ingest gateio`).
+//! into candle records: an engine source (`[source] type = "gateio"`; `coinstream ingest gateio`
+//! runs `pipelines/ingest-gateio.toml`, which writes them to Kafka).
 //!
 //! Quirks that shape this code:
 //! - Rows are arrays of **strings** in the order `[start, quote volume, close, high, low, open,
@@ -13,11 +14,12 @@
 //!   means wait.
 //! - Error answers are `{"label": ..., "message": ...}`: `label` is the stable key.
 //!
-//! Layout: [`config`] (flags → validated settings), [`candles`] (rows and the bus record),
-//! [`client`] (requests, rate limits, retries), [`poller`] (schedule, paging, dedupe, counters).
+//! Layout: [`config`] (`[source]` keys → validated settings), [`candles`] (rows and the bus
+//! record), [`client`] (requests, rate limits, retries), [`poller`] (schedule, paging, dedupe,
+//! counters), [`source`] (the engine source: positions in the checkpoint, replay).
 
 pub mod candles;
 pub mod client;
 pub mod config;
 pub mod poller;
-pub mod state;
+pub mod source;

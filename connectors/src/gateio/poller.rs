@@ -11,9 +11,9 @@
 //! could use none of them fails too; the live schedule logs such a stretch once at ERROR.
 //!
 //! The watermark lives in memory; [`run`] starts from the watermarks it is given and returns
-//! where it ended, which `coinstream ingest gateio --state FILE` keeps between runs
-//! ([`super::state`]). A pair with a watermark and no `from` resumes right after it, however far
-//! back that is; in a backfill, windows at or before it count as duplicates.
+//! where it ended. The engine source ([`super::source`]) keeps them between runs in the
+//! checkpoint. A pair with a watermark and no `from` resumes right after it, however far back
+//! that is; in a backfill, windows at or before it count as duplicates.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub struct Counters {
     pub requests: AtomicU64,
     /// Rows received.
     pub rows_in: AtomicU64,
-    /// Candles the consumer published (Kafka acknowledged).
+    /// Candles the consumer published (the engine's sink acknowledged them).
     pub published: AtomicU64,
     /// Rows of windows still open (fetched again later).
     pub open_windows: AtomicU64,

@@ -1,5 +1,5 @@
 //! Publishing to Kafka: an idempotent producer that batches (`linger.ms`) and keeps many sends in
-//! flight, never flushing per message. Used by the ingesters and `coinstream generate --topic`.
+//! flight, never flushing per message. Used by the Kafka sink, the dead-letter output and `coinstream generate --topic`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -131,34 +131,6 @@ impl TopicProducer {
                 )
                 .at_sink(self.name())
             })
-    }
-
-    /// Publishes everything `rx` yields until it closes, in batches of what has arrived (at most
-    /// `max_batch`): each batch is sent with [`TopicProducer::send_all`] and acknowledged before
-    /// the next is read, so order per key holds and nothing is flushed per message.
-    /// `on_published` is told each acknowledged batch's size. Returns the total published.
-    pub async fn publish_from<T>(
-        &self,
-        rx: &mut tokio::sync::mpsc::Receiver<T>,
-        max_batch: usize,
-        mut encode: impl FnMut(T) -> (String, Vec<u8>),
-        mut on_published: impl FnMut(u64),
-    ) -> Result<u64> {
-        let mut total = 0;
-        let mut batch = Vec::new();
-        while let Some(first) = rx.recv().await {
-            batch.push(encode(first));
-            while batch.len() < max_batch.max(1) {
-                match rx.try_recv() {
-                    Ok(item) => batch.push(encode(item)),
-                    Err(_) => break,
-                }
-            }
-            let sent = self.send_all(batch.drain(..)).await?;
-            on_published(sent);
-            total += sent;
-        }
-        Ok(total)
     }
 
     /// Waits until every queued message is delivered.

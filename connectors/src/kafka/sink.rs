@@ -45,6 +45,11 @@ pub struct KafkaSinkConfig {
     /// Extra librdkafka producer properties (not the compression, which is `compression`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Write a null as `"column": null` instead of leaving the field out (Spark's `to_json`
+    /// leaves it out, the default). The ingest pipelines set it: their records on the bus always
+    /// carry every field.
+    #[serde(default)]
+    pub explicit_nulls: bool,
 }
 
 impl KafkaSinkConfig {
@@ -105,7 +110,9 @@ impl KafkaSink {
     fn encode(&self, batch: &RecordBatch) -> Result<Vec<(String, Vec<u8>)>> {
         let mut json = Vec::new();
         {
-            let mut writer = arrow::json::LineDelimitedWriter::new(&mut json);
+            let mut writer = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(self.config.explicit_nulls)
+                .build::<_, arrow::json::writer::LineDelimited>(&mut json);
             writer.write(batch)?;
             writer.finish()?;
         }

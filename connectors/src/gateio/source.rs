@@ -1,0 +1,324 @@
+//! The candle poller as an engine [`Source`] (`[source] type = "gateio"`,
+//! `pipelines/ingest-gateio.toml`): the same requests, pages, alignment, gap and duplicate rules
+//! as [`super::poller`] (which runs in a task behind this source), the same candle records.
+//!
+//! - **Position**: the last window per pair and interval, kept in the engine's checkpoint. Offsets
+//!   have one "topic" per `"PAIR interval"` (e.g. `"BTC_USDT 1m"`, partition 0) whose offset is
+//!   the start (unix seconds) of the next window to publish: one past the last handed out. A
+//!   batch's end offsets carry every pair and interval known so far (those of other intervals in
+//!   the checkpoint included), so a restart resumes each pair right after its last committed
+//!   window, however far back that is, and a backfill counts the windows at or before it as
+//!   duplicates: nothing is published twice and nothing is skipped.
+//! - **Replay**: closed windows do not change, so [`Source::fetch_range`] fetches a batch planned
+//!   but not committed before a crash again from the API (the same windows, in the same pages);
+//!   only `ingest_time` differs.
+//! - **Errors**: a permanent API error (a refused request, every pair refused, a run whose every
+//!   row was unusable) fails [`Source::poll`] for good. A transient one (5xx, timeouts, broken
+//!   connections) that outlasted the client's own `max_attempts` in a backfill or a `once` poll is
+//!   returned as transient: the engine retries the poll, which resumes the poller after the last
+//!   window handed out. A 429 is always waited out inside the client until the reset time its
+//!   headers give (see [`super::client`]), never retried early.
+//! - With `available_now` (`--trigger available-now`) the source does one poll, as `once`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use engine::{
+    Error, Offsets, Poll, PollLimits, RawRecord, Result, Source, SourceBatch, StartRequest,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::candles::CandleRecord;
+use super::config::{GateioConfig, Settings};
+use super::poller::{self, Counters};
+use crate::common::counters::{CounterSet, add};
+
+/// Candles buffered between the poller and the engine; the poller waits when it is full.
+const CHANNEL_CAPACITY: usize = 50_000;
+
+/// The poller task behind the source.
+struct Running {
+    candles: mpsc::Receiver<CandleRecord>,
+    task: JoinHandle<Result<BTreeMap<String, i64>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// `[source] type = "gateio"`.
+pub struct GateioSource {
+    settings: Settings,
+    running: Option<Running>,
+    counters: Arc<Counters>,
+    /// Received but not yet handed out (kept here so a dropped `poll` loses nothing).
+    pending: Vec<(i64, CandleRecord)>,
+    /// The next window start to publish per `"PAIR interval"`, after everything handed out.
+    next: BTreeMap<String, i64>,
+    handed_out: u64,
+    started: bool,
+}
+
+/// The offsets key of `pair` at `interval`.
+fn key(pair: &str, interval: &str) -> String {
+    format!("{pair} {interval}")
+}
+
+/// A record's window start in unix seconds (the poller writes it as RFC 3339).
+fn window_start(record: &CandleRecord) -> Result<i64> {
+    chrono::DateTime::parse_from_rfc3339(&record.window_start)
+        .map(|t| t.timestamp())
+        .map_err(|e| {
+            Error::Internal(format!(
+                "candle window start {:?} is not RFC 3339: {e}",
+                record.window_start
+            ))
+        })
+}
+
+impl GateioSource {
+    /// Validates the config (reading the portfolio when the pairs come from it); nothing is
+    /// requested until the first [`Source::poll`].
+    pub fn new(config: GateioConfig) -> Result<Self> {
+        Ok(Self {
+            settings: config.validate()?,
+            running: None,
+            counters: Arc::new(Counters::default()),
+            pending: Vec::new(),
+            next: BTreeMap::new(),
+            handed_out: 0,
+            started: false,
+        })
+    }
+
+    fn interval(&self) -> &'static str {
+        self.settings.interval.name()
+    }
+
+    /// The last window handed out per pair of this interval: where the poller resumes.
+    fn watermarks(&self) -> BTreeMap<String, i64> {
+        let secs = self.settings.interval.secs();
+        self.settings
+            .pairs
+            .iter()
+            .filter_map(|pair| {
+                let next = self.next.get(&key(pair, self.interval()))?;
+                Some((pair.clone(), next - secs))
+            })
+            .collect()
+    }
+
+    /// Starts the poller after the last window handed out.
+    fn spawn(&mut self) {
+        let (candles_tx, candles) = mpsc::channel(CHANNEL_CAPACITY);
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(poller::run(
+            self.settings.clone(),
+            self.watermarks(),
+            candles_tx,
+            shutdown,
+            self.counters.clone(),
+        ));
+        self.running = Some(Running {
+            candles,
+            task,
+            stop,
+        });
+    }
+
+    fn batch(&mut self) -> SourceBatch {
+        let mut start = Offsets::new();
+        let mut records = Vec::with_capacity(self.pending.len());
+        let secs = self.settings.interval.secs();
+        for (window, record) in self.pending.drain(..) {
+            let topic = key(&record.currency_pair, &record.interval);
+            if start.get(&topic, 0).is_none() {
+                // From the previous end, so a replay covers the windows without a candle too.
+                start.set(&topic, 0, self.next.get(&topic).copied().unwrap_or(window));
+            }
+            self.next.insert(topic.clone(), window + secs);
+            records.push(RawRecord {
+                payload: record.to_json(),
+                topic,
+                partition: 0,
+                offset: window,
+                frame: None,
+                rejected: None,
+                received_at: SystemTime::now(),
+            });
+        }
+        let mut end = Offsets::new();
+        for (topic, next) in &self.next {
+            end.set(topic, 0, *next);
+            if start.get(topic, 0).is_none() {
+                start.set(topic, 0, *next);
+            }
+        }
+        self.handed_out = records.len() as u64;
+        SourceBatch {
+            records,
+            start,
+            end,
+        }
+    }
+
+    /// The poller ended with nothing left to hand out: a bounded run is over, or it failed.
+    async fn ended(&mut self) -> Result<Poll> {
+        let Some(running) = self.running.take() else {
+            return Err(Error::Internal("gateio source polled before start".into()));
+        };
+        match running.task.await {
+            Ok(Ok(_)) => Ok(Poll::Exhausted),
+            // Kept for the next poll: the engine retries it, and the poller resumes after the
+            // last window handed out (with `from`, the windows before it count as duplicates).
+            Ok(Err(e)) if e.is_transient() => {
+                self.spawn();
+                Err(e)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(Error::Internal(format!(
+                "the Gate.io poller task failed: {e}"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for GateioSource {
+    fn description(&self) -> String {
+        format!(
+            "gateio {} ({} pairs, {})",
+            self.settings.base_url,
+            self.settings.pairs.len(),
+            self.interval()
+        )
+    }
+
+    fn identity(&self) -> String {
+        // Pairs and the interval may change between runs of the same query (the positions are
+        // per pair and interval); the API it reads from may not.
+        format!("gateio {}", self.settings.base_url)
+    }
+
+    async fn start(&mut self, request: StartRequest) -> Result<()> {
+        if let Some(committed) = &request.committed {
+            for (topic, _, next) in committed.iter() {
+                self.next.insert(topic.to_owned(), next);
+            }
+        }
+        if request.available_now {
+            self.settings.once = true;
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
+        let secs = self.settings.interval.secs();
+        let mut records = Vec::new();
+        for (topic, _, end_next) in end.iter() {
+            let Some((pair, interval)) = topic.split_once(' ') else {
+                continue;
+            };
+            let from = start.get(topic, 0).unwrap_or(end_next);
+            if interval != self.interval() || from >= end_next {
+                continue;
+            }
+            let mut settings = self.settings.clone();
+            settings.pairs = vec![pair.to_owned()];
+            settings.from = Some(from);
+            settings.to = Some(end_next - secs);
+            settings.once = true;
+            let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
+            let (_stop, shutdown) = watch::channel(false);
+            let task = tokio::spawn(poller::run(
+                settings,
+                BTreeMap::new(),
+                tx,
+                shutdown,
+                self.counters.clone(),
+            ));
+            while let Some(record) = rx.recv().await {
+                let window = window_start(&record)?;
+                records.push(RawRecord {
+                    payload: record.to_json(),
+                    topic: topic.to_owned(),
+                    partition: 0,
+                    offset: window,
+                    frame: None,
+                    rejected: None,
+                    received_at: SystemTime::now(),
+                });
+            }
+            task.await
+                .map_err(|e| Error::Internal(format!("the Gate.io poller task failed: {e}")))??;
+        }
+        for (topic, _, next) in end.iter() {
+            self.next.insert(topic.to_owned(), next);
+        }
+        self.handed_out = records.len() as u64;
+        Ok(SourceBatch {
+            records,
+            start: start.clone(),
+            end: end.clone(),
+        })
+    }
+
+    async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
+        if !self.started {
+            return Err(Error::Internal("gateio source polled before start".into()));
+        }
+        if self.running.is_none() {
+            self.spawn();
+        }
+        let Some(running) = self.running.as_mut() else {
+            return Err(Error::Internal("the Gate.io poller did not start".into()));
+        };
+        let deadline = tokio::time::Instant::now() + limits.max_wait;
+        let max = limits.max_records.max(1);
+        let mut closed = false;
+        while self.pending.len() < max {
+            match tokio::time::timeout_at(deadline, running.candles.recv()).await {
+                Ok(Some(record)) => {
+                    let window = window_start(&record)?;
+                    self.pending.push((window, record));
+                }
+                Ok(None) => {
+                    closed = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !self.pending.is_empty() {
+            return Ok(Poll::Batch(self.batch()));
+        }
+        if closed {
+            return self.ended().await;
+        }
+        Ok(Poll::Idle)
+    }
+
+    async fn commit(&mut self, _end: &Offsets) -> Result<()> {
+        // Nothing to acknowledge to the API; the batch is now published.
+        add(
+            &self.counters.published,
+            std::mem::take(&mut self.handed_out),
+        );
+        Ok(())
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        self.counters.snapshot()
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(running) = self.running.take() {
+            let _ = running.stop.send(true);
+            drop(running.candles);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), running.task).await;
+        }
+        self.counters.log("Gate.io source stopped.");
+        Ok(())
+    }
+}
