@@ -496,6 +496,7 @@ async fn a_bad_transform_fails_at_planning_naming_the_file() {
         .register_transform(TransformFile::read(&path).unwrap())
         .await
         .unwrap_err()
+        .report()
         .to_string();
     assert!(err.starts_with("transform broken ("), "{err}");
     assert!(err.contains("broken.sql"), "{err}");
@@ -505,6 +506,7 @@ async fn a_bad_transform_fails_at_planning_naming_the_file() {
         .register_transform(TransformFile::read(&path).unwrap())
         .await
         .unwrap_err()
+        .report()
         .to_string();
     assert!(err.contains("nope"), "{err}");
 }
@@ -741,7 +743,7 @@ async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
     )
     .await;
     let (_tx, rx) = watch::channel(false);
-    let err = q.run(rx).await.unwrap_err().to_string();
+    let err = q.run(rx).await.unwrap_err().report().to_string();
     assert!(err.starts_with("transform total ("), "{err}");
     assert!(err.contains("no single row explains the error"), "{err}");
     assert!(
