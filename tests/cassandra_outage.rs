@@ -3,33 +3,12 @@
 //! a restart. It stops the shared Cassandra, so it is the only test in this binary (test binaries
 //! run one after another).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use testkit::services::Stopped;
 
 mod common;
-
-fn services(args: &[&str]) {
-    let status = Command::new("bash")
-        .arg(repo().join("scripts/services.sh"))
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "scripts/services.sh {args:?} failed");
-}
-
-/// Starts Cassandra again when dropped, so a failing assertion never leaves it down.
-struct RestartOnDrop;
-
-impl Drop for RestartOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts/services.sh"))
-            .args(["start", "cassandra"])
-            .status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twenty_second_cassandra_outage_mid_run_loses_nothing() {
@@ -39,8 +18,7 @@ async fn a_twenty_second_cassandra_outage_mid_run_loses_nothing() {
     let mut child = Running::spawn(setup.run(&["--max-records-per-batch", "1000"]));
     // Wait for the first batch to be written, then take Cassandra away.
     child.wait_for_batches(1, Duration::from_secs(120));
-    let _guard = RestartOnDrop;
-    services(&["stop", "cassandra"]);
+    let mut cassandra = Stopped::stop("cassandra");
     let stopped_at = Instant::now();
     assert!(
         std::net::TcpStream::connect(cassandra_node()).is_err(),
@@ -56,7 +34,7 @@ async fn a_twenty_second_cassandra_outage_mid_run_loses_nothing() {
         "the engine is still running while Cassandra is down:\n{}",
         child.log().join("\n")
     );
-    services(&["start", "cassandra"]);
+    cassandra.start();
     let text = child.finish(Duration::from_secs(400).saturating_sub(stopped_at.elapsed()));
     assert!(
         batches_during <= 1,

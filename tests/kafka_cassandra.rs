@@ -10,8 +10,6 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rust_decimal::Decimal;
 
 mod common;
@@ -167,24 +165,7 @@ async fn hostile_messages_go_to_the_dead_letter_topic_with_their_reason() {
     let session = session().await;
     assert_exactly(&stored(&session, &setup.keyspace).await, &expected);
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("dlq_reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&setup.dead_letters]).unwrap();
-    let mut letters = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while letters.len() < 200 && Instant::now() < deadline {
-        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
-            let m = m.unwrap();
-            letters.push(
-                serde_json::from_slice::<serde_json::Value>(rdkafka::Message::payload(&m).unwrap())
-                    .unwrap(),
-            );
-        }
-    }
+    let letters = testkit::kafka::read_json(&setup.dead_letters, 200).await;
     assert_eq!(
         letters.len(),
         200,
@@ -259,26 +240,7 @@ async fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_group_commits_p
     assert_eq!(parquet_profits(&store), expected);
     assert_past_the_poison_row(&setup);
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("dlq_reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&setup.dead_letters]).unwrap();
-    let mut letters = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
-            let m = m.unwrap();
-            letters.push(
-                serde_json::from_slice::<serde_json::Value>(rdkafka::Message::payload(&m).unwrap())
-                    .unwrap(),
-            );
-        } else if !letters.is_empty() {
-            break;
-        }
-    }
+    let letters = testkit::kafka::read_json(&setup.dead_letters, 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(
         letters[0]["raw"].as_str().unwrap().as_bytes(),

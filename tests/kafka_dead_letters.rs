@@ -7,58 +7,16 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
+use testkit::kafka::{create_topic_with_config, produce_one, read_json};
 
 mod common;
 
 /// The dead-letter topics' `max.message.bytes`: an ordinary letter fits, a 100 KB one does not.
 const SMALL_MAX_MESSAGE_BYTES: &str = "4096";
-
-async fn create_topic(name: &str, config: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let topic = config.iter().fold(
-        NewTopic::new(name, 1, TopicReplication::Fixed(1)),
-        |t, (k, v)| t.set(k, v),
-    );
-    let created = tokio::time::timeout(
-        Duration::from_secs(30),
-        admin.create_topics([&topic], &AdminOptions::new()),
-    )
-    .await
-    .expect("Kafka answers")
-    .expect("create topic");
-    for r in created {
-        r.expect("topic created");
-    }
-}
-
-/// Produces one message and returns the partition and offset it got.
-async fn produce_one(topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let delivery = producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produced");
-    (delivery.partition, delivery.offset)
-}
 
 /// The setup's config with the Parquet store under the test's folder and `dead_letter` as the
 /// `[dead_letter]` section.
@@ -74,33 +32,6 @@ fn assert_not_committed_past(setup: &Setup, partition: i32, offset: i64) {
         .find(|(p, _, _)| *p == partition)
         .unwrap();
     assert!(at.1.is_none_or(|c| c <= offset), "{at:?}");
-}
-
-/// Every message of `topic`, as JSON: waits for `count`, then for any more.
-fn read_letters(topic: &str, count: usize) -> Vec<Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("dlq_reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut letters = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while letters.len() < count && Instant::now() < deadline {
-        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
-            let m = m.unwrap();
-            letters.push(
-                serde_json::from_slice::<Value>(rdkafka::Message::payload(&m).unwrap()).unwrap(),
-            );
-        }
-    }
-    // Anything more would be a letter written twice or a stray retry.
-    while let Some(m) = consumer.poll(Duration::from_secs(2)) {
-        letters
-            .push(serde_json::from_slice(rdkafka::Message::payload(&m.unwrap()).unwrap()).unwrap());
-    }
-    letters
 }
 
 fn letter_at(letters: &[Value], partition: i32, offset: i64) -> &Value {
@@ -122,7 +53,7 @@ async fn a_dead_letter_larger_than_its_topic_allows_is_written_truncated_and_the
  {
     let setup = Setup::new("dlq_big").await;
     let dlq = format!("{}_small", setup.dead_letters);
-    create_topic(&dlq, &[("max.message.bytes", SMALL_MAX_MESSAGE_BYTES)]).await;
+    create_topic_with_config(&dlq, 1, &[("max.message.bytes", SMALL_MAX_MESSAGE_BYTES)]).await;
     let (messages, expected) = trades(2_000, 11);
     produce(&setup.topic, &messages[..1_000]).await;
     let big = big_bad_message();
@@ -155,7 +86,7 @@ async fn a_dead_letter_larger_than_its_topic_allows_is_written_truncated_and_the
         "{warning}"
     );
 
-    let letters = read_letters(&dlq, 2);
+    let letters = read_json(&dlq, 2).await;
     assert_eq!(letters.len(), 2, "{letters:?}");
     let cut = letter_at(&letters, big_partition, big_offset);
     assert_eq!(cut["topic"], setup.topic.as_str());
@@ -202,7 +133,7 @@ async fn a_dead_letter_over_the_producers_own_limit_is_written_truncated() {
     assert_eq!(parquet_profits(&store), expected);
     assert_committed_to_end(&setup.group, &setup.topic);
 
-    let letters = read_letters(&setup.dead_letters, 1);
+    let letters = read_json(&setup.dead_letters, 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     let cut = letter_at(&letters, partition, offset);
     assert_eq!(
@@ -222,7 +153,7 @@ async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
     // 200 bytes: less than any dead letter with its topic, partition and offset.
     let setup = Setup::new("dlq_tiny").await;
     let dlq = format!("{}_tiny", setup.dead_letters);
-    create_topic(&dlq, &[("max.message.bytes", "200")]).await;
+    create_topic_with_config(&dlq, 1, &[("max.message.bytes", "200")]).await;
     let (messages, _) = trades(100, 15);
     produce(&setup.topic, &messages).await;
     let big = big_bad_message();
@@ -248,7 +179,7 @@ async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
     // The broker checks max.message.bytes against the compressed batch: 20 KB of repeated text
     // fits 4 KB only compressed, so a letter arriving whole shows the codec was used.
     let dlq = format!("{}_small", setup.dead_letters);
-    create_topic(&dlq, &[("max.message.bytes", SMALL_MAX_MESSAGE_BYTES)]).await;
+    create_topic_with_config(&dlq, 1, &[("max.message.bytes", SMALL_MAX_MESSAGE_BYTES)]).await;
     let (messages, expected) = trades(200, 12);
     produce(&setup.topic, &messages).await;
     let bad = "not JSON ".repeat(2_300);
@@ -265,7 +196,7 @@ async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
     assert_committed_to_end(&setup.group, &setup.topic);
     assert!(!log.contains("written truncated"), "{log}");
 
-    let letters = read_letters(&dlq, 1);
+    let letters = read_json(&dlq, 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = letter_at(&letters, partition, offset);
     assert_eq!(letter["raw"], bad.as_str());
@@ -325,7 +256,7 @@ async fn generate_publishes_zstd_batches_and_rejects_an_unknown_codec() {
     );
     check(&generate("zstd"));
     // A consumer decompresses and reads every record.
-    let records = read_letters(&setup.topic, 500);
+    let records = read_json(&setup.topic, 500).await;
     assert_eq!(records.len(), 500);
     assert!(
         records.iter().all(|r| r["trade_id"].is_i64()),

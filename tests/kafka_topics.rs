@@ -14,27 +14,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rust_decimal::Decimal;
 
 fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap()
-}
-
-async fn create_topic(name: &str, partitions: i32) {
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for r in admin()
-        .create_topics(&[topic], &AdminOptions::new())
-        .await
-        .expect("create topic")
-    {
-        r.expect("topic created");
-    }
+    testkit::kafka::client_config().create().unwrap()
 }
 
 async fn add_partitions(topic: &str, total: usize) {
@@ -50,9 +36,7 @@ async fn add_partitions(topic: &str, total: usize) {
 /// Writes `messages` to `topic` with the Java producer (`tests/java/TopicWriter.java`): `lines`
 /// are `PARTITION|KEY|VALUE` or `--commit` / `--abort`.
 fn java_write(topic: &str, compression: &str, transactional_id: Option<&str>, lines: &[String]) {
-    let jars = std::env::var("KAFKA_JARS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join(".services/jars/kafka"));
+    let jars = testkit::env::kafka_jars().unwrap_or_else(|| repo().join(".services/jars/kafka"));
     assert!(
         jars.join("kafka-clients-4.3.1.jar").exists()
             || std::fs::read_dir(&jars).is_ok_and(|d| d
@@ -60,8 +44,7 @@ fn java_write(topic: &str, compression: &str, transactional_id: Option<&str>, li
                 .any(|e| e.file_name().to_string_lossy().starts_with("kafka-clients"))),
         "no kafka-clients jar in {jars:?}: run scripts/services.sh up (KAFKA_JARS names the folder)"
     );
-    let java = std::env::var("JAVA").unwrap_or_else(|_| "java".into());
-    let mut cmd = Command::new(java);
+    let mut cmd = Command::new(testkit::env::java());
     cmd.arg("-cp")
         .arg(format!("{}/*", jars.display()))
         .arg(repo().join("tests/java/TopicWriter.java"))
@@ -140,7 +123,7 @@ async fn topics_the_java_producer_wrote_with_every_codec_are_read_whole() {
         .map(|c| format!("{}_{c}", setup.topic))
         .collect();
     for topic in &topics {
-        create_topic(topic, PARTITIONS).await;
+        testkit::kafka::create_topic(topic, PARTITIONS).await;
     }
     let (messages, expected) = trades(2_000, 21);
     for (i, chunk) in messages.chunks(500).enumerate() {
@@ -312,7 +295,7 @@ async fn partitions_added_while_running_or_stopped_are_read_from_their_earliest_
 async fn slow_reader_setup(name: &str, fail_on_data_loss: bool) -> (Setup, PathBuf, PathBuf) {
     let setup = Setup::new(name).await;
     let topic = format!("{}_one", setup.topic);
-    create_topic(&topic, 1).await;
+    testkit::kafka::create_topic(&topic, 1).await;
     let (config, store) = parquet_config(
         &setup,
         std::slice::from_ref(&topic),
@@ -475,13 +458,11 @@ fn number_text<'a>(json: &'a str, field: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kafka_sink_writes_every_row_once_as_json_keyed_by_its_column() {
-    use rdkafka::Message;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use std::str::FromStr;
 
     let setup = Setup::new("ksink").await;
     let out = format!("{}_out", setup.topic);
-    create_topic(&out, 3).await;
+    testkit::kafka::create_topic(&out, 3).await;
     let (messages, expected) = trades(1_000, 26);
     produce(&setup.topic, &messages).await;
     let text = std::fs::read_to_string(&setup.config).unwrap();
@@ -499,35 +480,21 @@ async fn the_kafka_sink_writes_every_row_once_as_json_keyed_by_its_column() {
     assert_eq!(progress_sum(&log, "numInputRows"), 1_000, "{log}");
     assert_committed_to_end(&setup.group, &setup.topic);
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("sink_reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&out]).unwrap();
     let mut written: BTreeMap<(String, i64), Vec<Decimal>> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut count = 0;
-    while count < expected.len() && Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        let body = std::str::from_utf8(m.payload().unwrap()).unwrap();
-        let row: serde_json::Value = serde_json::from_str(body).unwrap();
+    let messages = testkit::kafka::read_topic(&out, expected.len(), Duration::from_secs(2)).await;
+    // Nothing more than the rows arrives.
+    assert_eq!(messages.len(), expected.len());
+    for m in &messages {
+        let body = std::str::from_utf8(&m.payload).unwrap();
+        let row: serde_json::Value = m.json();
         let symbol = row["symbol"].as_str().unwrap().to_owned();
-        assert_eq!(m.key(), Some(symbol.as_bytes()), "keyed by symbol: {body}");
+        assert_eq!(m.key, symbol, "keyed by symbol: {body}");
         let profit = Decimal::from_str(number_text(body, "profit")).unwrap();
         written
             .entry((symbol, row["trade_id"].as_i64().unwrap()))
             .or_default()
             .push(profit);
-        count += 1;
     }
-    // Nothing more than the rows arrives.
-    assert!(consumer.poll(Duration::from_secs(2)).is_none());
-    assert_eq!(count, expected.len());
     let once: BTreeMap<(String, i64), Decimal> = written
         .into_iter()
         .map(|(k, v)| {

@@ -23,15 +23,29 @@ pub fn client_config() -> ClientConfig {
 /// Creates `topics` as `(name, partitions)`, replication 1; panics when the broker does not
 /// answer within 30 s or refuses one.
 pub async fn create_topics(topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config().create().expect("a Kafka admin client");
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
         .collect();
+    create(&new).await;
+}
+
+/// Creates one topic with `partitions` partitions and the topic configs `config` (e.g.
+/// `("max.message.bytes", "4096")`).
+pub async fn create_topic_with_config(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    let topic = config.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
+    create(&[topic]).await;
+}
+
+async fn create(new: &[NewTopic<'_>]) {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config().create().expect("a Kafka admin client");
     let created = tokio::time::timeout(
         Duration::from_secs(30),
-        admin.create_topics(&new, &AdminOptions::new()),
+        admin.create_topics(new, &AdminOptions::new()),
     )
     .await
     .unwrap_or_else(|_| {
@@ -71,6 +85,29 @@ pub async fn produce(topic: &str, messages: &[(String, Vec<u8>)]) {
             r.map_err(|(e, _)| e).expect("produced");
         }
     }
+}
+
+/// Produces one message and returns the partition and offset it got.
+pub async fn produce_one(topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
+    let producer: FutureProducer = client_config().create().expect("a Kafka producer");
+    let delivery = producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produced");
+    (delivery.partition, delivery.offset)
+}
+
+/// Every message of `topic` as JSON values: [`read_topic`] with a 2 s quiet time.
+pub async fn read_json(topic: &str, expected: usize) -> Vec<serde_json::Value> {
+    read_topic(topic, expected, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(Received::json)
+        .collect()
 }
 
 /// One message read back.

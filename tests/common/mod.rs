@@ -2,7 +2,7 @@
 //! (`scripts/services.sh up`): a fresh topic, group, keyspace and config per test, generated
 //! trades with their independently computed profit, and readers of what ended up where.
 // Each test binary uses a different part of this module.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,46 +11,16 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::value::CqlDecimal;
+pub use testkit::cassandra::{decimal, session};
+pub use testkit::env::{cassandra_node, kafka_bootstrap as brokers, repo};
+pub use testkit::kafka::{produce, wait_for_members};
+pub use testkit::unique_name as unique;
 
+/// Partitions of each test's input topic.
 pub const PARTITIONS: i32 = 6;
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn brokers() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-pub fn cassandra_node() -> String {
-    std::env::var("CASSANDRA_NODES")
-        .unwrap_or_else(|_| "127.0.0.1:9042".into())
-        .split(',')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
-}
 
 /// One test's topic, group, keyspace and config file.
 pub struct Setup {
@@ -98,29 +68,7 @@ impl Setup {
         );
         let config = dir.path().join("pipeline.toml");
         std::fs::write(&config, text).unwrap();
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
-        let topics = [
-            NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1)),
-            NewTopic::new(&dead_letters, 1, TopicReplication::Fixed(1)),
-        ];
-        let created = tokio::time::timeout(
-            Duration::from_secs(30),
-            admin.create_topics(&topics, &AdminOptions::new()),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "Kafka at {} did not answer; start it with scripts/services.sh up",
-                brokers()
-            )
-        })
-        .expect("create topics");
-        for r in created {
-            r.expect("topic created");
-        }
+        testkit::kafka::create_topics(&[(&topic, PARTITIONS), (&dead_letters, 1)]).await;
         Self {
             dir,
             topic,
@@ -194,77 +142,18 @@ pub fn trades(n: u64, seed: u64) -> (Messages, Expected) {
         1_000,
     )
     .unwrap();
-    let portfolio: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("required_data/my_Portfolio.json")).unwrap(),
-    )
-    .unwrap();
+    let portfolio = testkit::profit::Portfolio::shipped();
     let mut messages = Vec::new();
     let mut expected = BTreeMap::new();
     for _ in 0..n {
         let trade = generator.next_trade();
         let record = generator.record(&trade, "2026-11-23T00:00:00.000000Z");
-        if let Some(h) = portfolio.get(&record.symbol) {
-            let d = |v: &serde_json::Value| Decimal::from_str(v.as_str().unwrap()).unwrap();
-            let profit =
-                (Decimal::from_str(&record.price).unwrap() - d(&h["buy_price"])) * d(&h["size"]);
+        if let Some(profit) = portfolio.profit_of_text(&record.symbol, &record.price) {
             expected.insert((record.symbol.clone(), record.trade_id), profit);
         }
         messages.push((record.symbol.clone(), record.to_json()));
     }
     (messages, expected)
-}
-
-pub async fn produce(topic: &str, messages: &[(String, Vec<u8>)]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    for chunk in messages.chunks(10_000) {
-        let sends = chunk.iter().map(|(key, body)| {
-            producer.send(
-                FutureRecord::to(topic).key(key).payload(body),
-                Duration::from_secs(60),
-            )
-        });
-        for r in futures::future::join_all(sends).await {
-            r.map_err(|(e, _)| e).expect("produced");
-        }
-    }
-}
-
-pub async fn session() -> Session {
-    let built = tokio::time::timeout(
-        Duration::from_secs(30),
-        SessionBuilder::new().known_node(cassandra_node()).build(),
-    )
-    .await;
-    match built {
-        Ok(Ok(session)) => session,
-        Ok(Err(e)) => panic!(
-            "Cassandra at {} refused: {e}; start it with scripts/services.sh up",
-            cassandra_node()
-        ),
-        Err(_) => panic!(
-            "Cassandra at {} did not answer; start it with scripts/services.sh up",
-            cassandra_node()
-        ),
-    }
-}
-
-pub fn decimal(d: &CqlDecimal) -> Decimal {
-    let (bytes, scale) = d.as_signed_be_bytes_slice_and_exponent();
-    let mut v: i128 = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
-        -1
-    } else {
-        0
-    };
-    for b in bytes {
-        v = (v << 8) | i128::from(*b);
-    }
-    Decimal::from_i128_with_scale(v, scale as u32)
 }
 
 /// Every `(symbol, trade_id) → [profit]` stored in the test's keyspace (a list, to see doubles).
@@ -313,73 +202,12 @@ pub fn assert_exactly(
 
 /// Each partition's committed offset in `group` (None when nothing is committed) and its end.
 pub fn committed_and_end(group: &str, topic: &str) -> Vec<(i32, Option<i64>, i64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    committed
-        .elements()
-        .iter()
-        .map(|e| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
-                .unwrap();
-            let at = match e.offset() {
-                Offset::Offset(n) => Some(n),
-                _ => None,
-            };
-            (e.partition(), at, high)
-        })
-        .collect()
+    testkit::kafka::committed_and_end(group, topic, PARTITIONS)
 }
 
 /// Committed offsets of the group equal every partition's end.
 pub fn assert_committed_to_end(group: &str, topic: &str) {
-    for (partition, committed, end) in committed_and_end(group, topic) {
-        assert_eq!(
-            committed,
-            Some(end),
-            "partition {partition} committed to its end"
-        );
-    }
-}
-
-/// Waits until `group` is stable with `members` members, each holding at least one partition.
-pub fn wait_for_members(group: &str, members: usize, limit: Duration) {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let list = client
-            .fetch_group_list(Some(group), Duration::from_secs(10))
-            .unwrap();
-        if let Some(g) = list.groups().first() {
-            // A member's assignment is the consumer protocol's bytes; more than the header of
-            // an empty assignment means it holds partitions.
-            let holding = g
-                .members()
-                .iter()
-                .filter(|m| m.assignment().is_some_and(|a| a.len() > 10))
-                .count();
-            if g.state() == "Stable" && g.members().len() == members && holding == members {
-                return;
-            }
-            last = format!("{} with {} members", g.state(), g.members().len());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("group {group} did not become stable with {members} members in {limit:?}: {last}");
+    testkit::kafka::assert_committed_to_end(group, topic, PARTITIONS);
 }
 
 /// A `coinstream` process whose standard error is read as it comes, so a long run never blocks
@@ -524,11 +352,10 @@ pub fn check(out: &Output) -> String {
     err
 }
 
-/// Every `(symbol, trade_id) → profit` in the Parquet files under `root`.
-pub fn parquet_profits(root: &std::path::Path) -> BTreeMap<(String, i64), Decimal> {
-    use arrow::array::{Array, AsArray, Decimal128Array};
-    use arrow::datatypes::Int64Type;
-    let mut rows = BTreeMap::new();
+/// Every record batch of the Parquet files under `root` (recursively); panics on any other file
+/// (only finished files may be visible).
+pub fn parquet_batches(root: &std::path::Path) -> Vec<arrow::record_batch::RecordBatch> {
+    let mut batches = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
@@ -537,28 +364,41 @@ pub fn parquet_profits(root: &std::path::Path) -> BTreeMap<(String, i64), Decima
                 stack.push(path);
                 continue;
             }
+            assert_eq!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("parquet"),
+                "only finished files: {path:?}"
+            );
             let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
                 std::fs::File::open(&path).unwrap(),
             )
             .unwrap()
             .build()
             .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
-                let (symbol, ids, profit) = (col("symbol"), col("trade_id"), col("profit"));
-                let profit = profit.as_any().downcast_ref::<Decimal128Array>().unwrap();
-                for i in 0..batch.num_rows() {
-                    let previous = rows.insert(
-                        (
-                            symbol.as_string::<i32>().value(i).to_owned(),
-                            ids.as_primitive::<Int64Type>().value(i),
-                        ),
-                        Decimal::from_str(&profit.value_as_string(i)).unwrap(),
-                    );
-                    assert!(previous.is_none(), "a row stored twice in {root:?}");
-                }
-            }
+            batches.extend(reader.map(Result::unwrap));
+        }
+    }
+    batches
+}
+
+/// Every `(symbol, trade_id) → profit` in the Parquet files under `root`.
+pub fn parquet_profits(root: &std::path::Path) -> BTreeMap<(String, i64), Decimal> {
+    use arrow::array::{Array, AsArray, Decimal128Array};
+    use arrow::datatypes::Int64Type;
+    let mut rows = BTreeMap::new();
+    for batch in parquet_batches(root) {
+        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let (symbol, ids, profit) = (col("symbol"), col("trade_id"), col("profit"));
+        let profit = profit.as_any().downcast_ref::<Decimal128Array>().unwrap();
+        for i in 0..batch.num_rows() {
+            let previous = rows.insert(
+                (
+                    symbol.as_string::<i32>().value(i).to_owned(),
+                    ids.as_primitive::<Int64Type>().value(i),
+                ),
+                Decimal::from_str(&profit.value_as_string(i)).unwrap(),
+            );
+            assert!(previous.is_none(), "a row stored twice in {root:?}");
         }
     }
     rows
