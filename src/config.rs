@@ -381,6 +381,8 @@ mod tests {
             ("pipelines/kafka-cassandra-legacy.toml", "profit_legacy"),
             ("pipelines/candles-cassandra.toml", "candles"),
             ("pipelines/coinbase-embedded.toml", "profit"),
+            ("pipelines/ingest-coinbase.toml", "passthrough"),
+            ("pipelines/ingest-gateio.toml", "passthrough"),
         ] {
             let c = Config::load(&repo_root().join(name)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.output, output);
@@ -435,6 +437,45 @@ sql = "r.sql"
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn overrides_set_keys_of_the_file_and_name_the_bad_ones() {
+        let file = repo_root().join("pipelines/ingest-gateio.toml");
+        let c = Config::load_with_overrides(
+            &file,
+            &[
+                Override::new("sink.topic", "candles_x"),
+                Override::new("source.from_secs", 1_780_000_000),
+                Override::new("engine.checkpoint_dir", "/tmp/cp"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let SinkConfig::Kafka(sink) = &c.sink else {
+            panic!("{:?}", c.sink)
+        };
+        assert_eq!(sink.topic, "candles_x");
+        let SourceConfig::Gateio(source) = &c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(source.from_secs, Some(1_780_000_000));
+        assert_eq!(source.interval, "1m", "the file's value stays");
+        assert_eq!(c.checkpoint_dir, Some(PathBuf::from("/tmp/cp")));
+
+        let err = Config::load_with_overrides(
+            &file,
+            &[
+                Override::new("sink.topic.name", "x"),
+                Override::new("source.interval", 60),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ingest-gateio.toml"), "{err}");
+        assert!(
+            err.contains("sink.topic.name: sink.topic is not a table"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,17 +1,20 @@
 """Gate.io candles into Kafka on an Airflow schedule, for deployments that keep Airflow.
 
-`coinstream ingest gateio` can run on its own and polls on the interval's boundaries; this DAG is
-the alternative for a scheduler: every run does one poll (`--once`) and exits 0. With `--state`,
-a run starts right after the last window the previous run published (however long ago that was,
-so a late or skipped run loses nothing) and publishes each closed window once; the file is
-written only after Kafka acknowledged the run's candles. Without it, each run reaches back 100
-windows and overlaps the last one; a window published twice overwrites itself in Cassandra
-(primary key pair, interval, window start). A non-zero exit (an API error with its label and
-message, or Kafka unreachable) fails the task and Airflow's retries take over.
+`coinstream ingest gateio` (the pipeline `pipelines/ingest-gateio.toml`) can run on its own and
+polls on the interval's boundaries; this DAG is the alternative for a scheduler: every run does
+one poll (`--once`) and exits 0. With `--state DIR` (the engine's checkpoint folder), a run starts
+right after the last window the previous run published (however long ago that was, so a late or
+skipped run loses nothing) and publishes each closed window once; the checkpoint moves only after
+Kafka acknowledged the candles. Without it, each run reaches back 100 windows and overlaps the
+last one; a window published twice overwrites itself in Cassandra (primary key pair, interval,
+window start). A non-zero exit (an API error with its label and message) fails the task and
+Airflow's retries take over; an unreachable Kafka is retried by the engine until the task's
+execution_timeout.
 
 Needs the `coinstream` binary on the worker's PATH (or set COINSTREAM_BIN) and a working
-directory holding `required_data/` when `--pairs` is not given. The state file must live where
-every run of the task can read it (one worker, or a shared volume).
+directory holding `pipelines/`, `sql/` and `required_data/` (the image's /app), or
+`--pipeline FILE`. The state folder must live where every run of the task can read it (one
+worker, or a shared volume).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from airflow.operators.bash import BashOperator
 COINSTREAM = os.environ.get("COINSTREAM_BIN", "coinstream")
 KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 PAIRS = os.environ.get("COINSTREAM_GATEIO_PAIRS", "BTC_USDT,ETH_USDT,SOL_USDT")
-STATE = os.environ.get("COINSTREAM_GATEIO_STATE", "/var/lib/coinstream/gateio-state.json")
+STATE = os.environ.get("COINSTREAM_GATEIO_STATE", "/var/lib/coinstream/gateio-checkpoint")
 
 with DAG(
     dag_id="coinstream_gateio_candles",

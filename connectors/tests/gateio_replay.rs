@@ -615,8 +615,8 @@ async fn the_live_schedule_publishes_every_window_once_as_it_closes() {
     assert_eq!(counters.get("duplicates"), 0, "{:?}", counters.snapshot());
 }
 
-/// A run given the last window a previous run published (`--state`) starts right after it, even
-/// further back than `lookback_windows`, and publishes nothing twice.
+/// A run given the last window a previous run published (the source's checkpoint position)
+/// starts right after it, even further back than `lookback_windows`, and publishes nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_poll_starts_right_after_the_last_published_window() {
     let secs = 60;

@@ -1,7 +1,8 @@
 //! `[sink] type = "kafka"`: each output row as one JSON object (Arrow's JSON encoding, the shape
 //! of Spark's `to_json`: decimals as exact JSON numbers, timestamps as ISO 8601 text) on a topic,
-//! keyed by the text of the `key` column, with the batching idempotent
-//! producer of the ingesters and `compression` (default `lz4`).
+//! keyed by the text of the `key` column, with the batching idempotent producer and `compression`
+//! (default `lz4`). The ingest pipelines (`pipelines/ingest-*.toml`) write their bus records with
+//! it.
 //!
 //! A batch counts as written only once Kafka acknowledged every one of its records; only then does
 //! the source commit. A batch replayed after a crash is sent again, so the output is
@@ -157,5 +158,144 @@ impl Sink for KafkaSink {
         // The producer's errors already name `kafka <topic>`, this sink's description.
         self.producer.send_all(messages).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::trade::TradeRecord;
+    use crate::gateio::candles::CandleRecord;
+    use engine::RawRecord;
+
+    /// The `[input] columns` of a shipped pipeline.
+    fn input_columns(pipeline: &str) -> SchemaRef {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(pipeline);
+        let file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let columns: Vec<String> = file["input"]["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        engine::schema::parse_columns("input.columns", &columns).unwrap()
+    }
+
+    /// What the shipped pipeline's sink writes for `payloads`: decoded with its input columns,
+    /// then encoded as it encodes its rows (`sql/passthrough.sql` passes every column on as is).
+    fn written(pipeline: &str, key: &str, payloads: &[Vec<u8>]) -> Vec<(String, Vec<u8>)> {
+        let schema = input_columns(pipeline);
+        let records: Vec<RawRecord> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawRecord {
+                topic: "t".into(),
+                partition: 0,
+                offset: i as i64,
+                payload: p.clone(),
+                frame: None,
+                rejected: None,
+                received_at: std::time::SystemTime::now(),
+            })
+            .collect();
+        let decoded = engine::decode::RecordDecoder::new(schema.clone())
+            .decode(&records)
+            .unwrap();
+        assert!(decoded.dead_letters.is_empty());
+        let config = KafkaSinkConfig {
+            brokers: Some("127.0.0.1:1".into()),
+            topic: "t".into(),
+            key: key.into(),
+            compression: Compression::Lz4,
+            properties: BTreeMap::new(),
+            explicit_nulls: true,
+        };
+        // The producer connects on the first send; encoding needs no broker.
+        KafkaSink::new(config, &schema)
+            .unwrap()
+            .encode(&decoded.batch)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_ingest_pipelines_write_the_bus_records_byte_for_byte() {
+        let trades = [
+            TradeRecord {
+                symbol: "BTC-USD".into(),
+                coin_name: Some("Bitcoin \"Ä\" \\ \u{1F600}".into()),
+                trade_id: 9_007_199_254_740_993,
+                sequence: Some(-1),
+                trade_time: "2026-11-20T00:00:00.123456Z".into(),
+                price: "104212.3500000000".into(),
+                size: "1E-8".into(),
+                side: "sell".into(),
+                ingest_time: "2026-11-20T00:00:01.000000Z".into(),
+            },
+            TradeRecord {
+                symbol: "ETH-USD".into(),
+                coin_name: None,
+                trade_id: 1,
+                sequence: None,
+                trade_time: "2026-11-20T00:00:00Z".into(),
+                price: "0.00000000000000000001".into(),
+                size: "12345678901234567890.123456789".into(),
+                side: "buy".into(),
+                ingest_time: "2026-11-20T00:00:01.000000Z".into(),
+            },
+        ];
+        let payloads: Vec<Vec<u8>> = trades.iter().map(TradeRecord::to_json).collect();
+        let out = written("pipelines/ingest-coinbase.toml", "symbol", &payloads);
+        let expected: Vec<(String, Vec<u8>)> = trades
+            .iter()
+            .map(|t| (t.symbol.clone(), t.to_json()))
+            .collect();
+        assert_eq!(
+            out.iter()
+                .map(|(k, p)| (k.clone(), String::from_utf8_lossy(p).into_owned()))
+                .collect::<Vec<_>>(),
+            expected
+                .iter()
+                .map(|(k, p)| (k.clone(), String::from_utf8_lossy(p).into_owned()))
+                .collect::<Vec<_>>()
+        );
+
+        let candles = [
+            CandleRecord {
+                currency_pair: "BTC_USDT".into(),
+                interval: "1m".into(),
+                window_start: "2024-06-01T13:00:00Z".into(),
+                open: "67715.1".into(),
+                high: "67839.90".into(),
+                low: "67715".into(),
+                close: "1e2".into(),
+                volume_base: None,
+                volume_quote: "1157762.86821200".into(),
+                ingest_time: "2024-06-01T13:01:00.000001Z".into(),
+            },
+            CandleRecord {
+                currency_pair: "ETH_USDT".into(),
+                interval: "7d".into(),
+                window_start: "2024-06-03T00:00:00Z".into(),
+                open: "-0".into(),
+                high: "3".into(),
+                low: "1".into(),
+                close: "2".into(),
+                volume_base: Some("0.0040".into()),
+                volume_quote: "0".into(),
+                ingest_time: "2024-06-10T00:00:02.500000Z".into(),
+            },
+        ];
+        let payloads: Vec<Vec<u8>> = candles.iter().map(CandleRecord::to_json).collect();
+        let out = written("pipelines/ingest-gateio.toml", "currency_pair", &payloads);
+        for ((key, payload), candle) in out.iter().zip(&candles) {
+            assert_eq!(key, &candle.currency_pair);
+            assert_eq!(
+                String::from_utf8_lossy(payload),
+                String::from_utf8_lossy(&candle.to_json())
+            );
+        }
+        assert_eq!(out.len(), candles.len());
     }
 }
