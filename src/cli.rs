@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use coinstream::config::Override;
 use connectors::kafka::config::Compression;
 
 /// The default config: the embedded pipeline (replay → profit.sql → Parquet), no servers needed.
@@ -30,6 +31,11 @@ pub enum Command {
         /// The pipeline config.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Sets a key of the config file, e.g. `--set sink.keyspace=ks` or
+        /// `--set 'source.topics=["a","b"]'` (the value is TOML; bare text is a string).
+        /// Repeatable; applied in order before the config is checked.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<Override>,
         /// `available-now` or `interval:<n>ms|s|m`; overrides `engine.trigger`.
         #[arg(long)]
         trigger: Option<String>,
@@ -45,6 +51,11 @@ pub enum Command {
         /// The pipeline config.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Sets a key of the config file, e.g. `--set sink.keyspace=ks` or
+        /// `--set 'source.topics=["a","b"]'` (the value is TOML; bare text is a string).
+        /// Repeatable; applied in order before the config is checked.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<Override>,
         /// Also runs the output transform on one batch from the source and shows per-operator metrics.
         #[arg(long)]
         analyze: bool,
@@ -57,6 +68,11 @@ pub enum Command {
         /// The pipeline config.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Sets a key of the config file, e.g. `--set sink.keyspace=ks` or
+        /// `--set 'source.topics=["a","b"]'` (the value is TOML; bare text is a string).
+        /// Repeatable; applied in order before the config is checked.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<Override>,
         /// The query.
         sql: String,
     },

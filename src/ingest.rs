@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::cli::{IngestCoinbaseArgs, IngestCommand, IngestGateioArgs, ProgressFormat};
-use crate::config::{Config, Override};
+use coinstream::config::{Config, Override};
 
 pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
     let (pipeline, overrides) = match command {
         IngestCommand::Coinbase(args) => coinbase(args)?,
         IngestCommand::Gateio(args) => gateio(args)?,
     };
-    let config = Config::load_with_overrides(&pipeline, &overrides)?;
+    let config = Config::load_with(&pipeline, &overrides)?;
     crate::pipeline::run(config, ProgressFormat::Human).await
 }
 

@@ -2,7 +2,6 @@
 //! config, builds components from the connectors and hands them to the engine.
 
 mod cli;
-mod config;
 #[cfg(test)]
 mod fuzz;
 mod ingest;

@@ -13,17 +13,18 @@ use tokio::sync::watch;
 use std::io::Write;
 
 use crate::cli::{Command, GenerateArgs, GenerateFormat, ProgressFormat};
-use crate::config::Config;
+use coinstream::config::Config;
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run {
             config,
+            set,
             trigger,
             progress,
             max_records_per_batch,
         } => {
-            let mut config = Config::load(&config)?;
+            let mut config = Config::load_with(&config, &set)?;
             if let Some(t) = trigger {
                 config.trigger = t.parse().context("--trigger")?;
             }
@@ -36,10 +37,20 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Explain {
             config,
+            set,
             analyze,
             transform,
-        } => explain(&Config::load(&config)?, analyze, transform.as_deref()).await,
-        Command::Query { config, sql } => query(&Config::load(&config)?, &sql).await,
+        } => {
+            explain(
+                &Config::load_with(&config, &set)?,
+                analyze,
+                transform.as_deref(),
+            )
+            .await
+        }
+        Command::Query { config, set, sql } => {
+            query(&Config::load_with(&config, &set)?, &sql).await
+        }
         Command::Generate(args) => generate(args).await,
         Command::Ingest(command) => crate::ingest::dispatch(command).await,
     }

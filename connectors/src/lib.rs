@@ -4,7 +4,8 @@
 //! [`engine::DeadLetterSink`]: one folder per service. Each connector owns its transport, its
 //! envelope handling and its config; none knows another, and none knows SQL or batching policy.
 //! Config enums here are tagged by `type`, so a new connector fails to compile until every
-//! `match` handles it.
+//! `match` handles it. Each section is read by `from_toml` and checked by `check`, which returns
+//! every problem with its key relative to the section, before anything connects.
 
 pub mod cassandra;
 pub mod coinbase;
@@ -20,13 +21,14 @@ pub mod parquet;
 pub mod replay;
 pub mod stdout;
 
+use common::config::{Problem, from_tagged_toml};
 use engine::{DeadLetterSink, Result, Sink, Source};
 pub use error::Error;
 use serde::Deserialize;
 
 /// `[source]`: where messages come from.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
     /// A file of Coinbase Exchange feed messages.
     Replay(replay::ReplayConfig),
@@ -42,7 +44,7 @@ pub enum SourceConfig {
 
 /// `[sink]`: where the transform's rows go.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum SinkConfig {
     /// The embedded Parquet store.
     Parquet(parquet::ParquetConfig),
@@ -58,7 +60,7 @@ pub enum SinkConfig {
 
 /// `[dead_letter]`: where undecodable messages go.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum DeadLetterConfig {
     /// JSON-lines files in a folder.
     File(dead_letter::FileDeadLetterConfig),
@@ -105,70 +107,52 @@ pub fn build_dead_letter(config: &DeadLetterConfig) -> Result<Box<dyn DeadLetter
     })
 }
 
-/// Makes a relative path relative to `base` (the config file's folder).
-fn rebase(path: &mut std::path::PathBuf, base: &std::path::Path) {
-    if path.is_relative() {
-        *path = base.join(&*path);
-    }
-}
-
 impl SourceConfig {
-    /// Resolves relative paths against the config file's folder.
-    pub fn rebase_paths(&mut self, base: &std::path::Path) {
+    /// Reads the `[source]` section; its `type` picks the connector.
+    pub fn from_toml(section: toml::Value) -> std::result::Result<Self, Problem> {
+        from_tagged_toml("source", section)
+    }
+
+    /// Every problem serde cannot see (keys relative to `[source]`); reads the files it names.
+    pub fn check(&self) -> Vec<Problem> {
         match self {
-            SourceConfig::Replay(c) => {
-                rebase(&mut c.path, base);
-                rebase(&mut c.coin_map, base);
-            }
-            SourceConfig::Generate(c) => {
-                rebase(&mut c.portfolio, base);
-                rebase(&mut c.coin_map, base);
-            }
-            SourceConfig::Kafka(_) => {}
-            SourceConfig::Coinbase(c) => {
-                rebase(&mut c.coin_map, base);
-                if let Some(path) = &mut c.portfolio {
-                    rebase(path, base);
-                }
-            }
-            SourceConfig::Gateio(c) => {
-                if let Some(path) = &mut c.portfolio {
-                    rebase(path, base);
-                }
-            }
+            SourceConfig::Replay(c) => c.check(),
+            SourceConfig::Generate(c) => c.check(),
+            SourceConfig::Kafka(c) => c.check(),
+            SourceConfig::Coinbase(c) => c.settings().err().unwrap_or_default(),
+            SourceConfig::Gateio(c) => c.settings().err().unwrap_or_default(),
         }
     }
 }
 
 impl SinkConfig {
-    /// Resolves relative paths against the config file's folder.
-    pub fn rebase_paths(&mut self, base: &std::path::Path) {
+    /// Reads the `[sink]` section; its `type` picks the connector.
+    pub fn from_toml(section: toml::Value) -> std::result::Result<Self, Problem> {
+        from_tagged_toml("sink", section)
+    }
+
+    /// Every problem serde cannot see (keys relative to `[sink]`). Checks against the output
+    /// transform's columns happen when the sink is built.
+    pub fn check(&self) -> Vec<Problem> {
         match self {
-            SinkConfig::Parquet(c) => rebase(&mut c.path, base),
-            SinkConfig::Cassandra(c) => {
-                if let Some(path) = &mut c.tls_ca_cert_path {
-                    rebase(path, base);
-                }
-            }
-            SinkConfig::Stdout(_) | SinkConfig::Null {} | SinkConfig::Kafka(_) => {}
+            SinkConfig::Cassandra(c) => c.check(),
+            SinkConfig::Kafka(c) => c.check(),
+            SinkConfig::Parquet(_) | SinkConfig::Stdout(_) | SinkConfig::Null {} => Vec::new(),
         }
     }
 }
 
 impl DeadLetterConfig {
-    /// Resolves relative paths against the config file's folder.
-    pub fn rebase_paths(&mut self, base: &std::path::Path) {
-        match self {
-            DeadLetterConfig::File(c) => rebase(&mut c.path, base),
-            DeadLetterConfig::Kafka(_) => {}
-        }
+    /// Reads the `[dead_letter]` section; its `type` picks the output.
+    pub fn from_toml(section: toml::Value) -> std::result::Result<Self, Problem> {
+        from_tagged_toml("dead_letter", section)
     }
 
-    /// Checks what serde cannot (the key in the error starts with `dead_letter.`).
-    pub fn validate(&self) -> Result<()> {
+    /// Every problem serde cannot see (keys relative to `[dead_letter]`).
+    pub fn check(&self) -> Vec<Problem> {
         match self {
-            DeadLetterConfig::File(_) => Ok(()),
-            DeadLetterConfig::Kafka(c) => c.validate(),
+            DeadLetterConfig::File(_) => Vec::new(),
+            DeadLetterConfig::Kafka(c) => c.check(),
         }
     }
 }

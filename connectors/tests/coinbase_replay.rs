@@ -31,9 +31,9 @@ fn settings(url: &str, feed: FeedKind, products: &[&str], idle_ms: u64) -> Setti
     );
     config.url = Some(url.to_owned());
     config.product_ids = Some(products.iter().map(|p| (*p).to_owned()).collect());
-    config.idle_timeout_ms = idle_ms;
-    config.reconnect_backoff_initial_ms = 50;
-    config.reconnect_backoff_max_ms = 500;
+    config.idle_timeout = Duration::from_millis(idle_ms);
+    config.reconnect_backoff_initial = Duration::from_millis(50);
+    config.reconnect_backoff_max = Duration::from_millis(500);
     config.validate().unwrap()
 }
 
@@ -134,11 +134,10 @@ async fn engine_source(
     extra: &str,
     start: StartRequest,
 ) -> Box<dyn Source> {
-    let config: connectors::SourceConfig = toml::from_str(&format!(
+    let config = source_config(&format!(
         "type = \"coinbase\"\nurl = {url:?}\nproduct_ids = {products:?}\ncoin_map = {:?}\n{extra}",
         required_data("coin_map.json").display().to_string(),
-    ))
-    .unwrap();
+    ));
     let mut source = connectors::build_source(&config).unwrap();
     source.start(start).await.unwrap();
     source
@@ -881,12 +880,11 @@ async fn trades_that_cannot_be_real_become_dead_letters_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("capture.jsonl");
     std::fs::write(&capture, frames.join("\n")).unwrap();
-    let config: connectors::SourceConfig = toml::from_str(&format!(
+    let config = source_config(&format!(
         "type = \"replay\"\npath = {:?}\ncoin_map = {:?}\n",
         capture.display().to_string(),
         required_data("coin_map.json").display().to_string()
-    ))
-    .unwrap();
+    ));
     let mut replay = connectors::build_source(&config).unwrap();
     replay.start(StartRequest::default()).await.unwrap();
     let Poll::Batch(batch) = replay.poll(limits).await.unwrap() else {
@@ -906,4 +904,10 @@ async fn trades_that_cannot_be_real_become_dead_letters_with_their_reason() {
             .count(),
         3
     );
+}
+
+/// A `[source]` section read as the config loader reads it.
+fn source_config(text: &str) -> connectors::SourceConfig {
+    connectors::SourceConfig::from_toml(toml::from_str(text).unwrap())
+        .unwrap_or_else(|e| panic!("{e}"))
 }

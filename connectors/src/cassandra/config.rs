@@ -1,6 +1,8 @@
-//! `[sink] type = "cassandra"`: the raw config (what serde reads) and [`Settings`], the validated
-//! form whose values cannot be wrong. Validation checks the config against the transform's output
-//! schema and reports every problem at once, before any connection opens.
+//! `[sink] type = "cassandra"`: the config serde reads (typed: durations, counts of at least 1,
+//! defaults in one [`Default`] impl) and [`Settings`], what the sink needs beyond it: the
+//! credentials read from the environment, the contact points with their environment fallback, and
+//! the table's columns from the transform's output schema. [`CassandraConfig::check`] reports every
+//! problem serde cannot see before any connection opens; the CQL text is in `cql.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -8,16 +10,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
-use engine::{Error, Result};
+use engine::Result;
 use scylla::statement::Consistency;
 use serde::Deserialize;
 
 use super::types::{CqlType, quote};
+use crate::common::config::{self, Problem};
 
 /// The env var the default contact points come from (comma-separated `host:port`).
-pub const NODES_ENV: &str = "CASSANDRA_NODES";
+pub const NODES_ENV: &str = config::CASSANDRA_NODES_ENV;
 /// The contact point when neither the config nor [`NODES_ENV`] names one.
-pub const DEFAULT_NODE: &str = "127.0.0.1:9042";
+pub const DEFAULT_NODE: &str = config::DEFAULT_CASSANDRA_NODE;
 /// Cassandra rejects a TTL above 20 years.
 const MAX_TTL_SECS: u32 = 630_720_000;
 /// Cassandra limits keyspace and table names to 48 word characters, even quoted.
@@ -25,12 +28,11 @@ const MAX_NAME_CHARS: usize = 48;
 
 /// `[sink] type = "cassandra"`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CassandraConfig {
     /// Nodes to connect to first (`host:port`); the driver discovers the rest. Default: the
     /// comma-separated list in env `CASSANDRA_NODES`, else `["127.0.0.1:9042"]`.
-    #[serde(default = "default_contact_points")]
-    pub contact_points: Vec<String>,
+    pub contact_points: Option<Vec<String>>,
     /// The datacenter whose nodes coordinate requests (token-aware within it); must be a datacenter
     /// of the cluster. Default: none (all nodes are local).
     pub local_datacenter: Option<String>,
@@ -40,52 +42,90 @@ pub struct CassandraConfig {
     /// The NAME of the env var holding the password. Default: none; set together with
     /// `username_env`.
     pub password_env: Option<String>,
-    /// Connect over TLS, trusting the PEM CA certificate in this file. Default: none (plain TCP).
-    /// This build has no TLS support: setting it is a config error.
+    /// Connect over TLS, trusting the PEM CA certificate in this file (relative to the config
+    /// file). Default: none (plain TCP). This build has no TLS support: setting it is a config
+    /// error.
+    #[serde(deserialize_with = "config::optional_path")]
     pub tls_ca_cert_path: Option<PathBuf>,
     /// The keyspace, created when missing (case-sensitive). Default `crypto_keyspace`.
-    #[serde(default = "default_keyspace")]
     pub keyspace: String,
     /// The table, created when missing from the transform's columns (case-sensitive). Default
     /// `crypto_trades`.
-    #[serde(default = "default_table")]
     pub table: String,
     /// The keyspace's replication when the sink creates it (an existing keyspace is left as it is).
     /// Default `{ strategy = "simple", replication_factor = 1 }`.
-    #[serde(default)]
     pub replication: Replication,
     /// Partition key columns, in order. Default `["symbol", "trade_date"]`: one partition per
     /// product per day.
-    #[serde(default = "default_partition_key")]
     pub partition_key: Vec<String>,
     /// Clustering columns, in order. Default `["trade_time", "trade_id"]`: no trade overwrites
     /// another, and a replayed row overwrites only itself.
-    #[serde(default = "default_clustering_key")]
     pub clustering_key: Vec<String>,
-    /// Rows expire this many seconds after they are written (at most 630720000, 20 years).
+    /// Rows expire this many seconds after they are written (1 to 630720000, 20 years).
     /// Default: none (rows never expire).
-    pub ttl_secs: Option<u32>,
+    #[serde(deserialize_with = "optional_ttl")]
+    pub ttl_secs: Option<NonZeroU32>,
     /// The consistency level of every write. Default `local_quorum`.
-    #[serde(default)]
     pub consistency: ConsistencyLevel,
     /// At most this many INSERTs in flight at once. Default 256.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
-    /// A request (one INSERT, or one schema statement) that got no answer within this many
-    /// milliseconds fails. Default 10000.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// Opening a connection fails after this many milliseconds. Default 5000.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
+    #[serde(deserialize_with = "config::at_least_one")]
+    pub max_in_flight: NonZeroUsize,
+    /// A request (one INSERT, or one schema statement) that got no answer within this long
+    /// fails: milliseconds or text such as `"10s"`. Default 10 s.
+    #[serde(
+        rename = "request_timeout_ms",
+        deserialize_with = "config::positive_millis"
+    )]
+    pub request_timeout: Duration,
+    /// Opening a connection fails after this long: milliseconds or text. Default 5 s.
+    #[serde(
+        rename = "connect_timeout_ms",
+        deserialize_with = "config::positive_millis"
+    )]
+    pub connect_timeout: Duration,
     /// Attempts per INSERT on timeouts, unavailable replicas and connection errors, before the
     /// write fails as transient (and the runtime retries the batch). Default 3.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// The pause before an INSERT's second attempt, in milliseconds; it doubles for each further
-    /// attempt. Default 100.
-    #[serde(default = "default_retry_backoff_ms")]
-    pub retry_backoff_ms: u64,
+    #[serde(deserialize_with = "config::at_least_one")]
+    pub max_attempts: NonZeroU32,
+    /// The pause before an INSERT's second attempt (milliseconds or text); it doubles for each
+    /// further attempt. Default 100 ms.
+    #[serde(rename = "retry_backoff_ms", deserialize_with = "config::millis")]
+    pub retry_backoff: Duration,
+}
+
+impl Default for CassandraConfig {
+    fn default() -> Self {
+        Self {
+            contact_points: None,
+            local_datacenter: None,
+            username_env: None,
+            password_env: None,
+            tls_ca_cert_path: None,
+            keyspace: "crypto_keyspace".into(),
+            table: "crypto_trades".into(),
+            replication: Replication::default(),
+            partition_key: vec!["symbol".into(), "trade_date".into()],
+            clustering_key: vec!["trade_time".into(), "trade_id".into()],
+            ttl_secs: None,
+            consistency: ConsistencyLevel::default(),
+            max_in_flight: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            max_attempts: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// `ttl_secs`: at least 1, at most Cassandra's 20 years.
+fn optional_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NonZeroU32>, D::Error> {
+    let ttl: NonZeroU32 = config::at_least_one(d)?;
+    if ttl.get() > MAX_TTL_SECS {
+        return Err(serde::de::Error::custom(format!(
+            "{ttl} is above Cassandra's maximum of {MAX_TTL_SECS} (20 years)"
+        )));
+    }
+    Ok(Some(ttl))
 }
 
 /// `replication`: how a keyspace the sink creates is replicated.
@@ -95,7 +135,7 @@ pub enum Replication {
     /// `SimpleStrategy`: one replication factor for the whole cluster (single datacenter).
     Simple {
         /// Copies of each row. Default 1.
-        #[serde(default = "default_replication_factor")]
+        #[serde(default = "one")]
         replication_factor: u32,
     },
     /// `NetworkTopologyStrategy`: copies per datacenter.
@@ -108,7 +148,7 @@ pub enum Replication {
 impl Default for Replication {
     fn default() -> Self {
         Replication::Simple {
-            replication_factor: default_replication_factor(),
+            replication_factor: one(),
         }
     }
 }
@@ -154,69 +194,16 @@ impl From<ConsistencyLevel> for Consistency {
     }
 }
 
-fn default_contact_points() -> Vec<String> {
-    contact_points_from(std::env::var(NODES_ENV).ok().as_deref())
-}
-
-fn contact_points_from(env: Option<&str>) -> Vec<String> {
-    let nodes: Vec<String> = env
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if nodes.is_empty() {
-        vec![DEFAULT_NODE.to_owned()]
-    } else {
-        nodes
-    }
-}
-
-fn default_keyspace() -> String {
-    "crypto_keyspace".into()
-}
-
-fn default_table() -> String {
-    "crypto_trades".into()
-}
-
-fn default_replication_factor() -> u32 {
+fn one() -> u32 {
     1
-}
-
-fn default_partition_key() -> Vec<String> {
-    vec!["symbol".into(), "trade_date".into()]
-}
-
-fn default_clustering_key() -> Vec<String> {
-    vec!["trade_time".into(), "trade_id".into()]
-}
-
-fn default_max_in_flight() -> usize {
-    256
-}
-
-fn default_request_timeout_ms() -> u64 {
-    10_000
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    5_000
-}
-
-fn default_max_attempts() -> u32 {
-    3
-}
-
-fn default_retry_backoff_ms() -> u64 {
-    100
 }
 
 /// A username and password read from the environment. `Debug` shows neither.
 #[derive(Clone)]
 pub struct Credentials {
+    /// The username.
     pub username: String,
+    /// The password.
     pub password: String,
 }
 
@@ -236,7 +223,8 @@ pub struct TableColumn {
     pub cql: CqlType,
 }
 
-/// The validated config.
+/// What the sink needs beyond the config: its values with the environment read (contact points,
+/// credentials) and the table's columns from the transform's output. `Debug` redacts credentials.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub contact_points: Vec<String>,
@@ -259,21 +247,29 @@ pub struct Settings {
 }
 
 impl CassandraConfig {
-    /// Checks the config against the transform's output `schema`, reading credentials from the
-    /// environment. Every problem is reported in one [`Error::Config`].
-    pub fn validate(&self, schema: &SchemaRef) -> Result<Settings> {
-        self.validate_with_env(schema, |name| std::env::var(name).ok())
+    /// Every problem the config has on its own, reading credentials from the environment; keys
+    /// are relative to the section. The loader calls it; [`CassandraConfig::validate`] repeats it
+    /// with the output schema's checks.
+    pub fn check(&self) -> Vec<Problem> {
+        self.check_with_env(|name| std::env::var(name).ok()).1
     }
 
-    fn validate_with_env(
-        &self,
-        schema: &SchemaRef,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Settings> {
-        let mut problems = Vec::new();
-        let mut problem = |key: &str, message: String| problems.push(format!("{key}: {message}"));
+    /// Checks the config against the transform's output `schema`, reading credentials from the
+    /// environment. Every problem is reported in one [`engine::Error::Config`] naming `sink`.
+    pub fn validate(&self, schema: &SchemaRef) -> Result<Settings> {
+        self.validate_with_env(schema, |name| std::env::var(name).ok())
+            .map_err(|problems| Problem::into_error("sink", problems))
+    }
 
-        if self.contact_points.is_empty() {
+    /// The credentials, and every problem of the config alone.
+    fn check_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> (Option<Credentials>, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| problems.push(Problem::new(key, message));
+
+        if self.contact_points.as_ref().is_some_and(Vec::is_empty) {
             problem("contact_points", "must name at least one host:port".into());
         }
         if self.local_datacenter.as_deref() == Some("") {
@@ -350,6 +346,33 @@ impl CassandraConfig {
             }
             Replication::Simple { .. } => {}
         }
+        let mut seen = BTreeSet::new();
+        for (key, names) in [
+            ("partition_key", &self.partition_key),
+            ("clustering_key", &self.clustering_key),
+        ] {
+            for name in names {
+                if !seen.insert(name) {
+                    problem(
+                        key,
+                        format!("column {} appears twice in the primary key", quote(name)),
+                    );
+                }
+            }
+        }
+        if self.partition_key.is_empty() {
+            problem("partition_key", "must name at least one column".into());
+        }
+        (credentials, problems)
+    }
+
+    fn validate_with_env(
+        &self,
+        schema: &SchemaRef,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> std::result::Result<Settings, Vec<Problem>> {
+        let (credentials, mut problems) = self.check_with_env(env);
+        let mut problem = |key: &str, message: String| problems.push(Problem::new(key, message));
 
         let mut columns = Vec::new();
         for field in schema.fields() {
@@ -359,7 +382,7 @@ impl CassandraConfig {
                     cql,
                 }),
                 None => problem(
-                    "sink",
+                    "",
                     format!(
                         "the transform's column {} has Arrow type {}, which the cassandra sink \
                          cannot store; cast it to one of: {}",
@@ -370,10 +393,6 @@ impl CassandraConfig {
                 ),
             }
         }
-        if self.partition_key.is_empty() {
-            problem("partition_key", "must name at least one column".into());
-        }
-        let mut seen = BTreeSet::new();
         for (key, names) in [
             ("partition_key", &self.partition_key),
             ("clustering_key", &self.clustering_key),
@@ -391,51 +410,17 @@ impl CassandraConfig {
                         ),
                     );
                 }
-                if !seen.insert(name) {
-                    problem(
-                        key,
-                        format!("column {} appears twice in the primary key", quote(name)),
-                    );
-                }
-            }
-        }
-        let ttl_secs = match self.ttl_secs {
-            None => None,
-            Some(0) => {
-                problem("ttl_secs", "must be at least 1; omit it for no TTL".into());
-                None
-            }
-            Some(t) if t > MAX_TTL_SECS => {
-                problem(
-                    "ttl_secs",
-                    format!("{t} is above Cassandra's maximum of {MAX_TTL_SECS} (20 years)"),
-                );
-                None
-            }
-            Some(t) => NonZeroU32::new(t),
-        };
-        let max_in_flight = NonZeroUsize::new(self.max_in_flight);
-        if max_in_flight.is_none() {
-            problem("max_in_flight", "must be at least 1".into());
-        }
-        let max_attempts = NonZeroU32::new(self.max_attempts);
-        if max_attempts.is_none() {
-            problem("max_attempts", "must be at least 1".into());
-        }
-        for (key, ms) in [
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("connect_timeout_ms", self.connect_timeout_ms),
-        ] {
-            if ms == 0 {
-                problem(key, "must be at least 1".into());
             }
         }
 
         if !problems.is_empty() {
-            return Err(Error::config("sink (cassandra)", problems.join("; ")));
+            return Err(problems);
         }
         Ok(Settings {
-            contact_points: self.contact_points.clone(),
+            contact_points: self
+                .contact_points
+                .clone()
+                .unwrap_or_else(config::cassandra_nodes),
             local_datacenter: self.local_datacenter.clone(),
             credentials,
             keyspace: self.keyspace.clone(),
@@ -444,95 +429,26 @@ impl CassandraConfig {
             columns,
             partition_key: self.partition_key.clone(),
             clustering_key: self.clustering_key.clone(),
-            ttl_secs,
+            ttl_secs: self.ttl_secs,
             consistency: self.consistency.into(),
-            max_in_flight: max_in_flight.unwrap_or(NonZeroUsize::MIN),
-            request_timeout: Duration::from_millis(self.request_timeout_ms),
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            max_attempts: max_attempts.unwrap_or(NonZeroU32::MIN),
-            retry_backoff: Duration::from_millis(self.retry_backoff_ms),
+            max_in_flight: self.max_in_flight,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            max_attempts: self.max_attempts,
+            retry_backoff: self.retry_backoff,
         })
     }
 }
 
-impl Settings {
-    /// `keyspace.table`, quoted.
-    pub fn qualified_table(&self) -> String {
-        format!("{}.{}", quote(&self.keyspace), quote(&self.table))
-    }
-
-    /// `CREATE KEYSPACE IF NOT EXISTS …` with the configured replication.
-    pub fn create_keyspace_cql(&self) -> String {
-        let replication = match &self.replication {
-            Replication::Simple { replication_factor } => {
-                format!("{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}")
-            }
-            Replication::NetworkTopology { datacenters } => {
-                let dcs: Vec<String> = datacenters
-                    .iter()
-                    .map(|(dc, n)| format!("'{}': {n}", dc.replace('\'', "''")))
-                    .collect();
-                format!("{{'class': 'NetworkTopologyStrategy', {}}}", dcs.join(", "))
-            }
-        };
-        format!(
-            "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {replication}",
-            quote(&self.keyspace)
-        )
-    }
-
-    /// `CREATE TABLE IF NOT EXISTS …` with the transform's columns and the configured key.
-    pub fn create_table_cql(&self) -> String {
-        let mut parts: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| format!("{} {}", quote(&c.name), c.cql.cql_name()))
-            .collect();
-        let partition: Vec<String> = self.partition_key.iter().map(|c| quote(c)).collect();
-        let mut key = vec![format!("({})", partition.join(", "))];
-        key.extend(self.clustering_key.iter().map(|c| quote(c)));
-        parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} ({})",
-            self.qualified_table(),
-            parts.join(", ")
-        )
-    }
-
-    /// The INSERT every row is bound to, its columns in the transform's order.
-    pub fn insert_cql(&self) -> String {
-        let names: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
-        let markers = vec!["?"; names.len()].join(", ");
-        let ttl = self
-            .ttl_secs
-            .map(|t| format!(" USING TTL {t}"))
-            .unwrap_or_default();
-        format!(
-            "INSERT INTO {} ({}) VALUES ({markers}){ttl}",
-            self.qualified_table(),
-            names.join(", ")
-        )
-    }
-
-    /// The index, in [`Settings::columns`], of every primary key column.
-    pub fn key_column_indices(&self) -> Vec<usize> {
-        self.partition_key
-            .iter()
-            .chain(&self.clustering_key)
-            .filter_map(|k| self.columns.iter().position(|c| &c.name == k))
-            .collect()
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
     use super::*;
 
-    fn profit_schema() -> SchemaRef {
+    pub(crate) fn profit_schema() -> SchemaRef {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         Arc::new(Schema::new(vec![
             Field::new("symbol", DataType::Utf8, true),
@@ -548,52 +464,8 @@ mod tests {
     }
 
     /// Configs as JSON: serde applies the same attributes as for the TOML file.
-    fn parse(json: &str) -> std::result::Result<CassandraConfig, String> {
+    pub(crate) fn parse(json: &str) -> std::result::Result<CassandraConfig, String> {
         serde_json::from_str(json).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn defaults_give_the_documented_statements() {
-        let config = parse(r#"{"contact_points": ["127.0.0.1:9042"]}"#).unwrap();
-        let settings = config.validate(&profit_schema()).unwrap();
-        assert_eq!(settings.consistency, Consistency::LocalQuorum);
-        assert_eq!(settings.max_in_flight.get(), 256);
-        assert_eq!(
-            settings.create_keyspace_cql(),
-            "CREATE KEYSPACE IF NOT EXISTS \"crypto_keyspace\" WITH replication = \
-             {'class': 'SimpleStrategy', 'replication_factor': 1}"
-        );
-        assert_eq!(
-            settings.create_table_cql(),
-            "CREATE TABLE IF NOT EXISTS \"crypto_keyspace\".\"crypto_trades\" (\"symbol\" text, \
-             \"coin_name\" text, \"trade_id\" bigint, \"trade_time\" timestamp, \"trade_date\" date, \
-             \"price\" decimal, \"size\" decimal, \"side\" text, \"profit\" decimal, \
-             PRIMARY KEY ((\"symbol\", \"trade_date\"), \"trade_time\", \"trade_id\"))"
-        );
-        assert_eq!(
-            settings.insert_cql(),
-            "INSERT INTO \"crypto_keyspace\".\"crypto_trades\" (\"symbol\", \"coin_name\", \
-             \"trade_id\", \"trade_time\", \"trade_date\", \"price\", \"size\", \"side\", \
-             \"profit\") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        );
-        assert_eq!(settings.key_column_indices(), vec![0, 4, 3, 2]);
-    }
-
-    #[test]
-    fn network_topology_and_ttl() {
-        let config = parse(
-            r#"{"replication": {"strategy": "network_topology", "datacenters": {"dc1": 3, "dc2": 2}},
-                "ttl_secs": 3600, "consistency": "each_quorum"}"#,
-        )
-        .unwrap();
-        let settings = config.validate(&profit_schema()).unwrap();
-        assert_eq!(
-            settings.create_keyspace_cql(),
-            "CREATE KEYSPACE IF NOT EXISTS \"crypto_keyspace\" WITH replication = \
-             {'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}"
-        );
-        assert!(settings.insert_cql().ends_with(" USING TTL 3600"));
-        assert_eq!(settings.consistency, Consistency::EachQuorum);
     }
 
     #[test]
@@ -608,23 +480,54 @@ mod tests {
     fn reports_every_problem_at_once() {
         let config = parse(
             r#"{"contact_points": [], "keyspace": "bad-name", "partition_key": ["nope"],
-                "clustering_key": ["trade_id", "trade_id"], "ttl_secs": 0, "max_in_flight": 0,
+                "clustering_key": ["trade_id", "trade_id"],
                 "tls_ca_cert_path": "ca.pem", "username_env": "U"}"#,
         )
         .unwrap();
+        let alone: Vec<String> = config.check().iter().map(Problem::to_string).collect();
         let err = config.validate(&profit_schema()).unwrap_err().to_string();
         for expected in [
             "contact_points: must name at least one",
             "keyspace: \"bad-name\" is not a valid name",
-            "partition_key: column \"nope\" is not in the transform's output",
             "clustering_key: column \"trade_id\" appears twice",
-            "ttl_secs: must be at least 1",
-            "max_in_flight: must be at least 1",
             "tls_ca_cert_path: TLS (CA ca.pem) is not supported by this build",
             "username_env: set both username_env and password_env",
         ] {
             assert!(err.contains(expected), "missing {expected:?} in {err}");
+            assert!(
+                alone.iter().any(|p| p.starts_with(expected)),
+                "check() misses {expected:?}: {alone:?}"
+            );
         }
+        // Only the schema check knows the output's columns.
+        assert!(
+            err.contains("partition_key: column \"nope\" is not in the transform's output"),
+            "{err}"
+        );
+        assert_eq!(alone.len(), 5, "{alone:?}");
+    }
+
+    #[test]
+    fn counts_durations_and_ttl_are_typed() {
+        for (json, expected) in [
+            (r#"{"ttl_secs": 0}"#, "must be at least 1"),
+            (
+                r#"{"ttl_secs": 630720001}"#,
+                "above Cassandra's maximum of 630720000",
+            ),
+            (r#"{"max_in_flight": 0}"#, "must be at least 1"),
+            (r#"{"request_timeout_ms": 0}"#, "must be at least 1"),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(expected), "{json}: {err}");
+        }
+        let config =
+            parse(r#"{"request_timeout_ms": "2s", "retry_backoff_ms": 50, "ttl_secs": 60}"#)
+                .unwrap();
+        assert_eq!(config.request_timeout, Duration::from_secs(2));
+        assert_eq!(config.retry_backoff, Duration::from_millis(50));
+        assert_eq!(config.ttl_secs.map(NonZeroU32::get), Some(60));
+        assert_eq!(config.connect_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -669,17 +572,10 @@ mod tests {
 
         let err = config
             .validate_with_env(&profit_schema(), |_| None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("env var CS_PASS is not set"), "{err}");
-    }
-
-    #[test]
-    fn contact_points_default_from_env_list() {
-        assert_eq!(contact_points_from(None), vec![DEFAULT_NODE]);
-        assert_eq!(
-            contact_points_from(Some(" 10.0.0.1:9042, 10.0.0.2:9042 ,")),
-            vec!["10.0.0.1:9042", "10.0.0.2:9042"]
+            .unwrap_err();
+        assert!(
+            err.contains(&Problem::new("password_env", "env var CS_PASS is not set")),
+            "{err:?}"
         );
     }
 }

@@ -46,6 +46,7 @@
 //!   build light); setting `tls_ca_cert_path` is a config error that says so.
 
 mod config;
+mod cql;
 mod error;
 mod schema;
 mod sink;

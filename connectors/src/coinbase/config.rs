@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use engine::{Error, Result};
+use engine::Result;
 use serde::Deserialize;
 
+use crate::common::config::{self, Problem};
 use crate::common::reference_files::{read_coin_map, read_portfolio};
 
 /// The Exchange feed's public URL.
@@ -39,52 +40,69 @@ impl FeedKind {
 
 /// `[source] type = "coinbase"`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CoinbaseConfig {
     /// `exchange` or `advanced`. Default `exchange`.
-    #[serde(default)]
     pub feed: FeedKind,
     /// The WebSocket URL (`ws://` or `wss://`). Default: the feed's public URL
     /// ([`EXCHANGE_URL`] or [`ADVANCED_TRADE_URL`]).
     pub url: Option<String>,
     /// The products to subscribe to (`BASE-QUOTE`). Default: every product of `portfolio`.
     pub product_ids: Option<Vec<String>>,
-    /// The portfolio file whose products are subscribed when `product_ids` is not set.
+    /// The portfolio file whose products are subscribed when `product_ids` is not set, relative
+    /// to the config file.
+    #[serde(deserialize_with = "config::optional_path")]
     pub portfolio: Option<PathBuf>,
-    /// The coin map (`product id → coin name`); trades of products missing from it are counted
-    /// and dropped, never published without their coin.
+    /// The coin map (`product id → coin name`), relative to the config file; trades of products
+    /// missing from it are counted and dropped, never published without their coin. Required.
+    #[serde(deserialize_with = "config::path")]
     pub coin_map: PathBuf,
     /// A connection that delivers nothing (not even a heartbeat, which the feeds send every
-    /// second) for this many milliseconds is dead and is replaced. Default 5000.
-    #[serde(default = "default_idle_timeout_ms")]
-    pub idle_timeout_ms: u64,
-    /// Opening a connection (TCP, TLS and the WebSocket handshake) fails after this many
-    /// milliseconds. Default 10000.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// The first pause before reconnecting, in milliseconds; it doubles (with jitter) on every
-    /// failed attempt in a row. Default 500.
-    #[serde(default = "default_reconnect_backoff_initial_ms")]
-    pub reconnect_backoff_initial_ms: u64,
-    /// The longest pause before reconnecting, in milliseconds. Default 30000.
-    #[serde(default = "default_reconnect_backoff_max_ms")]
-    pub reconnect_backoff_max_ms: u64,
+    /// second) for this long is dead and is replaced: milliseconds or text such as `"5s"`.
+    /// Default 5 s.
+    #[serde(
+        rename = "idle_timeout_ms",
+        deserialize_with = "config::positive_millis"
+    )]
+    pub idle_timeout: Duration,
+    /// Opening a connection (TCP, TLS and the WebSocket handshake) fails after this long:
+    /// milliseconds or text. Default 10 s.
+    #[serde(
+        rename = "connect_timeout_ms",
+        deserialize_with = "config::positive_millis"
+    )]
+    pub connect_timeout: Duration,
+    /// The first pause before reconnecting (milliseconds or text); it doubles (with jitter) on
+    /// every failed attempt in a row. Default 500 ms.
+    #[serde(
+        rename = "reconnect_backoff_initial_ms",
+        deserialize_with = "config::positive_millis"
+    )]
+    pub reconnect_backoff_initial: Duration,
+    /// The longest pause before reconnecting (milliseconds or text). Default 30 s.
+    #[serde(
+        rename = "reconnect_backoff_max_ms",
+        deserialize_with = "config::millis"
+    )]
+    pub reconnect_backoff_max: Duration,
 }
 
-fn default_idle_timeout_ms() -> u64 {
-    5_000
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    10_000
-}
-
-fn default_reconnect_backoff_initial_ms() -> u64 {
-    500
-}
-
-fn default_reconnect_backoff_max_ms() -> u64 {
-    30_000
+impl Default for CoinbaseConfig {
+    /// The Exchange feed with no coin map and no products (which [`CoinbaseConfig::settings`]
+    /// reports).
+    fn default() -> Self {
+        Self {
+            feed: FeedKind::Exchange,
+            url: None,
+            product_ids: None,
+            portfolio: None,
+            coin_map: PathBuf::new(),
+            idle_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            reconnect_backoff_initial: Duration::from_millis(500),
+            reconnect_backoff_max: Duration::from_secs(30),
+        }
+    }
 }
 
 impl CoinbaseConfig {
@@ -92,91 +110,95 @@ impl CoinbaseConfig {
     pub fn new(feed: FeedKind, coin_map: PathBuf, portfolio: PathBuf) -> Self {
         Self {
             feed,
-            url: None,
-            product_ids: None,
             portfolio: Some(portfolio),
             coin_map,
-            idle_timeout_ms: default_idle_timeout_ms(),
-            connect_timeout_ms: default_connect_timeout_ms(),
-            reconnect_backoff_initial_ms: default_reconnect_backoff_initial_ms(),
-            reconnect_backoff_max_ms: default_reconnect_backoff_max_ms(),
+            ..Self::default()
         }
     }
 
-    /// Checks the config and reads its files; every problem is reported in one [`Error::Config`].
+    /// Checks the config and reads its files; every problem is reported in one [`Error::Config`]
+    /// naming the `source` section.
     pub fn validate(&self) -> Result<Settings> {
+        self.settings()
+            .map_err(|problems| Problem::into_error("source", problems))
+    }
+
+    /// Checks the config and reads its files: the settings, or every problem (keys relative to
+    /// the section).
+    pub fn settings(&self) -> std::result::Result<Settings, Vec<Problem>> {
         let mut problems = Vec::new();
         let url = self
             .url
             .clone()
             .unwrap_or_else(|| self.feed.default_url().to_owned());
         if let Err(message) = check_ws_url(&url) {
-            problems.push(format!("url: {message}"));
+            problems.push(Problem::new("url", message));
         }
-        let coins = match read_coin_map(&self.coin_map) {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(format!("coin_map: {e}"));
+        let coins = if self.coin_map.as_os_str().is_empty() {
+            problems.push(Problem::new("coin_map", "is missing"));
+            BTreeMap::new()
+        } else {
+            read_coin_map(&self.coin_map).unwrap_or_else(|e| {
+                problems.push(Problem::new("coin_map", e.to_string()));
                 BTreeMap::new()
-            }
+            })
         };
+        let mut product_problem = false;
         let products = match (&self.product_ids, &self.portfolio) {
             (Some(ids), _) => ids.clone(),
             (None, Some(path)) => match read_portfolio(path) {
                 Ok(p) => p.into_keys().collect(),
                 Err(e) => {
-                    problems.push(format!("portfolio: {e}"));
+                    problems.push(Problem::new("portfolio", e.to_string()));
+                    product_problem = true;
                     Vec::new()
                 }
             },
             (None, None) => {
-                problems.push("product_ids: set product_ids or portfolio".into());
+                problems.push(Problem::new("product_ids", "set product_ids or portfolio"));
+                product_problem = true;
                 Vec::new()
             }
         };
         let mut unique = Vec::new();
         for p in products {
             if !is_product_id(&p) {
-                problems.push(format!(
-                    "product_ids: {p:?} is not a product id; expected BASE-QUOTE, e.g. BTC-USD"
+                problems.push(Problem::new(
+                    "product_ids",
+                    format!("{p:?} is not a product id; expected BASE-QUOTE, e.g. BTC-USD"),
                 ));
+                product_problem = true;
             } else if !unique.contains(&p) {
                 unique.push(p);
             }
         }
-        if unique.is_empty() && !problems.iter().any(|p| p.starts_with("product")) {
-            problems.push("product_ids: must name at least one product".into());
+        if unique.is_empty() && !product_problem {
+            problems.push(Problem::new(
+                "product_ids",
+                "must name at least one product",
+            ));
         }
-        for (key, value) in [
-            ("idle_timeout_ms", self.idle_timeout_ms),
-            ("connect_timeout_ms", self.connect_timeout_ms),
-            (
-                "reconnect_backoff_initial_ms",
-                self.reconnect_backoff_initial_ms,
-            ),
-        ] {
-            if value == 0 {
-                problems.push(format!("{key}: must be at least 1"));
-            }
-        }
-        if self.reconnect_backoff_max_ms < self.reconnect_backoff_initial_ms {
-            problems.push(format!(
-                "reconnect_backoff_max_ms: {} is below reconnect_backoff_initial_ms ({})",
-                self.reconnect_backoff_max_ms, self.reconnect_backoff_initial_ms
+        if self.reconnect_backoff_max < self.reconnect_backoff_initial {
+            problems.push(Problem::new(
+                "reconnect_backoff_max_ms",
+                format!(
+                    "{:?} is below reconnect_backoff_initial_ms ({:?})",
+                    self.reconnect_backoff_max, self.reconnect_backoff_initial
+                ),
             ));
         }
         if !problems.is_empty() {
-            return Err(Error::config("source (coinbase)", problems.join("; ")));
+            return Err(problems);
         }
         Ok(Settings {
             feed: self.feed,
             url,
             products: unique,
             coins,
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            backoff_initial: Duration::from_millis(self.reconnect_backoff_initial_ms),
-            backoff_max: Duration::from_millis(self.reconnect_backoff_max_ms),
+            idle_timeout: self.idle_timeout,
+            connect_timeout: self.connect_timeout,
+            backoff_initial: self.reconnect_backoff_initial,
+            backoff_max: self.reconnect_backoff_max,
         })
     }
 }
@@ -253,35 +275,62 @@ mod tests {
         assert_eq!(settings.idle_timeout, Duration::from_secs(5));
     }
 
+    fn parse(text: &str) -> std::result::Result<CoinbaseConfig, Problem> {
+        config::from_toml("source", toml::from_str(text).unwrap())
+    }
+
     #[test]
     fn reports_every_problem_at_once() {
-        let config: CoinbaseConfig = toml::from_str(
+        let config = parse(
             r#"
 url = "http://example.com"
 product_ids = ["btc-usd", "BTC-USD"]
 coin_map = "/nonexistent/coin_map.json"
-idle_timeout_ms = 0
 reconnect_backoff_max_ms = 1
 "#,
         )
         .unwrap();
-        let err = config.validate().unwrap_err().to_string();
+        let problems: Vec<String> = config
+            .settings()
+            .unwrap_err()
+            .iter()
+            .map(Problem::to_string)
+            .collect();
         for expected in [
             "url: \"http://example.com\" has scheme \"http\"; expected ws or wss",
             "coin_map: io on /nonexistent/coin_map.json",
             "product_ids: \"btc-usd\" is not a product id",
-            "idle_timeout_ms: must be at least 1",
-            "reconnect_backoff_max_ms: 1 is below reconnect_backoff_initial_ms (500)",
+            "reconnect_backoff_max_ms: 1ms is below reconnect_backoff_initial_ms (500ms)",
         ] {
-            assert!(err.contains(expected), "missing {expected:?} in {err}");
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:?}"
+            );
         }
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn durations_are_milliseconds_or_text_and_zero_is_refused() {
+        let config =
+            parse("coin_map = \"c.json\"\nidle_timeout_ms = \"2s\"\nconnect_timeout_ms = 750")
+                .unwrap();
+        assert_eq!(
+            (config.idle_timeout, config.connect_timeout),
+            (Duration::from_secs(2), Duration::from_millis(750))
+        );
+        assert_eq!(
+            parse("coin_map = \"c.json\"\nidle_timeout_ms = 0")
+                .unwrap_err()
+                .to_string(),
+            "source.idle_timeout_ms: must be at least 1"
+        );
     }
 
     #[test]
     fn rejects_unknown_fields() {
-        let err = toml::from_str::<CoinbaseConfig>("coin_map = \"c.json\"\nproducts = []\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("unknown field `products`"), "{err}");
+        let err = parse("coin_map = \"c.json\"\nproducts = []\n").unwrap_err();
+        assert_eq!(err.key, "source.products");
+        assert!(err.message.contains("unknown field `products`"), "{err}");
     }
 }

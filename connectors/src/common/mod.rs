@@ -1,6 +1,7 @@
 //! Code that more than one connector needs. It names no venue.
 
 pub mod backoff;
+pub mod config;
 pub mod counters;
 pub mod excerpt;
 pub mod http;

@@ -19,7 +19,8 @@ use serde_json::json;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDeadLetterConfig {
-    /// The folder.
+    /// The folder, relative to the config file.
+    #[serde(deserialize_with = "crate::common::config::path")]
     pub path: PathBuf,
 }
 

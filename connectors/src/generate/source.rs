@@ -15,6 +15,8 @@ use engine::{
 use serde::Deserialize;
 
 use super::Generator;
+use crate::common::config::{self, Problem};
+use crate::common::reference_files::{read_coin_map, read_portfolio};
 use crate::common::trade::rfc3339_micros;
 
 /// The topic name generated records carry.
@@ -24,9 +26,11 @@ const TOPIC: &str = "generate";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
-    /// The portfolio file (its products get 90% of trades).
+    /// The portfolio file (its products get 90% of trades), relative to the config file.
+    #[serde(deserialize_with = "config::path")]
     pub portfolio: PathBuf,
-    /// The coin map (names).
+    /// The coin map (names), relative to the config file.
+    #[serde(deserialize_with = "config::path")]
     pub coin_map: PathBuf,
     /// Stop after this many trades; unlimited if absent (then a rate is required).
     pub count: Option<u64>,
@@ -39,6 +43,32 @@ pub struct GenerateConfig {
 
 fn default_seed() -> u64 {
     42
+}
+
+impl GenerateConfig {
+    /// Every problem serde cannot see (keys relative to the section); reads both files.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.count.is_none() && self.rate_per_sec.is_none() {
+            problems.push(Problem::new(
+                "count",
+                "a generate source needs a count, a rate_per_sec, or both",
+            ));
+        }
+        if self
+            .rate_per_sec
+            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+        {
+            problems.push(Problem::new("rate_per_sec", "must be a positive number"));
+        }
+        if let Err(e) = read_portfolio(&self.portfolio) {
+            problems.push(Problem::new("portfolio", e.to_string()));
+        }
+        if let Err(e) = read_coin_map(&self.coin_map) {
+            problems.push(Problem::new("coin_map", e.to_string()));
+        }
+        problems
+    }
 }
 
 /// The generate source.
@@ -54,20 +84,9 @@ pub struct GenerateSource {
 impl GenerateSource {
     /// Builds the source; the portfolio and coin map are read now.
     pub fn new(config: GenerateConfig) -> Result<Self> {
-        if config.count.is_none() && config.rate_per_sec.is_none() {
-            return Err(Error::config(
-                "source.count",
-                "a generate source needs a count, a rate_per_sec, or both",
-            ));
-        }
-        if config
-            .rate_per_sec
-            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
-        {
-            return Err(Error::config(
-                "source.rate_per_sec",
-                "must be a positive number",
-            ));
+        let problems = config.check();
+        if !problems.is_empty() {
+            return Err(Problem::into_error("source", problems));
         }
         let now_us = chrono::Utc::now().timestamp_micros();
         let spacing_us = config.rate_per_sec.map_or(1_000, |r| (1e6 / r) as i64);

@@ -4,8 +4,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use std::time::Duration;
+
 use engine::{Error, Offsets};
 use serde::Deserialize;
+
+use crate::common::config::{self, Problem};
 
 /// Where a partition starts when the group has no committed offset for it (the first start).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,29 +41,17 @@ pub fn parse_starting_offsets(text: &str) -> Result<StartingOffsets, String> {
     }
 }
 
-fn default_starting_offsets() -> StartingOffsets {
-    StartingOffsets::Latest
-}
-
-fn default_true() -> bool {
-    true
-}
-
 /// Default group session timeout: short enough that a killed instance's partitions move on
 /// quickly, above the broker's 6 s minimum.
-fn default_session_timeout_ms() -> u32 {
-    10_000
-}
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default limit between polls before the group drops this member: long, because a batch waits
 /// for its sink (e.g. while Cassandra is down) before the next poll.
-fn default_max_poll_interval_ms() -> u32 {
-    900_000
-}
+const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
 
 /// `[source] type = "kafka"`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// `host:port,…`; default the `KAFKA_BOOTSTRAP` environment variable, else `127.0.0.1:9092`.
     pub brokers: Option<String>,
@@ -69,49 +61,78 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     /// Where a first start begins: `earliest`, `latest` (default) or per-partition JSON. Once the
     /// group has committed offsets, those win.
-    #[serde(default = "default_starting_offsets")]
     pub starting_offsets: StartingOffsets,
     /// Stop with an error when committed offsets were already deleted by retention (default
     /// true); when false, log it and continue from the earliest available offset.
-    #[serde(default = "default_true")]
     pub fail_on_data_loss: bool,
-    /// The group session timeout in ms (default 10000).
-    #[serde(default = "default_session_timeout_ms")]
-    pub session_timeout_ms: u32,
-    /// The longest time between polls, in ms, before the group drops this member (default 900000).
-    #[serde(default = "default_max_poll_interval_ms")]
-    pub max_poll_interval_ms: u32,
+    /// The group session timeout: milliseconds or text such as `"10s"` (default 10 s).
+    #[serde(
+        rename = "session_timeout_ms",
+        deserialize_with = "config::positive_millis"
+    )]
+    pub session_timeout: Duration,
+    /// The longest time between polls before the group drops this member: milliseconds or text
+    /// such as `"15m"` (default 15 min).
+    #[serde(
+        rename = "max_poll_interval_ms",
+        deserialize_with = "config::positive_millis"
+    )]
+    pub max_poll_interval: Duration,
     /// Extra librdkafka properties (e.g. `"security.protocol" = "SSL"`).
-    #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
 
+impl Default for KafkaSourceConfig {
+    /// No topics and no group (which [`KafkaSourceConfig::check`] reports), every other default.
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            topics: Vec::new(),
+            group_id: String::new(),
+            starting_offsets: StartingOffsets::Latest,
+            fail_on_data_loss: true,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
 impl KafkaSourceConfig {
-    /// Checks what serde cannot.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// Every problem serde cannot see; keys are relative to the section.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(Error::config(
-                "source.topics",
+            problems.push(Problem::new(
+                "topics",
                 "list at least one topic, none empty",
             ));
         }
         if self.group_id.trim().is_empty() {
-            return Err(Error::config("source.group_id", "must not be empty"));
+            problems.push(Problem::new("group_id", "must not be empty"));
         }
         for key in ["enable.auto.commit", "group.id", "bootstrap.servers"] {
             if self.properties.contains_key(key) {
-                return Err(Error::config(
-                    format!("source.properties.{key}"),
+                problems.push(Problem::new(
+                    format!("properties.{key}"),
                     "is set by coinstream itself",
                 ));
             }
         }
-        Ok(())
+        problems
+    }
+
+    /// [`KafkaSourceConfig::check`] as one error naming the `source` section.
+    pub fn validate(&self) -> Result<(), Error> {
+        match self.check() {
+            problems if problems.is_empty() => Ok(()),
+            problems => Err(Problem::into_error("source", problems)),
+        }
     }
 
     /// The brokers in use.
     pub fn brokers(&self) -> String {
-        self.brokers.clone().unwrap_or_else(super::default_brokers)
+        self.brokers.clone().unwrap_or_else(config::kafka_bootstrap)
     }
 }
 
@@ -183,41 +204,29 @@ impl FromStr for Compression {
 }
 
 impl Compression {
-    /// Reads the value of the config key `key` (e.g. `sink.compression`), naming the key in the
-    /// error: the config enums are internally tagged, so the TOML error cannot point at the line.
-    pub fn deserialize_key<'de, D: serde::Deserializer<'de>>(
-        d: D,
-        key: &str,
-    ) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse()
-            .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
-    }
-
     /// Refuses a codec set through the `properties` of config section `section`: the codec has
-    /// its own key, `<section>.compression`.
+    /// its own key, `<section>.compression`. The problem's key is relative to the section.
     pub fn refuse_in_properties(
         section: &str,
         properties: &BTreeMap<String, String>,
-    ) -> Result<(), Error> {
-        match COMPRESSION_PROPERTIES
+    ) -> Option<Problem> {
+        COMPRESSION_PROPERTIES
             .into_iter()
             .find(|key| properties.contains_key(*key))
-        {
-            Some(key) => Err(Error::config(
-                format!("{section}.properties.{key}"),
-                format!("set {section}.compression instead"),
-            )),
-            None => Ok(()),
-        }
+            .map(|key| {
+                Problem::new(
+                    format!("properties.{key}"),
+                    format!("set {section}.compression instead"),
+                )
+            })
     }
 }
 
-/// `dead_letter.compression`.
-fn dead_letter_compression<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Compression, D::Error> {
-    Compression::deserialize_key(d, "dead_letter.compression")
+impl<'de> Deserialize<'de> for Compression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[dead_letter] type = "kafka"`: dead letters as JSON messages on a topic.
@@ -229,7 +238,7 @@ pub struct KafkaDeadLetterConfig {
     /// The topic (created by the broker on first write if it allows that).
     pub topic: String,
     /// The codec letters are compressed with: `none` (default), `gzip`, `snappy`, `lz4` or `zstd`.
-    #[serde(default, deserialize_with = "dead_letter_compression")]
+    #[serde(default)]
     pub compression: Compression,
     /// Extra librdkafka producer properties (not the compression, which is `compression`).
     #[serde(default)]
@@ -237,12 +246,25 @@ pub struct KafkaDeadLetterConfig {
 }
 
 impl KafkaDeadLetterConfig {
-    /// Checks what serde cannot.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// Every problem serde cannot see; keys are relative to the section.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if self.topic.trim().is_empty() {
-            return Err(Error::config("dead_letter.topic", "must not be empty"));
+            problems.push(Problem::new("topic", "must not be empty"));
         }
-        Compression::refuse_in_properties("dead_letter", &self.properties)
+        problems.extend(Compression::refuse_in_properties(
+            "dead_letter",
+            &self.properties,
+        ));
+        problems
+    }
+
+    /// [`KafkaDeadLetterConfig::check`] as one error naming the `dead_letter` section.
+    pub fn validate(&self) -> Result<(), Error> {
+        match self.check() {
+            problems if problems.is_empty() => Ok(()),
+            problems => Err(Problem::into_error("dead_letter", problems)),
+        }
     }
 }
 
@@ -284,7 +306,8 @@ mod tests {
     #[test]
     fn dead_letter_compression_defaults_to_none_and_names_its_key_when_wrong() {
         let parse = |extra: &str| {
-            toml::from_str::<KafkaDeadLetterConfig>(&format!("topic = \"dl\"\n{extra}"))
+            let table: toml::Value = toml::from_str(&format!("topic = \"dl\"\n{extra}")).unwrap();
+            config::from_toml::<KafkaDeadLetterConfig>("dead_letter", table)
         };
         assert_eq!(parse("").unwrap().compression, Compression::None);
         assert_eq!(
@@ -298,8 +321,41 @@ mod tests {
         );
         let config = parse("[properties]\n\"compression.type\" = \"gzip\"").unwrap();
         assert_eq!(
-            config.validate().unwrap_err().to_string(),
-            "config: dead_letter.properties.compression.type: set dead_letter.compression instead"
+            config.check(),
+            [Problem::new(
+                "properties.compression.type",
+                "set dead_letter.compression instead"
+            )]
+        );
+    }
+
+    #[test]
+    fn source_reports_every_problem_and_reads_durations() {
+        let parse = |text: &str| {
+            config::from_toml::<KafkaSourceConfig>("source", toml::from_str(text).unwrap())
+        };
+        let c = parse("topics = [\"t\"]\ngroup_id = \"g\"").unwrap();
+        assert!(c.check().is_empty());
+        assert_eq!(c.session_timeout, DEFAULT_SESSION_TIMEOUT);
+        assert_eq!(c.starting_offsets, StartingOffsets::Latest);
+        let c = parse("topics = [\"t\"]\ngroup_id = \"g\"\nsession_timeout_ms = 7000\nmax_poll_interval_ms = \"5m\"").unwrap();
+        assert_eq!(
+            (c.session_timeout, c.max_poll_interval),
+            (Duration::from_secs(7), Duration::from_secs(300))
+        );
+        let c = parse("topics = [\"\"]\n[properties]\n\"group.id\" = \"x\"").unwrap();
+        let problems: Vec<String> = c.check().iter().map(Problem::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "topics: list at least one topic, none empty",
+                "group_id: must not be empty",
+                "properties.group.id: is set by coinstream itself"
+            ]
+        );
+        assert_eq!(
+            parse("session_timeout_ms = 0").unwrap_err().to_string(),
+            "source.session_timeout_ms: must be at least 1"
         );
     }
 }

@@ -19,9 +19,10 @@ pub mod source;
 
 use rdkafka::ClientConfig;
 
-/// The brokers to use when the config names none: `KAFKA_BOOTSTRAP`, else the local default.
+/// The brokers to use when the config names none: `KAFKA_BOOTSTRAP`, else the local default
+/// (see [`crate::common::config::kafka_bootstrap`]).
 pub fn default_brokers() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    crate::common::config::kafka_bootstrap()
 }
 
 /// A client config with the brokers, coinstream's defaults, and the user's extra librdkafka

@@ -19,15 +19,7 @@ use serde::Deserialize;
 
 use super::config::Compression;
 use super::producer::TopicProducer;
-
-fn default_compression() -> Compression {
-    Compression::Lz4
-}
-
-/// `sink.compression`.
-fn sink_compression<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Compression, D::Error> {
-    Compression::deserialize_key(d, "sink.compression")
-}
+use crate::common::config::Problem;
 
 /// `[sink] type = "kafka"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,7 +33,7 @@ pub struct KafkaSinkConfig {
     /// in order on one partition).
     pub key: String,
     /// `none`, `gzip`, `snappy`, `lz4` (default) or `zstd`.
-    #[serde(default = "default_compression", deserialize_with = "sink_compression")]
+    #[serde(default = "lz4")]
     pub compression: Compression,
     /// Extra librdkafka producer properties (not the compression, which is `compression`).
     #[serde(default)]
@@ -53,16 +45,31 @@ pub struct KafkaSinkConfig {
     pub explicit_nulls: bool,
 }
 
+/// The sink's default codec.
+fn lz4() -> Compression {
+    Compression::Lz4
+}
+
 impl KafkaSinkConfig {
-    /// Checks what serde cannot.
-    pub fn validate(&self) -> Result<()> {
+    /// Every problem serde cannot see; keys are relative to the section.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if self.topic.trim().is_empty() {
-            return Err(Error::config("sink.topic", "must not be empty"));
+            problems.push(Problem::new("topic", "must not be empty"));
         }
         if self.key.trim().is_empty() {
-            return Err(Error::config("sink.key", "must name an output column"));
+            problems.push(Problem::new("key", "must name an output column"));
         }
-        Compression::refuse_in_properties("sink", &self.properties)
+        problems.extend(Compression::refuse_in_properties("sink", &self.properties));
+        problems
+    }
+
+    /// [`KafkaSinkConfig::check`] as one error naming the `sink` section.
+    pub fn validate(&self) -> Result<()> {
+        match self.check() {
+            problems if problems.is_empty() => Ok(()),
+            problems => Err(Problem::into_error("sink", problems)),
+        }
     }
 }
 

@@ -621,11 +621,11 @@ impl Source for KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set(
                 "session.timeout.ms",
-                self.config.session_timeout_ms.to_string(),
+                self.config.session_timeout.as_millis().to_string(),
             )
             .set(
                 "max.poll.interval.ms",
-                self.config.max_poll_interval_ms.to_string(),
+                self.config.max_poll_interval.as_millis().to_string(),
             );
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(SourceContext::new())

@@ -25,7 +25,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetConfig {
-    /// The dataset's folder.
+    /// The dataset's folder, relative to the config file.
+    #[serde(deserialize_with = "crate::common::config::path")]
     pub path: PathBuf,
     /// Columns whose values name the partition folders, outermost first.
     #[serde(default)]

@@ -31,6 +31,7 @@ use engine::{
 use serde::Deserialize;
 
 use crate::coinbase::feed::{self, FeedEvent};
+use crate::common::config::{self, Problem};
 use crate::common::reference_files::read_coin_map;
 use crate::common::trade::rfc3339_micros;
 
@@ -38,10 +39,22 @@ use crate::common::trade::rfc3339_micros;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayConfig {
-    /// The file of feed messages (JSON lines).
+    /// The file of feed messages (JSON lines), relative to the config file.
+    #[serde(deserialize_with = "config::path")]
     pub path: PathBuf,
-    /// The coin map used to name coins (`product id → name`).
+    /// The coin map used to name coins (`product id → name`), relative to the config file.
+    #[serde(deserialize_with = "config::path")]
     pub coin_map: PathBuf,
+}
+
+impl ReplayConfig {
+    /// Every problem serde cannot see (keys relative to the section): the coin map must read.
+    pub fn check(&self) -> Vec<Problem> {
+        match read_coin_map(&self.coin_map) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![Problem::new("coin_map", e.to_string())],
+        }
+    }
 }
 
 /// Counters of a replay.

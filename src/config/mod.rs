@@ -1,0 +1,760 @@
+//! The pipeline config file (TOML), read one way for every command (`run`, `explain`, `query`,
+//! `ingest`), the sqllogictest runner and the tests: [`Config::load`], or [`Config::load_with`]
+//! and a list of [`Override`]s of its keys.
+//!
+//! Every section is read on its own, so a type error in `[sink]` does not hide a bad `[input]`;
+//! then each connector checks what serde cannot see. Every problem of the file is reported in one
+//! [`ConfigError`], each with its key path (`sink.ttl_secs: must be at least 1`). Relative paths are
+//! relative to the config file's folder. Checks against the output transform's columns (a
+//! Cassandra key column that the SQL does not produce) need the SQL planned and happen when the
+//! sink is built.
+
+mod overrides;
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::{Schema, SchemaRef};
+use connectors::common::config::{self as plumbing, Problem};
+use connectors::{DeadLetterConfig, SinkConfig, SourceConfig};
+use engine::context::ContextOptions;
+use engine::decimal::DecimalPolicy;
+use engine::reference::ReferenceTable;
+use engine::trigger::Trigger;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+pub use overrides::Override;
+
+/// The sections a config file may have.
+const SECTIONS: [&str; 8] = [
+    "engine",
+    "input",
+    "reference",
+    "transforms",
+    "source",
+    "sink",
+    "dead_letter",
+    "report",
+];
+
+/// `[engine]`: when batches run and how big they get.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct EngineSection {
+    /// `interval:<n>ms|s|m` or `available-now`; default `interval:500ms`.
+    #[serde(deserialize_with = "trigger")]
+    trigger: Trigger,
+    /// At most this many messages per batch (Spark's `maxOffsetsPerTrigger`); default 100000.
+    #[serde(deserialize_with = "plumbing::at_least_one")]
+    max_records_per_batch: NonZeroUsize,
+    /// Offsets and commit logs; without it a restart starts from the source's own position.
+    #[serde(deserialize_with = "plumbing::optional_path")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Threads one batch's query may use; default 1.
+    #[serde(deserialize_with = "plumbing::at_least_one")]
+    target_partitions: NonZeroUsize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            trigger: Trigger::default(),
+            max_records_per_batch: NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN),
+            checkpoint_dir: None,
+            target_partitions: NonZeroUsize::MIN,
+        }
+    }
+}
+
+/// `[input]`: the table decoded messages form.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct InputSection {
+    /// The table name the SQL reads; default `trades`.
+    table: String,
+    /// Declared columns (`"<name> <type> [not null]"`); default the trade record.
+    columns: Vec<String>,
+    /// What a decimal with more fractional digits than its column's scale becomes:
+    /// `round_half_up` (default, as Spark's `from_json`; counted in the progress) or `reject`
+    /// (the message goes to the dead letters).
+    #[serde(deserialize_with = "from_str")]
+    decimal_policy: DecimalPolicy,
+}
+
+impl Default for InputSection {
+    fn default() -> Self {
+        Self {
+            table: "trades".into(),
+            columns: connectors::common::trade::trade_columns(),
+            decimal_policy: DecimalPolicy::default(),
+        }
+    }
+}
+
+/// `[[reference]]`: a JSON file keyed by id, loaded once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceSection {
+    name: String,
+    #[serde(deserialize_with = "plumbing::path")]
+    path: PathBuf,
+    /// The column the file's keys go into.
+    key: String,
+    /// Declared columns, when values are objects.
+    columns: Option<Vec<String>>,
+    /// The one declared column, when values are scalars.
+    value: Option<String>,
+}
+
+/// `[transforms]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransformsSection {
+    /// SQL files, planned in order (later ones may read earlier ones' views).
+    #[serde(deserialize_with = "plumbing::paths")]
+    files: Vec<PathBuf>,
+    /// The transform whose rows go to the sink.
+    output: String,
+}
+
+/// `[report]`: a query over the store printed at the end of a run that ends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportSection {
+    #[serde(deserialize_with = "plumbing::path")]
+    sql: PathBuf,
+}
+
+/// A config whose every section was read and checked.
+#[derive(Debug)]
+pub struct Config {
+    /// When batches run.
+    pub trigger: Trigger,
+    /// At most this many messages per batch.
+    pub max_records_per_batch: NonZeroUsize,
+    /// Offsets and commit logs, if any.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// The engine's session options.
+    pub context: ContextOptions,
+    /// The input table's name.
+    pub input_table: String,
+    /// The input table's columns.
+    pub input_schema: SchemaRef,
+    /// What an over-precise decimal becomes.
+    pub decimal_policy: DecimalPolicy,
+    /// Reference tables, loaded once.
+    pub references: Vec<ReferenceTable>,
+    /// The SQL files, in planning order.
+    pub transform_files: Vec<PathBuf>,
+    /// The transform whose rows go to the sink (a file stem of `transform_files`).
+    pub output: String,
+    /// `[source]`.
+    pub source: SourceConfig,
+    /// `[sink]`.
+    pub sink: SinkConfig,
+    /// `[dead_letter]`.
+    pub dead_letter: DeadLetterConfig,
+    /// `[report]`'s SQL file, if any.
+    pub report: Option<PathBuf>,
+}
+
+/// Everything wrong with a config file, each problem with its key path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", lines(file, problems))]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// What is wrong, in file order (section by section).
+    pub problems: Vec<Problem>,
+}
+
+/// One line per problem, each naming the file: `coinstream.toml: sink.ttl_secs: must be at least 1`.
+fn lines(file: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {p}", file.display()))
+        .collect();
+    lines.join("\n")
+}
+
+impl Config {
+    /// Reads and checks `file`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(file, &[])
+    }
+
+    /// Reads `file`, sets `overrides` (in order) and checks the result.
+    pub fn load_with(file: &Path, overrides: &[Override]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            problems: vec![Problem::new("", format!("cannot read: {e}"))],
+        })?;
+        Self::parse_with(file, &text, overrides)
+    }
+
+    /// Checks `text`, the contents of `file` (relative paths in it are relative to `file`'s
+    /// folder; `file` itself is not read).
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with(file, text, &[])
+    }
+
+    /// [`Config::parse`] with `overrides` set first.
+    pub fn parse_with(
+        file: &Path,
+        text: &str,
+        overrides: &[Override],
+    ) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError {
+            file: file.to_owned(),
+            problems,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            fail(vec![Problem::new(
+                "",
+                e.to_string().trim().replace('\n', "\n    "),
+            )])
+        })?;
+        let problems = overrides::apply(&mut table, overrides);
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        let base = file.parent().map(Path::to_owned).unwrap_or_default();
+        plumbing::with_base_dir(&base, || Self::read(table)).map_err(fail)
+    }
+
+    fn read(mut table: toml::Table) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        for key in table.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                problems.push(Problem::new(
+                    key.clone(),
+                    format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+                ));
+            }
+        }
+        let mut take = |name: &str| table.remove(name);
+
+        let engine: Option<EngineSection> = optional(&mut problems, "engine", take("engine"));
+        let input: Option<InputSection> = optional(&mut problems, "input", take("input"));
+        let references: Option<Vec<ReferenceSection>> =
+            optional(&mut problems, "reference", take("reference"));
+        let transforms: Option<TransformsSection> = required(
+            &mut problems,
+            "transforms",
+            take("transforms"),
+            plumbing::from_toml,
+        );
+        let source = required(&mut problems, "source", take("source"), |_, v| {
+            SourceConfig::from_toml(v)
+        });
+        let sink = required(&mut problems, "sink", take("sink"), |_, v| {
+            SinkConfig::from_toml(v)
+        });
+        let dead_letter = required(&mut problems, "dead_letter", take("dead_letter"), |_, v| {
+            DeadLetterConfig::from_toml(v)
+        });
+        let report: Option<Option<ReportSection>> =
+            optional(&mut problems, "report", take("report"));
+
+        let input_schema = input
+            .as_ref()
+            .and_then(|i| columns(&mut problems, "input.columns", &i.columns));
+        let mut reference_tables = Vec::new();
+        for (i, r) in references.into_iter().flatten().enumerate() {
+            let key = format!("reference[{i}]");
+            let (decls, key, scalar_values) = match (r.columns, r.value) {
+                (Some(c), None) => (c, format!("{key}.columns"), false),
+                (None, Some(v)) => (vec![v], format!("{key}.value"), true),
+                _ => {
+                    problems.push(Problem::new(
+                        key,
+                        format!(
+                            "{:?}: declare exactly one of columns (object values) or value \
+                             (scalar values)",
+                            r.name
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            if let Some(columns) = columns(&mut problems, &key, &decls) {
+                reference_tables.push(ReferenceTable {
+                    name: r.name,
+                    path: r.path,
+                    key_column: r.key,
+                    columns,
+                    scalar_values,
+                });
+            }
+        }
+        if let Some(t) = &transforms {
+            check_transforms(&mut problems, t);
+        }
+        for (section, found) in [
+            ("source", source.as_ref().map(SourceConfig::check)),
+            ("sink", sink.as_ref().map(SinkConfig::check)),
+            (
+                "dead_letter",
+                dead_letter.as_ref().map(DeadLetterConfig::check),
+            ),
+        ] {
+            problems.extend(found.into_iter().flatten().map(|p| p.under(section)));
+        }
+        let report = report.flatten().map(|r| r.sql);
+        if report.is_some()
+            && sink
+                .as_ref()
+                .is_some_and(|s| !matches!(s, SinkConfig::Parquet(_)))
+        {
+            problems.push(Problem::new(
+                "report",
+                "a report reads the Parquet store, so it needs sink.type = \"parquet\"",
+            ));
+        }
+
+        match (
+            engine,
+            input,
+            input_schema,
+            transforms,
+            source,
+            sink,
+            dead_letter,
+        ) {
+            (
+                Some(engine),
+                Some(input),
+                Some(input_schema),
+                Some(transforms),
+                Some(source),
+                Some(sink),
+                Some(dead_letter),
+            ) if problems.is_empty() => Ok(Config {
+                trigger: engine.trigger,
+                max_records_per_batch: engine.max_records_per_batch,
+                checkpoint_dir: engine.checkpoint_dir,
+                context: ContextOptions {
+                    target_partitions: engine.target_partitions.get(),
+                    ..ContextOptions::default()
+                },
+                input_table: input.table,
+                input_schema,
+                decimal_policy: input.decimal_policy,
+                references: reference_tables,
+                transform_files: transforms.files,
+                output: transforms.output,
+                source,
+                sink,
+                dead_letter,
+                report,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// Reads an optional section: its defaults when absent, `None` (and a problem) when wrong.
+fn optional<T: DeserializeOwned + Default>(
+    problems: &mut Vec<Problem>,
+    name: &str,
+    value: Option<toml::Value>,
+) -> Option<T> {
+    match value {
+        None => Some(T::default()),
+        Some(v) => plumbing::from_toml(name, v)
+            .map_err(|p| problems.push(p))
+            .ok(),
+    }
+}
+
+/// Reads a required section with `read`; a missing or wrong section is a problem.
+fn required<T>(
+    problems: &mut Vec<Problem>,
+    name: &str,
+    value: Option<toml::Value>,
+    read: impl FnOnce(&str, toml::Value) -> Result<T, Problem>,
+) -> Option<T> {
+    let Some(value) = value else {
+        problems.push(Problem::new(name, "missing section"));
+        return None;
+    };
+    read(name, value).map_err(|p| problems.push(p)).ok()
+}
+
+/// Column declarations as a schema; a problem per bad declaration, keyed `<key>[i]`.
+fn columns(problems: &mut Vec<Problem>, key: &str, decls: &[String]) -> Option<SchemaRef> {
+    if decls.is_empty() {
+        problems.push(Problem::new(key, "must declare at least one column"));
+        return None;
+    }
+    let before = problems.len();
+    let mut fields: Vec<arrow::datatypes::Field> = Vec::with_capacity(decls.len());
+    for (i, decl) in decls.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        match engine::schema::parse_column(decl) {
+            Ok(field) if fields.iter().any(|f| f.name() == field.name()) => problems.push(
+                Problem::new(at, format!("column {} is declared twice", field.name())),
+            ),
+            Ok(field) => fields.push(field),
+            Err(message) => problems.push(Problem::new(at, format!("{decl:?}: {message}"))),
+        }
+    }
+    (problems.len() == before).then(|| std::sync::Arc::new(Schema::new(fields)))
+}
+
+fn check_transforms(problems: &mut Vec<Problem>, t: &TransformsSection) {
+    if t.files.is_empty() {
+        problems.push(Problem::new(
+            "transforms.files",
+            "list at least one .sql file",
+        ));
+    }
+    let stems: Vec<&str> = t
+        .files
+        .iter()
+        .filter_map(|p| p.file_stem().and_then(|s| s.to_str()))
+        .collect();
+    if !stems.contains(&t.output.as_str()) {
+        problems.push(Problem::new(
+            "transforms.output",
+            format!(
+                "{:?} is not one of the transforms ({})",
+                t.output,
+                stems.join(", ")
+            ),
+        ));
+    }
+}
+
+/// `engine.trigger`: engine's own parser, without its `config: trigger:` prefix.
+fn trigger<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Trigger, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|e| {
+        serde::de::Error::custom(match e {
+            engine::Error::Config { message, .. } => message,
+            other => other.to_string(),
+        })
+    })
+}
+
+/// A value read from text by its [`std::str::FromStr`].
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err: std::fmt::Display>,
+{
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn shipped_configs_validate() {
+        let mut files = vec![repo_root().join("coinstream.toml")];
+        for entry in std::fs::read_dir(repo_root().join("pipelines")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+        assert!(files.len() >= 5, "{files:?}");
+        for file in files {
+            // Every section, the connectors' own checks included (they read the files named).
+            let c = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+            for sql in c.transform_files.iter().chain(&c.report) {
+                assert!(sql.exists(), "{}: {} exists", file.display(), sql.display());
+            }
+            for r in &c.references {
+                assert!(
+                    r.path.exists(),
+                    "{}: {} exists",
+                    file.display(),
+                    r.path.display()
+                );
+            }
+        }
+        let c = Config::load(&repo_root().join("pipelines/candles-cassandra.toml")).unwrap();
+        assert_eq!(c.output, "candles");
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(
+            &file,
+            r#"
+[engine]
+trigger = "sometimes"
+max_records_per_batch = 0
+[input]
+columns = ["price money"]
+decimal_policy = "truncate"
+[transforms]
+files = ["sql/profit.sql"]
+output = "pnl"
+[source]
+type = "replay"
+path = "x.jsonl"
+coin_map = "c.json"
+[sink]
+type = "stdout"
+[dead_letter]
+type = "file"
+path = "dl"
+[report]
+sql = "r.sql"
+"#,
+        )
+        .unwrap();
+        let err = Config::load(&file).unwrap_err();
+        let text = err.to_string();
+        for line in text.lines() {
+            assert!(line.starts_with(&format!("{}: ", file.display())), "{line}");
+        }
+        for expected in [
+            // serde stops at a section's first error (keys are read in name order): the batch
+            // size hides the trigger.
+            "engine.max_records_per_batch: must be at least 1",
+            "input.decimal_policy: unknown decimal policy \"truncate\" (valid: round_half_up, reject)",
+            "transforms.output: \"pnl\" is not one of the transforms (profit)",
+            "source.coin_map: io on ",
+            "report: a report reads the Parquet store",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(err.problems.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[engine]\ntriger = \"available-now\"\n").unwrap();
+        let err = Config::load(&file).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.key == "engine.triger" && p.message.contains("unknown field `triger`")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_an_unknown_dead_letter_compression_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        let repo = repo_root().display().to_string();
+        let config = |dead_letter: &str| {
+            format!(
+                "[transforms]\nfiles = [\"sql/profit.sql\"]\noutput = \"profit\"\n\
+                 [source]\ntype = \"generate\"\nportfolio = \"{repo}/required_data/my_Portfolio.json\"\n\
+                 coin_map = \"{repo}/required_data/coin_map.json\"\ncount = 1\n\
+                 [sink]\ntype = \"null\"\n[dead_letter]\ntype = \"kafka\"\ntopic = \"dl\"\n{dead_letter}"
+            )
+        };
+        std::fs::write(&file, config("compression = \"brotli\"")).unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("dead_letter.compression: must be one of none, gzip, snappy, lz4, zstd"),
+            "{err}"
+        );
+        std::fs::write(&file, config("compression = \"zstd\"")).unwrap();
+        let loaded = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let DeadLetterConfig::Kafka(c) = loaded.dead_letter else {
+            panic!("{:?}", loaded.dead_letter)
+        };
+        assert_eq!(c.compression, connectors::kafka::config::Compression::Zstd);
+        std::fs::write(
+            &file,
+            config("properties = { \"compression.codec\" = \"gzip\" }"),
+        )
+        .unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "dead_letter.properties.compression.codec: set dead_letter.compression instead"
+            ),
+            "{err}"
+        );
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let file = dir.path().join("pipeline.toml");
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    #[test]
+    fn reports_problems_of_three_sections_with_key_paths_in_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = std::fs::read_to_string(repo_root().join("pipelines/kafka-cassandra.toml"))
+            .unwrap()
+            .replace("\"../", &format!("\"{}/", repo_root().display()));
+        let file = write(&dir, &shipped);
+        let err = Config::load_with(
+            &file,
+            &[
+                Override::new("engine.target_partitions", 0),
+                Override::new("source.topics", toml::Value::Array(Vec::new())),
+                Override::new("source.group_id", ""),
+                Override::new("sink.ttl_secs", 0),
+                Override::new("dead_letter.topic", " "),
+            ],
+        )
+        .unwrap_err();
+        let problems: Vec<String> = err.problems.iter().map(Problem::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "engine.target_partitions: must be at least 1",
+                "sink.ttl_secs: must be at least 1",
+                "source.topics: list at least one topic, none empty",
+                "source.group_id: must not be empty",
+                "dead_letter.topic: must not be empty",
+            ]
+        );
+    }
+
+    #[test]
+    fn overrides_change_the_shipped_file_and_paths_stay_relative_to_it() {
+        let file = repo_root().join("pipelines/kafka-cassandra.toml");
+        let c = Config::load_with(
+            &file,
+            &[
+                Override::new("source.topics", vec!["t1"]),
+                Override::new("sink.keyspace", "ks_test"),
+                "engine.checkpoint_dir=ck".parse().unwrap(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let SourceConfig::Kafka(source) = &c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(source.topics, ["t1"]);
+        let SinkConfig::Cassandra(sink) = &c.sink else {
+            panic!("{:?}", c.sink)
+        };
+        assert_eq!(sink.keyspace, "ks_test");
+        assert_eq!(c.checkpoint_dir, Some(repo_root().join("pipelines/ck")));
+        assert_eq!(
+            c.references[0].path,
+            repo_root().join("pipelines/../required_data/my_Portfolio.json")
+        );
+    }
+
+    #[test]
+    fn an_override_of_a_value_that_is_not_a_table_names_the_key() {
+        let err = Config::load_with(
+            &repo_root().join("coinstream.toml"),
+            &[Override::new("engine.trigger.every", "1s")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [Problem::new(
+                "engine.trigger.every",
+                "cannot override: engine.trigger is a string, not a table"
+            )]
+        );
+    }
+
+    #[test]
+    fn unknown_and_missing_sections_are_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(&dir, "[egnine]\n[sink]\ntype = \"null\"\n");
+        let problems: Vec<String> = Config::load(&file)
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(Problem::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "egnine: unknown section; expected one of engine, input, reference, transforms, \
+                 source, sink, dead_letter, report",
+                "transforms: missing section",
+                "source: missing section",
+                "dead_letter: missing section",
+            ]
+        );
+    }
+
+    #[test]
+    fn column_declarations_are_checked_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(repo_root().join("coinstream.toml")).unwrap();
+        let file = write(&dir, &text);
+        let err = Config::load_with(
+            &file,
+            &[
+                Override::new("input.columns", vec!["a int64", "b money", "a utf8"]),
+                Override::new(
+                    "reference",
+                    toml::Value::Array(vec![toml::Value::Table(
+                        toml::from_str("name = \"r\"\npath = \"r.json\"\nkey = \"k\"").unwrap(),
+                    )]),
+                ),
+            ],
+        )
+        .unwrap_err();
+        let problems: Vec<String> = err.problems.iter().map(Problem::to_string).collect();
+        assert!(
+            problems[0].starts_with("input.columns[1]: \"b money\": unknown type"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[1], "input.columns[2]: column a is declared twice");
+        assert!(
+            problems[2].starts_with("reference[0]: \"r\": declare exactly one of columns"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn overrides_set_keys_of_the_file_and_name_the_bad_ones() {
+        let file = repo_root().join("pipelines/ingest-gateio.toml");
+        let c = Config::load_with(
+            &file,
+            &[
+                Override::new("sink.topic", "candles_x"),
+                Override::new("source.from_secs", 1_780_000_000),
+                Override::new("engine.checkpoint_dir", "/tmp/cp"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let SinkConfig::Kafka(sink) = &c.sink else {
+            panic!("{:?}", c.sink)
+        };
+        assert_eq!(sink.topic, "candles_x");
+        let SourceConfig::Gateio(source) = &c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(source.from_secs, Some(1_780_000_000));
+        assert_eq!(source.interval, "1m", "the file's value stays");
+        assert_eq!(c.checkpoint_dir, Some(PathBuf::from("/tmp/cp")));
+
+        let err = Config::load_with(
+            &file,
+            &[
+                Override::new("sink.topic.name", "x"),
+                Override::new("source.interval", 60),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ingest-gateio.toml"), "{err}");
+        assert!(
+            err.contains("sink.topic.name: cannot override: sink.topic is a string, not a table"),
+            "{err}"
+        );
+    }
+}
