@@ -8,14 +8,12 @@ use std::str::FromStr;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rust_decimal::Decimal;
 
 mod common;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use testkit::env::repo;
+use testkit::profit::Portfolio;
 
 fn coinstream(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coinstream"))
@@ -52,49 +50,28 @@ fn stderr(o: &Output) -> String {
 /// `(symbol, trade_id) → (profit, side)` as read back from every Parquet file under `root`.
 fn stored_rows(root: &Path) -> Vec<((String, i64), (Decimal, String))> {
     let mut rows = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            assert_eq!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("parquet"),
-                "only finished files: {path:?}"
-            );
-            let reader =
-                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
-                let symbol = col("symbol");
-                let symbol = symbol.as_string::<i32>();
-                let ids = col("trade_id");
-                let ids = ids.as_primitive::<Int64Type>();
-                let side = col("side");
-                let side = side.as_string::<i32>();
-                let profit = col("profit");
-                let profit = profit
-                    .as_any()
-                    .downcast_ref::<arrow::array::Decimal128Array>()
-                    .unwrap();
-                for i in 0..batch.num_rows() {
-                    assert!(!profit.is_null(i));
-                    rows.push((
-                        (symbol.value(i).to_owned(), ids.value(i)),
-                        (
-                            Decimal::from_str(&profit.value_as_string(i)).unwrap(),
-                            side.value(i).to_owned(),
-                        ),
-                    ));
-                }
-            }
+    for batch in common::parquet_batches(root) {
+        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let symbol = col("symbol");
+        let symbol = symbol.as_string::<i32>();
+        let ids = col("trade_id");
+        let ids = ids.as_primitive::<Int64Type>();
+        let side = col("side");
+        let side = side.as_string::<i32>();
+        let profit = col("profit");
+        let profit = profit
+            .as_any()
+            .downcast_ref::<arrow::array::Decimal128Array>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            assert!(!profit.is_null(i));
+            rows.push((
+                (symbol.value(i).to_owned(), ids.value(i)),
+                (
+                    Decimal::from_str(&profit.value_as_string(i)).unwrap(),
+                    side.value(i).to_owned(),
+                ),
+            ));
         }
     }
     rows
@@ -102,10 +79,7 @@ fn stored_rows(root: &Path) -> Vec<((String, i64), (Decimal, String))> {
 
 /// The expected rows, computed from the feed file and the portfolio with no code of ours.
 fn expected_rows(feed: &Path) -> BTreeMap<(String, i64), (Decimal, String)> {
-    let portfolio: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("required_data/my_Portfolio.json")).unwrap(),
-    )
-    .unwrap();
+    let portfolio = Portfolio::shipped();
     let mut expected = BTreeMap::new();
     for line in std::fs::read_to_string(feed).unwrap().lines() {
         let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -115,47 +89,83 @@ fn expected_rows(feed: &Path) -> BTreeMap<(String, i64), (Decimal, String)> {
             continue;
         }
         let symbol = m["product_id"].as_str().unwrap();
-        let Some(holding) = portfolio.get(symbol) else {
-            continue;
-        };
-        let (Ok(price), Some(id)) = (
-            Decimal::from_str(m["price"].as_str().unwrap_or("x")),
+        let (Some(profit), Some(id)) = (
+            portfolio.profit_of_text(symbol, m["price"].as_str().unwrap_or("x")),
             m["trade_id"].as_i64(),
         ) else {
             continue;
         };
-        let buy = Decimal::from_str(holding["buy_price"].as_str().unwrap()).unwrap();
-        let size = Decimal::from_str(holding["size"].as_str().unwrap()).unwrap();
         let taker = if m["side"] == "sell" { "buy" } else { "sell" };
-        expected.insert(
-            (symbol.to_owned(), id),
-            ((price - buy) * size, taker.to_owned()),
-        );
+        expected.insert((symbol.to_owned(), id), (profit, taker.to_owned()));
     }
     expected
 }
 
+/// One test's folder, with the shipped config pointed at a feed and its outputs in the folder.
+struct Project {
+    dir: tempfile::TempDir,
+    feed: PathBuf,
+    cfg: PathBuf,
+}
+
+impl Project {
+    /// On the feed file `feed`.
+    fn on(feed: PathBuf) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &feed);
+        Self { dir, feed, cfg }
+    }
+
+    /// On a feed file in the folder holding `text`.
+    fn with_feed(text: impl AsRef<[u8]>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = dir.path().join("feed.jsonl");
+        std::fs::write(&feed, text).unwrap();
+        let cfg = config(dir.path(), &feed);
+        Self { dir, feed, cfg }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cfg(&self) -> &str {
+        self.cfg.to_str().unwrap()
+    }
+
+    /// `coinstream run --config <cfg> --trigger available-now --progress json` in the folder.
+    fn run(&self) -> Output {
+        run_in(self.path(), &["--config", self.cfg()])
+    }
+
+    /// [`Project::run`], which must succeed.
+    fn run_ok(&self) -> Output {
+        let out = self.run();
+        assert!(out.status.success(), "run failed: {}", stderr(&out));
+        out
+    }
+
+    /// What the Parquet store holds.
+    fn stored(&self) -> Vec<((String, i64), (Decimal, String))> {
+        stored_rows(&self.path().join("data/profit"))
+    }
+
+    /// What the store holds, by key.
+    fn stored_by_key(&self) -> BTreeMap<(String, i64), (Decimal, String)> {
+        self.stored().into_iter().collect()
+    }
+
+    /// The dead letters written, by offset.
+    fn dead_letters(&self) -> Vec<serde_json::Value> {
+        dead_letters(&self.path().join("data/dead_letters"))
+    }
+}
+
 #[test]
 fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = repo().join("required_data/sample_trades.jsonl");
-    let cfg = config(dir.path(), &feed);
-    let out = coinstream(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--trigger",
-        "available-now",
-        "--progress",
-        "json",
-    ]);
-    assert!(out.status.success(), "run failed: {}", stderr(&out));
-
-    let progress: Vec<serde_json::Value> = stderr(&out)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let project = Project::on(repo().join("required_data/sample_trades.jsonl"));
+    let out = project.run_ok();
+    let progress = progress_lines(&out);
     assert!(
         progress.len() >= 5,
         "the 2000-record cap makes several batches: {}",
@@ -169,8 +179,8 @@ fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
         .map(|p| p["numInputRows"].as_u64().unwrap())
         .sum();
 
-    let stored = stored_rows(&dir.path().join("data/profit"));
-    let expected = expected_rows(&feed);
+    let stored = project.stored();
+    let expected = expected_rows(&project.feed);
     assert!(
         expected.len() > 8_000,
         "the sample holds ~10,000 trades, most in the portfolio"
@@ -198,7 +208,7 @@ fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
     let q = coinstream(&[
         "query",
         "--config",
-        cfg.to_str().unwrap(),
+        project.cfg(),
         "SELECT COUNT(*) AS n, COUNT(DISTINCT symbol) AS s FROM profit",
     ]);
     assert!(q.status.success(), "{}", stderr(&q));
@@ -206,16 +216,7 @@ fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
     assert!(text.contains(&format!("| {} ", expected.len())), "{text}");
 
     // A second run finds everything committed: no new batches, nothing doubled.
-    let again = coinstream(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--trigger",
-        "available-now",
-        "--progress",
-        "json",
-    ]);
-    assert!(again.status.success(), "{}", stderr(&again));
+    let again = project.run_ok();
     assert!(
         !stderr(&again)
             .lines()
@@ -223,16 +224,11 @@ fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
         "{}",
         stderr(&again)
     );
-    assert_eq!(
-        stored_rows(&dir.path().join("data/profit")).len(),
-        expected.len()
-    );
+    assert_eq!(project.stored().len(), expected.len());
 }
 
 #[test]
 fn hostile_feed_lines_go_to_dead_letters_with_reasons_and_good_rows_flow() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = dir.path().join("feed.jsonl");
     let good = r#"{"type":"match","trade_id":7,"sequence":50,"maker_order_id":"a","taker_order_id":"b","time":"2026-11-20T14:00:00.028459Z","product_id":"BTC-USD","size":"0.5","price":"92000.01","side":"sell"}"#;
     let lines = [
         good,
@@ -243,30 +239,13 @@ fn hostile_feed_lines_go_to_dead_letters_with_reasons_and_good_rows_flow() {
         r#"{"type":"match","trade_id":10,"sequence":53,"time":"2026-11-20T14:00:03Z","product_id":"FOO-USD","size":"1","price":"1","side":"buy"}"#,
         "\u{1}garbage",
     ];
-    std::fs::write(&feed, lines.join("\n")).unwrap();
-    let cfg = config(dir.path(), &feed);
-    let out = coinstream(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--trigger",
-        "available-now",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let stored = stored_rows(&dir.path().join("data/profit"));
+    let project = Project::with_feed(&lines.join("\n"));
+    project.run_ok();
+    let stored = project.stored();
     assert_eq!(stored.len(), 1, "the one good portfolio trade: {stored:?}");
     assert_eq!(stored[0].0, ("BTC-USD".to_owned(), 7));
 
-    let mut letters = Vec::new();
-    for entry in std::fs::read_dir(dir.path().join("data/dead_letters")).unwrap() {
-        for line in std::fs::read_to_string(entry.unwrap().path())
-            .unwrap()
-            .lines()
-        {
-            letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
-        }
-    }
-    letters.sort_by_key(|l| l["offset"].as_i64());
+    let letters = project.dead_letters();
     let summary: Vec<(i64, String)> = letters
         .iter()
         .map(|l| {
@@ -339,36 +318,22 @@ fn run_in(cwd: &Path, args: &[&str]) -> Output {
 
 /// The input rows a run's JSON progress lines report.
 fn input_rows(o: &Output) -> u64 {
-    stderr(o)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["numInputRows"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum()
+    common::progress_sum(&stderr(o), "numInputRows")
 }
 
 #[test]
 fn a_capture_that_grew_with_a_reconnect_between_runs_stores_each_trade_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = dir.path().join("capture.jsonl");
-    std::fs::write(&feed, RESTART_PART_A).unwrap();
-    let cfg = config(dir.path(), &feed);
-    let cfg = cfg.to_str().unwrap();
-    let first = run_in(dir.path(), &["--config", cfg]);
-    assert!(first.status.success(), "{}", stderr(&first));
+    let project = Project::with_feed(RESTART_PART_A);
+    project.run_ok();
 
     let mut grown = std::fs::OpenOptions::new()
         .append(true)
-        .open(&feed)
+        .open(&project.feed)
         .unwrap();
     std::io::Write::write_all(&mut grown, RESTART_PART_B.as_bytes()).unwrap();
-    let second = run_in(dir.path(), &["--config", cfg]);
-    assert!(second.status.success(), "{}", stderr(&second));
+    let second = project.run_ok();
 
-    let copies = copies(&dir.path().join("data/profit"));
+    let copies = copies(&project.path().join("data/profit"));
     let expected: BTreeMap<(String, i64), usize> = (831102700..=831102703)
         .map(|id| (("BTC-USD".to_owned(), id), 1))
         .collect();
@@ -592,21 +557,15 @@ fn a_second_run_on_a_held_checkpoint_is_refused_and_a_killed_holder_leaves_no_st
 
 #[test]
 fn a_capture_with_a_byte_order_mark_keeps_its_first_trade() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = dir.path().join("feed.jsonl");
     // The `utf8-bom-first-line` case: EF BB BF, then two BTC-USD matches.
     let mut body = b"\xEF\xBB\xBF".to_vec();
     body.extend_from_slice(br#"{"type":"match","trade_id":831102600,"maker_order_id":"00000000-0000-4000-8000-000831102600","taker_order_id":"00000000-0000-4000-9000-000831102600","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":104512339100,"time":"2025-05-12T14:03:22.100000Z"}"#);
     body.extend_from_slice(b"\r\n");
     body.extend_from_slice(br#"{"type":"match","trade_id":831102601,"maker_order_id":"00000000-0000-4000-8000-000831102601","taker_order_id":"00000000-0000-4000-9000-000831102601","side":"buy","size":"0.2","price":"104212.40","product_id":"BTC-USD","sequence":104512339101,"time":"2025-05-12T14:03:22.200000Z"}"#);
     body.extend_from_slice(b"\r\n");
-    std::fs::write(&feed, body).unwrap();
-    let cfg = config(dir.path(), &feed);
-    let out = run_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let stored: BTreeMap<_, _> = stored_rows(&dir.path().join("data/profit"))
-        .into_iter()
-        .collect();
+    let project = Project::with_feed(body);
+    project.run_ok();
+    let stored = project.stored_by_key();
     let ids: Vec<i64> = stored.keys().map(|(_, id)| *id).collect();
     assert_eq!(ids, [831102600, 831102601], "both trades stored");
     assert_eq!(
@@ -614,15 +573,13 @@ fn a_capture_with_a_byte_order_mark_keeps_its_first_trade() {
         "buy",
         "the maker sold"
     );
-    let letters = dir.path().join("data/dead_letters");
+    let letters = project.path().join("data/dead_letters");
     let dead: usize = std::fs::read_dir(&letters).map(|d| d.count()).unwrap_or(0);
     assert_eq!(dead, 0, "no dead letters");
 }
 
 #[test]
 fn dead_letters_keep_the_feed_frame_as_received() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = dir.path().join("feed.jsonl");
     // Lines the source rejects (a bad time, a price that is not a decimal) and one it converts but
     // the engine's decoder rejects: either way the letter holds the line as received.
     let lines = [
@@ -632,20 +589,9 @@ fn dead_letters_keep_the_feed_frame_as_received() {
         // A finite positive price passes the source; it overflows decimal(28,10) in the decoder.
         r#"{"type":"match","trade_id":10,"sequence":53,"time":"2026-11-20T14:00:02Z","product_id":"BTC-USD","size":"0.5","price":"1E+30","side":"sell"}"#,
     ];
-    std::fs::write(&feed, lines.join("\n")).unwrap();
-    let cfg = config(dir.path(), &feed);
-    let out = run_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let mut letters = Vec::new();
-    for entry in std::fs::read_dir(dir.path().join("data/dead_letters")).unwrap() {
-        for line in std::fs::read_to_string(entry.unwrap().path())
-            .unwrap()
-            .lines()
-        {
-            letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
-        }
-    }
-    letters.sort_by_key(|l| l["offset"].as_i64());
+    let project = Project::with_feed(&lines.join("\n"));
+    project.run_ok();
+    let letters = project.dead_letters();
     let offsets: Vec<i64> = letters
         .iter()
         .map(|l| l["offset"].as_i64().unwrap())
@@ -717,25 +663,16 @@ fn explain_shows_plans_and_analyze_shows_metrics() {
 
 #[test]
 fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &repo().join("required_data/sample_trades.jsonl"),
-    );
-    let sql = dir.path().join("profit.sql");
+    let project = Project::on(repo().join("required_data/sample_trades.jsonl"));
+    let (dir, cfg) = (project.path(), &project.cfg);
+    let sql = dir.join("profit.sql");
     std::fs::write(&sql, "SELECT symbol, FROM trades WHERE").unwrap();
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         &format!("{}/sql/profit.sql", repo().display()),
         sql.to_str().unwrap(),
     );
-    std::fs::write(&cfg, &text).unwrap();
-    let out = coinstream(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--trigger",
-        "available-now",
-    ]);
+    std::fs::write(cfg, &text).unwrap();
+    let out = project.run();
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("transform profit (") && stderr(&out).contains("profit.sql"),
@@ -749,14 +686,14 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
         "{}",
         stderr(&out)
     );
-    assert!(!dir.path().join("data/profit").exists(), "no data flowed");
+    assert!(!dir.join("data/profit").exists(), "no data flowed");
 
     std::fs::write(
         &sql,
         std::fs::read_to_string(repo().join("sql/profit.sql")).unwrap(),
     )
     .unwrap();
-    let portfolio = dir.path().join("portfolio.json");
+    let portfolio = dir.join("portfolio.json");
     std::fs::write(
         &portfolio,
         r#"{"BTC-USD":{"coin_name":"Bitcoin","buy_price":"a lot","size":"1","buy_time":0}}"#,
@@ -766,14 +703,8 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
         &format!("{}/required_data/my_Portfolio.json", repo().display()),
         portfolio.to_str().unwrap(),
     );
-    std::fs::write(&cfg, text).unwrap();
-    let out = coinstream(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--trigger",
-        "available-now",
-    ]);
+    std::fs::write(cfg, text).unwrap();
+    let out = project.run();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -782,24 +713,13 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
     );
 }
 
-/// Every dead letter written under `dir` (JSON objects), by offset.
 #[test]
 fn a_sink_error_prints_its_cause_from_the_operating_system() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &repo().join("required_data/sample_trades.jsonl"),
-    );
+    let project = Project::on(repo().join("required_data/sample_trades.jsonl"));
     // A file where the Parquet folder goes: the healthcheck cannot create the folder.
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("data/profit"), "not a folder").unwrap();
-    let out = coinstream(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--trigger",
-        "available-now",
-    ]);
+    std::fs::create_dir(project.path().join("data")).unwrap();
+    std::fs::write(project.path().join("data/profit"), "not a folder").unwrap();
+    let out = project.run();
     assert!(!out.status.success());
     let err = stderr(&out);
     let last = err.lines().last().unwrap_or_default();
@@ -811,9 +731,13 @@ fn a_sink_error_prints_its_cause_from_the_operating_system() {
     );
 }
 
+/// Every dead letter written under `dir` (JSON objects), by offset; none when `dir` is missing.
 fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
     let mut letters = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return letters;
+    };
+    for entry in entries {
         for line in std::fs::read_to_string(entry.unwrap().path())
             .unwrap()
             .lines()
@@ -838,29 +762,13 @@ fn progress_lines(o: &Output) -> Vec<serde_json::Value> {
 /// run finds nothing left to do.
 #[test]
 fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_run_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = repo().join("tests/fixtures/profit-overflow/feed.jsonl");
-    let cfg = config(dir.path(), &feed);
-    let run = || {
-        coinstream(&[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--trigger",
-            "available-now",
-            "--progress",
-            "json",
-        ])
-    };
-    let out = run();
-    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    let project = Project::on(repo().join("tests/fixtures/profit-overflow/feed.jsonl"));
+    let out = project.run_ok();
 
     let poison = ("ADA-USD".to_owned(), 96034231);
-    let mut expected = expected_rows(&feed);
+    let mut expected = expected_rows(&project.feed);
     assert!(expected.remove(&poison).is_some());
-    let stored: BTreeMap<_, _> = stored_rows(&dir.path().join("data/profit"))
-        .into_iter()
-        .collect();
+    let stored = project.stored_by_key();
     assert_eq!(
         stored.keys().collect::<Vec<_>>(),
         vec![
@@ -877,7 +785,7 @@ fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_run_goes_on() {
         Decimal::from_str("646.8").unwrap()
     );
 
-    let letters = dead_letters(&dir.path().join("data/dead_letters"));
+    let letters = project.dead_letters();
     assert_eq!(letters.len(), 1, "{letters:?}");
     let raw = letters[0]["raw"].as_str().unwrap();
     assert!(
@@ -912,32 +820,26 @@ fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_run_goes_on() {
     );
 
     // The batch was committed: a restart meets the poison row no more.
-    let again = run();
-    assert!(again.status.success(), "{}", stderr(&again));
-    let input: u64 = progress_lines(&again)
-        .iter()
-        .map(|p| p["numInputRows"].as_u64().unwrap())
-        .sum();
-    assert_eq!(input, 0, "nothing reprocessed: {}", stderr(&again));
-    let after: BTreeMap<_, _> = stored_rows(&dir.path().join("data/profit"))
-        .into_iter()
-        .collect();
-    assert_eq!(after, stored);
-    assert_eq!(dead_letters(&dir.path().join("data/dead_letters")).len(), 1);
+    let again = project.run_ok();
+    assert_eq!(
+        input_rows(&again),
+        0,
+        "nothing reprocessed: {}",
+        stderr(&again)
+    );
+    assert_eq!(project.stored_by_key(), stored);
+    assert_eq!(project.dead_letters().len(), 1);
 }
 
 #[test]
 fn a_run_that_stores_nothing_ends_with_an_empty_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = dir.path().join("feed.jsonl");
     // Products in the coin map but not in the portfolio: decoded, then joined away.
     let lines = [
         r#"{"type":"match","trade_id":11,"sequence":1,"maker_order_id":"a","taker_order_id":"b","time":"2026-11-20T14:00:00.000001Z","product_id":"LINK-USD","size":"3","price":"14.02","side":"sell"}"#,
         r#"{"type":"match","trade_id":12,"sequence":2,"maker_order_id":"a","taker_order_id":"b","time":"2026-11-20T14:00:01Z","product_id":"XLM-USD","size":"100","price":"0.25","side":"buy"}"#,
     ];
-    std::fs::write(&feed, lines.join("\n")).unwrap();
-    let cfg = config(dir.path(), &feed);
-    let query = |sql: &str| coinstream(&["query", "--config", cfg.to_str().unwrap(), sql]);
+    let project = Project::with_feed(lines.join("\n"));
+    let query = |sql: &str| coinstream(&["query", "--config", project.cfg(), sql]);
     let before = query("SELECT COUNT(*) AS n FROM profit");
     assert!(!before.status.success(), "no store before any run");
     assert!(
@@ -946,22 +848,9 @@ fn a_run_that_stores_nothing_ends_with_an_empty_report() {
         stderr(&before)
     );
 
-    let out = coinstream(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--trigger",
-        "available-now",
-        "--progress",
-        "json",
-    ]);
-    assert!(out.status.success(), "run failed: {}", stderr(&out));
-    let input: u64 = progress_lines(&out)
-        .iter()
-        .map(|p| p["numInputRows"].as_u64().unwrap())
-        .sum();
-    assert_eq!(input, 2, "both trades read: {}", stderr(&out));
-    assert!(stored_rows(&dir.path().join("data/profit")).is_empty());
+    let out = project.run_ok();
+    assert_eq!(input_rows(&out), 2, "both trades read: {}", stderr(&out));
+    assert!(project.stored().is_empty());
     // The report's header, and no row.
     let report = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = report.lines().filter(|l| l.starts_with('|')).collect();
@@ -997,29 +886,17 @@ const EXCESS_SCALE_FEED: &str = r#"{"type":"subscriptions","channels":[{"name":"
 /// `trade_id → [price, size, profit]` as stored, read back from every Parquet file under `root`.
 fn stored_amounts(root: &Path) -> BTreeMap<i64, [String; 3]> {
     let mut rows = BTreeMap::new();
-    for entry in std::fs::read_dir(root).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rows.extend(stored_amounts(&path));
-            continue;
-        }
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
-            let ids = col("trade_id");
-            let text = |name: &str, i: usize| {
-                arrow::util::display::array_value_to_string(&col(name), i).unwrap()
-            };
-            for i in 0..batch.num_rows() {
-                rows.insert(
-                    ids.as_primitive::<Int64Type>().value(i),
-                    [text("price", i), text("size", i), text("profit", i)],
-                );
-            }
+    for batch in common::parquet_batches(root) {
+        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let ids = col("trade_id");
+        let text = |name: &str, i: usize| {
+            arrow::util::display::array_value_to_string(&col(name), i).unwrap()
+        };
+        for i in 0..batch.num_rows() {
+            rows.insert(
+                ids.as_primitive::<Int64Type>().value(i),
+                [text("price", i), text("size", i), text("profit", i)],
+            );
         }
     }
     rows
@@ -1027,23 +904,16 @@ fn stored_amounts(root: &Path) -> BTreeMap<i64, [String; 3]> {
 
 /// Every dead letter under `dir` as `(offset, reason, raw)`, in offset order.
 fn dead_letter_triples(dir: &Path) -> Vec<(i64, String, String)> {
-    let mut letters = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return letters;
-    };
-    for entry in entries {
-        for line in std::fs::read_to_string(entry.unwrap().path())
-            .unwrap()
-            .lines()
-        {
-            let l: serde_json::Value = serde_json::from_str(line).unwrap();
-            letters.push((
+    let mut letters: Vec<(i64, String, String)> = dead_letters(dir)
+        .iter()
+        .map(|l| {
+            (
                 l["offset"].as_i64().unwrap(),
                 l["reason"].as_str().unwrap().to_owned(),
                 l["raw"].to_string(),
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     letters.sort();
     letters
 }
@@ -1076,11 +946,7 @@ fn run_excess_scale(
         progress,
     ]);
     assert!(out.status.success(), "run failed: {}", stderr(&out));
-    let records = stderr(&out)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = progress_lines(&out);
     (out, records)
 }
 

@@ -180,31 +180,40 @@ impl DeadLetterSink for MemoryDeadLetters {
 const SQL: &str =
     "SELECT t.id, t.price * 2 AS doubled, r.tier FROM trades t JOIN tiers r ON r.id % 2 = t.id % 2";
 
-async fn query(
-    dir: &std::path::Path,
-    source: MemorySource,
+/// Where one test's query writes, shared with the test to read back: the source's commits, the
+/// sink, the dead letters and the progress records.
+#[derive(Clone, Default)]
+struct Outputs {
+    commits: Arc<Mutex<Vec<Offsets>>>,
     sink: MemorySink,
     letters: MemoryDeadLetters,
-    checkpoint: bool,
     progress: Arc<Mutex<Vec<BatchProgress>>>,
-    max_records: usize,
-) -> StreamingQuery {
-    let transform = Transform {
+}
+
+impl Outputs {
+    /// Runs `transform` over `partitions` (of topic `t`) into these outputs, at most
+    /// `max_records` per batch, with a checkpoint in `dir` when `checkpoint`.
+    async fn run(
+        &self,
+        dir: &std::path::Path,
+        transform: Transform,
+        partitions: Vec<Vec<String>>,
+        checkpoint: bool,
+        max_records: usize,
+    ) -> engine::Result<engine::runtime::RunSummary> {
+        let q = query_with(dir, transform, partitions, self, checkpoint, max_records).await;
+        let (_tx, rx) = watch::channel(false);
+        q.run(rx).await
+    }
+}
+
+/// The test's `doubled` transform: each trade's price doubled, joined with its tier.
+fn doubled() -> Transform {
+    Transform {
         name: "doubled",
         price: "decimal(10,2)",
         sql: SQL,
-    };
-    query_with(
-        dir,
-        transform,
-        source,
-        sink,
-        letters,
-        checkpoint,
-        progress,
-        max_records,
-    )
-    .await
+    }
 }
 
 /// A transform of the test's `trades(id, price)` table.
@@ -217,15 +226,12 @@ struct Transform {
     sql: &'static str,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn query_with(
     dir: &std::path::Path,
     t: Transform,
-    source: MemorySource,
-    sink: MemorySink,
-    letters: MemoryDeadLetters,
+    partitions: Vec<Vec<String>>,
+    outputs: &Outputs,
     checkpoint: bool,
-    progress: Arc<Mutex<Vec<BatchProgress>>>,
     max_records: usize,
 ) -> StreamingQuery {
     let schema = parse_columns(
@@ -264,16 +270,19 @@ async fn query_with(
         .await
         .unwrap();
     StreamingQuery {
-        source: Box::new(source),
+        source: Box::new(MemorySource::new(partitions, outputs.commits.clone())),
         decoder: RecordDecoder::new(schema),
         input,
         transform,
-        sink: Box::new(sink),
-        dead_letters: Box::new(letters),
+        sink: Box::new(outputs.sink.clone()),
+        dead_letters: Box::new(outputs.letters.clone()),
         checkpoint: checkpoint.then(|| Checkpoint::open(dir.join("checkpoint")).unwrap()),
         trigger: Trigger::AvailableNow,
         max_records_per_batch: max_records,
-        on_progress: Box::new(move |p| progress.lock().unwrap().push(p.clone())),
+        on_progress: {
+            let progress = outputs.progress.clone();
+            Box::new(move |p| progress.lock().unwrap().push(p.clone()))
+        },
     }
 }
 
@@ -306,22 +315,13 @@ fn ids_of(written: &[(u64, Vec<RecordBatch>)]) -> Vec<Vec<i64>> {
 #[tokio::test]
 async fn runs_batches_in_order_and_commits_after_each_write() {
     let dir = tempfile::tempdir().unwrap();
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let source = MemorySource::new(vec![messages(0..5), messages(100..103)], commits.clone());
-    let sink = MemorySink::default();
-    let progress = Arc::new(Mutex::new(Vec::new()));
-    let q = query(
-        dir.path(),
-        source,
-        sink.clone(),
-        Default::default(),
-        true,
-        progress.clone(),
-        3,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    let summary = q.run(rx).await.unwrap();
+    let out = Outputs::default();
+    let (commits, sink, progress) = (&out.commits, &out.sink, &out.progress);
+    let partitions = vec![messages(0..5), messages(100..103)];
+    let summary = out
+        .run(dir.path(), doubled(), partitions, true, 3)
+        .await
+        .unwrap();
     assert_eq!(
         (summary.batches, summary.input_rows, summary.output_rows),
         (3, 8, 8)
@@ -373,22 +373,14 @@ async fn runs_batches_in_order_and_commits_after_each_write() {
 #[tokio::test]
 async fn retries_transient_sink_failures_and_commits_nothing_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let source = MemorySource::new(vec![messages(0..4)], commits.clone());
-    let sink = MemorySink::default();
+    let out = Outputs::default();
+    let (commits, sink) = (&out.commits, &out.sink);
     *sink.failures.lock().unwrap() = vec![Some(Retry::Transient), Some(Retry::Transient)];
-    let q = query(
-        dir.path(),
-        source,
-        sink.clone(),
-        Default::default(),
-        false,
-        Default::default(),
-        10,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    let summary = q.run(rx).await.unwrap();
+    let partitions = vec![messages(0..4)];
+    let summary = out
+        .run(dir.path(), doubled(), partitions, false, 10)
+        .await
+        .unwrap();
     assert_eq!(summary.output_rows, 4);
     assert_eq!(
         commits.lock().unwrap().len(),
@@ -404,39 +396,25 @@ async fn retries_transient_sink_failures_and_commits_nothing_meanwhile() {
 #[tokio::test]
 async fn replays_an_uncommitted_batch_with_the_same_id_and_offsets_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let sink = MemorySink::default();
+    let out = Outputs::default();
+    let (commits, sink) = (&out.commits, &out.sink);
     // First run: batch 0 is written; batch 1's write fails for good (the crash).
     *sink.failures.lock().unwrap() = vec![None, Some(Retry::Permanent)];
-    let source = MemorySource::new(vec![messages(0..5)], commits.clone());
-    let q = query(
-        dir.path(),
-        source,
-        sink.clone(),
-        Default::default(),
-        true,
-        Default::default(),
-        2,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    assert!(q.run(rx).await.is_err());
+    let partitions = vec![messages(0..5)];
+    let first = out.run(dir.path(), doubled(), partitions.clone(), true, 2);
+    assert!(first.await.is_err());
     assert_eq!(commits.lock().unwrap().len(), 1);
 
-    let progress = Arc::new(Mutex::new(Vec::new()));
-    let source = MemorySource::new(vec![messages(0..5)], commits.clone());
-    let q = query(
-        dir.path(),
-        source,
-        sink.clone(),
-        Default::default(),
-        true,
-        progress.clone(),
-        2,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    q.run(rx).await.unwrap();
+    // The restart: same sink and commits, its own progress.
+    let restart = Outputs {
+        progress: Default::default(),
+        ..out.clone()
+    };
+    let progress = &restart.progress;
+    restart
+        .run(dir.path(), doubled(), partitions, true, 2)
+        .await
+        .unwrap();
     let p = progress.lock().unwrap();
     assert_eq!(p.iter().map(|p| p.batch_id).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(p[0].sources[0].start_offset, MemorySource::offsets(&[2]));
@@ -452,25 +430,15 @@ async fn replays_an_uncommitted_batch_with_the_same_id_and_offsets_after_a_crash
 #[tokio::test]
 async fn dead_letters_bad_messages_and_moves_past_them() {
     let dir = tempfile::tempdir().unwrap();
-    let commits = Arc::new(Mutex::new(Vec::new()));
+    let out = Outputs::default();
+    let (commits, letters) = (&out.commits, &out.letters);
     let mut msgs = messages(0..3);
     msgs.insert(1, r#"{"id":9,"price":"abc"}"#.into());
     msgs.insert(3, r#"{"id":"#.into());
-    let source = MemorySource::new(vec![msgs], commits.clone());
-    let sink = MemorySink::default();
-    let letters = MemoryDeadLetters::default();
-    let q = query(
-        dir.path(),
-        source,
-        sink.clone(),
-        letters.clone(),
-        false,
-        Default::default(),
-        100,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    let summary = q.run(rx).await.unwrap();
+    let summary = out
+        .run(dir.path(), doubled(), vec![msgs], false, 100)
+        .await
+        .unwrap();
     assert_eq!((summary.output_rows, summary.dead_letters), (3, 2));
     let l = letters.0.lock().unwrap();
     assert_eq!(
@@ -556,23 +524,10 @@ async fn a_row_that_fails_in_the_transform_is_dead_lettered_and_the_rest_flows_u
     msgs.insert(2, r#"{"id":"#.into());
     msgs.insert(5, POISON.into());
     assert_eq!(msgs[5], POISON);
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let sink = MemorySink::default();
-    let letters = MemoryDeadLetters::default();
-    let progress = Arc::new(Mutex::new(Vec::new()));
-    let q = query_with(
-        dir.path(),
-        value_transform(),
-        MemorySource::new(vec![msgs.clone()], commits.clone()),
-        sink.clone(),
-        letters.clone(),
-        true,
-        progress.clone(),
-        100,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    let summary = q.run(rx).await.unwrap();
+    let out = Outputs::default();
+    let (commits, sink, letters, progress) = (&out.commits, &out.sink, &out.letters, &out.progress);
+    let run = out.run(dir.path(), value_transform(), vec![msgs.clone()], true, 100);
+    let summary = run.await.unwrap();
     assert_eq!(
         (summary.batches, summary.output_rows, summary.dead_letters),
         (1, 8, 2)
@@ -583,26 +538,15 @@ async fn a_row_that_fails_in_the_transform_is_dead_lettered_and_the_rest_flows_u
     );
 
     // The good rows are exactly what they give alone.
-    let alone = MemorySink::default();
+    let alone = Outputs::default();
     let other = tempfile::tempdir().unwrap();
-    let q = query_with(
-        other.path(),
-        value_transform(),
-        MemorySource::new(vec![good], Default::default()),
-        alone.clone(),
-        Default::default(),
-        false,
-        Default::default(),
-        100,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    q.run(rx).await.unwrap();
+    let run = alone.run(other.path(), value_transform(), vec![good], false, 100);
+    run.await.unwrap();
     let written = sink.written.lock().unwrap().clone();
     assert_eq!(ids_of(&written), vec![vec![0, 1, 2, 3, 5, 6, 7, 8]]);
     assert_eq!(
         table_lines(&written),
-        table_lines(&alone.written.lock().unwrap())
+        table_lines(&alone.sink.written.lock().unwrap())
     );
     assert!(
         table_lines(&written)
@@ -648,20 +592,13 @@ async fn a_row_that_fails_in_the_transform_is_dead_lettered_and_the_rest_flows_u
         "{}",
         p[0].human_line()
     );
-    let again = Arc::new(Mutex::new(Vec::new()));
-    let q = query_with(
-        dir.path(),
-        value_transform(),
-        MemorySource::new(vec![msgs], Default::default()),
-        sink.clone(),
-        letters.clone(),
-        true,
-        again.clone(),
-        100,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    let summary = q.run(rx).await.unwrap();
+    let again = Outputs {
+        commits: Default::default(),
+        progress: Default::default(),
+        ..out.clone()
+    };
+    let run = again.run(dir.path(), value_transform(), vec![msgs], true, 100);
+    let summary = run.await.unwrap();
     assert_eq!(summary.batches, 0, "nothing reprocessed");
     assert_eq!(letters.0.lock().unwrap().len(), 2);
 }
@@ -672,23 +609,10 @@ async fn a_batch_whose_every_row_fails_is_all_dead_letters_and_committed() {
     let msgs: Vec<String> = (0..37)
         .map(|i| format!(r#"{{"id":{i},"price":"9999999999999999{}.5"}}"#, i % 10))
         .collect();
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let sink = MemorySink::default();
-    let letters = MemoryDeadLetters::default();
-    let progress = Arc::new(Mutex::new(Vec::new()));
-    let q = query_with(
-        dir.path(),
-        value_transform(),
-        MemorySource::new(vec![msgs.clone()], commits.clone()),
-        sink.clone(),
-        letters.clone(),
-        false,
-        progress.clone(),
-        20,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    let summary = q.run(rx).await.unwrap();
+    let out = Outputs::default();
+    let (commits, letters, progress) = (&out.commits, &out.letters, &out.progress);
+    let run = out.run(dir.path(), value_transform(), vec![msgs.clone()], false, 20);
+    let summary = run.await.unwrap();
     assert_eq!(
         (summary.batches, summary.output_rows, summary.dead_letters),
         (2, 0, 37)
@@ -724,26 +648,15 @@ async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
     let msgs: Vec<String> = (0..4)
         .map(|i| format!(r#"{{"id":50,"price":"{i}"}}"#))
         .collect();
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let sink = MemorySink::default();
-    let letters = MemoryDeadLetters::default();
-    let q = query_with(
-        dir.path(),
-        Transform {
-            name: "total",
-            price: "decimal(10,2)",
-            sql: "SELECT CAST(SUM(t.id) AS TINYINT) AS total FROM trades t",
-        },
-        MemorySource::new(vec![msgs], commits.clone()),
-        sink.clone(),
-        letters.clone(),
-        true,
-        Default::default(),
-        100,
-    )
-    .await;
-    let (_tx, rx) = watch::channel(false);
-    let err = q.run(rx).await.unwrap_err().report().to_string();
+    let out = Outputs::default();
+    let (commits, sink, letters) = (&out.commits, &out.sink, &out.letters);
+    let total = Transform {
+        name: "total",
+        price: "decimal(10,2)",
+        sql: "SELECT CAST(SUM(t.id) AS TINYINT) AS total FROM trades t",
+    };
+    let run = out.run(dir.path(), total, vec![msgs], true, 100);
+    let err = run.await.unwrap_err().report().to_string();
     assert!(err.starts_with("transform total ("), "{err}");
     assert!(err.contains("no single row explains the error"), "{err}");
     assert!(
