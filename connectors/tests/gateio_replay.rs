@@ -1,13 +1,13 @@
-//! The Gate.io candle poller against an in-process HTTP/1.1 server that speaks REST v4's exact
-//! formats (`../shared/exchange-formats.md` §3): rows of strings in `[t, quote volume, close,
-//! high, low, open, base volume, closed]` order, a 429 with rate-limit headers, 5xx answers with
-//! and without Gate.io's error body, overlapping pages and an open window. The backfill test
-//! publishes through the real Kafka (`scripts/services.sh up`) and reads the topic back; a
-//! missing broker fails it.
+//! The Gate.io candle poller and the engine source on top of it against testkit's Gate.io stand-in
+//! (REST v4's exact formats, `../shared/exchange-formats.md` §3): rows of strings in `[t, quote
+//! volume, close, high, low, open, base volume, closed]` order, a 429 with rate-limit headers, 5xx
+//! answers with and without Gate.io's error body, overlapping pages and an open window. The
+//! backfill test publishes through the real Kafka (`scripts/services.sh up`) and reads the topic
+//! back; a missing broker fails it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use connectors::common::counters::CounterSet;
@@ -17,158 +17,13 @@ use connectors::gateio::poller::{self, Counters};
 use connectors::gateio::source::GateioSource;
 use connectors::kafka::producer::TopicProducer;
 use engine::{Poll, PollLimits, Source, SourceBatch, StartRequest};
-use rdkafka::ClientConfig;
-use rdkafka::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use testkit::env::kafka_bootstrap;
+use testkit::gateio::{Handler, Reply, RestServer, Seen, now_secs, row, rows};
 use tokio::sync::{mpsc, watch};
 
-fn brokers() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-// ---- the server ----------------------------------------------------------------------------
-
-/// One request the server saw.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    query: BTreeMap<String, String>,
-    at: Instant,
-}
-
-/// An answer: status, extra headers, body.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn json(body: String) -> Self {
-        Reply {
-            status: 200,
-            headers: vec![
-                ("X-Gate-RateLimit-Requests-Remain".into(), "199".into()),
-                ("X-Gate-RateLimit-Limit".into(), "200".into()),
-                (
-                    "X-Gate-RateLimit-Reset-Timestamp".into(),
-                    now_secs().to_string(),
-                ),
-            ],
-            body,
-        }
-    }
-}
-
-type Handler = dyn Fn(usize, &Seen) -> Reply + Send + Sync;
-
-struct RestServer {
-    base: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-/// Serves HTTP/1.1 (keep-alive) on 127.0.0.1; `handler` gets the request's number (from 0).
+/// Serves `handler`'s answers on testkit's Gate.io stand-in.
 async fn serve(handler: Arc<Handler>) -> RestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/api/v4", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (handler, log, count) = (handler.clone(), log.clone(), count.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    // One request head (GETs have no body).
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end);
-                    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                    let seen = Seen {
-                        path: path.to_owned(),
-                        query: query
-                            .split('&')
-                            .filter_map(|kv| kv.split_once('='))
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                            .collect(),
-                        at: Instant::now(),
-                    };
-                    log.lock().unwrap().push(seen.clone());
-                    let reply = handler(count.fetch_add(1, Ordering::SeqCst), &seen);
-                    let mut response = format!(
-                        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-                        reply.status,
-                        match reply.status {
-                            200 => "OK",
-                            400 => "Bad Request",
-                            429 => "Too Many Requests",
-                            500 => "Internal Server Error",
-                            502 => "Bad Gateway",
-                            _ => "Whatever",
-                        },
-                        reply.body.len()
-                    );
-                    for (k, v) in &reply.headers {
-                        response.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    response.push_str("\r\n");
-                    response.push_str(&reply.body);
-                    if tcp.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    RestServer { base, seen }
-}
-
-/// A row in the API's order; prices derive from the window start so a test can check them.
-fn row(start: i64, closed: bool) -> String {
-    let p = 60_000 + start % 997;
-    format!(
-        r#"["{start}","{}.5","{}.1","{}.9","{}","{}.25","0.{:04}","{closed}"]"#,
-        p * 3,
-        p,
-        p + 2,
-        p - 3,
-        p - 1,
-        start % 10_000
-    )
-}
-
-/// Rows for windows `from..=to` (newest first, as a server may send them), with `extra` rows
-/// outside the range mixed in.
-fn rows(from: i64, to: i64, secs: i64, extra: &[String]) -> String {
-    let mut starts: Vec<i64> = ((from + secs - 1).div_euclid(secs)..=to.div_euclid(secs))
-        .map(|i| i * secs)
-        .collect();
-    starts.reverse();
-    let mut rows: Vec<String> = starts.iter().map(|s| row(*s, true)).collect();
-    rows.extend(extra.iter().cloned());
-    format!("[{}]", rows.join(","))
+    RestServer::serve(move |n, seen| handler(n, seen)).await
 }
 
 /// A published candle's window start, in unix seconds.
@@ -179,7 +34,7 @@ fn start_secs(c: &CandleRecord) -> i64 {
 }
 
 fn query_i64(seen: &Seen, key: &str) -> i64 {
-    seen.query[key].parse().unwrap()
+    seen.query_i64(key)
 }
 
 fn settings(
@@ -198,69 +53,6 @@ fn settings(
     config.retry_backoff_max_ms = 200;
     config.request_timeout_ms = 5_000;
     config.validate().unwrap()
-}
-
-// ---- Kafka ---------------------------------------------------------------------------------
-
-async fn create_topic(topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let created = tokio::time::timeout(
-        Duration::from_secs(30),
-        admin.create_topics(
-            &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "Kafka at {} did not answer; start it with scripts/services.sh up",
-            brokers()
-        )
-    })
-    .expect("create topic");
-    for r in created {
-        r.expect("topic created");
-    }
-}
-
-async fn read_topic(topic: &str, expected: usize) -> BTreeMap<String, Vec<CandleRecord>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{topic}_reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out: BTreeMap<String, Vec<CandleRecord>> = BTreeMap::new();
-    let mut count = 0;
-    let mut limit = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = limit.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(m)) => {
-                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-                out.entry(key)
-                    .or_default()
-                    .push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-                count += 1;
-                if count == expected {
-                    // Anything extra would show up now.
-                    limit = Instant::now() + Duration::from_secs(2);
-                }
-            }
-            Ok(Err(e)) => panic!("consuming {topic}: {e}"),
-            Err(_) => break,
-        }
-    }
-    assert!(
-        count >= expected,
-        "only {count} of {expected} candles on {topic}"
-    );
-    out
 }
 
 // ---- tests ---------------------------------------------------------------------------------
@@ -328,14 +120,10 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
     });
     let server = serve(handler).await;
 
-    let topic = format!(
-        "gateio_replay_{}_{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_millis()
-    );
-    create_topic(&topic).await;
+    let topic = testkit::unique_name("gateio_replay");
+    testkit::kafka::create_topic(&topic, 3).await;
     let producer = TopicProducer::new(
-        &brokers(),
+        &kafka_bootstrap(),
         &topic,
         connectors::kafka::config::Compression::Lz4,
         &Default::default(),
@@ -387,7 +175,9 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
     producer.flush().unwrap();
     assert_eq!(published, 2 * windows as u64, "{:?}", counters.snapshot());
 
-    let on_kafka = read_topic(&topic, 2 * windows as usize).await;
+    let on_kafka: BTreeMap<String, Vec<CandleRecord>> =
+        testkit::kafka::read_topic_by_key(&topic, 2 * windows as usize, Duration::from_secs(2))
+            .await;
     assert_eq!(on_kafka.len(), 2);
     for pair in ["BTC_USDT", "ETH_USDT"] {
         let starts: Vec<String> = on_kafka[pair]
