@@ -14,13 +14,12 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use connectors::common::trade::TradeRecord;
 use connectors::gateio::candles::{Candle, CandleRecord};
-use futures::{SinkExt, StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -28,62 +27,17 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rust_decimal::Decimal;
 use scylla::value::{CqlDecimal, CqlTimestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
+use testkit::coinbase::{FeedServer, Step, subscribe_error};
+use testkit::gateio::{Reply, RestServer};
 
 mod common;
 
-// ---- an in-process Coinbase Exchange feed ----------------------------------------------------
-
-#[derive(Clone)]
-enum Step {
-    Text(String),
-    Drop,
-    KeepAlive(Vec<String>),
-}
+// ---- the Coinbase Exchange feed: testkit's stand-in ------------------------------------------
 
 /// Serves `scripts[i]` on the i-th connection (the last one again after that), after reading the
 /// client's subscribe request.
 async fn feed_server(scripts: Vec<Vec<Step>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut i = 0;
-        while let Ok((tcp, _)) = listener.accept().await {
-            let script = scripts[i.min(scripts.len() - 1)].clone();
-            i += 1;
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) if t.contains("\"subscribe\"") => {}
-                    _ => return,
-                }
-                for step in script {
-                    match step {
-                        Step::Text(t) => {
-                            if ws.send(Message::text(t)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Step::Drop => return,
-                        Step::KeepAlive(frames) => loop {
-                            for f in &frames {
-                                if ws.send(Message::text(f.clone())).await.is_err() {
-                                    return;
-                                }
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        },
-                    }
-                }
-                while let Some(Ok(_)) = ws.next().await {}
-            });
-        }
-    });
-    url
+    FeedServer::scripted(scripts, 1).await.url
 }
 
 fn ack() -> String {
@@ -343,65 +297,21 @@ fn candle_row(start: i64) -> String {
     )
 }
 
-/// Serves candlestick pages for any pair; the second request gets a 429.
+/// Serves candlestick pages for any pair on testkit's Gate.io stand-in; the second request gets a
+/// 429 whose reset is a second away.
 async fn rest_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/api/v4", listener.local_addr().unwrap());
-    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end);
-                    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let query: BTreeMap<&str, i64> = target
-                        .split_once('?')
-                        .map(|(_, q)| q)
-                        .unwrap_or("")
-                        .split('&')
-                        .filter_map(|kv| kv.split_once('='))
-                        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
-                        .collect();
-                    let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let (status, extra, body) = if n == 1 {
-                        let reset = chrono::Utc::now().timestamp() + 1;
-                        (
-                            "429 Too Many Requests",
-                            format!("X-Gate-RateLimit-Requests-Remain: 0\r\nX-Gate-RateLimit-Limit: 200\r\nX-Gate-RateLimit-Reset-Timestamp: {reset}\r\n"),
-                            r#"{"label":"TOO_MANY_REQUESTS","message":"Request Rate limit Exceeded"}"#.to_owned(),
-                        )
-                    } else {
-                        let (from, to) = (query["from"], query["to"]);
-                        let rows: Vec<String> = (from.div_euclid(60)..=to.div_euclid(60))
-                            .map(|i| candle_row(i * 60))
-                            .collect();
-                        ("200 OK", String::new(), format!("[{}]", rows.join(",")))
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
-                        body.len()
-                    );
-                    if tcp.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    RestServer::serve(|n, seen| {
+        if n == 1 {
+            return Reply::too_many_requests(chrono::Utc::now().timestamp() + 1);
         }
-    });
-    base
+        let (from, to) = (seen.query_i64("from"), seen.query_i64("to"));
+        let rows: Vec<String> = (from.div_euclid(60)..=to.div_euclid(60))
+            .map(|i| candle_row(i * 60))
+            .collect();
+        Reply::json(format!("[{}]", rows.join(",")))
+    })
+    .await
+    .base
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,55 +617,31 @@ async fn case_feed_server(
     frames: Vec<String>,
     heartbeats: bool,
 ) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let frames = frames.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                let request = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
-                    _ => return,
-                };
-                let asked: serde_json::Value = serde_json::from_str(&request).unwrap();
-                let products: Vec<String> = asked["product_ids"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|p| p.as_str())
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if let Some(refused) = refused.filter(|r| products.iter().any(|p| p == r)) {
-                    let error = format!(
-                        r#"{{"type":"error","message":"Failed to subscribe","reason":"{refused} is not a valid product"}}"#
-                    );
-                    let _ = ws.send(Message::text(error)).await;
-                    while let Some(Ok(_)) = ws.next().await {}
-                    return;
-                }
-                for f in frames {
-                    if ws.send(Message::text(f)).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                loop {
-                    for p in products.iter().filter(|_| heartbeats) {
-                        if ws.send(Message::text(heartbeat(p, 0))).await.is_err() {
-                            return;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            });
+    FeedServer::answering(1, move |_, requests| {
+        let asked: serde_json::Value =
+            serde_json::from_str(requests.first().map_or("{}", String::as_str)).unwrap_or_default();
+        let products: Vec<String> = asked["product_ids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(refused) = refused.filter(|r| products.iter().any(|p| p == r)) {
+            return vec![Step::Text(subscribe_error(refused))];
         }
-    });
-    url
+        let mut steps: Vec<Step> = frames.iter().cloned().map(Step::Text).collect();
+        if heartbeats {
+            steps.push(Step::KeepAlive(
+                products.iter().map(|p| heartbeat(p, 0)).collect(),
+            ));
+        }
+        steps
+    })
+    .await
+    .url
 }
 
 /// `pipelines/coinbase-embedded.toml` pointed at `url` and `products`, storing under `dir`.
