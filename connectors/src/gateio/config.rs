@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use engine::{Error, Result};
+use engine::Result;
 use serde::Deserialize;
+
+use crate::common::config::Problem;
 
 /// The public REST API's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.gateio.ws/api/v4";
@@ -165,7 +167,14 @@ impl GateioConfig {
 
     /// Checks the config; every problem is reported in one [`Error::Config`].
     pub fn validate(&self) -> Result<Settings> {
-        let mut problems = Vec::new();
+        self.settings()
+            .map_err(|problems| Problem::into_error("source", problems))
+    }
+
+    /// Checks the config and reads the portfolio when the pairs come from it: the settings, or
+    /// every problem (keys relative to the section).
+    pub fn settings(&self) -> std::result::Result<Settings, Vec<Problem>> {
+        let mut problems: Vec<String> = Vec::new();
         let base_url = self.base_url.trim_end_matches('/').to_owned();
         match base_url.parse::<hyper::Uri>() {
             Ok(uri)
@@ -238,7 +247,14 @@ impl GateioConfig {
             ));
         }
         if !problems.is_empty() {
-            return Err(Error::config("source (gateio)", problems.join("; ")));
+            // Each problem reads "<key>: <message>".
+            return Err(problems
+                .iter()
+                .map(|p| match p.split_once(": ") {
+                    Some((key, message)) => Problem::new(key, message),
+                    None => Problem::new("", p.as_str()),
+                })
+                .collect());
         }
         Ok(Settings {
             base_url,
