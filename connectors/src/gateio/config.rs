@@ -8,7 +8,7 @@ use std::time::Duration;
 use engine::Result;
 use serde::Deserialize;
 
-use crate::common::config::Problem;
+use crate::common::config::{self, Problem};
 
 /// The public REST API's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.gateio.ws/api/v4";
@@ -76,7 +76,9 @@ pub struct GateioConfig {
     /// `portfolio` as `X_USDT` (other quotes as they are).
     #[serde(default)]
     pub currency_pairs: Vec<String>,
-    /// The portfolio file whose products give the pairs when `currency_pairs` is empty.
+    /// The portfolio file whose products give the pairs when `currency_pairs` is empty, relative
+    /// to the config file.
+    #[serde(default, deserialize_with = "config::optional_path")]
     pub portfolio: Option<PathBuf>,
     /// The candle interval. Default `1m`.
     #[serde(default = "default_interval")]
@@ -165,7 +167,7 @@ impl GateioConfig {
         }
     }
 
-    /// Checks the config; every problem is reported in one [`Error::Config`].
+    /// Checks the config; every problem is reported in one [`Error::Config`] naming `source`.
     pub fn validate(&self) -> Result<Settings> {
         self.settings()
             .map_err(|problems| Problem::into_error("source", problems))
@@ -174,20 +176,20 @@ impl GateioConfig {
     /// Checks the config and reads the portfolio when the pairs come from it: the settings, or
     /// every problem (keys relative to the section).
     pub fn settings(&self) -> std::result::Result<Settings, Vec<Problem>> {
-        let mut problems: Vec<String> = Vec::new();
+        let mut problems: Vec<Problem> = Vec::new();
         let base_url = self.base_url.trim_end_matches('/').to_owned();
         match base_url.parse::<hyper::Uri>() {
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
-            _ => problems.push(format!(
-                "base_url: {:?} is not an http:// or https:// URL",
-                self.base_url
+            _ => problems.push(Problem::new(
+                "base_url",
+                format!("{:?} is not an http:// or https:// URL", self.base_url),
             )),
         }
         let mut pairs = Vec::new();
         let configured = match (self.currency_pairs.is_empty(), &self.portfolio) {
             (true, Some(path)) => pairs_of_portfolio(path).unwrap_or_else(|e| {
-                problems.push(format!("portfolio: {e}"));
+                problems.push(Problem::new("portfolio", e));
                 Vec::new()
             }),
             _ => self.currency_pairs.clone(),
@@ -204,57 +206,56 @@ impl GateioConfig {
                         pairs.push(pair.clone());
                     }
                 }
-                _ => problems.push(format!(
-                    "currency_pairs: {pair:?} is not a currency pair; expected BASE_QUOTE, e.g. BTC_USDT"
+                _ => problems.push(Problem::new(
+                    "currency_pairs",
+                    format!("{pair:?} is not a currency pair; expected BASE_QUOTE, e.g. BTC_USDT"),
                 )),
             }
         }
         if configured.is_empty() && problems.is_empty() {
-            problems.push(
-                "currency_pairs: must name at least one pair (or set portfolio to a file with products)"
-                    .into(),
-            );
+            problems.push(Problem::new(
+                "currency_pairs",
+                "must name at least one pair (or set portfolio to a file with products)",
+            ));
         }
         let interval = Interval::parse(&self.interval).unwrap_or_else(|e| {
-            problems.push(format!("interval: {e}"));
+            problems.push(Problem::new("interval", e));
             Interval::parse("1m").expect("1m is in the interval table")
         });
         match (self.from_secs, self.to_secs) {
-            (None, Some(_)) => {
-                problems.push("to_secs: a backfill end needs a start (from_secs)".into())
-            }
-            (Some(from), Some(to)) if from > to => {
-                problems.push(format!("from_secs: {from} is after to_secs ({to})"))
-            }
+            (None, Some(_)) => problems.push(Problem::new(
+                "to_secs",
+                "a backfill end needs a start (from_secs)",
+            )),
+            (Some(from), Some(to)) if from > to => problems.push(Problem::new(
+                "from_secs",
+                format!("{from} is after to_secs ({to})"),
+            )),
             (Some(from), _) if from < 0 => {
-                problems.push(format!("from_secs: {from} is before 1970"))
+                problems.push(Problem::new("from_secs", format!("{from} is before 1970")))
             }
             _ => {}
         }
         if self.lookback_windows == 0 {
-            problems.push("lookback_windows: must be at least 1".into());
+            problems.push(Problem::new("lookback_windows", "must be at least 1"));
         }
         if self.max_attempts == 0 {
-            problems.push("max_attempts: must be at least 1".into());
+            problems.push(Problem::new("max_attempts", "must be at least 1"));
         }
         if self.request_timeout_ms == 0 {
-            problems.push("request_timeout_ms: must be at least 1".into());
+            problems.push(Problem::new("request_timeout_ms", "must be at least 1"));
         }
         if self.retry_backoff_max_ms < self.retry_backoff_initial_ms {
-            problems.push(format!(
-                "retry_backoff_max_ms: {} is below retry_backoff_initial_ms ({})",
-                self.retry_backoff_max_ms, self.retry_backoff_initial_ms
+            problems.push(Problem::new(
+                "retry_backoff_max_ms",
+                format!(
+                    "{} is below retry_backoff_initial_ms ({})",
+                    self.retry_backoff_max_ms, self.retry_backoff_initial_ms
+                ),
             ));
         }
         if !problems.is_empty() {
-            // Each problem reads "<key>: <message>".
-            return Err(problems
-                .iter()
-                .map(|p| match p.split_once(": ") {
-                    Some((key, message)) => Problem::new(key, message),
-                    None => Problem::new("", p.as_str()),
-                })
-                .collect());
+            return Err(problems);
         }
         Ok(Settings {
             base_url,
