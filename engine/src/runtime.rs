@@ -9,9 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
 use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, PlannedBatch, QueryIdentity};
@@ -66,6 +68,22 @@ pub struct StreamingQuery {
     pub max_records_per_batch: usize,
     /// Called after every batch.
     pub on_progress: Box<dyn FnMut(&BatchProgress) + Send>,
+}
+
+/// What [`StreamingQuery::run_one_batch`] did with its one batch.
+#[derive(Debug)]
+pub struct OneBatch {
+    /// Messages the source handed out.
+    pub messages: usize,
+    /// Rows they decoded into (the transform's input).
+    pub decoded_rows: usize,
+    /// Messages that did not decode, and those whose row the transform failed on.
+    pub dead_letters: Vec<DeadLetter>,
+    /// The transform's output rows.
+    pub output: Vec<RecordBatch>,
+    /// The transform's plan as last executed, with its metrics (see
+    /// [`PlannedTransform::explain_executed`]).
+    pub plan: Arc<dyn ExecutionPlan>,
 }
 
 enum Step {
@@ -205,6 +223,47 @@ impl StreamingQuery {
         Ok(summary)
     }
 
+    /// Runs one batch as a run's first would, through the same decode and transform code (rows
+    /// the transform fails on become dead letters), but writes and commits nothing: the source
+    /// starts from its own position with `available_now` (the checkpoint is not read), is polled
+    /// once (waiting at most `max_wait`), and is closed; the sink and the dead-letter output are
+    /// not called. For `explain --analyze`: [`OneBatch::plan`] carries the per-operator metrics
+    /// of the transform's last execution.
+    ///
+    /// # Errors
+    /// The source failing to start, poll or close (not retried: nothing here is worth waiting
+    /// for), the batch failing to decode as a whole, or the transform failing in a way no single
+    /// row explains.
+    pub async fn run_one_batch(&mut self, max_wait: Duration) -> Result<OneBatch> {
+        self.source
+            .start(StartRequest {
+                available_now: true,
+                ..Default::default()
+            })
+            .await?;
+        let limits = PollLimits {
+            max_records: self.max_records_per_batch.max(1),
+            max_wait,
+        };
+        let records = match self.source.poll(limits).await? {
+            Poll::Batch(batch) => batch.records,
+            Poll::Idle | Poll::Exhausted => Vec::new(),
+        };
+        let decoded = self.decoder.decode(&records)?;
+        let (output, transform_letters, plan) = self.run_transform(&decoded, &records).await?;
+        self.source.close().await?;
+        let decoded_rows = decoded.batch.num_rows();
+        let mut dead_letters = decoded.dead_letters;
+        dead_letters.extend(transform_letters);
+        Ok(OneBatch {
+            messages: records.len(),
+            decoded_rows,
+            dead_letters,
+            output,
+            plan,
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn process(
         &mut self,
@@ -225,7 +284,7 @@ impl StreamingQuery {
         let decode = t.elapsed();
 
         let t = Instant::now();
-        let (rows, transform_letters) = self.run_transform(&decoded, &batch.records).await?;
+        let (rows, transform_letters, _plan) = self.run_transform(&decoded, &batch.records).await?;
         let query = t.elapsed();
         let mut by_reason = BTreeMap::new();
         if !decoded.dead_letters.is_empty() {
@@ -326,10 +385,10 @@ impl StreamingQuery {
         &self,
         decoded: &Decoded,
         records: &[RawRecord],
-    ) -> Result<(Vec<RecordBatch>, Vec<DeadLetter>)> {
+    ) -> Result<(Vec<RecordBatch>, Vec<DeadLetter>, Arc<dyn ExecutionPlan>)> {
         let batch = &decoded.batch;
         let first = match self.execute(vec![batch.clone()]).await {
-            Ok(rows) => return Ok((rows, Vec::new())),
+            Ok((rows, plan)) => return Ok((rows, Vec::new(), plan)),
             Err(e @ Error::SqlRows { .. }) => e,
             Err(e) => return Err(e),
         };
@@ -381,8 +440,8 @@ impl StreamingQuery {
         if next < batch.num_rows() {
             good.push(batch.slice(next, batch.num_rows() - next));
         }
-        let rows = match self.execute(good).await {
-            Ok(rows) => rows,
+        let (rows, plan) = match self.execute(good).await {
+            Ok(executed) => executed,
             Err(e @ Error::SqlRows { .. }) => {
                 return Err(self.unexplained(
                     &format!(
@@ -403,15 +462,18 @@ impl StreamingQuery {
                 DeadLetter::from_record(&records[decoded.rows[row]], report(&error).to_string())
             })
             .collect();
-        Ok((rows, letters))
+        Ok((rows, letters, plan))
     }
 
     /// Runs the transform over `batches` as the input table's rows.
-    async fn execute(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    async fn execute(
+        &self,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(Vec<RecordBatch>, Arc<dyn ExecutionPlan>)> {
         self.input.set(batches);
         let executed = self.transform.execute().await;
         self.input.set(Vec::new());
-        executed.map(|(rows, _plan)| rows)
+        executed
     }
 
     /// The fatal error for a transform error that no single row explains.

@@ -1,7 +1,7 @@
 //! The micro-batch runtime through its public API, with in-memory sources and sinks.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use async_trait::async_trait;
@@ -11,7 +11,7 @@ use engine::decode::RecordDecoder;
 use engine::progress::BatchProgress;
 use engine::runtime::StreamingQuery;
 use engine::schema::parse_columns;
-use engine::transform::TransformFile;
+use engine::transform::{PlannedTransform, TransformFile};
 use engine::trigger::Trigger;
 use engine::{
     DeadLetter, DeadLetterSink, Error, Offsets, Poll, PollLimits, RawRecord, Result, Retry, Sink,
@@ -449,6 +449,40 @@ async fn dead_letters_bad_messages_and_moves_past_them() {
     assert_eq!(
         commits.lock().unwrap().last().unwrap(),
         &MemorySource::offsets(&[5])
+    );
+}
+
+#[tokio::test]
+async fn one_batch_runs_through_decode_and_transform_but_writes_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Outputs::default();
+    let mut msgs = messages(0..4);
+    msgs.insert(2, r#"{"id":9,"price":"abc"}"#.into());
+    let mut q = query_with(dir.path(), doubled(), vec![msgs], &out, true, 3).await;
+    let one = q.run_one_batch(Duration::from_millis(100)).await.unwrap();
+    assert_eq!(
+        (one.messages, one.decoded_rows),
+        (3, 2),
+        "max_records_per_batch holds"
+    );
+    assert_eq!(one.dead_letters.len(), 1);
+    assert!(
+        one.dead_letters[0].reason.contains("abc"),
+        "{:?}",
+        one.dead_letters
+    );
+    let rows: usize = one.output.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, 2);
+    let metrics = PlannedTransform::explain_executed(&one.plan);
+    assert!(metrics.contains("output_rows=2"), "{metrics}");
+    assert!(out.commits.lock().unwrap().is_empty(), "nothing committed");
+    assert!(
+        out.sink.written.lock().unwrap().is_empty(),
+        "nothing written"
+    );
+    assert!(
+        out.letters.0.lock().unwrap().is_empty(),
+        "no dead letter stored"
     );
 }
 

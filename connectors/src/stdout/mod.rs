@@ -3,7 +3,7 @@
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
-use engine::{Error, Result, Retry, Sink};
+use engine::{DeadLetter, DeadLetterSink, Error, Result, Retry, Sink};
 use serde::Deserialize;
 use std::io::Write;
 
@@ -82,6 +82,22 @@ impl Sink for NullSink {
 
     async fn write(&mut self, _batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
         self.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        Ok(())
+    }
+}
+
+/// The null dead-letter output: drops every letter (for `explain --analyze`, which writes
+/// nothing).
+#[derive(Debug, Default)]
+pub struct NullDeadLetters;
+
+#[async_trait]
+impl DeadLetterSink for NullDeadLetters {
+    fn description(&self) -> String {
+        "null".into()
+    }
+
+    async fn write(&mut self, _batch_id: u64, _letters: &[DeadLetter]) -> Result<()> {
         Ok(())
     }
 }

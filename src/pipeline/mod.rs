@@ -1,0 +1,86 @@
+//! What each subcommand wires together: config to components, components to the engine. One
+//! file per subcommand (`run`, `explain`, `query`, `generate`); `ingest` is [`crate::ingest`].
+//! Nothing here decodes, runs SQL or retries: the engine does.
+
+mod explain;
+mod generate;
+mod query;
+mod run;
+
+use anyhow::{Context, bail};
+use engine::context::{EngineContext, InputSlot};
+use engine::transform::{PlannedTransform, TransformFile};
+
+use crate::cli::Command;
+use coinstream::config::Config;
+
+pub(crate) use run::run;
+
+/// Runs one subcommand.
+pub async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            config,
+            set,
+            trigger,
+            progress,
+            max_records_per_batch,
+        } => {
+            let mut config = Config::load_with(&config, &set)?;
+            if let Some(t) = trigger {
+                config.trigger = t.parse().context("--trigger")?;
+            }
+            if let Some(n) = max_records_per_batch {
+                config.max_records_per_batch = n
+                    .try_into()
+                    .context("--max-records-per-batch must be at least 1")?;
+            }
+            run::run(config, progress).await
+        }
+        Command::Explain {
+            config,
+            set,
+            analyze,
+            transform,
+        } => {
+            explain::explain(
+                &Config::load_with(&config, &set)?,
+                analyze,
+                transform.as_deref(),
+            )
+            .await
+        }
+        Command::Query { config, set, sql } => {
+            query::query(&Config::load_with(&config, &set)?, &sql).await
+        }
+        Command::Generate(args) => generate::generate(args).await,
+        Command::Ingest(command) => crate::ingest::dispatch(command).await,
+    }
+}
+
+/// The engine context with reference tables, the input table and every transform planned.
+async fn plan(
+    config: &Config,
+) -> anyhow::Result<(EngineContext, InputSlot, Vec<PlannedTransform>)> {
+    let mut ctx = EngineContext::new(&config.context);
+    for table in &config.references {
+        ctx.register_reference(table)?;
+    }
+    let slot = ctx.register_input(&config.input_table, config.input_schema.clone())?;
+    let mut transforms = Vec::new();
+    for file in &config.transform_files {
+        transforms.push(ctx.register_transform(TransformFile::read(file)?).await?);
+    }
+    Ok((ctx, slot, transforms))
+}
+
+/// The transform whose rows go to the sink (`transforms.output`).
+fn take_output(
+    config: &Config,
+    transforms: Vec<PlannedTransform>,
+) -> anyhow::Result<PlannedTransform> {
+    match transforms.into_iter().find(|t| t.name() == config.output) {
+        Some(t) => Ok(t),
+        None => bail!("transforms.output {:?} was not planned", config.output),
+    }
+}

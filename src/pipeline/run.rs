@@ -1,0 +1,88 @@
+//! `coinstream run` (and the `ingest` shortcuts): the configured source, transform and sink as
+//! one streaming query, until the source is exhausted or SIGINT/SIGTERM.
+
+use anyhow::Context;
+use engine::checkpoint::Checkpoint;
+use engine::decode::RecordDecoder;
+use engine::runtime::StreamingQuery;
+use tokio::sync::watch;
+
+use super::query::run_query;
+use super::{plan, take_output};
+use crate::cli::ProgressFormat;
+use coinstream::config::Config;
+
+/// Runs the configured pipeline until its source is exhausted or SIGINT/SIGTERM (`run`, and the
+/// `ingest` shortcuts).
+pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
+    let (_ctx, input, transforms) = plan(&config).await?;
+    let transform = take_output(&config, transforms)?;
+    let checkpoint = config
+        .checkpoint_dir
+        .as_ref()
+        .map(Checkpoint::open)
+        .transpose()?;
+    let sink = connectors::build_sink(&config.sink, &transform.schema())?;
+    let query = StreamingQuery {
+        source: connectors::build_source(&config.source)?,
+        decoder: RecordDecoder::new(config.input_schema.clone())
+            .with_decimal_policy(config.decimal_policy),
+        input,
+        transform,
+        sink,
+        dead_letters: connectors::build_dead_letter(&config.dead_letter)?,
+        checkpoint,
+        trigger: config.trigger,
+        max_records_per_batch: config.max_records_per_batch.get(),
+        on_progress: Box::new(move |p| match progress {
+            ProgressFormat::Human => eprintln!("{}", p.human_line()),
+            ProgressFormat::Json => eprintln!("{}", p.json_line()),
+        }),
+    };
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Stopping after the current batch.");
+        let _ = stop.send(true);
+    });
+    let summary = query.run(shutdown).await?;
+    tracing::info!(
+        batches = summary.batches,
+        input_rows = summary.input_rows,
+        output_rows = summary.output_rows,
+        dead_letters = summary.dead_letters,
+        "Run finished."
+    );
+    if let Some(report) = &config.report {
+        let sql = std::fs::read_to_string(report)
+            .with_context(|| format!("reading report {}", report.display()))?;
+        println!(
+            "{}",
+            run_query(&config, &sql)
+                .await
+                .with_context(|| format!("report {}", report.display()))?
+        );
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
