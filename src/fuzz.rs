@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fuzz::{Harness, bolero};
+use fuzz::Harness;
 
 use coinstream::config::Config;
 
@@ -146,13 +146,6 @@ fn config() {
         accepted.load(Ordering::Relaxed) >= 5,
         "the shipped configs are accepted"
     );
-    bolero::check!()
-        .with_test_time(fuzz::budget())
-        .with_type::<Vec<u8>>()
-        .map(|driver| harness.mutate(&driver))
-        .for_each(|input| {
-            harness.count();
-            check(&input.0, &accepted);
-        });
+    fuzz::mutate_for_budget!(&harness, |input: &[u8]| check(input, &accepted));
     harness.report(&format!("{} accepted", accepted.load(Ordering::Relaxed)));
 }

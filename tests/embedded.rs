@@ -239,7 +239,7 @@ fn hostile_feed_lines_go_to_dead_letters_with_reasons_and_good_rows_flow() {
         r#"{"type":"match","trade_id":10,"sequence":53,"time":"2026-11-20T14:00:03Z","product_id":"FOO-USD","size":"1","price":"1","side":"buy"}"#,
         "\u{1}garbage",
     ];
-    let project = Project::with_feed(&lines.join("\n"));
+    let project = Project::with_feed(lines.join("\n"));
     project.run_ok();
     let stored = project.stored();
     assert_eq!(stored.len(), 1, "the one good portfolio trade: {stored:?}");
@@ -589,7 +589,7 @@ fn dead_letters_keep_the_feed_frame_as_received() {
         // A finite positive price passes the source; it overflows decimal(28,10) in the decoder.
         r#"{"type":"match","trade_id":10,"sequence":53,"time":"2026-11-20T14:00:02Z","product_id":"BTC-USD","size":"0.5","price":"1E+30","side":"sell"}"#,
     ];
-    let project = Project::with_feed(&lines.join("\n"));
+    let project = Project::with_feed(lines.join("\n"));
     project.run_ok();
     let letters = project.dead_letters();
     let offsets: Vec<i64> = letters
@@ -667,7 +667,7 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
     let (dir, cfg) = (project.path(), &project.cfg);
     let sql = dir.join("profit.sql");
     std::fs::write(&sql, "SELECT symbol, FROM trades WHERE").unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+    let text = std::fs::read_to_string(cfg).unwrap().replace(
         &format!("{}/sql/profit.sql", repo().display()),
         sql.to_str().unwrap(),
     );

@@ -16,7 +16,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::{Int64Type, SchemaRef, TimestampSecondType};
 use engine::RawRecord;
 use engine::decode::RecordDecoder;
-use fuzz::{Harness, bolero};
+use fuzz::Harness;
 use hyper::{HeaderMap, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -449,14 +449,7 @@ macro_rules! fuzz {
         let harness: &Harness = $harness;
         let check = $check;
         harness.replay_seeds(&check);
-        bolero::check!()
-            .with_test_time(fuzz::budget())
-            .with_type::<Vec<u8>>()
-            .map(|driver| harness.mutate(&driver))
-            .for_each(|input| {
-                harness.count();
-                check(&input.0);
-            });
+        fuzz::mutate_for_budget!(harness, &check);
     }};
 }
 

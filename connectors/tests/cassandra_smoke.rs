@@ -5,8 +5,6 @@
 //!
 //! A missing node is a test failure with a message that says how to start it, never a skip.
 
-mod common;
-
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -16,7 +14,8 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::value::{CqlDecimal, CqlTimestamp};
 
-use common::{START_HINT, env_or, unique_name};
+use testkit::env::{START_HINT, env_or};
+use testkit::unique_name;
 
 const DEFAULT_NODES: &str = "127.0.0.1:9042";
 const ROWS: usize = 10_000;

@@ -4,8 +4,6 @@
 //!
 //! A missing broker is a test failure with a message that says how to start it, never a skip.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
@@ -19,7 +17,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use common::{START_HINT, env_or, unique_name};
+use testkit::env::{START_HINT, env_or};
+use testkit::unique_name;
 
 const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
 const PARTITIONS: i32 = 3;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arrow::datatypes::SchemaRef;
-use fuzz::{Harness, bolero};
+use fuzz::Harness;
 
 use crate::decode::{Decoded, RecordDecoder};
 use crate::flat_json::FlatDecoder;
@@ -162,14 +162,7 @@ fn flat_json() {
         seeds_taken > 0,
         "the fast path took no seed: the differential checks nothing"
     );
-    bolero::check!()
-        .with_test_time(fuzz::budget())
-        .with_type::<Vec<u8>>()
-        .map(|driver| harness.mutate(&driver))
-        .for_each(|input| {
-            harness.count();
-            check(&input.0);
-        });
+    fuzz::mutate_for_budget!(&harness, check);
     harness.report(&format!(
         "the fast path took {} of {} (input, schema) pairs",
         taken.load(Ordering::Relaxed),
@@ -365,13 +358,6 @@ fn check_decimal(input: &[u8]) {
 fn decimal() {
     let harness = Harness::new("decimal", &["1", "5", "9", ".", "e", "E", "-", "+", "0"]);
     harness.replay_seeds(check_decimal);
-    bolero::check!()
-        .with_test_time(fuzz::budget())
-        .with_type::<Vec<u8>>()
-        .map(|driver| harness.mutate(&driver))
-        .for_each(|input| {
-            harness.count();
-            check_decimal(&input.0);
-        });
+    fuzz::mutate_for_budget!(&harness, check_decimal);
     harness.report("");
 }

@@ -493,24 +493,24 @@ async fn a_bad_transform_fails_at_planning_naming_the_file() {
     ctx.register_input("trades", parse_columns("t", &["id int64".into()]).unwrap())
         .unwrap();
     let path = dir.path().join("broken.sql");
-    std::fs::write(&path, "SELECT id\n  FROM trades WHERE id = = 3").unwrap();
-    let err = ctx
-        .register_transform(TransformFile::read(&path).unwrap())
-        .await
-        .unwrap_err()
-        .report()
-        .to_string();
-    assert!(err.starts_with("transform broken ("), "{err}");
-    assert!(err.contains("broken.sql"), "{err}");
-    assert!(err.contains("Line: 2"), "the position is named: {err}");
-    std::fs::write(&path, "SELECT nope FROM trades").unwrap();
-    let err = ctx
-        .register_transform(TransformFile::read(&path).unwrap())
-        .await
-        .unwrap_err()
-        .report()
-        .to_string();
-    assert!(err.contains("nope"), "{err}");
+    for (sql, expected) in [
+        ("SELECT id\n  FROM trades WHERE id = = 3", "Line: 2"),
+        ("SELECT nope FROM trades", "nope"),
+    ] {
+        std::fs::write(&path, sql).unwrap();
+        let err = ctx
+            .register_transform(TransformFile::read(&path).unwrap())
+            .await
+            .unwrap_err()
+            .report()
+            .to_string();
+        assert!(err.starts_with("transform broken ("), "{err}");
+        assert!(err.contains("broken.sql"), "{err}");
+        assert!(
+            err.contains(expected),
+            "the position or name is given: {err}"
+        );
+    }
 }
 
 /// profit.sql's arithmetic: a decimal(28,10) price times a decimal(28,10) size is a

@@ -29,6 +29,25 @@ use std::time::{Duration, Instant};
 
 pub use bolero;
 
+/// Runs `$check` (a closure over `&[u8]`) on mutated inputs of `$harness` (a `&Harness`) for
+/// [`budget`], counting each. A macro, not a function: bolero names a target after the function
+/// its `check!` is in, and `cargo bolero` selects targets by that name.
+#[macro_export]
+macro_rules! mutate_for_budget {
+    ($harness:expr, $check:expr) => {{
+        let harness: &$crate::Harness = $harness;
+        let mut check = $check;
+        $crate::bolero::check!()
+            .with_test_time($crate::budget())
+            .with_type::<Vec<u8>>()
+            .map(|driver| harness.mutate(&driver))
+            .for_each(|input| {
+                harness.count();
+                check(&input.0);
+            });
+    }};
+}
+
 /// Seconds each target spends on mutated inputs after its seeds, unless `COINSTREAM_FUZZ_SECS`
 /// says otherwise: short, so the test command stays fast.
 pub const DEFAULT_BUDGET_SECS: f64 = 2.0;
