@@ -525,7 +525,7 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
     let ends: Vec<Offsets> = batches.iter().map(|b| b.end.clone()).collect();
     let offsets: Vec<(String, i64)> = records
         .iter()
-        .map(|r| (r.topic.clone(), r.offset))
+        .map(|(product, r)| (product.clone(), r.position.offset))
         .collect();
     let of = |p: &str| {
         offsets
@@ -538,15 +538,18 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
     assert_eq!(of("ETH-USD"), [70, 71, 72]);
     let last = ends.last().unwrap();
     assert_eq!(
-        (last.get("BTC-USD", 0), last.get("ETH-USD", 0)),
-        (Some(15), Some(73))
+        last.json(),
+        &serde_json::json!({"lastTradeId": {"BTC-USD": 14, "ETH-USD": 72}})
     );
-    let payload: TradeRecord = serde_json::from_slice(&records[0].payload).unwrap();
-    assert_eq!(payload.trade_id, records[0].offset);
+    let payload: TradeRecord = serde_json::from_slice(&records[0].1.payload).unwrap();
+    assert_eq!(payload.trade_id, records[0].1.position.offset);
     let metrics: BTreeMap<_, _> = source.metrics().into_iter().collect();
     assert_eq!(metrics["published"], 8);
     assert_eq!(metrics["reconnects"], 0);
-    let err = source.fetch_range(&Offsets::new(), last).await.unwrap_err();
+    let err = source
+        .fetch_range(&SourceOffset::default(), last)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cannot replay"), "{err}");
     source.close().await.unwrap();
 
@@ -849,7 +852,7 @@ async fn trades_that_cannot_be_real_become_dead_letters_with_their_reason() {
     let trades: Vec<i64> = records
         .iter()
         .filter(|r| r.rejected.is_none())
-        .map(|r| r.offset)
+        .map(|r| r.position.offset)
         .collect();
     assert_eq!(trades, [1, 2, 3]);
     let rejected: Vec<(&str, String)> = records
