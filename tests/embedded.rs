@@ -671,10 +671,7 @@ fn dead_letters_keep_the_feed_frame_as_received() {
     let project = Project::with_feed(&lines.join("\n"));
     project.run_ok();
     let letters = project.dead_letters();
-    let offsets: Vec<i64> = letters
-        .iter()
-        .map(line_index)
-        .collect();
+    let offsets: Vec<i64> = letters.iter().map(line_index).collect();
     assert_eq!(offsets, [1, 2, 3], "{letters:?}");
     for letter in &letters {
         let offset = line_index(letter) as usize;

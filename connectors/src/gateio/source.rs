@@ -107,8 +107,7 @@ fn next_windows(offset: &SourceOffset) -> std::result::Result<BTreeMap<String, i
         }
         return Ok(next);
     }
-    let legacy: BTreeMap<String, BTreeMap<i32, i64>> =
-        offset.parse().map_err(|e| e.to_string())?;
+    let legacy: BTreeMap<String, BTreeMap<i32, i64>> = offset.parse().map_err(|e| e.to_string())?;
     Ok(legacy
         .into_iter()
         .filter_map(|(key, p)| Some((key, *p.get(&0)?)))
@@ -268,7 +267,10 @@ impl Source for GateioSource {
     }
 
     fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
-        let key = self.keys.get(position.partition as usize).map_or("", String::as_str);
+        let key = self
+            .keys
+            .get(position.partition as usize)
+            .map_or("", String::as_str);
         let (pair, interval) = key.split_once(' ').unwrap_or((key, ""));
         serde_json::json!({ "pair": pair, "interval": interval, "window_start": position.offset })
     }
