@@ -37,6 +37,7 @@ const WORDS: &[&str] = &[
     r#""price decimal(28,10) not null""#,
     r#""at timestamp(ns)""#,
     r#""replay""#,
+    r#""coinbase_capture""#,
     r#""generate""#,
     r#""kafka""#,
     r#""coinbase""#,

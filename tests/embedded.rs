@@ -248,12 +248,7 @@ fn hostile_feed_lines_go_to_dead_letters_with_reasons_and_good_rows_flow() {
     let letters = project.dead_letters();
     let summary: Vec<(i64, String)> = letters
         .iter()
-        .map(|l| {
-            (
-                l["offset"].as_i64().unwrap(),
-                l["reason"].as_str().unwrap().to_owned(),
-            )
-        })
+        .map(|l| (line_index(l), l["reason"].as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(summary.len(), 5, "{summary:?}");
     assert_eq!(summary[0].0, 1);
@@ -269,6 +264,13 @@ fn hostile_feed_lines_go_to_dead_letters_with_reasons_and_good_rows_flow() {
     );
     assert_eq!(summary[4].0, 6);
     assert_eq!(letters[1]["raw"], lines[2]);
+    // A capture's letters name the file and the line, and carry no Kafka fields.
+    let file = std::fs::canonicalize(&project.feed).unwrap();
+    assert_eq!(
+        letters[0]["position"],
+        serde_json::json!({"file": file.display().to_string(), "line": 2})
+    );
+    assert!(letters[0].get("offset").is_none() && letters[0].get("topic").is_none());
 }
 
 /// The `replay-restart-duplicate` case's capture, run 1 (subscriptions, BTC-USD 831102700..702).
@@ -344,6 +346,83 @@ fn a_capture_that_grew_with_a_reconnect_between_runs_stores_each_trade_once() {
         "the P&L report counts 4 trades:\n{}",
         String::from_utf8_lossy(&second.stdout)
     );
+}
+
+/// Rewrites the offsets entries of a capture query's checkpoint in the form versions before
+/// per-source offsets wrote: `{"<file>":{"0":<lines>}}` with the source's state beside it.
+fn to_legacy_checkpoint(checkpoint: &Path) {
+    for entry in std::fs::read_dir(checkpoint.join("offsets")).unwrap() {
+        let path = entry.unwrap().path();
+        let planned: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let legacy = |offset: &serde_json::Value| {
+            let file = offset["file"].as_str().unwrap();
+            serde_json::json!({ file: { "0": offset["lines"] } })
+        };
+        let entry = serde_json::json!({
+            "batchId": planned["batchId"],
+            "start": legacy(&planned["start"]),
+            "end": legacy(&planned["end"]),
+            "sourceState": { "lastTradeId": planned["end"]["lastTradeId"] },
+        });
+        std::fs::write(&path, entry.to_string()).unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_of_the_previous_version_restarts_without_loss_under_the_old_type_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("capture.jsonl");
+    std::fs::write(&feed, RESTART_PART_A).unwrap();
+    let cfg = config(dir.path(), &feed);
+    let cfg = cfg.to_str().unwrap();
+    // Batches of one message, so the checkpoint holds several entries.
+    let first = run_in(
+        dir.path(),
+        &["--config", cfg, "--max-records-per-batch", "1"],
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let checkpoint = dir.path().join("data/checkpoint");
+    to_legacy_checkpoint(&checkpoint);
+    // The last batch stays uncommitted, as after a crash: it is read again from the old offsets.
+    let mut ids: Vec<u64> = std::fs::read_dir(checkpoint.join("commits"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    ids.sort();
+    std::fs::remove_file(checkpoint.join(format!("commits/{}", ids.last().unwrap()))).unwrap();
+
+    let mut grown = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&feed)
+        .unwrap();
+    std::io::Write::write_all(&mut grown, RESTART_PART_B.as_bytes()).unwrap();
+    // The source's old name, as a config of that version has it.
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains("type = \"coinbase_capture\""));
+    std::fs::write(
+        cfg,
+        text.replace("type = \"coinbase_capture\"", "type = \"replay\""),
+    )
+    .unwrap();
+    let second = run_in(dir.path(), &["--config", cfg]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("type = \"replay\" is deprecated")
+            && stderr(&second).contains("coinbase_capture"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        stderr(&second).contains("Replaying a batch that was not committed"),
+        "{}",
+        stderr(&second)
+    );
+    let copies = copies(&dir.path().join("data/profit"));
+    let expected: BTreeMap<(String, i64), usize> = (831102700..=831102703)
+        .map(|id| (("BTC-USD".to_owned(), id), 1))
+        .collect();
+    assert_eq!(copies, expected, "4 rows, one per trade id");
 }
 
 /// A folder with the shipped `coinstream.toml` as a user has it (relative paths), the files it
@@ -592,13 +671,10 @@ fn dead_letters_keep_the_feed_frame_as_received() {
     let project = Project::with_feed(lines.join("\n"));
     project.run_ok();
     let letters = project.dead_letters();
-    let offsets: Vec<i64> = letters
-        .iter()
-        .map(|l| l["offset"].as_i64().unwrap())
-        .collect();
+    let offsets: Vec<i64> = letters.iter().map(line_index).collect();
     assert_eq!(offsets, [1, 2, 3], "{letters:?}");
     for letter in &letters {
-        let offset = letter["offset"].as_u64().unwrap() as usize;
+        let offset = line_index(letter) as usize;
         assert_eq!(
             letter["raw"], lines[offset],
             "the frame as received, side unflipped"
@@ -614,7 +690,7 @@ fn dead_letters_keep_the_feed_frame_as_received() {
     let from_decoder: Vec<i64> = letters
         .iter()
         .filter(|l| l.get("record").is_some())
-        .map(|l| l["offset"].as_i64().unwrap())
+        .map(line_index)
         .collect();
     assert_eq!(
         from_decoder,
@@ -731,7 +807,13 @@ fn a_sink_error_prints_its_cause_from_the_operating_system() {
     );
 }
 
-/// Every dead letter written under `dir` (JSON objects), by offset; none when `dir` is missing.
+/// The capture line a dead letter names, counted from 0 (letters count lines from 1, as editors
+/// do: `{"position":{"file":…,"line":1}}` is the first line).
+fn line_index(letter: &serde_json::Value) -> i64 {
+    letter["position"]["line"].as_i64().expect("a capture line") - 1
+}
+
+/// Every dead letter written under `dir` (JSON objects), by line; none when `dir` is missing.
 fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
     let mut letters = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -745,7 +827,7 @@ fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
             letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
         }
     }
-    letters.sort_by_key(|l| l["offset"].as_i64());
+    letters.sort_by_key(line_index);
     letters
 }
 
@@ -908,7 +990,7 @@ fn dead_letter_triples(dir: &Path) -> Vec<(i64, String, String)> {
         .iter()
         .map(|l| {
             (
-                l["offset"].as_i64().unwrap(),
+                line_index(l),
                 l["reason"].as_str().unwrap().to_owned(),
                 l["raw"].to_string(),
             )

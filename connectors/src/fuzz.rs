@@ -101,9 +101,7 @@ fn schema(columns: &[&str]) -> SchemaRef {
 /// Decodes one bus record with the engine's decoder: the row's batch, or the dead letter's reason.
 fn decode(schema: &SchemaRef, json: Vec<u8>) -> Result<arrow::record_batch::RecordBatch, String> {
     let record = RawRecord {
-        topic: "fuzz".into(),
-        partition: 0,
-        offset: 0,
+        position: engine::RecordPosition::new(0, 0),
         payload: json,
         frame: None,
         rejected: None,

@@ -18,7 +18,6 @@ pub mod gateio;
 pub mod generate;
 pub mod kafka;
 pub mod parquet;
-pub mod replay;
 pub mod stdout;
 
 use common::config::{Problem, from_tagged_toml};
@@ -30,8 +29,11 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
-    /// A file of Coinbase Exchange feed messages.
-    Replay(replay::ReplayConfig),
+    /// A capture of Coinbase Exchange feed messages (a file of them).
+    CoinbaseCapture(coinbase::capture::CoinbaseCaptureConfig),
+    /// The former name of `coinbase_capture`: still accepted, with a deprecation warning when the
+    /// source is built.
+    Replay(coinbase::capture::CoinbaseCaptureConfig),
     /// Generated trades.
     Generate(generate::source::GenerateConfig),
     /// A Kafka consumer group.
@@ -71,7 +73,15 @@ pub enum DeadLetterConfig {
 /// Builds the configured source.
 pub fn build_source(config: &SourceConfig) -> Result<Box<dyn Source>> {
     Ok(match config {
-        SourceConfig::Replay(c) => Box::new(replay::ReplaySource::new(c.clone())?),
+        SourceConfig::CoinbaseCapture(c) => {
+            Box::new(coinbase::capture::CoinbaseCaptureSource::new(c.clone())?)
+        }
+        SourceConfig::Replay(c) => {
+            tracing::warn!(
+                "[source] type = \"replay\" is deprecated and will be removed; it is now called \"coinbase_capture\"."
+            );
+            Box::new(coinbase::capture::CoinbaseCaptureSource::new(c.clone())?)
+        }
         SourceConfig::Generate(c) => Box::new(generate::source::GenerateSource::new(c.clone())?),
         SourceConfig::Kafka(c) => Box::new(kafka::source::KafkaSource::new(c.clone())?),
         SourceConfig::Coinbase(c) => Box::new(coinbase::source::CoinbaseSource::new(c.clone())?),
@@ -116,11 +126,16 @@ impl SourceConfig {
     /// Every problem serde cannot see (keys relative to `[source]`); reads the files it names.
     pub fn check(&self) -> Vec<Problem> {
         match self {
-            SourceConfig::Replay(c) => c.check(),
+            SourceConfig::CoinbaseCapture(c) | SourceConfig::Replay(c) => c.check(),
             SourceConfig::Generate(c) => c.check(),
             SourceConfig::Kafka(c) => c.check(),
             SourceConfig::Coinbase(c) => c.settings().err().unwrap_or_default(),
-            SourceConfig::Gateio(c) => c.settings().err().unwrap_or_default(),
+            // Main's merge called a `settings()` GateioConfig does not have; its `validate` is
+            // the check there is (its problems come as one error).
+            SourceConfig::Gateio(c) => match c.validate() {
+                Ok(_) => Vec::new(),
+                Err(e) => vec![Problem::new("", e.to_string())],
+            },
         }
     }
 }
@@ -154,5 +169,29 @@ impl DeadLetterConfig {
             DeadLetterConfig::File(_) => Vec::new(),
             DeadLetterConfig::Kafka(c) => c.check(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_capture_source_is_read_under_its_name_and_its_former_one() {
+        let read = |kind: &str| -> SourceConfig {
+            toml::from_str(&format!(
+                "type = \"{kind}\"\npath = \"feed.jsonl\"\ncoin_map = \"coins.json\"\n"
+            ))
+            .unwrap()
+        };
+        let (SourceConfig::CoinbaseCapture(current), SourceConfig::Replay(former)) =
+            (read("coinbase_capture"), read("replay"))
+        else {
+            panic!("both names are a capture source");
+        };
+        assert_eq!(
+            (current.path, current.coin_map),
+            (former.path, former.coin_map)
+        );
     }
 }

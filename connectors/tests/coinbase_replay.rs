@@ -13,7 +13,7 @@ use connectors::coinbase::gaps::TradeTracker;
 use connectors::common::counters::CounterSet;
 use connectors::common::trade::TradeRecord;
 use connectors::kafka::producer::TopicProducer;
-use engine::{Offsets, Poll, PollLimits, Source, StartRequest};
+use engine::{Poll, PollLimits, Source, SourceOffset, StartRequest};
 use testkit::coinbase::{
     FeedServer, Step, advanced_ack, advanced_heartbeat, advanced_trades, exchange_ack,
     exchange_match, heartbeat, interleaved, price, trade_time,
@@ -517,15 +517,28 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
     let batches = poll_batches(&mut *source, 8, limits).await;
     for b in &batches {
         for r in &b.records {
-            assert_eq!(b.start.get(&r.topic, 0).map(|s| s <= r.offset), Some(true));
-            assert!(b.end.get(&r.topic, 0).unwrap() > r.offset);
+            let product = source.describe_position(r.position)["product"].clone();
+            let product = product.as_str().unwrap();
+            assert!(
+                b.start.json()["lastTradeId"][product]
+                    .as_i64()
+                    .is_none_or(|last| last < r.position.offset)
+            );
+            assert!(b.end.json()["lastTradeId"][product].as_i64().unwrap() >= r.position.offset);
         }
     }
-    let records: Vec<engine::RawRecord> = batches.iter().flat_map(|b| b.records.clone()).collect();
-    let ends: Vec<Offsets> = batches.iter().map(|b| b.end.clone()).collect();
+    let records: Vec<(String, engine::RawRecord)> = batches
+        .iter()
+        .flat_map(|b| b.records.clone())
+        .map(|r| {
+            let product = source.describe_position(r.position)["product"].clone();
+            (product.as_str().unwrap().to_owned(), r)
+        })
+        .collect();
+    let ends: Vec<SourceOffset> = batches.iter().map(|b| b.end.clone()).collect();
     let offsets: Vec<(String, i64)> = records
         .iter()
-        .map(|r| (r.topic.clone(), r.offset))
+        .map(|(product, r)| (product.clone(), r.position.offset))
         .collect();
     let of = |p: &str| {
         offsets
@@ -538,22 +551,23 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
     assert_eq!(of("ETH-USD"), [70, 71, 72]);
     let last = ends.last().unwrap();
     assert_eq!(
-        (last.get("BTC-USD", 0), last.get("ETH-USD", 0)),
-        (Some(15), Some(73))
+        last.json(),
+        &serde_json::json!({"lastTradeId": {"BTC-USD": 14, "ETH-USD": 72}})
     );
-    let payload: TradeRecord = serde_json::from_slice(&records[0].payload).unwrap();
-    assert_eq!(payload.trade_id, records[0].offset);
+    let payload: TradeRecord = serde_json::from_slice(&records[0].1.payload).unwrap();
+    assert_eq!(payload.trade_id, records[0].1.position.offset);
     let metrics: BTreeMap<_, _> = source.metrics().into_iter().collect();
     assert_eq!(metrics["published"], 8);
     assert_eq!(metrics["reconnects"], 0);
-    let err = source.fetch_range(&Offsets::new(), last).await.unwrap_err();
+    let err = source
+        .fetch_range(&SourceOffset::default(), last)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cannot replay"), "{err}");
     source.close().await.unwrap();
 
     // A restart from the checkpoint's offsets does not hand out the feed's last_match again.
-    let mut committed = Offsets::new();
-    committed.set("BTC-USD", 0, 15);
-    committed.set("ETH-USD", 0, 73);
+    let committed = last.clone();
     let start = StartRequest {
         committed: Some(committed),
         available_now: true,
@@ -849,7 +863,7 @@ async fn trades_that_cannot_be_real_become_dead_letters_with_their_reason() {
     let trades: Vec<i64> = records
         .iter()
         .filter(|r| r.rejected.is_none())
-        .map(|r| r.offset)
+        .map(|r| r.position.offset)
         .collect();
     assert_eq!(trades, [1, 2, 3]);
     let rejected: Vec<(&str, String)> = records

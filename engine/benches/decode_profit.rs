@@ -66,9 +66,7 @@ fn messages(n: usize) -> Vec<RawRecord> {
                 if state & 1 == 0 { "buy" } else { "sell" },
             );
             RawRecord {
-                topic: "bench".into(),
-                partition: 0,
-                offset: i as i64,
+                position: engine::RecordPosition::new(0, i as i64),
                 payload: payload.into_bytes(),
                 rejected: None,
                 frame: None,

@@ -8,8 +8,16 @@
 //! it already skips). Each sync costs a disk flush, and at a 10 ms trigger two per batch were a
 //! tenth of the engine's CPU.
 //!
-//! Each offsets entry may also hold the source's own state after the batch (opaque JSON, see
-//! [`crate::Source::checkpoint_state`]), so de-duplication state survives a restart.
+//! An offsets entry is `{"batchId":7,"start":<offset>,"end":<offset>}`, where each offset is the
+//! source's own JSON ([`SourceOffset`]): everything the source needs to continue exactly there,
+//! de-duplication state included.
+//!
+//! Entries of older versions hold Kafka-shaped offsets (`{"topic":{"0":42}}`) for every source and,
+//! from one version on, the source's state after the batch beside them (`"sourceState"`). Such an
+//! offset reaches the source unchanged when the entry has no state; with a state, as
+//! `{"offsets":<offsets>,"sourceState":<state>}` ([`LEGACY_OFFSETS`], [`LEGACY_STATE`]), the state
+//! being the one saved with the batch that ended there (for a batch's start: the batch before it).
+//! The sources whose shape changed read those forms, so a restart after an upgrade loses nothing.
 //!
 //! A checkpoint belongs to one query: `metadata` records the query's identity (its source's
 //! identity and its transform) at the first start, and a query with another identity is refused
@@ -25,25 +33,51 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::offsets::Offsets;
+use crate::position::SourceOffset;
 
 /// How many batches' entries are kept; older ones are deleted.
 const RETAINED_BATCHES: u64 = 100;
 
+/// In an offset read from an entry of an older version that saved the source's state: the key of
+/// the Kafka-shaped offsets (see the module docs).
+pub const LEGACY_OFFSETS: &str = "offsets";
+/// In an offset read from an entry of an older version that saved the source's state: the key of
+/// that state (see the module docs).
+pub const LEGACY_STATE: &str = "sourceState";
+
 /// One entry of the offsets log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlannedBatch {
     /// The batch id.
     pub batch_id: u64,
     /// Where the batch starts.
-    pub start: Offsets,
+    pub start: SourceOffset,
     /// Where it ends (what is committed once it is written).
-    pub end: Offsets,
-    /// The source's state after the batch ([`crate::Source::checkpoint_state`]); absent in
-    /// entries of older versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_state: Option<serde_json::Value>,
+    pub end: SourceOffset,
+}
+
+/// An offsets entry as read: this version's, or an older one with the source's state beside
+/// Kafka-shaped offsets.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    batch_id: u64,
+    start: SourceOffset,
+    end: SourceOffset,
+    #[serde(default)]
+    source_state: Option<serde_json::Value>,
+}
+
+/// An older version's `offsets` with the `state` saved beside them, as one offset (module docs).
+fn with_legacy_state(offsets: SourceOffset, state: Option<&serde_json::Value>) -> SourceOffset {
+    match state {
+        None => offsets,
+        Some(state) => SourceOffset::new(serde_json::json!({
+            LEGACY_OFFSETS: offsets.json(),
+            LEGACY_STATE: state,
+        })),
+    }
 }
 
 /// What the checkpoint says on start-up.
@@ -51,10 +85,8 @@ pub struct PlannedBatch {
 pub struct Recovered {
     /// The id the next new batch gets.
     pub next_batch_id: u64,
-    /// The end offsets of the last committed batch.
-    pub committed: Option<Offsets>,
-    /// The source state saved with the last committed batch.
-    pub committed_state: Option<serde_json::Value>,
+    /// The end offset of the last committed batch.
+    pub committed: Option<SourceOffset>,
     /// A batch that was planned but not committed: replay it first.
     pub pending: Option<PlannedBatch>,
 }
@@ -166,27 +198,32 @@ impl Checkpoint {
         let Some(last) = self.last_id("offsets")? else {
             return Ok(Recovered::default());
         };
-        let planned = self.read_planned(last)?;
+        let entry = self.read_entry(last)?;
         if self.dir.join("commits").join(last.to_string()).exists() {
             return Ok(Recovered {
                 next_batch_id: last + 1,
-                committed: Some(planned.end),
-                committed_state: planned.source_state,
+                committed: Some(with_legacy_state(entry.end, entry.source_state.as_ref())),
                 pending: None,
             });
         }
-        let (committed, committed_state) = match last.checked_sub(1) {
+        let prev = match last.checked_sub(1) {
             Some(prev) if self.dir.join("offsets").join(prev.to_string()).exists() => {
-                let prev = self.read_planned(prev)?;
-                (Some(prev.end), prev.source_state)
+                Some(self.read_entry(prev)?)
             }
-            _ => (None, None),
+            _ => None,
         };
+        // An older version's state after the previous batch is the state at this batch's start.
+        let prev_state = prev.as_ref().and_then(|p| p.source_state.as_ref());
         Ok(Recovered {
             next_batch_id: last + 1,
-            committed,
-            committed_state,
-            pending: Some(planned),
+            committed: prev
+                .as_ref()
+                .map(|p| with_legacy_state(p.end.clone(), p.source_state.as_ref())),
+            pending: Some(PlannedBatch {
+                batch_id: entry.batch_id,
+                start: with_legacy_state(entry.start, prev_state),
+                end: with_legacy_state(entry.end, entry.source_state.as_ref()),
+            }),
         })
     }
 
@@ -230,7 +267,7 @@ impl Checkpoint {
         }
     }
 
-    fn read_planned(&self, id: u64) -> Result<PlannedBatch> {
+    fn read_entry(&self, id: u64) -> Result<Entry> {
         let path = self.dir.join("offsets").join(id.to_string());
         let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
         serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
@@ -317,10 +354,9 @@ pub fn write_atomically(path: &Path, body: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn offsets(n: i64) -> Offsets {
-        let mut o = Offsets::new();
-        o.set("t", 0, n);
-        o
+    /// A source's offset: its own JSON, here the next line and a de-duplication state.
+    fn offsets(n: i64) -> SourceOffset {
+        SourceOffset::new(serde_json::json!({"line": n, "last": n - 1}))
     }
 
     #[test]
@@ -332,7 +368,6 @@ mod tests {
                 batch_id: id,
                 start: offsets(id as i64),
                 end: offsets(id as i64 + 1),
-                source_state: None,
             })
             .unwrap();
             cp.commit(id).unwrap();
@@ -364,7 +399,6 @@ mod tests {
             batch_id: 0,
             start: offsets(0),
             end: offsets(10),
-            source_state: Some(serde_json::json!({"last": 9})),
         })
         .unwrap();
         cp.commit(0).unwrap();
@@ -373,12 +407,10 @@ mod tests {
             (r.next_batch_id, r.committed.clone(), r.pending.clone()),
             (1, Some(offsets(10)), None)
         );
-        assert_eq!(r.committed_state, Some(serde_json::json!({"last": 9})));
         let pending = PlannedBatch {
             batch_id: 1,
             start: offsets(10),
             end: offsets(25),
-            source_state: Some(serde_json::json!({"last": 24})),
         };
         cp.plan(&pending).unwrap();
         drop(cp);
@@ -388,10 +420,13 @@ mod tests {
             Recovered {
                 next_batch_id: 2,
                 committed: Some(offsets(10)),
-                committed_state: Some(serde_json::json!({"last": 9})),
                 pending: Some(pending)
             }
         );
+    }
+
+    fn json(text: &str) -> SourceOffset {
+        SourceOffset::new(serde_json::from_str(text).unwrap())
     }
 
     #[test]
@@ -405,8 +440,51 @@ mod tests {
         .unwrap();
         cp.commit(0).unwrap();
         let r = cp.recover().unwrap();
-        assert_eq!(r.committed, Some(offsets(4)));
-        assert_eq!(r.committed_state, None);
+        assert_eq!(r.committed, Some(json(r#"{"t":{"0":4}}"#)));
+    }
+
+    #[test]
+    fn reads_offsets_entries_of_older_versions_with_state_beside_the_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        // Written by the version that saved `sourceState` (a capture's last trade id per product).
+        fs::write(
+            dir.path().join("offsets/0"),
+            r#"{"batchId":0,"start":{"/f":{"0":0}},"end":{"/f":{"0":3}},"sourceState":{"lastTradeId":{"BTC-USD":7}}}"#,
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("offsets/1"),
+            r#"{"batchId":1,"start":{"/f":{"0":3}},"end":{"/f":{"0":8}},"sourceState":{"lastTradeId":{"BTC-USD":9}}}"#,
+        )
+        .unwrap();
+        cp.commit(0).unwrap();
+        let r = cp.recover().unwrap();
+        let after_0 =
+            json(r#"{"offsets":{"/f":{"0":3}},"sourceState":{"lastTradeId":{"BTC-USD":7}}}"#);
+        assert_eq!(r.committed, Some(after_0.clone()));
+        // The uncommitted batch starts with the state the batch before it saved.
+        assert_eq!(
+            r.pending,
+            Some(PlannedBatch {
+                batch_id: 1,
+                start: after_0,
+                end: json(
+                    r#"{"offsets":{"/f":{"0":8}},"sourceState":{"lastTradeId":{"BTC-USD":9}}}"#
+                ),
+            })
+        );
+        // This version writes the source's offset alone.
+        cp.plan(&PlannedBatch {
+            batch_id: 2,
+            start: offsets(8),
+            end: offsets(9),
+        })
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("offsets/2")).unwrap(),
+            r#"{"batchId":2,"start":{"last":7,"line":8},"end":{"last":8,"line":9}}"#
+        );
     }
 
     #[test]
@@ -431,7 +509,6 @@ mod tests {
             batch_id: 0,
             start: offsets(0),
             end: offsets(1),
-            source_state: None,
         })
         .unwrap();
         let ours = QueryIdentity {

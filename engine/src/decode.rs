@@ -345,9 +345,7 @@ mod tests {
 
     fn record(offset: i64, payload: &str) -> RawRecord {
         RawRecord {
-            topic: "t".into(),
-            partition: 0,
-            offset,
+            position: crate::RecordPosition::new(0, offset),
             payload: payload.as_bytes().to_vec(),
             rejected: None,
             frame: None,
@@ -401,7 +399,11 @@ mod tests {
             .unwrap();
         assert_eq!(ids(&out.batch), vec![3]);
         assert_eq!(out.rows, vec![2], "the row's message");
-        let offsets: Vec<i64> = out.dead_letters.iter().map(|l| l.offset).collect();
+        let offsets: Vec<i64> = out
+            .dead_letters
+            .iter()
+            .map(|l| l.record_position.offset)
+            .collect();
         assert_eq!(offsets, vec![0, 1]);
         // The same decoder, after that failure and with a larger batch, still decodes exactly.
         let out = d
@@ -449,7 +451,7 @@ mod tests {
         let reasons: Vec<(i64, &str)> = out
             .dead_letters
             .iter()
-            .map(|l| (l.offset, l.reason.as_str()))
+            .map(|l| (l.record_position.offset, l.reason.as_str()))
             .collect();
         assert_eq!(reasons.len(), 6, "{reasons:?}");
         assert!(reasons[0].1.starts_with("invalid JSON: EOF"), "{reasons:?}");
@@ -497,7 +499,7 @@ mod tests {
             values[ids.value(row) as usize] = Some(Ok(prices.value_as_string(row)));
         }
         for letter in &out.dead_letters {
-            values[letter.offset as usize] = Some(Err(letter.reason.clone()));
+            values[letter.record_position.offset as usize] = Some(Err(letter.reason.clone()));
         }
         let values = values.into_iter().map(Option::unwrap).collect();
         (values, out.rounded_decimals)

@@ -504,9 +504,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, m)| RawRecord {
-                topic: "t".into(),
-                partition: 0,
-                offset: i as i64,
+                position: crate::RecordPosition::new(0, i as i64),
                 payload: m.as_bytes().to_vec(),
                 frame: None,
                 rejected: None,

@@ -20,6 +20,7 @@ use fuzz::Harness;
 
 use crate::decode::{Decoded, RecordDecoder};
 use crate::flat_json::FlatDecoder;
+use crate::position::RecordPosition;
 use crate::schema::parse_columns;
 use crate::source::RawRecord;
 
@@ -72,9 +73,7 @@ fn records(input: &[u8]) -> Vec<RawRecord> {
         .split(|b| *b == b'\n')
         .enumerate()
         .map(|(i, line)| RawRecord {
-            topic: "fuzz".into(),
-            partition: 0,
-            offset: i as i64,
+            position: RecordPosition::new(0, i as i64),
             payload: line.to_vec(),
             frame: None,
             rejected: None,
@@ -91,7 +90,7 @@ fn outcome(decoded: &crate::Result<Decoded>) -> String {
             d.batch,
             d.dead_letters
                 .iter()
-                .map(|l| (l.offset, &l.reason))
+                .map(|l| (l.record_position.offset, &l.reason))
                 .collect::<Vec<_>>()
         ),
         Err(e) => format!("error: {e}"),

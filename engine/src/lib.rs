@@ -18,6 +18,17 @@
 //! `offsets/<id>` without `commits/<id>`, and the next start replays exactly that range with the
 //! same batch id (sinks write idempotently per batch id).
 //!
+//! ## Positions belong to the source ([`position`])
+//! A batch's start and end are [`SourceOffset`]s: JSON that the source writes and alone reads
+//! (Spark's per-source `Offset`), holding everything it needs to continue exactly there (a Kafka
+//! source's `{"topic":{"0":42}}`, a capture's file, line and last trade id per product). The
+//! engine stores them in `offsets/<id>`, shows them in progress records and hands them back on
+//! restart; it never looks inside, and checkpoints of older versions reach the source in a
+//! documented legacy form ([`checkpoint`]). Each record carries a compact [`RecordPosition`] (two
+//! numbers, no allocation); only a dead letter or an error asks the source to describe it
+//! ([`Source::describe_position`]), so a Kafka letter says `{"topic":"t","partition":0,"offset":5}`
+//! and a capture letter `{"file":"/data/feed.jsonl","line":12}`.
+//!
 //! ## Tasks and shutdown
 //! The query runs as one task: batches are sequential, each batch's query may use
 //! `target_partitions` threads. Shutdown (a `watch` flag) is checked between batches and while
@@ -25,7 +36,8 @@
 //! closed in that order.
 //!
 //! ## Adding a connector
-//! Implement [`Source`] (emit one JSON object per business event, with offsets) or [`Sink`] in the
+//! Implement [`Source`] (emit one JSON object per business event with its [`RecordPosition`], and
+//! say where each batch starts and ends with your own [`SourceOffset`] JSON) or [`Sink`] in the
 //! `connectors` crate, add its config to the tagged enum there, and nothing here changes.
 
 #![warn(missing_docs)]
@@ -39,7 +51,7 @@ mod flat_json;
 #[cfg(test)]
 mod fuzz;
 mod isolate;
-pub mod offsets;
+pub mod position;
 pub mod progress;
 pub mod reference;
 pub mod retry;
@@ -52,6 +64,6 @@ pub mod trigger;
 
 pub use bytes::Bytes;
 pub use error::{BoxError, Error, Result, Retry, report};
-pub use offsets::Offsets;
+pub use position::{RecordPosition, SourceOffset};
 pub use sink::{DeadLetter, DeadLetterSink, Sink};
 pub use source::{Poll, PollLimits, RawRecord, Source, SourceBatch, StartRequest};

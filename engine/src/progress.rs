@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::offsets::Offsets;
+use crate::position::SourceOffset;
 
 /// Milliseconds spent in each phase of a batch.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -30,10 +30,10 @@ pub struct Durations {
 pub struct SourceProgress {
     /// What the source reads.
     pub description: String,
-    /// Where the batch started.
-    pub start_offset: Offsets,
-    /// Where it ended.
-    pub end_offset: Offsets,
+    /// Where the batch started, as the source writes its offsets.
+    pub start_offset: SourceOffset,
+    /// Where it ended, likewise.
+    pub end_offset: SourceOffset,
     /// Messages in the batch.
     pub num_input_rows: u64,
     /// The source's own counters.

@@ -13,6 +13,7 @@ use arrow::record_batch::RecordBatch;
 use crate::decimal::DecimalPolicy;
 use crate::decode::RecordDecoder;
 use crate::error::{Error, Result};
+use crate::position::RecordPosition;
 use crate::source::RawRecord;
 
 /// How to load one reference table.
@@ -85,9 +86,7 @@ impl ReferenceTable {
                 serde_json::Value::String(key.clone()),
             );
             records.push(RawRecord {
-                topic: self.name.clone(),
-                partition: 0,
-                offset: i as i64,
+                position: RecordPosition::new(0, i as i64),
                 payload: serde_json::to_vec(&row).map_err(|e| Error::Internal(e.to_string()))?,
                 rejected: None,
                 frame: None,
@@ -101,7 +100,7 @@ impl ReferenceTable {
             .with_decimal_policy(DecimalPolicy::Reject)
             .decode(&records)?;
         if let Some(bad) = decoded.dead_letters.first() {
-            let key = &keys[bad.offset as usize];
+            let key = &keys[bad.record_position.offset as usize];
             return Err(fail(format!("key {key:?}: {}", bad.reason)));
         }
         Ok(decoded.batch)

@@ -122,7 +122,6 @@ impl StreamingQuery {
             .start(StartRequest {
                 committed: recovered.committed.clone(),
                 available_now,
-                committed_state: recovered.committed_state.clone(),
             })
             .await?;
         let mut summary = RunSummary::default();
@@ -200,7 +199,6 @@ impl StreamingQuery {
                             batch_id,
                             start: batch.start.clone(),
                             end: batch.end.clone(),
-                            source_state: self.source.checkpoint_state(),
                         })?;
                     }
                     self.process(
@@ -298,6 +296,10 @@ impl StreamingQuery {
         }
         let mut dead_letters = decoded.dead_letters;
         dead_letters.extend(transform_letters);
+        // Positions in the source's own words, once per letter (never per record).
+        for letter in &mut dead_letters {
+            letter.position = self.source.describe_position(letter.record_position);
+        }
 
         let t = Instant::now();
         let output_rows: usize = rows.iter().map(RecordBatch::num_rows).sum();
@@ -410,20 +412,16 @@ impl StreamingQuery {
             Isolation::Rows(failing) => failing,
             Isolation::Fatal(e) => return Err(e),
             Isolation::Unexplained { range, error } => {
-                let (first, last) = (
-                    &records[decoded.rows[range.start]],
-                    &records[decoded.rows[range.end - 1]],
-                );
+                let describe = |row: usize| {
+                    self.source
+                        .describe_position(records[decoded.rows[row]].position)
+                };
                 return Err(self.unexplained(
                     &format!(
-                        "the {} rows from {} partition {} offset {} to {} partition {} offset {} fail together, though each half of them runs alone",
+                        "the {} rows from {} to {} fail together, though each half of them runs alone",
                         range.len(),
-                        first.topic,
-                        first.partition,
-                        first.offset,
-                        last.topic,
-                        last.partition,
-                        last.offset
+                        describe(range.start),
+                        describe(range.end - 1),
                     ),
                     error,
                 ));

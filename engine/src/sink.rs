@@ -19,6 +19,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
 use crate::error::Result;
+use crate::position::RecordPosition;
 use crate::source::RawRecord;
 
 /// Where a transform's output goes.
@@ -57,12 +58,13 @@ pub trait Sink: Send {
 /// A message that could not become a row, with where it came from and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// The source topic (or file).
-    pub topic: String,
-    /// The source partition.
-    pub partition: i32,
-    /// The message's offset.
-    pub offset: i64,
+    /// Where the message came from, as its source describes it
+    /// ([`crate::Source::describe_position`]): e.g. `{"topic":"t","partition":0,"offset":5}` for a
+    /// Kafka record. The runtime sets it before any dead-letter output sees the letter; until then
+    /// it is the neutral form of `record_position`.
+    pub position: serde_json::Value,
+    /// The same place in the compact form the record carried.
+    pub record_position: RecordPosition,
     /// The message exactly as received (the feed frame, before any conversion by the source).
     pub raw: Vec<u8>,
     /// The record the source converted the message into, when that differs from `raw` (what the
@@ -74,16 +76,16 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// The dead letter of `record`: its frame as received and, when the source converted it, the
-    /// converted payload.
+    /// converted payload. Its `position` is the neutral description of the record's position
+    /// (the runtime replaces it with the source's).
     pub fn from_record(record: &RawRecord, reason: impl Into<String>) -> Self {
         let (raw, converted) = match &record.frame {
             Some(frame) => (frame.to_vec(), Some(record.payload.clone())),
             None => (record.payload.clone(), None),
         };
         Self {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
+            position: record.position.to_json(),
+            record_position: record.position,
             raw,
             record: converted,
             reason: reason.into(),

@@ -1,19 +1,29 @@
 //! The contract every source implements. A source hands out raw messages (one per business event,
-//! bytes as they were on the wire after unwrapping the venue's envelope) with their offsets; the
-//! engine decodes them. The shape is Kafka's: partitioned offsets, and nothing is committed until
+//! bytes as they were on the wire after unwrapping the venue's envelope), each with its compact
+//! [`RecordPosition`], and says where each batch starts and ends with a [`SourceOffset`]: JSON the
+//! source defines, holding everything it needs to continue exactly there (Spark's per-source
+//! `Offset`). The engine decodes the messages and stores the offsets; nothing is committed until
 //! the sink has acknowledged the batch.
 //!
 //! # Call order
-//! 1. [`Source::start`] once, with the positions the engine's checkpoint holds (if any) and the
-//!    state the source saved with them (see [`Source::checkpoint_state`]).
+//! 1. [`Source::start`] once, with the end offset of the last batch the engine's checkpoint holds
+//!    as committed (if any).
 //! 2. If the checkpoint holds a batch that was planned but never committed,
-//!    [`Source::fetch_range`] once, for exactly that batch's offsets (it starts from the state
-//!    given to `start`: the state saved with the batch before it).
-//! 3. [`Source::poll`] repeatedly, one call per trigger, then [`Source::checkpoint_state`] (saved
-//!    in the checkpoint with the batch's offsets before it is processed), then [`Source::commit`]
-//!    with the batch's end offsets after the sink acknowledged it. `poll` is never called again
-//!    before the previous batch is committed.
+//!    [`Source::fetch_range`] once, for exactly that batch's start and end offsets.
+//! 3. [`Source::poll`] repeatedly, one call per trigger (the batch's offsets are saved in the
+//!    checkpoint before it is processed), then [`Source::commit`] with the batch's end offset after
+//!    the sink acknowledged it. `poll` is never called again before the previous batch is
+//!    committed.
 //! 4. [`Source::close`] once on shutdown.
+//!
+//! [`Source::describe_position`] may be called at any time after `start`, for records of the
+//! current batch (to describe a dead letter or an error).
+//!
+//! # Offsets of older checkpoints
+//! Checkpoints written before offsets were per source hold Kafka's shape
+//! (`{"topic":{"partition":offset}}`) and, from one version on, the source's state beside it; see
+//! [`crate::checkpoint`] for how those reach the source. A source whose offset shape changed
+//! parses the old shape too, so a restart after an upgrade loses nothing.
 //!
 //! Cancellation: the runtime may drop a `poll` future when shutting down; a source must not lose
 //! records by that (records are only "taken" once committed).
@@ -31,17 +41,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::offsets::Offsets;
+use crate::position::{RecordPosition, SourceOffset};
 
 /// One raw message from a source.
 #[derive(Debug, Clone)]
 pub struct RawRecord {
-    /// The topic (or file) the message came from.
-    pub topic: String,
-    /// The partition within the topic.
-    pub partition: i32,
-    /// The message's offset within its partition.
-    pub offset: i64,
+    /// Where the message came from, compactly ([`Source::describe_position`] says it in words).
+    pub position: RecordPosition,
     /// The message body: one JSON object in the declared schema.
     pub payload: Vec<u8>,
     /// The message as it was received, when `payload` is a conversion of it (e.g. a feed frame
@@ -58,18 +64,18 @@ pub struct RawRecord {
 /// The records of one micro-batch and the offsets it spans.
 #[derive(Debug, Clone, Default)]
 pub struct SourceBatch {
-    /// The records, in offset order within each partition.
+    /// The records, in the order the source read them.
     pub records: Vec<RawRecord>,
-    /// Where the batch starts (inclusive) in each partition.
-    pub start: Offsets,
-    /// Where the batch ends (exclusive) in each partition: the offsets to commit.
-    pub end: Offsets,
+    /// Where the batch starts: what [`Source::fetch_range`] needs to read it again.
+    pub start: SourceOffset,
+    /// Where the batch ends: what [`Source::commit`] is given, and where a restart continues.
+    pub end: SourceOffset,
 }
 
 /// What a poll returned.
 #[derive(Debug)]
 pub enum Poll {
-    /// New records. A batch may also hold no records but moved offsets (e.g. heartbeats skipped).
+    /// New records. A batch may also hold no records but a moved offset (e.g. heartbeats skipped).
     Batch(SourceBatch),
     /// Nothing new right now.
     Idle,
@@ -90,14 +96,11 @@ pub struct PollLimits {
 /// How the engine starts a source.
 #[derive(Debug, Clone, Default)]
 pub struct StartRequest {
-    /// The end offsets of the last committed batch in the engine's checkpoint, if any. A source
+    /// The end offset of the last committed batch in the engine's checkpoint, if any. A source
     /// with its own committed positions (a Kafka consumer group) may prefer those.
-    pub committed: Option<Offsets>,
+    pub committed: Option<SourceOffset>,
     /// Process what is available at start, then report [`Poll::Exhausted`].
     pub available_now: bool,
-    /// The state the source returned from [`Source::checkpoint_state`] for the last committed
-    /// batch, if the checkpoint holds one (checkpoints of older versions do not).
-    pub committed_state: Option<serde_json::Value>,
 }
 
 /// A source of raw messages. See the module docs for the call order.
@@ -114,21 +117,20 @@ pub trait Source: Send {
         self.description()
     }
 
-    /// State the source needs besides its offsets to continue exactly where a batch ended (e.g.
-    /// the last trade id per product, to drop trades a feed repeats), as opaque JSON. Called
-    /// after each [`Source::poll`] that returned a batch; saved in the checkpoint with the
-    /// batch's offsets and handed back in [`StartRequest::committed_state`] on restart (Spark
-    /// keeps per-source offsets JSON the same way). The default is none.
-    fn checkpoint_state(&self) -> Option<serde_json::Value> {
-        None
+    /// Where a record came from, for people: JSON naming what the source reads in its own terms
+    /// (a Kafka record `{"topic":"t","partition":0,"offset":5}`, a capture line
+    /// `{"file":"/data/feed.jsonl","line":12}`). Called for dead letters and errors only, never
+    /// per record. The default is [`RecordPosition::to_json`].
+    fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
+        position.to_json()
     }
 
     /// Prepares to read; see [`StartRequest`].
     ///
     /// # Errors
     /// Any failure stops the run, transient or not (nothing has been read yet, so a restart loses
-    /// nothing): positions that do not fit the source (permanent), a service that cannot be
-    /// reached (transient).
+    /// nothing): a committed offset that is not this source's (permanent: another source's
+    /// checkpoint), a service that cannot be reached (transient).
     async fn start(&mut self, request: StartRequest) -> Result<()>;
 
     /// Reads exactly the records between `start` and `end` again (a batch that was planned but
@@ -137,8 +139,13 @@ pub trait Source: Send {
     ///
     /// # Errors
     /// Permanent when the range cannot be read exactly again (the default; records that expired
-    /// from the source); the run stops, with the batch still planned in the checkpoint.
-    async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
+    /// from the source; offsets that are not this source's); the run stops, with the batch still
+    /// planned in the checkpoint.
+    async fn fetch_range(
+        &mut self,
+        start: &SourceOffset,
+        end: &SourceOffset,
+    ) -> Result<SourceBatch> {
         let _ = (start, end);
         Err(crate::Error::source_failed(
             self.description(),
@@ -160,7 +167,7 @@ pub trait Source: Send {
     /// # Errors
     /// Transient when the commit may succeed later (the runtime retries it; the rows are already
     /// written, so a commit that never succeeds means they are written again after a restart).
-    async fn commit(&mut self, end: &Offsets) -> Result<()>;
+    async fn commit(&mut self, end: &SourceOffset) -> Result<()>;
 
     /// Counters the source keeps (e.g. reconnects, gaps), reported with each batch's progress.
     fn metrics(&self) -> Vec<(&'static str, u64)> {

@@ -14,20 +14,21 @@ use engine::schema::parse_columns;
 use engine::transform::{PlannedTransform, TransformFile};
 use engine::trigger::Trigger;
 use engine::{
-    DeadLetter, DeadLetterSink, Error, Offsets, Poll, PollLimits, RawRecord, Result, Retry, Sink,
-    Source, SourceBatch, StartRequest,
+    DeadLetter, DeadLetterSink, Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry,
+    Sink, Source, SourceBatch, SourceOffset, StartRequest,
 };
 use tokio::sync::watch;
 
-/// Messages in two partitions of topic `t`, handed out in order, with a record of commits.
+/// Messages in partitions, handed out in order, with a record of commits. Its offset is its own
+/// JSON: the next message of each partition, `[5, 3]`.
 struct MemorySource {
     partitions: Vec<Vec<String>>,
     next: Vec<i64>,
-    commits: Arc<Mutex<Vec<Offsets>>>,
+    commits: Arc<Mutex<Vec<SourceOffset>>>,
 }
 
 impl MemorySource {
-    fn new(partitions: Vec<Vec<String>>, commits: Arc<Mutex<Vec<Offsets>>>) -> Self {
+    fn new(partitions: Vec<Vec<String>>, commits: Arc<Mutex<Vec<SourceOffset>>>) -> Self {
         let next = vec![0; partitions.len()];
         Self {
             partitions,
@@ -36,12 +37,12 @@ impl MemorySource {
         }
     }
 
-    fn offsets(positions: &[i64]) -> Offsets {
-        let mut o = Offsets::new();
-        for (p, n) in positions.iter().enumerate() {
-            o.set("t", p as i32, *n);
-        }
-        o
+    fn offsets(positions: &[i64]) -> SourceOffset {
+        SourceOffset::of(&positions).unwrap()
+    }
+
+    fn parse(offset: &SourceOffset) -> Vec<i64> {
+        offset.parse().unwrap()
     }
 
     fn records(&self, from: &[i64], to: &[i64]) -> Vec<RawRecord> {
@@ -49,9 +50,7 @@ impl MemorySource {
         for (p, msgs) in self.partitions.iter().enumerate() {
             for offset in from[p]..to[p] {
                 out.push(RawRecord {
-                    topic: "t".into(),
-                    partition: p as i32,
-                    offset,
+                    position: RecordPosition::new(p as u32, offset),
                     payload: msgs[offset as usize].clone().into_bytes(),
                     rejected: None,
                     frame: None,
@@ -69,19 +68,23 @@ impl Source for MemorySource {
         "memory".into()
     }
 
+    fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
+        serde_json::json!({"memory": position.partition, "message": position.offset})
+    }
+
     async fn start(&mut self, request: StartRequest) -> Result<()> {
         if let Some(c) = request.committed {
-            for p in 0..self.next.len() {
-                self.next[p] = c.get("t", p as i32).unwrap_or(0);
-            }
+            self.next = Self::parse(&c);
         }
         Ok(())
     }
 
-    async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
-        let n = self.partitions.len();
-        let from: Vec<i64> = (0..n).map(|p| start.get("t", p as i32).unwrap()).collect();
-        let to: Vec<i64> = (0..n).map(|p| end.get("t", p as i32).unwrap()).collect();
+    async fn fetch_range(
+        &mut self,
+        start: &SourceOffset,
+        end: &SourceOffset,
+    ) -> Result<SourceBatch> {
+        let (from, to) = (Self::parse(start), Self::parse(end));
         self.next = to.clone();
         Ok(SourceBatch {
             records: self.records(&from, &to),
@@ -119,7 +122,7 @@ impl Source for MemorySource {
         }))
     }
 
-    async fn commit(&mut self, end: &Offsets) -> Result<()> {
+    async fn commit(&mut self, end: &SourceOffset) -> Result<()> {
         self.commits.lock().unwrap().push(end.clone());
         Ok(())
     }
@@ -184,7 +187,7 @@ const SQL: &str =
 /// sink, the dead letters and the progress records.
 #[derive(Clone, Default)]
 struct Outputs {
-    commits: Arc<Mutex<Vec<Offsets>>>,
+    commits: Arc<Mutex<Vec<SourceOffset>>>,
     sink: MemorySink,
     letters: MemoryDeadLetters,
     progress: Arc<Mutex<Vec<BatchProgress>>>,
@@ -442,10 +445,17 @@ async fn dead_letters_bad_messages_and_moves_past_them() {
     assert_eq!((summary.output_rows, summary.dead_letters), (3, 2));
     let l = letters.0.lock().unwrap();
     assert_eq!(
-        l.iter().map(|(_, l)| l.offset).collect::<Vec<_>>(),
+        l.iter()
+            .map(|(_, l)| l.record_position.offset)
+            .collect::<Vec<_>>(),
         vec![1, 3]
     );
     assert!(l[0].1.reason.contains("abc"), "{}", l[0].1.reason);
+    // Where each came from, in the source's own words.
+    assert_eq!(
+        l[1].1.position,
+        serde_json::json!({"memory": 0, "message": 3})
+    );
     assert_eq!(
         commits.lock().unwrap().last().unwrap(),
         &MemorySource::offsets(&[5])
@@ -592,7 +602,9 @@ async fn a_row_that_fails_in_the_transform_is_dead_lettered_and_the_rest_flows_u
 
     let l = letters.0.lock().unwrap().clone();
     assert_eq!(
-        l.iter().map(|(_, l)| l.offset).collect::<Vec<_>>(),
+        l.iter()
+            .map(|(_, l)| l.record_position.offset)
+            .collect::<Vec<_>>(),
         vec![2, 5]
     );
     let (batch_id, poison) = &l[1];
@@ -653,7 +665,9 @@ async fn a_batch_whose_every_row_fails_is_all_dead_letters_and_committed() {
     );
     let l = letters.0.lock().unwrap();
     assert_eq!(
-        l.iter().map(|(_, l)| l.offset).collect::<Vec<_>>(),
+        l.iter()
+            .map(|(_, l)| l.record_position.offset)
+            .collect::<Vec<_>>(),
         (0..37).collect::<Vec<i64>>()
     );
     for (i, (_, letter)) in l.iter().enumerate() {
@@ -695,7 +709,7 @@ async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
     assert!(err.contains("no single row explains the error"), "{err}");
     assert!(
         err.contains(
-            "the 4 rows from t partition 0 offset 0 to t partition 0 offset 3 fail together"
+            r#"the 4 rows from {"memory":0,"message":0} to {"memory":0,"message":3} fail together"#
         ),
         "{err}"
     );

@@ -16,9 +16,11 @@
 //!
 //! Layout: [`feed`] and [`advanced`] parse frames into [`feed::FeedEvent`]s, [`gaps`] tracks trade
 //! ids per product, [`client`] owns the connection and its reconnects, [`source`] makes the client
-//! an engine source, [`config`] is `[source] type = "coinbase"`.
+//! an engine source, [`config`] is `[source] type = "coinbase"`; [`capture`] reads a file of
+//! recorded feed messages (`[source] type = "coinbase_capture"`).
 
 pub mod advanced;
+pub mod capture;
 pub mod client;
 pub mod config;
 pub mod feed;

@@ -1,19 +1,19 @@
 //! The feed client as an engine [`Source`] (`[source] type = "coinbase"`): live trades go straight
 //! into SQL with no Kafka in between.
 //!
-//! - Offsets are trade ids: one "topic" per product (partition 0), a batch spans from each
-//!   product's first trade id to one past its last. A batch's end offsets carry every product seen
-//!   so far, so the engine's checkpoint holds the last trade id per product; a restart seeds the
-//!   trade tracker with them and does not hand out the feed's `last_match` again (its
-//!   de-duplication state lives in the offsets, so it needs no [`Source::checkpoint_state`]).
+//! - A batch's offset is the last trade id handed out per product,
+//!   `{"lastTradeId":{"BTC-USD":831102702}}`, every product seen so far, so the engine's
+//!   checkpoint holds it; a restart seeds the trade tracker with it and does not hand out the
+//!   feed's `last_match` again. (Older versions wrote `{"BTC-USD":{"0":<next trade id>}}`, which
+//!   is read too.) A trade's dead letter names it as `{"product":"BTC-USD","trade_id":42}`.
 //! - A live feed cannot replay: a batch planned but not committed before a crash is gone, so
 //!   [`Source::fetch_range`] keeps the engine's refusal. A pipeline with this source therefore
 //!   runs without a checkpoint folder, or accepts that such a restart fails until the checkpoint
 //!   is removed.
 //! - [`Source::commit`] has nothing to tell the exchange; it only counts the batch as published.
 //! - Frames (or trades in them) that cannot be used, e.g. a price of zero, are handed out as
-//!   rejected records (the engine dead-letters them with their reason): topic = the feed's URL,
-//!   offset = the frame's number since the client started.
+//!   rejected records (the engine dead-letters them with their reason), named
+//!   `{"url":"wss://…","frame":7}` (the frame's number since the client started).
 //! - When the exchange refuses every product (or the credentials), the client stops and `poll`
 //!   returns its permanent error. A run that received frames but could use none of them fails
 //!   at [`Source::close`] with the client's error.
@@ -26,8 +26,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use engine::{
-    Error, Offsets, Poll, PollLimits, RawRecord, Result, Source, SourceBatch, StartRequest,
+    Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source, SourceBatch,
+    SourceOffset, StartRequest,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::client::{self, Counters, FeedTask, ReceivedTrade, RejectedFrame};
@@ -37,6 +39,30 @@ use crate::common::counters::{CounterSet, add};
 
 /// Trades buffered between the client and the engine; the client stops reading when it is full.
 const CHANNEL_CAPACITY: usize = 100_000;
+
+/// The [`RecordPosition::partition`] of rejected frames (trades carry their product's number).
+const FRAMES: u32 = u32::MAX;
+
+/// A batch's start or end: the last trade id handed out per product.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FeedOffset {
+    last_trade_id: BTreeMap<String, i64>,
+}
+
+/// The last trade id per product in an offset of this version or an older one
+/// (`{"BTC-USD":{"0":<next trade id>}}`). (Not a serde untagged enum: that cannot read the older
+/// form's integer map keys.)
+fn last_trade_ids(offset: &SourceOffset) -> Result<BTreeMap<String, i64>, serde_json::Error> {
+    if let Ok(current) = offset.parse::<FeedOffset>() {
+        return Ok(current.last_trade_id);
+    }
+    let legacy: BTreeMap<String, BTreeMap<i32, i64>> = offset.parse()?;
+    Ok(legacy
+        .into_iter()
+        .filter_map(|(product, p)| Some((product, p.get(&0)? - 1)))
+        .collect())
+}
 
 /// `[source] type = "coinbase"`.
 pub struct CoinbaseSource {
@@ -48,8 +74,11 @@ pub struct CoinbaseSource {
     pending: Vec<ReceivedTrade>,
     /// Unusable frames received but not yet handed out.
     pending_rejected: Vec<RejectedFrame>,
-    /// Next trade id per product after everything handed out.
-    next_ids: BTreeMap<String, i64>,
+    /// The last trade id handed out per product.
+    last_ids: BTreeMap<String, i64>,
+    /// The products trades were handed out for, numbered in the order first seen (the numbers
+    /// records carry).
+    products: Vec<String>,
     handed_out: u64,
     available_now: bool,
     seen_any: bool,
@@ -65,28 +94,46 @@ impl CoinbaseSource {
             counters: Arc::new(Counters::default()),
             pending: Vec::new(),
             pending_rejected: Vec::new(),
-            next_ids: BTreeMap::new(),
+            last_ids: BTreeMap::new(),
+            products: Vec::new(),
             handed_out: 0,
             available_now: false,
             seen_any: false,
         })
     }
 
-    fn batch(&mut self) -> SourceBatch {
-        let mut start = Offsets::new();
-        let mut records = Vec::with_capacity(self.pending.len());
-        for trade in self.pending.drain(..) {
-            let product = trade.record.symbol.clone();
-            if start.get(&product, 0).is_none() {
-                start.set(&product, 0, trade.record.trade_id);
+    fn offset(&self) -> Result<SourceOffset> {
+        SourceOffset::of(&FeedOffset {
+            last_trade_id: self.last_ids.clone(),
+        })
+    }
+
+    /// The number of `product` (numbered if new).
+    fn product_number(&mut self, product: &str) -> u32 {
+        match self.products.iter().position(|p| p == product) {
+            Some(i) => i as u32,
+            None => {
+                self.products.push(product.to_owned());
+                (self.products.len() - 1) as u32
             }
-            self.next_ids
-                .insert(product.clone(), trade.record.trade_id + 1);
+        }
+    }
+
+    fn batch(&mut self) -> Result<SourceBatch> {
+        let start = self.offset()?;
+        let mut records = Vec::with_capacity(self.pending.len());
+        for trade in std::mem::take(&mut self.pending) {
+            let number = self.product_number(&trade.record.symbol);
+            let trade_id = trade.record.trade_id;
+            match self.last_ids.get_mut(&trade.record.symbol) {
+                Some(last) => *last = trade_id,
+                None => {
+                    self.last_ids.insert(trade.record.symbol.clone(), trade_id);
+                }
+            }
             records.push(RawRecord {
                 payload: trade.record.to_json(),
-                topic: product,
-                partition: 0,
-                offset: trade.record.trade_id,
+                position: RecordPosition::new(number, trade_id),
                 rejected: None,
                 frame: None,
                 received_at: trade.received_at,
@@ -97,27 +144,30 @@ impl CoinbaseSource {
         for rejected in self.pending_rejected.drain(..) {
             records.push(RawRecord {
                 payload: rejected.frame,
-                topic: self.settings.url.clone(),
-                partition: 0,
-                offset: rejected.number as i64,
+                position: RecordPosition::new(FRAMES, rejected.number as i64),
                 frame: None,
                 rejected: Some(rejected.reason),
                 received_at: rejected.received_at,
             });
         }
-        let mut end = Offsets::new();
-        for (product, next) in &self.next_ids {
-            end.set(product, 0, *next);
-            if start.get(product, 0).is_none() {
-                start.set(product, 0, *next);
-            }
-        }
         self.handed_out = trades;
-        SourceBatch {
+        Ok(SourceBatch {
             records,
             start,
-            end,
-        }
+            end: self.offset()?,
+        })
+    }
+
+    /// The last trade id per product in a committed offset of any version.
+    fn parse_offset(&self, offset: &SourceOffset) -> Result<BTreeMap<String, i64>> {
+        last_trade_ids(offset).map_err(|e| {
+            Error::source_failed(
+                self.description(),
+                format!("the checkpointed offset {offset} is not a last trade id per product"),
+                Retry::Permanent,
+            )
+            .caused_by(e)
+        })
     }
 
     /// Why the client stopped while the source runs: its permanent error (every product
@@ -163,6 +213,13 @@ impl Source for CoinbaseSource {
         )
     }
 
+    fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
+        match self.products.get(position.partition as usize) {
+            Some(product) => serde_json::json!({ "product": product, "trade_id": position.offset }),
+            None => serde_json::json!({ "url": self.settings.url, "frame": position.offset }),
+        }
+    }
+
     fn identity(&self) -> String {
         // The products may change between runs of the same query (a product added or delisted);
         // the feed it reads from may not.
@@ -172,9 +229,9 @@ impl Source for CoinbaseSource {
     async fn start(&mut self, request: StartRequest) -> Result<()> {
         let mut tracker = TradeTracker::default();
         if let Some(committed) = &request.committed {
-            for (product, _, next) in committed.iter() {
-                tracker.seed(product, next - 1);
-                self.next_ids.insert(product.to_owned(), next);
+            self.last_ids = self.parse_offset(committed)?;
+            for (product, last) in &self.last_ids {
+                tracker.seed(product, *last);
             }
         }
         self.available_now = request.available_now;
@@ -238,10 +295,10 @@ impl Source for CoinbaseSource {
                 Poll::Idle
             });
         }
-        Ok(Poll::Batch(self.batch()))
+        Ok(Poll::Batch(self.batch()?))
     }
 
-    async fn commit(&mut self, _end: &Offsets) -> Result<()> {
+    async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
         // Nothing to acknowledge to the exchange; the batch is now published.
         add(
             &self.counters.published,
@@ -269,5 +326,20 @@ impl Source for CoinbaseSource {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_offsets_of_this_version_and_older_ones() {
+        let current = SourceOffset::new(serde_json::json!({"lastTradeId": {"BTC-USD": 14}}));
+        let older = SourceOffset::new(serde_json::json!({"BTC-USD": {"0": 15}}));
+        let expected = BTreeMap::from([("BTC-USD".to_owned(), 14)]);
+        assert_eq!(last_trade_ids(&current).unwrap(), expected);
+        assert_eq!(last_trade_ids(&older).unwrap(), expected);
+        assert!(last_trade_ids(&SourceOffset::new(serde_json::json!([1]))).is_err());
     }
 }

@@ -1,8 +1,16 @@
 //! `[dead_letter] type = "file"`: one JSON-lines file per batch under a folder, written atomically
-//! and named by batch id (a replayed batch rewrites its own file). Each line holds the message's
-//! topic, partition, offset, reason, the message as received (`raw`, as text when it is UTF-8,
-//! else `raw_base64`) and, when the source converted it (a feed frame made a bus record), the
-//! converted record (`record`, likewise or `record_base64`).
+//! and named by batch id (a replayed batch rewrites its own file). Each line is one JSON object
+//! ([`dead_letter_json`]):
+//! - `position`: where the message came from, as its source describes it: a Kafka record
+//!   `{"topic":"t","partition":0,"offset":5}`, a capture line `{"file":"/data/feed.jsonl","line":12}`
+//!   (lines counted from 1), a Coinbase trade `{"product":"BTC-USD","trade_id":42}` or frame
+//!   `{"url":"wss://…","frame":7}`, a generated trade `{"trade":99}`;
+//! - `topic`, `partition`, `offset`: for a Kafka record, its position again, at the top level as
+//!   letters had it before positions were per source (absent for other sources);
+//! - `reason`: why it was rejected;
+//! - `raw`: the message as received, as text when it is UTF-8, else `raw_base64`;
+//! - `record`: when the source converted the message (a feed frame made a bus record), the
+//!   converted record, likewise or `record_base64`.
 //!
 //! [`truncated_dead_letter_json`] is the cut-down form an output that limits message sizes (the
 //! Kafka one) falls back to; the file output always writes letters whole.
@@ -37,14 +45,28 @@ impl FileDeadLetterSink {
     }
 }
 
-/// One dead letter as a JSON object.
+/// The fields of a Kafka record's position, which its letters also carry at the top level.
+const KAFKA_POSITION_FIELDS: [&str; 3] = ["topic", "partition", "offset"];
+
+/// The letter's `position` and, when it is a Kafka record's (it has `topic`, `partition` and
+/// `offset`), those three at the top level too.
+fn position_fields(letter: &DeadLetter) -> serde_json::Value {
+    let mut value = json!({ "position": letter.position });
+    if KAFKA_POSITION_FIELDS
+        .iter()
+        .all(|k| letter.position.get(k).is_some())
+    {
+        for k in KAFKA_POSITION_FIELDS {
+            value[k] = letter.position[k].clone();
+        }
+    }
+    value
+}
+
+/// One dead letter as a JSON object (the shape is in the module docs).
 pub fn dead_letter_json(letter: &DeadLetter) -> serde_json::Value {
-    let mut value = json!({
-        "topic": letter.topic,
-        "partition": letter.partition,
-        "offset": letter.offset,
-        "reason": letter.reason,
-    });
+    let mut value = position_fields(letter);
+    value["reason"] = json!(letter.reason);
     put_bytes(&mut value, "raw", &letter.raw);
     if let Some(record) = &letter.record {
         put_bytes(&mut value, "record", record);
@@ -68,7 +90,7 @@ pub const MAX_REASON_BYTES: usize = 1024;
 /// `min(max_bytes, MAX_REASON_BYTES)`, each cut at a character boundary when it is text (bytes
 /// that are not UTF-8 stay `_base64`, of the kept prefix). `truncated: true` marks it, and
 /// `raw_bytes` (`record_bytes`, `reason_bytes` when those were cut) give the original sizes;
-/// topic, partition and offset are always whole. `None` when nothing is longer than the limits
+/// the position is always whole. `None` when nothing is longer than the limits
 /// (the letter is already as small as this form would make it).
 pub fn truncated_dead_letter_json(
     letter: &DeadLetter,
@@ -81,14 +103,10 @@ pub fn truncated_dead_letter_json(
         return None;
     }
     let reason = text_prefix(&letter.reason, reason_max);
-    let mut value = json!({
-        "topic": letter.topic,
-        "partition": letter.partition,
-        "offset": letter.offset,
-        "reason": reason,
-        "truncated": true,
-        "raw_bytes": letter.raw.len(),
-    });
+    let mut value = position_fields(letter);
+    value["reason"] = json!(reason);
+    value["truncated"] = json!(true);
+    value["raw_bytes"] = json!(letter.raw.len());
     if reason.len() < letter.reason.len() {
         value["reason_bytes"] = json!(letter.reason.len());
     }
@@ -170,21 +188,20 @@ mod tests {
         let frame = br#"{"type":"match","side":"sell","price":"1e999"}"#;
         let converted = br#"{"side":"buy","price":"1e999"}"#;
         let record = engine::RawRecord {
-            topic: "feed".into(),
-            partition: 0,
-            offset: 3,
+            position: engine::RecordPosition::new(0, 3),
             payload: converted.to_vec(),
             rejected: None,
             frame: Some(engine::Bytes::from_static(frame)),
             received_at: std::time::SystemTime::now(),
         };
-        let value = dead_letter_json(&DeadLetter::from_record(&record, "price out of range"));
+        let mut letter = DeadLetter::from_record(&record, "price out of range");
+        // As the runtime sets it: the source's description.
+        letter.position = json!({"file": "/data/feed.jsonl", "line": 4});
+        let value = dead_letter_json(&letter);
         assert_eq!(
             value,
             json!({
-                "topic": "feed",
-                "partition": 0,
-                "offset": 3,
+                "position": {"file": "/data/feed.jsonl", "line": 4},
                 "reason": "price out of range",
                 "raw": std::str::from_utf8(frame).unwrap(),
                 "record": std::str::from_utf8(converted).unwrap(),
@@ -204,9 +221,8 @@ mod tests {
 
     fn letter(raw: &[u8], record: Option<&[u8]>, reason: &str) -> DeadLetter {
         DeadLetter {
-            topic: "trades".into(),
-            partition: 4,
-            offset: 1_234_567,
+            position: json!({"topic": "trades", "partition": 4, "offset": 1_234_567}),
+            record_position: engine::RecordPosition::new(0, 1_234_567),
             raw: raw.to_vec(),
             record: record.map(<[u8]>::to_vec),
             reason: reason.into(),
@@ -221,6 +237,7 @@ mod tests {
         assert_eq!(
             value,
             json!({
+                "position": {"topic": "trades", "partition": 4, "offset": 1_234_567},
                 "topic": "trades",
                 "partition": 4,
                 "offset": 1_234_567,
@@ -230,7 +247,9 @@ mod tests {
                 "raw": "x".repeat(256),
             })
         );
-        assert!(value.to_string().len() < 400, "{}", value.to_string().len());
+        // The 256-byte prefix, the position (whole, and once more at the top level for a Kafka
+        // record) and the markers.
+        assert!(value.to_string().len() < 500, "{}", value.to_string().len());
     }
 
     #[test]

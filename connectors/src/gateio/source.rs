@@ -2,13 +2,15 @@
 //! `pipelines/ingest-gateio.toml`): the same requests, pages, alignment, gap and duplicate rules
 //! as [`super::poller`] (which runs in a task behind this source), the same candle records.
 //!
-//! - **Position**: the last window per pair and interval, kept in the engine's checkpoint. Offsets
-//!   have one "topic" per `"PAIR interval"` (e.g. `"BTC_USDT 1m"`, partition 0) whose offset is
-//!   the start (unix seconds) of the next window to publish: one past the last handed out. A
-//!   batch's end offsets carry every pair and interval known so far (those of other intervals in
-//!   the checkpoint included), so a restart resumes each pair right after its last committed
-//!   window, however far back that is, and a backfill counts the windows at or before it as
-//!   duplicates: nothing is published twice and nothing is skipped.
+//! - **Position**: the last window per pair and interval, kept in the engine's checkpoint. A
+//!   batch's offset is `{"lastWindow":{"BTC_USDT 1m":1700000000}}`: per `"PAIR interval"`, the
+//!   start (unix seconds) of the last window handed out. A batch's end offset carries every pair
+//!   and interval known so far (those of other intervals in the checkpoint included), so a restart
+//!   resumes each pair right after its last committed window, however far back that is, and a
+//!   backfill counts the windows at or before it as duplicates: nothing is published twice and
+//!   nothing is skipped. (The first version wrote `{"BTC_USDT 1m":{"0":<next window start>}}`,
+//!   which is read too.) A candle's dead letter names it
+//!   `{"pair":"BTC_USDT","interval":"1m","window_start":1700000000}`.
 //! - **Replay**: closed windows do not change, so [`Source::fetch_range`] fetches a batch planned
 //!   but not committed before a crash again from the API (the same windows, in the same pages);
 //!   only `ingest_time` differs.
@@ -26,13 +28,15 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use engine::{
-    Error, Offsets, Poll, PollLimits, RawRecord, Result, Source, SourceBatch, StartRequest,
+    Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source, SourceBatch,
+    SourceOffset, StartRequest,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::candles::CandleRecord;
-use super::config::{GateioConfig, Settings};
+use super::config::{GateioConfig, Interval, Settings};
 use super::poller::{self, Counters};
 use crate::common::counters::{CounterSet, add};
 
@@ -55,6 +59,9 @@ pub struct GateioSource {
     pending: Vec<(i64, CandleRecord)>,
     /// The next window start to publish per `"PAIR interval"`, after everything handed out.
     next: BTreeMap<String, i64>,
+    /// The `"PAIR interval"` keys candles were handed out for, numbered in the order first seen
+    /// (the numbers records carry).
+    keys: Vec<String>,
     handed_out: u64,
     started: bool,
 }
@@ -62,6 +69,49 @@ pub struct GateioSource {
 /// The offsets key of `pair` at `interval`.
 fn key(pair: &str, interval: &str) -> String {
     format!("{pair} {interval}")
+}
+
+/// A batch's start or end: per `"PAIR interval"`, the start of the last window handed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CandleOffset {
+    last_window: BTreeMap<String, i64>,
+}
+
+/// The length in seconds of the interval a `"PAIR interval"` key names.
+fn interval_secs(key: &str) -> std::result::Result<i64, String> {
+    let (_, interval) = key
+        .split_once(' ')
+        .ok_or_else(|| format!("{key:?} is not \"PAIR interval\""))?;
+    Ok(Interval::parse(interval)?.secs())
+}
+
+/// The offset of `next` (the next window start per key).
+fn to_offset(next: &BTreeMap<String, i64>) -> Result<SourceOffset> {
+    let mut last_window = BTreeMap::new();
+    for (key, next) in next {
+        let secs = interval_secs(key).map_err(Error::Internal)?;
+        last_window.insert(key.clone(), next - secs);
+    }
+    SourceOffset::of(&CandleOffset { last_window })
+}
+
+/// The next window start per key in an offset of this version or the first one. (Not a serde
+/// untagged enum: that cannot read the older form's integer map keys.)
+fn next_windows(offset: &SourceOffset) -> std::result::Result<BTreeMap<String, i64>, String> {
+    if let Ok(current) = offset.parse::<CandleOffset>() {
+        let mut next = BTreeMap::new();
+        for (key, last) in current.last_window {
+            let secs = interval_secs(&key)?;
+            next.insert(key, last + secs);
+        }
+        return Ok(next);
+    }
+    let legacy: BTreeMap<String, BTreeMap<i32, i64>> = offset.parse().map_err(|e| e.to_string())?;
+    Ok(legacy
+        .into_iter()
+        .filter_map(|(key, p)| Some((key, *p.get(&0)?)))
+        .collect())
 }
 
 /// A record's window start in unix seconds (the poller writes it as RFC 3339).
@@ -86,6 +136,7 @@ impl GateioSource {
             counters: Arc::new(Counters::default()),
             pending: Vec::new(),
             next: BTreeMap::new(),
+            keys: Vec::new(),
             handed_out: 0,
             started: false,
         })
@@ -126,40 +177,55 @@ impl GateioSource {
         });
     }
 
-    fn batch(&mut self) -> SourceBatch {
-        let mut start = Offsets::new();
+    /// The number of `key` (numbered if new).
+    fn key_number(&mut self, key: &str) -> u32 {
+        match self.keys.iter().position(|k| k == key) {
+            Some(i) => i as u32,
+            None => {
+                self.keys.push(key.to_owned());
+                (self.keys.len() - 1) as u32
+            }
+        }
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::source_failed(self.description(), message, Retry::Permanent)
+    }
+
+    /// The next window start per key in a checkpointed offset.
+    fn parse_offset(&self, offset: &SourceOffset) -> Result<BTreeMap<String, i64>> {
+        next_windows(offset).map_err(|e| {
+            self.error(format!(
+                "the checkpointed offset {offset} is not a last window per pair and interval: {e}"
+            ))
+        })
+    }
+
+    fn batch(&mut self) -> Result<SourceBatch> {
+        // Where each key starts: the previous end, so a replay covers the windows without a
+        // candle too; a key first seen in this batch, at its first window.
+        let mut start = self.next.clone();
         let mut records = Vec::with_capacity(self.pending.len());
         let secs = self.settings.interval.secs();
-        for (window, record) in self.pending.drain(..) {
-            let topic = key(&record.currency_pair, &record.interval);
-            if start.get(&topic, 0).is_none() {
-                // From the previous end, so a replay covers the windows without a candle too.
-                start.set(&topic, 0, self.next.get(&topic).copied().unwrap_or(window));
-            }
-            self.next.insert(topic.clone(), window + secs);
+        for (window, record) in std::mem::take(&mut self.pending) {
+            let key = key(&record.currency_pair, &record.interval);
+            start.entry(key.clone()).or_insert(window);
+            let number = self.key_number(&key);
+            self.next.insert(key, window + secs);
             records.push(RawRecord {
                 payload: record.to_json(),
-                topic,
-                partition: 0,
-                offset: window,
+                position: RecordPosition::new(number, window),
                 frame: None,
                 rejected: None,
                 received_at: SystemTime::now(),
             });
         }
-        let mut end = Offsets::new();
-        for (topic, next) in &self.next {
-            end.set(topic, 0, *next);
-            if start.get(topic, 0).is_none() {
-                start.set(topic, 0, *next);
-            }
-        }
         self.handed_out = records.len() as u64;
-        SourceBatch {
+        Ok(SourceBatch {
             records,
-            start,
-            end,
-        }
+            start: to_offset(&start)?,
+            end: to_offset(&self.next)?,
+        })
     }
 
     /// The poller ended with nothing left to hand out: a bounded run is over, or it failed.
@@ -200,11 +266,18 @@ impl Source for GateioSource {
         format!("gateio {}", self.settings.base_url)
     }
 
+    fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
+        let key = self
+            .keys
+            .get(position.partition as usize)
+            .map_or("", String::as_str);
+        let (pair, interval) = key.split_once(' ').unwrap_or((key, ""));
+        serde_json::json!({ "pair": pair, "interval": interval, "window_start": position.offset })
+    }
+
     async fn start(&mut self, request: StartRequest) -> Result<()> {
         if let Some(committed) = &request.committed {
-            for (topic, _, next) in committed.iter() {
-                self.next.insert(topic.to_owned(), next);
-            }
+            self.next = self.parse_offset(committed)?;
         }
         if request.available_now {
             self.settings.once = true;
@@ -213,14 +286,19 @@ impl Source for GateioSource {
         Ok(())
     }
 
-    async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
+    async fn fetch_range(
+        &mut self,
+        start: &SourceOffset,
+        end: &SourceOffset,
+    ) -> Result<SourceBatch> {
+        let (start_next, end_next_windows) = (self.parse_offset(start)?, self.parse_offset(end)?);
         let secs = self.settings.interval.secs();
         let mut records = Vec::new();
-        for (topic, _, end_next) in end.iter() {
+        for (topic, &end_next) in &end_next_windows {
             let Some((pair, interval)) = topic.split_once(' ') else {
                 continue;
             };
-            let from = start.get(topic, 0).unwrap_or(end_next);
+            let from = start_next.get(topic).copied().unwrap_or(end_next);
             if interval != self.interval() || from >= end_next {
                 continue;
             }
@@ -238,13 +316,12 @@ impl Source for GateioSource {
                 shutdown,
                 self.counters.clone(),
             ));
+            let number = self.key_number(topic);
             while let Some(record) = rx.recv().await {
                 let window = window_start(&record)?;
                 records.push(RawRecord {
                     payload: record.to_json(),
-                    topic: topic.to_owned(),
-                    partition: 0,
-                    offset: window,
+                    position: RecordPosition::new(number, window),
                     frame: None,
                     rejected: None,
                     received_at: SystemTime::now(),
@@ -253,9 +330,7 @@ impl Source for GateioSource {
             task.await
                 .map_err(|e| Error::Internal(format!("the Gate.io poller task failed: {e}")))??;
         }
-        for (topic, _, next) in end.iter() {
-            self.next.insert(topic.to_owned(), next);
-        }
+        self.next.extend(end_next_windows);
         self.handed_out = records.len() as u64;
         Ok(SourceBatch {
             records,
@@ -291,7 +366,7 @@ impl Source for GateioSource {
             }
         }
         if !self.pending.is_empty() {
-            return Ok(Poll::Batch(self.batch()));
+            return Ok(Poll::Batch(self.batch()?));
         }
         if closed {
             return self.ended().await;
@@ -299,7 +374,7 @@ impl Source for GateioSource {
         Ok(Poll::Idle)
     }
 
-    async fn commit(&mut self, _end: &Offsets) -> Result<()> {
+    async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
         // Nothing to acknowledge to the API; the batch is now published.
         add(
             &self.counters.published,
@@ -320,5 +395,31 @@ impl Source for GateioSource {
         }
         self.counters.log("Gate.io source stopped.");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_is_the_last_window_per_pair_and_interval_and_older_ones_are_read() {
+        let next = BTreeMap::from([
+            ("BTC_USDT 1m".to_owned(), 1_700_000_060),
+            ("ETH_USDT 1h".to_owned(), 1_700_003_600),
+        ]);
+        let offset = to_offset(&next).unwrap();
+        assert_eq!(
+            offset.to_string(),
+            r#"{"lastWindow":{"BTC_USDT 1m":1700000000,"ETH_USDT 1h":1700000000}}"#
+        );
+        assert_eq!(next_windows(&offset).unwrap(), next);
+        let first_version = SourceOffset::new(serde_json::json!({
+            "BTC_USDT 1m": {"0": 1_700_000_060},
+            "ETH_USDT 1h": {"0": 1_700_003_600},
+        }));
+        assert_eq!(next_windows(&first_version).unwrap(), next);
+        let bad = SourceOffset::new(serde_json::json!({"lastWindow": {"BTC_USDT 2m": 0}}));
+        assert!(next_windows(&bad).unwrap_err().contains("2m"));
     }
 }

@@ -4,23 +4,46 @@
 //! source resumes by position: a restart from a checkpoint skips the trades committed before, and
 //! `count` is the total over every run of the query (three runs of a `count = 100` source store
 //! 100 trades, not 300). Trade times follow the clock of the run that generates them.
+//!
+//! A batch's offset is the number of trades generated, `{"trades":300}` (older versions wrote
+//! `{"generate":{"0":300}}`, which is read too); a trade's dead letter names it `{"trade":299}`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use engine::{
-    Error, Offsets, Poll, PollLimits, RawRecord, Result, Source, SourceBatch, StartRequest,
+    Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Source, SourceBatch, SourceOffset,
+    StartRequest,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Generator;
 use crate::common::config::{self, Problem};
 use crate::common::reference_files::{read_coin_map, read_portfolio};
 use crate::common::trade::rfc3339_micros;
 
-/// The topic name generated records carry.
-const TOPIC: &str = "generate";
+/// The key older versions' offsets held the position under (as a Kafka topic, partition 0).
+const LEGACY_TOPIC: &str = "generate";
+
+/// A batch's start or end: the trades generated before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateOffset {
+    trades: u64,
+}
+
+/// The trades generated before `offset`, of this version or an older one. (Not a serde untagged
+/// enum: that cannot read the older form's integer map keys.)
+fn trades_before(offset: &SourceOffset) -> Option<u64> {
+    if let Ok(current) = offset.parse::<GenerateOffset>() {
+        return Some(current.trades);
+    }
+    let legacy: BTreeMap<String, BTreeMap<i32, i64>> = offset.parse().ok()?;
+    u64::try_from(*legacy.get(LEGACY_TOPIC)?.get(&0)?).ok()
+}
 
 /// `[source] type = "generate"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,9 +171,7 @@ impl GenerateSource {
             let trade = self.generator.next_trade();
             let payload = self.generator.record(&trade, &ingest_time).to_json();
             records.push(RawRecord {
-                topic: TOPIC.into(),
-                partition: 0,
-                offset: first + i,
+                position: RecordPosition::new(0, first + i),
                 payload,
                 rejected: None,
                 frame: None,
@@ -158,27 +179,25 @@ impl GenerateSource {
             });
         }
         self.produced += n;
-        let (mut start, mut end) = (Offsets::new(), Offsets::new());
-        start.set(TOPIC, 0, first);
-        end.set(TOPIC, 0, self.produced as i64);
+        let offset = |trades| SourceOffset::new(serde_json::json!(GenerateOffset { trades }));
         SourceBatch {
             records,
-            start,
-            end,
+            start: offset(first as u64),
+            end: offset(self.produced),
         }
     }
 
-    /// The position `offsets` hold for this source.
-    fn position_in(&self, offsets: &Offsets) -> Result<u64> {
-        match offsets.get(TOPIC, 0) {
-            Some(p) if p >= 0 => Ok(p as u64),
-            _ => Err(Error::Source {
-                name: self.description(),
-                message: format!("the checkpoint's offsets {offsets} hold no position of {TOPIC}"),
-                retry: engine::Retry::Permanent,
-                source: None,
-            }),
-        }
+    /// The position `offset` holds for this source.
+    fn position_in(&self, offset: &SourceOffset) -> Result<u64> {
+        trades_before(offset).ok_or_else(|| {
+            Error::source_failed(
+                self.description(),
+                format!(
+                    "the checkpoint's offset {offset} is not a generate offset ({{\"trades\":300}})"
+                ),
+                engine::Retry::Permanent,
+            )
+        })
     }
 }
 
@@ -204,7 +223,15 @@ impl Source for GenerateSource {
         Ok(())
     }
 
-    async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
+    fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
+        serde_json::json!({ "trade": position.offset })
+    }
+
+    async fn fetch_range(
+        &mut self,
+        start: &SourceOffset,
+        end: &SourceOffset,
+    ) -> Result<SourceBatch> {
         let (from, to) = (self.position_in(start)?, self.position_in(end)?);
         self.seek(from)?;
         let batch = self.generate(to.saturating_sub(from));
@@ -234,12 +261,31 @@ impl Source for GenerateSource {
         Ok(Poll::Batch(self.generate(n)))
     }
 
-    async fn commit(&mut self, _end: &Offsets) -> Result<()> {
+    async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
         // The engine's checkpoint holds the position; there is nothing else to make durable.
         Ok(())
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
         vec![("generated", self.produced)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_offsets_of_this_version_and_older_ones() {
+        let current = SourceOffset::new(serde_json::json!({"trades": 300}));
+        let older = SourceOffset::new(serde_json::json!({"generate": {"0": 300}}));
+        assert_eq!(trades_before(&current), Some(300));
+        assert_eq!(trades_before(&older), Some(300));
+        let kafka = SourceOffset::new(serde_json::json!({"trades_topic": {"0": 300}}));
+        assert_eq!(trades_before(&kafka), None);
+        assert_eq!(
+            trades_before(&SourceOffset::new(serde_json::json!({"trades": -1}))),
+            None
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::str::FromStr;
 
 use std::time::Duration;
 
-use engine::{Error, Offsets};
+use engine::Error;
+
+use super::offsets::KafkaOffsets;
 use serde::Deserialize;
 
 use crate::common::config::{self, Problem};
@@ -20,7 +22,7 @@ pub enum StartingOffsets {
     Latest,
     /// Per partition, as Spark's `startingOffsets` JSON (`{"topic":{"0":23,"1":-2}}`, where -2
     /// means earliest and -1 latest); partitions not named start at the latest.
-    Specific(Offsets),
+    Specific(KafkaOffsets),
 }
 
 impl<'de> Deserialize<'de> for StartingOffsets {
@@ -35,7 +37,7 @@ pub fn parse_starting_offsets(text: &str) -> Result<StartingOffsets, String> {
     match text.trim() {
         "earliest" => Ok(StartingOffsets::Earliest),
         "latest" => Ok(StartingOffsets::Latest),
-        json => serde_json::from_str::<Offsets>(json).map(StartingOffsets::Specific).map_err(|e| {
+        json => serde_json::from_str::<KafkaOffsets>(json).map(StartingOffsets::Specific).map_err(|e| {
             format!("starting_offsets must be earliest, latest or JSON such as {{\"topic\":{{\"0\":23}}}}: {e}")
         }),
     }

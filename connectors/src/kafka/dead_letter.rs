@@ -1,8 +1,9 @@
-//! `[dead_letter] type = "kafka"`: each dead letter as one JSON message (source topic, partition,
-//! offset, reason, the message as received and, when the source converted it, the converted record:
-//! the same JSON as the file output) on a topic, keyed by its source `topic/partition`, compressed
-//! with `compression` (default none). A replayed batch sends its dead letters again: this output is
-//! at-least-once.
+//! `[dead_letter] type = "kafka"`: each dead letter as one JSON message (its position as the source
+//! describes it, the reason, the message as received and, when the source converted it, the
+//! converted record: the same JSON as the file output, see [`crate::dead_letter`]) on a topic,
+//! keyed by its source `topic/partition` for a Kafka record and by its position's JSON otherwise,
+//! compressed with `compression` (default none). A replayed batch sends its dead letters again:
+//! this output is at-least-once.
 //!
 //! What the producer reports for a letter decides what happens next ([`Failure`]):
 //! - **Too large**: the topic's `max.message.bytes` (checked by the broker on the compressed batch)
@@ -10,10 +11,10 @@
 //!   again alone and whole, because the broker refuses a whole batch and so fails the small
 //!   letters batched with a big one. If it is refused again, it is sent cut down
 //!   ([`truncated_dead_letter_json`]): `raw` and `record` keep their first 64 KiB, then 4 KiB, then
-//!   256 bytes, `truncated: true` and `raw_bytes` (the original size) mark it, and topic, partition
-//!   and offset stay whole. The first form accepted is kept, and the cut is logged at WARN with the
+//!   256 bytes, `truncated: true` and `raw_bytes` (the original size) mark it, and the position
+//!   stays whole. The first form accepted is kept, and the cut is logged at WARN with the
 //!   sizes. If even the 256-byte form is refused, the query stops with a permanent error naming the
-//!   dead-letter topic, the source topic, partition and offset and the broker's message: a letter
+//!   dead-letter topic, the letter's position and the broker's message: a letter
 //!   is never dropped silently, and never retried forever.
 //! - **Permanent**: a failure that no retry fixes until a person acts: authorization or
 //!   authentication, an invalid topic, a record, timestamp or codec the broker rejects, a policy
@@ -141,8 +142,7 @@ impl KafkaDeadLetterSink {
             let body = cut.to_string();
             match self.send(key, &body).await {
                 Ok(()) => {
-                    tracing::warn!(dead_letter_topic = %self.config.topic, topic = %letter.topic,
-                        partition = letter.partition, offset = letter.offset,
+                    tracing::warn!(dead_letter_topic = %self.config.topic, position = %letter.position,
                         raw_bytes = letter.raw.len(), letter_bytes = whole.len(),
                         sent_bytes = body.len(), max_field_bytes = limit, error = %refused,
                         "A dead letter was too large for the dead-letter topic; it was written truncated.");
@@ -154,11 +154,9 @@ impl KafkaDeadLetterSink {
         Err(Error::Sink {
             name: self.description(),
             message: format!(
-                "dead-letter topic {} refused the dead letter of {} partition {} offset {} even cut to {} bytes per field: {refused}",
+                "dead-letter topic {} refused the dead letter of {} even cut to {} bytes per field: {refused}",
                 self.config.topic,
-                letter.topic,
-                letter.partition,
-                letter.offset,
+                letter.position,
                 TRUNCATION_STEPS[TRUNCATION_STEPS.len() - 1],
             ),
             retry: Retry::Permanent,
@@ -198,12 +196,24 @@ impl KafkaDeadLetterSink {
         Error::Sink {
             name: self.description(),
             message: format!(
-                "dead letter of {} partition {} offset {} not delivered to topic {}: {error}{hint}",
-                letter.topic, letter.partition, letter.offset, self.config.topic
+                "dead letter of {} not delivered to topic {}: {error}{hint}",
+                letter.position, self.config.topic
             ),
             retry,
             source: None,
         }
+    }
+}
+
+/// A letter's message key: `topic/partition` for a Kafka record (its letters stay in order per
+/// source partition), else its position's JSON.
+fn key(letter: &DeadLetter) -> String {
+    match (
+        letter.position.get("topic").and_then(|t| t.as_str()),
+        letter.position.get("partition"),
+    ) {
+        (Some(topic), Some(partition)) => format!("{topic}/{partition}"),
+        _ => letter.position.to_string(),
     }
 }
 
@@ -216,12 +226,7 @@ impl DeadLetterSink for KafkaDeadLetterSink {
     async fn write(&mut self, _batch_id: u64, letters: &[DeadLetter]) -> Result<()> {
         let payloads: Vec<(String, String)> = letters
             .iter()
-            .map(|l| {
-                (
-                    format!("{}/{}", l.topic, l.partition),
-                    dead_letter_json(l).to_string(),
-                )
-            })
+            .map(|l| (key(l), dead_letter_json(l).to_string()))
             .collect();
         let sent = join_all(payloads.iter().map(|(key, body)| self.send(key, body))).await;
         let mut transient = None;
@@ -283,13 +288,31 @@ mod tests {
     }
 
     #[test]
+    fn letters_are_keyed_by_kafka_partition_or_by_position() {
+        let letter = |position| DeadLetter {
+            position,
+            record_position: engine::RecordPosition::new(0, 5),
+            raw: Vec::new(),
+            record: None,
+            reason: "r".into(),
+        };
+        let kafka = serde_json::json!({"topic": "trades", "partition": 3, "offset": 5});
+        assert_eq!(key(&letter(kafka)), "trades/3");
+        let capture = serde_json::json!({"file": "/f.jsonl", "line": 6});
+        assert_eq!(key(&letter(capture)), r#"{"file":"/f.jsonl","line":6}"#);
+    }
+
+    #[test]
     fn the_smallest_form_fits_a_small_topic() {
         // A letter cut at the last step, with a long reason and a source topic of Kafka's longest
         // name, stays well under 4 KiB (a small but plausible max.message.bytes).
         let letter = DeadLetter {
-            topic: "t".repeat(249),
-            partition: i32::MAX,
-            offset: i64::MAX,
+            position: serde_json::json!({
+                "topic": "t".repeat(249),
+                "partition": i32::MAX,
+                "offset": i64::MAX,
+            }),
+            record_position: engine::RecordPosition::new(u32::MAX, i64::MAX),
             raw: vec![b'"'; 1_000_000],
             record: Some(vec![0xff; 1_000_000]),
             reason: "r".repeat(100_000),

@@ -11,8 +11,11 @@
 //!   planned but never committed starts exactly at its first offset again.
 
 pub mod config;
+mod consumer;
 mod context;
 pub mod dead_letter;
+mod fetch;
+pub mod offsets;
 pub mod producer;
 pub mod sink;
 pub mod source;

@@ -198,9 +198,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, p)| RawRecord {
-                topic: "t".into(),
-                partition: 0,
-                offset: i as i64,
+                position: engine::RecordPosition::new(0, i as i64),
                 payload: p.clone(),
                 frame: None,
                 rejected: None,

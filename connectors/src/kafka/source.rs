@@ -19,61 +19,34 @@
 //!   deleted records before they were read. With `fail_on_data_loss` the query stops naming the
 //!   partition and the lost range; without it the loss is logged at ERROR and counted
 //!   (`lost_offsets` in the progress record).
+//!
+//! Positions: a batch's offsets are Spark's `{"topic":{"0":42}}` (next offset per partition,
+//! [`KafkaOffsets`]); a record carries its partition's number in the source's [`PartitionTable`]
+//! and its offset, and a dead letter describes it as `{"topic":"t","partition":0,"offset":5}`.
+//!
+//! Layout: this file holds the [`Source`] impl and the batch bookkeeping (rebalances, batch
+//! bounds, data-loss checks, commits); `consumer.rs` the blocking consumer loop and broker
+//! look-ups; `fetch.rs` the exact re-read of a batch that was planned but not committed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use engine::{
-    Error, Offsets, Poll, PollLimits, RawRecord, Result, Retry, Source, SourceBatch, StartRequest,
+    Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source, SourceBatch,
+    SourceOffset, StartRequest,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::{KafkaSourceConfig, StartingOffsets};
+use super::consumer::{
+    CONSUMER_DEFAULTS, REQUEST_TIMEOUT, committed_positions, gather, retry_of, watermarks,
+};
 use super::context::{RebalanceEvent, SourceContext, StartPolicy};
-
-/// How long metadata and offset requests may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a replay of an uncommitted batch may wait for its partitions and messages.
-const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// librdkafka's prefetch, unless the config's `properties` say otherwise. By default librdkafka
-/// keeps up to 100,000 messages per partition queued and, whenever a partition's queue is full,
-/// waits `fetch.queue.backoff.ms` (1 s) before fetching it again: a consumer that drains faster
-/// than that sat idle between bursts. Measured on a 1M-trade backlog, 6 partitions, null sink:
-/// librdkafka's defaults 6.3 s and 198 MB peak RSS; these 2.3 s and 164 MB, with the same CPU
-/// (and the same 21 s to Cassandra, where 1,000,000 queued messages used 344 MB).
-///
-/// Also: `read_committed` (aborted transactions never reach a query, as Kafka's own stream
-/// processors read), and partitions added to a topic are noticed within 5 s rather than
-/// librdkafka's 5 minutes (Spark looks for new partitions at every trigger).
-const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
-    ("queued.min.messages", "20000"),
-    ("fetch.queue.backoff.ms", "20"),
-    ("isolation.level", "read_committed"),
-    ("topic.metadata.refresh.interval.ms", "5000"),
-];
-
-/// Once records have arrived, how long a poll waits for more before handing them over: enough to
-/// take a whole fetch response, short enough not to hold a live trade back.
-const LINGER: Duration = Duration::from_millis(2);
-
-type Partition = (String, i32);
-
-/// What one blocking gather returned.
-struct Gathered {
-    records: Vec<RawRecord>,
-    events: Vec<RebalanceEvent>,
-    errors: u64,
-    /// The consumer's position of each assigned partition after the gather: the offset after
-    /// the last record or marker it consumed.
-    positions: BTreeMap<Partition, i64>,
-}
+use super::offsets::{KafkaOffsets, Partition, PartitionTable};
 
 #[derive(Debug, Default, Clone)]
 struct Counters {
@@ -87,18 +60,20 @@ struct Counters {
 
 /// The Kafka source.
 pub struct KafkaSource {
-    config: KafkaSourceConfig,
+    pub(super) config: KafkaSourceConfig,
     consumer: Option<Arc<BaseConsumer<SourceContext>>>,
+    /// The number of each topic-partition seen (what records carry).
+    pub(super) partitions: PartitionTable,
     /// Messages fetched but not yet handed out (e.g. past a replayed batch's end).
-    buffer: VecDeque<RawRecord>,
+    pub(super) buffer: VecDeque<RawRecord>,
     /// Per partition, the end of the last batch handed out: the next batch's start.
-    last_end: BTreeMap<Partition, i64>,
-    assigned: BTreeSet<Partition>,
+    pub(super) last_end: BTreeMap<Partition, i64>,
+    pub(super) assigned: BTreeSet<Partition>,
     /// With `available_now`: every partition's (low, end) at start, the end being the last
     /// stable offset under `read_committed`.
     targets: Option<BTreeMap<Partition, (i64, i64)>>,
     /// The consumer's position of each assigned partition after the last gather.
-    positions: BTreeMap<Partition, i64>,
+    pub(super) positions: BTreeMap<Partition, i64>,
     /// Per assigned partition, the offset the next record should have if none was lost: the
     /// first position, then one past each record read. Records past it are checked for loss.
     expected: BTreeMap<Partition, i64>,
@@ -114,6 +89,7 @@ impl KafkaSource {
         Ok(Self {
             config,
             consumer: None,
+            partitions: PartitionTable::default(),
             buffer: VecDeque::new(),
             last_end: BTreeMap::new(),
             assigned: BTreeSet::new(),
@@ -125,7 +101,7 @@ impl KafkaSource {
         })
     }
 
-    fn error(&self, message: impl Into<String>, retry: Retry) -> Error {
+    pub(super) fn error(&self, message: impl Into<String>, retry: Retry) -> Error {
         Error::Source {
             name: self.description(),
             message: message.into(),
@@ -140,14 +116,23 @@ impl KafkaSource {
             .ok_or_else(|| Error::Internal("kafka source polled before start".into()))
     }
 
-    /// Polls the consumer on a blocking thread until `max_records`, `max_wait`, or [`LINGER`]
-    /// without a message after the first.
-    async fn gather(&mut self, max_records: usize, max_wait: Duration) -> Result<()> {
+    /// Reads an offset the engine hands back (this source's own, of any version).
+    pub(super) fn parse_offset(&self, offset: &SourceOffset) -> Result<KafkaOffsets> {
+        KafkaOffsets::from_source_offset(offset).map_err(|e| self.error(e, Retry::Permanent))
+    }
+
+    /// Polls the consumer on a blocking thread (see [`gather`]) and applies what it returned.
+    pub(super) async fn gather(&mut self, max_records: usize, max_wait: Duration) -> Result<()> {
         let consumer = self.consumer()?;
-        let gathered =
-            tokio::task::spawn_blocking(move || gather(&consumer, max_records, max_wait))
-                .await
-                .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
+        // The table goes to the blocking thread and comes back with any new partitions.
+        let mut table = std::mem::take(&mut self.partitions);
+        let (table, gathered) = tokio::task::spawn_blocking(move || {
+            let gathered = gather(&consumer, &mut table, max_records, max_wait);
+            (table, gathered)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
+        self.partitions = table;
         let gathered = match gathered {
             Ok(g) => g,
             Err(e) => return Err(self.consumer_error(e).await),
@@ -171,9 +156,13 @@ impl KafkaSource {
                 }
                 RebalanceEvent::Revoked(parts) => {
                     let revoked: BTreeSet<Partition> = parts.into_iter().collect();
+                    let numbers: Vec<u32> = revoked
+                        .iter()
+                        .filter_map(|p| self.partitions.index_of(p))
+                        .collect();
                     let before = self.buffer.len();
                     self.buffer
-                        .retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+                        .retain(|r| !numbers.contains(&r.position.partition));
                     self.counters.dropped_on_revoke += (before - self.buffer.len()) as u64;
                     for p in &revoked {
                         self.assigned.remove(p);
@@ -207,40 +196,17 @@ impl KafkaSource {
     fn take_batch(&mut self, max: usize) -> SourceBatch {
         let n = self.buffer.len().min(max);
         let records: Vec<RawRecord> = self.buffer.drain(..n).collect();
-        let (mut start, mut end) = (Offsets::new(), Offsets::new());
-        for r in &records {
-            let key = (r.topic.clone(), r.partition);
-            if start.get(&r.topic, r.partition).is_none() {
-                let from = self.last_end.get(&key).copied().unwrap_or(r.offset);
-                start.set(&r.topic, r.partition, from);
-            }
-            end.set(&r.topic, r.partition, r.offset + 1);
-        }
-        // Where the batch holds a partition's last fetched record, its end is the consumer's
-        // position: past the commit markers (and compacted offsets) after that record, so
-        // committing it leaves no lag that no record will ever fill.
-        // Borrowed keys and one pass over what stays buffered: no copy per record.
-        let still_buffered: BTreeSet<(&str, i32)> = self
-            .buffer
-            .iter()
-            .map(|r| (r.topic.as_str(), r.partition))
-            .collect();
-        let ends: Vec<(String, i32, i64, bool)> = end
-            .iter()
-            .map(|(t, p, e)| (t.to_owned(), p, e, still_buffered.contains(&(t, p))))
-            .collect();
-        for (topic, partition, mut next, buffered) in ends {
-            let key = (topic, partition);
-            if !buffered && let Some(&position) = self.positions.get(&key) {
-                next = next.max(position);
-                end.set(&key.0, partition, next);
-            }
-            self.last_end.insert(key, next);
-        }
+        let (start, end) = batch_bounds(
+            &records,
+            &self.buffer,
+            &self.partitions,
+            &self.positions,
+            &mut self.last_end,
+        );
         SourceBatch {
             records,
-            start,
-            end,
+            start: start.to_source_offset(),
+            end: end.to_source_offset(),
         }
     }
 
@@ -285,7 +251,7 @@ impl KafkaSource {
     }
 
     /// The group's committed offset of each of `partitions` that has one (a broker request).
-    async fn group_committed(
+    pub(super) async fn group_committed(
         &self,
         partitions: Vec<Partition>,
     ) -> Result<BTreeMap<Partition, i64>> {
@@ -315,16 +281,19 @@ impl KafkaSource {
             })
             .map(|(p, pos)| (p.clone(), *pos))
             .collect();
+        let numbers: Vec<u32> = advanced
+            .iter()
+            .filter_map(|(p, _)| self.partitions.index_of(p))
+            .collect();
         if advanced.is_empty()
-            || self.buffer.iter().any(|r| {
-                advanced
-                    .iter()
-                    .any(|((t, p), _)| *t == r.topic && *p == r.partition)
-            })
+            || self
+                .buffer
+                .iter()
+                .any(|r| numbers.contains(&r.position.partition))
         {
             return Ok(());
         }
-        let mut end = Offsets::new();
+        let mut end = KafkaOffsets::new();
         for ((topic, partition), position) in &advanced {
             end.set(topic, *partition, *position);
         }
@@ -340,34 +309,7 @@ impl KafkaSource {
     /// partition's earliest kept offset is above that expected offset; otherwise it is a commit
     /// marker, an aborted transaction or compaction.
     async fn check_for_loss(&mut self, records: &[RawRecord]) -> Result<()> {
-        let mut jumps: Vec<(Partition, i64, i64)> = Vec::new();
-        // Per partition of this gather, the next expected offset: the map is read and written
-        // once per partition, not once per record (this runs for every record consumed).
-        let mut next: Vec<(&str, i32, Option<i64>)> = Vec::new();
-        for r in records {
-            let slot = match next
-                .iter()
-                .position(|(t, p, _)| *t == r.topic && *p == r.partition)
-            {
-                Some(i) => i,
-                None => {
-                    let known = self.expected.get(&(r.topic.clone(), r.partition)).copied();
-                    next.push((&r.topic, r.partition, known));
-                    next.len() - 1
-                }
-            };
-            if let Some(e) = next[slot].2
-                && r.offset > e
-            {
-                jumps.push(((r.topic.clone(), r.partition), e, r.offset));
-            }
-            next[slot].2 = Some(r.offset + 1);
-        }
-        for (topic, partition, expected) in next {
-            if let Some(e) = expected {
-                self.expected.insert((topic.to_owned(), partition), e);
-            }
-        }
+        let mut jumps = offset_jumps(records, &self.partitions, &mut self.expected);
         for (partition, &position) in &self.positions {
             if let Some(&e) = self.expected.get(partition)
                 && position > e
@@ -459,7 +401,7 @@ impl KafkaSource {
     }
 
     /// Commits `end` to the group for the partitions this instance holds.
-    async fn commit_offsets(&mut self, end: &Offsets) -> Result<()> {
+    async fn commit_offsets(&mut self, end: &KafkaOffsets) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in end.iter() {
             if self.assigned.contains(&(topic.to_owned(), partition)) {
@@ -505,96 +447,85 @@ impl KafkaSource {
     }
 }
 
-/// Whether retrying can fix a consumer error. Permanent: librdkafka's fatal errors, a codec
-/// this build cannot decode, a corrupt or undecodable batch, and refused authorization (the
-/// same request gets the same answer until someone changes the broker's ACLs or the build).
-fn retry_of(e: &KafkaError) -> Retry {
-    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
-        return Retry::Permanent;
+/// The start and end of a batch of `records` just taken from the buffer (`still_buffered` is what
+/// stays), per partition, and records each end in `last_end` (the next batch's start).
+///
+/// A partition starts where the previous batch of it ended (else at its first record) and ends
+/// one past its last record; where the batch holds the partition's last fetched record, it ends
+/// at the consumer's position instead: past the commit markers (and compacted offsets) after that
+/// record, so committing it leaves no lag that no record will ever fill.
+fn batch_bounds(
+    records: &[RawRecord],
+    still_buffered: &VecDeque<RawRecord>,
+    partitions: &PartitionTable,
+    positions: &BTreeMap<Partition, i64>,
+    last_end: &mut BTreeMap<Partition, i64>,
+) -> (KafkaOffsets, KafkaOffsets) {
+    // Per partition number: (first offset, one past the last). Numbers, not names: no copy of a
+    // topic name per record.
+    let mut spans: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+    for r in records {
+        let RecordPosition { partition, offset } = r.position;
+        spans
+            .entry(partition)
+            .and_modify(|span| span.1 = offset + 1)
+            .or_insert((offset, offset + 1));
     }
-    match e.rdkafka_error_code() {
-        Some(
-            RDKafkaErrorCode::Fatal
-            | RDKafkaErrorCode::NotImplemented
-            | RDKafkaErrorCode::UnsupportedCompressionType
-            | RDKafkaErrorCode::BadCompression
-            | RDKafkaErrorCode::BadMessage
-            | RDKafkaErrorCode::InvalidMessage
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::GroupAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::Authentication,
-        ) => Retry::Permanent,
-        _ => Retry::Transient,
+    let buffered: BTreeSet<u32> = still_buffered
+        .iter()
+        .map(|r| r.position.partition)
+        .collect();
+    let (mut start, mut end) = (KafkaOffsets::new(), KafkaOffsets::new());
+    for (number, (first, mut next)) in spans {
+        let key = partitions.partition(number);
+        if !buffered.contains(&number)
+            && let Some(&position) = positions.get(key)
+        {
+            next = next.max(position);
+        }
+        start.set(&key.0, key.1, last_end.get(key).copied().unwrap_or(first));
+        end.set(&key.0, key.1, next);
+        last_end.insert(key.clone(), next);
     }
+    (start, end)
 }
 
-fn gather(
-    consumer: &BaseConsumer<SourceContext>,
-    max_records: usize,
-    max_wait: Duration,
-) -> Result<Gathered, KafkaError> {
-    // One clock read per message: this loop runs once for every message consumed.
-    let mut now = Instant::now();
-    let deadline = now + max_wait;
-    let mut records: Vec<RawRecord> = Vec::with_capacity(max_records.min(65_536));
-    let mut events = Vec::new();
-    let mut errors = 0;
-    loop {
-        let mut remaining = deadline.saturating_duration_since(now);
-        if !records.is_empty() {
-            remaining = remaining.min(LINGER);
+/// The offsets skipped between records of one gather, per partition, as `(partition, expected,
+/// found)`, where `expected` (updated here) is the offset each partition's next record should
+/// have. A skip is a commit marker, an aborted transaction, compaction, or data loss: the caller
+/// tells them apart by the partition's earliest kept offset.
+fn offset_jumps(
+    records: &[RawRecord],
+    partitions: &PartitionTable,
+    expected: &mut BTreeMap<Partition, i64>,
+) -> Vec<(Partition, i64, i64)> {
+    let mut jumps = Vec::new();
+    // Per partition number of this gather, the next expected offset: the map is read and written
+    // once per partition, not once per record (this runs for every record consumed).
+    let mut next: Vec<(u32, Option<i64>)> = Vec::new();
+    for r in records {
+        let RecordPosition { partition, offset } = r.position;
+        let slot = match next.iter().position(|(n, _)| *n == partition) {
+            Some(i) => i,
+            None => {
+                let known = expected.get(partitions.partition(partition)).copied();
+                next.push((partition, known));
+                next.len() - 1
+            }
+        };
+        if let Some(e) = next[slot].1
+            && offset > e
+        {
+            jumps.push((partitions.partition(partition).clone(), e, offset));
         }
-        let polled = consumer.poll(remaining);
-        for event in consumer.context().take_events() {
-            if let RebalanceEvent::Revoked(parts) = &event {
-                records.retain(|r| {
-                    !parts
-                        .iter()
-                        .any(|(t, p)| *t == r.topic && *p == r.partition)
-                });
-            }
-            events.push(event);
-        }
-        match polled {
-            Some(Ok(m)) => records.push(RawRecord {
-                topic: m.topic().to_owned(),
-                partition: m.partition(),
-                offset: m.offset(),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                rejected: None,
-                frame: None,
-                received_at: SystemTime::now(),
-            }),
-            Some(Err(e)) if retry_of(&e) == Retry::Permanent => {
-                return Err(e);
-            }
-            Some(Err(e)) => {
-                errors += 1;
-                tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries by itself.");
-            }
-            // Nothing more within the linger: hand over what there is.
-            None if !records.is_empty() => {
-                return Ok(Gathered {
-                    records,
-                    events,
-                    errors,
-                    positions: positions(consumer),
-                });
-            }
-            None => {}
-        }
-        now = Instant::now();
-        if records.len() >= max_records || now >= deadline {
-            return Ok(Gathered {
-                records,
-                events,
-                errors,
-                positions: positions(consumer),
-            });
+        next[slot].1 = Some(offset + 1);
+    }
+    for (number, next) in next {
+        if let Some(e) = next {
+            expected.insert(partitions.partition(number).clone(), e);
         }
     }
+    jumps
 }
 
 #[async_trait]
@@ -605,6 +536,11 @@ impl Source for KafkaSource {
             self.config.topics.join(","),
             self.config.group_id
         )
+    }
+
+    fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
+        let (topic, partition) = self.partitions.partition(position.partition);
+        serde_json::json!({ "topic": topic, "partition": partition, "offset": position.offset })
     }
 
     async fn start(&mut self, request: StartRequest) -> Result<()> {
@@ -649,10 +585,13 @@ impl Source for KafkaSource {
                 Retry::Transient,
             )
         })?;
-        let checkpointed = request.committed.as_ref().is_some_and(|o| {
-            o.iter()
-                .any(|(topic, _, _)| self.config.topics.iter().any(|t| t == topic))
-        });
+        let checkpointed = match &request.committed {
+            Some(offset) => self
+                .parse_offset(offset)?
+                .iter()
+                .any(|(topic, _, _)| self.config.topics.iter().any(|t| t == topic)),
+            None => false,
+        };
         let first_start = !checkpointed && committed.is_empty();
         consumer.context().set_policy(StartPolicy {
             starting_offsets: self.config.starting_offsets.clone(),
@@ -675,83 +614,13 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
-        // The group resumes each partition at its committed offset, which for a batch that was
-        // never committed is the batch's start: reading on to the batch's end rebuilds it exactly.
-        // Partitions the group now gives to another instance are that instance's to replay.
-        let deadline = Instant::now() + REPLAY_TIMEOUT;
-        while self.assigned.is_empty() && Instant::now() < deadline {
-            self.gather(usize::MAX, Duration::from_millis(200)).await?;
-        }
-        let owned: Vec<(String, i32, i64)> = end
-            .iter()
-            .filter(|(t, p, _)| self.assigned.contains(&((*t).to_owned(), *p)))
-            .map(|(t, p, e)| (t.to_owned(), p, e))
-            .collect();
-        // A partition whose group offset is already past the batch's end was finished by another
-        // instance after a rebalance: nothing of it is left to replay here.
-        let query: Vec<(String, i32)> = owned.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-        let committed = self.group_committed(query).await?;
-        let wanted: Vec<(String, i32, i64)> = owned
-            .into_iter()
-            .filter(|(t, p, e)| committed.get(&(t.clone(), *p)).is_none_or(|c| c < e))
-            .collect();
-        // A batch's end may be a position past commit markers, which no record reaches.
-        let reached = |source: &Self, t: &str, p: i32, e: i64| {
-            source
-                .positions
-                .get(&(t.to_owned(), p))
-                .is_some_and(|pos| *pos >= e)
-                || source
-                    .buffer
-                    .iter()
-                    .any(|r| r.topic == t && r.partition == p && r.offset >= e - 1)
-        };
-        loop {
-            let missing: Vec<&(String, i32, i64)> = wanted
-                .iter()
-                .filter(|(t, p, e)| !reached(self, t, *p, *e))
-                .collect();
-            if missing.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(self.error(
-                    format!("could not re-read the uncommitted batch {start} .. {end}: partitions {missing:?} did not reach their end"),
-                    Retry::Transient,
-                ));
-            }
-            self.gather(usize::MAX, Duration::from_millis(200)).await?;
-        }
-        let mut records = Vec::new();
-        let mut rest = VecDeque::new();
-        for r in self.buffer.drain(..) {
-            let in_batch = wanted
-                .iter()
-                .any(|(t, p, e)| *t == r.topic && *p == r.partition && r.offset < *e)
-                && start
-                    .get(&r.topic, r.partition)
-                    .is_none_or(|s| r.offset >= s);
-            if in_batch {
-                records.push(r)
-            } else {
-                rest.push_back(r)
-            }
-        }
-        self.buffer = rest;
-        let (mut s, mut e) = (Offsets::new(), Offsets::new());
-        for (topic, partition, last) in &wanted {
-            let first = start.get(topic, *partition).unwrap_or(*last);
-            s.set(topic, *partition, first);
-            e.set(topic, *partition, *last);
-            self.last_end.insert((topic.clone(), *partition), *last);
-        }
-        tracing::info!(records = records.len(), start = %s, end = %e, "Re-read the uncommitted batch.");
-        Ok(SourceBatch {
-            records,
-            start: s,
-            end: e,
-        })
+    async fn fetch_range(
+        &mut self,
+        start: &SourceOffset,
+        end: &SourceOffset,
+    ) -> Result<SourceBatch> {
+        let (start, end) = (self.parse_offset(start)?, self.parse_offset(end)?);
+        self.refetch(&start, &end).await
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
@@ -769,8 +638,9 @@ impl Source for KafkaSource {
         Ok(Poll::Idle)
     }
 
-    async fn commit(&mut self, end: &Offsets) -> Result<()> {
-        self.commit_offsets(end).await
+    async fn commit(&mut self, end: &SourceOffset) -> Result<()> {
+        let end = self.parse_offset(end)?;
+        self.commit_offsets(&end).await
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
@@ -802,100 +672,85 @@ impl Source for KafkaSource {
     }
 }
 
-/// The consumer's position of each assigned partition that has one (a local read).
-fn positions(consumer: &BaseConsumer<SourceContext>) -> BTreeMap<Partition, i64> {
-    let Ok(tpl) = consumer.position() else {
-        return BTreeMap::new();
-    };
-    tpl.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(n) => Some(((e.topic().to_owned(), e.partition()), n)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The group's committed offset of each partition that has one.
-fn committed_positions(
-    consumer: &BaseConsumer<SourceContext>,
-    partitions: &[(String, i32)],
-) -> Result<BTreeMap<Partition, i64>, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition) in partitions {
-        tpl.add_partition(topic, *partition);
-    }
-    let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(c) => Some(((e.topic().to_owned(), e.partition()), c)),
-            _ => None,
-        })
-        .collect())
-}
-
-/// Every partition's (low, high) watermarks.
-fn watermarks(
-    consumer: &BaseConsumer<SourceContext>,
-    topics: &[String],
-) -> Result<BTreeMap<Partition, (i64, i64)>, KafkaError> {
-    let mut out = BTreeMap::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-        for t in metadata.topics() {
-            if let Some(err) = t.error() {
-                return Err(KafkaError::MetadataFetch(err.into()));
-            }
-            for p in t.partitions() {
-                let marks = consumer.fetch_watermarks(topic, p.id(), REQUEST_TIMEOUT)?;
-                out.insert((topic.clone(), p.id()), marks);
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
 
+    fn records(table: &mut PartitionTable, at: &[(&str, i32, i64)]) -> VecDeque<RawRecord> {
+        at.iter()
+            .map(|(t, p, o)| RawRecord {
+                position: table.position(t, *p, *o),
+                payload: Vec::new(),
+                frame: None,
+                rejected: None,
+                received_at: SystemTime::now(),
+            })
+            .collect()
+    }
+
+    fn key(topic: &str, partition: i32) -> Partition {
+        (topic.to_owned(), partition)
+    }
+
     #[test]
-    fn consumer_errors_that_retrying_cannot_fix_are_permanent() {
-        use RDKafkaErrorCode as C;
-        for code in [
-            C::NotImplemented,
-            C::UnsupportedCompressionType,
-            C::BadCompression,
-            C::BadMessage,
-            C::InvalidMessage,
-            C::TopicAuthorizationFailed,
-            C::GroupAuthorizationFailed,
-            C::SaslAuthenticationFailed,
-        ] {
-            assert_eq!(
-                retry_of(&KafkaError::MessageConsumption(code)),
-                Retry::Permanent,
-                "{code:?}"
-            );
-        }
-        assert_eq!(
-            retry_of(&KafkaError::MessageConsumptionFatal(C::Unknown)),
-            Retry::Permanent
+    fn a_batch_spans_from_the_last_end_to_past_its_records_or_to_the_position() {
+        let mut table = PartitionTable::default();
+        let mut buffer = records(
+            &mut table,
+            &[
+                ("t", 0, 4),
+                ("t", 1, 0),
+                ("t", 0, 5),
+                ("t", 1, 1),
+                ("t", 1, 2),
+            ],
         );
-        for code in [
-            C::BrokerTransportFailure,
-            C::AllBrokersDown,
-            C::NotLeaderForPartition,
-            C::UnknownTopicOrPartition,
-            C::RequestTimedOut,
-        ] {
-            assert_eq!(
-                retry_of(&KafkaError::MessageConsumption(code)),
-                Retry::Transient,
-                "{code:?}"
-            );
-        }
+        // The consumer stands past commit markers in both partitions.
+        let positions = BTreeMap::from([(key("t", 0), 8), (key("t", 1), 5)]);
+        // The previous batch of t/0 ended at 3 (offset 3 was a marker, no record).
+        let mut last_end = BTreeMap::from([(key("t", 0), 3)]);
+        let batch: Vec<RawRecord> = buffer.drain(..4).collect();
+        let (start, end) = batch_bounds(&batch, &buffer, &table, &positions, &mut last_end);
+        assert_eq!(start.to_string(), r#"{"t":{"0":3,"1":0}}"#);
+        // t/0's last fetched record is in the batch: its end is the position, past the markers;
+        // t/1 still has a record buffered: its end is one past its last record in the batch.
+        assert_eq!(end.to_string(), r#"{"t":{"0":8,"1":2}}"#);
+        assert_eq!(
+            last_end,
+            BTreeMap::from([(key("t", 0), 8), (key("t", 1), 2)])
+        );
+
+        let batch: Vec<RawRecord> = buffer.drain(..).collect();
+        let (start, end) = batch_bounds(&batch, &buffer, &table, &positions, &mut last_end);
+        assert_eq!(start.to_string(), r#"{"t":{"1":2}}"#);
+        assert_eq!(end.to_string(), r#"{"t":{"1":5}}"#);
+    }
+
+    #[test]
+    fn skipped_offsets_are_found_per_partition_across_gathers() {
+        let mut table = PartitionTable::default();
+        let mut expected = BTreeMap::from([(key("t", 0), 10)]);
+        let gathered = records(
+            &mut table,
+            &[
+                ("t", 0, 10),
+                ("t", 0, 11),
+                ("t", 1, 0),
+                ("t", 0, 14),
+                ("t", 1, 1),
+            ],
+        );
+        let jumps = offset_jumps(&Vec::from(gathered), &table, &mut expected);
+        assert_eq!(jumps, [(key("t", 0), 12, 14)]);
+        assert_eq!(
+            expected,
+            BTreeMap::from([(key("t", 0), 15), (key("t", 1), 2)])
+        );
+        // The next gather continues from there.
+        let gathered = records(&mut table, &[("t", 1, 4)]);
+        let jumps = offset_jumps(&Vec::from(gathered), &table, &mut expected);
+        assert_eq!(jumps, [(key("t", 1), 2, 4)]);
     }
 }

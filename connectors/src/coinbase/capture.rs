@@ -1,20 +1,27 @@
-//! Replays a file of Coinbase Exchange feed messages, one JSON message per line exactly as the feed
-//! sends them. Trades (`match`, `last_match`) are normalised to bus records; heartbeats,
+//! `[source] type = "coinbase_capture"`: reads a capture of Coinbase Exchange feed messages, one
+//! JSON message per line exactly as the feed sends them (as `coinstream ingest coinbase` or any
+//! WebSocket recorder writes them). The type was called `replay` before; that name is still
+//! accepted, with a deprecation warning. Trades (`match`, `last_match`) are normalised to bus records; heartbeats,
 //! subscriptions and unknown types are skipped; unusable lines (and trades of products missing from
 //! the coin map) are passed on as rejected so they reach the dead-letter output with their reason.
 //! A UTF-8 byte-order mark before the first line is skipped (RFC 8259 §8.1 lets parsers ignore
 //! one; editors on Windows write it), and CRLF line ends work.
 //!
-//! Offsets are line numbers (partition 0, topic = the file's canonical path, so a position does
-//! not depend on how the path was typed nor on the folder `run` started in). A batch can be
-//! replayed exactly after a crash.
+//! A batch's offset is `{"file":"/data/feed.jsonl","lines":120,"lastTradeId":{"BTC-USD":42}}`:
+//! the file's canonical path (so a position does not depend on how the path was typed nor on the
+//! folder `run` started in), the lines read, and the de-duplication state there. A batch can be
+//! read again exactly after a crash. A record's position is its line; a dead letter names it as
+//! `{"file":"/data/feed.jsonl","line":12}`, counting lines from 1 as editors do.
 //!
 //! A capture repeats trades: after a reconnect the feed sends `last_match` again and may overlap
 //! `match`es already captured. The source drops a trade whose id is not above the last one handed
-//! out for its product, and that last id per product is saved in the checkpoint with each batch
-//! ([`Source::checkpoint_state`]), so a capture that grew between two runs stores each trade once.
-//! A checkpoint of an older version has no such state; it is then rebuilt by reading the capture
-//! up to the committed line.
+//! out for its product, and that last id per product is part of each offset, so a capture that grew
+//! between two runs stores each trade once.
+//!
+//! Offsets of older versions are read too ([`engine::checkpoint`] has their forms): the file keyed
+//! by its path (as typed, in the oldest ones) with the line under partition 0, and the state
+//! beside it where it was saved. Without a saved state, it is rebuilt by reading the capture up to
+//! the committed line.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -24,21 +31,22 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use engine::checkpoint::{LEGACY_OFFSETS, LEGACY_STATE};
 use engine::{
-    Bytes, Error, Offsets, Poll, PollLimits, RawRecord, Result, Retry, Source, SourceBatch,
-    StartRequest,
+    Bytes, Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source, SourceBatch,
+    SourceOffset, StartRequest,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::coinbase::feed::{self, FeedEvent};
+use super::feed::{self, FeedEvent};
 use crate::common::config::{self, Problem};
 use crate::common::reference_files::read_coin_map;
 use crate::common::trade::rfc3339_micros;
 
-/// `[source] type = "replay"`.
+/// `[source] type = "coinbase_capture"` (formerly `"replay"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReplayConfig {
+pub struct CoinbaseCaptureConfig {
     /// The file of feed messages (JSON lines), relative to the config file.
     #[serde(deserialize_with = "config::path")]
     pub path: PathBuf,
@@ -47,7 +55,7 @@ pub struct ReplayConfig {
     pub coin_map: PathBuf,
 }
 
-impl ReplayConfig {
+impl CoinbaseCaptureConfig {
     /// Every problem serde cannot see (keys relative to the section): the coin map must read.
     pub fn check(&self) -> Vec<Problem> {
         match read_coin_map(&self.coin_map) {
@@ -57,7 +65,7 @@ impl ReplayConfig {
     }
 }
 
-/// Counters of a replay.
+/// Counters of a capture read.
 #[derive(Debug, Default, Clone)]
 struct Counters {
     lines: u64,
@@ -75,19 +83,39 @@ struct ReadState {
     counters: Counters,
 }
 
-/// The key of the last trade id per product in the checkpointed state.
+/// The key of the last trade id per product in the state older versions saved beside offsets.
 const STATE_LAST_TRADE_ID: &str = "lastTradeId";
+
+/// A batch's start or end in the capture (the engine's [`SourceOffset`] of this source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CaptureOffset {
+    /// The file's canonical path.
+    file: String,
+    /// Lines read: the next line to read, counted from 0.
+    lines: i64,
+    /// The last trade id handed out per product, to drop the trades the capture repeats.
+    last_trade_id: BTreeMap<String, i64>,
+}
+
+/// An older version's offsets: the file (keyed by its path) with the line under partition 0.
+type LegacyOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// Where an offset stands in this file: the next line and, when the offset holds it, the
+/// de-duplication state there.
+struct Resolved {
+    line: i64,
+    last_trade_id: Option<BTreeMap<String, i64>>,
+}
 
 /// The UTF-8 byte-order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// The replay source.
-pub struct ReplaySource {
-    config: ReplayConfig,
-    /// The file's canonical path: its topic in offsets and its identity.
-    topic: String,
-    /// The topic an older version's checkpoint keyed this file by (the path as typed then).
-    legacy_topic: Option<String>,
+/// The Coinbase capture source.
+pub struct CoinbaseCaptureSource {
+    config: CoinbaseCaptureConfig,
+    /// The file's canonical path: in offsets, positions and the identity.
+    file: String,
     coins: Arc<BTreeMap<String, String>>,
     reader: Option<BufReader<File>>,
     state: Option<ReadState>,
@@ -95,15 +123,14 @@ pub struct ReplaySource {
     at_end: bool,
 }
 
-impl ReplaySource {
+impl CoinbaseCaptureSource {
     /// Builds the source; reads the coin map now so a bad one fails before any data flows.
-    pub fn new(config: ReplayConfig) -> Result<Self> {
+    pub fn new(config: CoinbaseCaptureConfig) -> Result<Self> {
         let coins = Arc::new(read_coin_map(&config.coin_map)?);
-        let topic = canonical(&config.path);
+        let file = canonical(&config.path);
         Ok(Self {
             config,
-            topic,
-            legacy_topic: None,
+            file,
             coins,
             reader: None,
             state: Some(ReadState::default()),
@@ -142,23 +169,40 @@ impl ReplaySource {
         }
     }
 
+    fn error(&self, message: String) -> Error {
+        Error::source_failed(self.description(), message, Retry::Permanent)
+    }
+
+    /// The offset at `lines` with the current de-duplication state.
+    fn offset(&self, lines: i64) -> Result<SourceOffset> {
+        SourceOffset::of(&CaptureOffset {
+            file: self.file.clone(),
+            lines,
+            last_trade_id: self
+                .state
+                .as_ref()
+                .map(|s| s.last_trade_id.clone())
+                .unwrap_or_default(),
+        })
+    }
+
     /// Reads lines from the current position: until `max_records` records, `max_lines` lines or
-    /// the end of the file. Blocking IO runs off the async executor.
-    async fn read(&mut self, max_records: usize, max_lines: i64) -> Result<SourceBatch> {
+    /// the end of the file; returns the batch and the lines it spans. Blocking IO runs off the
+    /// async executor.
+    async fn read(&mut self, max_records: usize, max_lines: i64) -> Result<(SourceBatch, i64)> {
         let mut reader = match self.reader.take() {
             Some(r) => r,
             None => self.open_at(self.next_line)?,
         };
+        let first = self.next_line;
+        let start = self.offset(first)?;
         let mut state = self.state.take().unwrap_or_default();
         let coins = self.coins.clone();
-        let topic = self.topic.clone();
-        let first = self.next_line;
         let joined = tokio::task::spawn_blocking(move || {
             let result = read_lines(
                 &mut reader,
                 &mut state,
                 &coins,
-                &topic,
                 first,
                 max_records,
                 max_lines,
@@ -167,66 +211,109 @@ impl ReplaySource {
             (reader, state, result)
         })
         .await
-        .map_err(|e| Error::Internal(format!("replay reader task failed: {e}")))?;
+        .map_err(|e| Error::Internal(format!("capture reader task failed: {e}")))?;
         let (reader, state, result) = joined;
         self.reader = Some(reader);
         self.state = Some(state);
         let (records, lines, eof) = result.map_err(|e| self.io_error(e))?;
-        let mut start = Offsets::new();
-        start.set(&self.topic, 0, first);
         self.next_line = first + lines;
         self.at_end = eof;
-        let mut end = Offsets::new();
-        end.set(&self.topic, 0, self.next_line);
-        Ok(SourceBatch {
+        let batch = SourceBatch {
             records,
             start,
-            end,
+            end: self.offset(self.next_line)?,
+        };
+        Ok((batch, lines))
+    }
+
+    /// Where `offset` stands in this file: this version's offset, or an older version's (module
+    /// docs). A position in another file is an error naming both, never a silent start from line 0.
+    fn resolve(&self, offset: &SourceOffset) -> Result<Resolved> {
+        let json = offset.json();
+        if json.get("file").is_some() {
+            let offset: CaptureOffset = offset.parse().map_err(|e| {
+                self.error(format!(
+                    "the checkpointed offset {offset} is not a capture offset: {e}"
+                ))
+            })?;
+            if offset.file != self.file {
+                return Err(self.other_file(&offset.file));
+            }
+            return Ok(Resolved {
+                line: offset.lines,
+                last_trade_id: Some(offset.last_trade_id),
+            });
+        }
+        let unreadable = |e: serde_json::Error| {
+            self.error(format!("unreadable checkpointed offset {offset}: {e}"))
+        };
+        let (legacy, state) = match (json.get(LEGACY_OFFSETS), json.get(LEGACY_STATE)) {
+            (Some(offsets), Some(state)) => (offsets, Some(state)),
+            _ => (json, None),
+        };
+        let legacy: LegacyOffsets = LegacyOffsets::deserialize(legacy).map_err(unreadable)?;
+        let last_trade_id = match state {
+            Some(state) => Some(parse_state(state).ok_or_else(|| {
+                self.error(format!(
+                    "the checkpointed source state {state} has no {STATE_LAST_TRADE_ID} map of \
+                     product to trade id"
+                ))
+            })?),
+            None => None,
+        };
+        Ok(Resolved {
+            line: self.legacy_line(&legacy)?,
+            last_trade_id,
         })
     }
 
-    /// The committed line of this file in `committed`. A checkpoint of an older version keys the
-    /// file by the path as it was typed: that key is adopted when it names the same file; a
-    /// position in another file is an error naming both, never a silent start from line 0.
-    fn committed_line(&mut self, committed: &Offsets) -> Result<i64> {
-        if let Some(line) = committed.get(&self.topic, 0) {
-            return Ok(line);
+    /// The line of this file in an older version's offsets. The oldest keyed the file by the path
+    /// as it was typed: that key is adopted when it names the same file.
+    fn legacy_line(&self, offsets: &LegacyOffsets) -> Result<i64> {
+        if let Some(line) = offsets.get(&self.file).and_then(|p| p.get(&0)) {
+            return Ok(*line);
         }
-        if committed.is_empty() {
+        if offsets.values().all(BTreeMap::is_empty) {
             return Ok(0);
         }
-        let topics: Vec<&String> = committed.0.keys().collect();
-        if let [only] = topics.as_slice()
-            && canonical(std::path::Path::new(only.as_str())) == self.topic
-            && let Some(line) = committed.get(only, 0)
+        if let [(only, partitions)] = offsets.iter().collect::<Vec<_>>().as_slice()
+            && canonical(std::path::Path::new(only.as_str())) == self.file
+            && let Some(line) = partitions.get(&0)
         {
-            tracing::info!(checkpoint_topic = %only, file = %self.topic,
+            tracing::info!(checkpoint_topic = %only, file = %self.file,
                 "Adopting the position a checkpoint of an older version holds for this file.");
-            self.legacy_topic = Some((*only).clone());
-            return Ok(line);
+            return Ok(*line);
         }
-        Err(Error::Source {
-            name: self.description(),
-            message: format!(
-                "the checkpoint holds positions in {} and not in {}: it belongs to another \
-                 source; give this query its own checkpoint_dir",
-                topics
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                self.topic
-            ),
-            retry: Retry::Permanent,
-            source: None,
-        })
+        let files: Vec<&str> = offsets.keys().map(String::as_str).collect();
+        Err(self.other_file(&files.join(", ")))
     }
 
-    /// The line of this file in `offsets` (under its canonical or adopted legacy topic).
-    fn line_in(&self, offsets: &Offsets) -> Option<i64> {
-        offsets
-            .get(&self.topic, 0)
-            .or_else(|| self.legacy_topic.as_deref().and_then(|t| offsets.get(t, 0)))
+    fn other_file(&self, files: &str) -> Error {
+        self.error(format!(
+            "the checkpoint holds positions in {files} and not in {}: it belongs to another \
+             source; give this query its own checkpoint_dir",
+            self.file
+        ))
+    }
+
+    /// The de-duplication state at `resolved`: its own, else rebuilt from the file.
+    async fn state_at(&self, resolved: &Resolved) -> Result<ReadState> {
+        Ok(match &resolved.last_trade_id {
+            Some(last_trade_id) => ReadState {
+                last_trade_id: last_trade_id.clone(),
+                counters: Counters::default(),
+            },
+            None if resolved.line > 0 => {
+                let state = self.rebuild_state(resolved.line).await?;
+                tracing::info!(
+                    lines = resolved.line,
+                    products = state.last_trade_id.len(),
+                    "Rebuilt the last trade id per product from the capture (the checkpoint has no source state)."
+                );
+                state
+            }
+            None => ReadState::default(),
+        })
     }
 
     /// The de-duplication state after the first `lines` lines, read from the file (for a
@@ -234,23 +321,13 @@ impl ReplaySource {
     async fn rebuild_state(&self, lines: i64) -> Result<ReadState> {
         let mut reader = self.open_at(0)?;
         let coins = self.coins.clone();
-        let topic = self.topic.clone();
         let (state, result) = tokio::task::spawn_blocking(move || {
             let mut state = ReadState::default();
-            let result = read_lines(
-                &mut reader,
-                &mut state,
-                &coins,
-                &topic,
-                0,
-                usize::MAX,
-                lines,
-                false,
-            );
+            let result = read_lines(&mut reader, &mut state, &coins, 0, usize::MAX, lines, false);
             (state, result)
         })
         .await
-        .map_err(|e| Error::Internal(format!("replay reader task failed: {e}")))?;
+        .map_err(|e| Error::Internal(format!("capture reader task failed: {e}")))?;
         result.map_err(|e| self.io_error(e))?;
         Ok(ReadState {
             last_trade_id: state.last_trade_id,
@@ -300,7 +377,6 @@ fn read_lines(
     reader: &mut BufReader<File>,
     state: &mut ReadState,
     coins: &BTreeMap<String, String>,
-    topic: &str,
     first_line: i64,
     max_records: usize,
     max_lines: i64,
@@ -333,9 +409,7 @@ fn read_lines(
             continue;
         }
         let record = |payload: Vec<u8>, rejected: Option<String>| RawRecord {
-            topic: topic.to_owned(),
-            partition: 0,
-            offset,
+            position: RecordPosition::new(0, offset),
             payload,
             rejected,
             frame: None,
@@ -399,77 +473,56 @@ fn read_lines(
 }
 
 #[async_trait]
-impl Source for ReplaySource {
+impl Source for CoinbaseCaptureSource {
     fn description(&self) -> String {
-        format!("replay {}", self.topic)
+        format!("coinbase capture {}", self.file)
     }
 
-    fn checkpoint_state(&self) -> Option<serde_json::Value> {
-        let state = self.state.as_ref()?;
-        Some(serde_json::json!({ STATE_LAST_TRADE_ID: state.last_trade_id }))
+    fn identity(&self) -> String {
+        // What checkpoints recorded when this source was called `replay`: kept, so that they stay
+        // this query's.
+        format!("replay {}", self.file)
+    }
+
+    fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
+        serde_json::json!({ "file": self.file, "line": position.offset + 1 })
     }
 
     async fn start(&mut self, request: StartRequest) -> Result<()> {
-        self.next_line = match &request.committed {
-            Some(committed) => self.committed_line(committed)?,
-            None => 0,
-        };
-        let state = match &request.committed_state {
-            Some(saved) => ReadState {
-                last_trade_id: parse_state(saved).ok_or_else(|| Error::Source {
-                    name: self.description(),
-                    message: format!(
-                        "the checkpointed source state {saved} has no {STATE_LAST_TRADE_ID} map \
-                         of product to trade id"
-                    ),
-                    retry: Retry::Permanent,
-                    source: None,
-                })?,
-                counters: Counters::default(),
+        let resolved = match &request.committed {
+            Some(committed) => self.resolve(committed)?,
+            None => Resolved {
+                line: 0,
+                last_trade_id: None,
             },
-            None if self.next_line > 0 => {
-                let state = self.rebuild_state(self.next_line).await?;
-                tracing::info!(
-                    lines = self.next_line,
-                    products = state.last_trade_id.len(),
-                    "Rebuilt the last trade id per product from the capture (the checkpoint has no source state)."
-                );
-                state
-            }
-            None => ReadState::default(),
         };
-        self.state = Some(state);
+        self.state = Some(self.state_at(&resolved).await?);
+        self.next_line = resolved.line;
         self.reader = Some(self.open_at(self.next_line)?);
         Ok(())
     }
 
-    async fn fetch_range(&mut self, start: &Offsets, end: &Offsets) -> Result<SourceBatch> {
-        let (from, to) = match (self.line_in(start), self.line_in(end)) {
-            (Some(from), Some(to)) if from <= to => (from, to),
-            _ => {
-                return Err(Error::Source {
-                    name: self.description(),
-                    message: format!(
-                        "checkpointed range {start} .. {end} is not a range of this file"
-                    ),
-                    retry: Retry::Permanent,
-                    source: None,
-                });
-            }
-        };
-        self.reader = Some(self.open_at(from)?);
-        self.next_line = from;
-        let batch = self.read(usize::MAX, to - from).await?;
+    async fn fetch_range(
+        &mut self,
+        start: &SourceOffset,
+        end: &SourceOffset,
+    ) -> Result<SourceBatch> {
+        let from = self.resolve(start)?;
+        let to = self.resolve(end)?.line;
+        if from.line > to {
+            return Err(self.error(format!(
+                "checkpointed range {start} .. {end} is not a range of this file"
+            )));
+        }
+        self.state = Some(self.state_at(&from).await?);
+        self.reader = Some(self.open_at(from.line)?);
+        self.next_line = from.line;
+        let (batch, _) = self.read(usize::MAX, to - from.line).await?;
         if self.next_line != to {
-            return Err(Error::Source {
-                name: self.description(),
-                message: format!(
-                    "the file ends at line {} but the checkpointed batch ends at {to}",
-                    self.next_line
-                ),
-                retry: Retry::Permanent,
-                source: None,
-            });
+            return Err(self.error(format!(
+                "the file ends at line {} but the checkpointed batch ends at {to}",
+                self.next_line
+            )));
         }
         Ok(batch)
     }
@@ -478,14 +531,14 @@ impl Source for ReplaySource {
         if self.at_end {
             return Ok(Poll::Exhausted);
         }
-        let batch = self.read(limits.max_records, i64::MAX).await?;
-        if batch.start == batch.end {
+        let (batch, lines) = self.read(limits.max_records, i64::MAX).await?;
+        if lines == 0 {
             return Ok(Poll::Exhausted);
         }
         Ok(Poll::Batch(batch))
     }
 
-    async fn commit(&mut self, _end: &Offsets) -> Result<()> {
+    async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
         // The engine's checkpoint holds a file's position; there is nothing to tell the file.
         Ok(())
     }
@@ -527,8 +580,8 @@ mod tests {
 {"type":"match","trade_id":831102703,"maker_order_id":"00000000-0000-4000-8000-000831102703","taker_order_id":"00000000-0000-4000-9000-000831102703","side":"sell","size":"0.4","price":"104212.38","product_id":"BTC-USD","sequence":104512339300,"time":"2025-05-12T14:03:25.100000Z"}
 "#;
 
-    fn source(path: &Path) -> ReplaySource {
-        ReplaySource::new(ReplayConfig {
+    fn source(path: &Path) -> CoinbaseCaptureSource {
+        CoinbaseCaptureSource::new(CoinbaseCaptureConfig {
             path: path.to_owned(),
             coin_map: Path::new(env!("CARGO_MANIFEST_DIR")).join("../required_data/coin_map.json"),
         })
@@ -541,27 +594,24 @@ mod tests {
     };
 
     /// Starts `source` as the engine does and polls to the end, as a run with commits after each
-    /// batch: the handed-out records, the end offsets and the state saved with the last batch.
+    /// batch: the handed-out records and the last end offset.
     async fn run(
-        source: &mut ReplaySource,
-        committed: Option<Offsets>,
-        committed_state: Option<serde_json::Value>,
-    ) -> (Vec<RawRecord>, Option<Offsets>, Option<serde_json::Value>) {
+        source: &mut CoinbaseCaptureSource,
+        committed: Option<SourceOffset>,
+    ) -> (Vec<RawRecord>, Option<SourceOffset>) {
         source
             .start(StartRequest {
                 committed: committed.clone(),
                 available_now: true,
-                committed_state: committed_state.clone(),
             })
             .await
             .unwrap();
-        let (mut records, mut end, mut state) = (Vec::new(), committed, committed_state);
+        let (mut records, mut end) = (Vec::new(), committed);
         while let Poll::Batch(batch) = source.poll(LIMITS).await.unwrap() {
             records.extend(batch.records);
             end = Some(batch.end);
-            state = source.checkpoint_state();
         }
-        (records, end, state)
+        (records, end)
     }
 
     fn trade_ids(records: &[RawRecord]) -> Vec<i64> {
@@ -574,58 +624,99 @@ mod tests {
             .collect()
     }
 
+    fn offset(json: serde_json::Value) -> SourceOffset {
+        SourceOffset::new(json)
+    }
+
     #[tokio::test]
     async fn a_capture_that_grew_with_a_reconnect_stores_each_trade_once_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("capture.jsonl");
         std::fs::write(&path, PART_A).unwrap();
-        let (first, end, state) = run(&mut source(&path), None, None).await;
+        let file = canonical(&path);
+        let (first, end) = run(&mut source(&path), None).await;
         assert_eq!(trade_ids(&first), [831102700, 831102701, 831102702]);
         assert_eq!(
-            state,
-            Some(serde_json::json!({"lastTradeId": {"BTC-USD": 831102702}}))
+            end.as_ref().unwrap().json(),
+            &serde_json::json!({"file": file, "lines": 4, "lastTradeId": {"BTC-USD": 831102702}})
         );
 
         let mut grown = PART_A.to_owned();
         grown.push_str(PART_B);
         std::fs::write(&path, grown).unwrap();
         let mut again = source(&path);
-        let (second, _, state) = run(&mut again, end.clone(), state).await;
+        let (second, last) = run(&mut again, end.clone()).await;
         assert_eq!(trade_ids(&second), [831102703], "the repeats are dropped");
         assert_eq!(
-            state,
-            Some(serde_json::json!({"lastTradeId": {"BTC-USD": 831102703}}))
+            last.unwrap().json()["lastTradeId"],
+            serde_json::json!({"BTC-USD": 831102703})
         );
         let metrics: BTreeMap<_, _> = again.metrics().into_iter().collect();
         assert_eq!(metrics["duplicates"], 2);
 
-        // A checkpoint of an older version has offsets and no state: the state is rebuilt from
-        // the capture up to the committed line, with the same outcome.
-        let (rebuilt, _, _) = run(&mut source(&path), end, None).await;
-        assert_eq!(trade_ids(&rebuilt), [831102703]);
+        // Offsets of older versions, with the state saved beside them and without it (then it
+        // is rebuilt from the capture up to the committed line): the same outcome.
+        for older in [
+            serde_json::json!({
+                LEGACY_OFFSETS: {&file: {"0": 4}},
+                LEGACY_STATE: {"lastTradeId": {"BTC-USD": 831102702}},
+            }),
+            serde_json::json!({&file: {"0": 4}}),
+        ] {
+            let (records, _) = run(&mut source(&path), Some(offset(older))).await;
+            assert_eq!(trade_ids(&records), [831102703]);
+        }
     }
 
     #[tokio::test]
-    async fn an_uncommitted_batch_is_replayed_from_the_state_before_it() {
+    async fn an_uncommitted_batch_is_read_again_from_the_state_at_its_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("capture.jsonl");
         std::fs::write(&path, format!("{PART_A}{PART_B}")).unwrap();
-        // Batches of 2 records: lines 0..3 (700, 701), then 3..7 (702, 703). Replay the second
-        // from the state the first one left.
+        let file = canonical(&path);
+        // Batches of 2 records: lines 0..3 (700, 701), then 3..8 (702, 703). Read the second
+        // again from the state the first one left, in this version's offsets and an older one's.
+        let start =
+            serde_json::json!({"file": file, "lines": 3, "lastTradeId": {"BTC-USD": 831102701}});
+        let end =
+            serde_json::json!({"file": file, "lines": 8, "lastTradeId": {"BTC-USD": 831102703}});
+        let older_start = serde_json::json!({
+            LEGACY_OFFSETS: {&file: {"0": 3}},
+            LEGACY_STATE: {"lastTradeId": {"BTC-USD": 831102701}},
+        });
+        let older_end = serde_json::json!({
+            LEGACY_OFFSETS: {&file: {"0": 8}},
+            LEGACY_STATE: {"lastTradeId": {"BTC-USD": 831102703}},
+        });
+        for (start, end) in [(start, end), (older_start, older_end)] {
+            let mut src = source(&path);
+            let (start, end) = (offset(start), offset(end));
+            src.start(StartRequest {
+                committed: Some(start.clone()),
+                available_now: true,
+            })
+            .await
+            .unwrap();
+            let batch = src.fetch_range(&start, &end).await.unwrap();
+            assert_eq!(trade_ids(&batch.records), [831102702, 831102703]);
+            assert_eq!(batch.end.json()["lines"], 8);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_names_the_file_and_the_line_from_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("capture.jsonl");
+        let subscriptions = PART_A.lines().next().unwrap();
+        std::fs::write(&path, format!("{subscriptions}\nnot json\n")).unwrap();
         let mut src = source(&path);
-        let mut committed = Offsets::new();
-        committed.set(&src.topic.clone(), 0, 3);
-        let mut end = Offsets::new();
-        end.set(&src.topic.clone(), 0, 8);
-        src.start(StartRequest {
-            committed: Some(committed.clone()),
-            available_now: true,
-            committed_state: Some(serde_json::json!({"lastTradeId": {"BTC-USD": 831102701}})),
-        })
-        .await
-        .unwrap();
-        let batch = src.fetch_range(&committed, &end).await.unwrap();
-        assert_eq!(trade_ids(&batch.records), [831102702, 831102703]);
+        let (records, _) = run(&mut src, None).await;
+        assert_eq!(records.len(), 1);
+        assert!(records[0].rejected.is_some());
+        assert_eq!(
+            src.describe_position(records[0].position),
+            serde_json::json!({"file": canonical(&path), "line": 2})
+        );
     }
 
     #[tokio::test]
@@ -635,42 +726,44 @@ mod tests {
         let path = dir.path().join("capture.jsonl");
         std::fs::write(&path, PART_A).unwrap();
         let typed = dir.path().join("sub/../././capture.jsonl");
-        let canonical = std::fs::canonicalize(&path).unwrap();
-        assert_eq!(source(&typed).topic, canonical.display().to_string());
+        let canonical = std::fs::canonicalize(&path).unwrap().display().to_string();
+        assert_eq!(source(&typed).file, canonical);
         assert_eq!(source(&typed).identity(), source(&path).identity());
         #[cfg(unix)]
         {
             let link = dir.path().join("link.jsonl");
             std::os::unix::fs::symlink(&path, &link).unwrap();
-            assert_eq!(source(&link).topic, source(&path).topic);
+            assert_eq!(source(&link).file, source(&path).file);
         }
 
         // An older version keyed the file by the path as typed: that position is adopted.
-        let mut legacy = Offsets::new();
-        legacy.set(&typed.display().to_string(), 0, 3);
-        let (records, end, _) = run(&mut source(&path), Some(legacy), None).await;
+        let legacy = serde_json::json!({typed.display().to_string(): {"0": 3}});
+        let (records, end) = run(&mut source(&path), Some(offset(legacy))).await;
         assert_eq!(trade_ids(&records), [831102702]);
+        let end = end.unwrap();
         assert_eq!(
-            end.unwrap().get(&canonical.display().to_string(), 0),
-            Some(4)
+            (&end.json()["file"], &end.json()["lines"]),
+            (&serde_json::json!(canonical), &serde_json::json!(4))
         );
 
-        // A position in another file is refused, naming both.
-        let mut other = Offsets::new();
-        other.set("/elsewhere/other.jsonl", 0, 3);
-        let err = source(&path)
-            .start(StartRequest {
-                committed: Some(other),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("/elsewhere/other.jsonl")
-                && err.contains(&canonical.display().to_string()),
-            "{err}"
-        );
+        // A position in another file is refused, naming both, in any version's offsets.
+        for other in [
+            serde_json::json!({"/elsewhere/other.jsonl": {"0": 3}}),
+            serde_json::json!({"file": "/elsewhere/other.jsonl", "lines": 3, "lastTradeId": {}}),
+        ] {
+            let err = source(&path)
+                .start(StartRequest {
+                    committed: Some(offset(other)),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("/elsewhere/other.jsonl") && err.contains(&canonical),
+                "{err}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -681,7 +774,7 @@ mod tests {
         let mut body = b"\xEF\xBB\xBF".to_vec();
         body.extend_from_slice(format!("{}\r\n{}\r\n", lines[1], lines[2]).as_bytes());
         std::fs::write(&path, body).unwrap();
-        let (records, _, _) = run(&mut source(&path), None, None).await;
+        let (records, _) = run(&mut source(&path), None).await;
         assert_eq!(trade_ids(&records), [831102700, 831102701]);
         assert!(records.iter().all(|r| r.rejected.is_none()));
         // Each record keeps its line as received (without the mark and the line end).
@@ -693,7 +786,7 @@ mod tests {
         body.extend_from_slice(b"\xEF\xBB\xBF");
         body.extend_from_slice(lines[2].as_bytes());
         std::fs::write(&path, body).unwrap();
-        let (records, _, _) = run(&mut source(&path), None, None).await;
+        let (records, _) = run(&mut source(&path), None).await;
         assert_eq!(records.len(), 2);
         assert!(records[1].rejected.is_some(), "{:?}", records[1].rejected);
     }
