@@ -130,12 +130,7 @@ impl SourceConfig {
             SourceConfig::Generate(c) => c.check(),
             SourceConfig::Kafka(c) => c.check(),
             SourceConfig::Coinbase(c) => c.settings().err().unwrap_or_default(),
-            // Main's merge called a `settings()` GateioConfig does not have; its `validate` is
-            // the check there is (its problems come as one error).
-            SourceConfig::Gateio(c) => match c.validate() {
-                Ok(_) => Vec::new(),
-                Err(e) => vec![Problem::new("", e.to_string())],
-            },
+            SourceConfig::Gateio(c) => c.settings().err().unwrap_or_default(),
         }
     }
 }
