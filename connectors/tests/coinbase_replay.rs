@@ -571,7 +571,6 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
     let start = StartRequest {
         committed: Some(committed),
         available_now: true,
-        ..Default::default()
     };
     let mut again = engine_source(&server.url, &products, extra, start).await;
     let polled = again.poll(limits).await.unwrap();
