@@ -148,6 +148,11 @@ async fn a_dead_letter_over_the_producers_own_limit_is_written_truncated() {
     );
 }
 
+/// A Kafka record's position as the source describes it in errors and dead letters.
+fn described(topic: &str, partition: i32, offset: i64) -> String {
+    serde_json::json!({"topic": topic, "partition": partition, "offset": offset}).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
     // 200 bytes: less than any dead letter with its topic, partition and offset.
@@ -164,8 +169,8 @@ async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
     assert!(!out.status.success(), "{err}");
     assert!(
         err.contains(&format!(
-            "dead-letter topic {dlq} refused the dead letter of {} partition {partition} offset {offset} even cut to 256 bytes per field: ",
-            setup.topic
+            "dead-letter topic {dlq} refused the dead letter of {} even cut to 256 bytes per field: ",
+            described(&setup.topic, partition, offset)
         )) && err.contains("Message size too large"),
         "{err}"
     );
@@ -223,8 +228,8 @@ async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
     assert!(!out.status.success(), "{err}");
     assert!(
         err.contains(&format!(
-            "dead letter of {} partition {partition} offset {offset} not delivered to topic {missing}",
-            setup.topic
+            "dead letter of {} not delivered to topic {missing}",
+            described(&setup.topic, partition, offset)
         )) && err.contains("permanent"),
         "{err}"
     );

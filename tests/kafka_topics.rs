@@ -107,11 +107,12 @@ fn parquet_config(setup: &Setup, topics: &[String], source_lines: &str) -> (Path
     setup.parquet_config(&text, &format!("type = \"file\"\npath = {letters:?}\n"))
 }
 
+/// What the store holds so far (the query may be running).
 fn stored(store: &Path) -> BTreeMap<(String, i64), Decimal> {
     if !store.exists() {
         return BTreeMap::new();
     }
-    parquet_profits(store)
+    parquet_profits_so_far(store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

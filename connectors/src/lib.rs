@@ -174,9 +174,12 @@ mod tests {
     #[test]
     fn the_capture_source_is_read_under_its_name_and_its_former_one() {
         let read = |kind: &str| -> SourceConfig {
-            toml::from_str(&format!(
-                "type = \"{kind}\"\npath = \"feed.jsonl\"\ncoin_map = \"coins.json\"\n"
-            ))
+            SourceConfig::from_toml(
+                toml::from_str(&format!(
+                    "type = \"{kind}\"\npath = \"feed.jsonl\"\ncoin_map = \"coins.json\"\n"
+                ))
+                .unwrap(),
+            )
             .unwrap()
         };
         let (SourceConfig::CoinbaseCapture(current), SourceConfig::Replay(former)) =

@@ -1,7 +1,8 @@
 //! SQL golden tests: every `sql/tests/<transform>.slt` runs against a fresh production context in
 //! which the transform `<transform>` is planned exactly as `coinstream run` plans it. The input and
 //! reference tables are created empty, from the declarations of the shipped config that uses the
-//! transform (`coinstream.toml`, `pipelines/*.toml`); the `.slt` file inserts its fixture rows.
+//! transform (`coinstream.toml`, then `pipelines/*.toml` in name order: the first that uses it);
+//! the `.slt` file inserts its fixture rows.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +36,9 @@ fn shipped_configs() -> Vec<PathBuf> {
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "toml")),
         );
+        // In name order: where several configs use one transform, the first one's declarations
+        // are the golden test's tables, whatever order the directory lists them in.
+        configs[1..].sort();
     }
     configs
 }

@@ -228,7 +228,7 @@ impl Config {
         for key in table.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 problems.push(Problem::new(
-                    key.clone(),
+                    plumbing::toml_key(key),
                     format!("unknown section; expected one of {}", SECTIONS.join(", ")),
                 ));
             }
@@ -687,6 +687,17 @@ sql = "r.sql"
                 "dead_letter: missing section",
             ]
         );
+    }
+
+    #[test]
+    fn keys_that_are_not_bare_are_named_as_written_in_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(&dir, "[\"\"]\n[\"a.b\"]\n[engine]\n\"max records\" = 1\n");
+        let problems = Config::load(&file).unwrap_err().problems;
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"\"\""), "{keys:?}");
+        assert!(keys.contains(&"\"a.b\""), "{keys:?}");
+        assert!(keys.contains(&"engine.\"max records\""), "{keys:?}");
     }
 
     #[test]

@@ -353,8 +353,21 @@ pub fn check(out: &Output) -> String {
 }
 
 /// Every record batch of the Parquet files under `root` (recursively); panics on any other file
-/// (only finished files may be visible).
+/// (only finished files may be visible once the query has stopped).
 pub fn parquet_batches(root: &std::path::Path) -> Vec<arrow::record_batch::RecordBatch> {
+    read_parquet_tree(root, false)
+}
+
+/// Every `(symbol, trade_id) → profit` the Parquet files under `root` hold so far, while the query
+/// may still be writing: a file still being written (`*.tmp`, renamed when finished) is skipped.
+pub fn parquet_profits_so_far(root: &std::path::Path) -> BTreeMap<(String, i64), Decimal> {
+    profits_of(root, read_parquet_tree(root, true))
+}
+
+fn read_parquet_tree(
+    root: &std::path::Path,
+    skip_in_progress: bool,
+) -> Vec<arrow::record_batch::RecordBatch> {
     let mut batches = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -362,6 +375,9 @@ pub fn parquet_batches(root: &std::path::Path) -> Vec<arrow::record_batch::Recor
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
+                continue;
+            }
+            if skip_in_progress && path.extension().is_some_and(|e| e == "tmp") {
                 continue;
             }
             assert_eq!(
@@ -383,10 +399,17 @@ pub fn parquet_batches(root: &std::path::Path) -> Vec<arrow::record_batch::Recor
 
 /// Every `(symbol, trade_id) → profit` in the Parquet files under `root`.
 pub fn parquet_profits(root: &std::path::Path) -> BTreeMap<(String, i64), Decimal> {
+    profits_of(root, parquet_batches(root))
+}
+
+fn profits_of(
+    root: &std::path::Path,
+    batches: Vec<arrow::record_batch::RecordBatch>,
+) -> BTreeMap<(String, i64), Decimal> {
     use arrow::array::{Array, AsArray, Decimal128Array};
     use arrow::datatypes::Int64Type;
     let mut rows = BTreeMap::new();
-    for batch in parquet_batches(root) {
+    for batch in batches {
         let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
         let (symbol, ids, profit) = (col("symbol"), col("trade_id"), col("profit"));
         let profit = profit.as_any().downcast_ref::<Decimal128Array>().unwrap();

@@ -107,6 +107,20 @@ pub fn join_key(prefix: &str, key: &str) -> String {
     }
 }
 
+/// One key as it is written in TOML: bare when it can be (`ttl_secs`), else quoted with TOML's
+/// escapes (`""`, `"a.b"`), so a key path shows exactly which key is meant.
+pub fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        key.to_owned()
+    } else {
+        toml::Value::String(key.to_owned()).to_string()
+    }
+}
+
 /// Reads `value` (the section `section` of a config file) as a `T`. An error names the key path
 /// where serde stopped (`sink.ttl_secs: must be at least 1`); serde stops at the first error, so a
 /// section reports at most one type error.
@@ -160,7 +174,7 @@ fn key_path<'a>(segments: impl Iterator<Item = &'a serde_path_to_error::Segment>
                 if !key.is_empty() {
                     key.push('.');
                 }
-                key.push_str(k);
+                key.push_str(&toml_key(k));
             }
             Segment::Unknown => {}
         }
