@@ -29,6 +29,20 @@
 //! ([`Source::describe_position`]), so a Kafka letter says `{"topic":"t","partition":0,"offset":5}`
 //! and a capture letter `{"file":"/data/feed.jsonl","line":12}`.
 //!
+//! ## Errors and retries ([`error`], [`retry`])
+//! Every failure is an [`Error`] that keeps the error it came from as its `source()` (an rdkafka,
+//! scylla or HTTP error wrapped by the connectors, DataFusion's for SQL), and [`report`] prints the
+//! whole chain, each cause once. A source or sink failure carries a [`Retry`] class: the
+//! connector only says whether it is transient (a broker or node that is down, a timeout) or
+//! permanent (bad credentials, a schema that does not match); the runtime alone retries, with the
+//! one jittered exponential [`retry::Backoff`], around healthcheck, poll, write, dead letters and
+//! commit. A permanent error stops the query without committing the batch it was in.
+//!
+//! ## One batch without the loop
+//! [`runtime::StreamingQuery::run_one_batch`] runs a first batch through the very code a run uses
+//! (poll, decode, transform with row isolation) and writes and commits nothing: `explain --analyze`
+//! shows its plan with per-operator metrics, so what it measures is what `run` does.
+//!
 //! ## Tasks and shutdown
 //! The query runs as one task: batches are sequential, each batch's query may use
 //! `target_partitions` threads. Shutdown (a `watch` flag) is checked between batches and while
