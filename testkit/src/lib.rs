@@ -9,12 +9,14 @@
 //! - [`services`]: `scripts/services.sh` control, with a guard that restarts a stopped service;
 //! - [`coinbase`]: the one scripted Coinbase WebSocket stand-in and the feeds' frames;
 //! - [`gateio`]: the one Gate.io REST v4 stand-in, on hyper's HTTP/1.1 server;
-//! - [`profit`]: the one portfolio profit oracle, computed with no code of the engine.
+//! - [`profit`]: the one portfolio profit oracle, computed with no code of the engine;
+//! - [`contract`]: the contract suite every source and sink runs.
 //!
 //! A missing service is a failure that says how to start it, never a skip.
 
 pub mod cassandra;
 pub mod coinbase;
+pub mod contract;
 pub mod env;
 pub mod gateio;
 pub mod kafka;

@@ -121,6 +121,8 @@ pub struct CoinbaseCaptureSource {
     state: Option<ReadState>,
     next_line: i64,
     at_end: bool,
+    /// Set by `start`: a poll before it would read from the first line, whatever was committed.
+    started: bool,
 }
 
 impl CoinbaseCaptureSource {
@@ -136,6 +138,7 @@ impl CoinbaseCaptureSource {
             state: Some(ReadState::default()),
             next_line: 0,
             at_end: false,
+            started: false,
         })
     }
 
@@ -499,6 +502,7 @@ impl Source for CoinbaseCaptureSource {
         self.state = Some(self.state_at(&resolved).await?);
         self.next_line = resolved.line;
         self.reader = Some(self.open_at(self.next_line)?);
+        self.started = true;
         Ok(())
     }
 
@@ -528,6 +532,11 @@ impl Source for CoinbaseCaptureSource {
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
+        if !self.started {
+            return Err(Error::Internal(
+                "coinbase capture source polled before start".into(),
+            ));
+        }
         if self.at_end {
             return Ok(Poll::Exhausted);
         }

@@ -4,6 +4,7 @@ pub mod backoff;
 pub mod config;
 pub mod counters;
 pub mod excerpt;
+pub mod files;
 pub mod http;
 pub mod reference_files;
 pub mod tls;

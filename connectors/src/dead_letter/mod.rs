@@ -23,6 +23,8 @@ use engine::{DeadLetter, DeadLetterSink, Error, Result};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::common::files::io_retry;
+
 /// `[dead_letter] type = "file"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,9 +146,20 @@ impl DeadLetterSink for FileDeadLetterSink {
             body.push(b'\n');
         }
         let path = self.config.path.join(format!("batch-{batch_id:010}.jsonl"));
-        tokio::task::spawn_blocking(move || write_atomically(&path, &body))
+        let written = tokio::task::spawn_blocking(move || write_atomically(&path, &body))
             .await
-            .map_err(|e| Error::Internal(format!("dead-letter writer task failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("dead-letter writer task failed: {e}")))?;
+        // An output's failure is a sink error with its class, so the runtime retries what may
+        // clear (a full disk) and stops on what cannot (a folder that became a file).
+        written.map_err(|e| match e {
+            Error::Io { path, source } => Error::sink_failed(
+                self.description(),
+                format!("cannot write {}", path.display()),
+                io_retry(&source),
+            )
+            .caused_by(source),
+            other => other,
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::config::Compression;
+use super::dead_letter::{Failure, classify};
 use crate::Error as ClientError;
 
 /// How long one message may wait for the broker's acknowledgement (librdkafka retries inside).
@@ -61,10 +62,12 @@ impl TopicProducer {
     /// Sends every `(key, payload)` and returns once all are acknowledged.
     ///
     /// # Errors
-    /// A record that librdkafka could not deliver within its delivery timeout (it retries inside
-    /// until then) fails the whole call as a transient [`Error::Sink`] with rdkafka's error as
-    /// the source; records already acknowledged stay written (callers resend the batch, which is
-    /// at-least-once).
+    /// A record that librdkafka could not deliver fails the whole call as an [`Error::Sink`] with
+    /// rdkafka's error as the source: transient when it timed out or the brokers were away (it
+    /// retries inside until its delivery timeout), permanent when the broker refuses the record
+    /// itself, which no resend changes (too large for the topic's `max.message.bytes`, an
+    /// invalid or unauthorized topic: see [`super::dead_letter::classify`]). Records already
+    /// acknowledged stay written (callers resend the batch, which is at-least-once).
     pub async fn send_all(
         &self,
         messages: impl IntoIterator<Item = (String, Vec<u8>)>,
@@ -102,11 +105,15 @@ impl TopicProducer {
 
     fn settle(&self, result: Option<Result<(), rdkafka::error::KafkaError>>) -> Result<()> {
         match result {
-            // librdkafka already retried the send until the delivery timeout.
-            Some(Err(e)) => Err(
-                ClientError::kafka("message not delivered", Retry::Transient, e)
-                    .at_sink(self.name()),
-            ),
+            // librdkafka already retried the send until the delivery timeout; what it still
+            // refuses for the record itself (its size, its topic) it would refuse again.
+            Some(Err(e)) => {
+                let retry = match classify(&e) {
+                    Failure::Transient => Retry::Transient,
+                    Failure::TooLarge | Failure::Permanent => Retry::Permanent,
+                };
+                Err(ClientError::kafka("message not delivered", retry, e).at_sink(self.name()))
+            }
             _ => Ok(()),
         }
     }

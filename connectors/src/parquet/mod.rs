@@ -21,6 +21,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::Deserialize;
 
+use crate::common::files::io_retry;
+
 /// `[sink] type = "parquet"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,7 +81,39 @@ impl Sink for ParquetSink {
         tokio::task::spawn_blocking(move || write_partitions(&config, batch_id, &combined))
             .await
             .map_err(|e| Error::Internal(format!("parquet writer task failed: {e}")))?
-            .map_err(|message| Error::sink_failed(description, message, Retry::Transient))
+            .map_err(|failed| Error::sink_failed(description, failed.message, failed.retry))
+    }
+}
+
+/// Why writing a batch failed, and whether writing it again may succeed.
+struct Failed {
+    message: String,
+    retry: Retry,
+}
+
+impl Failed {
+    /// Retrying cannot help: the rows or the config are wrong.
+    fn permanent(message: String) -> Self {
+        Self {
+            message,
+            retry: Retry::Permanent,
+        }
+    }
+
+    /// The encoder failed (it may be the disk under it): worth trying again.
+    fn transient(message: String) -> Self {
+        Self {
+            message,
+            retry: Retry::Transient,
+        }
+    }
+
+    /// A file operation failed: a wrong path is permanent, a full disk is not.
+    fn io(what: String, e: &std::io::Error) -> Self {
+        Self {
+            message: format!("{what}: {e}"),
+            retry: io_retry(e),
+        }
     }
 }
 
@@ -87,13 +121,15 @@ fn write_partitions(
     config: &ParquetConfig,
     batch_id: u64,
     batch: &RecordBatch,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Failed> {
     let schema = batch.schema();
     let mut key_columns = Vec::new();
     for name in &config.partition_by {
-        let index = schema
-            .index_of(name)
-            .map_err(|_| format!("partition column {name} is not in the transform's output"))?;
+        let index = schema.index_of(name).map_err(|_| {
+            Failed::permanent(format!(
+                "partition column {name} is not in the transform's output"
+            ))
+        })?;
         key_columns.push((name.as_str(), batch.column(index).clone()));
     }
     let options = FormatOptions::default();
@@ -101,7 +137,7 @@ fn write_partitions(
         .iter()
         .map(|(_, col)| ArrayFormatter::try_new(col.as_ref(), &options))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failed::permanent(e.to_string()))?;
     let mut groups: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
     for row in 0..batch.num_rows() {
         let key = formatters
@@ -118,8 +154,10 @@ fn write_partitions(
         for ((name, _), value) in key_columns.iter().zip(&key) {
             dir.push(format!("{name}={}", escape(value)));
         }
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let part = take_record_batch(batch, &UInt32Array::from(rows)).map_err(|e| e.to_string())?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| Failed::io(format!("cannot create {}", dir.display()), &e))?;
+        let part = take_record_batch(batch, &UInt32Array::from(rows))
+            .map_err(|e| Failed::permanent(e.to_string()))?;
         write_file(
             &dir.join(format!("part-{batch_id:010}-{n:04}.parquet")),
             &part,
@@ -133,17 +171,20 @@ fn write_file(
     path: &Path,
     batch: &RecordBatch,
     props: WriterProperties,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Failed> {
     let tmp = path.with_extension("parquet.tmp");
-    let file =
-        fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let mut writer =
-        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
-    writer.write(batch).map_err(|e| e.to_string())?;
-    let file = writer.into_inner().map_err(|e| e.to_string())?;
+    let file = fs::File::create(&tmp)
+        .map_err(|e| Failed::io(format!("cannot create {}", tmp.display()), &e))?;
+    let encode = |e: parquet::errors::ParquetError| {
+        Failed::transient(format!("cannot write {}: {e}", tmp.display()))
+    };
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(encode)?;
+    writer.write(batch).map_err(encode)?;
+    let file = writer.into_inner().map_err(encode)?;
     file.sync_all()
-        .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, path).map_err(|e| format!("cannot rename into {}: {e}", path.display()))
+        .map_err(|e| Failed::io(format!("cannot sync {}", tmp.display()), &e))?;
+    fs::rename(&tmp, path)
+        .map_err(|e| Failed::io(format!("cannot rename into {}", path.display()), &e))
 }
 
 /// Keeps partition values usable as folder names.

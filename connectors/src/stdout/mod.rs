@@ -1,5 +1,9 @@
 //! `[sink] type = "stdout"`: rows printed as a table (for people) or JSON lines (for pipes), and
 //! `type = "null"`, which only counts rows (to measure the engine without a store).
+//!
+//! The stdout sink is at-least-once: a batch the engine writes again (after a failed commit or a
+//! restart before one) is printed again. A write that fails (a closed pipe) is permanent: the
+//! reader is gone.
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -30,12 +34,18 @@ pub struct StdoutConfig {
 /// The stdout sink.
 pub struct StdoutSink {
     config: StdoutConfig,
+    out: Box<dyn Write + Send>,
 }
 
 impl StdoutSink {
-    /// Builds the sink.
+    /// Builds the sink, printing to the process's stdout.
     pub fn new(config: StdoutConfig) -> Self {
-        Self { config }
+        Self::with_writer(config, Box::new(std::io::stdout()))
+    }
+
+    /// Builds the sink printing to `out` instead (a test reads back what it printed).
+    pub fn with_writer(config: StdoutConfig, out: Box<dyn Write + Send>) -> Self {
+        Self { config, out }
     }
 }
 
@@ -49,22 +59,25 @@ impl Sink for StdoutSink {
         if batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(());
         }
-        let mut out = std::io::stdout().lock();
-        let written = match self.config.format {
+        // The whole batch is formatted first and written at once, so batches never interleave.
+        let mut text = Vec::new();
+        match self.config.format {
             StdoutFormat::Table => {
                 let table = arrow::util::pretty::pretty_format_batches(batches)?;
-                writeln!(out, "{table}")
+                text.extend_from_slice(format!("{table}\n").as_bytes());
             }
             StdoutFormat::Json => {
-                let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+                let mut writer = arrow::json::LineDelimitedWriter::new(&mut text);
                 writer.write_batches(&batches.iter().collect::<Vec<_>>())?;
                 writer.finish()?;
-                Ok(())
             }
-        };
-        written.and_then(|_| out.flush()).map_err(|e| {
-            Error::sink_failed("stdout", "cannot write", Retry::Permanent).caused_by(e)
-        })
+        }
+        self.out
+            .write_all(&text)
+            .and_then(|_| self.out.flush())
+            .map_err(|e| {
+                Error::sink_failed("stdout", "cannot write", Retry::Permanent).caused_by(e)
+            })
     }
 }
 

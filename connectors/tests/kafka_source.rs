@@ -1,0 +1,321 @@
+//! `KafkaSource` itself on the real broker (`scripts/services.sh`, `$KAFKA_BOOTSTRAP`), driven
+//! as the runtime drives it (poll, write, commit): a second instance joining the group, a batch
+//! whose partitions are revoked before its commit, and the exact re-read of a batch that was
+//! never committed. (The contract every source runs is in `contract.rs`.)
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use connectors::kafka::config::{KafkaSourceConfig, StartingOffsets};
+use connectors::kafka::source::KafkaSource;
+use engine::{Poll, PollLimits, RawRecord, Source, SourceBatch, SourceOffset, StartRequest};
+use testkit::env::kafka_bootstrap;
+use testkit::kafka::{committed_and_end, create_topic, produce};
+use testkit::unique_name;
+
+const LIMITS: PollLimits = PollLimits {
+    max_records: 10,
+    max_wait: Duration::from_millis(200),
+};
+
+/// A topic of `partitions` partitions holding messages `{"id":0}` .. `{"id":n-1}`, keyed so
+/// every partition gets some.
+async fn topic_with(partitions: i32, n: usize) -> String {
+    let topic = unique_name("kafka_source");
+    create_topic(&topic, partitions).await;
+    let messages: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            (
+                format!("key-{}", i % 16),
+                serde_json::json!({ "id": i }).to_string().into_bytes(),
+            )
+        })
+        .collect();
+    produce(&topic, &messages).await;
+    topic
+}
+
+fn config(topic: &str, group: &str) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        brokers: Some(kafka_bootstrap()),
+        topics: vec![topic.to_owned()],
+        group_id: group.to_owned(),
+        starting_offsets: StartingOffsets::Earliest,
+        ..KafkaSourceConfig::default()
+    }
+}
+
+async fn started(config: KafkaSourceConfig, committed: Option<SourceOffset>) -> KafkaSource {
+    let mut source = KafkaSource::new(config).expect("a valid kafka source config");
+    source
+        .start(StartRequest {
+            committed,
+            available_now: false,
+        })
+        .await
+        .expect("the source starts");
+    source
+}
+
+/// One record as the source describes it: `(partition, offset, id)`.
+type Seen = (i64, i64, i64);
+
+fn seen(source: &KafkaSource, records: &[RawRecord]) -> Vec<Seen> {
+    records
+        .iter()
+        .map(|r| {
+            let at = source.describe_position(r.position);
+            let body: serde_json::Value =
+                serde_json::from_slice(&r.payload).expect("a JSON payload");
+            (
+                at["partition"].as_i64().expect("a partition"),
+                at["offset"].as_i64().expect("an offset"),
+                body["id"].as_i64().expect("an id"),
+            )
+        })
+        .collect()
+}
+
+/// The next batch with records (within 60 s).
+async fn next_batch(source: &mut KafkaSource) -> SourceBatch {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Poll::Batch(b) = source.poll(LIMITS).await.expect("poll")
+            && !b.records.is_empty()
+        {
+            return b;
+        }
+    }
+    panic!("no batch within 60 s");
+}
+
+fn assigned(source: &KafkaSource) -> u64 {
+    source
+        .metrics()
+        .into_iter()
+        .find(|(name, _)| *name == "assigned_partitions")
+        .map_or(0, |(_, n)| n)
+}
+
+/// Each partition's committed offset in `group` (None: nothing committed).
+fn committed(group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Option<i64>> {
+    committed_and_end(group, topic, partitions)
+        .into_iter()
+        .map(|(p, c, _)| (p, c))
+        .collect()
+}
+
+/// Records that were handed out (and "written") by some instance and then committed: a record
+/// twice is a record processed twice, a missing one a record lost.
+fn assert_each_once(processed: &[Seen], n: usize) {
+    let mut ids: Vec<i64> = processed.iter().map(|s| s.2).collect();
+    ids.sort_unstable();
+    let twice: Vec<i64> = ids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    assert!(twice.is_empty(), "records processed twice: {twice:?}");
+    assert_eq!(
+        ids,
+        (0..n as i64).collect::<Vec<_>>(),
+        "every record processed once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_joining_the_group_takes_partitions_and_nothing_is_read_twice_or_lost() {
+    const PARTITIONS: i32 = 4;
+    const N: usize = 400;
+    let topic = topic_with(PARTITIONS, N).await;
+    let group = unique_name("kafka_source_rebalance");
+    let mut first = started(config(&topic, &group), None).await;
+    let mut processed = Vec::new();
+    // The first instance alone: all four partitions, a few batches written and committed.
+    for _ in 0..4 {
+        let batch = next_batch(&mut first).await;
+        processed.extend(seen(&first, &batch.records));
+        first.commit(&batch.end).await.expect("commit");
+    }
+    assert_eq!(
+        assigned(&first),
+        PARTITIONS as u64,
+        "alone, it holds every partition"
+    );
+
+    // The second joins; both run as the runtime runs them, each committing after each batch.
+    let mut second = started(config(&topic, &group), None).await;
+    let mut by_second = Vec::new();
+    let mut split = false;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while processed.len() < N && Instant::now() < deadline {
+        for (source, is_second) in [(&mut first, false), (&mut second, true)] {
+            if let Poll::Batch(batch) = source.poll(LIMITS).await.expect("poll") {
+                let records = seen(source, &batch.records);
+                if is_second {
+                    by_second.extend(records.iter().copied());
+                }
+                processed.extend(records);
+                source.commit(&batch.end).await.expect("commit");
+            }
+        }
+        let (a, b) = (assigned(&first), assigned(&second));
+        if a > 0 && b > 0 {
+            assert_eq!(
+                a + b,
+                PARTITIONS as u64,
+                "the partitions are split, none held twice"
+            );
+            split = true;
+        }
+    }
+    assert!(split, "the second instance never got partitions");
+    assert!(!by_second.is_empty(), "the second instance read nothing");
+    // The second continued at the first's committed offsets, never from a partition's start.
+    assert_each_once(&processed, N);
+    for source in [&mut first, &mut second] {
+        source.close().await.expect("close");
+    }
+    let ends = committed_and_end(&group, &topic, PARTITIONS);
+    for (partition, committed, end) in ends {
+        assert_eq!(
+            committed,
+            Some(end),
+            "partition {partition} committed to its end"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_partitions_were_revoked_before_its_commit_is_not_committed_and_read_again() {
+    const PARTITIONS: i32 = 2;
+    const N: usize = 100;
+    let topic = topic_with(PARTITIONS, N).await;
+    let group = unique_name("kafka_source_revoke");
+    // A short poll interval, so that a batch whose write takes longer loses its partitions.
+    let slow = KafkaSourceConfig {
+        session_timeout: Duration::from_secs(6),
+        max_poll_interval: Duration::from_secs(7),
+        ..config(&topic, &group)
+    };
+    let mut first = started(slow, None).await;
+    let done = next_batch(&mut first).await;
+    let mut processed = seen(&first, &done.records);
+    first.commit(&done.end).await.expect("commit");
+    let before = committed(&group, &topic, PARTITIONS);
+
+    // A batch is handed out; its write takes longer than max_poll_interval, and meanwhile a
+    // second instance takes over the group.
+    let in_flight = next_batch(&mut first).await;
+    let in_flight_seen = seen(&first, &in_flight.records);
+    let mut second = started(config(&topic, &group), None).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned(&second) < PARTITIONS as u64 && Instant::now() < deadline {
+        // Polled but not committed: these records are the second's first batch, read again
+        // below from the committed offsets (the source drops nothing it did not hand out).
+        let _ = second
+            .poll(PollLimits {
+                max_records: 1,
+                ..LIMITS
+            })
+            .await
+            .expect("poll");
+    }
+    assert_eq!(
+        assigned(&second),
+        PARTITIONS as u64,
+        "the second took every partition"
+    );
+    drop(second);
+
+    // The slow write is done: the commit must not move the partitions it no longer holds.
+    first
+        .commit(&in_flight.end)
+        .await
+        .expect("a commit after losing the partitions is not an error the runtime retries");
+    assert_eq!(
+        committed(&group, &topic, PARTITIONS),
+        before,
+        "the revoked batch was committed ({} .. {})",
+        in_flight.start,
+        in_flight.end
+    );
+    drop(first);
+
+    // The new owner (restarted from the group's offsets) reads the batch again, which its
+    // first owner wrote but could not commit (at-least-once: the sinks' idempotent writes
+    // absorb it); counted once, as committed, every record is there once.
+    let mut third = started(config(&topic, &group), None).await;
+    let mut again = Vec::new();
+    while processed.len() + again.len() < N {
+        let batch = next_batch(&mut third).await;
+        again.extend(seen(&third, &batch.records));
+        third.commit(&batch.end).await.expect("commit");
+    }
+    for record in &in_flight_seen {
+        assert!(
+            again.contains(record),
+            "{record:?} of the revoked batch was not read again"
+        );
+    }
+    processed.extend(again);
+    assert_each_once(&processed, N);
+    third.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncommitted_batch_is_read_again_exactly_after_a_restart() {
+    const PARTITIONS: i32 = 3;
+    const N: usize = 150;
+    let topic = topic_with(PARTITIONS, N).await;
+    let group = unique_name("kafka_source_replay");
+    let mut first = started(config(&topic, &group), None).await;
+    let done = next_batch(&mut first).await;
+    let mut processed = seen(&first, &done.records);
+    first.commit(&done.end).await.expect("commit");
+    let planned = next_batch(&mut first).await;
+    let planned_seen = seen(&first, &planned.records);
+    // A crash: no commit, no close.
+    drop(first);
+
+    // The restart, from the checkpoint's committed end: the planned batch again.
+    let mut second = started(config(&topic, &group), Some(done.end.clone())).await;
+    let replayed = second
+        .fetch_range(&planned.start, &planned.end)
+        .await
+        .expect("the batch is re-read");
+    assert_eq!(
+        seen(&second, &replayed.records),
+        planned_seen,
+        "the same records from the same offsets, in the same order"
+    );
+    assert_eq!(
+        (&replayed.start, &replayed.end),
+        (&planned.start, &planned.end),
+        "the same offsets"
+    );
+    processed.extend(seen(&second, &replayed.records));
+    second.commit(&replayed.end).await.expect("commit");
+
+    // A second crash, before any more commits: a restart with no checkpoint polls on from the
+    // group's offsets, which are the replayed batch's end.
+    let next = next_batch(&mut second).await;
+    let next_seen = seen(&second, &next.records);
+    drop(second);
+    let mut third = started(config(&topic, &group), None).await;
+    let mut rest = Vec::new();
+    while processed.len() + rest.len() < N {
+        let batch = next_batch(&mut third).await;
+        rest.extend(seen(&third, &batch.records));
+        third.commit(&batch.end).await.expect("commit");
+    }
+    for record in &next_seen {
+        assert!(
+            rest.contains(record),
+            "{record:?}, polled but never committed, was lost"
+        );
+    }
+    processed.extend(rest);
+    assert_each_once(&processed, N);
+    third.close().await.expect("close");
+}
