@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::cli::{IngestCoinbaseArgs, IngestCommand, IngestGateioArgs, ProgressFormat};
+use crate::cli::{
+    IngestCoinbaseArgs, IngestCommand, IngestGateioArgs, IngestKafkaArgs, ProgressFormat,
+};
 use coinstream::config::{Config, Override};
 
 pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
@@ -41,9 +43,11 @@ fn list(items: Vec<String>) -> toml::Value {
 /// The overrides every ingest shortcut shares: where the records (and the dead letters) go, and
 /// the checkpoint folder.
 fn kafka_overrides(
-    brokers: Option<String>,
-    topic: Option<String>,
-    compression: Option<connectors::kafka::config::Compression>,
+    IngestKafkaArgs {
+        brokers,
+        topic,
+        compression,
+    }: IngestKafkaArgs,
     checkpoint: Option<(&str, PathBuf)>,
 ) -> anyhow::Result<Vec<Override>> {
     let mut overrides = Vec::new();
@@ -71,12 +75,8 @@ fn kafka_overrides(
 }
 
 fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
-    let mut overrides = kafka_overrides(
-        args.brokers,
-        args.topic,
-        args.compression,
-        args.checkpoint.map(|dir| ("--checkpoint", dir)),
-    )?;
+    let mut overrides =
+        kafka_overrides(args.kafka, args.checkpoint.map(|dir| ("--checkpoint", dir)))?;
     if let Some(url) = args.url {
         overrides.push(Override::new("source.url", url));
     }
@@ -106,12 +106,7 @@ fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<(PathBuf, Vec<Override>)
 }
 
 fn gateio(args: IngestGateioArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
-    let mut overrides = kafka_overrides(
-        args.brokers,
-        args.topic,
-        args.compression,
-        args.state.map(|dir| ("--state", dir)),
-    )?;
+    let mut overrides = kafka_overrides(args.kafka, args.state.map(|dir| ("--state", dir)))?;
     if let Some(url) = args.url {
         overrides.push(Override::new("source.base_url", url));
     }
