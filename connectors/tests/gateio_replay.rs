@@ -15,11 +15,12 @@ use connectors::gateio::candles::CandleRecord;
 use connectors::gateio::config::{GateioConfig, Settings};
 use connectors::gateio::poller::{self, Counters};
 use connectors::gateio::source::GateioSource;
-use connectors::kafka::producer::TopicProducer;
 use engine::{Poll, PollLimits, Source, SourceBatch, StartRequest};
-use testkit::env::kafka_bootstrap;
 use testkit::gateio::{Handler, Reply, RestServer, Seen, now_secs, row, rows};
 use tokio::sync::{mpsc, watch};
+
+mod support;
+use support::fresh_topic_producer;
 
 /// Serves `handler`'s answers on testkit's Gate.io stand-in.
 async fn serve(handler: Arc<Handler>) -> RestServer {
@@ -153,19 +154,7 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
     });
     let server = serve(handler).await;
 
-    let topic = testkit::unique_name("gateio_replay");
-    testkit::kafka::create_topic(&topic, 3).await;
-    let producer = TopicProducer::new(
-        &kafka_bootstrap(),
-        &topic,
-        connectors::kafka::config::Compression::Lz4,
-        &Default::default(),
-    )
-    .unwrap();
-    producer
-        .check(Duration::from_secs(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}; start Kafka with scripts/services.sh up"));
+    let (topic, producer) = fresh_topic_producer("gateio_replay").await;
     let counters = Arc::new(Counters::default());
     let (tx, mut rx) = mpsc::channel(1_000);
     let (_stop, shutdown) = watch::channel(false);
