@@ -36,6 +36,11 @@ fn subscribed(last_matches: &[(&str, i64)]) -> Vec<Step> {
     steps
 }
 
+/// BTC-USD `match` frames with the trade ids `ids`, in order.
+fn btc_matches(ids: std::ops::RangeInclusive<i64>) -> impl Iterator<Item = Step> {
+    ids.map(|id| Step::Text(exchange_match("match", "BTC-USD", id)))
+}
+
 // ---- the client ----------------------------------------------------------------------------
 
 fn settings(url: &str, feed: FeedKind, products: &[&str], idle_ms: u64) -> Settings {
@@ -105,6 +110,13 @@ impl Client {
 }
 
 /// Reads trades from the client until `n` arrived (or fails after 30 s).
+/// The client replaced its one connection once, for idle timeout, and the server saw two.
+fn assert_replaced_once_for_silence(c: &Client) {
+    assert_eq!(c.counter("idle_timeouts"), 1);
+    assert_eq!(c.counter("reconnects"), 1);
+    assert_eq!(c.server.connections(), 2);
+}
+
 async fn take(feed: &mut FeedTask, n: usize) -> Vec<TradeRecord> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -310,7 +322,7 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
 async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     let products = ["BTC-USD"];
     let mut first = vec![Step::Text(exchange_ack(&products))];
-    first.extend((1..=10).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
+    first.extend(btc_matches(1..=10));
     // Heartbeats only, for three idle timeouts: the connection stays.
     first.push(Step::Heartbeats(
         vec![heartbeat("BTC-USD", 10)],
@@ -320,7 +332,7 @@ async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     // Then nothing at all, far longer than the idle timeout.
     first.push(Step::Silence(Duration::from_secs(60)));
     let mut second = subscribed(&[("BTC-USD", 11)]);
-    second.extend((12..=20).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
+    second.extend(btc_matches(12..=20));
     second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 20)]));
     let mut c = Client::start(vec![first, second], 1, FeedKind::Exchange, &products, 800).await;
     let started = Instant::now();
@@ -334,9 +346,7 @@ async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     let all: Vec<TradeRecord> = first_part.into_iter().chain(rest).collect();
     assert_eq!(ids(&all, "BTC-USD"), (1..=20).collect::<Vec<_>>());
     assert_no_more(&mut c.feed, Duration::from_millis(500)).await;
-    assert_eq!(c.counter("idle_timeouts"), 1);
-    assert_eq!(c.counter("reconnects"), 1);
-    assert_eq!(c.server.connections(), 2);
+    assert_replaced_once_for_silence(&c);
     c.stop().await;
 }
 
@@ -748,14 +758,14 @@ async fn an_authentication_failure_stops_the_advanced_trade_client() {
 async fn a_connection_that_only_answers_pings_is_replaced() {
     let products = ["BTC-USD"];
     let mut first = vec![Step::Text(exchange_ack(&products))];
-    first.extend((1..=3).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
+    first.extend(btc_matches(1..=3));
     // Pings (and an unused message type) only, for far longer than the idle timeout.
     first.push(Step::Text(
         r#"{"type":"ticker","product_id":"BTC-USD","price":"1"}"#.into(),
     ));
     first.push(Step::Pings(Duration::from_secs(30)));
     let mut second = subscribed(&[("BTC-USD", 3)]);
-    second.extend((4..=6).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
+    second.extend(btc_matches(4..=6));
     second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 6)]));
     let mut c = Client::start(vec![first, second], 1, FeedKind::Exchange, &products, 800).await;
     let started = Instant::now();
@@ -766,9 +776,7 @@ async fn a_connection_that_only_answers_pings_is_replaced() {
         took >= Duration::from_millis(800) && took < Duration::from_secs(10),
         "replaced after the idle timeout, not kept by the pings: {took:?}"
     );
-    assert_eq!(c.counter("idle_timeouts"), 1);
-    assert_eq!(c.counter("reconnects"), 1);
-    assert_eq!(c.server.connections(), 2);
+    assert_replaced_once_for_silence(&c);
     c.stop().await;
 }
 

@@ -89,6 +89,12 @@ async fn run_to_end(settings: Settings, resume: BTreeMap<String, i64>) -> Ended 
     }
 }
 
+/// One live poll (`once`, no backfill) of `pairs` on the stand-in at `base`, resuming after the
+/// windows in `resume`.
+async fn one_live_poll(base: &str, pairs: &[&str], resume: BTreeMap<String, i64>) -> Ended {
+    run_to_end(settings(base, pairs, None, None, true), resume).await
+}
+
 // ---- tests ---------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,11 +272,7 @@ async fn an_error_body_fails_the_poll_with_its_label_and_message() {
             .into(),
     });
     let server = serve(handler).await;
-    let ended = run_to_end(
-        settings(&server.base, &["FOO_BAR"], None, None, true),
-        BTreeMap::new(),
-    )
-    .await;
+    let ended = one_live_poll(&server.base, &["FOO_BAR"], BTreeMap::new()).await;
     let err = ended.result.unwrap_err();
     let text = err.to_string();
     assert!(
@@ -305,11 +307,7 @@ async fn a_single_live_poll_publishes_only_closed_windows() {
         result,
         candles: got,
         counters,
-    } = run_to_end(
-        settings(&server.base, &["BTC_USDT"], None, None, true),
-        BTreeMap::new(),
-    )
-    .await;
+    } = one_live_poll(&server.base, &["BTC_USDT"], BTreeMap::new()).await;
     result.unwrap();
     let seen = server.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "one poll");
@@ -433,8 +431,9 @@ async fn a_resumed_poll_starts_right_after_the_last_published_window() {
     let server = serve(handler).await;
     let current = now_secs().div_euclid(secs) * secs;
     let last = current - 300 * secs;
-    let ended = run_to_end(
-        settings(&server.base, &["BTC_USDT"], None, None, true),
+    let ended = one_live_poll(
+        &server.base,
+        &["BTC_USDT"],
         BTreeMap::from([("BTC_USDT".to_owned(), last)]),
     )
     .await;
@@ -662,11 +661,7 @@ async fn a_run_whose_every_row_is_unusable_fails_with_the_reason() {
     ] {
         let handler: Arc<Handler> = Arc::new(move |_, _| Reply::json(body.to_owned()));
         let server = serve(handler).await;
-        let ended = run_to_end(
-            settings(&server.base, &["BTC_USDT"], None, None, true),
-            BTreeMap::new(),
-        )
-        .await;
+        let ended = one_live_poll(&server.base, &["BTC_USDT"], BTreeMap::new()).await;
         let err = ended.result.unwrap_err();
         let text = err.to_string();
         assert!(
