@@ -95,14 +95,20 @@ async fn one_live_poll(base: &str, pairs: &[&str], resume: BTreeMap<String, i64>
     run_to_end(settings(base, pairs, None, None, true), resume).await
 }
 
+/// A backfill of `windows` one-minute windows from 2026-05-28T20:26:00Z: its first and last
+/// window start (unix seconds).
+fn minute_backfill(windows: i64) -> (i64, i64) {
+    let from = 1_780_000_000 / 60 * 60;
+    (from, from + (windows - 1) * 60)
+}
+
 // ---- tests ---------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_once() {
     let secs = 60;
-    let from = 1_780_000_000 / secs * secs;
     let windows = 2_500;
-    let to = from + (windows - 1) * secs;
+    let (from, to) = minute_backfill(windows);
     let handler: Arc<Handler> = Arc::new(move |n, seen| {
         let (f, t) = (query_i64(seen, "from"), query_i64(seen, "to"));
         if seen.path != "/api/v4/spot/candlesticks"
@@ -717,9 +723,8 @@ fn windows_of(batch: &SourceBatch) -> Vec<((String, i64), CandleRecord)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_source_resumes_from_its_checkpoint_position_without_duplicates_or_gaps() {
     let secs = 60;
-    let from = 1_780_000_000 / secs * secs;
     let windows = 450;
-    let to = from + (windows - 1) * secs;
+    let (from, to) = minute_backfill(windows);
     let quiet = from + 137 * secs;
     let handler: Arc<Handler> = Arc::new(move |_, seen| {
         let (f, t) = (query_i64(seen, "from"), query_i64(seen, "to"));
