@@ -41,6 +41,15 @@ fn btc_matches(ids: std::ops::RangeInclusive<i64>) -> impl Iterator<Item = Step>
     ids.map(|id| Step::Text(exchange_match("match", "BTC-USD", id)))
 }
 
+/// A BTC-USD connection that replays `last` as its `last_match`, carries the trades after it up
+/// to `upto`, then stays alive on heartbeats.
+fn btc_resumed(last: i64, upto: i64) -> Vec<Step> {
+    let mut steps = subscribed(&[("BTC-USD", last)]);
+    steps.extend(btc_matches(last + 1..=upto));
+    steps.push(Step::KeepAlive(vec![heartbeat("BTC-USD", upto)]));
+    steps
+}
+
 // ---- the client ----------------------------------------------------------------------------
 
 fn settings(url: &str, feed: FeedKind, products: &[&str], idle_ms: u64) -> Settings {
@@ -331,9 +340,7 @@ async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     first.push(Step::Text(exchange_match("match", "BTC-USD", 11)));
     // Then nothing at all, far longer than the idle timeout.
     first.push(Step::Silence(Duration::from_secs(60)));
-    let mut second = subscribed(&[("BTC-USD", 11)]);
-    second.extend(btc_matches(12..=20));
-    second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 20)]));
+    let second = btc_resumed(11, 20);
     let mut c = Client::start(vec![first, second], 1, FeedKind::Exchange, &products, 800).await;
     let started = Instant::now();
     let first_part = take(&mut c.feed, 11).await;
@@ -764,9 +771,7 @@ async fn a_connection_that_only_answers_pings_is_replaced() {
         r#"{"type":"ticker","product_id":"BTC-USD","price":"1"}"#.into(),
     ));
     first.push(Step::Pings(Duration::from_secs(30)));
-    let mut second = subscribed(&[("BTC-USD", 3)]);
-    second.extend(btc_matches(4..=6));
-    second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 6)]));
+    let second = btc_resumed(3, 6);
     let mut c = Client::start(vec![first, second], 1, FeedKind::Exchange, &products, 800).await;
     let started = Instant::now();
     let trades = take(&mut c.feed, 6).await;
