@@ -521,6 +521,18 @@ def ratio(a, b, higher_is_better=True):
     return f"{r:.1f}×" if r >= 10 else f"{r:.2g}×"
 
 
+def engine_table(engines, by, sink, columns):
+    """A Markdown table, one row per engine that ran on `sink` (engines without a run are left
+    out): `columns` are (header, cell of the run), right-aligned after the engine's name."""
+    lines = ["| engine | " + " | ".join(header for header, _ in columns) + " |",
+             "| --- | " + " | ".join("---:" for _ in columns) + " |"]
+    for e in engines:
+        r = by.get((e, sink))
+        if r:
+            lines.append(f"| {ENGINES[e]} | " + " | ".join(cell(r) for _, cell in columns) + " |")
+    return lines
+
+
 def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
     by = {(r["engine"], r["sink"]): r for r in runs}
     engines = [e for e in ENGINES if any(k[0] == e for k in by)]
@@ -535,32 +547,28 @@ def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
         f"so JVM and Python start-up is inside the wall time (that is what an available-now job pays).",
         "",
         "## Kafka → profit → Cassandra", "",
-        "| engine | wall s | trades/s | trades/s after 1st batch | rows in Cassandra | first batch written s "
-        "| CPU s (user+sys) | Cassandra CPU s | peak RSS MB | other CPU s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for e in engines:
-        r = by.get((e, "cassandra"))
-        if not r:
-            continue
-        lines.append(
-            f"| {ENGINES[e]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} "
-            f"| {fmt(r.get('trades_per_s_after_first_batch'), 0)} | {fmt(r.get('rows_in_cassandra'))} "
-            f"| {fmt(r['first_batch_s'], 2)} | {fmt(r['cpu_s'])} | {fmt(r['service_cpu_s'].get('cassandra'))} "
-            f"| {fmt(r['peak_rss_mb'], 0)} | {fmt(r.get('other_cpu_s'))} |"
-        )
-    lines += ["", "## Compute only (Spark `noop` sink, coinstream `null` sink)", "",
-              "| engine | wall s | trades/s | trades/s after 1st batch | first batch s | CPU s | peak RSS MB | other CPU s |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for e in engines:
-        r = by.get((e, "null"))
-        if not r:
-            continue
-        lines.append(
-            f"| {ENGINES[e]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} "
-            f"| {fmt(r.get('trades_per_s_after_first_batch'), 0)} | {fmt(r['first_batch_s'], 2)} "
-            f"| {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r.get('other_cpu_s'))} |"
-        )
+    lines += engine_table(engines, by, "cassandra", [
+        ("wall s", lambda r: fmt(r['wall_s'])),
+        ("trades/s", lambda r: fmt(r['trades_per_s'], 0)),
+        ("trades/s after 1st batch", lambda r: fmt(r.get('trades_per_s_after_first_batch'), 0)),
+        ("rows in Cassandra", lambda r: fmt(r.get('rows_in_cassandra'))),
+        ("first batch written s", lambda r: fmt(r['first_batch_s'], 2)),
+        ("CPU s (user+sys)", lambda r: fmt(r['cpu_s'])),
+        ("Cassandra CPU s", lambda r: fmt(r['service_cpu_s'].get('cassandra'))),
+        ("peak RSS MB", lambda r: fmt(r['peak_rss_mb'], 0)),
+        ("other CPU s", lambda r: fmt(r.get('other_cpu_s'))),
+    ])
+    lines += ["", "## Compute only (Spark `noop` sink, coinstream `null` sink)", ""]
+    lines += engine_table(engines, by, "null", [
+        ("wall s", lambda r: fmt(r['wall_s'])),
+        ("trades/s", lambda r: fmt(r['trades_per_s'], 0)),
+        ("trades/s after 1st batch", lambda r: fmt(r.get('trades_per_s_after_first_batch'), 0)),
+        ("first batch s", lambda r: fmt(r['first_batch_s'], 2)),
+        ("CPU s", lambda r: fmt(r['cpu_s'])),
+        ("peak RSS MB", lambda r: fmt(r['peak_rss_mb'], 0)),
+        ("other CPU s", lambda r: fmt(r.get('other_cpu_s'))),
+    ])
     if live:
         lines += ["", f"## Live: {args.live_rate:,.0f} trades/s for {args.live_seconds:.0f} s "
                   f"(after {args.live_warmup:.0f} s of warm-up), latency from send to Cassandra write time", "",

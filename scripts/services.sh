@@ -367,6 +367,15 @@ take_lock() {
   flock 9
 }
 
+# Waits for every background job given (by pid); fails when any of them failed.
+wait_all() {
+  local p rc=0
+  for p in "$@"; do
+    wait "$p" || rc=1
+  done
+  return "$rc"
+}
+
 cmd_up() {
   local services=("$@") svc pid to_wait=()
   take_lock
@@ -390,15 +399,11 @@ cmd_up() {
     log "$svc: started (pid $(cat "$(pid_file "$svc")"), log $(log_file "$svc"))"
     to_wait+=("$svc")
   done
-  local rc=0 p
   for svc in "${to_wait[@]}"; do
     wait_ready "$svc" &
     WAITERS+=($!)
   done
-  for p in "${WAITERS[@]}"; do
-    wait "$p" || rc=1
-  done
-  ((rc == 0)) || die "not every service came up; stop the rest with: scripts/services.sh down"
+  wait_all "${WAITERS[@]}" || die "not every service came up; stop the rest with: scripts/services.sh down"
 }
 
 stop_one() {
@@ -424,16 +429,13 @@ stop_one() {
 }
 
 cmd_down() {
-  local svc pids=() p rc=0
+  local svc pids=()
   take_lock
   for svc in "$@"; do
     stop_one "$svc" &
     pids+=($!)
   done
-  for p in "${pids[@]}"; do
-    wait "$p" || rc=1
-  done
-  return "$rc"
+  wait_all "${pids[@]}"
 }
 
 cmd_status() {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use coinstream::config::Override;
+use coinstream::config::{Config, Override};
 use connectors::kafka::config::Compression;
 
 /// The default config: the embedded pipeline (replay → profit.sql → Parquet), no servers needed.
@@ -28,14 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Runs the pipeline a config describes.
     Run {
-        /// The pipeline config.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Sets a key of the config file, e.g. `--set sink.keyspace=ks` or
-        /// `--set 'source.topics=["a","b"]'` (the value is TOML; bare text is a string).
-        /// Repeatable; applied in order before the config is checked.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<Override>,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// `available-now` or `interval:<n>ms|s|m`; overrides `engine.trigger`.
         #[arg(long)]
         trigger: Option<String>,
@@ -48,14 +42,8 @@ pub enum Command {
     },
     /// Prints the logical and physical plans of the transforms.
     Explain {
-        /// The pipeline config.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Sets a key of the config file, e.g. `--set sink.keyspace=ks` or
-        /// `--set 'source.topics=["a","b"]'` (the value is TOML; bare text is a string).
-        /// Repeatable; applied in order before the config is checked.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<Override>,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// Also runs the output transform on one batch from the source and shows per-operator metrics.
         #[arg(long)]
         analyze: bool,
@@ -65,14 +53,8 @@ pub enum Command {
     /// Runs SQL over the configured store (the output table is named after the output transform)
     /// and the reference tables.
     Query {
-        /// The pipeline config.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Sets a key of the config file, e.g. `--set sink.keyspace=ks` or
-        /// `--set 'source.topics=["a","b"]'` (the value is TOML; bare text is a string).
-        /// Repeatable; applied in order before the config is checked.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<Override>,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// The query.
         sql: String,
     },
@@ -96,6 +78,43 @@ pub enum IngestCommand {
     Gateio(IngestGateioArgs),
 }
 
+/// The config file of `run`, `explain` and `query`, and the keys set over it.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The pipeline config.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Sets a key of the config file, e.g. `--set sink.keyspace=ks` or
+    /// `--set 'source.topics=["a","b"]'` (the value is TOML; bare text is a string).
+    /// Repeatable; applied in order before the config is checked.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<Override>,
+}
+
+impl ConfigArgs {
+    /// The config file with the `--set` keys applied, checked.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::load_with(&self.config, &self.set)?)
+    }
+}
+
+/// Where an ingest shortcut publishes: the flags both shortcuts share.
+#[derive(Debug, clap::Args)]
+pub struct IngestKafkaArgs {
+    /// `sink.brokers` and `dead_letter.brokers`: Kafka brokers (default: env KAFKA_BOOTSTRAP,
+    /// else 127.0.0.1:9092).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// `sink.topic` (default: the pipeline's, crypto_trades for coinbase and crypto_candles for
+    /// gateio); dead letters go to `<topic>_dead_letters`.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// `sink.compression`: the codec the producer compresses batches with: none, gzip, snappy,
+    /// lz4 (the pipeline's default) or zstd.
+    #[arg(long)]
+    pub compression: Option<Compression>,
+}
+
 /// `coinstream ingest coinbase`.
 #[derive(Debug, clap::Args)]
 pub struct IngestCoinbaseArgs {
@@ -114,17 +133,8 @@ pub struct IngestCoinbaseArgs {
     /// or `advanced` (market_trades + heartbeats).
     #[arg(long, value_parser = ["exchange", "advanced"])]
     pub feed: Option<String>,
-    /// `sink.brokers` and `dead_letter.brokers`: Kafka brokers (default: env KAFKA_BOOTSTRAP,
-    /// else 127.0.0.1:9092).
-    #[arg(long)]
-    pub brokers: Option<String>,
-    /// `sink.topic` (default crypto_trades); dead letters go to `<topic>_dead_letters`.
-    #[arg(long)]
-    pub topic: Option<String>,
-    /// `sink.compression`: the codec the producer compresses batches with: none, gzip, snappy,
-    /// lz4 (the pipeline's default) or zstd.
-    #[arg(long)]
-    pub compression: Option<Compression>,
+    #[command(flatten)]
+    pub kafka: IngestKafkaArgs,
     /// `source.idle_timeout_ms`: a connection silent for this long (no trade, no heartbeat) is
     /// replaced, in milliseconds (default 5000).
     #[arg(long)]
@@ -178,17 +188,8 @@ pub struct IngestGateioArgs {
     /// the folder to publish them again.
     #[arg(long, visible_alias = "checkpoint")]
     pub state: Option<PathBuf>,
-    /// `sink.brokers` and `dead_letter.brokers`: Kafka brokers (default: env KAFKA_BOOTSTRAP,
-    /// else 127.0.0.1:9092).
-    #[arg(long)]
-    pub brokers: Option<String>,
-    /// `sink.topic` (default crypto_candles); dead letters go to `<topic>_dead_letters`.
-    #[arg(long)]
-    pub topic: Option<String>,
-    /// `sink.compression`: the codec the producer compresses batches with: none, gzip, snappy,
-    /// lz4 (the pipeline's default) or zstd.
-    #[arg(long)]
-    pub compression: Option<Compression>,
+    #[command(flatten)]
+    pub kafka: IngestKafkaArgs,
     /// `source.portfolio`: the portfolio file (its products give the default `--pairs`; default
     /// required_data/my_Portfolio.json).
     #[arg(long)]

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::cli::{IngestCoinbaseArgs, IngestCommand, IngestGateioArgs, ProgressFormat};
+use crate::cli::{
+    IngestCoinbaseArgs, IngestCommand, IngestGateioArgs, IngestKafkaArgs, ProgressFormat,
+};
 use coinstream::config::{Config, Override};
 
 pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
@@ -24,12 +26,15 @@ pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
     crate::pipeline::run(config, ProgressFormat::Human).await
 }
 
-/// A path flag as an absolute path: it is relative to the working directory, not to the
-/// pipeline file.
-fn path_value(flag: &str, path: &Path) -> anyhow::Result<toml::Value> {
+/// `key` set to the path flag `flag` as an absolute path (it is relative to the working
+/// directory, not to the pipeline file); nothing when the flag was left out.
+fn path_override(key: &str, flag: &str, path: Option<&Path>) -> anyhow::Result<Option<Override>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
     let absolute = std::path::absolute(path).with_context(|| flag.to_owned())?;
     match absolute.to_str() {
-        Some(text) => Ok(text.into()),
+        Some(text) => Ok(Some(Override::new(key, text))),
         None => bail!("{flag}: {} is not UTF-8", absolute.display()),
     }
 }
@@ -38,14 +43,14 @@ fn list(items: Vec<String>) -> toml::Value {
     toml::Value::Array(items.into_iter().map(toml::Value::from).collect())
 }
 
-/// The overrides every ingest shortcut shares: where the records (and the dead letters) go, and
-/// the checkpoint folder.
+/// The overrides every ingest shortcut shares: where the records (and the dead letters) go.
 fn kafka_overrides(
-    brokers: Option<String>,
-    topic: Option<String>,
-    compression: Option<connectors::kafka::config::Compression>,
-    checkpoint: Option<(&str, PathBuf)>,
-) -> anyhow::Result<Vec<Override>> {
+    IngestKafkaArgs {
+        brokers,
+        topic,
+        compression,
+    }: IngestKafkaArgs,
+) -> Vec<Override> {
     let mut overrides = Vec::new();
     if let Some(brokers) = brokers {
         overrides.push(Override::new("sink.brokers", brokers.as_str()));
@@ -61,22 +66,16 @@ fn kafka_overrides(
     if let Some(codec) = compression {
         overrides.push(Override::new("sink.compression", codec.as_str()));
     }
-    if let Some((flag, dir)) = checkpoint {
-        overrides.push(Override::new(
-            "engine.checkpoint_dir",
-            path_value(flag, &dir)?,
-        ));
-    }
-    Ok(overrides)
+    overrides
 }
 
 fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
-    let mut overrides = kafka_overrides(
-        args.brokers,
-        args.topic,
-        args.compression,
-        args.checkpoint.map(|dir| ("--checkpoint", dir)),
-    )?;
+    let mut overrides = kafka_overrides(args.kafka);
+    overrides.extend(path_override(
+        "engine.checkpoint_dir",
+        "--checkpoint",
+        args.checkpoint.as_deref(),
+    )?);
     if let Some(url) = args.url {
         overrides.push(Override::new("source.url", url));
     }
@@ -90,28 +89,26 @@ fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<(PathBuf, Vec<Override>)
         let ms = i64::try_from(ms).context("--idle-timeout-ms is too large")?;
         overrides.push(Override::new("source.idle_timeout_ms", ms));
     }
-    if let Some(path) = &args.portfolio {
-        overrides.push(Override::new(
-            "source.portfolio",
-            path_value("--portfolio", path)?,
-        ));
-    }
-    if let Some(path) = &args.coin_map {
-        overrides.push(Override::new(
-            "source.coin_map",
-            path_value("--coin-map", path)?,
-        ));
-    }
+    overrides.extend(path_override(
+        "source.portfolio",
+        "--portfolio",
+        args.portfolio.as_deref(),
+    )?);
+    overrides.extend(path_override(
+        "source.coin_map",
+        "--coin-map",
+        args.coin_map.as_deref(),
+    )?);
     Ok((args.pipeline, overrides))
 }
 
 fn gateio(args: IngestGateioArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
-    let mut overrides = kafka_overrides(
-        args.brokers,
-        args.topic,
-        args.compression,
-        args.state.map(|dir| ("--state", dir)),
-    )?;
+    let mut overrides = kafka_overrides(args.kafka);
+    overrides.extend(path_override(
+        "engine.checkpoint_dir",
+        "--state",
+        args.state.as_deref(),
+    )?);
     if let Some(url) = args.url {
         overrides.push(Override::new("source.base_url", url));
     }
@@ -136,12 +133,11 @@ fn gateio(args: IngestGateioArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
     if args.once {
         overrides.push(Override::new("source.once", true));
     }
-    if let Some(path) = &args.portfolio {
-        overrides.push(Override::new(
-            "source.portfolio",
-            path_value("--portfolio", path)?,
-        ));
-    }
+    overrides.extend(path_override(
+        "source.portfolio",
+        "--portfolio",
+        args.portfolio.as_deref(),
+    )?);
     Ok((args.pipeline, overrides))
 }
 

@@ -33,17 +33,15 @@ fn bench_files(ext: &str) -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn shell_scripts_parse() {
-    for script in bench_files("sh") {
-        let out = Command::new("bash")
-            .arg("-n")
-            .arg(&script)
+/// Runs `check` (named `what` in failures) on every `.{ext}` file under bench/; each must pass.
+fn assert_each_passes(ext: &str, what: &str, check: impl Fn(&Path) -> Command) {
+    for script in bench_files(ext) {
+        let out = check(&script)
             .output()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
         assert!(
             out.status.success(),
-            "bash -n {}: {}",
+            "{what} {}: {}",
             script.display(),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -51,26 +49,29 @@ fn shell_scripts_parse() {
 }
 
 #[test]
+fn shell_scripts_parse() {
+    assert_each_passes("sh", "bash -n", |script| {
+        let mut bash = Command::new("bash");
+        bash.arg("-n").arg(script);
+        bash
+    });
+}
+
+#[test]
 fn python_scripts_compile() {
     let pyc = tempfile::tempdir().unwrap();
-    for script in bench_files("py") {
-        // py_compile, with the byte code kept out of the work tree.
-        let out = Command::new("python3")
+    // py_compile, with the byte code kept out of the work tree.
+    assert_each_passes("py", "py_compile", |script| {
+        let mut python = Command::new("python3");
+        python
             .args([
                 "-c",
                 "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)",
             ])
-            .arg(&script)
-            .arg(pyc.path().join("out.pyc"))
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "py_compile {}: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+            .arg(script)
+            .arg(pyc.path().join("out.pyc"));
+        python
+    });
 }
 
 /// bench/run.sh --coinstream-only on 1,000 trades: Kafka → coinstream → Cassandra, the null-sink

@@ -469,18 +469,7 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
         "no window twice across runs"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--trigger",
-            "available-now",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    check(&out);
+    check(&run_available_now(&config, dir.path()));
     let session = session().await;
     let mut rows = session
         .query_iter(
@@ -562,8 +551,9 @@ async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
     let config = dir.path().join("embedded.toml");
     std::fs::write(&config, text).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
+    let log = check(&coinstream(
+        dir.path(),
+        &[
             "run",
             "--config",
             config.to_str().unwrap(),
@@ -571,11 +561,8 @@ async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
             "available-now",
             "--progress",
             "json",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let log = check(&out);
+        ],
+    ));
     let progress: Vec<serde_json::Value> = log
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -591,18 +578,11 @@ async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
         "the source's counters are in the progress: {log}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "query",
-            "--config",
-            config.to_str().unwrap(),
-            "SELECT symbol, count(*) AS n, min(trade_id) AS first, max(trade_id) AS last FROM profit GROUP BY symbol ORDER BY symbol",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    check(&out);
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = query(
+        &config,
+        dir.path(),
+        "SELECT symbol, count(*) AS n, min(trade_id) AS first, max(trade_id) AS last FROM profit GROUP BY symbol ORDER BY symbol",
+    );
     assert!(table.contains("| BTC-USD | 31 | 500   | 530  |"), "{table}");
     assert!(table.contains("| ETH-USD | 31 | 1000  | 1030 |"), "{table}");
 }
@@ -665,26 +645,31 @@ fn embedded_config(dir: &std::path::Path, url: &str, products: &[&str]) -> std::
     config
 }
 
-fn run_available_now(config: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
+/// The built binary run with `args` in `dir`, to its end.
+fn coinstream(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--trigger",
-            "available-now",
-        ])
+        .args(args)
         .current_dir(dir)
         .output()
         .unwrap()
 }
 
+fn run_available_now(config: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
+    coinstream(
+        dir,
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+        ],
+    )
+}
+
+/// The table `coinstream query` prints for `sql` (the run must succeed).
 fn query(config: &std::path::Path, dir: &std::path::Path, sql: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args(["query", "--config", config.to_str().unwrap(), sql])
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let out = coinstream(dir, &["query", "--config", config.to_str().unwrap(), sql]);
     check(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -693,17 +678,7 @@ fn query(config: &std::path::Path, dir: &std::path::Path, sql: &str) -> String {
 /// heartbeats say `last_trade_id: 0`: 4 trades stored, no "Trades lost", gaps=0 lost_trades=0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_heartbeat_zero_false_loss_stores_four_trades_and_reports_no_loss() {
-    let frames = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD"]}]}
-{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011426656,"time":"2025-05-12T14:03:21.402171Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477167,"time":"2025-05-12T14:03:21.402247Z"}
-{"type":"match","trade_id":831102379,"maker_order_id":"00000000-0000-4000-8000-000831102379","taker_order_id":"00000000-0000-4000-9000-000831102379","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":14011426700,"time":"2025-05-12T14:03:21.500000Z"}
-{"type":"match","trade_id":612558206,"maker_order_id":"00000000-0000-4000-8000-000612558206","taker_order_id":"00000000-0000-4000-9000-000612558206","side":"buy","size":"1.1","price":"2515.69","product_id":"ETH-USD","sequence":61204477200,"time":"2025-05-12T14:03:21.600000Z"}
-{"type":"match","trade_id":831102380,"maker_order_id":"00000000-0000-4000-8000-000831102380","taker_order_id":"00000000-0000-4000-9000-000831102380","side":"buy","size":"0.2","price":"104212.40","product_id":"BTC-USD","sequence":14011426800,"time":"2025-05-12T14:03:21.700000Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011426900,"time":"2025-05-12T14:03:22.402171Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477300,"time":"2025-05-12T14:03:22.402247Z"}
-{"type":"match","trade_id":612558207,"maker_order_id":"00000000-0000-4000-8000-000612558207","taker_order_id":"00000000-0000-4000-9000-000612558207","side":"sell","size":"0.4","price":"2515.70","product_id":"ETH-USD","sequence":61204477400,"time":"2025-05-12T14:03:22.600000Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011427000,"time":"2025-05-12T14:03:23.402171Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477500,"time":"2025-05-12T14:03:23.402247Z"}"#;
+    let frames = include_str!("fixtures/heartbeat-zero-false-loss/frames.jsonl");
     let url = case_feed_server(None, frames.lines().map(str::to_owned).collect(), true).await;
     let dir = tempfile::tempdir().unwrap();
     let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD"]);

@@ -164,9 +164,7 @@ async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
     let big = big_bad_message();
     let (partition, offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
     let (config, _) = parquet_config(&setup, &format!("topic = \"{dlq}\""));
-    let out = wait_with_limit(setup.run_with(&config, &[]), Duration::from_secs(120));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = failed_run(&setup, &config);
     assert!(
         err.contains(&format!(
             "dead-letter topic {dlq} refused the dead letter of {} even cut to 256 bytes per field: ",
@@ -223,9 +221,7 @@ async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
             "topic = \"{missing}\"\n[dead_letter.properties]\n\"allow.auto.create.topics\" = \"false\"\n\"topic.metadata.propagation.max.ms\" = \"2000\""
         ),
     );
-    let out = wait_with_limit(setup.run_with(&config, &[]), Duration::from_secs(120));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = failed_run(&setup, &config);
     assert!(
         err.contains(&format!(
             "dead letter of {} not delivered to topic {missing}",
@@ -268,6 +264,14 @@ async fn generate_publishes_zstd_batches_and_rejects_an_unknown_codec() {
         "{:?}",
         records[0]
     );
+}
+
+/// The stderr of a run of `config` that must fail, and within two minutes (a hang fails too).
+fn failed_run(setup: &Setup, config: &std::path::Path) -> String {
+    let out = wait_with_limit(setup.run_with(config, &[]), Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    err
 }
 
 fn wait_with_limit(mut cmd: Command, limit: Duration) -> std::process::Output {

@@ -340,6 +340,11 @@ async fn delete_below(topic: &str, offset: i64) {
         .expect("delete records");
 }
 
+/// The query of `config` running micro-batches of one record every 300 ms, so it stays behind.
+fn spawn_one_record_per_batch(setup: &Setup, config: &std::path::Path) -> Running {
+    Running::spawn(setup.run_triggered(config, "interval:300ms", &["--max-records-per-batch", "1"]))
+}
+
 /// Waits until the run stored at least one batch, then deletes offsets below 40.
 async fn delete_behind_the_reader(run: &mut Running, topic: &str) {
     run.wait_for_batches(2, Duration::from_secs(60));
@@ -351,11 +356,7 @@ async fn records_deleted_by_retention_before_they_are_read_stop_the_query_naming
     let (setup, config, _store) = slow_reader_setup("lossstop", true).await;
     let topic = format!("{}_one", setup.topic);
     produce_sixty(&topic, 24).await;
-    let mut run = Running::spawn(setup.run_triggered(
-        &config,
-        "interval:300ms",
-        &["--max-records-per-batch", "1"],
-    ));
+    let mut run = spawn_one_record_per_batch(&setup, &config);
     delete_behind_the_reader(&mut run, &topic).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while run.is_running() {
@@ -387,11 +388,7 @@ async fn records_deleted_by_retention_are_counted_and_the_query_goes_on_without_
     let (setup, config, store) = slow_reader_setup("losscount", false).await;
     let topic = format!("{}_one", setup.topic);
     let messages = produce_sixty(&topic, 25).await;
-    let mut run = Running::spawn(setup.run_triggered(
-        &config,
-        "interval:300ms",
-        &["--max-records-per-batch", "1"],
-    ));
+    let mut run = spawn_one_record_per_batch(&setup, &config);
     delete_behind_the_reader(&mut run, &topic).await;
     // Every record from 40 on arrives; then stop and count.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -12,14 +12,43 @@ use connectors::coinbase::config::{CoinbaseConfig, FeedKind, Settings};
 use connectors::coinbase::gaps::TradeTracker;
 use connectors::common::counters::CounterSet;
 use connectors::common::trade::TradeRecord;
-use connectors::kafka::producer::TopicProducer;
 use engine::{Poll, PollLimits, Source, SourceOffset, StartRequest};
 use testkit::coinbase::{
     FeedServer, Step, advanced_ack, advanced_heartbeat, advanced_trades, exchange_ack,
     exchange_match, heartbeat, interleaved, price, trade_time,
 };
-use testkit::env::{kafka_bootstrap, required_data};
+use testkit::env::required_data;
 use tokio::sync::watch;
+
+mod support;
+use support::fresh_topic_producer;
+
+/// A connection's opening: the subscriptions ack for the products, then the `last_match` the
+/// exchange sends for each on subscribe, given as `(product, trade id)` in subscription order.
+fn subscribed(last_matches: &[(&str, i64)]) -> Vec<Step> {
+    let products: Vec<&str> = last_matches.iter().map(|&(product, _)| product).collect();
+    let mut steps = vec![Step::Text(exchange_ack(&products))];
+    steps.extend(
+        last_matches
+            .iter()
+            .map(|&(product, id)| Step::Text(exchange_match("last_match", product, id))),
+    );
+    steps
+}
+
+/// BTC-USD `match` frames with the trade ids `ids`, in order.
+fn btc_matches(ids: std::ops::RangeInclusive<i64>) -> impl Iterator<Item = Step> {
+    ids.map(|id| Step::Text(exchange_match("match", "BTC-USD", id)))
+}
+
+/// A BTC-USD connection that replays `last` as its `last_match`, carries the trades after it up
+/// to `upto`, then stays alive on heartbeats.
+fn btc_resumed(last: i64, upto: i64) -> Vec<Step> {
+    let mut steps = subscribed(&[("BTC-USD", last)]);
+    steps.extend(btc_matches(last + 1..=upto));
+    steps.push(Step::KeepAlive(vec![heartbeat("BTC-USD", upto)]));
+    steps
+}
 
 // ---- the client ----------------------------------------------------------------------------
 
@@ -90,6 +119,13 @@ impl Client {
 }
 
 /// Reads trades from the client until `n` arrived (or fails after 30 s).
+/// The client replaced its one connection once, for idle timeout, and the server saw two.
+fn assert_replaced_once_for_silence(c: &Client) {
+    assert_eq!(c.counter("idle_timeouts"), 1);
+    assert_eq!(c.counter("reconnects"), 1);
+    assert_eq!(c.server.connections(), 2);
+}
+
 async fn take(feed: &mut FeedTask, n: usize) -> Vec<TradeRecord> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -170,20 +206,12 @@ async fn poll_batches(
 async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
     let products = ["BTC-USD", "ETH-USD"];
     // 1st connection: last_match, then trades up to 1060 / 5060 and an abrupt drop.
-    let mut first = vec![
-        Step::Text(exchange_ack(&products)),
-        Step::Text(exchange_match("last_match", "BTC-USD", 1000)),
-        Step::Text(exchange_match("last_match", "ETH-USD", 5000)),
-    ];
+    let mut first = subscribed(&[("BTC-USD", 1000), ("ETH-USD", 5000)]);
     first.extend(interleaved(1001..=1060, 5001..=5060));
     first.push(Step::Drop);
     // 2nd connection: a last_match already published, then an overlap, then new trades, then
     // the server closes with a close frame.
-    let mut second = vec![
-        Step::Text(exchange_ack(&products)),
-        Step::Text(exchange_match("last_match", "BTC-USD", 1060)),
-        Step::Text(exchange_match("last_match", "ETH-USD", 5060)),
-    ];
+    let mut second = subscribed(&[("BTC-USD", 1060), ("ETH-USD", 5060)]);
     second.extend(interleaved(1040..=1100, 5030..=5100));
     second.push(Step::Heartbeats(
         vec![heartbeat("BTC-USD", 1100), heartbeat("ETH-USD", 5100)],
@@ -191,27 +219,14 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
     ));
     second.push(Step::Drop);
     // 3rd connection: only replays, then heartbeats until the client leaves.
-    let third = vec![
-        Step::Text(exchange_ack(&products)),
-        Step::Text(exchange_match("last_match", "BTC-USD", 1100)),
-        Step::Text(exchange_match("last_match", "ETH-USD", 5100)),
-        Step::KeepAlive(vec![heartbeat("BTC-USD", 1100), heartbeat("ETH-USD", 5100)]),
-    ];
+    let mut third = subscribed(&[("BTC-USD", 1100), ("ETH-USD", 5100)]);
+    third.push(Step::KeepAlive(vec![
+        heartbeat("BTC-USD", 1100),
+        heartbeat("ETH-USD", 5100),
+    ]));
     let server = FeedServer::scripted(vec![first, second, third], 1).await;
 
-    let topic = testkit::unique_name("coinbase_replay");
-    testkit::kafka::create_topic(&topic, 3).await;
-    let producer = TopicProducer::new(
-        &kafka_bootstrap(),
-        &topic,
-        connectors::kafka::config::Compression::Lz4,
-        &Default::default(),
-    )
-    .unwrap();
-    producer
-        .check(Duration::from_secs(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}; start Kafka with scripts/services.sh up"));
+    let (topic, producer) = fresh_topic_producer("coinbase_replay").await;
 
     let (stop, shutdown) = watch::channel(false);
     let mut feed = client::spawn(
@@ -316,7 +331,7 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
 async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     let products = ["BTC-USD"];
     let mut first = vec![Step::Text(exchange_ack(&products))];
-    first.extend((1..=10).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
+    first.extend(btc_matches(1..=10));
     // Heartbeats only, for three idle timeouts: the connection stays.
     first.push(Step::Heartbeats(
         vec![heartbeat("BTC-USD", 10)],
@@ -325,12 +340,7 @@ async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     first.push(Step::Text(exchange_match("match", "BTC-USD", 11)));
     // Then nothing at all, far longer than the idle timeout.
     first.push(Step::Silence(Duration::from_secs(60)));
-    let mut second = vec![
-        Step::Text(exchange_ack(&products)),
-        Step::Text(exchange_match("last_match", "BTC-USD", 11)),
-    ];
-    second.extend((12..=20).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
-    second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 20)]));
+    let second = btc_resumed(11, 20);
     let mut c = Client::start(vec![first, second], 1, FeedKind::Exchange, &products, 800).await;
     let started = Instant::now();
     let first_part = take(&mut c.feed, 11).await;
@@ -343,9 +353,7 @@ async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     let all: Vec<TradeRecord> = first_part.into_iter().chain(rest).collect();
     assert_eq!(ids(&all, "BTC-USD"), (1..=20).collect::<Vec<_>>());
     assert_no_more(&mut c.feed, Duration::from_millis(500)).await;
-    assert_eq!(c.counter("idle_timeouts"), 1);
-    assert_eq!(c.counter("reconnects"), 1);
-    assert_eq!(c.server.connections(), 2);
+    assert_replaced_once_for_silence(&c);
     c.stop().await;
 }
 
@@ -496,11 +504,7 @@ async fn advanced_trade_market_trades_become_the_same_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_replay() {
     let products = ["BTC-USD", "ETH-USD"];
-    let mut script = vec![
-        Step::Text(exchange_ack(&products)),
-        Step::Text(exchange_match("last_match", "BTC-USD", 10)),
-        Step::Text(exchange_match("last_match", "ETH-USD", 70)),
-    ];
+    let mut script = subscribed(&[("BTC-USD", 10), ("ETH-USD", 70)]);
     script.extend(interleaved(11..=14, 71..=72));
     script.push(Step::KeepAlive(vec![
         heartbeat("BTC-USD", 14),
@@ -583,18 +587,10 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
 // ---- hostile input: refused products, ping-only connections, values that cannot be real -----
 
 /// The frames of `../shared/cases/heartbeat-zero-false-loss/frames.jsonl`: heartbeats with
-/// `last_trade_id` 0 around contiguous trades of two products.
-const HEARTBEAT_ZERO_FRAMES: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD"]}]}
-{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011426656,"time":"2025-05-12T14:03:21.402171Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477167,"time":"2025-05-12T14:03:21.402247Z"}
-{"type":"match","trade_id":831102379,"maker_order_id":"00000000-0000-4000-8000-000831102379","taker_order_id":"00000000-0000-4000-9000-000831102379","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":14011426700,"time":"2025-05-12T14:03:21.500000Z"}
-{"type":"match","trade_id":612558206,"maker_order_id":"00000000-0000-4000-8000-000612558206","taker_order_id":"00000000-0000-4000-9000-000612558206","side":"buy","size":"1.1","price":"2515.69","product_id":"ETH-USD","sequence":61204477200,"time":"2025-05-12T14:03:21.600000Z"}
-{"type":"match","trade_id":831102380,"maker_order_id":"00000000-0000-4000-8000-000831102380","taker_order_id":"00000000-0000-4000-9000-000831102380","side":"buy","size":"0.2","price":"104212.40","product_id":"BTC-USD","sequence":14011426800,"time":"2025-05-12T14:03:21.700000Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011426900,"time":"2025-05-12T14:03:22.402171Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477300,"time":"2025-05-12T14:03:22.402247Z"}
-{"type":"match","trade_id":612558207,"maker_order_id":"00000000-0000-4000-8000-000612558207","taker_order_id":"00000000-0000-4000-9000-000612558207","side":"sell","size":"0.4","price":"2515.70","product_id":"ETH-USD","sequence":61204477400,"time":"2025-05-12T14:03:22.600000Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"BTC-USD","sequence":14011427000,"time":"2025-05-12T14:03:23.402171Z"}
-{"type":"heartbeat","last_trade_id":0,"product_id":"ETH-USD","sequence":61204477500,"time":"2025-05-12T14:03:23.402247Z"}"#;
+/// `last_trade_id` 0 around contiguous trades of two products (shared with the binary's
+/// `tests/ingest_e2e.rs`, which runs the same case through the whole pipeline).
+const HEARTBEAT_ZERO_FRAMES: &str =
+    include_str!("../../tests/fixtures/heartbeat-zero-false-loss/frames.jsonl");
 
 /// heartbeat-zero-false-loss: a heartbeat's `last_trade_id` of 0 (or any id below the first
 /// trade seen) says nothing about loss.
@@ -769,18 +765,13 @@ async fn an_authentication_failure_stops_the_advanced_trade_client() {
 async fn a_connection_that_only_answers_pings_is_replaced() {
     let products = ["BTC-USD"];
     let mut first = vec![Step::Text(exchange_ack(&products))];
-    first.extend((1..=3).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
+    first.extend(btc_matches(1..=3));
     // Pings (and an unused message type) only, for far longer than the idle timeout.
     first.push(Step::Text(
         r#"{"type":"ticker","product_id":"BTC-USD","price":"1"}"#.into(),
     ));
     first.push(Step::Pings(Duration::from_secs(30)));
-    let mut second = vec![
-        Step::Text(exchange_ack(&products)),
-        Step::Text(exchange_match("last_match", "BTC-USD", 3)),
-    ];
-    second.extend((4..=6).map(|id| Step::Text(exchange_match("match", "BTC-USD", id))));
-    second.push(Step::KeepAlive(vec![heartbeat("BTC-USD", 6)]));
+    let second = btc_resumed(3, 6);
     let mut c = Client::start(vec![first, second], 1, FeedKind::Exchange, &products, 800).await;
     let started = Instant::now();
     let trades = take(&mut c.feed, 6).await;
@@ -790,9 +781,7 @@ async fn a_connection_that_only_answers_pings_is_replaced() {
         took >= Duration::from_millis(800) && took < Duration::from_secs(10),
         "replaced after the idle timeout, not kept by the pings: {took:?}"
     );
-    assert_eq!(c.counter("idle_timeouts"), 1);
-    assert_eq!(c.counter("reconnects"), 1);
-    assert_eq!(c.server.connections(), 2);
+    assert_replaced_once_for_silence(&c);
     c.stop().await;
 }
 

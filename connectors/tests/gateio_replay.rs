@@ -15,11 +15,12 @@ use connectors::gateio::candles::CandleRecord;
 use connectors::gateio::config::{GateioConfig, Settings};
 use connectors::gateio::poller::{self, Counters};
 use connectors::gateio::source::GateioSource;
-use connectors::kafka::producer::TopicProducer;
 use engine::{Poll, PollLimits, Source, SourceBatch, StartRequest};
-use testkit::env::kafka_bootstrap;
 use testkit::gateio::{Handler, Reply, RestServer, Seen, now_secs, row, rows};
 use tokio::sync::{mpsc, watch};
+
+mod support;
+use support::fresh_topic_producer;
 
 /// Serves `handler`'s answers on testkit's Gate.io stand-in.
 async fn serve(handler: Arc<Handler>) -> RestServer {
@@ -55,14 +56,59 @@ fn settings(
     config.validate().unwrap()
 }
 
+/// What a poller run that ends on its own (`once`, or the end of a backfill) left behind.
+struct Ended {
+    /// What `poller::run` returned: the last published window per pair, or the error.
+    result: engine::Result<BTreeMap<String, i64>>,
+    /// The candles it sent, in the order sent.
+    candles: Vec<CandleRecord>,
+    counters: Arc<Counters>,
+}
+
+/// Runs the poller from `resume` until it ends on its own, taking its candles as it sends them.
+async fn run_to_end(settings: Settings, resume: BTreeMap<String, i64>) -> Ended {
+    let (tx, mut rx) = mpsc::channel(100);
+    let (_stop, shutdown) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    let take = async {
+        let mut candles = Vec::new();
+        while let Some(c) = rx.recv().await {
+            candles.push(c);
+        }
+        candles
+    };
+    // The run drops its sender when it ends, which ends `take`.
+    let (result, candles) = tokio::join!(
+        poller::run(settings, resume, tx, shutdown, counters.clone()),
+        take
+    );
+    Ended {
+        result,
+        candles,
+        counters,
+    }
+}
+
+/// One live poll (`once`, no backfill) of `pairs` on the stand-in at `base`, resuming after the
+/// windows in `resume`.
+async fn one_live_poll(base: &str, pairs: &[&str], resume: BTreeMap<String, i64>) -> Ended {
+    run_to_end(settings(base, pairs, None, None, true), resume).await
+}
+
+/// A backfill of `windows` one-minute windows from 2026-05-28T20:26:00Z: its first and last
+/// window start (unix seconds).
+fn minute_backfill(windows: i64) -> (i64, i64) {
+    let from = 1_780_000_000 / 60 * 60;
+    (from, from + (windows - 1) * 60)
+}
+
 // ---- tests ---------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_once() {
     let secs = 60;
-    let from = 1_780_000_000 / secs * secs;
     let windows = 2_500;
-    let to = from + (windows - 1) * secs;
+    let (from, to) = minute_backfill(windows);
     let handler: Arc<Handler> = Arc::new(move |n, seen| {
         let (f, t) = (query_i64(seen, "from"), query_i64(seen, "to"));
         if seen.path != "/api/v4/spot/candlesticks"
@@ -120,19 +166,7 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
     });
     let server = serve(handler).await;
 
-    let topic = testkit::unique_name("gateio_replay");
-    testkit::kafka::create_topic(&topic, 3).await;
-    let producer = TopicProducer::new(
-        &kafka_bootstrap(),
-        &topic,
-        connectors::kafka::config::Compression::Lz4,
-        &Default::default(),
-    )
-    .unwrap();
-    producer
-        .check(Duration::from_secs(15))
-        .await
-        .unwrap_or_else(|e| panic!("{e}; start Kafka with scripts/services.sh up"));
+    let (topic, producer) = fresh_topic_producer("gateio_replay").await;
     let counters = Arc::new(Counters::default());
     let (tx, mut rx) = mpsc::channel(1_000);
     let (_stop, shutdown) = watch::channel(false);
@@ -244,18 +278,8 @@ async fn an_error_body_fails_the_poll_with_its_label_and_message() {
             .into(),
     });
     let server = serve(handler).await;
-    let (tx, _rx) = mpsc::channel(10);
-    let (_stop, shutdown) = watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    let err = poller::run(
-        settings(&server.base, &["FOO_BAR"], None, None, true),
-        BTreeMap::new(),
-        tx,
-        shutdown,
-        counters.clone(),
-    )
-    .await
-    .unwrap_err();
+    let ended = one_live_poll(&server.base, &["FOO_BAR"], BTreeMap::new()).await;
+    let err = ended.result.unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("400 Bad Request INVALID_CURRENCY_PAIR: Invalid currency pair FOO_BAR"),
@@ -265,7 +289,7 @@ async fn an_error_body_fails_the_poll_with_its_label_and_message() {
         !err.is_transient(),
         "a bad pair does not go away by retrying"
     );
-    assert_eq!(counters.get("requests"), 1, "not retried");
+    assert_eq!(ended.counters.get("requests"), 1, "not retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,22 +309,12 @@ async fn a_single_live_poll_publishes_only_closed_windows() {
         Reply::json(body)
     });
     let server = serve(handler).await;
-    let (tx, mut rx) = mpsc::channel(1_000);
-    let (_stop, shutdown) = watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    poller::run(
-        settings(&server.base, &["BTC_USDT"], None, None, true),
-        BTreeMap::new(),
-        tx,
-        shutdown,
-        counters.clone(),
-    )
-    .await
-    .unwrap();
-    let mut got = Vec::new();
-    while let Some(c) = rx.recv().await {
-        got.push(c);
-    }
+    let Ended {
+        result,
+        candles: got,
+        counters,
+    } = one_live_poll(&server.base, &["BTC_USDT"], BTreeMap::new()).await;
+    result.unwrap();
     let seen = server.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "one poll");
     let (f, t) = (query_i64(&seen[0], "from"), query_i64(&seen[0], "to"));
@@ -423,22 +437,14 @@ async fn a_resumed_poll_starts_right_after_the_last_published_window() {
     let server = serve(handler).await;
     let current = now_secs().div_euclid(secs) * secs;
     let last = current - 300 * secs;
-    let (tx, mut rx) = mpsc::channel(1_000);
-    let (_stop, shutdown) = watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    let ended_at = poller::run(
-        settings(&server.base, &["BTC_USDT"], None, None, true),
+    let ended = one_live_poll(
+        &server.base,
+        &["BTC_USDT"],
         BTreeMap::from([("BTC_USDT".to_owned(), last)]),
-        tx,
-        shutdown,
-        counters.clone(),
     )
-    .await
-    .unwrap();
-    let mut starts = Vec::new();
-    while let Some(c) = rx.recv().await {
-        starts.push(start_secs(&c));
-    }
+    .await;
+    let ended_at = ended.result.unwrap();
+    let starts: Vec<i64> = ended.candles.iter().map(start_secs).collect();
     let seen = server.seen.lock().unwrap().clone();
     assert_eq!(query_i64(&seen[0], "from"), last + secs, "resumes after it");
     // The minute may have turned during the poll.
@@ -532,22 +538,13 @@ async fn a_backfill_from_an_unaligned_from_skips_no_window() {
         config.to_secs = to;
         config.once = true;
         config.request_timeout_ms = 5_000;
-        let (tx, mut rx) = mpsc::channel(20_000);
-        let (_stop, shutdown) = watch::channel(false);
-        let counters = Arc::new(Counters::default());
-        let ended = poller::run(
-            config.validate().unwrap(),
-            BTreeMap::new(),
-            tx,
-            shutdown,
-            counters.clone(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{interval} +{offset}s: {e}"));
-        let mut starts = Vec::new();
-        while let Some(c) = rx.recv().await {
-            starts.push(start_secs(&c));
-        }
+        let Ended {
+            result,
+            candles,
+            counters,
+        } = run_to_end(config.validate().unwrap(), BTreeMap::new()).await;
+        let ended = result.unwrap_or_else(|e| panic!("{interval} +{offset}s: {e}"));
+        let starts: Vec<i64> = candles.iter().map(start_secs).collect();
         let first = current - back * secs + secs;
         let last = match to {
             Some(to) => to.div_euclid(secs) * secs,
@@ -616,10 +613,7 @@ async fn a_pair_the_api_refuses_is_dropped_and_the_others_go_on() {
     let current = now_secs().div_euclid(secs) * secs;
     let from = current - 1_500 * secs;
     let to = current - 11 * secs;
-    let (tx, mut rx) = mpsc::channel(10_000);
-    let (_stop, shutdown) = watch::channel(false);
-    let counters = Arc::new(Counters::default());
-    let ended = poller::run(
+    let run = run_to_end(
         settings(
             &server.base,
             &["BTC_USDT", "FOO_BAR", "ETH_USDT"],
@@ -628,14 +622,11 @@ async fn a_pair_the_api_refuses_is_dropped_and_the_others_go_on() {
             false,
         ),
         BTreeMap::new(),
-        tx,
-        shutdown,
-        counters.clone(),
     )
-    .await
-    .unwrap();
+    .await;
+    let ended = run.result.unwrap();
     let mut per_pair: BTreeMap<String, usize> = BTreeMap::new();
-    while let Some(c) = rx.recv().await {
+    for c in run.candles {
         *per_pair.entry(c.currency_pair).or_default() += 1;
     }
     assert_eq!(
@@ -676,26 +667,16 @@ async fn a_run_whose_every_row_is_unusable_fails_with_the_reason() {
     ] {
         let handler: Arc<Handler> = Arc::new(move |_, _| Reply::json(body.to_owned()));
         let server = serve(handler).await;
-        let (tx, mut rx) = mpsc::channel(10);
-        let (_stop, shutdown) = watch::channel(false);
-        let counters = Arc::new(Counters::default());
-        let err = poller::run(
-            settings(&server.base, &["BTC_USDT"], None, None, true),
-            BTreeMap::new(),
-            tx,
-            shutdown,
-            counters.clone(),
-        )
-        .await
-        .unwrap_err();
+        let ended = one_live_poll(&server.base, &["BTC_USDT"], BTreeMap::new()).await;
+        let err = ended.result.unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("rows received could be used") && text.contains(reason),
             "{text}"
         );
         assert!(!err.is_transient());
-        assert!(rx.recv().await.is_none(), "nothing published");
-        assert!(counters.get("errors") > 0);
+        assert!(ended.candles.is_empty(), "nothing published");
+        assert!(ended.counters.get("errors") > 0);
     }
 }
 
@@ -742,9 +723,8 @@ fn windows_of(batch: &SourceBatch) -> Vec<((String, i64), CandleRecord)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_source_resumes_from_its_checkpoint_position_without_duplicates_or_gaps() {
     let secs = 60;
-    let from = 1_780_000_000 / secs * secs;
     let windows = 450;
-    let to = from + (windows - 1) * secs;
+    let (from, to) = minute_backfill(windows);
     let quiet = from + 137 * secs;
     let handler: Arc<Handler> = Arc::new(move |_, seen| {
         let (f, t) = (query_i64(seen, "from"), query_i64(seen, "to"));

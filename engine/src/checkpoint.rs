@@ -429,37 +429,33 @@ mod tests {
         SourceOffset::new(serde_json::from_str(text).unwrap())
     }
 
-    #[test]
-    fn reads_offsets_entries_of_older_versions_without_state() {
+    /// A checkpoint holding `entries` (as `offsets/0`, `offsets/1`, …) written by an older
+    /// version, with batch 0 committed, and what it recovers from them.
+    fn recover_older_entries(entries: &[&str]) -> (tempfile::TempDir, Checkpoint, Recovered) {
         let dir = tempfile::tempdir().unwrap();
         let cp = Checkpoint::open(dir.path()).unwrap();
-        fs::write(
-            dir.path().join("offsets/0"),
-            r#"{"batchId":0,"start":{"t":{"0":0}},"end":{"t":{"0":4}}}"#,
-        )
-        .unwrap();
+        for (batch_id, entry) in entries.iter().enumerate() {
+            fs::write(dir.path().join(format!("offsets/{batch_id}")), entry).unwrap();
+        }
         cp.commit(0).unwrap();
-        let r = cp.recover().unwrap();
+        let recovered = cp.recover().unwrap();
+        (dir, cp, recovered)
+    }
+
+    #[test]
+    fn reads_offsets_entries_of_older_versions_without_state() {
+        let (_dir, _cp, r) =
+            recover_older_entries(&[r#"{"batchId":0,"start":{"t":{"0":0}},"end":{"t":{"0":4}}}"#]);
         assert_eq!(r.committed, Some(json(r#"{"t":{"0":4}}"#)));
     }
 
     #[test]
     fn reads_offsets_entries_of_older_versions_with_state_beside_the_offsets() {
-        let dir = tempfile::tempdir().unwrap();
-        let cp = Checkpoint::open(dir.path()).unwrap();
         // Written by the version that saved `sourceState` (a capture's last trade id per product).
-        fs::write(
-            dir.path().join("offsets/0"),
+        let (dir, cp, r) = recover_older_entries(&[
             r#"{"batchId":0,"start":{"/f":{"0":0}},"end":{"/f":{"0":3}},"sourceState":{"lastTradeId":{"BTC-USD":7}}}"#,
-        )
-        .unwrap();
-        fs::write(
-            dir.path().join("offsets/1"),
             r#"{"batchId":1,"start":{"/f":{"0":3}},"end":{"/f":{"0":8}},"sourceState":{"lastTradeId":{"BTC-USD":9}}}"#,
-        )
-        .unwrap();
-        cp.commit(0).unwrap();
-        let r = cp.recover().unwrap();
+        ]);
         let after_0 =
             json(r#"{"offsets":{"/f":{"0":3}},"sourceState":{"lastTradeId":{"BTC-USD":7}}}"#);
         assert_eq!(r.committed, Some(after_0.clone()));

@@ -279,20 +279,34 @@ mod tests {
         parse_decimal(text, p, s, DecimalPolicy::RoundHalfUp).map(|v| (v.value, v.rounded))
     }
 
+    /// Each `(text, precision, scale, value, rounded)`: `text` as `decimal(precision, scale)`,
+    /// rounded half up, is `value` (unscaled), and `rounded` says whether digits were dropped.
+    fn assert_half_up(cases: &[(&str, u8, i8, i128, bool)]) {
+        for &(text, p, s, value, rounded) in cases {
+            assert_eq!(
+                half_up(text, p, s),
+                Ok((value, rounded)),
+                "{text:?} as decimal({p},{s})"
+            );
+        }
+    }
+
     #[test]
     fn rounds_excess_fraction_digits_half_up_as_spark() {
-        // The decimal-excess-scale case: 0.7960000001 / 0.0000000002 / 0.7421000001 / 2.
-        assert_eq!(half_up("0.79600000009", 28, 10), Ok((7_960_000_001, true)));
-        assert_eq!(half_up("0.00000000019", 28, 10), Ok((2, true)));
-        assert_eq!(half_up("0.742100000051", 28, 10), Ok((7_421_000_001, true)));
-        assert_eq!(half_up("1.99999999999", 28, 10), Ok((20_000_000_000, true)));
-        // Half away from zero, on the first dropped digit only.
-        assert_eq!(half_up("0.125", 10, 2), Ok((13, true)));
-        assert_eq!(half_up("-0.125", 10, 2), Ok((-13, true)));
-        assert_eq!(half_up("0.1249999", 10, 2), Ok((12, true)));
-        assert_eq!(half_up("-0.0049", 10, 2), Ok((0, true)));
-        // Dropped zeros change nothing.
-        assert_eq!(half_up("1.500000000000000", 10, 2), Ok((150, false)));
+        assert_half_up(&[
+            // The decimal-excess-scale case: 0.7960000001 / 0.0000000002 / 0.7421000001 / 2.
+            ("0.79600000009", 28, 10, 7_960_000_001, true),
+            ("0.00000000019", 28, 10, 2, true),
+            ("0.742100000051", 28, 10, 7_421_000_001, true),
+            ("1.99999999999", 28, 10, 20_000_000_000, true),
+            // Half away from zero, on the first dropped digit only.
+            ("0.125", 10, 2, 13, true),
+            ("-0.125", 10, 2, -13, true),
+            ("0.1249999", 10, 2, 12, true),
+            ("-0.0049", 10, 2, 0, true),
+            // Dropped zeros change nothing.
+            ("1.500000000000000", 10, 2, 150, false),
+        ]);
     }
 
     #[test]
@@ -307,21 +321,26 @@ mod tests {
 
     #[test]
     fn accepts_the_forms_java_big_decimal_accepts() {
-        assert_eq!(half_up("1.5E+4", 10, 2), Ok((1_500_000, false)));
-        assert_eq!(half_up("15e-1", 10, 2), Ok((150, false)));
-        assert_eq!(half_up("+2.5", 10, 2), Ok((250, false)));
-        assert_eq!(half_up(".5", 10, 2), Ok((50, false)));
-        assert_eq!(half_up("5.", 10, 2), Ok((500, false)));
-        assert_eq!(
-            half_up("0000000000000000000000000000000000000000042", 10, 2),
-            Ok((4200, false))
-        );
-        assert_eq!(half_up("-0.00", 10, 2), Ok((0, false)));
-        assert_eq!(half_up("0e999999999", 10, 2), Ok((0, false)));
-        assert_eq!(half_up("1e-2000000000", 10, 2), Ok((0, true)));
-        assert_eq!(half_up("6e-3", 10, 2), Ok((1, true)));
-        assert_eq!(half_up("4e-3", 10, 2), Ok((0, true)));
-        assert_eq!(half_up("5e-4", 10, 2), Ok((0, true)));
+        assert_half_up(&[
+            ("1.5E+4", 10, 2, 1_500_000, false),
+            ("15e-1", 10, 2, 150, false),
+            ("+2.5", 10, 2, 250, false),
+            (".5", 10, 2, 50, false),
+            ("5.", 10, 2, 500, false),
+            (
+                "0000000000000000000000000000000000000000042",
+                10,
+                2,
+                4200,
+                false,
+            ),
+            ("-0.00", 10, 2, 0, false),
+            ("0e999999999", 10, 2, 0, false),
+            ("1e-2000000000", 10, 2, 0, true),
+            ("6e-3", 10, 2, 1, true),
+            ("4e-3", 10, 2, 0, true),
+            ("5e-4", 10, 2, 0, true),
+        ]);
     }
 
     #[test]

@@ -330,8 +330,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::SystemTime;
 
-    use arrow::array::{Array, Decimal128Array, Int64Array};
+    use arrow::array::{Array, AsArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::datatypes::{Decimal128Type, Int64Type};
 
     use super::*;
 
@@ -366,12 +367,7 @@ mod tests {
             ])
             .unwrap();
         assert!(out.dead_letters.is_empty());
-        let prices = out
-            .batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<Decimal128Array>()
-            .unwrap();
+        let prices = out.batch.column(1).as_primitive::<Decimal128Type>();
         assert_eq!(prices.value_as_string(0), "64000.1234567800");
         assert_eq!(prices.value_as_string(1), "0.0000123400");
         assert!(out.batch.column(2).is_null(1));
@@ -383,9 +379,7 @@ mod tests {
         let ids = |batch: &RecordBatch| {
             batch
                 .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
+                .as_primitive::<Int64Type>()
                 .values()
                 .to_vec()
         };
@@ -440,12 +434,7 @@ mod tests {
                 record(7, r#"{"trade_id":8,"price":"9.25"}"#),
             ])
             .unwrap();
-        let ids = out
-            .batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
+        let ids = out.batch.column(0).as_primitive::<Int64Type>();
         assert_eq!(ids.values().to_vec(), vec![1, 8]);
         assert_eq!(out.rows, vec![0, 7], "each row's message");
         let reasons: Vec<(i64, &str)> = out
@@ -482,18 +471,8 @@ mod tests {
             .map(|(i, m)| record(i as i64, m))
             .collect();
         let out = d.decode(&records).unwrap();
-        let prices = out
-            .batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<Decimal128Array>()
-            .unwrap();
-        let ids = out
-            .batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
+        let prices = out.batch.column(1).as_primitive::<Decimal128Type>();
+        let ids = out.batch.column(0).as_primitive::<Int64Type>();
         let mut values = vec![None; messages.len()];
         for row in 0..out.batch.num_rows() {
             values[ids.value(row) as usize] = Some(Ok(prices.value_as_string(row)));
@@ -693,11 +672,7 @@ mod tests {
             .map(|(i, t)| record(i as i64, &format!(r#"{{"trade_id":{i},"price":{t}}}"#)))
             .collect();
         let text = d.decode_all(records.iter()).unwrap().expect("decodes");
-        let prices = text
-            .column(1)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
+        let prices = text.column(1).as_string::<i32>();
         let got: Vec<&str> = prices.iter().map(Option::unwrap).collect();
         assert_eq!(got, texts);
     }

@@ -21,12 +21,11 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run {
             config,
-            set,
             trigger,
             progress,
             max_records_per_batch,
         } => {
-            let mut config = Config::load_with(&config, &set)?;
+            let mut config = config.load()?;
             if let Some(t) = trigger {
                 config.trigger = t.parse().context("--trigger")?;
             }
@@ -39,20 +38,10 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Explain {
             config,
-            set,
             analyze,
             transform,
-        } => {
-            explain::explain(
-                &Config::load_with(&config, &set)?,
-                analyze,
-                transform.as_deref(),
-            )
-            .await
-        }
-        Command::Query { config, set, sql } => {
-            query::query(&Config::load_with(&config, &set)?, &sql).await
-        }
+        } => explain::explain(&config.load()?, analyze, transform.as_deref()).await,
+        Command::Query { config, sql } => query::query(&config.load()?, &sql).await,
         Command::Generate(args) => generate::generate(args).await,
         Command::Ingest(command) => crate::ingest::dispatch(command).await,
     }

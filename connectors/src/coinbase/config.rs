@@ -178,15 +178,13 @@ impl CoinbaseConfig {
                 "must name at least one product",
             ));
         }
-        if self.reconnect_backoff_max < self.reconnect_backoff_initial {
-            problems.push(Problem::new(
-                "reconnect_backoff_max_ms",
-                format!(
-                    "{:?} is below reconnect_backoff_initial_ms ({:?})",
-                    self.reconnect_backoff_max, self.reconnect_backoff_initial
-                ),
-            ));
-        }
+        problems.extend(config::backoff_order(
+            (
+                "reconnect_backoff_initial_ms",
+                self.reconnect_backoff_initial,
+            ),
+            ("reconnect_backoff_max_ms", self.reconnect_backoff_max),
+        ));
         if !problems.is_empty() {
             return Err(problems);
         }

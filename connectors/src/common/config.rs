@@ -97,6 +97,20 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A problem at `max_key` when a backoff's longest pause (`max`) is below its first pause
+/// (`initial`, set by `initial_key`), in whatever unit the two keys share.
+pub fn backoff_order<T: PartialOrd + fmt::Debug>(
+    (initial_key, initial): (&str, T),
+    (max_key, max): (&str, T),
+) -> Option<Problem> {
+    (max < initial).then(|| {
+        Problem::new(
+            max_key,
+            format!("{max:?} is below {initial_key} ({initial:?})"),
+        )
+    })
+}
+
 /// `prefix.key`, where either may be empty; an index (`[0]`) needs no dot.
 pub fn join_key(prefix: &str, key: &str) -> String {
     match (prefix.is_empty(), key.is_empty()) {

@@ -245,15 +245,10 @@ impl GateioConfig {
         if self.request_timeout_ms == 0 {
             problems.push(Problem::new("request_timeout_ms", "must be at least 1"));
         }
-        if self.retry_backoff_max_ms < self.retry_backoff_initial_ms {
-            problems.push(Problem::new(
-                "retry_backoff_max_ms",
-                format!(
-                    "{} is below retry_backoff_initial_ms ({})",
-                    self.retry_backoff_max_ms, self.retry_backoff_initial_ms
-                ),
-            ));
-        }
+        problems.extend(config::backoff_order(
+            ("retry_backoff_initial_ms", self.retry_backoff_initial_ms),
+            ("retry_backoff_max_ms", self.retry_backoff_max_ms),
+        ));
         if !problems.is_empty() {
             return Err(problems);
         }

@@ -126,6 +126,17 @@ fn window_start(record: &CandleRecord) -> Result<i64> {
         })
 }
 
+/// A candle as the engine takes it: at `window` (its start, unix seconds) of key `number`.
+fn raw_record(record: &CandleRecord, number: u32, window: i64) -> RawRecord {
+    RawRecord {
+        payload: record.to_json(),
+        position: RecordPosition::new(number, window),
+        frame: None,
+        rejected: None,
+        received_at: SystemTime::now(),
+    }
+}
+
 impl GateioSource {
     /// Validates the config (reading the portfolio when the pairs come from it); nothing is
     /// requested until the first [`Source::poll`].
@@ -212,13 +223,7 @@ impl GateioSource {
             start.entry(key.clone()).or_insert(window);
             let number = self.key_number(&key);
             self.next.insert(key, window + secs);
-            records.push(RawRecord {
-                payload: record.to_json(),
-                position: RecordPosition::new(number, window),
-                frame: None,
-                rejected: None,
-                received_at: SystemTime::now(),
-            });
+            records.push(raw_record(&record, number, window));
         }
         self.handed_out = records.len() as u64;
         Ok(SourceBatch {
@@ -319,13 +324,7 @@ impl Source for GateioSource {
             let number = self.key_number(topic);
             while let Some(record) = rx.recv().await {
                 let window = window_start(&record)?;
-                records.push(RawRecord {
-                    payload: record.to_json(),
-                    position: RecordPosition::new(number, window),
-                    frame: None,
-                    rejected: None,
-                    received_at: SystemTime::now(),
-                });
+                records.push(raw_record(&record, number, window));
             }
             task.await
                 .map_err(|e| Error::Internal(format!("the Gate.io poller task failed: {e}")))??;
