@@ -678,7 +678,7 @@ fn query(config: &std::path::Path, dir: &std::path::Path, sql: &str) -> String {
 /// heartbeats say `last_trade_id: 0`: 4 trades stored, no "Trades lost", gaps=0 lost_trades=0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_heartbeat_zero_false_loss_stores_four_trades_and_reports_no_loss() {
-    let frames = include_str!("fixtures/heartbeat-zero-false-loss/frames.jsonl");
+    let frames = testkit::coinbase::HEARTBEAT_ZERO_FALSE_LOSS_FRAMES;
     let url = case_feed_server(None, frames.lines().map(str::to_owned).collect(), true).await;
     let dir = tempfile::tempdir().unwrap();
     let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD"]);

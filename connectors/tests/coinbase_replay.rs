@@ -586,17 +586,11 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
 
 // ---- hostile input: refused products, ping-only connections, values that cannot be real -----
 
-/// The frames of `../shared/cases/heartbeat-zero-false-loss/frames.jsonl`: heartbeats with
-/// `last_trade_id` 0 around contiguous trades of two products (shared with the binary's
-/// `tests/ingest_e2e.rs`, which runs the same case through the whole pipeline).
-const HEARTBEAT_ZERO_FRAMES: &str =
-    include_str!("../../tests/fixtures/heartbeat-zero-false-loss/frames.jsonl");
-
 /// heartbeat-zero-false-loss: a heartbeat's `last_trade_id` of 0 (or any id below the first
 /// trade seen) says nothing about loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_with_last_trade_id_zero_report_no_loss() {
-    let mut script: Vec<Step> = HEARTBEAT_ZERO_FRAMES
+    let mut script: Vec<Step> = testkit::coinbase::HEARTBEAT_ZERO_FALSE_LOSS_FRAMES
         .lines()
         .map(|l| Step::Text(l.to_owned()))
         .collect();

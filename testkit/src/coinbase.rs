@@ -12,6 +12,12 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The frames of the field case heartbeat-zero-false-loss (`testkit/fixtures/`, see its README),
+/// one per line: heartbeats with `last_trade_id` 0 around four contiguous trades of two products.
+/// Run by the feed source's tests and, through the whole pipeline, by the binary's.
+pub const HEARTBEAT_ZERO_FALSE_LOSS_FRAMES: &str =
+    include_str!("../fixtures/heartbeat-zero-false-loss/frames.jsonl");
+
 /// How often [`Step::Heartbeats`], [`Step::KeepAlive`] and [`Step::Pings`] repeat.
 pub const TICK: Duration = Duration::from_millis(100);
 
