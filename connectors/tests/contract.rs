@@ -700,7 +700,7 @@ impl SinkFixture for KafkaRows {
                 what: "no broker listening".into(),
                 sink: sink("127.0.0.1:1".into(), &self.topic, unreachable_properties()),
                 rows: None,
-                stage: Stage::Write,
+                stage: Stage::Healthcheck,
                 retry: Retry::Transient,
             },
             Failure {

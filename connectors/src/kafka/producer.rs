@@ -119,7 +119,7 @@ impl TopicProducer {
     }
 
     /// Fetches the topic's metadata, as the first send would: fails when no broker answers within
-    /// `timeout` (a healthcheck before reading from a venue).
+    /// `timeout` (the sink's healthcheck, before the source is read).
     ///
     /// # Errors
     /// A transient [`Error::Sink`] when no broker answers.

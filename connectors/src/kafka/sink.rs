@@ -9,6 +9,7 @@
 //! at-least-once, as Spark's Kafka sink: consumers that need each row once key on its id.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -148,10 +149,22 @@ impl KafkaSink {
     }
 }
 
+/// How long the healthcheck waits for a broker to answer.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[async_trait]
 impl Sink for KafkaSink {
     fn description(&self) -> String {
         format!("kafka {}", self.config.topic)
+    }
+
+    /// Fetches the topic's metadata, so an unreachable cluster is found before the source is
+    /// read rather than at the first batch's delivery timeout.
+    ///
+    /// # Errors
+    /// Transient when no broker answers within 10 s (the runtime waits for the cluster).
+    async fn healthcheck(&mut self) -> Result<()> {
+        self.producer.check(HEALTHCHECK_TIMEOUT).await
     }
 
     async fn write(&mut self, _batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
