@@ -1,8 +1,10 @@
 //! SQL golden tests: every `sql/tests/<transform>.slt` runs against a fresh production context in
 //! which the transform `sql/<transform>.sql` is planned exactly as `coinstream run` plans it. The
 //! input and reference tables are created empty from their one declaration, the DDL files
-//! `sql/tables/*.sql` (the ones the shipped configs list in `[tables]`); the `.slt` file inserts its
-//! fixture rows.
+//! `sql/tables/*.sql` (the ones the shipped configs list in `[tables]`), or the files a
+//! `# tables: <path> ...` line of the `.slt` file names (relative to the repository, for a
+//! transform whose input table is declared elsewhere, as `sql/passthrough.sql`'s `records`); the
+//! `.slt` file inserts its fixture rows.
 //!
 //! A `query` record's column letters are checked against the result's Arrow types, as
 //! DataFusion's runner does: `B` boolean, `I` integer, `R` float or decimal, `T` text, `D` date,
@@ -34,8 +36,13 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every table of `sql/tables/*.sql`; a name declared in two files is an error.
-fn declared_tables() -> Result<Vec<TableDecl>, String> {
+/// The DDL files of the `.slt` file `slt`: those its `# tables:` line names, else every
+/// `sql/tables/*.sql`.
+fn table_files(slt: &Path) -> Result<Vec<PathBuf>, String> {
+    let text = std::fs::read_to_string(slt).map_err(|e| format!("{}: {e}", slt.display()))?;
+    if let Some(named) = text.lines().find_map(|l| l.strip_prefix("# tables:")) {
+        return Ok(named.split_whitespace().map(|f| repo().join(f)).collect());
+    }
     let dir = repo().join("sql/tables");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
@@ -44,15 +51,20 @@ fn declared_tables() -> Result<Vec<TableDecl>, String> {
         .filter(|p| p.extension().is_some_and(|x| x == "sql"))
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// Every table of `files`; a name declared in two files is an error.
+fn declared_tables(files: &[PathBuf]) -> Result<Vec<TableDecl>, String> {
     let mut tables: Vec<TableDecl> = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         for table in engine::schema::parse_ddl(&file.display().to_string(), &text)
             .map_err(|e| e.to_string())?
         {
             if tables.iter().any(|t| t.name == table.name) {
                 return Err(format!(
-                    "{}: table {} is declared twice under sql/tables",
+                    "{}: table {} is declared twice",
                     file.display(),
                     table.name
                 ));
@@ -134,9 +146,9 @@ struct Db {
 }
 
 impl Db {
-    async fn new(transform: &str) -> Result<Self, String> {
+    async fn new(transform: &str, tables: &[PathBuf]) -> Result<Self, String> {
         let mut ctx = EngineContext::new(&ContextOptions::default());
-        for table in declared_tables()? {
+        for table in declared_tables(tables)? {
             let empty = MemTable::try_new(table.schema, vec![vec![]]).map_err(|e| e.to_string())?;
             ctx.session()
                 .register_table(table.name.as_str(), Arc::new(empty))
@@ -228,10 +240,11 @@ fn run_file(path: &Path, complete: bool) -> Result<(), Failed> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let tables = table_files(path)?;
     runtime.block_on(async {
         let mut runner = Runner::new(move || {
-            let transform = transform.clone();
-            async move { Db::new(&transform).await.map_err(SqlError) }
+            let (transform, tables) = (transform.clone(), tables.clone());
+            async move { Db::new(&transform, &tables).await.map_err(SqlError) }
         });
         runner.with_column_validator(strict_column_validator);
         if complete {
@@ -271,7 +284,13 @@ fn wrong_letter_fails() -> Result<(), String> {
     };
     runtime.block_on(async {
         let outcome = |letters: String| async move {
-            let mut runner = Runner::new(|| async { Db::new("profit").await.map_err(SqlError) });
+            let mut runner = Runner::new(|| async {
+                let tables = [
+                    repo().join("sql/tables/trades.sql"),
+                    repo().join("sql/tables/reference.sql"),
+                ];
+                Db::new("profit", &tables).await.map_err(SqlError)
+            });
             runner.with_column_validator(strict_column_validator);
             runner
                 .run_script_async(&script(&letters))
