@@ -19,6 +19,7 @@ const WORDS: &[&str] = &[
     "max_records_per_batch",
     "checkpoint_dir",
     "target_partitions",
+    "tables",
     "input",
     "columns",
     "reference",
@@ -36,6 +37,9 @@ const WORDS: &[&str] = &[
     r#""decimal(39,2)""#,
     r#""price decimal(28,10) not null""#,
     r#""at timestamp(ns)""#,
+    r#""../sql/tables/trades.sql""#,
+    r#""../sql/tables/reference.sql""#,
+    r#""portfolio""#,
     r#""replay""#,
     r#""coinbase_capture""#,
     r#""generate""#,
@@ -68,8 +72,9 @@ const WORDS: &[&str] = &[
 /// Whether a problem names a key: a dotted path under one of the config's sections (indices
 /// allowed), an unknown section, or, for TOML syntax errors, the line and column.
 fn names_a_key(key: &str, message: &str) -> bool {
-    const TOP: [&str; 8] = [
+    const TOP: [&str; 9] = [
         "engine",
+        "tables",
         "input",
         "reference",
         "transforms",

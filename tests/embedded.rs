@@ -430,7 +430,7 @@ fn a_checkpoint_of_the_previous_version_restarts_without_loss_under_the_old_type
 fn project(capture: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    for sub in ["required_data", "sql/reports", "elsewhere"] {
+    for sub in ["required_data", "sql/reports", "sql/tables", "elsewhere"] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
     for file in [
@@ -439,6 +439,8 @@ fn project(capture: &str) -> tempfile::TempDir {
         "required_data/my_Portfolio.json",
         "sql/profit.sql",
         "sql/reports/pnl_by_coin.sql",
+        "sql/tables/trades.sql",
+        "sql/tables/reference.sql",
     ] {
         std::fs::copy(repo().join(file), root.join(file)).unwrap();
     }

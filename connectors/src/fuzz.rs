@@ -24,8 +24,8 @@ use serde_json::Value;
 use crate::coinbase::advanced;
 use crate::coinbase::feed::{self, FeedEvent};
 use crate::common::http::Response;
-use crate::common::trade::{TRADE_COLUMNS, TradeRecord};
-use crate::gateio::candles::{CANDLE_COLUMNS, CandleRecord, parse_rows};
+use crate::common::trade::{TRADE_TABLE_DDL, TradeRecord};
+use crate::gateio::candles::{CANDLE_TABLE_DDL, CandleRecord, parse_rows};
 use crate::gateio::client;
 
 const INGEST: &str = "2026-11-20T14:00:00.123456Z";
@@ -93,9 +93,9 @@ fn coins() -> BTreeMap<String, String> {
     .into()
 }
 
-fn schema(columns: &[&str]) -> SchemaRef {
-    let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
-    engine::schema::parse_columns("fuzz", &columns).expect("the bus columns parse")
+/// The declared table `name` of the DDL text `ddl` (a shipped `sql/tables/*.sql`).
+fn schema(ddl: &str, name: &str) -> SchemaRef {
+    engine::schema::ddl_table(name, ddl, name).expect("the shipped table declaration parses")
 }
 
 /// Decodes one bus record with the engine's decoder: the row's batch, or the dead letter's reason.
@@ -453,7 +453,7 @@ macro_rules! fuzz {
 
 #[test]
 fn coinbase_exchange() {
-    let (schema, seen) = (schema(&TRADE_COLUMNS), Seen::default());
+    let (schema, seen) = (schema(TRADE_TABLE_DDL, "trades"), Seen::default());
     let harness = Harness::new("coinbase_exchange", COINBASE_WORDS);
     fuzz!(&harness, |frame: &[u8]| check_exchange(
         frame, &schema, &seen
@@ -463,7 +463,7 @@ fn coinbase_exchange() {
 
 #[test]
 fn coinbase_advanced() {
-    let (schema, seen) = (schema(&TRADE_COLUMNS), Seen::default());
+    let (schema, seen) = (schema(TRADE_TABLE_DDL, "trades"), Seen::default());
     let harness = Harness::new("coinbase_advanced", COINBASE_WORDS);
     fuzz!(&harness, |frame: &[u8]| check_advanced(
         frame, &schema, &seen
@@ -473,7 +473,7 @@ fn coinbase_advanced() {
 
 #[test]
 fn gateio_candles() {
-    let (schema, seen) = (schema(&CANDLE_COLUMNS), Seen::default());
+    let (schema, seen) = (schema(CANDLE_TABLE_DDL, "gateio_candles"), Seen::default());
     let harness = Harness::new("gateio_candles", GATEIO_WORDS);
     fuzz!(&harness, |body: &[u8]| check_candles(body, &schema, &seen));
     harness.report(&seen.line().replace("trades", "candles"));

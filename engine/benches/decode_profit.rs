@@ -10,7 +10,7 @@ use engine::RawRecord;
 use engine::context::{ContextOptions, EngineContext, InputSlot};
 use engine::decode::RecordDecoder;
 use engine::reference::ReferenceTable;
-use engine::schema::parse_columns;
+use engine::schema::ddl_table;
 use engine::transform::{PlannedTransform, TransformFile};
 
 const TRADES: usize = 1_000_000;
@@ -20,17 +20,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-const TRADE_COLUMNS: [&str; 9] = [
-    "symbol utf8 not null",
-    "coin_name utf8",
-    "trade_id int64 not null",
-    "sequence int64",
-    "trade_time timestamp(us) not null",
-    "price decimal(28,10) not null",
-    "size decimal(28,10) not null",
-    "side utf8 not null",
-    "ingest_time timestamp(us)",
-];
+/// The input and reference tables, as `coinstream.toml` declares them.
+const TRADES_DDL: &str = include_str!("../../sql/tables/trades.sql");
+const REFERENCE_DDL: &str = include_str!("../../sql/tables/reference.sql");
 
 /// Bus records shaped as the connectors write them: 9 portfolio products and 4 others.
 fn messages(n: usize) -> Vec<RawRecord> {
@@ -91,41 +83,23 @@ fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn columns(decls: &[&str]) -> Vec<String> {
-    decls.iter().map(|s| (*s).to_owned()).collect()
-}
-
 async fn planned() -> (EngineContext, InputSlot, PlannedTransform) {
     let mut ctx = EngineContext::new(&ContextOptions::default());
-    ctx.register_reference(&ReferenceTable {
-        name: "portfolio".into(),
-        path: repo().join("required_data/my_Portfolio.json"),
-        key_column: "symbol".into(),
-        columns: parse_columns(
-            "portfolio",
-            &columns(&[
-                "coin_name utf8 not null",
-                "buy_price decimal(28,10) not null",
-                "size decimal(28,10) not null",
-                "buy_time timestamp(ms) not null",
-            ]),
+    for name in ["portfolio", "coins"] {
+        let table = ddl_table("reference.sql", REFERENCE_DDL, name).unwrap();
+        let path = repo().join(match name {
+            "portfolio" => "required_data/my_Portfolio.json",
+            _ => "required_data/coin_map.json",
+        });
+        ctx.register_reference(
+            &ReferenceTable::declared(name.into(), path, "symbol", &table).unwrap(),
         )
-        .unwrap(),
-        scalar_values: false,
-    })
-    .unwrap();
-    ctx.register_reference(&ReferenceTable {
-        name: "coins".into(),
-        path: repo().join("required_data/coin_map.json"),
-        key_column: "symbol".into(),
-        columns: parse_columns("coins", &columns(&["coin_name utf8 not null"])).unwrap(),
-        scalar_values: true,
-    })
-    .unwrap();
+        .unwrap();
+    }
     let slot = ctx
         .register_input(
             "trades",
-            parse_columns("trades", &columns(&TRADE_COLUMNS)).unwrap(),
+            ddl_table("trades.sql", TRADES_DDL, "trades").unwrap(),
         )
         .unwrap();
     let transform = ctx

@@ -21,37 +21,26 @@ use fuzz::Harness;
 use crate::decode::{Decoded, RecordDecoder};
 use crate::flat_json::FlatDecoder;
 use crate::position::RecordPosition;
-use crate::schema::parse_columns;
+use crate::schema::ddl_table;
 use crate::source::RawRecord;
 
-/// The bus trade record's declared columns (`connectors::common::trade::TRADE_COLUMNS`; the
-/// engine cannot depend on connectors).
-const TRADE: [&str; 9] = [
-    "symbol utf8 not null",
-    "coin_name utf8",
-    "trade_id int64 not null",
-    "sequence int64",
-    "trade_time timestamp(us) not null",
-    "price decimal(28,10) not null",
-    "size decimal(28,10) not null",
-    "side utf8 not null",
-    "ingest_time timestamp(us)",
-];
+/// The bus trade record's table: `sql/tables/trades.sql`, the one declaration of its columns.
+const TRADE: &str = include_str!("../../sql/tables/trades.sql");
 
 /// The same keys read as every other type the fast path knows: narrower integers, floats, a small
 /// and a wide decimal, seconds and nanoseconds.
-const WIDE: [&str; 10] = [
-    "symbol utf8 not null",
-    "coin_name utf8",
-    "trade_id int32",
-    "sequence float64",
-    "trade_time timestamp(ns) not null",
-    "price decimal(38,20) not null",
-    "size decimal(10,2)",
-    "side utf8",
-    "ingest_time timestamp(s)",
-    "maker boolean",
-];
+const WIDE: &str = "CREATE TABLE wide (
+    symbol      VARCHAR NOT NULL,
+    coin_name   VARCHAR,
+    trade_id    INT,
+    sequence    DOUBLE,
+    trade_time  TIMESTAMP(9) WITH TIME ZONE NOT NULL,
+    price       DECIMAL(38,20) NOT NULL,
+    size        DECIMAL(10,2),
+    side        VARCHAR,
+    ingest_time TIMESTAMP(0) WITH TIME ZONE,
+    maker       BOOLEAN
+)";
 
 const KEYS: &[&str] = &[
     r#""symbol""#,
@@ -142,8 +131,8 @@ fn check_schema(schema: &SchemaRef, records: &[RawRecord]) -> bool {
 #[test]
 fn flat_json() {
     let schemas = [
-        parse_columns("trade", &TRADE.map(String::from)).expect("the trade columns parse"),
-        parse_columns("wide", &WIDE.map(String::from)).expect("the wide columns parse"),
+        ddl_table("trades.sql", TRADE, "trades").expect("the trade table parses"),
+        ddl_table("wide", WIDE, "wide").expect("the wide table parses"),
     ];
     let taken = AtomicU64::new(0);
     let check = |input: &[u8]| {
@@ -172,7 +161,7 @@ fn flat_json() {
 #[test]
 fn a_decimal_exponent_past_i16_is_a_dead_letter_not_a_panic() {
     // Found by the coinbase_exchange fuzz target: a match whose size is "536.2151e40097242".
-    let schema = parse_columns("trade", &TRADE.map(String::from)).expect("the trade columns parse");
+    let schema = ddl_table("trades.sql", TRADE, "trades").expect("the trade table parses");
     let line = br#"{"symbol":"ADA-USD","trade_id":1,"trade_time":"2026-11-20T14:03:14.325174Z","price":"0.78439767","size":"536.2151e40097242","side":"buy"}"#;
     let decoded = RecordDecoder::new(schema)
         .decode(&records(line))

@@ -1,7 +1,8 @@
 //! Reference tables: small JSON files loaded once into memory with a declared schema. The file is
 //! one JSON object keyed by id; each value is either an object of the declared columns
 //! (`{"BTC-USD": {"buy_price": "…"}}`) or a single scalar (`{"BTC-USD": "Bitcoin"}`). The key
-//! becomes the table's first column.
+//! becomes the table's first column. A table declared in DDL (`engine::schema`) declares the key
+//! column first, `VARCHAR NOT NULL` ([`ReferenceTable::declared`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,43 @@ pub struct ReferenceTable {
 }
 
 impl ReferenceTable {
+    /// The reference table whose whole schema (key column included) is `table`, as declared in
+    /// DDL: the key column `key` must be its first column, `VARCHAR NOT NULL`. With exactly one
+    /// column besides the key, the file maps each key to a scalar (`{"BTC-USD": "Bitcoin"}`);
+    /// with more, to an object of the columns.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`what` is the table's name) if the key column is not the first column,
+    /// is not `VARCHAR NOT NULL`, or is the only column.
+    pub fn declared(name: String, path: PathBuf, key: &str, table: &Schema) -> Result<Self> {
+        let fields = table.fields();
+        let key_ok = fields.first().is_some_and(|f| {
+            f.name() == key
+                && f.data_type() == &arrow::datatypes::DataType::Utf8
+                && !f.is_nullable()
+        });
+        if !key_ok {
+            return Err(Error::config(
+                &name,
+                format!("the file's keys go into column {key}: declare it first, VARCHAR NOT NULL"),
+            ));
+        }
+        let values: Vec<_> = fields.iter().skip(1).cloned().collect();
+        if values.is_empty() {
+            return Err(Error::config(
+                &name,
+                format!("declare at least one column besides the key {key}"),
+            ));
+        }
+        Ok(Self {
+            scalar_values: values.len() == 1,
+            name,
+            path,
+            key_column: key.to_owned(),
+            columns: Arc::new(Schema::new(values)),
+        })
+    }
+
     /// The table's full schema: the key column, then the declared columns.
     pub fn schema(&self) -> SchemaRef {
         let mut fields = vec![Arc::new(Field::new(
@@ -110,27 +148,41 @@ impl ReferenceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::parse_columns;
+    use crate::schema::ddl_table;
 
-    fn table(
-        dir: &tempfile::TempDir,
-        body: &str,
-        scalar: bool,
-        columns: &[&str],
-    ) -> ReferenceTable {
+    /// Table `portfolio` keyed by `symbol`, with `columns` (DDL column definitions) besides.
+    fn table(dir: &tempfile::TempDir, body: &str, scalar: bool, columns: &str) -> ReferenceTable {
         let path = dir.path().join("ref.json");
         std::fs::write(&path, body).unwrap();
-        ReferenceTable {
-            name: "portfolio".into(),
-            path,
-            key_column: "symbol".into(),
-            columns: parse_columns(
-                "c",
-                &columns.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            )
-            .unwrap(),
-            scalar_values: scalar,
+        let ddl = format!("CREATE TABLE portfolio (symbol VARCHAR NOT NULL, {columns})");
+        let schema = ddl_table("t.sql", &ddl, "portfolio").unwrap();
+        let t = ReferenceTable::declared("portfolio".into(), path, "symbol", &schema).unwrap();
+        assert_eq!(t.scalar_values, scalar);
+        assert_eq!(t.schema(), schema, "the declared table is the loaded one");
+        t
+    }
+
+    #[test]
+    fn declared_tables_have_their_key_first_as_varchar_not_null() {
+        for ddl in [
+            "CREATE TABLE r (name VARCHAR NOT NULL, symbol VARCHAR NOT NULL)",
+            "CREATE TABLE r (symbol VARCHAR, name VARCHAR NOT NULL)",
+            "CREATE TABLE r (symbol BIGINT NOT NULL, name VARCHAR NOT NULL)",
+        ] {
+            let schema = ddl_table("t.sql", ddl, "r").unwrap();
+            let err = ReferenceTable::declared("r".into(), "r.json".into(), "symbol", &schema)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                "config: r: the file's keys go into column symbol: declare it first, VARCHAR NOT NULL"
+            );
         }
+        let schema = ddl_table("t.sql", "CREATE TABLE r (symbol VARCHAR NOT NULL)", "r").unwrap();
+        let err = ReferenceTable::declared("r".into(), "r.json".into(), "symbol", &schema)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least one column besides the key"), "{err}");
     }
 
     #[test]
@@ -140,12 +192,8 @@ mod tests {
             &dir,
             r#"{"BTC-USD":{"coin_name":"Bitcoin","buy_price":"60000.5","size":"0.25","buy_time":1700000000000}}"#,
             false,
-            &[
-                "coin_name utf8 not null",
-                "buy_price decimal(28,10) not null",
-                "size decimal(28,10) not null",
-                "buy_time timestamp(ms) not null",
-            ],
+            "coin_name VARCHAR NOT NULL, buy_price DECIMAL(28,10) NOT NULL, \
+             size DECIMAL(28,10) NOT NULL, buy_time TIMESTAMP(3) WITH TIME ZONE NOT NULL",
         );
         let batch = t.load().unwrap();
         let text = arrow::util::pretty::pretty_format_batches(&[batch])
@@ -166,7 +214,7 @@ mod tests {
             &dir,
             r#"{"BTC-USD":{"buy_price":"60000.5"},"ADA-USD":{"buy_price":"0.742100000051"}}"#,
             false,
-            &["buy_price decimal(28,10) not null"],
+            "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)",
         );
         let err = t.load().unwrap_err().to_string();
         assert!(
@@ -184,7 +232,7 @@ mod tests {
             &dir,
             r#"{"BTC-USD":"Bitcoin","ETH-USD":"Ethereum"}"#,
             true,
-            &["coin_name utf8 not null"],
+            "coin_name VARCHAR NOT NULL",
         );
         assert_eq!(t.load().unwrap().num_rows(), 2);
     }
@@ -196,7 +244,7 @@ mod tests {
             &dir,
             r#"{"BTC-USD":{"buy_price":"1"},"ETH-USD":{"buy_price":"lots"}}"#,
             false,
-            &["buy_price decimal(28,10) not null"],
+            "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)",
         );
         let err = t.load().unwrap_err().to_string();
         assert!(err.contains("ref.json"), "{err}");
@@ -205,7 +253,7 @@ mod tests {
             &dir,
             r#"{"BTC-USD":{"size":"1"}}"#,
             false,
-            &["buy_price decimal(28,10) not null"],
+            "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)",
         );
         let err = t.load().unwrap_err().to_string();
         assert!(
@@ -216,7 +264,7 @@ mod tests {
             &dir,
             r#"["BTC-USD"]"#,
             false,
-            &["buy_price decimal(28,10) not null"],
+            "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)",
         );
         assert!(
             t.load()

@@ -10,7 +10,7 @@ use engine::context::{ContextOptions, EngineContext};
 use engine::decode::RecordDecoder;
 use engine::progress::BatchProgress;
 use engine::runtime::StreamingQuery;
-use engine::schema::parse_columns;
+use engine::schema::ddl_table;
 use engine::transform::{PlannedTransform, TransformFile};
 use engine::trigger::Trigger;
 use engine::{
@@ -214,7 +214,7 @@ impl Outputs {
 fn doubled() -> Transform {
     Transform {
         name: "doubled",
-        price: "decimal(10,2)",
+        price: "DECIMAL(10,2)",
         sql: SQL,
     }
 }
@@ -237,24 +237,24 @@ async fn query_with(
     checkpoint: bool,
     max_records: usize,
 ) -> StreamingQuery {
-    let schema = parse_columns(
-        "t",
-        &[
-            "id int64 not null".into(),
-            format!("price {} not null", t.price),
-        ],
-    )
-    .unwrap();
+    let ddl = format!(
+        "CREATE TABLE t (id BIGINT NOT NULL, price {} NOT NULL)",
+        t.price
+    );
+    let schema = ddl_table("t", &ddl, "t").unwrap();
     let mut ctx = EngineContext::new(&ContextOptions::default());
     let tiers_path = dir.join("tiers.json");
     std::fs::write(&tiers_path, r#"{"0":"even","1":"odd"}"#).unwrap();
-    ctx.register_reference(&engine::reference::ReferenceTable {
-        name: "tiers".into(),
-        path: tiers_path,
-        key_column: "key".into(),
-        columns: parse_columns("c", &["tier utf8 not null".into()]).unwrap(),
-        scalar_values: true,
-    })
+    let tiers = ddl_table(
+        "tiers",
+        "CREATE TABLE tiers (\"key\" VARCHAR NOT NULL, tier VARCHAR NOT NULL)",
+        "tiers",
+    )
+    .unwrap();
+    ctx.register_reference(
+        &engine::reference::ReferenceTable::declared("tiers".into(), tiers_path, "key", &tiers)
+            .unwrap(),
+    )
     .unwrap();
     // The reference key is text; expose it as a number for the join.
     ctx.session()
@@ -500,8 +500,11 @@ async fn one_batch_runs_through_decode_and_transform_but_writes_and_commits_noth
 async fn a_bad_transform_fails_at_planning_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut ctx = EngineContext::new(&ContextOptions::default());
-    ctx.register_input("trades", parse_columns("t", &["id int64".into()]).unwrap())
-        .unwrap();
+    ctx.register_input(
+        "trades",
+        ddl_table("t", "CREATE TABLE trades (id BIGINT)", "trades").unwrap(),
+    )
+    .unwrap();
     let path = dir.path().join("broken.sql");
     for (sql, expected) in [
         ("SELECT id\n  FROM trades WHERE id = = 3", "Line: 2"),
@@ -531,7 +534,7 @@ const VALUE_SQL: &str = "SELECT t.id, t.price * CAST(12000 AS DECIMAL(28,10)) AS
 fn value_transform() -> Transform {
     Transform {
         name: "value",
-        price: "decimal(28,10)",
+        price: "DECIMAL(28,10)",
         sql: VALUE_SQL,
     }
 }
@@ -700,7 +703,7 @@ async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
     let (commits, sink, letters) = (&out.commits, &out.sink, &out.letters);
     let total = Transform {
         name: "total",
-        price: "decimal(10,2)",
+        price: "DECIMAL(10,2)",
         sql: "SELECT CAST(SUM(t.id) AS TINYINT) AS total FROM trades t",
     };
     let run = out.run(dir.path(), total, vec![msgs], true, 100);

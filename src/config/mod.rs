@@ -10,11 +10,12 @@
 //! sink is built.
 
 mod overrides;
+mod tables;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use connectors::common::config::{self as plumbing, Problem};
 use connectors::{DeadLetterConfig, SinkConfig, SourceConfig};
 use engine::context::ContextOptions;
@@ -27,8 +28,9 @@ use serde::de::DeserializeOwned;
 pub use overrides::Override;
 
 /// The sections a config file may have.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "engine",
+    "tables",
     "input",
     "reference",
     "transforms",
@@ -71,10 +73,12 @@ impl Default for EngineSection {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct InputSection {
-    /// The table name the SQL reads; default `trades`.
+    /// The table the SQL reads, as declared in `[tables]`; default `trades` (without `[tables]`,
+    /// the bus trade record of `sql/tables/trades.sql`).
     table: String,
-    /// Declared columns (`"<name> <type> [not null]"`); default the trade record.
-    columns: Vec<String>,
+    /// Deprecated: the columns in the mini-language (`"<name> <type> [not null]"`), instead of a
+    /// table of `[tables]`.
+    columns: Option<Vec<String>>,
     /// What a decimal with more fractional digits than its column's scale becomes:
     /// `round_half_up` (default, as Spark's `from_json`; counted in the progress) or `reject`
     /// (the message goes to the dead letters).
@@ -86,25 +90,10 @@ impl Default for InputSection {
     fn default() -> Self {
         Self {
             table: "trades".into(),
-            columns: connectors::common::trade::trade_columns(),
+            columns: None,
             decimal_policy: DecimalPolicy::default(),
         }
     }
-}
-
-/// `[[reference]]`: a JSON file keyed by id, loaded once.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReferenceSection {
-    name: String,
-    #[serde(deserialize_with = "plumbing::path")]
-    path: PathBuf,
-    /// The column the file's keys go into.
-    key: String,
-    /// Declared columns, when values are objects.
-    columns: Option<Vec<String>>,
-    /// The one declared column, when values are scalars.
-    value: Option<String>,
 }
 
 /// `[transforms]`.
@@ -236,8 +225,10 @@ impl Config {
         let mut take = |name: &str| table.remove(name);
 
         let engine: Option<EngineSection> = optional(&mut problems, "engine", take("engine"));
+        let tables: Option<Option<tables::TablesSection>> =
+            optional(&mut problems, "tables", take("tables"));
         let input: Option<InputSection> = optional(&mut problems, "input", take("input"));
-        let references: Option<Vec<ReferenceSection>> =
+        let references: Option<Vec<tables::ReferenceSection>> =
             optional(&mut problems, "reference", take("reference"));
         let transforms: Option<TransformsSection> = required(
             &mut problems,
@@ -257,35 +248,17 @@ impl Config {
         let report: Option<Option<ReportSection>> =
             optional(&mut problems, "report", take("report"));
 
-        let input_schema = input
-            .as_ref()
-            .and_then(|i| columns(&mut problems, "input.columns", &i.columns));
+        // A `[tables]` that does not read declares nothing, and its problem is reported: the
+        // sections naming its tables are not checked against it.
+        let declared = tables.map(|t| tables::Declared::read(&mut problems, t));
+        let input_schema = match (&input, &declared) {
+            (Some(i), Some(d)) => d.input(&mut problems, &i.table, i.columns.as_deref()),
+            _ => None,
+        };
         let mut reference_tables = Vec::new();
-        for (i, r) in references.into_iter().flatten().enumerate() {
-            let key = format!("reference[{i}]");
-            let (decls, key, scalar_values) = match (r.columns, r.value) {
-                (Some(c), None) => (c, format!("{key}.columns"), false),
-                (None, Some(v)) => (vec![v], format!("{key}.value"), true),
-                _ => {
-                    problems.push(Problem::new(
-                        key,
-                        format!(
-                            "{:?}: declare exactly one of columns (object values) or value \
-                             (scalar values)",
-                            r.name
-                        ),
-                    ));
-                    continue;
-                }
-            };
-            if let Some(columns) = columns(&mut problems, &key, &decls) {
-                reference_tables.push(ReferenceTable {
-                    name: r.name,
-                    path: r.path,
-                    key_column: r.key,
-                    columns,
-                    scalar_values,
-                });
+        if let Some(d) = &declared {
+            for (i, r) in references.into_iter().flatten().enumerate() {
+                reference_tables.extend(d.reference(&mut problems, i, r));
             }
         }
         if let Some(t) = &transforms {
@@ -380,27 +353,6 @@ fn required<T>(
         return None;
     };
     read(name, value).map_err(|p| problems.push(p)).ok()
-}
-
-/// Column declarations as a schema; a problem per bad declaration, keyed `<key>[i]`.
-fn columns(problems: &mut Vec<Problem>, key: &str, decls: &[String]) -> Option<SchemaRef> {
-    if decls.is_empty() {
-        problems.push(Problem::new(key, "must declare at least one column"));
-        return None;
-    }
-    let before = problems.len();
-    let mut fields: Vec<arrow::datatypes::Field> = Vec::with_capacity(decls.len());
-    for (i, decl) in decls.iter().enumerate() {
-        let at = format!("{key}[{i}]");
-        match engine::schema::parse_column(decl) {
-            Ok(field) if fields.iter().any(|f| f.name() == field.name()) => problems.push(
-                Problem::new(at, format!("column {} is declared twice", field.name())),
-            ),
-            Ok(field) => fields.push(field),
-            Err(message) => problems.push(Problem::new(at, format!("{decl:?}: {message}"))),
-        }
-    }
-    (problems.len() == before).then(|| std::sync::Arc::new(Schema::new(fields)))
 }
 
 fn check_transforms(problems: &mut Vec<Problem>, t: &TransformsSection) {
@@ -680,13 +632,26 @@ sql = "r.sql"
         assert_eq!(
             problems,
             [
-                "egnine: unknown section; expected one of engine, input, reference, transforms, \
-                 source, sink, dead_letter, report",
+                "egnine: unknown section; expected one of engine, tables, input, reference, \
+                 transforms, source, sink, dead_letter, report",
                 "transforms: missing section",
                 "source: missing section",
                 "dead_letter: missing section",
             ]
         );
+    }
+
+    /// The shipped `coinstream.toml` with its `[tables]` taken out (an override cannot remove a
+    /// key), so the deprecated keys declare the tables on their own.
+    fn without_tables(dir: &tempfile::TempDir) -> PathBuf {
+        let root = repo_root().display().to_string();
+        let text = std::fs::read_to_string(repo_root().join("coinstream.toml"))
+            .unwrap()
+            .replace("\"required_data/", &format!("\"{root}/required_data/"))
+            .replace("\"sql/", &format!("\"{root}/sql/"));
+        let mut table: toml::Table = toml::from_str(&text).unwrap();
+        assert!(table.remove("tables").is_some());
+        write(dir, &toml::to_string(&table).unwrap())
     }
 
     #[test]
@@ -703,8 +668,7 @@ sql = "r.sql"
     #[test]
     fn column_declarations_are_checked_one_by_one() {
         let dir = tempfile::tempdir().unwrap();
-        let text = std::fs::read_to_string(repo_root().join("coinstream.toml")).unwrap();
-        let file = write(&dir, &text);
+        let file = without_tables(&dir);
         let err = Config::load_with(
             &file,
             &[
@@ -712,7 +676,10 @@ sql = "r.sql"
                 Override::new(
                     "reference",
                     toml::Value::Array(vec![toml::Value::Table(
-                        toml::from_str("name = \"r\"\npath = \"r.json\"\nkey = \"k\"").unwrap(),
+                        toml::from_str(
+                            "name = \"r\"\npath = \"r.json\"\nkey = \"k\"\ncolumns = []\nvalue = \"v utf8\"",
+                        )
+                        .unwrap(),
                     )]),
                 ),
             ],
@@ -727,6 +694,178 @@ sql = "r.sql"
         assert!(
             problems[2].starts_with("reference[0]: \"r\": declare exactly one of columns"),
             "{problems:?}"
+        );
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn deprecated_column_keys_declare_the_same_tables_as_the_ddl() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = repo_root().display().to_string();
+        let ddl =
+            Config::load(&repo_root().join("coinstream.toml")).unwrap_or_else(|e| panic!("{e}"));
+        // The mini-language the shipped files used before the DDL, word for word.
+        let legacy = Config::load_with(
+            &without_tables(&dir),
+            &[
+                Override::new(
+                    "input.columns",
+                    vec![
+                        "symbol utf8 not null",
+                        "coin_name utf8",
+                        "trade_id int64 not null",
+                        "sequence int64",
+                        "trade_time timestamp(us) not null",
+                        "price decimal(28,10) not null",
+                        "size decimal(28,10) not null",
+                        "side utf8 not null",
+                        "ingest_time timestamp(us)",
+                    ],
+                ),
+                Override::new(
+                    "reference",
+                    toml::Value::Array(
+                        [
+                            format!(
+                                "name = \"portfolio\"\npath = \"{root}/required_data/my_Portfolio.json\"\n\
+                                 key = \"symbol\"\ncolumns = [\"coin_name utf8 not null\", \
+                                 \"buy_price decimal(28,10) not null\", \"size decimal(28,10) not null\", \
+                                 \"buy_time timestamp(ms) not null\"]"
+                            ),
+                            format!(
+                                "name = \"coins\"\npath = \"{root}/required_data/coin_map.json\"\n\
+                                 key = \"symbol\"\nvalue = \"coin_name utf8 not null\""
+                            ),
+                        ]
+                        .iter()
+                        .map(|t| toml::Value::Table(toml::from_str(t).unwrap()))
+                        .collect(),
+                    ),
+                ),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(legacy.input_schema, ddl.input_schema);
+        assert_eq!(legacy.references[0].path, ddl.references[0].path);
+        assert_eq!(legacy.references.len(), 2);
+        for (old, new) in legacy.references.iter().zip(&ddl.references) {
+            assert_eq!(old.name, new.name);
+            assert_eq!(old.schema(), new.schema(), "{}", old.name);
+            assert_eq!(old.scalar_values, new.scalar_values, "{}", old.name);
+        }
+        assert!(ddl.references[1].scalar_values, "coins maps keys to names");
+
+        // Without [tables], the input table defaults to the built-in bus record.
+        let file = write(
+            &dir,
+            &format!(
+                "[transforms]\nfiles = [\"{root}/sql/passthrough.sql\"]\noutput = \"passthrough\"\n\
+                 [source]\ntype = \"null_source_for_test\"\n[sink]\ntype = \"null\"\n\
+                 [dead_letter]\ntype = \"file\"\npath = \"dl\"\n"
+            ),
+        );
+        let err = Config::load(&file).unwrap_err();
+        assert!(
+            err.problems.iter().all(|p| p.key.starts_with("source")),
+            "only the source is wrong: {err}"
+        );
+    }
+
+    #[test]
+    fn ddl_mistakes_are_problems_naming_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad_type = dir.path().join("bad_type.sql");
+        std::fs::write(&bad_type, "CREATE TABLE trades (price MONEY NOT NULL)").unwrap();
+        let unparsable = dir.path().join("unparsable.sql");
+        std::fs::write(
+            &unparsable,
+            "CREATE TABLE trades (price DECIMAL(28,10) NOT NULL",
+        )
+        .unwrap();
+        let reference = repo_root().join("sql/tables/reference.sql");
+        let shipped = repo_root().join("coinstream.toml");
+        let load = |files: Vec<String>, input: &str| {
+            Config::load_with(
+                &shipped,
+                &[
+                    Override::new("tables.files", files),
+                    Override::new("input.table", input),
+                ],
+            )
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(Problem::to_string)
+            .collect::<Vec<_>>()
+        };
+        let shown = |p: &Path| p.display().to_string();
+
+        let problems = load(vec![shown(&bad_type), shown(&reference)], "trades");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with(&format!(
+                "tables.files[0]: {}: table trades, column price: ",
+                bad_type.display()
+            )),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("MONEY"), "{problems:?}");
+        // The input table was in the file that failed: it is missing too, naming what is there.
+        assert_eq!(
+            problems[1],
+            format!(
+                "input.table: no table \"trades\" in {}, {}; declared there: portfolio, coins",
+                bad_type.display(),
+                reference.display()
+            )
+        );
+
+        let problems = load(vec![shown(&unparsable), shown(&reference)], "trades");
+        assert!(
+            problems[0].starts_with(&format!(
+                "tables.files[0]: {}: does not parse: ",
+                unparsable.display()
+            )),
+            "{problems:?}"
+        );
+
+        let trades = repo_root().join("sql/tables/trades.sql");
+        let problems = load(vec![shown(&trades)], "trades");
+        let missing = |name: &str, i: usize| {
+            format!(
+                "reference[{i}].name: no table \"{name}\" in {}; declared there: trades",
+                trades.display()
+            )
+        };
+        assert_eq!(problems, [missing("portfolio", 0), missing("coins", 1)]);
+
+        let problems = load(
+            vec![shown(&trades), shown(&reference), shown(&trades)],
+            "trades",
+        );
+        assert_eq!(
+            problems,
+            [format!(
+                "tables.files[2]: {0}: table trades is also declared in {0}",
+                trades.display()
+            )]
+        );
+
+        let keyed = dir.path().join("keyed.sql");
+        std::fs::write(
+            &keyed,
+            "CREATE TABLE portfolio (coin_name VARCHAR NOT NULL, symbol VARCHAR NOT NULL);\n\
+             CREATE TABLE coins (symbol VARCHAR NOT NULL, coin_name VARCHAR NOT NULL);",
+        )
+        .unwrap();
+        let problems = load(vec![shown(&trades), shown(&keyed)], "trades");
+        assert_eq!(
+            problems,
+            [format!(
+                "reference[0].key: table portfolio of {}: the file's keys go into column symbol: \
+                 declare it first, VARCHAR NOT NULL",
+                keyed.display()
+            )]
         );
     }
 

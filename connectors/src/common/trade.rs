@@ -9,22 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use super::excerpt::excerpt;
 
-/// The default declared columns of the bus record (see `engine::schema`).
-pub const TRADE_COLUMNS: [&str; 9] = [
-    "symbol utf8 not null",
-    "coin_name utf8",
-    "trade_id int64 not null",
-    "sequence int64",
-    "trade_time timestamp(us) not null",
-    "price decimal(28,10) not null",
-    "size decimal(28,10) not null",
-    "side utf8 not null",
-    "ingest_time timestamp(us)",
-];
+/// The bus record's table, `CREATE TABLE trades (...)`: `sql/tables/trades.sql`, the one
+/// declaration of its columns (the default input table, and the schema fuzz targets decode).
+pub const TRADE_TABLE_DDL: &str = include_str!("../../../sql/tables/trades.sql");
 
-/// The default declared columns as owned strings (for config defaults).
-pub fn trade_columns() -> Vec<String> {
-    TRADE_COLUMNS.iter().map(|c| (*c).to_owned()).collect()
+/// The bus record's Arrow schema, from [`TRADE_TABLE_DDL`].
+///
+/// # Panics
+/// Never: `sql/tables/trades.sql` is part of the build and a unit test parses it.
+pub fn trade_schema() -> arrow::datatypes::SchemaRef {
+    engine::schema::ddl_table("sql/tables/trades.sql", TRADE_TABLE_DDL, "trades")
+        .expect("sql/tables/trades.sql declares table trades (a unit test checks it)")
 }
 
 /// One trade as it travels on the bus.

@@ -12,19 +12,9 @@ use serde_json::Value;
 
 use crate::common::excerpt::excerpt;
 
-/// The bus record's field names, in order (see [`CandleRecord`]).
-pub const CANDLE_COLUMNS: [&str; 10] = [
-    "currency_pair utf8 not null",
-    "interval utf8 not null",
-    "window_start timestamp(s) not null",
-    "open decimal(28,10) not null",
-    "high decimal(28,10) not null",
-    "low decimal(28,10) not null",
-    "close decimal(28,10) not null",
-    "volume_base decimal(38,10)",
-    "volume_quote decimal(38,10) not null",
-    "ingest_time timestamp(us)",
-];
+/// The candle record's table, `CREATE TABLE gateio_candles (...)`: `sql/tables/gateio_candles.sql`,
+/// the one declaration of its columns (see [`CandleRecord`]).
+pub const CANDLE_TABLE_DDL: &str = include_str!("../../../sql/tables/gateio_candles.sql");
 
 /// One row of the response.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -188,19 +188,17 @@ mod tests {
     use crate::gateio::candles::CandleRecord;
     use engine::RawRecord;
 
-    /// The `[input] columns` of a shipped pipeline.
+    /// The input table of a shipped pipeline: table `records` of its DDL file (the one
+    /// `[tables] files` lists).
     fn input_columns(pipeline: &str) -> SchemaRef {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(pipeline);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let path = root.join(pipeline);
         let file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let columns: Vec<String> = file["input"]["columns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap().to_owned())
-            .collect();
-        engine::schema::parse_columns("input.columns", &columns).unwrap()
+        let ddl = file["tables"]["files"][0].as_str().unwrap();
+        let ddl = path.parent().unwrap().join(ddl);
+        let text = std::fs::read_to_string(&ddl).unwrap();
+        assert_eq!(file["input"]["table"].as_str(), Some("records"));
+        engine::schema::ddl_table(&ddl.display().to_string(), &text, "records").unwrap()
     }
 
     /// What the shipped pipeline's sink writes for `payloads`: decoded with its input columns,
