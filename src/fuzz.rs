@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use fuzz::Harness;
 
-use coinstream::config::Config;
+use coinstream::config::{Config, SECTIONS};
 
 const WORDS: &[&str] = &[
     "engine",
@@ -72,22 +72,11 @@ const WORDS: &[&str] = &[
 /// Whether a problem names a key: a dotted path under one of the config's sections (indices
 /// allowed), an unknown section, or, for TOML syntax errors, the line and column.
 fn names_a_key(key: &str, message: &str) -> bool {
-    const TOP: [&str; 9] = [
-        "engine",
-        "tables",
-        "input",
-        "reference",
-        "transforms",
-        "source",
-        "sink",
-        "dead_letter",
-        "report",
-    ];
     if key.is_empty() {
         return message.starts_with("TOML parse error at line ") && message.contains(", column ");
     }
     message.starts_with("unknown section")
-        || TOP.iter().any(|top| {
+        || SECTIONS.iter().any(|top| {
             key.strip_prefix(top)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
         })

@@ -27,8 +27,8 @@ use serde::de::DeserializeOwned;
 
 pub use overrides::Override;
 
-/// The sections a config file may have.
-const SECTIONS: [&str; 9] = [
+/// The sections a config file may have, in the order the README documents them.
+pub const SECTIONS: [&str; 9] = [
     "engine",
     "tables",
     "input",
