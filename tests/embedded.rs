@@ -12,10 +12,11 @@ use rust_decimal::Decimal;
 
 mod common;
 
+use common::Pipeline;
 use testkit::env::repo;
 use testkit::profit::Portfolio;
 
-fn coinstream(args: &[&str]) -> Output {
+fn coinstream(args: &[impl AsRef<std::ffi::OsStr>]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coinstream"))
         .args(args)
         .current_dir(repo())
@@ -23,24 +24,21 @@ fn coinstream(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
-/// The shipped default config, pointed at `input` and with its outputs in `dir`.
-fn config(dir: &Path, input: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("coinstream.toml")).unwrap();
-    let r = repo();
-    let text = text
-        .replace(
-            "\"required_data/sample_trades.jsonl\"",
-            &format!("{:?}", input),
-        )
-        .replace(
-            "\"required_data/",
-            &format!("\"{}/required_data/", r.display()),
-        )
-        .replace("\"sql/", &format!("\"{}/sql/", r.display()))
-        .replace("\"data/", &format!("\"{}/data/", dir.display()));
-    let path = dir.join("coinstream.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+/// The shipped default config, run in place, pointed at `input` and with its outputs (the
+/// checkpoint, the store and the dead letters) under `dir/data`.
+fn config(dir: &Path, input: &Path) -> Pipeline {
+    Pipeline::shipped("coinstream.toml")
+        .set_path("source.path", input)
+        .set_path("engine.checkpoint_dir", &dir.join("data/checkpoint"))
+        .set_path("sink.path", &dir.join("data/profit"))
+        .set_path("dead_letter.path", &dir.join("data/dead_letters"))
+}
+
+/// `args` then the arguments of `config`.
+fn with_config(args: &[&str], config: &Pipeline) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    all.extend(config.args());
+    all
 }
 
 fn stderr(o: &Output) -> String {
@@ -105,7 +103,7 @@ fn expected_rows(feed: &Path) -> BTreeMap<(String, i64), (Decimal, String)> {
 struct Project {
     dir: tempfile::TempDir,
     feed: PathBuf,
-    cfg: PathBuf,
+    cfg: Pipeline,
 }
 
 impl Project {
@@ -129,13 +127,16 @@ impl Project {
         self.dir.path()
     }
 
-    fn cfg(&self) -> &str {
-        self.cfg.to_str().unwrap()
+    /// `coinstream query <config> <sql>` in the repository.
+    fn query(&self, sql: &str) -> Output {
+        let mut args = with_config(&["query"], &self.cfg);
+        args.push(sql.to_owned());
+        coinstream(&args)
     }
 
-    /// `coinstream run --config <cfg> --trigger available-now --progress json` in the folder.
+    /// `coinstream run <config> --trigger available-now --progress json` in the folder.
     fn run(&self) -> Output {
-        run_in(self.path(), &["--config", self.cfg()])
+        run_in(self.path(), &self.cfg.args())
     }
 
     /// [`Project::run`], which must succeed.
@@ -205,12 +206,7 @@ fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
         String::from_utf8_lossy(&out.stdout).contains("| Bitcoin "),
         "P&L table printed"
     );
-    let q = coinstream(&[
-        "query",
-        "--config",
-        project.cfg(),
-        "SELECT COUNT(*) AS n, COUNT(DISTINCT symbol) AS s FROM profit",
-    ]);
+    let q = project.query("SELECT COUNT(*) AS n, COUNT(DISTINCT symbol) AS s FROM profit");
     assert!(q.status.success(), "{}", stderr(&q));
     let text = String::from_utf8_lossy(&q.stdout);
     assert!(text.contains(&format!("| {} ", expected.len())), "{text}");
@@ -309,7 +305,7 @@ fn report_trades(stdout: &[u8], symbol: &str) -> Option<String> {
 }
 
 /// `coinstream run --trigger available-now` in `cwd` with `args`.
-fn run_in(cwd: &Path, args: &[&str]) -> Output {
+fn run_in(cwd: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coinstream"))
         .args(["run", "--trigger", "available-now", "--progress", "json"])
         .args(args)
@@ -375,11 +371,10 @@ fn a_checkpoint_of_the_previous_version_restarts_without_loss_under_the_old_type
     let feed = dir.path().join("capture.jsonl");
     std::fs::write(&feed, RESTART_PART_A).unwrap();
     let cfg = config(dir.path(), &feed);
-    let cfg = cfg.to_str().unwrap();
     // Batches of one message, so the checkpoint holds several entries.
     let first = run_in(
         dir.path(),
-        &["--config", cfg, "--max-records-per-batch", "1"],
+        &with_config(&["--max-records-per-batch", "1"], &cfg),
     );
     assert!(first.status.success(), "{}", stderr(&first));
     let checkpoint = dir.path().join("data/checkpoint");
@@ -397,15 +392,9 @@ fn a_checkpoint_of_the_previous_version_restarts_without_loss_under_the_old_type
         .open(&feed)
         .unwrap();
     std::io::Write::write_all(&mut grown, RESTART_PART_B.as_bytes()).unwrap();
-    // The source's old name, as a config of that version has it.
-    let text = std::fs::read_to_string(cfg).unwrap();
-    assert!(text.contains("type = \"coinbase_capture\""));
-    std::fs::write(
-        cfg,
-        text.replace("type = \"coinbase_capture\"", "type = \"replay\""),
-    )
-    .unwrap();
-    let second = run_in(dir.path(), &["--config", cfg]);
+    // The source's old name, as a config of that version has it: the loader reads a key set
+    // over the file as it reads the file's own.
+    let second = run_in(dir.path(), &cfg.set("source.type", "replay").args());
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(
         stderr(&second).contains("type = \"replay\" is deprecated")
@@ -460,7 +449,7 @@ fn sample_lines(n: usize) -> String {
 fn the_same_config_typed_another_way_or_run_from_another_folder_reprocesses_nothing() {
     let dir = project(&sample_lines(400));
     let root = dir.path();
-    let first = run_in(root, &[]);
+    let first = run_in(root, &[] as &[&str]);
     assert!(first.status.success(), "{}", stderr(&first));
     let stored = stored_rows(&root.join("data/profit")).len();
     assert!(
@@ -502,20 +491,22 @@ fn the_same_config_typed_another_way_or_run_from_another_folder_reprocesses_noth
 fn a_checkpoint_of_another_query_is_refused_naming_both() {
     let dir = project(&sample_lines(50));
     let root = dir.path();
-    let first = run_in(root, &[]);
+    let first = run_in(root, &[] as &[&str]);
     assert!(first.status.success(), "{}", stderr(&first));
     let stored = stored_rows(&root.join("data/profit")).len();
 
     // The same checkpoint folder, another capture.
     std::fs::write(root.join("required_data/other.jsonl"), sample_lines(80)).unwrap();
-    let text = std::fs::read_to_string(root.join("coinstream.toml"))
-        .unwrap()
-        .replace(
-            "required_data/sample_trades.jsonl",
-            "required_data/other.jsonl",
-        );
-    std::fs::write(root.join("other.toml"), text).unwrap();
-    let other = run_in(root, &["--config", "other.toml"]);
+    // Relative to the config's folder, as in the file.
+    let other = run_in(
+        root,
+        &[
+            "--config",
+            "coinstream.toml",
+            "--set",
+            "source.path=required_data/other.jsonl",
+        ],
+    );
     assert!(!other.status.success(), "{}", stderr(&other));
     let err = stderr(&other);
     let canonical = |p: &str| {
@@ -539,38 +530,27 @@ fn a_checkpoint_of_another_query_is_refused_naming_both() {
 
 /// The shipped config with a generate source of `count` trades (or, without one, `rate_per_sec`
 /// trades a second for ever) in place of the capture, its outputs in `dir`.
-fn generate_config(dir: &Path, count: Option<u64>) -> PathBuf {
-    let cfg = config(dir, &repo().join("required_data/sample_trades.jsonl"));
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let source = text
-        .lines()
-        .skip_while(|l| *l != "[source]")
-        .take_while(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
+fn generate_config(dir: &Path, count: Option<u64>) -> Pipeline {
     let limit = match count {
         Some(n) => format!("count = {n}"),
         None => "rate_per_sec = 40".to_owned(),
     };
-    let generate = format!(
-        "[source]\ntype = \"generate\"\nportfolio = \"{}/required_data/my_Portfolio.json\"\ncoin_map = \"{}/required_data/coin_map.json\"\n{limit}\nseed = 7",
-        repo().display(),
-        repo().display()
-    );
-    std::fs::write(&cfg, text.replace(&source, &generate)).unwrap();
-    cfg
+    // The whole section: no key of the capture source is left. Relative paths are relative to
+    // the shipped file's folder, the repository.
+    config(dir, &repo().join("required_data/sample_trades.jsonl")).set_flag(&format!(
+        "source={{ type = \"generate\", portfolio = \"required_data/my_Portfolio.json\", coin_map = \"required_data/coin_map.json\", {limit}, seed = 7 }}"
+    ))
 }
 
 #[test]
 fn a_generate_source_resumes_from_its_checkpoint_and_stores_each_trade_once() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = generate_config(dir.path(), Some(300));
-    let cfg = cfg.to_str().unwrap();
     let mut inputs = Vec::new();
     for _ in 0..3 {
         let out = run_in(
             dir.path(),
-            &["--config", cfg, "--max-records-per-batch", "120"],
+            &with_config(&["--max-records-per-batch", "120"], &cfg),
         );
         assert!(out.status.success(), "{}", stderr(&out));
         inputs.push(input_rows(&out));
@@ -591,14 +571,9 @@ fn a_second_run_on_a_held_checkpoint_is_refused_and_a_killed_holder_leaves_no_st
     let cfg = generate_config(dir.path(), None);
     let long_run = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-        cmd.args([
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--trigger",
-            "interval:100ms",
-        ])
-        .args(["--progress", "json"]);
+        cmd.args(with_config(&["run"], &cfg))
+            .args(["--trigger", "interval:100ms"])
+            .args(["--progress", "json"]);
         common::Running::spawn(cmd)
     };
     let mut holder = long_run();
@@ -606,13 +581,8 @@ fn a_second_run_on_a_held_checkpoint_is_refused_and_a_killed_holder_leaves_no_st
     let pid = holder.id();
 
     let second = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--trigger",
-            "interval:100ms",
-        ])
+        .args(with_config(&["run"], &cfg))
+        .args(["--trigger", "interval:100ms"])
         .output()
         .unwrap();
     assert!(!second.status.success());
@@ -741,15 +711,14 @@ fn explain_shows_plans_and_analyze_shows_metrics() {
 
 #[test]
 fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
-    let project = Project::on(repo().join("required_data/sample_trades.jsonl"));
-    let (dir, cfg) = (project.path(), &project.cfg);
+    let mut project = Project::on(repo().join("required_data/sample_trades.jsonl"));
+    let dir = project.path().to_owned();
     let sql = dir.join("profit.sql");
     std::fs::write(&sql, "SELECT symbol, FROM trades WHERE").unwrap();
-    let text = std::fs::read_to_string(cfg).unwrap().replace(
-        &format!("{}/sql/profit.sql", repo().display()),
-        sql.to_str().unwrap(),
-    );
-    std::fs::write(cfg, &text).unwrap();
+    project.cfg = project
+        .cfg
+        .clone()
+        .set("transforms.files", vec![sql.display().to_string()]);
     let out = project.run();
     assert!(!out.status.success());
     assert!(
@@ -777,11 +746,11 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
         r#"{"BTC-USD":{"coin_name":"Bitcoin","buy_price":"a lot","size":"1","buy_time":0}}"#,
     )
     .unwrap();
-    let text = text.replace(
-        &format!("{}/required_data/my_Portfolio.json", repo().display()),
-        portfolio.to_str().unwrap(),
-    );
-    std::fs::write(cfg, text).unwrap();
+    // The shipped file's first `[[reference]]` is the portfolio.
+    let shipped: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&project.cfg.file).unwrap()).unwrap();
+    assert_eq!(shipped["reference"][0]["name"].as_str(), Some("portfolio"));
+    project.cfg = project.cfg.clone().set_path("reference.0.path", &portfolio);
     let out = project.run();
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -923,7 +892,7 @@ fn a_run_that_stores_nothing_ends_with_an_empty_report() {
         r#"{"type":"match","trade_id":12,"sequence":2,"maker_order_id":"a","taker_order_id":"b","time":"2026-11-20T14:00:01Z","product_id":"XLM-USD","size":"100","price":"0.25","side":"buy"}"#,
     ];
     let project = Project::with_feed(lines.join("\n"));
-    let query = |sql: &str| coinstream(&["query", "--config", project.cfg(), sql]);
+    let query = |sql: &str| project.query(sql);
     let before = query("SELECT COUNT(*) AS n FROM profit");
     assert!(!before.status.success(), "no store before any run");
     assert!(
@@ -1011,24 +980,10 @@ fn run_excess_scale(
 ) -> (Output, Vec<serde_json::Value>) {
     let feed = dir.join("feed.jsonl");
     std::fs::write(&feed, EXCESS_SCALE_FEED).unwrap();
-    let cfg = config(dir, &feed);
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let policy = "decimal_policy = \"round_half_up\"";
-    assert!(text.contains(policy), "the shipped config names its policy");
-    std::fs::write(
-        &cfg,
-        text.replace(policy, &format!("decimal_policy = {decimal_policy:?}")),
-    )
-    .unwrap();
-    let out = coinstream(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--trigger",
-        "available-now",
-        "--progress",
-        progress,
-    ]);
+    let cfg = config(dir, &feed).set("input.decimal_policy", decimal_policy);
+    let mut args = with_config(&["run"], &cfg);
+    args.extend(["--trigger", "available-now", "--progress", progress].map(String::from));
+    let out = coinstream(&args);
     assert!(out.status.success(), "run failed: {}", stderr(&out));
     let records = progress_lines(&out);
     (out, records)

@@ -321,32 +321,13 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
     let dead_letters = format!("{topic}_dlq");
     let group = unique("group_candles");
     let keyspace = unique("ks_candles");
-    let text = std::fs::read_to_string(repo().join("pipelines/candles-cassandra.toml"))
-        .unwrap()
-        .replace("\"../", &format!("\"{}/", repo().display()))
-        .replace(
-            "topics = [\"crypto_candles\"]",
-            &format!("topics = [\"{topic}\"]"),
-        )
-        .replace(
-            "group_id = \"coinstream-candles\"",
-            &format!("group_id = \"{group}\""),
-        )
-        .replace(
-            "keyspace = \"crypto_keyspace\"",
-            &format!("keyspace = \"{keyspace}\""),
-        )
-        .replace(
-            "topic = \"crypto_candles_dead_letters\"",
-            &format!("topic = \"{dead_letters}\""),
-        )
-        .replace(
-            &format!("\"{}/data/candles-cassandra/checkpoint\"", repo().display()),
-            &format!("{:?}", dir.path().join("checkpoint")),
-        );
-    assert!(text.contains(&keyspace) && text.contains(&group) && text.contains(&topic));
-    let config = dir.path().join("candles.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = Pipeline::shipped("pipelines/candles-cassandra.toml")
+        .set("source.topics", vec![topic.clone()])
+        .set("source.group_id", group.clone())
+        .set("sink.keyspace", keyspace.clone())
+        .set("dead_letter.topic", dead_letters.clone())
+        .set_path("engine.checkpoint_dir", &dir.path().join("checkpoint"));
+    config.load();
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
@@ -532,37 +513,12 @@ async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
     let url = feed_server(vec![script]).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(repo().join("pipelines/coinbase-embedded.toml"))
-        .unwrap()
-        .replace(
-            "# url = \"wss://ws-feed.exchange.coinbase.com\"",
-            &format!("url = \"{url}\" #"),
-        )
-        .replace(
-            "# product_ids = [\"BTC-USD\", \"ETH-USD\"]",
-            "product_ids = [\"BTC-USD\", \"ETH-USD\"] #",
-        )
-        .replace(
-            "\"../data/coinbase/",
-            &format!("\"{}/", dir.path().display()),
-        )
-        .replace("\"../", &format!("\"{}/", repo().display()));
-    assert!(text.contains(&url) && text.contains(&dir.path().display().to_string()));
-    let config = dir.path().join("embedded.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD"]);
 
-    let log = check(&coinstream(
-        dir.path(),
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--trigger",
-            "available-now",
-            "--progress",
-            "json",
-        ],
-    ));
+    let mut args = vec!["run".to_owned()];
+    args.extend(config.args());
+    args.extend(["--trigger", "available-now", "--progress", "json"].map(String::from));
+    let log = check(&coinstream(dir.path(), &args));
     let progress: Vec<serde_json::Value> = log
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -625,28 +581,16 @@ async fn case_feed_server(
 }
 
 /// `pipelines/coinbase-embedded.toml` pointed at `url` and `products`, storing under `dir`.
-fn embedded_config(dir: &std::path::Path, url: &str, products: &[&str]) -> std::path::PathBuf {
-    let ids = serde_json::to_string(products).unwrap();
-    let text = std::fs::read_to_string(repo().join("pipelines/coinbase-embedded.toml"))
-        .unwrap()
-        .replace(
-            "# url = \"wss://ws-feed.exchange.coinbase.com\"",
-            &format!("url = \"{url}\" #"),
-        )
-        .replace(
-            "# product_ids = [\"BTC-USD\", \"ETH-USD\"]",
-            &format!("product_ids = {ids} #"),
-        )
-        .replace("\"../data/coinbase/", &format!("\"{}/", dir.display()))
-        .replace("\"../", &format!("\"{}/", repo().display()));
-    assert!(text.contains(url) && text.contains(&ids));
-    let config = dir.join("embedded.toml");
-    std::fs::write(&config, text).unwrap();
-    config
+fn embedded_config(dir: &std::path::Path, url: &str, products: &[&str]) -> Pipeline {
+    Pipeline::shipped("pipelines/coinbase-embedded.toml")
+        .set("source.url", url)
+        .set("source.product_ids", products.to_vec())
+        .set_path("sink.path", &dir.join("profit"))
+        .set_path("dead_letter.path", &dir.join("dead_letters"))
 }
 
 /// The built binary run with `args` in `dir`, to its end.
-fn coinstream(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+fn coinstream(dir: &std::path::Path, args: &[impl AsRef<std::ffi::OsStr>]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_coinstream"))
         .args(args)
         .current_dir(dir)
@@ -654,22 +598,19 @@ fn coinstream(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn run_available_now(config: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
-    coinstream(
-        dir,
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--trigger",
-            "available-now",
-        ],
-    )
+fn run_available_now(config: &Pipeline, dir: &std::path::Path) -> std::process::Output {
+    let mut args = vec!["run".to_owned()];
+    args.extend(config.args());
+    args.extend(["--trigger", "available-now"].map(String::from));
+    coinstream(dir, &args)
 }
 
 /// The table `coinstream query` prints for `sql` (the run must succeed).
-fn query(config: &std::path::Path, dir: &std::path::Path, sql: &str) -> String {
-    let out = coinstream(dir, &["query", "--config", config.to_str().unwrap(), sql]);
+fn query(config: &Pipeline, dir: &std::path::Path, sql: &str) -> String {
+    let mut args = vec!["query".to_owned()];
+    args.extend(config.args());
+    args.push(sql.to_owned());
+    let out = coinstream(dir, &args);
     check(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

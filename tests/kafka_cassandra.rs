@@ -86,12 +86,10 @@ async fn two_instances_in_one_group_share_the_partitions_and_store_every_row_onc
     let setup = Setup::new("pair").await;
     let (messages, expected) = trades(60_000, 3);
     let second_dir = tempfile::tempdir().unwrap();
-    let second_config = second_dir.path().join("pipeline.toml");
-    let text = std::fs::read_to_string(&setup.config).unwrap().replace(
-        &format!("{:?}", setup.dir.path().join("checkpoint")),
-        &format!("{:?}", second_dir.path().join("checkpoint")),
+    let second_config = setup.config.clone().set_path(
+        "engine.checkpoint_dir",
+        &second_dir.path().join("checkpoint"),
     );
-    std::fs::write(&second_config, text).unwrap();
     let args = ["--max-records-per-batch", "5000"];
     let a = Running::spawn(setup.run_triggered(&setup.config, "interval:200ms", &args));
     let b = Running::spawn(setup.run_triggered(&second_config, "interval:200ms", &args));
@@ -217,9 +215,7 @@ async fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_group_commits_p
     assert_eq!(messages.len(), 3);
     produce(&setup.topic, &messages).await;
 
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let (_, dead_letter) = text.split_once("[dead_letter]\n").unwrap();
-    let (config, store) = setup.parquet_config(&text, dead_letter);
+    let (config, store) = setup.parquet_config(&setup.config);
 
     let expected: BTreeMap<(String, i64), Decimal> = [
         (("ADA-USD".to_owned(), 96034230), "646.8"),

@@ -18,11 +18,13 @@ mod common;
 /// The dead-letter topics' `max.message.bytes`: an ordinary letter fits, a 100 KB one does not.
 const SMALL_MAX_MESSAGE_BYTES: &str = "4096";
 
-/// The setup's config with the Parquet store under the test's folder and `dead_letter` as the
-/// `[dead_letter]` section.
-fn parquet_config(setup: &Setup, dead_letter: &str) -> (PathBuf, PathBuf) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    setup.parquet_config(&text, &format!("type = \"kafka\"\n{dead_letter}\n"))
+/// The setup's config with the Parquet store under the test's folder and a Kafka dead-letter
+/// section of `keys` (an inline table's body, `topic = "t", compression = "zstd"`) in place of
+/// the shipped one.
+fn parquet_config(setup: &Setup, keys: &str) -> (Pipeline, PathBuf) {
+    let (config, store) = setup.parquet_config(&setup.config);
+    let config = config.set_flag(&format!("dead_letter={{ type = \"kafka\", {keys} }}"));
+    (config, store)
 }
 
 /// Nothing past the batch holding `offset` of `partition` was committed.
@@ -124,7 +126,7 @@ async fn a_dead_letter_over_the_producers_own_limit_is_written_truncated() {
     let (config, store) = parquet_config(
         &setup,
         &format!(
-            "topic = \"{}\"\n[dead_letter.properties]\n\"message.max.bytes\" = \"10000\"",
+            "topic = \"{}\", properties = {{ \"message.max.bytes\" = \"10000\" }}",
             setup.dead_letters
         ),
     );
@@ -191,7 +193,7 @@ async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
 
     let (config, store) = parquet_config(
         &setup,
-        &format!("topic = \"{dlq}\"\ncompression = \"zstd\""),
+        &format!("topic = \"{dlq}\", compression = \"zstd\""),
     );
     let log = check(&setup.run_with(&config, &[]).output().unwrap());
     assert_eq!(progress_sum(&log, "numDeadLetters"), 1, "{log}");
@@ -218,7 +220,7 @@ async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
     let (config, _) = parquet_config(
         &setup,
         &format!(
-            "topic = \"{missing}\"\n[dead_letter.properties]\n\"allow.auto.create.topics\" = \"false\"\n\"topic.metadata.propagation.max.ms\" = \"2000\""
+            "topic = \"{missing}\", properties = {{ \"allow.auto.create.topics\" = \"false\", \"topic.metadata.propagation.max.ms\" = \"2000\" }}"
         ),
     );
     let err = failed_run(&setup, &config);
@@ -267,7 +269,7 @@ async fn generate_publishes_zstd_batches_and_rejects_an_unknown_codec() {
 }
 
 /// The stderr of a run of `config` that must fail, and within two minutes (a hang fails too).
-fn failed_run(setup: &Setup, config: &std::path::Path) -> String {
+fn failed_run(setup: &Setup, config: &Pipeline) -> String {
     let out = wait_with_limit(setup.run_with(config, &[]), Duration::from_secs(120));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{err}");

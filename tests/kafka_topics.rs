@@ -84,27 +84,18 @@ fn lines(messages: &[(String, Vec<u8>)]) -> Vec<String> {
         .collect()
 }
 
-/// The test's pipeline with a Parquet sink, reading `topics`, with `source_lines` replacing the
-/// shipped `starting_offsets`/`fail_on_data_loss` lines.
-fn parquet_config(setup: &Setup, topics: &[String], source_lines: &str) -> (PathBuf, PathBuf) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let quoted: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
-    let text = text
-        .replace(
-            &format!("topics = [\"{}\"]", setup.topic),
-            &format!("topics = [{}]", quoted.join(", ")),
-        )
-        .replace(
-            "starting_offsets = \"earliest\"",
-            if source_lines.is_empty() {
-                "starting_offsets = \"earliest\""
-            } else {
-                source_lines
-            },
-        )
-        .replace("fail_on_data_loss = true", "");
-    let letters = setup.dir.path().join("dead_letters");
-    setup.parquet_config(&text, &format!("type = \"file\"\npath = {letters:?}\n"))
+/// The test's pipeline with a Parquet sink and file dead letters, reading `topics`, with the
+/// `--set` flags `source` (`source.starting_offsets=latest`) over the shipped source.
+fn parquet_config(setup: &Setup, topics: &[String], source: &[&str]) -> (Pipeline, PathBuf) {
+    let (config, store) = setup.parquet_config(&setup.config);
+    let config = config
+        .set("source.topics", topics.to_vec())
+        .set_flag("dead_letter={ type = \"file\" }")
+        .set_path("dead_letter.path", &setup.dir.path().join("dead_letters"));
+    let config = source
+        .iter()
+        .fold(config, |config, flag| config.set_flag(flag));
+    (config, store)
 }
 
 /// What the store holds so far (the query may be running).
@@ -130,7 +121,7 @@ async fn topics_the_java_producer_wrote_with_every_codec_are_read_whole() {
     for (i, chunk) in messages.chunks(500).enumerate() {
         java_write(&topics[i], codecs[i], None, &lines(chunk));
     }
-    let (config, store) = parquet_config(&setup, &topics, "");
+    let (config, store) = parquet_config(&setup, &topics, &[]);
     // Before librdkafka had zstd, the zstd topic's partitions stalled and this never ended.
     let log = Running::spawn(setup.run_with(&config, &[])).finish(Duration::from_secs(120));
     assert_eq!(progress_sum(&log, "numInputRows"), 2_000, "{log}");
@@ -160,7 +151,7 @@ async fn a_transactional_topic_is_read_committed_and_available_now_ends_with_no_
         }
     }
     java_write(&setup.topic, "zstd", Some(&unique("txn")), &input);
-    let (config, store) = parquet_config(&setup, std::slice::from_ref(&setup.topic), "");
+    let (config, store) = parquet_config(&setup, std::slice::from_ref(&setup.topic), &[]);
     let log = Running::spawn(setup.run_with(&config, &[])).finish(Duration::from_secs(120));
     assert_eq!(progress_sum(&log, "numInputRows"), 1_300, "{log}");
     assert_eq!(stored(&store), expected, "the committed transactions, once");
@@ -241,7 +232,7 @@ async fn partitions_added_while_running_or_stopped_are_read_from_their_earliest_
     let (config, store) = parquet_config(
         &setup,
         std::slice::from_ref(&setup.topic),
-        "starting_offsets = \"latest\"",
+        &["source.starting_offsets=\"latest\""],
     );
     let mut run = Running::spawn(setup.run_triggered(&config, "interval:200ms", &[]));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -293,16 +284,17 @@ async fn partitions_added_while_running_or_stopped_are_read_from_their_earliest_
 
 /// A one-partition topic whose records are read a few per second, each its own record batch, so
 /// the query is far behind the end when retention deletes records.
-async fn slow_reader_setup(name: &str, fail_on_data_loss: bool) -> (Setup, PathBuf, PathBuf) {
+async fn slow_reader_setup(name: &str, fail_on_data_loss: bool) -> (Setup, Pipeline, PathBuf) {
     let setup = Setup::new(name).await;
     let topic = format!("{}_one", setup.topic);
     testkit::kafka::create_topic(&topic, 1).await;
     let (config, store) = parquet_config(
         &setup,
         std::slice::from_ref(&topic),
-        &format!(
-            "starting_offsets = \"earliest\"\nfail_on_data_loss = {fail_on_data_loss}\nproperties = {{ \"queued.min.messages\" = \"1\", \"max.partition.fetch.bytes\" = \"1\" }}"
-        ),
+        &[
+            &format!("source.fail_on_data_loss={fail_on_data_loss}"),
+            "source.properties={ \"queued.min.messages\" = \"1\", \"max.partition.fetch.bytes\" = \"1\" }",
+        ],
     );
     (setup, config, store)
 }
@@ -341,7 +333,7 @@ async fn delete_below(topic: &str, offset: i64) {
 }
 
 /// The query of `config` running micro-batches of one record every 300 ms, so it stays behind.
-fn spawn_one_record_per_batch(setup: &Setup, config: &std::path::Path) -> Running {
+fn spawn_one_record_per_batch(setup: &Setup, config: &Pipeline) -> Running {
     Running::spawn(setup.run_triggered(config, "interval:300ms", &["--max-records-per-batch", "1"]))
 }
 
@@ -463,17 +455,14 @@ async fn the_kafka_sink_writes_every_row_once_as_json_keyed_by_its_column() {
     testkit::kafka::create_topic(&out, 3).await;
     let (messages, expected) = trades(1_000, 26);
     produce(&setup.topic, &messages).await;
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let (head, _) = text.split_once("[sink]").unwrap();
-    let config = setup.dir.path().join("kafka-sink.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{head}[sink]\ntype = \"kafka\"\ntopic = {out:?}\nkey = \"symbol\"\ncompression = \"zstd\"\n\n[dead_letter]\ntype = \"file\"\npath = {:?}\n",
-            setup.dir.path().join("dead_letters")
-        ),
-    )
-    .unwrap();
+    let config = setup
+        .config
+        .clone()
+        .set_flag(&format!(
+            "sink={{ type = \"kafka\", topic = \"{out}\", key = \"symbol\", compression = \"zstd\" }}"
+        ))
+        .set_flag("dead_letter={ type = \"file\" }")
+        .set_path("dead_letter.path", &setup.dir.path().join("dead_letters"));
     let log = Running::spawn(setup.run_with(&config, &[])).finish(Duration::from_secs(120));
     assert_eq!(progress_sum(&log, "numInputRows"), 1_000, "{log}");
     assert_committed_to_end(&setup.group, &setup.topic);

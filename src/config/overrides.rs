@@ -8,8 +8,10 @@ use connectors::common::config::Problem;
 
 /// One key of the config file set to a TOML value, e.g. `("source.topics", ["t1"])`. The key is a
 /// dotted path of tables (`sink.replication.replication_factor`); missing tables are created, and
-/// a value replaces what the file had (a whole table for `sink`). Relative paths in the value are
-/// relative to the config file's folder, as in the file.
+/// a value replaces what the file had whole (`sink` set to a table drops every key of the file's
+/// `[sink]`). A part that is a number picks an entry of an array, counted from 0
+/// (`reference.0.path` is the first `[[reference]]`'s path); arrays are not grown. Relative paths
+/// in the value are relative to the config file's folder, as in the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Override {
     /// The dotted key path.
@@ -56,43 +58,79 @@ impl fmt::Display for Override {
     }
 }
 
-/// Sets every override in `table` (the whole file), in order; a key whose parent is not a table
-/// is a problem.
+/// Sets every override in `table` (the whole file), in order; a key whose parent is neither a
+/// table nor an array holding that index is a problem.
 pub fn apply(table: &mut toml::Table, overrides: &[Override]) -> Vec<Problem> {
     overrides
         .iter()
         .filter_map(|o| {
             let parts: Vec<&str> = o.key.split('.').collect();
-            set(table, &parts, o.value.clone()).err().map(|walked| {
-                Problem::new(
-                    o.key.clone(),
-                    format!("cannot override: {walked}, not a table"),
-                )
-            })
+            set_in_table(table, "", &parts, o.value.clone())
+                .err()
+                .map(|why| Problem::new(o.key.clone(), format!("cannot override: {why}")))
         })
         .collect()
 }
 
-/// Sets `path` (at least one key) in `table`, creating missing tables; on a value that is not a
-/// table, says which (`engine.trigger is a string`).
-fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Result<(), String> {
-    match path {
-        [] => Ok(()),
-        [last] => {
-            table.insert((*last).to_owned(), value);
-            Ok(())
-        }
-        [first, rest @ ..] => {
-            let next = table
-                .entry(*first)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match next {
-                toml::Value::Table(t) => {
-                    set(t, rest, value).map_err(|walked| format!("{first}.{walked}"))
-                }
-                other => Err(format!("{first} is a {}", other.type_str())),
+/// Sets `path` (at least one key) in `table`, the value at `walked` (`""` for the file), creating
+/// missing tables; a value already there is replaced whole, a table too.
+fn set_in_table(
+    table: &mut toml::Table,
+    walked: &str,
+    path: &[&str],
+    value: toml::Value,
+) -> Result<(), String> {
+    let Some((first, rest)) = path.split_first() else {
+        return Ok(());
+    };
+    if rest.is_empty() {
+        table.insert((*first).to_owned(), value);
+        return Ok(());
+    }
+    let here = if walked.is_empty() {
+        (*first).to_owned()
+    } else {
+        format!("{walked}.{first}")
+    };
+    let next = table
+        .entry(*first)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    set_in(next, &here, rest, value)
+}
+
+/// Sets `path` (at least one key) under `node`, the value at `walked`: a table's key, or an
+/// array's entry by its index from 0 (`reference.0.path`, as the file's first `[[reference]]`).
+/// An array is not grown: an index past its end is an error, as is a key under a string or number
+/// (`engine.trigger is a string, not a table`).
+fn set_in(
+    node: &mut toml::Value,
+    walked: &str,
+    path: &[&str],
+    value: toml::Value,
+) -> Result<(), String> {
+    match node {
+        toml::Value::Table(table) => set_in_table(table, walked, path, value),
+        toml::Value::Array(items) => {
+            let Some((first, rest)) = path.split_first() else {
+                return Ok(());
+            };
+            let len = items.len();
+            let Some(item) = first.parse::<usize>().ok().and_then(|i| items.get_mut(i)) else {
+                return Err(match len.checked_sub(1) {
+                    None => format!("{walked} is an empty array, it has no entry {first}"),
+                    Some(last) => {
+                        format!("{walked} is an array whose entries are 0 to {last}, not {first}")
+                    }
+                });
+            };
+            if rest.is_empty() {
+                *item = value;
+                Ok(())
+            } else {
+                set_in(item, &format!("{walked}.{first}"), rest, value)
             }
         }
+        other => Err(format!("{walked} is a {}, not a table", other.type_str())),
     }
 }
 
@@ -144,5 +182,92 @@ mod tests {
                 "cannot override: engine.trigger is a string, not a table"
             )]
         );
+    }
+
+    #[test]
+    fn a_table_value_replaces_the_whole_section() {
+        let mut table: toml::Table =
+            toml::from_str("[sink]\ntype = \"cassandra\"\nkeyspace = \"a\"\ntable = \"t\"")
+                .unwrap();
+        let sink: Override =
+            "sink={ type = \"parquet\", path = \"/x\", partition_by = [\"symbol\"] }"
+                .parse()
+                .unwrap();
+        assert!(apply(&mut table, &[sink]).is_empty());
+        let expected: toml::Table =
+            toml::from_str("type = \"parquet\"\npath = \"/x\"\npartition_by = [\"symbol\"]")
+                .unwrap();
+        assert_eq!(
+            table["sink"].as_table(),
+            Some(&expected),
+            "no key of the old sink is left"
+        );
+    }
+
+    #[test]
+    fn indexes_pick_entries_of_arrays_and_name_the_valid_ones() {
+        let mut table: toml::Table = toml::from_str(
+            "empty = []\n[transforms]\nfiles = [\"a.sql\"]\n\
+             [[reference]]\nname = \"portfolio\"\npath = \"p.json\"\n\
+             [[reference]]\nname = \"coins\"\npath = \"c.json\"",
+        )
+        .unwrap();
+        let problems = apply(
+            &mut table,
+            &[
+                Override::new("reference.1.path", "/abs/c.json"),
+                Override::new("transforms.files.0", "b.sql"),
+                Override::new("reference.2.path", "x"),
+                Override::new("reference.first.path", "x"),
+                Override::new("empty.0", 1),
+                Override::new("reference.0.name.x", 1),
+            ],
+        );
+        assert_eq!(table["reference"][0]["path"].as_str(), Some("p.json"));
+        assert_eq!(table["reference"][1]["path"].as_str(), Some("/abs/c.json"));
+        assert_eq!(table["reference"][1]["name"].as_str(), Some("coins"));
+        assert_eq!(table["transforms"]["files"][0].as_str(), Some("b.sql"));
+        assert_eq!(
+            table["reference"].as_array().map(Vec::len),
+            Some(2),
+            "never grown"
+        );
+        assert_eq!(
+            problems,
+            [
+                Problem::new(
+                    "reference.2.path",
+                    "cannot override: reference is an array whose entries are 0 to 1, not 2"
+                ),
+                Problem::new(
+                    "reference.first.path",
+                    "cannot override: reference is an array whose entries are 0 to 1, not first"
+                ),
+                Problem::new(
+                    "empty.0",
+                    "cannot override: empty is an empty array, it has no entry 0"
+                ),
+                Problem::new(
+                    "reference.0.name.x",
+                    "cannot override: reference.0.name is a string, not a table"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_override_prints_as_the_flag_that_reads_back_the_same() {
+        let table: toml::Table = toml::from_str(
+            "type = \"generate\"\nportfolio = \"/a b/p.json\"\ncount = 300\nids = [\"x\", \"y\"]",
+        )
+        .unwrap();
+        for o in [
+            Override::new("source", table),
+            Override::new("engine.checkpoint_dir", "/tmp/a \"quoted\" dir"),
+            Override::new("source.topics", vec!["t1", "t2"]),
+            Override::new("sink.keyspace", "123"),
+        ] {
+            assert_eq!(o.to_string().parse::<Override>().as_ref(), Ok(&o), "{o}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use coinstream::config::Override;
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
@@ -22,14 +23,71 @@ pub use testkit::unique_name as unique;
 /// Partitions of each test's input topic.
 pub const PARTITIONS: i32 = 6;
 
-/// One test's topic, group, keyspace and config file.
+/// A shipped config file run in place, with the keys a test needs set over it through the
+/// loader (`--set KEY=VALUE` for the binary, [`coinstream::config::Config::load_with`] in
+/// process), never by editing its text: a comment or a reordering in the file cannot make an
+/// override silently miss, and its relative paths stay relative to its own folder.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The config file, as shipped.
+    pub file: PathBuf,
+    /// The keys set over it, in order.
+    pub overrides: Vec<Override>,
+}
+
+impl Pipeline {
+    /// The file `path` of the repository (`coinstream.toml`, `pipelines/kafka-cassandra.toml`).
+    pub fn shipped(path: &str) -> Self {
+        Self {
+            file: repo().join(path),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// This pipeline with `key` set to `value` (a path as `path.display().to_string()`).
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.overrides.push(Override::new(key, value));
+        self
+    }
+
+    /// This pipeline with `key` set to `path`.
+    pub fn set_path(self, key: &str, path: &std::path::Path) -> Self {
+        self.set(key, path.display().to_string())
+    }
+
+    /// This pipeline with `flag` (`key=value`, the value TOML) set, as `--set` reads it.
+    pub fn set_flag(mut self, flag: &str) -> Self {
+        self.overrides
+            .push(flag.parse().unwrap_or_else(|e| panic!("--set {flag}: {e}")));
+        self
+    }
+
+    /// `--config FILE --set KEY=VALUE...`, the arguments of `run`, `explain` and `query`.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["--config".to_owned(), self.file.display().to_string()];
+        for o in &self.overrides {
+            args.push("--set".to_owned());
+            args.push(o.to_string());
+        }
+        args
+    }
+
+    /// The config the binary runs, loaded in process (it must load).
+    pub fn load(&self) -> coinstream::config::Config {
+        coinstream::config::Config::load_with(&self.file, &self.overrides)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// One test's topic, group, keyspace and config: `pipelines/kafka-cassandra.toml` reading the
+/// test's topic as its own group, writing to its keyspace, dead letters and checkpoint.
 pub struct Setup {
     pub dir: tempfile::TempDir,
     pub topic: String,
     pub dead_letters: String,
     pub group: String,
     pub keyspace: String,
-    pub config: PathBuf,
+    pub config: Pipeline,
 }
 
 impl Setup {
@@ -39,35 +97,13 @@ impl Setup {
         let dead_letters = format!("{topic}_dlq");
         let group = unique(&format!("group_{name}"));
         let keyspace = unique(&format!("ks_{name}"));
-        let text = std::fs::read_to_string(repo().join("pipelines/kafka-cassandra.toml"))
-            .unwrap()
-            .replace("\"../", &format!("\"{}/", repo().display()))
-            .replace(
-                "topics = [\"crypto_trades\"]",
-                &format!("topics = [\"{topic}\"]"),
-            )
-            .replace(
-                "group_id = \"coinstream-profit\"",
-                &format!("group_id = \"{group}\""),
-            )
-            .replace(
-                "keyspace = \"crypto_keyspace\"",
-                &format!("keyspace = \"{keyspace}\""),
-            )
-            .replace(
-                "topic = \"crypto_trades_dead_letters\"",
-                &format!("topic = \"{dead_letters}\""),
-            )
-            .replace(
-                &format!("\"{}/data/kafka-cassandra/checkpoint\"", repo().display()),
-                &format!("{:?}", dir.path().join("checkpoint")),
-            );
-        assert!(
-            text.contains(&keyspace) && text.contains(&group) && text.contains("checkpoint"),
-            "{text}"
-        );
-        let config = dir.path().join("pipeline.toml");
-        std::fs::write(&config, text).unwrap();
+        let config = Pipeline::shipped("pipelines/kafka-cassandra.toml")
+            .set("source.topics", vec![topic.clone()])
+            .set("source.group_id", group.clone())
+            .set("sink.keyspace", keyspace.clone())
+            .set("dead_letter.topic", dead_letters.clone())
+            .set_path("engine.checkpoint_dir", &dir.path().join("checkpoint"));
+        config.load();
         testkit::kafka::create_topics(&[(&topic, PARTITIONS), (&dead_letters, 1)]).await;
         Self {
             dir,
@@ -79,48 +115,31 @@ impl Setup {
         }
     }
 
-    /// Writes `text` (this setup's config, as the test edited it) with the Cassandra sink
-    /// replaced by a Parquet store under the test's folder and `dead_letter` as the body of the
-    /// `[dead_letter]` section; returns the config file and the store's folder.
-    pub fn parquet_config(&self, text: &str, dead_letter: &str) -> (PathBuf, PathBuf) {
+    /// `config` with the Cassandra sink replaced by a Parquet store under the test's folder;
+    /// returns the pipeline and the store's folder.
+    pub fn parquet_config(&self, config: &Pipeline) -> (Pipeline, PathBuf) {
         let store = self.dir.path().join("profit");
-        let (head, _) = text.split_once("[sink]").unwrap();
-        let config = self.dir.path().join("parquet.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "{head}[sink]\ntype = \"parquet\"\npath = {store:?}\npartition_by = [\"symbol\"]\n\n[dead_letter]\n{dead_letter}"
-            ),
-        )
-        .unwrap();
-        (config, store)
+        let mut sink = toml::Table::new();
+        sink.insert("type".into(), "parquet".into());
+        sink.insert("path".into(), store.display().to_string().into());
+        sink.insert("partition_by".into(), vec!["symbol"].into());
+        (config.clone().set("sink", sink), store)
     }
 
     pub fn run(&self, extra: &[&str]) -> Command {
         self.run_with(&self.config, extra)
     }
 
-    pub fn run_with(&self, config: &std::path::Path, extra: &[&str]) -> Command {
+    pub fn run_with(&self, config: &Pipeline, extra: &[&str]) -> Command {
         self.run_triggered(config, "available-now", extra)
     }
 
     /// `coinstream run` with `config` and `trigger`, printing progress as JSON lines.
-    pub fn run_triggered(
-        &self,
-        config: &std::path::Path,
-        trigger: &str,
-        extra: &[&str],
-    ) -> Command {
+    pub fn run_triggered(&self, config: &Pipeline, trigger: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-        cmd.args([
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--trigger",
-            trigger,
-            "--progress",
-            "json",
-        ]);
+        cmd.arg("run")
+            .args(config.args())
+            .args(["--trigger", trigger, "--progress", "json"]);
         cmd.args(extra).current_dir(self.dir.path());
         cmd
     }
