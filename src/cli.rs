@@ -58,8 +58,9 @@ pub enum Command {
         /// The query.
         sql: String,
     },
-    /// Generates realistic trades: Coinbase Exchange feed messages into a file (for `replay`), or
-    /// bus records into a file or a Kafka topic (for `run` and benchmarks).
+    /// Generates realistic trades: Coinbase Exchange feed messages into a file (for a
+    /// `coinbase_capture` source), or bus records into a file or a Kafka topic (for `run` and
+    /// benchmarks).
     Generate(GenerateArgs),
     /// Runs an ingest pipeline: exchange data into Kafka, until SIGINT/SIGTERM (or `--once`).
     #[command(subcommand)]

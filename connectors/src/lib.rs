@@ -141,6 +141,17 @@ impl SinkConfig {
         from_tagged_toml("sink", section)
     }
 
+    /// The section's `type`, as written in a config (`"parquet"`, `"cassandra"`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Cassandra(_) => "cassandra",
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Null {} => "null",
+            SinkConfig::Kafka(_) => "kafka",
+        }
+    }
+
     /// Every problem serde cannot see (keys relative to `[sink]`). Checks against the output
     /// transform's columns happen when the sink is built.
     pub fn check(&self) -> Vec<Problem> {

@@ -7,8 +7,9 @@
 //!
 //! ## Data flow of one micro-batch ([`runtime::StreamingQuery`])
 //! ```text
-//! trigger tick ─► Source::poll ─► checkpoint offsets/<id> ─► decode (arrow-json, declared schema)
-//!      ─► InputSlot (the `trades` table) ─► PlannedTransform::execute (plan made once at start)
+//! trigger tick ─► Source::poll ─► checkpoint offsets/<id> ─► decode (declared schema: a flat
+//!      JSON fast path, arrow-json for the rest) ─► InputSlot (the input table, `input.table`)
+//!      ─► PlannedTransform::execute (plan made once at start)
 //!      ─► Sink::write + DeadLetterSink::write ─► Source::commit ─► checkpoint commits/<id>
 //!      ─► BatchProgress
 //! ```
@@ -16,7 +17,8 @@
 //! dead-lettered; the rest of the batch flows ([`runtime`] module docs).
 //! Nothing is committed before the sink acknowledged every row; a crash in between leaves
 //! `offsets/<id>` without `commits/<id>`, and the next start replays exactly that range with the
-//! same batch id (sinks write idempotently per batch id).
+//! same batch id: a sink that writes idempotently per batch id (Parquet, Cassandra) stores it
+//! once; an append-only one (Kafka, as Spark's Kafka sink) may hold it twice (at-least-once).
 //!
 //! ## Positions belong to the source ([`position`])
 //! A batch's start and end are [`SourceOffset`]s: JSON that the source writes and alone reads

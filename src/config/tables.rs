@@ -49,6 +49,9 @@ pub(super) struct Declared {
     files: String,
     /// `[tables]` was given (so a deprecated declaration of the same table is a conflict).
     explicit: bool,
+    /// Every file was read and parsed. When one was not, a table missing from the rest is not
+    /// reported: it may be in that file, whose own problem is the one to fix.
+    complete: bool,
 }
 
 impl Declared {
@@ -62,6 +65,7 @@ impl Declared {
                 tables: tables.into_iter().map(|t| (t, BUILT_IN.into())).collect(),
                 files: BUILT_IN.into(),
                 explicit: false,
+                complete: true,
             };
         };
         if section.files.is_empty() {
@@ -71,6 +75,7 @@ impl Declared {
             ));
         }
         let mut tables: Vec<(TableDecl, String)> = Vec::new();
+        let mut complete = true;
         for (i, file) in section.files.iter().enumerate() {
             let key = format!("tables.files[{i}]");
             let shown = file.display().to_string();
@@ -78,6 +83,7 @@ impl Declared {
                 Ok(text) => text,
                 Err(e) => {
                     problems.push(Problem::new(key, format!("{shown}: cannot read: {e}")));
+                    complete = false;
                     continue;
                 }
             };
@@ -98,7 +104,10 @@ impl Declared {
                         }
                     }
                 }
-                Err(e) => problems.push(Problem::new(key, config_message(e))),
+                Err(e) => {
+                    problems.push(Problem::new(key, config_message(e)));
+                    complete = false;
+                }
             }
         }
         let files: Vec<String> = section
@@ -110,6 +119,7 @@ impl Declared {
             tables,
             files: files.join(", "),
             explicit: true,
+            complete,
         }
     }
 
@@ -118,10 +128,14 @@ impl Declared {
         self.tables.iter().find(|(t, _)| t.name == name)
     }
 
-    /// A problem at `key`: no table `name` in the files.
-    fn missing(&self, key: String, name: &str) -> Problem {
+    /// A problem at `key`: no table `name` in the files (none when a file could not be read or
+    /// parsed: that file's problem is already reported).
+    fn missing(&self, problems: &mut Vec<Problem>, key: String, name: &str) {
+        if !self.complete {
+            return;
+        }
         let names: Vec<&str> = self.tables.iter().map(|(t, _)| t.name.as_str()).collect();
-        Problem::new(
+        problems.push(Problem::new(
             key,
             format!(
                 "no table {name:?} in {}; declared there: {}",
@@ -132,7 +146,7 @@ impl Declared {
                     names.join(", ")
                 }
             ),
-        )
+        ));
     }
 
     /// A problem at `key` if `[tables]` declares `name` too (the deprecated key would win
@@ -163,7 +177,7 @@ impl Declared {
         match self.find(table) {
             Some((t, _)) => Some(Arc::clone(&t.schema)),
             None => {
-                problems.push(self.missing("input.table".into(), table));
+                self.missing(problems, "input.table".into(), table);
                 None
             }
         }
@@ -181,7 +195,7 @@ impl Declared {
         let (columns, scalar_values) = match (r.columns, r.value) {
             (None, None) => {
                 let Some((table, file)) = self.find(&r.name) else {
-                    problems.push(self.missing(format!("{at}.name"), &r.name));
+                    self.missing(problems, format!("{at}.name"), &r.name);
                     return None;
                 };
                 return ReferenceTable::declared(r.name, r.path, &r.key, &table.schema)

@@ -19,8 +19,9 @@ pub(super) async fn query(config: &Config, sql: &str) -> anyhow::Result<()> {
 pub(super) async fn run_query(config: &Config, sql: &str) -> anyhow::Result<String> {
     let SinkConfig::Parquet(p) = &config.sink else {
         bail!(
-            "query reads the Parquet store; this config's sink is {:?}",
-            config.sink
+            "query reads the Parquet store (`[sink] type = \"parquet\"`); this config's sink is \
+             type = {:?}: read its results where that sink writes them (for Cassandra, with cqlsh)",
+            config.sink.type_name()
         );
     };
     // The output's schema, for a store that holds no rows yet; planned in a context of its own,
