@@ -29,7 +29,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pipeline::dispatch(cli.command)) {
+    let outcome = runtime.block_on(pipeline::dispatch(cli.command));
+    // Every write, commit and close a command starts is awaited before `dispatch` returns; what
+    // may still run is abandoned side-effect-free work, such as the blocking metadata fetch of a
+    // Kafka sink healthcheck that a SIGINT cut short (up to its 10 s timeout). Dropping the
+    // runtime would wait for it, so a stop would not be prompt.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if is_broken_pipe(&e) {

@@ -1,6 +1,7 @@
 //! Config mistakes as a user meets them through the binary: a config with mistakes in three
 //! sections reports all three, with key paths, in one run (`--set` overrides keys of a shipped
-//! file, as flags and tests do); a command that cannot serve a config says why in its terms.
+//! file, as flags and tests do); missing files and sink columns are found before anything is
+//! read; a command that cannot serve a config says why in its terms.
 
 use std::process::Command;
 
@@ -33,6 +34,121 @@ fn explain_reports_mistakes_in_three_sections_in_one_run() {
             "missing {expected:?} in:\n{stderr}"
         );
     }
+}
+
+/// Every input file the config names is checked at load, so `explain` fails too, each missing
+/// file with its key path and the OS's reason, all in one run with the config's other mistakes.
+#[test]
+fn explain_reports_every_missing_input_file_with_its_key_and_the_os_reason() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = |name: &str| dir.path().join(name).display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "explain",
+            "--config",
+            &format!("{repo}/coinstream.toml"),
+            "--set",
+            &format!(
+                "transforms.files=[\"sql/profit.sql\", {:?}]",
+                missing("extra.sql")
+            ),
+            "--set",
+            &format!("report.sql={:?}", missing("nope.sql")),
+            "--set",
+            &format!("source.path={:?}", missing("feed.jsonl")),
+            "--set",
+            &format!("reference.1.path={:?}", missing("coins.json")),
+            "--set",
+            // A folder is not a file either.
+            &format!("reference.0.path={:?}", dir.path().display().to_string()),
+            "--set",
+            "engine.max_records_per_batch=0",
+        ])
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "coinstream.toml: engine.max_records_per_batch: must be at least 1".to_owned(),
+        format!(
+            "coinstream.toml: transforms.files[1]: cannot read {}: No such file or directory",
+            missing("extra.sql")
+        ),
+        format!(
+            "coinstream.toml: report.sql: cannot read {}: No such file or directory",
+            missing("nope.sql")
+        ),
+        format!(
+            "coinstream.toml: source.path: cannot read {}: No such file or directory",
+            missing("feed.jsonl")
+        ),
+        format!(
+            "coinstream.toml: reference[1].path: cannot read {}: No such file or directory",
+            missing("coins.json")
+        ),
+        format!(
+            "coinstream.toml: reference[0].path: cannot read {}: it is a folder, not a file",
+            dir.path().display()
+        ),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("(os error"), "{stderr}");
+}
+
+/// A Parquet partition column that the output transform does not produce stops `run` before the
+/// source is read: no checkpoint is written, and the message names the key and the valid columns.
+#[test]
+fn run_refuses_a_partition_column_the_transform_lacks_before_reading() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "run",
+            "--trigger",
+            "available-now",
+            "--config",
+            &format!("{repo}/coinstream.toml"),
+            "--set",
+            &format!(
+                "engine.checkpoint_dir={:?}",
+                checkpoint.display().to_string()
+            ),
+            "--set",
+            &format!(
+                "sink.path={:?}",
+                dir.path().join("profit").display().to_string()
+            ),
+            "--set",
+            &format!(
+                "dead_letter.path={:?}",
+                dir.path().join("dead_letters").display().to_string()
+            ),
+            "--set",
+            "sink.partition_by=[\"symbol\", \"venue\"]",
+        ])
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "error: config: sink.partition_by: column \"venue\" is not in the transform's output; \
+             valid columns are \"symbol\""
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("batch 0"), "no batch ran: {stderr}");
+    assert!(
+        !checkpoint.join("offsets").exists(),
+        "nothing planned before the check"
+    );
+    assert!(!dir.path().join("profit").exists(), "nothing written");
 }
 
 #[test]

@@ -1051,3 +1051,67 @@ fn reject_decimal_policy_dead_letters_values_that_would_change_and_stores_exact_
     assert_eq!(sum("numDeadLetters"), 2);
     assert_eq!(sum("numRoundedDecimals"), 0);
 }
+
+#[test]
+fn a_run_that_could_use_none_of_its_messages_exits_non_zero_after_storing_them_as_dead_letters() {
+    // Not a Coinbase feed: every line is a dead letter.
+    let project = Project::with_feed("{\"hello\":1}\nnot json\n{\"price\":\"1\"}\n");
+    let out = project.run();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let expected = format!(
+        "error: the run received 3 records and could use none of them; the first was \
+         dead-lettered because: message without a type (see the dead letters in {})",
+        project.path().join("data/dead_letters").display()
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    assert_eq!(project.dead_letters().len(), 3);
+    assert!(project.stored().is_empty());
+
+    // They were committed: the restart reads nothing, so it has nothing to judge and exits 0.
+    let again = project.run_ok();
+    assert_eq!(input_rows(&again), 0, "{}", stderr(&again));
+    assert_eq!(
+        project.dead_letters().len(),
+        3,
+        "nothing dead-lettered twice"
+    );
+}
+
+#[test]
+fn a_declared_column_no_record_has_fails_the_run_naming_the_first_reason() {
+    let mut project = Project::on(repo().join("required_data/sample_trades.jsonl"));
+    let ddl = std::fs::read_to_string(repo().join("sql/tables/trades.sql"))
+        .unwrap()
+        .replace(
+            "    symbol      VARCHAR NOT NULL,",
+            "    venue       VARCHAR NOT NULL,\n    symbol      VARCHAR NOT NULL,",
+        );
+    assert!(ddl.contains("venue"), "the DDL changed shape: {ddl}");
+    let tables = project.path().join("trades.sql");
+    std::fs::write(&tables, ddl).unwrap();
+    project.cfg = project.cfg.clone().set(
+        "tables.files",
+        vec![
+            tables.display().to_string(),
+            repo()
+                .join("sql/tables/reference.sql")
+                .display()
+                .to_string(),
+        ],
+    );
+    let out = project.run();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let received = input_rows(&out);
+    assert!(received > 1000, "{}", stderr(&out));
+    let expected = format!(
+        "error: the run received {received} records and could use none of them; the first was \
+         dead-lettered because: missing required field venue (see the dead letters in {})",
+        project.path().join("data/dead_letters").display()
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    assert_eq!(project.dead_letters().len() as u64, received);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "no report after a failed run"
+    );
+}

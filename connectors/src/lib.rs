@@ -20,7 +20,7 @@ pub mod kafka;
 pub mod parquet;
 pub mod stdout;
 
-use common::config::{Problem, from_tagged_toml};
+use common::config::{Problem, from_tagged_toml, join_key};
 use engine::{DeadLetterSink, Result, Sink, Source};
 pub use error::Error;
 use serde::Deserialize;
@@ -94,9 +94,13 @@ pub fn build_sink(
     config: &SinkConfig,
     schema: &arrow::datatypes::SchemaRef,
 ) -> Result<Box<dyn Sink>> {
-    let _ = schema;
     Ok(match config {
-        SinkConfig::Parquet(c) => Box::new(parquet::ParquetSink::new(c.clone())),
+        SinkConfig::Parquet(c) => {
+            if let Some(p) = c.check_columns(schema) {
+                return Err(engine::Error::config(join_key("sink", &p.key), p.message));
+            }
+            Box::new(parquet::ParquetSink::new(c.clone()))
+        }
         SinkConfig::Cassandra(c) => Box::new(cassandra::CassandraSink::new(
             (**c).clone(),
             schema.clone(),

@@ -136,6 +136,23 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A run ended (an available-now run that finished, or an exhausted source) having received
+    /// records and used none of them: every one was dead-lettered and no row was written. The
+    /// dead letters and the source's position are committed first, so nothing is lost and a
+    /// restart does not meet these records again. Permanent: the input does not fit the declared
+    /// table, or the source is not what the config says.
+    #[error(
+        "the run received {received} records and could use none of them; the first was \
+         dead-lettered because: {first_reason} (see the {dead_letters})"
+    )]
+    NothingUsable {
+        /// Records the run received (all dead-lettered).
+        received: u64,
+        /// The first dead letter's reason.
+        first_reason: String,
+        /// The dead-letter output, as it describes itself (`dead letters in data/dead_letters`).
+        dead_letters: String,
+    },
     /// A bug in coinstream: an invariant did not hold.
     #[error("internal error (a bug in coinstream): {0}")]
     Internal(String),

@@ -49,7 +49,14 @@
 //! The query runs as one task: batches are sequential, each batch's query may use
 //! `target_partitions` threads. Shutdown (a `watch` flag) is checked between batches and while
 //! retrying; a batch in flight is finished, then the sink, the dead-letter output and the source are
-//! closed in that order.
+//! closed in that order. A shutdown before the sink has passed its healthcheck ends the run at
+//! once with nothing read (the healthcheck has no side effects, so one in progress is dropped).
+//!
+//! ## Runs that could use nothing
+//! A run that ends by itself (available-now done, or the source exhausted) having received
+//! records and dead-lettered every one, with no row written, fails with
+//! [`Error::NothingUsable`] after committing them: the one check, for every source, that input
+//! which does not fit the declared table is not hidden behind a successful exit.
 //!
 //! ## Adding a connector
 //! Implement [`Source`] (emit one JSON object per business event with its [`RecordPosition`], and

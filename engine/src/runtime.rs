@@ -44,6 +44,8 @@ pub struct RunSummary {
     pub dead_letters: u64,
     /// The same, by what rejected them (see [`BatchProgress::dead_letters_by_reason`]).
     pub dead_letters_by_reason: BTreeMap<String, u64>,
+    /// The reason of the run's first dead letter, if any.
+    pub first_dead_letter: Option<String>,
 }
 
 /// A streaming query: one source, one transform, one sink.
@@ -89,24 +91,47 @@ pub struct OneBatch {
 enum Step {
     Batch(SourceBatch, Duration),
     Idle,
-    Done,
+    /// The source has nothing more (an available-now run's end, or a finite source).
+    Exhausted,
+    /// `shutdown` turned true.
+    Stopped,
 }
 
 impl StreamingQuery {
     /// Runs until the source is exhausted (or, with an interval trigger, until `shutdown` turns
     /// true), then closes the sink and the source. A batch in flight when `shutdown` turns true is
-    /// finished first.
+    /// finished first. A `shutdown` while the sink has not yet passed its healthcheck (an
+    /// unreachable sink is waited for) ends the run at once with an empty summary: nothing was
+    /// read, so nothing is left uncommitted.
+    ///
+    /// # Errors
+    /// A permanent failure of the source, the sink, the dead-letter output, the transform or the
+    /// checkpoint; [`Error::Stopped`] for a `shutdown` while a batch's write or commit was failing
+    /// transiently (the batch is replayed on restart); and [`Error::NothingUsable`] when the run
+    /// ended without a `shutdown` having received records and dead-lettered every one (after
+    /// committing them, so a restart does not meet them again). A run that received nothing, or
+    /// wrote at least one row, or was stopped by `shutdown`, is `Ok`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<RunSummary> {
         // A sink that is down at start (a transient failure) is waited for, as one that goes down
-        // mid-run is.
+        // mid-run is. A healthcheck has no side effects, so one in progress is dropped at a stop:
+        // a check that takes its full timeout against an unreachable service must not delay it.
         let mut backoff = Backoff::default();
-        retry_transient(
-            &mut backoff,
-            &mut shutdown,
-            "sink healthcheck",
-            async || self.sink.healthcheck().await,
-        )
-        .await?;
+        let mut check_shutdown = shutdown.clone();
+        let checked = tokio::select! {
+            biased;
+            _ = stop_requested(&mut shutdown) => None,
+            checked = retry_transient(&mut backoff, &mut check_shutdown, "sink healthcheck",
+                async || self.sink.healthcheck().await) => Some(checked),
+        };
+        match checked {
+            Some(Ok(())) => {}
+            None | Some(Err(Error::Stopped { .. })) => {
+                tracing::info!(sink = %self.sink.description(),
+                    "Stopped while waiting for the sink to pass its healthcheck; nothing was read, written or committed.");
+                return Ok(RunSummary::default());
+            }
+            Some(Err(e)) => return Err(e),
+        }
         let recovered = match &self.checkpoint {
             Some(cp) => {
                 cp.bind(&QueryIdentity {
@@ -154,8 +179,10 @@ impl StreamingQuery {
         // The poll's retries stop with the run: the select below drops them when `shutdown`
         // turns true, through its own receiver.
         let mut poll_shutdown = shutdown.clone();
+        let mut stopped = false;
         loop {
             if *shutdown.borrow() {
+                stopped = true;
                 break;
             }
             // A processing-time trigger starts batches on interval boundaries; one that ran late
@@ -163,7 +190,10 @@ impl StreamingQuery {
             let pause = next_tick.saturating_duration_since(Instant::now());
             if !pause.is_zero() {
                 tokio::select! {
-                    _ = shutdown.changed() => break,
+                    _ = shutdown.changed() => {
+                        stopped = true;
+                        break;
+                    }
                     _ = tokio::time::sleep(pause) => {}
                 }
             }
@@ -182,16 +212,20 @@ impl StreamingQuery {
             };
             let step = tokio::select! {
                 biased;
-                _ = shutdown.changed() => Step::Done,
+                _ = shutdown.changed() => Step::Stopped,
                 polled = retry_transient(&mut backoff, &mut poll_shutdown, "source poll",
                     async || self.source.poll(limits).await) => match polled? {
                     Poll::Batch(b) => Step::Batch(b, started.elapsed()),
                     Poll::Idle => Step::Idle,
-                    Poll::Exhausted => Step::Done,
+                    Poll::Exhausted => Step::Exhausted,
                 },
             };
             match step {
-                Step::Done => break,
+                Step::Exhausted => break,
+                Step::Stopped => {
+                    stopped = true;
+                    break;
+                }
                 Step::Idle => {}
                 Step::Batch(batch, waited) => {
                     if let Some(cp) = &self.checkpoint {
@@ -218,6 +252,21 @@ impl StreamingQuery {
         self.sink.close().await?;
         self.dead_letters.close().await?;
         self.source.close().await?;
+        // Checked once here, for every source: a run that ended by itself with nothing but dead
+        // letters has input that does not fit the declared table (or a source that is not what
+        // the config says), which an exit 0 would hide. A stop ends a run that might still
+        // have met good records, so it is not judged.
+        if !stopped
+            && summary.input_rows > 0
+            && summary.output_rows == 0
+            && summary.dead_letters >= summary.input_rows
+        {
+            return Err(Error::NothingUsable {
+                received: summary.input_rows,
+                first_reason: summary.first_dead_letter.unwrap_or_default(),
+                dead_letters: self.dead_letters.description(),
+            });
+        }
         Ok(summary)
     }
 
@@ -334,6 +383,9 @@ impl StreamingQuery {
         summary.input_rows += n;
         summary.output_rows += output_rows as u64;
         summary.dead_letters += dead_letters.len() as u64;
+        if summary.first_dead_letter.is_none() {
+            summary.first_dead_letter = dead_letters.first().map(|l| l.reason.clone());
+        }
         for (reason, n) in &by_reason {
             *summary
                 .dead_letters_by_reason
@@ -488,6 +540,13 @@ impl StreamingQuery {
             ),
             source,
         }
+    }
+}
+
+/// Returns once `shutdown` is true; never, when its sender is gone (no stop can come then).
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -661,11 +661,22 @@ async fn a_batch_whose_every_row_fails_is_all_dead_letters_and_committed() {
     let out = Outputs::default();
     let (commits, letters, progress) = (&out.commits, &out.letters, &out.progress);
     let run = out.run(dir.path(), value_transform(), vec![msgs.clone()], false, 20);
-    let summary = run.await.unwrap();
-    assert_eq!(
-        (summary.batches, summary.output_rows, summary.dead_letters),
-        (2, 0, 37)
-    );
+    // Nothing usable: the run fails, but only after storing and committing every batch.
+    match run.await.unwrap_err() {
+        Error::NothingUsable {
+            received,
+            first_reason,
+            dead_letters,
+        } => {
+            assert_eq!((received, dead_letters.as_str()), (37, "memory"));
+            assert!(
+                first_reason.starts_with("transform value (")
+                    && first_reason.contains("Arithmetic overflow"),
+                "{first_reason}"
+            );
+        }
+        other => panic!("expected NothingUsable, got {other:?}"),
+    }
     let l = letters.0.lock().unwrap();
     assert_eq!(
         l.iter()
@@ -720,4 +731,153 @@ async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
     assert!(commits.lock().unwrap().is_empty(), "nothing committed");
     assert!(sink.written.lock().unwrap().is_empty());
     assert!(letters.0.lock().unwrap().is_empty(), "no row blamed");
+}
+
+#[tokio::test]
+async fn a_run_that_could_use_none_of_its_messages_fails_after_committing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every message lacks the required price: all are dead letters at decode.
+    let msgs: Vec<String> = (0..5).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+    let out = Outputs::default();
+    let (commits, sink, letters) = (&out.commits, &out.sink, &out.letters);
+    let run = out.run(dir.path(), doubled(), vec![msgs.clone()], true, 2);
+    let err = run.await.unwrap_err();
+    let text = err.report().to_string();
+    assert!(
+        text.starts_with(
+            "the run received 5 records and could use none of them; the first was \
+             dead-lettered because: "
+        ) && text.contains("price")
+            && text.ends_with(" (see the memory)"),
+        "{text}"
+    );
+    assert!(!err.is_transient());
+    // Stored and committed first: nothing is lost and nothing is left to replay.
+    assert_eq!(letters.0.lock().unwrap().len(), 5);
+    assert_eq!(
+        commits.lock().unwrap().last(),
+        Some(&MemorySource::offsets(&[5]))
+    );
+    assert!(
+        ids_of(&sink.written.lock().unwrap())
+            .iter()
+            .all(Vec::is_empty)
+    );
+
+    // The restart meets none of them again, so it has nothing to judge: exit 0.
+    let again = Outputs {
+        progress: Default::default(),
+        ..out.clone()
+    };
+    let summary = again
+        .run(dir.path(), doubled(), vec![msgs], true, 2)
+        .await
+        .unwrap();
+    assert_eq!((summary.batches, summary.input_rows), (0, 0));
+    assert_eq!(
+        letters.0.lock().unwrap().len(),
+        5,
+        "nothing dead-lettered twice"
+    );
+}
+
+#[tokio::test]
+async fn a_run_with_one_good_row_or_no_messages_at_all_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut msgs: Vec<String> = (0..5).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+    msgs.push(r#"{"id":7,"price":"1.50"}"#.into());
+    let out = Outputs::default();
+    let summary = out
+        .run(dir.path(), doubled(), vec![msgs], false, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            summary.input_rows,
+            summary.output_rows,
+            summary.dead_letters
+        ),
+        (6, 1, 5)
+    );
+    assert!(
+        summary
+            .first_dead_letter
+            .as_deref()
+            .is_some_and(|r| r.contains("price")),
+        "{summary:?}"
+    );
+
+    let empty = Outputs::default();
+    let summary = empty
+        .run(dir.path(), doubled(), vec![Vec::new()], false, 100)
+        .await
+        .unwrap();
+    assert_eq!(summary, engine::runtime::RunSummary::default());
+}
+
+/// A sink that cannot be reached: its healthcheck fails transiently, at once or (`hang`) after
+/// waiting a minute, as a client with a long connect timeout does.
+struct UnreachableSink {
+    hang: bool,
+    healthchecks: Arc<Mutex<u32>>,
+}
+
+#[async_trait]
+impl Sink for UnreachableSink {
+    fn description(&self) -> String {
+        "unreachable".into()
+    }
+
+    async fn healthcheck(&mut self) -> Result<()> {
+        *self.healthchecks.lock().unwrap() += 1;
+        if self.hang {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        Err(Error::sink_failed(
+            "unreachable",
+            "cannot connect",
+            Retry::Transient,
+        ))
+    }
+
+    async fn write(&mut self, _batch_id: u64, _batches: &[RecordBatch]) -> Result<()> {
+        panic!("nothing is written before the healthcheck passes");
+    }
+}
+
+#[tokio::test]
+async fn a_stop_while_the_sink_fails_its_healthcheck_ends_the_run_cleanly_and_promptly() {
+    for hang in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Outputs::default();
+        let healthchecks = Arc::new(Mutex::new(0));
+        let mut q = query_with(dir.path(), doubled(), vec![messages(0..3)], &out, true, 10).await;
+        q.sink = Box::new(UnreachableSink {
+            hang,
+            healthchecks: healthchecks.clone(),
+        });
+        let (tx, rx) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let stop = async {
+            // Long enough for a few retries of the failing check (the first pauses are 50-400 ms).
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            tx.send(true).unwrap();
+        };
+        let (ran, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(5), q.run(rx)),
+            stop
+        );
+        let summary = ran
+            .expect("the run stops promptly")
+            .unwrap_or_else(|e| panic!("a stop is a clean end (hang {hang}): {}", e.report()));
+        assert_eq!(summary, engine::runtime::RunSummary::default());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let checks = *healthchecks.lock().unwrap();
+        assert!(
+            if hang { checks == 1 } else { checks >= 2 },
+            "hang {hang}: {checks} healthchecks"
+        );
+        assert!(out.commits.lock().unwrap().is_empty(), "nothing read");
+        assert!(out.progress.lock().unwrap().is_empty());
+    }
 }

@@ -5,9 +5,10 @@
 //! Every section is read on its own, so a type error in `[sink]` does not hide a bad `[input]`;
 //! then each connector checks what serde cannot see. Every problem of the file is reported in one
 //! [`ConfigError`], each with its key path (`sink.ttl_secs: must be at least 1`). Relative paths are
-//! relative to the config file's folder. Checks against the output transform's columns (a
-//! Cassandra key column that the SQL does not produce) need the SQL planned and happen when the
-//! sink is built.
+//! relative to the config file's folder. Every file the config names as input (transforms,
+//! report, reference data, a capture, a coin map) must be a readable file at load. Checks against
+//! the output transform's columns (a Cassandra key or a Parquet partition column that the SQL does
+//! not produce) need the SQL planned and happen when the sink is built, before the source is read.
 
 mod overrides;
 mod tables;
@@ -255,6 +256,12 @@ impl Config {
             (Some(i), Some(d)) => d.input(&mut problems, &i.table, i.columns.as_deref()),
             _ => None,
         };
+        for (i, r) in references.iter().flatten().enumerate() {
+            problems.extend(plumbing::readable_file(
+                &format!("reference[{i}].path"),
+                &r.path,
+            ));
+        }
         let mut reference_tables = Vec::new();
         if let Some(d) = &declared {
             for (i, r) in references.into_iter().flatten().enumerate() {
@@ -275,6 +282,9 @@ impl Config {
             problems.extend(found.into_iter().flatten().map(|p| p.under(section)));
         }
         let report = report.flatten().map(|r| r.sql);
+        if let Some(sql) = &report {
+            problems.extend(plumbing::readable_file("report.sql", sql));
+        }
         if report.is_some()
             && sink
                 .as_ref()
@@ -360,6 +370,12 @@ fn check_transforms(problems: &mut Vec<Problem>, t: &TransformsSection) {
         problems.push(Problem::new(
             "transforms.files",
             "list at least one .sql file",
+        ));
+    }
+    for (i, file) in t.files.iter().enumerate() {
+        problems.extend(plumbing::readable_file(
+            &format!("transforms.files[{i}]"),
+            file,
         ));
     }
     let stems: Vec<&str> = t
@@ -480,10 +496,17 @@ sql = "r.sql"
             "transforms.output: \"pnl\" is not one of the transforms (profit)",
             "source.coin_map: io on ",
             "report: a report reads the Parquet store",
+            // Every input file is checked at load, with the OS's reason.
+            "transforms.files[0]: cannot read ",
+            "sql/profit.sql: No such file or directory",
+            "source.path: cannot read ",
+            "x.jsonl: No such file or directory",
+            "report.sql: cannot read ",
+            "r.sql: No such file or directory",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
-        assert_eq!(err.problems.len(), 5, "{text}");
+        assert_eq!(err.problems.len(), 8, "{text}");
     }
 
     #[test]
@@ -507,7 +530,7 @@ sql = "r.sql"
         let repo = repo_root().display().to_string();
         let config = |dead_letter: &str| {
             format!(
-                "[transforms]\nfiles = [\"sql/profit.sql\"]\noutput = \"profit\"\n\
+                "[transforms]\nfiles = [\"{repo}/sql/profit.sql\"]\noutput = \"profit\"\n\
                  [source]\ntype = \"generate\"\nportfolio = \"{repo}/required_data/my_Portfolio.json\"\n\
                  coin_map = \"{repo}/required_data/coin_map.json\"\ncount = 1\n\
                  [sink]\ntype = \"null\"\n[dead_letter]\ntype = \"kafka\"\ntopic = \"dl\"\n{dead_letter}"
@@ -669,6 +692,7 @@ sql = "r.sql"
     fn column_declarations_are_checked_one_by_one() {
         let dir = tempfile::tempdir().unwrap();
         let file = without_tables(&dir);
+        std::fs::write(dir.path().join("r.json"), "{}").unwrap();
         let err = Config::load_with(
             &file,
             &[

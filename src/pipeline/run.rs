@@ -17,12 +17,14 @@ use coinstream::config::Config;
 pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
     let (_ctx, input, transforms) = plan(&config).await?;
     let transform = take_output(&config, transforms)?;
+    // The sink is checked against the transform's output columns (a Parquet partition column, a
+    // Cassandra key) before the checkpoint folder is opened or the source read.
+    let sink = connectors::build_sink(&config.sink, &transform.schema())?;
     let checkpoint = config
         .checkpoint_dir
         .as_ref()
         .map(Checkpoint::open)
         .transpose()?;
-    let sink = connectors::build_sink(&config.sink, &transform.schema())?;
     let query = StreamingQuery {
         source: connectors::build_source(&config.source)?,
         decoder: RecordDecoder::new(config.input_schema.clone())

@@ -56,12 +56,16 @@ pub struct CoinbaseCaptureConfig {
 }
 
 impl CoinbaseCaptureConfig {
-    /// Every problem serde cannot see (keys relative to the section): the coin map must read.
+    /// Every problem serde cannot see (keys relative to the section): the capture must be a
+    /// readable file and the coin map must read.
     pub fn check(&self) -> Vec<Problem> {
-        match read_coin_map(&self.coin_map) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Problem::new("coin_map", e.to_string())],
+        let mut problems: Vec<Problem> = config::readable_file("path", &self.path)
+            .into_iter()
+            .collect();
+        if let Err(e) = read_coin_map(&self.coin_map) {
+            problems.push(Problem::new("coin_map", e.to_string()));
         }
+        problems
     }
 }
 

@@ -97,6 +97,28 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A problem at `key` unless `path` is a file this process can open for reading, so a missing
+/// input file is reported at load with every other problem rather than when it is first read:
+/// `cannot read /x/nope.sql: No such file or directory` (the OS's reason), or that it is a folder.
+pub fn readable_file(key: &str, path: &Path) -> Option<Problem> {
+    let cannot =
+        |reason: String| Problem::new(key, format!("cannot read {}: {reason}", path.display()));
+    match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_dir() => Some(cannot("it is a folder, not a file".into())),
+        Ok(_) => None,
+        Err(e) => Some(cannot(os_reason(&e))),
+    }
+}
+
+/// An IO error's message without std's ` (os error N)` suffix, which says nothing more to a user.
+fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match (e.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(at)) => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
 /// A problem at `max_key` when a backoff's longest pause (`max`) is below its first pause
 /// (`initial`, set by `initial_key`), in whatever unit the two keys share.
 pub fn backoff_order<T: PartialOrd + fmt::Debug>(

@@ -21,6 +21,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::Deserialize;
 
+use crate::common::config::Problem;
 use crate::common::files::io_retry;
 
 /// `[sink] type = "parquet"`.
@@ -33,6 +34,39 @@ pub struct ParquetConfig {
     /// Columns whose values name the partition folders, outermost first.
     #[serde(default)]
     pub partition_by: Vec<String>,
+}
+
+impl ParquetConfig {
+    /// A problem at `partition_by` (relative to the section) when it names columns that the
+    /// transform's output `schema` lacks, so a run stops before reading instead of at its first
+    /// write.
+    pub fn check_columns(&self, schema: &SchemaRef) -> Option<Problem> {
+        let missing: Vec<String> = self
+            .partition_by
+            .iter()
+            .filter(|name| schema.field_with_name(name).is_err())
+            .map(|name| format!("{name:?}"))
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let valid: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{:?}", f.name()))
+            .collect();
+        Some(Problem::new(
+            "partition_by",
+            format!(
+                "{} not in the transform's output; valid columns are {}",
+                match missing.as_slice() {
+                    [one] => format!("column {one} is"),
+                    many => format!("columns {} are", many.join(", ")),
+                },
+                valid.join(", ")
+            ),
+        ))
+    }
 }
 
 /// The Parquet sink.
