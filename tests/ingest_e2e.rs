@@ -756,3 +756,70 @@ async fn ingest_coinbase_exits_non_zero_when_no_message_could_be_used() {
         "not one WARN per message: {log}"
     );
 }
+
+/// `ingest gateio --once` while the API is unreachable (a closed loopback port): each attempt is
+/// logged with its number, no recovery is claimed, and after `max_attempts` (5 by default) the run
+/// ends non-zero naming the URL and the reason, as a scheduler needs; it used to retry forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_gateio_once_exits_non_zero_when_the_api_is_unreachable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/api/v4", listener.local_addr().unwrap());
+    drop(listener);
+    let topic = unique("candles_unreachable");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "ingest",
+            "gateio",
+            "--url",
+            &base,
+            "--pairs",
+            "BTC_USDT",
+            "--once",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topic,
+        ])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 5 attempts, pauses of at most 0.5 + 1 + 2 + 4 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("`ingest gateio --once` still running after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = plain(&String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{log}");
+    let error = log
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {log}"));
+    assert!(
+        error.contains(&format!(
+            "GET {base}/spot/candlesticks?currency_pair=BTC_USDT"
+        )) && error.contains("Connection refused")
+            && error.contains("(gave up after 5 attempts)"),
+        "{error}"
+    );
+    for attempt in 1..=4 {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Gate.io request failed; retrying.")
+                    && l.contains(&format!(" attempt={attempt} "))),
+            "attempt {attempt} not logged: {log}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("giving up") && l.contains(" attempt=5 ")),
+        "{log}"
+    );
+    assert!(!log.contains("Recovered"), "a recovery was claimed: {log}");
+}

@@ -1,7 +1,8 @@
 //! The Gate.io candle poller and the engine source on top of it against testkit's Gate.io stand-in
 //! (REST v4's exact formats, `../shared/exchange-formats.md` §3): rows of strings in `[t, quote
 //! volume, close, high, low, open, base volume, closed]` order, a 429 with rate-limit headers, 5xx
-//! answers with and without Gate.io's error body, overlapping pages and an open window. The
+//! answers with and without Gate.io's error body, overlapping pages and an open window, an API
+//! that keeps failing and a closed loopback port (retries, giving up, recovering). The
 //! backfill test publishes through the real Kafka (`scripts/services.sh up`) and reads the topic
 //! back; a missing broker fails it.
 
@@ -814,4 +815,161 @@ async fn a_restarted_source_resumes_from_its_checkpoint_position_without_duplica
         Some(from + 300 * secs),
         "300 windows and the gap before them"
     );
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+async fn closed_port_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("a local address");
+    drop(listener);
+    format!("http://{addr}/api/v4")
+}
+
+/// A started source for `config` (not available-now: `once` or not, as configured).
+async fn started_source(config: GateioConfig) -> GateioSource {
+    let mut source = GateioSource::new(config).expect("a valid gateio config");
+    source
+        .start(StartRequest {
+            committed: None,
+            available_now: false,
+        })
+        .await
+        .expect("start");
+    source
+}
+
+/// Polls `source` (as the runtime does) until a poll fails; the failure. Fails the test when the
+/// run ends as a success or is still polling after 30 s.
+async fn poll_until_error(source: &mut GateioSource) -> engine::Error {
+    let limits = PollLimits {
+        max_records: 100,
+        max_wait: Duration::from_millis(200),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match source.poll(limits).await {
+            Err(e) => return e,
+            Ok(Poll::Exhausted) => panic!("the run ended as if it had succeeded"),
+            Ok(_) => {}
+        }
+    }
+    panic!("the source was still polling after 30 s: a --once run would hang");
+}
+
+fn retry_config(base: &str, once: bool, max_attempts: u32) -> GateioConfig {
+    let mut config = GateioConfig::new(vec!["BTC_USDT".to_owned()]);
+    config.base_url = base.to_owned();
+    config.once = once;
+    config.max_attempts = max_attempts;
+    config.retry_backoff_initial_ms = 40;
+    config.retry_backoff_max_ms = 160;
+    config.request_timeout_ms = 2_000;
+    config
+}
+
+/// The user's report: `ingest gateio --once --url http://127.0.0.1:9` never ended.
+#[tokio::test]
+async fn a_once_poll_of_an_unreachable_api_fails_for_good_naming_the_url_and_reason() {
+    let base = closed_port_url().await;
+    let mut source = started_source(retry_config(&base, true, 3)).await;
+    let started = Instant::now();
+    let err = poll_until_error(&mut source).await;
+    let text = engine::report(&err).to_string();
+    assert!(
+        !err.is_transient(),
+        "a transient error is retried forever: {text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "GET {base}/spot/candlesticks?currency_pair=BTC_USDT"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Connection refused"), "{text}");
+    assert!(text.contains("(gave up after 3 attempts)"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let retries = source
+        .metrics()
+        .into_iter()
+        .find(|(name, _)| *name == "retries")
+        .map(|(_, n)| n);
+    assert_eq!(retries, Some(2), "3 attempts are 2 retries");
+}
+
+/// On the stand-in answering 503: exactly `max_attempts` requests, each pause at least the
+/// backoff's floor for its attempt (it grows, it is not reset), then a permanent failure.
+#[tokio::test]
+async fn a_once_poll_retries_a_failing_api_with_a_growing_backoff_then_fails() {
+    let server = RestServer::serve(|_, _| {
+        Reply::error(503, "SERVER_ERROR", "Service temporarily unavailable")
+    })
+    .await;
+    let mut source = started_source(retry_config(&server.base, true, 4)).await;
+    let err = poll_until_error(&mut source).await;
+    let text = engine::report(&err).to_string();
+    assert!(!err.is_transient(), "{text}");
+    assert!(
+        text.contains("503 Service Unavailable SERVER_ERROR: Service temporarily unavailable (gave up after 4 attempts)"),
+        "{text}"
+    );
+    assert!(text.contains(&server.base), "{text}");
+    let at: Vec<Instant> = server.requests().iter().map(|s| s.at).collect();
+    assert_eq!(at.len(), 4, "one request per attempt, then none");
+    // Ceilings 40, 80, 160 ms; each pause is drawn from the upper half of its ceiling.
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, floor) in gaps.iter().zip([20u64, 40, 80]) {
+        assert!(*gap >= Duration::from_millis(floor), "{gaps:?}");
+    }
+    // Let the engine retry the poll as it would a transient failure: nothing more is requested.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.requests().len(), 4, "no request after giving up");
+}
+
+/// A live schedule whose API is down at start keeps trying past `max_attempts` (the pause keeps
+/// growing to its cap rather than starting over), and publishes once the API answers.
+#[tokio::test]
+async fn a_live_schedule_keeps_retrying_an_unreachable_api_and_recovers() {
+    const FAILURES: usize = 7;
+    let server = RestServer::serve(|n, seen| {
+        if n < FAILURES {
+            Reply::error(502, "BAD_GATEWAY", "upstream down")
+        } else {
+            Reply::json(rows(seen.query_i64("from"), seen.query_i64("to"), 60, &[]))
+        }
+    })
+    .await;
+    let mut config = retry_config(&server.base, false, 3);
+    config.lookback_windows = 3;
+    let mut source = started_source(config).await;
+    let limits = PollLimits {
+        max_records: 100,
+        max_wait: Duration::from_millis(200),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The engine never sees these failures: a failed poll followed by an idle one is what made
+    // it log "Recovered after transient failures" while every request still failed.
+    let batch = loop {
+        assert!(Instant::now() < deadline, "no candles within 30 s");
+        match source.poll(limits).await {
+            Ok(Poll::Batch(b)) => break b,
+            Ok(Poll::Idle) => {}
+            Ok(Poll::Exhausted) => panic!("a live schedule ended"),
+            Err(e) => panic!("a live schedule handed the engine a failure: {e}"),
+        }
+    };
+    assert!(!batch.records.is_empty());
+    let at: Vec<Instant> = server.requests().iter().map(|s| s.at).collect();
+    assert!(at.len() > FAILURES, "{} requests", at.len());
+    let gaps: Vec<Duration> = at[..=FAILURES].windows(2).map(|w| w[1] - w[0]).collect();
+    // Ceilings 40, 80, 160, then capped at 160 across the requests that gave up.
+    for (gap, floor) in gaps.iter().zip([20u64, 40, 80, 80, 80, 80, 80]) {
+        assert!(*gap >= Duration::from_millis(floor), "{gaps:?}");
+    }
+    source.close().await.expect("close");
 }

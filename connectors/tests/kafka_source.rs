@@ -1,12 +1,12 @@
 //! `KafkaSource` itself on the real broker (`scripts/services.sh`, `$KAFKA_BOOTSTRAP`), driven
 //! as the runtime drives it (poll, write, commit): a second instance joining the group, a batch
 //! whose partitions are revoked before its commit, and the exact re-read of a batch that was
-//! never committed. (The contract every source runs is in `contract.rs`.)
+//! never committed; `starting_offsets` JSON that does not fit the topics. (The contract every source runs is in `contract.rs`.)
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use connectors::kafka::config::{KafkaSourceConfig, StartingOffsets};
+use connectors::kafka::config::{KafkaSourceConfig, StartingOffsets, parse_starting_offsets};
 use connectors::kafka::source::KafkaSource;
 use engine::{Poll, PollLimits, RawRecord, Source, SourceBatch, SourceOffset, StartRequest};
 use testkit::env::kafka_bootstrap;
@@ -318,4 +318,135 @@ async fn an_uncommitted_batch_is_read_again_exactly_after_a_restart() {
     processed.extend(rest);
     assert_each_once(&processed, N);
     third.close().await.expect("close");
+}
+
+/// `config` starting at the JSON `offsets` (Spark's `startingOffsets` form).
+fn config_at(topic: &str, group: &str, offsets: &str) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        starting_offsets: parse_starting_offsets(offsets).expect("starting offsets JSON"),
+        ..config(topic, group)
+    }
+}
+
+/// The error `start` gives with `config` (the test fails if it starts).
+async fn start_error(config: KafkaSourceConfig) -> engine::Error {
+    let mut source = KafkaSource::new(config).expect("a valid kafka source config");
+    match source
+        .start(StartRequest {
+            committed: None,
+            available_now: false,
+        })
+        .await
+    {
+        Ok(()) => panic!("the source started"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_offsets_naming_a_topic_not_subscribed_is_refused_before_any_read() {
+    let topic = topic_with(3, 30).await;
+    let group = unique_name("kafka_source_other_topic");
+    // The user's report: this started at the end of `topic`, read nothing and exited 0.
+    let err = KafkaSource::new(config_at(&topic, &group, r#"{"other":{"0":1}}"#))
+        .err()
+        .expect("the config is refused")
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "source: starting_offsets: names topic \"other\", which is not in topics ({topic})"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("leaves out topic \"{topic}\"")),
+        "{err}"
+    );
+    let untouched = committed(&group, &topic, 3);
+    assert!(
+        untouched.values().all(Option::is_none),
+        "nothing committed: {untouched:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_offsets_naming_a_partition_the_topic_lacks_stop_the_start_permanently() {
+    let topic = topic_with(3, 30).await;
+    let group = unique_name("kafka_source_no_partition");
+    for offsets in [
+        format!(r#"{{"{topic}":{{"5":3}}}}"#),
+        format!(r#"{{"{topic}":{{"0":-2,"1":-2,"2":-2,"5":3}}}}"#),
+    ] {
+        let err = start_error(config_at(&topic, &group, &offsets)).await;
+        assert!(!err.is_transient(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "starting_offsets names partitions the broker does not have: {topic}/5; the topics have {topic}/0, {topic}/1, {topic}/2"
+            )),
+            "{text}"
+        );
+    }
+    // Spark's rule: on a first start the JSON names every partition.
+    let err = start_error(config_at(
+        &topic,
+        &group,
+        &format!(r#"{{"{topic}":{{"0":-2,"2":-1}}}}"#),
+    ))
+    .await;
+    assert!(!err.is_transient(), "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "starting_offsets must name every partition of the topics, but leaves out {topic}/1; use -2 for earliest or -1 for latest"
+        )),
+        "{err}"
+    );
+    let untouched = committed(&group, &topic, 3);
+    assert!(
+        untouched.values().all(Option::is_none),
+        "nothing committed: {untouched:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_offsets_naming_every_partition_start_each_where_named() {
+    const N: usize = 300;
+    let topic = topic_with(3, N).await;
+    let group = unique_name("kafka_source_specific");
+    let ends: BTreeMap<i32, i64> = committed_and_end(&group, &topic, 3)
+        .into_iter()
+        .map(|(p, _, end)| (p, end))
+        .collect();
+    assert!(
+        ends.values().all(|&e| e > 2),
+        "each partition has records: {ends:?}"
+    );
+    // Partition 0 from offset 2, partition 1 from the earliest, partition 2 from the end.
+    let offsets = format!(r#"{{"{topic}":{{"0":2,"1":-2,"2":-1}}}}"#);
+    let mut source = started(config_at(&topic, &group, &offsets), None).await;
+    let expected = (ends[&0] - 2 + ends[&1]) as usize;
+    let mut read: Vec<Seen> = Vec::new();
+    while read.len() < expected {
+        let batch = next_batch(&mut source).await;
+        read.extend(seen(&source, &batch.records));
+        source.commit(&batch.end).await.expect("commit");
+    }
+    // Nothing more arrives: partition 2 started at its end.
+    for _ in 0..5 {
+        if let Poll::Batch(b) = source.poll(LIMITS).await.expect("poll") {
+            read.extend(seen(&source, &b.records));
+        }
+    }
+    source.close().await.expect("close");
+    assert_eq!(read.len(), expected, "records read: {read:?}");
+    let mut from = BTreeMap::new();
+    for (partition, offset, _) in &read {
+        let first = from.entry(*partition).or_insert(*offset);
+        *first = (*first).min(*offset);
+    }
+    assert_eq!(
+        from,
+        BTreeMap::from([(0, 2), (1, 0)]),
+        "first offset read per partition"
+    );
 }

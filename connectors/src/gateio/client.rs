@@ -1,7 +1,8 @@
 //! `GET {base}/spot/candlesticks` with Gate.io's rules applied: HTTP 429 and an exhausted
 //! `X-Gate-RateLimit-Requests-Remain` wait until `X-Gate-RateLimit-Reset-Timestamp` (or
 //! `Retry-After`, or a jittered backoff); 5xx, timeouts and broken connections are retried with
-//! backoff; any other error answer is permanent and reported with the body's `label` and
+//! backoff, up to `max_attempts` per request, the backoff growing (to its cap) across requests
+//! until one succeeds, and only a success logs a recovery; any other error answer is permanent and reported with the body's `label` and
 //! `message`, and says whether it refuses the pair itself (unknown or delisted: the other pairs
 //! may still work) or the request as a whole.
 
@@ -75,6 +76,9 @@ pub struct GateClient {
     backoff: Backoff,
     /// Unix time (s) before which no request should go out: the limit is exhausted.
     blocked_until: Option<f64>,
+    /// Transient failures since the last success, across requests: the backoff keeps growing
+    /// (up to its cap) and the count keeps counting until a request succeeds.
+    failures_since_success: u32,
     counters: Arc<Counters>,
 }
 
@@ -87,6 +91,7 @@ impl GateClient {
             max_attempts: settings.max_attempts,
             backoff: Backoff::new(settings.backoff_initial, settings.backoff_max),
             blocked_until: None,
+            failures_since_success: 0,
             counters,
         }
     }
@@ -113,7 +118,11 @@ impl GateClient {
             r.from,
             r.to
         );
-        self.backoff.reset();
+        // A request after one that gave up waits first, as a retry would: back to back, the
+        // requests of a live schedule would hammer an API that is down.
+        if self.failures_since_success > 0 {
+            tokio::time::sleep(self.backoff.next_delay()).await;
+        }
         let mut failures = 0u32;
         let mut rate_limited = 0u32;
         loop {
@@ -129,11 +138,17 @@ impl GateClient {
             }
             add(&self.counters.requests, 1);
             let transient = match self.http.get(&url).await {
+                Err(e) if e.retry() == Retry::Permanent => {
+                    return Err(self
+                        .error(engine::report(&e).to_string(), Retry::Permanent)
+                        .into());
+                }
                 Err(e) => engine::report(&e).to_string(),
                 Ok(response) => {
                     self.note_rate_limit(&response);
                     let status = response.status;
                     if status.is_success() {
+                        self.succeeded();
                         return parse_rows(&response.body).map_err(|e| {
                             self.error(
                                 format!("GET {url}: {e}: {}", excerpt(&response.body)),
@@ -174,7 +189,15 @@ impl GateClient {
                 }
             };
             failures += 1;
+            self.failures_since_success += 1;
             if failures >= self.max_attempts {
+                tracing::warn!(
+                    error = %transient,
+                    attempt = failures,
+                    max_attempts = self.max_attempts,
+                    failures_since_success = self.failures_since_success,
+                    "Gate.io request failed; giving up on it."
+                );
                 return Err(self
                     .error(
                         format!("{transient} (gave up after {failures} attempts)"),
@@ -187,11 +210,26 @@ impl GateClient {
             tracing::warn!(
                 error = %transient,
                 attempt = failures,
+                max_attempts = self.max_attempts,
+                failures_since_success = self.failures_since_success,
                 retry_in_ms = wait.as_millis() as u64,
                 "Gate.io request failed; retrying."
             );
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// A request succeeded: the backoff starts over. Only here is a recovery logged, never
+    /// merely because a retry is due.
+    fn succeeded(&mut self) {
+        if self.failures_since_success > 0 {
+            tracing::info!(
+                failures = self.failures_since_success,
+                "Gate.io request succeeded again after failed attempts."
+            );
+        }
+        self.failures_since_success = 0;
+        self.backoff.reset();
     }
 
     /// Remembers an exhausted limit, so the next request waits for its reset.

@@ -104,7 +104,10 @@ pub struct GateioConfig {
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Attempts per request on transient failures (5xx, timeouts, broken connections) before the
-    /// poll fails. HTTP 429 is waited out and does not use up attempts. Default 5.
+    /// poll fails: a bounded run (`once`, `to_secs`, available-now) then ends with an error naming
+    /// the URL and the reason; a live schedule logs it and keeps trying, the pause growing to
+    /// `retry_backoff_max_ms` until a request succeeds. HTTP 429 is waited out and does not use
+    /// up attempts. Default 5.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// The first pause before a retry, in milliseconds; it doubles (with jitter). Default 500.

@@ -117,8 +117,9 @@ struct Poller {
 /// Runs the schedule until it is done (`once`, or a bounded backfill) or `shutdown` turns true;
 /// candles go to `tx` in window order per pair. `resume` holds the last window already published
 /// per pair (see the module docs); the result is the last window handed to `tx` per pair. Fails
-/// on a permanent API error, or on a transient one during a backfill or a `once` poll (a live
-/// schedule logs it and tries again next window).
+/// on a permanent API error, or on a transient one during a bounded backfill or a `once` poll (a
+/// live schedule logs it and tries again: its first pass after the client's backoff, later ones
+/// at the next window).
 pub async fn run(
     settings: Settings,
     resume: BTreeMap<String, i64>,
@@ -143,12 +144,20 @@ pub async fn run(
         .settings
         .from
         .map(|from| (from, poller.settings.to.unwrap_or_else(now_secs)));
-    match poller.pass(first, &mut shutdown).await {
-        Ok(()) => {}
-        Err(Stop::Requested) => return Ok(poller.watermark),
-        Err(Stop::Failed(e)) => return Err(e),
+    let bounded = poller.settings.once || poller.settings.to.is_some();
+    loop {
+        match poller.pass(first, &mut shutdown).await {
+            Ok(()) => break,
+            Err(Stop::Requested) => return Ok(poller.watermark),
+            Err(Stop::Failed(e)) if bounded || !e.is_transient() => return Err(e),
+            // A live schedule outlasts the API being down: the client waits (with its backoff,
+            // which grows to its cap until a request succeeds) before the pass starts again.
+            Err(Stop::Failed(e)) => {
+                tracing::error!(error = %e, "Gate.io first poll failed; trying again.");
+            }
+        }
     }
-    if poller.settings.once || poller.settings.to.is_some() {
+    if bounded {
         return match poller.nothing_usable() {
             Some(e) => Err(e),
             None => Ok(poller.watermark),

@@ -15,10 +15,12 @@
 //!   but not committed before a crash again from the API (the same windows, in the same pages);
 //!   only `ingest_time` differs.
 //! - **Errors**: a permanent API error (a refused request, every pair refused, a run whose every
-//!   row was unusable) fails [`Source::poll`] for good. A transient one (5xx, timeouts, broken
-//!   connections) that outlasted the client's own `max_attempts` in a backfill or a `once` poll is
-//!   returned as transient: the engine retries the poll, which resumes the poller after the last
-//!   window handed out. A 429 is always waited out inside the client until the reset time its
+//!   row was unusable) fails [`Source::poll`] for good. So does a transient one (5xx, timeouts,
+//!   broken connections) that outlasted the client's own `max_attempts` in a bounded run (`once`,
+//!   a backfill to `to_secs`, available-now): the run ends failed, naming the URL and the reason,
+//!   rather than hang. A live schedule never gives up: the client keeps retrying with its backoff
+//!   (growing to `retry_backoff_max_ms`), logging each failure with its attempt count. A replay
+//!   ([`Source::fetch_range`]) that fails is returned as transient: the engine retries it. A 429 is always waited out inside the client until the reset time its
 //!   headers give (see [`super::client`]), never retried early.
 //! - With `available_now` (`--trigger available-now`) the source does one poll, as `once`.
 
@@ -233,6 +235,11 @@ impl GateioSource {
         })
     }
 
+    /// Whether the poller's run ends by itself (so its failures end the query).
+    fn bounded(&self) -> bool {
+        self.settings.once || self.settings.to.is_some()
+    }
+
     /// The poller ended with nothing left to hand out: a bounded run is over, or it failed.
     async fn ended(&mut self) -> Result<Poll> {
         let Some(running) = self.running.take() else {
@@ -240,6 +247,10 @@ impl GateioSource {
         };
         match running.task.await {
             Ok(Ok(_)) => Ok(Poll::Exhausted),
+            // A bounded run (`once`, a backfill to `to_secs`, available-now) already retried the
+            // request `max_attempts` times: it ends here, failed, so a scheduler sees it. Handed
+            // to the engine as transient, the poll would be retried forever.
+            Ok(Err(e)) if e.is_transient() && self.bounded() => Err(final_failure(e)),
             // Kept for the next poll: the engine retries it, and the poller resumes after the
             // last window handed out (with `from`, the windows before it count as duplicates).
             Ok(Err(e)) if e.is_transient() => {
@@ -251,6 +262,28 @@ impl GateioSource {
                 "the Gate.io poller task failed: {e}"
             ))),
         }
+    }
+}
+
+/// `error` as a permanent failure, with its message and cause.
+fn final_failure(error: Error) -> Error {
+    match error {
+        Error::Source {
+            name,
+            message,
+            source,
+            ..
+        } => Error::Source {
+            name,
+            message,
+            retry: Retry::Permanent,
+            source,
+        },
+        other => Error::source_failed(
+            "gateio",
+            engine::report(&other).to_string(),
+            Retry::Permanent,
+        ),
     }
 }
 

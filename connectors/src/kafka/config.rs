@@ -1,6 +1,6 @@
 //! Kafka source and dead-letter configs, and the producers' compression codec.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -21,8 +21,91 @@ pub enum StartingOffsets {
     /// Only messages produced after the start.
     Latest,
     /// Per partition, as Spark's `startingOffsets` JSON (`{"topic":{"0":23,"1":-2}}`, where -2
-    /// means earliest and -1 latest); partitions not named start at the latest.
+    /// means earliest and -1 latest). As in Spark, the JSON names every partition the topics have
+    /// at the first start, and only those: a topic not subscribed or missing is a config problem
+    /// ([`KafkaSourceConfig::check`]), a partition the broker does not have or one left out an
+    /// error at start ([`StartingOffsets::mismatch`]).
     Specific(KafkaOffsets),
+}
+
+/// Spark's offset for "the earliest kept offset" in `startingOffsets` JSON.
+pub const EARLIEST_OFFSET: i64 = -2;
+/// Spark's offset for "the end of the partition" in `startingOffsets` JSON.
+pub const LATEST_OFFSET: i64 = -1;
+
+impl StartingOffsets {
+    /// Why specific offsets do not fit the partitions the topics have, if they do not: a named
+    /// partition the broker does not have (always: partitions are never removed, so it is a typo),
+    /// or, on the query's `first_start`, a partition left out. Spark refuses the latter too ("you
+    /// must specify all TopicPartitions"), rather than guess where it should start; after the
+    /// first start, partitions added since are expected to be missing (they start at earliest).
+    /// `None` for `earliest`/`latest`.
+    pub fn mismatch(
+        &self,
+        partitions: &BTreeSet<(String, i32)>,
+        first_start: bool,
+    ) -> Option<String> {
+        let Self::Specific(offsets) = self else {
+            return None;
+        };
+        let unknown: Vec<String> = offsets
+            .iter()
+            .filter(|(t, p, _)| !partitions.contains(&((*t).to_owned(), *p)))
+            .map(|(t, p, _)| format!("{t}/{p}"))
+            .collect();
+        if !unknown.is_empty() {
+            let existing: Vec<String> =
+                partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+            return Some(format!(
+                "starting_offsets names partitions the broker does not have: {}; the topics have {}",
+                unknown.join(", "),
+                existing.join(", ")
+            ));
+        }
+        let missing: Vec<String> = partitions
+            .iter()
+            .filter(|(t, p)| offsets.get(t, *p).is_none())
+            .map(|(t, p)| format!("{t}/{p}"))
+            .collect();
+        (first_start && !missing.is_empty()).then(|| {
+            format!(
+                "starting_offsets must name every partition of the topics, but leaves out {}; use {EARLIEST_OFFSET} for earliest or {LATEST_OFFSET} for latest",
+                missing.join(", ")
+            )
+        })
+    }
+
+    /// The config problems of specific offsets against the subscribed `topics`, checkable without
+    /// a broker: a topic not subscribed, a subscribed topic left out, an offset below -2.
+    fn problems(&self, topics: &[String]) -> Vec<String> {
+        let Self::Specific(offsets) = self else {
+            return Vec::new();
+        };
+        let mut problems = Vec::new();
+        for topic in offsets.0.keys() {
+            if !topics.contains(topic) {
+                problems.push(format!(
+                    "names topic {topic:?}, which is not in topics ({})",
+                    topics.join(", ")
+                ));
+            }
+        }
+        for topic in topics {
+            if !offsets.0.contains_key(topic) {
+                problems.push(format!(
+                    "leaves out topic {topic:?}: name each of its partitions, with {EARLIEST_OFFSET} for earliest or {LATEST_OFFSET} for latest"
+                ));
+            }
+        }
+        for (topic, partition, offset) in offsets.iter() {
+            if offset < EARLIEST_OFFSET {
+                problems.push(format!(
+                    "{topic}/{partition}: offset {offset} is not an offset, {EARLIEST_OFFSET} (earliest) or {LATEST_OFFSET} (latest)"
+                ));
+            }
+        }
+        problems
+    }
 }
 
 impl<'de> Deserialize<'de> for StartingOffsets {
@@ -61,7 +144,8 @@ pub struct KafkaSourceConfig {
     pub topics: Vec<String>,
     /// The consumer group. Instances sharing it share the topics' partitions.
     pub group_id: String,
-    /// Where a first start begins: `earliest`, `latest` (default) or per-partition JSON. Once the
+    /// Where a first start begins: `earliest`, `latest` (default) or per-partition JSON naming
+    /// every partition of every topic in `topics` and nothing else (as Spark requires). Once the
     /// group has committed offsets, those win.
     pub starting_offsets: StartingOffsets,
     /// Stop with an error when committed offsets were already deleted by retention (default
@@ -112,6 +196,9 @@ impl KafkaSourceConfig {
         }
         if self.group_id.trim().is_empty() {
             problems.push(Problem::new("group_id", "must not be empty"));
+        }
+        for message in self.starting_offsets.problems(&self.topics) {
+            problems.push(Problem::new("starting_offsets", message));
         }
         for key in ["enable.auto.commit", "group.id", "bootstrap.servers"] {
             if self.properties.contains_key(key) {
@@ -291,6 +378,56 @@ mod tests {
                 .unwrap_err()
                 .contains("earliest, latest or JSON")
         );
+    }
+
+    #[test]
+    fn specific_offsets_must_name_exactly_the_subscribed_topics() {
+        let parse = |topics: &str, offsets: &str| {
+            let text =
+                format!("topics = {topics}\ngroup_id = \"g\"\nstarting_offsets = '{offsets}'");
+            let c =
+                config::from_toml::<KafkaSourceConfig>("source", toml::from_str(&text).unwrap())
+                    .unwrap();
+            c.check()
+                .iter()
+                .map(Problem::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        // The user's report: a topic that is not subscribed silently started at the end.
+        assert_eq!(
+            parse(r#"["trades"]"#, r#"{"other":{"0":1}}"#),
+            "starting_offsets: names topic \"other\", which is not in topics (trades)\n\
+             starting_offsets: leaves out topic \"trades\": name each of its partitions, with -2 for earliest or -1 for latest"
+        );
+        assert_eq!(
+            parse(r#"["a", "b"]"#, r#"{"a":{"0":-2,"1":-3}}"#),
+            "starting_offsets: leaves out topic \"b\": name each of its partitions, with -2 for earliest or -1 for latest\n\
+             starting_offsets: a/1: offset -3 is not an offset, -2 (earliest) or -1 (latest)"
+        );
+        assert_eq!(parse(r#"["a", "b"]"#, r#"{"a":{"0":5},"b":{"0":-1}}"#), "");
+    }
+
+    #[test]
+    fn specific_offsets_must_fit_the_partitions_the_broker_has() {
+        let offsets = parse_starting_offsets(r#"{"t":{"0":3,"5":3}}"#).unwrap();
+        let three: BTreeSet<(String, i32)> = (0..3).map(|p| ("t".to_owned(), p)).collect();
+        let err = offsets.mismatch(&three, false).unwrap();
+        assert_eq!(
+            err,
+            "starting_offsets names partitions the broker does not have: t/5; the topics have t/0, t/1, t/2"
+        );
+        let offsets = parse_starting_offsets(r#"{"t":{"0":3,"2":-1}}"#).unwrap();
+        assert_eq!(
+            offsets.mismatch(&three, true).unwrap(),
+            "starting_offsets must name every partition of the topics, but leaves out t/1; use -2 for earliest or -1 for latest"
+        );
+        // After the first start the committed offsets win, and partitions added since are not in
+        // the JSON.
+        assert_eq!(offsets.mismatch(&three, false), None);
+        let all = parse_starting_offsets(r#"{"t":{"0":3,"1":-2,"2":-1}}"#).unwrap();
+        assert_eq!(all.mismatch(&three, true), None);
+        assert_eq!(StartingOffsets::Latest.mismatch(&three, true), None);
     }
 
     #[test]

@@ -168,7 +168,11 @@ impl SourceContext {
                         StartingOffsets::Specific(o) => match o.get(&topic, partition) {
                             Some(-2) => Offset::Beginning,
                             Some(n) if n >= 0 => Offset::Offset(n),
-                            _ => Offset::End,
+                            Some(_) => Offset::End,
+                            // Not reached: the source refuses to start unless the JSON names
+                            // every partition there was at the first start. Were it reached,
+                            // reading all of the partition loses nothing.
+                            None => Offset::Beginning,
                         },
                     };
                     // A concrete offset, committed below: the partition's position is recorded

@@ -12,8 +12,9 @@
 //!   the batch holds its last fetched record (past any marker), and a position moved only by
 //!   markers is committed on its own, so the group's lag reaches 0 and `available-now` ends.
 //! - **Partitions with no committed offset**: see `context.rs` (first start only takes
-//!   `starting_offsets`; later ones start at their earliest offset). New partitions are found
-//!   within `topic.metadata.refresh.interval.ms` (5 s by default here).
+//!   `starting_offsets`, whose JSON must name each of them, as Spark requires; later ones start at
+//!   their earliest offset). New partitions are found within `topic.metadata.refresh.interval.ms`
+//!   (5 s by default here).
 //! - **Retention during a run.** Every fetch is checked: where the offsets skipped between two
 //!   records (or up to the position) are below the partition's earliest kept offset, retention
 //!   deleted records before they were read. With `fail_on_data_loss` the query stops naming the
@@ -593,10 +594,20 @@ impl Source for KafkaSource {
             None => false,
         };
         let first_start = !checkpointed && committed.is_empty();
+        // Checked against the broker's partitions before subscribing: a partition named by
+        // mistake, or one left out, would otherwise start at the end and skip its records.
+        let partitions: BTreeSet<Partition> = marks.keys().cloned().collect();
+        if let Some(message) = self
+            .config
+            .starting_offsets
+            .mismatch(&partitions, first_start)
+        {
+            return Err(self.error(message, Retry::Permanent));
+        }
         consumer.context().set_policy(StartPolicy {
             starting_offsets: self.config.starting_offsets.clone(),
             first_start,
-            initial_partitions: marks.keys().cloned().collect(),
+            initial_partitions: partitions,
             fail_on_data_loss: self.config.fail_on_data_loss,
         });
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
