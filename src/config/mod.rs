@@ -936,4 +936,27 @@ sql = "r.sql"
             "{err}"
         );
     }
+
+    #[test]
+    fn a_missing_key_and_a_wrong_duration_name_their_key_and_what_is_expected() {
+        let file = repo_root().join("pipelines/kafka-cassandra.toml");
+        let dead_letter: toml::Table = toml::from_str("type = \"kafka\"").unwrap();
+        let err = Config::load_with(
+            &file,
+            &[
+                Override::new("dead_letter", dead_letter),
+                Override::new("source.session_timeout_ms", -1),
+            ],
+        )
+        .unwrap_err();
+        let problems: Vec<String> = err.problems.iter().map(Problem::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "source.session_timeout_ms: invalid value: integer `-1`, expected a duration: a \
+                 whole number of milliseconds or text such as \"500ms\" or \"5s\"",
+                "dead_letter.topic: is missing",
+            ]
+        );
+    }
 }

@@ -163,7 +163,7 @@ pub fn toml_key(key: &str) -> String {
 pub fn from_toml<T: DeserializeOwned>(section: &str, value: toml::Value) -> Result<T, Problem> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let key = key_path(e.path().iter());
-        Problem::new(join_key(section, &key), message_of(e.into_inner()))
+        problem_at(section, &key, e.into_inner())
     })
 }
 
@@ -191,13 +191,39 @@ pub fn from_tagged_toml<T: DeserializeOwned>(
     let tagged = toml::Table::from_iter([(kind, toml::Value::Table(table))]);
     serde_path_to_error::deserialize(toml::Value::Table(tagged)).map_err(|e| {
         let segments: Vec<_> = e.path().iter().cloned().collect();
+        let error = e.into_inner();
         let key = match segments.split_first() {
             // The variant's own name is the `type` key's value, not a key.
             Some((_, rest)) if !rest.is_empty() => key_path(rest.iter()),
+            // A field missing from the variant's table: serde stops at the table, which is the
+            // section itself, so the key is the field's alone (made by `problem_at`).
+            Some(_) if missing_field(&error).is_some() => String::new(),
             _ => "type".to_owned(),
         };
-        Problem::new(join_key(section, &key), message_of(e.into_inner()))
+        problem_at(section, &key, error)
     })
+}
+
+/// The problem serde's `error` makes at `key` (relative to `section`). serde reports a missing
+/// field at the table that lacks it, with the field's name only in its message ("missing field
+/// `topic`"), so that problem is moved to the field's own key: `dead_letter.topic: is missing`.
+fn problem_at(section: &str, key: &str, error: toml::de::Error) -> Problem {
+    match missing_field(&error) {
+        Some(field) => Problem::new(
+            join_key(section, &join_key(key, &toml_key(field))),
+            "is missing",
+        ),
+        None => Problem::new(join_key(section, key), message_of(error)),
+    }
+}
+
+/// The field serde's "missing field `name`" error names, if `error` is that error.
+fn missing_field(error: &toml::de::Error) -> Option<&str> {
+    error
+        .message()
+        .trim()
+        .strip_prefix("missing field `")?
+        .strip_suffix('`')
 }
 
 fn key_path<'a>(segments: impl Iterator<Item = &'a serde_path_to_error::Segment>) -> String {
@@ -278,31 +304,67 @@ where
     T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
 }
 
-/// A duration as an integer of `unit`s or humantime text (`"500ms"`, `"10s"`, `"1m 30s"`).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DurationValue {
-    Count(u64),
-    Text(String),
+/// A duration as a whole number of `unit`s or humantime text (`"500ms"`, `"10s"`, `"1m 30s"`).
+/// Anything else (a negative number, a float, a table) is reported as what it is plus what a
+/// duration is: `invalid value: integer \`-1\`, expected a duration: a whole number of
+/// milliseconds or text such as "500ms" or "5s"`.
+struct DurationVisitor {
+    unit: Duration,
+    /// The unit's name in messages, plural (`milliseconds`).
+    unit_name: &'static str,
+    /// Two examples of the text form, for messages (`"500ms" or "5s"`).
+    examples: &'static str,
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D, unit: Duration) -> Result<Duration, D::Error> {
-    match DurationValue::deserialize(d)? {
-        DurationValue::Count(n) => u32::try_from(n)
+impl DurationVisitor {
+    fn count<E: serde::de::Error>(&self, n: u64) -> Result<Duration, E> {
+        u32::try_from(n)
             .ok()
-            .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(|| D::Error::custom(format!("{n} is too large"))),
-        DurationValue::Text(text) => humantime::parse_duration(&text).map_err(|e| {
-            D::Error::custom(format!(
-                "{text:?} is not a duration such as \"500ms\" or \"10s\": {e}"
+            .and_then(|n| self.unit.checked_mul(n))
+            .ok_or_else(|| E::custom(format!("{n} is too large")))
+    }
+}
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a duration: a whole number of {} or text such as {}",
+            self.unit_name, self.examples
+        )
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Duration, E> {
+        self.count(n)
+    }
+
+    // TOML integers are signed, so every integer arrives here.
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.count(n),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(n), &self)),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+        humantime::parse_duration(text).map_err(|e| {
+            E::custom(format!(
+                "{text:?} is not a duration such as {}: {e}",
+                self.examples
             ))
-        }),
+        })
     }
 }
 
 /// A `_ms` key: milliseconds as an integer, or humantime text (`"500ms"`, `"10s"`).
 pub fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    duration(d, Duration::from_millis(1))
+    d.deserialize_any(DurationVisitor {
+        unit: Duration::from_millis(1),
+        unit_name: "milliseconds",
+        examples: "\"500ms\" or \"5s\"",
+    })
 }
 
 /// A `_ms` key that must be above zero.
@@ -312,7 +374,11 @@ pub fn positive_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 
 /// A `_secs` key: seconds as an integer, or humantime text (`"1h"`, `"30d"`).
 pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    duration(d, Duration::from_secs(1))
+    d.deserialize_any(DurationVisitor {
+        unit: Duration::from_secs(1),
+        unit_name: "seconds",
+        examples: "\"30s\" or \"1h\"",
+    })
 }
 
 fn positive<E: serde::de::Error>(d: Duration) -> Result<Duration, E> {
@@ -354,6 +420,13 @@ mod tests {
     enum Tagged {
         One(Section),
         Other {},
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    #[allow(dead_code)] // read only by serde and Debug
+    enum TaggedOuter {
+        Outer { inner: Section },
     }
 
     fn value(text: &str) -> toml::Value {
@@ -404,6 +477,83 @@ mod tests {
         );
         let err = read("type = \"one\"\ntimeout_ms = 1\nattempts = 1\nfiel = 2").unwrap_err();
         assert!(err.message.contains("unknown field `fiel`"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_field_is_reported_at_its_own_key() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)] // read only by serde and Debug
+        struct Outer {
+            inner: Section,
+        }
+        let tagged =
+            from_tagged_toml::<Tagged>("dead_letter", value("type = \"one\"\nattempts = 1"));
+        assert_eq!(
+            tagged.unwrap_err().to_string(),
+            "dead_letter.timeout_ms: is missing"
+        );
+        let plain = from_toml::<Section>("source", value("attempts = 1"));
+        assert_eq!(
+            plain.unwrap_err().to_string(),
+            "source.timeout_ms: is missing"
+        );
+        let nested = from_toml::<Outer>("s", value("[inner]\ntimeout_ms = 1"));
+        assert_eq!(
+            nested.unwrap_err().to_string(),
+            "s.inner.attempts: is missing"
+        );
+        let nested = from_tagged_toml::<TaggedOuter>(
+            "sink",
+            value("type = \"outer\"\n[inner]\nattempts = 1"),
+        );
+        assert_eq!(
+            nested.unwrap_err().to_string(),
+            "sink.inner.timeout_ms: is missing"
+        );
+    }
+
+    #[test]
+    fn a_duration_of_the_wrong_kind_says_what_a_duration_is() {
+        let read = |timeout: &str| {
+            from_toml::<Section>(
+                "source",
+                value(&format!("timeout_ms = {timeout}\nattempts = 1")),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let expected = "expected a duration: a whole number of milliseconds or text such as \
+                        \"500ms\" or \"5s\"";
+        for (given, what) in [
+            ("-1", "invalid value: integer `-1`"),
+            ("1.5", "invalid type: floating point `1.5`"),
+            ("true", "invalid type: boolean `true`"),
+            ("[1]", "invalid type: sequence"),
+        ] {
+            assert_eq!(
+                read(given),
+                format!("source.timeout_ms: {what}, {expected}")
+            );
+        }
+        assert_eq!(
+            read("4294967296"),
+            "source.timeout_ms: 4294967296 is too large"
+        );
+
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)] // read only by serde and Debug
+        struct Ttl {
+            #[serde(deserialize_with = "secs")]
+            ttl_secs: Duration,
+        }
+        let ttl = from_toml::<Ttl>("sink", value("ttl_secs = -5")).unwrap_err();
+        assert_eq!(
+            ttl.to_string(),
+            "sink.ttl_secs: invalid value: integer `-5`, expected a duration: a whole number of \
+             seconds or text such as \"30s\" or \"1h\""
+        );
+        let ttl = from_toml::<Ttl>("sink", value("ttl_secs = \"2h\"")).unwrap();
+        assert_eq!(ttl.ttl_secs, Duration::from_secs(7200));
     }
 
     #[test]
