@@ -172,3 +172,27 @@ fn query_on_a_config_whose_sink_is_not_the_parquet_store_says_which_sink_it_has(
     // The sink's settings are not dumped as Rust debug output.
     assert!(!stderr.contains("CassandraConfig"), "{stderr}");
 }
+
+/// A flag's bad value is named by the flag and says what is expected, before anything runs.
+#[test]
+fn run_names_the_flag_whose_count_is_zero() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "run",
+            "--config",
+            &format!("{repo}/coinstream.toml"),
+            "--max-records-per-batch",
+            "0",
+        ])
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: --max-records-per-batch: must be at least 1\n"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("integral type conversion"), "{stderr}");
+    assert!(!stderr.contains("batch 0"), "no batch ran: {stderr}");
+}

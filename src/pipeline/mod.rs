@@ -7,7 +7,9 @@ mod generate;
 mod query;
 mod run;
 
-use anyhow::{Context, bail};
+use std::num::NonZeroUsize;
+
+use anyhow::{Context, anyhow, bail};
 use engine::context::{EngineContext, InputSlot};
 use engine::transform::{PlannedTransform, TransformFile};
 
@@ -30,9 +32,10 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
                 config.trigger = t.parse().context("--trigger")?;
             }
             if let Some(n) = max_records_per_batch {
-                config.max_records_per_batch = n
-                    .try_into()
-                    .context("--max-records-per-batch must be at least 1")?;
+                // The conversion's own error ("out of range integral type conversion") says
+                // nothing a user can act on, so it is not kept as a cause.
+                config.max_records_per_batch = NonZeroUsize::new(n)
+                    .ok_or_else(|| anyhow!("--max-records-per-batch: must be at least 1"))?;
             }
             run::run(config, progress).await
         }
