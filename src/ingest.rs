@@ -34,7 +34,7 @@ fn path_override(key: &str, flag: &str, path: Option<&Path>) -> anyhow::Result<O
     };
     let absolute = std::path::absolute(path).with_context(|| flag.to_owned())?;
     match absolute.to_str() {
-        Some(text) => Ok(Some(Override::new(key, text))),
+        Some(text) => Ok(Some(Override::new(key, text).from_flag(flag))),
         None => bail!("{flag}: {} is not UTF-8", absolute.display()),
     }
 }
@@ -53,18 +53,19 @@ fn kafka_overrides(
 ) -> Vec<Override> {
     let mut overrides = Vec::new();
     if let Some(brokers) = brokers {
-        overrides.push(Override::new("sink.brokers", brokers.as_str()));
-        overrides.push(Override::new("dead_letter.brokers", brokers));
+        overrides.push(Override::new("sink.brokers", brokers.as_str()).from_flag("--brokers"));
+        overrides.push(Override::new("dead_letter.brokers", brokers).from_flag("--brokers"));
     }
     if let Some(topic) = topic {
-        overrides.push(Override::new(
-            "dead_letter.topic",
-            format!("{topic}_dead_letters"),
-        ));
-        overrides.push(Override::new("sink.topic", topic));
+        overrides.push(
+            Override::new("dead_letter.topic", format!("{topic}_dead_letters"))
+                .from_flag("--topic"),
+        );
+        overrides.push(Override::new("sink.topic", topic).from_flag("--topic"));
     }
     if let Some(codec) = compression {
-        overrides.push(Override::new("sink.compression", codec.as_str()));
+        overrides
+            .push(Override::new("sink.compression", codec.as_str()).from_flag("--compression"));
     }
     overrides
 }
@@ -77,17 +78,18 @@ fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<(PathBuf, Vec<Override>)
         args.checkpoint.as_deref(),
     )?);
     if let Some(url) = args.url {
-        overrides.push(Override::new("source.url", url));
+        overrides.push(Override::new("source.url", url).from_flag("--url"));
     }
     if !args.products.is_empty() {
-        overrides.push(Override::new("source.product_ids", list(args.products)));
+        overrides
+            .push(Override::new("source.product_ids", list(args.products)).from_flag("--products"));
     }
     if let Some(feed) = args.feed {
-        overrides.push(Override::new("source.feed", feed));
+        overrides.push(Override::new("source.feed", feed).from_flag("--feed"));
     }
     if let Some(ms) = args.idle_timeout_ms {
         let ms = i64::try_from(ms).context("--idle-timeout-ms is too large")?;
-        overrides.push(Override::new("source.idle_timeout_ms", ms));
+        overrides.push(Override::new("source.idle_timeout_ms", ms).from_flag("--idle-timeout-ms"));
     }
     overrides.extend(path_override(
         "source.portfolio",
@@ -110,28 +112,28 @@ fn gateio(args: IngestGateioArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
         args.state.as_deref(),
     )?);
     if let Some(url) = args.url {
-        overrides.push(Override::new("source.base_url", url));
+        overrides.push(Override::new("source.base_url", url).from_flag("--url"));
     }
     if !args.pairs.is_empty() {
-        overrides.push(Override::new("source.currency_pairs", list(args.pairs)));
+        overrides
+            .push(Override::new("source.currency_pairs", list(args.pairs)).from_flag("--pairs"));
     }
     if let Some(interval) = args.interval {
-        overrides.push(Override::new("source.interval", interval));
+        overrides.push(Override::new("source.interval", interval).from_flag("--interval"));
     }
     if let Some(from) = &args.from {
-        overrides.push(Override::new(
-            "source.from_secs",
-            parse_time(from).context("--from")?,
-        ));
+        overrides.push(
+            Override::new("source.from_secs", parse_time(from).context("--from")?)
+                .from_flag("--from"),
+        );
     }
     if let Some(to) = &args.to {
-        overrides.push(Override::new(
-            "source.to_secs",
-            parse_time(to).context("--to")?,
-        ));
+        overrides.push(
+            Override::new("source.to_secs", parse_time(to).context("--to")?).from_flag("--to"),
+        );
     }
     if args.once {
-        overrides.push(Override::new("source.once", true));
+        overrides.push(Override::new("source.once", true).from_flag("--once"));
     }
     overrides.extend(path_override(
         "source.portfolio",

@@ -25,9 +25,9 @@ fn explain_reports_mistakes_in_three_sections_in_one_run() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [
-        "kafka-cassandra.toml: engine.max_records_per_batch: must be at least 1",
-        "kafka-cassandra.toml: source.group_id: must not be empty",
-        "kafka-cassandra.toml: sink.ttl_secs: must be at least 1",
+        "kafka-cassandra.toml: engine.max_records_per_batch (from --set engine.max_records_per_batch=0): must be at least 1",
+        "kafka-cassandra.toml: source.group_id (from --set source.group_id=\"\"): must not be empty",
+        "kafka-cassandra.toml: sink.ttl_secs (from --set sink.ttl_secs=0): must be at least 1",
     ] {
         assert!(
             stderr.contains(expected),
@@ -43,25 +43,30 @@ fn explain_reports_every_missing_input_file_with_its_key_and_the_os_reason() {
     let repo = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let missing = |name: &str| dir.path().join(name).display().to_string();
+    let files = format!(
+        "transforms.files=[\"sql/profit.sql\", {:?}]",
+        missing("extra.sql")
+    );
+    let report = format!("report.sql={:?}", missing("nope.sql"));
+    let source = format!("source.path={:?}", missing("feed.jsonl"));
+    let coins = format!("reference.1.path={:?}", missing("coins.json"));
+    // A folder is not a file either.
+    let folder = format!("reference.0.path={:?}", dir.path().display().to_string());
     let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
         .args([
             "explain",
             "--config",
             &format!("{repo}/coinstream.toml"),
             "--set",
-            &format!(
-                "transforms.files=[\"sql/profit.sql\", {:?}]",
-                missing("extra.sql")
-            ),
+            &files,
             "--set",
-            &format!("report.sql={:?}", missing("nope.sql")),
+            &report,
             "--set",
-            &format!("source.path={:?}", missing("feed.jsonl")),
+            &source,
             "--set",
-            &format!("reference.1.path={:?}", missing("coins.json")),
+            &coins,
             "--set",
-            // A folder is not a file either.
-            &format!("reference.0.path={:?}", dir.path().display().to_string()),
+            &folder,
             "--set",
             "engine.max_records_per_batch=0",
         ])
@@ -69,26 +74,34 @@ fn explain_reports_every_missing_input_file_with_its_key_and_the_os_reason() {
         .expect("the binary runs");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Each value came from a `--set`, so each problem names it.
     for expected in [
-        "coinstream.toml: engine.max_records_per_batch: must be at least 1".to_owned(),
+        "coinstream.toml: engine.max_records_per_batch (from --set \
+         engine.max_records_per_batch=0): must be at least 1"
+            .to_owned(),
         format!(
-            "coinstream.toml: transforms.files[1]: cannot read {}: No such file or directory",
+            "coinstream.toml: transforms.files[1] (from --set {files}): cannot read {}: \
+             No such file or directory",
             missing("extra.sql")
         ),
         format!(
-            "coinstream.toml: report.sql: cannot read {}: No such file or directory",
+            "coinstream.toml: report.sql (from --set {report}): cannot read {}: \
+             No such file or directory",
             missing("nope.sql")
         ),
         format!(
-            "coinstream.toml: source.path: cannot read {}: No such file or directory",
+            "coinstream.toml: source.path (from --set {source}): cannot read {}: \
+             No such file or directory",
             missing("feed.jsonl")
         ),
         format!(
-            "coinstream.toml: reference[1].path: cannot read {}: No such file or directory",
+            "coinstream.toml: reference[1].path (from --set {coins}): cannot read {}: \
+             No such file or directory",
             missing("coins.json")
         ),
         format!(
-            "coinstream.toml: reference[0].path: cannot read {}: it is a folder, not a file",
+            "coinstream.toml: reference[0].path (from --set {folder}): cannot read {}: \
+             it is a folder, not a file",
             dir.path().display()
         ),
     ] {

@@ -151,19 +151,32 @@ pub struct Config {
 
 /// Everything wrong with a config file, each problem with its key path.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", lines(file, problems))]
+#[error("{}", lines(file, problems, overrides))]
 pub struct ConfigError {
     /// The config file.
     pub file: PathBuf,
     /// What is wrong, in file order (section by section).
     pub problems: Vec<Problem>,
+    /// The overrides set over the file, so a problem with a key one of them set names it.
+    pub overrides: Vec<Override>,
 }
 
-/// One line per problem, each naming the file: `coinstream.toml: sink.ttl_secs: must be at least 1`.
-fn lines(file: &Path, problems: &[Problem]) -> String {
+/// One line per problem, each naming the file: `coinstream.toml: sink.ttl_secs: must be at least 1`;
+/// a key whose value an override set says so, since the file does not hold that value:
+/// `coinstream.toml: sink.ttl_secs (from --set sink.ttl_secs=0): must be at least 1`.
+fn lines(file: &Path, problems: &[Problem], overrides: &[Override]) -> String {
     let lines: Vec<String> = problems
         .iter()
-        .map(|p| format!("{}: {p}", file.display()))
+        .map(|p| match overrides::origin_of(overrides, &p.key) {
+            Some(o) => format!(
+                "{}: {} (from {}): {}",
+                file.display(),
+                p.key,
+                o.origin(),
+                p.message
+            ),
+            None => format!("{}: {p}", file.display()),
+        })
         .collect();
     lines.join("\n")
 }
@@ -179,6 +192,7 @@ impl Config {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
             file: file.to_owned(),
             problems: vec![Problem::new("", format!("cannot read: {e}"))],
+            overrides: Vec::new(),
         })?;
         Self::parse_with(file, &text, overrides)
     }
@@ -195,9 +209,11 @@ impl Config {
         text: &str,
         overrides: &[Override],
     ) -> Result<Self, ConfigError> {
+        // The problems of setting the overrides name them already ("cannot override").
         let fail = |problems| ConfigError {
             file: file.to_owned(),
             problems,
+            overrides: Vec::new(),
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
             fail(vec![Problem::new(
@@ -210,7 +226,10 @@ impl Config {
             return Err(fail(problems));
         }
         let base = file.parent().map(Path::to_owned).unwrap_or_default();
-        plumbing::with_base_dir(&base, || Self::read(table)).map_err(fail)
+        plumbing::with_base_dir(&base, || Self::read(table)).map_err(|problems| ConfigError {
+            overrides: overrides.to_vec(),
+            ..fail(problems)
+        })
     }
 
     fn read(mut table: toml::Table) -> Result<Self, Vec<Problem>> {
@@ -957,6 +976,53 @@ sql = "r.sql"
                  whole number of milliseconds or text such as \"500ms\" or \"5s\"",
                 "dead_letter.topic: is missing",
             ]
+        );
+    }
+
+    #[test]
+    fn a_problem_with_a_key_an_override_set_names_the_override_not_the_file() {
+        // The shipped file (paths made absolute) with one mistake of its own.
+        let dir = tempfile::tempdir().unwrap();
+        let root = repo_root().display().to_string();
+        let text = std::fs::read_to_string(repo_root().join("coinstream.toml"))
+            .unwrap()
+            .replace("\"required_data/", &format!("\"{root}/required_data/"))
+            .replace("\"sql/", &format!("\"{root}/sql/"));
+        let mut table: toml::Table = toml::from_str(&text).unwrap();
+        let file = dir.path().join("pipeline.toml");
+        table["engine"]
+            .as_table_mut()
+            .unwrap()
+            .insert("target_partitions".into(), 0.into());
+        std::fs::write(&file, toml::to_string(&table).unwrap()).unwrap();
+        let dead_letter: toml::Table = toml::from_str("type = \"kafka\"").unwrap();
+        let err = Config::load_with(
+            &file,
+            &[
+                Override::new("engine.max_records_per_batch", 0),
+                Override::new("dead_letter", dead_letter),
+            ],
+        )
+        .unwrap_err();
+        let shown = file.display();
+        assert_eq!(
+            err.to_string().lines().collect::<Vec<_>>(),
+            [
+                format!(
+                    "{shown}: engine.max_records_per_batch (from --set \
+                     engine.max_records_per_batch=0): must be at least 1"
+                ),
+                format!(
+                    "{shown}: dead_letter.topic (from --set dead_letter={{ type = \"kafka\" }}): is missing"
+                ),
+            ]
+        );
+        let err = Config::load_with(&file, &[Override::new("engine.trigger", "available-now")])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{shown}: engine.target_partitions: must be at least 1"),
+            "the file's own value is the file's problem"
         );
     }
 }

@@ -18,6 +18,9 @@ pub struct Override {
     pub key: String,
     /// The value it gets.
     pub value: toml::Value,
+    /// The command-line flag that set it (`--topic`), when that is not `--set key=value`; see
+    /// [`Override::from_flag`].
+    flag: Option<String>,
 }
 
 impl Override {
@@ -26,8 +29,71 @@ impl Override {
         Self {
             key: key.into(),
             value: value.into(),
+            flag: None,
         }
     }
+
+    /// The same override, set by the flag `flag` (`--topic`) rather than by `--set`, so a problem
+    /// with its key blames that flag.
+    pub fn from_flag(self, flag: impl Into<String>) -> Self {
+        Self {
+            flag: Some(flag.into()),
+            ..self
+        }
+    }
+
+    /// Where the value came from, for problems: `--set engine.max_records_per_batch=0`, or the
+    /// flag of [`Override::from_flag`].
+    pub fn origin(&self) -> String {
+        match &self.flag {
+            Some(flag) => flag.clone(),
+            None => format!("--set {self}"),
+        }
+    }
+}
+
+/// The override that set the value a problem at `key` (a key path as [`Problem`]s write it:
+/// `reference[0].path`, `engine."max records"`) is about: the last one whose key is `key` or a
+/// table holding it (`dead_letter` set whole is behind `dead_letter.topic`). `None` when the value
+/// came from the file.
+pub fn origin_of<'a>(overrides: &'a [Override], key: &str) -> Option<&'a Override> {
+    let segments = key_segments(key);
+    overrides.iter().rev().find(|o| {
+        let parts: Vec<&str> = o.key.split('.').collect();
+        segments.len() >= parts.len() && segments.iter().zip(&parts).all(|(s, p)| s == p)
+    })
+}
+
+/// A problem's key path split into keys and array indexes, unquoted: `reference[0]."a.b"` is
+/// `reference`, `0`, `a.b` (as an override names them: `reference.0.…`).
+fn key_segments(key: &str) -> Vec<String> {
+    let mut segments = Vec::new();
+    let mut current = String::new();
+    let mut chars = key.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '.' | '[' | ']' => {
+                if !current.is_empty() {
+                    segments.push(std::mem::take(&mut current));
+                }
+            }
+            // A quoted key (written by `toml_key`, with TOML's escapes): up to the closing quote.
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => current.extend(chars.next()),
+                        c => current.push(c),
+                    }
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        segments.push(current);
+    }
+    segments
 }
 
 impl FromStr for Override {
@@ -252,6 +318,45 @@ mod tests {
                     "cannot override: reference.0.name is a string, not a table"
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn a_problem_key_is_traced_to_the_last_override_that_set_it_or_a_table_holding_it() {
+        let overrides = [
+            Override::new("engine.max_records_per_batch", 5),
+            Override::new("engine.max_records_per_batch", 0),
+            Override::new("dead_letter", toml::Table::new()),
+            Override::new("reference.1.path", "x"),
+            Override::new("sink.topic", "t").from_flag("--topic"),
+        ];
+        let origin = |key: &str| origin_of(&overrides, key).map(Override::origin);
+        assert_eq!(
+            origin("engine.max_records_per_batch").as_deref(),
+            Some("--set engine.max_records_per_batch=0")
+        );
+        assert_eq!(
+            origin("dead_letter.topic").as_deref(),
+            Some("--set dead_letter={}")
+        );
+        assert_eq!(
+            origin("reference[1].path").as_deref(),
+            Some("--set reference.1.path=\"x\"")
+        );
+        assert_eq!(origin("sink.topic").as_deref(), Some("--topic"));
+        for from_the_file in [
+            "engine",
+            "engine.trigger",
+            "reference[0].path",
+            "sink",
+            "sink.topics",
+            "",
+        ] {
+            assert_eq!(origin(from_the_file), None, "{from_the_file}");
+        }
+        assert_eq!(
+            key_segments("a.\"b.c\"[2].\"q\\\"\""),
+            ["a", "b.c", "2", "q\""]
         );
     }
 
