@@ -41,7 +41,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use crate::error::{Error, Result};
 
 /// The types a declaration may use, for error messages.
-const SUPPORTED: &str = "VARCHAR, BIGINT, INT, DOUBLE, BOOLEAN, DATE, DECIMAL(P,S) with P <= 38, \
+const SUPPORTED: &str = "VARCHAR, BIGINT, INT, DOUBLE, BOOLEAN, DATE, DECIMAL(P,S) with P 1 to 38 and S 0 to P, \
                          TIMESTAMP(0|3|6|9) WITH TIME ZONE";
 
 /// One table of a DDL file.
@@ -111,6 +111,12 @@ pub fn parse_ddl(what: &str, sql: &str) -> Result<Vec<TableDecl>> {
                 ));
                 continue;
             }
+            // Checked before DataFusion sees it: DataFusion accepts up to Decimal256's 76 digits
+            // and says so in its own error, but the engine decodes Decimal128 only.
+            if let Some(message) = unsupported_decimal(&column.data_type) {
+                problems.push(format!("{at}: {message}"));
+                continue;
+            }
             // One column at a time, so an error names the column it is about.
             let field = match planner.build_schema(vec![column]) {
                 Ok(schema) => schema.field(0).clone(),
@@ -165,6 +171,26 @@ pub fn ddl_table(what: &str, sql: &str, name: &str) -> Result<SchemaRef> {
     }
 }
 
+/// What the engine decodes a decimal as, for messages.
+const DECIMAL_RANGE: &str = "the engine decodes decimals as Decimal128: precision 1 to 38, \
+                             scale 0 to the precision";
+
+/// Why a `DECIMAL(P,S)` / `NUMERIC(P,S)` / `DEC(P,S)` declaration is not a Decimal128 the engine
+/// decodes (P outside 1..=38, S negative or above P); `None` for any other type.
+fn unsupported_decimal(t: &datafusion::sql::sqlparser::ast::DataType) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{DataType as Sql, ExactNumberInfo};
+    let (Sql::Decimal(info) | Sql::Numeric(info) | Sql::Dec(info)) = t else {
+        return None;
+    };
+    let (precision, scale) = match *info {
+        ExactNumberInfo::None => return None,
+        ExactNumberInfo::Precision(p) => (p, 0),
+        ExactNumberInfo::PrecisionAndScale(p, s) => (p, s),
+    };
+    let fits = (1..=38).contains(&precision) && (0..=precision as i64).contains(&scale);
+    (!fits).then(|| format!("{t}: {DECIMAL_RANGE}"))
+}
+
 /// The Arrow types the engine decodes (the old mini-language's set: nothing more is promised).
 fn check_supported(t: &DataType) -> Result<(), String> {
     match t {
@@ -176,6 +202,9 @@ fn check_supported(t: &DataType) -> Result<(), String> {
         | DataType::Date32
         | DataType::Decimal128(..)
         | DataType::Timestamp(_, Some(_)) => Ok(()),
+        DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal256(..) => {
+            Err(format!("type {t}: {DECIMAL_RANGE}"))
+        }
         DataType::Timestamp(_, None) => Err(
             "TIMESTAMP without time zone: values are UTC instants, declare TIMESTAMP(p) WITH TIME \
              ZONE"
@@ -394,13 +423,48 @@ mod tests {
         assert!(err.starts_with("config: bad.sql: "), "{err}");
         for expected in [
             "table t, column a: ",
-            "table t, column b: type Decimal256(50, 2) is not one the engine decodes",
+            "table t, column b: DECIMAL(50,2): the engine decodes decimals as Decimal128: \
+             precision 1 to 38, scale 0 to the precision;",
             "table t, column c: TIMESTAMP without time zone",
             "table t, column d: only NULL or NOT NULL may follow the type, found DEFAULT 1",
             "table t, column e: declared twice",
             "table t: declared twice",
         ] {
             assert!(err.contains(expected), "missing {expected:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn decimals_outside_decimal128_say_what_the_engine_decodes() {
+        let problem = |ty: &str| {
+            parse_ddl("d.sql", &format!("CREATE TABLE t (a {ty})"))
+                .unwrap_err()
+                .to_string()
+        };
+        for ty in [
+            "DECIMAL(5,10)",
+            "DECIMAL(50,2)",
+            "NUMERIC(39)",
+            "DECIMAL(0,0)",
+            "DEC(10,-2)",
+        ] {
+            assert_eq!(
+                problem(ty),
+                format!(
+                    "config: d.sql: table t, column a: {ty}: the engine decodes decimals as \
+                     Decimal128: precision 1 to 38, scale 0 to the precision"
+                ),
+            );
+        }
+        for ty in ["DECIMAL(38,38)", "NUMERIC(1)", "DECIMAL(38,0)"] {
+            let tables = parse_ddl("d.sql", &format!("CREATE TABLE t (a {ty})")).unwrap();
+            assert!(
+                matches!(
+                    tables[0].schema.field(0).data_type(),
+                    DataType::Decimal128(..)
+                ),
+                "{ty}"
+            );
         }
     }
 
