@@ -234,7 +234,9 @@ impl Error {
 ///
 /// Many libraries (DataFusion, rdkafka, scylla) put their cause's message in their own as well as
 /// returning it from `source()`; a cause whose message the text printed just before already
-/// contains is skipped, so each message appears once.
+/// contains is skipped, so each message appears once. Some embed the cause's `Debug` form instead
+/// (DataFusion's `SQL error: ParserError("Expected: …")` wraps sqlparser's `sql parser error:
+/// Expected: …`, with its quotes escaped), so a cause whose `Debug` form is there is skipped too.
 pub fn report<'a>(error: &'a (dyn std::error::Error + 'static)) -> Report<'a> {
     Report(error)
 }
@@ -250,7 +252,7 @@ impl fmt::Display for Report<'_> {
         let mut cause = self.0.source();
         while let Some(c) = cause {
             let message = c.to_string();
-            if !shown.contains(message.as_str()) {
+            if !shown.contains(message.as_str()) && !shown.contains(&format!("{c:?}")) {
                 write!(f, ": {message}")?;
                 shown = message;
             }
@@ -320,5 +322,26 @@ mod tests {
             report(&e).to_string(),
             "transform profit (sql/profit.sql): Arrow error: Arithmetic overflow: Overflow happened"
         );
+    }
+
+    #[test]
+    fn report_skips_a_parser_error_datafusion_printed_in_debug_form() {
+        use datafusion::sql::sqlparser::dialect::GenericDialect;
+        use datafusion::sql::sqlparser::parser::Parser;
+        let parse = Parser::parse_sql(&GenericDialect {}, "SELECT FROM WHERE \"x\" 'y'");
+        let df = DataFusionError::from(parse.unwrap_err());
+        let e = Error::Sql {
+            name: "profit".into(),
+            file: "sql/profit.sql".into(),
+            message: "does not plan".into(),
+            source: df,
+        };
+        let text = report(&e).to_string();
+        assert!(text.contains("SQL error: ParserError(\"Expected"), "{text}");
+        assert!(
+            !text.contains("sql parser error"),
+            "the cause is printed once: {text}"
+        );
+        assert_eq!(text.matches("Expected").count(), 1, "{text}");
     }
 }
