@@ -209,3 +209,25 @@ fn run_names_the_flag_whose_count_is_zero() {
     assert!(!stderr.contains("integral type conversion"), "{stderr}");
     assert!(!stderr.contains("batch 0"), "no batch ran: {stderr}");
 }
+
+/// The capture source's former type name is read wherever a config is read, with a warning
+/// naming the current one, once, in every command; the plans name the source by its current name.
+#[test]
+fn explain_warns_of_the_deprecated_source_type_once() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([
+            "explain",
+            "--config",
+            &format!("{repo}/coinstream.toml"),
+            "--set",
+            "source.type=replay",
+        ])
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = "[source] type = \"replay\" is deprecated and will be removed; it is now called \
+                   \"coinbase_capture\".";
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+}

@@ -345,8 +345,18 @@ fn a_capture_that_grew_with_a_reconnect_between_runs_stores_each_trade_once() {
 }
 
 /// Rewrites the offsets entries of a capture query's checkpoint in the form versions before
-/// per-source offsets wrote: `{"<file>":{"0":<lines>}}` with the source's state beside it.
+/// per-source offsets wrote: `{"<file>":{"0":<lines>}}` with the source's state beside it, and
+/// its metadata with the source's identity under its former name (`replay <file>`).
 fn to_legacy_checkpoint(checkpoint: &Path) {
+    let metadata_path = checkpoint.join("metadata");
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata_path).unwrap()).unwrap();
+    let source = metadata["source"].as_str().unwrap();
+    let file = source
+        .strip_prefix("coinbase capture ")
+        .unwrap_or_else(|| panic!("recorded under the current name: {source}"));
+    metadata["source"] = format!("replay {file}").into();
+    std::fs::write(&metadata_path, metadata.to_string()).unwrap();
     for entry in std::fs::read_dir(checkpoint.join("offsets")).unwrap() {
         let path = entry.unwrap().path();
         let planned: serde_json::Value =

@@ -76,10 +76,8 @@ pub fn build_source(config: &SourceConfig) -> Result<Box<dyn Source>> {
         SourceConfig::CoinbaseCapture(c) => {
             Box::new(coinbase::capture::CoinbaseCaptureSource::new(c.clone())?)
         }
+        // Warned about where the config is read (`SourceConfig::from_toml`).
         SourceConfig::Replay(c) => {
-            tracing::warn!(
-                "[source] type = \"replay\" is deprecated and will be removed; it is now called \"coinbase_capture\"."
-            );
             Box::new(coinbase::capture::CoinbaseCaptureSource::new(c.clone())?)
         }
         SourceConfig::Generate(c) => Box::new(generate::source::GenerateSource::new(c.clone())?),
@@ -124,7 +122,15 @@ pub fn build_dead_letter(config: &DeadLetterConfig) -> Result<Box<dyn DeadLetter
 impl SourceConfig {
     /// Reads the `[source]` section; its `type` picks the connector.
     pub fn from_toml(section: toml::Value) -> std::result::Result<Self, Problem> {
-        from_tagged_toml("source", section)
+        let config = from_tagged_toml("source", section)?;
+        // Here rather than where the source is built, so every command that reads the config
+        // (`run`, `explain`, `query`, `ingest`) warns, and does so once.
+        if let SourceConfig::Replay(_) = config {
+            tracing::warn!(
+                "[source] type = \"replay\" is deprecated and will be removed; it is now called \"coinbase_capture\"."
+            );
+        }
+        Ok(config)
     }
 
     /// Every problem serde cannot see (keys relative to `[source]`); reads the files it names.

@@ -155,6 +155,18 @@ impl Checkpoint {
     /// of an older version, which has no metadata), and refuses a folder that belongs to another
     /// query.
     pub fn bind(&self, identity: &QueryIdentity) -> Result<()> {
+        self.bind_recognising(identity, &[])
+    }
+
+    /// [`Checkpoint::bind`], also accepting a folder recorded (by an older version) with one of
+    /// `former_sources` as the source of the same transform (see
+    /// [`crate::Source::former_identities`]). Its metadata is left as recorded, so the version
+    /// that wrote it still recognises it.
+    pub fn bind_recognising(
+        &self,
+        identity: &QueryIdentity,
+        former_sources: &[String],
+    ) -> Result<()> {
         let path = self.dir.join(METADATA);
         match fs::read(&path) {
             Ok(text) => {
@@ -163,7 +175,9 @@ impl Checkpoint {
                         path: path.clone(),
                         message: format!("unreadable query metadata: {e}"),
                     })?;
-                if recorded.identity != *identity {
+                let formerly_ours = recorded.identity.transform == identity.transform
+                    && former_sources.contains(&recorded.identity.source);
+                if recorded.identity != *identity && !formerly_ours {
                     return Err(Error::Checkpoint {
                         path: self.dir.clone(),
                         message: format!(
@@ -531,6 +545,43 @@ mod tests {
         assert!(
             err.contains("\"volume\"") && err.contains("\"profit\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_folder_recorded_under_a_former_source_identity_stays_the_querys() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        let old = QueryIdentity {
+            source: "replay /data/a.jsonl".into(),
+            transform: "profit".into(),
+        };
+        cp.bind(&old).unwrap();
+        let recorded = std::fs::read(dir.path().join(METADATA)).unwrap();
+        let now = QueryIdentity {
+            source: "coinbase capture /data/a.jsonl".into(),
+            transform: "profit".into(),
+        };
+        let former = ["replay /data/a.jsonl".to_owned()];
+        assert!(cp.bind(&now).is_err(), "not without the former name");
+        cp.bind_recognising(&now, &former).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join(METADATA)).unwrap(),
+            recorded,
+            "the metadata stays as the older version wrote it"
+        );
+        let other_transform = QueryIdentity {
+            transform: "volume".into(),
+            ..now.clone()
+        };
+        assert!(cp.bind_recognising(&other_transform, &former).is_err());
+        let other_file = QueryIdentity {
+            source: "coinbase capture /data/b.jsonl".into(),
+            ..now
+        };
+        assert!(
+            cp.bind_recognising(&other_file, &["replay /data/b.jsonl".into()])
+                .is_err()
         );
     }
 }

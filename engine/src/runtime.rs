@@ -134,10 +134,13 @@ impl StreamingQuery {
         }
         let recovered = match &self.checkpoint {
             Some(cp) => {
-                cp.bind(&QueryIdentity {
-                    source: self.source.identity(),
-                    transform: self.transform.name().to_owned(),
-                })?;
+                cp.bind_recognising(
+                    &QueryIdentity {
+                        source: self.source.identity(),
+                        transform: self.transform.name().to_owned(),
+                    },
+                    &self.source.former_identities(),
+                )?;
                 cp.recover()?
             }
             None => Default::default(),

@@ -117,6 +117,12 @@ pub trait Source: Send {
         self.description()
     }
 
+    /// Identities older versions recorded for this same source (under a name it no longer has):
+    /// a checkpoint recorded under one of them is this query's. The default is none.
+    fn former_identities(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Where a record came from, for people: JSON naming what the source reads in its own terms
     /// (a Kafka record `{"topic":"t","partition":0,"offset":5}`, a capture line
     /// `{"file":"/data/feed.jsonl","line":12}`). Called for dead letters and errors only, never

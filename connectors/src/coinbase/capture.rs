@@ -486,9 +486,13 @@ impl Source for CoinbaseCaptureSource {
     }
 
     fn identity(&self) -> String {
-        // What checkpoints recorded when this source was called `replay`: kept, so that they stay
-        // this query's.
-        format!("replay {}", self.file)
+        format!("coinbase capture {}", self.file)
+    }
+
+    fn former_identities(&self) -> Vec<String> {
+        // What checkpoints recorded while this source was called `replay`: they stay this
+        // query's.
+        vec![format!("replay {}", self.file)]
     }
 
     fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
