@@ -683,15 +683,21 @@ sql = "r.sql"
         );
     }
 
-    /// The shipped `coinstream.toml` with its `[tables]` taken out (an override cannot remove a
-    /// key), so the deprecated keys declare the tables on their own.
-    fn without_tables(dir: &tempfile::TempDir) -> PathBuf {
+    /// The shipped `coinstream.toml` as a table, its relative paths made absolute so that a copy
+    /// written anywhere loads.
+    fn shipped_table() -> toml::Table {
         let root = repo_root().display().to_string();
         let text = std::fs::read_to_string(repo_root().join("coinstream.toml"))
             .unwrap()
             .replace("\"required_data/", &format!("\"{root}/required_data/"))
             .replace("\"sql/", &format!("\"{root}/sql/"));
-        let mut table: toml::Table = toml::from_str(&text).unwrap();
+        toml::from_str(&text).unwrap()
+    }
+
+    /// The shipped `coinstream.toml` with its `[tables]` taken out (an override cannot remove a
+    /// key), so the deprecated keys declare the tables on their own.
+    fn without_tables(dir: &tempfile::TempDir) -> PathBuf {
+        let mut table = shipped_table();
         assert!(table.remove("tables").is_some());
         write(dir, &toml::to_string(&table).unwrap())
     }
@@ -983,12 +989,7 @@ sql = "r.sql"
     fn a_problem_with_a_key_an_override_set_names_the_override_not_the_file() {
         // The shipped file (paths made absolute) with one mistake of its own.
         let dir = tempfile::tempdir().unwrap();
-        let root = repo_root().display().to_string();
-        let text = std::fs::read_to_string(repo_root().join("coinstream.toml"))
-            .unwrap()
-            .replace("\"required_data/", &format!("\"{root}/required_data/"))
-            .replace("\"sql/", &format!("\"{root}/sql/"));
-        let mut table: toml::Table = toml::from_str(&text).unwrap();
+        let mut table = shipped_table();
         let file = dir.path().join("pipeline.toml");
         table["engine"]
             .as_table_mut()
