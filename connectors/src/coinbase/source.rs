@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use super::client::{self, Counters, FeedTask, ReceivedTrade, RejectedFrame};
 use super::config::{CoinbaseConfig, Settings};
 use super::gaps::TradeTracker;
-use crate::common::counters::{CounterSet, add};
+use crate::common::counters::{CounterSet, publish};
 
 /// Trades buffered between the client and the engine; the client stops reading when it is full.
 const CHANNEL_CAPACITY: usize = 100_000;
@@ -300,10 +300,7 @@ impl Source for CoinbaseSource {
 
     async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
         // Nothing to acknowledge to the exchange; the batch is now published.
-        add(
-            &self.counters.published,
-            std::mem::take(&mut self.handed_out),
-        );
+        publish(&self.counters.published, &mut self.handed_out);
         Ok(())
     }
 

@@ -9,6 +9,12 @@ pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Adds what the last batch handed out to `published` once that batch is published, and resets
+/// `handed_out` to 0, so that committing the same batch again counts nothing.
+pub fn publish(published: &AtomicU64, handed_out: &mut u64) {
+    add(published, std::mem::take(handed_out));
+}
+
 /// Reads `counter`.
 pub fn read(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)

@@ -77,6 +77,28 @@ impl CounterSet for Counters {
     }
 }
 
+/// A source error as a permanent one: same name and cause, its message passed through `message`.
+/// An error of any other kind comes back as `Err`, unchanged, for the caller to decide.
+pub(super) fn permanent(
+    error: Error,
+    message: impl FnOnce(String) -> String,
+) -> std::result::Result<Error, Error> {
+    match error {
+        Error::Source {
+            name,
+            message: text,
+            source,
+            ..
+        } => Ok(Error::Source {
+            name,
+            message: message(text),
+            retry: engine::Retry::Permanent,
+            source,
+        }),
+        other => Err(other),
+    }
+}
+
 /// Why a pass over the pairs ended early.
 enum Stop {
     /// Shutdown was asked for, or nobody takes the candles any more.
@@ -234,20 +256,12 @@ impl Poller {
         if !self.settings.pairs.is_empty() {
             return Ok(());
         }
-        Err(Stop::Failed(match error {
-            Error::Source {
-                name,
-                message,
-                source,
-                ..
-            } => Error::Source {
-                name,
-                message: format!("every currency pair was refused; the last, {pair}: {message}"),
-                retry: engine::Retry::Permanent,
-                source,
-            },
-            other => other,
-        }))
+        Err(Stop::Failed(
+            permanent(error, |message| {
+                format!("every currency pair was refused; the last, {pair}: {message}")
+            })
+            .unwrap_or_else(|other| other),
+        ))
     }
 
     /// Fetches every pair: `range`, or from each pair's watermark to now.

@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use super::candles::CandleRecord;
 use super::config::{GateioConfig, Interval, Settings};
 use super::poller::{self, Counters};
-use crate::common::counters::{CounterSet, add};
+use crate::common::counters::{CounterSet, publish};
 
 /// Candles buffered between the poller and the engine; the poller waits when it is full.
 const CHANNEL_CAPACITY: usize = 50_000;
@@ -267,24 +267,13 @@ impl GateioSource {
 
 /// `error` as a permanent failure, with its message and cause.
 fn final_failure(error: Error) -> Error {
-    match error {
-        Error::Source {
-            name,
-            message,
-            source,
-            ..
-        } => Error::Source {
-            name,
-            message,
-            retry: Retry::Permanent,
-            source,
-        },
-        other => Error::source_failed(
+    poller::permanent(error, |message| message).unwrap_or_else(|other| {
+        Error::source_failed(
             "gateio",
             engine::report(&other).to_string(),
             Retry::Permanent,
-        ),
-    }
+        )
+    })
 }
 
 #[async_trait]
@@ -408,10 +397,7 @@ impl Source for GateioSource {
 
     async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
         // Nothing to acknowledge to the API; the batch is now published.
-        add(
-            &self.counters.published,
-            std::mem::take(&mut self.handed_out),
-        );
+        publish(&self.counters.published, &mut self.handed_out);
         Ok(())
     }
 
