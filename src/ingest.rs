@@ -39,8 +39,15 @@ fn path_override(key: &str, flag: &str, path: Option<&Path>) -> anyhow::Result<O
     }
 }
 
-fn list(items: Vec<String>) -> toml::Value {
-    toml::Value::Array(items.into_iter().map(toml::Value::from).collect())
+/// `key` set to the value of flag `flag`; nothing when the flag was left out.
+fn flag_override(key: &str, flag: &str, value: Option<impl Into<toml::Value>>) -> Option<Override> {
+    value.map(|value| Override::new(key, value).from_flag(flag))
+}
+
+/// A list flag's items as a TOML array; nothing when the flag was left out (no items).
+fn list(items: Vec<String>) -> Option<toml::Value> {
+    (!items.is_empty())
+        .then(|| toml::Value::Array(items.into_iter().map(toml::Value::from).collect()))
 }
 
 /// The overrides every ingest shortcut shares: where the records (and the dead letters) go.
@@ -63,84 +70,78 @@ fn kafka_overrides(
         );
         overrides.push(Override::new("sink.topic", topic).from_flag("--topic"));
     }
-    if let Some(codec) = compression {
-        overrides
-            .push(Override::new("sink.compression", codec.as_str()).from_flag("--compression"));
-    }
+    overrides.extend(flag_override(
+        "sink.compression",
+        "--compression",
+        compression.map(|codec| codec.as_str()),
+    ));
     overrides
 }
 
 fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
-    let mut overrides = kafka_overrides(args.kafka);
-    overrides.extend(path_override(
-        "engine.checkpoint_dir",
-        "--checkpoint",
-        args.checkpoint.as_deref(),
-    )?);
-    if let Some(url) = args.url {
-        overrides.push(Override::new("source.url", url).from_flag("--url"));
-    }
-    if !args.products.is_empty() {
-        overrides
-            .push(Override::new("source.product_ids", list(args.products)).from_flag("--products"));
-    }
-    if let Some(feed) = args.feed {
-        overrides.push(Override::new("source.feed", feed).from_flag("--feed"));
-    }
-    if let Some(ms) = args.idle_timeout_ms {
-        let ms = i64::try_from(ms).context("--idle-timeout-ms is too large")?;
-        overrides.push(Override::new("source.idle_timeout_ms", ms).from_flag("--idle-timeout-ms"));
-    }
-    overrides.extend(path_override(
-        "source.portfolio",
-        "--portfolio",
-        args.portfolio.as_deref(),
-    )?);
-    overrides.extend(path_override(
-        "source.coin_map",
-        "--coin-map",
-        args.coin_map.as_deref(),
-    )?);
-    Ok((args.pipeline, overrides))
+    // In flag order, so that of two bad flags the first is reported.
+    let flags = [
+        path_override(
+            "engine.checkpoint_dir",
+            "--checkpoint",
+            args.checkpoint.as_deref(),
+        )?,
+        flag_override("source.url", "--url", args.url),
+        flag_override("source.product_ids", "--products", list(args.products)),
+        flag_override("source.feed", "--feed", args.feed),
+        flag_override(
+            "source.idle_timeout_ms",
+            "--idle-timeout-ms",
+            args.idle_timeout_ms
+                .map(i64::try_from)
+                .transpose()
+                .context("--idle-timeout-ms is too large")?,
+        ),
+        path_override("source.portfolio", "--portfolio", args.portfolio.as_deref())?,
+        path_override("source.coin_map", "--coin-map", args.coin_map.as_deref())?,
+    ];
+    Ok((args.pipeline, shortcut_overrides(args.kafka, flags)))
 }
 
 fn gateio(args: IngestGateioArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
-    let mut overrides = kafka_overrides(args.kafka);
-    overrides.extend(path_override(
-        "engine.checkpoint_dir",
-        "--state",
-        args.state.as_deref(),
-    )?);
-    if let Some(url) = args.url {
-        overrides.push(Override::new("source.base_url", url).from_flag("--url"));
-    }
-    if !args.pairs.is_empty() {
-        overrides
-            .push(Override::new("source.currency_pairs", list(args.pairs)).from_flag("--pairs"));
-    }
-    if let Some(interval) = args.interval {
-        overrides.push(Override::new("source.interval", interval).from_flag("--interval"));
-    }
-    if let Some(from) = &args.from {
-        overrides.push(
-            Override::new("source.from_secs", parse_time(from).context("--from")?)
-                .from_flag("--from"),
-        );
-    }
-    if let Some(to) = &args.to {
-        overrides.push(
-            Override::new("source.to_secs", parse_time(to).context("--to")?).from_flag("--to"),
-        );
-    }
-    if args.once {
-        overrides.push(Override::new("source.once", true).from_flag("--once"));
-    }
-    overrides.extend(path_override(
-        "source.portfolio",
-        "--portfolio",
-        args.portfolio.as_deref(),
-    )?);
-    Ok((args.pipeline, overrides))
+    // In flag order, so that of two bad flags the first is reported.
+    let flags = [
+        path_override("engine.checkpoint_dir", "--state", args.state.as_deref())?,
+        flag_override("source.base_url", "--url", args.url),
+        flag_override("source.currency_pairs", "--pairs", list(args.pairs)),
+        flag_override("source.interval", "--interval", args.interval),
+        flag_override(
+            "source.from_secs",
+            "--from",
+            args.from
+                .as_deref()
+                .map(parse_time)
+                .transpose()
+                .context("--from")?,
+        ),
+        flag_override(
+            "source.to_secs",
+            "--to",
+            args.to
+                .as_deref()
+                .map(parse_time)
+                .transpose()
+                .context("--to")?,
+        ),
+        flag_override("source.once", "--once", args.once.then_some(true)),
+        path_override("source.portfolio", "--portfolio", args.portfolio.as_deref())?,
+    ];
+    Ok((args.pipeline, shortcut_overrides(args.kafka, flags)))
+}
+
+/// A shortcut's overrides: where it publishes, then those of its own `flags` that were given.
+fn shortcut_overrides(
+    kafka: IngestKafkaArgs,
+    flags: impl IntoIterator<Item = Option<Override>>,
+) -> Vec<Override> {
+    let mut overrides = kafka_overrides(kafka);
+    overrides.extend(flags.into_iter().flatten());
+    overrides
 }
 
 /// Unix seconds from RFC 3339, a date (`2026-11-20`, midnight UTC) or a number of seconds.
