@@ -159,3 +159,114 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
         "{text:?} is not a time: expected RFC 3339 (2026-11-20T00:00:00Z), a date (2026-11-20) or unix seconds"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn ingest(args: &[&str]) -> anyhow::Result<(PathBuf, Vec<Override>)> {
+        let cli = Cli::try_parse_from([&["coinstream", "ingest"], args].concat()).unwrap();
+        let Command::Ingest(command) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        match command {
+            IngestCommand::Coinbase(args) => coinbase(args),
+            IngestCommand::Gateio(args) => gateio(args),
+        }
+    }
+
+    fn set(key: &str, value: impl Into<toml::Value>, flag: &str) -> Override {
+        Override::new(key, value).from_flag(flag)
+    }
+
+    #[test]
+    fn every_coinbase_flag_given_sets_its_keys_after_the_kafka_ones() {
+        let (pipeline, overrides) = ingest(&[
+            "coinbase",
+            "--checkpoint=/c",
+            "--url=wss://x",
+            "--products=A-USD,B-USD",
+            "--feed=advanced",
+            "--idle-timeout-ms=250",
+            "--portfolio=/p.json",
+            "--coin-map=/m.json",
+            "--brokers=b:1",
+            "--topic=t",
+            "--compression=zstd",
+        ])
+        .unwrap();
+        assert_eq!(pipeline, Path::new("pipelines/ingest-coinbase.toml"));
+        assert_eq!(
+            overrides,
+            [
+                set("sink.brokers", "b:1", "--brokers"),
+                set("dead_letter.brokers", "b:1", "--brokers"),
+                set("dead_letter.topic", "t_dead_letters", "--topic"),
+                set("sink.topic", "t", "--topic"),
+                set("sink.compression", "zstd", "--compression"),
+                set("engine.checkpoint_dir", "/c", "--checkpoint"),
+                set("source.url", "wss://x", "--url"),
+                set(
+                    "source.product_ids",
+                    vec!["A-USD".to_owned(), "B-USD".to_owned()],
+                    "--products"
+                ),
+                set("source.feed", "advanced", "--feed"),
+                set("source.idle_timeout_ms", 250, "--idle-timeout-ms"),
+                set("source.portfolio", "/p.json", "--portfolio"),
+                set("source.coin_map", "/m.json", "--coin-map"),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_gateio_flag_given_sets_its_keys_and_flags_left_out_set_none() {
+        let (pipeline, overrides) = ingest(&[
+            "gateio",
+            "--state=/s",
+            "--url=http://x",
+            "--pairs=A_USDT",
+            "--interval=5m",
+            "--from=2026-11-20",
+            "--to=1700000000",
+            "--once",
+            "--portfolio=/p.json",
+        ])
+        .unwrap();
+        assert_eq!(pipeline, Path::new("pipelines/ingest-gateio.toml"));
+        assert_eq!(
+            overrides,
+            [
+                set("engine.checkpoint_dir", "/s", "--state"),
+                set("source.base_url", "http://x", "--url"),
+                set(
+                    "source.currency_pairs",
+                    vec!["A_USDT".to_owned()],
+                    "--pairs"
+                ),
+                set("source.interval", "5m", "--interval"),
+                set("source.from_secs", 1_795_132_800, "--from"),
+                set("source.to_secs", 1_700_000_000, "--to"),
+                set("source.once", true, "--once"),
+                set("source.portfolio", "/p.json", "--portfolio"),
+            ]
+        );
+        assert_eq!(ingest(&["gateio"]).unwrap().1, []);
+        assert_eq!(ingest(&["coinbase"]).unwrap().1, []);
+    }
+
+    #[test]
+    fn a_bad_flag_value_names_the_flag() {
+        let err = ingest(&["coinbase", &format!("--idle-timeout-ms={}", u64::MAX)]).unwrap_err();
+        assert_eq!(err.to_string(), "--idle-timeout-ms is too large");
+        let err = ingest(&["gateio", "--from=2026-11-20", "--to=soon"]).unwrap_err();
+        assert_eq!(err.to_string(), "--to");
+        assert!(
+            format!("{err:#}").contains("\"soon\" is not a time"),
+            "{err:#}"
+        );
+    }
+}
