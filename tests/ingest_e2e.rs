@@ -62,6 +62,27 @@ fn portfolio() -> BTreeMap<String, (Decimal, Decimal)> {
         .collect()
 }
 
+/// Matches of `products` at prices around the portfolio's, interleaved by trade id: product k's
+/// ids are `step * (k + 1) + offset` for offsets `0..=last`, the first a `last_match` (as the
+/// feed sends on subscribing).
+fn portfolio_matches(products: &[&str], step: i64, last: i64) -> Vec<String> {
+    let holdings = portfolio();
+    let mut frames = Vec::new();
+    for offset in 0..=last {
+        for (k, product) in products.iter().enumerate() {
+            let id = step * (k as i64 + 1) + offset;
+            let kind = if offset == 0 { "last_match" } else { "match" };
+            frames.push(exchange_match(
+                kind,
+                product,
+                id,
+                price_of(holdings[*product].0, id),
+            ));
+        }
+    }
+    frames
+}
+
 /// A trade's price: within ±10 % of `reference`, so profits come out both ways.
 fn price_of(reference: Decimal, id: i64) -> Decimal {
     (reference * Decimal::from(90 + id % 21) / Decimal::from(100)).round_dp(8)
@@ -417,29 +438,12 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
-    let holdings = portfolio();
-    let products = ["BTC-USD", "ETH-USD"];
     let mut script = vec![Step::Text(ack())];
-    for (k, product) in products.iter().enumerate() {
-        let id = 500 * (k as i64 + 1);
-        script.push(Step::Text(exchange_match(
-            "last_match",
-            product,
-            id,
-            price_of(holdings[*product].0, id),
-        )));
-    }
-    for offset in 1..=30 {
-        for (k, product) in products.iter().enumerate() {
-            let id = 500 * (k as i64 + 1) + offset;
-            script.push(Step::Text(exchange_match(
-                "match",
-                product,
-                id,
-                price_of(holdings[*product].0, id),
-            )));
-        }
-    }
+    script.extend(
+        portfolio_matches(&["BTC-USD", "ETH-USD"], 500, 30)
+            .into_iter()
+            .map(Step::Text),
+    );
     script.push(Step::KeepAlive(vec![
         heartbeat("BTC-USD", 530),
         heartbeat("ETH-USD", 1030),
@@ -581,20 +585,8 @@ async fn case_heartbeat_zero_false_loss_stores_four_trades_and_reports_no_loss()
 /// DOT-USD the run exits non-zero with that message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_subscribe_error_drops_the_refused_product_and_the_others_flow() {
-    let holdings = portfolio();
     let mut frames = vec![ack()];
-    for offset in 0..5 {
-        for (k, product) in ["BTC-USD", "ETH-USD"].iter().enumerate() {
-            let id = 700 * (k as i64 + 1) + offset;
-            let kind = if offset == 0 { "last_match" } else { "match" };
-            frames.push(exchange_match(
-                kind,
-                product,
-                id,
-                price_of(holdings[*product].0, id),
-            ));
-        }
-    }
+    frames.extend(portfolio_matches(&["BTC-USD", "ETH-USD"], 700, 4));
     let url = case_feed_server(Some("DOT-USD"), frames, true).await;
     let dir = tempfile::tempdir().unwrap();
     let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD", "DOT-USD"]);
