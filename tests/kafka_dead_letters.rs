@@ -166,16 +166,19 @@ async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
     let big = big_bad_message();
     let (partition, offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
     let (config, _) = parquet_config(&setup, &format!("topic = \"{dlq}\""));
-    let err = failed_run(&setup, &config);
-    assert!(
-        err.contains(&format!(
-            "dead-letter topic {dlq} refused the dead letter of {} even cut to 256 bytes per field: ",
-            described(&setup.topic, partition, offset)
-        )) && err.contains("Message size too large"),
-        "{err}"
+    assert_stops_on_the_letter(
+        &setup,
+        &config,
+        partition,
+        offset,
+        &[
+            format!(
+                "dead-letter topic {dlq} refused the dead letter of {} even cut to 256 bytes per field: ",
+                described(&setup.topic, partition, offset)
+            ),
+            "Message size too large".into(),
+        ],
     );
-    assert!(!err.contains("Transient failure"), "{err}");
-    assert_not_committed_past(&setup, partition, offset);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,19 +226,19 @@ async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
             "topic = \"{missing}\", properties = {{ \"allow.auto.create.topics\" = \"false\", \"topic.metadata.propagation.max.ms\" = \"2000\" }}"
         ),
     );
-    let err = failed_run(&setup, &config);
-    assert!(
-        err.contains(&format!(
-            "dead letter of {} not delivered to topic {missing}",
-            described(&setup.topic, partition, offset)
-        )) && err.contains("permanent"),
-        "{err}"
+    assert_stops_on_the_letter(
+        &setup,
+        &config,
+        partition,
+        offset,
+        &[
+            format!(
+                "dead letter of {} not delivered to topic {missing}",
+                described(&setup.topic, partition, offset)
+            ),
+            "permanent".into(),
+        ],
     );
-    assert!(
-        !err.contains("Transient failure"),
-        "not retried as transient: {err}"
-    );
-    assert_not_committed_past(&setup, partition, offset);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,11 +272,27 @@ async fn generate_publishes_zstd_batches_and_rejects_an_unknown_codec() {
 }
 
 /// The stderr of a run of `config` that must fail, and within two minutes (a hang fails too).
-fn failed_run(setup: &Setup, config: &Pipeline) -> String {
+/// `config` runs and stops on a dead letter it cannot deliver, the one of the record at `offset`
+/// of `partition`: the error says each of `says` and is not retried as transient, and nothing
+/// past that record's batch is committed.
+fn assert_stops_on_the_letter(
+    setup: &Setup,
+    config: &Pipeline,
+    partition: i32,
+    offset: i64,
+    says: &[String],
+) {
     let out = wait_with_limit(setup.run_with(config, &[]), Duration::from_secs(120));
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    err
+    for expected in says {
+        assert!(err.contains(expected.as_str()), "{expected:?} in: {err}");
+    }
+    assert!(
+        !err.contains("Transient failure"),
+        "not retried as transient: {err}"
+    );
+    assert_not_committed_past(setup, partition, offset);
 }
 
 fn wait_with_limit(mut cmd: Command, limit: Duration) -> std::process::Output {
