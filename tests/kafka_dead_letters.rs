@@ -27,6 +27,14 @@ fn parquet_config(setup: &Setup, keys: &str) -> (Pipeline, PathBuf) {
     (config, store)
 }
 
+/// `n` generated trades (`seed`) on the setup's topic, then one bad record `bad` keyed BTC-USD:
+/// the trades' expected profits, and the bad record's partition and offset.
+async fn trades_then_bad(setup: &Setup, n: u64, seed: u64, bad: &[u8]) -> (Expected, (i32, i64)) {
+    let (messages, expected) = trades(n, seed);
+    produce(&setup.topic, &messages).await;
+    (expected, produce_one(&setup.topic, "BTC-USD", bad).await)
+}
+
 /// Nothing past the batch holding `offset` of `partition` was committed.
 fn assert_not_committed_past(setup: &Setup, partition: i32, offset: i64) {
     let at = committed_and_end(&setup.group, &setup.topic)
@@ -119,10 +127,8 @@ async fn a_dead_letter_over_the_producers_own_limit_is_written_truncated() {
     // librdkafka refuses a message over its `message.max.bytes` before sending it; the letter is
     // cut as when the broker refuses it, here to the 4 KiB step (the 64 KiB one is still over).
     let setup = Setup::new("dlq_local").await;
-    let (messages, expected) = trades(100, 14);
-    produce(&setup.topic, &messages).await;
     let big = big_bad_message();
-    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
+    let (expected, (partition, offset)) = trades_then_bad(&setup, 100, 14, big.as_bytes()).await;
     let (config, store) = parquet_config(
         &setup,
         &format!(
@@ -161,10 +167,8 @@ async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
     let setup = Setup::new("dlq_tiny").await;
     let dlq = format!("{}_tiny", setup.dead_letters);
     create_topic_with_config(&dlq, 1, &[("max.message.bytes", "200")]).await;
-    let (messages, _) = trades(100, 15);
-    produce(&setup.topic, &messages).await;
     let big = big_bad_message();
-    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
+    let (_, (partition, offset)) = trades_then_bad(&setup, 100, 15, big.as_bytes()).await;
     let (config, _) = parquet_config(&setup, &format!("topic = \"{dlq}\""));
     assert_stops_on_the_letter(
         &setup,
@@ -188,11 +192,9 @@ async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
     // fits 4 KB only compressed, so a letter arriving whole shows the codec was used.
     let dlq = format!("{}_small", setup.dead_letters);
     create_topic_with_config(&dlq, 1, &[("max.message.bytes", SMALL_MAX_MESSAGE_BYTES)]).await;
-    let (messages, expected) = trades(200, 12);
-    produce(&setup.topic, &messages).await;
     let bad = "not JSON ".repeat(2_300);
     assert!(bad.len() > 20_000);
-    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", bad.as_bytes()).await;
+    let (expected, (partition, offset)) = trades_then_bad(&setup, 200, 12, bad.as_bytes()).await;
 
     let (config, store) = parquet_config(
         &setup,
@@ -214,9 +216,7 @@ async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
     let setup = Setup::new("dlq_missing").await;
-    let (messages, _) = trades(100, 13);
-    produce(&setup.topic, &messages).await;
-    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", b"not JSON").await;
+    let (_, (partition, offset)) = trades_then_bad(&setup, 100, 13, b"not JSON").await;
     // The test broker creates topics on first write: this producer does not ask it to, as when
     // the broker's auto-creation is off.
     let missing = format!("{}_missing", setup.dead_letters);
