@@ -5,42 +5,59 @@
 
 use std::process::Command;
 
+/// `coinstream <command> --config <repo>/<config> <args…>`: whether it succeeded, and its stderr.
+fn coinstream(command: &str, config: &str, args: &[&str]) -> (bool, String) {
+    let config = format!("{}/{config}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args([command, "--config", &config])
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `stderr` holds each of `expected`.
+fn assert_says_all(stderr: &str, expected: &[String]) {
+    for expected in expected {
+        assert!(
+            stderr.contains(expected.as_str()),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
 #[test]
 fn explain_reports_mistakes_in_three_sections_in_one_run() {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "explain",
-            "--config",
-            &format!("{repo}/pipelines/kafka-cassandra.toml"),
+    let (ok, stderr) = coinstream(
+        "explain",
+        "pipelines/kafka-cassandra.toml",
+        &[
             "--set",
             "engine.max_records_per_batch=0",
             "--set",
             "source.group_id=\"\"",
             "--set",
             "sink.ttl_secs=0",
-        ])
-        .output()
-        .expect("the binary runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in [
-        "kafka-cassandra.toml: engine.max_records_per_batch (from --set engine.max_records_per_batch=0): must be at least 1",
-        "kafka-cassandra.toml: source.group_id (from --set source.group_id=\"\"): must not be empty",
-        "kafka-cassandra.toml: sink.ttl_secs (from --set sink.ttl_secs=0): must be at least 1",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+        ],
+    );
+    assert!(!ok);
+    assert_says_all(
+        &stderr,
+        &[
+            "kafka-cassandra.toml: engine.max_records_per_batch (from --set engine.max_records_per_batch=0): must be at least 1".into(),
+            "kafka-cassandra.toml: source.group_id (from --set source.group_id=\"\"): must not be empty".into(),
+            "kafka-cassandra.toml: sink.ttl_secs (from --set sink.ttl_secs=0): must be at least 1".into(),
+        ],
+    );
 }
 
 /// Every input file the config names is checked at load, so `explain` fails too, each missing
 /// file with its key path and the OS's reason, all in one run with the config's other mistakes.
 #[test]
 fn explain_reports_every_missing_input_file_with_its_key_and_the_os_reason() {
-    let repo = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let missing = |name: &str| dir.path().join(name).display().to_string();
     let files = format!(
@@ -52,11 +69,10 @@ fn explain_reports_every_missing_input_file_with_its_key_and_the_os_reason() {
     let coins = format!("reference.1.path={:?}", missing("coins.json"));
     // A folder is not a file either.
     let folder = format!("reference.0.path={:?}", dir.path().display().to_string());
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "explain",
-            "--config",
-            &format!("{repo}/coinstream.toml"),
+    let (ok, stderr) = coinstream(
+        "explain",
+        "coinstream.toml",
+        &[
             "--set",
             &files,
             "--set",
@@ -69,47 +85,43 @@ fn explain_reports_every_missing_input_file_with_its_key_and_the_os_reason() {
             &folder,
             "--set",
             "engine.max_records_per_batch=0",
-        ])
-        .output()
-        .expect("the binary runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ],
+    );
+    assert!(!ok);
     // Each value came from a `--set`, so each problem names it.
-    for expected in [
-        "coinstream.toml: engine.max_records_per_batch (from --set \
+    assert_says_all(
+        &stderr,
+        &[
+            "coinstream.toml: engine.max_records_per_batch (from --set \
          engine.max_records_per_batch=0): must be at least 1"
-            .to_owned(),
-        format!(
-            "coinstream.toml: transforms.files[1] (from --set {files}): cannot read {}: \
+                .to_owned(),
+            format!(
+                "coinstream.toml: transforms.files[1] (from --set {files}): cannot read {}: \
              No such file or directory",
-            missing("extra.sql")
-        ),
-        format!(
-            "coinstream.toml: report.sql (from --set {report}): cannot read {}: \
+                missing("extra.sql")
+            ),
+            format!(
+                "coinstream.toml: report.sql (from --set {report}): cannot read {}: \
              No such file or directory",
-            missing("nope.sql")
-        ),
-        format!(
-            "coinstream.toml: source.path (from --set {source}): cannot read {}: \
+                missing("nope.sql")
+            ),
+            format!(
+                "coinstream.toml: source.path (from --set {source}): cannot read {}: \
              No such file or directory",
-            missing("feed.jsonl")
-        ),
-        format!(
-            "coinstream.toml: reference[1].path (from --set {coins}): cannot read {}: \
+                missing("feed.jsonl")
+            ),
+            format!(
+                "coinstream.toml: reference[1].path (from --set {coins}): cannot read {}: \
              No such file or directory",
-            missing("coins.json")
-        ),
-        format!(
-            "coinstream.toml: reference[0].path (from --set {folder}): cannot read {}: \
+                missing("coins.json")
+            ),
+            format!(
+                "coinstream.toml: reference[0].path (from --set {folder}): cannot read {}: \
              it is a folder, not a file",
-            dir.path().display()
-        ),
-    ] {
-        assert!(
-            stderr.contains(&expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+                dir.path().display()
+            ),
+        ],
+    );
     assert!(!stderr.contains("(os error"), "{stderr}");
 }
 
@@ -117,16 +129,14 @@ fn explain_reports_every_missing_input_file_with_its_key_and_the_os_reason() {
 /// source is read: no checkpoint is written, and the message names the key and the valid columns.
 #[test]
 fn run_refuses_a_partition_column_the_transform_lacks_before_reading() {
-    let repo = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("checkpoint");
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "run",
+    let (ok, stderr) = coinstream(
+        "run",
+        "coinstream.toml",
+        &[
             "--trigger",
             "available-now",
-            "--config",
-            &format!("{repo}/coinstream.toml"),
             "--set",
             &format!(
                 "engine.checkpoint_dir={:?}",
@@ -144,11 +154,9 @@ fn run_refuses_a_partition_column_the_transform_lacks_before_reading() {
             ),
             "--set",
             "sink.partition_by=[\"symbol\", \"venue\"]",
-        ])
-        .output()
-        .expect("the binary runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ],
+    );
+    assert!(!ok);
     assert!(
         stderr.contains(
             "error: config: sink.partition_by: column \"venue\" is not in the transform's output; \
@@ -166,18 +174,8 @@ fn run_refuses_a_partition_column_the_transform_lacks_before_reading() {
 
 #[test]
 fn query_on_a_config_whose_sink_is_not_the_parquet_store_says_which_sink_it_has() {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "query",
-            "--config",
-            &format!("{repo}/pipelines/kafka-cassandra.toml"),
-            "SELECT 1",
-        ])
-        .output()
-        .expect("the binary runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = coinstream("query", "pipelines/kafka-cassandra.toml", &["SELECT 1"]);
+    assert!(!ok);
     assert!(
         stderr.contains("this config's sink is type = \"cassandra\""),
         "{stderr}"
@@ -189,19 +187,8 @@ fn query_on_a_config_whose_sink_is_not_the_parquet_store_says_which_sink_it_has(
 /// A flag's bad value is named by the flag and says what is expected, before anything runs.
 #[test]
 fn run_names_the_flag_whose_count_is_zero() {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "run",
-            "--config",
-            &format!("{repo}/coinstream.toml"),
-            "--max-records-per-batch",
-            "0",
-        ])
-        .output()
-        .expect("the binary runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = coinstream("run", "coinstream.toml", &["--max-records-per-batch", "0"]);
+    assert!(!ok);
     assert!(
         stderr.contains("error: --max-records-per-batch: must be at least 1\n"),
         "{stderr}"
@@ -214,19 +201,12 @@ fn run_names_the_flag_whose_count_is_zero() {
 /// naming the current one, once, in every command; the plans name the source by its current name.
 #[test]
 fn explain_warns_of_the_deprecated_source_type_once() {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "explain",
-            "--config",
-            &format!("{repo}/coinstream.toml"),
-            "--set",
-            "source.type=replay",
-        ])
-        .output()
-        .expect("the binary runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (ok, stderr) = coinstream(
+        "explain",
+        "coinstream.toml",
+        &["--set", "source.type=replay"],
+    );
+    assert!(ok, "{stderr}");
     let warning = "[source] type = \"replay\" is deprecated and will be removed; it is now called \
                    \"coinbase_capture\".";
     assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");

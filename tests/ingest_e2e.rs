@@ -20,15 +20,11 @@ use common::*;
 use connectors::common::trade::TradeRecord;
 use connectors::gateio::candles::{Candle, CandleRecord};
 use futures::TryStreamExt;
-use rdkafka::ClientConfig;
-use rdkafka::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rust_decimal::Decimal;
 use scylla::value::{CqlDecimal, CqlTimestamp};
 use testkit::coinbase::{FeedServer, Step, subscribe_error};
 use testkit::gateio::{Reply, RestServer};
+use testkit::kafka::{Received, messages_on, read_topic};
 
 mod common;
 
@@ -66,6 +62,27 @@ fn portfolio() -> BTreeMap<String, (Decimal, Decimal)> {
         .collect()
 }
 
+/// Matches of `products` at prices around the portfolio's, interleaved by trade id: product k's
+/// ids are `step * (k + 1) + offset` for offsets `0..=last`, the first a `last_match` (as the
+/// feed sends on subscribing).
+fn portfolio_matches(products: &[&str], step: i64, last: i64) -> Vec<String> {
+    let holdings = portfolio();
+    let mut frames = Vec::new();
+    for offset in 0..=last {
+        for (k, product) in products.iter().enumerate() {
+            let id = step * (k as i64 + 1) + offset;
+            let kind = if offset == 0 { "last_match" } else { "match" };
+            frames.push(exchange_match(
+                kind,
+                product,
+                id,
+                price_of(holdings[*product].0, id),
+            ));
+        }
+    }
+    frames
+}
+
 /// A trade's price: within ±10 % of `reference`, so profits come out both ways.
 fn price_of(reference: Decimal, id: i64) -> Decimal {
     (reference * Decimal::from(90 + id % 21) / Decimal::from(100)).round_dp(8)
@@ -82,46 +99,9 @@ fn exchange_match(kind: &str, product: &str, id: i64, price: Decimal) -> String 
     )
 }
 
-fn messages_on(topic: &str, partitions: i32) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    (0..partitions)
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            high - low
-        })
-        .sum()
-}
-
-/// Every `(key, payload)` on `topic`, read from the start until `expected` arrived and a moment
-/// more (anything extra would show up then).
-fn read_records(topic: &str, expected: usize) -> Vec<(String, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let mut limit = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < limit {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let key = String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap();
-                out.push((key, m.payload().unwrap_or_default().to_vec()));
-                if out.len() == expected {
-                    limit = Instant::now() + Duration::from_secs(2);
-                }
-            }
-            Some(Err(e)) => panic!("consuming {topic}: {e}"),
-            None => {}
-        }
-    }
+/// Every message on `topic` from the start: exactly `expected`, with 2 s for any extra to show.
+async fn read_records(topic: &str, expected: usize) -> Vec<Received> {
+    let out = read_topic(topic, expected, Duration::from_secs(2)).await;
     assert_eq!(out.len(), expected, "records on {topic}");
     out
 }
@@ -252,8 +232,8 @@ async fn ingest_coinbase_then_run_stores_every_portfolio_trade_once_with_its_pro
     // `TradeRecord::to_json` makes of the record it holds (field names and order, nulls,
     // decimals and times as the exchange's text), keyed by its product, and holds what the
     // feed sent.
-    let on_kafka = read_records(&setup.topic, total as usize);
-    for (key, payload) in &on_kafka {
+    let on_kafka = read_records(&setup.topic, total as usize).await;
+    for Received { key, payload, .. } in &on_kafka {
         let record: TradeRecord = serde_json::from_slice(payload)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)));
         assert_eq!(
@@ -316,38 +296,13 @@ async fn rest_server() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_gateio_once_then_run_stores_every_candle() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = unique("candles");
-    let dead_letters = format!("{topic}_dlq");
-    let group = unique("group_candles");
-    let keyspace = unique("ks_candles");
-    let config = Pipeline::shipped("pipelines/candles-cassandra.toml")
-        .set("source.topics", vec![topic.clone()])
-        .set("source.group_id", group.clone())
-        .set("sink.keyspace", keyspace.clone())
-        .set("dead_letter.topic", dead_letters.clone())
-        .set_path("engine.checkpoint_dir", &dir.path().join("checkpoint"));
-    config.load();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let created = tokio::time::timeout(
-        Duration::from_secs(30),
-        admin.create_topics(
-            &[
-                NewTopic::new(&topic, 3, TopicReplication::Fixed(1)),
-                NewTopic::new(&dead_letters, 1, TopicReplication::Fixed(1)),
-            ],
-            &AdminOptions::new(),
-        ),
-    )
-    .await
-    .expect("Kafka answers; start it with scripts/services.sh up")
-    .unwrap();
-    for r in created {
-        r.unwrap();
-    }
+    let Setup {
+        dir,
+        topic,
+        keyspace,
+        config,
+        ..
+    } = Setup::shipped("candles", "pipelines/candles-cassandra.toml", 3).await;
 
     let base = rest_server().await;
     let from = 1_780_000_000 / 60 * 60;
@@ -405,9 +360,9 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
     // The records are the candle record, byte for byte: each payload is exactly what
     // `CandleRecord::to_json` makes of the row the API sent (decimals as the API's text, trailing
     // zeros kept; the window start as RFC 3339), keyed by its pair.
-    let on_kafka = read_records(&topic, 2 * windows as usize);
+    let on_kafka = read_records(&topic, 2 * windows as usize).await;
     let mut seen_windows = std::collections::BTreeSet::new();
-    for (key, payload) in &on_kafka {
+    for Received { key, payload, .. } in &on_kafka {
         let record: CandleRecord = serde_json::from_slice(payload)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)));
         let start = chrono::DateTime::parse_from_rfc3339(&record.window_start)
@@ -483,29 +438,12 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
-    let holdings = portfolio();
-    let products = ["BTC-USD", "ETH-USD"];
     let mut script = vec![Step::Text(ack())];
-    for (k, product) in products.iter().enumerate() {
-        let id = 500 * (k as i64 + 1);
-        script.push(Step::Text(exchange_match(
-            "last_match",
-            product,
-            id,
-            price_of(holdings[*product].0, id),
-        )));
-    }
-    for offset in 1..=30 {
-        for (k, product) in products.iter().enumerate() {
-            let id = 500 * (k as i64 + 1) + offset;
-            script.push(Step::Text(exchange_match(
-                "match",
-                product,
-                id,
-                price_of(holdings[*product].0, id),
-            )));
-        }
-    }
+    script.extend(
+        portfolio_matches(&["BTC-USD", "ETH-USD"], 500, 30)
+            .into_iter()
+            .map(Step::Text),
+    );
     script.push(Step::KeepAlive(vec![
         heartbeat("BTC-USD", 530),
         heartbeat("ETH-USD", 1030),
@@ -647,20 +585,8 @@ async fn case_heartbeat_zero_false_loss_stores_four_trades_and_reports_no_loss()
 /// DOT-USD the run exits non-zero with that message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_subscribe_error_drops_the_refused_product_and_the_others_flow() {
-    let holdings = portfolio();
     let mut frames = vec![ack()];
-    for offset in 0..5 {
-        for (k, product) in ["BTC-USD", "ETH-USD"].iter().enumerate() {
-            let id = 700 * (k as i64 + 1) + offset;
-            let kind = if offset == 0 { "last_match" } else { "match" };
-            frames.push(exchange_match(
-                kind,
-                product,
-                id,
-                price_of(holdings[*product].0, id),
-            ));
-        }
-    }
+    frames.extend(portfolio_matches(&["BTC-USD", "ETH-USD"], 700, 4));
     let url = case_feed_server(Some("DOT-USD"), frames, true).await;
     let dir = tempfile::tempdir().unwrap();
     let config = embedded_config(dir.path(), &url, &["BTC-USD", "ETH-USD", "DOT-USD"]);

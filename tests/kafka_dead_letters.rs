@@ -27,6 +27,14 @@ fn parquet_config(setup: &Setup, keys: &str) -> (Pipeline, PathBuf) {
     (config, store)
 }
 
+/// `n` generated trades (`seed`) on the setup's topic, then one bad record `bad` keyed BTC-USD:
+/// the trades' expected profits, and the bad record's partition and offset.
+async fn trades_then_bad(setup: &Setup, n: u64, seed: u64, bad: &[u8]) -> (Expected, (i32, i64)) {
+    let (messages, expected) = trades(n, seed);
+    produce(&setup.topic, &messages).await;
+    (expected, produce_one(&setup.topic, "BTC-USD", bad).await)
+}
+
 /// Nothing past the batch holding `offset` of `partition` was committed.
 fn assert_not_committed_past(setup: &Setup, partition: i32, offset: i64) {
     let at = committed_and_end(&setup.group, &setup.topic)
@@ -119,10 +127,8 @@ async fn a_dead_letter_over_the_producers_own_limit_is_written_truncated() {
     // librdkafka refuses a message over its `message.max.bytes` before sending it; the letter is
     // cut as when the broker refuses it, here to the 4 KiB step (the 64 KiB one is still over).
     let setup = Setup::new("dlq_local").await;
-    let (messages, expected) = trades(100, 14);
-    produce(&setup.topic, &messages).await;
     let big = big_bad_message();
-    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
+    let (expected, (partition, offset)) = trades_then_bad(&setup, 100, 14, big.as_bytes()).await;
     let (config, store) = parquet_config(
         &setup,
         &format!(
@@ -161,21 +167,17 @@ async fn a_dead_letter_refused_even_cut_down_stops_the_query_naming_it() {
     let setup = Setup::new("dlq_tiny").await;
     let dlq = format!("{}_tiny", setup.dead_letters);
     create_topic_with_config(&dlq, 1, &[("max.message.bytes", "200")]).await;
-    let (messages, _) = trades(100, 15);
-    produce(&setup.topic, &messages).await;
     let big = big_bad_message();
-    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", big.as_bytes()).await;
+    let (_, (partition, offset)) = trades_then_bad(&setup, 100, 15, big.as_bytes()).await;
     let (config, _) = parquet_config(&setup, &format!("topic = \"{dlq}\""));
-    let err = failed_run(&setup, &config);
-    assert!(
-        err.contains(&format!(
-            "dead-letter topic {dlq} refused the dead letter of {} even cut to 256 bytes per field: ",
-            described(&setup.topic, partition, offset)
-        )) && err.contains("Message size too large"),
-        "{err}"
-    );
-    assert!(!err.contains("Transient failure"), "{err}");
-    assert_not_committed_past(&setup, partition, offset);
+    assert_stops_on_the_letter(&setup, &config, partition, offset, |at| {
+        [
+            format!(
+                "dead-letter topic {dlq} refused the dead letter of {at} even cut to 256 bytes per field: "
+            ),
+            "Message size too large".into(),
+        ]
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,11 +187,9 @@ async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
     // fits 4 KB only compressed, so a letter arriving whole shows the codec was used.
     let dlq = format!("{}_small", setup.dead_letters);
     create_topic_with_config(&dlq, 1, &[("max.message.bytes", SMALL_MAX_MESSAGE_BYTES)]).await;
-    let (messages, expected) = trades(200, 12);
-    produce(&setup.topic, &messages).await;
     let bad = "not JSON ".repeat(2_300);
     assert!(bad.len() > 20_000);
-    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", bad.as_bytes()).await;
+    let (expected, (partition, offset)) = trades_then_bad(&setup, 200, 12, bad.as_bytes()).await;
 
     let (config, store) = parquet_config(
         &setup,
@@ -211,9 +211,7 @@ async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
     let setup = Setup::new("dlq_missing").await;
-    let (messages, _) = trades(100, 13);
-    produce(&setup.topic, &messages).await;
-    let (partition, offset) = produce_one(&setup.topic, "BTC-USD", b"not JSON").await;
+    let (_, (partition, offset)) = trades_then_bad(&setup, 100, 13, b"not JSON").await;
     // The test broker creates topics on first write: this producer does not ask it to, as when
     // the broker's auto-creation is off.
     let missing = format!("{}_missing", setup.dead_letters);
@@ -223,19 +221,12 @@ async fn a_dead_letter_topic_that_does_not_exist_stops_the_query_naming_it() {
             "topic = \"{missing}\", properties = {{ \"allow.auto.create.topics\" = \"false\", \"topic.metadata.propagation.max.ms\" = \"2000\" }}"
         ),
     );
-    let err = failed_run(&setup, &config);
-    assert!(
-        err.contains(&format!(
-            "dead letter of {} not delivered to topic {missing}",
-            described(&setup.topic, partition, offset)
-        )) && err.contains("permanent"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("Transient failure"),
-        "not retried as transient: {err}"
-    );
-    assert_not_committed_past(&setup, partition, offset);
+    assert_stops_on_the_letter(&setup, &config, partition, offset, |at| {
+        [
+            format!("dead letter of {at} not delivered to topic {missing}"),
+            "permanent".into(),
+        ]
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,11 +260,28 @@ async fn generate_publishes_zstd_batches_and_rejects_an_unknown_codec() {
 }
 
 /// The stderr of a run of `config` that must fail, and within two minutes (a hang fails too).
-fn failed_run(setup: &Setup, config: &Pipeline) -> String {
+/// `config` runs and stops on a dead letter it cannot deliver, the one of the record at `offset`
+/// of `partition`: the error says each of `says(position)` (the record's position as the source
+/// describes it) and is not retried as transient, and nothing past that record's batch is
+/// committed.
+fn assert_stops_on_the_letter(
+    setup: &Setup,
+    config: &Pipeline,
+    partition: i32,
+    offset: i64,
+    says: impl Fn(&str) -> [String; 2],
+) {
     let out = wait_with_limit(setup.run_with(config, &[]), Duration::from_secs(120));
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    err
+    for expected in says(&described(&setup.topic, partition, offset)) {
+        assert!(err.contains(expected.as_str()), "{expected:?} in: {err}");
+    }
+    assert!(
+        !err.contains("Transient failure"),
+        "not retried as transient: {err}"
+    );
+    assert_not_committed_past(setup, partition, offset);
 }
 
 fn wait_with_limit(mut cmd: Command, limit: Duration) -> std::process::Output {

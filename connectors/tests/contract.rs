@@ -3,6 +3,7 @@
 //! Kafka and Cassandra are the real services (`scripts/services.sh`); the exchanges are testkit's
 //! stand-ins on loopback.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -50,9 +51,7 @@ fn identity_without(fields: &[&str], position: &serde_json::Value, record: &RawR
 struct Generate;
 
 impl SourceFixture for Generate {
-    fn name(&self) -> String {
-        "generate".into()
-    }
+    const NAME: &str = "generate";
 
     fn build(&mut self, _query: &str) -> Box<dyn Source> {
         Box::new(
@@ -108,9 +107,7 @@ impl Capture {
 }
 
 impl SourceFixture for Capture {
-    fn name(&self) -> String {
-        "coinbase_capture".into()
-    }
+    const NAME: &str = "coinbase_capture";
 
     fn build(&mut self, _query: &str) -> Box<dyn Source> {
         Box::new(
@@ -158,9 +155,7 @@ impl Coinbase {
 }
 
 impl SourceFixture for Coinbase {
-    fn name(&self) -> String {
-        "coinbase".into()
-    }
+    const NAME: &str = "coinbase";
 
     fn build(&mut self, _query: &str) -> Box<dyn Source> {
         let mut config = CoinbaseConfig::new(
@@ -203,9 +198,7 @@ const GATEIO_FROM: i64 = 1_780_000_000 / 60 * 60;
 const GATEIO_WINDOWS: i64 = 25;
 
 impl SourceFixture for Gateio {
-    fn name(&self) -> String {
-        "gateio".into()
-    }
+    const NAME: &str = "gateio";
 
     fn build(&mut self, _query: &str) -> Box<dyn Source> {
         let mut config = GateioConfig::new(vec!["BTC_USDT".into(), "ETH_USDT".into()]);
@@ -266,9 +259,7 @@ impl Kafka {
 
 #[async_trait]
 impl SourceFixture for Kafka {
-    fn name(&self) -> String {
-        "kafka".into()
-    }
+    const NAME: &str = "kafka";
 
     fn build(&mut self, query: &str) -> Box<dyn Source> {
         let config = KafkaSourceConfig {
@@ -335,6 +326,14 @@ fn parquet_lines(dir: &Path) -> Vec<String> {
     contract::row_lines(&batches)
 }
 
+/// A Parquet sink writing to `path`, one folder per value of each `partition_by` column.
+fn parquet_sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
+    Box::new(ParquetSink::new(ParquetConfig {
+        path,
+        partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
+    }))
+}
+
 struct Parquet {
     dir: tempfile::TempDir,
 }
@@ -347,19 +346,12 @@ impl Parquet {
 
 #[async_trait]
 impl SinkFixture for Parquet {
-    fn name(&self) -> String {
-        "parquet".into()
-    }
+    const NAME: &str = "parquet";
 
-    fn delivery(&self) -> Delivery {
-        Delivery::Idempotent
-    }
+    const DELIVERY: Delivery = Delivery::Idempotent;
 
     async fn build(&mut self, _schema: SchemaRef) -> Box<dyn Sink> {
-        Box::new(ParquetSink::new(ParquetConfig {
-            path: self.store(),
-            partition_by: vec!["key".into()],
-        }))
+        parquet_sink(self.store(), &["key"])
     }
 
     async fn read_back(&mut self, _at_least: usize) -> Vec<String> {
@@ -372,20 +364,14 @@ impl SinkFixture for Parquet {
         vec![
             Failure {
                 what: "a store path that is a file".into(),
-                sink: Box::new(ParquetSink::new(ParquetConfig {
-                    path: file,
-                    partition_by: Vec::new(),
-                })),
+                sink: parquet_sink(file, &[]),
                 rows: None,
                 stage: Stage::Healthcheck,
                 retry: Retry::Permanent,
             },
             Failure {
                 what: "a partition column the rows do not have".into(),
-                sink: Box::new(ParquetSink::new(ParquetConfig {
-                    path: self.dir.path().join("other"),
-                    partition_by: vec!["trade_date".into()],
-                })),
+                sink: parquet_sink(self.dir.path().join("other"), &["trade_date"]),
                 rows: None,
                 stage: Stage::Write,
                 retry: Retry::Permanent,
@@ -453,13 +439,9 @@ struct Stdout {
 
 #[async_trait]
 impl SinkFixture for Stdout {
-    fn name(&self) -> String {
-        "stdout".into()
-    }
+    const NAME: &str = "stdout";
 
-    fn delivery(&self) -> Delivery {
-        Delivery::AtLeastOnce
-    }
+    const DELIVERY: Delivery = Delivery::AtLeastOnce;
 
     async fn build(&mut self, _schema: SchemaRef) -> Box<dyn Sink> {
         Box::new(StdoutSink::with_writer(
@@ -502,8 +484,9 @@ struct Cassandra {
     session: scylla::client::session::Session,
 }
 
-fn cassandra_config(keyspace: &str, contact_points: Vec<String>) -> CassandraConfig {
-    serde_json::from_value(serde_json::json!({
+/// A Cassandra sink of rows of `schema` into `keyspace`.contract_rows, through `contact_points`.
+fn cassandra_sink(keyspace: &str, contact_points: Vec<String>, schema: SchemaRef) -> Box<dyn Sink> {
+    let config: CassandraConfig = serde_json::from_value(serde_json::json!({
         "contact_points": contact_points,
         "keyspace": keyspace,
         "table": "contract_rows",
@@ -511,24 +494,18 @@ fn cassandra_config(keyspace: &str, contact_points: Vec<String>) -> CassandraCon
         "clustering_key": ["id"],
         "connect_timeout_ms": 2000,
     }))
-    .expect("a valid cassandra config")
+    .expect("a valid cassandra config");
+    Box::new(CassandraSink::new(config, schema).expect("a valid cassandra sink"))
 }
 
 #[async_trait]
 impl SinkFixture for Cassandra {
-    fn name(&self) -> String {
-        "cassandra".into()
-    }
+    const NAME: &str = "cassandra";
 
-    fn delivery(&self) -> Delivery {
-        Delivery::Idempotent
-    }
+    const DELIVERY: Delivery = Delivery::Idempotent;
 
     async fn build(&mut self, schema: SchemaRef) -> Box<dyn Sink> {
-        Box::new(
-            CassandraSink::new(cassandra_config(&self.keyspace, cassandra_nodes()), schema)
-                .expect("a valid cassandra sink"),
-        )
+        cassandra_sink(&self.keyspace, cassandra_nodes(), schema)
     }
 
     async fn read_back(&mut self, _at_least: usize) -> Vec<String> {
@@ -568,23 +545,17 @@ impl SinkFixture for Cassandra {
                 .await
                 .expect(&cql);
         }
-        let sink = |keyspace: &str, nodes: Vec<String>| -> Box<dyn Sink> {
-            Box::new(
-                CassandraSink::new(cassandra_config(keyspace, nodes), schema.clone())
-                    .expect("a valid cassandra sink"),
-            )
-        };
         vec![
             Failure {
                 what: "no node listening".into(),
-                sink: sink(&self.keyspace, vec!["127.0.0.1:1".into()]),
+                sink: cassandra_sink(&self.keyspace, vec!["127.0.0.1:1".into()], schema.clone()),
                 rows: None,
                 stage: Stage::Healthcheck,
                 retry: Retry::Transient,
             },
             Failure {
                 what: "an existing table whose id column is text".into(),
-                sink: sink(&other, cassandra_nodes()),
+                sink: cassandra_sink(&other, cassandra_nodes(), schema),
                 rows: None,
                 stage: Stage::Healthcheck,
                 retry: Retry::Permanent,
@@ -629,8 +600,26 @@ async fn topic_messages(
 }
 
 /// A producer pointed at a port nothing listens on, giving up on a message after 2 s.
-fn unreachable_properties() -> std::collections::BTreeMap<String, String> {
+fn unreachable_properties() -> BTreeMap<String, String> {
     [("message.timeout.ms".to_owned(), "2000".to_owned())].into()
+}
+
+/// A Kafka sink of rows of `schema` to `topic` on `brokers`, keyed by the `key` column.
+fn kafka_sink(
+    brokers: String,
+    topic: &str,
+    properties: BTreeMap<String, String>,
+    schema: &SchemaRef,
+) -> Box<dyn Sink> {
+    let config = KafkaSinkConfig {
+        brokers: Some(brokers),
+        topic: topic.to_owned(),
+        key: "key".into(),
+        compression: Default::default(),
+        properties,
+        explicit_nulls: false,
+    };
+    Box::new(KafkaSink::new(config, schema).expect("a valid kafka sink"))
 }
 
 struct KafkaRows {
@@ -640,25 +629,13 @@ struct KafkaRows {
 
 #[async_trait]
 impl SinkFixture for KafkaRows {
-    fn name(&self) -> String {
-        "kafka".into()
-    }
+    const NAME: &str = "kafka";
 
-    fn delivery(&self) -> Delivery {
-        // An append-only log: a batch written again is there twice (the module docs say so).
-        Delivery::AtLeastOnce
-    }
+    // An append-only log: a batch written again is there twice (the module docs say so).
+    const DELIVERY: Delivery = Delivery::AtLeastOnce;
 
     async fn build(&mut self, schema: SchemaRef) -> Box<dyn Sink> {
-        let config = KafkaSinkConfig {
-            brokers: Some(kafka_bootstrap()),
-            topic: self.topic.clone(),
-            key: "key".into(),
-            compression: Default::default(),
-            properties: Default::default(),
-            explicit_nulls: false,
-        };
-        Box::new(KafkaSink::new(config, &schema).expect("a valid kafka sink"))
+        kafka_sink(kafka_bootstrap(), &self.topic, Default::default(), &schema)
     }
 
     async fn read_back(&mut self, at_least: usize) -> Vec<String> {
@@ -670,17 +647,6 @@ impl SinkFixture for KafkaRows {
     }
 
     async fn failures(&mut self, schema: SchemaRef) -> Vec<Failure> {
-        let sink = |brokers: String, topic: &str, properties| -> Box<dyn Sink> {
-            let config = KafkaSinkConfig {
-                brokers: Some(brokers),
-                topic: topic.to_owned(),
-                key: "key".into(),
-                compression: Default::default(),
-                properties,
-                explicit_nulls: false,
-            };
-            Box::new(KafkaSink::new(config, &schema).expect("a valid kafka sink"))
-        };
         // One row larger than the topic's 1 KiB limit: the broker refuses it every time.
         let big = RecordBatch::try_new(
             schema.clone(),
@@ -698,14 +664,24 @@ impl SinkFixture for KafkaRows {
         vec![
             Failure {
                 what: "no broker listening".into(),
-                sink: sink("127.0.0.1:1".into(), &self.topic, unreachable_properties()),
+                sink: kafka_sink(
+                    "127.0.0.1:1".into(),
+                    &self.topic,
+                    unreachable_properties(),
+                    &schema,
+                ),
                 rows: None,
                 stage: Stage::Healthcheck,
                 retry: Retry::Transient,
             },
             Failure {
                 what: "a row above the topic's max.message.bytes".into(),
-                sink: sink(kafka_bootstrap(), &self.small_topic, Default::default()),
+                sink: kafka_sink(
+                    kafka_bootstrap(),
+                    &self.small_topic,
+                    Default::default(),
+                    &schema,
+                ),
                 rows: Some(big),
                 stage: Stage::Write,
                 retry: Retry::Permanent,
@@ -749,13 +725,9 @@ impl FileLetters {
 
 #[async_trait]
 impl DeadLetterFixture for FileLetters {
-    fn name(&self) -> String {
-        "file".into()
-    }
+    const NAME: &str = "file";
 
-    fn delivery(&self) -> Delivery {
-        Delivery::Idempotent
-    }
+    const DELIVERY: Delivery = Delivery::Idempotent;
 
     async fn build(&mut self) -> Box<dyn DeadLetterSink> {
         Box::new(
@@ -803,31 +775,38 @@ async fn file_dead_letter_output_meets_the_contract() {
     contract::check_dead_letter_sink(&mut FileLetters { dir }).await;
 }
 
+/// A Kafka dead-letter output to `topic` on `brokers`.
+fn kafka_letters(
+    brokers: String,
+    topic: &str,
+    properties: BTreeMap<String, String>,
+) -> KafkaDeadLetterSink {
+    KafkaDeadLetterSink::new(KafkaDeadLetterConfig {
+        brokers: Some(brokers),
+        topic: topic.to_owned(),
+        compression: Default::default(),
+        properties,
+    })
+    .expect("a valid kafka dead-letter output")
+}
+
 struct KafkaLetters {
     topic: String,
 }
 
 #[async_trait]
 impl DeadLetterFixture for KafkaLetters {
-    fn name(&self) -> String {
-        "kafka".into()
-    }
+    const NAME: &str = "kafka";
 
-    fn delivery(&self) -> Delivery {
-        // The output's module docs: a replayed batch sends its letters again.
-        Delivery::AtLeastOnce
-    }
+    // The output's module docs: a replayed batch sends its letters again.
+    const DELIVERY: Delivery = Delivery::AtLeastOnce;
 
     async fn build(&mut self) -> Box<dyn DeadLetterSink> {
-        Box::new(
-            KafkaDeadLetterSink::new(KafkaDeadLetterConfig {
-                brokers: Some(kafka_bootstrap()),
-                topic: self.topic.clone(),
-                compression: Default::default(),
-                properties: Default::default(),
-            })
-            .expect("a valid kafka dead-letter output"),
-        )
+        Box::new(kafka_letters(
+            kafka_bootstrap(),
+            &self.topic,
+            Default::default(),
+        ))
     }
 
     async fn read_back(&mut self, at_least: usize) -> Vec<String> {
@@ -839,13 +818,7 @@ impl DeadLetterFixture for KafkaLetters {
     }
 
     async fn failures(&mut self) -> Vec<DeadLetterFailure> {
-        let sink = KafkaDeadLetterSink::new(KafkaDeadLetterConfig {
-            brokers: Some("127.0.0.1:1".into()),
-            topic: self.topic.clone(),
-            compression: Default::default(),
-            properties: unreachable_properties(),
-        })
-        .expect("a valid kafka dead-letter output");
+        let sink = kafka_letters("127.0.0.1:1".into(), &self.topic, unreachable_properties());
         vec![DeadLetterFailure {
             what: "no broker listening".into(),
             sink: Box::new(sink),

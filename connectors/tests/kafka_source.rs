@@ -97,6 +97,14 @@ fn assigned(source: &KafkaSource) -> u64 {
         .map_or(0, |(_, n)| n)
 }
 
+/// The next batch, "written" (its records returned) and committed, as the runtime does.
+async fn write_and_commit(source: &mut KafkaSource) -> Vec<Seen> {
+    let batch = next_batch(source).await;
+    let records = seen(source, &batch.records);
+    source.commit(&batch.end).await.expect("commit");
+    records
+}
+
 /// Each partition's committed offset in `group` (None: nothing committed).
 fn committed(group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Option<i64>> {
     committed_and_end(group, topic, partitions)
@@ -123,6 +131,33 @@ fn assert_each_once(processed: &[Seen], n: usize) {
     );
 }
 
+/// A restart from `group`'s committed offsets (no checkpoint) that writes and commits batches
+/// until, with `processed`, all `n` records are there: each record of `unfinished` (handed out
+/// but never committed: `what`) must be read again, and every record is processed once.
+async fn restart_and_finish(
+    topic: &str,
+    group: &str,
+    mut processed: Vec<Seen>,
+    unfinished: &[Seen],
+    what: &str,
+    n: usize,
+) {
+    let mut restarted = started(config(topic, group), None).await;
+    let mut rest = Vec::new();
+    while processed.len() + rest.len() < n {
+        rest.extend(write_and_commit(&mut restarted).await);
+    }
+    for record in unfinished {
+        assert!(
+            rest.contains(record),
+            "{record:?}, {what}, was not read again"
+        );
+    }
+    processed.extend(rest);
+    assert_each_once(&processed, n);
+    restarted.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_joining_the_group_takes_partitions_and_nothing_is_read_twice_or_lost() {
     const PARTITIONS: i32 = 4;
@@ -133,9 +168,7 @@ async fn a_second_instance_joining_the_group_takes_partitions_and_nothing_is_rea
     let mut processed = Vec::new();
     // The first instance alone: all four partitions, a few batches written and committed.
     for _ in 0..4 {
-        let batch = next_batch(&mut first).await;
-        processed.extend(seen(&first, &batch.records));
-        first.commit(&batch.end).await.expect("commit");
+        processed.extend(write_and_commit(&mut first).await);
     }
     assert_eq!(
         assigned(&first),
@@ -199,9 +232,7 @@ async fn a_batch_whose_partitions_were_revoked_before_its_commit_is_not_committe
         ..config(&topic, &group)
     };
     let mut first = started(slow, None).await;
-    let done = next_batch(&mut first).await;
-    let mut processed = seen(&first, &done.records);
-    first.commit(&done.end).await.expect("commit");
+    let processed = write_and_commit(&mut first).await;
     let before = committed(&group, &topic, PARTITIONS);
 
     // A batch is handed out; its write takes longer than max_poll_interval, and meanwhile a
@@ -245,22 +276,15 @@ async fn a_batch_whose_partitions_were_revoked_before_its_commit_is_not_committe
     // The new owner (restarted from the group's offsets) reads the batch again, which its
     // first owner wrote but could not commit (at-least-once: the sinks' idempotent writes
     // absorb it); counted once, as committed, every record is there once.
-    let mut third = started(config(&topic, &group), None).await;
-    let mut again = Vec::new();
-    while processed.len() + again.len() < N {
-        let batch = next_batch(&mut third).await;
-        again.extend(seen(&third, &batch.records));
-        third.commit(&batch.end).await.expect("commit");
-    }
-    for record in &in_flight_seen {
-        assert!(
-            again.contains(record),
-            "{record:?} of the revoked batch was not read again"
-        );
-    }
-    processed.extend(again);
-    assert_each_once(&processed, N);
-    third.close().await.expect("close");
+    restart_and_finish(
+        &topic,
+        &group,
+        processed,
+        &in_flight_seen,
+        "of the revoked batch",
+        N,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,22 +326,15 @@ async fn an_uncommitted_batch_is_read_again_exactly_after_a_restart() {
     let next = next_batch(&mut second).await;
     let next_seen = seen(&second, &next.records);
     drop(second);
-    let mut third = started(config(&topic, &group), None).await;
-    let mut rest = Vec::new();
-    while processed.len() + rest.len() < N {
-        let batch = next_batch(&mut third).await;
-        rest.extend(seen(&third, &batch.records));
-        third.commit(&batch.end).await.expect("commit");
-    }
-    for record in &next_seen {
-        assert!(
-            rest.contains(record),
-            "{record:?}, polled but never committed, was lost"
-        );
-    }
-    processed.extend(rest);
-    assert_each_once(&processed, N);
-    third.close().await.expect("close");
+    restart_and_finish(
+        &topic,
+        &group,
+        processed,
+        &next_seen,
+        "polled but never committed",
+        N,
+    )
+    .await;
 }
 
 /// `config` starting at the JSON `offsets` (Spark's `startingOffsets` form).
@@ -328,10 +345,11 @@ fn config_at(topic: &str, group: &str, offsets: &str) -> KafkaSourceConfig {
     }
 }
 
-/// The error `start` gives with `config` (the test fails if it starts).
-async fn start_error(config: KafkaSourceConfig) -> engine::Error {
+/// `start` with `config` fails permanently with an error that says `expected` (the test fails
+/// if it starts).
+async fn assert_start_refused(config: KafkaSourceConfig, expected: &str) {
     let mut source = KafkaSource::new(config).expect("a valid kafka source config");
-    match source
+    let err = match source
         .start(StartRequest {
             committed: None,
             available_now: false,
@@ -340,7 +358,18 @@ async fn start_error(config: KafkaSourceConfig) -> engine::Error {
     {
         Ok(()) => panic!("the source started"),
         Err(e) => e,
-    }
+    };
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains(expected), "{err}");
+}
+
+/// No partition of `topic` (of `partitions`) has an offset committed in `group` (a refused start moved none).
+fn assert_nothing_committed(group: &str, topic: &str, partitions: i32) {
+    let untouched = committed(group, topic, partitions);
+    assert!(
+        untouched.values().all(Option::is_none),
+        "nothing committed: {untouched:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,11 +391,7 @@ async fn starting_offsets_naming_a_topic_not_subscribed_is_refused_before_any_re
         err.contains(&format!("leaves out topic \"{topic}\"")),
         "{err}"
     );
-    let untouched = committed(&group, &topic, 3);
-    assert!(
-        untouched.values().all(Option::is_none),
-        "nothing committed: {untouched:?}"
-    );
+    assert_nothing_committed(&group, &topic, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,35 +402,23 @@ async fn starting_offsets_naming_a_partition_the_topic_lacks_stop_the_start_perm
         format!(r#"{{"{topic}":{{"5":3}}}}"#),
         format!(r#"{{"{topic}":{{"0":-2,"1":-2,"2":-2,"5":3}}}}"#),
     ] {
-        let err = start_error(config_at(&topic, &group, &offsets)).await;
-        assert!(!err.is_transient(), "{err}");
-        let text = err.to_string();
-        assert!(
-            text.contains(&format!(
+        assert_start_refused(
+            config_at(&topic, &group, &offsets),
+            &format!(
                 "starting_offsets names partitions the broker does not have: {topic}/5; the topics have {topic}/0, {topic}/1, {topic}/2"
-            )),
-            "{text}"
-        );
+            ),
+        )
+        .await;
     }
     // Spark's rule: on a first start the JSON names every partition.
-    let err = start_error(config_at(
-        &topic,
-        &group,
-        &format!(r#"{{"{topic}":{{"0":-2,"2":-1}}}}"#),
-    ))
-    .await;
-    assert!(!err.is_transient(), "{err}");
-    assert!(
-        err.to_string().contains(&format!(
+    assert_start_refused(
+        config_at(&topic, &group, &format!(r#"{{"{topic}":{{"0":-2,"2":-1}}}}"#)),
+        &format!(
             "starting_offsets must name every partition of the topics, but leaves out {topic}/1; use -2 for earliest or -1 for latest"
-        )),
-        "{err}"
-    );
-    let untouched = committed(&group, &topic, 3);
-    assert!(
-        untouched.values().all(Option::is_none),
-        "nothing committed: {untouched:?}"
-    );
+        ),
+    )
+    .await;
+    assert_nothing_committed(&group, &topic, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,9 +440,7 @@ async fn starting_offsets_naming_every_partition_start_each_where_named() {
     let expected = (ends[&0] - 2 + ends[&1]) as usize;
     let mut read: Vec<Seen> = Vec::new();
     while read.len() < expected {
-        let batch = next_batch(&mut source).await;
-        read.extend(seen(&source, &batch.records));
-        source.commit(&batch.end).await.expect("commit");
+        read.extend(write_and_commit(&mut source).await);
     }
     // Nothing more arrives: partition 2 started at its end.
     for _ in 0..5 {

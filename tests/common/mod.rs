@@ -91,20 +91,28 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// `pipelines/kafka-cassandra.toml` over a topic of [`PARTITIONS`] partitions.
     pub async fn new(name: &str) -> Self {
+        Self::shipped(name, "pipelines/kafka-cassandra.toml", PARTITIONS).await
+    }
+
+    /// The shipped Kafka → Cassandra pipeline `pipeline` (a path from the repo root) over fresh
+    /// names: a topic of `partitions` partitions and its one-partition dead-letter topic, a
+    /// consumer group, a keyspace and a checkpoint folder under the test's folder.
+    pub async fn shipped(name: &str, pipeline: &str, partitions: i32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let topic = unique(&format!("trades_{name}"));
         let dead_letters = format!("{topic}_dlq");
         let group = unique(&format!("group_{name}"));
         let keyspace = unique(&format!("ks_{name}"));
-        let config = Pipeline::shipped("pipelines/kafka-cassandra.toml")
+        let config = Pipeline::shipped(pipeline)
             .set("source.topics", vec![topic.clone()])
             .set("source.group_id", group.clone())
             .set("sink.keyspace", keyspace.clone())
             .set("dead_letter.topic", dead_letters.clone())
             .set_path("engine.checkpoint_dir", &dir.path().join("checkpoint"));
         config.load();
-        testkit::kafka::create_topics(&[(&topic, PARTITIONS), (&dead_letters, 1)]).await;
+        testkit::kafka::create_topics(&[(&topic, partitions), (&dead_letters, 1)]).await;
         Self {
             dir,
             topic,

@@ -44,10 +44,10 @@ pub struct Failure {
 #[async_trait]
 pub trait SinkFixture: Send {
     /// Names the sink in failure messages.
-    fn name(&self) -> String;
+    const NAME: &'static str;
 
     /// What writing the same batch id again does.
-    fn delivery(&self) -> Delivery;
+    const DELIVERY: Delivery;
 
     /// A new instance (a restart) writing rows of `schema` to the fixture's target.
     async fn build(&mut self, schema: SchemaRef) -> Box<dyn Sink>;
@@ -145,10 +145,10 @@ fn sink_error(who: &str, what: &str, result: engine::Result<()>, retry: Retry) {
 
 /// Runs every sink check on `fixture`; panics at the first broken promise, naming the sink and
 /// the check.
-pub async fn check_sink(fixture: &mut impl SinkFixture) {
+pub async fn check_sink<F: SinkFixture>(fixture: &mut F) {
     let schema = contract_schema();
     let mut sink = fixture.build(schema.clone()).await;
-    let name = format!("sink {} ({})", fixture.name(), sink.description());
+    let name = format!("sink {} ({})", F::NAME, sink.description());
     let who = |check: &str| format!("{name}, check {check}");
     let ok = |who: String, what: &str, r: engine::Result<()>| {
         r.unwrap_or_else(|e| panic!("{who}: {what} failed: {}", e.report()))
@@ -196,7 +196,7 @@ pub async fn check_sink(fixture: &mut impl SinkFixture) {
         sink.write(2, &parts).await,
     );
     let replay_who = who("replay");
-    let delivery = fixture.delivery();
+    let delivery = F::DELIVERY;
     let expect_after = |times: usize| -> Vec<String> {
         sorted(
             written
@@ -221,11 +221,7 @@ pub async fn check_sink(fixture: &mut impl SinkFixture) {
 
     // A restart writes the same batch once more, then the next one.
     let mut sink = fixture.build(schema.clone()).await;
-    let restart_who = format!(
-        "sink {} ({}), check restart",
-        fixture.name(),
-        sink.description()
-    );
+    let restart_who = format!("sink {} ({}), check restart", F::NAME, sink.description());
     ok(restart_who.clone(), "healthcheck", sink.healthcheck().await);
     ok(
         restart_who.clone(),
@@ -256,12 +252,12 @@ pub async fn check_sink(fixture: &mut impl SinkFixture) {
     assert!(
         !failures.is_empty(),
         "sink {}: the contract needs at least one failure to classify",
-        fixture.name()
+        F::NAME
     );
     for mut failure in failures {
         let who = format!(
             "sink {} ({}), check failure classified: {}",
-            fixture.name(),
+            F::NAME,
             failure.sink.description(),
             failure.what
         );
@@ -302,10 +298,10 @@ pub struct DeadLetterFailure {
 #[async_trait]
 pub trait DeadLetterFixture: Send {
     /// Names the output in failure messages.
-    fn name(&self) -> String;
+    const NAME: &'static str;
 
     /// What writing the same batch id again does.
-    fn delivery(&self) -> Delivery;
+    const DELIVERY: Delivery;
 
     /// A new instance (a restart) writing to the fixture's target.
     async fn build(&mut self) -> Box<dyn DeadLetterSink>;
@@ -366,13 +362,9 @@ fn letter_lines(letters: &[DeadLetter]) -> Vec<String> {
 }
 
 /// Runs every dead-letter output check on `fixture`; panics at the first broken promise.
-pub async fn check_dead_letter_sink(fixture: &mut impl DeadLetterFixture) {
+pub async fn check_dead_letter_sink<F: DeadLetterFixture>(fixture: &mut F) {
     let mut sink = fixture.build().await;
-    let who = format!(
-        "dead-letter output {} ({})",
-        fixture.name(),
-        sink.description()
-    );
+    let who = format!("dead-letter output {} ({})", F::NAME, sink.description());
     let ok = |what: &str, r: engine::Result<()>| {
         r.unwrap_or_else(|e| panic!("{who}: {what} failed: {}", e.report()));
     };
@@ -396,7 +388,7 @@ pub async fn check_dead_letter_sink(fixture: &mut impl DeadLetterFixture) {
         sink.write(1, &letters).await,
     );
     ok("close", sink.close().await);
-    let times = match fixture.delivery() {
+    let times = match F::DELIVERY {
         Delivery::Idempotent => 1,
         Delivery::AtLeastOnce => 3,
     };
@@ -410,7 +402,7 @@ pub async fn check_dead_letter_sink(fixture: &mut impl DeadLetterFixture) {
         sorted(fixture.read_back(expected.len()).await),
         expected,
         "{who}: the letters after batch 1 was written three times ({:?})",
-        fixture.delivery()
+        F::DELIVERY
     );
 
     let failures = fixture.failures().await;

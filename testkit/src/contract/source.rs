@@ -27,7 +27,7 @@ pub enum Replay {
 #[async_trait]
 pub trait SourceFixture: Send {
     /// Names the source in failure messages.
-    fn name(&self) -> String;
+    const NAME: &'static str;
 
     /// A new instance over the fixture's data, for query `query`: two instances built with the
     /// same `query` are one query started twice (a Kafka source: the same consumer group), other
@@ -84,7 +84,7 @@ pub fn default_identity(position: &serde_json::Value, record: &RawRecord) -> Str
 
 /// Runs every source check on `fixture`; panics at the first broken promise, naming the source
 /// and the check.
-pub async fn check_source(fixture: &mut impl SourceFixture) {
+pub async fn check_source<F: SourceFixture>(fixture: &mut F) {
     refuses_poll_before_start(fixture).await;
     let (reference, end) = full_read(fixture).await;
     let reference = restarts_after_the_end(fixture, reference, end).await;
@@ -103,7 +103,7 @@ impl<'f, F: SourceFixture> Driven<'f, F> {
     fn who(&self) -> String {
         format!(
             "source {} ({}), check {}",
-            self.fixture.name(),
+            F::NAME,
             self.source.description(),
             self.check
         )
@@ -121,7 +121,7 @@ impl<'f, F: SourceFixture> Driven<'f, F> {
             committed: committed.cloned(),
             available_now: fixture.available_now(),
         };
-        let who = format!("source {}, check {check}", fixture.name());
+        let who = format!("source {}, check {check}", F::NAME);
         source
             .start(request)
             .await
@@ -266,14 +266,14 @@ fn distinct(who: &str, keys: impl IntoIterator<Item = String>) -> BTreeSet<Strin
     set
 }
 
-async fn refuses_poll_before_start(fixture: &mut impl SourceFixture) {
+async fn refuses_poll_before_start<F: SourceFixture>(fixture: &mut F) {
     let mut source = fixture.build("unstarted");
     let limits = fixture.limits();
     match source.poll(limits).await {
         Err(_) => {}
         Ok(polled) => panic!(
             "source {}, check call order: poll before start must fail, got {}",
-            fixture.name(),
+            F::NAME,
             match polled {
                 Poll::Batch(b) => format!("a batch of {} records", b.records.len()),
                 Poll::Idle => "Idle".into(),
@@ -285,12 +285,12 @@ async fn refuses_poll_before_start(fixture: &mut impl SourceFixture) {
 
 /// The reference read: every record once; then empty polls. Returns the records' keys and the
 /// last committed end.
-async fn full_read(fixture: &mut impl SourceFixture) -> (BTreeSet<String>, SourceOffset) {
+async fn full_read<F: SourceFixture>(fixture: &mut F) -> (BTreeSet<String>, SourceOffset) {
     let total = fixture.total();
     assert!(
         total > 0,
         "source {}: a fixture with no records checks nothing",
-        fixture.name()
+        F::NAME
     );
     let mut run = Driven::start(fixture, "reference", None, "full read").await;
     let (keys, end) = run.drain(total).await;
