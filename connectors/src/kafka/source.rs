@@ -73,6 +73,9 @@ pub struct KafkaSource {
     /// With `available_now`: every partition's (low, end) at start, the end being the last
     /// stable offset under `read_committed`.
     targets: Option<BTreeMap<Partition, (i64, i64)>>,
+    /// The partitions a `latest` first start skips: there at the first start, nothing committed.
+    /// Any other partition with nothing committed is read from its earliest offset.
+    skipped_by_latest: BTreeSet<Partition>,
     /// The consumer's position of each assigned partition after the last gather.
     pub(super) positions: BTreeMap<Partition, i64>,
     /// Per assigned partition, the offset the next record should have if none was lost: the
@@ -95,6 +98,7 @@ impl KafkaSource {
             last_end: BTreeMap::new(),
             assigned: BTreeSet::new(),
             targets: None,
+            skipped_by_latest: BTreeSet::new(),
             positions: BTreeMap::new(),
             expected: BTreeMap::new(),
             committed: BTreeMap::new(),
@@ -243,11 +247,11 @@ impl KafkaSource {
             return Ok(true);
         }
         let committed = self.group_committed(others.clone()).await?;
-        let latest = self.config.starting_offsets == StartingOffsets::Latest;
         Ok(others.iter().all(|p| match committed.get(p) {
             Some(&c) => c >= targets[p].1,
-            // Nothing committed yet: only a latest first start has nothing to read there.
-            None => latest,
+            // Nothing committed yet: only a latest first start has nothing to read there; a
+            // partition added since is read from its earliest offset once it is assigned.
+            None => self.skipped_by_latest.contains(p),
         }))
     }
 
@@ -604,6 +608,12 @@ impl Source for KafkaSource {
         {
             return Err(self.error(message, Retry::Permanent));
         }
+        self.skipped_by_latest =
+            if first_start && self.config.starting_offsets == StartingOffsets::Latest {
+                partitions.clone()
+            } else {
+                BTreeSet::new()
+            };
         consumer.context().set_policy(StartPolicy {
             starting_offsets: self.config.starting_offsets.clone(),
             first_start,
