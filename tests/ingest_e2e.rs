@@ -633,7 +633,7 @@ async fn ingest_coinbase_exits_non_zero_when_no_message_could_be_used() {
     let frame = r#"{"channel":"market_trades","client_id":"","timestamp":"2026-11-20T00:00:00.123456789Z","sequence_num":3,"events":[{"type":"update","trades":[{"trade_id":"12","product_id":"BTC-USD","price":"90000.1","size":"0.5","side":"SELL","time":"2026-11-20T00:00:00Z"}]}]}"#;
     let url = case_feed_server(None, vec![frame.to_owned(); 40], false).await;
     let topic = unique("trades_unusable");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+    let child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
         .args([
             "ingest",
             "coinbase",
@@ -658,12 +658,7 @@ async fn ingest_coinbase_exits_non_zero_when_no_message_could_be_used() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the ingester did not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(30));
     let log = plain(&String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{log}");
     assert!(
@@ -692,35 +687,23 @@ async fn ingest_gateio_once_exits_non_zero_when_the_api_is_unreachable() {
     let base = format!("http://{}/api/v4", listener.local_addr().unwrap());
     drop(listener);
     let topic = unique("candles_unreachable");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "ingest",
-            "gateio",
-            "--url",
-            &base,
-            "--pairs",
-            "BTC_USDT",
-            "--once",
-            "--brokers",
-            &brokers(),
-            "--topic",
-            &topic,
-        ])
-        .current_dir(repo())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
+    cmd.args([
+        "ingest",
+        "gateio",
+        "--url",
+        &base,
+        "--pairs",
+        "BTC_USDT",
+        "--once",
+        "--brokers",
+        &brokers(),
+        "--topic",
+        &topic,
+    ])
+    .current_dir(repo());
     // 5 attempts, pauses of at most 0.5 + 1 + 2 + 4 s.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("`ingest gateio --once` still running after 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_with_limit(cmd, Duration::from_secs(60));
     let log = plain(&String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{log}");
     let error = log

@@ -283,25 +283,3 @@ fn assert_stops_on_the_letter(
     );
     assert_not_committed_past(setup, partition, offset);
 }
-
-fn wait_with_limit(mut cmd: Command, limit: Duration) -> std::process::Output {
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &id.to_string()])
-                .status();
-            panic!("coinstream did not stop within {limit:?}");
-        }
-    }
-}

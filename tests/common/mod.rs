@@ -453,3 +453,32 @@ fn profits_of(
     }
     rows
 }
+
+/// Runs `cmd` to its end with stdout and stderr captured; kills it and panics after `limit`.
+pub fn wait_with_limit(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    output_within(child, limit)
+}
+
+/// `child`'s exit and what it printed (the pipes it was spawned with); kills it and panics when
+/// it has not exited within `limit`.
+pub fn output_within(child: Child, limit: Duration) -> Output {
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+            panic!("coinstream did not stop within {limit:?}");
+        }
+    }
+}
