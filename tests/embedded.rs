@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 mod common;
 
 use common::Pipeline;
+use testkit::coinbase::{RESTART_PART_A, RESTART_PART_B};
 use testkit::env::repo;
 use testkit::profit::Portfolio;
 
@@ -268,20 +269,6 @@ fn hostile_feed_lines_go_to_dead_letters_with_reasons_and_good_rows_flow() {
     );
     assert!(letters[0].get("offset").is_none() && letters[0].get("topic").is_none());
 }
-
-/// The `replay-restart-duplicate` case's capture, run 1 (subscriptions, BTC-USD 831102700..702).
-const RESTART_PART_A: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]}]}
-{"type":"match","trade_id":831102700,"maker_order_id":"00000000-0000-4000-8000-000831102700","taker_order_id":"00000000-0000-4000-9000-000831102700","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":104512339200,"time":"2025-05-12T14:03:22.100000Z"}
-{"type":"match","trade_id":831102701,"maker_order_id":"00000000-0000-4000-8000-000831102701","taker_order_id":"00000000-0000-4000-9000-000831102701","side":"sell","size":"0.2","price":"104212.36","product_id":"BTC-USD","sequence":104512339201,"time":"2025-05-12T14:03:22.200000Z"}
-{"type":"match","trade_id":831102702,"maker_order_id":"00000000-0000-4000-8000-000831102702","taker_order_id":"00000000-0000-4000-9000-000831102702","side":"buy","size":"0.3","price":"104212.37","product_id":"BTC-USD","sequence":104512339202,"time":"2025-05-12T14:03:22.300000Z"}
-"#;
-
-/// What the capture grew by before run 2: a reconnect (the ack, `last_match` repeating 831102702),
-/// then the new trade 831102703.
-const RESTART_PART_B: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]}]}
-{"type":"last_match","trade_id":831102702,"maker_order_id":"00000000-0000-4000-8000-000831102702","taker_order_id":"00000000-0000-4000-9000-000831102702","side":"buy","size":"0.3","price":"104212.37","product_id":"BTC-USD","sequence":104512339202,"time":"2025-05-12T14:03:22.300000Z"}
-{"type":"match","trade_id":831102703,"maker_order_id":"00000000-0000-4000-8000-000831102703","taker_order_id":"00000000-0000-4000-9000-000831102703","side":"sell","size":"0.4","price":"104212.38","product_id":"BTC-USD","sequence":104512339300,"time":"2025-05-12T14:03:25.100000Z"}
-"#;
 
 /// The number of stored rows per `(symbol, trade_id)`.
 fn copies(root: &Path) -> BTreeMap<(String, i64), usize> {

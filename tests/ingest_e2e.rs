@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use connectors::common::trade::TradeRecord;
-use connectors::gateio::candles::{Candle, CandleRecord};
+use connectors::gateio::candles::{Candle, CandleRecord, Ohlcv};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use scylla::value::{CqlDecimal, CqlTimestamp};
@@ -104,6 +104,25 @@ async fn read_records(topic: &str, expected: usize) -> Vec<Received> {
     let out = read_topic(topic, expected, Duration::from_secs(2)).await;
     assert_eq!(out.len(), expected, "records on {topic}");
     out
+}
+
+/// The built binary's `coinstream ingest <venue>` from the repository root, reading `url` and
+/// publishing to `topic` on the test brokers; the caller adds the venue's own flags.
+fn ingest_command(venue: &str, url: &str, topic: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_coinstream"));
+    command
+        .args([
+            "ingest",
+            venue,
+            "--url",
+            url,
+            "--brokers",
+            &brokers(),
+            "--topic",
+            topic,
+        ])
+        .current_dir(repo());
+    command
 }
 
 /// The log without its ANSI colour codes.
@@ -194,21 +213,8 @@ async fn ingest_coinbase_then_run_stores_every_portfolio_trade_once_with_its_pro
     }
 
     let names: Vec<&str> = products.iter().map(|(p, _)| p.as_str()).collect();
-    let mut ingest = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-    ingest
-        .args([
-            "ingest",
-            "coinbase",
-            "--url",
-            &url,
-            "--products",
-            &names.join(","),
-            "--brokers",
-            &brokers(),
-            "--topic",
-            &setup.topic,
-        ])
-        .current_dir(repo());
+    let mut ingest = ingest_command("coinbase", &url, &setup.topic);
+    ingest.args(["--products", &names.join(",")]);
     let child = Running::spawn(ingest);
     let deadline = Instant::now() + Duration::from_secs(90);
     while messages_on(&setup.topic, PARTITIONS) < total && Instant::now() < deadline {
@@ -310,13 +316,10 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
     let to = from + (windows - 1) * 60;
     // The engine's checkpoint folder: the last window per pair and interval.
     let state = dir.path().join("gateio-checkpoint");
+    // One scheduled ingest run to its end: its log and its final counters line.
     let ingest = || {
-        Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        let out = ingest_command("gateio", &base, &topic)
             .args([
-                "ingest",
-                "gateio",
-                "--url",
-                &base,
                 "--pairs",
                 "BTC_USDT,ETH_USDT",
                 "--interval",
@@ -330,24 +333,19 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
                 "--once",
                 "--state",
                 state.to_str().unwrap(),
-                "--brokers",
-                &brokers(),
-                "--topic",
-                &topic,
             ])
-            .current_dir(repo())
             .output()
-            .unwrap()
-    };
-    let final_counters = |log: &str| -> String {
-        log.lines()
+            .unwrap();
+        let log = plain(&check(&out));
+        let counters = log
+            .lines()
             .find(|l| l.contains("Gate.io source stopped."))
             .unwrap_or_else(|| panic!("no final counters: {log}"))
-            .to_owned()
+            .to_owned();
+        (log, counters)
     };
-    let log = plain(&check(&ingest()));
+    let (log, counters) = ingest();
     assert!(log.contains("rate limit hit"), "{log}");
-    let counters = final_counters(&log);
     assert!(
         counters.contains(&format!("published={}", 2 * windows)),
         "{counters}"
@@ -374,12 +372,14 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
             "1m",
             Candle {
                 window_start: start,
-                volume_quote: cells[1].clone(),
-                close: cells[2].clone(),
-                high: cells[3].clone(),
-                low: cells[4].clone(),
-                open: cells[5].clone(),
-                volume_base: Some(cells[6].clone()),
+                ohlcv: Ohlcv {
+                    volume_quote: cells[1].clone(),
+                    close: cells[2].clone(),
+                    high: cells[3].clone(),
+                    low: cells[4].clone(),
+                    open: cells[5].clone(),
+                    volume_base: Some(cells[6].clone()),
+                },
                 closed: Some(true),
             },
             &record.ingest_time,
@@ -392,11 +392,10 @@ async fn ingest_gateio_once_then_run_stores_every_candle() {
         assert!(seen_windows.insert((record.currency_pair.clone(), start)));
     }
     // A second scheduled run over the same windows: the checkpoint says they are out.
-    let log = plain(&check(&ingest()));
-    let counters = final_counters(&log);
-    assert!(counters.contains("published=0"), "{counters}");
+    let (_, counters) = ingest();
     assert!(
-        counters.contains(&format!("duplicates={}", 2 * windows)),
+        counters.contains("published=0")
+            && counters.contains(&format!("duplicates={}", 2 * windows)),
         "{counters}"
     );
     assert_eq!(
@@ -477,8 +476,13 @@ async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
         dir.path(),
         "SELECT symbol, count(*) AS n, min(trade_id) AS first, max(trade_id) AS last FROM profit GROUP BY symbol ORDER BY symbol",
     );
-    assert!(table.contains("| BTC-USD | 31 | 500   | 530  |"), "{table}");
-    assert!(table.contains("| ETH-USD | 31 | 1000  | 1030 |"), "{table}");
+    assert_rows(
+        &table,
+        &[
+            "| BTC-USD | 31 | 500   | 530  |",
+            "| ETH-USD | 31 | 1000  | 1030 |",
+        ],
+    );
 }
 
 // ---- hostile input ---------------------------------------------------------------------------
@@ -553,6 +557,20 @@ fn query(config: &Pipeline, dir: &std::path::Path, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that `table` (as [`query`] prints it) has each of `rows`.
+fn assert_rows(table: &str, rows: &[&str]) {
+    for row in rows {
+        assert!(table.contains(row), "{row} in {table}");
+    }
+}
+
+/// The log (stderr without its colour codes) of a run that must have exited non-zero.
+fn failure_log(out: &std::process::Output) -> String {
+    let log = plain(&String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the run should have failed: {log}");
+    log
+}
+
 /// heartbeat-zero-false-loss, as its README runs it: the embedded pipeline on a feed whose
 /// heartbeats say `last_trade_id: 0`: 4 trades stored, no "Trades lost", gaps=0 lost_trades=0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,14 +587,15 @@ async fn case_heartbeat_zero_false_loss_stores_four_trades_and_reports_no_loss()
         dir.path(),
         "SELECT symbol, trade_id FROM profit ORDER BY symbol, trade_id",
     );
-    for row in [
-        "| BTC-USD | 831102379 |",
-        "| BTC-USD | 831102380 |",
-        "| ETH-USD | 612558206 |",
-        "| ETH-USD | 612558207 |",
-    ] {
-        assert!(table.contains(row), "{row} in {table}");
-    }
+    assert_rows(
+        &table,
+        &[
+            "| BTC-USD | 831102379 |",
+            "| BTC-USD | 831102380 |",
+            "| ETH-USD | 612558206 |",
+            "| ETH-USD | 612558207 |",
+        ],
+    );
     assert_eq!(table.matches("-USD |").count(), 4, "{table}");
 }
 
@@ -606,15 +625,13 @@ async fn case_subscribe_error_drops_the_refused_product_and_the_others_flow() {
         dir.path(),
         "SELECT symbol, count(*) AS n FROM profit GROUP BY symbol ORDER BY symbol",
     );
-    assert!(table.contains("| BTC-USD | 5 |"), "{table}");
-    assert!(table.contains("| ETH-USD | 5 |"), "{table}");
+    assert_rows(&table, &["| BTC-USD | 5 |", "| ETH-USD | 5 |"]);
 
     let dir = tempfile::tempdir().unwrap();
     let config = embedded_config(dir.path(), &url, &["DOT-USD"]);
     let started = Instant::now();
     let out = run_available_now(&config, dir.path());
-    let log = plain(&String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{log}");
+    let log = failure_log(&out);
     assert!(
         log.contains("DOT-USD is not a valid product") && log.contains("refused every product"),
         "{log}"
@@ -633,20 +650,8 @@ async fn ingest_coinbase_exits_non_zero_when_no_message_could_be_used() {
     let frame = r#"{"channel":"market_trades","client_id":"","timestamp":"2026-11-20T00:00:00.123456789Z","sequence_num":3,"events":[{"type":"update","trades":[{"trade_id":"12","product_id":"BTC-USD","price":"90000.1","size":"0.5","side":"SELL","time":"2026-11-20T00:00:00Z"}]}]}"#;
     let url = case_feed_server(None, vec![frame.to_owned(); 40], false).await;
     let topic = unique("trades_unusable");
-    let child = Command::new(env!("CARGO_BIN_EXE_coinstream"))
-        .args([
-            "ingest",
-            "coinbase",
-            "--url",
-            &url,
-            "--products",
-            "BTC-USD",
-            "--brokers",
-            &brokers(),
-            "--topic",
-            &topic,
-        ])
-        .current_dir(repo())
+    let child = ingest_command("coinbase", &url, &topic)
+        .args(["--products", "BTC-USD"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -659,8 +664,7 @@ async fn ingest_coinbase_exits_non_zero_when_no_message_could_be_used() {
         .unwrap();
     assert!(killed.success());
     let out = output_within(child, Duration::from_secs(30));
-    let log = plain(&String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{log}");
+    let log = failure_log(&out);
     assert!(
         log.contains("none of the 40 frames received could be used")
             && log.contains("message without a type"),
@@ -687,25 +691,11 @@ async fn ingest_gateio_once_exits_non_zero_when_the_api_is_unreachable() {
     let base = format!("http://{}/api/v4", listener.local_addr().unwrap());
     drop(listener);
     let topic = unique("candles_unreachable");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-    cmd.args([
-        "ingest",
-        "gateio",
-        "--url",
-        &base,
-        "--pairs",
-        "BTC_USDT",
-        "--once",
-        "--brokers",
-        &brokers(),
-        "--topic",
-        &topic,
-    ])
-    .current_dir(repo());
+    let mut cmd = ingest_command("gateio", &base, &topic);
+    cmd.args(["--pairs", "BTC_USDT", "--once"]);
     // 5 attempts, pauses of at most 0.5 + 1 + 2 + 4 s.
     let out = wait_with_limit(cmd, Duration::from_secs(60));
-    let log = plain(&String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{log}");
+    let log = failure_log(&out);
     let error = log
         .lines()
         .find(|l| l.starts_with("error:"))

@@ -340,15 +340,16 @@ fn check_candles(body: &[u8], schema: &SchemaRef, seen: &Seen) {
             cell(7).map(|c| c == "true"),
             "the closed flag is read from index 7"
         );
+        let ohlcv = &candle.ohlcv;
         for decimal in [
-            &candle.open,
-            &candle.high,
-            &candle.low,
-            &candle.close,
-            &candle.volume_quote,
+            &ohlcv.open,
+            &ohlcv.high,
+            &ohlcv.low,
+            &ohlcv.close,
+            &ohlcv.volume_quote,
         ]
         .into_iter()
-        .chain(candle.volume_base.as_ref())
+        .chain(ohlcv.volume_base.as_ref())
         {
             assert!(
                 engine::decimal::check_decimal(decimal).is_ok(),

@@ -41,6 +41,13 @@ fn btc_matches(ids: std::ops::RangeInclusive<i64>) -> impl Iterator<Item = Step>
     ids.map(|id| Step::Text(exchange_match("match", "BTC-USD", id)))
 }
 
+/// A first BTC-USD connection: the ack, then the trades 1 to `upto`.
+fn btc_fresh(upto: i64) -> Vec<Step> {
+    let mut steps = vec![Step::Text(exchange_ack(&["BTC-USD"]))];
+    steps.extend(btc_matches(1..=upto));
+    steps
+}
+
 /// A BTC-USD connection that replays `last` as its `last_match`, carries the trades after it up
 /// to `upto`, then stays alive on heartbeats.
 fn btc_resumed(last: i64, upto: i64) -> Vec<Step> {
@@ -330,8 +337,7 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     let products = ["BTC-USD"];
-    let mut first = vec![Step::Text(exchange_ack(&products))];
-    first.extend(btc_matches(1..=10));
+    let mut first = btc_fresh(10);
     // Heartbeats only, for three idle timeouts: the connection stays.
     first.push(Step::Heartbeats(
         vec![heartbeat("BTC-USD", 10)],
@@ -758,8 +764,7 @@ async fn an_authentication_failure_stops_the_advanced_trade_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_only_answers_pings_is_replaced() {
     let products = ["BTC-USD"];
-    let mut first = vec![Step::Text(exchange_ack(&products))];
-    first.extend(btc_matches(1..=3));
+    let mut first = btc_fresh(3);
     // Pings (and an unused message type) only, for far longer than the idle timeout.
     first.push(Step::Text(
         r#"{"type":"ticker","product_id":"BTC-USD","price":"1"}"#.into(),

@@ -233,10 +233,10 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
     let p = 60_000 + from % 997;
     assert_eq!(
         (
-            first.open.as_str(),
-            first.high.as_str(),
-            first.low.as_str(),
-            first.close.as_str()
+            first.ohlcv.open.as_str(),
+            first.ohlcv.high.as_str(),
+            first.ohlcv.low.as_str(),
+            first.ohlcv.close.as_str()
         ),
         (
             format!("{}.25", p - 1).as_str(),
@@ -245,7 +245,7 @@ async fn a_paged_backfill_through_429_and_errors_publishes_every_closed_window_o
             format!("{p}.1").as_str()
         )
     );
-    assert_eq!(first.volume_quote, format!("{}.5", p * 3));
+    assert_eq!(first.ohlcv.volume_quote, format!("{}.5", p * 3));
     assert_eq!(first.interval, "1m");
 
     let seen = server.seen.lock().unwrap().clone();
@@ -334,7 +334,7 @@ async fn a_single_live_poll_publishes_only_closed_windows() {
         "the newest closed window; the open one is not published"
     );
     assert_eq!(
-        got[got.len() - 2].volume_base.as_deref(),
+        got[got.len() - 2].ohlcv.volume_base.as_deref(),
         Some("0.5"),
         "the legacy row"
     );

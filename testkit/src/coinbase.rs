@@ -18,6 +18,14 @@ use tokio_tungstenite::tungstenite::Message;
 pub const HEARTBEAT_ZERO_FALSE_LOSS_FRAMES: &str =
     include_str!("../fixtures/heartbeat-zero-false-loss/frames.jsonl");
 
+/// The field case replay-restart-duplicate's capture, run 1 (`testkit/fixtures/`, see its
+/// README): the subscriptions ack and BTC-USD matches 831102700..702, one frame per line.
+pub const RESTART_PART_A: &str = include_str!("../fixtures/replay-restart-duplicate/part_a.jsonl");
+
+/// What that capture grew by before run 2: a reconnect (the ack, `last_match` repeating
+/// 831102702), then the new match 831102703.
+pub const RESTART_PART_B: &str = include_str!("../fixtures/replay-restart-duplicate/part_b.jsonl");
+
 /// How often [`Step::Heartbeats`], [`Step::KeepAlive`] and [`Step::Pings`] repeat.
 pub const TICK: Duration = Duration::from_millis(100);
 

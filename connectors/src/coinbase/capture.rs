@@ -583,14 +583,11 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    /// The `replay-restart-duplicate` case: subscriptions and BTC-USD matches 831102700..702.
-    const PART_A: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]}]}
-{"type":"match","trade_id":831102700,"maker_order_id":"00000000-0000-4000-8000-000831102700","taker_order_id":"00000000-0000-4000-9000-000831102700","side":"sell","size":"0.1","price":"104212.35","product_id":"BTC-USD","sequence":104512339200,"time":"2025-05-12T14:03:22.100000Z"}
-{"type":"match","trade_id":831102701,"maker_order_id":"00000000-0000-4000-8000-000831102701","taker_order_id":"00000000-0000-4000-9000-000831102701","side":"sell","size":"0.2","price":"104212.36","product_id":"BTC-USD","sequence":104512339201,"time":"2025-05-12T14:03:22.200000Z"}
-{"type":"match","trade_id":831102702,"maker_order_id":"00000000-0000-4000-8000-000831102702","taker_order_id":"00000000-0000-4000-9000-000831102702","side":"buy","size":"0.3","price":"104212.37","product_id":"BTC-USD","sequence":104512339202,"time":"2025-05-12T14:03:22.300000Z"}
-"#;
+    use testkit::coinbase::RESTART_PART_A as PART_A;
+
     /// A reconnect as the capture shows it: the ack, `last_match` repeating 831102702, a new
-    /// match, and a `match` overlapping one already captured.
+    /// match, and a `match` overlapping one already captured (the case's own part B,
+    /// [`testkit::coinbase::RESTART_PART_B`], has no overlap).
     const PART_B: &str = r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]},{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD","ADA-USD","DOGE-USD"]}]}
 {"type":"last_match","trade_id":831102702,"maker_order_id":"00000000-0000-4000-8000-000831102702","taker_order_id":"00000000-0000-4000-9000-000831102702","side":"buy","size":"0.3","price":"104212.37","product_id":"BTC-USD","sequence":104512339202,"time":"2025-05-12T14:03:22.300000Z"}
 {"type":"match","trade_id":831102701,"maker_order_id":"00000000-0000-4000-8000-000831102701","taker_order_id":"00000000-0000-4000-9000-000831102701","side":"sell","size":"0.2","price":"104212.36","product_id":"BTC-USD","sequence":104512339201,"time":"2025-05-12T14:03:22.200000Z"}

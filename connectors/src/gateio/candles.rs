@@ -21,6 +21,16 @@ pub const CANDLE_TABLE_DDL: &str = include_str!("../../../sql/tables/gateio_cand
 pub struct Candle {
     /// Window start, unix seconds.
     pub window_start: i64,
+    /// The window's prices and volumes.
+    pub ohlcv: Ohlcv,
+    /// Whether the window is closed; `None` for a legacy 7-element row.
+    pub closed: Option<bool>,
+}
+
+/// A window's prices and volumes, each the decimal string the API sent (checked, trailing zeros
+/// kept): what a [`Candle`] read from the API and the [`CandleRecord`] on the bus share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ohlcv {
     /// Opening price.
     pub open: String,
     /// Highest price.
@@ -29,12 +39,10 @@ pub struct Candle {
     pub low: String,
     /// Closing price.
     pub close: String,
-    /// Volume in the base currency.
+    /// Volume in the base currency; `None` when the API did not send it.
     pub volume_base: Option<String>,
     /// Volume in the quote currency.
     pub volume_quote: String,
-    /// Whether the window is closed; `None` for a legacy 7-element row.
-    pub closed: Option<bool>,
 }
 
 /// Parses a response body: a JSON array of rows. The outer error means the body is not such an
@@ -101,12 +109,14 @@ fn parse_row(row: &Value) -> Result<Candle, String> {
     };
     Ok(Candle {
         window_start,
-        volume_quote: volume(1, "quote volume")?,
-        close: price(2, "close")?,
-        high: price(3, "high")?,
-        low: price(4, "low")?,
-        open: price(5, "open")?,
-        volume_base: Some(volume(6, "base volume")?),
+        ohlcv: Ohlcv {
+            volume_quote: volume(1, "quote volume")?,
+            close: price(2, "close")?,
+            high: price(3, "high")?,
+            low: price(4, "low")?,
+            open: price(5, "open")?,
+            volume_base: Some(volume(6, "base volume")?),
+        },
         closed,
     })
 }
@@ -128,18 +138,9 @@ pub struct CandleRecord {
     pub interval: String,
     /// Window start, RFC 3339 UTC.
     pub window_start: String,
-    /// Opening price, decimal string.
-    pub open: String,
-    /// Highest price, decimal string.
-    pub high: String,
-    /// Lowest price, decimal string.
-    pub low: String,
-    /// Closing price, decimal string.
-    pub close: String,
-    /// Volume in the base currency, decimal string.
-    pub volume_base: Option<String>,
-    /// Volume in the quote currency, decimal string.
-    pub volume_quote: String,
+    /// The prices and volumes, as fields of the record itself (`open`, `high`, …).
+    #[serde(flatten)]
+    pub ohlcv: Ohlcv,
     /// When coinstream fetched it, RFC 3339 UTC.
     pub ingest_time: String,
 }
@@ -154,12 +155,7 @@ impl CandleRecord {
             currency_pair: pair.to_owned(),
             interval: interval.to_owned(),
             window_start,
-            open: candle.open,
-            high: candle.high,
-            low: candle.low,
-            close: candle.close,
-            volume_base: candle.volume_base,
-            volume_quote: candle.volume_quote,
+            ohlcv: candle.ohlcv,
             ingest_time: ingest_time.to_owned(),
         }
     }
@@ -186,12 +182,14 @@ mod tests {
             candle,
             Candle {
                 window_start: 1_717_246_800,
-                volume_quote: "1157762.86821200".into(),
-                close: "67772.5".into(),
-                high: "67839.9".into(),
-                low: "67715".into(),
-                open: "67715.1".into(),
-                volume_base: Some("17.07790000".into()),
+                ohlcv: Ohlcv {
+                    volume_quote: "1157762.86821200".into(),
+                    close: "67772.5".into(),
+                    high: "67839.9".into(),
+                    low: "67715".into(),
+                    open: "67715.1".into(),
+                    volume_base: Some("17.07790000".into()),
+                },
                 closed: Some(true),
             }
         );
@@ -236,7 +234,7 @@ mod tests {
         );
         let open = rows[5].as_ref().unwrap();
         assert_eq!(
-            (open.closed, open.volume_quote.as_str()),
+            (open.closed, open.ohlcv.volume_quote.as_str()),
             (Some(false), "1e2"),
             "kept as received: the engine's decimal parser reads exponents exactly"
         );
@@ -276,7 +274,10 @@ mod tests {
         // A window without trades has zero volume.
         let quiet = ok(r#""0","2","2","2","2","-0""#);
         assert_eq!(
-            (quiet.volume_quote.as_str(), quiet.volume_base.as_deref()),
+            (
+                quiet.ohlcv.volume_quote.as_str(),
+                quiet.ohlcv.volume_base.as_deref()
+            ),
             ("0", Some("-0"))
         );
         let long = reason(&format!(r#""1","{}","3","1","2","0.5""#, "x".repeat(5_000)));

@@ -185,7 +185,7 @@ impl Sink for KafkaSink {
 mod tests {
     use super::*;
     use crate::common::trade::TradeRecord;
-    use crate::gateio::candles::CandleRecord;
+    use crate::gateio::candles::{CandleRecord, Ohlcv};
     use engine::RawRecord;
 
     /// The input table of a shipped pipeline: table `records` of its DDL file (the one
@@ -282,24 +282,28 @@ mod tests {
                 currency_pair: "BTC_USDT".into(),
                 interval: "1m".into(),
                 window_start: "2024-06-01T13:00:00Z".into(),
-                open: "67715.1".into(),
-                high: "67839.90".into(),
-                low: "67715".into(),
-                close: "1e2".into(),
-                volume_base: None,
-                volume_quote: "1157762.86821200".into(),
+                ohlcv: Ohlcv {
+                    open: "67715.1".into(),
+                    high: "67839.90".into(),
+                    low: "67715".into(),
+                    close: "1e2".into(),
+                    volume_base: None,
+                    volume_quote: "1157762.86821200".into(),
+                },
                 ingest_time: "2024-06-01T13:01:00.000001Z".into(),
             },
             CandleRecord {
                 currency_pair: "ETH_USDT".into(),
                 interval: "7d".into(),
                 window_start: "2024-06-03T00:00:00Z".into(),
-                open: "-0".into(),
-                high: "3".into(),
-                low: "1".into(),
-                close: "2".into(),
-                volume_base: Some("0.0040".into()),
-                volume_quote: "0".into(),
+                ohlcv: Ohlcv {
+                    open: "-0".into(),
+                    high: "3".into(),
+                    low: "1".into(),
+                    close: "2".into(),
+                    volume_base: Some("0.0040".into()),
+                    volume_quote: "0".into(),
+                },
                 ingest_time: "2024-06-10T00:00:02.500000Z".into(),
             },
         ];
