@@ -13,7 +13,10 @@
 # a summary at the end.
 #
 # Environment: CARGO_TARGET_DIR [$HOME/.cache/coinstream/target]: outside the clone, so repeated
-# CI runs on one machine build incrementally. scripts/services.sh's variables (ports, heaps,
+# CI runs on one machine build incrementally. COINSTREAM_VENV [$HOME/.cache/coinstream/venv]: the
+# Python venv with the readers of scripts/requirements.txt (pandas, pyarrow, DuckDB, deltalake),
+# made from PyPI on first use and again whenever that file changes; its python is exported as
+# COINSTREAM_PYTHON for tests/readers.rs. scripts/services.sh's variables (ports, heaps,
 # timeouts, COINSTREAM_SERVICES_DIR) pass through unchanged.
 set -euo pipefail
 
@@ -121,6 +124,31 @@ done < <("$SERVICES" env)
 : "${KAFKA_BOOTSTRAP:?$SERVICES env printed no KAFKA_BOOTSTRAP}"
 : "${CASSANDRA_NODES:?$SERVICES env printed no CASSANDRA_NODES}"
 log "KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP CASSANDRA_NODES=$CASSANDRA_NODES CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+# --- python readers ---------------------------------------------------------------------------
+
+VENV="${COINSTREAM_VENV:-$HOME/.cache/coinstream/venv}"
+REQUIREMENTS=scripts/requirements.txt
+# (Re)makes the venv unless it holds exactly this requirements file's pins; a copy of the file
+# inside marks a finished install, so an interrupted one is redone.
+make_venv() {
+  if cmp -s "$REQUIREMENTS" "$VENV/requirements.txt" && [[ -x "$VENV/bin/python" ]]; then
+    log "venv $VENV is up to date"
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || {
+    log "python3 not found on PATH: install Python 3.11 or newer (with its venv module)"
+    return 1
+  }
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" &&
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS" &&
+    cp "$REQUIREMENTS" "$VENV/requirements.txt"
+}
+# A failure here still runs cargo: tests/readers.rs then fails and says why.
+if step venv make_venv; then
+  export COINSTREAM_PYTHON="$VENV/bin/python"
+fi
 
 # --- cargo ------------------------------------------------------------------------------------
 

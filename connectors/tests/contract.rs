@@ -294,7 +294,8 @@ async fn kafka_source_meets_the_contract() {
 
 // ---- sinks ----------------------------------------------------------------------------------
 
-/// The rows of every Parquet file under `dir`, as the contract renders them.
+/// The rows of every Parquet file under `dir`, with the partition columns of its folder names, as
+/// the contract renders them.
 fn parquet_lines(dir: &Path) -> Vec<String> {
     let mut files = Vec::new();
     let mut folders = vec![dir.to_owned()];
@@ -320,7 +321,8 @@ fn parquet_lines(dir: &Path) -> Vec<String> {
         .build()
         .expect("a parquet reader");
         for batch in reader {
-            batches.push(batch.expect("a parquet batch"));
+            let batch = batch.expect("a parquet batch");
+            batches.push(testkit::hive::with_partition_columns(dir, &file, batch));
         }
     }
     contract::row_lines(&batches)

@@ -32,7 +32,7 @@ pub(super) async fn run_query(config: &Config, sql: &str) -> anyhow::Result<Stri
     for table in &config.references {
         ctx.register_reference(table)?;
     }
-    connectors::parquet::register_store(ctx.session(), &config.output, &p.path, schema).await?;
+    connectors::parquet::register_store(ctx.session(), &config.output, p, schema).await?;
     let frame = ctx.session().sql(sql).await?;
     let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await?;

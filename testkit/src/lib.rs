@@ -10,7 +10,8 @@
 //! - [`coinbase`]: the one scripted Coinbase WebSocket stand-in and the feeds' frames;
 //! - [`gateio`]: the one Gate.io REST v4 stand-in, on hyper's HTTP/1.1 server;
 //! - [`profit`]: the one portfolio profit oracle, computed with no code of the engine;
-//! - [`contract`]: the contract suite every source and sink runs.
+//! - [`contract`]: the contract suite every source and sink runs;
+//! - [`hive`]: partition columns read back from Hive-style folder names.
 //!
 //! A missing service is a failure that says how to start it, never a skip.
 
@@ -19,6 +20,7 @@ pub mod coinbase;
 pub mod contract;
 pub mod env;
 pub mod gateio;
+pub mod hive;
 pub mod kafka;
 pub mod profit;
 pub mod services;

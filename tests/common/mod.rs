@@ -379,8 +379,9 @@ pub fn check(out: &Output) -> String {
     err
 }
 
-/// Every record batch of the Parquet files under `root` (recursively); panics on any other file
-/// (only finished files may be visible once the query has stopped).
+/// Every record batch of the Parquet files under `root` (recursively), with the partition columns
+/// of its folder names appended as text; panics on any other file (only finished files may be
+/// visible once the query has stopped).
 pub fn parquet_batches(root: &std::path::Path) -> Vec<arrow::record_batch::RecordBatch> {
     read_parquet_tree(root, false)
 }
@@ -404,6 +405,7 @@ fn read_parquet_tree(
                 stack.push(path);
                 continue;
             }
+            // A file still being written has a hidden name (`.part-….parquet.tmp`).
             if skip_in_progress && path.extension().is_some_and(|e| e == "tmp") {
                 continue;
             }
@@ -418,7 +420,9 @@ fn read_parquet_tree(
             .unwrap()
             .build()
             .unwrap();
-            batches.extend(reader.map(Result::unwrap));
+            batches.extend(
+                reader.map(|b| testkit::hive::with_partition_columns(root, &path, b.unwrap())),
+            );
         }
     }
     batches

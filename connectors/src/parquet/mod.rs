@@ -1,20 +1,25 @@
 //! The embedded store: a Parquet dataset under a folder, partitioned Hive-style by the configured
-//! columns (`symbol=BTC-USD/trade_date=2026-11-23/part-<batch>-<n>.parquet`). Each file is written
-//! under a temporary name, synced and renamed, so a crash never leaves a torn file, and its name
-//! comes from the batch id, so a replayed batch overwrites its own files instead of doubling rows.
+//! columns, the layout pandas, pyarrow, DuckDB, Spark and DataFusion open with their defaults
+//! (see [`layout`]): the partition columns are in the folder names only
+//! (`symbol=BTC-USD/trade_date=2026-11-30/part-<batch>-<n>.parquet`), and each file is written
+//! under a hidden temporary name, synced and renamed, so no reader ever sees a torn file. File names
+//! come from the batch id, so a replayed batch overwrites its own files instead of doubling rows.
+//! [`register_store`] reads the store back for `query` and the run's report.
+
+mod layout;
+mod store;
+
+pub use store::register_store;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt32Array};
+use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use engine::{Error, Result, Retry, Sink};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -164,49 +169,63 @@ fn write_partitions(
                 "partition column {name} is not in the transform's output"
             ))
         })?;
-        key_columns.push((name.as_str(), batch.column(index).clone()));
+        key_columns.push((name.as_str(), index));
     }
-    let options = FormatOptions::default();
-    let formatters = key_columns
+    // The files hold every other column, in the transform's order: a reader takes the partition
+    // columns from the folder names, and one also found in the file clashes with it.
+    let file_columns: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| !key_columns.iter().any(|(_, k)| k == i))
+        .collect();
+    let batch_columns: Vec<_> = key_columns
         .iter()
-        .map(|(_, col)| ArrayFormatter::try_new(col.as_ref(), &options))
+        .map(|(_, index)| batch.column(*index).clone())
+        .collect();
+    // Arrow's display text is each type's canonical one (`2026-11-30`, `12.3400000000`), which
+    // readers cast back to the column's type exactly.
+    let options = FormatOptions::default();
+    let formatters = batch_columns
+        .iter()
+        .map(|col| ArrayFormatter::try_new(col.as_ref(), &options))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Failed::permanent(e.to_string()))?;
     let mut groups: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
     for row in 0..batch.num_rows() {
-        let key = formatters
-            .iter()
-            .map(|f| f.value(row).to_string())
-            .collect();
+        let mut key = Vec::with_capacity(key_columns.len());
+        for (((name, _), col), formatter) in key_columns.iter().zip(&batch_columns).zip(&formatters)
+        {
+            let text = (!col.is_null(row)).then(|| formatter.value(row).to_string());
+            key.push(layout::folder(name, text.as_deref()).map_err(Failed::permanent)?);
+        }
         groups.entry(key).or_default().push(row as u32);
     }
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
+    let stored = batch
+        .project(&file_columns)
+        .map_err(|e| Failed::permanent(e.to_string()))?;
     for (n, (key, rows)) in groups.into_iter().enumerate() {
-        let mut dir = config.path.clone();
-        for ((name, _), value) in key_columns.iter().zip(&key) {
-            dir.push(format!("{name}={}", escape(value)));
-        }
+        let dir = key
+            .iter()
+            .fold(config.path.clone(), |dir, part| dir.join(part));
         fs::create_dir_all(&dir)
             .map_err(|e| Failed::io(format!("cannot create {}", dir.display()), &e))?;
-        let part = take_record_batch(batch, &UInt32Array::from(rows))
+        let part = take_record_batch(&stored, &UInt32Array::from(rows))
             .map_err(|e| Failed::permanent(e.to_string()))?;
-        write_file(
-            &dir.join(format!("part-{batch_id:010}-{n:04}.parquet")),
-            &part,
-            props.clone(),
-        )?;
+        write_file(&dir, &layout::file_name(batch_id, n), &part, props.clone())?;
     }
     Ok(())
 }
 
+/// Writes `batch` as `dir/name`, first under its hidden temporary name (see [`layout::temp_name`]).
 fn write_file(
-    path: &Path,
+    dir: &Path,
+    name: &str,
     batch: &RecordBatch,
     props: WriterProperties,
 ) -> std::result::Result<(), Failed> {
-    let tmp = path.with_extension("parquet.tmp");
+    let path = dir.join(name);
+    let tmp = dir.join(layout::temp_name(name));
     let file = fs::File::create(&tmp)
         .map_err(|e| Failed::io(format!("cannot create {}", tmp.display()), &e))?;
     let encode = |e: parquet::errors::ParquetError| {
@@ -217,75 +236,6 @@ fn write_file(
     let file = writer.into_inner().map_err(encode)?;
     file.sync_all()
         .map_err(|e| Failed::io(format!("cannot sync {}", tmp.display()), &e))?;
-    fs::rename(&tmp, path)
+    fs::rename(&tmp, &path)
         .map_err(|e| Failed::io(format!("cannot rename into {}", path.display()), &e))
-}
-
-/// Keeps partition values usable as folder names.
-fn escape(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Registers a dataset written by this sink as table `name` for `query` and reports. A store
-/// whose folder exists but holds no file yet (a run stored nothing: no portfolio trade yet, or
-/// every row dead-lettered) is an empty table of `schema`, the transform's output schema; a
-/// folder that does not exist is an error (no run has used it).
-pub async fn register_store(
-    session: &SessionContext,
-    name: &str,
-    path: &Path,
-    schema: SchemaRef,
-) -> Result<()> {
-    if !path.is_dir() {
-        return Err(Error::config(
-            path.display().to_string(),
-            format!("the store for table {name} does not exist yet; run the pipeline first"),
-        ));
-    }
-    if !walk_has_parquet(path) {
-        tracing::info!(table = name, path = %path.display(), "The store holds no rows yet.");
-        let empty = MemTable::try_new(schema, vec![Vec::new()])?;
-        session.register_table(name, Arc::new(empty))?;
-        return Ok(());
-    }
-    // Partition folders are plain folders to the reader: the partition columns are kept in the
-    // files too, so no column is derived from a folder name.
-    session
-        .sql("SET datafusion.execution.listing_table_ignore_subdirectory = false")
-        .await?
-        .collect()
-        .await?;
-    let url = format!(
-        "{}/",
-        path.canonicalize()
-            .map_err(|e| Error::io(path, e))?
-            .display()
-    );
-    session
-        .register_parquet(name, &url, ParquetReadOptions::default())
-        .await?;
-    Ok(())
-}
-
-fn walk_has_parquet(path: &Path) -> bool {
-    let Ok(entries) = fs::read_dir(path) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        if p.is_dir() {
-            walk_has_parquet(&p)
-        } else {
-            p.extension().is_some_and(|x| x == "parquet")
-        }
-    })
 }
