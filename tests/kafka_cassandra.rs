@@ -269,3 +269,106 @@ fn assert_past_the_poison_row(setup: &Setup) {
         }
     }
 }
+
+/// `coinstream query` on the pipeline's Cassandra table: the issue's aggregate, a join with a
+/// reference table, and `EXPLAIN ANALYZE` of a query for one symbol and day, which reads that
+/// one partition only (its `output_rows` equals the partition's count, computed with filters
+/// DataFusion cannot push, and is below the table's total).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_reads_the_cassandra_table_and_pushes_one_partition_down() {
+    let setup = Setup::new("query").await;
+    let (messages, expected) = trades(3_000, 5);
+    produce(&setup.topic, &messages).await;
+    check(&setup.run(&[]).output().unwrap());
+    let query = |sql: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coinstream"));
+        cmd.arg("query").args(setup.config.args()).arg(sql);
+        let out = cmd.current_dir(setup.dir.path()).output().unwrap();
+        check(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The cells of each row of a pretty-printed table, header and borders dropped.
+    let rows = |table: &str| -> Vec<Vec<String>> {
+        table
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .map(|l| {
+                l.trim_matches('|')
+                    .split(" | ")
+                    .map(|c| c.trim().to_owned())
+                    .collect()
+            })
+            .collect()
+    };
+
+    let mut by_symbol: BTreeMap<String, (usize, Decimal)> = BTreeMap::new();
+    for ((symbol, _), profit) in &expected {
+        let e = by_symbol.entry(symbol.clone()).or_insert((0, *profit));
+        e.0 += 1;
+        e.1 = e.1.max(*profit);
+    }
+    let got = rows(&query(
+        "SELECT symbol, count(*) AS n, max(profit) AS best FROM crypto_trades \
+         GROUP BY symbol ORDER BY symbol",
+    ));
+    let got: BTreeMap<String, (usize, Decimal)> = got
+        .iter()
+        .map(|r| {
+            (
+                r[0].clone(),
+                (r[1].parse().unwrap(), Decimal::from_str(&r[2]).unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(got, by_symbol);
+
+    // The table is also named after the output transform, and joins the reference tables.
+    let joined = rows(&query(
+        "SELECT t.symbol, p.coin_name, count(*) AS n FROM profit t \
+         JOIN portfolio p ON p.symbol = t.symbol GROUP BY t.symbol, p.coin_name ORDER BY t.symbol",
+    ));
+    assert_eq!(joined.len(), by_symbol.len(), "{joined:?}");
+    for row in &joined {
+        assert!(!row[1].is_empty(), "{row:?}");
+        assert_eq!(
+            row[2].parse::<usize>().unwrap(),
+            by_symbol[&row[0]].0,
+            "{row:?}"
+        );
+    }
+
+    let (symbol, _) = by_symbol.iter().next().unwrap();
+    let day = rows(&query(&format!(
+        "SELECT CAST(max(trade_date) AS VARCHAR) FROM profit WHERE symbol = '{symbol}'"
+    )))[0][0]
+        .clone();
+    let partition: usize = rows(&query(&format!(
+        "SELECT count(*) FROM profit WHERE symbol || '' = '{symbol}' \
+         AND CAST(trade_date AS VARCHAR) = '{day}'"
+    )))[0][0]
+        .parse()
+        .unwrap();
+    assert!(
+        partition > 0 && partition < expected.len(),
+        "{partition} of {}",
+        expected.len()
+    );
+    let explained = query(&format!(
+        "EXPLAIN ANALYZE SELECT count(*) FROM profit WHERE symbol = '{symbol}' \
+         AND trade_date = DATE '{day}'"
+    ));
+    let scan = format!(
+        "CassandraScan: {}.crypto_trades projection=[] where=\"symbol\" = ? AND \
+         \"trade_date\" = ? ['{symbol}', {day}], metrics=[output_rows={partition},",
+        setup.keyspace
+    );
+    assert!(explained.contains(&scan), "{scan} in\n{explained}");
+    let plain = query(&format!(
+        "EXPLAIN SELECT profit FROM profit WHERE symbol = '{symbol}' AND trade_date = DATE '{day}'"
+    ));
+    assert!(
+        plain.contains("where=\"symbol\" = ? AND \"trade_date\" = ?"),
+        "{plain}"
+    );
+}

@@ -1,5 +1,5 @@
-//! `coinstream query`: SQL over the Parquet store (a table named after the output transform) and
-//! the reference tables; also the `report` of `run`.
+//! `coinstream query`: SQL over the Parquet store or the Cassandra table (a table named after the
+//! output transform) and the reference tables; also the `report` of `run`.
 
 use anyhow::bail;
 use connectors::SinkConfig;
@@ -17,13 +17,6 @@ pub(super) async fn query(config: &Config, sql: &str) -> anyhow::Result<()> {
 /// Runs SQL over the store (as a table named after the output transform) and the reference tables.
 /// An empty result still shows its columns.
 pub(super) async fn run_query(config: &Config, sql: &str) -> anyhow::Result<String> {
-    let SinkConfig::Parquet(p) = &config.sink else {
-        bail!(
-            "query reads the Parquet store (`[sink] type = \"parquet\"`); this config's sink is \
-             type = {:?}: read its results where that sink writes them (for Cassandra, with cqlsh)",
-            config.sink.type_name()
-        );
-    };
     // The output's schema, for a store that holds no rows yet; planned in a context of its own,
     // where the transforms' views do not shadow the store's table.
     let (_ctx, _input, transforms) = plan(config).await?;
@@ -32,9 +25,36 @@ pub(super) async fn run_query(config: &Config, sql: &str) -> anyhow::Result<Stri
     for table in &config.references {
         ctx.register_reference(table)?;
     }
-    connectors::parquet::register_store(ctx.session(), &config.output, p, schema).await?;
+    match &config.sink {
+        SinkConfig::Parquet(p) => {
+            connectors::parquet::register_store(ctx.session(), &config.output, p, schema)
+                .await?
+        }
+        SinkConfig::Cassandra(c) => register_cassandra(&ctx, config, c, schema).await?,
+        other => bail!(
+            "query reads the Parquet store or the Cassandra table the pipeline writes; this \
+             config's sink is type = {:?}: read its results where that sink writes them",
+            other.type_name()
+        ),
+    }
     let frame = ctx.session().sql(sql).await?;
     let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await?;
     Ok(arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?.to_string())
+}
+
+/// The Cassandra table the sink writes, under the output transform's name (as the Parquet
+/// store) and under its own table name unless another table already has that name.
+async fn register_cassandra(
+    ctx: &EngineContext,
+    config: &Config,
+    cassandra: &connectors::cassandra::CassandraConfig,
+    schema: arrow::datatypes::SchemaRef,
+) -> anyhow::Result<()> {
+    let mut names = vec![config.output.as_str()];
+    if cassandra.table != config.output && !ctx.session().table_exist(cassandra.table.as_str())? {
+        names.push(cassandra.table.as_str());
+    }
+    connectors::cassandra::register_table(ctx.session(), &names, cassandra, schema).await?;
+    Ok(())
 }

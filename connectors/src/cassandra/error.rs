@@ -1,12 +1,13 @@
 //! Which scylla driver errors retrying can fix: the one place that classifies them (as
-//! transient or permanent) for the sink and its schema checks. Retrying itself is the runtime's
+//! transient or permanent) for the sink, its schema checks and the query table's reads. Retrying itself is the runtime's
 //! (whole batches, with the engine's backoff) and the driver's (one request again on another
 //! node, without pause); see the sink's module docs.
 
 use engine::Retry;
 use scylla::errors::{
     ConnectionError, ConnectionPoolError, ConnectionSetupRequestErrorKind, DbError, ExecutionError,
-    MetadataError, NewSessionError, PrepareError, RequestAttemptError,
+    MetadataError, NewSessionError, NextRowError, PagerExecutionError, PrepareError,
+    RequestAttemptError,
 };
 
 /// An error of the scylla driver, as one type (see [`crate::Error::Cassandra`]).
@@ -21,6 +22,12 @@ pub enum CassandraError {
     /// A statement failed (after the driver's own retry policy gave up).
     #[error(transparent)]
     Execution(#[from] ExecutionError),
+    /// A paged read could not start (its first page failed).
+    #[error(transparent)]
+    Pager(#[from] PagerExecutionError),
+    /// A later page of a paged read failed, or its rows could not be read.
+    #[error(transparent)]
+    NextRow(#[from] NextRowError),
 }
 
 impl CassandraError {
@@ -31,6 +38,11 @@ impl CassandraError {
             CassandraError::NewSession(e) => new_session_retry(e),
             CassandraError::Prepare(e) => prepare_retry(e),
             CassandraError::Execution(e) => execution_retry(e),
+            CassandraError::Pager(e) => pager_retry(e),
+            // A page that failed after the read started: the query is re-run whole, so retrying
+            // the read is the caller's call; only rows of an unexpected shape are permanent.
+            CassandraError::NextRow(NextRowError::RowDeserializationError(_)) => Retry::Permanent,
+            CassandraError::NextRow(_) => Retry::Transient,
         }
     }
 }
@@ -44,6 +56,14 @@ fn execution_retry(e: &ExecutionError) -> Retry {
         ExecutionError::LastAttemptError(e) => attempt_retry(e),
         // EmptyPlan means no node is up (a wrong local_datacenter is refused when connecting);
         // the rest are pools, timeouts and schema agreement.
+        _ => Retry::Transient,
+    }
+}
+
+fn pager_retry(e: &PagerExecutionError) -> Retry {
+    match e {
+        PagerExecutionError::PrepareError(e) => prepare_retry(e),
+        PagerExecutionError::SerializationError(_) => Retry::Permanent,
         _ => Retry::Transient,
     }
 }

@@ -1,6 +1,9 @@
 //! `[sink] type = "cassandra"`: the transform's rows as rows of an Apache Cassandra table, over the
 //! CQL native protocol with the `scylla` driver (which speaks to Cassandra as well as ScyllaDB).
 //!
+//! `table` is the same table read back for `coinstream query`: a DataFusion table whose scans
+//! push partition and clustering key filters into CQL (`pushdown`), read with paged SELECTs.
+//!
 //! Docs: CQL <https://cassandra.apache.org/doc/latest/cassandra/developing/cql/index.html>, the
 //! driver <https://rust-driver.docs.scylladb.com/stable/>.
 //!
@@ -48,10 +51,15 @@
 mod config;
 mod cql;
 mod error;
+pub mod pushdown;
+mod read;
 mod schema;
+mod session;
 mod sink;
+pub mod table;
 mod types;
 
 pub use config::{CassandraConfig, ConsistencyLevel, DEFAULT_NODE, NODES_ENV, Replication};
 pub use error::CassandraError;
 pub use sink::CassandraSink;
+pub use table::{CassandraScan, CassandraTable, register_table};

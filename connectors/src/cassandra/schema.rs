@@ -1,6 +1,6 @@
 //! The sink's table: create the keyspace and table when missing (`IF NOT EXISTS`), then read the
 //! table's columns back from `system_schema.columns` and check that an existing table takes the
-//! transform's rows under the configured primary key.
+//! transform's rows under the configured primary key (and, for the query table, that it exists).
 
 use engine::{Error, Result, Retry};
 use scylla::client::session::Session;
@@ -22,6 +22,23 @@ pub(super) async fn ensure_schema(session: &Session, s: &Settings, sink: &str) -
     check_table(s, &existing).map_err(|m| Error::sink_failed(sink, m, Retry::Permanent))?;
     tracing::info!(sink, "The keyspace and table are in place.");
     Ok(())
+}
+
+/// Checks, without creating anything, that the table exists and holds the transform's columns
+/// under the configured key (what the query table reads); `who` names the store in errors.
+pub(super) async fn check_existing(session: &Session, s: &Settings, who: &str) -> Result<()> {
+    let existing = existing_columns(session, s, who).await?;
+    if existing.is_empty() {
+        return Err(Error::sink_failed(
+            who,
+            format!(
+                "table {} does not exist yet; run the pipeline first",
+                s.qualified_table()
+            ),
+            Retry::Permanent,
+        ));
+    }
+    check_table(s, &existing).map_err(|m| Error::sink_failed(who, m, Retry::Permanent))
 }
 
 async fn existing_columns(

@@ -19,15 +19,13 @@ use async_trait::async_trait;
 use engine::{Error, Result, Retry, Sink};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::ExecutionError;
-use scylla::policies::retry::DefaultRetryPolicy;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::config::{CassandraConfig, Settings};
 use super::schema::ensure_schema;
+use super::session::connect;
 use super::types::{BatchRows, quote};
 use crate::Error as ClientError;
 
@@ -69,7 +67,7 @@ impl CassandraSink {
         let session = match &self.session {
             Some(s) => s.clone(),
             None => {
-                let s = Arc::new(self.connect().await?);
+                let s = Arc::new(connect(&self.settings, &self.description()).await?);
                 self.session = Some(s.clone());
                 s
             }
@@ -87,63 +85,6 @@ impl CassandraSink {
         self.insert = Some(insert.clone());
         tracing::info!(sink = %self.description(), statement = %cql, "Prepared the insert.");
         Ok((session, insert))
-    }
-
-    async fn connect(&self) -> Result<Session> {
-        let s = &self.settings;
-        // The driver retries a request at once on another node; pauses are the runtime's (see
-        // the module docs).
-        let profile = ExecutionProfile::builder()
-            .consistency(s.consistency)
-            .request_timeout(Some(s.request_timeout))
-            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
-            .build();
-        // The default load balancing policy is token-aware; it needs the keyspace's replication,
-        // which is the only schema metadata fetched.
-        let mut builder = SessionBuilder::new()
-            .known_nodes(&s.contact_points)
-            .connection_timeout(s.connect_timeout)
-            .keyspaces_to_fetch([s.keyspace.clone()])
-            .default_execution_profile_handle(profile.into_handle());
-        if let Some(dc) = &s.local_datacenter {
-            builder = builder.prefer_datacenter(dc.clone());
-        }
-        if let Some(c) = &s.credentials {
-            builder = builder.user(&c.username, &c.password);
-        }
-        let started = Instant::now();
-        let session = builder.build().await.map_err(|e| {
-            ClientError::cassandra(
-                format!("cannot connect to {}", s.contact_points.join(", ")),
-                e,
-            )
-            .at_sink(self.description())
-        })?;
-        let datacenters: Vec<String> = {
-            let state = session.get_cluster_state();
-            let mut dcs: Vec<String> = state
-                .get_nodes_info()
-                .iter()
-                .filter_map(|n| n.datacenter.clone())
-                .collect();
-            dcs.sort();
-            dcs.dedup();
-            dcs
-        };
-        if let Some(dc) = &s.local_datacenter
-            && !datacenters.contains(dc)
-        {
-            return Err(self.error(
-                format!(
-                    "local_datacenter {dc:?} is not a datacenter of the cluster; its datacenters are {datacenters:?}"
-                ),
-                Retry::Permanent,
-            ));
-        }
-        tracing::info!(sink = %self.description(), contact_points = ?s.contact_points,
-            datacenters = ?datacenters, elapsed_ms = started.elapsed().as_millis() as u64,
-            "Connected to Cassandra.");
-        Ok(session)
     }
 
     /// Refuses a batch with a null in a key column: Cassandra cannot store it, and retrying won't

@@ -1,0 +1,75 @@
+//! The one way the sink and the query table connect: the configured contact points,
+//! consistency, timeouts, credentials and datacenter, and the check that `local_datacenter` is a
+//! datacenter of the cluster.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine::{Error, Result, Retry};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::retry::DefaultRetryPolicy;
+
+use super::config::Settings;
+use crate::Error as ClientError;
+
+/// A session on the cluster of `s`; `who` names the sink (or the query's table) in errors.
+/// Every request uses the configured consistency and request timeout. A `local_datacenter` the
+/// cluster does not have is a permanent error listing the cluster's datacenters.
+pub(super) async fn connect(s: &Settings, who: &str) -> Result<Session> {
+    // The driver retries a request at once on another node; pauses are the runtime's (see the
+    // sink's module docs).
+    let profile = ExecutionProfile::builder()
+        .consistency(s.consistency)
+        .request_timeout(Some(s.request_timeout))
+        .retry_policy(Arc::new(DefaultRetryPolicy::new()))
+        .build();
+    // The default load balancing policy is token-aware; it needs the keyspace's replication,
+    // which is the only schema metadata fetched.
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&s.contact_points)
+        .connection_timeout(s.connect_timeout)
+        .keyspaces_to_fetch([s.keyspace.clone()])
+        .default_execution_profile_handle(profile.into_handle());
+    if let Some(dc) = &s.local_datacenter {
+        builder = builder.prefer_datacenter(dc.clone());
+    }
+    if let Some(c) = &s.credentials {
+        builder = builder.user(&c.username, &c.password);
+    }
+    let started = Instant::now();
+    let session = builder.build().await.map_err(|e| {
+        ClientError::cassandra(
+            format!("cannot connect to {}", s.contact_points.join(", ")),
+            e,
+        )
+        .at_sink(who)
+    })?;
+    let datacenters: Vec<String> = {
+        let state = session.get_cluster_state();
+        let mut dcs: Vec<String> = state
+            .get_nodes_info()
+            .iter()
+            .filter_map(|n| n.datacenter.clone())
+            .collect();
+        dcs.sort();
+        dcs.dedup();
+        dcs
+    };
+    if let Some(dc) = &s.local_datacenter
+        && !datacenters.contains(dc)
+    {
+        return Err(Error::sink_failed(
+            who,
+            format!(
+                "local_datacenter {dc:?} is not a datacenter of the cluster; its datacenters are {datacenters:?}"
+            ),
+            Retry::Permanent,
+        ));
+    }
+    tracing::info!(sink = %who, contact_points = ?s.contact_points,
+        datacenters = ?datacenters, elapsed_ms = started.elapsed().as_millis() as u64,
+        "Connected to Cassandra.");
+    Ok(session)
+}
