@@ -1,29 +1,34 @@
-//! `coinstream query`: SQL over the Parquet store (a table named after the output transform) and
-//! the reference tables; also the `report` of `run`.
+//! `coinstream query`: SQL over the store (a table named after the output transform) and the
+//! reference tables; also the `report` of `run`.
 
 use anyhow::bail;
 use connectors::SinkConfig;
+use connectors::delta::AsOf;
 use engine::context::EngineContext;
 
 use super::{plan, take_output};
 use coinstream::config::Config;
 
-/// Prints the result of `sql` over the store and the reference tables.
-pub(super) async fn query(config: &Config, sql: &str) -> anyhow::Result<()> {
-    println!("{}", run_query(config, sql).await?);
+/// Prints the result of `sql` over the store and the reference tables; with `as_of`, over the
+/// Delta table as that version or instant left it.
+pub(super) async fn query(config: &Config, sql: &str, as_of: Option<&AsOf>) -> anyhow::Result<()> {
+    println!("{}", run_query(config, sql, as_of).await?);
     Ok(())
 }
 
 /// Runs SQL over the store (as a table named after the output transform) and the reference tables.
 /// An empty result still shows its columns.
-pub(super) async fn run_query(config: &Config, sql: &str) -> anyhow::Result<String> {
-    let SinkConfig::Parquet(p) = &config.sink else {
+pub(super) async fn run_query(
+    config: &Config,
+    sql: &str,
+    as_of: Option<&AsOf>,
+) -> anyhow::Result<String> {
+    if as_of.is_some() && !matches!(config.sink, SinkConfig::Delta(_)) {
         bail!(
-            "query reads the Parquet store (`[sink] type = \"parquet\"`); this config's sink is \
-             type = {:?}: read its results where that sink writes them (for Cassandra, with cqlsh)",
+            "--as-of reads an earlier version of a Delta table; this config's sink is type = {:?}",
             config.sink.type_name()
         );
-    };
+    }
     // The output's schema, for a store that holds no rows yet; planned in a context of its own,
     // where the transforms' views do not shadow the store's table.
     let (_ctx, _input, transforms) = plan(config).await?;
@@ -32,7 +37,21 @@ pub(super) async fn run_query(config: &Config, sql: &str) -> anyhow::Result<Stri
     for table in &config.references {
         ctx.register_reference(table)?;
     }
-    connectors::parquet::register_store(ctx.session(), &config.output, &p.path, schema).await?;
+    let (session, name) = (ctx.session(), &config.output);
+    match &config.sink {
+        SinkConfig::Delta(d) => {
+            connectors::delta::register_table(session, name, &d.path, schema, as_of).await?
+        }
+        SinkConfig::Parquet(p) => {
+            connectors::parquet::register_store(session, name, &p.path, schema).await?
+        }
+        other => bail!(
+            "query reads the embedded store (`[sink] type = \"delta\"` or \"parquet\"); this \
+             config's sink is type = {:?}: read its results where that sink writes them (for \
+             Cassandra, with cqlsh)",
+            other.type_name()
+        ),
+    }
     let frame = ctx.session().sql(sql).await?;
     let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await?;
