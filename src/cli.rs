@@ -10,6 +10,10 @@ use connectors::kafka::config::Compression;
 /// The default config: the embedded pipeline (replay → profit.sql → Parquet), no servers needed.
 pub const DEFAULT_CONFIG: &str = "coinstream.toml";
 
+/// The default `--log` filter.
+pub const DEFAULT_LOG: &str =
+    "info,deltalake_core=error,buoyant_kernel=error,buoyant_kernel_engine=error";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "coinstream",
@@ -19,8 +23,10 @@ pub const DEFAULT_CONFIG: &str = "coinstream.toml";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter (as RUST_LOG), e.g. `info` or `coinstream=debug`.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log filter (as RUST_LOG), e.g. `info` or `coinstream=debug`. The default keeps the Delta
+    /// Lake client's per-commit lines and its notes on commit races it resolves by itself out
+    /// (`--log info,deltalake_core=warn` brings them back); its errors reach ours as causes.
+    #[arg(long, global = true, default_value = DEFAULT_LOG)]
     pub log: String,
 }
 
@@ -57,6 +63,23 @@ pub enum Command {
         config: ConfigArgs,
         /// The query.
         sql: String,
+        /// Reads the Delta table as an earlier commit left it: a version number (`12`) or an
+        /// RFC 3339 instant (`2026-11-30T12:00:00Z`, the last commit at or before it).
+        #[arg(long, value_name = "VERSION|TIMESTAMP")]
+        as_of: Option<connectors::delta::AsOf>,
+    },
+    /// Compacts the Delta table a config writes (Delta's OPTIMIZE: merges small files, one commit
+    /// per partition), then deletes files removed longer ago than the retention (VACUUM). Safe
+    /// while a pipeline writes the table.
+    Compact {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only partitions that received no file for this long (`"1h"`); default: every partition.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        idle: Option<std::time::Duration>,
+        /// Overrides `sink.compaction.retention` (`"7d"`, `"0s"`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
     },
     /// Generates realistic trades: Coinbase Exchange feed messages into a file (for a
     /// `coinbase_capture` source), or bus records into a file or a Kafka topic (for `run` and

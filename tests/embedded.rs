@@ -15,7 +15,6 @@ mod common;
 use common::Pipeline;
 use testkit::coinbase::{RESTART_PART_A, RESTART_PART_B};
 use testkit::env::repo;
-use testkit::profit::Portfolio;
 
 fn coinstream(args: &[impl AsRef<std::ffi::OsStr>]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coinstream"))
@@ -74,30 +73,6 @@ fn stored_rows(root: &Path) -> Vec<((String, i64), (Decimal, String))> {
         }
     }
     rows
-}
-
-/// The expected rows, computed from the feed file and the portfolio with no code of ours.
-fn expected_rows(feed: &Path) -> BTreeMap<(String, i64), (Decimal, String)> {
-    let portfolio = Portfolio::shipped();
-    let mut expected = BTreeMap::new();
-    for line in std::fs::read_to_string(feed).unwrap().lines() {
-        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if !matches!(m["type"].as_str(), Some("match" | "last_match")) {
-            continue;
-        }
-        let symbol = m["product_id"].as_str().unwrap();
-        let (Some(profit), Some(id)) = (
-            portfolio.profit_of_text(symbol, m["price"].as_str().unwrap_or("x")),
-            m["trade_id"].as_i64(),
-        ) else {
-            continue;
-        };
-        let taker = if m["side"] == "sell" { "buy" } else { "sell" };
-        expected.insert((symbol.to_owned(), id), (profit, taker.to_owned()));
-    }
-    expected
 }
 
 /// One test's folder, with the shipped config pointed at a feed and its outputs in the folder.
@@ -182,7 +157,7 @@ fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
         .sum();
 
     let stored = project.stored();
-    let expected = expected_rows(&project.feed);
+    let expected = common::expected_rows(&project.feed);
     assert!(
         expected.len() > 8_000,
         "the sample holds ~10,000 trades, most in the portfolio"
@@ -816,7 +791,7 @@ fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_run_goes_on() {
     let out = project.run_ok();
 
     let poison = ("ADA-USD".to_owned(), 96034231);
-    let mut expected = expected_rows(&project.feed);
+    let mut expected = common::expected_rows(&project.feed);
     assert!(expected.remove(&poison).is_some());
     let stored = project.stored_by_key();
     assert_eq!(

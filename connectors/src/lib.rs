@@ -11,6 +11,7 @@ pub mod cassandra;
 pub mod coinbase;
 pub mod common;
 pub mod dead_letter;
+pub mod delta;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
@@ -48,6 +49,8 @@ pub enum SourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SinkConfig {
+    /// The embedded store as a Delta Lake table.
+    Delta(delta::DeltaConfig),
     /// The embedded Parquet store.
     Parquet(parquet::ParquetConfig),
     /// Rows of an Apache Cassandra table (boxed: it is much larger than the other variants).
@@ -93,6 +96,12 @@ pub fn build_sink(
     schema: &arrow::datatypes::SchemaRef,
 ) -> Result<Box<dyn Sink>> {
     Ok(match config {
+        SinkConfig::Delta(c) => {
+            if let Some(p) = c.check_columns(schema) {
+                return Err(engine::Error::config(join_key("sink", &p.key), p.message));
+            }
+            Box::new(delta::DeltaSink::new(c.clone()))
+        }
         SinkConfig::Parquet(c) => {
             if let Some(p) = c.check_columns(schema) {
                 return Err(engine::Error::config(join_key("sink", &p.key), p.message));
@@ -154,6 +163,7 @@ impl SinkConfig {
     /// The section's `type`, as written in a config (`"parquet"`, `"cassandra"`, ...).
     pub fn type_name(&self) -> &'static str {
         match self {
+            SinkConfig::Delta(_) => "delta",
             SinkConfig::Parquet(_) => "parquet",
             SinkConfig::Cassandra(_) => "cassandra",
             SinkConfig::Stdout(_) => "stdout",
@@ -168,7 +178,10 @@ impl SinkConfig {
         match self {
             SinkConfig::Cassandra(c) => c.check(),
             SinkConfig::Kafka(c) => c.check(),
-            SinkConfig::Parquet(_) | SinkConfig::Stdout(_) | SinkConfig::Null {} => Vec::new(),
+            SinkConfig::Delta(_)
+            | SinkConfig::Parquet(_)
+            | SinkConfig::Stdout(_)
+            | SinkConfig::Null {} => Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ use connectors::coinbase::capture::{CoinbaseCaptureConfig, CoinbaseCaptureSource
 use connectors::coinbase::config::{CoinbaseConfig, FeedKind};
 use connectors::coinbase::source::CoinbaseSource;
 use connectors::dead_letter::{FileDeadLetterConfig, FileDeadLetterSink};
+use connectors::delta::{CompactionConfig, DeltaConfig, DeltaSink};
 use connectors::gateio::config::GateioConfig;
 use connectors::gateio::source::GateioSource;
 use connectors::generate::source::{GenerateConfig, GenerateSource};
@@ -386,6 +387,99 @@ impl SinkFixture for Parquet {
 async fn parquet_sink_meets_the_contract() {
     let dir = tempfile::tempdir().expect("a temp dir");
     contract::check_sink(&mut Parquet { dir }).await;
+}
+
+/// A Delta sink writing to `path`, partitioned by `partition_by`; compaction every other batch,
+/// so the contract's writes also run it.
+fn delta_sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
+    Box::new(DeltaSink::new(DeltaConfig {
+        path,
+        partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
+        compaction: CompactionConfig {
+            every_batches: std::num::NonZeroU64::new(2).expect("not zero"),
+            ..CompactionConfig::default()
+        },
+    }))
+}
+
+/// Every row of the Delta table at `path`, read through its log as `coinstream query` reads it.
+async fn delta_lines(path: &Path) -> Vec<String> {
+    if !path.join("_delta_log").is_dir() {
+        return Vec::new();
+    }
+    let session = datafusion::prelude::SessionContext::new();
+    let schema = testkit::contract::contract_schema();
+    connectors::delta::register_table(&session, "t", path, schema, None)
+        .await
+        .expect("a readable Delta table");
+    // Delta hands partition columns back dictionary-encoded.
+    let batches = session
+        .sql("SELECT arrow_cast(key, 'Utf8') AS key, id, price FROM t")
+        .await
+        .expect("a valid query")
+        .collect()
+        .await
+        .expect("the table's rows");
+    contract::row_lines(&batches)
+}
+
+struct Delta {
+    dir: tempfile::TempDir,
+}
+
+impl Delta {
+    fn table(&self) -> PathBuf {
+        self.dir.path().join("table")
+    }
+}
+
+#[async_trait]
+impl SinkFixture for Delta {
+    const NAME: &str = "delta";
+
+    const DELIVERY: Delivery = Delivery::Idempotent;
+
+    async fn build(&mut self, _schema: SchemaRef) -> Box<dyn Sink> {
+        delta_sink(self.table(), &["key"])
+    }
+
+    async fn read_back(&mut self, _at_least: usize) -> Vec<String> {
+        delta_lines(&self.table()).await
+    }
+
+    async fn failures(&mut self, _schema: SchemaRef) -> Vec<Failure> {
+        let file = self.dir.path().join("a-file");
+        std::fs::write(&file, b"not a folder").expect("write a file");
+        vec![
+            Failure {
+                what: "a table path that is a file".into(),
+                sink: delta_sink(file, &[]),
+                rows: None,
+                stage: Stage::Healthcheck,
+                retry: Retry::Permanent,
+            },
+            Failure {
+                what: "a partition column the rows do not have".into(),
+                sink: delta_sink(self.dir.path().join("other"), &["trade_date"]),
+                rows: None,
+                stage: Stage::Write,
+                retry: Retry::Permanent,
+            },
+            Failure {
+                what: "a table partitioned otherwise than the config says".into(),
+                sink: delta_sink(self.table(), &["id"]),
+                rows: None,
+                stage: Stage::Healthcheck,
+                retry: Retry::Permanent,
+            },
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_sink_meets_the_contract() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    contract::check_sink(&mut Delta { dir }).await;
 }
 
 /// What a stdout sink printed, shared with the test.

@@ -118,7 +118,8 @@ impl std::fmt::Display for QueryIdentity {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Metadata {
-    /// A random id of the query, as Spark's, to tell two queries of the same shape apart in logs.
+    /// A random id of the query, as Spark's `queryId`: tells two queries of the same shape apart
+    /// in logs, and keys the batches a sink recognises as already written (Delta's `txn`).
     id: String,
     #[serde(flatten)]
     identity: QueryIdentity,
@@ -153,8 +154,8 @@ impl Checkpoint {
 
     /// Binds the folder to `identity`: records it at the first start (and when adopting a folder
     /// of an older version, which has no metadata), and refuses a folder that belongs to another
-    /// query.
-    pub fn bind(&self, identity: &QueryIdentity) -> Result<()> {
+    /// query. Returns the query's id (Spark's `queryId`): the one recorded, or a new one.
+    pub fn bind(&self, identity: &QueryIdentity) -> Result<String> {
         self.bind_recognising(identity, &[])
     }
 
@@ -166,7 +167,7 @@ impl Checkpoint {
         &self,
         identity: &QueryIdentity,
         former_sources: &[String],
-    ) -> Result<()> {
+    ) -> Result<String> {
         let path = self.dir.join(METADATA);
         match fs::read(&path) {
             Ok(text) => {
@@ -188,7 +189,7 @@ impl Checkpoint {
                         ),
                     });
                 }
-                Ok(())
+                Ok(recorded.id)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if self.last_id("offsets")?.is_some() {
@@ -201,7 +202,8 @@ impl Checkpoint {
                 };
                 let body =
                     serde_json::to_vec(&metadata).map_err(|e| Error::Internal(e.to_string()))?;
-                write_atomically(&path, &body)
+                write_atomically(&path, &body)?;
+                Ok(metadata.id)
             }
             Err(e) => Err(Error::io(&path, e)),
         }
@@ -346,8 +348,9 @@ fn lock(dir: &Path) -> Result<fs::File> {
     Ok(file)
 }
 
-/// A practically unique id: the time in nanoseconds and the process id, in hex.
-fn query_id() -> String {
+/// A practically unique id: the time in nanoseconds and the process id, in hex. The id of a
+/// query run without a checkpoint, too (new at every run, as nothing it wrote is replayed).
+pub fn query_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -132,19 +132,20 @@ impl StreamingQuery {
             }
             Some(Err(e)) => return Err(e),
         }
-        let recovered = match &self.checkpoint {
+        let (query_id, recovered) = match &self.checkpoint {
             Some(cp) => {
-                cp.bind_recognising(
+                let id = cp.bind_recognising(
                     &QueryIdentity {
                         source: self.source.identity(),
                         transform: self.transform.name().to_owned(),
                     },
                     &self.source.former_identities(),
                 )?;
-                cp.recover()?
+                (id, cp.recover()?)
             }
-            None => Default::default(),
+            None => (crate::checkpoint::query_id(), Default::default()),
         };
+        self.sink.bind_query(&query_id);
         let available_now = self.trigger == Trigger::AvailableNow;
         self.source
             .start(StartRequest {

@@ -2,9 +2,10 @@
 //! be decoded). Both are called by the runtime only, one batch at a time, in batch-id order.
 //!
 //! # Call order
-//! [`Sink::healthcheck`] once before any data flows, [`Sink::write`] once per batch (again with the
-//! same batch id if the engine restarted before committing it: writes must be idempotent per
-//! batch id), [`Sink::close`] once on shutdown. A `write` that returns `Ok` has made every row
+//! [`Sink::healthcheck`] once before any data flows, [`Sink::bind_query`] once with the query's
+//! id, [`Sink::write`] once per batch (again with the same batch id if the engine restarted
+//! before committing it: writes must be idempotent per batch id), [`Sink::close`] once on
+//! shutdown. A `write` that returns `Ok` has made every row
 //! durable; the source is committed only after that.
 //!
 //! # Errors
@@ -37,6 +38,13 @@ pub trait Sink: Send {
     async fn healthcheck(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// Called once per run, before the first `write`, with the query's id: Spark's `queryId`,
+    /// kept in the checkpoint's metadata, so the same across restarts of one query and new for a
+    /// new checkpoint folder (without a checkpoint, new at every run). A sink that recognises a
+    /// replayed batch by itself keys the batch ids it records by it (Delta's `txn` action:
+    /// application id and version, as Spark's Delta sink writes them).
+    fn bind_query(&mut self, _query_id: &str) {}
 
     /// Writes one batch's rows; returns once every row is durable.
     ///

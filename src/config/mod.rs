@@ -307,11 +307,11 @@ impl Config {
         if report.is_some()
             && sink
                 .as_ref()
-                .is_some_and(|s| !matches!(s, SinkConfig::Parquet(_)))
+                .is_some_and(|s| !matches!(s, SinkConfig::Delta(_) | SinkConfig::Parquet(_)))
         {
             problems.push(Problem::new(
                 "report",
-                "a report reads the Parquet store, so it needs sink.type = \"parquet\"",
+                "a report reads the embedded store, so it needs sink.type = \"delta\" or \"parquet\"",
             ));
         }
 
@@ -514,7 +514,7 @@ sql = "r.sql"
             "input.decimal_policy: unknown decimal policy \"truncate\" (valid: round_half_up, reject)",
             "transforms.output: \"pnl\" is not one of the transforms (profit)",
             "source.coin_map: io on ",
-            "report: a report reads the Parquet store",
+            "report: a report reads the embedded store",
             // Every input file is checked at load, with the OS's reason.
             "transforms.files[0]: cannot read ",
             "sql/profit.sql: No such file or directory",

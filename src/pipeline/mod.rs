@@ -1,7 +1,9 @@
 //! What each subcommand wires together: config to components, components to the engine. One
-//! file per subcommand (`run`, `explain`, `query`, `generate`); `ingest` is [`crate::ingest`].
+//! file per subcommand (`run`, `explain`, `query`, `compact`, `generate`); `ingest` is
+//! [`crate::ingest`].
 //! Nothing here decodes, runs SQL or retries: the engine does.
 
+mod compact;
 mod explain;
 mod generate;
 mod query;
@@ -44,7 +46,14 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             analyze,
             transform,
         } => explain::explain(&config.load()?, analyze, transform.as_deref()).await,
-        Command::Query { config, sql } => query::query(&config.load()?, &sql).await,
+        Command::Query { config, sql, as_of } => {
+            query::query(&config.load()?, &sql, as_of.as_ref()).await
+        }
+        Command::Compact {
+            config,
+            idle,
+            retention,
+        } => compact::compact(&config.load()?, idle, retention).await,
         Command::Generate(args) => generate::generate(args).await,
         Command::Ingest(command) => crate::ingest::dispatch(command).await,
     }

@@ -1,22 +1,35 @@
-//! `coinstream query`: SQL over the Parquet store or the Cassandra table (a table named after the
-//! output transform) and the reference tables; also the `report` of `run`.
+//! `coinstream query`: SQL over the store the sink writes (the Delta table, the Parquet folder or
+//! the Cassandra table, named after the output transform) and the reference tables; also the
+//! `report` of `run`.
 
 use anyhow::bail;
 use connectors::SinkConfig;
+use connectors::delta::AsOf;
 use engine::context::EngineContext;
 
 use super::{plan, take_output};
 use coinstream::config::Config;
 
-/// Prints the result of `sql` over the store and the reference tables.
-pub(super) async fn query(config: &Config, sql: &str) -> anyhow::Result<()> {
-    println!("{}", run_query(config, sql).await?);
+/// Prints the result of `sql` over the store and the reference tables; with `as_of`, over the
+/// Delta table as that version or instant left it.
+pub(super) async fn query(config: &Config, sql: &str, as_of: Option<&AsOf>) -> anyhow::Result<()> {
+    println!("{}", run_query(config, sql, as_of).await?);
     Ok(())
 }
 
 /// Runs SQL over the store (as a table named after the output transform) and the reference tables.
 /// An empty result still shows its columns.
-pub(super) async fn run_query(config: &Config, sql: &str) -> anyhow::Result<String> {
+pub(super) async fn run_query(
+    config: &Config,
+    sql: &str,
+    as_of: Option<&AsOf>,
+) -> anyhow::Result<String> {
+    if as_of.is_some() && !matches!(config.sink, SinkConfig::Delta(_)) {
+        bail!(
+            "--as-of reads an earlier version of a Delta table; this config's sink is type = {:?}",
+            config.sink.type_name()
+        );
+    }
     // The output's schema, for a store that holds no rows yet; planned in a context of its own,
     // where the transforms' views do not shadow the store's table.
     let (_ctx, _input, transforms) = plan(config).await?;
@@ -25,15 +38,19 @@ pub(super) async fn run_query(config: &Config, sql: &str) -> anyhow::Result<Stri
     for table in &config.references {
         ctx.register_reference(table)?;
     }
+    let (session, name) = (ctx.session(), &config.output);
     match &config.sink {
+        SinkConfig::Delta(d) => {
+            connectors::delta::register_table(session, name, &d.path, schema, as_of).await?
+        }
         SinkConfig::Parquet(p) => {
-            connectors::parquet::register_store(ctx.session(), &config.output, p, schema)
-                .await?
+            connectors::parquet::register_store(session, name, p, schema).await?
         }
         SinkConfig::Cassandra(c) => register_cassandra(&ctx, config, c, schema).await?,
         other => bail!(
-            "query reads the Parquet store or the Cassandra table the pipeline writes; this \
-             config's sink is type = {:?}: read its results where that sink writes them",
+            "query reads the Delta table, the Parquet store or the Cassandra table the pipeline \
+             writes; this config's sink is type = {:?}: read its results where that sink writes \
+             them",
             other.type_name()
         ),
     }

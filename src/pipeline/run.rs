@@ -60,7 +60,7 @@ pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Res
             .with_context(|| format!("reading report {}", report.display()))?;
         println!(
             "{}",
-            run_query(&config, &sql)
+            run_query(&config, &sql, None)
                 .await
                 .with_context(|| format!("report {}", report.display()))?
         );

@@ -379,11 +379,58 @@ pub fn check(out: &Output) -> String {
     err
 }
 
-/// Every record batch of the Parquet files under `root` (recursively), with the partition columns
-/// of its folder names appended as text; panics on any other file (only finished files may be
-/// visible once the query has stopped).
+/// Every record batch of the embedded store at `root`: a Delta table read through its log (the
+/// files of its latest version only), else the Parquet files under it (recursively), with the
+/// partition columns of its folder names appended as text; panics on any other file (only
+/// finished files may be visible once the query has stopped).
 pub fn parquet_batches(root: &std::path::Path) -> Vec<arrow::record_batch::RecordBatch> {
+    if root.join("_delta_log").is_dir() {
+        return delta_batches(root);
+    }
     read_parquet_tree(root, false)
+}
+
+/// Every row of the Delta table at `root`, as `coinstream query` reads it, with dictionary-encoded
+/// columns (Delta's partition columns) decoded to their values and string views as strings.
+pub fn delta_batches(root: &std::path::Path) -> Vec<arrow::record_batch::RecordBatch> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let session = datafusion::prelude::SessionContext::new();
+        let empty = std::sync::Arc::new(arrow::datatypes::Schema::empty());
+        connectors::delta::register_table(&session, "t", root, empty, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}", engine::report(&e)));
+        let batches = session.sql("SELECT * FROM t").await.unwrap();
+        let batches = batches.collect().await.unwrap();
+        batches.into_iter().map(plain_strings).collect()
+    })
+}
+
+fn plain_strings(batch: arrow::record_batch::RecordBatch) -> arrow::record_batch::RecordBatch {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let plain = match field.data_type() {
+            DataType::Dictionary(_, value) => Some((**value).clone()),
+            DataType::Utf8View => Some(DataType::Utf8),
+            _ => None,
+        };
+        let (field, column) = match plain {
+            Some(plain) => (
+                Field::new(field.name(), plain.clone(), field.is_nullable()),
+                arrow::compute::cast(column, &plain).unwrap(),
+            ),
+            None => (field.as_ref().clone(), column.clone()),
+        };
+        fields.push(field);
+        columns.push(column);
+    }
+    arrow::record_batch::RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+        .unwrap()
 }
 
 /// Every `(symbol, trade_id) → profit` the Parquet files under `root` hold so far, while the query
@@ -485,4 +532,28 @@ pub fn output_within(child: Child, limit: Duration) -> Output {
             panic!("coinstream did not stop within {limit:?}");
         }
     }
+}
+
+/// The expected rows, computed from the feed file and the portfolio with no code of ours.
+pub fn expected_rows(feed: &std::path::Path) -> BTreeMap<(String, i64), (Decimal, String)> {
+    let portfolio = testkit::profit::Portfolio::shipped();
+    let mut expected = BTreeMap::new();
+    for line in std::fs::read_to_string(feed).unwrap().lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if !matches!(m["type"].as_str(), Some("match" | "last_match")) {
+            continue;
+        }
+        let symbol = m["product_id"].as_str().unwrap();
+        let (Some(profit), Some(id)) = (
+            portfolio.profit_of_text(symbol, m["price"].as_str().unwrap_or("x")),
+            m["trade_id"].as_i64(),
+        ) else {
+            continue;
+        };
+        let taker = if m["side"] == "sell" { "buy" } else { "sell" };
+        expected.insert((symbol.to_owned(), id), (profit, taker.to_owned()));
+    }
+    expected
 }

@@ -120,6 +120,39 @@ fn os_reason(e: &std::io::Error) -> String {
 }
 
 /// A problem at `max_key` when a backoff's longest pause (`max`) is below its first pause
+
+/// A problem at `partition_by` (relative to the section) when it names columns that the
+/// transform's output `schema` lacks, so a run stops before reading instead of at its first
+/// write.
+pub fn partition_columns_problem(
+    partition_by: &[String],
+    schema: &arrow::datatypes::SchemaRef,
+) -> Option<Problem> {
+    let missing: Vec<String> = partition_by
+        .iter()
+        .filter(|name| schema.field_with_name(name).is_err())
+        .map(|name| format!("{name:?}"))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let valid: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{:?}", f.name()))
+        .collect();
+    Some(Problem::new(
+        "partition_by",
+        format!(
+            "{} not in the transform's output; valid columns are {}",
+            match missing.as_slice() {
+                [one] => format!("column {one} is"),
+                many => format!("columns {} are", many.join(", ")),
+            },
+            valid.join(", ")
+        ),
+    ))
+}
 /// (`initial`, set by `initial_key`), in whatever unit the two keys share.
 pub fn backoff_order<T: PartialOrd + fmt::Debug>(
     (initial_key, initial): (&str, T),

@@ -26,7 +26,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::Deserialize;
 
-use crate::common::config::Problem;
+use crate::common::config::{Problem, partition_columns_problem};
 use crate::common::files::io_retry;
 
 /// `[sink] type = "parquet"`.
@@ -46,31 +46,7 @@ impl ParquetConfig {
     /// transform's output `schema` lacks, so a run stops before reading instead of at its first
     /// write.
     pub fn check_columns(&self, schema: &SchemaRef) -> Option<Problem> {
-        let missing: Vec<String> = self
-            .partition_by
-            .iter()
-            .filter(|name| schema.field_with_name(name).is_err())
-            .map(|name| format!("{name:?}"))
-            .collect();
-        if missing.is_empty() {
-            return None;
-        }
-        let valid: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| format!("{:?}", f.name()))
-            .collect();
-        Some(Problem::new(
-            "partition_by",
-            format!(
-                "{} not in the transform's output; valid columns are {}",
-                match missing.as_slice() {
-                    [one] => format!("column {one} is"),
-                    many => format!("columns {} are", many.join(", ")),
-                },
-                valid.join(", ")
-            ),
-        ))
+        partition_columns_problem(&self.partition_by, schema)
     }
 }
 

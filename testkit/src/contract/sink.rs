@@ -40,6 +40,10 @@ pub struct Failure {
     pub retry: Retry,
 }
 
+/// The query id the contract binds its sinks to ([`Sink::bind_query`]), before and after a
+/// restart.
+pub const CONTRACT_QUERY_ID: &str = "contract-query";
+
 /// A sink under test, writing rows of [`contract_schema`] to a target the fixture can read.
 #[async_trait]
 pub trait SinkFixture: Send {
@@ -155,6 +159,8 @@ pub async fn check_sink<F: SinkFixture>(fixture: &mut F) {
     };
 
     ok(who("call order"), "healthcheck", sink.healthcheck().await);
+    // As the runtime does: the query's id, the same across restarts of one query.
+    sink.bind_query(CONTRACT_QUERY_ID);
     ok(
         who("empty batches"),
         "write of no batches",
@@ -223,6 +229,7 @@ pub async fn check_sink<F: SinkFixture>(fixture: &mut F) {
     let mut sink = fixture.build(schema.clone()).await;
     let restart_who = format!("sink {} ({}), check restart", F::NAME, sink.description());
     ok(restart_who.clone(), "healthcheck", sink.healthcheck().await);
+    sink.bind_query(CONTRACT_QUERY_ID);
     ok(
         restart_who.clone(),
         "write of batch 2 after a restart",

@@ -1,0 +1,464 @@
+//! `[sink] type = "delta"`: the embedded store as a Delta Lake table (the `deltalake` crate), the
+//! table format Spark, pandas (`deltalake`), DuckDB and polars read.
+//!
+//! - Each micro-batch is one atomic Delta commit carrying a `txn` action (application id = the
+//!   query's id, version = the batch id), as Spark's Delta sink writes it. A batch replayed after
+//!   a crash between the commit and the checkpoint's commit log finds its id recorded in the
+//!   table and is not written twice.
+//! - Partitioned Hive-style by `partition_by` (the partition columns live in the folder names and
+//!   the log, not in the files, as the Delta protocol says).
+//! - Compaction (Delta's OPTIMIZE, bin-packing) runs in the background while the stream goes on:
+//!   every `every_batches` batches or `interval`, the small files of each partition that received
+//!   no file since the previous compaction (a finished day, a product no longer traded) are
+//!   merged in one commit per partition; then VACUUM deletes the files removed from the table
+//!   longer than `retention` ago. Appends and compactions are both commits of the one table, so a
+//!   reader sees the table before or after each, never both the old and the new files.
+
+pub mod maintenance;
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use engine::{Error, Result, Retry, Sink};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use crate::common::config::{Problem, partition_columns_problem};
+use crate::common::files::io_retry;
+
+/// `[sink] type = "delta"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaConfig {
+    /// The table's folder, relative to the config file.
+    #[serde(deserialize_with = "crate::common::config::path")]
+    pub path: PathBuf,
+    /// Columns whose values name the partition folders, outermost first. Fixed when the table is
+    /// created: a table with other partition columns is refused.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// `[sink.compaction]`: when small files are merged and old ones deleted.
+    #[serde(default)]
+    pub compaction: CompactionConfig,
+}
+
+/// `[sink.compaction]` of a Delta sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// `false` turns background compaction off (`coinstream compact` still works).
+    pub enabled: bool,
+    /// Compact after this many batches since the last compaction.
+    #[serde(deserialize_with = "crate::common::config::at_least_one")]
+    pub every_batches: NonZeroU64,
+    /// Compact also when this much time passed since the last compaction (`"10m"`); unset: by
+    /// batch count only.
+    #[serde(deserialize_with = "crate::common::config::optional_positive_secs")]
+    pub interval: Option<Duration>,
+    /// Bytes a merged file aims at; files this large already are left alone.
+    #[serde(deserialize_with = "crate::common::config::at_least_one")]
+    pub target_file_size: NonZeroU64,
+    /// How long a file removed from the table (by compaction) is kept for readers of older
+    /// versions (`query --as-of`) before VACUUM deletes it (`"7d"`, Delta's default).
+    #[serde(deserialize_with = "crate::common::config::secs")]
+    pub retention: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            every_batches: NonZeroU64::new(1000).expect("not zero"),
+            interval: None,
+            target_file_size: NonZeroU64::new(128 * 1024 * 1024).expect("not zero"),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl DeltaConfig {
+    /// A problem at `partition_by` when it names columns the transform's output `schema` lacks.
+    pub fn check_columns(&self, schema: &SchemaRef) -> Option<Problem> {
+        partition_columns_problem(&self.partition_by, schema)
+    }
+}
+
+/// The Delta sink.
+pub struct DeltaSink {
+    config: DeltaConfig,
+    /// The `txn` application id: the query's id ([`Sink::bind_query`]).
+    app_id: String,
+    table: Option<DeltaTable>,
+    /// Whether the next write must first ask the table whether its batch is there already: at
+    /// the first write of a run (the replay of a batch the last run did not commit) and after a
+    /// failed write (whose commit may have landed before the failure was seen).
+    verify_next: bool,
+    /// The last batch id this instance committed: a batch written again in the same run (the
+    /// runtime does after a failed checkpoint commit) is known to be there.
+    last_written: Option<u64>,
+    batches_since_compaction: u64,
+    last_compaction: Instant,
+    /// The time (ms since the epoch) the previous compaction started: partitions with a file
+    /// newer than this still receive data and are left alone.
+    idle_since_ms: i64,
+    compaction: Option<JoinHandle<std::result::Result<maintenance::Compacted, DeltaTableError>>>,
+}
+
+impl DeltaSink {
+    /// Builds the sink; nothing is touched before [`Sink::healthcheck`].
+    pub fn new(config: DeltaConfig) -> Self {
+        Self {
+            config,
+            app_id: engine::checkpoint::query_id(),
+            table: None,
+            verify_next: true,
+            last_written: None,
+            batches_since_compaction: 0,
+            last_compaction: Instant::now(),
+            idle_since_ms: now_ms(),
+            compaction: None,
+        }
+    }
+
+    fn failed(&self, what: &str, e: DeltaTableError) -> Error {
+        let retry = retry_of(&e);
+        Error::sink_failed(self.description(), what.to_owned(), retry).caused_by(e)
+    }
+
+    /// The table, opened (or found not created yet) at the first use.
+    async fn table(&mut self) -> Result<&mut DeltaTable> {
+        if self.table.is_none() {
+            let table = open(&self.config.path)
+                .await
+                .map_err(|e| self.failed("cannot open the table", e))?;
+            self.table = Some(table);
+        }
+        Ok(self.table.as_mut().expect("just set"))
+    }
+
+    /// Whether batch `batch_id` of this query is already in the table.
+    async fn already_written(&mut self, batch_id: u64) -> Result<bool> {
+        let app_id = self.app_id.clone();
+        let table = self.table().await?;
+        if table.version().is_none() {
+            return Ok(false);
+        }
+        table
+            .update_state()
+            .await
+            .map_err(|e| self.failed("cannot read the table's log", e))?;
+        let table = self.table.as_ref().expect("opened above");
+        let recorded = table
+            .snapshot()
+            .map_err(|e| self.failed("cannot read the table's log", e))?
+            .transaction_version(table.log_store().as_ref(), &app_id)
+            .await
+            .map_err(|e| self.failed("cannot read the table's transactions", e))?;
+        Ok(recorded.is_some_and(|v| v >= batch_id as i64))
+    }
+
+    /// Starts a background compaction when one is due and none is running.
+    fn maybe_compact(&mut self) {
+        let c = &self.config.compaction;
+        if !c.enabled {
+            return;
+        }
+        if let Some(running) = &self.compaction {
+            if !running.is_finished() {
+                return;
+            }
+            let running = self.compaction.take().expect("checked above");
+            // A finished task's result is ready: this does not wait.
+            match futures::executor::block_on(running) {
+                Ok(Ok(done)) => tracing::info!(table = %self.config.path.display(), %done,
+                    "Compacted idle partitions."),
+                Ok(Err(e)) => tracing::warn!(table = %self.config.path.display(),
+                    error = %engine::report(&e), "Compaction failed; the next one tries again."),
+                Err(e) => tracing::warn!(error = %e, "Compaction task failed."),
+            }
+        }
+        let due = self.batches_since_compaction >= c.every_batches.get()
+            || c.interval
+                .is_some_and(|i| self.last_compaction.elapsed() >= i);
+        let Some(table) = self.table.clone() else {
+            return;
+        };
+        if !due {
+            return;
+        }
+        let options = maintenance::Options {
+            idle_since_ms: Some(self.idle_since_ms),
+            target_file_size: c.target_file_size,
+            retention: c.retention,
+        };
+        self.batches_since_compaction = 0;
+        self.last_compaction = Instant::now();
+        self.idle_since_ms = now_ms();
+        self.compaction = Some(tokio::spawn(maintenance::compact(table, options)));
+    }
+}
+
+#[async_trait]
+impl Sink for DeltaSink {
+    fn description(&self) -> String {
+        format!("delta {}", self.config.path.display())
+    }
+
+    async fn healthcheck(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.config.path).map_err(|e| {
+            Error::sink_failed(self.description(), "cannot create the folder", io_retry(&e))
+                .caused_by(e)
+        })?;
+        let table = self.table().await?;
+        let Ok(snapshot) = table.snapshot() else {
+            return Ok(()); // created by the first write
+        };
+        let found = snapshot.metadata().partition_columns().to_vec();
+        let table_has_rows_of_another_layout = found != self.config.partition_by;
+        if table_has_rows_of_another_layout {
+            return Err(Error::sink_failed(
+                self.description(),
+                format!(
+                    "the table is partitioned by {found:?} and the config says partition_by = {:?}; \
+                     write to another path, or set partition_by to the table's",
+                    self.config.partition_by
+                ),
+                Retry::Permanent,
+            ));
+        }
+        Ok(())
+    }
+
+    fn bind_query(&mut self, query_id: &str) {
+        self.app_id = query_id.to_owned();
+    }
+
+    async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(());
+        }
+        let known = self.last_written.is_some_and(|last| batch_id <= last);
+        if known || (self.verify_next && self.already_written(batch_id).await?) {
+            tracing::info!(batch_id, table = %self.config.path.display(),
+                "The table already holds this batch (its txn is recorded); not writing it again.");
+            self.verify_next = false;
+            self.last_written = Some(self.last_written.map_or(batch_id, |l| l.max(batch_id)));
+            return Ok(());
+        }
+        self.verify_next = false;
+        let table = self.table().await?.clone();
+        let txn = Transaction::new(self.app_id.clone(), batch_id as i64);
+        let written = table
+            .write(batches.to_vec())
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(self.config.partition_by.clone())
+            .with_commit_properties(CommitProperties::default().with_application_transaction(txn))
+            .await;
+        match written {
+            Ok(table) => {
+                self.table = Some(table);
+                self.last_written = Some(batch_id);
+                self.batches_since_compaction += 1;
+                self.maybe_compact();
+                Ok(())
+            }
+            Err(e) => {
+                // The commit may have landed before the error (a lost response): ask the table
+                // before writing this batch again. The cached state is stale either way.
+                self.verify_next = true;
+                self.table = None;
+                Err(self.failed("cannot commit the batch", e))
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(running) = self.compaction.take() {
+            tracing::info!("Waiting for the running compaction to finish.");
+            match running.await {
+                Ok(Ok(done)) => tracing::info!(%done, "Compacted idle partitions."),
+                Ok(Err(e)) => tracing::warn!(error = %engine::report(&e), "Compaction failed."),
+                Err(e) => tracing::warn!(error = %e, "Compaction task failed."),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the table at `path` (a folder); a folder without a Delta log is a table not created
+/// yet (`version()` is `None`).
+///
+/// # Errors
+/// The log cannot be read (permissions, a corrupt log).
+pub async fn open(path: &Path) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let url = table_url(path)?;
+    if !path.join("_delta_log").is_dir() {
+        // Not loaded: loading a folder without a log fails (and the kernel logs that failure as
+        // an error) where "not created yet" is the expected state of a first run.
+        return deltalake::DeltaTableBuilder::from_url(url)?.build();
+    }
+    DeltaTable::try_from_url(url).await
+}
+
+fn table_url(path: &Path) -> std::result::Result<url::Url, DeltaTableError> {
+    let text = path.to_str().ok_or_else(|| {
+        DeltaTableError::InvalidTableLocation(format!("{} is not UTF-8", path.display()))
+    })?;
+    deltalake::ensure_table_uri(text)
+}
+
+/// Which version of a table `query` reads: Delta's time travel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsOf {
+    /// The table as a commit left it.
+    Version(u64),
+    /// The table as it was at an instant (the last commit at or before it).
+    Timestamp(chrono::DateTime<chrono::Utc>),
+}
+
+impl std::str::FromStr for AsOf {
+    type Err = String;
+
+    /// A version number (`12`) or an RFC 3339 instant (`2026-11-30T12:00:00Z`).
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        if let Ok(version) = text.parse::<u64>() {
+            return Ok(AsOf::Version(version));
+        }
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| AsOf::Timestamp(t.to_utc()))
+            .map_err(|e| {
+                format!("{text:?} is neither a table version (12) nor an RFC 3339 instant (2026-11-30T12:00:00Z): {e}")
+            })
+    }
+}
+
+/// Registers the Delta table at `path` as table `name` for `query` and reports, at its latest
+/// version or `as_of` an earlier one. A table not created yet (a run stored nothing: no portfolio
+/// trade yet, or every row dead-lettered) is an empty table of `schema`, the transform's output
+/// schema; a folder that does not exist is an error (no run has used it).
+///
+/// # Errors
+/// The folder does not exist, the log cannot be read, or `as_of` names a version the table does
+/// not have (or an instant before its first commit).
+pub async fn register_table(
+    session: &SessionContext,
+    name: &str,
+    path: &Path,
+    schema: SchemaRef,
+    as_of: Option<&AsOf>,
+) -> Result<()> {
+    if !path.is_dir() {
+        return Err(Error::config(
+            path.display().to_string(),
+            format!("the table {name} does not exist yet; run the pipeline first"),
+        ));
+    }
+    let failed = |what: String, e: DeltaTableError| {
+        Error::sink_failed(format!("delta {}", path.display()), what, retry_of(&e)).caused_by(e)
+    };
+    let mut table = open(path)
+        .await
+        .map_err(|e| failed("cannot open the table".into(), e))?;
+    if table.version().is_none() {
+        if as_of.is_some() {
+            return Err(Error::config(
+                path.display().to_string(),
+                "--as-of: the table has no version yet".to_owned(),
+            ));
+        }
+        tracing::info!(table = name, path = %path.display(), "The table holds no rows yet.");
+        let empty = datafusion::datasource::MemTable::try_new(schema, vec![Vec::new()])?;
+        session.register_table(name, Arc::new(empty))?;
+        return Ok(());
+    }
+    match as_of {
+        None => {}
+        Some(AsOf::Version(v)) => table
+            .load_version(*v)
+            .await
+            .map_err(|e| failed(format!("cannot load version {v}"), e))?,
+        Some(AsOf::Timestamp(t)) => {
+            table
+                .load_with_datetime(*t)
+                .await
+                .map_err(|e| failed(format!("cannot load the version as of {t}"), e))?;
+            // The table's first version when `t` is earlier still: refused, as Spark does, rather
+            // than answered with rows that did not exist at `t`.
+            let loaded = table.version().unwrap_or_default();
+            let committed = table
+                .snapshot()
+                .ok()
+                .and_then(|s| s.version_timestamp(loaded));
+            if let Some(committed) = committed.filter(|&c| c > t.timestamp_millis()) {
+                let first = chrono::DateTime::from_timestamp_millis(committed).unwrap_or_default();
+                return Err(Error::config(
+                    path.display().to_string(),
+                    format!(
+                        "--as-of {t}: the table has no version then; its first commit is at {first}"
+                    ),
+                ));
+            }
+        }
+    }
+    table
+        .update_datafusion_session(&session.state())
+        .map_err(|e| failed("cannot register the table's store".into(), e))?;
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| Error::Internal(format!("cannot read the table {}: {e}", path.display())))?;
+    session.register_table(name, provider)?;
+    Ok(())
+}
+
+/// Whether retrying may help: storage and commit races are worth another try; a table whose
+/// schema or partitioning does not fit the rows, or a corrupt log, is not.
+fn retry_of(e: &DeltaTableError) -> Retry {
+    match e {
+        DeltaTableError::Io { source } => io_retry(source),
+        DeltaTableError::ObjectStore { .. } => Retry::Transient,
+        DeltaTableError::Transaction { source } => match source {
+            TransactionError::VersionAlreadyExists(_)
+            | TransactionError::CommitConflict(_)
+            | TransactionError::MaxCommitAttempts(_)
+            | TransactionError::ObjectStore { .. }
+            | TransactionError::LogStoreError { .. } => Retry::Transient,
+            _ => Retry::Permanent,
+        },
+        DeltaTableError::VersionAlreadyExists(_) => Retry::Transient,
+        _ => Retry::Permanent,
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Files of the table that readers see now, by partition (the partition values as the log holds
+/// them, e.g. `{"symbol": "BTC-USD", "trade_date": "2026-11-30"}`).
+pub fn files_by_partition(
+    table: &DeltaTable,
+) -> std::result::Result<HashMap<Vec<(String, Option<String>)>, Vec<(i64, i64)>>, DeltaTableError> {
+    let mut by_partition: HashMap<_, Vec<(i64, i64)>> = HashMap::new();
+    for file in table.snapshot()?.log_data().iter() {
+        let mut values: Vec<(String, Option<String>)> =
+            file.partition_values_map().into_iter().collect();
+        values.sort();
+        by_partition
+            .entry(values)
+            .or_default()
+            .push((file.size(), file.modification_time()));
+    }
+    Ok(by_partition)
+}
