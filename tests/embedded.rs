@@ -735,7 +735,7 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
 #[test]
 fn a_sink_error_prints_its_cause_from_the_operating_system() {
     let project = Project::on(repo().join("required_data/sample_trades.jsonl"));
-    // A file where the Parquet folder goes: the healthcheck cannot create the folder.
+    // A file where the Delta table's folder goes: the healthcheck cannot create the folder.
     std::fs::create_dir(project.path().join("data")).unwrap();
     std::fs::write(project.path().join("data/profit"), "not a folder").unwrap();
     let out = project.run();
@@ -743,8 +743,8 @@ fn a_sink_error_prints_its_cause_from_the_operating_system() {
     let err = stderr(&out);
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("error: sink parquet ")
-            && last.contains("/data/profit: folder is not writable: ")
+        last.starts_with("error: sink delta ")
+            && last.contains("/data/profit: cannot create the folder: ")
             && last.ends_with("File exists (os error 17)"),
         "the sink, what failed, then the io error under it: {err}"
     );

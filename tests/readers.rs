@@ -1,6 +1,7 @@
-//! The embedded pipeline's Parquet store opened by the readers people use (pandas, pyarrow,
-//! DuckDB), with their defaults, through `tests/readers/check_parquet.py` run by the venv python
-//! that `scripts/test.sh` makes (`COINSTREAM_PYTHON`); each must see what `coinstream query` sees.
+//! The embedded pipeline's stores opened by the readers people use, with their defaults: the
+//! Parquet folder by pandas, pyarrow and DuckDB, the Delta table by the `deltalake` package
+//! (pandas and pyarrow), through `tests/readers/check_store.py` run by the venv python that
+//! `scripts/test.sh` makes (`COINSTREAM_PYTHON`); each must see what `coinstream query` sees.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -72,21 +73,13 @@ fn query(dir: &Path, config: &Pipeline, sql: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn pandas_pyarrow_and_duckdb_read_the_parquet_store_as_query_does() {
-    let python = python();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data/profit");
-    let config = Pipeline::shipped("coinstream.toml")
-        .set_path("source.path", &feed(dir.path()))
-        .set_path("engine.checkpoint_dir", &dir.path().join("data/checkpoint"))
-        .set_path("sink.path", &store)
-        .set_path("dead_letter.path", &dir.path().join("data/dead_letters"));
-    let mut run = vec!["run".to_owned(), "--trigger".into(), "available-now".into()];
-    run.extend(config.args());
-    common::check(&coinstream(dir.path(), &run));
-
+    let config = store_config(dir.path(), &store).set("sink.type", "parquet");
+    run(dir.path(), &config);
     // Only finished files, each in its partition folders: no leftover being written.
-    for batch_file in walk(&store) {
-        let rel = batch_file
+    for file in walk(&store) {
+        let rel = file
             .strip_prefix(&store)
             .unwrap()
             .to_str()
@@ -102,16 +95,62 @@ fn pandas_pyarrow_and_duckdb_read_the_parquet_store_as_query_does() {
             "{rel}"
         );
     }
-
-    let rows = &query(dir.path(), &config, "SELECT count(*) FROM profit")[0][0];
-    let by_symbol = query(
+    check_readers(
         dir.path(),
         &config,
+        "parquet",
+        &["pandas", "pyarrow.dataset", "duckdb"],
+    );
+}
+
+#[test]
+fn the_deltalake_package_reads_the_default_delta_table_as_query_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data/profit");
+    let config = store_config(dir.path(), &store);
+    assert_eq!(
+        config.load().sink.type_name(),
+        "delta",
+        "the shipped default"
+    );
+    run(dir.path(), &config);
+    assert!(store.join("_delta_log").is_dir());
+    check_readers(
+        dir.path(),
+        &config,
+        "delta",
+        &["deltalake.to_pandas", "deltalake.to_pyarrow_table"],
+    );
+}
+
+/// The shipped default config over [`feed`], its outputs in `dir`, its store at `store`.
+fn store_config(dir: &Path, store: &Path) -> Pipeline {
+    Pipeline::shipped("coinstream.toml")
+        .set_path("source.path", &feed(dir))
+        .set_path("engine.checkpoint_dir", &dir.join("data/checkpoint"))
+        .set_path("sink.path", store)
+        .set_path("dead_letter.path", &dir.join("data/dead_letters"))
+}
+
+fn run(dir: &Path, config: &Pipeline) {
+    let mut run = vec!["run".to_owned(), "--trigger".into(), "available-now".into()];
+    run.extend(config.args());
+    common::check(&coinstream(dir, &run));
+}
+
+/// Runs `tests/readers/check_store.py` on the store of `config` (`kind`: parquet or delta)
+/// against what `coinstream query` says of it; every one of `readers` must agree.
+fn check_readers(dir: &Path, config: &Pipeline, kind: &str, readers: &[&str]) {
+    let python = python();
+    let rows = &query(dir, config, "SELECT count(*) FROM profit")[0][0];
+    let by_symbol = query(
+        dir,
+        config,
         "SELECT symbol, CAST(sum(profit) AS VARCHAR) FROM profit GROUP BY symbol",
     );
     let by_date = query(
-        dir.path(),
-        &config,
+        dir,
+        config,
         "SELECT CAST(trade_date AS VARCHAR), count(*) FROM profit GROUP BY trade_date",
     );
     assert!(by_symbol.len() > 1, "several symbols: {by_symbol:?}");
@@ -124,11 +163,17 @@ fn pandas_pyarrow_and_duckdb_read_the_parquet_store_as_query_does() {
             .map(|r| (r[0].clone(), r[1].parse::<u64>().unwrap().into()))
             .collect::<serde_json::Map<_, _>>(),
     });
-    let expected_file = dir.path().join("expected.json");
+    let expected_file = dir.join("expected.json");
     std::fs::write(&expected_file, expected.to_string()).unwrap();
-
+    let loaded = config.load();
+    let store = match &loaded.sink {
+        connectors::SinkConfig::Delta(d) => d.path.clone(),
+        connectors::SinkConfig::Parquet(p) => p.path.clone(),
+        other => panic!("not an embedded store: {}", other.type_name()),
+    };
     let out = Command::new(&python)
-        .arg(repo().join("tests/readers/check_parquet.py"))
+        .arg(repo().join("tests/readers/check_store.py"))
+        .arg(kind)
         .arg(&store)
         .arg(&expected_file)
         .output()
@@ -142,7 +187,7 @@ fn pandas_pyarrow_and_duckdb_read_the_parquet_store_as_query_does() {
         out.status.success(),
         "the readers disagree with query:\n{said}\nexpected {expected}"
     );
-    for reader in ["pandas", "pyarrow.dataset", "duckdb"] {
+    for reader in readers {
         assert!(said.contains(&format!("{reader}: ok")), "{said}");
     }
 }

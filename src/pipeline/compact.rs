@@ -41,6 +41,7 @@ pub(super) async fn compact(
         table,
         Options {
             idle_since_ms,
+            active_partition_files: d.compaction.active_partition_files.get() as usize,
             target_file_size: d.compaction.target_file_size,
             retention: retention.unwrap_or(d.compaction.retention),
         },

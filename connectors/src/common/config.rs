@@ -119,8 +119,6 @@ fn os_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// A problem at `max_key` when a backoff's longest pause (`max`) is below its first pause
-
 /// A problem at `partition_by` (relative to the section) when it names columns that the
 /// transform's output `schema` lacks, so a run stops before reading instead of at its first
 /// write.
@@ -153,6 +151,8 @@ pub fn partition_columns_problem(
         ),
     ))
 }
+
+/// A problem at `max_key` when a backoff's longest pause (`max`) is below its first pause
 /// (`initial`, set by `initial_key`), in whatever unit the two keys share.
 pub fn backoff_order<T: PartialOrd + fmt::Debug>(
     (initial_key, initial): (&str, T),

@@ -15,6 +15,9 @@ pub struct Options {
     /// Only partitions whose newest file is older than this (ms since the epoch): partitions
     /// that receive no more data. `None`: every partition.
     pub idle_since_ms: Option<i64>,
+    /// A partition that still receives data is compacted too once it holds this many small
+    /// files: what a writer and every reader pay grows with the table's file count.
+    pub active_partition_files: usize,
     /// Bytes a merged file aims at; larger files are left alone.
     pub target_file_size: NonZeroU64,
     /// Files removed from the table longer ago than this are deleted (VACUUM).
@@ -72,7 +75,7 @@ pub async fn compact(
         let idle = match (options.idle_since_ms, newest) {
             (Some(since), Some(newest)) => newest < since,
             _ => true,
-        };
+        } || small >= options.active_partition_files;
         // A partition whose values include a null cannot be selected by an equality filter: it
         // is left as it is.
         if small > 1 && idle && partition.iter().all(|(_, v)| v.is_some()) {

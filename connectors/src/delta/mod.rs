@@ -9,9 +9,9 @@
 //!   the log, not in the files, as the Delta protocol says).
 //! - Compaction (Delta's OPTIMIZE, bin-packing) runs in the background while the stream goes on:
 //!   every `every_batches` batches or `interval`, the small files of each partition that received
-//!   no file since the previous compaction (a finished day, a product no longer traded) are
-//!   merged in one commit per partition; then VACUUM deletes the files removed from the table
-//!   longer than `retention` ago. Appends and compactions are both commits of the one table, so a
+//!   no file since the previous compaction (a finished day, a product no longer traded), or that
+//!   holds `active_partition_files` small files already, are merged in one commit per partition;
+//!   then VACUUM deletes the files removed from the table longer than `retention` ago. Appends and compactions are both commits of the one table, so a
 //!   reader sees the table before or after each, never both the old and the new files.
 
 pub mod maintenance;
@@ -66,6 +66,10 @@ pub struct CompactionConfig {
     /// batch count only.
     #[serde(deserialize_with = "crate::common::config::optional_positive_secs")]
     pub interval: Option<Duration>,
+    /// A partition that still receives data (today's) is compacted too once it holds this many
+    /// small files, so the file count a writer and every reader pay for stays bounded.
+    #[serde(deserialize_with = "crate::common::config::at_least_one")]
+    pub active_partition_files: NonZeroU64,
     /// Bytes a merged file aims at; files this large already are left alone.
     #[serde(deserialize_with = "crate::common::config::at_least_one")]
     pub target_file_size: NonZeroU64,
@@ -81,6 +85,7 @@ impl Default for CompactionConfig {
             enabled: true,
             every_batches: NonZeroU64::new(1000).expect("not zero"),
             interval: None,
+            active_partition_files: NonZeroU64::new(200).expect("not zero"),
             target_file_size: NonZeroU64::new(128 * 1024 * 1024).expect("not zero"),
             retention: Duration::from_secs(7 * 24 * 3600),
         }
@@ -199,6 +204,7 @@ impl DeltaSink {
         }
         let options = maintenance::Options {
             idle_since_ms: Some(self.idle_since_ms),
+            active_partition_files: c.active_partition_files.get() as usize,
             target_file_size: c.target_file_size,
             retention: c.retention,
         };
@@ -428,14 +434,14 @@ fn retry_of(e: &DeltaTableError) -> Retry {
     match e {
         DeltaTableError::Io { source } => io_retry(source),
         DeltaTableError::ObjectStore { .. } => Retry::Transient,
-        DeltaTableError::Transaction { source } => match source {
-            TransactionError::VersionAlreadyExists(_)
-            | TransactionError::CommitConflict(_)
-            | TransactionError::MaxCommitAttempts(_)
-            | TransactionError::ObjectStore { .. }
-            | TransactionError::LogStoreError { .. } => Retry::Transient,
-            _ => Retry::Permanent,
-        },
+        DeltaTableError::Transaction {
+            source:
+                TransactionError::VersionAlreadyExists(_)
+                | TransactionError::CommitConflict(_)
+                | TransactionError::MaxCommitAttempts(_)
+                | TransactionError::ObjectStore { .. }
+                | TransactionError::LogStoreError { .. },
+        } => Retry::Transient,
         DeltaTableError::VersionAlreadyExists(_) => Retry::Transient,
         _ => Retry::Permanent,
     }
@@ -445,15 +451,18 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Files of the table that readers see now, by partition (the partition values as the log holds
-/// them, e.g. `{"symbol": "BTC-USD", "trade_date": "2026-11-30"}`).
+/// A partition's values as the log holds them, by column name in order:
+/// `[("symbol", Some("BTC-USD")), ("trade_date", Some("2026-11-30"))]`.
+pub type PartitionValues = Vec<(String, Option<String>)>;
+
+/// Files of the table that readers see now, by partition: each file's size in bytes and the
+/// time it was written (ms since the epoch).
 pub fn files_by_partition(
     table: &DeltaTable,
-) -> std::result::Result<HashMap<Vec<(String, Option<String>)>, Vec<(i64, i64)>>, DeltaTableError> {
+) -> std::result::Result<HashMap<PartitionValues, Vec<(i64, i64)>>, DeltaTableError> {
     let mut by_partition: HashMap<_, Vec<(i64, i64)>> = HashMap::new();
     for file in table.snapshot()?.log_data().iter() {
-        let mut values: Vec<(String, Option<String>)> =
-            file.partition_values_map().into_iter().collect();
+        let mut values: PartitionValues = file.partition_values_map().into_iter().collect();
         values.sort();
         by_partition
             .entry(values)

@@ -1,24 +1,28 @@
-"""Opens a coinstream Parquet store the way people do and checks it against `coinstream query`.
+"""Opens a coinstream store the way people do and checks it against `coinstream query`.
 
-Usage: check_parquet.py STORE EXPECTED_JSON
+Usage: check_store.py parquet|delta STORE EXPECTED_JSON
 
 EXPECTED_JSON (written by tests/readers.rs from `coinstream query`):
   {"rows": 123, "profit_by_symbol": {"BTC-USD": "12.3400000000", ...},
    "rows_by_date": {"2026-11-23": 100, ...}}
 
 Each reader opens STORE with its defaults; the same checks run on what each gives. The partition
-columns' types, as each reader infers them from the folder names (READERS below):
-  pandas.read_parquet            symbol category, trade_date category (of strings)
-  pyarrow.dataset(hive)          symbol string, trade_date string
-  duckdb read_parquet(hive)      symbol VARCHAR, trade_date DATE
-Profit is an exact decimal in each. Another reader (a Delta table's, with
-deltalake.DeltaTable(path).to_pandas()) is one more read_* function and one more READERS entry.
+columns' types, as each reader gives them (PARQUET_READERS and DELTA_READERS below):
+  Parquet folder (Hive partitioning, types inferred from the folder names):
+    pandas.read_parquet            symbol category, trade_date category (of strings)
+    pyarrow.dataset(hive)          symbol string, trade_date string
+    duckdb read_parquet(hive)      symbol VARCHAR, trade_date DATE
+  Delta table (types from the table's schema in its log):
+    deltalake to_pandas            symbol str, trade_date object (of datetime.date)
+    deltalake to_pyarrow_table     symbol string, trade_date date32
+Profit is an exact decimal in each.
 """
 
 import json
 import sys
 from decimal import Decimal, getcontext
 
+import deltalake
 import duckdb
 import pandas
 import pyarrow
@@ -54,11 +58,28 @@ def read_duckdb(store):
     return arrow_rows(duckdb.sql(sql, params=[glob]).to_arrow_table())
 
 
+def read_delta_pandas(store):
+    frame = deltalake.DeltaTable(store).to_pandas()
+    types = {c: str(frame[c].dtype) for c in frame.columns}
+    return types, list(frame[COLUMNS].itertuples(index=False, name=None))
+
+
+def read_delta_pyarrow(store):
+    return arrow_rows(pyarrow.table(deltalake.DeltaTable(store).to_pyarrow_table()))
+
+
 # name -> (read, the type it gives each partition column)
-READERS = {
+PARQUET_READERS = {
     "pandas": (read_pandas, {"symbol": "category", "trade_date": "category"}),
     "pyarrow.dataset": (read_pyarrow, {"symbol": "string", "trade_date": "string"}),
     "duckdb": (read_duckdb, {"symbol": "string", "trade_date": "date32[day]"}),
+}
+DELTA_READERS = {
+    "deltalake.to_pandas": (read_delta_pandas, {"symbol": "str", "trade_date": "object"}),
+    "deltalake.to_pyarrow_table": (
+        read_delta_pyarrow,
+        {"symbol": "string", "trade_date": "date32[day]"},
+    ),
 }
 
 
@@ -92,11 +113,12 @@ def check(read, store, partition_types, expected):
 
 
 def main():
-    store, expected_file = sys.argv[1:]
+    kind, store, expected_file = sys.argv[1:]
+    readers = {"parquet": PARQUET_READERS, "delta": DELTA_READERS}[kind]
     with open(expected_file) as f:
         expected = json.load(f)
     failed = False
-    for name, (read, types) in READERS.items():
+    for name, (read, types) in readers.items():
         try:
             problems = check(read, store, types, expected)
         except Exception as e:  # a reader that cannot open the store at all
