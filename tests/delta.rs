@@ -12,17 +12,8 @@ use rust_decimal::Decimal;
 
 mod common;
 
-use common::{Pipeline, Running, expected_rows, parquet_batches};
+use common::{Pipeline, Running, embedded_config as config, expected_rows, parquet_batches};
 use testkit::env::repo;
-
-/// The shipped default config over `feed`, its outputs under `dir/data`.
-fn config(dir: &Path, feed: &Path) -> Pipeline {
-    Pipeline::shipped("coinstream.toml")
-        .set_path("source.path", feed)
-        .set_path("engine.checkpoint_dir", &dir.join("data/checkpoint"))
-        .set_path("sink.path", &dir.join("data/profit"))
-        .set_path("dead_letter.path", &dir.join("data/dead_letters"))
-}
 
 fn coinstream(args: &[String]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 
 mod common;
 
-use common::Pipeline;
+use common::{Pipeline, embedded_config as config};
 use testkit::coinbase::{RESTART_PART_A, RESTART_PART_B};
 use testkit::env::repo;
 
@@ -22,16 +22,6 @@ fn coinstream(args: &[impl AsRef<std::ffi::OsStr>]) -> Output {
         .current_dir(repo())
         .output()
         .expect("the binary runs")
-}
-
-/// The shipped default config, run in place, pointed at `input` and with its outputs (the
-/// checkpoint, the store and the dead letters) under `dir/data`.
-fn config(dir: &Path, input: &Path) -> Pipeline {
-    Pipeline::shipped("coinstream.toml")
-        .set_path("source.path", input)
-        .set_path("engine.checkpoint_dir", &dir.join("data/checkpoint"))
-        .set_path("sink.path", &dir.join("data/profit"))
-        .set_path("dead_letter.path", &dir.join("data/dead_letters"))
 }
 
 /// `args` then the arguments of `config`.

@@ -75,10 +75,12 @@ fn query(dir: &Path, config: &Pipeline, sql: &str) -> Vec<Vec<String>> {
 fn pandas_pyarrow_and_duckdb_read_the_parquet_store_as_query_does() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data/profit");
-    let config = store_config(dir.path(), &store).set("sink.type", "parquet");
+    let config = common::embedded_config(dir.path(), &feed(dir.path())).set("sink.type", "parquet");
     run(dir.path(), &config);
     // Only finished files, each in its partition folders: no leftover being written.
-    for file in walk(&store) {
+    let files = common::files_under(&store);
+    assert!(!files.is_empty(), "no file under {store:?}");
+    for file in files {
         let rel = file
             .strip_prefix(&store)
             .unwrap()
@@ -107,7 +109,7 @@ fn pandas_pyarrow_and_duckdb_read_the_parquet_store_as_query_does() {
 fn the_deltalake_package_reads_the_default_delta_table_as_query_does() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data/profit");
-    let config = store_config(dir.path(), &store);
+    let config = common::embedded_config(dir.path(), &feed(dir.path()));
     assert_eq!(
         config.load().sink.type_name(),
         "delta",
@@ -121,15 +123,6 @@ fn the_deltalake_package_reads_the_default_delta_table_as_query_does() {
         "delta",
         &["deltalake.to_pandas", "deltalake.to_pyarrow_table"],
     );
-}
-
-/// The shipped default config over [`feed`], its outputs in `dir`, its store at `store`.
-fn store_config(dir: &Path, store: &Path) -> Pipeline {
-    Pipeline::shipped("coinstream.toml")
-        .set_path("source.path", &feed(dir))
-        .set_path("engine.checkpoint_dir", &dir.join("data/checkpoint"))
-        .set_path("sink.path", store)
-        .set_path("dead_letter.path", &dir.join("data/dead_letters"))
 }
 
 fn run(dir: &Path, config: &Pipeline) {
@@ -190,22 +183,4 @@ fn check_readers(dir: &Path, config: &Pipeline, kind: &str, readers: &[&str]) {
     for reader in readers {
         assert!(said.contains(&format!("{reader}: ok")), "{said}");
     }
-}
-
-/// Every file under `root`, hidden ones included.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    assert!(!files.is_empty(), "no file under {root:?}");
-    files
 }

@@ -79,6 +79,16 @@ impl Pipeline {
     }
 }
 
+/// The shipped default config (`coinstream.toml`), run in place, over the capture `feed`, with
+/// its outputs (the checkpoint, the store and the dead letters) under `dir/data`.
+pub fn embedded_config(dir: &std::path::Path, feed: &std::path::Path) -> Pipeline {
+    Pipeline::shipped("coinstream.toml")
+        .set_path("source.path", feed)
+        .set_path("engine.checkpoint_dir", &dir.join("data/checkpoint"))
+        .set_path("sink.path", &dir.join("data/profit"))
+        .set_path("dead_letter.path", &dir.join("data/dead_letters"))
+}
+
 /// One test's topic, group, keyspace and config: `pipelines/kafka-cassandra.toml` reading the
 /// test's topic as its own group, writing to its keyspace, dead letters and checkpoint.
 pub struct Setup {
@@ -439,38 +449,46 @@ pub fn parquet_profits_so_far(root: &std::path::Path) -> BTreeMap<(String, i64),
     profits_of(root, read_parquet_tree(root, true))
 }
 
-fn read_parquet_tree(
-    root: &std::path::Path,
-    skip_in_progress: bool,
-) -> Vec<arrow::record_batch::RecordBatch> {
-    let mut batches = Vec::new();
+/// Every file under `root`, hidden ones included, in no particular order.
+pub fn files_under(root: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-                continue;
+            } else {
+                files.push(path);
             }
-            // A file still being written has a hidden name (`.part-….parquet.tmp`).
-            if skip_in_progress && path.extension().is_some_and(|e| e == "tmp") {
-                continue;
-            }
-            assert_eq!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("parquet"),
-                "only finished files: {path:?}"
-            );
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                std::fs::File::open(&path).unwrap(),
-            )
-            .unwrap()
-            .build()
-            .unwrap();
-            batches.extend(
-                reader.map(|b| testkit::hive::with_partition_columns(root, &path, b.unwrap())),
-            );
         }
+    }
+    files
+}
+
+fn read_parquet_tree(
+    root: &std::path::Path,
+    skip_in_progress: bool,
+) -> Vec<arrow::record_batch::RecordBatch> {
+    let mut batches = Vec::new();
+    for path in files_under(root) {
+        // A file still being written has a hidden name (`.part-….parquet.tmp`).
+        if skip_in_progress && path.extension().is_some_and(|e| e == "tmp") {
+            continue;
+        }
+        assert_eq!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("parquet"),
+            "only finished files: {path:?}"
+        );
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&path).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        batches
+            .extend(reader.map(|b| testkit::hive::with_partition_columns(root, &path, b.unwrap())));
     }
     batches
 }
