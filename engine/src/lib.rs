@@ -17,8 +17,9 @@
 //! dead-lettered; the rest of the batch flows ([`runtime`] module docs).
 //! Nothing is committed before the sink acknowledged every row; a crash in between leaves
 //! `offsets/<id>` without `commits/<id>`, and the next start replays exactly that range with the
-//! same batch id: a sink that writes idempotently per batch id (Parquet, Cassandra) stores it
-//! once; an append-only one (Kafka, as Spark's Kafka sink) may hold it twice (at-least-once).
+//! same batch id: a sink that writes idempotently per batch id (Delta with its `txn` action,
+//! Parquet, Cassandra) stores it once; an append-only one (Kafka, as Spark's Kafka sink) may hold
+//! it twice (at-least-once).
 //!
 //! ## Positions belong to the source ([`position`])
 //! A batch's start and end are [`SourceOffset`]s: JSON that the source writes and alone reads

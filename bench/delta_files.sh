@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The small-files measurement of the Delta table: N live micro-batches of one feed message each
+# into the default pipeline's Delta table, with background compaction (the default) and without
+# (`sink.compaction.enabled = false`), side by side. For each: the wall time, the files a reader
+# of the latest version opens (the Delta log's live files) and all data files in the folder, the
+# table's commits, and the median of 5 runs of a `coinstream query` over the whole table.
+#
+#   bench/delta_files.sh [BATCHES [BIN]]     (defaults: 100000, the release build)
+#
+# Trades are 2 s apart in trade time, so the partitions (symbol, trade_date) of earlier days stop
+# receiving data during the run, as a finished day does live. Needs the venv of scripts/test.sh
+# (COINSTREAM_PYTHON or ~/.cache/coinstream/venv) for the file counts. Prints a Markdown table.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BATCHES="${1:-100000}"
+BIN="${2:-}"
+PYTHON="${COINSTREAM_PYTHON:-$HOME/.cache/coinstream/venv/bin/python}"
+if [[ -z "$BIN" ]]; then
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coinstream/target}"
+  (cd "$ROOT" && cargo build --release --quiet --bin coinstream)
+  BIN="$CARGO_TARGET_DIR/release/coinstream"
+fi
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+cd "$ROOT"
+
+# One message a batch: the capture holds exactly BATCHES lines (subscriptions, trades,
+# heartbeats); the generator writes about 1.1 lines a trade.
+"$BIN" generate --count "$((BATCHES * 10 / 11))" --rate 0.5 --start 2026-11-20T00:00:00Z \
+  --out "$WORK/feed.jsonl" >/dev/null 2>&1
+head -n "$BATCHES" "$WORK/feed.jsonl" >"$WORK/capture.jsonl"
+
+QUERY="SELECT symbol, count(*) AS trades, sum(profit) AS profit FROM profit GROUP BY symbol"
+
+measure() {
+  local name=$1 dir="$WORK/$1" start end
+  shift
+  local args=(--config coinstream.toml --set "source.path=$WORK/capture.jsonl"
+    --set "engine.checkpoint_dir=$dir/checkpoint" --set "sink.path=$dir/profit"
+    --set "dead_letter.path=$dir/dead_letters" "$@")
+  start=$(date +%s.%N)
+  "$BIN" run "${args[@]}" --trigger available-now --max-records-per-batch 1 >/dev/null 2>"$dir.log"
+  end=$(date +%s.%N)
+  local live all commits times=()
+  live=$("$PYTHON" -c 'import sys, deltalake; print(len(deltalake.DeltaTable(sys.argv[1]).file_uris()))' "$dir/profit")
+  all=$(find "$dir/profit" -name '*.parquet' -not -path '*/_delta_log/*' | wc -l)
+  commits=$(find "$dir/profit/_delta_log" -name '*.json' | wc -l)
+  for _ in 1 2 3 4 5; do
+    local t0 t1
+    t0=$(date +%s%N)
+    "$BIN" query "${args[@]}" "$QUERY" >/dev/null 2>&1
+    t1=$(date +%s%N)
+    times+=($(((t1 - t0) / 1000000)))
+  done
+  local median
+  median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n 3p)
+  printf '| %s | %s | %.0f s | %s | %s | %s | %s ms (%s) |\n' "$name" "$BATCHES" \
+    "$(echo "$end - $start" | bc)" "$live" "$all" "$commits" "$median" "${times[*]}"
+}
+
+echo "| run | micro-batches | wall | live files | data files in the folder | log files (.json) | query median (5 runs, ms) |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+mkdir -p "$WORK/compaction" "$WORK/no-compaction"
+measure compaction --set sink.compaction.retention=1h
+measure no-compaction --set sink.compaction.enabled=false
