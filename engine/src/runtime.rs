@@ -147,12 +147,26 @@ impl StreamingQuery {
         };
         self.sink.bind_query(&query_id);
         let available_now = self.trigger == Trigger::AvailableNow;
-        self.source
-            .start(StartRequest {
-                committed: recovered.committed.clone(),
-                available_now,
-            })
-            .await?;
+        let request = StartRequest {
+            committed: recovered.committed.clone(),
+            available_now,
+        };
+        let started = retry_transient(
+            &mut backoff,
+            &mut check_shutdown,
+            "source start",
+            async || self.source.start(request.clone()).await,
+        )
+        .await;
+        match started {
+            Ok(()) => {}
+            Err(Error::Stopped { .. }) => {
+                tracing::info!(source = %self.source.description(),
+                    "Stopped while waiting for the source to start; nothing was read, written or committed.");
+                return Ok(RunSummary::default());
+            }
+            Err(e) => return Err(e),
+        }
         let mut summary = RunSummary::default();
         let mut batch_id = recovered.next_batch_id;
         let mut last_start = Instant::now();

@@ -134,9 +134,10 @@ pub trait Source: Send {
     /// Prepares to read; see [`StartRequest`].
     ///
     /// # Errors
-    /// Any failure stops the run, transient or not (nothing has been read yet, so a restart loses
-    /// nothing): a committed offset that is not this source's (permanent: another source's
-    /// checkpoint), a service that cannot be reached (transient).
+    /// Permanent failures stop the run (a committed offset that is not this source's: another
+    /// source's checkpoint); transient ones (a service that cannot be reached, a Kafka group
+    /// coordinator not elected yet) are retried by the runtime with its backoff until a stop, by
+    /// calling `start` again with the same request, as for a sink down at start.
     async fn start(&mut self, request: StartRequest) -> Result<()>;
 
     /// Reads exactly the records between `start` and `end` again (a batch that was planned but

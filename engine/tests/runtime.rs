@@ -25,15 +25,18 @@ struct MemorySource {
     partitions: Vec<Vec<String>>,
     next: Vec<i64>,
     commits: Arc<Mutex<Vec<SourceOffset>>>,
+    /// What the next calls of `start` fail with, in order (a service not ready yet).
+    start_failures: Arc<Mutex<Vec<Retry>>>,
 }
 
 impl MemorySource {
-    fn new(partitions: Vec<Vec<String>>, commits: Arc<Mutex<Vec<SourceOffset>>>) -> Self {
+    fn new(partitions: Vec<Vec<String>>, outputs: &Outputs) -> Self {
         let next = vec![0; partitions.len()];
         Self {
             partitions,
             next,
-            commits,
+            commits: outputs.commits.clone(),
+            start_failures: outputs.start_failures.clone(),
         }
     }
 
@@ -73,6 +76,11 @@ impl Source for MemorySource {
     }
 
     async fn start(&mut self, request: StartRequest) -> Result<()> {
+        let mut failures = self.start_failures.lock().unwrap();
+        if !failures.is_empty() {
+            let retry = failures.remove(0);
+            return Err(Error::source_failed("memory", "not ready", retry));
+        }
         if let Some(c) = request.committed {
             self.next = Self::parse(&c);
         }
@@ -191,6 +199,7 @@ struct Outputs {
     sink: MemorySink,
     letters: MemoryDeadLetters,
     progress: Arc<Mutex<Vec<BatchProgress>>>,
+    start_failures: Arc<Mutex<Vec<Retry>>>,
 }
 
 impl Outputs {
@@ -273,7 +282,7 @@ async fn query_with(
         .await
         .unwrap();
     StreamingQuery {
-        source: Box::new(MemorySource::new(partitions, outputs.commits.clone())),
+        source: Box::new(MemorySource::new(partitions, outputs)),
         decoder: RecordDecoder::new(schema),
         input,
         transform,
@@ -394,6 +403,36 @@ async fn retries_transient_sink_failures_and_commits_nothing_meanwhile() {
         ids_of(&sink.written.lock().unwrap()),
         vec![vec![0, 1, 2, 3]]
     );
+}
+
+#[tokio::test]
+async fn a_source_that_fails_to_start_transiently_is_started_again_and_a_permanent_failure_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Outputs::default();
+    *out.start_failures.lock().unwrap() = vec![Retry::Transient, Retry::Transient];
+    let summary = out
+        .run(dir.path(), doubled(), vec![messages(0..4)], true, 10)
+        .await
+        .unwrap();
+    assert_eq!(summary.output_rows, 4);
+    assert!(
+        out.start_failures.lock().unwrap().is_empty(),
+        "started three times"
+    );
+
+    let out = Outputs::default();
+    *out.start_failures.lock().unwrap() = vec![Retry::Permanent, Retry::Transient];
+    let err = out
+        .run(dir.path(), doubled(), vec![messages(0..4)], false, 10)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not ready"), "{err}");
+    assert_eq!(
+        out.start_failures.lock().unwrap().len(),
+        1,
+        "not started again"
+    );
+    assert!(out.sink.written.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
