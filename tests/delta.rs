@@ -174,6 +174,17 @@ fn the_default_run_commits_each_batch_once_with_its_txn_and_time_travel_reads_ol
         "the sample is 5 batches of rows: {log}"
     );
 
+    // The log keeps commits for the configured time (a short default: each commit lists it).
+    let metadata = commits(&table)[0]
+        .1
+        .iter()
+        .find_map(|a| a.get("metaData").cloned())
+        .unwrap();
+    assert_eq!(
+        metadata["configuration"]["delta.logRetentionDuration"],
+        "interval 172800 seconds"
+    );
+
     // Version 0 holds exactly the rows its commit added.
     let first_rows: u64 = commits(&table)[0]
         .1

@@ -1,10 +1,12 @@
-//! Table maintenance: compaction (Delta's OPTIMIZE, bin-packing) and VACUUM. Used in the
-//! background by the Delta sink and by `coinstream compact`.
+//! Table maintenance: compaction (Delta's OPTIMIZE, bin-packing), VACUUM and the deletion of
+//! expired commits from the log. Used in the background by the Delta sink and by
+//! `coinstream compact`.
 
 use std::fmt;
 use std::num::NonZeroU64;
 use std::time::Duration;
 
+use deltalake::table::config::TablePropertiesExt;
 use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
 
 use super::files_by_partition;
@@ -35,6 +37,8 @@ pub struct Compacted {
     pub files_added: u64,
     /// Files VACUUM deleted from the folder.
     pub files_deleted: u64,
+    /// Commits deleted from the log (older than its retention, covered by a checkpoint).
+    pub commits_deleted: u64,
     /// The table's version after the last commit.
     pub version: Option<u64>,
 }
@@ -43,8 +47,13 @@ impl fmt::Display for Compacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} partitions compacted: {} files merged into {}; {} unreferenced files deleted",
-            self.partitions, self.files_removed, self.files_added, self.files_deleted
+            "{} partitions compacted: {} files merged into {}; {} unreferenced files and {} \
+             expired commits deleted",
+            self.partitions,
+            self.files_removed,
+            self.files_added,
+            self.files_deleted,
+            self.commits_deleted
         )?;
         if let Some(v) = self.version {
             write!(f, "; table version {v}")?;
@@ -120,5 +129,22 @@ pub async fn compact(
         .await?;
     done.files_deleted = vacuumed.files_deleted.len() as u64;
     done.version = table.version();
+    // Commits older than the table's log retention that a checkpoint covers (the stream's
+    // appends leave this to here).
+    if let Some(version) = done.version {
+        let keep_after = chrono::Utc::now().timestamp_millis()
+            - table
+                .snapshot()?
+                .table_config()
+                .log_retention_duration()
+                .as_millis() as i64;
+        done.commits_deleted = deltalake::checkpoints::cleanup_expired_logs_for(
+            version,
+            table.log_store().as_ref(),
+            keep_after,
+            None,
+        )
+        .await? as u64;
+    }
     Ok(done)
 }

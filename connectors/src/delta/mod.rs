@@ -77,6 +77,12 @@ pub struct CompactionConfig {
     /// versions (`query --as-of`) before VACUUM deletes it (`"7d"`, Delta's default).
     #[serde(deserialize_with = "crate::common::config::secs")]
     pub retention: Duration,
+    /// How long the log keeps a commit (`delta.logRetentionDuration`, set when the table is
+    /// created): older commits are deleted at compaction, after a checkpoint covers them, and
+    /// `--as-of` cannot reach back further. A micro-batch is a commit, and every commit lists
+    /// the log, so a short one keeps commits cheap (default `"2d"`; Delta's own is 30 days).
+    #[serde(deserialize_with = "crate::common::config::secs")]
+    pub log_retention: Duration,
 }
 
 impl Default for CompactionConfig {
@@ -88,6 +94,7 @@ impl Default for CompactionConfig {
             active_partition_files: NonZeroU64::new(200).expect("not zero"),
             target_file_size: NonZeroU64::new(128 * 1024 * 1024).expect("not zero"),
             retention: Duration::from_secs(7 * 24 * 3600),
+            log_retention: Duration::from_secs(2 * 24 * 3600),
         }
     }
 }
@@ -265,11 +272,22 @@ impl Sink for DeltaSink {
         self.verify_next = false;
         let table = self.table().await?.clone();
         let txn = Transaction::new(self.app_id.clone(), batch_id as i64);
+        // Expired commits are deleted at compaction, not after every commit: that cleanup lists
+        // the whole log each time.
+        let commit = CommitProperties::default()
+            .with_application_transaction(txn)
+            .with_cleanup_expired_logs(Some(false));
+        let log_retention = format!(
+            "interval {} seconds",
+            self.config.compaction.log_retention.as_secs()
+        );
         let written = table
             .write(batches.to_vec())
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(self.config.partition_by.clone())
-            .with_commit_properties(CommitProperties::default().with_application_transaction(txn))
+            // Applies when this write creates the table.
+            .with_configuration([("delta.logRetentionDuration", Some(log_retention))])
+            .with_commit_properties(commit)
             .await;
         match written {
             Ok(table) => {
