@@ -7,13 +7,16 @@
 #
 #   bench/delta_files.sh [BATCHES [BIN]]     (defaults: 100000, the release build)
 #
-# Trades are 2 s apart in trade time, so the partitions (symbol, trade_date) of earlier days stop
-# receiving data during the run, as a finished day does live. Needs the venv of scripts/test.sh
+# Environment: GAP_SECS [30], the trade time between two trades, so that the partitions (symbol,
+# trade_date) of earlier days stop receiving data during the run, as a finished day does live;
+# EVERY [1000], sink.compaction.every_batches. The two runs go side by side (one core each). Needs the venv of scripts/test.sh
 # (COINSTREAM_PYTHON or ~/.cache/coinstream/venv) for the file counts. Prints a Markdown table.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BATCHES="${1:-100000}"
 BIN="${2:-}"
+GAP_SECS="${GAP_SECS:-30}"
+EVERY="${EVERY:-1000}"
 PYTHON="${COINSTREAM_PYTHON:-$HOME/.cache/coinstream/venv/bin/python}"
 if [[ -z "$BIN" ]]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coinstream/target}"
@@ -26,7 +29,7 @@ cd "$ROOT"
 
 # One message a batch: the capture holds exactly BATCHES lines (subscriptions, trades,
 # heartbeats); the generator writes about 1.1 lines a trade.
-"$BIN" generate --count "$((BATCHES * 10 / 11))" --rate 0.5 --start 2026-11-20T00:00:00Z \
+"$BIN" generate --count "$((BATCHES * 10 / 11))" --rate "$(echo "1 / $GAP_SECS" | bc -l)" --start 2026-11-20T00:00:00Z \
   --out "$WORK/feed.jsonl" >/dev/null 2>&1
 head -n "$BATCHES" "$WORK/feed.jsonl" >"$WORK/capture.jsonl"
 
@@ -61,5 +64,7 @@ measure() {
 echo "| run | micro-batches | wall | live files | data files in the folder | log files (.json) | query median (5 runs, ms) |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 mkdir -p "$WORK/compaction" "$WORK/no-compaction"
-measure compaction --set sink.compaction.retention=1h
-measure no-compaction --set sink.compaction.enabled=false
+measure compaction --set "sink.compaction.every_batches=$EVERY" >"$WORK/compaction.row" &
+measure no-compaction --set sink.compaction.enabled=false >"$WORK/no-compaction.row" &
+wait
+cat "$WORK/compaction.row" "$WORK/no-compaction.row"
