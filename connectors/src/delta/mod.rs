@@ -127,6 +127,12 @@ pub struct DeltaSink {
     compaction: Option<JoinHandle<std::result::Result<maintenance::Compacted, DeltaTableError>>>,
 }
 
+/// How a background compaction ended: the task's own result inside the join's.
+type CompactionResult = std::result::Result<
+    std::result::Result<maintenance::Compacted, DeltaTableError>,
+    tokio::task::JoinError,
+>;
+
 impl DeltaSink {
     /// Builds the sink; nothing is touched before [`Sink::healthcheck`].
     pub fn new(config: DeltaConfig) -> Self {
@@ -180,6 +186,18 @@ impl DeltaSink {
         Ok(recorded.is_some_and(|v| v >= batch_id as i64))
     }
 
+    /// Logs what a finished compaction did; a failed one is only logged (the next one tries
+    /// again, and the stream's rows do not depend on it).
+    fn report_compaction(&self, finished: CompactionResult) {
+        let table = self.config.path.display();
+        match finished {
+            Ok(Ok(done)) => tracing::info!(%table, %done, "Compacted idle partitions."),
+            Ok(Err(e)) => tracing::warn!(%table, error = %engine::report(&e),
+                "Compaction failed; the next one tries again."),
+            Err(e) => tracing::warn!(%table, error = %e, "Compaction task failed."),
+        }
+    }
+
     /// Starts a background compaction when one is due and none is running.
     fn maybe_compact(&mut self) {
         let c = &self.config.compaction;
@@ -192,13 +210,7 @@ impl DeltaSink {
             }
             let running = self.compaction.take().expect("checked above");
             // A finished task's result is ready: this does not wait.
-            match futures::executor::block_on(running) {
-                Ok(Ok(done)) => tracing::info!(table = %self.config.path.display(), %done,
-                    "Compacted idle partitions."),
-                Ok(Err(e)) => tracing::warn!(table = %self.config.path.display(),
-                    error = %engine::report(&e), "Compaction failed; the next one tries again."),
-                Err(e) => tracing::warn!(error = %e, "Compaction task failed."),
-            }
+            self.report_compaction(futures::executor::block_on(running));
         }
         let due = self.batches_since_compaction >= c.every_batches.get()
             || c.interval
@@ -310,11 +322,7 @@ impl Sink for DeltaSink {
     async fn close(&mut self) -> Result<()> {
         if let Some(running) = self.compaction.take() {
             tracing::info!("Waiting for the running compaction to finish.");
-            match running.await {
-                Ok(Ok(done)) => tracing::info!(%done, "Compacted idle partitions."),
-                Ok(Err(e)) => tracing::warn!(error = %engine::report(&e), "Compaction failed."),
-                Err(e) => tracing::warn!(error = %e, "Compaction task failed."),
-            }
+            self.report_compaction(running.await);
         }
         Ok(())
     }
