@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use coinstream::config::{Config, Override};
 use connectors::kafka::config::Compression;
 
-/// The default config: the embedded pipeline (replay → profit.sql → Parquet), no servers needed.
+/// The default config: the embedded pipeline (capture → profit.sql → Delta table), no servers
+/// needed.
 pub const DEFAULT_CONFIG: &str = "coinstream.toml";
 
 /// The default `--log` filter.
@@ -18,7 +19,7 @@ pub const DEFAULT_LOG: &str =
 #[command(
     name = "coinstream",
     version,
-    about = "Live crypto trades -> Arrow -> DataFusion SQL -> Cassandra or Parquet"
+    about = "Live crypto trades -> Arrow -> DataFusion SQL -> Delta Lake, Parquet or Cassandra"
 )]
 pub struct Cli {
     #[command(subcommand)]
