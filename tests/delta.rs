@@ -185,8 +185,9 @@ fn the_default_run_commits_each_batch_once_with_its_txn_and_time_travel_reads_ol
         "interval 172800 seconds"
     );
 
-    // Version 0 holds exactly the rows its commit added.
-    let first_rows: u64 = commits(&table)[0]
+    // Version 0 creates the table, empty, when the query binds to it; version 1 holds exactly
+    // the rows the first batch's commit added.
+    let first_rows: u64 = commits(&table)[1]
         .1
         .iter()
         .filter_map(|a| a.get("add"))
@@ -198,7 +199,9 @@ fn the_default_run_commits_each_batch_once_with_its_txn_and_time_travel_reads_ol
         .sum();
     let count = "SELECT count(*) FROM profit";
     let (at_zero, _) = ok(query(&cfg, count, &["--as-of", "0"]));
-    assert_eq!(number(&at_zero), first_rows);
+    assert_eq!(number(&at_zero), 0);
+    let (at_one, _) = ok(query(&cfg, count, &["--as-of", "1"]));
+    assert_eq!(number(&at_one), first_rows);
     assert!(first_rows > 0 && first_rows < expected.len() as u64);
     let (now, _) = ok(query(
         &cfg,
@@ -409,4 +412,33 @@ fn compaction_while_the_stream_writes_and_readers_query_loses_and_doubles_nothin
     let (files, partitions) = live_files(&table);
     assert_eq!(files, partitions, "one file per partition: {out}");
     assert_eq!(stored(&table), expected);
+}
+
+#[test]
+fn a_checkpoint_whose_batches_went_to_another_store_is_refused_rather_than_skipping_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = repo().join("required_data/sample_trades.jsonl");
+    // The earlier default: the same path as a Parquet folder, with its checkpoint.
+    let parquet = config(dir.path(), &feed).set("sink.type", "parquet");
+    run_available_now(&parquet, "2000");
+    let table = dir.path().join("data/profit");
+
+    let out = common::wait_with_limit(
+        coinstream(&args(
+            &["run", "--trigger", "available-now"],
+            &config(dir.path(), &feed),
+            &[],
+        )),
+        Duration::from_secs(120),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("checkpoint says it committed") && err.contains("no Delta table here"),
+        "{err}"
+    );
+    assert!(
+        !table.join("_delta_log").exists(),
+        "no empty table left behind"
+    );
 }

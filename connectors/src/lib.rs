@@ -100,7 +100,7 @@ pub fn build_sink(
             if let Some(p) = c.check_columns(schema) {
                 return Err(engine::Error::config(join_key("sink", &p.key), p.message));
             }
-            Box::new(delta::DeltaSink::new(c.clone()))
+            Box::new(delta::DeltaSink::new(c.clone(), schema.clone()))
         }
         SinkConfig::Parquet(c) => {
             if let Some(p) = c.check_columns(schema) {

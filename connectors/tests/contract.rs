@@ -392,14 +392,15 @@ async fn parquet_sink_meets_the_contract() {
 /// A Delta sink writing to `path`, partitioned by `partition_by`; compaction every other batch,
 /// so the contract's writes also run it.
 fn delta_sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
-    Box::new(DeltaSink::new(DeltaConfig {
+    let config = DeltaConfig {
         path,
         partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
         compaction: CompactionConfig {
             every_batches: std::num::NonZeroU64::new(2).expect("not zero"),
             ..CompactionConfig::default()
         },
-    }))
+    };
+    Box::new(DeltaSink::new(config, testkit::contract::contract_schema()))
 }
 
 /// Every row of the Delta table at `path`, read through its log as `coinstream query` reads it.

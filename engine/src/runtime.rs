@@ -145,7 +145,9 @@ impl StreamingQuery {
             }
             None => (crate::checkpoint::query_id(), Default::default()),
         };
-        self.sink.bind_query(&query_id);
+        self.sink
+            .bind_query(&query_id, recovered.next_batch_id)
+            .await?;
         let available_now = self.trigger == Trigger::AvailableNow;
         let request = StartRequest {
             committed: recovered.committed.clone(),

@@ -39,12 +39,19 @@ pub trait Sink: Send {
         Ok(())
     }
 
-    /// Called once per run, before the first `write`, with the query's id: Spark's `queryId`,
-    /// kept in the checkpoint's metadata, so the same across restarts of one query and new for a
-    /// new checkpoint folder (without a checkpoint, new at every run). A sink that recognises a
-    /// replayed batch by itself keys the batch ids it records by it (Delta's `txn` action:
-    /// application id and version, as Spark's Delta sink writes them).
-    fn bind_query(&mut self, _query_id: &str) {}
+    /// Called once per run, after `healthcheck` and before the first `write`, with the query's
+    /// id and how many batches it committed before this run (0 at its first start). The id is
+    /// Spark's `queryId`, kept in the checkpoint's metadata: the same across restarts of one
+    /// query, new for a new checkpoint folder (without a checkpoint, new at every run). A sink
+    /// that recognises a replayed batch by itself keys the batch ids it records by it (Delta's
+    /// `txn` action: application id and version, as Spark's Delta sink writes them).
+    ///
+    /// # Errors
+    /// Permanent when the sink's target cannot hold what the query says it wrote (a table that
+    /// does not exist although batches were committed: they went elsewhere, or it was deleted).
+    async fn bind_query(&mut self, _query_id: &str, _committed_batches: u64) -> Result<()> {
+        Ok(())
+    }
 
     /// Writes one batch's rows; returns once every row is durable.
     ///

@@ -109,6 +109,8 @@ impl DeltaConfig {
 /// The Delta sink.
 pub struct DeltaSink {
     config: DeltaConfig,
+    /// The transform's output schema: the table's, when this sink creates it.
+    schema: SchemaRef,
     /// The `txn` application id: the query's id ([`Sink::bind_query`]).
     app_id: String,
     table: Option<DeltaTable>,
@@ -134,10 +136,11 @@ type CompactionResult = std::result::Result<
 >;
 
 impl DeltaSink {
-    /// Builds the sink; nothing is touched before [`Sink::healthcheck`].
-    pub fn new(config: DeltaConfig) -> Self {
+    /// Builds the sink for rows of `schema`; nothing is touched before [`Sink::healthcheck`].
+    pub fn new(config: DeltaConfig, schema: SchemaRef) -> Self {
         Self {
             config,
+            schema,
             app_id: engine::checkpoint::query_id(),
             table: None,
             verify_next: true,
@@ -184,6 +187,14 @@ impl DeltaSink {
             .await
             .map_err(|e| self.failed("cannot read the table's transactions", e))?;
         Ok(recorded.is_some_and(|v| v >= batch_id as i64))
+    }
+
+    /// `log_retention` as the table property `delta.logRetentionDuration` spells it.
+    fn log_retention(&self) -> String {
+        format!(
+            "interval {} seconds",
+            self.config.compaction.log_retention.as_secs()
+        )
     }
 
     /// Logs what a finished compaction did; a failed one is only logged (the next one tries
@@ -265,8 +276,38 @@ impl Sink for DeltaSink {
         Ok(())
     }
 
-    fn bind_query(&mut self, query_id: &str) {
+    async fn bind_query(&mut self, query_id: &str, committed_batches: u64) -> Result<()> {
         self.app_id = query_id.to_owned();
+        if self.table().await?.version().is_some() {
+            return Ok(());
+        }
+        if committed_batches > 0 {
+            // Writing on would leave the table without the rows of those batches, silently.
+            return Err(Error::sink_failed(
+                self.description(),
+                format!(
+                    "the query's checkpoint says it committed {committed_batches} batches, but \
+                     there is no Delta table here: their rows went to another store (before \
+                     Delta, the default was a Parquet folder at the same path) or the table was \
+                     deleted. Delete the checkpoint folder to write every row here, or point \
+                     sink.path at the table"
+                ),
+                Retry::Permanent,
+            ));
+        }
+        // Created now, empty, so that a run whose batches hold no rows (no portfolio trade yet)
+        // still leaves a table, and the check above means what it says at the next start.
+        let table = self.table().await?.clone();
+        let empty = RecordBatch::new_empty(self.schema.clone());
+        let created = table
+            .write(vec![empty])
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(self.config.partition_by.clone())
+            .with_configuration([("delta.logRetentionDuration", Some(self.log_retention()))])
+            .await
+            .map_err(|e| self.failed("cannot create the table", e))?;
+        self.table = Some(created);
+        Ok(())
     }
 
     async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
@@ -289,16 +330,12 @@ impl Sink for DeltaSink {
         let commit = CommitProperties::default()
             .with_application_transaction(txn)
             .with_cleanup_expired_logs(Some(false));
-        let log_retention = format!(
-            "interval {} seconds",
-            self.config.compaction.log_retention.as_secs()
-        );
         let written = table
             .write(batches.to_vec())
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(self.config.partition_by.clone())
-            // Applies when this write creates the table.
-            .with_configuration([("delta.logRetentionDuration", Some(log_retention))])
+            // Applies when this write creates the table (a sink that was not bound to a query).
+            .with_configuration([("delta.logRetentionDuration", Some(self.log_retention()))])
             .with_commit_properties(commit)
             .await;
         match written {

@@ -160,7 +160,11 @@ pub async fn check_sink<F: SinkFixture>(fixture: &mut F) {
 
     ok(who("call order"), "healthcheck", sink.healthcheck().await);
     // As the runtime does: the query's id, the same across restarts of one query.
-    sink.bind_query(CONTRACT_QUERY_ID);
+    ok(
+        who("call order"),
+        "bind_query",
+        sink.bind_query(CONTRACT_QUERY_ID, 0).await,
+    );
     ok(
         who("empty batches"),
         "write of no batches",
@@ -229,7 +233,12 @@ pub async fn check_sink<F: SinkFixture>(fixture: &mut F) {
     let mut sink = fixture.build(schema.clone()).await;
     let restart_who = format!("sink {} ({}), check restart", F::NAME, sink.description());
     ok(restart_who.clone(), "healthcheck", sink.healthcheck().await);
-    sink.bind_query(CONTRACT_QUERY_ID);
+    // Batches 0 and 1 were committed before the restart; 2 was written but not committed.
+    ok(
+        restart_who.clone(),
+        "bind_query",
+        sink.bind_query(CONTRACT_QUERY_ID, 2).await,
+    );
     ok(
         restart_who.clone(),
         "write of batch 2 after a restart",
