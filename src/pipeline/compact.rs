@@ -37,17 +37,13 @@ pub(super) async fn compact(
             Ok((chrono::Utc::now() - i).timestamp_millis())
         })
         .transpose()?;
-    let done = maintenance::compact(
-        table,
-        Options {
-            idle_since_ms,
-            active_partition_files: d.compaction.active_partition_files.get() as usize,
-            target_file_size: d.compaction.target_file_size,
-            retention: retention.unwrap_or(d.compaction.retention),
-        },
-    )
-    .await
-    .with_context(|| format!("compacting {}", d.path.display()))?;
+    let mut options = Options::of(&d.compaction, idle_since_ms);
+    if let Some(retention) = retention {
+        options.retention = retention;
+    }
+    let done = maintenance::compact(table, options)
+        .await
+        .with_context(|| format!("compacting {}", d.path.display()))?;
     println!("{}: {done}", d.path.display());
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod excerpt;
 pub mod files;
 pub mod http;
 pub mod reference_files;
+pub mod store;
 pub mod tls;
 pub mod trade;
 pub mod websocket;

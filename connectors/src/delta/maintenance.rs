@@ -26,6 +26,19 @@ pub struct Options {
     pub retention: Duration,
 }
 
+impl Options {
+    /// The options `[sink.compaction]` sets, for partitions idle since `idle_since_ms` (`None`:
+    /// every partition).
+    pub fn of(config: &super::CompactionConfig, idle_since_ms: Option<i64>) -> Self {
+        Self {
+            idle_since_ms,
+            active_partition_files: config.active_partition_files.get() as usize,
+            target_file_size: config.target_file_size,
+            retention: config.retention,
+        }
+    }
+}
+
 /// What a compaction did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compacted {

@@ -19,7 +19,6 @@ pub mod maintenance;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -31,11 +30,13 @@ use deltalake::kernel::transaction::{CommitProperties, TransactionError};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use engine::{Error, Result, Retry, Sink};
+use futures::FutureExt;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use crate::common::config::{Problem, partition_columns_problem};
 use crate::common::files::io_retry;
+use crate::common::store::{register_empty, require_folder};
 
 /// `[sink] type = "delta"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -220,8 +221,10 @@ impl DeltaSink {
                 return;
             }
             let running = self.compaction.take().expect("checked above");
-            // A finished task's result is ready: this does not wait.
-            self.report_compaction(futures::executor::block_on(running));
+            // Finished: its result is ready, so this does not wait.
+            if let Some(finished) = running.now_or_never() {
+                self.report_compaction(finished);
+            }
         }
         let due = self.batches_since_compaction >= c.every_batches.get()
             || c.interval
@@ -232,12 +235,7 @@ impl DeltaSink {
         if !due {
             return;
         }
-        let options = maintenance::Options {
-            idle_since_ms: Some(self.idle_since_ms),
-            active_partition_files: c.active_partition_files.get() as usize,
-            target_file_size: c.target_file_size,
-            retention: c.retention,
-        };
+        let options = maintenance::Options::of(c, Some(self.idle_since_ms));
         self.batches_since_compaction = 0;
         self.last_compaction = Instant::now();
         self.idle_since_ms = now_ms();
@@ -427,12 +425,7 @@ pub async fn register_table(
     schema: SchemaRef,
     as_of: Option<&AsOf>,
 ) -> Result<()> {
-    if !path.is_dir() {
-        return Err(Error::config(
-            path.display().to_string(),
-            format!("the table {name} does not exist yet; run the pipeline first"),
-        ));
-    }
+    require_folder(name, path)?;
     let failed = |what: String, e: DeltaTableError| {
         Error::sink_failed(format!("delta {}", path.display()), what, retry_of(&e)).caused_by(e)
     };
@@ -446,10 +439,7 @@ pub async fn register_table(
                 "--as-of: the table has no version yet".to_owned(),
             ));
         }
-        tracing::info!(table = name, path = %path.display(), "The table holds no rows yet.");
-        let empty = datafusion::datasource::MemTable::try_new(schema, vec![Vec::new()])?;
-        session.register_table(name, Arc::new(empty))?;
-        return Ok(());
+        return register_empty(session, name, path, schema);
     }
     match as_of {
         None => {}

@@ -12,7 +12,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::datasource::{MemTable, ViewTable, provider_as_source};
+use datafusion::datasource::{ViewTable, provider_as_source};
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder, cast, lit};
 use datafusion::prelude::{SessionContext, nullif};
 use engine::{Error, Result};
@@ -20,6 +20,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::ParquetConfig;
 use super::layout;
+use crate::common::store::{register_empty, require_folder};
 
 /// Registers the store that `config` describes as table `name`, with `schema` (the transform's
 /// output schema): its columns in that order and of those types, the partition columns included.
@@ -40,12 +41,7 @@ pub async fn register_store(
     schema: SchemaRef,
 ) -> Result<()> {
     let path = &config.path;
-    if !path.is_dir() {
-        return Err(Error::config(
-            path.display().to_string(),
-            format!("the store for table {name} does not exist yet; run the pipeline first"),
-        ));
-    }
+    require_folder(name, path)?;
     let walked = {
         let (path, partition_by) = (path.clone(), config.partition_by.clone());
         tokio::task::spawn_blocking(move || check_layout(&path, &partition_by))
@@ -53,10 +49,7 @@ pub async fn register_store(
             .map_err(|e| Error::Internal(format!("the store's layout check failed: {e}")))??
     };
     if !walked {
-        tracing::info!(table = name, path = %path.display(), "The store holds no rows yet.");
-        let empty = MemTable::try_new(schema, vec![Vec::new()])?;
-        session.register_table(name, Arc::new(empty))?;
-        return Ok(());
+        return register_empty(session, name, path, schema);
     }
 
     let is_partition = |column: &str| config.partition_by.iter().any(|p| p == column);
