@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::position::SourceOffset;
 
 /// How many batches' entries are kept; older ones are deleted.
-const RETAINED_BATCHES: u64 = 100;
+pub const RETAINED_BATCHES: u64 = 100;
 
 /// In an offset read from an entry of an older version that saved the source's state: the key of
 /// the Kafka-shaped offsets (see the module docs).
@@ -150,6 +150,11 @@ impl Checkpoint {
             dir,
             _lock: Arc::new(lock),
         })
+    }
+
+    /// The folder of a stateful query's state versions (`state/`, see [`crate::stateful`]).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     /// Binds the folder to `identity`: records it at the first start (and when adopting a folder

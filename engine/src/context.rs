@@ -46,6 +46,14 @@ pub struct InputSlot {
 }
 
 impl InputSlot {
+    /// An empty slot for batches of `schema`.
+    pub fn new(schema: SchemaRef) -> Self {
+        Self {
+            schema,
+            batches: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
     /// Replaces what the table holds.
     pub fn set(&self, batches: Vec<RecordBatch>) {
         *self
@@ -108,8 +116,10 @@ impl EngineContext {
             .options_mut()
             .optimizer
             .enable_aggregate_dynamic_filter_pushdown = false;
+        let session = SessionContext::new_with_config(config);
+        crate::window::register(&session);
         Self {
-            session: SessionContext::new_with_config(config),
+            session,
             inputs: HashMap::new(),
         }
     }
@@ -130,10 +140,7 @@ impl EngineContext {
 
     /// Registers a streaming input table; the returned slot sets its rows for each micro-batch.
     pub fn register_input(&mut self, name: &str, schema: SchemaRef) -> Result<InputSlot> {
-        let slot = InputSlot {
-            schema: schema.clone(),
-            batches: Arc::new(Mutex::new(Vec::new())),
-        };
+        let slot = InputSlot::new(schema.clone());
         let table = StreamingTable::try_new(schema, vec![Arc::new(slot.clone())])?;
         self.session.register_table(name, Arc::new(table))?;
         self.inputs.insert(name.to_owned(), slot.clone());

@@ -109,6 +109,9 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// A stateful query's state does not fit it or the query (see [`crate::stateful`]).
+    #[error("state: {0}")]
+    State(String),
     /// DataFusion or Arrow failed while running a plan.
     #[error("execution")]
     Execution(#[from] DataFusionError),

@@ -83,8 +83,10 @@ pub mod runtime;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod stateful;
 pub mod transform;
 pub mod trigger;
+pub mod window;
 
 pub use bytes::Bytes;
 pub use error::{BoxError, Error, Result, Retry, report};

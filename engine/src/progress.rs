@@ -50,6 +50,24 @@ pub struct SinkProgress {
     pub num_output_rows: u64,
 }
 
+/// A stateful operator's part of a batch's progress (Spark's `stateOperators[]`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateOperatorProgress {
+    /// The operator (`stateStoreSave`, as Spark names a streaming aggregation's).
+    pub operator_name: String,
+    /// Groups held in the state after the batch.
+    pub num_rows_total: u64,
+    /// Groups the batch changed.
+    pub num_rows_updated: u64,
+    /// Groups that left the state (their window closed).
+    pub num_rows_removed: u64,
+    /// An estimate of the state's memory, in bytes.
+    pub memory_used_bytes: u64,
+    /// Input rows dropped because their event time was older than the watermark.
+    pub num_rows_dropped_by_watermark: u64,
+}
+
 /// One batch's progress.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -77,6 +95,14 @@ pub struct BatchProgress {
     pub sources: Vec<SourceProgress>,
     /// The sink.
     pub sink: SinkProgress,
+    /// The stateful operators (a streaming aggregation), if any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub state_operators: Vec<StateOperatorProgress>,
+    /// Event times of a query with a watermark (Spark's `eventTime`), as RFC 3339 text:
+    /// `watermark` (the one this batch used), `max` (the batch's largest kept event time),
+    /// `maxSeen` (the largest so far).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub event_time: BTreeMap<String, String>,
 }
 
 impl BatchProgress {
@@ -86,8 +112,22 @@ impl BatchProgress {
             0 => String::new(),
             n => format!(", {n} decimals rounded"),
         };
+        let state = match self.state_operators.first() {
+            None => String::new(),
+            Some(op) => format!(
+                ", state {} groups ({} updated, {} closed), {} late{}",
+                op.num_rows_total,
+                op.num_rows_updated,
+                op.num_rows_removed,
+                op.num_rows_dropped_by_watermark,
+                self.event_time
+                    .get("watermark")
+                    .map(|w| format!(", watermark {w}"))
+                    .unwrap_or_default()
+            ),
+        };
         format!(
-            "batch {}: {} in, {} out, {} dead-lettered{}{rounded} in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
+            "batch {}: {} in, {} out, {} dead-lettered{}{rounded}{state} in {} ms (decode {} / query {} / sink {} / commit {}), {:.0} rows/s, offsets {}",
             self.batch_id,
             self.num_input_rows,
             self.sink.num_output_rows,

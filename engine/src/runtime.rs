@@ -21,10 +21,13 @@ use crate::context::InputSlot;
 use crate::decode::{Decoded, RecordDecoder};
 use crate::error::{Error, Result, report};
 use crate::isolate::{Isolation, isolate};
-use crate::progress::{BatchProgress, Durations, SinkProgress, SourceProgress};
+use crate::progress::{
+    BatchProgress, Durations, SinkProgress, SourceProgress, StateOperatorProgress,
+};
 use crate::retry::{Backoff, retry_transient};
 use crate::sink::{DeadLetter, DeadLetterSink, Sink};
 use crate::source::{Poll, PollLimits, RawRecord, Source, SourceBatch, StartRequest};
+use crate::stateful::{self, OutputMode, StateStore, Watermark};
 use crate::transform::PlannedTransform;
 use crate::trigger::Trigger;
 
@@ -68,6 +71,11 @@ pub struct StreamingQuery {
     pub trigger: Trigger,
     /// At most this many messages per batch.
     pub max_records_per_batch: usize,
+    /// When a stateful transform's groups go to the sink (ignored by a transform that does not
+    /// aggregate the stream).
+    pub output_mode: OutputMode,
+    /// The input table's watermark, for a stateful transform ([`crate::stateful`]).
+    pub watermark: Option<Watermark>,
     /// Called after every batch.
     pub on_progress: Box<dyn FnMut(&BatchProgress) + Send>,
 }
@@ -145,6 +153,7 @@ impl StreamingQuery {
             }
             None => (crate::checkpoint::query_id(), Default::default()),
         };
+        let mut state = self.open_state(&recovered)?;
         self.sink
             .bind_query(&query_id, recovered.next_batch_id)
             .await?;
@@ -187,6 +196,7 @@ impl StreamingQuery {
                 started,
                 &mut last_start,
                 &mut summary,
+                &mut state,
                 &mut shutdown,
             )
             .await?;
@@ -262,6 +272,7 @@ impl StreamingQuery {
                         started,
                         &mut last_start,
                         &mut summary,
+                        &mut state,
                         &mut shutdown,
                     )
                     .await?;
@@ -340,6 +351,7 @@ impl StreamingQuery {
         started: Instant,
         last_start: &mut Instant,
         summary: &mut RunSummary,
+        state: &mut Option<StateStore>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<()> {
         let timestamp = chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
@@ -351,11 +363,27 @@ impl StreamingQuery {
         let decode = t.elapsed();
 
         let t = Instant::now();
+        let watermark_before = match (state.as_ref(), &self.watermark) {
+            (Some(store), Some(w)) => store.watermark(w.delay),
+            _ => None,
+        };
+        let (decoded, late, late_letters) =
+            self.drop_late(decoded, &batch.records, state.is_some(), watermark_before)?;
         let (rows, transform_letters, _plan) = self.run_transform(&decoded, &batch.records).await?;
+        let (rows, state_progress) = match state.as_mut() {
+            Some(store) => {
+                let (rows, progress) = self.aggregate(store, rows, &late).await?;
+                (rows, Some(progress))
+            }
+            None => (rows, None),
+        };
         let query = t.elapsed();
         let mut by_reason = BTreeMap::new();
         if !decoded.dead_letters.is_empty() {
             by_reason.insert("decode".to_owned(), decoded.dead_letters.len() as u64);
+        }
+        if !late_letters.is_empty() {
+            by_reason.insert("late".to_owned(), late_letters.len() as u64);
         }
         if !transform_letters.is_empty() {
             by_reason.insert(
@@ -364,6 +392,7 @@ impl StreamingQuery {
             );
         }
         let mut dead_letters = decoded.dead_letters;
+        dead_letters.extend(late_letters);
         dead_letters.extend(transform_letters);
         // Positions in the source's own words, once per letter (never per record).
         for letter in &mut dead_letters {
@@ -388,6 +417,19 @@ impl StreamingQuery {
         let sink = t.elapsed();
 
         let t = Instant::now();
+        // The state after this batch is saved before the batch is committed: a crash in between
+        // replays the batch from the state before it (the newest version at or before the last
+        // commit), which is the state it was planned against.
+        if let (Some(store), Some(cp), Some(agg)) =
+            (state.as_ref(), &self.checkpoint, self.transform.stateful())
+        {
+            agg.save(
+                store,
+                &cp.state_dir(),
+                batch_id,
+                crate::checkpoint::RETAINED_BATCHES,
+            )?;
+        }
         retry_transient(&mut backoff, shutdown, "source commit", async || {
             self.source.commit(&batch.end).await
         })
@@ -445,9 +487,142 @@ impl StreamingQuery {
                 description: self.sink.description(),
                 num_output_rows: output_rows as u64,
             },
+            state_operators: state_progress.into_iter().collect(),
+            event_time: match (state.as_ref(), watermark_before) {
+                (Some(store), _) if self.watermark.is_some() => {
+                    let mut times = BTreeMap::new();
+                    if let Some(wm) = watermark_before {
+                        times.insert("watermark".to_owned(), stateful::format_nanos(wm));
+                    }
+                    if let Some(max) = late.max_event_time {
+                        times.insert("max".to_owned(), stateful::format_nanos(max));
+                    }
+                    if let Some(max) = store.max_event_time {
+                        times.insert("maxSeen".to_owned(), stateful::format_nanos(max));
+                    }
+                    times
+                }
+                _ => BTreeMap::new(),
+            },
         };
         (self.on_progress)(&progress);
         Ok(())
+    }
+
+    /// The state of a stateful transform, restored from the checkpoint (`None` for a transform
+    /// that does not aggregate the stream).
+    fn open_state(&self, recovered: &crate::checkpoint::Recovered) -> Result<Option<StateStore>> {
+        let Some(agg) = self.transform.stateful() else {
+            if let Some(w) = &self.watermark {
+                tracing::warn!(watermark = %w, transform = self.transform.name(),
+                    "The transform does not aggregate the stream, so the watermark has no effect (as in Spark).");
+            }
+            return Ok(None);
+        };
+        agg.check(self.output_mode, self.watermark.as_ref())
+            .map_err(|message| {
+                Error::config(
+                    format!(
+                        "transform {} ({})",
+                        self.transform.name(),
+                        self.transform.file().display()
+                    ),
+                    message,
+                )
+            })?;
+        match &self.checkpoint {
+            Some(cp) => agg.load(&cp.state_dir(), recovered.next_batch_id.checked_sub(1)),
+            None => Ok(StateStore::default()),
+        }
+        .map(Some)
+    }
+
+    /// Takes the rows older than the watermark (and those without an event time) out of a
+    /// decoded batch, before the transform. Returns the rows kept, what was taken, and the dead
+    /// letters for it (timeless rows always; late rows when the watermark says so).
+    fn drop_late(
+        &self,
+        decoded: Decoded,
+        records: &[RawRecord],
+        stateful: bool,
+        watermark: Option<i64>,
+    ) -> Result<(Decoded, stateful::LateRows, Vec<DeadLetter>)> {
+        let Some(w) = self.watermark.as_ref().filter(|_| stateful) else {
+            return Ok((decoded, stateful::LateRows::default(), Vec::new()));
+        };
+        let (batch, late) = stateful::drop_late(&decoded.batch, &w.column, watermark)?;
+        if late.late.is_empty() && late.no_event_time.is_empty() {
+            return Ok((Decoded { batch, ..decoded }, late, Vec::new()));
+        }
+        let mut letters = Vec::new();
+        let record = |row: usize| &records[decoded.rows[row]];
+        for &row in &late.no_event_time {
+            letters.push(DeadLetter::from_record(
+                record(row),
+                format!("no event time: the watermark's column {} is null", w.column),
+            ));
+        }
+        if w.dead_letter_late {
+            for &row in &late.late {
+                letters.push(DeadLetter::from_record(
+                    record(row),
+                    format!(
+                        "late: its {} is before the watermark {} (the largest event time seen minus {:?})",
+                        w.column,
+                        stateful::format_nanos(watermark.unwrap_or_default()),
+                        w.delay
+                    ),
+                ));
+            }
+        }
+        let rows = stateful::kept_rows(decoded.batch.num_rows(), &late)
+            .into_iter()
+            .map(|i| decoded.rows[i])
+            .collect();
+        Ok((
+            Decoded {
+                batch,
+                rows,
+                ..decoded
+            },
+            late,
+            letters,
+        ))
+    }
+
+    /// Merges a batch's partial aggregates into the state, moves the watermark, and returns the
+    /// rows the groups to emit make through the plan above the aggregation.
+    async fn aggregate(
+        &self,
+        store: &mut StateStore,
+        partial: Vec<RecordBatch>,
+        late: &stateful::LateRows,
+    ) -> Result<(Vec<RecordBatch>, StateOperatorProgress)> {
+        let agg = self
+            .transform
+            .stateful()
+            .ok_or_else(|| Error::Internal("a state without a stateful transform".into()))?;
+        let touched = agg.merge(store, &partial)?;
+        if let Some(max) = late.max_event_time {
+            store.max_event_time = Some(store.max_event_time.map_or(max, |m| m.max(max)));
+        }
+        let watermark_after = self
+            .watermark
+            .as_ref()
+            .and_then(|w| store.watermark(w.delay));
+        let (emitted, removed) = agg.emit(store, &touched, self.output_mode, watermark_after)?;
+        let rows = self.transform.run_above_state(emitted).await?;
+        Ok((
+            rows,
+            StateOperatorProgress {
+                operator_name: "stateStoreSave".into(),
+                num_rows_total: store.len() as u64,
+                num_rows_updated: touched.len() as u64,
+                num_rows_removed: removed,
+                memory_used_bytes: store.memory_used_bytes(),
+                num_rows_dropped_by_watermark: late.late.len() as u64,
+            },
+        ))
     }
 
     /// Runs the transform over a decoded batch. When it fails on the rows' values, the rows that

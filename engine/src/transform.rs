@@ -15,6 +15,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::SessionContext;
 
 use crate::error::{Error, Result};
+use crate::stateful::{OutputMode, StatefulAggregation, Watermark};
 
 /// A transform's source text.
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub struct PlannedTransform {
     file: TransformFile,
     logical: LogicalPlan,
     physical: Arc<dyn ExecutionPlan>,
+    /// The aggregation over the stream, when the query has one: `physical` is then its
+    /// per-batch part (input rows to partial aggregates).
+    stateful: Option<StatefulAggregation>,
     task_ctx: Arc<TaskContext>,
 }
 
@@ -74,11 +78,17 @@ impl PlannedTransform {
             .optimize(frame.logical_plan())
             .map_err(sql_error)?;
         let physical = frame.create_physical_plan().await.map_err(sql_error)?;
+        let stateful = StatefulAggregation::split(&physical)
+            .map_err(|message| sql_error(DataFusionError::Plan(message)))?;
         let task_ctx = session.task_ctx();
         Ok(Self {
             file,
             logical,
-            physical,
+            physical: match &stateful {
+                Some(s) => s.partial_plan().clone(),
+                None => physical,
+            },
+            stateful,
             task_ctx,
         })
     }
@@ -103,12 +113,42 @@ impl PlannedTransform {
         &self.logical
     }
 
-    /// The output schema.
+    /// The output schema (the rows that go to the sink).
     pub fn schema(&self) -> arrow::datatypes::SchemaRef {
-        self.physical.schema()
+        match &self.stateful {
+            Some(s) => s.schema(),
+            None => self.physical.schema(),
+        }
     }
 
-    /// Runs the plan over what the input slots hold now. Returns the rows and the executed plan
+    /// The aggregation over the stream that keeps state across batches, if the query has one.
+    pub fn stateful(&self) -> Option<&StatefulAggregation> {
+        self.stateful.as_ref()
+    }
+
+    /// Runs the plan above a stateful aggregation over the groups it emits (see
+    /// [`crate::stateful`]).
+    ///
+    /// # Errors
+    /// [`Error::Sql`] naming the transform; [`Error::Internal`] for a transform that does not
+    /// aggregate.
+    pub async fn run_above_state(&self, emitted: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let stateful = self.stateful.as_ref().ok_or_else(|| {
+            Error::Internal(format!("transform {} keeps no state", self.file.name))
+        })?;
+        stateful
+            .finish(emitted, self.task_ctx.clone())
+            .await
+            .map_err(|source| Error::Sql {
+                name: self.file.name.clone(),
+                file: self.file.path.clone(),
+                message: "execution above the aggregation's state failed".into(),
+                source,
+            })
+    }
+
+    /// Runs the plan over what the input slots hold now (for a stateful transform, its per-batch
+    /// part: the partial aggregates of the batch's rows). Returns the rows and the executed plan
     /// (which carries this run's metrics).
     pub async fn execute(&self) -> Result<(Vec<RecordBatch>, Arc<dyn ExecutionPlan>)> {
         // Operators such as a hash join cache their build side inside the plan; a fresh copy of
@@ -132,14 +172,22 @@ impl PlannedTransform {
         Ok((batches, plan))
     }
 
-    /// The logical and physical plans as text (`explain`).
-    pub fn explain(&self) -> String {
+    /// The logical and physical plans as text (`explain`); for a stateful transform, the
+    /// stateful aggregation with its keys, window, output mode and watermark between the
+    /// physical plans above and below it.
+    pub fn explain(&self, mode: OutputMode, watermark: Option<&Watermark>) -> String {
+        let physical = match &self.stateful {
+            Some(s) => s.explain(mode, watermark),
+            None => format!(
+                "-- physical plan --\n{}",
+                displayable(self.physical.as_ref()).indent(true)
+            ),
+        };
         format!(
-            "== {} ({}) ==\n-- logical plan --\n{}\n-- physical plan --\n{}",
+            "== {} ({}) ==\n-- logical plan --\n{}\n{physical}",
             self.file.name,
             self.file.path.display(),
             self.logical.display_indent(),
-            displayable(self.physical.as_ref()).indent(true)
         )
     }
 

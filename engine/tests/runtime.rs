@@ -291,6 +291,8 @@ async fn query_with(
         checkpoint: checkpoint.then(|| Checkpoint::open(dir.join("checkpoint")).unwrap()),
         trigger: Trigger::AvailableNow,
         max_records_per_batch: max_records,
+        output_mode: Default::default(),
+        watermark: None,
         on_progress: {
             let progress = outputs.progress.clone();
             Box::new(move |p| progress.lock().unwrap().push(p.clone()))

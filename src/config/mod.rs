@@ -22,6 +22,7 @@ use connectors::{DeadLetterConfig, SinkConfig, SourceConfig};
 use engine::context::ContextOptions;
 use engine::decimal::DecimalPolicy;
 use engine::reference::ReferenceTable;
+use engine::stateful::{OutputMode, Watermark};
 use engine::trigger::Trigger;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -85,6 +86,8 @@ struct InputSection {
     /// (the message goes to the dead letters).
     #[serde(deserialize_with = "from_str")]
     decimal_policy: DecimalPolicy,
+    /// The event-time watermark (Spark's `withWatermark`) of a query that aggregates by window.
+    watermark: Option<WatermarkSection>,
 }
 
 impl Default for InputSection {
@@ -93,8 +96,25 @@ impl Default for InputSection {
             table: "trades".into(),
             columns: None,
             decimal_policy: DecimalPolicy::default(),
+            watermark: None,
         }
     }
+}
+
+/// `input.watermark = { column = "trade_time", delay = "10s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatermarkSection {
+    /// The input table's event-time column (a timestamp).
+    column: String,
+    /// How far behind the largest event time seen a row may arrive and still count
+    /// (humantime: `"10s"`, `"2m"`).
+    #[serde(deserialize_with = "plumbing::millis")]
+    delay: std::time::Duration,
+    /// Whether rows dropped as late also go to the dead letters (default false: counted in
+    /// the progress only, as Spark does).
+    #[serde(default)]
+    dead_letter: bool,
 }
 
 /// `[transforms]`.
@@ -106,6 +126,10 @@ struct TransformsSection {
     files: Vec<PathBuf>,
     /// The transform whose rows go to the sink.
     output: String,
+    /// When an aggregating query's groups go to the sink: `append` (default; each window once,
+    /// when the watermark passes its end) or `update` (every group a batch changed).
+    #[serde(default, deserialize_with = "from_str")]
+    output_mode: OutputMode,
 }
 
 /// `[report]`: a query over the store printed at the end of a run that ends.
@@ -127,6 +151,10 @@ pub struct Config {
     pub checkpoint_dir: Option<PathBuf>,
     /// The engine's session options.
     pub context: ContextOptions,
+    /// The input table's event-time watermark, if any.
+    pub watermark: Option<Watermark>,
+    /// When an aggregating query's groups go to the sink.
+    pub output_mode: OutputMode,
     /// The input table's name.
     pub input_table: String,
     /// The input table's columns.
@@ -275,6 +303,31 @@ impl Config {
             (Some(i), Some(d)) => d.input(&mut problems, &i.table, i.columns.as_deref()),
             _ => None,
         };
+        if let (Some(w), Some(schema)) = (
+            input.as_ref().and_then(|i| i.watermark.as_ref()),
+            &input_schema,
+        ) {
+            match schema.field_with_name(&w.column) {
+                Ok(f) if matches!(f.data_type(), arrow::datatypes::DataType::Timestamp(..)) => {}
+                Ok(f) => problems.push(Problem::new(
+                    "input.watermark.column",
+                    format!("{:?} is a {}, not a timestamp", w.column, f.data_type()),
+                )),
+                Err(_) => problems.push(Problem::new(
+                    "input.watermark.column",
+                    format!(
+                        "{:?} is not a column of the input table ({})",
+                        w.column,
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            }
+        }
         for (i, r) in references.iter().flatten().enumerate() {
             problems.extend(plumbing::readable_file(
                 &format!("reference[{i}].path"),
@@ -340,6 +393,12 @@ impl Config {
                     target_partitions: engine.target_partitions.get(),
                     ..ContextOptions::default()
                 },
+                watermark: input.watermark.map(|w| Watermark {
+                    column: w.column,
+                    delay: w.delay,
+                    dead_letter_late: w.dead_letter,
+                }),
+                output_mode: transforms.output_mode,
                 input_table: input.table,
                 input_schema,
                 decimal_policy: input.decimal_policy,

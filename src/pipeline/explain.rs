@@ -34,7 +34,10 @@ pub(super) async fn explain(
         .into_iter()
         .filter(|t| only.is_none_or(|n| n == t.name()))
     {
-        println!("{}\n", transform.explain());
+        println!(
+            "{}\n",
+            transform.explain(config.output_mode, config.watermark.as_ref())
+        );
         if analyze {
             // The engine's own batch path; nothing is written or committed, so the sink and
             // the dead-letter output are null ones.
@@ -49,6 +52,8 @@ pub(super) async fn explain(
                 checkpoint: None,
                 trigger: Trigger::AvailableNow,
                 max_records_per_batch: config.max_records_per_batch.get(),
+                output_mode: config.output_mode,
+                watermark: config.watermark.clone(),
                 on_progress: Box::new(|_| {}),
             };
             let one = query.run_one_batch(ANALYZE_MAX_WAIT).await?;

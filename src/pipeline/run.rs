@@ -36,6 +36,8 @@ pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Res
         checkpoint,
         trigger: config.trigger,
         max_records_per_batch: config.max_records_per_batch.get(),
+        output_mode: config.output_mode,
+        watermark: config.watermark.clone(),
         on_progress: Box::new(move |p| match progress {
             ProgressFormat::Human => eprintln!("{}", p.human_line()),
             ProgressFormat::Json => eprintln!("{}", p.json_line()),
