@@ -490,10 +490,11 @@ impl StreamingQuery {
             state_operators: state_progress.into_iter().collect(),
             event_time: match (state.as_ref(), watermark_before) {
                 (Some(store), _) if self.watermark.is_some() => {
-                    let mut times = BTreeMap::new();
-                    if let Some(wm) = watermark_before {
-                        times.insert("watermark".to_owned(), stateful::format_nanos(wm));
-                    }
+                    // Before any event time, the epoch (as Spark reports it).
+                    let mut times = BTreeMap::from([(
+                        "watermark".to_owned(),
+                        stateful::format_nanos(watermark_before.unwrap_or(0)),
+                    )]);
                     if let Some(max) = late.max_event_time {
                         times.insert("max".to_owned(), stateful::format_nanos(max));
                     }

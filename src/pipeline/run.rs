@@ -17,6 +17,14 @@ use coinstream::config::Config;
 pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
     let (_ctx, input, transforms) = plan(&config).await?;
     let transform = take_output(&config, transforms)?;
+    // Before the sink or the checkpoint is touched: a stateful query whose output mode cannot
+    // work (append without a window or a watermark) would write nothing, ever.
+    if let Some(agg) = transform.stateful() {
+        agg.check(config.output_mode, config.watermark.as_ref())
+            .map_err(|m| {
+                anyhow::anyhow!("transforms.output_mode = \"{}\": {m}", config.output_mode)
+            })?;
+    }
     // The sink is checked against the transform's output columns (a Parquet partition column, a
     // Cassandra key) before the checkpoint folder is opened or the source read.
     let sink = connectors::build_sink(&config.sink, &transform.schema())?;

@@ -1,0 +1,479 @@
+//! Stateful streaming through the binary: `pipelines/ohlcv.toml` (1-minute tumbling OHLCV
+//! candles from trades, 10 s watermark, append mode, into a Delta table). Exact candles against a
+//! recomputation from the capture with no code of ours, whatever the batch size; rows out of order
+//! within the delay aggregated, late rows dropped, counted and dead-lettered; open windows kept in
+//! the checkpoint across a restart; `kill -9` at random points and a restart writing each candle
+//! once; update mode; the plan and progress records showing the state; refusals.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+mod common;
+
+use common::{Pipeline, Running, delta_batches};
+use testkit::env::repo;
+
+/// A candle as stored: (open, high, low, close, volume, trade_count), decimals normalised.
+type Candle = (Decimal, Decimal, Decimal, Decimal, Decimal, i64);
+/// `(symbol, window_start in µs since the epoch)` → candle.
+type Candles = BTreeMap<(String, i64), Candle>;
+
+const MINUTE_MICROS: i64 = 60_000_000;
+const DELAY_MICROS: i64 = 10_000_000;
+
+fn coinstream(args: &[String]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
+    cmd.args(args).current_dir(repo());
+    cmd
+}
+
+fn args(head: &[&str], config: &Pipeline, tail: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = head.iter().map(|a| (*a).to_owned()).collect();
+    all.extend(config.args());
+    all.extend(tail.iter().map(|a| (*a).to_owned()));
+    all
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+/// `pipelines/ohlcv.toml` as shipped, over `feed`, with its outputs under `dir`.
+fn ohlcv(dir: &Path, feed: &Path) -> Pipeline {
+    Pipeline::shipped("pipelines/ohlcv.toml")
+        .set_path("source.path", feed)
+        .set_path("engine.checkpoint_dir", &dir.join("checkpoint"))
+        .set_path("sink.path", &dir.join("ohlcv_1m"))
+        .set_path("dead_letter.path", &dir.join("dead_letters"))
+}
+
+fn run_available_now(config: &Pipeline, max_records: &str) -> String {
+    ok(common::wait_with_limit(
+        coinstream(&args(
+            &["run", "--trigger", "available-now", "--progress", "json"],
+            config,
+            &["--max-records-per-batch", max_records],
+        )),
+        Duration::from_secs(300),
+    ))
+}
+
+fn progress(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The sum over batches of the stateful operator's `field`.
+fn state_sum(log: &str, field: &str) -> u64 {
+    progress(log)
+        .iter()
+        .map(|p| p["stateOperators"][0][field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn decimal(array: &dyn arrow::array::Array, row: usize) -> Decimal {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Decimal128Type};
+    let DataType::Decimal128(_, scale) = array.data_type() else {
+        panic!("not a decimal: {}", array.data_type());
+    };
+    Decimal::from_i128_with_scale(
+        array.as_primitive::<Decimal128Type>().value(row),
+        *scale as u32,
+    )
+    .normalize()
+}
+
+/// Every candle of the Delta table at `table`; panics on a window stored twice.
+fn stored(table: &Path) -> Candles {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    let mut candles = Candles::new();
+    for batch in delta_batches(table) {
+        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let symbol = col("symbol");
+        let start = col("window_start");
+        let end = col("window_end");
+        let (open, high, low, close, volume, count) = (
+            col("open"),
+            col("high"),
+            col("low"),
+            col("close"),
+            col("volume"),
+            col("trade_count"),
+        );
+        for row in 0..batch.num_rows() {
+            let s = start.as_primitive::<TimestampMicrosecondType>().value(row);
+            assert_eq!(
+                end.as_primitive::<TimestampMicrosecondType>().value(row),
+                s + MINUTE_MICROS,
+                "window_end is one minute after window_start"
+            );
+            let key = (symbol.as_string::<i32>().value(row).to_owned(), s);
+            let candle = (
+                decimal(open.as_ref(), row),
+                decimal(high.as_ref(), row),
+                decimal(low.as_ref(), row),
+                decimal(close.as_ref(), row),
+                decimal(volume.as_ref(), row),
+                count.as_primitive::<Int64Type>().value(row),
+            );
+            let previous = candles.insert(key.clone(), candle);
+            assert!(previous.is_none(), "candle {key:?} stored twice");
+        }
+    }
+    candles
+}
+
+/// A trade of a capture: (symbol, trade_id, time in µs, price, size).
+type Trade = (String, i64, i64, Decimal, Decimal);
+
+/// The trades of a capture of Coinbase feed messages, read with serde_json alone.
+fn trades_of(feed: &Path) -> Vec<Trade> {
+    let mut trades = Vec::new();
+    for line in std::fs::read_to_string(feed).unwrap().lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if !matches!(m["type"].as_str(), Some("match" | "last_match")) {
+            continue;
+        }
+        let time = chrono::DateTime::parse_from_rfc3339(m["time"].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros();
+        trades.push((
+            m["product_id"].as_str().unwrap().to_owned(),
+            m["trade_id"].as_i64().unwrap(),
+            time,
+            m["price"].as_str().unwrap().parse().unwrap(),
+            m["size"].as_str().unwrap().parse().unwrap(),
+        ));
+    }
+    trades
+}
+
+/// The candles of `trades` whose minute ends at or before `closed_by` (µs): open/close by
+/// (time, trade id), exact sums.
+fn candles_of(trades: &[Trade], closed_by: i64) -> Candles {
+    let mut windows: BTreeMap<(String, i64), Vec<&Trade>> = BTreeMap::new();
+    for t in trades {
+        let start = t.2 - t.2.rem_euclid(MINUTE_MICROS);
+        windows.entry((t.0.clone(), start)).or_default().push(t);
+    }
+    windows
+        .into_iter()
+        .filter(|((_, start), _)| start + MINUTE_MICROS <= closed_by)
+        .map(|(key, mut ts)| {
+            ts.sort_by_key(|t| (t.2, t.1));
+            let prices = || ts.iter().map(|t| t.3);
+            let candle = (
+                ts[0].3.normalize(),
+                prices().max().unwrap().normalize(),
+                prices().min().unwrap().normalize(),
+                ts[ts.len() - 1].3.normalize(),
+                ts.iter().map(|t| t.4).sum::<Decimal>().normalize(),
+                ts.len() as i64,
+            );
+            (key, candle)
+        })
+        .collect()
+}
+
+/// The candles the final watermark of an in-order capture closes.
+fn expected(feed: &Path) -> Candles {
+    let trades = trades_of(feed);
+    let max = trades.iter().map(|t| t.2).max().unwrap();
+    candles_of(&trades, max - DELAY_MICROS)
+}
+
+#[test]
+fn candles_of_the_capture_are_exact_whatever_the_batch_size() {
+    let feed = repo().join("required_data/sample_trades.jsonl");
+    let want = expected(&feed);
+    assert!(want.len() > 100, "{} candles", want.len());
+    for max_records in ["2000", "137", "100000"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ohlcv(dir.path(), &feed);
+        let log = run_available_now(&config, max_records);
+        // The capture is in order, so no row is late and the oracle above holds.
+        assert_eq!(state_sum(&log, "numRowsDroppedByWatermark"), 0, "{log}");
+        assert_eq!(
+            stored(&dir.path().join("ohlcv_1m")),
+            want,
+            "batches of {max_records}"
+        );
+        let batches = progress(&log);
+        let last = batches.last().unwrap();
+        assert!(
+            last["eventTime"]["watermark"].is_string(),
+            "the watermark in the progress: {last}"
+        );
+        let op = &last["stateOperators"][0];
+        assert_eq!(op["operatorName"], "stateStoreSave", "{last}");
+        // The last minute of each product is still open, in the state.
+        assert_eq!(op["numRowsTotal"].as_u64(), Some(13), "{last}");
+        assert!(op["memoryUsedBytes"].as_u64().unwrap() > 0, "{last}");
+        assert!(
+            dir.path()
+                .join("checkpoint/state")
+                .read_dir()
+                .unwrap()
+                .count()
+                > 0
+        );
+    }
+}
+
+/// A Coinbase `match` message.
+fn frame(symbol: &str, id: i64, time: &str, price: &str, size: &str) -> String {
+    serde_json::json!({
+        "type": "match", "trade_id": id, "sequence": id * 10, "product_id": symbol,
+        "maker_order_id": "m", "taker_order_id": "t", "side": "buy",
+        "price": price, "size": size, "time": time,
+    })
+    .to_string()
+}
+
+fn write_feed(path: &Path, frames: &[String]) {
+    std::fs::write(path, frames.join("\n") + "\n").unwrap();
+}
+
+fn d(text: &str) -> Decimal {
+    text.parse::<Decimal>().unwrap().normalize()
+}
+
+fn candle(o: &str, h: &str, l: &str, c: &str, v: &str, n: i64) -> Candle {
+    (d(o), d(h), d(l), d(c), d(v), n)
+}
+
+fn micros(time: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(time)
+        .unwrap()
+        .timestamp_micros()
+}
+
+/// One batch per message, so the watermark moves after each (Spark's semantics at their finest).
+#[test]
+fn rows_out_of_order_within_the_delay_count_late_ones_are_dropped_and_open_windows_survive_a_restart()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.jsonl");
+    let mut frames = vec![
+        frame("BTC-USD", 1, "2026-11-20T10:00:05Z", "100", "1"),
+        frame("BTC-USD", 2, "2026-11-20T10:00:30Z", "101", "1"),
+        // 10 s behind the largest time seen: exactly at the watermark, so it counts.
+        frame("BTC-USD", 3, "2026-11-20T10:00:20Z", "99", "0.5"),
+        // Moves the watermark to 10:01:05: the 10:00 minute closes.
+        frame("BTC-USD", 4, "2026-11-20T10:01:15Z", "105", "2"),
+        // Behind the watermark: late, dropped (its minute was written already).
+        frame("BTC-USD", 5, "2026-11-20T10:00:50Z", "50", "7"),
+        frame("BTC-USD", 6, "2026-11-20T10:01:20Z", "106", "1"),
+        frame("ETH-USD", 1, "2026-11-20T10:01:59.999999Z", "3000", "1"),
+        // Watermark 10:02:20: the 10:01 minutes close; 10:02 stays open.
+        frame("BTC-USD", 7, "2026-11-20T10:02:30Z", "107", "1"),
+    ];
+    write_feed(&feed, &frames);
+    let config = ohlcv(dir.path(), &feed).set_flag(
+        r#"input.watermark={ column = "trade_time", delay = "10s", dead_letter = true }"#,
+    );
+    let log = run_available_now(&config, "1");
+    let table = dir.path().join("ohlcv_1m");
+    let minute = |m: &str| ("BTC-USD".to_owned(), micros(m));
+    let mut want = Candles::from([
+        (
+            minute("2026-11-20T10:00:00Z"),
+            candle("100", "101", "99", "101", "2.5", 3),
+        ),
+        (
+            minute("2026-11-20T10:01:00Z"),
+            candle("105", "106", "105", "106", "3", 2),
+        ),
+        (
+            ("ETH-USD".to_owned(), micros("2026-11-20T10:01:00Z")),
+            candle("3000", "3000", "3000", "3000", "1", 1),
+        ),
+    ]);
+    assert_eq!(stored(&table), want, "{log}");
+    assert_eq!(state_sum(&log, "numRowsDroppedByWatermark"), 1, "{log}");
+    let letters: Vec<String> = std::fs::read_dir(dir.path().join("dead_letters"))
+        .unwrap()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].contains("late") && letters[0].contains("\\\"trade_id\\\":5"),
+        "{}",
+        letters[0]
+    );
+
+    // More trades arrive; a second run continues the open 10:02 minute from the checkpoint's
+    // state (its first trade came in the first run).
+    frames.push(frame("BTC-USD", 8, "2026-11-20T10:02:40Z", "104", "1"));
+    frames.push(frame("BTC-USD", 9, "2026-11-20T10:03:50Z", "110", "1"));
+    write_feed(&feed, &frames);
+    let log = run_available_now(&config, "1");
+    assert!(log.contains("Restored the aggregation's state"), "{log}");
+    want.insert(
+        minute("2026-11-20T10:02:00Z"),
+        candle("107", "107", "104", "104", "2", 2),
+    );
+    assert_eq!(stored(&table), want, "{log}");
+}
+
+#[test]
+fn kill_9_at_random_points_then_a_restart_writes_each_candle_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = repo().join("required_data/sample_trades.jsonl");
+    let config = ohlcv(dir.path(), &feed);
+    let mut kills = Vec::new();
+    for round in 0..5u64 {
+        let mut running = Running::spawn(coinstream(&args(
+            &["run", "--trigger", "interval:10ms", "--progress", "json"],
+            &config,
+            &["--max-records-per-batch", "150"],
+        )));
+        running.wait_for_batches(1, Duration::from_secs(60));
+        // A different point of the batch cycle each round (aggregation, Delta commit, state
+        // save, checkpoint commit), varied by round and by clock.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        let wait = Duration::from_millis(30 + (round * 137 + nanos % 300) % 400);
+        running.read_for(wait);
+        kills.push(wait);
+        running.kill();
+    }
+    run_available_now(&config, "150");
+    // `stored` panics on a candle written twice.
+    assert_eq!(
+        stored(&dir.path().join("ohlcv_1m")),
+        expected(&feed),
+        "after kills at {kills:?}"
+    );
+}
+
+#[test]
+fn update_mode_writes_a_window_in_every_batch_that_changes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.jsonl");
+    write_feed(
+        &feed,
+        &[
+            frame("BTC-USD", 1, "2026-11-20T10:00:05Z", "100", "1"),
+            frame("BTC-USD", 2, "2026-11-20T10:00:30Z", "101", "1"),
+            frame("BTC-USD", 3, "2026-11-20T10:00:40Z", "99", "1"),
+        ],
+    );
+    let config = ohlcv(dir.path(), &feed)
+        .set("transforms.output_mode", "update")
+        .set_path("sink.path", &dir.path().join("parquet"))
+        .set("sink.type", "parquet");
+    let log = run_available_now(&config, "1");
+    // Each one-message batch wrote its window as it then stood: three versions of one candle,
+    // the window still open (update mode writes before the watermark passes).
+    let outputs: Vec<u64> = progress(&log)
+        .iter()
+        .map(|p| p["sink"]["numOutputRows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(outputs, [1, 1, 1], "{log}");
+    let mut counts: Vec<i64> = common::parquet_batches(&dir.path().join("parquet"))
+        .iter()
+        .flat_map(|b| {
+            use arrow::array::AsArray;
+            let c = b.column(b.schema().index_of("trade_count").unwrap());
+            c.as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(counts, [1, 2, 3]);
+}
+
+#[test]
+fn explain_shows_the_stateful_aggregation_its_window_mode_and_watermark() {
+    let out = ok_stdout(coinstream(&args(
+        &["explain"],
+        &Pipeline::shipped("pipelines/ohlcv.toml"),
+        &[],
+    )));
+    for part in [
+        "-- stateful aggregation",
+        "keys: symbol, w (window: closed when the watermark passes its end)",
+        "output mode: append",
+        "watermark: trade_time - 10s",
+        "AggregateExec: mode=Partial",
+    ] {
+        assert!(out.contains(part), "{part:?} missing from\n{out}");
+    }
+}
+
+fn ok_stdout(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = repo().join("required_data/sample_trades.jsonl");
+    let no_watermark = ohlcv(dir.path(), &feed).set_flag(r#"input={ table = "trades" }"#);
+    let out = common::wait_with_limit(
+        coinstream(&args(
+            &["run", "--trigger", "available-now"],
+            &no_watermark,
+            &[],
+        )),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("append output mode needs a watermark"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("ohlcv_1m").exists(),
+        "nothing written before the refusal"
+    );
+    let wrong_column =
+        ohlcv(dir.path(), &feed).set_flag(r#"input.watermark={ column = "price", delay = "10s" }"#);
+    let out = common::wait_with_limit(
+        coinstream(&args(
+            &["run", "--trigger", "available-now"],
+            &wrong_column,
+            &[],
+        )),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("input.watermark.column") && stderr(&out).contains("not a timestamp"),
+        "{}",
+        stderr(&out)
+    );
+}
