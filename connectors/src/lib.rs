@@ -73,6 +73,58 @@ pub enum DeadLetterConfig {
     Kafka(kafka::config::KafkaDeadLetterConfig),
 }
 
+/// `[state]`: where a stateful query keeps each source part's aggregation state for every
+/// instance of the query (scale-out over a consumer group). Without it the state is the
+/// instance's own, in its checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StateConfig {
+    /// A table on the Cassandra cluster of the `[sink]` (which must be `cassandra`), in its
+    /// keyspace, with its connection settings.
+    Cassandra {
+        /// The table, created when missing. Default `coinstream_state`.
+        #[serde(default = "default_state_table")]
+        table: String,
+    },
+}
+
+fn default_state_table() -> String {
+    cassandra::state::DEFAULT_STATE_TABLE.to_owned()
+}
+
+impl StateConfig {
+    /// Every problem of `[state]` given the `[sink]` (keys relative to `[state]`).
+    pub fn check(&self, sink: &SinkConfig) -> Vec<Problem> {
+        match (self, sink) {
+            (StateConfig::Cassandra { .. }, SinkConfig::Cassandra(_)) => Vec::new(),
+            (StateConfig::Cassandra { .. }, _) => vec![Problem::new(
+                "type",
+                "a cassandra state store uses the sink's Cassandra cluster and keyspace, so it \
+                 needs sink.type = \"cassandra\"",
+            )],
+        }
+    }
+}
+
+/// Builds the configured shared state store.
+///
+/// # Errors
+/// [`engine::Error::Config`] when the sink cannot host it.
+pub fn build_state(
+    config: &StateConfig,
+    sink: &SinkConfig,
+) -> Result<Box<dyn engine::stateful::SharedState>> {
+    match (config, sink) {
+        (StateConfig::Cassandra { table }, SinkConfig::Cassandra(c)) => {
+            Ok(Box::new(cassandra::state::CassandraState::new(c, table)?))
+        }
+        (StateConfig::Cassandra { .. }, _) => Err(engine::Error::config(
+            "state.type",
+            "a cassandra state store needs sink.type = \"cassandra\"",
+        )),
+    }
+}
+
 /// Builds the configured source.
 pub fn build_source(config: &SourceConfig) -> Result<Box<dyn Source>> {
     Ok(match config {

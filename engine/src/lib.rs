@@ -24,16 +24,16 @@
 //! it twice (at-least-once).
 //!
 //! ## Stateful aggregation ([`stateful`], [`window`])
-A transform that aggregates the stream keeps each group's partial aggregates across batches, as
-Spark's streaming aggregation does. The plan is split at its aggregation: per batch the part
-below runs with the aggregation in `Partial` mode, the rows are merged into the state
-(DataFusion's accumulators), the groups to write (append: windows the watermark closed; update:
-groups the batch changed) are evaluated and run through the part above. The watermark (the
-largest event time seen minus a delay) drops late rows before the transform. The state is
-written to the checkpoint (`state/<batchId>.arrow`) before the batch commits, so a replay meets
-the state it was planned against.
-
-## Positions belong to the source ([`position`])
+//! A transform that aggregates the stream keeps each group's partial aggregates across batches, as
+//! Spark's streaming aggregation does. The plan is split at its aggregation: per batch the part
+//! below runs with the aggregation in `Partial` mode, the rows are merged into the state
+//! (DataFusion's accumulators), the groups to write (append: windows the watermark closed; update:
+//! groups the batch changed) are evaluated and run through the part above. The watermark (the
+//! largest event time seen minus a delay) drops late rows before the transform. The state is
+//! written to the checkpoint (`state/<batchId>.arrow`) before the batch commits, so a replay meets
+//! the state it was planned against.
+//!
+//! ## Positions belong to the source ([`position`])
 //! A batch's start and end are [`SourceOffset`]s: JSON that the source writes and alone reads
 //! (Spark's per-source `Offset`), holding everything it needs to continue exactly there (a Kafka
 //! source's `{"topic":{"0":42}}`, a capture's file, line and last trade id per product). The

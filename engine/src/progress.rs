@@ -66,6 +66,9 @@ pub struct StateOperatorProgress {
     pub memory_used_bytes: u64,
     /// Input rows dropped because their event time was older than the watermark.
     pub num_rows_dropped_by_watermark: u64,
+    /// Input rows skipped because the state of their source part, taken over from another
+    /// instance through the shared state store, already holds them.
+    pub num_rows_already_in_state: u64,
 }
 
 /// One batch's progress.

@@ -27,7 +27,7 @@ use crate::progress::{
 use crate::retry::{Backoff, retry_transient};
 use crate::sink::{DeadLetter, DeadLetterSink, Sink};
 use crate::source::{Poll, PollLimits, RawRecord, Source, SourceBatch, StartRequest};
-use crate::stateful::{self, OutputMode, StateStore, Watermark};
+use crate::stateful::{self, OutputMode, SharedState, StateStore, States, Watermark};
 use crate::transform::PlannedTransform;
 use crate::trigger::Trigger;
 
@@ -76,6 +76,10 @@ pub struct StreamingQuery {
     pub output_mode: OutputMode,
     /// The input table's watermark, for a stateful transform ([`crate::stateful`]).
     pub watermark: Option<Watermark>,
+    /// Where a stateful transform keeps each source part's state for every instance of the
+    /// query (scale-out over a consumer group); without it the state is this instance's, in the
+    /// checkpoint.
+    pub shared_state: Option<Box<dyn SharedState>>,
     /// Called after every batch.
     pub on_progress: Box<dyn FnMut(&BatchProgress) + Send>,
 }
@@ -351,7 +355,7 @@ impl StreamingQuery {
         started: Instant,
         last_start: &mut Instant,
         summary: &mut RunSummary,
-        state: &mut Option<StateStore>,
+        state: &mut Option<States>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<()> {
         let timestamp = chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
@@ -363,19 +367,27 @@ impl StreamingQuery {
         let decode = t.elapsed();
 
         let t = Instant::now();
+        if let Some(states) = state.as_mut() {
+            self.take_over_parts(states, &batch.records, shutdown)
+                .await?;
+        }
         let watermark_before = match (state.as_ref(), &self.watermark) {
-            (Some(store), Some(w)) => store.watermark(w.delay),
+            (Some(states), Some(w)) => states.watermark(w.delay),
             _ => None,
         };
         let (decoded, late, late_letters) =
             self.drop_late(decoded, &batch.records, state.is_some(), watermark_before)?;
-        let (rows, transform_letters, _plan) = self.run_transform(&decoded, &batch.records).await?;
-        let (rows, state_progress) = match state.as_mut() {
-            Some(store) => {
-                let (rows, progress) = self.aggregate(store, rows, &late).await?;
-                (rows, Some(progress))
+        let (rows, transform_letters, state_progress) = match state.as_mut() {
+            Some(states) => {
+                let (rows, letters, progress) = self
+                    .aggregate(states, &decoded, &batch.records, &late)
+                    .await?;
+                (rows, letters, Some(progress))
             }
-            None => (rows, None),
+            None => {
+                let (rows, letters, _plan) = self.run_transform(&decoded, &batch.records).await?;
+                (rows, letters, None)
+            }
         };
         let query = t.elapsed();
         let mut by_reason = BTreeMap::new();
@@ -420,15 +432,9 @@ impl StreamingQuery {
         // The state after this batch is saved before the batch is committed: a crash in between
         // replays the batch from the state before it (the newest version at or before the last
         // commit), which is the state it was planned against.
-        if let (Some(store), Some(cp), Some(agg)) =
-            (state.as_ref(), &self.checkpoint, self.transform.stateful())
-        {
-            agg.save(
-                store,
-                &cp.state_dir(),
-                batch_id,
-                crate::checkpoint::RETAINED_BATCHES,
-            )?;
+        if let Some(states) = state.as_mut() {
+            self.save_states(states, batch_id, &batch.records, shutdown)
+                .await?;
         }
         retry_transient(&mut backoff, shutdown, "source commit", async || {
             self.source.commit(&batch.end).await
@@ -488,8 +494,8 @@ impl StreamingQuery {
                 num_output_rows: output_rows as u64,
             },
             state_operators: state_progress.into_iter().collect(),
-            event_time: match (state.as_ref(), watermark_before) {
-                (Some(store), _) if self.watermark.is_some() => {
+            event_time: match state.as_ref() {
+                Some(states) if self.watermark.is_some() => {
                     // Before any event time, the epoch (as Spark reports it).
                     let mut times = BTreeMap::from([(
                         "watermark".to_owned(),
@@ -498,7 +504,12 @@ impl StreamingQuery {
                     if let Some(max) = late.max_event_time {
                         times.insert("max".to_owned(), stateful::format_nanos(max));
                     }
-                    if let Some(max) = store.max_event_time {
+                    if let Some(max) = states
+                        .stores
+                        .values()
+                        .filter_map(|s| s.max_event_time)
+                        .max()
+                    {
                         times.insert("maxSeen".to_owned(), stateful::format_nanos(max));
                     }
                     times
@@ -512,7 +523,7 @@ impl StreamingQuery {
 
     /// The state of a stateful transform, restored from the checkpoint (`None` for a transform
     /// that does not aggregate the stream).
-    fn open_state(&self, recovered: &crate::checkpoint::Recovered) -> Result<Option<StateStore>> {
+    fn open_state(&self, recovered: &crate::checkpoint::Recovered) -> Result<Option<States>> {
         let Some(agg) = self.transform.stateful() else {
             if let Some(w) = &self.watermark {
                 tracing::warn!(watermark = %w, transform = self.transform.name(),
@@ -531,11 +542,146 @@ impl StreamingQuery {
                     message,
                 )
             })?;
-        match &self.checkpoint {
-            Some(cp) => agg.load(&cp.state_dir(), recovered.next_batch_id.checked_sub(1)),
-            None => Ok(StateStore::default()),
+        if let Some(shared) = &self.shared_state {
+            // Each part's state is taken from the shared store when its first record arrives
+            // (`take_over_parts`), whichever instance held it before.
+            tracing::info!(store = %shared.description(), query = %self.shared_state_key(),
+                "The aggregation's state is kept per source part in a shared store.");
+            return Ok(Some(States::default()));
         }
-        .map(Some)
+        if self.source.assigned_partitions().is_some() {
+            tracing::warn!(source = %self.source.description(),
+                "The source's parts may move to other instances of the query, but the aggregation's state stays in this instance's checkpoint: run one instance, or configure a shared [state] store.");
+        }
+        let store = match &self.checkpoint {
+            Some(cp) => agg.load(&cp.state_dir(), recovered.next_batch_id.checked_sub(1))?,
+            None => StateStore::default(),
+        };
+        Ok(Some(States {
+            stores: BTreeMap::from([(None, store)]),
+        }))
+    }
+
+    /// The key of this query's states in the shared store: the same for every instance (the
+    /// source's identity, which names a Kafka source's topics and group, and the transform).
+    fn shared_state_key(&self) -> String {
+        format!("{} {}", self.source.identity(), self.transform.name())
+    }
+
+    /// With a shared state store: drops the state of parts this instance no longer reads (their
+    /// new owner takes it from the store), and takes the state of each part of `records` it does
+    /// not hold yet from the store.
+    async fn take_over_parts(
+        &self,
+        states: &mut States,
+        records: &[RawRecord],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
+        let (Some(shared), Some(agg)) = (&self.shared_state, self.transform.stateful()) else {
+            return Ok(());
+        };
+        if let Some(assigned) = self.source.assigned_partitions() {
+            let before = states.stores.len();
+            states
+                .stores
+                .retain(|part, _| part.is_some_and(|p| assigned.contains(&p)));
+            if states.stores.len() < before {
+                tracing::info!(
+                    parts = before - states.stores.len(),
+                    "Dropped the aggregation state of source parts this instance no longer reads."
+                );
+            }
+        }
+        let parts: std::collections::BTreeSet<u32> =
+            records.iter().map(|r| r.position.partition).collect();
+        let key = self.shared_state_key();
+        let mut backoff = Backoff::default();
+        for part in parts {
+            if states.stores.contains_key(&Some(part)) {
+                continue;
+            }
+            let name = self.part_name(part);
+            let saved = retry_transient(&mut backoff, shutdown, "state load", async || {
+                shared.load(&key, &name).await
+            })
+            .await?;
+            let store = match saved {
+                Some(bytes) => {
+                    let store = agg.decode(
+                        &bytes,
+                        &format!("the state of part {name} in {}", shared.description()),
+                    )?;
+                    tracing::info!(part = %name, groups = store.len(), offset_after = ?store.offset_after,
+                        "Took over the aggregation state of a source part.");
+                    store
+                }
+                None => StateStore::default(),
+            };
+            states.stores.insert(Some(part), store);
+        }
+        Ok(())
+    }
+
+    fn part_name(&self, part: u32) -> String {
+        self.source
+            .partition_name(part)
+            .unwrap_or_else(|| part.to_string())
+    }
+
+    /// Saves the state after batch `batch_id`, before the batch is committed: a crash in between
+    /// replays the batch from the state before it. In the checkpoint (the newest version at or
+    /// before the last commit is what a restart loads), or, shared, each part held, with the
+    /// offset after the records it holds, so that its next owner skips those.
+    async fn save_states(
+        &self,
+        states: &mut States,
+        batch_id: u64,
+        records: &[RawRecord],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
+        let Some(agg) = self.transform.stateful() else {
+            return Ok(());
+        };
+        let Some(shared) = &self.shared_state else {
+            if let (Some(cp), Some(store)) = (&self.checkpoint, states.stores.get(&None)) {
+                agg.save(
+                    store,
+                    &cp.state_dir(),
+                    batch_id,
+                    crate::checkpoint::RETAINED_BATCHES,
+                )?;
+            }
+            return Ok(());
+        };
+        let watermark = self
+            .watermark
+            .as_ref()
+            .and_then(|w| states.watermark(w.delay));
+        let mut after: BTreeMap<u32, i64> = BTreeMap::new();
+        for r in records {
+            let next = r.position.offset.saturating_add(1);
+            let entry = after.entry(r.position.partition).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+        let key = self.shared_state_key();
+        let mut backoff = Backoff::default();
+        for (part, store) in &mut states.stores {
+            let Some(part) = *part else { continue };
+            // Every part held, not only those this batch read: the watermark may have closed
+            // (and written) windows of a part without a record of its own, and the part's next
+            // owner must not find them open.
+            if let Some(&next) = after.get(&part) {
+                store.offset_after = Some(store.offset_after.map_or(next, |o| o.max(next)));
+            }
+            store.watermark_floor = store.watermark_floor.max(watermark);
+            let bytes = agg.encode(store)?;
+            let name = self.part_name(part);
+            retry_transient(&mut backoff, shutdown, "state save", async || {
+                shared.save(&key, &name, bytes.clone()).await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Takes the rows older than the watermark (and those without an event time) out of a
@@ -591,39 +737,113 @@ impl StreamingQuery {
         ))
     }
 
-    /// Merges a batch's partial aggregates into the state, moves the watermark, and returns the
-    /// rows the groups to emit make through the plan above the aggregation.
+    /// Runs the transform's part below the aggregation over the batch (per source part when the
+    /// state is shared, skipping the records a part's state already holds), merges the partial
+    /// aggregates into the state, moves the watermark, and returns the rows the groups to write
+    /// make through the plan above the aggregation, with the dead letters of rows the transform
+    /// failed on.
     async fn aggregate(
         &self,
-        store: &mut StateStore,
-        partial: Vec<RecordBatch>,
+        states: &mut States,
+        decoded: &Decoded,
+        records: &[RawRecord],
         late: &stateful::LateRows,
-    ) -> Result<(Vec<RecordBatch>, StateOperatorProgress)> {
+    ) -> Result<(Vec<RecordBatch>, Vec<DeadLetter>, StateOperatorProgress)> {
         let agg = self
             .transform
             .stateful()
             .ok_or_else(|| Error::Internal("a state without a stateful transform".into()))?;
-        let touched = agg.merge(store, &partial)?;
-        if let Some(max) = late.max_event_time {
-            store.max_event_time = Some(store.max_event_time.map_or(max, |m| m.max(max)));
+        let mut slices: Vec<(Option<u32>, Decoded)> = Vec::new();
+        let mut already = 0u64;
+        if self.shared_state.is_some() {
+            let mut rows_of: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for (row, &record) in decoded.rows.iter().enumerate() {
+                let position = records[record].position;
+                let held = states
+                    .stores
+                    .get(&Some(position.partition))
+                    .and_then(|s| s.offset_after)
+                    .is_some_and(|after| position.offset < after);
+                if held {
+                    already += 1;
+                } else {
+                    rows_of.entry(position.partition).or_default().push(row);
+                }
+            }
+            for (part, rows) in rows_of {
+                let indices =
+                    arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+                let batch = arrow::compute::take_record_batch(&decoded.batch, &indices)?;
+                slices.push((
+                    Some(part),
+                    Decoded {
+                        batch,
+                        dead_letters: Vec::new(),
+                        rows: rows.iter().map(|&r| decoded.rows[r]).collect(),
+                        rounded_decimals: 0,
+                    },
+                ));
+            }
+            if already > 0 {
+                tracing::info!(
+                    rows = already,
+                    "Skipped rows that the taken-over state of their source part already holds."
+                );
+            }
+        } else {
+            slices.push((
+                None,
+                Decoded {
+                    batch: decoded.batch.clone(),
+                    dead_letters: Vec::new(),
+                    rows: decoded.rows.clone(),
+                    rounded_decimals: 0,
+                },
+            ));
+        }
+        let mut letters = Vec::new();
+        let mut touched = BTreeMap::new();
+        for (part, slice) in &slices {
+            let (partial, failed, _plan) = self.run_transform(slice, records).await?;
+            letters.extend(failed);
+            let store = states.stores.entry(*part).or_default();
+            touched.insert(*part, agg.merge(store, &partial)?);
+            if let Some(w) = &self.watermark
+                && let Some(max) = stateful::max_event_time(&slice.batch, &w.column)?
+            {
+                store.max_event_time = Some(store.max_event_time.map_or(max, |m| m.max(max)));
+            }
         }
         let watermark_after = self
             .watermark
             .as_ref()
-            .and_then(|w| store.watermark(w.delay));
-        let (emitted, removed) = agg.emit(store, &touched, self.output_mode, watermark_after)?;
+            .and_then(|w| states.watermark(w.delay));
+        let mut emitted = Vec::new();
+        let mut progress = StateOperatorProgress {
+            operator_name: "stateStoreSave".into(),
+            num_rows_dropped_by_watermark: late.late.len() as u64,
+            num_rows_already_in_state: already,
+            ..Default::default()
+        };
+        let none = std::collections::BTreeSet::new();
+        for (part, store) in &mut states.stores {
+            let changed = touched.get(part).unwrap_or(&none);
+            let (rows, removed) = agg.emit(store, changed, self.output_mode, watermark_after)?;
+            if rows.num_rows() > 0 {
+                emitted.push(rows);
+            }
+            progress.num_rows_total += store.len() as u64;
+            progress.num_rows_updated += changed.len() as u64;
+            progress.num_rows_removed += removed;
+            progress.memory_used_bytes += store.memory_used_bytes();
+        }
+        let emitted = match emitted.len() {
+            0 => RecordBatch::new_empty(self.transform.stateful_output_schema()),
+            1 => emitted.remove(0),
+            _ => arrow::compute::concat_batches(&emitted[0].schema(), &emitted)?,
+        };
         let rows = self.transform.run_above_state(emitted).await?;
-        Ok((
-            rows,
-            StateOperatorProgress {
-                operator_name: "stateStoreSave".into(),
-                num_rows_total: store.len() as u64,
-                num_rows_updated: touched.len() as u64,
-                num_rows_removed: removed,
-                memory_used_bytes: store.memory_used_bytes(),
-                num_rows_dropped_by_watermark: late.late.len() as u64,
-            },
-        ))
+        Ok((rows, letters, progress))
     }
 
     /// Runs the transform over a decoded batch. When it fails on the rows' values, the rows that

@@ -131,6 +131,23 @@ pub trait Source: Send {
         position.to_json()
     }
 
+    /// For a source whose parts move between instances of a query (a Kafka consumer group's
+    /// partitions): the stable name of the part that records with `partition` in their
+    /// [`RecordPosition`] come from (`"topic/3"`), which keys that part's aggregation state in a
+    /// shared state store. `None` (the default) for a source whose parts never move.
+    fn partition_name(&self, partition: u32) -> Option<String> {
+        let _ = partition;
+        None
+    }
+
+    /// For a source whose parts move between instances: the parts this instance reads now, as
+    /// [`RecordPosition::partition`] numbers. A stateful query drops the state of a part it no
+    /// longer reads (its new owner takes it from the shared state store). `None` (the default):
+    /// every part is this instance's.
+    fn assigned_partitions(&self) -> Option<Vec<u32>> {
+        None
+    }
+
     /// Prepares to read; see [`StartRequest`].
     ///
     /// # Errors

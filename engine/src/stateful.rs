@@ -273,6 +273,11 @@ impl StatefulAggregation {
         self.upper.schema()
     }
 
+    /// The aggregation's output rows: the keys, then each aggregate's value.
+    pub fn aggregation_schema(&self) -> arrow::datatypes::SchemaRef {
+        self.output.schema().clone()
+    }
+
     /// Whether a key of the aggregation is a window.
     pub fn has_window(&self) -> bool {
         self.window.is_some()
@@ -492,13 +497,13 @@ impl StatefulAggregation {
         Ok(())
     }
 
-    /// Writes `store` as the state after batch `batch_id` under `dir` (`<batch_id>.arrow`,
-    /// written aside, synced, renamed), and deletes versions older than `retain` batches.
+    /// `store` as an Arrow IPC file: one row per group (the keys, then each aggregate's state
+    /// fields, named as the partial aggregation names them), the largest event time, the
+    /// watermark floor and the source offset after the state in the schema's metadata.
     ///
     /// # Errors
-    /// [`Error::Io`] when the folder cannot be written.
-    pub fn save(&self, store: &StateStore, dir: &Path, batch_id: u64, retain: u64) -> Result<()> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    /// An Arrow error building the file.
+    pub fn encode(&self, store: &StateStore) -> Result<Vec<u8>> {
         let schema = self.partial.schema();
         let mut columns = if store.groups.is_empty() {
             Vec::new()
@@ -527,55 +532,34 @@ impl StatefulAggregation {
                 .collect()
         };
         let mut metadata = std::collections::HashMap::new();
-        if let Some(max) = store.max_event_time {
-            metadata.insert(MAX_EVENT_TIME.to_owned(), max.to_string());
+        for (key, value) in [
+            (MAX_EVENT_TIME, store.max_event_time),
+            (WATERMARK_FLOOR, store.watermark_floor),
+            (OFFSET_AFTER, store.offset_after),
+        ] {
+            if let Some(v) = value {
+                metadata.insert(key.to_owned(), v.to_string());
+            }
         }
         let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
-        let path = dir.join(format!("{batch_id}.arrow"));
-        let tmp = dir.join(format!(".{batch_id}.arrow.tmp"));
-        let write = || -> Result<()> {
-            let file = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            let mut writer = arrow::ipc::writer::FileWriter::try_new(&file, &schema)?;
-            if !columns.is_empty() {
-                writer.write(&RecordBatch::try_new(schema.clone(), columns.clone())?)?;
-            }
-            writer.finish()?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
-        };
-        write()?;
-        for (version, old) in versions(dir)? {
-            if version + retain <= batch_id {
-                let _ = fs::remove_file(old);
-            }
+        let mut bytes = Vec::new();
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &schema)?;
+        if !columns.is_empty() {
+            writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
         }
-        Ok(())
+        writer.finish()?;
+        drop(writer);
+        Ok(bytes)
     }
 
-    /// The state after batch `last_committed` (the newest version at or before it), or an empty
-    /// one when there is none (a first start, or no committed batch).
+    /// A state encoded by [`StatefulAggregation::encode`]; `what` names it in errors.
     ///
     /// # Errors
-    /// [`Error::State`] when a state file is unreadable or was written by another query shape
-    /// (the SQL's aggregation changed).
-    pub fn load(&self, dir: &Path, last_committed: Option<u64>) -> Result<StateStore> {
-        let mut store = StateStore::default();
-        let Some(last) = last_committed else {
-            return Ok(store);
-        };
-        if !dir.exists() {
-            return Ok(store);
-        }
-        let Some((version, path)) = versions(dir)?
-            .into_iter()
-            .filter(|(v, _)| *v <= last)
-            .max_by_key(|(v, _)| *v)
-        else {
-            return Ok(store);
-        };
-        let bad = |message: String| Error::State(format!("{}: {message}", path.display()));
-        let file = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let reader = arrow::ipc::reader::FileReader::try_new(file, None)
+    /// [`Error::State`] when the bytes are not a state, or one written by a query with other
+    /// keys or aggregates (the SQL's aggregation changed).
+    pub fn decode(&self, bytes: &[u8], what: &str) -> Result<StateStore> {
+        let bad = |message: String| Error::State(format!("{what}: {message}"));
+        let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
             .map_err(|e| bad(format!("unreadable state: {e}")))?;
         let width: usize = self.state_widths.iter().sum();
         let expected = self.partial.schema();
@@ -586,17 +570,25 @@ impl StatefulAggregation {
             return Err(bad(format!(
                 "the state was written by a query with other keys or aggregates ({}) than this \
                  one's ({}); the SQL's aggregation changed, so the state cannot be reused: give \
-                 the query a new checkpoint_dir, or delete this one to start over",
+                 the query a new checkpoint_dir (and state store), or delete them to start over",
                 names(&schema).join(", "),
                 names(&expected).join(", ")
             )));
         }
-        store.max_event_time = schema
-            .metadata()
-            .get(MAX_EVENT_TIME)
-            .map(|v| v.parse::<i64>())
-            .transpose()
-            .map_err(|e| bad(format!("bad {MAX_EVENT_TIME}: {e}")))?;
+        let number = |key: &str| -> Result<Option<i64>> {
+            schema
+                .metadata()
+                .get(key)
+                .map(|v| v.parse::<i64>())
+                .transpose()
+                .map_err(|e| bad(format!("bad {key}: {e}")))
+        };
+        let mut store = StateStore {
+            max_event_time: number(MAX_EVENT_TIME)?,
+            watermark_floor: number(WATERMARK_FLOOR)?,
+            offset_after: number(OFFSET_AFTER)?,
+            ..StateStore::default()
+        };
         for batch in reader {
             let batch = batch.map_err(|e| bad(format!("unreadable state: {e}")))?;
             let rows = self
@@ -616,6 +608,56 @@ impl StatefulAggregation {
                     .insert(rows.row(i).owned(), Group { window_end, state });
             }
         }
+        Ok(store)
+    }
+
+    /// Writes `store` as the state after batch `batch_id` under `dir` (`<batch_id>.arrow`,
+    /// written aside, synced, renamed), and deletes versions older than `retain` batches.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the folder cannot be written.
+    pub fn save(&self, store: &StateStore, dir: &Path, batch_id: u64, retain: u64) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let bytes = self.encode(store)?;
+        let path = dir.join(format!("{batch_id}.arrow"));
+        let tmp = dir.join(format!(".{batch_id}.arrow.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| Error::io(&path, e))?;
+        for (version, old) in versions(dir)? {
+            if version + retain <= batch_id {
+                let _ = fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// The state after batch `last_committed` (the newest version at or before it), or an empty
+    /// one when there is none (a first start, or no committed batch).
+    ///
+    /// # Errors
+    /// [`Error::State`] when a state file is unreadable or was written by another query shape
+    /// (the SQL's aggregation changed).
+    pub fn load(&self, dir: &Path, last_committed: Option<u64>) -> Result<StateStore> {
+        let Some(last) = last_committed else {
+            return Ok(StateStore::default());
+        };
+        if !dir.exists() {
+            return Ok(StateStore::default());
+        }
+        let Some((version, path)) = versions(dir)?
+            .into_iter()
+            .filter(|(v, _)| *v <= last)
+            .max_by_key(|(v, _)| *v)
+        else {
+            return Ok(StateStore::default());
+        };
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let store = self.decode(&bytes, &path.display().to_string())?;
         tracing::info!(
             version,
             groups = store.groups.len(),
@@ -624,6 +666,11 @@ impl StatefulAggregation {
         Ok(store)
     }
 }
+
+/// The schema metadata key of a state's watermark floor (nanoseconds since the epoch).
+const WATERMARK_FLOOR: &str = "coinstream.watermarkFloorNanos";
+/// The schema metadata key of the source offset right after the records a state holds.
+const OFFSET_AFTER: &str = "coinstream.offsetAfter";
 
 /// The schema metadata key of a state file's largest event time (nanoseconds since the epoch).
 const MAX_EVENT_TIME: &str = "coinstream.maxEventTimeNanos";
@@ -687,6 +734,31 @@ fn partial_below(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>
     }
 }
 
+/// A store of aggregation states that every instance of a query reaches (a Cassandra table):
+/// the state of each part of a partitioned source (a Kafka partition), so that when a part moves
+/// to another instance (a consumer-group rebalance, an instance stopped) its open windows move
+/// with it. Each part's state is one value, written whole after every batch that changed it and
+/// before the batch is committed, so a part's state and the offset after it
+/// ([`StateStore::offset_after`]) always change together.
+#[async_trait::async_trait]
+pub trait SharedState: Send + Sync {
+    /// Where the states are, for logs.
+    fn description(&self) -> String;
+
+    /// The state of `part` of query `query`, as last saved; `None` when there is none.
+    ///
+    /// # Errors
+    /// [`Error::Sink`]-like failures carrying their retry class (a node that is down is
+    /// transient).
+    async fn load(&self, query: &str, part: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Replaces the state of `part` of query `query`.
+    ///
+    /// # Errors
+    /// As [`SharedState::load`].
+    async fn save(&self, query: &str, part: &str, state: Vec<u8>) -> Result<()>;
+}
+
 /// One group's state.
 #[derive(Debug, Clone)]
 struct Group {
@@ -703,6 +775,12 @@ pub struct StateStore {
     groups: BTreeMap<OwnedRow, Group>,
     /// The largest event time of the rows aggregated so far (nanoseconds since the epoch).
     pub max_event_time: Option<i64>,
+    /// A watermark the state must not go below (nanoseconds since the epoch): the watermark of
+    /// the instance that last owned this state, so that rows it already judged late stay late.
+    pub watermark_floor: Option<i64>,
+    /// For a part of a source shared by instances: the offset right after the last record the
+    /// state holds; records below it are in the state already.
+    pub offset_after: Option<i64>,
 }
 
 impl StateStore {
@@ -729,11 +807,48 @@ impl StateStore {
     }
 
     /// The watermark (nanoseconds since the epoch) for `delay`: the largest event time seen
-    /// minus the delay; `None` before any event time was seen.
+    /// minus the delay, and at least the floor; `None` before either.
     pub fn watermark(&self, delay: Duration) -> Option<i64> {
-        self.max_event_time
-            .map(|max| max.saturating_sub(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX)))
+        let own = self
+            .max_event_time
+            .map(|max| max.saturating_sub(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX)));
+        own.max(self.watermark_floor)
     }
+}
+
+/// A stateful query's state during a run: one store, or, with a [`SharedState`], one per part of
+/// the source (so each part's state can move to another instance on its own).
+#[derive(Debug, Default)]
+pub struct States {
+    /// By source part (`Some(partition)`, as in [`crate::RecordPosition::partition`]) when
+    /// shared; the one store under `None` otherwise.
+    pub stores: BTreeMap<Option<u32>, StateStore>,
+}
+
+impl States {
+    /// The instance's watermark for `delay`: the largest event time of every store minus the
+    /// delay, and at least every store's floor.
+    pub fn watermark(&self, delay: Duration) -> Option<i64> {
+        self.stores
+            .values()
+            .filter_map(|s| s.watermark(delay))
+            .max()
+    }
+}
+
+/// The largest event time (nanoseconds since the epoch) in `column` of `batch`.
+///
+/// # Errors
+/// [`Error::State`] when the column is missing or not a timestamp.
+pub fn max_event_time(batch: &RecordBatch, column: &str) -> Result<Option<i64>> {
+    let index = batch.schema().index_of(column).map_err(|_| {
+        Error::State(format!(
+            "the watermark's column {column:?} is not a column of the input table"
+        ))
+    })?;
+    let times = window::timestamps_as_nanos(batch.column(index).as_ref())
+        .map_err(|e| Error::State(format!("the watermark's column {column:?}: {e}")))?;
+    Ok(arrow::compute::max(&times))
 }
 
 /// What the watermark took out of a batch's decoded rows.

@@ -126,6 +126,15 @@ impl PlannedTransform {
         self.stateful.as_ref()
     }
 
+    /// The schema of a stateful aggregation's output rows (keys and aggregate values), the
+    /// input of the plan above it; the transform's output schema for a stateless transform.
+    pub fn stateful_output_schema(&self) -> arrow::datatypes::SchemaRef {
+        match &self.stateful {
+            Some(s) => s.aggregation_schema(),
+            None => self.physical.schema(),
+        }
+    }
+
     /// Runs the plan above a stateful aggregation over the groups it emits (see
     /// [`crate::stateful`]).
     ///

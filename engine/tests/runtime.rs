@@ -293,6 +293,7 @@ async fn query_with(
         max_records_per_batch: max_records,
         output_mode: Default::default(),
         watermark: None,
+        shared_state: None,
         on_progress: {
             let progress = outputs.progress.clone();
             Box::new(move |p| progress.lock().unwrap().push(p.clone()))

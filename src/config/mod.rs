@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
 use connectors::common::config::{self as plumbing, Problem};
-use connectors::{DeadLetterConfig, SinkConfig, SourceConfig};
+use connectors::{DeadLetterConfig, SinkConfig, SourceConfig, StateConfig};
 use engine::context::ContextOptions;
 use engine::decimal::DecimalPolicy;
 use engine::reference::ReferenceTable;
@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 pub use overrides::Override;
 
 /// The sections a config file may have, in the order the README documents them.
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     "engine",
     "tables",
     "input",
@@ -39,6 +39,7 @@ pub const SECTIONS: [&str; 9] = [
     "source",
     "sink",
     "dead_letter",
+    "state",
     "report",
 ];
 
@@ -171,6 +172,8 @@ pub struct Config {
     pub source: SourceConfig,
     /// `[sink]`.
     pub sink: SinkConfig,
+    /// `[state]`: where a stateful query shares its state between instances, if anywhere.
+    pub state: Option<StateConfig>,
     /// `[dead_letter]`.
     pub dead_letter: DeadLetterConfig,
     /// `[report]`'s SQL file, if any.
@@ -295,6 +298,10 @@ impl Config {
         });
         let report: Option<Option<ReportSection>> =
             optional(&mut problems, "report", take("report"));
+        let state: Option<Option<StateConfig>> = optional(&mut problems, "state", take("state"));
+        if let (Some(Some(st)), Some(sink)) = (&state, &sink) {
+            problems.extend(st.check(sink).into_iter().map(|p| p.under("state")));
+        }
 
         // A `[tables]` that does not read declares nothing, and its problem is reported: the
         // sections naming its tables are not checked against it.
@@ -407,6 +414,7 @@ impl Config {
                 output: transforms.output,
                 source,
                 sink,
+                state: state.flatten(),
                 dead_letter,
                 report,
             }),

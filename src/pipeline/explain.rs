@@ -54,6 +54,7 @@ pub(super) async fn explain(
                 max_records_per_batch: config.max_records_per_batch.get(),
                 output_mode: config.output_mode,
                 watermark: config.watermark.clone(),
+                shared_state: None,
                 on_progress: Box::new(|_| {}),
             };
             let one = query.run_one_batch(ANALYZE_MAX_WAIT).await?;

@@ -46,6 +46,11 @@ pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Res
         max_records_per_batch: config.max_records_per_batch.get(),
         output_mode: config.output_mode,
         watermark: config.watermark.clone(),
+        shared_state: config
+            .state
+            .as_ref()
+            .map(|st| connectors::build_state(st, &config.sink))
+            .transpose()?,
         on_progress: Box::new(move |p| match progress {
             ProgressFormat::Human => eprintln!("{}", p.human_line()),
             ProgressFormat::Json => eprintln!("{}", p.json_line()),

@@ -56,6 +56,7 @@ mod read;
 mod schema;
 mod session;
 mod sink;
+pub mod state;
 pub mod table;
 mod types;
 

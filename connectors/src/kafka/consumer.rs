@@ -30,6 +30,10 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// librdkafka's 5 minutes (Spark looks for new partitions at every trigger).
 pub(super) const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("queued.min.messages", "20000"),
+    // Smaller per-partition chunks per fetch response (librdkafka's default is 1 MiB), so the
+    // consumer's one queue interleaves partitions finely and a batch can take its share from
+    // each without buffering megabytes of one partition first (see `KafkaSource::shares`).
+    ("max.partition.fetch.bytes", "131072"),
     ("fetch.queue.backoff.ms", "20"),
     ("isolation.level", "read_committed"),
     ("topic.metadata.refresh.interval.ms", "5000"),

@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use engine::{
@@ -83,8 +83,24 @@ pub struct KafkaSource {
     expected: BTreeMap<Partition, i64>,
     /// Per partition, what this instance knows to be committed in the group.
     committed: BTreeMap<Partition, i64>,
+    /// Per partition, its end as last read from the broker (the high watermark, or the last
+    /// stable offset under `read_committed`), and when: what each partition has left to read
+    /// decides its share of a batch.
+    ends: BTreeMap<Partition, i64>,
+    ends_read: Option<Instant>,
     counters: Counters,
 }
+
+/// Each partition's share of a batch ([`KafkaSource::shares`]).
+struct Shares {
+    /// By partition number.
+    by_number: BTreeMap<u32, usize>,
+    /// Whether an assigned partition with records to read has none buffered yet and no number.
+    unnumbered: bool,
+}
+
+/// How often a running (not available-now) source reads the partitions' ends again.
+const ENDS_REFRESH: Duration = Duration::from_secs(1);
 
 impl KafkaSource {
     /// Builds the source (it connects in `start`).
@@ -102,6 +118,8 @@ impl KafkaSource {
             positions: BTreeMap::new(),
             expected: BTreeMap::new(),
             committed: BTreeMap::new(),
+            ends: BTreeMap::new(),
+            ends_read: None,
             counters: Counters::default(),
         })
     }
@@ -197,10 +215,141 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Takes up to `max` buffered records as a batch.
-    fn take_batch(&mut self, max: usize) -> SourceBatch {
-        let n = self.buffer.len().min(max);
-        let records: Vec<RawRecord> = self.buffer.drain(..n).collect();
+    /// Each assigned partition's share of a batch of `max` records, by partition number: what it
+    /// has left to read (to its end, or what is buffered if more) in proportion, as Spark splits
+    /// `maxOffsetsPerTrigger` across partitions by their lag; everything left when it all fits.
+    /// Partitions advance together, so event time does too: a batch drawn from one partition's
+    /// backlog would push a query's watermark past the other partitions' rows and make them late.
+    fn shares(&self, max: usize) -> Shares {
+        let mut buffered: BTreeMap<u32, (usize, i64)> = BTreeMap::new();
+        for r in &self.buffer {
+            let entry = buffered
+                .entry(r.position.partition)
+                .or_insert((0, r.position.offset));
+            entry.0 += 1;
+        }
+        let mut left: BTreeMap<u32, usize> = BTreeMap::new();
+        for (&number, &(count, first)) in &buffered {
+            let partition = self.partitions.partition(number);
+            let to_end = self
+                .ends
+                .get(partition)
+                .map_or(0, |&end| usize::try_from(end - first).unwrap_or(0));
+            left.insert(number, count.max(to_end));
+        }
+        // Assigned partitions with records still to fetch and none buffered count too: their
+        // share waits for them (one never read from has no number yet).
+        let mut unnumbered = 0usize;
+        for partition in &self.assigned {
+            let number = self.partitions.index_of(partition);
+            if number.is_some_and(|n| left.contains_key(&n)) {
+                continue;
+            }
+            let next = self
+                .positions
+                .get(partition)
+                .or_else(|| self.committed.get(partition))
+                .copied()
+                .or_else(|| {
+                    self.targets
+                        .as_ref()
+                        .and_then(|t| t.get(partition))
+                        .map(|m| m.0)
+                });
+            let Some(&end) = self.ends.get(partition) else {
+                continue;
+            };
+            let to_end = match next {
+                Some(next) => usize::try_from(end - next).unwrap_or(0),
+                // Where it starts is not known yet: wait for it as for one record.
+                None => 1,
+            };
+            if to_end == 0 {
+                continue;
+            }
+            match number {
+                Some(n) => {
+                    left.insert(n, to_end);
+                }
+                None => unnumbered += to_end,
+            }
+        }
+        let total: usize = left.values().sum::<usize>() + unnumbered;
+        let by_number = if total <= max {
+            left
+        } else {
+            left.into_iter()
+                .map(|(number, n)| {
+                    let share = (n as u128 * max as u128 / total as u128) as usize;
+                    (number, share.max(1))
+                })
+                .collect()
+        };
+        Shares {
+            by_number,
+            unnumbered: unnumbered > 0,
+        }
+    }
+
+    /// Whether some partition has fewer records buffered than its share (and more to fetch).
+    fn short_of(&self, shares: &Shares) -> bool {
+        if shares.unnumbered {
+            return true;
+        }
+        let mut buffered: BTreeMap<u32, usize> = BTreeMap::new();
+        for r in &self.buffer {
+            *buffered.entry(r.position.partition).or_default() += 1;
+        }
+        shares
+            .by_number
+            .iter()
+            .any(|(number, &share)| buffered.get(number).copied().unwrap_or(0) < share)
+    }
+
+    /// Reads the partitions' ends again, at most every [`ENDS_REFRESH`] (available-now keeps
+    /// the ends at start: its run stops there).
+    async fn refresh_ends(&mut self) -> Result<()> {
+        if self.targets.is_some() || self.ends_read.is_some_and(|t| t.elapsed() < ENDS_REFRESH) {
+            return Ok(());
+        }
+        let consumer = self.consumer()?;
+        let topics = self.config.topics.clone();
+        let marks = tokio::task::spawn_blocking(move || watermarks(&consumer, &topics))
+            .await
+            .map_err(|e| Error::Internal(format!("kafka metadata task failed: {e}")))?;
+        match marks {
+            Ok(marks) => {
+                self.ends = marks.into_iter().map(|(p, (_, end))| (p, end)).collect();
+                self.ends_read = Some(Instant::now());
+            }
+            // Shares fall back on what is buffered; the next poll reads the ends again.
+            Err(e) => tracing::debug!(error = %e, "Could not read the partitions' ends."),
+        }
+        Ok(())
+    }
+
+    /// Takes a batch of each partition's share of buffered records (see [`Self::shares`]),
+    /// oldest first within each partition; the rest stays buffered in order.
+    fn take_batch(&mut self, shares: &Shares) -> SourceBatch {
+        let mut taken: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut records = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.buffer.len());
+        for r in self.buffer.drain(..) {
+            let count = taken.entry(r.position.partition).or_default();
+            if *count
+                < shares
+                    .by_number
+                    .get(&r.position.partition)
+                    .copied()
+                    .unwrap_or(0)
+            {
+                *count += 1;
+                records.push(r);
+            } else {
+                kept.push_back(r);
+            }
+        }
+        self.buffer = kept;
         let (start, end) = batch_bounds(
             &records,
             &self.buffer,
@@ -548,6 +697,20 @@ impl Source for KafkaSource {
         serde_json::json!({ "topic": topic, "partition": partition, "offset": position.offset })
     }
 
+    fn partition_name(&self, partition: u32) -> Option<String> {
+        let (topic, partition) = self.partitions.partition(partition);
+        Some(format!("{topic}/{partition}"))
+    }
+
+    fn assigned_partitions(&self) -> Option<Vec<u32>> {
+        Some(
+            self.assigned
+                .iter()
+                .filter_map(|p| self.partitions.index_of(p))
+                .collect(),
+        )
+    }
+
     async fn start(&mut self, request: StartRequest) -> Result<()> {
         let mut client = super::client_config(
             &self.config.brokers(),
@@ -624,6 +787,11 @@ impl Source for KafkaSource {
         consumer
             .subscribe(&topics)
             .map_err(|e| self.error(format!("cannot subscribe: {e}"), Retry::Permanent))?;
+        self.ends = marks
+            .iter()
+            .map(|(p, &(_, end))| (p.clone(), end))
+            .collect();
+        self.ends_read = Some(Instant::now());
         if request.available_now {
             tracing::info!(
                 partitions = marks.len(),
@@ -649,8 +817,27 @@ impl Source for KafkaSource {
             self.gather(limits.max_records - self.buffer.len(), limits.max_wait)
                 .await?;
         }
+        self.refresh_ends().await?;
+        // Fetch on until every partition has its share buffered (librdkafka hands over one
+        // partition's fetched records after another), for at most the poll's wait again (the
+        // first gather may have spent it waiting for the group to assign partitions) and within
+        // a bounded buffer.
+        let deadline = Instant::now() + limits.max_wait;
+        let mut shares = self.shares(limits.max_records);
+        while self.short_of(&shares) && self.buffer.len() < limits.max_records.saturating_mul(8) {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                break;
+            }
+            let before = self.buffer.len();
+            self.gather(limits.max_records, wait).await?;
+            if self.buffer.len() == before {
+                break;
+            }
+            shares = self.shares(limits.max_records);
+        }
         if !self.buffer.is_empty() {
-            return Ok(Poll::Batch(self.take_batch(limits.max_records)));
+            return Ok(Poll::Batch(self.take_batch(&shares)));
         }
         self.commit_marker_positions().await?;
         if self.caught_up().await? {
