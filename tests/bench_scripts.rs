@@ -198,12 +198,19 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
     assert_eq!(ohlcv["exit_code"], 0, "{ohlcv}");
     let candles = ohlcv["candles_expected"].as_u64().unwrap();
     assert!(candles > 0, "{ohlcv}");
-    assert_eq!(ohlcv["candles_in_cassandra"].as_u64(), Some(candles), "{ohlcv}");
+    assert_eq!(
+        ohlcv["candles_in_cassandra"].as_u64(),
+        Some(candles),
+        "{ohlcv}"
+    );
     assert_eq!(ohlcv["problems"], serde_json::json!([]), "{ohlcv}");
     assert!(ohlcv["cpu_s"].as_f64().is_some_and(|v| v > 0.0), "{ohlcv}");
     let ohlcv_live = &report["ohlcv"]["live"][0];
     assert_eq!(ohlcv_live["exit_code"], 0, "{ohlcv_live}");
-    assert!(ohlcv_live["candles_expected"].as_u64().unwrap() > 0, "{ohlcv_live}");
+    assert!(
+        ohlcv_live["candles_expected"].as_u64().unwrap() > 0,
+        "{ohlcv_live}"
+    );
     assert_eq!(
         ohlcv_live["candles_measured"], ohlcv_live["candles_expected"],
         "{ohlcv_live}"
