@@ -501,6 +501,441 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
     return result
 
 
+# --- OHLCV: 1-minute candles, a stateful window aggregation -----------------------------------------
+
+OHLCV_ENGINES = {
+    "coinstream": "coinstream (sql/ohlcv_1m.sql)",
+    "spark": "Spark (withWatermark + groupBy(window))",
+}
+
+# The table coinstream's Cassandra sink creates for sql/ohlcv_1m.sql's output.
+OHLCV_DDL = (
+    "CREATE TABLE IF NOT EXISTS {ks}.{table} (symbol text, window_start timestamp, window_end timestamp, "
+    "open decimal, high decimal, low decimal, close decimal, volume decimal, trade_count bigint, "
+    "PRIMARY KEY ((symbol), window_start))"
+)
+OHLCV_COLUMNS = ("open", "high", "low", "close", "volume", "trade_count")
+WINDOW_US = 60_000_000  # the tumbling window: 1 minute
+DELAY_US = 10_000_000  # the watermark's delay: 10 s
+
+
+def coinstream_ohlcv_config(args, path: str, topic: str, group: str, table: str, checkpoint: str) -> None:
+    """The OHLCV pipeline: pipelines/ohlcv.toml's [input] watermark and [transforms] (the real
+    sql/ohlcv_1m.sql, append mode) between the Kafka source and the Cassandra sink of
+    pipelines/kafka-cassandra.toml, the sink keyed PRIMARY KEY ((symbol), window_start)."""
+    text = f"""# Written by bench/bench.py for one OHLCV run.
+[engine]
+trigger = "interval:500ms"
+max_records_per_batch = 20000
+checkpoint_dir = {json.dumps(checkpoint)}
+
+[source]
+type = "kafka"
+brokers = {json.dumps(args.brokers)}
+topics = [{json.dumps(topic)}]
+group_id = {json.dumps(group)}
+starting_offsets = "earliest"
+fail_on_data_loss = true
+
+[tables]
+files = [{json.dumps(os.path.join(REPO, "sql/tables/trades.sql"))}]
+
+[input]
+table = "trades"
+watermark = {{ column = "trade_time", delay = "10s" }}
+
+[transforms]
+files = [{json.dumps(os.path.join(REPO, "sql/ohlcv_1m.sql"))}]
+output = "ohlcv_1m"
+output_mode = "append"
+
+[sink]
+type = "cassandra"
+contact_points = [{json.dumps(args.cassandra.split(",")[0])}]
+keyspace = {json.dumps(args.keyspace)}
+table = {json.dumps(table)}
+partition_key = ["symbol"]
+clustering_key = ["window_start"]
+consistency = "local_quorum"
+replication = {{ strategy = "simple", replication_factor = 1 }}
+
+[dead_letter]
+type = "kafka"
+topic = {json.dumps(topic + "_dlq")}
+"""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def ohlcv_command(args, engine: str, *, topic: str, table: str, run_dir: str, live: bool,
+                  trigger: str | None = None) -> tuple[list[str], str]:
+    """The command line of one OHLCV run and the regex of its "a batch was done" lines."""
+    if engine == "coinstream":
+        config = os.path.join(run_dir, "pipeline.toml")
+        coinstream_ohlcv_config(args, config, topic, f"{args.prefix}_{os.path.basename(run_dir)}", table,
+                                os.path.join(run_dir, "checkpoint"))
+        cmd = [args.coinstream_bin, "run", "--config", config, "--trigger",
+               trigger if live else "available-now", "--progress", "json"]
+        return cmd, r'"numInputRows":[1-9]'
+    cmd = [
+        args.spark_python, os.path.join(BENCH, "spark/job.py"), "--variant", "ohlcv", "--sink", "cassandra",
+        "--topic", topic, "--brokers", args.brokers, "--cassandra", args.cassandra,
+        "--keyspace", args.keyspace, "--table", table, "--jars", args.spark_jars,
+        "--checkpoint", os.path.join(run_dir, "checkpoint"),
+        "--max-offsets", str(args.spark_max_offsets), "--driver-memory", args.spark_driver_memory,
+    ]
+    if live:
+        cmd += ["--trigger", "continuous-microbatch", "--stop-file", os.path.join(run_dir, "STOP")]
+    return cmd, r"BENCH_BATCH "
+
+
+def time_us(text: str) -> int:
+    """µs since the epoch of a bus record's RFC 3339 UTC time ("2026-11-20T00:00:00.040630Z")."""
+    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+
+
+def candles_from_records(path: str, keys: set | None = None) -> tuple[dict, int, dict]:
+    """An independent recomputation of sql/ohlcv_1m.sql from the generated records (only those
+    whose (symbol, trade_id) is in `keys`, if given): the candles the final watermark closes
+    (window end <= largest trade time - 10 s, the rule of both engines), keyed by (symbol,
+    window start in ms), each (window end in ms, open, high, low, close, volume, trade_count);
+    the largest trade time (µs); and each record's trade time by (symbol, trade_id)."""
+    groups: dict = {}
+    times = {}
+    max_us = None
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            key = (r["symbol"], r["trade_id"])
+            if keys is not None and key not in keys:
+                continue
+            t = time_us(r["trade_time"])
+            times[key] = t
+            max_us = t if max_us is None else max(max_us, t)
+            price, size = decimal.Decimal(r["price"]), decimal.Decimal(r["size"])
+            start = t - t % WINDOW_US
+            g = groups.get((r["symbol"], start))
+            order = (t, r["trade_id"])
+            if g is None:
+                groups[(r["symbol"], start)] = [order, price, price, price, order, price, size, 1]
+                continue
+            if order < g[0]:
+                g[0], g[1] = order, price
+            g[2] = max(g[2], price)
+            g[3] = min(g[3], price)
+            if order > g[4]:
+                g[4], g[5] = order, price
+            g[6] += size
+            g[7] += 1
+    closed = {}
+    if max_us is not None:
+        for (symbol, start), g in groups.items():
+            if start + WINDOW_US <= max_us - DELAY_US:
+                closed[(symbol, start // 1000)] = ((start + WINDOW_US) // 1000, g[1], g[2], g[3], g[5], g[6], g[7])
+    return closed, max_us, times
+
+
+def read_candles(session: cql.Session, ks: str, table: str) -> dict:
+    """Every candle of a table, keyed as candles_from_records's, each (window end in ms, open,
+    high, low, close, volume, trade_count, WRITETIME(close) in µs)."""
+    def ms(t: dt.datetime) -> int:
+        return (t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(milliseconds=1)
+
+    rows = session.execute(
+        f"SELECT symbol, window_start, window_end, open, high, low, close, volume, trade_count, WRITETIME(close) "
+        f"FROM {ks}.{table}"
+    )
+    return {(r[0], ms(r[1])): (ms(r[2]), *r[3:]) for r in rows}
+
+
+def compare_candles(got: dict, want: dict, what: str) -> list[str]:
+    """Differences between two sets of candles (values compared as exact numbers; the write time
+    that `got` may carry is ignored)."""
+    def name(key) -> str:
+        return f"{key[0]} {dt.datetime.fromtimestamp(key[1] / 1000, dt.timezone.utc):%Y-%m-%d %H:%M}"
+
+    def values(v) -> str:
+        return ", ".join(str(x) for x in v[:7])
+
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = [k for k in sorted(set(got) & set(want)) if tuple(got[k][:7]) != tuple(want[k][:7])]
+    problems = []
+    if missing:
+        problems.append(f"{what}: {len(missing)} candles missing (" + ", ".join(map(name, missing[:3])) + ", ...)")
+    if extra:
+        problems.append(f"{what}: {len(extra)} unexpected candles (" + ", ".join(map(name, extra[:3])) + ", ...)")
+    if wrong:
+        problems.append(f"{what}: {len(wrong)} candles differ, e.g. {name(wrong[0])}: (end ms, open, high, low, close, "
+                        f"volume, count) = ({values(got[wrong[0]])}), expected ({values(want[wrong[0]])})")
+    return problems
+
+
+def state_counts(engine: str, log_path: str) -> dict:
+    """From an engine's output: rows its watermark dropped as late and its last watermark; for
+    coinstream also the rows its sink reported."""
+    dropped, written, watermark = 0, 0, None
+    with open(log_path) as f:
+        for line in f:
+            if engine == "coinstream" and '"numInputRows"' in line and "{" in line:
+                p = json.loads(line[line.find("{"):])
+                written += p["sink"]["numOutputRows"]
+                dropped += sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", []))
+                watermark = p.get("eventTime", {}).get("watermark", watermark)
+            elif engine == "spark" and "BENCH_STATE " in line:
+                s = json.loads(line[line.find("BENCH_STATE ") + len("BENCH_STATE "):])
+                dropped, watermark = s["dropped_by_watermark"], s["last_watermark"]
+    out = {"rows_dropped_by_watermark": dropped, "last_watermark": watermark}
+    if engine == "coinstream":
+        out["rows_reported"] = written
+    return out
+
+
+def run_ohlcv(args, engine: str, topic: str, expected: dict) -> dict:
+    """One engine drains the trade topic (available-now) into a fresh OHLCV table; its candles
+    against the recomputation. The candles themselves are kept under "_candles" for the
+    cross-engine check."""
+    name = f"ohlcv-{engine}"
+    run_dir = os.path.join(args.work, name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    table = f"ohlcv_{engine}"
+    with cql.Session.connect(args.cassandra) as s:
+        s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+        s.execute(OHLCV_DDL.format(ks=args.keyspace, table=table))
+    cmd, marker = ohlcv_command(args, engine, topic=topic, table=table, run_dir=run_dir, live=False)
+    services = service_pids()
+    before = {k: proc_cpu_s(p) for k, p in services.items()}
+    load = loadavg()
+    log(f"{name}: {' '.join(cmd)}")
+    proc, out = measured(cmd, run_dir, marker, timeout=args.run_timeout)
+    proc.wait()
+    with open(out) as f:
+        m = json.load(f)
+    result = {
+        "engine": engine,
+        "load_before": load,
+        "wall_s": m["wall_s"],
+        "trades_per_s": round(args.trades / m["wall_s"], 1),
+        "cpu_s": m["cpu_s"],
+        "peak_rss_mb": m["peak_rss_mb"],
+        "exit_code": m["exit_code"],
+        "batches": len(m["markers"]),
+        "service_cpu_s": {k: round(proc_cpu_s(p) - before[k], 1) for k, p in services.items()},
+        "trades": args.trades,
+        "candles_expected": len(expected),
+        "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
+    }
+    if m["exit_code"] != 0:
+        log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
+        with open(os.path.join(run_dir, "output.log")) as f:
+            sys.stderr.write("".join(f.readlines()[-30:]))
+        result["error"] = f"exit code {m['exit_code']}"
+        return result
+    result.update(state_counts(engine, os.path.join(run_dir, "output.log")))
+    with cql.Session.connect(args.cassandra) as s:
+        got = read_candles(s, args.keyspace, table)
+        if not args.keep:
+            s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+    result["candles_in_cassandra"] = len(got)
+    result["problems"] = compare_candles(got, expected, f"{OHLCV_ENGINES[engine]} vs the recomputation")
+    result["_candles"] = got
+    log(f"{name}: {m['wall_s']:.1f} s wall, {result['trades_per_s']:.0f} trades/s, {m['cpu_s']:.1f} CPU s, "
+        f"peak RSS {m['peak_rss_mb']:.0f} MB, {len(got)} candles (expected {len(expected)}), "
+        f"{result['rows_dropped_by_watermark']} rows late, problems: {result['problems'] or 'none'}")
+    return result
+
+
+def run_ohlcv_live(args, engine: str, kafka: Kafka, index: int) -> dict:
+    """Trades produced live at a fixed rate while the engine runs; per candle, the latency from the
+    moment the watermark passed its window's end (the send of the first trade at least 10 s past
+    the end) to WRITETIME(close) in Cassandra."""
+    name = f"ohlcv-{engine}-live"
+    run_dir = os.path.join(args.work, name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    topic = f"{args.prefix}_ohlcv_live_{index}_{engine}"
+    table = f"ohlcv_{engine}_live"
+    kafka.create_topic(topic, args.partitions)
+    kafka.create_topic(f"{topic}_dlq", 1)
+    count = int(args.ohlcv_live_rate * args.ohlcv_live_seconds)
+    records = os.path.join(run_dir, "records.jsonl")
+    # Trade times advance as the sends do (--rate = the send rate), from 15 s before a minute's
+    # end: the watermark passes that minute's end 25 s into the sends, the next minute's 85 s in
+    # (so 90 s of sends close two windows per product).
+    minute = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
+    start = (minute + dt.timedelta(seconds=45)).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    sh([args.coinstream_bin, "generate", "--count", str(count), "--format", "record", "--out", records,
+        "--seed", str(2000 + index), "--rate", str(args.ohlcv_live_rate), "--start", start,
+        "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
+        "--coin-map", os.path.join(REPO, "required_data/coin_map.json")])
+    with cql.Session.connect(args.cassandra) as s:
+        s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+        s.execute(OHLCV_DDL.format(ks=args.keyspace, table=table))
+    trigger = args.ohlcv_live_trigger if engine == "coinstream" else None
+    cmd, marker = ohlcv_command(args, engine, topic=topic, table=table, run_dir=run_dir, live=True, trigger=trigger)
+    stop = os.path.join(run_dir, "STOP")
+    log(f"{name}: {' '.join(cmd)}")
+    proc, out = measured(cmd, run_dir, marker + "|BENCH_STARTED", stop_file=stop if engine == "coinstream" else None,
+                         timeout=args.run_timeout)
+    ready_re = re.compile(r"BENCH_STARTED|assign|Kafka source|partitions", re.I)
+    t0 = time.monotonic()
+    ready = False
+    while time.monotonic() - t0 < 120 and proc.poll() is None:
+        try:
+            with open(os.path.join(run_dir, "output.log")) as f:
+                if ready_re.search(f.read()):
+                    ready = True
+                    break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        raise SystemExit(f"{name}: the engine exited before the live phase; see {run_dir}/output.log")
+    time.sleep(args.live_settle if ready else 10)
+    sent_log = os.path.join(run_dir, "sent.csv")
+    producer = subprocess.run(
+        [JAVA17, "-cp", os.path.join(args.kafka_jars, "*"), os.path.join(BENCH, "PacedProducer.java"), args.brokers,
+         topic, records, str(args.ohlcv_live_rate), str(args.ohlcv_live_seconds), sent_log],
+        text=True, capture_output=True,
+    )
+    if producer.returncode != 0:
+        open(stop, "w").close()
+        raise SystemExit(f"paced producer failed: {producer.stderr[-2000:]}")
+    log(f"{name}: {producer.stderr.strip().splitlines()[-1]}")
+    sends = []  # (send µs, symbol, trade_id), in send order
+    with open(sent_log) as f:
+        for line in f:
+            symbol, trade_id, us = line.rstrip().split(",")
+            sends.append((int(us), symbol, int(trade_id)))
+    sends.sort()
+    expected, _, times = candles_from_records(records, {(s, t) for _, s, t in sends})
+    # When the watermark passed each window's end: the first send of a trade whose time is at
+    # least the end + the delay (the watermark is the largest trade time seen - the delay).
+    closes = sorted({end for end, *_ in expected.values()})
+    closed_at = {}
+    i = 0
+    for us, symbol, trade_id in sends:
+        t = times[(symbol, trade_id)]
+        while i < len(closes) and t >= closes[i] * 1000 + DELAY_US:
+            closed_at[closes[i]] = us
+            i += 1
+    deadline = time.monotonic() + args.live_drain_timeout
+    with cql.Session.connect(args.cassandra) as s:
+        while True:
+            n = s.execute(f"SELECT COUNT(*) FROM {args.keyspace}.{table}")[0][0]
+            if n >= len(expected) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    open(stop, "w").close()
+    proc.wait()
+    with open(out) as f:
+        m = json.load(f)
+    with cql.Session.connect(args.cassandra) as s:
+        got = read_candles(s, args.keyspace, table)
+        if not args.keep:
+            s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+    lat_ms = sorted((got[k][7] - closed_at[v[0]]) / 1000.0 for k, v in expected.items() if k in got)
+    result = {
+        "engine": engine,
+        "rate": args.ohlcv_live_rate,
+        "seconds": args.ohlcv_live_seconds,
+        "trigger": trigger or "default (micro-batches back to back)",
+        "trades_sent": len(sends),
+        "windows_closed": len(closes),
+        "candles_expected": len(expected),
+        "candles_written": len(got),
+        "candles_measured": len(lat_ms),
+        "problems": compare_candles(got, expected, f"{OHLCV_ENGINES[engine]} live vs the recomputation"),
+        "engine_cpu_s": m["cpu_s"],
+        "engine_wall_s": m["wall_s"],
+        "peak_rss_mb": m["peak_rss_mb"],
+        "exit_code": m["exit_code"],
+        "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
+    }
+    if lat_ms:
+        result.update(p50_ms=round(statistics.median(lat_ms), 1), max_ms=round(lat_ms[-1], 1),
+                      min_ms=round(lat_ms[0], 1))
+    log(f"{name}: {result}")
+    kafka.delete_topic(topic)
+    kafka.delete_topic(f"{topic}_dlq")
+    return result
+
+
+def ohlcv_phase(args, kafka: Kafka, topic: str, records: str) -> dict:
+    """Both engines on the trade topic, then live; the candles checked against the recomputation
+    and across engines."""
+    expected, max_us, _ = candles_from_records(records)
+    log(f"ohlcv: {len(expected):,} closed candles expected (largest trade time "
+        f"{dt.datetime.fromtimestamp(max_us / 1e6, dt.timezone.utc):%Y-%m-%d %H:%M:%S})")
+    engines = [e for e in args.ohlcv_engines.split(",") if e]
+    runs = []
+    for engine in engines:
+        runs.append(run_ohlcv(args, engine, topic, expected))
+        time.sleep(args.pause)
+    candles = {r["engine"]: r.pop("_candles") for r in runs if "_candles" in r}
+    across = None
+    if len(candles) > 1:
+        # Spark's table as the reference of the other's, when it ran.
+        (a, ca), (b, cb) = sorted(candles.items(), key=lambda kv: kv[0] != "spark")[:2]
+        diff = compare_candles(cb, ca, f"{OHLCV_ENGINES[b]} against {OHLCV_ENGINES[a]}")
+        across = (f"the {len(ca):,} candles are identical in both engines' tables" if not diff else "; ".join(diff))
+    live = []
+    if args.ohlcv_live_seconds > 0:
+        for i, engine in enumerate(engines):
+            live.append(run_ohlcv_live(args, engine, kafka, i))
+            time.sleep(args.pause)
+    return {"candles_expected": len(expected), "runs": runs, "live": live, "across_engines": across}
+
+
+def ohlcv_report(args, ohlcv: dict) -> list[str]:
+    lines = ["", "## OHLCV: 1-minute candles (stateful window aggregation)", "",
+             f"sql/ohlcv_1m.sql in coinstream and `withWatermark(\"trade_time\", \"10 seconds\")` + "
+             f"`groupBy(symbol, window(trade_time, \"1 minute\"))` in Spark (bench/spark/job.py --variant ohlcv), "
+             f"append mode, into Cassandra `PRIMARY KEY ((symbol), window_start)`. Each engine drains the same "
+             f"topic ({args.trades:,} trades, all products) available-now into a fresh table; "
+             f"{ohlcv['candles_expected']:,} candles are closed by the final watermark.", "",
+             "| engine | wall s | trades/s | CPU s (user+sys) | peak RSS MB | candles | late rows | check |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in ohlcv["runs"]:
+        check = r.get("error") or ("OK" if not r.get("problems") else "MISMATCH")
+        lines.append(f"| {OHLCV_ENGINES[r['engine']]} | {fmt(r['wall_s'])} | {fmt(r['trades_per_s'], 0)} "
+                     f"| {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r.get('candles_in_cassandra'))} "
+                     f"| {fmt(r.get('rows_dropped_by_watermark'))} | {check} |")
+    lines += [""]
+    for r in ohlcv["runs"]:
+        if r.get("problems"):
+            lines.append(f"- {OHLCV_ENGINES[r['engine']]}: " + "; ".join(r["problems"])[:1500])
+        elif not r.get("error"):
+            lines.append(f"- {OHLCV_ENGINES[r['engine']]}: all {fmt(r['candles_expected'])} candles equal an exact "
+                         "recomputation from the generated records, none more")
+    if ohlcv["across_engines"]:
+        lines.append(f"- Across engines: {ohlcv['across_engines'][:1500]}")
+    if ohlcv["live"]:
+        lines += ["", f"Live: {args.ohlcv_live_rate:,.0f} trades/s for {args.ohlcv_live_seconds:.0f} s "
+                  "(`bench/PacedProducer.java`, trade times advancing with the sends), each engine running "
+                  "continuously. Latency per candle: Cassandra `WRITETIME(close)` − the moment the watermark "
+                  "passed the window's end (the send of the first trade 10 s or more past it).", "",
+                  "| engine | trigger | candles measured | median ms | max ms | CPU s (whole run) | peak RSS MB | check |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in ohlcv["live"]:
+            check = "OK" if not r["problems"] else "; ".join(r["problems"])[:500]
+            lines.append(f"| {OHLCV_ENGINES[r['engine']]} | {r['trigger']} | {fmt(r['candles_measured'])} of "
+                         f"{fmt(r['candles_expected'])} | {fmt(r.get('p50_ms'))} | {fmt(r.get('max_ms'))} "
+                         f"| {fmt(r['engine_cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {check} |")
+    lines += ["", "How: wall, CPU and peak RSS as for the profit runs (below); trades/s = trades read ÷ wall, "
+              "start-up included. coinstream: sql/ohlcv_1m.sql with a 10 s watermark on trade_time, Kafka source "
+              "and Cassandra sink as pipelines/kafka-cassandra.toml (max 20,000 records per batch, LOCAL_QUORUM). "
+              f"Spark: `local[2]`, maxOffsetsPerTrigger {args.spark_max_offsets or 'unset'}, `foreachBatch` "
+              "append through the connector. Late rows: the engine's own count of rows its watermark dropped "
+              "(`numRowsDroppedByWatermark` of its progress). The check compares every candle (window end, open, high, low, close, volume, "
+              "trade_count, as exact numbers) with a recomputation in Python from the generated records, and "
+              "the engines' tables with each other. Live: the watermark (largest trade time − 10 s) passes "
+              "a window's end when the first trade 10 s or more past it is sent; Spark applies a new "
+              "watermark from the batch after the one that saw the trade, coinstream in the same batch."]
+    return lines
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 
@@ -533,42 +968,43 @@ def engine_table(engines, by, sink, columns):
     return lines
 
 
-def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
+def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None) -> str:
     by = {(r["engine"], r["sink"]): r for r in runs}
     engines = [e for e in ENGINES if any(k[0] == e for k in by)]
     lines = [f"# Benchmark {date}: coinstream vs the seeds' Spark Structured Streaming job", ""]
-    lines += [
-        f"Command: `{args.command}`", "",
-        f"{args.trades:,} generated trades (90% on the 9 portfolio products, so "
-        f"{fmt(next((r.get('rows_expected') for r in runs if r.get('rows_expected')), None))} rows to write), "
-        f"in one Kafka topic with {args.partitions} partitions, produced once by `coinstream generate --topic` "
-        f"in {generate_s:.1f} s. Every engine reads the same topic from the start (available-now: drain, "
-        f"then exit) into a fresh Cassandra table with the same schema; each run is one fresh process, "
-        f"so JVM and Python start-up is inside the wall time (that is what an available-now job pays).",
-        "",
-        "## Kafka → profit → Cassandra", "",
-    ]
-    lines += engine_table(engines, by, "cassandra", [
-        ("wall s", lambda r: fmt(r['wall_s'])),
-        ("trades/s", lambda r: fmt(r['trades_per_s'], 0)),
-        ("trades/s after 1st batch", lambda r: fmt(r.get('trades_per_s_after_first_batch'), 0)),
-        ("rows in Cassandra", lambda r: fmt(r.get('rows_in_cassandra'))),
-        ("first batch written s", lambda r: fmt(r['first_batch_s'], 2)),
-        ("CPU s (user+sys)", lambda r: fmt(r['cpu_s'])),
-        ("Cassandra CPU s", lambda r: fmt(r['service_cpu_s'].get('cassandra'))),
-        ("peak RSS MB", lambda r: fmt(r['peak_rss_mb'], 0)),
-        ("other CPU s", lambda r: fmt(r.get('other_cpu_s'))),
-    ])
-    lines += ["", "## Compute only (Spark `noop` sink, coinstream `null` sink)", ""]
-    lines += engine_table(engines, by, "null", [
-        ("wall s", lambda r: fmt(r['wall_s'])),
-        ("trades/s", lambda r: fmt(r['trades_per_s'], 0)),
-        ("trades/s after 1st batch", lambda r: fmt(r.get('trades_per_s_after_first_batch'), 0)),
-        ("first batch s", lambda r: fmt(r['first_batch_s'], 2)),
-        ("CPU s", lambda r: fmt(r['cpu_s'])),
-        ("peak RSS MB", lambda r: fmt(r['peak_rss_mb'], 0)),
-        ("other CPU s", lambda r: fmt(r.get('other_cpu_s'))),
-    ])
+    lines += [f"Command: `{args.command}`", ""]
+    if runs:
+        lines += [
+            f"{args.trades:,} generated trades (90% on the 9 portfolio products, so "
+            f"{fmt(next((r.get('rows_expected') for r in runs if r.get('rows_expected')), None))} rows to write), "
+            f"in one Kafka topic with {args.partitions} partitions, produced once by `coinstream generate --topic` "
+            f"in {generate_s:.1f} s. Every engine reads the same topic from the start (available-now: drain, "
+            f"then exit) into a fresh Cassandra table with the same schema; each run is one fresh process, "
+            f"so JVM and Python start-up is inside the wall time (that is what an available-now job pays).",
+            "",
+            "## Kafka → profit → Cassandra", "",
+        ]
+        lines += engine_table(engines, by, "cassandra", [
+            ("wall s", lambda r: fmt(r['wall_s'])),
+            ("trades/s", lambda r: fmt(r['trades_per_s'], 0)),
+            ("trades/s after 1st batch", lambda r: fmt(r.get('trades_per_s_after_first_batch'), 0)),
+            ("rows in Cassandra", lambda r: fmt(r.get('rows_in_cassandra'))),
+            ("first batch written s", lambda r: fmt(r['first_batch_s'], 2)),
+            ("CPU s (user+sys)", lambda r: fmt(r['cpu_s'])),
+            ("Cassandra CPU s", lambda r: fmt(r['service_cpu_s'].get('cassandra'))),
+            ("peak RSS MB", lambda r: fmt(r['peak_rss_mb'], 0)),
+            ("other CPU s", lambda r: fmt(r.get('other_cpu_s'))),
+        ])
+        lines += ["", "## Compute only (Spark `noop` sink, coinstream `null` sink)", ""]
+        lines += engine_table(engines, by, "null", [
+            ("wall s", lambda r: fmt(r['wall_s'])),
+            ("trades/s", lambda r: fmt(r['trades_per_s'], 0)),
+            ("trades/s after 1st batch", lambda r: fmt(r.get('trades_per_s_after_first_batch'), 0)),
+            ("first batch s", lambda r: fmt(r['first_batch_s'], 2)),
+            ("CPU s", lambda r: fmt(r['cpu_s'])),
+            ("peak RSS MB", lambda r: fmt(r['peak_rss_mb'], 0)),
+            ("other CPU s", lambda r: fmt(r.get('other_cpu_s'))),
+        ])
     if live:
         lines += ["", f"## Live: {args.live_rate:,.0f} trades/s for {args.live_seconds:.0f} s "
                   f"(after {args.live_warmup:.0f} s of warm-up), latency from send to Cassandra write time", "",
@@ -607,7 +1043,10 @@ def report(args, facts, runs, live, generate_s, equal_check, date) -> str:
             lines += ["", f"coinstream, Kafka source tuned: the same config plus `[source] properties = "
                       f"{json.dumps(TUNED_SOURCE_PROPERTIES)}` (librdkafka), to show what the source's prefetch "
                       "costs and gains."]
-    lines += ["", "## Checks", ""]
+    if ohlcv:
+        lines += ohlcv_report(args, ohlcv)
+    if runs:
+        lines += ["", "## Checks", ""]
     for r in runs:
         if r["sink"] != "cassandra":
             continue
@@ -735,6 +1174,15 @@ def main() -> int:
     ap.add_argument("--live-drain-timeout", type=float, default=60)
     ap.add_argument("--coinstream-live-triggers", default="interval:10ms,interval:100ms",
                     help="coinstream's live phase runs once per trigger")
+    ap.add_argument("--ohlcv", action="store_true",
+                    help="also run the OHLCV phase (1-minute candles, a stateful window aggregation)")
+    ap.add_argument("--ohlcv-only", action="store_true", help="only the OHLCV phase (no profit runs)")
+    ap.add_argument("--ohlcv-engines", default="coinstream,spark")
+    ap.add_argument("--ohlcv-live-rate", type=float, default=2000)
+    ap.add_argument("--ohlcv-live-seconds", type=float, default=90, help="0 skips the OHLCV live part")
+    ap.add_argument("--ohlcv-live-trigger", default="interval:100ms", help="coinstream's trigger in the OHLCV live part")
+    ap.add_argument("--trade-rate", type=float, default=20,
+                    help="trades per second of trade time in the generated topic (`coinstream generate --rate`)")
     ap.add_argument("--sample", type=int, default=50, help="rows per partition whose profit is checked")
     ap.add_argument("--run-timeout", type=float, default=1200)
     ap.add_argument("--pause", type=float, default=5, help="seconds between runs (Cassandra settles)")
@@ -743,18 +1191,24 @@ def main() -> int:
                     help="the command line to quote in the report")
     args = ap.parse_args()
 
-    engines = [e for e in args.engines.split(",") if e]
+    engines = [e for e in args.engines.split(",") if e] if not args.ohlcv_only else []
     live_engines = [e for e in args.live_engines.split(",") if e] if args.live_seconds > 0 else []
+    args.ohlcv = args.ohlcv or args.ohlcv_only
     if args.coinstream_only:
         engines = [e for e in engines if is_coinstream(e)]
         live_engines = [e for e in live_engines if is_coinstream(e)]
+        args.ohlcv_engines = ",".join(e for e in args.ohlcv_engines.split(",") if e == "coinstream")
     else:
         live_engines = [e for e in live_engines if e in engines]
-        if any(not is_coinstream(e) for e in engines) and not (args.spark_python and args.spark_jars):
+        spark = any(not is_coinstream(e) for e in engines) or (args.ohlcv and "spark" in args.ohlcv_engines.split(","))
+        if spark and not (args.spark_python and args.spark_jars):
             ap.error("the Spark runs need --spark-python and --spark-jars (or --coinstream-only)")
     for e in engines + live_engines:
         if e not in ENGINES:
             ap.error(f"unknown engine {e!r}")
+    for e in args.ohlcv_engines.split(",") if args.ohlcv else []:
+        if e and e not in OHLCV_ENGINES:
+            ap.error(f"unknown OHLCV engine {e!r} (one of {', '.join(OHLCV_ENGINES)})")
 
     t_start = time.monotonic()
     stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -780,6 +1234,7 @@ def main() -> int:
     # from which the expected rows and profits are computed independently of every engine.
     start = "2026-11-20T00:00:00.000000Z"
     gen = [args.coinstream_bin, "generate", "--count", str(args.trades), "--seed", "42", "--start", start,
+           "--rate", str(args.trade_rate),
            "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
            "--coin-map", os.path.join(REPO, "required_data/coin_map.json")]
     t = time.monotonic()
@@ -810,6 +1265,7 @@ def main() -> int:
     for i, (engine, trigger) in enumerate(live_runs):
         live.append(run_live(args, engine, kafka, i, portfolio, trigger))
         time.sleep(args.pause)
+    ohlcv = ohlcv_phase(args, kafka, topic, records) if args.ohlcv else None
 
     # The same rows from every engine: the sampled rows must be identical across engines.
     samples = {r["engine"]: r.pop("_sample") for r in runs if "_sample" in r}
@@ -840,10 +1296,10 @@ def main() -> int:
     facts["loadavg_at_end"] = loadavg()
 
     date = dt.datetime.now().strftime("%Y-%m-%d")
-    base = date + ("" if not args.coinstream_only else "-coinstream-only")
+    base = date + ("-ohlcv" if args.ohlcv_only else "") + ("" if not args.coinstream_only else "-coinstream-only")
     png = os.path.join(args.results, base + ".png")
-    note = chart(png, runs, live)
-    md = report(args, facts, runs, live, generate_s, equal_check, date)
+    note = chart(png, runs, live) if runs else "the profit phases did not run: no chart"
+    md = report(args, facts, runs, live, generate_s, equal_check, date, ohlcv)
     if note:
         md += f"\n({note})\n"
     else:
@@ -852,7 +1308,7 @@ def main() -> int:
     with open(md_path, "w") as f:
         f.write(md)
     with open(os.path.join(args.results, base + ".json"), "w") as f:
-        json.dump({"facts": facts, "runs": runs, "live": live, "generate_s": generate_s,
+        json.dump({"facts": facts, "runs": runs, "live": live, "ohlcv": ohlcv, "generate_s": generate_s,
                    "equal_check": equal_check, "args": {k: v for k, v in vars(args).items()}}, f, indent=1,
                   default=str)
     log(f"wrote {md_path} ({facts['bench_wall_time']})")
@@ -860,6 +1316,9 @@ def main() -> int:
     failed = [r for r in runs if r.get("error") or (r["sink"] == "cassandra" and (
         r.get("rows_in_cassandra") != r.get("rows_expected") or r.get("profit_problems")))]
     failed += [r for r in live if r.get("exit_code") not in (0, None) and is_coinstream(r["engine"])]
+    if ohlcv:
+        failed += [r for r in ohlcv["runs"] if r.get("error") or r.get("problems")]
+        failed += [r for r in ohlcv["live"] if r["problems"] or (r["exit_code"] not in (0, None) and r["engine"] == "coinstream")]
     return 1 if failed else 0
 
 

@@ -75,7 +75,8 @@ fn python_scripts_compile() {
 }
 
 /// bench/run.sh --coinstream-only on 1,000 trades: Kafka → coinstream → Cassandra, the null-sink
-/// run and a short live phase, each with its measurements and checks in the results JSON.
+/// run, a short live phase and the OHLCV phase (drain and live), each with its measurements and
+/// checks in the results JSON.
 #[test]
 fn coinstream_part_of_the_bench_runs_on_1000_trades() {
     let tmp = tempfile::tempdir().unwrap();
@@ -104,6 +105,16 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
             "2",
             "--pause",
             "0",
+            // The OHLCV phase too: 5 trades/s of trade time makes the 1,000 trades span 200 s,
+            // so the final watermark closes a few minutes' candles; the live part's 30 s of sends
+            // close one window per product (its first minute ends 15 s in).
+            "--trade-rate",
+            "5",
+            "--ohlcv",
+            "--ohlcv-live-rate",
+            "200",
+            "--ohlcv-live-seconds",
+            "30",
         ])
         .env("BENCH_WORK", tmp.path().join("bench-work"))
         .output()
@@ -180,6 +191,38 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
     );
     assert!(live["p99_ms"].as_f64().is_some(), "{live}");
 
+    // OHLCV: every candle the final watermark closes, equal to the bench's own recomputation
+    // from the generated records; live, every closed candle written and its latency measured.
+    let ohlcv = &report["ohlcv"]["runs"][0];
+    assert_eq!(ohlcv["engine"], "coinstream", "{report}");
+    assert_eq!(ohlcv["exit_code"], 0, "{ohlcv}");
+    let candles = ohlcv["candles_expected"].as_u64().unwrap();
+    assert!(candles > 0, "{ohlcv}");
+    assert_eq!(
+        ohlcv["candles_in_cassandra"].as_u64(),
+        Some(candles),
+        "{ohlcv}"
+    );
+    assert_eq!(ohlcv["problems"], serde_json::json!([]), "{ohlcv}");
+    assert!(ohlcv["cpu_s"].as_f64().is_some_and(|v| v > 0.0), "{ohlcv}");
+    let ohlcv_live = &report["ohlcv"]["live"][0];
+    assert_eq!(ohlcv_live["exit_code"], 0, "{ohlcv_live}");
+    assert!(
+        ohlcv_live["candles_expected"].as_u64().unwrap() > 0,
+        "{ohlcv_live}"
+    );
+    assert_eq!(
+        ohlcv_live["candles_measured"], ohlcv_live["candles_expected"],
+        "{ohlcv_live}"
+    );
+    assert_eq!(
+        ohlcv_live["problems"],
+        serde_json::json!([]),
+        "{ohlcv_live}"
+    );
+    assert!(ohlcv_live["p50_ms"].as_f64().is_some(), "{ohlcv_live}");
+
     let md = std::fs::read_to_string(json.with_extension("md")).unwrap();
     assert!(md.contains("| coinstream |"), "{md}");
+    assert!(md.contains("## OHLCV"), "{md}");
 }

@@ -1,6 +1,7 @@
-"""The Spark baseline of the benchmark: the seeds' PySpark Structured Streaming job, in two variants.
+"""The Spark baseline of the benchmark: the seeds' PySpark Structured Streaming job, in two variants,
+and the OHLCV job of sql/ohlcv_1m.sql.
 
-    python bench/spark/job.py --variant udf|sql --sink cassandra|noop --topic T --jars DIR ...
+    python bench/spark/job.py --variant udf|sql|ohlcv --sink cassandra|noop --topic T --jars DIR ...
 
 - `udf` is the job as the seeds wrote it: Kafka source, `from_json`, profit computed by a Python
   UDF from the portfolio dict, `foreachBatch` appending each micro-batch to Cassandra through the
@@ -15,9 +16,18 @@ product to 6 decimals). The input is the bus record coinstream reads (symbol, co
 sequence, trade_time, price, size, side, ingest_time). Trades of products outside the portfolio
 are dropped, as coinstream's inner join drops them.
 
+- `ohlcv` is coinstream's sql/ohlcv_1m.sql (as pipelines/ohlcv.toml runs it) in Spark: 1-minute
+  tumbling candles per product, `withWatermark("trade_time", "10 seconds")`,
+  `groupBy(symbol, window(trade_time, "1 minute"))`, append mode (each candle written once, when the
+  watermark passes the minute's end). open/close are the prices of the earliest/latest trade by
+  (trade_time, trade_id) (`min_by`/`max_by` over that struct), volume the exact sum of sizes
+  (DECIMAL(38,10)), trade_count a bigint. Every trade counts, in the portfolio or not. Rows:
+  symbol, window_start, window_end, open, high, low, close, volume, trade_count.
+
 When the query has ended, each batch with rows is printed as
 `BENCH_BATCH <id> <rows> <unix time it ended> <durationMs>` from Spark's own progress records
-(the batch's start plus its triggerExecution time), for bench/bench.py.
+(the batch's start plus its triggerExecution time), for bench/bench.py; a stateful query (ohlcv)
+also prints `BENCH_STATE {"dropped_by_watermark": N, "last_watermark": "..."}`.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import time
 
 def parse_args():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", choices=["udf", "sql"], required=True)
+    ap.add_argument("--variant", choices=["udf", "sql", "ohlcv"], required=True)
     ap.add_argument("--sink", choices=["cassandra", "noop"], required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--brokers", default="127.0.0.1:9092")
@@ -41,8 +51,8 @@ def parse_args():
     ap.add_argument("--keyspace")
     ap.add_argument("--table")
     ap.add_argument("--jars", required=True, help="folder of the connector jars")
-    ap.add_argument("--portfolio", required=True)
-    ap.add_argument("--coin-map", required=True)
+    ap.add_argument("--portfolio", help="udf and sql only")
+    ap.add_argument("--coin-map", help="udf and sql only")
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--max-offsets", type=int, default=0, help="maxOffsetsPerTrigger (0: none)")
     ap.add_argument("--trigger", default="available-now", help="available-now or continuous-microbatch")
@@ -71,7 +81,7 @@ def main() -> int:
     host, _, port = args.cassandra.split(",")[0].rpartition(":")
     spark = (
         SparkSession.builder.master(args.master)
-        .appName(f"seeds-profit-{args.variant}-{args.sink}")
+        .appName(f"bench-{args.variant}-{args.sink}")
         .config("spark.jars", ",".join(jars))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
@@ -86,10 +96,14 @@ def main() -> int:
     )
     spark.sparkContext.setLogLevel("WARN")
 
-    with open(args.portfolio) as f:
-        portfolio = json.load(f)
-    with open(args.coin_map) as f:
-        coin_map = json.load(f)
+    if args.variant != "ohlcv":
+        if not (args.portfolio and args.coin_map):
+            print(f"--variant {args.variant} needs --portfolio and --coin-map", file=sys.stderr)
+            return 2
+        with open(args.portfolio) as f:
+            portfolio = json.load(f)
+        with open(args.coin_map) as f:
+            coin_map = json.load(f)
 
     raw = (
         spark.readStream.format("kafka")
@@ -126,7 +140,33 @@ def main() -> int:
     dec_calc = T.DecimalType(18, 10)
     dec_out = T.DecimalType(38, 20)
 
-    if args.variant == "udf":
+    if args.variant == "ohlcv":
+        # sql/ohlcv_1m.sql; the first/last price by (trade_time, trade_id) are min_by/max_by.
+        order = F.struct("trade_time", "trade_id")
+        result = (
+            trades.withWatermark("trade_time", "10 seconds")
+            .groupBy(F.col("symbol"), F.window("trade_time", "1 minute"))
+            .agg(
+                F.min_by("price", order).alias("open"),
+                F.max("price").alias("high"),
+                F.min("price").alias("low"),
+                F.max_by("price", order).alias("close"),
+                F.sum("size").alias("volume"),
+                F.count(F.lit(1)).alias("trade_count"),
+            )
+            .select(
+                "symbol",
+                F.col("window.start").alias("window_start"),
+                F.col("window.end").alias("window_end"),
+                "open",
+                "high",
+                "low",
+                "close",
+                "volume",
+                "trade_count",
+            )
+        )
+    elif args.variant == "udf":
         # As the seeds: the portfolio is a Python dict captured by a row-at-a-time Python UDF.
         import decimal
 
@@ -215,6 +255,12 @@ def main() -> int:
             started = datetime.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
             ended = started + p["durationMs"]["triggerExecution"] / 1000
             print(f"BENCH_BATCH {p['batchId']} {p['numInputRows']} {ended:.3f} {json.dumps(p['durationMs'])}", flush=True)
+    # A stateful query (ohlcv): the rows its watermark dropped as late, and its last watermark.
+    dropped = sum(op.get("numRowsDroppedByWatermark", 0) for p in progress for op in p.get("stateOperators", []))
+    watermarks = [p["eventTime"]["watermark"] for p in progress if p.get("eventTime", {}).get("watermark")]
+    if any(p.get("stateOperators") for p in progress):
+        print(f"BENCH_STATE {json.dumps({'dropped_by_watermark': dropped, 'last_watermark': (watermarks or [None])[-1]})}",
+              flush=True)
     spark.stop()
     if error is not None:
         print(f"query failed: {error}", file=sys.stderr)
