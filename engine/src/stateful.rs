@@ -145,8 +145,8 @@ impl StatefulAggregation {
                 && *agg.mode() != AggregateMode::Partial
                 && reads_stream(node, None)
             {
+                // On through its input: an aggregation below it is a second one.
                 finals.push(node.clone());
-                return Ok(TreeNodeRecursion::Jump);
             }
             Ok(TreeNodeRecursion::Continue)
         })
@@ -919,4 +919,165 @@ pub fn kept_rows(total: usize, late: &LateRows) -> Vec<usize> {
 pub fn format_nanos(nanos: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(nanos)
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+    use crate::context::{ContextOptions, EngineContext};
+    use crate::transform::{PlannedTransform, TransformFile};
+
+    async fn plan(sql: &str) -> crate::Result<PlannedTransform> {
+        let mut ctx = EngineContext::new(&ContextOptions::default());
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        ctx.register_input(
+            "trades",
+            Arc::new(Schema::new(vec![
+                Field::new("symbol", DataType::Utf8, false),
+                Field::new("trade_time", ts, false),
+                Field::new("price", DataType::Decimal128(28, 10), false),
+            ])),
+        )?;
+        ctx.register_transform(TransformFile {
+            name: "t".into(),
+            path: "t.sql".into(),
+            sql: sql.into(),
+        })
+        .await
+    }
+
+    const CANDLES: &str = "SELECT symbol, w['end'] AS window_end, max(price) AS high \
+        FROM (SELECT *, tumble(trade_time, INTERVAL '1 minute') AS w FROM trades) GROUP BY symbol, w";
+
+    #[tokio::test]
+    async fn a_per_row_query_keeps_no_state_and_an_aggregation_is_split_at_its_window() {
+        let per_row = plan("SELECT symbol, price FROM trades").await.unwrap();
+        assert!(per_row.stateful().is_none());
+        let candles = plan(CANDLES).await.unwrap();
+        let agg = candles.stateful().expect("stateful");
+        assert!(agg.has_window());
+        assert_eq!(
+            candles
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>(),
+            ["symbol", "window_end", "high"]
+        );
+        let watermark = Watermark {
+            column: "trade_time".into(),
+            delay: Duration::from_secs(10),
+            dead_letter_late: false,
+        };
+        assert!(agg.check(OutputMode::Append, Some(&watermark)).is_ok());
+        let err = agg.check(OutputMode::Append, None).unwrap_err();
+        assert!(err.contains("needs a watermark"), "{err}");
+        let no_window = plan("SELECT symbol, max(price) AS high FROM trades GROUP BY symbol")
+            .await
+            .unwrap();
+        let err = no_window
+            .stateful()
+            .unwrap()
+            .check(OutputMode::Append, Some(&watermark))
+            .unwrap_err();
+        assert!(
+            err.contains("needs an aggregation by an event-time window"),
+            "{err}"
+        );
+        assert!(
+            no_window
+                .stateful()
+                .unwrap()
+                .check(OutputMode::Update, None)
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn two_aggregations_of_the_stream_and_grouping_sets_are_refused_with_the_reason() {
+        let twice = plan(
+            "SELECT count(*) AS n FROM (SELECT symbol, max(price) AS m FROM trades GROUP BY symbol)",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            crate::report(&twice).to_string().contains("more than once"),
+            "{}",
+            crate::report(&twice)
+        );
+        let sets = plan("SELECT symbol, max(price) FROM trades GROUP BY ROLLUP(symbol)")
+            .await
+            .unwrap_err();
+        assert!(
+            crate::report(&sets).to_string().contains("GROUPING SETS"),
+            "{}",
+            crate::report(&sets)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_state_round_trips_and_one_of_another_aggregation_is_refused() {
+        let candles = plan(CANDLES).await.unwrap();
+        let agg = candles.stateful().unwrap();
+        let store = StateStore {
+            max_event_time: Some(42),
+            watermark_floor: Some(7),
+            offset_after: Some(1000),
+            ..StateStore::default()
+        };
+        let back = agg.decode(&agg.encode(&store).unwrap(), "test").unwrap();
+        assert_eq!(
+            (
+                back.max_event_time,
+                back.watermark_floor,
+                back.offset_after,
+                back.len()
+            ),
+            (Some(42), Some(7), Some(1000), 0)
+        );
+        let other = plan(
+            "SELECT symbol, w['end'] AS window_end, min(price) AS low, count(*) AS n \
+             FROM (SELECT *, tumble(trade_time, INTERVAL '1 minute') AS w FROM trades) GROUP BY symbol, w",
+        )
+        .await
+        .unwrap();
+        let err = other
+            .stateful()
+            .unwrap()
+            .decode(&agg.encode(&store).unwrap(), "test")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("other keys or aggregates"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_watermark_is_the_largest_time_minus_the_delay_and_never_below_the_floor() {
+        let delay = Duration::from_nanos(10);
+        let mut store = StateStore::default();
+        assert_eq!(store.watermark(delay), None);
+        store.max_event_time = Some(100);
+        assert_eq!(store.watermark(delay), Some(90));
+        store.watermark_floor = Some(95);
+        assert_eq!(store.watermark(delay), Some(95));
+        let states = States {
+            stores: BTreeMap::from([
+                (Some(0), store),
+                (
+                    Some(1),
+                    StateStore {
+                        max_event_time: Some(200),
+                        ..StateStore::default()
+                    },
+                ),
+            ]),
+        };
+        assert_eq!(states.watermark(delay), Some(190));
+    }
 }

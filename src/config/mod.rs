@@ -742,7 +742,7 @@ sql = "r.sql"
             problems,
             [
                 "egnine: unknown section; expected one of engine, tables, input, reference, \
-                 transforms, source, sink, dead_letter, report",
+                 transforms, source, sink, dead_letter, state, report",
                 "transforms: missing section",
                 "source: missing section",
                 "dead_letter: missing section",
