@@ -260,25 +260,14 @@ fn kill_9_at_random_points_then_a_restart_stores_every_trade_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let feed = repo().join("required_data/sample_trades.jsonl");
     let cfg = config(dir.path(), &feed);
-    let mut kills = Vec::new();
-    for round in 0..5u64 {
-        let mut running = Running::spawn(coinstream(&args(
+    // Each kill at another point of the batch cycle (decode, write, Delta commit, checkpoint commit).
+    let kills = common::kill_at_random_points(5, || {
+        coinstream(&args(
             &["run", "--trigger", "interval:10ms", "--progress", "json"],
             &cfg,
             &["--max-records-per-batch", "150"],
-        )));
-        running.wait_for_batches(1, Duration::from_secs(60));
-        // A different point of the batch cycle each round (decode, write, Delta commit,
-        // checkpoint commit): the time since the first batch, varied by round and by clock.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as u64;
-        let wait = Duration::from_millis(50 + (round * 137 + nanos % 400) % 600);
-        running.read_for(wait);
-        kills.push(wait);
-        running.kill();
-    }
+        ))
+    });
     run_available_now(&cfg, "150");
     assert_eq!(
         stored(&dir.path().join("data/profit")),

@@ -96,21 +96,7 @@ async fn two_instances_in_one_group_share_the_partitions_and_store_every_row_onc
     wait_for_members(&setup.group, 2, Duration::from_secs(120));
     produce(&setup.topic, &messages).await;
 
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let lag: i64 = committed_and_end(&setup.group, &setup.topic)
-            .iter()
-            .map(|(_, committed, end)| end - committed.unwrap_or(0))
-            .sum();
-        if lag == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{lag} messages not committed after 600 s"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    common::wait_for_no_lag(&setup.group, &setup.topic, Duration::from_secs(600)).await;
     let (log_a, log_b) = (
         a.terminate(Duration::from_secs(60)),
         b.terminate(Duration::from_secs(60)),

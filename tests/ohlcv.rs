@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 
 mod common;
 
-use common::{Pipeline, Running, delta_batches};
+use common::{Pipeline, delta_batches};
 use testkit::env::repo;
 
 /// A candle as stored: (open, high, low, close, volume, trade_count), decimals normalised.
@@ -347,25 +347,14 @@ fn kill_9_at_random_points_then_a_restart_writes_each_candle_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let feed = repo().join("required_data/sample_trades.jsonl");
     let config = ohlcv(dir.path(), &feed);
-    let mut kills = Vec::new();
-    for round in 0..5u64 {
-        let mut running = Running::spawn(coinstream(&args(
+    // Each kill at another point of the batch cycle (aggregation, Delta commit, state save, checkpoint commit).
+    let kills = common::kill_at_random_points(5, || {
+        coinstream(&args(
             &["run", "--trigger", "interval:10ms", "--progress", "json"],
             &config,
-            &["--max-records-per-batch", "150"],
-        )));
-        running.wait_for_batches(1, Duration::from_secs(60));
-        // A different point of the batch cycle each round (aggregation, Delta commit, state
-        // save, checkpoint commit), varied by round and by clock.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as u64;
-        let wait = Duration::from_millis(30 + (round * 137 + nanos % 300) % 400);
-        running.read_for(wait);
-        kills.push(wait);
-        running.kill();
-    }
+            &["--max-records-per-batch", "50"],
+        ))
+    });
     run_available_now(&config, "150");
     // `stored` panics on a candle written twice.
     assert_eq!(

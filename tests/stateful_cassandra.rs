@@ -13,11 +13,11 @@ use scylla::value::{CqlDecimal, CqlTimestamp};
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    Running, Setup, check, committed_and_end, decimal, produce, progress_sum, repo, session,
-    wait_for_members, wait_with_limit,
+    Running, Setup, check, decimal, produce, progress_sum, repo, session, wait_for_members,
+    wait_with_limit,
 };
 
 const MINUTE_MICROS: i64 = 60_000_000;
@@ -237,23 +237,8 @@ async fn pnl_live_in_update_mode_keeps_each_products_latest_price_and_profit() {
     }
 }
 
-/// Waits until the group has committed every message of the topic.
 async fn wait_for_no_lag(setup: &Setup) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let lag: i64 = committed_and_end(&setup.group, &setup.topic)
-            .iter()
-            .map(|(_, committed, end)| end - committed.unwrap_or(0))
-            .sum();
-        if lag == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{lag} messages not committed after 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    common::wait_for_no_lag(&setup.group, &setup.topic, Duration::from_secs(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -841,14 +841,18 @@ impl States {
 /// # Errors
 /// [`Error::State`] when the column is missing or not a timestamp.
 pub fn max_event_time(batch: &RecordBatch, column: &str) -> Result<Option<i64>> {
+    Ok(arrow::compute::max(&event_times(batch, column)?))
+}
+
+/// The event times of `batch` (its `column`) in nanoseconds since the epoch.
+fn event_times(batch: &RecordBatch, column: &str) -> Result<arrow::array::Int64Array> {
     let index = batch.schema().index_of(column).map_err(|_| {
         Error::State(format!(
             "the watermark's column {column:?} is not a column of the input table"
         ))
     })?;
-    let times = window::timestamps_as_nanos(batch.column(index).as_ref())
-        .map_err(|e| Error::State(format!("the watermark's column {column:?}: {e}")))?;
-    Ok(arrow::compute::max(&times))
+    window::timestamps_as_nanos(batch.column(index).as_ref())
+        .map_err(|e| Error::State(format!("the watermark's column {column:?}: {e}")))
 }
 
 /// What the watermark took out of a batch's decoded rows.
@@ -872,13 +876,7 @@ pub fn drop_late(
     column: &str,
     watermark: Option<i64>,
 ) -> Result<(RecordBatch, LateRows)> {
-    let index = batch.schema().index_of(column).map_err(|_| {
-        Error::State(format!(
-            "the watermark's column {column:?} is not a column of the input table"
-        ))
-    })?;
-    let times = window::timestamps_as_nanos(batch.column(index).as_ref())
-        .map_err(|e| Error::State(format!("the watermark's column {column:?}: {e}")))?;
+    let times = event_times(batch, column)?;
     let mut late = LateRows::default();
     let keep: BooleanArray = times
         .iter()

@@ -237,6 +237,45 @@ pub fn assert_exactly(
     }
 }
 
+/// Waits until `group` has committed every message of `topic`; panics after `limit`.
+pub async fn wait_for_no_lag(group: &str, topic: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let lag: i64 = committed_and_end(group, topic)
+            .iter()
+            .map(|(_, committed, end)| end - committed.unwrap_or(0))
+            .sum();
+        if lag == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{lag} messages not committed after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Runs `command()` and kills it with SIGKILL, `rounds` times, each after its first batch and a
+/// wait that differs by round and by clock (a different point of the batch cycle each time).
+/// Returns the waits, for the failure message.
+pub fn kill_at_random_points(rounds: u64, command: impl Fn() -> Command) -> Vec<Duration> {
+    let mut kills = Vec::new();
+    for round in 0..rounds {
+        let mut running = Running::spawn(command());
+        running.wait_for_batches(1, Duration::from_secs(60));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        let wait = Duration::from_millis(50 + (round * 137 + nanos % 400) % 600);
+        running.read_for(wait);
+        kills.push(wait);
+        running.kill();
+    }
+    kills
+}
+
 /// Each partition's committed offset in `group` (None when nothing is committed) and its end.
 pub fn committed_and_end(group: &str, topic: &str) -> Vec<(i32, Option<i64>, i64)> {
     testkit::kafka::committed_and_end(group, topic, PARTITIONS)
