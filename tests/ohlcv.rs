@@ -274,18 +274,24 @@ fn rows_out_of_order_within_the_delay_count_late_ones_are_dropped_and_open_windo
  {
     let dir = tempfile::tempdir().unwrap();
     let feed = dir.path().join("feed.jsonl");
+    // As Spark: a batch closes windows with the watermark of the batches before it (the
+    // largest time they held minus 10 s), and a row is late when it is older than the
+    // watermark the previous batch closed windows with.
     let mut frames = vec![
         frame("BTC-USD", 1, "2026-11-20T10:00:05Z", "100", "1"),
         frame("BTC-USD", 2, "2026-11-20T10:00:30Z", "101", "1"),
-        // 10 s behind the largest time seen: exactly at the watermark, so it counts.
+        // Out of order, within the delay: it counts.
         frame("BTC-USD", 3, "2026-11-20T10:00:20Z", "99", "0.5"),
-        // Moves the watermark to 10:01:05: the 10:00 minute closes.
+        // The largest time moves to 10:01:15: the next batch's watermark is 10:01:05.
         frame("BTC-USD", 4, "2026-11-20T10:01:15Z", "105", "2"),
-        // Behind the watermark: late, dropped (its minute was written already).
-        frame("BTC-USD", 5, "2026-11-20T10:00:50Z", "50", "7"),
-        frame("BTC-USD", 6, "2026-11-20T10:01:20Z", "106", "1"),
+        // This batch closes the 10:00 minute (watermark 10:01:05).
+        frame("BTC-USD", 5, "2026-11-20T10:01:20Z", "106", "1"),
+        // Older than the watermark the previous batch closed the 10:00 minute with: late,
+        // dropped (its minute was written already), counted and dead-lettered.
+        frame("BTC-USD", 6, "2026-11-20T10:00:50Z", "50", "7"),
         frame("ETH-USD", 1, "2026-11-20T10:01:59.999999Z", "3000", "1"),
-        // Watermark 10:02:20: the 10:01 minutes close; 10:02 stays open.
+        // The final watermark, 10:02:20, closes the 10:01 minutes in a batch without records at
+        // the end of the run; 10:02 stays open.
         frame("BTC-USD", 7, "2026-11-20T10:02:30Z", "107", "1"),
     ];
     write_feed(&feed, &frames);
@@ -323,7 +329,7 @@ fn rows_out_of_order_within_the_delay_count_late_ones_are_dropped_and_open_windo
         .collect();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
-        letters[0].contains("late") && letters[0].contains("\\\"trade_id\\\":5"),
+        letters[0].contains("late") && letters[0].contains("\\\"trade_id\\\":6"),
         "{}",
         letters[0]
     );

@@ -184,15 +184,26 @@ impl StreamingQuery {
         }
         let mut summary = RunSummary::default();
         let mut batch_id = recovered.next_batch_id;
+        // Where the last batch ended: a no-data batch starts and ends there.
+        let mut last_end = recovered.committed.clone();
         let mut last_start = Instant::now();
         if let Some(pending) = recovered.pending {
             tracing::info!(batch_id = pending.batch_id, start = %pending.start, end = %pending.end,
                 "Replaying a batch that was not committed before the last stop.");
             let started = Instant::now();
-            let batch = self
-                .source
-                .fetch_range(&pending.start, &pending.end)
-                .await?;
+            // A batch without records (a stateful query's no-data batch) has nothing to fetch.
+            let batch = if pending.start == pending.end {
+                SourceBatch {
+                    records: Vec::new(),
+                    start: pending.start.clone(),
+                    end: pending.end.clone(),
+                }
+            } else {
+                self.source
+                    .fetch_range(&pending.start, &pending.end)
+                    .await?
+            };
+            last_end = Some(pending.end.clone());
             self.process(
                 pending.batch_id,
                 batch,
@@ -254,6 +265,28 @@ impl StreamingQuery {
                     Poll::Exhausted => Step::Exhausted,
                 },
             };
+            // With nothing new to read, a stateful query whose watermark moved past the end of a
+            // window still runs a batch without records to write it (Spark's no-data batch).
+            // An exhausted source is not polled again: the run ends after that batch.
+            let ends_after = matches!(step, Step::Exhausted);
+            let step = match step {
+                Step::Idle | Step::Exhausted if self.needs_no_data_batch(&state) => {
+                    let Some(end) = last_end.clone() else {
+                        return Err(Error::Internal(
+                            "windows to close before any batch ended".into(),
+                        ));
+                    };
+                    Step::Batch(
+                        SourceBatch {
+                            records: Vec::new(),
+                            start: end.clone(),
+                            end,
+                        },
+                        started.elapsed(),
+                    )
+                }
+                other => other,
+            };
             match step {
                 Step::Exhausted => break,
                 Step::Stopped => {
@@ -262,6 +295,7 @@ impl StreamingQuery {
                 }
                 Step::Idle => {}
                 Step::Batch(batch, waited) => {
+                    last_end = Some(batch.end.clone());
                     if let Some(cp) = &self.checkpoint {
                         cp.plan(&PlannedBatch {
                             batch_id,
@@ -281,6 +315,9 @@ impl StreamingQuery {
                     )
                     .await?;
                     batch_id += 1;
+                    if ends_after {
+                        break;
+                    }
                 }
             }
         }
@@ -371,16 +408,19 @@ impl StreamingQuery {
             self.take_over_parts(states, &batch.records, shutdown)
                 .await?;
         }
-        let watermark_before = match (state.as_ref(), &self.watermark) {
-            (Some(states), Some(w)) => states.watermark(w.delay),
-            _ => None,
+        // As Spark's: the batch closes windows with the watermark of the batches before it, and
+        // judges rows late against the one the previous batch closed windows with, so a row
+        // has one batch to arrive after the largest time seen moved past its window.
+        let (watermark_late, watermark) = match (state.as_ref(), &self.watermark) {
+            (Some(states), Some(w)) => (states.late_watermark(), states.watermark(w.delay)),
+            _ => (None, None),
         };
         let (decoded, late, late_letters) =
-            self.drop_late(decoded, &batch.records, state.is_some(), watermark_before)?;
+            self.drop_late(decoded, &batch.records, state.is_some(), watermark_late)?;
         let (rows, transform_letters, state_progress) = match state.as_mut() {
             Some(states) => {
                 let (rows, letters, progress) = self
-                    .aggregate(states, &decoded, &batch.records, &late)
+                    .aggregate(states, &decoded, &batch.records, &late, watermark)
                     .await?;
                 (rows, letters, Some(progress))
             }
@@ -499,7 +539,7 @@ impl StreamingQuery {
                     // Before any event time, the epoch (as Spark reports it).
                     let mut times = BTreeMap::from([(
                         "watermark".to_owned(),
-                        stateful::format_nanos(watermark_before.unwrap_or(0)),
+                        stateful::format_nanos(watermark.unwrap_or(0)),
                     )]);
                     if let Some(max) = late.max_event_time {
                         times.insert("max".to_owned(), stateful::format_nanos(max));
@@ -519,6 +559,15 @@ impl StreamingQuery {
         };
         (self.on_progress)(&progress);
         Ok(())
+    }
+
+    /// Whether the state holds windows the next batch's watermark closes while the last batch's
+    /// did not (see [`States::would_close`]).
+    fn needs_no_data_batch(&self, state: &Option<States>) -> bool {
+        match (state, &self.watermark) {
+            (Some(states), Some(w)) => states.would_close(w.delay),
+            _ => false,
+        }
     }
 
     /// The state of a stateful transform, restored from the checkpoint (`None` for a transform
@@ -714,7 +763,7 @@ impl StreamingQuery {
                 letters.push(DeadLetter::from_record(
                     record(row),
                     format!(
-                        "late: its {} is before the watermark {} (the largest event time seen minus {:?})",
+                        "late: its {} is before the watermark {} that the previous batch closed windows with (the largest event time seen then minus {:?})",
                         w.column,
                         stateful::format_nanos(watermark.unwrap_or_default()),
                         w.delay
@@ -748,6 +797,7 @@ impl StreamingQuery {
         decoded: &Decoded,
         records: &[RawRecord],
         late: &stateful::LateRows,
+        watermark: Option<i64>,
     ) -> Result<(Vec<RecordBatch>, Vec<DeadLetter>, StateOperatorProgress)> {
         let agg = self
             .transform
@@ -814,10 +864,6 @@ impl StreamingQuery {
                 store.max_event_time = Some(store.max_event_time.map_or(max, |m| m.max(max)));
             }
         }
-        let watermark_after = self
-            .watermark
-            .as_ref()
-            .and_then(|w| states.watermark(w.delay));
         let mut emitted = Vec::new();
         let mut progress = StateOperatorProgress {
             operator_name: "stateStoreSave".into(),
@@ -828,7 +874,7 @@ impl StreamingQuery {
         let none = std::collections::BTreeSet::new();
         for (part, store) in &mut states.stores {
             let changed = touched.get(part).unwrap_or(&none);
-            let (rows, removed) = agg.emit(store, changed, self.output_mode, watermark_after)?;
+            let (rows, removed) = agg.emit(store, changed, self.output_mode, watermark)?;
             if rows.num_rows() > 0 {
                 emitted.push(rows);
             }
@@ -842,6 +888,7 @@ impl StreamingQuery {
             1 => emitted.remove(0),
             _ => arrow::compute::concat_batches(&emitted[0].schema(), &emitted)?,
         };
+        states.closed_with(watermark);
         let rows = self.transform.run_above_state(emitted).await?;
         Ok((rows, letters, progress))
     }

@@ -19,18 +19,20 @@
 //! ## Windows, watermark and output modes
 //! The group key that is a window (the `{start, end}` struct of [`crate::window`]'s `tumble` and
 //! `hop`) decides when a group is finished: when the watermark passes the window's `end`. The
-//! watermark ([`Watermark`], Spark's `withWatermark`) is the largest event time of the batches
-//! before minus the delay; rows of a batch older than it are dropped before the aggregation and
-//! counted (`numRowsDroppedByWatermark`), and may go to the dead letters. After a batch, the
-//! watermark including that batch closes windows:
-//! - [`OutputMode::Append`] emits each window once, when the watermark passes its end (and so
-//!   needs a watermark and a window key);
+//! watermark ([`Watermark`], Spark's `withWatermark`, with Spark's rules) a batch uses is the
+//! largest event time of the batches before it minus the delay; the batch closes windows with it.
+//! A row is late when it is older than the watermark the previous batch closed windows with
+//! (Spark's watermark for late events): late rows are dropped before the aggregation and counted
+//! (`numRowsDroppedByWatermark`), and may go to the dead letters.
+//! - [`OutputMode::Append`] emits each window once, by the first batch whose watermark passed its
+//!   end (and so needs a watermark and a window key);
 //! - [`OutputMode::Update`] emits every group the batch changed, each batch; windows the watermark
 //!   passed are then dropped from the state without being emitted again.
 //!
-//! Since the windows closed by a batch are emitted by that batch, the end of an available-now run
-//! has emitted every window the final watermark closes; windows still open stay in the state for
-//! the next run.
+//! With nothing new to read, the runtime runs a batch without records when the watermark the
+//! next batch would use closes a window ([`States::would_close`], Spark's no-data batch), so a
+//! live run writes a window once the largest time seen passed it, and an available-now run ends
+//! having written every window its final watermark closes; windows still open stay in the state.
 //!
 //! The watermark must be on the event-time column the window is computed from, as in Spark: a
 //! window over another column is closed by a watermark that says nothing about it.
@@ -536,6 +538,7 @@ impl StatefulAggregation {
             (MAX_EVENT_TIME, store.max_event_time),
             (WATERMARK_FLOOR, store.watermark_floor),
             (OFFSET_AFTER, store.offset_after),
+            (LAST_WATERMARK, store.last_watermark),
         ] {
             if let Some(v) = value {
                 metadata.insert(key.to_owned(), v.to_string());
@@ -587,6 +590,7 @@ impl StatefulAggregation {
             max_event_time: number(MAX_EVENT_TIME)?,
             watermark_floor: number(WATERMARK_FLOOR)?,
             offset_after: number(OFFSET_AFTER)?,
+            last_watermark: number(LAST_WATERMARK)?,
             ..StateStore::default()
         };
         for batch in reader {
@@ -671,6 +675,8 @@ impl StatefulAggregation {
 const WATERMARK_FLOOR: &str = "coinstream.watermarkFloorNanos";
 /// The schema metadata key of the source offset right after the records a state holds.
 const OFFSET_AFTER: &str = "coinstream.offsetAfter";
+/// The schema metadata key of the watermark the last batch closed windows with.
+const LAST_WATERMARK: &str = "coinstream.lastWatermarkNanos";
 
 /// The schema metadata key of a state file's largest event time (nanoseconds since the epoch).
 const MAX_EVENT_TIME: &str = "coinstream.maxEventTimeNanos";
@@ -781,6 +787,9 @@ pub struct StateStore {
     /// For a part of a source shared by instances: the offset right after the last record the
     /// state holds; records below it are in the state already.
     pub offset_after: Option<i64>,
+    /// The watermark the last batch closed windows with (nanoseconds since the epoch): rows
+    /// older than it are late in the next batch (Spark's watermark for late events).
+    pub last_watermark: Option<i64>,
 }
 
 impl StateStore {
@@ -827,12 +836,44 @@ pub struct States {
 
 impl States {
     /// The instance's watermark for `delay`: the largest event time of every store minus the
-    /// delay, and at least every store's floor.
+    /// delay, and at least every store's floor. Computed before a batch, it is the watermark
+    /// that batch closes windows with.
     pub fn watermark(&self, delay: Duration) -> Option<i64> {
         self.stores
             .values()
             .filter_map(|s| s.watermark(delay))
             .max()
+    }
+
+    /// The watermark rows of the next batch are judged late against: the one the previous batch
+    /// closed windows with (Spark's watermark for late events; a part taken over from another
+    /// instance brings the one that instance last closed its windows with). A row older than it
+    /// may belong to a window already written; a row at or after it cannot.
+    pub fn late_watermark(&self) -> Option<i64> {
+        self.stores.values().filter_map(|s| s.last_watermark).max()
+    }
+
+    /// Records `watermark` as the one this batch closed windows with.
+    pub fn closed_with(&mut self, watermark: Option<i64>) {
+        for store in self.stores.values_mut() {
+            store.last_watermark = store.last_watermark.max(watermark);
+        }
+    }
+
+    /// Whether a batch without records would close windows: the watermark moved since the last
+    /// batch and passed the end of a window in the state (Spark's no-data batch).
+    pub fn would_close(&self, delay: Duration) -> bool {
+        let Some(watermark) = self.watermark(delay) else {
+            return false;
+        };
+        if self.late_watermark().is_some_and(|last| last >= watermark) {
+            return false;
+        }
+        self.stores.values().any(|s| {
+            s.groups
+                .values()
+                .any(|g| g.window_end.is_some_and(|end| end <= watermark))
+        })
     }
 }
 
@@ -1077,5 +1118,11 @@ mod tests {
             ]),
         };
         assert_eq!(states.watermark(delay), Some(190));
+        // Rows are late against the watermark the last batch closed windows with, not the floor.
+        let mut states = states;
+        assert_eq!(states.late_watermark(), None);
+        states.closed_with(Some(150));
+        assert_eq!(states.late_watermark(), Some(150));
+        assert!(!states.would_close(delay), "no window in the state");
     }
 }
