@@ -158,46 +158,70 @@ class Kafka:
 # --- the engines --------------------------------------------------------------------------------
 
 
-def coinstream_config(args, path: str, topic: str, group: str, keyspace: str, table: str, sink: str, checkpoint: str,
-                      properties: dict | None = None):
-    with open(os.path.join(REPO, "pipelines/kafka-cassandra.toml")) as f:
-        text = f.read()
-    replacements = [
-        ('"../', f'"{REPO}/'),
-        ('topics = ["crypto_trades"]', f'topics = ["{topic}"]'),
-        ('group_id = "coinstream-profit"', f'group_id = "{group}"'),
-        ('keyspace = "crypto_keyspace"', f'keyspace = "{keyspace}"'),
-        ('table = "crypto_trades"', f'table = "{table}"'),
-        ('topic = "crypto_trades_dead_letters"', f'topic = "{topic}_dlq"'),
-        (f'"{REPO}/data/kafka-cassandra/checkpoint"', json.dumps(checkpoint)),
-    ]
-    for old, new in replacements:
-        if old not in text:
-            raise SystemExit(f"pipelines/kafka-cassandra.toml no longer contains {old!r}; update bench/bench.py")
-        text = text.replace(old, new)
-    text = re.sub(r'# brokers = "127.0.0.1:9092"', f'brokers = "{args.brokers}"', text)
-    if properties:
-        inline = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in properties.items())
-        text = text.replace("fail_on_data_loss = true", f"fail_on_data_loss = true\nproperties = {{ {inline} }}", 1)
-    if sink == "null":
-        # Everything from [sink] up to the next section becomes the null sink.
-        text = re.sub(r"\[sink\]\n(?:(?!\n\[).)*", '[sink]\ntype = "null"\n', text, flags=re.S)
-    with open(path, "w") as f:
-        f.write(text)
+def toml_value(v) -> str:
+    """`v` as the TOML text of a `--set` value: JSON's strings, numbers and arrays are TOML's; a
+    dict becomes an inline table (keys quoted, so `fetch.min.bytes` stays one key)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def shipped_pipeline(pipeline: str, overrides: dict) -> list[str]:
+    """`--config pipelines/<pipeline> --set KEY=VALUE ...`: the shipped file as it is, with only the
+    keys a run must own changed (README "The config file": a table value replaces the whole key)."""
+    args = ["--config", os.path.join(REPO, "pipelines", pipeline)]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={toml_value(value)}"]
+    return args
+
+
+def shipped_settings(pipeline: str) -> dict:
+    """The shipped file's own keys, for the report (batch size, consistency)."""
+    import tomllib  # Python 3.11+; only the report needs it
+
+    with open(os.path.join(REPO, "pipelines", pipeline), "rb") as f:
+        return tomllib.load(f)
+
+
+def run_overrides(args, *, topic: str, group: str, table: str, checkpoint: str) -> dict:
+    """The keys every coinstream run of the bench sets on a shipped Kafka → Cassandra pipeline: its
+    own topic, group, keyspace, table, dead-letter topic and checkpoint, and the services'
+    addresses."""
+    return {
+        "engine.checkpoint_dir": checkpoint,
+        "source.brokers": args.brokers,
+        "source.topics": [topic],
+        "source.group_id": group,
+        "sink.contact_points": args.cassandra.split(","),
+        "sink.keyspace": args.keyspace,
+        "sink.table": table,
+        "dead_letter.topic": f"{topic}_dlq",
+    }
+
+
+PROFIT_PIPELINE = "kafka-cassandra.toml"
+OHLCV_PIPELINE = "ohlcv-cassandra.toml"
 
 
 def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_dir: str, live: bool,
                    trigger: str | None = None) -> tuple[list[str], str]:
     """The command line of one engine run and the regex of its "a batch was written" lines."""
     if is_coinstream(engine):
-        config = os.path.join(run_dir, "pipeline.toml")
-        coinstream_config(
-            args, config, topic, f"{args.prefix}_{os.path.basename(run_dir)}", args.keyspace, table,
-            "cassandra" if sink == "cassandra" else "null", os.path.join(run_dir, "checkpoint"),
-            TUNED_SOURCE_PROPERTIES if engine == "coinstream_tuned" else None,
-        )
+        overrides = run_overrides(args, topic=topic, group=f"{args.prefix}_{os.path.basename(run_dir)}",
+                                  table=table, checkpoint=os.path.join(run_dir, "checkpoint"))
+        if engine == "coinstream_tuned":
+            overrides["source.properties"] = TUNED_SOURCE_PROPERTIES
+        if sink == "null":
+            # A table value replaces the whole [sink]: none of the Cassandra keys remain.
+            overrides = {k: v for k, v in overrides.items() if not k.startswith("sink.")}
+            overrides["sink"] = {"type": "null"}
         trigger = trigger if live else "available-now"
-        cmd = [args.coinstream_bin, "run", "--config", config, "--trigger", trigger, "--progress", "json"]
+        cmd = [args.coinstream_bin, "run", *shipped_pipeline(PROFIT_PIPELINE, overrides), "--trigger", trigger,
+               "--progress", "json"]
         return cmd, r'"numInputRows":[1-9]'
     variant = engine.split("_", 1)[1]
     cmd = [
@@ -519,62 +543,15 @@ WINDOW_US = 60_000_000  # the tumbling window: 1 minute
 DELAY_US = 10_000_000  # the watermark's delay: 10 s
 
 
-def coinstream_ohlcv_config(args, path: str, topic: str, group: str, table: str, checkpoint: str) -> None:
-    """The OHLCV pipeline: pipelines/ohlcv.toml's [input] watermark and [transforms] (the real
-    sql/ohlcv_1m.sql, append mode) between the Kafka source and the Cassandra sink of
-    pipelines/kafka-cassandra.toml, the sink keyed PRIMARY KEY ((symbol), window_start)."""
-    text = f"""# Written by bench/bench.py for one OHLCV run.
-[engine]
-trigger = "interval:500ms"
-max_records_per_batch = 20000
-checkpoint_dir = {json.dumps(checkpoint)}
-
-[source]
-type = "kafka"
-brokers = {json.dumps(args.brokers)}
-topics = [{json.dumps(topic)}]
-group_id = {json.dumps(group)}
-starting_offsets = "earliest"
-fail_on_data_loss = true
-
-[tables]
-files = [{json.dumps(os.path.join(REPO, "sql/tables/trades.sql"))}]
-
-[input]
-table = "trades"
-watermark = {{ column = "trade_time", delay = "10s" }}
-
-[transforms]
-files = [{json.dumps(os.path.join(REPO, "sql/ohlcv_1m.sql"))}]
-output = "ohlcv_1m"
-output_mode = "append"
-
-[sink]
-type = "cassandra"
-contact_points = [{json.dumps(args.cassandra.split(",")[0])}]
-keyspace = {json.dumps(args.keyspace)}
-table = {json.dumps(table)}
-partition_key = ["symbol"]
-clustering_key = ["window_start"]
-consistency = "local_quorum"
-replication = {{ strategy = "simple", replication_factor = 1 }}
-
-[dead_letter]
-type = "kafka"
-topic = {json.dumps(topic + "_dlq")}
-"""
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def ohlcv_command(args, engine: str, *, topic: str, table: str, run_dir: str, live: bool,
                   trigger: str | None = None) -> tuple[list[str], str]:
     """The command line of one OHLCV run and the regex of its "a batch was done" lines."""
     if engine == "coinstream":
-        config = os.path.join(run_dir, "pipeline.toml")
-        coinstream_ohlcv_config(args, config, topic, f"{args.prefix}_{os.path.basename(run_dir)}", table,
-                                os.path.join(run_dir, "checkpoint"))
-        cmd = [args.coinstream_bin, "run", "--config", config, "--trigger",
+        # pipelines/ohlcv-cassandra.toml as shipped (its batch size, watermark, transform, sink keys
+        # and [state] table, which lands in the run's keyspace), on the run's own topic and table.
+        overrides = run_overrides(args, topic=topic, group=f"{args.prefix}_{os.path.basename(run_dir)}",
+                                  table=table, checkpoint=os.path.join(run_dir, "checkpoint"))
+        cmd = [args.coinstream_bin, "run", *shipped_pipeline(OHLCV_PIPELINE, overrides), "--trigger",
                trigger if live else "available-now", "--progress", "json"]
         return cmd, r'"numInputRows":[1-9]'
     cmd = [
@@ -889,6 +866,7 @@ def ohlcv_phase(args, kafka: Kafka, topic: str, records: str) -> dict:
 
 
 def ohlcv_report(args, ohlcv: dict) -> list[str]:
+    ohlcv_file = shipped_settings(OHLCV_PIPELINE)
     lines = ["", "## OHLCV: 1-minute candles (stateful window aggregation)", "",
              f"sql/ohlcv_1m.sql in coinstream and `withWatermark(\"trade_time\", \"10 seconds\")` + "
              f"`groupBy(symbol, window(trade_time, \"1 minute\"))` in Spark (bench/spark/job.py --variant ohlcv), "
@@ -924,8 +902,11 @@ def ohlcv_report(args, ohlcv: dict) -> list[str]:
                          f"{fmt(r['candles_expected'])} | {fmt(r.get('p50_ms'))} | {fmt(r.get('max_ms'))} "
                          f"| {fmt(r['engine_cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {check} |")
     lines += ["", "How: wall, CPU and peak RSS as for the profit runs (below); trades/s = trades read ÷ wall, "
-              "start-up included. coinstream: sql/ohlcv_1m.sql with a 10 s watermark on trade_time, Kafka source "
-              "and Cassandra sink as pipelines/kafka-cassandra.toml (max 20,000 records per batch, LOCAL_QUORUM). "
+              "start-up included. coinstream: `pipelines/ohlcv-cassandra.toml` as shipped (sql/ohlcv_1m.sql, a 10 s "
+              f"watermark on trade_time, max {fmt(ohlcv_file['engine']['max_records_per_batch'])} records per "
+              f"batch, {ohlcv_file['sink']['consistency'].upper()}, the aggregation state in a "
+              f"`[state] type = \"{ohlcv_file['state']['type']}\"` table) with `--set` overrides for the run's "
+              "topic, group, keyspace, table, dead-letter topic and checkpoint. "
               f"Spark: `local[2]`, maxOffsetsPerTrigger {args.spark_max_offsets or 'unset'}, `foreachBatch` "
               "append through the connector. Late rows: the engine's own count of rows its watermark dropped "
               "(`numRowsDroppedByWatermark` of its progress). The check compares every candle (window end, open, high, low, close, volume, "
@@ -970,6 +951,7 @@ def engine_table(engines, by, sink, columns):
 
 def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None) -> str:
     by = {(r["engine"], r["sink"]): r for r in runs}
+    profit_file = shipped_settings(PROFIT_PIPELINE)
     engines = [e for e in ENGINES if any(k[0] == e for k in by)]
     lines = [f"# Benchmark {date}: coinstream vs the seeds' Spark Structured Streaming job", ""]
     lines += [f"Command: `{args.command}`", ""]
@@ -1076,8 +1058,11 @@ def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None) -
               f"- Spark: pyspark {facts.get('pyspark', '?')}, `local[2]`, driver memory {args.spark_driver_memory}, "
               f"`trigger(availableNow=True)`, maxOffsetsPerTrigger {args.spark_max_offsets or 'unset'}, "
               "spark-sql-kafka and spark-cassandra-connector 3.5.1 from Maven Central as local jars, default "
-              "connector write settings, LOCAL_QUORUM. coinstream: a copy of `pipelines/kafka-cassandra.toml` "
-              "(max 20,000 records per batch, LOCAL_QUORUM).",
+              "connector write settings, LOCAL_QUORUM. coinstream: `pipelines/kafka-cassandra.toml` as shipped "
+              f"(max {fmt(profit_file['engine']['max_records_per_batch'])} records per batch, "
+              f"{profit_file['sink']['consistency'].upper()}) with `--set` overrides for the run's topic, group, "
+              "keyspace, table, dead-letter topic and checkpoint (`sink = { type = \"null\" }` for the runs "
+              "without Cassandra).",
               "- live: `bench/PacedProducer.java` (kafka-clients, acks=all, linger.ms=1) sends pre-generated "
               "records at a fixed rate and logs each send time; latency = Cassandra `WRITETIME(profit)` − send "
               "time, over every portfolio trade sent after the warm-up. WRITETIME is the write's timestamp "

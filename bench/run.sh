@@ -47,8 +47,18 @@ done
 log() { printf '%s run.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 mkdir -p "$WORK"
-log "checking Kafka and Cassandra (scripts/services.sh up)"
-"$ROOT/scripts/services.sh" up >&2
+# Services already listening where the bench will look (KAFKA_BOOTSTRAP, CASSANDRA_NODES: started
+# from another checkout's .services or by docker compose) are used as they are: services.sh up
+# refuses ports it did not open itself.
+listening() { local a="${1%%,*}"; (exec 3<>"/dev/tcp/${a%:*}/${a##*:}") 2>/dev/null; }
+KAFKA_ADDR="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
+CASSANDRA_ADDR="${CASSANDRA_NODES:-127.0.0.1:9042}"
+if listening "$KAFKA_ADDR" && listening "$CASSANDRA_ADDR"; then
+  log "Kafka ($KAFKA_ADDR) and Cassandra ($CASSANDRA_ADDR) are listening; using them"
+else
+  log "checking Kafka and Cassandra (scripts/services.sh up)"
+  "$ROOT/scripts/services.sh" up >&2
+fi
 
 SPARK_ARGS=()
 if [[ $COINSTREAM_ONLY -eq 0 ]]; then
@@ -96,4 +106,4 @@ ONLY=()
 export BENCH_COMMAND="bench/run.sh --trades $TRADES${ONLY:+ --coinstream-only}${PASS:+ ${PASS[*]}}"
 cd "$ROOT"
 exec "$PY" "$ROOT/bench/bench.py" --trades "$TRADES" --coinstream-bin "$COINSTREAM_BIN" \
-  --kafka-jars "$SERVICES_DIR/jars/kafka" "${ONLY[@]}" "${SPARK_ARGS[@]}" "${PASS[@]}"
+  --kafka-jars "${KAFKA_JARS:-$SERVICES_DIR/jars/kafka}" "${ONLY[@]}" "${SPARK_ARGS[@]}" "${PASS[@]}"
