@@ -472,3 +472,73 @@ fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reaso
         stderr(&out)
     );
 }
+
+#[test]
+fn hopping_windows_count_every_trade_in_each_window_that_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("hop_3m.sql");
+    std::fs::write(
+        &sql,
+        "SELECT symbol, w['start'] AS window_start, w['end'] AS window_end, \
+         count(*) AS trade_count, sum(size) AS volume \
+         FROM (SELECT symbol, size, unnest(hop(trade_time, INTERVAL '1 minute', INTERVAL '3 minutes')) AS w \
+               FROM trades) \
+         GROUP BY symbol, w",
+    )
+    .unwrap();
+    let feed = repo().join("required_data/sample_trades.jsonl");
+    let config = ohlcv(dir.path(), &feed)
+        .set("transforms.files", vec![sql.display().to_string()])
+        .set("transforms.output", "hop_3m");
+    let log = run_available_now(&config, "700");
+    assert_eq!(state_sum(&log, "numRowsDroppedByWatermark"), 0, "{log}");
+    // The oracle: each trade in the three windows that hold it, closed by the final watermark.
+    let trades = trades_of(&feed);
+    let max = trades.iter().map(|t| t.2).max().unwrap();
+    let mut want: BTreeMap<(String, i64), (i64, Decimal)> = BTreeMap::new();
+    for t in &trades {
+        let latest = t.2 - t.2.rem_euclid(MINUTE_MICROS);
+        for k in 0..3 {
+            let start = latest - k * MINUTE_MICROS;
+            if start + 3 * MINUTE_MICROS <= max - DELAY_MICROS {
+                let entry = want.entry((t.0.clone(), start)).or_default();
+                entry.0 += 1;
+                entry.1 += t.4;
+            }
+        }
+    }
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    let mut got = BTreeMap::new();
+    for batch in delta_batches(&dir.path().join("ohlcv_1m")) {
+        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let (symbol, start, end, count, volume) = (
+            col("symbol"),
+            col("window_start"),
+            col("window_end"),
+            col("trade_count"),
+            col("volume"),
+        );
+        for row in 0..batch.num_rows() {
+            let s = start.as_primitive::<TimestampMicrosecondType>().value(row);
+            assert_eq!(
+                end.as_primitive::<TimestampMicrosecondType>().value(row),
+                s + 3 * MINUTE_MICROS
+            );
+            let previous = got.insert(
+                (symbol.as_string::<i32>().value(row).to_owned(), s),
+                (
+                    count.as_primitive::<Int64Type>().value(row),
+                    decimal(volume.as_ref(), row),
+                ),
+            );
+            assert!(previous.is_none(), "a window written twice");
+        }
+    }
+    let want: BTreeMap<_, _> = want
+        .into_iter()
+        .map(|(k, (n, v))| (k, (n, v.normalize())))
+        .collect();
+    assert!(want.len() > 50, "{} windows", want.len());
+    assert_eq!(got, want);
+}
