@@ -239,6 +239,27 @@ def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_
     return cmd, r"BENCH_BATCH "
 
 
+
+def wait_until_ready(args, proc, run_dir: str, name: str) -> None:
+    """Waits for a live engine to be ready (coinstream has joined the group when it logs its
+    assignment; Spark when its query started), then a few seconds more for the first (empty)
+    batches to be planned."""
+    ready_re = re.compile(r"BENCH_STARTED|assign|Kafka source|partitions", re.I)
+    t0 = time.monotonic()
+    ready = False
+    while time.monotonic() - t0 < 120 and proc.poll() is None:
+        try:
+            with open(os.path.join(run_dir, "output.log")) as f:
+                if ready_re.search(f.read()):
+                    ready = True
+                    break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        raise SystemExit(f"{name}: the engine exited before the live phase; see {run_dir}/output.log")
+    time.sleep(args.live_settle if ready else 10)
+
 def measured(cmd: list[str], run_dir: str, marker: str, stop_file: str | None = None, timeout: float = 3600):
     out = os.path.join(run_dir, "measure.json")
     wrapper = [sys.executable, os.path.join(BENCH, "measure.py"), "--out", out, "--log",
@@ -433,23 +454,7 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
     log(f"{name}: {' '.join(cmd)}")
     proc, out = measured(cmd, run_dir, marker + "|BENCH_STARTED", stop_file=stop if is_coinstream(engine) else None,
                          timeout=args.run_timeout)
-    # Ready: coinstream has joined the group when it logs its assignment; Spark when its query
-    # started. Then a few seconds more for the first (empty) batches to be planned.
-    ready_re = re.compile(r"BENCH_STARTED|assign|Kafka source|partitions", re.I)
-    t0 = time.monotonic()
-    ready = False
-    while time.monotonic() - t0 < 120 and proc.poll() is None:
-        try:
-            with open(os.path.join(run_dir, "output.log")) as f:
-                if ready_re.search(f.read()):
-                    ready = True
-                    break
-        except FileNotFoundError:
-            pass
-        time.sleep(0.2)
-    if proc.poll() is not None:
-        raise SystemExit(f"{name}: the engine exited before the live phase; see {run_dir}/output.log")
-    time.sleep(args.live_settle if ready else 10)
+    wait_until_ready(args, proc, run_dir, name)
     sent_log = os.path.join(run_dir, "sent.csv")
     kafka_cp = os.path.join(args.kafka_jars, "*")
     services = service_pids()
@@ -755,21 +760,7 @@ def run_ohlcv_live(args, engine: str, kafka: Kafka, index: int) -> dict:
     log(f"{name}: {' '.join(cmd)}")
     proc, out = measured(cmd, run_dir, marker + "|BENCH_STARTED", stop_file=stop if engine == "coinstream" else None,
                          timeout=args.run_timeout)
-    ready_re = re.compile(r"BENCH_STARTED|assign|Kafka source|partitions", re.I)
-    t0 = time.monotonic()
-    ready = False
-    while time.monotonic() - t0 < 120 and proc.poll() is None:
-        try:
-            with open(os.path.join(run_dir, "output.log")) as f:
-                if ready_re.search(f.read()):
-                    ready = True
-                    break
-        except FileNotFoundError:
-            pass
-        time.sleep(0.2)
-    if proc.poll() is not None:
-        raise SystemExit(f"{name}: the engine exited before the live phase; see {run_dir}/output.log")
-    time.sleep(args.live_settle if ready else 10)
+    wait_until_ready(args, proc, run_dir, name)
     sent_log = os.path.join(run_dir, "sent.csv")
     producer = subprocess.run(
         [JAVA17, "-cp", os.path.join(args.kafka_jars, "*"), os.path.join(BENCH, "PacedProducer.java"), args.brokers,
