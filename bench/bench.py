@@ -903,8 +903,9 @@ def ohlcv_report(args, ohlcv: dict) -> list[str]:
               "(`numRowsDroppedByWatermark` of its progress). The check compares every candle (window end, open, high, low, close, volume, "
               "trade_count, as exact numbers) with a recomputation in Python from the generated records, and "
               "the engines' tables with each other. Live: the watermark (largest trade time − 10 s) passes "
-              "a window's end when the first trade 10 s or more past it is sent; Spark applies a new "
-              "watermark from the batch after the one that saw the trade, coinstream in the same batch."]
+              "a window's end when the first trade 10 s or more past it is sent; both engines apply a new "
+              "watermark from the batch after the one that saw the trade (Spark's rule), with a batch "
+              "without records for it when there is nothing new to read."]
     return lines
 
 
