@@ -749,6 +749,8 @@ async fn a_batch_whose_every_row_fails_is_all_dead_letters_and_committed() {
 async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
     let dir = tempfile::tempdir().unwrap();
     // Each id fits a TINYINT and so does each half's sum; the whole batch's sum (200) does not.
+    // A window function over the batch (an aggregation would be a stateful one, whose sums live
+    // in the state and are cast above it).
     let msgs: Vec<String> = (0..4)
         .map(|i| format!(r#"{{"id":50,"price":"{i}"}}"#))
         .collect();
@@ -757,7 +759,7 @@ async fn an_error_no_single_row_explains_stops_the_query_uncommitted() {
     let total = Transform {
         name: "total",
         price: "DECIMAL(10,2)",
-        sql: "SELECT CAST(SUM(t.id) AS TINYINT) AS total FROM trades t",
+        sql: "SELECT CAST(SUM(t.id) OVER () AS TINYINT) AS total FROM trades t",
     };
     let run = out.run(dir.path(), total, vec![msgs], true, 100);
     let err = run.await.unwrap_err().report().to_string();

@@ -99,6 +99,10 @@ struct Shares {
     unnumbered: bool,
 }
 
+/// The least a poll may buffer while it waits for every partition's share: small batches still
+/// look past one partition's fetch (128 KiB of records) for the others'.
+const BALANCE_BUFFER: usize = 65_536;
+
 /// How often a running (not available-now) source reads the partitions' ends again.
 const ENDS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -330,20 +334,41 @@ impl KafkaSource {
 
     /// Takes a batch of each partition's share of buffered records (see [`Self::shares`]),
     /// oldest first within each partition; the rest stays buffered in order.
-    fn take_batch(&mut self, shares: &Shares) -> SourceBatch {
-        let mut taken: BTreeMap<u32, usize> = BTreeMap::new();
+    fn take_batch(&mut self, shares: &Shares, max: usize) -> SourceBatch {
+        let mut buffered: BTreeMap<u32, usize> = BTreeMap::new();
+        for r in &self.buffer {
+            *buffered.entry(r.position.partition).or_default() += 1;
+        }
+        let mut quota: BTreeMap<u32, usize> = buffered
+            .iter()
+            .map(|(&p, &n)| (p, n.min(shares.by_number.get(&p).copied().unwrap_or(0))))
+            .collect();
+        let mut total: usize = quota.values().sum();
+        // A partition still short of its share (its records not fetched within the poll's wait)
+        // leaves its place to partitions with more buffered: a batch waits for a partition no
+        // longer than the poll's wait, and stays full.
+        for (p, &n) in &buffered {
+            if total >= max {
+                break;
+            }
+            let q = quota.entry(*p).or_default();
+            let extra = (n - *q).min(max - total);
+            *q += extra;
+            total += extra;
+        }
+        // Shares are rounded up to one record each: never more than `max` in all.
+        while total > max {
+            if let Some(q) = quota.values_mut().max_by_key(|q| **q) {
+                *q -= 1;
+            }
+            total -= 1;
+        }
         let mut records = Vec::new();
         let mut kept = VecDeque::with_capacity(self.buffer.len());
         for r in self.buffer.drain(..) {
-            let count = taken.entry(r.position.partition).or_default();
-            if *count
-                < shares
-                    .by_number
-                    .get(&r.position.partition)
-                    .copied()
-                    .unwrap_or(0)
-            {
-                *count += 1;
+            let q = quota.entry(r.position.partition).or_default();
+            if *q > 0 {
+                *q -= 1;
                 records.push(r);
             } else {
                 kept.push_back(r);
@@ -824,7 +849,8 @@ impl Source for KafkaSource {
         // a bounded buffer.
         let deadline = Instant::now() + limits.max_wait;
         let mut shares = self.shares(limits.max_records);
-        while self.short_of(&shares) && self.buffer.len() < limits.max_records.saturating_mul(8) {
+        let bound = limits.max_records.saturating_mul(8).max(BALANCE_BUFFER);
+        while self.short_of(&shares) && self.buffer.len() < bound {
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
                 break;
@@ -837,7 +863,7 @@ impl Source for KafkaSource {
             shares = self.shares(limits.max_records);
         }
         if !self.buffer.is_empty() {
-            return Ok(Poll::Batch(self.take_batch(&shares)));
+            return Ok(Poll::Batch(self.take_batch(&shares, limits.max_records)));
         }
         self.commit_marker_positions().await?;
         if self.caught_up().await? {
