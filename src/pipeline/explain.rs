@@ -57,10 +57,14 @@ pub(super) async fn explain(
                 shared_state: None,
                 on_progress: Box::new(|_| {}),
             };
+            let stateful = query.transform.stateful().is_some();
             let one = query.run_one_batch(ANALYZE_MAX_WAIT).await?;
             let rows_out: usize = one.output.iter().map(|b| b.num_rows()).sum();
+            // A stateful transform's batch ends in partial aggregates (one row per group), which
+            // the state merges; one batch alone writes nothing.
+            let out = if stateful { "groups of partial aggregates" } else { "rows out" };
             println!(
-                "-- analyzed on one batch: {} messages, {} rows decoded, {} dead letters, {} rows out --\n{}",
+                "-- analyzed on one batch: {} messages, {} rows decoded, {} dead letters, {} {out} --\n{}",
                 one.messages,
                 one.decoded_rows,
                 one.dead_letters.len(),
