@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 
 use anyhow::Context;
 use engine::progress::BatchProgress;
@@ -122,6 +122,7 @@ pub struct Ui {
     batches: IntCounter,
     batch_duration: HistogramVec,
     watermark: Gauge,
+    watermark_shown: Once,
     state_rows: GaugeVec,
     state_memory: GaugeVec,
     dropped_by_watermark: IntCounterVec,
@@ -181,15 +182,12 @@ impl Ui {
                 registry.register(Box::new(h.clone()))?;
                 h
             },
-            watermark: {
-                let g = Gauge::with_opts(Opts::new(
-                    "watermark_seconds",
-                    "The event-time watermark the last batch used, in seconds since the Unix \
-                     epoch (queries with a watermark only).",
-                ))?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            watermark: Gauge::with_opts(Opts::new(
+                "watermark_seconds",
+                "The event-time watermark the last batch used, in seconds since the Unix epoch \
+                 (queries with a watermark only).",
+            ))?,
+            watermark_shown: Once::new(),
             state_rows: gauge_vec(
                 "state_rows",
                 "Groups held in a stateful operator's state after the last batch.",
@@ -230,6 +228,13 @@ impl Ui {
             .get("watermark")
             .and_then(|w| chrono::DateTime::parse_from_rfc3339(w).ok())
         {
+            // Registered with the first watermark: a query without one shows no series rather
+            // than a watermark at 1970.
+            self.watermark_shown.call_once(|| {
+                if let Err(e) = self.registry.register(Box::new(self.watermark.clone())) {
+                    tracing::debug!("UI: registering the watermark: {e}");
+                }
+            });
             self.watermark.set(w.timestamp_millis() as f64 / 1000.0);
         }
         for op in &p.state_operators {
@@ -426,7 +431,7 @@ mod tests {
             2.0
         );
         // 2026-12-01T12:00:01.5Z, the second batch's.
-        assert_eq!(sample(&text, "coinstream_watermark_seconds"), 1_764_590_401.5);
+        assert_eq!(sample(&text, "coinstream_watermark_seconds"), 1_796_126_401.5);
         assert_eq!(
             sample(&text, r#"coinstream_state_rows{operator="stateStoreSave"}"#),
             41.0
@@ -444,6 +449,20 @@ mod tests {
                 r#"coinstream_state_rows_dropped_by_watermark_total{operator="stateStoreSave"}"#
             ),
             4.0
+        );
+    }
+
+    #[test]
+    fn no_watermark_series_before_a_watermark() {
+        let ui = Ui::new().unwrap();
+        let mut p = progress(0);
+        p.event_time.clear();
+        ui.record(&p);
+        assert!(!ui.metrics_text().contains("coinstream_watermark_seconds"));
+        ui.record(&progress(3));
+        assert_eq!(
+            sample(&ui.metrics_text(), "coinstream_watermark_seconds"),
+            1_796_126_403.5
         );
     }
 
