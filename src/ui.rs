@@ -31,8 +31,11 @@ pub const LAST_DEFAULT_PORT: u16 = 4056;
 /// How many progress records `/api/progress` keeps.
 pub const RECENT_RECORDS: usize = 100;
 
+/// Reads one stage's milliseconds from a batch's durations.
+type StageMs = fn(&engine::progress::Durations) -> u64;
+
 /// The stages of a batch, as `durationMs` names them, with the field each is read from.
-const STAGES: [(&str, fn(&engine::progress::Durations) -> u64); 5] = [
+const STAGES: [(&str, StageMs); 5] = [
     ("getBatch", |d| d.get_batch),
     ("decode", |d| d.decode),
     ("query", |d| d.query),
@@ -431,7 +434,10 @@ mod tests {
             2.0
         );
         // 2026-12-01T12:00:01.5Z, the second batch's.
-        assert_eq!(sample(&text, "coinstream_watermark_seconds"), 1_796_126_401.5);
+        assert_eq!(
+            sample(&text, "coinstream_watermark_seconds"),
+            1_796_126_401.5
+        );
         assert_eq!(
             sample(&text, r#"coinstream_state_rows{operator="stateStoreSave"}"#),
             41.0

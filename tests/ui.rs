@@ -30,16 +30,10 @@ fn run_embedded(dir: &std::path::Path, live: bool, extra: &[&str]) -> Command {
         );
     }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-    cmd.args([
-        "run",
-        "--trigger",
-        "interval:100ms",
-        "--progress",
-        "json",
-    ])
-    .args(config.args())
-    .args(extra)
-    .current_dir(repo());
+    cmd.args(["run", "--trigger", "interval:100ms", "--progress", "json"])
+        .args(config.args())
+        .args(extra)
+        .current_dir(repo());
     cmd
 }
 
@@ -136,11 +130,7 @@ fn listening_sockets(pid: u32) -> BTreeSet<u64> {
 fn metrics_and_progress_equal_the_sums_of_the_printed_records() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let mut running = Running::spawn(run_embedded(
-        dir.path(),
-        true,
-        &["--ui", &addr.to_string()],
-    ));
+    let mut running = Running::spawn(run_embedded(dir.path(), true, &["--ui", &addr.to_string()]));
     running.wait_for_batches(3, Duration::from_secs(120));
     let bound = format!("UI and metrics on http://{addr}");
     assert!(
@@ -213,7 +203,10 @@ fn metrics_and_progress_equal_the_sums_of_the_printed_records() {
         let served = metric(&format!(
             "coinstream_batch_duration_seconds_sum{{stage=\"{stage}\"}}"
         ));
-        assert!((served - seconds).abs() < 1e-9, "{stage}: {served} vs {seconds}");
+        assert!(
+            (served - seconds).abs() < 1e-9,
+            "{stage}: {served} vs {seconds}"
+        );
     }
     // The embedded job is stateless and has no watermark: no state or watermark series.
     assert!(records.iter().all(|r| r.get("stateOperators").is_none()));

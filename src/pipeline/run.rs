@@ -19,7 +19,11 @@ use coinstream::config::Config;
 /// `ingest` shortcuts).
 /// The UI endpoints are served where `ui` says from before the source is opened until the
 /// process exits.
-pub(crate) async fn run(config: Config, progress: ProgressFormat, ui: UiBind) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    config: Config,
+    progress: ProgressFormat,
+    ui: UiBind,
+) -> anyhow::Result<()> {
     let (_ctx, input, transforms) = plan(&config).await?;
     let transform = take_output(&config, transforms)?;
     // Before the sink or the checkpoint is touched: a stateful query whose output mode cannot
