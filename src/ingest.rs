@@ -23,6 +23,8 @@ pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
         IngestCommand::Gateio(args) => gateio(args)?,
     };
     let config = Config::load_with(&pipeline, &overrides)?;
+    // No HTTP server for the shortcuts yet: their own counters (reconnects, gaps, rate-limit
+    // waits) are not in the progress records the server is fed from.
     crate::pipeline::run(config, ProgressFormat::Human, crate::ui::UiBind::Off).await
 }
 

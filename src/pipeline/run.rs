@@ -17,6 +17,7 @@ use coinstream::config::Config;
 
 /// Runs the configured pipeline until its source is exhausted or SIGINT/SIGTERM (`run`, and the
 /// `ingest` shortcuts).
+///
 /// The UI endpoints are served where `ui` says from before the source is opened until the
 /// process exits.
 pub(crate) async fn run(
