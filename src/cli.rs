@@ -46,6 +46,15 @@ pub enum Command {
         /// Overrides `engine.max_records_per_batch`.
         #[arg(long)]
         max_records_per_batch: Option<usize>,
+        /// Serves the UI endpoints (`/metrics` in Prometheus' text format, `/api/progress` with
+        /// the last 100 progress records as JSON) at this address, e.g. `127.0.0.1:9090` or
+        /// `0.0.0.0:4040`; failing to bind it is an error. Default: the first free port of
+        /// 127.0.0.1:4040-4056 (loopback only; none free: a warning, and no server).
+        #[arg(long, value_name = "ADDR", conflicts_with = "no_ui")]
+        ui: Option<std::net::SocketAddr>,
+        /// Serves no UI endpoints.
+        #[arg(long)]
+        no_ui: bool,
     },
     /// Prints the logical and physical plans of the transforms.
     Explain {

@@ -23,7 +23,9 @@ pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
         IngestCommand::Gateio(args) => gateio(args)?,
     };
     let config = Config::load_with(&pipeline, &overrides)?;
-    crate::pipeline::run(config, ProgressFormat::Human).await
+    // No HTTP server for the shortcuts yet: their own counters (reconnects, gaps, rate-limit
+    // waits) are not in the progress records the server is fed from.
+    crate::pipeline::run(config, ProgressFormat::Human, crate::ui::UiBind::Off).await
 }
 
 /// `key` set to the path flag `flag` as an absolute path (it is relative to the working

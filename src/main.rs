@@ -6,6 +6,7 @@ mod cli;
 mod fuzz;
 mod ingest;
 mod pipeline;
+mod ui;
 
 use std::process::ExitCode;
 

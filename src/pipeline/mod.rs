@@ -16,6 +16,7 @@ use engine::context::{EngineContext, InputSlot};
 use engine::transform::{PlannedTransform, TransformFile};
 
 use crate::cli::Command;
+use crate::ui::UiBind;
 use coinstream::config::Config;
 
 pub(crate) use run::run;
@@ -28,6 +29,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             trigger,
             progress,
             max_records_per_batch,
+            ui,
+            no_ui,
         } => {
             let mut config = config.load()?;
             if let Some(t) = trigger {
@@ -39,7 +42,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
                 config.max_records_per_batch = NonZeroUsize::new(n)
                     .ok_or_else(|| anyhow!("--max-records-per-batch: must be at least 1"))?;
             }
-            run::run(config, progress).await
+            let ui = match (ui, no_ui) {
+                (_, true) => UiBind::Off,
+                (Some(addr), false) => UiBind::At(addr),
+                (None, false) => UiBind::Default,
+            };
+            run::run(config, progress, ui).await
         }
         Command::Explain {
             config,

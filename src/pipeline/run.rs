@@ -1,6 +1,8 @@
 //! `coinstream run` (and the `ingest` shortcuts): the configured source, transform and sink as
 //! one streaming query, until the source is exhausted or SIGINT/SIGTERM.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use engine::checkpoint::Checkpoint;
 use engine::decode::RecordDecoder;
@@ -10,11 +12,19 @@ use tokio::sync::watch;
 use super::query::run_query;
 use super::{plan, take_output};
 use crate::cli::ProgressFormat;
+use crate::ui::{Ui, UiBind};
 use coinstream::config::Config;
 
 /// Runs the configured pipeline until its source is exhausted or SIGINT/SIGTERM (`run`, and the
 /// `ingest` shortcuts).
-pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Result<()> {
+///
+/// The UI endpoints are served where `ui` says from before the source is opened until the
+/// process exits.
+pub(crate) async fn run(
+    config: Config,
+    progress: ProgressFormat,
+    ui: UiBind,
+) -> anyhow::Result<()> {
     let (_ctx, input, transforms) = plan(&config).await?;
     let transform = take_output(&config, transforms)?;
     // Before the sink or the checkpoint is touched: a stateful query whose output mode cannot
@@ -28,6 +38,14 @@ pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Res
     // The sink is checked against the transform's output columns (a Parquet partition column, a
     // Cassandra key) before the checkpoint folder is opened or the source read.
     let sink = connectors::build_sink(&config.sink, &transform.schema())?;
+    // Before the checkpoint and the source: an explicit `--ui` that cannot bind stops the run
+    // before it reads anything.
+    let state = Arc::new(Ui::new()?);
+    if let Some(listener) = crate::ui::bind(ui).await? {
+        let addr = listener.local_addr()?;
+        tracing::info!("UI and metrics on http://{addr}");
+        crate::ui::serve(listener, state.clone());
+    }
     let checkpoint = config
         .checkpoint_dir
         .as_ref()
@@ -51,9 +69,13 @@ pub(crate) async fn run(config: Config, progress: ProgressFormat) -> anyhow::Res
             .as_ref()
             .map(|st| connectors::build_state(st, &config.sink))
             .transpose()?,
-        on_progress: Box::new(move |p| match progress {
-            ProgressFormat::Human => eprintln!("{}", p.human_line()),
-            ProgressFormat::Json => eprintln!("{}", p.json_line()),
+        on_progress: Box::new(move |p| {
+            // Recorded even without a server: cheap, and it keeps one code path.
+            state.record(p);
+            match progress {
+                ProgressFormat::Human => eprintln!("{}", p.human_line()),
+                ProgressFormat::Json => eprintln!("{}", p.json_line()),
+            }
         }),
     };
     let (stop, shutdown) = watch::channel(false);
