@@ -29,6 +29,19 @@ pub struct Cli {
     /// (`--log info,deltalake_core=warn` brings them back); its errors reach ours as causes.
     #[arg(long, global = true, default_value = DEFAULT_LOG)]
     pub log: String,
+    /// How log lines (on stderr) are written: `text` (coloured only at a terminal, and never with
+    /// `NO_COLOR` set) or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`), `target`.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

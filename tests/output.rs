@@ -1,0 +1,148 @@
+//! What `coinstream` prints for people and scripts, through the binary on the embedded default
+//! pipeline (`coinstream.toml`, no servers): log lines without colour codes off a terminal or
+//! with `NO_COLOR`, `--log-format json`, and the default `--log` filter.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+mod common;
+
+use common::{Pipeline, embedded_config};
+use testkit::env::repo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_coinstream");
+const LIMIT: Duration = Duration::from_secs(300);
+const ESC: &str = "\x1b[";
+
+fn coinstream(args: &[String]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(repo());
+    cmd
+}
+
+fn ok(out: Output) -> (String, String) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// A capture of `count` generated trades in `dir`.
+fn capture(dir: &Path, count: u64) -> PathBuf {
+    let feed = dir.join("feed.jsonl");
+    let args: Vec<String> = ["generate", "--count", &count.to_string(), "--out"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .chain([feed.display().to_string()])
+        .collect();
+    ok(common::wait_with_limit(coinstream(&args), LIMIT));
+    feed
+}
+
+/// `run --trigger available-now` of `config` with `extra` flags before the config's.
+fn run_args(config: &Pipeline, extra: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = ["run", "--trigger", "available-now"]
+        .iter()
+        .chain(extra)
+        .map(|a| (*a).to_owned())
+        .collect();
+    all.extend(config.args());
+    all
+}
+
+/// A fresh embedded pipeline in its own folder over `count` trades.
+fn pipeline(count: u64) -> (tempfile::TempDir, Pipeline) {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = capture(dir.path(), count);
+    let config = embedded_config(dir.path(), &feed);
+    (dir, config)
+}
+
+/// `args` run under a pseudo-terminal (util-linux `script`), so the binary's stderr is a
+/// terminal; returns what the terminal showed (stdout discarded).
+fn on_terminal(args: &[String], no_color: Option<&str>) -> String {
+    let quoted: Vec<String> = std::iter::once(BIN.to_owned())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut cmd = Command::new("script");
+    cmd.args([
+        "-qec",
+        &format!("{} >/dev/null", quoted.join(" ")),
+        "/dev/null",
+    ])
+    .current_dir(repo());
+    match no_color {
+        Some(v) => cmd.env("NO_COLOR", v),
+        None => cmd.env_remove("NO_COLOR"),
+    };
+    ok(common::wait_with_limit(cmd, LIMIT)).0
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let (_dir, config) = pipeline(300);
+    let mut cmd = coinstream(&run_args(&config, &[]));
+    cmd.env_remove("NO_COLOR");
+    let (_, stderr) = ok(common::wait_with_limit(cmd, LIMIT));
+    assert!(stderr.contains("Run finished."), "{stderr}");
+    assert!(
+        !stderr.contains(ESC),
+        "colour codes in piped stderr:\n{stderr:?}"
+    );
+}
+
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    let (dir, config) = pipeline(300);
+    // Each run its own store, so each run writes and logs the same.
+    let fresh = |name: &str| {
+        config
+            .clone()
+            .set_path("engine.checkpoint_dir", &dir.path().join(name).join("cp"))
+            .set_path("sink.path", &dir.path().join(name).join("profit"))
+    };
+    let coloured = on_terminal(&run_args(&fresh("a"), &[]), None);
+    assert!(coloured.contains("Run finished."), "{coloured}");
+    assert!(
+        coloured.contains(ESC),
+        "no colour at a terminal:\n{coloured:?}"
+    );
+    let plain = on_terminal(&run_args(&fresh("b"), &[]), Some("1"));
+    assert!(plain.contains("Run finished."), "{plain}");
+    assert!(
+        !plain.contains(ESC),
+        "colour despite NO_COLOR=1:\n{plain:?}"
+    );
+    // An empty NO_COLOR is as if unset (no-color.org).
+    let empty = on_terminal(&run_args(&fresh("c"), &[]), Some(""));
+    assert!(
+        empty.contains(ESC),
+        "no colour with NO_COLOR empty:\n{empty:?}"
+    );
+}
+
+#[test]
+fn log_format_json_prints_one_object_per_line() {
+    let (_dir, config) = pipeline(300);
+    let cmd = coinstream(&run_args(
+        &config,
+        &["--log-format", "json", "--progress", "json"],
+    ));
+    let (_, stderr) = ok(common::wait_with_limit(cmd, LIMIT));
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "Run finished.")
+        .unwrap_or_else(|| panic!("no `Run finished.` log object in {stderr}"));
+    assert_eq!(finished["level"], "INFO");
+    assert_eq!(finished["fields"]["input_rows"], 300);
+    assert_eq!(finished["target"], "coinstream::pipeline::run");
+}
