@@ -13,7 +13,7 @@ pub const DEFAULT_CONFIG: &str = "coinstream.toml";
 
 /// The default `--log` filter.
 pub const DEFAULT_LOG: &str =
-    "info,deltalake_core=error,buoyant_kernel=error,buoyant_kernel_engine=error";
+    "info,deltalake_core=error,buoyant_kernel=error,buoyant_kernel_engine=error,scylla=warn";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,7 +26,10 @@ pub struct Cli {
     pub command: Command,
     /// Log filter (as RUST_LOG), e.g. `info` or `coinstream=debug`. The default keeps the Delta
     /// Lake client's per-commit lines and its notes on commit races it resolves by itself out
-    /// (`--log info,deltalake_core=warn` brings them back); its errors reach ours as causes.
+    /// (`--log info,deltalake_core=warn` brings them back); its errors reach ours as causes. It
+    /// also keeps the Cassandra driver's (scylla) routine INFO lines out ("No sharding
+    /// information received" from every Cassandra node, "Node added to cluster"), showing its
+    /// warnings; our own "Connected to Cassandra" line says what matters.
     #[arg(long, global = true, default_value = DEFAULT_LOG)]
     pub log: String,
     /// How log lines (on stderr) are written: `text` (coloured only at a terminal, and never with

@@ -146,3 +146,33 @@ fn log_format_json_prints_one_object_per_line() {
     assert_eq!(finished["fields"]["input_rows"], 300);
     assert_eq!(finished["target"], "coinstream::pipeline::run");
 }
+
+/// The Cassandra driver's routine INFO lines ("No sharding information received", "Node added
+/// to cluster") stay out of the default filter; `--log info` shows them, so they are there to
+/// hide. A query of a table no run created connects, then fails, and writes nothing.
+#[test]
+fn default_log_filter_hides_the_cassandra_drivers_routine_lines() {
+    let query = |extra: &[&str]| {
+        let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        args.push("query".to_owned());
+        args.extend(
+            Pipeline::shipped("pipelines/kafka-cassandra.toml")
+                .set("sink.keyspace", "system")
+                .set("sink.table", common::unique("absent"))
+                .args(),
+        );
+        args.push("SELECT 1".to_owned());
+        let out = common::wait_with_limit(coinstream(&args), LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("does not exist yet"), "{stderr}");
+        assert!(stderr.contains("Connected to Cassandra"), "{stderr}");
+        stderr
+    };
+    let noisy = query(&["--log", "info"]);
+    for line in ["No sharding information received", "Node added to cluster"] {
+        assert!(noisy.contains(line), "{line:?} not in {noisy}");
+    }
+    let quiet = query(&[]);
+    assert!(!quiet.contains("scylla"), "{quiet}");
+}
