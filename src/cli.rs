@@ -84,6 +84,9 @@ pub enum Command {
         /// RFC 3339 instant (`2026-11-30T12:00:00Z`, the last commit at or before it).
         #[arg(long, value_name = "VERSION|TIMESTAMP")]
         as_of: Option<connectors::delta::AsOf>,
+        /// How the result is printed (to stdout).
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
     },
     /// Compacts the Delta table a config writes (Delta's OPTIMIZE: merges small files, one commit
     /// per partition), then deletes files removed longer ago than the retention (VACUUM). Safe
@@ -289,5 +292,19 @@ pub enum ProgressFormat {
     /// One short line per batch.
     Human,
     /// Spark-style progress records, one JSON line per batch.
+    Json,
+}
+
+/// How `query` prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryFormat {
+    /// An aligned table with a header, for people.
+    Table,
+    /// CSV (RFC 4180) with a header line; decimals in full, timestamps in RFC 3339.
+    Csv,
+    /// One JSON object per row and line, every column present (`null` for nulls); decimals are
+    /// exact JSON numbers in full (`-2874.95040000000000000000`): parse them with arbitrary
+    /// precision (Python `json.loads(line, parse_float=decimal.Decimal)`, jq 1.7+) to keep every
+    /// digit; timestamps are RFC 3339 strings.
     Json,
 }

@@ -1,6 +1,7 @@
 //! What `coinstream` prints for people and scripts, through the binary on the embedded default
 //! pipeline (`coinstream.toml`, no servers): log lines without colour codes off a terminal or
-//! with `NO_COLOR`, `--log-format json`, and the default `--log` filter.
+//! with `NO_COLOR`, `--log-format json`, the default `--log` filter (against the real Cassandra),
+//! and `query --format table|csv|json`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -175,4 +176,95 @@ fn default_log_filter_hides_the_cassandra_drivers_routine_lines() {
     }
     let quiet = query(&[]);
     assert!(!quiet.contains("scylla"), "{quiet}");
+}
+
+/// `query --format table|csv|json` on the embedded store after a short run: each prints every
+/// stored row with its exact profit, as the feed and the portfolio give it.
+#[test]
+fn query_formats_print_every_row_exactly() {
+    use rust_decimal::Decimal;
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+
+    let (dir, config) = pipeline(300);
+    ok(common::wait_with_limit(
+        coinstream(&run_args(&config, &[])),
+        LIMIT,
+    ));
+    let expected = common::expected_rows(&dir.path().join("feed.jsonl"));
+    assert!(expected.len() > 100, "{}", expected.len());
+    let query = |format: &str| {
+        let mut args = vec!["query".to_owned(), "--format".to_owned(), format.to_owned()];
+        args.extend(config.args());
+        args.push(
+            "SELECT symbol, trade_id, profit, side FROM profit ORDER BY symbol, trade_id".into(),
+        );
+        ok(common::wait_with_limit(coinstream(&args), LIMIT)).0
+    };
+    type Rows = BTreeMap<(String, i64), (Decimal, String)>;
+    let row = |symbol: &str, id: &str, profit: &str, side: &str| {
+        (
+            (symbol.to_owned(), id.parse::<i64>().unwrap()),
+            (Decimal::from_str(profit).unwrap(), side.to_owned()),
+        )
+    };
+
+    // Table: a border, the header, a border, one line per row, a border; every line as wide.
+    let table = query("table");
+    let lines: Vec<&str> = table.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        lines.iter().all(|l| l.len() == lines[0].len()),
+        "not aligned:\n{table}"
+    );
+    let cells = |l: &str| -> Vec<String> {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    assert_eq!(cells(lines[1]), ["symbol", "trade_id", "profit", "side"]);
+    let from_table: Rows = lines[3..lines.len() - 1]
+        .iter()
+        .map(|l| {
+            let c = cells(l);
+            row(&c[0], &c[1], &c[2], &c[3])
+        })
+        .collect();
+    assert_eq!(from_table, expected);
+    assert_eq!(lines.len() - 4, expected.len());
+
+    // CSV: a header, then one line per row.
+    let csv = query("csv");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("symbol,trade_id,profit,side"));
+    let from_csv: Rows = lines
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            assert_eq!(c.len(), 4, "{l}");
+            row(c[0], c[1], c[2], c[3])
+        })
+        .collect();
+    assert_eq!(from_csv, expected);
+    assert_eq!(csv.lines().count() - 1, expected.len());
+
+    // JSON: one object per line; the profit an unquoted JSON number whose text is exact.
+    let json = query("json");
+    let from_json: Rows = json
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v.as_object().unwrap().len(), 4, "{l}");
+            assert!(v["profit"].is_number(), "{l}");
+            let text = l.split("\"profit\":").nth(1).unwrap();
+            let text = &text[..text.find([',', '}']).unwrap()];
+            row(
+                v["symbol"].as_str().unwrap(),
+                &v["trade_id"].to_string(),
+                text,
+                v["side"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(from_json, expected);
+    assert_eq!(json.lines().count(), expected.len());
 }
