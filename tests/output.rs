@@ -268,3 +268,78 @@ fn query_formats_print_every_row_exactly() {
     assert_eq!(from_json, expected);
     assert_eq!(json.lines().count(), expected.len());
 }
+
+/// The end-of-run report (`sql/reports/pnl_by_coin.sql`) shows each coin's profit in cents,
+/// rounded half away from zero from the newest stored row, whose value keeps its full scale.
+#[test]
+fn the_pnl_report_shows_profit_in_cents_and_the_store_keeps_every_digit() {
+    use rust_decimal::{Decimal, RoundingStrategy};
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+
+    let (_dir, config) = pipeline(400);
+    let (report, _) = ok(common::wait_with_limit(
+        coinstream(&run_args(&config, &[])),
+        LIMIT,
+    ));
+    // The newest stored row per symbol, by (trade_time, trade_id), with its stored profit text.
+    let mut args = vec!["query".to_owned(), "--format".to_owned(), "csv".to_owned()];
+    args.extend(config.args());
+    args.push("SELECT symbol, trade_time, trade_id, profit FROM profit".into());
+    let (stored, _) = ok(common::wait_with_limit(coinstream(&args), LIMIT));
+    let mut newest: BTreeMap<String, (chrono::DateTime<chrono::Utc>, i64, String)> =
+        BTreeMap::new();
+    for line in stored.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        let key = (c[1].parse().unwrap(), c[2].parse::<i64>().unwrap());
+        let scale = c[3].split('.').nth(1).map_or(0, str::len);
+        assert_eq!(scale, 20, "stored profit keeps its scale: {line}");
+        let entry = newest
+            .entry(c[0].to_owned())
+            .or_insert((key.0, key.1, c[3].to_owned()));
+        if key > (entry.0, entry.1) {
+            *entry = (key.0, key.1, c[3].to_owned());
+        }
+    }
+    assert!(newest.len() > 5, "{stored}");
+
+    let lines: Vec<&str> = report.lines().filter(|l| l.starts_with('|')).collect();
+    let cells = |l: &str| -> Vec<String> {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let header = cells(lines[0]);
+    let (symbol, profit) = (
+        header.iter().position(|h| h == "symbol").unwrap(),
+        header.iter().position(|h| h == "profit").unwrap(),
+    );
+    let shown: BTreeMap<String, String> = lines[1..]
+        .iter()
+        .map(|l| {
+            let c = cells(l);
+            (c[symbol].clone(), c[profit].clone())
+        })
+        .collect();
+    assert_eq!(
+        shown.keys().collect::<Vec<_>>(),
+        newest.keys().collect::<Vec<_>>()
+    );
+    for (sym, (_, _, full)) in &newest {
+        let text = &shown[sym];
+        assert_eq!(
+            text.split('.').nth(1).map(str::len),
+            Some(2),
+            "{sym}: {text}"
+        );
+        let cents = Decimal::from_str(full)
+            .unwrap()
+            .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+        assert_eq!(
+            Decimal::from_str(text).unwrap(),
+            cents,
+            "{sym}: {full} shown as {text}"
+        );
+    }
+}
