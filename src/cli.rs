@@ -255,9 +255,15 @@ pub struct GenerateArgs {
     /// Publish bus records to this Kafka topic instead (keyed by product).
     #[arg(long)]
     pub topic: Option<String>,
-    /// Kafka brokers for `--topic` (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
+    /// Kafka brokers for `--topic` (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092). With no
+    /// broker answering within 10 s, `generate` fails.
     #[arg(long)]
     pub brokers: Option<String>,
+    /// Creates `--topic` with this many partitions (replication 1) when it does not exist; an
+    /// existing topic must have as many. Several `run` instances of one group share a topic's
+    /// partitions, so a 1-partition topic feeds only one of them.
+    #[arg(long, requires = "topic", value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: Option<i32>,
     /// The codec for `--topic`: none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "lz4", requires = "topic")]
     pub compression: Compression,
