@@ -13,7 +13,7 @@ pub const DEFAULT_CONFIG: &str = "coinstream.toml";
 
 /// The default `--log` filter.
 pub const DEFAULT_LOG: &str =
-    "info,deltalake_core=error,buoyant_kernel=error,buoyant_kernel_engine=error";
+    "info,deltalake_core=error,buoyant_kernel=error,buoyant_kernel_engine=error,scylla=warn";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,9 +26,25 @@ pub struct Cli {
     pub command: Command,
     /// Log filter (as RUST_LOG), e.g. `info` or `coinstream=debug`. The default keeps the Delta
     /// Lake client's per-commit lines and its notes on commit races it resolves by itself out
-    /// (`--log info,deltalake_core=warn` brings them back); its errors reach ours as causes.
+    /// (`--log info,deltalake_core=warn` brings them back); its errors reach ours as causes. It
+    /// also keeps the Cassandra driver's (scylla) routine INFO lines out ("No sharding
+    /// information received" from every Cassandra node, "Node added to cluster"), showing its
+    /// warnings; our own "Connected to Cassandra" line says what matters.
     #[arg(long, global = true, default_value = DEFAULT_LOG)]
     pub log: String,
+    /// How log lines (on stderr) are written: `text` (coloured only at a terminal, and never with
+    /// `NO_COLOR` set) or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`), `target`.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +93,9 @@ pub enum Command {
         /// RFC 3339 instant (`2026-11-30T12:00:00Z`, the last commit at or before it).
         #[arg(long, value_name = "VERSION|TIMESTAMP")]
         as_of: Option<connectors::delta::AsOf>,
+        /// How the result is printed (to stdout).
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
     },
     /// Compacts the Delta table a config writes (Delta's OPTIMIZE: merges small files, one commit
     /// per partition), then deletes files removed longer ago than the retention (VACUUM). Safe
@@ -245,9 +264,15 @@ pub struct GenerateArgs {
     /// Publish bus records to this Kafka topic instead (keyed by product).
     #[arg(long)]
     pub topic: Option<String>,
-    /// Kafka brokers for `--topic` (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092).
+    /// Kafka brokers for `--topic` (default: env KAFKA_BOOTSTRAP, else 127.0.0.1:9092). With no
+    /// broker answering within 10 s, `generate` fails.
     #[arg(long)]
     pub brokers: Option<String>,
+    /// Creates `--topic` with this many partitions (replication 1) when it does not exist; an
+    /// existing topic must have as many. Several `run` instances of one group share a topic's
+    /// partitions, so a 1-partition topic feeds only one of them.
+    #[arg(long, requires = "topic", value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: Option<i32>,
     /// The codec for `--topic`: none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "lz4", requires = "topic")]
     pub compression: Compression,
@@ -282,5 +307,19 @@ pub enum ProgressFormat {
     /// One short line per batch.
     Human,
     /// Spark-style progress records, one JSON line per batch.
+    Json,
+}
+
+/// How `query` prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryFormat {
+    /// An aligned table with a header, for people.
+    Table,
+    /// CSV (RFC 4180) with a header line; decimals in full, timestamps in RFC 3339.
+    Csv,
+    /// One JSON object per row and line, every column present (`null` for nulls); decimals are
+    /// exact JSON numbers in full (`-2874.95040000000000000000`): parse them with arbitrary
+    /// precision (Python `json.loads(line, parse_float=decimal.Decimal)`, jq 1.7+) to keep every
+    /// digit; timestamps are RFC 3339 strings.
     Json,
 }

@@ -14,12 +14,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli::DEFAULT_LOG));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,6 +42,28 @@ fn main() -> ExitCode {
             eprintln!("error: {}", engine::report(e.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr (stdout carries query results and generated data). Text is coloured only
+/// for a person at a terminal: a pipe or a file gets no ANSI escape codes, nor does anyone who
+/// set `NO_COLOR` to a non-empty value (<https://no-color.org>). `json` is one object per line,
+/// for log shippers, and never coloured.
+fn init_logging(log: &str, format: cli::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli::DEFAULT_LOG));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init()
+        }
+        cli::LogFormat::Json => builder.json().with_ansi(false).init(),
     }
 }
 

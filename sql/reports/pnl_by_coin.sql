@@ -1,5 +1,8 @@
 -- Unrealised P&L per coin at the last stored trade of each portfolio product.
-SELECT coin_name, symbol, trade_time AS last_trade_time, price AS last_price, profit, trades
+-- The profit is shown in USD cents: ROUND keeps it a decimal (half away from zero, no float on
+-- the way); the stored values keep their full scale (`coinstream query` shows them).
+SELECT coin_name, symbol, trade_time AS last_trade_time, price AS last_price,
+       ROUND(profit, 2) AS profit, trades
 FROM (
     SELECT
         coin_name, symbol, trade_time, price, profit,

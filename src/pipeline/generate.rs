@@ -7,6 +7,9 @@ use anyhow::{Context, bail};
 
 use crate::cli::{GenerateArgs, GenerateFormat};
 
+/// How long `--topic` waits for a broker's first answer.
+const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Writes generated trades to a file (feed frames or bus records) or publishes them to Kafka.
 pub(super) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let GenerateArgs {
@@ -15,6 +18,7 @@ pub(super) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         out,
         topic,
         brokers,
+        partitions,
         compression,
         format,
         seed,
@@ -44,6 +48,19 @@ pub(super) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             compression,
             &Default::default(),
         )?;
+        // Without a broker, librdkafka would retry each send until its delivery timeout
+        // (minutes); one request tells within seconds. The topic is created before any metadata
+        // request, which a broker that auto-creates topics would answer with a 1-partition one.
+        match partitions {
+            Some(partitions) => producer
+                .create_topic(&brokers, partitions, BROKER_TIMEOUT)
+                .await
+                .with_context(|| format!("--brokers {brokers} --partitions {partitions}"))?,
+            None => producer
+                .check(BROKER_TIMEOUT)
+                .await
+                .with_context(|| format!("--brokers {brokers}: is Kafka running there?"))?,
+        }
         let records = (0..count).map(|_| {
             let trade = generator.next_trade();
             let record = generator.record(&trade, &ingest_time);

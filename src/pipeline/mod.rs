@@ -54,9 +54,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             analyze,
             transform,
         } => explain::explain(&config.load()?, analyze, transform.as_deref()).await,
-        Command::Query { config, sql, as_of } => {
-            query::query(&config.load()?, &sql, as_of.as_ref()).await
-        }
+        Command::Query {
+            config,
+            sql,
+            as_of,
+            format,
+        } => query::query(&config.load()?, &sql, as_of.as_ref(), format).await,
         Command::Compact {
             config,
             idle,

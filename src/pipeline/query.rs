@@ -2,28 +2,79 @@
 //! the Cassandra table, named after the output transform) and the reference tables; also the
 //! `report` of `run`.
 
+use std::io::Write;
+
 use anyhow::bail;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use connectors::SinkConfig;
 use connectors::delta::AsOf;
 use engine::context::EngineContext;
 
 use super::{plan, take_output};
+use crate::cli::QueryFormat;
 use coinstream::config::Config;
 
-/// Prints the result of `sql` over the store and the reference tables; with `as_of`, over the
-/// Delta table as that version or instant left it.
-pub(super) async fn query(config: &Config, sql: &str, as_of: Option<&AsOf>) -> anyhow::Result<()> {
-    println!("{}", run_query(config, sql, as_of).await?);
+/// Prints the result of `sql` over the store and the reference tables in `format` to stdout;
+/// with `as_of`, over the Delta table as that version or instant left it.
+pub(super) async fn query(
+    config: &Config,
+    sql: &str,
+    as_of: Option<&AsOf>,
+    format: QueryFormat,
+) -> anyhow::Result<()> {
+    let (schema, batches) = query_batches(config, sql, as_of).await?;
+    let mut out = Vec::new();
+    match format {
+        QueryFormat::Table => {
+            let table = arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?;
+            writeln!(out, "{table}")?;
+        }
+        QueryFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            // The header is written with the first batch, so an empty result still gets one.
+            writer.write(&RecordBatch::new_empty(schema))?;
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+        }
+        QueryFormat::Json => {
+            // Nulls as `null`, so every object has every column.
+            let mut writer = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::LineDelimited>(&mut out);
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+        }
+    }
+    // One write of the whole result: a reader closing the pipe early surfaces as the plain I/O
+    // error that `main` treats as success.
+    std::io::stdout().lock().write_all(&out)?;
     Ok(())
 }
 
-/// Runs SQL over the store (as a table named after the output transform) and the reference tables.
-/// An empty result still shows its columns.
+/// Runs SQL over the store (as a table named after the output transform) and the reference
+/// tables, as an aligned table. An empty result still shows its columns.
 pub(super) async fn run_query(
     config: &Config,
     sql: &str,
     as_of: Option<&AsOf>,
 ) -> anyhow::Result<String> {
+    let (schema, batches) = query_batches(config, sql, as_of).await?;
+    Ok(arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?.to_string())
+}
+
+/// The result of `sql` over the store and the reference tables: its schema (for a result with
+/// no rows) and its batches.
+async fn query_batches(
+    config: &Config,
+    sql: &str,
+    as_of: Option<&AsOf>,
+) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {
     if as_of.is_some() && !matches!(config.sink, SinkConfig::Delta(_)) {
         bail!(
             "--as-of reads an earlier version of a Delta table; this config's sink is type = {:?}",
@@ -57,7 +108,7 @@ pub(super) async fn run_query(
     let frame = ctx.session().sql(sql).await?;
     let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await?;
-    Ok(arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?.to_string())
+    Ok((schema, batches))
 }
 
 /// The Cassandra table the sink writes, under the output transform's name (as the Parquet

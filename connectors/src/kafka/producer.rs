@@ -140,6 +140,96 @@ impl TopicProducer {
             })
     }
 
+    /// Creates this producer's topic with `partitions` partitions (replication 1) when it does
+    /// not exist; an existing topic must already have that many. `timeout` bounds the broker's
+    /// answer.
+    ///
+    /// # Errors
+    /// A permanent [`Error::Sink`] when an existing topic has another partition count or the
+    /// broker refuses the topic; a transient one when no broker answers within `timeout`.
+    pub async fn create_topic(
+        &self,
+        brokers: &str,
+        partitions: i32,
+        timeout: Duration,
+    ) -> Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        use rdkafka::types::RDKafkaErrorCode;
+
+        let admin: AdminClient<DefaultClientContext> =
+            super::client_config(brokers, &[], &Default::default())
+                .create()
+                .map_err(|e| {
+                    ClientError::kafka("cannot create a Kafka admin client", Retry::Permanent, e)
+                        .at_sink(self.name())
+                })?;
+        let topic = NewTopic::new(&self.topic, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().request_timeout(Some(timeout));
+        let created = tokio::time::timeout(timeout, admin.create_topics([&topic], &options))
+            .await
+            .map_err(|_| {
+                Error::sink_failed(
+                    self.name(),
+                    format!("no broker at {brokers} answered within {timeout:?}"),
+                    Retry::Transient,
+                )
+            })?
+            .map_err(|e| {
+                ClientError::kafka("topic not created", Retry::Transient, e).at_sink(self.name())
+            })?;
+        for result in created {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    let existing = self.partition_count(timeout).await?;
+                    if existing != partitions as usize {
+                        return Err(Error::sink_failed(
+                            self.name(),
+                            format!(
+                                "the topic exists with {existing} partitions, not {partitions}: \
+                                 add partitions with kafka-topics.sh --alter, or pick another topic"
+                            ),
+                            Retry::Permanent,
+                        ));
+                    }
+                }
+                Err((_, code)) => {
+                    return Err(Error::sink_failed(
+                        self.name(),
+                        format!("the broker refused to create the topic: {code}"),
+                        Retry::Permanent,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The topic's partition count, from the brokers' metadata.
+    async fn partition_count(&self, timeout: Duration) -> Result<usize> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&topic), timeout)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("Kafka metadata task failed: {e}")))?
+        .map_err(|e| {
+            ClientError::kafka(
+                format!("no broker answered within {timeout:?}"),
+                Retry::Transient,
+                e,
+            )
+            .at_sink(self.name())
+        })?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .map_or(0, |t| t.partitions().len()))
+    }
+
     /// Waits until every queued message is delivered.
     ///
     /// # Errors

@@ -1,0 +1,345 @@
+//! What `coinstream` prints for people and scripts, through the binary on the embedded default
+//! pipeline (`coinstream.toml`, no servers): log lines without colour codes off a terminal or
+//! with `NO_COLOR`, `--log-format json`, the default `--log` filter (against the real Cassandra),
+//! and `query --format table|csv|json`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+mod common;
+
+use common::{Pipeline, embedded_config};
+use testkit::env::repo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_coinstream");
+const LIMIT: Duration = Duration::from_secs(300);
+const ESC: &str = "\x1b[";
+
+fn coinstream(args: &[String]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(repo());
+    cmd
+}
+
+fn ok(out: Output) -> (String, String) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// A capture of `count` generated trades in `dir`.
+fn capture(dir: &Path, count: u64) -> PathBuf {
+    let feed = dir.join("feed.jsonl");
+    let args: Vec<String> = ["generate", "--count", &count.to_string(), "--out"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .chain([feed.display().to_string()])
+        .collect();
+    ok(common::wait_with_limit(coinstream(&args), LIMIT));
+    feed
+}
+
+/// `run --trigger available-now` of `config` with `extra` flags before the config's.
+fn run_args(config: &Pipeline, extra: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = ["run", "--trigger", "available-now"]
+        .iter()
+        .chain(extra)
+        .map(|a| (*a).to_owned())
+        .collect();
+    all.extend(config.args());
+    all
+}
+
+/// A fresh embedded pipeline in its own folder over `count` trades.
+fn pipeline(count: u64) -> (tempfile::TempDir, Pipeline) {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = capture(dir.path(), count);
+    let config = embedded_config(dir.path(), &feed);
+    (dir, config)
+}
+
+/// `args` run under a pseudo-terminal (util-linux `script`), so the binary's stderr is a
+/// terminal; returns what the terminal showed (stdout discarded).
+fn on_terminal(args: &[String], no_color: Option<&str>) -> String {
+    let quoted: Vec<String> = std::iter::once(BIN.to_owned())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut cmd = Command::new("script");
+    cmd.args([
+        "-qec",
+        &format!("{} >/dev/null", quoted.join(" ")),
+        "/dev/null",
+    ])
+    .current_dir(repo());
+    match no_color {
+        Some(v) => cmd.env("NO_COLOR", v),
+        None => cmd.env_remove("NO_COLOR"),
+    };
+    ok(common::wait_with_limit(cmd, LIMIT)).0
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let (_dir, config) = pipeline(300);
+    let mut cmd = coinstream(&run_args(&config, &[]));
+    cmd.env_remove("NO_COLOR");
+    let (_, stderr) = ok(common::wait_with_limit(cmd, LIMIT));
+    assert!(stderr.contains("Run finished."), "{stderr}");
+    assert!(
+        !stderr.contains(ESC),
+        "colour codes in piped stderr:\n{stderr:?}"
+    );
+}
+
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    let (dir, config) = pipeline(300);
+    // Each run its own store, so each run writes and logs the same.
+    let fresh = |name: &str| {
+        config
+            .clone()
+            .set_path("engine.checkpoint_dir", &dir.path().join(name).join("cp"))
+            .set_path("sink.path", &dir.path().join(name).join("profit"))
+    };
+    let coloured = on_terminal(&run_args(&fresh("a"), &[]), None);
+    assert!(coloured.contains("Run finished."), "{coloured}");
+    assert!(
+        coloured.contains(ESC),
+        "no colour at a terminal:\n{coloured:?}"
+    );
+    let plain = on_terminal(&run_args(&fresh("b"), &[]), Some("1"));
+    assert!(plain.contains("Run finished."), "{plain}");
+    assert!(
+        !plain.contains(ESC),
+        "colour despite NO_COLOR=1:\n{plain:?}"
+    );
+    // An empty NO_COLOR is as if unset (no-color.org).
+    let empty = on_terminal(&run_args(&fresh("c"), &[]), Some(""));
+    assert!(
+        empty.contains(ESC),
+        "no colour with NO_COLOR empty:\n{empty:?}"
+    );
+}
+
+#[test]
+fn log_format_json_prints_one_object_per_line() {
+    let (_dir, config) = pipeline(300);
+    let cmd = coinstream(&run_args(
+        &config,
+        &["--log-format", "json", "--progress", "json"],
+    ));
+    let (_, stderr) = ok(common::wait_with_limit(cmd, LIMIT));
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "Run finished.")
+        .unwrap_or_else(|| panic!("no `Run finished.` log object in {stderr}"));
+    assert_eq!(finished["level"], "INFO");
+    assert_eq!(finished["fields"]["input_rows"], 300);
+    assert_eq!(finished["target"], "coinstream::pipeline::run");
+}
+
+/// The Cassandra driver's routine INFO lines ("No sharding information received", "Node added
+/// to cluster") stay out of the default filter; `--log info` shows them, so they are there to
+/// hide. A query of a table no run created connects, then fails, and writes nothing.
+#[test]
+fn default_log_filter_hides_the_cassandra_drivers_routine_lines() {
+    let query = |extra: &[&str]| {
+        let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        args.push("query".to_owned());
+        args.extend(
+            Pipeline::shipped("pipelines/kafka-cassandra.toml")
+                .set("sink.keyspace", "system")
+                .set("sink.table", common::unique("absent"))
+                .args(),
+        );
+        args.push("SELECT 1".to_owned());
+        let out = common::wait_with_limit(coinstream(&args), LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("does not exist yet"), "{stderr}");
+        assert!(stderr.contains("Connected to Cassandra"), "{stderr}");
+        stderr
+    };
+    let noisy = query(&["--log", "info"]);
+    for line in ["No sharding information received", "Node added to cluster"] {
+        assert!(noisy.contains(line), "{line:?} not in {noisy}");
+    }
+    let quiet = query(&[]);
+    assert!(!quiet.contains("scylla"), "{quiet}");
+}
+
+/// `query --format table|csv|json` on the embedded store after a short run: each prints every
+/// stored row with its exact profit, as the feed and the portfolio give it.
+#[test]
+fn query_formats_print_every_row_exactly() {
+    use rust_decimal::Decimal;
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+
+    let (dir, config) = pipeline(300);
+    ok(common::wait_with_limit(
+        coinstream(&run_args(&config, &[])),
+        LIMIT,
+    ));
+    let expected = common::expected_rows(&dir.path().join("feed.jsonl"));
+    assert!(expected.len() > 100, "{}", expected.len());
+    let query = |format: &str| {
+        let mut args = vec!["query".to_owned(), "--format".to_owned(), format.to_owned()];
+        args.extend(config.args());
+        args.push(
+            "SELECT symbol, trade_id, profit, side FROM profit ORDER BY symbol, trade_id".into(),
+        );
+        ok(common::wait_with_limit(coinstream(&args), LIMIT)).0
+    };
+    type Rows = BTreeMap<(String, i64), (Decimal, String)>;
+    let row = |symbol: &str, id: &str, profit: &str, side: &str| {
+        (
+            (symbol.to_owned(), id.parse::<i64>().unwrap()),
+            (Decimal::from_str(profit).unwrap(), side.to_owned()),
+        )
+    };
+
+    // Table: a border, the header, a border, one line per row, a border; every line as wide.
+    let table = query("table");
+    let lines: Vec<&str> = table.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        lines.iter().all(|l| l.len() == lines[0].len()),
+        "not aligned:\n{table}"
+    );
+    let cells = |l: &str| -> Vec<String> {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    assert_eq!(cells(lines[1]), ["symbol", "trade_id", "profit", "side"]);
+    let from_table: Rows = lines[3..lines.len() - 1]
+        .iter()
+        .map(|l| {
+            let c = cells(l);
+            row(&c[0], &c[1], &c[2], &c[3])
+        })
+        .collect();
+    assert_eq!(from_table, expected);
+    assert_eq!(lines.len() - 4, expected.len());
+
+    // CSV: a header, then one line per row.
+    let csv = query("csv");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("symbol,trade_id,profit,side"));
+    let from_csv: Rows = lines
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            assert_eq!(c.len(), 4, "{l}");
+            row(c[0], c[1], c[2], c[3])
+        })
+        .collect();
+    assert_eq!(from_csv, expected);
+    assert_eq!(csv.lines().count() - 1, expected.len());
+
+    // JSON: one object per line; the profit an unquoted JSON number whose text is exact.
+    let json = query("json");
+    let from_json: Rows = json
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v.as_object().unwrap().len(), 4, "{l}");
+            assert!(v["profit"].is_number(), "{l}");
+            let text = l.split("\"profit\":").nth(1).unwrap();
+            let text = &text[..text.find([',', '}']).unwrap()];
+            row(
+                v["symbol"].as_str().unwrap(),
+                &v["trade_id"].to_string(),
+                text,
+                v["side"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(from_json, expected);
+    assert_eq!(json.lines().count(), expected.len());
+}
+
+/// The end-of-run report (`sql/reports/pnl_by_coin.sql`) shows each coin's profit in cents,
+/// rounded half away from zero from the newest stored row, whose value keeps its full scale.
+#[test]
+fn the_pnl_report_shows_profit_in_cents_and_the_store_keeps_every_digit() {
+    use rust_decimal::{Decimal, RoundingStrategy};
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+
+    let (_dir, config) = pipeline(400);
+    let (report, _) = ok(common::wait_with_limit(
+        coinstream(&run_args(&config, &[])),
+        LIMIT,
+    ));
+    // The newest stored row per symbol, by (trade_time, trade_id), with its stored profit text.
+    let mut args = vec!["query".to_owned(), "--format".to_owned(), "csv".to_owned()];
+    args.extend(config.args());
+    args.push("SELECT symbol, trade_time, trade_id, profit FROM profit".into());
+    let (stored, _) = ok(common::wait_with_limit(coinstream(&args), LIMIT));
+    let mut newest: BTreeMap<String, (chrono::DateTime<chrono::Utc>, i64, String)> =
+        BTreeMap::new();
+    for line in stored.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        let key = (c[1].parse().unwrap(), c[2].parse::<i64>().unwrap());
+        let scale = c[3].split('.').nth(1).map_or(0, str::len);
+        assert_eq!(scale, 20, "stored profit keeps its scale: {line}");
+        let entry = newest
+            .entry(c[0].to_owned())
+            .or_insert((key.0, key.1, c[3].to_owned()));
+        if key > (entry.0, entry.1) {
+            *entry = (key.0, key.1, c[3].to_owned());
+        }
+    }
+    assert!(newest.len() > 5, "{stored}");
+
+    let lines: Vec<&str> = report.lines().filter(|l| l.starts_with('|')).collect();
+    let cells = |l: &str| -> Vec<String> {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let header = cells(lines[0]);
+    let (symbol, profit) = (
+        header.iter().position(|h| h == "symbol").unwrap(),
+        header.iter().position(|h| h == "profit").unwrap(),
+    );
+    let shown: BTreeMap<String, String> = lines[1..]
+        .iter()
+        .map(|l| {
+            let c = cells(l);
+            (c[symbol].clone(), c[profit].clone())
+        })
+        .collect();
+    assert_eq!(
+        shown.keys().collect::<Vec<_>>(),
+        newest.keys().collect::<Vec<_>>()
+    );
+    for (sym, (_, _, full)) in &newest {
+        let text = &shown[sym];
+        assert_eq!(
+            text.split('.').nth(1).map(str::len),
+            Some(2),
+            "{sym}: {text}"
+        );
+        let cents = Decimal::from_str(full)
+            .unwrap()
+            .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+        assert_eq!(
+            Decimal::from_str(text).unwrap(),
+            cents,
+            "{sym}: {full} shown as {text}"
+        );
+    }
+}
