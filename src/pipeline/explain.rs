@@ -62,7 +62,11 @@ pub(super) async fn explain(
             let rows_out: usize = one.output.iter().map(|b| b.num_rows()).sum();
             // A stateful transform's batch ends in partial aggregates (one row per group), which
             // the state merges; one batch alone writes nothing.
-            let out = if stateful { "groups of partial aggregates" } else { "rows out" };
+            let out = if stateful {
+                "groups of partial aggregates"
+            } else {
+                "rows out"
+            };
             println!(
                 "-- analyzed on one batch: {} messages, {} rows decoded, {} dead letters, {} {out} --\n{}",
                 one.messages,
