@@ -240,6 +240,22 @@ def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_
 
 
 
+
+def drain_and_stop(args, table: str, rows: int, stop: str, proc, out: str) -> dict:
+    """Waits (at most --live-drain-timeout) until `table` holds `rows` rows, stops the live
+    engine through its stop file, and returns what measured.py recorded of the run."""
+    deadline = time.monotonic() + args.live_drain_timeout
+    with cql.Session.connect(args.cassandra) as s:
+        while True:
+            n = s.execute(f"SELECT COUNT(*) FROM {args.keyspace}.{table}")[0][0]
+            if n >= rows or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    open(stop, "w").close()
+    proc.wait()
+    with open(out) as f:
+        return json.load(f)
+
 def wait_until_ready(args, proc, run_dir: str, name: str) -> None:
     """Waits for a live engine to be ready (coinstream has joined the group when it logs its
     assignment; Spark when its query started), then a few seconds more for the first (empty)
@@ -480,17 +496,7 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
             if symbol in portfolio:
                 sent[(symbol, int(trade_id))] = us
     # Wait (bounded) until every portfolio trade is in Cassandra, then stop the engine.
-    deadline = time.monotonic() + args.live_drain_timeout
-    with cql.Session.connect(args.cassandra) as s:
-        while True:
-            n = s.execute(f"SELECT COUNT(*) FROM {args.keyspace}.{table}")[0][0]
-            if n >= len(sent) or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-    open(stop, "w").close()
-    proc.wait()
-    with open(out) as f:
-        m = json.load(f)
+    m = drain_and_stop(args, table, len(sent), stop, proc, out)
     with cql.Session.connect(args.cassandra) as s:
         rows = s.execute(f"SELECT symbol, trade_id, WRITETIME(profit) FROM {args.keyspace}.{table}")
         if not args.keep:
@@ -788,17 +794,7 @@ def run_ohlcv_live(args, engine: str, kafka: Kafka, index: int) -> dict:
         while i < len(closes) and t >= closes[i] * 1000 + DELAY_US:
             closed_at[closes[i]] = us
             i += 1
-    deadline = time.monotonic() + args.live_drain_timeout
-    with cql.Session.connect(args.cassandra) as s:
-        while True:
-            n = s.execute(f"SELECT COUNT(*) FROM {args.keyspace}.{table}")[0][0]
-            if n >= len(expected) or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-    open(stop, "w").close()
-    proc.wait()
-    with open(out) as f:
-        m = json.load(f)
+    m = drain_and_stop(args, table, len(expected), stop, proc, out)
     with cql.Session.connect(args.cassandra) as s:
         got = read_candles(s, args.keyspace, table)
         if not args.keep:
