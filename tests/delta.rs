@@ -5,37 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 
 mod common;
 
-use common::{Pipeline, Running, embedded_config as config, expected_rows, parquet_batches};
+use common::{
+    Pipeline, Running, args, coinstream, embedded_config as config, expected_rows, ok,
+    parquet_batches,
+};
 use testkit::env::repo;
-
-fn coinstream(args: &[String]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-    cmd.args(args).current_dir(repo());
-    cmd
-}
-
-fn args(head: &[&str], config: &Pipeline, tail: &[&str]) -> Vec<String> {
-    let mut all: Vec<String> = head.iter().map(|a| (*a).to_owned()).collect();
-    all.extend(config.args());
-    all.extend(tail.iter().map(|a| (*a).to_owned()));
-    all
-}
-
-fn ok(out: Output) -> (String, String) {
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    (stdout, stderr)
-}
 
 fn run_available_now(config: &Pipeline, max_records: &str) -> String {
     let out = common::wait_with_limit(

@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 
 mod common;
 
-use common::{Pipeline, delta_batches};
+use common::{Pipeline, args, coinstream, delta_batches, ok};
 use testkit::env::repo;
 
 /// A candle as stored: (open, high, low, close, volume, trade_count), decimals normalised.
@@ -25,31 +25,8 @@ type Candles = BTreeMap<(String, i64), Candle>;
 const MINUTE_MICROS: i64 = 60_000_000;
 const DELAY_MICROS: i64 = 10_000_000;
 
-fn coinstream(args: &[String]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-    cmd.args(args).current_dir(repo());
-    cmd
-}
-
-fn args(head: &[&str], config: &Pipeline, tail: &[&str]) -> Vec<String> {
-    let mut all: Vec<String> = head.iter().map(|a| (*a).to_owned()).collect();
-    all.extend(config.args());
-    all.extend(tail.iter().map(|a| (*a).to_owned()));
-    all
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-    stderr(&out)
 }
 
 /// `pipelines/ohlcv.toml` as shipped, over `feed`, with its outputs under `dir`.
@@ -70,6 +47,7 @@ fn run_available_now(config: &Pipeline, max_records: &str) -> String {
         )),
         Duration::from_secs(300),
     ))
+    .1
 }
 
 fn progress(log: &str) -> Vec<serde_json::Value> {
@@ -427,9 +405,7 @@ fn explain_shows_the_stateful_aggregation_its_window_mode_and_watermark() {
 }
 
 fn ok_stdout(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ok(cmd.output().unwrap()).0
 }
 
 #[test]

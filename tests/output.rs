@@ -4,32 +4,17 @@
 //! and `query --format table|csv|json`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
-use common::{Pipeline, embedded_config};
+use common::{Pipeline, coinstream, embedded_config, ok};
 use testkit::env::repo;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coinstream");
 const LIMIT: Duration = Duration::from_secs(300);
 const ESC: &str = "\x1b[";
-
-fn coinstream(args: &[String]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).current_dir(repo());
-    cmd
-}
-
-fn ok(out: Output) -> (String, String) {
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    (stdout, stderr)
-}
 
 /// A capture of `count` generated trades in `dir`.
 fn capture(dir: &Path, count: u64) -> PathBuf {

@@ -803,7 +803,7 @@ impl StreamingQuery {
             .transform
             .stateful()
             .ok_or_else(|| Error::Internal("a state without a stateful transform".into()))?;
-        let mut slices: Vec<(Option<u32>, Decoded)> = Vec::new();
+        let mut by_part: Vec<(Option<u32>, Decoded)> = Vec::new();
         let mut already = 0u64;
         if self.shared_state.is_some() {
             let mut rows_of: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -824,7 +824,7 @@ impl StreamingQuery {
                 let indices =
                     arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
                 let batch = arrow::compute::take_record_batch(&decoded.batch, &indices)?;
-                slices.push((
+                by_part.push((
                     Some(part),
                     Decoded {
                         batch,
@@ -840,24 +840,20 @@ impl StreamingQuery {
                     "Skipped rows that the taken-over state of their source part already holds."
                 );
             }
-        } else {
-            slices.push((
-                None,
-                Decoded {
-                    batch: decoded.batch.clone(),
-                    dead_letters: Vec::new(),
-                    rows: decoded.rows.clone(),
-                    rounded_decimals: 0,
-                },
-            ));
         }
+        // Without a shared store the whole batch is one slice: no copy of it.
+        let slices: Vec<(Option<u32>, &Decoded)> = if self.shared_state.is_some() {
+            by_part.iter().map(|(part, slice)| (*part, slice)).collect()
+        } else {
+            vec![(None, decoded)]
+        };
         let mut letters = Vec::new();
         let mut touched = BTreeMap::new();
-        for (part, slice) in &slices {
+        for (part, slice) in slices {
             let (partial, failed, _plan) = self.run_transform(slice, records).await?;
             letters.extend(failed);
-            let store = states.stores.entry(*part).or_default();
-            touched.insert(*part, agg.merge(store, &partial)?);
+            let store = states.stores.entry(part).or_default();
+            touched.insert(part, agg.merge(store, &partial)?);
             if let Some(w) = &self.watermark
                 && let Some(max) = stateful::max_event_time(&slice.batch, &w.column)?
             {

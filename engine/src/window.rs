@@ -20,10 +20,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, ListBuilder, PrimitiveArray, StructArray, StructBuilder,
-    TimestampMicrosecondBuilder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray, StructArray};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{
     DataType, Field, Fields, Int64Type, IntervalMonthDayNano, TimeUnit, TimestampMicrosecondType,
@@ -288,64 +285,44 @@ impl ScalarUDFImpl for Hop {
         }
         let times = args.args[0].to_array(args.number_rows)?;
         let raw = raw_times(&times)?;
-        // Built in microseconds-agnostic raw units, then cast to the column's type below.
-        let mut list = ListBuilder::new(StructBuilder::new(
-            window_fields(&DataType::Timestamp(TimeUnit::Microsecond, None)),
-            vec![
-                Box::new(TimestampMicrosecondBuilder::new()),
-                Box::new(TimestampMicrosecondBuilder::new()),
-            ],
-        ))
-        .with_field(Arc::new(Field::new(
-            "item",
-            window_type(&DataType::Timestamp(TimeUnit::Microsecond, None)),
-            true,
-        )));
+        // Window bounds as raw values of the column's unit, then typed as the column.
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut offsets = Vec::with_capacity(raw.len() + 1);
+        offsets.push(0i32);
         for t in raw.iter() {
-            let Some(t) = t else {
-                list.append(false);
-                continue;
-            };
-            // The latest window holding t starts at its slide boundary; earlier ones every slide
-            // before, while they still reach past t.
-            let latest = window_start(t, slide);
-            let mut first = latest;
-            while let Some(earlier) = first.checked_sub(slide) {
-                if earlier.checked_add(width).is_some_and(|end| end > t) {
-                    first = earlier;
-                } else {
-                    break;
+            if let Some(t) = t {
+                // The latest window holding t starts at its slide boundary; the earliest is the
+                // furthest one a whole number of slides before that still ends after t.
+                let latest = window_start(t, slide);
+                let before = (latest + width - t - 1) / slide;
+                let mut start = latest - before * slide;
+                while start <= latest {
+                    let Some(end) = start.checked_add(width) else {
+                        return exec_err!("hop: a window ends after the largest timestamp");
+                    };
+                    starts.push(start);
+                    ends.push(end);
+                    start += slide;
                 }
             }
-            let mut start = first;
-            while start <= latest {
-                let Some(end) = start.checked_add(width) else {
-                    return exec_err!("hop: a window ends after the largest timestamp");
-                };
-                let item = list.values();
-                item.field_builder::<TimestampMicrosecondBuilder>(0)
-                    .expect("start builder")
-                    .append_value(start);
-                item.field_builder::<TimestampMicrosecondBuilder>(1)
-                    .expect("end builder")
-                    .append_value(end);
-                item.append(true);
-                start += slide;
-            }
-            list.append(true);
+            let Ok(offset) = i32::try_from(starts.len()) else {
+                return exec_err!("hop: too many windows in one batch");
+            };
+            offsets.push(offset);
         }
-        // Reinterpret the raw values in the column's own unit and time zone.
-        let built = list.finish();
-        let (_, offsets, values, nulls) = built.into_parts();
-        let values = values.as_struct();
-        let starts = to_timestamps(raw_times(values.column(0))?, &ts)?;
-        let ends = to_timestamps(raw_times(values.column(1))?, &ts)?;
-        let windows = StructArray::try_new(window_fields(&ts), vec![starts, ends], None)?;
+        let windows = StructArray::try_new(
+            window_fields(&ts),
+            vec![
+                to_timestamps(PrimitiveArray::<Int64Type>::from(starts), &ts)?,
+                to_timestamps(PrimitiveArray::<Int64Type>::from(ends), &ts)?,
+            ],
+            None,
+        )?;
         let list = arrow::array::ListArray::try_new(
             Arc::new(Field::new("item", window_type(&ts), true)),
-            offsets,
+            arrow::buffer::OffsetBuffer::new(offsets.into()),
             Arc::new(windows),
-            nulls,
+            raw.nulls().cloned(),
         )?;
         Ok(ColumnarValue::Array(Arc::new(list)))
     }

@@ -89,6 +89,31 @@ pub fn embedded_config(dir: &std::path::Path, feed: &std::path::Path) -> Pipelin
         .set_path("dead_letter.path", &dir.join("data/dead_letters"))
 }
 
+/// `coinstream ARGS`, run from the repository's root.
+pub fn coinstream(args: &[String]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
+    cmd.args(args).current_dir(repo());
+    cmd
+}
+
+/// `head`, then `config`'s `--config FILE --set KEY=VALUE...`, then `tail`.
+pub fn args(head: &[&str], config: &Pipeline, tail: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = head.iter().map(|a| (*a).to_owned()).collect();
+    all.extend(config.args());
+    all.extend(tail.iter().map(|a| (*a).to_owned()));
+    all
+}
+
+/// The stdout and stderr of a run; panics, showing both, when it did not succeed.
+pub fn ok(out: Output) -> (String, String) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 /// One test's topic, group, keyspace and config: `pipelines/kafka-cassandra.toml` reading the
 /// test's topic as its own group, writing to its keyspace, dead letters and checkpoint.
 pub struct Setup {

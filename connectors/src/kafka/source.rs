@@ -97,6 +97,9 @@ struct Shares {
     by_number: BTreeMap<u32, usize>,
     /// Whether an assigned partition with records to read has none buffered yet and no number.
     unnumbered: bool,
+    /// Records buffered per partition number when the shares were computed (the buffer is
+    /// counted once per computation, not again to check or take them).
+    buffered: BTreeMap<u32, usize>,
 }
 
 /// The least a poll may buffer while it waits for every partition's share: small batches still
@@ -292,22 +295,20 @@ impl KafkaSource {
         Shares {
             by_number,
             unnumbered: unnumbered > 0,
+            buffered: buffered
+                .into_iter()
+                .map(|(n, (count, _))| (n, count))
+                .collect(),
         }
     }
 
     /// Whether some partition has fewer records buffered than its share (and more to fetch).
-    fn short_of(&self, shares: &Shares) -> bool {
-        if shares.unnumbered {
-            return true;
-        }
-        let mut buffered: BTreeMap<u32, usize> = BTreeMap::new();
-        for r in &self.buffer {
-            *buffered.entry(r.position.partition).or_default() += 1;
-        }
-        shares
-            .by_number
-            .iter()
-            .any(|(number, &share)| buffered.get(number).copied().unwrap_or(0) < share)
+    fn short_of(shares: &Shares) -> bool {
+        shares.unnumbered
+            || shares
+                .by_number
+                .iter()
+                .any(|(number, &share)| shares.buffered.get(number).copied().unwrap_or(0) < share)
     }
 
     /// Reads the partitions' ends again, at most every [`ENDS_REFRESH`] (available-now keeps
@@ -335,10 +336,7 @@ impl KafkaSource {
     /// Takes a batch of each partition's share of buffered records (see [`Self::shares`]),
     /// oldest first within each partition; the rest stays buffered in order.
     fn take_batch(&mut self, shares: &Shares, max: usize) -> SourceBatch {
-        let mut buffered: BTreeMap<u32, usize> = BTreeMap::new();
-        for r in &self.buffer {
-            *buffered.entry(r.position.partition).or_default() += 1;
-        }
+        let buffered = &shares.buffered;
         let mut quota: BTreeMap<u32, usize> = buffered
             .iter()
             .map(|(&p, &n)| (p, n.min(shares.by_number.get(&p).copied().unwrap_or(0))))
@@ -347,7 +345,7 @@ impl KafkaSource {
         // A partition still short of its share (its records not fetched within the poll's wait)
         // leaves its place to partitions with more buffered: a batch waits for a partition no
         // longer than the poll's wait, and stays full.
-        for (p, &n) in &buffered {
+        for (p, &n) in buffered {
             if total >= max {
                 break;
             }
@@ -850,7 +848,7 @@ impl Source for KafkaSource {
         let deadline = Instant::now() + limits.max_wait;
         let mut shares = self.shares(limits.max_records);
         let bound = limits.max_records.saturating_mul(8).max(BALANCE_BUFFER);
-        while self.short_of(&shares) && self.buffer.len() < bound {
+        while Self::short_of(&shares) && self.buffer.len() < bound {
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
                 break;
