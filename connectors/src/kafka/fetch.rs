@@ -56,6 +56,7 @@ impl KafkaSource {
         }
         let buffer = std::mem::take(&mut self.buffer);
         let (records, rest) = take_range(buffer, &self.partitions, start, &wanted);
+        let records = self.partitions.in_partition_order(records);
         self.buffer = rest;
         let (mut s, mut e) = (KafkaOffsets::new(), KafkaOffsets::new());
         for (topic, partition, last) in &wanted {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use engine::{RecordPosition, SourceOffset};
+use engine::{RawRecord, RecordPosition, SourceOffset};
 use serde::{Deserialize, Serialize};
 
 /// A topic and a partition of it.
@@ -104,6 +104,23 @@ impl PartitionTable {
     /// numbered by it).
     pub fn partition(&self, index: u32) -> &Partition {
         &self.partitions[index as usize]
+    }
+
+    /// `records` grouped by topic-partition, in topic-partition order, each partition's records
+    /// in the order given (their offsets'): the order of a batch whatever order librdkafka
+    /// fetched its partitions in, so a batch read again after a crash comes back in the order it
+    /// was first handed out.
+    pub fn in_partition_order(&self, records: Vec<RawRecord>) -> Vec<RawRecord> {
+        let mut groups: Vec<(&Partition, Vec<RawRecord>)> = Vec::new();
+        for r in records {
+            let partition = self.partition(r.position.partition);
+            match groups.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, group)) => group.push(r),
+                None => groups.push((partition, vec![r])),
+            }
+        }
+        groups.sort_by(|a, b| a.0.cmp(b.0));
+        groups.into_iter().flat_map(|(_, group)| group).collect()
     }
 
     /// The number of `partition`, if it has one.

@@ -373,6 +373,7 @@ impl KafkaSource {
             }
         }
         self.buffer = kept;
+        let records = self.partitions.in_partition_order(records);
         let (start, end) = batch_bounds(
             &records,
             &self.buffer,
