@@ -286,12 +286,17 @@ pub struct GenerateArgs {
     /// Start of trade times, RFC 3339 (default: now minus count/rate).
     #[arg(long)]
     pub start: Option<String>,
-    /// The portfolio file.
-    #[arg(long, default_value = "required_data/my_Portfolio.json")]
-    pub portfolio: PathBuf,
-    /// The coin map.
-    #[arg(long, default_value = "required_data/coin_map.json")]
-    pub coin_map: PathBuf,
+    /// The portfolio file (default: the config's reference table `portfolio`).
+    #[arg(long)]
+    pub portfolio: Option<PathBuf>,
+    /// The coin map (default: the config's reference table `coins`).
+    #[arg(long)]
+    pub coin_map: Option<PathBuf>,
+    /// The config whose reference tables give the default `--portfolio` and `--coin-map`, their
+    /// paths resolved against the config file as `run` resolves them (read only when one of the
+    /// two flags is missing).
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -79,3 +79,51 @@ async fn partitions_creates_the_topic_with_that_many() {
     );
     assert_eq!(partitions(&topic), 4);
 }
+
+/// Without `--portfolio`/`--coin-map`, `generate` takes them from the config's reference tables,
+/// resolved against the config file as `run` resolves them: it works from any folder given
+/// `--config`, and from a folder without `coinstream.toml` it says what to pass.
+#[test]
+fn default_reference_files_come_from_the_config_not_the_current_folder() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = elsewhere.path().join("feed.jsonl");
+    let config = common::repo().join("coinstream.toml");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
+        cmd.arg("generate")
+            .args(["--count", "200", "--out"])
+            .arg(&out)
+            .args(args)
+            .current_dir(elsewhere.path());
+        common::wait_with_limit(cmd, Duration::from_secs(60))
+    };
+    let ok = run(&["--config".as_ref(), config.as_os_str()]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let portfolio: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::repo().join("required_data/my_Portfolio.json")).unwrap(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let products: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["product_id"].as_str().map(String::from))
+        .collect();
+    let held = portfolio.as_object().map(|o| o.len()).unwrap_or(0);
+    assert!(held > 0 && products.len() >= held, "{products:?}");
+    for symbol in portfolio.as_object().unwrap().keys() {
+        assert!(products.contains(symbol), "{symbol} missing: {products:?}");
+    }
+
+    let failed = run(&[]);
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("coinstream.toml") && err.contains("--portfolio"),
+        "{err}"
+    );
+}

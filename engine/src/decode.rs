@@ -2,13 +2,14 @@
 //! Messages that do not decode become dead letters with their reason; the rest of the batch still
 //! flows. It knows nothing of where the bytes came from.
 //!
-//! Three tries, each only when the one before failed, so clean batches pay nothing for the
-//! dead-letter policy:
-//! 1. [`FlatDecoder`](crate::flat_json), for batches of flat objects in the plain shape
-//!    connectors write (no escapes, no nesting), straight into the columns;
-//! 2. arrow's decoder over the whole batch, each message checked to hold exactly one complete
-//!    object;
-//! 3. each message alone, to find the bad ones and their reasons.
+//! Three tries, each only for the messages the one before passed over, so clean batches pay
+//! nothing for the dead-letter policy and a bad message costs only itself:
+//! 1. [`FlatDecoder`](crate::flat_json), for flat objects in the plain shape connectors write
+//!    (no escapes, no nesting), straight into the columns; messages a source already rejected
+//!    and messages outside that shape are passed over, one by one;
+//! 2. arrow's decoder over all the messages passed over, each checked to hold exactly one
+//!    complete object;
+//! 3. each of those alone, to find the bad ones and their reasons.
 //!
 //! The decoder is kept from batch to batch: it owns buffers sized for a whole batch, and building
 //! a new one per batch spent more time in page faults than in parsing.
@@ -26,6 +27,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Decimal128Builder, StringArray};
+use arrow::compute::interleave;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
@@ -132,34 +134,66 @@ impl RecordDecoder {
 
     /// Decodes `records`; see the module docs.
     pub fn decode(&mut self, records: &[RawRecord]) -> Result<Decoded> {
-        let all_clean = records.iter().all(|r| r.rejected.is_none());
-        if all_clean
-            && let Some(flat) = &self.flat
-            && let Some((batch, rounded_decimals)) =
-                flat.decode(records.iter().map(|r| r.payload.as_slice()))
-        {
+        let Some(flat) = &self.flat else {
+            let all: Vec<usize> = (0..records.len()).collect();
+            return self.decode_slowly(records, &all);
+        };
+        let read = flat
+            .decode_each(
+                records
+                    .iter()
+                    .map(|r| r.rejected.is_none().then_some(r.payload.as_slice())),
+            )
+            .ok_or_else(|| crate::Error::Internal("the flat decoder lost its columns".into()))?;
+        if read.accepted.len() == records.len() {
             return Ok(Decoded {
-                batch,
+                batch: read.batch,
                 dead_letters: Vec::new(),
-                rows: (0..records.len()).collect(),
-                rounded_decimals,
+                rows: read.accepted,
+                rounded_decimals: read.rounded,
             });
         }
+        // Only the messages the flat path passed over take the slow paths; the two sets of rows
+        // are then put back in input order.
+        let mut accepted = read.accepted.iter().copied().peekable();
+        let rest: Vec<usize> = (0..records.len())
+            .filter(|&i| accepted.next_if_eq(&i).is_none())
+            .collect();
+        let slow = self.decode_slowly(records, &rest)?;
+        if read.accepted.is_empty() {
+            return Ok(slow);
+        }
+        let (batch, rows) =
+            merge_in_order((&read.batch, &read.accepted), (&slow.batch, &slow.rows))?;
+        Ok(Decoded {
+            batch,
+            dead_letters: slow.dead_letters,
+            rows,
+            rounded_decimals: read.rounded + slow.rounded_decimals,
+        })
+    }
+
+    /// Decodes the messages of `records` at positions `subset` (ascending) with arrow's decoder:
+    /// all together when that works, else each alone to find the dead letters and their reasons.
+    /// [`Decoded::rows`] are positions in `records`.
+    fn decode_slowly(&mut self, records: &[RawRecord], subset: &[usize]) -> Result<Decoded> {
+        let all_clean = subset.iter().all(|&i| records[i].rejected.is_none());
         if all_clean
-            && let Some(text) = self.decode_all(records.iter())?
+            && let Some(text) = self.decode_all(subset.iter().map(|&i| &records[i]))?
             && let Ok((batch, rounded_decimals)) = self.convert_decimals(&text)
         {
             return Ok(Decoded {
                 batch,
                 dead_letters: Vec::new(),
-                rows: (0..records.len()).collect(),
+                rows: subset.to_vec(),
                 rounded_decimals,
             });
         }
-        let mut good = Vec::with_capacity(records.len());
-        let mut rows = Vec::with_capacity(records.len());
+        let mut good = Vec::with_capacity(subset.len());
+        let mut rows = Vec::with_capacity(subset.len());
         let mut dead_letters = Vec::new();
-        for (i, record) in records.iter().enumerate() {
+        for &i in subset {
+            let record = &records[i];
             let reason = match &record.rejected {
                 Some(reason) => Some(reason.clone()),
                 None => self.reject_reason(&record.payload),
@@ -311,6 +345,32 @@ impl RecordDecoder {
         self.flat = None;
         self
     }
+}
+
+/// Two batches of one schema whose rows come from the messages at positions `a.1` and `b.1`
+/// (each ascending, no position in both), as one batch in message order, with its positions.
+fn merge_in_order(
+    a: (&RecordBatch, &[usize]),
+    b: (&RecordBatch, &[usize]),
+) -> Result<(RecordBatch, Vec<usize>)> {
+    let mut order = Vec::with_capacity(a.1.len() + b.1.len());
+    let mut rows = Vec::with_capacity(order.capacity());
+    let (mut i, mut j) = (0, 0);
+    while i < a.1.len() || j < b.1.len() {
+        if j == b.1.len() || (i < a.1.len() && a.1[i] < b.1[j]) {
+            order.push((0, i));
+            rows.push(a.1[i]);
+            i += 1;
+        } else {
+            order.push((1, j));
+            rows.push(b.1[j]);
+            j += 1;
+        }
+    }
+    let columns = (0..a.0.num_columns())
+        .map(|c| interleave(&[a.0.column(c).as_ref(), b.0.column(c).as_ref()], &order))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((RecordBatch::try_new(a.0.schema(), columns)?, rows))
 }
 
 /// `value` quoted for a reason, cut after [`MAX_VALUE_IN_REASON`] characters.
@@ -615,7 +675,7 @@ mod tests {
             .collect();
         let flat = FlatDecoder::new(schema(), DecimalPolicy::RoundHalfUp).unwrap();
         assert!(flat.decode(clean.iter().map(|m| m.as_bytes())).is_some());
-        // An escape in one message sends the whole batch to arrow's decoder.
+        // An escape in one message sends that message to arrow's decoder.
         let mut escaped = clean.clone();
         escaped[0] = escaped[0].replace(r#""buy""#, r#""b\u0075y""#);
         assert!(flat.decode(escaped.iter().map(|m| m.as_bytes())).is_none());
@@ -625,6 +685,65 @@ mod tests {
         assert_eq!(fast_values, arrow_values);
         assert_eq!(fast_rounded, arrow_rounded);
         assert!(fast_rounded > 0);
+    }
+
+    /// Batches mixing plain messages, messages only arrow's decoder reads, dead letters and
+    /// messages a source already rejected decode exactly as the decoder without its fast path
+    /// decodes them: the same rows in the same order, the same dead letters with the same
+    /// reasons, the same count of rounded decimals.
+    #[test]
+    fn mixed_batches_decode_as_without_the_fast_path() {
+        let kinds = [
+            r#"{"trade_id":ID,"price":"64000.12","side":"buy"}"#,
+            r#"{"trade_id":ID,"price":1.123456789012,"side":"sell"}"#,
+            r#"{"trade_id":ID,"price":"7","side":"b\u0075y"}"#,
+            r#"{"trade_id":ID,"price":"8","side":{"nested":1}}"#,
+            r#"{"trade_id":ID,"price":"abc"}"#,
+            r#"{"price":"2.5","side":"buy"}"#,
+            r#"{"trade_id":ID,"price":"#,
+            r#"{"trade_id":ID,"price":"1"}{"trade_id":0,"price":"2"}"#,
+            r#"{"trade_id":ID,"price":"3","price":"4"}"#,
+            r#"REJECTED"#,
+        ];
+        let mut fast = RecordDecoder::new(schema());
+        let mut reference = RecordDecoder::new(schema()).without_fast_path();
+        let mut seed: u64 = 0x5eed;
+        let mut took_both_paths = 0;
+        for batch in 0..300 {
+            let len = 1 + batch % 17;
+            let records: Vec<RawRecord> = (0..len)
+                .map(|i| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    // Mostly plain messages, as a real stream has.
+                    let pick = (seed >> 33) as usize % (kinds.len() * 2);
+                    let kind = kinds[pick.saturating_sub(kinds.len())];
+                    let offset = (batch * 100 + i) as i64;
+                    let mut r = record(offset, &kind.replace("ID", &offset.to_string()));
+                    if kind == "REJECTED" {
+                        r.rejected = Some("not a trade".into());
+                    }
+                    r
+                })
+                .collect();
+            let got = fast.decode(&records).unwrap();
+            let want = reference.decode(&records).unwrap();
+            let letters = |d: &Decoded| -> Vec<(i64, String)> {
+                d.dead_letters
+                    .iter()
+                    .map(|l| (l.record_position.offset, l.reason.clone()))
+                    .collect()
+            };
+            assert_eq!(got.batch, want.batch, "batch {batch}");
+            assert_eq!(got.rows, want.rows, "batch {batch}");
+            assert_eq!(letters(&got), letters(&want), "batch {batch}");
+            assert_eq!(got.rounded_decimals, want.rounded_decimals, "batch {batch}");
+            if !got.dead_letters.is_empty() && got.rows.len() > 1 {
+                took_both_paths += 1;
+            }
+        }
+        assert!(took_both_paths > 50, "{took_both_paths}");
     }
 
     #[test]

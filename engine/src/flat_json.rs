@@ -4,20 +4,22 @@
 //! and copies every string twice.
 //!
 //! Anything outside that shape (an escape, a nested value, a duplicate key, a value of the wrong
-//! kind, a missing required field, trailing bytes) makes it give up on the whole batch, and the
-//! caller decodes it with arrow's decoder instead. So the batches it does produce are exactly
-//! what the arrow path makes of the same messages: decimals go through the one checked parser
-//! ([`crate::decimal`]) on both paths (a decimal it refuses sends the batch to the arrow path, which
-//! dead-letters that message alone), zoned timestamps through arrow's parsing function, and only
-//! the plain UTC form of a timestamp has its own, checked, path.
+//! kind, a missing required field, trailing bytes) makes it give up on that message alone, and the
+//! caller decodes the messages it gave up on with arrow's decoder instead (one bad message does
+//! not send its whole batch down the slow path). So the rows it does produce are exactly what the
+//! arrow path makes of the same messages: decimals go through the one checked parser
+//! ([`crate::decimal`]) on both paths (a decimal it refuses sends the message to the arrow path,
+//! which dead-letters it), zoned timestamps through arrow's parsing function, and only the plain
+//! UTC form of a timestamp has its own, checked, path.
 
 use std::sync::Arc;
 
 use arrow::array::timezone::Tz;
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, PrimitiveBuilder,
-    StringBuilder, make_array,
+    ArrayBuilder, ArrayRef, BooleanArray, BooleanBuilder, Float64Builder, Int32Builder,
+    Int64Builder, PrimitiveBuilder, StringBuilder, make_array,
 };
+use arrow::compute::filter;
 use arrow::compute::kernels::cast_utils::string_to_datetime;
 use arrow::datatypes::{DataType, Decimal128Type, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -72,6 +74,17 @@ impl Column {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Self::Utf8(b) => b.len(),
+            Self::Int64(b) | Self::Timestamp(b) => b.len(),
+            Self::Int32(b) => b.len(),
+            Self::Float64(b) => b.len(),
+            Self::Boolean(b) => b.len(),
+            Self::Decimal(b) => b.len(),
+        }
+    }
+
     fn finish(self, data_type: &DataType) -> Option<ArrayRef> {
         let array: ArrayRef = match self {
             Self::Utf8(mut b) => Arc::new(b.finish()),
@@ -90,6 +103,17 @@ impl Column {
         let data = array.to_data().into_builder().data_type(data_type.clone());
         data.build().ok().map(make_array)
     }
+}
+
+/// What [`FlatDecoder::decode_each`] read of a batch.
+#[derive(Debug)]
+pub struct FlatRows {
+    /// The rows of the accepted messages, in input order.
+    pub batch: RecordBatch,
+    /// The position of each row's message in the input, ascending.
+    pub accepted: Vec<usize>,
+    /// Decimal values rounded to their column's scale, in the accepted rows.
+    pub rounded: usize,
 }
 
 /// Decodes batches of flat JSON objects into a declared schema; see the module docs.
@@ -144,18 +168,74 @@ impl FlatDecoder {
         payloads: impl ExactSizeIterator<Item = &'a [u8]>,
     ) -> Option<(RecordBatch, usize)> {
         let rows = payloads.len();
-        let mut columns: Vec<Column> = self.kinds.iter().map(|k| Column::new(k, rows)).collect();
+        let read = self.decode_each(payloads.map(Some))?;
+        (read.accepted.len() == rows).then_some((read.batch, read.rounded))
+    }
+
+    /// Reads every message it can: the rows of the `Some` payloads in this path's shape, in
+    /// order, which ones those were ([`FlatRows::accepted`], positions in `payloads`), and the
+    /// decimals rounded in them. `None` payloads (messages already rejected) are passed over, and
+    /// so is every message outside the shape, without costing the others anything: the caller
+    /// decodes those the slow way. `None` only if the columns cannot be assembled (a bug).
+    pub fn decode_each<'a>(
+        &self,
+        payloads: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
+    ) -> Option<FlatRows> {
+        let capacity = payloads.len();
+        let mut columns: Vec<Column> = self
+            .kinds
+            .iter()
+            .map(|k| Column::new(k, capacity))
+            .collect();
+        let mut accepted = Vec::with_capacity(capacity);
+        // Which built rows to keep; `None` while every row so far is kept, so a clean batch
+        // is never filtered.
+        let mut keep: Option<Vec<bool>> = None;
         let mut rounded = 0;
-        for payload in payloads {
-            self.row(payload, &mut columns, &mut rounded)?;
+        let mut built = 0;
+        for (i, payload) in payloads.enumerate() {
+            let Some(payload) = payload else { continue };
+            let mut row_rounded = 0;
+            let ok = self.row(payload, &mut columns, &mut row_rounded).is_some();
+            built += 1;
+            if ok {
+                accepted.push(i);
+                rounded += row_rounded;
+            } else {
+                // A declined message may have filled some columns before the value that stopped
+                // it: fill the rest with nulls so the columns stay aligned, and drop the row
+                // below (arrow's builders cannot take a value back).
+                for column in &mut columns {
+                    if column.len() < built {
+                        column.append_null();
+                    }
+                }
+                keep.get_or_insert_with(|| vec![true; built - 1])
+                    .push(false);
+                continue;
+            }
+            if let Some(keep) = &mut keep {
+                keep.push(true);
+            }
         }
-        let arrays = columns
+        let mut arrays = columns
             .into_iter()
             .zip(self.schema.fields())
             .map(|(c, f)| c.finish(f.data_type()))
             .collect::<Option<Vec<_>>>()?;
+        if let Some(keep) = keep {
+            let keep = BooleanArray::from(keep);
+            arrays = arrays
+                .iter()
+                .map(|a| filter(a, &keep).ok())
+                .collect::<Option<Vec<_>>>()?;
+        }
         let batch = RecordBatch::try_new(self.schema.clone(), arrays).ok()?;
-        Some((batch, rounded))
+        Some(FlatRows {
+            batch,
+            accepted,
+            rounded,
+        })
     }
 
     /// Appends one message's row: exactly one value (or null) to every column.
