@@ -16,7 +16,10 @@
 # CI runs on one machine build incrementally. COINSTREAM_VENV [$HOME/.cache/coinstream/venv]: the
 # Python venv with the readers of scripts/requirements.txt (pandas, pyarrow, DuckDB, deltalake),
 # made from PyPI on first use and again whenever that file changes; its python is exported as
-# COINSTREAM_PYTHON for tests/readers.rs. scripts/services.sh's variables (ports, heaps,
+# COINSTREAM_PYTHON for tests/readers.rs. COINSTREAM_AIRFLOW_VENV
+# [$HOME/.cache/coinstream/venv-airflow]: Apache Airflow from scripts/requirements-airflow.txt, made
+# and remade the same way (a first install takes a few minutes); its `airflow` is exported as
+# COINSTREAM_AIRFLOW for tests/airflow.rs. scripts/services.sh's variables (ports, heaps,
 # timeouts, COINSTREAM_SERVICES_DIR) pass through unchanged.
 set -euo pipefail
 
@@ -125,29 +128,33 @@ done < <("$SERVICES" env)
 : "${CASSANDRA_NODES:?$SERVICES env printed no CASSANDRA_NODES}"
 log "KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP CASSANDRA_NODES=$CASSANDRA_NODES CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
-# --- python readers ---------------------------------------------------------------------------
+# --- python venvs: the readers, Airflow -------------------------------------------------------
 
-VENV="${COINSTREAM_VENV:-$HOME/.cache/coinstream/venv}"
-REQUIREMENTS=scripts/requirements.txt
-# (Re)makes the venv unless it holds exactly this requirements file's pins; a copy of the file
-# inside marks a finished install, so an interrupted one is redone.
+# make_venv VENV REQUIREMENTS: (re)makes VENV unless it holds exactly REQUIREMENTS' pins; a copy of
+# the file inside marks a finished install, so an interrupted one is redone.
 make_venv() {
-  if cmp -s "$REQUIREMENTS" "$VENV/requirements.txt" && [[ -x "$VENV/bin/python" ]]; then
-    log "venv $VENV is up to date"
+  local venv=$1 requirements=$2
+  if cmp -s "$requirements" "$venv/requirements.txt" && [[ -x "$venv/bin/python" ]]; then
+    log "venv $venv is up to date"
     return 0
   fi
   command -v python3 >/dev/null 2>&1 || {
     log "python3 not found on PATH: install Python 3.11 or newer (with its venv module)"
     return 1
   }
-  rm -rf "$VENV"
-  python3 -m venv "$VENV" &&
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS" &&
-    cp "$REQUIREMENTS" "$VENV/requirements.txt"
+  rm -rf "$venv"
+  python3 -m venv "$venv" &&
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" &&
+    cp "$requirements" "$venv/requirements.txt"
 }
-# A failure here still runs cargo: tests/readers.rs then fails and says why.
-if step venv make_venv; then
+# A failure here still runs cargo: tests/readers.rs and tests/airflow.rs then fail and say why.
+VENV="${COINSTREAM_VENV:-$HOME/.cache/coinstream/venv}"
+if step venv make_venv "$VENV" scripts/requirements.txt; then
   export COINSTREAM_PYTHON="$VENV/bin/python"
+fi
+AIRFLOW_VENV="${COINSTREAM_AIRFLOW_VENV:-$HOME/.cache/coinstream/venv-airflow}"
+if step airflow make_venv "$AIRFLOW_VENV" scripts/requirements-airflow.txt; then
+  export COINSTREAM_AIRFLOW="$AIRFLOW_VENV/bin/airflow"
 fi
 
 # --- cargo ------------------------------------------------------------------------------------

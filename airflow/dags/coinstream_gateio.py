@@ -11,24 +11,38 @@ window start). A non-zero exit (an API error with its label and message) fails t
 Airflow's retries take over; an unreachable Kafka is retried by the engine until the task's
 execution_timeout.
 
-Needs the `coinstream` binary on the worker's PATH (or set COINSTREAM_BIN) and a working
-directory holding `pipelines/`, `sql/` and `required_data/` (the image's /app), or
-`--pipeline FILE`. The state folder must live where every run of the task can read it (one
-worker, or a shared volume).
+Configured by the worker's environment, read when the DAG file is parsed (each default is what
+production uses):
+- COINSTREAM_BIN [coinstream]: the binary (on the worker's PATH by default);
+- COINSTREAM_DIR [/app, the image's]: the working directory, holding `pipelines/`, `sql/` and
+  `required_data/`;
+- COINSTREAM_GATEIO_URL [https://api.gateio.ws/api/v4]: the REST API's base URL;
+- COINSTREAM_GATEIO_PAIRS [BTC_USDT,ETH_USDT,SOL_USDT]: the currency pairs;
+- COINSTREAM_GATEIO_STATE [/var/lib/coinstream/gateio-checkpoint]: the state folder, which must
+  live where every run of the task can read it (one worker, or a shared volume);
+- KAFKA_BOOTSTRAP [127.0.0.1:9092] and COINSTREAM_GATEIO_TOPIC [crypto_candles]: where the
+  candles go (dead letters to `<topic>_dead_letters`).
+
+Written for Airflow 3 (`airflow.sdk`, the standard provider's BashOperator). tests/airflow.rs
+runs it with `airflow dags test` against a local Gate.io stand-in and a real Kafka.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from datetime import datetime, timedelta
 
-from airflow import DAG
-from airflow.operators.bash import BashOperator
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG
 
 COINSTREAM = os.environ.get("COINSTREAM_BIN", "coinstream")
-KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+WORKDIR = os.environ.get("COINSTREAM_DIR", "/app")
+GATEIO_URL = os.environ.get("COINSTREAM_GATEIO_URL", "https://api.gateio.ws/api/v4")
 PAIRS = os.environ.get("COINSTREAM_GATEIO_PAIRS", "BTC_USDT,ETH_USDT,SOL_USDT")
 STATE = os.environ.get("COINSTREAM_GATEIO_STATE", "/var/lib/coinstream/gateio-checkpoint")
+KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+TOPIC = os.environ.get("COINSTREAM_GATEIO_TOPIC", "crypto_candles")
 
 with DAG(
     dag_id="coinstream_gateio_candles",
@@ -47,13 +61,28 @@ with DAG(
 ) as dag:
     BashOperator(
         task_id="ingest_gateio_once",
-        bash_command=(
-            f"{COINSTREAM} ingest gateio --once"
-            f" --pairs {PAIRS}"
-            " --interval 1m"
-            f" --state {STATE}"
-            f" --brokers {KAFKA_BOOTSTRAP}"
-            " --topic crypto_candles"
+        # Without a cwd the operator runs in a fresh temporary folder, where the shipped
+        # pipeline's relative path (pipelines/ingest-gateio.toml) does not resolve.
+        cwd=WORKDIR,
+        bash_command=shlex.join(
+            [
+                COINSTREAM,
+                "ingest",
+                "gateio",
+                "--once",
+                "--url",
+                GATEIO_URL,
+                "--pairs",
+                PAIRS,
+                "--interval",
+                "1m",
+                "--state",
+                STATE,
+                "--brokers",
+                KAFKA_BOOTSTRAP,
+                "--topic",
+                TOPIC,
+            ]
         ),
     )
 
