@@ -3,8 +3,9 @@
 //! - the consumer lag per partition of a Kafka-source query equals the real lag (the topic's
 //!   ends, read from the broker, less what the query consumed), batch by batch, and is 0 once it
 //!   caught up; every metric the Grafana dashboard queries is in that run's scrape;
-//! - `coinstream ingest coinbase` serves `/metrics` with the ingester's own counters (a
-//!   reconnect, published trades) as its progress records report them;
+//! - `coinstream ingest coinbase` and `ingest gateio` serve `/metrics` with the ingesters' own
+//!   counters (a reconnect, published trades, a rate-limit wait) as their progress records
+//!   report them;
 //! - `prometheus/prometheus.yml` scrapes every coinstream service of the compose file on the port
 //!   its `--ui` binds, and Grafana's provisioning points at that Prometheus and the dashboard.
 //!
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::coinbase::{FeedServer, Step, exchange_ack, exchange_match, heartbeat};
+use testkit::gateio::{Reply, RestServer, now_secs, rows};
 use yaml_rust2::{Yaml, YamlLoader};
 
 mod common;
@@ -256,27 +258,8 @@ async fn ingest_coinbase_serves_the_ingesters_counters_as_its_progress_reports_t
     .arg(dir.path().join("checkpoint"))
     .args(["--ui", &addr.to_string()])
     .current_dir(repo());
-    let mut running = Running::spawn(cmd);
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (records, metrics) = loop {
-        running.read_for(Duration::from_millis(200));
-        if let Ok(stream) = std::net::TcpStream::connect(addr) {
-            drop(stream);
-            let (records, text) = snapshot(addr);
-            let m = samples(&text);
-            if m.get(r#"coinstream_source_metric{name="published"}"#) == Some(&20.0) {
-                break (records, m);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "20 trades not published:\n{}",
-            running.log().join("\n")
-        );
-    };
+    let (running, records, metrics) = ingest_until(cmd, addr, "published", 20.0);
     let last = &records.last().unwrap()["sources"][0]["metrics"];
-    let reported = last.as_object().unwrap();
     for name in [
         "messages_in",
         "reconnects",
@@ -284,14 +267,7 @@ async fn ingest_coinbase_serves_the_ingesters_counters_as_its_progress_reports_t
         "lost_trades",
         "published",
     ] {
-        assert!(reported.contains_key(name), "{name} not in {last}");
-    }
-    for (name, value) in reported {
-        assert_eq!(
-            metrics[&format!("coinstream_source_metric{{name=\"{name}\"}}")],
-            value.as_f64().unwrap(),
-            "{name}"
-        );
+        assert!(last.get(name).is_some(), "{name} not in {last}");
     }
     assert_eq!(
         metrics[r#"coinstream_source_metric{name="reconnects"}"#],
@@ -309,6 +285,86 @@ async fn ingest_coinbase_serves_the_ingesters_counters_as_its_progress_reports_t
     assert_eq!(metrics["coinstream_input_rows_total"], 20.0);
     assert_eq!(metrics["coinstream_output_rows_total"], 20.0);
     running.terminate(Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_gateio_serves_its_rate_limit_waits_as_its_progress_reports_them() {
+    // The first request is refused with a 429 whose reset is a second away; every other gets the
+    // closed windows it asks for.
+    let server = RestServer::serve(|n, seen| {
+        if n == 0 {
+            return Reply::too_many_requests(now_secs() + 1);
+        }
+        Reply::json(rows(seen.query_i64("from"), seen.query_i64("to"), 60, &[]))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("metrics_gateio");
+    testkit::kafka::create_topics(&[(&topic, 1), (&format!("{topic}_dead_letters"), 1)]).await;
+    let addr = free_addr();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coinstream"));
+    cmd.args(["ingest", "gateio", "--url", &server.base])
+        .args(["--pairs", "BTC_USDT", "--interval", "1m"])
+        .args(["--brokers", &brokers(), "--topic", &topic])
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .args(["--ui", &addr.to_string()])
+        .current_dir(repo());
+    let (running, records, metrics) = ingest_until(cmd, addr, "rate_limited", 1.0);
+    // The wait was followed by the same request again, which the server saw.
+    let requests = metrics[r#"coinstream_source_metric{name="requests"}"#];
+    assert!(requests >= 2.0, "{metrics:#?}");
+    assert!(requests <= server.requests().len() as f64, "{metrics:#?}");
+    let read: u64 = records
+        .iter()
+        .map(|r| r["numInputRows"].as_u64().unwrap())
+        .sum();
+    assert!(read > 0);
+    assert_eq!(
+        metrics[r#"coinstream_source_metric{name="published"}"#],
+        read as f64
+    );
+    assert_eq!(metrics["coinstream_output_rows_total"], read as f64);
+    running.terminate(Duration::from_secs(60));
+}
+
+/// Runs `cmd` (an ingest shortcut serving its UI at `addr`) until `/metrics` shows the source
+/// metric `name` at `value`; then checks that every `coinstream_source_metric` series is the last
+/// progress record's `sources[0].metrics` and returns the records and the samples of that moment.
+fn ingest_until(
+    cmd: std::process::Command,
+    addr: std::net::SocketAddr,
+    name: &str,
+    value: f64,
+) -> (Running, Vec<Value>, BTreeMap<String, f64>) {
+    let mut running = Running::spawn(cmd);
+    let series = format!("coinstream_source_metric{{name=\"{name}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (records, metrics) = loop {
+        running.read_for(Duration::from_millis(200));
+        // The server is up once the sink passed its healthcheck and the UI bound.
+        if std::net::TcpStream::connect(addr).is_ok() {
+            let (records, text) = snapshot(addr);
+            let m = samples(&text);
+            if m.get(&series) == Some(&value) {
+                break (records, m);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {series} at {value}:\n{}",
+            running.log().join("\n")
+        );
+    };
+    let last = &records.last().unwrap()["sources"][0]["metrics"];
+    for (name, value) in last.as_object().unwrap() {
+        assert_eq!(
+            metrics[&format!("coinstream_source_metric{{name=\"{name}\"}}")],
+            value.as_f64().unwrap(),
+            "{name}"
+        );
+    }
+    (running, records, metrics)
 }
 
 fn yaml(path: &str) -> Yaml {
