@@ -135,6 +135,9 @@ pub struct Ui {
     /// The parts `offsets_behind_latest` has a series for: a part the source no longer reads
     /// (its partition moved to another instance) loses its series rather than keep a stale lag.
     backlog_parts: Mutex<BTreeSet<String>>,
+    /// Held while a record is applied and while the metrics are gathered: a scrape sees whole
+    /// records (the input rows of a batch with its lag), never half of one.
+    applying: Mutex<()>,
     /// The last [`RECENT_RECORDS`] records, oldest first, as `--progress json` prints them.
     recent: Mutex<VecDeque<String>>,
 }
@@ -232,6 +235,7 @@ impl Ui {
                 "partition",
             )?,
             backlog_parts: Mutex::new(BTreeSet::new()),
+            applying: Mutex::new(()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_RECORDS)),
             registry,
         };
@@ -240,6 +244,7 @@ impl Ui {
 
     /// Adds one batch's progress to the metrics and the recent records.
     pub fn record(&self, p: &BatchProgress) {
+        let _whole = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
         self.batches.inc();
         self.input_rows.inc_by(p.num_input_rows);
         self.output_rows.inc_by(p.sink.num_output_rows);
@@ -326,10 +331,14 @@ impl Ui {
 
     /// The metrics in Prometheus' text exposition format (0.0.4).
     pub fn metrics_text(&self) -> String {
+        let gathered = {
+            let _whole = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+            self.registry.gather()
+        };
         let mut text = String::new();
         // Encoding fails only on a metric family without metrics, which the registry never
         // gathers; an error leaves what was encoded.
-        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text) {
+        if let Err(e) = TextEncoder::new().encode_utf8(&gathered, &mut text) {
             tracing::debug!("UI: encoding the metrics: {e}");
         }
         text

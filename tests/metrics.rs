@@ -199,7 +199,9 @@ async fn kafka_lag_per_partition_is_the_real_lag_and_the_dashboard_queries_only_
         served,
         ends.keys()
             .map(|p| (p.clone(), 0.0))
-            .collect::<BTreeMap<_, _>>()
+            .collect::<BTreeMap<_, _>>(),
+        "{metrics}\n{}",
+        get(addr, "/api/progress").1
     );
     assert_eq!(
         samples(&metrics)[r#"coinstream_dead_letters_total{reason="decode"}"#],
