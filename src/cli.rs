@@ -62,15 +62,8 @@ pub enum Command {
         /// Overrides `engine.max_records_per_batch`.
         #[arg(long)]
         max_records_per_batch: Option<usize>,
-        /// Serves the UI endpoints (`/metrics` in Prometheus' text format, `/api/progress` with
-        /// the last 100 progress records as JSON) at this address, e.g. `127.0.0.1:9090` or
-        /// `0.0.0.0:4040`; failing to bind it is an error. Default: the first free port of
-        /// 127.0.0.1:4040-4056 (loopback only; none free: a warning, and no server).
-        #[arg(long, value_name = "ADDR", conflicts_with = "no_ui")]
-        ui: Option<std::net::SocketAddr>,
-        /// Serves no UI endpoints.
-        #[arg(long)]
-        no_ui: bool,
+        #[command(flatten)]
+        ui: UiArgs,
     },
     /// Prints the logical and physical plans of the transforms.
     Explain {
@@ -151,6 +144,31 @@ impl ConfigArgs {
     }
 }
 
+/// Where the UI endpoints are served: the flags of `run` and of the ingest shortcuts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UiArgs {
+    /// Serves the UI endpoints (`/metrics` in Prometheus' text format, `/api/progress` with
+    /// the last 100 progress records as JSON) at this address, e.g. `127.0.0.1:9090` or
+    /// `0.0.0.0:4040`; failing to bind it is an error. Default: the first free port of
+    /// 127.0.0.1:4040-4056 (loopback only; none free: a warning, and no server).
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_ui")]
+    pub ui: Option<std::net::SocketAddr>,
+    /// Serves no UI endpoints.
+    #[arg(long)]
+    pub no_ui: bool,
+}
+
+impl UiArgs {
+    /// Where the flags say to listen.
+    pub fn bind(&self) -> crate::ui::UiBind {
+        match (self.ui, self.no_ui) {
+            (_, true) => crate::ui::UiBind::Off,
+            (Some(addr), false) => crate::ui::UiBind::At(addr),
+            (None, false) => crate::ui::UiBind::Default,
+        }
+    }
+}
+
 /// Where an ingest shortcut publishes: the flags both shortcuts share.
 #[derive(Debug, clap::Args)]
 pub struct IngestKafkaArgs {
@@ -188,6 +206,8 @@ pub struct IngestCoinbaseArgs {
     pub feed: Option<String>,
     #[command(flatten)]
     pub kafka: IngestKafkaArgs,
+    #[command(flatten)]
+    pub ui: UiArgs,
     /// `source.idle_timeout_ms`: a connection silent for this long (no trade, no heartbeat) is
     /// replaced, in milliseconds (default 5000).
     #[arg(long)]
@@ -243,6 +263,8 @@ pub struct IngestGateioArgs {
     pub state: Option<PathBuf>,
     #[command(flatten)]
     pub kafka: IngestKafkaArgs,
+    #[command(flatten)]
+    pub ui: UiArgs,
     /// `source.portfolio`: the portfolio file (its products give the default `--pairs`; default
     /// required_data/my_Portfolio.json).
     #[arg(long)]

@@ -18,14 +18,22 @@ use crate::cli::{
 use coinstream::config::{Config, Override};
 
 pub async fn dispatch(command: IngestCommand) -> anyhow::Result<()> {
-    let (pipeline, overrides) = match command {
-        IngestCommand::Coinbase(args) => coinbase(args)?,
-        IngestCommand::Gateio(args) => gateio(args)?,
+    let (pipeline, overrides, ui) = match command {
+        IngestCommand::Coinbase(args) => {
+            let ui = args.ui.bind();
+            let (pipeline, overrides) = coinbase(args)?;
+            (pipeline, overrides, ui)
+        }
+        IngestCommand::Gateio(args) => {
+            let ui = args.ui.bind();
+            let (pipeline, overrides) = gateio(args)?;
+            (pipeline, overrides, ui)
+        }
     };
     let config = Config::load_with(&pipeline, &overrides)?;
-    // No HTTP server for the shortcuts yet: their own counters (reconnects, gaps, rate-limit
-    // waits) are not in the progress records the server is fed from.
-    crate::pipeline::run(config, ProgressFormat::Human, crate::ui::UiBind::Off).await
+    // The source's own counters (messages, reconnects, gaps, lost trades, rate-limit waits)
+    // reach `/metrics` through each batch's progress record, as for `run`.
+    crate::pipeline::run(config, ProgressFormat::Human, ui).await
 }
 
 /// `key` set to the path flag `flag` as an absolute path (it is relative to the working

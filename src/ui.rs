@@ -4,7 +4,7 @@
 //! The engine knows nothing of HTTP or Prometheus: the binary hands [`Ui::record`] to the query's
 //! `on_progress` callback, and everything served here is derived from those records.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Once, PoisonError};
@@ -129,6 +129,15 @@ pub struct Ui {
     state_rows: GaugeVec,
     state_memory: GaugeVec,
     dropped_by_watermark: IntCounterVec,
+    sink_retries: IntCounterVec,
+    source_metrics: GaugeVec,
+    offsets_behind_latest: GaugeVec,
+    /// The parts `offsets_behind_latest` has a series for: a part the source no longer reads
+    /// (its partition moved to another instance) loses its series rather than keep a stale lag.
+    backlog_parts: Mutex<BTreeSet<String>>,
+    /// Held while a record is applied and while the metrics are gathered: a scrape sees whole
+    /// records (the input rows of a batch with its lag), never half of one.
+    applying: Mutex<()>,
     /// The last [`RECENT_RECORDS`] records, oldest first, as `--progress json` prints them.
     recent: Mutex<VecDeque<String>>,
 }
@@ -206,6 +215,27 @@ impl Ui {
                 "Input rows a stateful operator dropped as older than the watermark.",
                 "operator",
             )?,
+            sink_retries: counter_vec(
+                "sink_retries_total",
+                "Writes retried after a transient failure, by sink (output, dead_letters).",
+                "sink",
+            )?,
+            source_metrics: gauge_vec(
+                "source_metric",
+                "The source's own metrics as its last progress record reports them \
+                 (sources[].metrics): counts since it started (messages, reconnects, gaps, \
+                 lost_trades, rate_limited...), levels (assigned_partitions) and the backlog's \
+                 min/max/avgOffsetsBehindLatest.",
+                "name",
+            )?,
+            offsets_behind_latest: gauge_vec(
+                "source_offsets_behind_latest",
+                "Records available past the last batch's end, per part of the source (a Kafka \
+                 topic/partition): the consumer lag, as of the ends the source last read.",
+                "partition",
+            )?,
+            backlog_parts: Mutex::new(BTreeSet::new()),
+            applying: Mutex::new(()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_RECORDS)),
             registry,
         };
@@ -214,6 +244,7 @@ impl Ui {
 
     /// Adds one batch's progress to the metrics and the recent records.
     pub fn record(&self, p: &BatchProgress) {
+        let _whole = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
         self.batches.inc();
         self.input_rows.inc_by(p.num_input_rows);
         self.output_rows.inc_by(p.sink.num_output_rows);
@@ -221,6 +252,19 @@ impl Ui {
         for (reason, n) in &p.dead_letters_by_reason {
             self.dead_letters.with_label_values(&[reason]).inc_by(*n);
         }
+        for (sink, progress) in [("output", &p.sink), ("dead_letters", &p.dead_letter_sink)] {
+            self.sink_retries
+                .with_label_values(&[sink])
+                .inc_by(progress.num_retries);
+        }
+        for source in &p.sources {
+            for (name, value) in &source.metrics {
+                if let Some(value) = value.as_f64() {
+                    self.source_metrics.with_label_values(&[name]).set(value);
+                }
+            }
+        }
+        self.record_backlog(p);
         for (stage, ms) in STAGES {
             self.batch_duration
                 .with_label_values(&[stage])
@@ -260,12 +304,41 @@ impl Ui {
         recent.push_back(p.json_line());
     }
 
+    /// Sets each part's lag to the record's and drops the series of parts no longer listed.
+    fn record_backlog(&self, p: &BatchProgress) {
+        let mut parts = self
+            .backlog_parts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now: BTreeSet<String> = p
+            .sources
+            .iter()
+            .flat_map(|s| s.offsets_behind_latest.keys().cloned())
+            .collect();
+        for gone in parts.difference(&now) {
+            // Only fails for a series that does not exist, which `parts` rules out.
+            let _ = self.offsets_behind_latest.remove_label_values(&[gone]);
+        }
+        for source in &p.sources {
+            for (part, lag) in &source.offsets_behind_latest {
+                self.offsets_behind_latest
+                    .with_label_values(&[part])
+                    .set(*lag as f64);
+            }
+        }
+        *parts = now;
+    }
+
     /// The metrics in Prometheus' text exposition format (0.0.4).
     pub fn metrics_text(&self) -> String {
+        let gathered = {
+            let _whole = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+            self.registry.gather()
+        };
         let mut text = String::new();
         // Encoding fails only on a metric family without metrics, which the registry never
         // gathers; an error leaves what was encoded.
-        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text) {
+        if let Err(e) = TextEncoder::new().encode_utf8(&gathered, &mut text) {
             tracing::debug!("UI: encoding the metrics: {e}");
         }
         text
@@ -329,6 +402,13 @@ mod tests {
     use super::*;
 
     fn progress(batch_id: u64) -> BatchProgress {
+        let (metrics, offsets_behind_latest) = SourceProgress::source_metrics(
+            vec![("reconnects", batch_id), ("assigned_partitions", 2)],
+            vec![
+                ("t/0".to_owned(), 5u64.saturating_sub(batch_id)),
+                ("t/1".to_owned(), 2),
+            ],
+        );
         BatchProgress {
             batch_id,
             timestamp: "2026-12-01T12:00:00.000Z".to_owned(),
@@ -354,11 +434,18 @@ mod tests {
                 start_offset: SourceOffset::default(),
                 end_offset: SourceOffset::default(),
                 num_input_rows: 10 + batch_id,
-                metrics: BTreeMap::new(),
+                metrics,
+                offsets_behind_latest,
             }],
             sink: SinkProgress {
                 description: "test".to_owned(),
                 num_output_rows: 7,
+                num_retries: batch_id + 1,
+            },
+            dead_letter_sink: SinkProgress {
+                description: "test dead letters".to_owned(),
+                num_output_rows: 3,
+                num_retries: 4,
             },
             state_operators: vec![StateOperatorProgress {
                 operator_name: "stateStoreSave".to_owned(),
@@ -455,6 +542,78 @@ mod tests {
                 r#"coinstream_state_rows_dropped_by_watermark_total{operator="stateStoreSave"}"#
             ),
             4.0
+        );
+    }
+
+    #[test]
+    fn retries_add_up_and_source_metrics_and_lag_keep_the_last() {
+        let ui = Ui::new().unwrap();
+        ui.record(&progress(0));
+        ui.record(&progress(1));
+        let text = ui.metrics_text();
+        assert_eq!(
+            sample(&text, r#"coinstream_sink_retries_total{sink="output"}"#),
+            3.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"coinstream_sink_retries_total{sink="dead_letters"}"#
+            ),
+            8.0
+        );
+        assert_eq!(
+            sample(&text, r#"coinstream_source_metric{name="reconnects"}"#),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"coinstream_source_metric{name="assigned_partitions"}"#
+            ),
+            2.0
+        );
+        // Batch 1 leaves 4 and 2 behind: Spark's summary over the parts.
+        assert_eq!(
+            sample(
+                &text,
+                r#"coinstream_source_metric{name="maxOffsetsBehindLatest"}"#
+            ),
+            4.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"coinstream_source_metric{name="avgOffsetsBehindLatest"}"#
+            ),
+            3.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"coinstream_source_offsets_behind_latest{partition="t/0"}"#
+            ),
+            4.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"coinstream_source_offsets_behind_latest{partition="t/1"}"#
+            ),
+            2.0
+        );
+        // t/1 moved to another instance: its series goes, t/0's follows the record.
+        let mut moved = progress(2);
+        moved.sources[0].offsets_behind_latest.remove("t/1");
+        ui.record(&moved);
+        let text = ui.metrics_text();
+        assert!(!text.contains(r#"partition="t/1""#), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                r#"coinstream_source_offsets_behind_latest{partition="t/0"}"#
+            ),
+            3.0
         );
     }
 

@@ -3,8 +3,7 @@
 //! cannot bind stops the run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use serde_json::Value;
 
 mod common;
 
+use common::scrape::{free_addr, get, samples, snapshot};
 use common::{Running, embedded_config};
 use testkit::env::repo;
 
@@ -37,63 +37,12 @@ fn run_embedded(dir: &std::path::Path, live: bool, extra: &[&str]) -> Command {
     cmd
 }
 
-/// A loopback address no one listens on now.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `GET path` over HTTP/1.1; the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-/// The samples of Prometheus' text format: `name{labels}` (as written) → value.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
-}
-
 /// The JSON progress records of a log, in order.
 fn printed_records(log: &[String]) -> Vec<Value> {
     log.iter()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-/// `/api/progress` and `/metrics` as of one moment: fetched until no batch ended between them
-/// (the progress is read before and after the metrics and must not have changed).
-fn snapshot(addr: SocketAddr) -> (Vec<Value>, String) {
-    for _ in 0..50 {
-        let (status, before) = get(addr, "/api/progress");
-        assert_eq!(status, 200, "{before}");
-        let (status, metrics) = get(addr, "/metrics");
-        assert_eq!(status, 200, "{metrics}");
-        let (_, after) = get(addr, "/api/progress");
-        if before == after {
-            return (serde_json::from_str(&before).unwrap(), metrics);
-        }
-    }
-    panic!("a batch ended between every two reads of /api/progress");
 }
 
 /// The socket inodes `pid` listens on over TCP (IPv4 or IPv6), from /proc.
@@ -208,6 +157,30 @@ fn metrics_and_progress_equal_the_sums_of_the_printed_records() {
             "{stage}: {served} vs {seconds}"
         );
     }
+    // Retries per sink: the sums of the records' (the embedded job's file sinks do not fail, so
+    // both series are there, at 0).
+    for (sink, field) in [("output", "sink"), ("dead_letters", "deadLetterSink")] {
+        assert_eq!(
+            metric(&format!("coinstream_sink_retries_total{{sink=\"{sink}\"}}")),
+            sum(&|r| r[field]["numRetries"].as_u64().unwrap())
+        );
+    }
+    // The source's own metrics: the last record's (the generator's position: every trade it
+    // made, in a fresh run all handed out by now).
+    let last = &records.last().unwrap()["sources"][0]["metrics"];
+    let generated = last["generated"].as_u64().unwrap() as f64;
+    assert_eq!(generated, metric("coinstream_input_rows_total"), "{last}");
+    assert_eq!(
+        metric(r#"coinstream_source_metric{name="generated"}"#),
+        generated
+    );
+    // A generator has no backlog: no lag series.
+    assert!(
+        !metrics
+            .keys()
+            .any(|k| k.starts_with("coinstream_source_offsets_behind_latest")),
+        "{metrics:#?}"
+    );
     // The embedded job is stateless and has no watermark: no state or watermark series.
     assert!(records.iter().all(|r| r.get("stateOperators").is_none()));
     assert!(

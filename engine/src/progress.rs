@@ -36,8 +36,50 @@ pub struct SourceProgress {
     pub end_offset: SourceOffset,
     /// Messages in the batch.
     pub num_input_rows: u64,
-    /// The source's own counters.
-    pub metrics: BTreeMap<String, u64>,
+    /// The source's own counters ([`crate::source::Source::metrics`]), and, for a source with
+    /// a backlog, Spark's `minOffsetsBehindLatest`, `maxOffsetsBehindLatest` and
+    /// `avgOffsetsBehindLatest` over its parts (the mean is the one fractional value).
+    pub metrics: BTreeMap<String, serde_json::Number>,
+    /// Records available past the batch's end, per part of the source (`"topic/3"`), as the
+    /// source knew its ends after the batch ([`crate::source::Source::backlog`]); absent for a
+    /// source without one.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub offsets_behind_latest: BTreeMap<String, u64>,
+}
+
+/// The names of the backlog's summary in [`SourceProgress::metrics`], as Spark's Kafka source
+/// reports them: minimum, maximum, mean over the parts.
+pub const BACKLOG_SUMMARY: [&str; 3] = [
+    "minOffsetsBehindLatest",
+    "maxOffsetsBehindLatest",
+    "avgOffsetsBehindLatest",
+];
+
+impl SourceProgress {
+    /// The source's `counters` and `backlog` as a progress record carries them: the counters
+    /// and the backlog's minimum, maximum and mean (see [`BACKLOG_SUMMARY`]) in `metrics`, the
+    /// backlog per part in `offsets_behind_latest`.
+    pub fn source_metrics(
+        counters: Vec<(&'static str, u64)>,
+        backlog: Vec<(String, u64)>,
+    ) -> (BTreeMap<String, serde_json::Number>, BTreeMap<String, u64>) {
+        let mut metrics: BTreeMap<String, serde_json::Number> = counters
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        let backlog: BTreeMap<String, u64> = backlog.into_iter().collect();
+        if let (Some(min), Some(max)) = (backlog.values().min(), backlog.values().max()) {
+            let mean = backlog.values().map(|&v| v as f64).sum::<f64>() / backlog.len() as f64;
+            let [min_name, max_name, avg_name] = BACKLOG_SUMMARY;
+            metrics.insert(min_name.to_owned(), (*min).into());
+            metrics.insert(max_name.to_owned(), (*max).into());
+            // A mean of finite counts is finite: `from_f64` refuses only NaN and infinities.
+            if let Some(mean) = serde_json::Number::from_f64(mean) {
+                metrics.insert(avg_name.to_owned(), mean);
+            }
+        }
+        (metrics, backlog)
+    }
 }
 
 /// The sink's part of a batch's progress.
@@ -48,6 +90,9 @@ pub struct SinkProgress {
     pub description: String,
     /// Rows written.
     pub num_output_rows: u64,
+    /// Attempts of the batch's write that failed transiently and were retried (the runtime's
+    /// one retry policy, [`crate::retry`]); 0 when the first attempt succeeded.
+    pub num_retries: u64,
 }
 
 /// A stateful operator's part of a batch's progress (Spark's `stateOperators[]`).
@@ -98,6 +143,9 @@ pub struct BatchProgress {
     pub sources: Vec<SourceProgress>,
     /// The sink.
     pub sink: SinkProgress,
+    /// The dead-letter output, written only when the batch had dead letters (its
+    /// `numOutputRows` is then [`BatchProgress::num_dead_letters`]).
+    pub dead_letter_sink: SinkProgress,
     /// The stateful operators (a streaming aggregation), if any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub state_operators: Vec<StateOperatorProgress>,

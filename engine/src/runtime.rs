@@ -458,6 +458,9 @@ impl StreamingQuery {
             self.sink.write(batch_id, &rows).await
         })
         .await?;
+        // `retry_transient` starts each operation's count at 0: what it leaves is its retries.
+        let sink_retries = u64::from(backoff.attempts());
+        let mut dead_letter_retries = 0;
         if !dead_letters.is_empty() {
             tracing::warn!(batch_id, count = dead_letters.len(),
                 first_reason = %dead_letters[0].reason, "Messages went to the dead-letter output.");
@@ -465,6 +468,7 @@ impl StreamingQuery {
                 self.dead_letters.write(batch_id, &dead_letters).await
             })
             .await?;
+            dead_letter_retries = u64::from(backoff.attempts());
         }
         let sink = t.elapsed();
 
@@ -500,6 +504,8 @@ impl StreamingQuery {
                 .entry(reason.clone())
                 .or_default() += n;
         }
+        let (source_metrics, offsets_behind_latest) =
+            SourceProgress::source_metrics(self.source.metrics(), self.source.backlog());
         let progress = BatchProgress {
             batch_id,
             timestamp,
@@ -522,16 +528,18 @@ impl StreamingQuery {
                 start_offset: batch.start,
                 end_offset: batch.end,
                 num_input_rows: n,
-                metrics: self
-                    .source
-                    .metrics()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
+                metrics: source_metrics,
+                offsets_behind_latest,
             }],
             sink: SinkProgress {
                 description: self.sink.description(),
                 num_output_rows: output_rows as u64,
+                num_retries: sink_retries,
+            },
+            dead_letter_sink: SinkProgress {
+                description: self.dead_letters.description(),
+                num_output_rows: dead_letters.len() as u64,
+                num_retries: dead_letter_retries,
             },
             state_operators: state_progress.into_iter().collect(),
             event_time: match state.as_ref() {

@@ -193,8 +193,22 @@ pub trait Source: Send {
     /// written, so a commit that never succeeds means they are written again after a restart).
     async fn commit(&mut self, end: &SourceOffset) -> Result<()>;
 
-    /// Counters the source keeps (e.g. reconnects, gaps), reported with each batch's progress.
+    /// Counters the source keeps (e.g. reconnects, gaps), reported with each batch's progress
+    /// (`sources[].metrics`), read after the batch was committed. Each is a count since the
+    /// source was built, except where its name says it is a level (`assigned_partitions`).
     fn metrics(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// Per part of the source, how many records it knows to be available past the end of the
+    /// last batch it handed out: the query's lag behind the source (Spark's "offsets behind
+    /// latest"). Each part is named as [`Source::partition_name`] names it (`"topic/3"`), and
+    /// only the parts this instance reads are listed. Read after the batch was committed, for
+    /// its progress (`sources[].offsetsBehindLatest`, with their minimum, maximum and mean in
+    /// `sources[].metrics`); it must answer from what the source already knows (the ends it
+    /// last read), never with a request. Empty (the default): a source without a readable end
+    /// (a feed, a generator).
+    fn backlog(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
 

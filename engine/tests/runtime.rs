@@ -134,6 +134,17 @@ impl Source for MemorySource {
         self.commits.lock().unwrap().push(end.clone());
         Ok(())
     }
+
+    fn backlog(&self) -> Vec<(String, u64)> {
+        self.partitions
+            .iter()
+            .zip(&self.next)
+            .enumerate()
+            .map(|(p, (messages, &next))| {
+                (format!("memory/{p}"), messages.len() as u64 - next as u64)
+            })
+            .collect()
+    }
 }
 
 /// What a sink was given, per batch id.
@@ -405,6 +416,52 @@ async fn retries_transient_sink_failures_and_commits_nothing_meanwhile() {
     assert_eq!(
         ids_of(&sink.written.lock().unwrap()),
         vec![vec![0, 1, 2, 3]]
+    );
+    let progress = out.progress.lock().unwrap();
+    assert_eq!(progress.len(), 1);
+    assert_eq!(progress[0].sink.num_retries, 2);
+    assert_eq!(progress[0].dead_letter_sink.num_retries, 0);
+    assert_eq!(
+        progress[0].json_line().matches("\"numRetries\":2").count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn progress_reports_each_parts_backlog_after_the_batch_and_spark_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Outputs::default();
+    // 5 + 2 messages, 3 per batch taken round-robin: after batch 0 the parts hold 3 and 1,
+    // after batch 1 one and none, after batch 2 none.
+    let partitions = vec![messages(0..5), messages(5..7)];
+    out.run(dir.path(), doubled(), partitions, false, 3)
+        .await
+        .unwrap();
+    let progress = out.progress.lock().unwrap();
+    let backlogs: Vec<Vec<u64>> = progress
+        .iter()
+        .map(|p| {
+            p.sources[0]
+                .offsets_behind_latest
+                .values()
+                .copied()
+                .collect()
+        })
+        .collect();
+    assert_eq!(backlogs, vec![vec![3, 1], vec![1, 0], vec![0, 0]]);
+    let first: serde_json::Value = serde_json::from_str(&progress[0].json_line()).unwrap();
+    assert_eq!(
+        first["sources"][0]["offsetsBehindLatest"],
+        serde_json::json!({"memory/0": 3, "memory/1": 1})
+    );
+    let metrics = &first["sources"][0]["metrics"];
+    assert_eq!(metrics["minOffsetsBehindLatest"], 1);
+    assert_eq!(metrics["maxOffsetsBehindLatest"], 3);
+    assert_eq!(metrics["avgOffsetsBehindLatest"], 2.0);
+    let second: serde_json::Value = serde_json::from_str(&progress[1].json_line()).unwrap();
+    assert_eq!(
+        second["sources"][0]["metrics"]["avgOffsetsBehindLatest"],
+        0.5
     );
 }
 

@@ -16,7 +16,6 @@ use engine::context::{EngineContext, InputSlot};
 use engine::transform::{PlannedTransform, TransformFile};
 
 use crate::cli::Command;
-use crate::ui::UiBind;
 use coinstream::config::Config;
 
 pub(crate) use run::run;
@@ -30,7 +29,6 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             progress,
             max_records_per_batch,
             ui,
-            no_ui,
         } => {
             let mut config = config.load()?;
             if let Some(t) = trigger {
@@ -42,12 +40,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
                 config.max_records_per_batch = NonZeroUsize::new(n)
                     .ok_or_else(|| anyhow!("--max-records-per-batch: must be at least 1"))?;
             }
-            let ui = match (ui, no_ui) {
-                (_, true) => UiBind::Off,
-                (Some(addr), false) => UiBind::At(addr),
-                (None, false) => UiBind::Default,
-            };
-            run::run(config, progress, ui).await
+            run::run(config, progress, ui.bind()).await
         }
         Command::Explain {
             config,

@@ -11,6 +11,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use coinstream::config::Override;
+
+pub mod scrape;
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use scylla::client::session::Session;

@@ -895,6 +895,27 @@ impl Source for KafkaSource {
         ]
     }
 
+    /// Each assigned partition's end as last read (at start, then at most every
+    /// [`ENDS_REFRESH`] while polling) less where the last batch of it ended (else its committed
+    /// offset): records newer than the last read of the ends are not counted yet.
+    fn backlog(&self) -> Vec<(String, u64)> {
+        self.assigned
+            .iter()
+            .filter_map(|partition| {
+                let end = *self.ends.get(partition)?;
+                let next = self
+                    .last_end
+                    .get(partition)
+                    .or_else(|| self.committed.get(partition))?;
+                let (topic, number) = partition;
+                Some((
+                    format!("{topic}/{number}"),
+                    u64::try_from(end - next).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     async fn close(&mut self) -> Result<()> {
         if let Some(consumer) = self.consumer.take() {
             tokio::task::spawn_blocking(move || consumer.unsubscribe())
