@@ -157,8 +157,8 @@ fn attr(attrs: &str, name: &str) -> Option<String> {
     Some(unescape(&attrs[start..start + len]))
 }
 
-/// The elements `<tag ...>inner</tag>` of `html` (not nested in one another): attributes and inner
-/// HTML.
+/// The elements `<tag ...>inner</tag>` of `html`: attributes and inner HTML, which is cut at the
+/// first closing tag (whole only for elements without nested ones of their kind, as table cells).
 fn elements<'a>(html: &'a str, tag: &str) -> Vec<(&'a str, &'a str)> {
     let (open, close) = (format!("<{tag}"), format!("</{tag}>"));
     let mut found = Vec::new();
@@ -173,7 +173,7 @@ fn elements<'a>(html: &'a str, tag: &str) -> Vec<(&'a str, &'a str)> {
         let gt = after.find('>').unwrap();
         let end = after.find(&close).unwrap();
         found.push((&after[..gt], &after[gt + 1..end]));
-        rest = &after[end + close.len()..];
+        rest = &after[gt + 1..];
     }
     found
 }
@@ -184,6 +184,16 @@ fn by_id<'a>(html: &'a str, tag: &str, id: &str) -> (&'a str, &'a str) {
         .into_iter()
         .find(|(attrs, _)| attr(attrs, "id").as_deref() == Some(id))
         .unwrap_or_else(|| panic!("no <{tag} id={id}> in\n{html}"))
+}
+
+/// The HTML from the element whose `id` is `id` to the next element with an id (what uPlot drew in
+/// a chart's `div`: its nested elements end before the next id'd element).
+fn up_to_next_id<'a>(html: &'a str, id: &str) -> &'a str {
+    let from = html
+        .find(&format!(" id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no id {id} in\n{html}"));
+    let rest = &html[from + id.len() + 6..];
+    &rest[..rest.find(" id=\"").unwrap_or(rest.len())]
 }
 
 /// A body row: its attributes and each cell's attributes and text.
@@ -266,17 +276,27 @@ fn the_page_shows_the_stored_pnl_and_the_batches() {
         std::fs::write(repo().join("docs/ui.png"), &png).unwrap();
     }
 
-    // The store, read by `coinstream query` while the run goes on (nothing more arrives).
+    // The store, read by `coinstream query` while the run goes on (nothing more arrives); CSV
+    // keeps the decimals' exact text (no value of this table holds a comma or a quote).
     let (stored, _) = ok(common::coinstream(&common::args(
-        &["query", "--format", "json"],
+        &["query", "--format", "csv"],
         &config,
         &["SELECT * FROM profit"],
     ))
     .output()
     .unwrap());
-    let stored: Vec<BTreeMap<String, Value>> = stored
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+    let mut lines = stored.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let stored: Vec<BTreeMap<String, String>> = lines
+        .map(|l| {
+            let values: Vec<&str> = l.split(',').collect();
+            assert_eq!(values.len(), header.len(), "{l}");
+            header
+                .iter()
+                .zip(values)
+                .map(|(h, v)| ((*h).to_owned(), v.to_owned()))
+                .collect()
+        })
         .collect();
     running.terminate(Duration::from_secs(60));
     let output_rows: u64 = records
@@ -287,14 +307,11 @@ fn the_page_shows_the_stored_pnl_and_the_batches() {
     assert!(output_rows > 0);
 
     // Each symbol's newest stored trade (trade ids increase per product).
-    let mut newest: BTreeMap<String, &BTreeMap<String, Value>> = BTreeMap::new();
+    let id = |row: &BTreeMap<String, String>| row["trade_id"].parse::<i64>().unwrap();
+    let mut newest: BTreeMap<String, &BTreeMap<String, String>> = BTreeMap::new();
     for row in &stored {
-        let symbol = row["symbol"].as_str().unwrap().to_owned();
-        let id = row["trade_id"].as_i64().unwrap();
-        if newest
-            .get(&symbol)
-            .is_none_or(|n| n["trade_id"].as_i64().unwrap() < id)
-        {
+        let symbol = row["symbol"].clone();
+        if newest.get(&symbol).is_none_or(|n| id(n) < id(row)) {
             newest.insert(symbol, row);
         }
     }
@@ -323,12 +340,9 @@ fn the_page_shows_the_stored_pnl_and_the_batches() {
         let cells = shown[symbol];
         let exact = |name: &str| attr(&cells[col(name)].0, "data-exact").unwrap();
         assert_eq!(exact("symbol"), *symbol);
-        assert_eq!(
-            exact("trade_id"),
-            row["trade_id"].as_i64().unwrap().to_string()
-        );
+        assert_eq!(exact("trade_id"), row["trade_id"]);
         for column in ["profit", "price", "size"] {
-            let stored = Decimal::from_str(row[column].as_str().unwrap()).unwrap();
+            let stored = Decimal::from_str(&row[column]).unwrap();
             let on_page = Decimal::from_str(&exact(column)).unwrap();
             assert_eq!(on_page, stored, "{symbol} {column}");
             // The profit to the cent; the others exact, without trailing zeros.
@@ -341,11 +355,14 @@ fn the_page_shows_the_stored_pnl_and_the_batches() {
             };
             assert_eq!(cells[col(column)].1, shown, "{symbol} {column}");
         }
-        assert_eq!(cells[col("side")].1, row["side"].as_str().unwrap());
+        for column in ["side", "coin_name", "trade_date"] {
+            assert_eq!(cells[col(column)].1, row[column], "{symbol} {column}");
+        }
     }
 
     // The chart: a line per symbol with a point per batch from the symbol's first one.
-    let (chart, chart_html) = by_id(&dom, "div", "pnl-chart");
+    let (chart, _) = by_id(&dom, "div", "pnl-chart");
+    let chart_html = up_to_next_id(&dom, "pnl-chart");
     let points: usize = attr(chart, "data-points").unwrap().parse().unwrap();
     let series: usize = attr(chart, "data-series").unwrap().parse().unwrap();
     assert_eq!(series, newest.len(), "{chart}");
@@ -356,10 +373,10 @@ fn the_page_shows_the_stored_pnl_and_the_batches() {
         "processing-rate-chart",
         "duration-chart",
     ] {
-        let (attrs, html) = by_id(&dom, "div", id);
+        let (attrs, _) = by_id(&dom, "div", id);
         let points: usize = attr(attrs, "data-points").unwrap().parse().unwrap();
         assert!(points >= records.len(), "{id}: {attrs}");
-        assert!(html.contains("<canvas"), "{id}");
+        assert!(up_to_next_id(&dom, id).contains("<canvas"), "{id}");
     }
 
     // The batches table: the newest batches first, as /api/progress reports them.
@@ -394,7 +411,7 @@ fn the_page_and_its_assets_are_served_from_the_binary() {
     );
     let addr = free_addr();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
-    cmd.args(["run", "--trigger", "interval:100ms"])
+    cmd.args(["run", "--trigger", "interval:100ms", "--progress", "json"])
         .args(config.args())
         .args(["--ui", &addr.to_string()])
         .current_dir(repo());
