@@ -221,7 +221,12 @@ fn column_names(table: &str) -> Vec<String> {
         .collect()
 }
 
-/// The capture as the stand-in's frames, then an open connection that sends nothing more.
+/// A match whose price is no number: the BTC-USD trade after the capture's last, which the run
+/// sends to the dead letters.
+const BAD_PRICE: &str = r#"{"type":"match","trade_id":545006052,"maker_order_id":"c71f8136-ff65-099b-121f-91f68d7fcf71","taker_order_id":"615a56c5-04b7-c448-6eca-c6ef11adc714","side":"sell","size":"0.001","price":"84928.17.5","product_id":"BTC-USD","sequence":19486847245,"time":"2026-11-20T14:08:17.000000Z"}"#;
+
+/// The capture and [`BAD_PRICE`] as the stand-in's frames, then an open connection that sends
+/// nothing more.
 fn capture_script() -> Vec<Step> {
     let capture =
         std::fs::read_to_string(repo().join("required_data/sample_trades.jsonl")).unwrap();
@@ -230,6 +235,7 @@ fn capture_script() -> Vec<Step> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| Step::Text(l.to_owned()))
         .collect();
+    steps.push(Step::Text(BAD_PRICE.to_owned()));
     steps.push(Step::KeepAlive(Vec::new()));
     steps
 }
@@ -393,6 +399,43 @@ fn the_page_shows_the_stored_pnl_and_the_batches() {
         assert_eq!(cells[5].1, record["sink"]["numOutputRows"].to_string());
         assert_eq!(cells[7].1, record["durationMs"]["total"].to_string());
     }
+    // The dead letters: the one bad match, with the batch and the reason the run reported.
+    let (_, letters) = by_id(&dom, "table", "dead-letters");
+    let letters = body_rows(letters);
+    let rejected: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["numDeadLetters"].as_u64().unwrap() > 0)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{records:#?}");
+    assert_eq!(rejected[0]["numDeadLetters"], 1);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let cells = &letters[0].1;
+    assert_eq!(cells[0].1, rejected[0]["batchId"].to_string());
+    assert_eq!(
+        rejected[0]["deadLettersByReason"],
+        serde_json::json!({"decode": 1})
+    );
+    // The letter the dead-letter output stored: the same reason, position and message.
+    let stored_letters: Vec<Value> = std::fs::read_dir(dir.path().join("data/dead_letters"))
+        .unwrap()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(stored_letters.len(), 1, "{stored_letters:#?}");
+    let letter = &stored_letters[0];
+    assert_eq!(cells[1].1, letter["reason"].as_str().unwrap());
+    assert!(cells[1].1.contains("84928.17.5"), "{cells:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&cells[2].1).unwrap(),
+        letter["position"]
+    );
+    assert_eq!(cells[3].1, BAD_PRICE);
+    assert_eq!(letter["raw"], BAD_PRICE);
+
     let (body, _) = elements(&dom, "body")[0];
     assert_eq!(
         attr(body, "data-batches").unwrap(),
