@@ -257,6 +257,8 @@ fn the_page_shows_the_stored_pnl_and_the_batches() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coinstream"));
     cmd.args(["run", "--trigger", "interval:100ms", "--progress", "json"])
         .args(config.args())
+        // Some twenty batches: a chart with a line, and more batches than the table shows.
+        .args(["--max-records-per-batch", "500"])
         .args(["--ui", &addr.to_string()])
         .current_dir(repo());
     let mut running = Running::spawn(cmd);

@@ -288,3 +288,134 @@ impl Body for EventBody {
         self.rx.poll_recv(cx).map(|e| e.map(|b| Ok(Frame::data(b))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use engine::position::SourceOffset;
+    use engine::progress::{Durations, SinkProgress};
+
+    use super::*;
+
+    fn progress(batch_id: u64) -> BatchProgress {
+        BatchProgress {
+            batch_id,
+            timestamp: "2026-12-01T12:00:00.000Z".to_owned(),
+            num_input_rows: 1,
+            input_rows_per_second: 0.0,
+            processed_rows_per_second: 0.0,
+            num_dead_letters: 0,
+            dead_letters_by_reason: BTreeMap::new(),
+            num_rounded_decimals: 0,
+            duration_ms: Durations::default(),
+            sources: vec![engine::progress::SourceProgress {
+                description: "test".to_owned(),
+                start_offset: SourceOffset::default(),
+                end_offset: SourceOffset::default(),
+                num_input_rows: 1,
+                metrics: BTreeMap::new(),
+            }],
+            sink: SinkProgress {
+                description: "test".to_owned(),
+                num_output_rows: 1,
+            },
+            state_operators: Vec::new(),
+            event_time: BTreeMap::new(),
+        }
+    }
+
+    fn rows(keys: &[&str]) -> RowsExtract {
+        RowsExtract {
+            columns: vec![Column {
+                name: "symbol".to_owned(),
+                decimal: false,
+            }],
+            chart: None,
+            rows: keys
+                .iter()
+                .map(|k| Row {
+                    key: Some((*k).to_owned()),
+                    exact: vec![Some((*k).to_owned())],
+                    shown: vec![Some((*k).to_owned())],
+                })
+                .collect(),
+        }
+    }
+
+    /// The (name, JSON) of each event in `bytes`.
+    fn events(bytes: &[Bytes]) -> Vec<(String, serde_json::Value)> {
+        bytes
+            .iter()
+            .map(|b| {
+                let text = std::str::from_utf8(b).unwrap();
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap();
+                let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                (name.to_owned(), serde_json::from_str(data).unwrap())
+            })
+            .collect()
+    }
+
+    fn events_of(b: &Bytes) -> serde_json::Value {
+        events(std::slice::from_ref(b)).remove(0).1
+    }
+
+    #[test]
+    fn a_batch_event_carries_only_what_was_staged_for_that_batch() {
+        let page = Page::new();
+        page.stage_rows(0, rows(&["BTC-USD"]));
+        page.stage_letters(0, Vec::new());
+        page.publish(&progress(0));
+        // Staged for batch 1 (a write that was then not committed), published as batch 2.
+        page.stage_rows(1, rows(&["ETH-USD"]));
+        page.publish(&progress(2));
+        let (first, _) = page.subscribe();
+        let events = events(&first);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["reset", "batch", "batch", "latest"]);
+        assert_eq!(events[1].1["progress"]["batchId"], 0);
+        assert_eq!(events[1].1["rows"][0]["key"], "BTC-USD");
+        assert_eq!(events[2].1["progress"]["batchId"], 2);
+        assert_eq!(events[2].1["rows"], serde_json::json!([]));
+        assert_eq!(events[3].1["rows"].as_array().unwrap().len(), 1);
+        // The progress record is the one `--progress json` prints.
+        assert_eq!(
+            events[1].1["progress"],
+            serde_json::from_str::<serde_json::Value>(&progress(0).json_line()).unwrap()
+        );
+    }
+
+    #[test]
+    fn history_and_latest_rows_are_bounded() {
+        let page = Page::new();
+        let mut live = page.events.subscribe();
+        for id in 0..(RECENT_EVENTS as u64 + 10) {
+            let key = format!("K{id}");
+            page.stage_rows(id, rows(&[&key]));
+            page.publish(&progress(id));
+        }
+        let (first, _) = page.subscribe();
+        let events = events(&first);
+        assert_eq!(events.len(), RECENT_EVENTS + 2);
+        assert_eq!(events[1].1["progress"]["batchId"], 10);
+        let latest: Vec<&str> = events[RECENT_EVENTS + 1].1["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        // The most recently updated keys, oldest first.
+        let expected: Vec<String> = (RECENT_EVENTS + 10 - MAX_KEYS..RECENT_EVENTS + 10)
+            .map(|i| format!("K{i}"))
+            .collect();
+        assert_eq!(latest, expected);
+        // A subscriber got every event live, in order.
+        let ids: Vec<u64> = std::iter::from_fn(|| live.try_recv().ok())
+            .map(|b| events_of(&b)["progress"]["batchId"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, (0..RECENT_EVENTS as u64 + 10).collect::<Vec<_>>());
+    }
+}

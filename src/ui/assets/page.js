@@ -131,7 +131,7 @@ function renderPnl() {
     note.textContent = `Per ${state.chart.key_name}: the latest ${state.chart.value_name} as of each batch.`;
     const keys = [...state.values.keys()].sort();
     if (keys.length) {
-      plot("pnl-chart", keys, [state.times].concat(keys.map(k => state.values.get(k))), 300);
+      plot("pnl-chart", keys, [state.times].concat(keys.map(k => state.values.get(k))), 240);
     }
   } else if (state.columns.length) {
     note.textContent = "This pipeline's output has no symbol and numeric profit columns to chart.";
