@@ -3,9 +3,10 @@
 #
 #   1. starts the real Kafka and Cassandra with scripts/services.sh (installing their jars with
 #      mvn on a fresh machine) and exports KAFKA_BOOTSTRAP / CASSANDRA_NODES for the tests;
-#   2. runs cargo fmt --check, clippy -D warnings and the whole workspace's tests, in that
+#   2. installs Debian's chromium when it is missing (tests/browser.rs drives it headless);
+#   3. runs cargo fmt --check, clippy -D warnings and the whole workspace's tests, in that
 #      order, in the default dev/test profile only;
-#   3. stops on exit only the services this run started, so a developer's running services
+#   4. stops on exit only the services this run started, so a developer's running services
 #      stay up.
 #
 # Every cargo step runs even when an earlier one failed, so one run reports everything that is
@@ -156,6 +157,38 @@ AIRFLOW_VENV="${COINSTREAM_AIRFLOW_VENV:-$HOME/.cache/coinstream/venv-airflow}"
 if step airflow make_venv "$AIRFLOW_VENV" scripts/requirements-airflow.txt; then
   export COINSTREAM_AIRFLOW="$AIRFLOW_VENV/bin/airflow"
 fi
+
+# --- browser ----------------------------------------------------------------------------------
+
+# tests/browser.rs opens the live page in headless Chromium ($CHROMIUM, else `chromium`).
+# Installed from Debian's archive when missing (root, or sudo without a password); a failure here
+# still runs cargo: that test then fails and says how to install it.
+install_chromium() {
+  local browser="${CHROMIUM:-chromium}"
+  if command -v "$browser" >/dev/null 2>&1; then
+    log "browser: $("$browser" --version 2>/dev/null | head -n 1)"
+    return 0
+  fi
+  if [[ -n "${CHROMIUM:-}" ]]; then
+    log "CHROMIUM=$CHROMIUM is not runnable: point it at a Chromium or Chrome binary"
+    return 1
+  fi
+  local sudo=()
+  if ((EUID != 0)); then
+    sudo -n true 2>/dev/null || {
+      log "chromium is missing and installing it needs root: run \`sudo apt-get install -y chromium\` (Debian/Ubuntu), then this script again"
+      return 1
+    }
+    sudo=(sudo -n)
+  fi
+  command -v apt-get >/dev/null 2>&1 || {
+    log "chromium is missing and this is no Debian system (no apt-get): install Chromium or Chrome and set CHROMIUM to its binary"
+    return 1
+  }
+  log "chromium is missing (tests/browser.rs needs it): installing Debian's chromium package"
+  "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq chromium >/dev/null
+}
+step browser install_chromium || true
 
 # --- cargo ------------------------------------------------------------------------------------
 

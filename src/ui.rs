@@ -1,5 +1,6 @@
 //! `coinstream run`'s HTTP server: `/metrics` (Prometheus' text format) and `/api/progress` (the
-//! recent progress records as JSON), both fed by the engine's per-batch [`BatchProgress`].
+//! recent progress records as JSON), both fed by the engine's per-batch [`BatchProgress`], and the
+//! live page `/` with its event stream `/api/events` ([`page`]).
 //!
 //! The engine knows nothing of HTTP or Prometheus: the binary hands [`Ui::record`] to the query's
 //! `on_progress` callback, and everything served here is derived from those records.
@@ -22,6 +23,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
+
+pub mod page;
+pub mod taps;
 
 /// The first port tried when `--ui` is not given: Spark UI's.
 pub const DEFAULT_PORT: u16 = 4040;
@@ -86,8 +90,9 @@ pub async fn bind(bind: UiBind) -> anyhow::Result<Option<TcpListener>> {
     }
 }
 
-/// Serves `ui` on `listener` until the process exits (the task is abandoned with the runtime).
-pub fn serve(listener: TcpListener, ui: Arc<Ui>) {
+/// Serves `ui` and `page` on `listener` until the process exits (the task is abandoned with the
+/// runtime).
+pub fn serve(listener: TcpListener, ui: Arc<Ui>, page: Arc<page::Page>) {
     tokio::spawn(async move {
         loop {
             let tcp = match listener.accept().await {
@@ -100,9 +105,13 @@ pub fn serve(listener: TcpListener, ui: Arc<Ui>) {
                     continue;
                 }
             };
-            let ui = ui.clone();
+            let (ui, page) = (ui.clone(), page.clone());
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let reply = ui.answer(request.method(), request.uri().path());
+                let (method, path) = (request.method(), request.uri().path());
+                let reply = page.answer(method, path).unwrap_or_else(|| {
+                    use http_body_util::BodyExt;
+                    ui.answer(method, path).map(BodyExt::boxed)
+                });
                 async move { Ok::<_, Infallible>(reply) }
             });
             tokio::spawn(async move {
@@ -373,7 +382,8 @@ impl Ui {
             (&Method::GET, _) => (
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8".to_owned(),
-                "not found: the endpoints are /metrics and /api/progress\n".to_owned(),
+                "not found: the endpoints are /, /api/events, /metrics and /api/progress\n"
+                    .to_owned(),
             ),
             _ => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use super::query::run_query;
 use super::{plan, take_output};
 use crate::cli::ProgressFormat;
+use crate::ui::page::Page;
+use crate::ui::taps::{PageDeadLetters, PageSink};
 use crate::ui::{Ui, UiBind};
 use coinstream::config::Config;
 
@@ -38,13 +40,17 @@ pub(crate) async fn run(
     // The sink is checked against the transform's output columns (a Parquet partition column, a
     // Cassandra key) before the checkpoint folder is opened or the source read.
     let sink = connectors::build_sink(&config.sink, &transform.schema())?;
+    // The live page gets each committed batch's rows and dead letters from these wrappers and
+    // its progress from `on_progress`, which publishes them together.
+    let page = Arc::new(Page::new());
+    let sink = Box::new(PageSink::new(sink, page.clone()));
     // Before the checkpoint and the source: an explicit `--ui` that cannot bind stops the run
     // before it reads anything.
     let state = Arc::new(Ui::new()?);
     if let Some(listener) = crate::ui::bind(ui).await? {
         let addr = listener.local_addr()?;
         tracing::info!("UI and metrics on http://{addr}");
-        crate::ui::serve(listener, state.clone());
+        crate::ui::serve(listener, state.clone(), page.clone());
     }
     let checkpoint = config
         .checkpoint_dir
@@ -58,7 +64,10 @@ pub(crate) async fn run(
         input,
         transform,
         sink,
-        dead_letters: connectors::build_dead_letter(&config.dead_letter)?,
+        dead_letters: Box::new(PageDeadLetters::new(
+            connectors::build_dead_letter(&config.dead_letter)?,
+            page.clone(),
+        )),
         checkpoint,
         trigger: config.trigger,
         max_records_per_batch: config.max_records_per_batch.get(),
@@ -72,6 +81,7 @@ pub(crate) async fn run(
         on_progress: Box::new(move |p| {
             // Recorded even without a server: cheap, and it keeps one code path.
             state.record(p);
+            page.publish(p);
             match progress {
                 ProgressFormat::Human => eprintln!("{}", p.human_line()),
                 ProgressFormat::Json => eprintln!("{}", p.json_line()),
