@@ -25,7 +25,7 @@ pub struct Durations {
 }
 
 /// The source's part of a batch's progress.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceProgress {
     /// What the source reads.
@@ -83,7 +83,7 @@ impl SourceProgress {
 }
 
 /// The sink's part of a batch's progress.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SinkProgress {
     /// Where rows go.
@@ -117,7 +117,7 @@ pub struct StateOperatorProgress {
 }
 
 /// One batch's progress.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchProgress {
     /// The batch id (increases by one per batch, across restarts).

@@ -291,10 +291,8 @@ impl Body for EventBody {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
-    use engine::position::SourceOffset;
-    use engine::progress::{Durations, SinkProgress};
+    use engine::progress::{SinkProgress, SourceProgress};
 
     use super::*;
 
@@ -303,25 +301,17 @@ mod tests {
             batch_id,
             timestamp: "2026-12-01T12:00:00.000Z".to_owned(),
             num_input_rows: 1,
-            input_rows_per_second: 0.0,
-            processed_rows_per_second: 0.0,
-            num_dead_letters: 0,
-            dead_letters_by_reason: BTreeMap::new(),
-            num_rounded_decimals: 0,
-            duration_ms: Durations::default(),
-            sources: vec![engine::progress::SourceProgress {
+            sources: vec![SourceProgress {
                 description: "test".to_owned(),
-                start_offset: SourceOffset::default(),
-                end_offset: SourceOffset::default(),
                 num_input_rows: 1,
-                metrics: BTreeMap::new(),
+                ..SourceProgress::default()
             }],
             sink: SinkProgress {
                 description: "test".to_owned(),
                 num_output_rows: 1,
+                ..SinkProgress::default()
             },
-            state_operators: Vec::new(),
-            event_time: BTreeMap::new(),
+            ..BatchProgress::default()
         }
     }
 
