@@ -855,10 +855,26 @@ fn a_run_that_stores_nothing_ends_with_an_empty_report() {
     ];
     let project = Project::with_feed(lines.join("\n"));
     let query = |sql: &str| project.query(sql);
-    let before = query("SELECT COUNT(*) AS n FROM profit");
-    assert!(!before.status.success(), "no store before any run");
+    // Before any run: the reference tables, and an empty output table with a warning that names
+    // the folder no run has written yet.
+    let before = query(
+        "SELECT (SELECT COUNT(*) FROM profit) AS n, (SELECT COUNT(*) FROM portfolio) AS held",
+    );
+    assert!(before.status.success(), "{}", stderr(&before));
+    let table = String::from_utf8_lossy(&before.stdout);
+    let held = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+        &std::fs::read(common::repo().join("required_data/my_Portfolio.json")).unwrap(),
+    )
+    .unwrap()
+    .len();
     assert!(
-        stderr(&before).contains("does not exist yet; run the pipeline first"),
+        table
+            .lines()
+            .any(|l| l.replace(' ', "") == format!("|0|{held}|")),
+        "{table}"
+    );
+    assert!(
+        stderr(&before).contains("No run has written this store yet"),
         "{}",
         stderr(&before)
     );

@@ -7,21 +7,25 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use engine::{Error, Result};
+use engine::Result;
 
-/// A [`Error::Config`] naming `path` when the store's folder does not exist: no run has used it.
-pub fn require_folder(name: &str, path: &Path) -> Result<()> {
+/// Whether the store of table `name` at `path` exists. When it does not (no run has written it
+/// yet), `query` reads an empty table of the output's columns, so a newcomer can query before the
+/// first run; a warning names the folder, so a mistyped path shows.
+pub fn exists_or_warn(name: &str, path: &Path) -> bool {
     if path.is_dir() {
-        return Ok(());
+        return true;
     }
-    Err(Error::config(
-        path.display().to_string(),
-        format!("the store for table {name} does not exist yet; run the pipeline first"),
-    ))
+    tracing::warn!(
+        table = name,
+        path = %path.display(),
+        "No run has written this store yet: the table is empty."
+    );
+    false
 }
 
 /// Registers table `name` as an empty table of `schema` (the transform's output schema): the
-/// store at `path` exists but a run stored nothing yet (no portfolio trade yet, or every row
+/// store at `path` holds no rows yet (no run wrote it, no portfolio trade yet, or every row
 /// dead-lettered).
 pub fn register_empty(
     session: &SessionContext,

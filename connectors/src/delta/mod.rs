@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::common::config::{Problem, partition_columns_problem};
 use crate::common::files::io_retry;
-use crate::common::store::{register_empty, require_folder};
+use crate::common::store::{exists_or_warn, register_empty};
 
 /// `[sink] type = "delta"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -412,11 +412,11 @@ impl std::str::FromStr for AsOf {
 
 /// Registers the Delta table at `path` as table `name` for `query` and reports, at its latest
 /// version or `as_of` an earlier one. A table not created yet (a run stored nothing: no portfolio
-/// trade yet, or every row dead-lettered) is an empty table of `schema`, the transform's output
-/// schema; a folder that does not exist is an error (no run has used it).
+/// trade yet, or every row dead-lettered), or whose folder no run has written yet, is an empty
+/// table of `schema`, the transform's output schema (with a warning for the missing folder).
 ///
 /// # Errors
-/// The folder does not exist, the log cannot be read, or `as_of` names a version the table does
+/// The log cannot be read, `as_of` is given for a table no run has written, or `as_of` names a version the table does
 /// not have (or an instant before its first commit).
 pub async fn register_table(
     session: &SessionContext,
@@ -425,7 +425,15 @@ pub async fn register_table(
     schema: SchemaRef,
     as_of: Option<&AsOf>,
 ) -> Result<()> {
-    require_folder(name, path)?;
+    if !exists_or_warn(name, path) {
+        if as_of.is_some() {
+            return Err(Error::config(
+                path.display().to_string(),
+                "--as-of: no run has written this table yet".to_owned(),
+            ));
+        }
+        return register_empty(session, name, path, schema);
+    }
     let failed = |what: String, e: DeltaTableError| {
         Error::sink_failed(format!("delta {}", path.display()), what, retry_of(&e)).caused_by(e)
     };

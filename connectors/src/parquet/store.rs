@@ -20,17 +20,16 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::ParquetConfig;
 use super::layout;
-use crate::common::store::{register_empty, require_folder};
+use crate::common::store::{exists_or_warn, register_empty};
 
 /// Registers the store that `config` describes as table `name`, with `schema` (the transform's
 /// output schema): its columns in that order and of those types, the partition columns included.
 ///
-/// A store whose folder exists but holds no file yet (a run stored nothing: no portfolio trade
-/// yet, or every row dead-lettered) is an empty table.
+/// A store whose folder does not exist yet (no run wrote it) or holds no file yet (a run stored
+/// nothing: no portfolio trade yet, or every row dead-lettered) is an empty table.
 ///
 /// # Errors
-/// A [`Error::Config`] naming the folder when it does not exist (no run has used it), when it
-/// holds a Parquet file outside the partition folders of `partition_by` (the store was written
+/// A [`Error::Config`] naming the folder when it holds a Parquet file outside the partition folders of `partition_by` (the store was written
 /// with another `partition_by`), or a file that also holds a partition column (a store written
 /// before coinstream kept those in the folder names only: read as it is, a reader would take the
 /// folder's value, which the old writer had made lossy).
@@ -41,7 +40,9 @@ pub async fn register_store(
     schema: SchemaRef,
 ) -> Result<()> {
     let path = &config.path;
-    require_folder(name, path)?;
+    if !exists_or_warn(name, path) {
+        return register_empty(session, name, path, schema);
+    }
     let walked = {
         let (path, partition_by) = (path.clone(), config.partition_by.clone());
         tokio::task::spawn_blocking(move || check_layout(&path, &partition_by))
