@@ -10,6 +10,7 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::retry::DefaultRetryPolicy;
+use secrecy::ExposeSecret;
 
 use super::config::Settings;
 use crate::Error as ClientError;
@@ -36,7 +37,10 @@ pub(super) async fn connect(s: &Settings, who: &str) -> Result<Session> {
         builder = builder.prefer_datacenter(dc.clone());
     }
     if let Some(c) = &s.credentials {
-        builder = builder.user(&c.username, &c.password);
+        builder = builder.user(&c.username, c.password.expose_secret());
+    }
+    if let Some(tls) = &s.tls {
+        builder = builder.tls_context(Some(tls.config.clone()));
     }
     let started = Instant::now();
     let session = builder.build().await.map_err(|e| {
