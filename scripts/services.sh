@@ -56,6 +56,8 @@ Commands:
   down [SERVICE...]    stop what this script started (TERM, then KILL after a timeout)
   stop SERVICE...      same as down, for the named services
   status               print each service's state; exit 0 only if all are up and answering
+  tls                  make the throwaway CA, certificates and passwords of --secure (once)
+                       and print their folder (for docker-compose.secure.yaml)
   logs [SERVICE] [-f]  print the last \$LOG_LINES (40) lines of the log(s); -f follows
   env                  print KAFKA_BOOTSTRAP, CASSANDRA_NODES, KAFKA_JARS and JAVA as shell assignments;
                        with --secure also KAFKA_SECURE_BOOTSTRAP, KAFKA_SASL_USERNAME,
@@ -685,6 +687,12 @@ main() {
       esac
       ;;
     status) cmd_status ;;
+    tls)
+      take_lock
+      find_jdk17
+      ensure_tls
+      echo "$STATE/tls"
+      ;;
     logs) cmd_logs "$@" ;;
     env)
       find_jdk17
