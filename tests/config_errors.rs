@@ -252,6 +252,13 @@ fn secure_pipeline_names_each_unset_secret_variable_and_refuses_secrets_in_the_f
             "secrets do not belong in the config file".into(),
         ],
     );
-    assert!(!stderr.contains("in-the-file"), "{stderr}");
+    // The refused value is echoed only as part of the user's own --set flag, never on its own.
+    assert_eq!(
+        stderr.matches("in-the-file").count(),
+        stderr
+            .matches("(from --set dead_letter.properties={ \"sasl.password\" = \"in-the-file\" })")
+            .count(),
+        "{stderr}"
+    );
     assert!(!stderr.contains("user-value-7f3a"), "{stderr}");
 }

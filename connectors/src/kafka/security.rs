@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -444,6 +445,35 @@ impl SecurityWatch {
         self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    fn record(&self, message: String) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if fatal.is_none() {
+            *fatal = Some(message);
+        }
+    }
+
+    /// Records a connection failure that librdkafka logged (`FAIL` lines) if retrying cannot
+    /// fix it. A consumer gets its error events only when polled, and then without their text,
+    /// so for the source (which does not poll while it starts) this log line is the only place
+    /// the reason appears; librdkafka's wording is matched, as no error code comes with it.
+    fn observe_log(&self, facility: &str, message: &str) {
+        if facility != "FAIL" {
+            return;
+        }
+        let what = if message.contains("SASL authentication error")
+            || message.contains("SASL handshake failed")
+        {
+            "the broker refused the login"
+        } else if message.contains("SSL handshake failed") {
+            "the TLS handshake failed"
+        } else if message.contains("incorrect security.protocol") {
+            "the broker closed the connection during the first request"
+        } else {
+            return;
+        };
+        self.record(format!("{what} (client: {}): {message}", self.describe));
+    }
+
     /// Records `error` if retrying cannot fix it; logs it either way.
     pub fn observe(&self, error: &KafkaError, reason: &str) {
         let what = match error.rdkafka_error_code() {
@@ -465,10 +495,7 @@ impl SecurityWatch {
             Some(what) => {
                 let message = format!("{what} (client: {}): {reason}", self.describe);
                 tracing::error!(target: "librdkafka", error = %error, %message, "Kafka client cannot connect.");
-                let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-                if fatal.is_none() {
-                    *fatal = Some(message);
-                }
+                self.record(message);
             }
             None => tracing::warn!(target: "librdkafka", error = %error, reason, "Kafka client error."),
         }
@@ -476,8 +503,35 @@ impl SecurityWatch {
 }
 
 impl ClientContext for SecurityWatch {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        SecurityWatch::log(self, level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         self.observe(&error, reason);
+    }
+}
+
+impl SecurityWatch {
+    /// Logs a librdkafka log line (as rdkafka's default context does) and observes it.
+    pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_line(level, facility, message);
+        self.observe_log(facility, message);
+    }
+}
+
+/// A librdkafka log line as rdkafka's default context writes it, at the matching level.
+fn log_line(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    use RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", "librdkafka: {facility} {message}")
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {facility} {message}"),
+        L::Notice | L::Info => {
+            tracing::info!(target: "librdkafka", "librdkafka: {facility} {message}")
+        }
+        L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}"),
     }
 }
 

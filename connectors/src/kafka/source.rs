@@ -773,10 +773,21 @@ impl Source for KafkaSource {
         let c = consumer.clone();
         let topics = self.config.topics.clone();
         let (marks, committed) = tokio::task::spawn_blocking(move || {
-            let marks = watermarks(&c, &topics)?;
-            let partitions: Vec<Partition> = marks.keys().cloned().collect();
-            let committed = committed_positions(&c, &partitions)?;
-            Ok::<_, KafkaError>((marks, committed))
+            let read = || {
+                let marks = watermarks(&c, &topics)?;
+                let partitions: Vec<Partition> = marks.keys().cloned().collect();
+                let committed = committed_positions(&c, &partitions)?;
+                Ok::<_, KafkaError>((marks, committed))
+            };
+            let result = read();
+            if result.is_err() {
+                // librdkafka queues a consumer's log lines and errors until it is polled
+                // (rdkafka sets log.queue), so the reason of a refused login or failed TLS
+                // handshake reaches the context only here. Nothing is subscribed yet: the
+                // poll serves events and returns no message.
+                while c.poll(Duration::ZERO).is_some() {}
+            }
+            result
         })
         .await
         .map_err(|e| Error::Internal(format!("kafka metadata task failed: {e}")))?
