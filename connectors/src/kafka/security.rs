@@ -466,8 +466,15 @@ impl SecurityWatch {
             "the broker refused the login"
         } else if message.contains("SSL handshake failed") {
             "the TLS handshake failed"
-        } else if message.contains("incorrect security.protocol") {
-            "the broker closed the connection during the first request"
+        } else if message.contains("incorrect security.protocol")
+            || (message.contains("Disconnected") && message.contains("state APIVERSION_QUERY"))
+        {
+            // What a TLS listener does with a plain client: it closes the connection at the
+            // first bytes (the ApiVersion request). librdkafka 2.12 no longer adds its own
+            // "incorrect security.protocol" hint. This counts only when the start fails too,
+            // so a broker that drops one connection while restarting stops nothing.
+            "the broker closed the connection at the client's first request, as a TLS listener \
+             does with a client that does not use TLS (check security.protocol and the port)"
         } else {
             return;
         };
