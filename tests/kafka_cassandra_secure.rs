@@ -65,7 +65,10 @@ async fn secure_setup(name: &str) -> Setup {
         .set("source.security.ca_file", ca.clone())
         .set("source.topics", vec![topic.clone()])
         .set("source.group_id", group.clone())
-        .set("sink.contact_points", vec![secure("CASSANDRA_SECURE_NODES")])
+        .set(
+            "sink.contact_points",
+            vec![secure("CASSANDRA_SECURE_NODES")],
+        )
         .set("sink.tls_ca_cert_path", ca.clone())
         .set("sink.keyspace", keyspace.clone())
         .set("dead_letter.brokers", kafka)
@@ -97,7 +100,11 @@ fn fails_fast(setup: &Setup, config: &Pipeline, env: &[(&str, &str)]) -> String 
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "the run succeeded:\n{stderr}");
     let mut secrets = secrets();
-    secrets.extend(env.iter().map(|(_, v)| (*v).to_owned()).filter(|v| v.len() > 8));
+    secrets.extend(
+        env.iter()
+            .map(|(_, v)| (*v).to_owned())
+            .filter(|v| v.len() > 8),
+    );
     assert_no_secret(&out, &secrets);
     eprintln!("gave up after {elapsed:?}");
     stderr
@@ -111,7 +118,10 @@ async fn stores_every_trade_once_through_sasl_ssl_and_cassandra_tls_and_query_re
     let secrets = secrets();
     let started = Instant::now();
     let out = setup
-        .run(&["--log", "info,coinstream=debug,connectors=debug,engine=debug"])
+        .run(&[
+            "--log",
+            "info,coinstream=debug,connectors=debug,engine=debug",
+        ])
         .output()
         .unwrap();
     assert_no_secret(&out, &secrets);
@@ -162,7 +172,10 @@ async fn a_wrong_kafka_password_stops_the_run_naming_the_broker_and_the_mechanis
         broker.as_str(),
         "Authentication failed",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
@@ -176,7 +189,10 @@ async fn a_wrong_cassandra_password_stops_the_run_with_an_authentication_error()
     );
     let node = secure("CASSANDRA_SECURE_NODES");
     for expected in [node.as_str(), "Authentication"] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
@@ -190,12 +206,18 @@ async fn a_ca_that_did_not_sign_the_servers_is_a_tls_error_for_kafka_and_for_cas
         .set("source.security.ca_file", other.clone());
     let stderr = fails_fast(&setup, &kafka, &[]);
     for expected in ["the TLS handshake failed", "certificate verify failed"] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
     let cassandra = setup.config.clone().set("sink.tls_ca_cert_path", other);
     let stderr = fails_fast(&setup, &cassandra, &[]);
     for expected in ["invalid peer certificate", "UnknownIssuer"] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
@@ -215,7 +237,10 @@ async fn a_broker_certificate_for_another_host_is_a_tls_error_unless_verificatio
         .set("source.brokers", format!("localhost:{port}"));
     let stderr = fails_fast(&setup, &localhost, &[]);
     for expected in ["the TLS handshake failed", "certificate verify failed"] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
@@ -231,6 +256,45 @@ async fn plaintext_to_a_tls_port_is_a_clear_error() {
         "client: plaintext",
         "APIVERSION_QUERY",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cassandra_without_tls_on_the_tls_port_is_a_clear_error() {
+    let setup = secure_setup("plaincql").await;
+    // The shipped file with its tls_ca_cert_path line left out (a key cannot be unset by
+    // --set), next to it so its relative paths still resolve.
+    let shipped = repo().join("pipelines/kafka-cassandra-secure.toml");
+    let text: String = std::fs::read_to_string(&shipped)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("tls_ca_cert_path"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = tempfile::Builder::new()
+        .prefix(".test-plain-cql-")
+        .suffix(".toml")
+        .tempfile_in(repo().join("pipelines"))
+        .unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    let mut plain = setup.config.clone();
+    plain.file = file.path().to_owned();
+    plain
+        .overrides
+        .retain(|o| !o.to_string().starts_with("sink.tls_ca_cert_path"));
+    let stderr = fails_fast(&setup, &plain, &[]);
+    let node = secure("CASSANDRA_SECURE_NODES");
+    for expected in [
+        node.as_str(),
+        "closed the connection at the first request (OPTIONS), as a TLS-only port does",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }

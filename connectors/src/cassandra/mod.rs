@@ -56,9 +56,9 @@ mod read;
 mod schema;
 mod session;
 mod sink;
-mod tls;
 pub mod state;
 pub mod table;
+mod tls;
 mod types;
 
 pub use config::{CassandraConfig, ConsistencyLevel, DEFAULT_NODE, NODES_ENV, Replication};

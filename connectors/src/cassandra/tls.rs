@@ -16,7 +16,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 /// The TLS settings of a Cassandra connection, ready for the driver.
 #[derive(Clone)]
@@ -120,9 +122,12 @@ impl CassandraTls {
             .with_custom_certificate_verifier(verifier);
         let client_cert = identity.is_some();
         let config = match identity {
-            Some((chain, key)) => builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| vec![("tls_client_key_path", format!("does not fit the certificate: {e}"))])?,
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+                vec![(
+                    "tls_client_key_path",
+                    format!("does not fit the certificate: {e}"),
+                )]
+            })?,
             None => builder.with_no_client_auth(),
         };
         Ok(Self {

@@ -213,10 +213,7 @@ impl KafkaSourceConfig {
                 ));
             }
         }
-        problems.extend(security::problems(
-            self.security.as_ref(),
-            &self.properties,
-        ));
+        problems.extend(security::problems(self.security.as_ref(), &self.properties));
         problems
     }
 
@@ -359,10 +356,7 @@ impl KafkaDeadLetterConfig {
             "dead_letter",
             &self.properties,
         ));
-        problems.extend(security::problems(
-            self.security.as_ref(),
-            &self.properties,
-        ));
+        problems.extend(security::problems(self.security.as_ref(), &self.properties));
         problems
     }
 

@@ -110,20 +110,16 @@ impl KafkaDeadLetterSink {
         let defaults = [("linger.ms", "5"), config.compression.property()];
         let security = super::security::resolve("dead_letter", config.security.as_ref())?;
         let watch = SecurityWatch::new(security.as_ref());
-        let producer = super::client_config(
-            &brokers,
-            &defaults,
-            &config.properties,
-            security.as_ref(),
-        )
-        .set("enable.idempotence", "true")
-        .create_with_context(watch.clone())
-            .map_err(|e| {
-                Error::config(
-                    "dead_letter",
-                    format!("cannot create the Kafka producer: {e}"),
-                )
-            })?;
+        let producer =
+            super::client_config(&brokers, &defaults, &config.properties, security.as_ref())
+                .set("enable.idempotence", "true")
+                .create_with_context(watch.clone())
+                .map_err(|e| {
+                    Error::config(
+                        "dead_letter",
+                        format!("cannot create the Kafka producer: {e}"),
+                    )
+                })?;
         Ok(Self {
             config,
             producer,

@@ -185,7 +185,10 @@ impl fmt::Debug for SaslLogin {
         f.debug_struct("SaslLogin")
             .field("mechanism", &self.mechanism)
             .field("username", &self.username)
-            .field("password", &format_args!("[REDACTED from ${}]", self.password_env))
+            .field(
+                "password",
+                &format_args!("[REDACTED from ${}]", self.password_env),
+            )
             .finish()
     }
 }
@@ -401,7 +404,11 @@ impl KafkaSecurity {
             }
             config.set(
                 "ssl.endpoint.identification.algorithm",
-                if self.verify_hostname { "https" } else { "none" },
+                if self.verify_hostname {
+                    "https"
+                } else {
+                    "none"
+                },
             );
         }
     }
@@ -504,7 +511,9 @@ impl SecurityWatch {
                 tracing::error!(target: "librdkafka", error = %error, %message, "Kafka client cannot connect.");
                 self.record(message);
             }
-            None => tracing::warn!(target: "librdkafka", error = %error, reason, "Kafka client error."),
+            None => {
+                tracing::warn!(target: "librdkafka", error = %error, reason, "Kafka client error.")
+            }
         }
     }
 }
@@ -568,7 +577,10 @@ mod tests {
         s.apply(&mut rd);
         assert_eq!(rd.get("sasl.password"), Some("hunter2-secret"));
         assert_eq!(rd.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
-        assert_eq!(rd.get("ssl.endpoint.identification.algorithm"), Some("https"));
+        assert_eq!(
+            rd.get("ssl.endpoint.identification.algorithm"),
+            Some("https")
+        );
         for printed in [
             format!("{s:?}"),
             format!("{c:?}"),
@@ -582,7 +594,9 @@ mod tests {
 
     #[test]
     fn reports_every_problem_with_its_key() {
-        let c = parse("protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\npassword_env = \"NOPE\"\nca_file = \"/nope.pem\"\ncert_file = \"/etc/hostname\"");
+        let c = parse(
+            "protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\npassword_env = \"NOPE\"\nca_file = \"/nope.pem\"\ncert_file = \"/etc/hostname\"",
+        );
         let problems: Vec<String> = c
             .resolve(env)
             .unwrap_err()
