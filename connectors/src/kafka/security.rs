@@ -431,7 +431,7 @@ impl KafkaSecurity {
 /// TLS handshake, or a protocol mismatch (plain TCP to a TLS listener). Other errors are logged
 /// as librdkafka's default context does. Clones share what they saw: the producers keep one,
 /// as rdkafka's `FutureProducer` wraps its context out of reach.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct SecurityWatch {
     fatal: Arc<Mutex<Option<String>>>,
     /// How the client was configured to log in (see [`KafkaSecurity::describe`]).
@@ -622,6 +622,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("SCRAM-SHA-512"), "{err}");
+    }
+
+    #[test]
+    fn the_watch_keeps_the_first_failure_that_retrying_cannot_fix() {
+        let watch = SecurityWatch::new(None);
+        // Not a connection failure, and a refused connection (a broker that is down): kept out.
+        watch.observe_log("SASL", "SASL authentication error: noise at debug level");
+        watch.observe_log("FAIL", "127.0.0.1:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: Connection refused (after 0ms in state CONNECT)");
+        assert_eq!(watch.fatal(), None);
+        let clone = watch.clone();
+        clone.observe_log("FAIL", "127.0.0.1:9093/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 1ms in state APIVERSION_QUERY)");
+        watch.observe_log(
+            "FAIL",
+            "sasl_ssl://h:9093/bootstrap: SASL authentication error: Authentication failed",
+        );
+        let fatal = watch.fatal().unwrap();
+        assert!(
+            fatal.starts_with("the broker closed the connection at the client's first request"),
+            "{fatal}"
+        );
+        assert!(fatal.contains("(client: plaintext)"), "{fatal}");
+        let tls = SecurityWatch::new(None);
+        tls.observe_log("FAIL", "ssl://h:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed");
+        assert!(tls.fatal().unwrap().starts_with("the TLS handshake failed"));
     }
 
     #[test]
