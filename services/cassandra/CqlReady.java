@@ -12,7 +12,7 @@
 // Usage: java -cp '<cassandra jars>/*:<classes>' CqlReady <host> <port> <timeout_ms>
 //            [--secure <user> <truststore.p12>]
 import com.datastax.driver.core.Cluster;
-import com.datastax.driver.core.JdkSSLOptions;
+import com.datastax.driver.core.RemoteEndpointAwareJdkSSLOptions;
 import com.datastax.driver.core.Row;
 import com.datastax.driver.core.Session;
 import com.datastax.driver.core.SocketOptions;
@@ -66,7 +66,7 @@ public final class CqlReady {
                 .setConnectTimeoutMillis(timeoutMs)
                 .setReadTimeoutMillis(timeoutMs));
         if (tls != null) {
-            b = b.withSSL(JdkSSLOptions.builder().withSSLContext(tls).build());
+            b = b.withSSL(RemoteEndpointAwareJdkSSLOptions.builder().withSSLContext(tls).build());
         }
         if (user != null) {
             b = b.withCredentials(user, password);
