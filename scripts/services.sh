@@ -14,22 +14,40 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="${COINSTREAM_SERVICES_DIR:-$ROOT/.services}"
 
 KAFKA_PORT="${KAFKA_PORT:-9092}"
-KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+# The controller was on 9093 before the secure listener took that port (the issue's and
+# Kafka's docs' usual SASL_SSL port). A broker formatted with the old port restarts fine on
+# the new one: the quorum is static (controller.quorum.voters), so no endpoint is stored in
+# the metadata log.
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9094}"
+KAFKA_SECURE_PORT="${KAFKA_SECURE_PORT:-9093}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
 CASSANDRA_PORT="${CASSANDRA_PORT:-9042}"
 CASSANDRA_STORAGE_PORT="${CASSANDRA_STORAGE_PORT:-7000}"
 CASSANDRA_HEAP="${CASSANDRA_HEAP:-1G}"
+CASSANDRA_SECURE_PORT="${CASSANDRA_SECURE_PORT:-9142}"
+CASSANDRA_SECURE_STORAGE_PORT="${CASSANDRA_SECURE_STORAGE_PORT:-7001}"
+CASSANDRA_SECURE_HEAP="${CASSANDRA_SECURE_HEAP:-512M}"
 START_TIMEOUT_SECS="${SERVICES_TIMEOUT_SECS:-180}"
 STOP_TIMEOUT_SECS="${SERVICES_STOP_TIMEOUT_SECS:-60}"
 HOST=127.0.0.1
 ALL_SERVICES=(kafka cassandra)
+# Set by --secure: Kafka gets its SASL_SSL listener and the cassandra-secure node runs too.
+SECURE=0
 
 usage() {
   cat <<EOF
-Usage: scripts/services.sh COMMAND [SERVICE...]
+Usage: scripts/services.sh COMMAND [--secure] [SERVICE...]
 
 Real Apache Kafka ($HOST:$KAFKA_PORT) and Apache Cassandra ($HOST:$CASSANDRA_PORT),
-run from Maven Central jars. SERVICE is kafka or cassandra; the default is both.
+run from Maven Central jars. SERVICE is kafka, cassandra or cassandra-secure; the default
+is kafka and cassandra, plus cassandra-secure with --secure.
+
+--secure (up, status, env): Kafka also listens with SASL_SSL (SCRAM-SHA-512) on
+$HOST:$KAFKA_SECURE_PORT, its plain listener unchanged (a running Kafka without it is
+restarted), and a second Cassandra node, cassandra-secure, serves CQL over TLS only, with
+PasswordAuthenticator, on $HOST:$CASSANDRA_SECURE_PORT. A throwaway CA, the servers'
+certificates, a client certificate and random passwords are made once under
+\$COINSTREAM_SERVICES_DIR/tls/; "env --secure" prints what a client needs.
 
 Commands:
   up [SERVICE...]      start (in parallel) and wait until each answers a real request;
@@ -38,13 +56,21 @@ Commands:
   down [SERVICE...]    stop what this script started (TERM, then KILL after a timeout)
   stop SERVICE...      same as down, for the named services
   status               print each service's state; exit 0 only if all are up and answering
+  tls                  make the throwaway CA, certificates and passwords of --secure (once)
+                       and print their folder (for docker-compose.secure.yaml)
   logs [SERVICE] [-f]  print the last \$LOG_LINES (40) lines of the log(s); -f follows
-  env                  print KAFKA_BOOTSTRAP, CASSANDRA_NODES, KAFKA_JARS and JAVA as shell assignments
+  env                  print KAFKA_BOOTSTRAP, CASSANDRA_NODES, KAFKA_JARS and JAVA as shell assignments;
+                       with --secure also KAFKA_SECURE_BOOTSTRAP, KAFKA_SASL_USERNAME,
+                       KAFKA_SASL_PASSWORD, CASSANDRA_SECURE_NODES, CASSANDRA_USERNAME,
+                       CASSANDRA_PASSWORD, COINSTREAM_TLS_CA, COINSTREAM_TLS_CLIENT_CERT,
+                       COINSTREAM_TLS_CLIENT_KEY and COINSTREAM_TLS_OTHER_CA (a CA that signed
+                       nothing here, for tests of a wrong CA)
 
 Environment (defaults in brackets):
   COINSTREAM_SERVICES_DIR  state folder [<repo>/.services]
-  KAFKA_PORT [9092]  KAFKA_CONTROLLER_PORT [9093]  KAFKA_HEAP [512m]
+  KAFKA_PORT [9092]  KAFKA_CONTROLLER_PORT [9094]  KAFKA_SECURE_PORT [9093]  KAFKA_HEAP [512m]
   CASSANDRA_PORT [9042]  CASSANDRA_STORAGE_PORT [7000]  CASSANDRA_HEAP [1G]
+  CASSANDRA_SECURE_PORT [9142]  CASSANDRA_SECURE_STORAGE_PORT [7001]  CASSANDRA_SECURE_HEAP [512M]
   SERVICES_TIMEOUT_SECS [180]  SERVICES_STOP_TIMEOUT_SECS [60]
   SERVICES_JAVA_HOME  a JDK 17 [/usr/lib/jvm/java-17-openjdk-amd64]; Cassandra 5.0 does
                       not run on JDK 24+, so \$JAVA_HOME is deliberately not used
@@ -56,8 +82,8 @@ die() { log "error: $*"; exit 1; }
 
 check_service_name() {
   case "$1" in
-    kafka | cassandra) ;;
-    *) die "unknown service '$1' (valid: kafka, cassandra)" ;;
+    kafka | cassandra | cassandra-secure) ;;
+    *) die "unknown service '$1' (valid: kafka, cassandra, cassandra-secure)" ;;
   esac
 }
 
@@ -122,12 +148,16 @@ jvm_options() {
 
 # --- jars and probes ------------------------------------------------------------------------
 
-jars_dir() { echo "$STATE/jars/$1"; }
+# cassandra-secure is the same server as cassandra: one jar folder, one probe build.
+jar_service() { echo "${1%-secure}"; }
+jars_dir() { echo "$STATE/jars/$(jar_service "$1")"; }
 
 # Resolves services/<svc>/pom.xml into $STATE/jars/<svc>, once per pom content. Maven keeps
 # its own cache in ~/.m2, so a wiped state folder costs a copy, not a download.
 ensure_jars() {
-  local svc=$1 pom="$ROOT/services/$1/pom.xml"
+  local svc pom
+  svc="$(jar_service "$1")"
+  pom="$ROOT/services/$svc/pom.xml"
   local dir stamp want
   dir="$(jars_dir "$svc")"
   stamp="$dir/.pom.sha256"
@@ -154,13 +184,14 @@ ensure_jars() {
 probe_class() {
   case "$1" in
     kafka) echo KafkaReady ;;
-    cassandra) echo CqlReady ;;
+    cassandra | cassandra-secure) echo CqlReady ;;
   esac
 }
 
 # Compiles the readiness probe (services/<svc>/<Class>.java) against the service's own jars.
 ensure_probe() {
-  local svc=$1 class src out stamp want
+  local svc class src out stamp want
+  svc="$(jar_service "$1")"
   class="$(probe_class "$svc")"
   src="$ROOT/services/$svc/$class.java"
   out="$STATE/probe/$svc"
@@ -183,15 +214,31 @@ ensure_probe() {
 probe() {
   local svc=$1 out="$STATE/$1/probe.out"
   local cp
-  cp="$(jars_dir "$svc")/*:$STATE/probe/$svc"
   local args=()
+  cp="$(jars_dir "$svc")/*:$STATE/probe/$(jar_service "$svc")"
+  local args=() env=()
   case "$svc" in
-    kafka) args=(-Dlog4j2.level=ERROR KafkaReady "$HOST:$KAFKA_PORT" 3000) ;;
-    cassandra) args=("-Dlogback.configurationFile=$STATE/probe/$svc/logback.xml"
+    kafka)
+      args=(-Dlog4j2.level=ERROR KafkaReady "$HOST:$KAFKA_PORT" 3000)
+      if kafka_is_secure; then
+        load_secrets
+        args+=(--secure "$HOST:$KAFKA_SECURE_PORT" "$KAFKA_SASL_USERNAME" "$STATE/tls/truststore.p12")
+        env=("SCRAM_PASSWORD=$KAFKA_SASL_PASSWORD" "STORE_PASSWORD=$STORE_PASSWORD")
+      fi
+      ;;
+    cassandra) args=("-Dlogback.configurationFile=$STATE/probe/cassandra/logback.xml"
       CqlReady "$HOST" "$CASSANDRA_PORT" 3000) ;;
+    cassandra-secure)
+      load_secrets
+      args=("-Dlogback.configurationFile=$STATE/probe/cassandra/logback.xml"
+        CqlReady "$HOST" "$CASSANDRA_SECURE_PORT" 3000
+        --secure "$CASSANDRA_USERNAME" "$STATE/tls/truststore.p12")
+      env=("CQL_PASSWORD=$CASSANDRA_PASSWORD" "STORE_PASSWORD=$STORE_PASSWORD")
+      ;;
   esac
-  timeout 20 "$JAVA_HOME_17/bin/java" -Xmx128m -XX:TieredStopAtLevel=1 -cp "$cp" "${args[@]}" \
-    >"$out" 2>&1 </dev/null 9>&-
+  mkdir -p "$STATE/$svc"
+  env "${env[@]}" timeout 20 "$JAVA_HOME_17/bin/java" -Xmx128m -XX:TieredStopAtLevel=1 \
+    -cp "$cp" "${args[@]}" >"$out" 2>&1 </dev/null 9>&-
 }
 
 # --- processes ------------------------------------------------------------------------------
@@ -214,8 +261,15 @@ running_pid() {
 
 service_ports() {
   case "$1" in
-    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
+    kafka)
+      if ((SECURE)); then
+        echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT $KAFKA_SECURE_PORT"
+      else
+        echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT"
+      fi
+      ;;
     cassandra) echo "$CASSANDRA_PORT $CASSANDRA_STORAGE_PORT" ;;
+    cassandra-secure) echo "$CASSANDRA_SECURE_PORT $CASSANDRA_SECURE_STORAGE_PORT" ;;
   esac
 }
 
@@ -255,6 +309,14 @@ render_kafka_config() {
   render kafka/server.properties "$d/config/server.properties" \
     HOST="$HOST" KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
     KAFKA_DATA_DIR="$d/data"
+  if ((SECURE)); then
+    load_secrets
+    render kafka/server-secure.properties "$d/config/server-secure.properties" \
+      HOST="$HOST" KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
+      KAFKA_SECURE_PORT="$KAFKA_SECURE_PORT" TLS_DIR="$STATE/tls" STORE_PASSWORD="$STORE_PASSWORD"
+    cat "$d/config/server-secure.properties" >>"$d/config/server.properties"
+    rm "$d/config/server-secure.properties"
+  fi
   render kafka/log4j2.properties "$d/config/log4j2.properties"
 }
 
@@ -297,26 +359,124 @@ start_kafka() {
   launch kafka "${KAFKA_OPTS[@]}" kafka.Kafka "$STATE/kafka/config/server.properties"
 }
 
+# Whether the running (or last rendered) broker config has the SASL_SSL listener.
+kafka_is_secure() {
+  grep -q '^listeners=.*SASL_SSL://' "$STATE/kafka/config/server.properties" 2>/dev/null
+}
+
+# --- TLS material and passwords (--secure) ---------------------------------------------------
+
+# Makes, once, under $STATE/tls: a throwaway CA; server certificates for Kafka and Cassandra
+# naming only IP 127.0.0.1 (both clients connect by address), as PKCS12 keystores; a truststore
+# with the CA; a client certificate and key for mutual TLS; an unrelated CA for tests of a
+# wrong CA; and random passwords in secrets.env. Everything is written to a temporary folder
+# and moved into place last, so an interrupted run leaves nothing half made.
+ensure_tls() {
+  local d="$STATE/tls"
+  [[ -f "$d/secrets.env" ]] && return 0
+  command -v openssl >/dev/null || die "openssl not found: it makes the throwaway CA for --secure"
+  local tmp="$STATE/.tls.partial" store name
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  chmod 700 "$tmp"
+  store="$(openssl rand -hex 16)"
+  (
+    cd "$tmp"
+    set -e
+    ca() {
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$2" \
+        -keyout "$1.key" -out "$1.crt" -addext keyUsage=critical,keyCertSign,cRLSign
+    }
+    leaf() { # name, subject, extended key usage
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=$2" -keyout "$1.key" -out "$1.csr"
+      printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=%s\n%s' \
+        "$3" "$4" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile "$1.ext" -out "$1.crt"
+      rm "$1.csr" "$1.ext"
+    }
+    ca ca "coinstream throwaway test CA"
+    ca other-ca "coinstream unrelated CA (signed nothing)"
+    rm other-ca.key
+    for name in kafka cassandra; do
+      leaf "$name" "$HOST" serverAuth "subjectAltName=IP:$HOST"
+      openssl pkcs12 -export -in "$name.crt" -inkey "$name.key" -certfile ca.crt -name "$name" \
+        -out "$name.p12" -passout "pass:$store"
+    done
+    leaf client coinstream-client clientAuth ""
+    "$JAVA_HOME_17/bin/keytool" -importcert -noprompt -alias ca -file ca.crt \
+      -keystore truststore.p12 -storetype PKCS12 -storepass "$store"
+    {
+      echo "STORE_PASSWORD=$store"
+      echo "KAFKA_SASL_USERNAME=coinstream"
+      echo "KAFKA_SASL_PASSWORD=$(openssl rand -hex 16)"
+      echo "CASSANDRA_USERNAME=coinstream"
+      echo "CASSANDRA_PASSWORD=$(openssl rand -hex 16)"
+    } >secrets.env
+    chmod 600 ./*.key secrets.env
+  ) >"$STATE/tls-make.log" 2>&1 || {
+    tail -n 20 "$STATE/tls-make.log" >&2
+    die "could not make the TLS material (full log: $STATE/tls-make.log)"
+  }
+  rm -rf "$d"
+  mv "$tmp" "$d"
+  log "made a throwaway CA, certificates and passwords in $d"
+}
+
+# Reads $STATE/tls/secrets.env (made by ensure_tls) into shell variables; only known names.
+load_secrets() {
+  local f="$STATE/tls/secrets.env" key value
+  [[ -f "$f" ]] || die "$f is missing: run scripts/services.sh up --secure first"
+  while IFS='=' read -r key value; do
+    case "$key" in
+      STORE_PASSWORD | KAFKA_SASL_USERNAME | KAFKA_SASL_PASSWORD | CASSANDRA_USERNAME | CASSANDRA_PASSWORD)
+        printf -v "$key" '%s' "$value" ;;
+      *) die "$f: unexpected line $key=..." ;;
+    esac
+  done <"$f"
+}
+
 # --- Cassandra ------------------------------------------------------------------------------
 
+# The secure node differs from the plain one only in these values and the added secure yaml.
+cassandra_dir() { echo "$STATE/$1"; }
+
 render_cassandra_config() {
-  local d="$STATE/cassandra"
+  local svc=$1 d port storage cluster
+  d="$(cassandra_dir "$svc")"
   mkdir -p "$d/conf" "$d/data" "$d/logs" "$d/tmp" "$d/triggers"
+  if [[ "$svc" == cassandra-secure ]]; then
+    port=$CASSANDRA_SECURE_PORT storage=$CASSANDRA_SECURE_STORAGE_PORT cluster=coinstream-secure
+  else
+    port=$CASSANDRA_PORT storage=$CASSANDRA_STORAGE_PORT cluster=coinstream-dev
+  fi
   render cassandra/cassandra.yaml "$d/conf/cassandra.yaml" \
-    HOST="$HOST" CASSANDRA_PORT="$CASSANDRA_PORT" CASSANDRA_STORAGE_PORT="$CASSANDRA_STORAGE_PORT" \
-    CASSANDRA_DATA_DIR="$d/data"
+    HOST="$HOST" CASSANDRA_PORT="$port" CASSANDRA_STORAGE_PORT="$storage" \
+    CASSANDRA_DATA_DIR="$d/data" CASSANDRA_CLUSTER="$cluster"
+  if [[ "$svc" == cassandra-secure ]]; then
+    load_secrets
+    render cassandra/cassandra-secure.yaml "$d/conf/cassandra-secure.yaml" \
+      TLS_DIR="$STATE/tls" STORE_PASSWORD="$STORE_PASSWORD"
+    cat "$d/conf/cassandra-secure.yaml" >>"$d/conf/cassandra.yaml"
+    rm "$d/conf/cassandra-secure.yaml"
+  fi
   render cassandra/logback.xml "$d/conf/logback.xml"
 }
 
+start_cassandra-secure() { start_cassandra cassandra-secure; }
+
 start_cassandra() {
-  render_cassandra_config
-  local d="$STATE/cassandra" jars jamm argfile
+  local svc=${1:-cassandra}
+  render_cassandra_config "$svc"
+  local d jars jamm argfile heap=$CASSANDRA_HEAP
+  [[ "$svc" == cassandra-secure ]] && heap=$CASSANDRA_SECURE_HEAP
+  d="$(cassandra_dir "$svc")"
   argfile="$(jvm_options cassandra)"
   jars="$(jars_dir cassandra)"
   jamm="$(find "$jars" -maxdepth 1 -name 'jamm-*.jar' | head -n 1)"
   [[ -n "$jamm" ]] || die "cassandra: jamm jar missing from $jars"
   local opts=(
-    "-Xms$CASSANDRA_HEAP" "-Xmx$CASSANDRA_HEAP" "$argfile"
+    "-Xms$heap" "-Xmx$heap" "$argfile"
     # The jamm agent's jar name carries its version, so it is found at start time.
     "-javaagent:$jamm"
     "-XX:ErrorFile=$d/logs/hs_err_%p.log"
@@ -329,7 +489,7 @@ start_cassandra() {
     -cp "$jars/*"
     org.apache.cassandra.service.CassandraDaemon
   )
-  launch cassandra "${opts[@]}"
+  launch "$svc" "${opts[@]}"
 }
 
 # --- commands -------------------------------------------------------------------------------
@@ -380,7 +540,13 @@ cmd_up() {
   local services=("$@") svc pid to_wait=()
   take_lock
   find_jdk17
+  ((SECURE)) && ensure_tls
   for svc in "${services[@]}"; do
+    if [[ "$svc" == kafka ]] && ((SECURE)) && running_pid kafka >/dev/null && ! kafka_is_secure; then
+      # The SASL_SSL listener is part of the broker's config: it takes a restart.
+      log "kafka: running without the SASL_SSL listener; restarting it with --secure"
+      stop_one kafka
+    fi
     if pid="$(running_pid "$svc")"; then
       if probe "$svc"; then
         log "$svc: already up (pid $pid)"
@@ -439,12 +605,16 @@ cmd_down() {
 }
 
 cmd_status() {
-  local svc pid rc=0 port
-  for svc in "${ALL_SERVICES[@]}"; do
+  local svc pid rc=0 port services=("${ALL_SERVICES[@]}")
+  ((SECURE)) && services+=(cassandra-secure)
+  for svc in "${services[@]}"; do
     port="$(service_ports "$svc" | cut -d' ' -f1)"
     if pid="$(running_pid "$svc")"; then
       find_jdk17
-      if [[ -d "$STATE/probe/$svc" ]] && probe "$svc"; then
+      if ((SECURE)) && [[ "$svc" == kafka ]] && ! kafka_is_secure; then
+        echo "$svc: up (pid $pid) on $HOST:$port but without the SASL_SSL listener"
+        rc=3
+      elif [[ -d "$STATE/probe/$(jar_service "$svc")" ]] && probe "$svc"; then
         echo "$svc: up (pid $pid) on $HOST:$port"
       else
         echo "$svc: running (pid $pid) but not answering on $HOST:$port"
@@ -490,12 +660,25 @@ main() {
   trap on_signal INT TERM
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
+  local args=() a
+  for a in "$@"; do
+    case "$a" in
+      --secure) SECURE=1 ;;
+      *) args+=("$a") ;;
+    esac
+  done
+  set -- "${args[@]}"
   case "$cmd" in
     up | start | down | stop)
       local services=("$@") s
       if ((${#services[@]} == 0)); then
-        [[ "$cmd" == start || "$cmd" == stop ]] && die "$cmd needs a service: kafka or cassandra"
+        [[ "$cmd" == start || "$cmd" == stop ]] &&
+          die "$cmd needs a service: kafka, cassandra or cassandra-secure"
         services=("${ALL_SERVICES[@]}")
+        # down stops the secure node whether or not --secure is given: nothing else would.
+        if ((SECURE)) || [[ "$cmd" == down ]]; then
+          services+=(cassandra-secure)
+        fi
       fi
       for s in "${services[@]}"; do check_service_name "$s"; done
       case "$cmd" in
@@ -504,6 +687,12 @@ main() {
       esac
       ;;
     status) cmd_status ;;
+    tls)
+      take_lock
+      find_jdk17
+      ensure_tls
+      echo "$STATE/tls"
+      ;;
     logs) cmd_logs "$@" ;;
     env)
       find_jdk17
@@ -512,6 +701,19 @@ main() {
       # For tests that write topics with the Java producer (tests/java/TopicWriter.java).
       echo "KAFKA_JARS=$(jars_dir kafka)"
       echo "JAVA=$JAVA_HOME_17/bin/java"
+      if ((SECURE)); then
+        load_secrets
+        echo "KAFKA_SECURE_BOOTSTRAP=$HOST:$KAFKA_SECURE_PORT"
+        echo "KAFKA_SASL_USERNAME=$KAFKA_SASL_USERNAME"
+        echo "KAFKA_SASL_PASSWORD=$KAFKA_SASL_PASSWORD"
+        echo "CASSANDRA_SECURE_NODES=$HOST:$CASSANDRA_SECURE_PORT"
+        echo "CASSANDRA_USERNAME=$CASSANDRA_USERNAME"
+        echo "CASSANDRA_PASSWORD=$CASSANDRA_PASSWORD"
+        echo "COINSTREAM_TLS_CA=$STATE/tls/ca.crt"
+        echo "COINSTREAM_TLS_CLIENT_CERT=$STATE/tls/client.crt"
+        echo "COINSTREAM_TLS_CLIENT_KEY=$STATE/tls/client.key"
+        echo "COINSTREAM_TLS_OTHER_CA=$STATE/tls/other-ca.crt"
+      fi
       ;;
     -h | --help | help) usage ;;
     '') usage >&2; exit 2 ;;

@@ -3,6 +3,9 @@
 #
 #   1. starts the real Kafka and Cassandra with scripts/services.sh (installing their jars with
 #      mvn on a fresh machine) and exports KAFKA_BOOTSTRAP / CASSANDRA_NODES for the tests;
+#      with --secure, so Kafka also has its SASL_SSL listener and the TLS + password
+#      cassandra-secure node runs too (tests/kafka_cassandra_secure.rs), and the CA path, user
+#      names and passwords of `services.sh env --secure` are exported as well;
 #   2. installs Debian's chromium when it is missing (tests/browser.rs drives it headless);
 #   3. runs cargo fmt --check, clippy -D warnings and the whole workspace's tests, in that
 #      order, in the default dev/test profile only;
@@ -71,8 +74,8 @@ trap stop_ours EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-status="$("$SERVICES" status 2>&1)" || true
-for svc in kafka cassandra; do
+status="$("$SERVICES" status --secure 2>&1)" || true
+for svc in kafka cassandra cassandra-secure; do
   if grep -q "^$svc: stopped" <<<"$status"; then
     OURS+=("$svc")
   fi
@@ -114,17 +117,21 @@ summary() {
 }
 
 # Without the services every integration test would fail anyway: stop here.
-if ! step services "$SERVICES" up; then
+if ! step services "$SERVICES" up --secure; then
   summary
   die "the services did not come up; see: $SERVICES logs"
 fi
 
 while IFS='=' read -r key value; do
   case "$key" in
-    KAFKA_BOOTSTRAP | CASSANDRA_NODES | KAFKA_JARS | JAVA) export "$key=$value" ;;
-    *) die "unexpected line from $SERVICES env: $key=$value" ;;
+    KAFKA_BOOTSTRAP | CASSANDRA_NODES | KAFKA_JARS | JAVA | KAFKA_SECURE_BOOTSTRAP | \
+      KAFKA_SASL_USERNAME | KAFKA_SASL_PASSWORD | CASSANDRA_SECURE_NODES | CASSANDRA_USERNAME | \
+      CASSANDRA_PASSWORD | COINSTREAM_TLS_CA | COINSTREAM_TLS_CLIENT_CERT | \
+      COINSTREAM_TLS_CLIENT_KEY | COINSTREAM_TLS_OTHER_CA) export "$key=$value" ;;
+    # The value is not printed: some of these are passwords.
+    *) die "unexpected variable from $SERVICES env --secure: $key" ;;
   esac
-done < <("$SERVICES" env)
+done < <("$SERVICES" env --secure)
 : "${KAFKA_BOOTSTRAP:?$SERVICES env printed no KAFKA_BOOTSTRAP}"
 : "${CASSANDRA_NODES:?$SERVICES env printed no CASSANDRA_NODES}"
 log "KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP CASSANDRA_NODES=$CASSANDRA_NODES CARGO_TARGET_DIR=$CARGO_TARGET_DIR"

@@ -215,3 +215,50 @@ fn explain_warns_of_the_deprecated_source_type_once() {
                    \"coinbase_capture\".";
     assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
 }
+
+/// The secure pipeline names environment variables, never secrets: unset ones, a missing CA
+/// file and a password put in `properties` are each reported at load with the file and key, in
+/// one run, and no value of a variable that is set appears in the output.
+#[test]
+fn secure_pipeline_names_each_unset_secret_variable_and_refuses_secrets_in_the_file() {
+    let config = format!(
+        "{}/pipelines/kafka-cassandra-secure.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_coinstream"))
+        .args(["explain", "--config", &config])
+        .args([
+            "--set",
+            "source.security.ca_file=\"/nonexistent/ca.pem\"",
+            "--set",
+            "dead_letter.properties={\"sasl.password\" = \"in-the-file\"}",
+        ])
+        .env_remove("KAFKA_SASL_PASSWORD")
+        .env_remove("CASSANDRA_PASSWORD")
+        .env("KAFKA_SASL_USERNAME", "user-value-7f3a")
+        .env("CASSANDRA_USERNAME", "user-value-7f3a")
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_says_all(
+        &stderr,
+        &[
+            "kafka-cassandra-secure.toml: source.security.password_env: env var KAFKA_SASL_PASSWORD is not set".into(),
+            "kafka-cassandra-secure.toml: source.security.ca_file (from --set source.security.ca_file=\"/nonexistent/ca.pem\"): cannot read /nonexistent/ca.pem: No such file or directory".into(),
+            "kafka-cassandra-secure.toml: sink.password_env: env var CASSANDRA_PASSWORD is not set".into(),
+            "kafka-cassandra-secure.toml: dead_letter.security.password_env: env var KAFKA_SASL_PASSWORD is not set".into(),
+            "dead_letter.properties.sasl.password".into(),
+            "secrets do not belong in the config file".into(),
+        ],
+    );
+    // The refused value is echoed only as part of the user's own --set flag, never on its own.
+    assert_eq!(
+        stderr.matches("in-the-file").count(),
+        stderr
+            .matches("(from --set dead_letter.properties={ \"sasl.password\" = \"in-the-file\" })")
+            .count(),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("user-value-7f3a"), "{stderr}");
+}

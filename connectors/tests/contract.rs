@@ -714,6 +714,7 @@ fn kafka_sink(
         key: "key".into(),
         compression: Default::default(),
         properties,
+        security: None,
         explicit_nulls: false,
     };
     Box::new(KafkaSink::new(config, schema).expect("a valid kafka sink"))
@@ -883,6 +884,7 @@ fn kafka_letters(
         topic: topic.to_owned(),
         compression: Default::default(),
         properties,
+        security: None,
     })
     .expect("a valid kafka dead-letter output")
 }

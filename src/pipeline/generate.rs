@@ -95,6 +95,7 @@ pub(super) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             &topic,
             compression,
             &Default::default(),
+            None,
         )?;
         // Without a broker, librdkafka would retry each send until its delivery timeout
         // (minutes); one request tells within seconds. The topic is created before any metadata

@@ -12,8 +12,10 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use engine::Result;
 use scylla::statement::Consistency;
+use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::tls::CassandraTls;
 use super::types::{CqlType, quote};
 use crate::common::config::{self, Problem};
 
@@ -42,11 +44,20 @@ pub struct CassandraConfig {
     /// The NAME of the env var holding the password. Default: none; set together with
     /// `username_env`.
     pub password_env: Option<String>,
-    /// Connect over TLS, trusting the PEM CA certificate in this file (relative to the config
-    /// file). Default: none (plain TCP). This build has no TLS support: setting it is a config
-    /// error.
+    /// Connect over TLS, trusting only the PEM CA certificate(s) in this file (relative to the
+    /// config file). Default: none (plain TCP).
     #[serde(deserialize_with = "config::optional_path")]
     pub tls_ca_cert_path: Option<PathBuf>,
+    /// Check that each node's certificate names the address the driver connects to (the IP
+    /// address the cluster reports for the node). Default true; the chain is checked either way.
+    pub tls_verify_hostname: bool,
+    /// PEM client certificate for mutual TLS (relative to the config file); set together with
+    /// `tls_client_key_path` and `tls_ca_cert_path`. Default: none.
+    #[serde(deserialize_with = "config::optional_path")]
+    pub tls_client_cert_path: Option<PathBuf>,
+    /// PEM private key (unencrypted, PKCS#8, PKCS#1 or SEC1) of `tls_client_cert_path`.
+    #[serde(deserialize_with = "config::optional_path")]
+    pub tls_client_key_path: Option<PathBuf>,
     /// The keyspace, created when missing (case-sensitive). Default `crypto_keyspace`.
     pub keyspace: String,
     /// The table, created when missing from the transform's columns (case-sensitive). Default
@@ -101,6 +112,9 @@ impl Default for CassandraConfig {
             username_env: None,
             password_env: None,
             tls_ca_cert_path: None,
+            tls_verify_hostname: true,
+            tls_client_cert_path: None,
+            tls_client_key_path: None,
             keyspace: "crypto_keyspace".into(),
             table: "crypto_trades".into(),
             replication: Replication::default(),
@@ -198,13 +212,14 @@ fn one() -> u32 {
     1
 }
 
-/// A username and password read from the environment. `Debug` shows neither.
+/// A username and password read from the environment. `Debug` shows neither; the password stays
+/// in its redacting wrapper until it is handed to the driver.
 #[derive(Clone)]
 pub struct Credentials {
     /// The username.
     pub username: String,
     /// The password.
-    pub password: String,
+    pub password: SecretString,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -230,6 +245,8 @@ pub struct Settings {
     pub contact_points: Vec<String>,
     pub local_datacenter: Option<String>,
     pub credentials: Option<Credentials>,
+    /// TLS, when `tls_ca_cert_path` is set.
+    pub tls: Option<CassandraTls>,
     pub keyspace: String,
     pub table: String,
     pub replication: Replication,
@@ -251,7 +268,7 @@ impl CassandraConfig {
     /// are relative to the section. The loader calls it; [`CassandraConfig::validate`] repeats it
     /// with the output schema's checks.
     pub fn check(&self) -> Vec<Problem> {
-        self.check_with_env(|name| std::env::var(name).ok()).1
+        self.check_with_env(|name| std::env::var(name).ok()).2
     }
 
     /// Checks the config against the transform's output `schema`, reading credentials from the
@@ -261,11 +278,11 @@ impl CassandraConfig {
             .map_err(|problems| Problem::into_error("sink", problems))
     }
 
-    /// The credentials, and every problem of the config alone.
+    /// The credentials, the TLS settings, and every problem of the config alone.
     fn check_with_env(
         &self,
         env: impl Fn(&str) -> Option<String>,
-    ) -> (Option<Credentials>, Vec<Problem>) {
+    ) -> (Option<Credentials>, Option<CassandraTls>, Vec<Problem>) {
         let mut problems = Vec::new();
         let mut problem = |key: &str, message: String| problems.push(Problem::new(key, message));
 
@@ -291,7 +308,10 @@ impl CassandraConfig {
                 let password = read("password_env", password_var);
                 username
                     .zip(password)
-                    .map(|(username, password)| Credentials { username, password })
+                    .map(|(username, password)| Credentials {
+                        username,
+                        password: SecretString::from(password),
+                    })
             }
             _ => {
                 problem(
@@ -301,16 +321,37 @@ impl CassandraConfig {
                 None
             }
         };
-        if let Some(path) = &self.tls_ca_cert_path {
-            problem(
-                "tls_ca_cert_path",
-                format!(
-                    "TLS (CA {}) is not supported by this build: it is compiled without the \
-                     scylla driver's TLS feature; remove the key or connect through a TLS proxy",
-                    path.display()
-                ),
-            );
-        }
+        let client = match (&self.tls_client_cert_path, &self.tls_client_key_path) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => {
+                problem(
+                    "tls_client_cert_path",
+                    "set both tls_client_cert_path and tls_client_key_path, or neither".into(),
+                );
+                None
+            }
+        };
+        let tls = match &self.tls_ca_cert_path {
+            Some(ca) => match CassandraTls::new(ca, client, self.tls_verify_hostname) {
+                Ok(tls) => Some(tls),
+                Err(found) => {
+                    for (key, message) in found {
+                        problem(key, message);
+                    }
+                    None
+                }
+            },
+            None => {
+                if client.is_some() {
+                    problem(
+                        "tls_client_cert_path",
+                        "a client certificate needs TLS: set tls_ca_cert_path too".into(),
+                    );
+                }
+                None
+            }
+        };
         for (key, name) in [("keyspace", &self.keyspace), ("table", &self.table)] {
             if name.is_empty()
                 || name.chars().count() > MAX_NAME_CHARS
@@ -363,7 +404,7 @@ impl CassandraConfig {
         if self.partition_key.is_empty() {
             problem("partition_key", "must name at least one column".into());
         }
-        (credentials, problems)
+        (credentials, tls, problems)
     }
 
     fn validate_with_env(
@@ -371,7 +412,7 @@ impl CassandraConfig {
         schema: &SchemaRef,
         env: impl Fn(&str) -> Option<String>,
     ) -> std::result::Result<Settings, Vec<Problem>> {
-        let (credentials, mut problems) = self.check_with_env(env);
+        let (credentials, tls, mut problems) = self.check_with_env(env);
         let mut problem = |key: &str, message: String| problems.push(Problem::new(key, message));
 
         let mut columns = Vec::new();
@@ -423,6 +464,7 @@ impl CassandraConfig {
                 .unwrap_or_else(config::cassandra_nodes),
             local_datacenter: self.local_datacenter.clone(),
             credentials,
+            tls,
             keyspace: self.keyspace.clone(),
             table: self.table.clone(),
             replication: self.replication.clone(),
@@ -490,7 +532,7 @@ pub(crate) mod tests {
             "contact_points: must name at least one",
             "keyspace: \"bad-name\" is not a valid name",
             "clustering_key: column \"trade_id\" appears twice",
-            "tls_ca_cert_path: TLS (CA ca.pem) is not supported by this build",
+            "tls_ca_cert_path: cannot read ca.pem: ",
             "username_env: set both username_env and password_env",
         ] {
             assert!(err.contains(expected), "missing {expected:?} in {err}");
@@ -561,7 +603,10 @@ pub(crate) mod tests {
         let settings = config.validate_with_env(&profit_schema(), env).unwrap();
         let creds = settings.credentials.as_ref().unwrap();
         assert_eq!(
-            (creds.username.as_str(), creds.password.as_str()),
+            (
+                creds.username.as_str(),
+                secrecy::ExposeSecret::expose_secret(&creds.password)
+            ),
             ("alice", "s3cret-pw")
         );
         let debug = format!("{settings:?}");

@@ -112,8 +112,28 @@ fn new_session_retry(e: &NewSessionError) -> Retry {
             ConnectionSetupRequestErrorKind::MissingAuthentication => Retry::Permanent,
             _ => Retry::Transient,
         },
+        NewSessionError::MetadataError(MetadataError::ConnectionPoolError(
+            ConnectionPoolError::Broken {
+                last_connection_error: ConnectionError::IoError(io),
+            },
+        )) if is_tls_rejection(io) => Retry::Permanent,
         _ => Retry::Transient,
     }
+}
+
+/// Whether a connection failed because TLS refused the node's certificate (wrong CA, a name
+/// that does not match, expired): the same certificate is presented on every retry. A TLS
+/// error of the transport itself (the peer closing mid-handshake) stays transient.
+fn is_tls_rejection(io: &std::io::Error) -> bool {
+    matches!(
+        io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::UnsupportedNameType
+                | rustls::Error::PeerIncompatible(_)
+        )
+    )
 }
 
 #[cfg(test)]

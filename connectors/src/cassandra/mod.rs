@@ -45,8 +45,8 @@
 //!   plan on), so a write fails transiently at once; a node that accepts but does not answer fails requests after
 //!   `request_timeout_ms`. The driver reconnects in the background (its pool refill backs off up
 //!   to a few seconds), and a later write succeeds on the same session.
-//! - TLS is not compiled in (the driver's `rustls-023`/`openssl-010` features are off, to keep the
-//!   build light); setting `tls_ca_cert_path` is a config error that says so.
+//! - TLS is the driver's `rustls-023` feature, on the rustls the other connectors use (see
+//!   `tls.rs`); credentials come from named environment variables and stay redacted.
 
 mod config;
 mod cql;
@@ -58,6 +58,7 @@ mod session;
 mod sink;
 pub mod state;
 pub mod table;
+mod tls;
 mod types;
 
 pub use config::{CassandraConfig, ConsistencyLevel, DEFAULT_NODE, NODES_ENV, Replication};

@@ -9,7 +9,12 @@ use engine::{Error, Result, Retry};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{
+    ConnectionError, ConnectionPoolError, ConnectionSetupRequestErrorKind, CqlRequestKind,
+    MetadataError, NewSessionError,
+};
 use scylla::policies::retry::DefaultRetryPolicy;
+use secrecy::ExposeSecret;
 
 use super::config::Settings;
 use crate::Error as ClientError;
@@ -36,10 +41,25 @@ pub(super) async fn connect(s: &Settings, who: &str) -> Result<Session> {
         builder = builder.prefer_datacenter(dc.clone());
     }
     if let Some(c) = &s.credentials {
-        builder = builder.user(&c.username, &c.password);
+        builder = builder.user(&c.username, c.password.expose_secret());
+    }
+    if let Some(tls) = &s.tls {
+        builder = builder.tls_context(Some(tls.config.clone()));
     }
     let started = Instant::now();
     let session = builder.build().await.map_err(|e| {
+        if s.tls.is_none() && reset_at_first_request(&e) {
+            return Error::sink_failed(
+                who,
+                format!(
+                    "cannot connect to {}: the node closed the connection at the first request \
+                     (OPTIONS), as a TLS-only port does with a client that does not use TLS: \
+                     set tls_ca_cert_path, or check the port ({e})",
+                    s.contact_points.join(", ")
+                ),
+                Retry::Permanent,
+            );
+        }
         ClientError::cassandra(
             format!("cannot connect to {}", s.contact_points.join(", ")),
             e,
@@ -72,4 +92,20 @@ pub(super) async fn connect(s: &Settings, who: &str) -> Result<Session> {
         datacenters = ?datacenters, elapsed_ms = started.elapsed().as_millis() as u64,
         "Connected to Cassandra.");
     Ok(session)
+}
+
+/// Whether the session failed because every node broke the connection during the very first
+/// request (OPTIONS), which is how a node whose native port requires TLS answers a plain client.
+/// A node that is down refuses the connection instead, which stays transient. Only asked when
+/// the client does not use TLS.
+fn reset_at_first_request(e: &NewSessionError) -> bool {
+    matches!(
+        e,
+        NewSessionError::MetadataError(MetadataError::ConnectionPoolError(
+            ConnectionPoolError::Broken {
+                last_connection_error: ConnectionError::ConnectionSetupRequestError(setup),
+            },
+        )) if matches!(setup.request_kind, CqlRequestKind::Options)
+            && matches!(setup.error, ConnectionSetupRequestErrorKind::BrokenConnection(_))
+    )
 }

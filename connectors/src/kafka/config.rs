@@ -9,6 +9,7 @@ use std::time::Duration;
 use engine::Error;
 
 use super::offsets::KafkaOffsets;
+use super::security::{self, KafkaSecurityConfig};
 use serde::Deserialize;
 
 use crate::common::config::{self, Problem};
@@ -164,8 +165,11 @@ pub struct KafkaSourceConfig {
         deserialize_with = "config::positive_millis"
     )]
     pub max_poll_interval: Duration,
-    /// Extra librdkafka properties (e.g. `"security.protocol" = "SSL"`).
+    /// Extra librdkafka properties (never secrets: those come from `security`).
     pub properties: BTreeMap<String, String>,
+    /// TLS and SASL login (`[source.security]`, see [`KafkaSecurityConfig`]). Default: none
+    /// (plain TCP).
+    pub security: Option<KafkaSecurityConfig>,
 }
 
 impl Default for KafkaSourceConfig {
@@ -180,6 +184,7 @@ impl Default for KafkaSourceConfig {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
             properties: BTreeMap::new(),
+            security: None,
         }
     }
 }
@@ -208,6 +213,7 @@ impl KafkaSourceConfig {
                 ));
             }
         }
+        problems.extend(security::problems(self.security.as_ref(), &self.properties));
         problems
     }
 
@@ -329,9 +335,14 @@ pub struct KafkaDeadLetterConfig {
     /// The codec letters are compressed with: `none` (default), `gzip`, `snappy`, `lz4` or `zstd`.
     #[serde(default)]
     pub compression: Compression,
-    /// Extra librdkafka producer properties (not the compression, which is `compression`).
+    /// Extra librdkafka producer properties (not the compression, which is `compression`, nor
+    /// secrets, which come from `security`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// TLS and SASL login (`[dead_letter.security]`, see [`KafkaSecurityConfig`]). Default:
+    /// none (plain TCP).
+    #[serde(default)]
+    pub security: Option<KafkaSecurityConfig>,
 }
 
 impl KafkaDeadLetterConfig {
@@ -345,6 +356,7 @@ impl KafkaDeadLetterConfig {
             "dead_letter",
             &self.properties,
         ));
+        problems.extend(security::problems(self.security.as_ref(), &self.properties));
         problems
     }
 

@@ -22,6 +22,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::config::StartingOffsets;
+use super::security::{KafkaSecurity, SecurityWatch};
 
 /// How long broker look-ups inside a rebalance may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,17 +62,26 @@ pub struct SourceContext {
     data_loss: Mutex<Option<String>>,
     /// Offsets found deleted by retention at assignment and skipped (fail_on_data_loss = false).
     lost_offsets: AtomicU64,
+    /// A refused login or failed TLS handshake, which must stop the source.
+    security: SecurityWatch,
 }
 
 impl SourceContext {
-    /// A context whose start policy is set with [`SourceContext::set_policy`] before subscribing.
-    pub fn new() -> Self {
+    /// A context whose start policy is set with [`SourceContext::set_policy`] before subscribing,
+    /// for a client configured with `security`.
+    pub fn new(security: Option<&KafkaSecurity>) -> Self {
         Self {
             policy: OnceLock::new(),
             events: Mutex::default(),
             data_loss: Mutex::default(),
             lost_offsets: AtomicU64::new(0),
+            security: SecurityWatch::new(security),
         }
+    }
+
+    /// The refused login or failed TLS handshake that must stop the source, if any.
+    pub fn security_failure(&self) -> Option<String> {
+        self.security.fatal()
     }
 
     /// Sets how the query starts; only the first call counts.
@@ -213,7 +223,15 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.security.log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.security.observe(&error, reason);
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn rebalance(

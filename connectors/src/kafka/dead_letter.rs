@@ -37,6 +37,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::config::KafkaDeadLetterConfig;
+use super::security::SecurityWatch;
 use crate::dead_letter::{dead_letter_json, truncated_dead_letter_json};
 
 /// How long a dead letter may wait for room in librdkafka's queue.
@@ -94,7 +95,8 @@ pub fn classify(error: &KafkaError) -> Failure {
 /// The Kafka dead-letter output.
 pub struct KafkaDeadLetterSink {
     config: KafkaDeadLetterConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<SecurityWatch>,
+    watch: SecurityWatch,
 }
 
 impl KafkaDeadLetterSink {
@@ -106,16 +108,23 @@ impl KafkaDeadLetterSink {
             .clone()
             .unwrap_or_else(super::default_brokers);
         let defaults = [("linger.ms", "5"), config.compression.property()];
-        let producer = super::client_config(&brokers, &defaults, &config.properties)
-            .set("enable.idempotence", "true")
-            .create()
-            .map_err(|e| {
-                Error::config(
-                    "dead_letter",
-                    format!("cannot create the Kafka producer: {e}"),
-                )
-            })?;
-        Ok(Self { config, producer })
+        let security = super::security::resolve("dead_letter", config.security.as_ref())?;
+        let watch = SecurityWatch::new(security.as_ref());
+        let producer =
+            super::client_config(&brokers, &defaults, &config.properties, security.as_ref())
+                .set("enable.idempotence", "true")
+                .create_with_context(watch.clone())
+                .map_err(|e| {
+                    Error::config(
+                        "dead_letter",
+                        format!("cannot create the Kafka producer: {e}"),
+                    )
+                })?;
+        Ok(Self {
+            config,
+            producer,
+            watch,
+        })
     }
 
     async fn send(&self, key: &str, body: &str) -> Result<(), KafkaError> {
@@ -174,6 +183,17 @@ impl KafkaDeadLetterSink {
 
     fn failed(&self, letter: &DeadLetter, error: &KafkaError, failure: Failure) -> Error {
         use RDKafkaErrorCode as C;
+        if let Some(fatal) = self.watch.fatal() {
+            return Error::Sink {
+                name: self.description(),
+                message: format!(
+                    "dead letter of {} not delivered to topic {}: {fatal}",
+                    letter.position, self.config.topic
+                ),
+                retry: Retry::Permanent,
+                source: None,
+            };
+        }
         let (retry, hint) = match (failure, error.rdkafka_error_code()) {
             (Failure::Transient, _) => (Retry::Transient, ""),
             (_, Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition)) => (

@@ -17,6 +17,7 @@ pub mod dead_letter;
 mod fetch;
 pub mod offsets;
 pub mod producer;
+pub mod security;
 pub mod sink;
 pub mod source;
 
@@ -28,12 +29,14 @@ pub fn default_brokers() -> String {
     crate::common::config::kafka_bootstrap()
 }
 
-/// A client config with the brokers, coinstream's defaults, and the user's extra librdkafka
-/// properties (which override the defaults).
+/// A client config with the brokers, coinstream's defaults, the user's extra librdkafka
+/// properties (which override the defaults), then the `security` table's settings (which the
+/// config check keeps out of `properties`).
 fn client_config(
     brokers: &str,
     defaults: &[(&str, &str)],
     properties: &std::collections::BTreeMap<String, String>,
+    security: Option<&security::KafkaSecurity>,
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
@@ -42,6 +45,9 @@ fn client_config(
     }
     for (key, value) in properties {
         config.set(key, value);
+    }
+    if let Some(security) = security {
+        security.apply(&mut config);
     }
     config
 }

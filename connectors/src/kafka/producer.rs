@@ -10,6 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::config::Compression;
 use super::dead_letter::{Failure, classify};
+use super::security::{KafkaSecurity, SecurityWatch};
 use crate::Error as ClientError;
 
 /// How long one message may wait for the broker's acknowledgement (librdkafka retries inside).
@@ -20,18 +21,22 @@ const MAX_IN_FLIGHT: usize = 50_000;
 
 /// A batching, idempotent Kafka producer for one topic.
 pub struct TopicProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<SecurityWatch>,
     topic: String,
+    security: Option<KafkaSecurity>,
+    watch: SecurityWatch,
 }
 
 impl TopicProducer {
     /// A producer for `topic` on `brokers` whose record batches are compressed with
-    /// `compression` (extra librdkafka properties in `properties`).
+    /// `compression` (extra librdkafka properties in `properties`), over TLS and/or with a SASL
+    /// login when `security` says so.
     pub fn new(
         brokers: &str,
         topic: &str,
         compression: Compression,
         properties: &BTreeMap<String, String>,
+        security: Option<KafkaSecurity>,
     ) -> Result<Self> {
         // Batched sends (never a flush per message); the user's properties may retune these,
         // but not idempotence, which keeps a retried send from writing a trade twice.
@@ -40,10 +45,11 @@ impl TopicProducer {
             compression.property(),
             ("queue.buffering.max.messages", "1000000"),
         ];
-        let producer = super::client_config(brokers, &defaults, properties)
+        let watch = SecurityWatch::new(security.as_ref());
+        let producer = super::client_config(brokers, &defaults, properties, security.as_ref())
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .create()
+            .create_with_context(watch.clone())
             .map_err(|e| {
                 Error::config(
                     "brokers",
@@ -56,6 +62,8 @@ impl TopicProducer {
         Ok(Self {
             producer,
             topic: topic.to_owned(),
+            security,
+            watch,
         })
     }
 
@@ -108,6 +116,9 @@ impl TopicProducer {
             // librdkafka already retried the send until the delivery timeout; what it still
             // refuses for the record itself (its size, its topic) it would refuse again.
             Some(Err(e)) => {
+                if let Some(fatal) = self.watch.fatal() {
+                    return Err(Error::sink_failed(self.name(), fatal, Retry::Permanent));
+                }
                 let retry = match classify(&e) {
                     Failure::Transient => Retry::Transient,
                     Failure::TooLarge | Failure::Permanent => Retry::Permanent,
@@ -122,7 +133,9 @@ impl TopicProducer {
     /// `timeout` (the sink's healthcheck, before the source is read).
     ///
     /// # Errors
-    /// A transient [`Error::Sink`] when no broker answers.
+    /// A transient [`Error::Sink`] when no broker answers; a permanent one, with librdkafka's
+    /// reason, when a broker refused the login or the TLS handshake failed (see
+    /// [`SecurityWatch`]).
     pub async fn check(&self, timeout: Duration) -> Result<()> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
@@ -130,13 +143,14 @@ impl TopicProducer {
             .await
             .map_err(|e| Error::Internal(format!("Kafka metadata task failed: {e}")))?
             .map(|_| ())
-            .map_err(|e| {
-                ClientError::kafka(
+            .map_err(|e| match self.watch.fatal() {
+                Some(fatal) => Error::sink_failed(self.name(), fatal, Retry::Permanent),
+                None => ClientError::kafka(
                     format!("no broker answered within {timeout:?}"),
                     Retry::Transient,
                     e,
                 )
-                .at_sink(self.name())
+                .at_sink(self.name()),
             })
     }
 
@@ -158,7 +172,7 @@ impl TopicProducer {
         use rdkafka::types::RDKafkaErrorCode;
 
         let admin: AdminClient<DefaultClientContext> =
-            super::client_config(brokers, &[], &Default::default())
+            super::client_config(brokers, &[], &Default::default(), self.security.as_ref())
                 .create()
                 .map_err(|e| {
                     ClientError::kafka("cannot create a Kafka admin client", Retry::Permanent, e)

@@ -36,9 +36,14 @@ pub struct KafkaSinkConfig {
     /// `none`, `gzip`, `snappy`, `lz4` (default) or `zstd`.
     #[serde(default = "lz4")]
     pub compression: Compression,
-    /// Extra librdkafka producer properties (not the compression, which is `compression`).
+    /// Extra librdkafka producer properties (not the compression, which is `compression`, nor
+    /// secrets, which come from `security`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// TLS and SASL login (`[sink.security]`, see
+    /// [`super::security::KafkaSecurityConfig`]). Default: none (plain TCP).
+    #[serde(default)]
+    pub security: Option<super::security::KafkaSecurityConfig>,
     /// Write a null as `"column": null` instead of leaving the field out (Spark's `to_json`
     /// leaves it out, the default). The ingest pipelines set it: their records on the bus always
     /// carry every field.
@@ -62,6 +67,10 @@ impl KafkaSinkConfig {
             problems.push(Problem::new("key", "must name an output column"));
         }
         problems.extend(Compression::refuse_in_properties("sink", &self.properties));
+        problems.extend(super::security::problems(
+            self.security.as_ref(),
+            &self.properties,
+        ));
         problems
     }
 
@@ -107,6 +116,7 @@ impl KafkaSink {
             &config.topic,
             config.compression,
             &config.properties,
+            super::security::resolve("sink", config.security.as_ref())?,
         )?;
         Ok(Self {
             config,
@@ -226,6 +236,7 @@ mod tests {
             key: key.into(),
             compression: Compression::Lz4,
             properties: BTreeMap::new(),
+            security: None,
             explicit_nulls: true,
         };
         // The producer connects on the first send; encoding needs no broker.

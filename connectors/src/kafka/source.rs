@@ -548,6 +548,13 @@ impl KafkaSource {
 
     /// The error for a consumer error from librdkafka: permanent when retrying cannot fix it.
     async fn consumer_error(&self, e: KafkaError) -> Error {
+        if let Some(fatal) = self
+            .consumer
+            .as_ref()
+            .and_then(|c| c.context().security_failure())
+        {
+            return self.error(fatal, Retry::Permanent);
+        }
         let retry = retry_of(&e);
         if retry == Retry::Transient {
             return self.error(format!("consumer failed: {e}"), retry);
@@ -736,10 +743,12 @@ impl Source for KafkaSource {
     }
 
     async fn start(&mut self, request: StartRequest) -> Result<()> {
+        let security = super::security::resolve("source", self.config.security.as_ref())?;
         let mut client = super::client_config(
             &self.config.brokers(),
             CONSUMER_DEFAULTS,
             &self.config.properties,
+            security.as_ref(),
         );
         client
             .set("group.id", &self.config.group_id)
@@ -756,7 +765,7 @@ impl Source for KafkaSource {
                 self.config.max_poll_interval.as_millis().to_string(),
             );
         let consumer: BaseConsumer<SourceContext> = client
-            .create_with_context(SourceContext::new())
+            .create_with_context(SourceContext::new(security.as_ref()))
             .map_err(|e| self.error(format!("cannot create consumer: {e}"), Retry::Permanent))?;
         let consumer = Arc::new(consumer);
         // The partitions there are now, their ends, and whether the group committed any of them:
@@ -764,18 +773,30 @@ impl Source for KafkaSource {
         let c = consumer.clone();
         let topics = self.config.topics.clone();
         let (marks, committed) = tokio::task::spawn_blocking(move || {
-            let marks = watermarks(&c, &topics)?;
-            let partitions: Vec<Partition> = marks.keys().cloned().collect();
-            let committed = committed_positions(&c, &partitions)?;
-            Ok::<_, KafkaError>((marks, committed))
+            let read = || {
+                let marks = watermarks(&c, &topics)?;
+                let partitions: Vec<Partition> = marks.keys().cloned().collect();
+                let committed = committed_positions(&c, &partitions)?;
+                Ok::<_, KafkaError>((marks, committed))
+            };
+            let result = read();
+            if result.is_err() {
+                // librdkafka queues a consumer's log lines and errors until it is polled
+                // (rdkafka sets log.queue), so the reason of a refused login or failed TLS
+                // handshake reaches the context only here. Nothing is subscribed yet: the
+                // poll serves events and returns no message.
+                while c.poll(Duration::ZERO).is_some() {}
+            }
+            result
         })
         .await
         .map_err(|e| Error::Internal(format!("kafka metadata task failed: {e}")))?
-        .map_err(|e| {
-            self.error(
+        .map_err(|e| match consumer.context().security_failure() {
+            Some(fatal) => self.error(fatal, Retry::Permanent),
+            None => self.error(
                 format!("cannot read the topics' partitions and offsets: {e}"),
                 Retry::Transient,
-            )
+            ),
         })?;
         let checkpointed = match &request.committed {
             Some(offset) => self

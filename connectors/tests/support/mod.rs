@@ -16,6 +16,7 @@ pub async fn fresh_topic_producer(prefix: &str) -> (String, TopicProducer) {
         &topic,
         Compression::Lz4,
         &Default::default(),
+        None,
     )
     .unwrap();
     producer
