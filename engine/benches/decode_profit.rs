@@ -209,6 +209,16 @@ fn bench(c: &mut Criterion) {
             black_box(decoder.decode(chunk).unwrap());
         }
     });
+    per_cpu_second("decode, 12.5% already rejected", &mut || {
+        for chunk in with_dead_letters.chunks(BATCH) {
+            black_box(decoder.decode(chunk).unwrap());
+        }
+    });
+    per_cpu_second("decode, one malformed message per batch", &mut || {
+        for chunk in one_bad.chunks(BATCH) {
+            black_box(decoder.decode(chunk).unwrap());
+        }
+    });
     per_cpu_second("decode + profit.sql", &mut || {
         rt.block_on(async {
             for chunk in records.chunks(BATCH) {
