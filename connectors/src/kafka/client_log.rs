@@ -1,0 +1,100 @@
+//! What the producer's librdkafka client logs. librdkafka reports a broker it cannot reach on
+//! every reconnect attempt (a `FAIL` log line, then `BrokerTransportFailure` and `AllBrokersDown`
+//! global errors), every 50 ms or so with nothing listening: dozens of ERROR lines a second. A
+//! long-running sink keeps them visible (an operator must act on them); a short-lived client
+//! such as `coinstream generate --topic` routes them to debug instead, as its own error (which
+//! carries the last such failure, see [`ProducerContext::last_transport_failure`]) says the same
+//! once. Every other log line and error keeps its level in both.
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::ClientContext;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// Where a producer's broker connection failures go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailures {
+    /// At librdkafka's own level (ERROR), each time: for long-running clients.
+    Logged,
+    /// At debug, remembered for the client's own error: for a short-lived command.
+    Debug,
+}
+
+/// The client context of [`super::producer::TopicProducer`] (and its admin client).
+#[derive(Clone)]
+pub struct ProducerContext {
+    failures: TransportFailures,
+    /// The last connection failure librdkafka reported (`127.0.0.1:1/bootstrap: Connect to
+    /// ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)`).
+    last: Arc<Mutex<Option<String>>>,
+}
+
+impl ProducerContext {
+    /// A context routing connection failures as `failures` says.
+    pub fn new(failures: TransportFailures) -> Self {
+        Self {
+            failures,
+            last: Arc::default(),
+        }
+    }
+
+    /// The last broker connection failure librdkafka reported, if any.
+    pub fn last_transport_failure(&self) -> Option<String> {
+        self.last.lock().ok()?.clone()
+    }
+
+    fn remember(&self, failure: &str) {
+        // librdkafka's trailer (`(after 0ms in state CONNECT, 1 identical error(s) suppressed)`)
+        // says nothing a user can act on.
+        let failure = match failure.find(" (after ") {
+            Some(at) if failure.ends_with(')') => &failure[..at],
+            _ => failure,
+        };
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(failure.to_owned());
+        }
+    }
+}
+
+/// A failure to reach a broker (refused, unresolvable, timed out, TLS or SASL handshake
+/// failed), as librdkafka reports it on each attempt.
+fn is_transport_error(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+        )
+    )
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // librdkafka's facility for a failed broker connection (it also says why: refused,
+        // resolution, TLS, SASL).
+        if fac == "FAIL" {
+            self.remember(log_message);
+            if self.failures == TransportFailures::Debug {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+                return;
+            }
+        }
+        DefaultClientContext.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_transport_error(&error) {
+            if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+                self.remember(reason);
+            }
+            if self.failures == TransportFailures::Debug {
+                tracing::debug!("librdkafka: {error}: {reason}");
+                return;
+            }
+        }
+        DefaultClientContext.error(error, reason);
+    }
+}
