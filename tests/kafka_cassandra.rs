@@ -210,14 +210,14 @@ async fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_group_commits_p
     .into_iter()
     .map(|(k, v)| (k, Decimal::from_str(v).unwrap()))
     .collect();
-    let log = records(&setup.run_with(&config, &[]).output().unwrap());
+    let log = common::records(&setup.run_with(&config, &[]).output().unwrap());
     assert_eq!(progress_sum(&log, "numInputRows"), 3, "{log}");
     assert_eq!(progress_sum(&log, "numDeadLetters"), 1, "{log}");
     assert_eq!(parquet_profits(&store), expected, "the 2 good rows");
     assert_past_the_poison_row(&setup);
 
     // The second run finds the group past the poison row.
-    let log = records(&setup.run_with(&config, &[]).output().unwrap());
+    let log = common::records(&setup.run_with(&config, &[]).output().unwrap());
     assert_eq!(progress_sum(&log, "numInputRows"), 0, "{log}");
     assert_eq!(parquet_profits(&store), expected);
     assert_past_the_poison_row(&setup);
