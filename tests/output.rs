@@ -227,6 +227,37 @@ fn progress_json_goes_to_stdout_alone_and_the_report_to_stderr() {
     assert!(!stdout.contains("Run finished."), "{stdout}");
 }
 
+/// A reader that stops early (`| head -n 1`) stops the records, not the run: it ends as it
+/// would have, every row in the store.
+#[test]
+fn a_closed_stdout_stops_the_records_not_the_run() {
+    let (dir, config) = pipeline(300);
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        r#"set -o pipefail; "$0" "$@" 2>/dev/null | head -n 1"#,
+        BIN,
+    ])
+    // Thirty batches: head has long exited before the last records are written.
+    .args(run_args(
+        &config,
+        &["--progress", "json", "--max-records-per-batch=10"],
+    ))
+    .current_dir(repo());
+    let (first, _) = ok(common::wait_with_limit(cmd, LIMIT));
+    let record: serde_json::Value = serde_json::from_str(first.trim()).unwrap();
+    assert_eq!(record["batchId"], 0, "{first}");
+    let expected = common::expected_rows(&dir.path().join("feed.jsonl"));
+    let mut args = vec!["query".to_owned(), "--format".to_owned(), "csv".to_owned()];
+    args.extend(config.args());
+    args.push("SELECT count(*) AS n FROM profit".into());
+    let (count, _) = ok(common::wait_with_limit(coinstream(&args), LIMIT));
+    assert_eq!(
+        count.lines().nth(1),
+        Some(expected.len().to_string().as_str())
+    );
+}
+
 /// `--log-format json` with `--progress json`: stdout still carries only the records, and
 /// stderr holds one log object per line and the report, no record.
 #[test]

@@ -98,3 +98,53 @@ impl ClientContext for ProducerContext {
         DefaultClientContext.error(error, reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFUSED: &str = "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: \
+                           Connection refused (after 0ms in state CONNECT, 1 identical error(s) \
+                           suppressed)";
+
+    #[test]
+    fn remembers_the_last_connection_failure_without_librdkafkas_trailer() {
+        for failures in [TransportFailures::Logged, TransportFailures::Debug] {
+            let context = ProducerContext::new(failures);
+            assert_eq!(context.last_transport_failure(), None);
+            context.log(RDKafkaLogLevel::Error, "FAIL", REFUSED);
+            let expected =
+                "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused";
+            assert_eq!(context.last_transport_failure().as_deref(), Some(expected));
+            // "1/1 brokers are down" says less than the failure before it.
+            context.error(
+                KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+                "1/1 brokers are down",
+            );
+            assert_eq!(context.last_transport_failure().as_deref(), Some(expected));
+            context.error(
+                KafkaError::Global(RDKafkaErrorCode::Resolve),
+                "nowhere:9092/bootstrap: Failed to resolve 'nowhere:9092'",
+            );
+            assert_eq!(
+                context.last_transport_failure().as_deref(),
+                Some("nowhere:9092/bootstrap: Failed to resolve 'nowhere:9092'")
+            );
+        }
+    }
+
+    #[test]
+    fn other_errors_are_not_taken_for_connection_failures() {
+        let context = ProducerContext::new(TransportFailures::Debug);
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "SASL authentication error",
+        );
+        context.log(
+            RDKafkaLogLevel::Warning,
+            "CONFWARN",
+            "a property is ignored",
+        );
+        assert_eq!(context.last_transport_failure(), None);
+    }
+}
