@@ -220,6 +220,8 @@ def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_
             overrides = {k: v for k, v in overrides.items() if not k.startswith("sink.")}
             overrides["sink"] = {"type": "null"}
         trigger = trigger if live else "available-now"
+        # The progress records go to stdout, the logs to stderr: measure.py reads both as one
+        # stream, so the marker below sees the records.
         cmd = [args.coinstream_bin, "run", *shipped_pipeline(PROFIT_PIPELINE, overrides), "--trigger", trigger,
                "--progress", "json"]
         return cmd, r'"numInputRows":[1-9]'

@@ -56,7 +56,10 @@ pub enum Command {
         /// `available-now` or `interval:<n>ms|s|m`; overrides `engine.trigger`.
         #[arg(long)]
         trigger: Option<String>,
-        /// How per-batch progress is printed (to stderr).
+        /// How per-batch progress is printed: `human`, a line per batch on stderr (the
+        /// `[report]` table on stdout), or `json`, one record per batch and line on stdout
+        /// and nothing else there (the report goes to stderr, with the logs), for
+        /// `coinstream run --progress json | jq .numInputRows`.
         #[arg(long, value_enum, default_value_t = ProgressFormat::Human)]
         progress: ProgressFormat,
         /// Overrides `engine.max_records_per_batch`.
@@ -331,9 +334,9 @@ pub enum GenerateFormat {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ProgressFormat {
-    /// One short line per batch.
+    /// One short line per batch, on stderr.
     Human,
-    /// Spark-style progress records, one JSON line per batch.
+    /// Spark-style progress records, one JSON line per batch, on stdout.
     Json,
 }
 

@@ -262,3 +262,55 @@ fn secure_pipeline_names_each_unset_secret_variable_and_refuses_secrets_in_the_f
     );
     assert!(!stderr.contains("user-value-7f3a"), "{stderr}");
 }
+
+/// Bad flags, configs and SQL through the binary: each fails with one `error:` line that says
+/// what is wrong once, in the user's terms, and never as a Rust debug dump (a config struct,
+/// a path, an option, a parser error's `Debug` form).
+#[test]
+fn each_mistake_is_one_error_line_said_once_without_debug_dumps() {
+    let cases: [(&str, &str, &[&str], &str); 5] = [
+        (
+            "run",
+            "coinstream.toml",
+            &["--trigger", "soon"],
+            "error: --trigger: \"soon\" is not available-now or interval:<n>ms|s|m",
+        ),
+        (
+            "explain",
+            "coinstream.toml",
+            &["--set", "engine.trigger=5"],
+            "engine.trigger (from --set engine.trigger=5): invalid type: integer `5`",
+        ),
+        (
+            "query",
+            "coinstream.toml",
+            &["SELEC 1"],
+            "error: SQL error: sql parser error: Expected: an SQL statement, found: SELEC",
+        ),
+        (
+            "explain",
+            "no-such-config.toml",
+            &[],
+            "no-such-config.toml: cannot read: No such file or directory",
+        ),
+        // Both would print to stdout; refused before the source is opened.
+        (
+            "run",
+            "pipelines/kafka-cassandra.toml",
+            &["--set", "sink={ type = \"stdout\" }", "--progress", "json"],
+            "error: --progress json prints the progress records to stdout, where sink.type = \
+             \"stdout\" prints its rows",
+        ),
+    ];
+    for (command, config, args, expected) in cases {
+        let (ok, stderr) = coinstream(command, config, args);
+        let what = format!("{command} {config} {args:?}");
+        assert!(!ok, "{what}: {stderr}");
+        assert_eq!(stderr.matches(expected).count(), 1, "{what}: {stderr}");
+        let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
+        assert_eq!(errors, 1, "{what}: {stderr}");
+        for dump in ["Config {", "PathBuf(", "Some(", "ParserError(", "config: "] {
+            assert!(!stderr.contains(dump), "{what}: {dump:?} in {stderr}");
+        }
+    }
+}

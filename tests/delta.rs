@@ -18,7 +18,8 @@ use common::{
 };
 use testkit::env::repo;
 
-fn run_available_now(config: &Pipeline, max_records: &str) -> String {
+/// The progress records (stdout) and the logs (stderr) of a run to the end of the capture.
+fn run_available_now(config: &Pipeline, max_records: &str) -> (String, String) {
     let out = common::wait_with_limit(
         coinstream(&args(
             &["run", "--trigger", "available-now", "--progress", "json"],
@@ -27,7 +28,7 @@ fn run_available_now(config: &Pipeline, max_records: &str) -> String {
         )),
         Duration::from_secs(300),
     );
-    ok(out).1
+    ok(out)
 }
 
 /// `(symbol, trade_id) → (profit, side)` of every row of the table; panics on a row stored twice.
@@ -123,7 +124,7 @@ fn the_default_run_commits_each_batch_once_with_its_txn_and_time_travel_reads_ol
     let dir = tempfile::tempdir().unwrap();
     let feed = repo().join("required_data/sample_trades.jsonl");
     let cfg = config(dir.path(), &feed);
-    let log = run_available_now(&cfg, "2000");
+    let (records, _) = run_available_now(&cfg, "2000");
     let table = dir.path().join("data/profit");
     let expected = expected_rows(&feed);
     assert_eq!(
@@ -134,7 +135,7 @@ fn the_default_run_commits_each_batch_once_with_its_txn_and_time_travel_reads_ol
 
     // One commit per batch that had rows, each with the query's txn, versions = batch ids.
     let id = query_id(dir.path());
-    let with_rows: Vec<i64> = log
+    let with_rows: Vec<i64> = records
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -149,10 +150,10 @@ fn the_default_run_commits_each_batch_once_with_its_txn_and_time_travel_reads_ol
             t["version"].as_i64().unwrap()
         })
         .collect();
-    assert_eq!(txns, with_rows, "{log}");
+    assert_eq!(txns, with_rows, "{records}");
     assert!(
         with_rows.len() >= 5,
-        "the sample is 5 batches of rows: {log}"
+        "the sample is 5 batches of rows: {records}"
     );
 
     // The log keeps commits for the configured time (a short default: each commit lists it).
@@ -229,7 +230,7 @@ fn a_batch_committed_to_the_table_but_not_to_the_checkpoint_is_not_written_again
             }
         }
     }
-    let log = run_available_now(&cfg, "2000");
+    let (_, log) = run_available_now(&cfg, "2000");
     assert!(log.contains("Replaying a batch"), "{log}");
     assert!(log.contains("already holds this batch"), "{log}");
     assert_eq!(commits(&table).len(), versions, "no new commit");

@@ -167,11 +167,9 @@ fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
         assert_eq!(got_side, side, "taker side of {key:?}");
     }
 
-    // The report and `query` read the same store.
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("| Bitcoin "),
-        "P&L table printed"
-    );
+    // The report (on stderr, as stdout carries the progress records) and `query` read the
+    // same store.
+    assert!(stderr(&out).contains("| Bitcoin "), "P&L table printed");
     let q = project.query("SELECT COUNT(*) AS n, COUNT(DISTINCT symbol) AS s FROM profit");
     assert!(q.status.success(), "{}", stderr(&q));
     let text = String::from_utf8_lossy(&q.stdout);
@@ -180,11 +178,11 @@ fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
     // A second run finds everything committed: no new batches, nothing doubled.
     let again = project.run_ok();
     assert!(
-        !stderr(&again)
+        !String::from_utf8_lossy(&again.stdout)
             .lines()
             .any(|l| l.starts_with('{') && l.contains("\"numInputRows\":1")),
         "{}",
-        stderr(&again)
+        String::from_utf8_lossy(&again.stdout)
     );
     assert_eq!(project.stored().len(), expected.len());
 }
@@ -244,9 +242,10 @@ fn copies(root: &Path) -> BTreeMap<(String, i64), usize> {
     copies
 }
 
-/// The `trades` cell of the P&L report's row for `symbol`.
-fn report_trades(stdout: &[u8], symbol: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(stdout);
+/// The `trades` cell of the P&L report's row for `symbol` in `printed` (a run's stderr with
+/// `--progress json`, its stdout without).
+fn report_trades(printed: &[u8], symbol: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(printed);
     let row = text.lines().find(|l| l.contains(&format!(" {symbol} ")))?;
     let cells: Vec<&str> = row
         .split('|')
@@ -266,9 +265,9 @@ fn run_in(cwd: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Output {
         .expect("the binary runs")
 }
 
-/// The input rows a run's JSON progress lines report.
+/// The input rows a run's JSON progress records (its stdout) report.
 fn input_rows(o: &Output) -> u64 {
-    common::progress_sum(&stderr(o), "numInputRows")
+    common::progress_sum(&String::from_utf8_lossy(&o.stdout), "numInputRows")
 }
 
 #[test]
@@ -289,10 +288,10 @@ fn a_capture_that_grew_with_a_reconnect_between_runs_stores_each_trade_once() {
         .collect();
     assert_eq!(copies, expected, "4 rows, one per trade id");
     assert_eq!(
-        report_trades(&second.stdout, "BTC-USD").as_deref(),
+        report_trades(&second.stderr, "BTC-USD").as_deref(),
         Some("4"),
         "the P&L report counts 4 trades:\n{}",
-        String::from_utf8_lossy(&second.stdout)
+        stderr(&second)
     );
 }
 
@@ -688,10 +687,12 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
         "{}",
         stderr(&out)
     );
-    // The whole chain, each cause once: what failed, then DataFusion's parser error under it.
+    // The whole chain, each cause once: what failed, then DataFusion's parser error under it,
+    // as its message (not its Rust debug form, `ParserError("…")`).
     assert!(
-        stderr(&out).contains("profit.sql): planning failed: SQL error: ParserError")
-            && stderr(&out).matches("ParserError").count() == 1,
+        stderr(&out).contains("profit.sql): planning failed: SQL error: sql parser error: ")
+            && stderr(&out).matches("sql parser error").count() == 1
+            && !stderr(&out).contains("ParserError"),
         "{}",
         stderr(&out)
     );
@@ -764,8 +765,9 @@ fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
     letters
 }
 
+/// The JSON progress records of a run, from its stdout.
 fn progress_lines(o: &Output) -> Vec<serde_json::Value> {
-    stderr(o)
+    String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
@@ -828,7 +830,7 @@ fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_run_goes_on() {
         "{}",
         stderr(&out)
     );
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = stderr(&out);
     assert!(
         report.contains("| Cardano ") && report.contains("| Ethereum "),
         "{report}"
@@ -883,7 +885,7 @@ fn a_run_that_stores_nothing_ends_with_an_empty_report() {
     assert_eq!(input_rows(&out), 2, "both trades read: {}", stderr(&out));
     assert!(project.stored().is_empty());
     // The report's header, and no row.
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = stderr(&out);
     let lines: Vec<&str> = report.lines().filter(|l| l.starts_with('|')).collect();
     assert_eq!(lines.len(), 1, "{report}");
     for column in [
@@ -1089,7 +1091,7 @@ fn a_declared_column_no_record_has_fails_the_run_naming_the_first_reason() {
     assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
     assert_eq!(project.dead_letters().len() as u64, received);
     assert!(
-        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        !stderr(&out).lines().any(|l| l.starts_with('|')),
         "no report after a failed run"
     );
 }

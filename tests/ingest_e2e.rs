@@ -455,7 +455,7 @@ async fn the_embedded_coinbase_pipeline_writes_live_trades_to_parquet() {
     let mut args = vec!["run".to_owned()];
     args.extend(config.args());
     args.extend(["--trigger", "available-now", "--progress", "json"].map(String::from));
-    let log = check(&coinstream(dir.path(), &args));
+    let log = records(&coinstream(dir.path(), &args));
     let progress: Vec<serde_json::Value> = log
         .lines()
         .filter(|l| l.starts_with('{'))

@@ -21,7 +21,7 @@ async fn stores_100k_trades_from_six_partitions_exactly_once_with_their_profit()
     produce(&setup.topic, &messages).await;
     let started = Instant::now();
     let out = setup.run(&[]).output().unwrap();
-    let log = check(&out);
+    let log = records(&out);
     let elapsed = started.elapsed();
     let session = session().await;
     let rows = stored(&session, &setup.keyspace).await;
@@ -143,7 +143,7 @@ async fn hostile_messages_go_to_the_dead_letter_topic_with_their_reason() {
     }
     produce(&setup.topic, &messages).await;
     let out = setup.run(&[]).output().unwrap();
-    let log = check(&out);
+    let log = records(&out);
     let dead = progress_sum(&log, "numDeadLetters");
     assert_eq!(dead, 200, "every hostile message counted");
     let session = session().await;
@@ -210,14 +210,14 @@ async fn a_trade_whose_profit_overflows_is_dead_lettered_and_the_group_commits_p
     .into_iter()
     .map(|(k, v)| (k, Decimal::from_str(v).unwrap()))
     .collect();
-    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    let log = common::records(&setup.run_with(&config, &[]).output().unwrap());
     assert_eq!(progress_sum(&log, "numInputRows"), 3, "{log}");
     assert_eq!(progress_sum(&log, "numDeadLetters"), 1, "{log}");
     assert_eq!(parquet_profits(&store), expected, "the 2 good rows");
     assert_past_the_poison_row(&setup);
 
     // The second run finds the group past the poison row.
-    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    let log = common::records(&setup.run_with(&config, &[]).output().unwrap());
     assert_eq!(progress_sum(&log, "numInputRows"), 0, "{log}");
     assert_eq!(parquet_profits(&store), expected);
     assert_past_the_poison_row(&setup);

@@ -118,7 +118,7 @@ async fn a_dead_letter_larger_than_its_topic_allows_is_written_truncated_and_the
     assert_eq!(whole["topic"], setup.topic.as_str());
 
     // The next run finds the group past both.
-    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    let log = records(&setup.run_with(&config, &[]).output().unwrap());
     assert_eq!(progress_sum(&log, "numInputRows"), 0, "{log}");
 }
 
@@ -136,7 +136,7 @@ async fn a_dead_letter_over_the_producers_own_limit_is_written_truncated() {
             setup.dead_letters
         ),
     );
-    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    let log = records(&setup.run_with(&config, &[]).output().unwrap());
     assert_eq!(progress_sum(&log, "numDeadLetters"), 1, "{log}");
     assert_eq!(parquet_profits(&store), expected);
     assert_committed_to_end(&setup.group, &setup.topic);
@@ -195,7 +195,7 @@ async fn zstd_dead_letters_are_compressed_and_read_back_whole() {
         &setup,
         &format!("topic = \"{dlq}\", compression = \"zstd\""),
     );
-    let log = check(&setup.run_with(&config, &[]).output().unwrap());
+    let log = records(&setup.run_with(&config, &[]).output().unwrap());
     assert_eq!(progress_sum(&log, "numDeadLetters"), 1, "{log}");
     assert_eq!(parquet_profits(&store), expected);
     assert_committed_to_end(&setup.group, &setup.topic);

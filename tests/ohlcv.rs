@@ -38,7 +38,8 @@ fn ohlcv(dir: &Path, feed: &Path) -> Pipeline {
         .set_path("dead_letter.path", &dir.join("dead_letters"))
 }
 
-fn run_available_now(config: &Pipeline, max_records: &str) -> String {
+/// The progress records (stdout) and the logs (stderr) of a run to the end of the capture.
+fn run_available_now(config: &Pipeline, max_records: &str) -> (String, String) {
     ok(common::wait_with_limit(
         coinstream(&args(
             &["run", "--trigger", "available-now", "--progress", "json"],
@@ -47,7 +48,6 @@ fn run_available_now(config: &Pipeline, max_records: &str) -> String {
         )),
         Duration::from_secs(300),
     ))
-    .1
 }
 
 fn progress(log: &str) -> Vec<serde_json::Value> {
@@ -188,7 +188,7 @@ fn candles_of_the_capture_are_exact_whatever_the_batch_size() {
     for max_records in ["2000", "137", "100000"] {
         let dir = tempfile::tempdir().unwrap();
         let config = ohlcv(dir.path(), &feed);
-        let log = run_available_now(&config, max_records);
+        let (log, _) = run_available_now(&config, max_records);
         // The capture is in order, so no row is late and the oracle above holds.
         assert_eq!(state_sum(&log, "numRowsDroppedByWatermark"), 0, "{log}");
         assert_eq!(
@@ -276,7 +276,7 @@ fn rows_out_of_order_within_the_delay_count_late_ones_are_dropped_and_open_windo
     let config = ohlcv(dir.path(), &feed).set_flag(
         r#"input.watermark={ column = "trade_time", delay = "10s", dead_letter = true }"#,
     );
-    let log = run_available_now(&config, "1");
+    let (log, _) = run_available_now(&config, "1");
     let table = dir.path().join("ohlcv_1m");
     let minute = |m: &str| ("BTC-USD".to_owned(), micros(m));
     let mut want = Candles::from([
@@ -317,7 +317,7 @@ fn rows_out_of_order_within_the_delay_count_late_ones_are_dropped_and_open_windo
     frames.push(frame("BTC-USD", 8, "2026-11-20T10:02:40Z", "104", "1"));
     frames.push(frame("BTC-USD", 9, "2026-11-20T10:03:50Z", "110", "1"));
     write_feed(&feed, &frames);
-    let log = run_available_now(&config, "1");
+    let (_, log) = run_available_now(&config, "1");
     assert!(log.contains("Restored the aggregation's state"), "{log}");
     want.insert(
         minute("2026-11-20T10:02:00Z"),
@@ -364,7 +364,7 @@ fn update_mode_writes_a_window_in_every_batch_that_changes_it() {
         .set("transforms.output_mode", "update")
         .set_path("sink.path", &dir.path().join("parquet"))
         .set("sink.type", "parquet");
-    let log = run_available_now(&config, "1");
+    let (log, _) = run_available_now(&config, "1");
     // Each one-message batch wrote its window as it then stood: three versions of one candle,
     // the window still open (update mode writes before the watermark passes).
     let outputs: Vec<u64> = progress(&log)
@@ -466,7 +466,7 @@ fn hopping_windows_count_every_trade_in_each_window_that_holds_it() {
     let config = ohlcv(dir.path(), &feed)
         .set("transforms.files", vec![sql.display().to_string()])
         .set("transforms.output", "hop_3m");
-    let log = run_available_now(&config, "700");
+    let (log, _) = run_available_now(&config, "700");
     assert_eq!(state_sum(&log, "numRowsDroppedByWatermark"), 0, "{log}");
     // The oracle: each trade in the three windows that hold it, closed by the final watermark.
     let trades = trades_of(&feed);

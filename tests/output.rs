@@ -1,7 +1,7 @@
 //! What `coinstream` prints for people and scripts, through the binary on the embedded default
 //! pipeline (`coinstream.toml`, no servers): log lines without colour codes off a terminal or
-//! with `NO_COLOR`, `--log-format json`, the default `--log` filter (against the real Cassandra),
-//! and `query --format table|csv|json`.
+//! with `NO_COLOR`, `--log-format json`, `--progress json` records alone on stdout, the default
+//! `--log` filter (against the real Cassandra), and `query --format table|csv|json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,19 +111,174 @@ fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
     );
 }
 
+/// `coinstream run … | jq -c '[.batchId, .numInputRows]'` through a real shell pipe (bash with
+/// `pipefail`, so a failing run fails the pipe too): jq fails on the first line of its input
+/// that is not a JSON object, so its success means every line of the run's stdout was a progress
+/// record. Returns jq's output, one `[batchId, numInputRows]` per record, and the run's stderr.
+fn piped_through_jq(args: &[String], dir: &Path) -> (Vec<(u64, u64)>, String) {
+    let stderr_file = dir.join("stderr.txt");
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        r#"set -o pipefail; "$0" "$@" 2>"$STDERR_FILE" | jq -c '[.batchId, .numInputRows]'"#,
+        BIN,
+    ])
+    .args(args)
+    .env("STDERR_FILE", &stderr_file)
+    .current_dir(repo());
+    let out = common::wait_with_limit(cmd, LIMIT);
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the pipe failed ({}): jq said {}\nthe run's stderr:\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let [id, rows]: [u64; 2] = serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("{e}: jq printed {l:?}: a stdout line without batchId or numInputRows")
+            });
+            (id, rows)
+        })
+        .collect();
+    (records, stderr)
+}
+
+/// The lines of the end-of-run report (`sql/reports/pnl_by_coin.sql`, an aligned table) in
+/// `text`, which must hold its header.
+fn report_lines(text: &str) -> Vec<&str> {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('|') || l.starts_with('+'))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('|') && l.contains("symbol")),
+        "no report table in:\n{text}"
+    );
+    lines
+}
+
+/// The records are the batches 0, 1, … in order, and they count every input row.
+fn assert_records_cover(records: &[(u64, u64)], input_rows: u64) {
+    assert!(!records.is_empty());
+    let ids: Vec<u64> = records.iter().map(|r| r.0).collect();
+    assert_eq!(ids, (0..records.len() as u64).collect::<Vec<_>>());
+    assert_eq!(records.iter().map(|r| r.1).sum::<u64>(), input_rows);
+}
+
+/// With `--progress json`, stdout carries the progress records and nothing else, so
+/// `run --progress json | jq` works; the logs and the end-of-run report go to stderr. With the
+/// default `--progress human`, the progress lines go to stderr and the report to stdout.
+#[test]
+fn progress_json_goes_to_stdout_alone_and_the_report_to_stderr() {
+    // Several batches, so several records.
+    const SMALL: &str = "--max-records-per-batch=100";
+    let (dir, config) = pipeline(300);
+    // Each run its own store, so each run reads the whole capture.
+    let fresh = |name: &str| {
+        config
+            .clone()
+            .set_path("engine.checkpoint_dir", &dir.path().join(name).join("cp"))
+            .set_path("sink.path", &dir.path().join(name).join("profit"))
+    };
+
+    let (records, stderr) = piped_through_jq(
+        &run_args(&fresh("json"), &["--progress", "json", SMALL]),
+        dir.path(),
+    );
+    let finished = stderr
+        .lines()
+        .find(|l| l.contains("Run finished."))
+        .unwrap_or_else(|| panic!("no `Run finished.` log line on stderr:\n{stderr}"));
+    let logged: u64 = finished
+        .split("input_rows=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no input_rows in {finished:?}"));
+    assert_eq!(logged, 300, "{finished}");
+    assert_records_cover(&records, 300);
+    assert!(records.len() >= 3, "{records:?}");
+    report_lines(&stderr);
+    assert!(
+        !stderr.lines().any(|l| l.contains("numInputRows")),
+        "a progress record on stderr:\n{stderr}"
+    );
+
+    // The default: a human line per batch on stderr, and on stdout only the report.
+    let (stdout, stderr) = ok(common::wait_with_limit(
+        coinstream(&run_args(&fresh("human"), &[SMALL])),
+        LIMIT,
+    ));
+    let non_empty: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        report_lines(&stdout),
+        non_empty,
+        "only the report on stdout"
+    );
+    let batches = stderr.lines().filter(|l| l.starts_with("batch ")).count();
+    assert_eq!(batches, records.len(), "{stderr}");
+    assert!(stderr.contains("Run finished."), "{stderr}");
+    assert!(!stdout.contains("Run finished."), "{stdout}");
+}
+
+/// A reader that stops early (`| head -n 1`) stops the records, not the run: it ends as it
+/// would have, every row in the store.
+#[test]
+fn a_closed_stdout_stops_the_records_not_the_run() {
+    let (dir, config) = pipeline(300);
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        r#"set -o pipefail; "$0" "$@" 2>/dev/null | head -n 1"#,
+        BIN,
+    ])
+    // Thirty batches: head has long exited before the last records are written.
+    .args(run_args(
+        &config,
+        &["--progress", "json", "--max-records-per-batch=10"],
+    ))
+    .current_dir(repo());
+    let (first, _) = ok(common::wait_with_limit(cmd, LIMIT));
+    let record: serde_json::Value = serde_json::from_str(first.trim()).unwrap();
+    assert_eq!(record["batchId"], 0, "{first}");
+    let expected = common::expected_rows(&dir.path().join("feed.jsonl"));
+    let mut args = vec!["query".to_owned(), "--format".to_owned(), "csv".to_owned()];
+    args.extend(config.args());
+    args.push("SELECT count(*) AS n FROM profit".into());
+    let (count, _) = ok(common::wait_with_limit(coinstream(&args), LIMIT));
+    assert_eq!(
+        count.lines().nth(1),
+        Some(expected.len().to_string().as_str())
+    );
+}
+
+/// `--log-format json` with `--progress json`: stdout still carries only the records, and
+/// stderr holds one log object per line and the report, no record.
 #[test]
 fn log_format_json_prints_one_object_per_line() {
-    let (_dir, config) = pipeline(300);
-    let cmd = coinstream(&run_args(
-        &config,
-        &["--log-format", "json", "--progress", "json"],
-    ));
-    let (_, stderr) = ok(common::wait_with_limit(cmd, LIMIT));
+    let (dir, config) = pipeline(300);
+    let (records, stderr) = piped_through_jq(
+        &run_args(&config, &["--log-format", "json", "--progress", "json"]),
+        dir.path(),
+    );
+    let report = report_lines(&stderr);
     let lines: Vec<serde_json::Value> = stderr
         .lines()
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty() && !report.contains(l))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
         .collect();
+    for line in &lines {
+        assert!(
+            line["level"].is_string() && line["fields"]["message"].is_string(),
+            "not a log object on stderr: {line}"
+        );
+    }
     let finished = lines
         .iter()
         .find(|l| l["fields"]["message"] == "Run finished.")
@@ -131,6 +286,7 @@ fn log_format_json_prints_one_object_per_line() {
     assert_eq!(finished["level"], "INFO");
     assert_eq!(finished["fields"]["input_rows"], 300);
     assert_eq!(finished["target"], "coinstream::pipeline::run");
+    assert_records_cover(&records, 300);
 }
 
 /// The Cassandra driver's routine INFO lines ("No sharding information received", "Node added

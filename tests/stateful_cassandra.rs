@@ -16,8 +16,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Running, Setup, check, decimal, produce, progress_sum, repo, session, wait_for_members,
-    wait_with_limit,
+    Running, Setup, check, decimal, produce, progress_sum, records, repo, session,
+    wait_for_members, wait_with_limit,
 };
 
 const MINUTE_MICROS: i64 = 60_000_000;
@@ -362,7 +362,7 @@ async fn a_backlog_in_six_partitions_is_read_evenly_so_no_partition_falls_behind
     let mut generator = generator(13, 50_000);
     let (messages, trades) = generate(&mut generator, 30_000);
     produce(&setup.topic, &messages).await;
-    let log = check(&wait_with_limit(
+    let log = records(&wait_with_limit(
         setup.run_with(&config, &["--max-records-per-batch", "2000"]),
         Duration::from_secs(300),
     ));

@@ -239,7 +239,8 @@ impl Error {
 /// returning it from `source()`; a cause whose message the text printed just before already
 /// contains is skipped, so each message appears once. Some embed the cause's `Debug` form instead
 /// (DataFusion's `SQL error: ParserError("Expected: …")` wraps sqlparser's `sql parser error:
-/// Expected: …`, with its quotes escaped), so a cause whose `Debug` form is there is skipped too.
+/// Expected: …`, with its quotes escaped): that `Debug` form is replaced by the cause's message
+/// (`SQL error: sql parser error: Expected: …`), so no Rust debug dump reaches a user.
 pub fn report<'a>(error: &'a (dyn std::error::Error + 'static)) -> Report<'a> {
     Report(error)
 }
@@ -250,18 +251,24 @@ pub struct Report<'a>(&'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.to_string();
-        f.write_str(&shown)?;
+        let mut text = self.0.to_string();
+        // The message printed last: the one a cause may repeat.
+        let mut shown = text.clone();
         let mut cause = self.0.source();
         while let Some(c) = cause {
             let message = c.to_string();
-            if !shown.contains(message.as_str()) && !shown.contains(&format!("{c:?}")) {
-                write!(f, ": {message}")?;
+            let debug = format!("{c:?}");
+            if shown.contains(&debug) {
+                text = text.replace(&debug, &message);
+                shown = shown.replace(&debug, &message);
+            } else if !shown.contains(message.as_str()) {
+                text.push_str(": ");
+                text.push_str(&message);
                 shown = message;
             }
             cause = c.source();
         }
-        Ok(())
+        f.write_str(&text)
     }
 }
 
@@ -328,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn report_skips_a_parser_error_datafusion_printed_in_debug_form() {
+    fn report_shows_a_parser_error_datafusion_printed_in_debug_form_as_its_message() {
         use datafusion::sql::sqlparser::dialect::GenericDialect;
         use datafusion::sql::sqlparser::parser::Parser;
         let parse = Parser::parse_sql(&GenericDialect {}, "SELECT FROM WHERE \"x\" 'y'");
@@ -340,11 +347,11 @@ mod tests {
             source: df,
         };
         let text = report(&e).to_string();
-        assert!(text.contains("SQL error: ParserError(\"Expected"), "{text}");
         assert!(
-            !text.contains("sql parser error"),
-            "the cause is printed once: {text}"
+            text.contains("SQL error: sql parser error: Expected"),
+            "{text}"
         );
+        assert!(!text.contains("ParserError"), "no Rust debug form: {text}");
         assert_eq!(text.matches("Expected").count(), 1, "{text}");
     }
 }

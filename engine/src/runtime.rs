@@ -668,7 +668,7 @@ impl StreamingQuery {
                         &bytes,
                         &format!("the state of part {name} in {}", shared.description()),
                     )?;
-                    tracing::info!(part = %name, groups = store.len(), offset_after = ?store.offset_after,
+                    tracing::info!(part = %name, groups = store.len(), offset_after = store.offset_after,
                         "Took over the aggregation state of a source part.");
                     store
                 }

@@ -90,12 +90,13 @@ pub(super) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let ingest_time = connectors::common::trade::rfc3339_micros(chrono::Utc::now());
     if let Some(topic) = topic {
         let brokers = brokers.unwrap_or_else(connectors::kafka::default_brokers);
-        let producer = connectors::kafka::producer::TopicProducer::new(
+        // Short-lived: an unreachable broker is one error below, not librdkafka's ERROR line
+        // on each reconnect attempt.
+        let producer = connectors::kafka::producer::TopicProducer::short_lived(
             &brokers,
             &topic,
             compression,
             &Default::default(),
-            None,
         )?;
         // Without a broker, librdkafka would retry each send until its delivery timeout
         // (minutes); one request tells within seconds. The topic is created before any metadata

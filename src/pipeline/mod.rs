@@ -11,7 +11,7 @@ mod run;
 
 use std::num::NonZeroUsize;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use engine::context::{EngineContext, InputSlot};
 use engine::transform::{PlannedTransform, TransformFile};
 
@@ -32,7 +32,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => {
             let mut config = config.load()?;
             if let Some(t) = trigger {
-                config.trigger = t.parse().context("--trigger")?;
+                // The flag names itself: the engine's "config: trigger:" prefix would name a key
+                // the user did not write.
+                config.trigger = t.parse().map_err(|e| match e {
+                    engine::Error::Config { message, .. } => anyhow!("--trigger: {message}"),
+                    other => anyhow::Error::new(other).context("--trigger"),
+                })?;
             }
             if let Some(n) = max_records_per_batch {
                 // The conversion's own error ("out of range integral type conversion") says

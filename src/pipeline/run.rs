@@ -16,6 +16,7 @@ use crate::ui::page::Page;
 use crate::ui::taps::{PageDeadLetters, PageSink};
 use crate::ui::{Ui, UiBind};
 use coinstream::config::Config;
+use connectors::SinkConfig;
 
 /// Runs the configured pipeline until its source is exhausted or SIGINT/SIGTERM (`run`, and the
 /// `ingest` shortcuts).
@@ -29,6 +30,13 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let (_ctx, input, transforms) = plan(&config).await?;
     let transform = take_output(&config, transforms)?;
+    if matches!(progress, ProgressFormat::Json) && matches!(config.sink, SinkConfig::Stdout(_)) {
+        // Both would write to stdout, and a reader of either could no longer parse it.
+        anyhow::bail!(
+            "--progress json prints the progress records to stdout, where sink.type = \"stdout\" \
+             prints its rows: use --progress human (records as lines on stderr) or another sink"
+        );
+    }
     // Before the sink or the checkpoint is touched: a stateful query whose output mode cannot
     // work (append without a window or a watermark) would write nothing, ever.
     if let Some(agg) = transform.stateful() {
@@ -78,13 +86,16 @@ pub(crate) async fn run(
             .as_ref()
             .map(|st| connectors::build_state(st, &config.sink))
             .transpose()?,
-        on_progress: Box::new(move |p| {
-            // Recorded even without a server: cheap, and it keeps one code path.
-            state.record(p);
-            page.publish(p);
-            match progress {
-                ProgressFormat::Human => eprintln!("{}", p.human_line()),
-                ProgressFormat::Json => eprintln!("{}", p.json_line()),
+        on_progress: Box::new({
+            let mut records = Records::default();
+            move |p| {
+                // Recorded even without a server: cheap, and it keeps one code path.
+                state.record(p);
+                page.publish(p);
+                match progress {
+                    ProgressFormat::Human => eprintln!("{}", p.human_line()),
+                    ProgressFormat::Json => records.print(&p.json_line()),
+                }
             }
         }),
     };
@@ -105,14 +116,45 @@ pub(crate) async fn run(
     if let Some(report) = &config.report {
         let sql = std::fs::read_to_string(report)
             .with_context(|| format!("reading report {}", report.display()))?;
-        println!(
-            "{}",
-            run_query(&config, &sql, None)
-                .await
-                .with_context(|| format!("report {}", report.display()))?
-        );
+        let table = run_query(&config, &sql, None)
+            .await
+            .with_context(|| format!("report {}", report.display()))?;
+        match progress {
+            ProgressFormat::Human => println!("{table}"),
+            // stdout carries the records only, so that every line of it parses as one.
+            ProgressFormat::Json => eprintln!("{table}"),
+        }
     }
     Ok(())
+}
+
+/// Where `--progress json` prints: one record per line on stdout (logs and the report go to
+/// stderr), so `coinstream run --progress json | jq .numInputRows` sees records only.
+#[derive(Default)]
+struct Records {
+    /// The reader closed stdout (`| head -3`): the run goes on without printing records, as
+    /// its output goes to the sink, not to stdout.
+    closed: bool,
+}
+
+impl Records {
+    fn print(&mut self, line: &str) {
+        if self.closed {
+            return;
+        }
+        use std::io::Write;
+        // The line and its newline in one `write_all`: stdout's line buffer then hands the whole
+        // record to the pipe in one write (`writeln!` would write a record longer than that
+        // buffer without its newline first, and a log line on a shared pipe could land between).
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| out.flush())
+        {
+            self.closed = true;
+            tracing::warn!(error = %e, "Cannot print progress records to stdout; the run goes on without them.");
+        }
+    }
 }
 
 async fn wait_for_signal() {

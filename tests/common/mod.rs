@@ -313,8 +313,9 @@ pub fn assert_committed_to_end(group: &str, topic: &str) {
     testkit::kafka::assert_committed_to_end(group, topic, PARTITIONS);
 }
 
-/// A `coinstream` process whose standard error is read as it comes, so a long run never blocks
-/// on a full pipe.
+/// A `coinstream` process whose standard output and standard error are read as they come, into
+/// one log, so a long run never blocks on a full pipe: the progress records (`--progress json`,
+/// on stdout) and the logs (on stderr), each stream in its own order.
 pub struct Running {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
@@ -324,21 +325,25 @@ pub struct Running {
 impl Running {
     pub fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [stdout, stderr] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let _ = tx.send(line);
+                }
+            });
+        }
         Self {
             child,
             lines,
@@ -425,7 +430,7 @@ impl Running {
         log
     }
 
-    /// Everything printed, once the process has exited (the reader ends at the pipe's end).
+    /// Everything printed, once the process has exited (the readers end at the pipes' ends).
     fn drain(&mut self) -> Vec<String> {
         let mut log = std::mem::take(&mut self.log);
         log.extend(self.lines.iter());
@@ -433,7 +438,8 @@ impl Running {
     }
 }
 
-/// The sum of `field` over the JSON progress lines of a log.
+/// The sum of `field` over the JSON progress records (the lines starting with `{`) of `log`: a
+/// run's stdout with `--progress json`, or a [`Running`] log.
 pub fn progress_sum(log: &str, field: &str) -> u64 {
     log.lines()
         .filter(|l| l.starts_with('{'))
@@ -445,14 +451,31 @@ pub fn progress_sum(log: &str, field: &str) -> u64 {
         .sum()
 }
 
+/// The stderr (the logs) of a run that must have succeeded; panics, showing both streams, when
+/// it did not.
 pub fn check(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    check_both(out).1
+}
+
+/// The stdout of a run that must have succeeded: with `--progress json`, its progress records,
+/// one per line. Panics, showing both streams, when it did not succeed.
+pub fn records(out: &Output) -> String {
+    check_both(out).0
+}
+
+/// The stdout and stderr of a run that must have succeeded; panics, showing both, when it did
+/// not.
+pub fn check_both(out: &Output) -> (String, String) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(
         out.status.success(),
-        "coinstream failed ({}):\n{err}",
+        "coinstream failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    err
+    (stdout, stderr)
 }
 
 /// Every record batch of the embedded store at `root`: a Delta table read through its log (the

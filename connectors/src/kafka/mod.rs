@@ -10,6 +10,7 @@
 //! - Committed offsets are the group's truth: a restart resumes from them, and a batch the engine
 //!   planned but never committed starts exactly at its first offset again.
 
+mod client_log;
 pub mod config;
 mod consumer;
 mod context;

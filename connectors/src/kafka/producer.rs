@@ -8,6 +8,7 @@ use engine::{Error, Result, Retry};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use super::client_log::{ProducerContext, TransportFailures};
 use super::config::Compression;
 use super::dead_letter::{Failure, classify};
 use super::security::{KafkaSecurity, SecurityWatch};
@@ -21,16 +22,20 @@ const MAX_IN_FLIGHT: usize = 50_000;
 
 /// A batching, idempotent Kafka producer for one topic.
 pub struct TopicProducer {
-    producer: FutureProducer<SecurityWatch>,
+    producer: FutureProducer<ProducerContext>,
+    context: ProducerContext,
     topic: String,
     security: Option<KafkaSecurity>,
-    watch: SecurityWatch,
 }
 
 impl TopicProducer {
     /// A producer for `topic` on `brokers` whose record batches are compressed with
     /// `compression` (extra librdkafka properties in `properties`), over TLS and/or with a SASL
-    /// login when `security` says so.
+    /// login when `security` says so, for a long-running client: librdkafka's broker connection
+    /// failures are logged each time, at ERROR.
+    ///
+    /// # Errors
+    /// A [`Error::Config`] when librdkafka refuses the properties.
     pub fn new(
         brokers: &str,
         topic: &str,
@@ -38,6 +43,47 @@ impl TopicProducer {
         properties: &BTreeMap<String, String>,
         security: Option<KafkaSecurity>,
     ) -> Result<Self> {
+        Self::with_failures(
+            brokers,
+            topic,
+            compression,
+            properties,
+            security,
+            TransportFailures::Logged,
+        )
+    }
+
+    /// [`TopicProducer::new`] for a short-lived command (`coinstream generate --topic`): broker
+    /// connection failures go to debug, and [`TopicProducer::check`] and
+    /// [`TopicProducer::create_topic`] name the last one in their error instead, once.
+    ///
+    /// # Errors
+    /// As [`TopicProducer::new`].
+    pub fn short_lived(
+        brokers: &str,
+        topic: &str,
+        compression: Compression,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        Self::with_failures(
+            brokers,
+            topic,
+            compression,
+            properties,
+            None,
+            TransportFailures::Debug,
+        )
+    }
+
+    fn with_failures(
+        brokers: &str,
+        topic: &str,
+        compression: Compression,
+        properties: &BTreeMap<String, String>,
+        security: Option<KafkaSecurity>,
+        failures: TransportFailures,
+    ) -> Result<Self> {
+        let context = ProducerContext::new(failures, SecurityWatch::new(security.as_ref()));
         // Batched sends (never a flush per message); the user's properties may retune these,
         // but not idempotence, which keeps a retried send from writing a trade twice.
         let defaults = [
@@ -45,11 +91,10 @@ impl TopicProducer {
             compression.property(),
             ("queue.buffering.max.messages", "1000000"),
         ];
-        let watch = SecurityWatch::new(security.as_ref());
         let producer = super::client_config(brokers, &defaults, properties, security.as_ref())
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .create_with_context(watch.clone())
+            .create_with_context(context.clone())
             .map_err(|e| {
                 Error::config(
                     "brokers",
@@ -61,9 +106,9 @@ impl TopicProducer {
             })?;
         Ok(Self {
             producer,
+            context,
             topic: topic.to_owned(),
             security,
-            watch,
         })
     }
 
@@ -116,7 +161,7 @@ impl TopicProducer {
             // librdkafka already retried the send until the delivery timeout; what it still
             // refuses for the record itself (its size, its topic) it would refuse again.
             Some(Err(e)) => {
-                if let Some(fatal) = self.watch.fatal() {
+                if let Some(fatal) = self.context.watch.fatal() {
                     return Err(Error::sink_failed(self.name(), fatal, Retry::Permanent));
                 }
                 let retry = match classify(&e) {
@@ -143,15 +188,21 @@ impl TopicProducer {
             .await
             .map_err(|e| Error::Internal(format!("Kafka metadata task failed: {e}")))?
             .map(|_| ())
-            .map_err(|e| match self.watch.fatal() {
+            .map_err(|e| match self.context.watch.fatal() {
                 Some(fatal) => Error::sink_failed(self.name(), fatal, Retry::Permanent),
-                None => ClientError::kafka(
-                    format!("no broker answered within {timeout:?}"),
-                    Retry::Transient,
-                    e,
-                )
-                .at_sink(self.name()),
+                None => ClientError::kafka(self.no_answer(timeout), Retry::Transient, e)
+                    .at_sink(self.name()),
             })
+    }
+
+    /// "no broker answered within …", with the last connection failure librdkafka reported.
+    fn no_answer(&self, timeout: Duration) -> String {
+        match self.context.last_transport_failure() {
+            Some(failure) => {
+                format!("no broker answered within {timeout:?} (last attempt: {failure})")
+            }
+            None => format!("no broker answered within {timeout:?}"),
+        }
     }
 
     /// Creates this producer's topic with `partitions` partitions (replication 1) when it does
@@ -168,12 +219,12 @@ impl TopicProducer {
         timeout: Duration,
     ) -> Result<()> {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        use rdkafka::client::DefaultClientContext;
         use rdkafka::types::RDKafkaErrorCode;
 
-        let admin: AdminClient<DefaultClientContext> =
+        // The producer's context: its failures are routed, and remembered, the same way.
+        let admin: AdminClient<ProducerContext> =
             super::client_config(brokers, &[], &Default::default(), self.security.as_ref())
-                .create()
+                .create_with_context(self.context.clone())
                 .map_err(|e| {
                     ClientError::kafka("cannot create a Kafka admin client", Retry::Permanent, e)
                         .at_sink(self.name())
@@ -183,14 +234,15 @@ impl TopicProducer {
         let created = tokio::time::timeout(timeout, admin.create_topics([&topic], &options))
             .await
             .map_err(|_| {
-                Error::sink_failed(
-                    self.name(),
-                    format!("no broker at {brokers} answered within {timeout:?}"),
-                    Retry::Transient,
-                )
+                Error::sink_failed(self.name(), self.no_answer(timeout), Retry::Transient)
             })?
             .map_err(|e| {
-                ClientError::kafka("topic not created", Retry::Transient, e).at_sink(self.name())
+                // librdkafka's own error is a bare timeout when no broker was reachable.
+                let message = match self.context.last_transport_failure() {
+                    Some(_) => format!("topic not created: {}", self.no_answer(timeout)),
+                    None => "topic not created".to_owned(),
+                };
+                ClientError::kafka(message, Retry::Transient, e).at_sink(self.name())
             })?;
         for result in created {
             match result {
@@ -230,12 +282,7 @@ impl TopicProducer {
         .await
         .map_err(|e| Error::Internal(format!("Kafka metadata task failed: {e}")))?
         .map_err(|e| {
-            ClientError::kafka(
-                format!("no broker answered within {timeout:?}"),
-                Retry::Transient,
-                e,
-            )
-            .at_sink(self.name())
+            ClientError::kafka(self.no_answer(timeout), Retry::Transient, e).at_sink(self.name())
         })?;
         Ok(metadata
             .topics()
