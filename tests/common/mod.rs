@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use coinstream::config::Override;
 
+pub mod candles;
 pub mod scrape;
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
