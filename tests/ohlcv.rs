@@ -124,26 +124,21 @@ type Trade = (String, i64, i64, Decimal, Decimal);
 
 /// The trades of a capture of Coinbase feed messages, read with serde_json alone.
 fn trades_of(feed: &Path) -> Vec<Trade> {
-    let mut trades = Vec::new();
-    for line in std::fs::read_to_string(feed).unwrap().lines() {
-        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if !matches!(m["type"].as_str(), Some("match" | "last_match")) {
-            continue;
-        }
-        let time = chrono::DateTime::parse_from_rfc3339(m["time"].as_str().unwrap())
-            .unwrap()
-            .timestamp_micros();
-        trades.push((
-            m["product_id"].as_str().unwrap().to_owned(),
-            m["trade_id"].as_i64().unwrap(),
-            time,
-            m["price"].as_str().unwrap().parse().unwrap(),
-            m["size"].as_str().unwrap().parse().unwrap(),
-        ));
-    }
-    trades
+    common::feed_matches(feed)
+        .iter()
+        .map(|m| {
+            let time = chrono::DateTime::parse_from_rfc3339(m["time"].as_str().unwrap())
+                .unwrap()
+                .timestamp_micros();
+            (
+                m["product_id"].as_str().unwrap().to_owned(),
+                m["trade_id"].as_i64().unwrap(),
+                time,
+                m["price"].as_str().unwrap().parse().unwrap(),
+                m["size"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// The candles of `trades` whose minute ends at or before `closed_by` (µs): open/close by
