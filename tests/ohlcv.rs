@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -25,7 +25,13 @@ type Candles = BTreeMap<(String, i64), Candle>;
 const MINUTE_MICROS: i64 = 60_000_000;
 const DELAY_MICROS: i64 = 10_000_000;
 
-fn stderr(out: &Output) -> String {
+/// The standard error of `coinstream run --trigger available-now` with `config`, which must fail.
+fn run_refused(config: &Pipeline) -> String {
+    let out = common::wait_with_limit(
+        coinstream(&args(&["run", "--trigger", "available-now"], config, &[])),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -408,19 +414,10 @@ fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reaso
     let dir = tempfile::tempdir().unwrap();
     let feed = repo().join("required_data/sample_trades.jsonl");
     let no_watermark = ohlcv(dir.path(), &feed).set_flag(r#"input={ table = "trades" }"#);
-    let out = common::wait_with_limit(
-        coinstream(&args(
-            &["run", "--trigger", "available-now"],
-            &no_watermark,
-            &[],
-        )),
-        Duration::from_secs(60),
-    );
-    assert!(!out.status.success());
+    let stderr = run_refused(&no_watermark);
     assert!(
-        stderr(&out).contains("append output mode needs a watermark"),
-        "{}",
-        stderr(&out)
+        stderr.contains("append output mode needs a watermark"),
+        "{stderr}"
     );
     assert!(
         !dir.path().join("ohlcv_1m").exists(),
@@ -428,19 +425,10 @@ fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reaso
     );
     let wrong_column =
         ohlcv(dir.path(), &feed).set_flag(r#"input.watermark={ column = "price", delay = "10s" }"#);
-    let out = common::wait_with_limit(
-        coinstream(&args(
-            &["run", "--trigger", "available-now"],
-            &wrong_column,
-            &[],
-        )),
-        Duration::from_secs(60),
-    );
-    assert!(!out.status.success());
+    let stderr = run_refused(&wrong_column);
     assert!(
-        stderr(&out).contains("input.watermark.column") && stderr(&out).contains("not a timestamp"),
-        "{}",
-        stderr(&out)
+        stderr.contains("input.watermark.column") && stderr.contains("not a timestamp"),
+        "{stderr}"
     );
 }
 
