@@ -84,45 +84,49 @@ fn decimal(array: &dyn arrow::array::Array, row: usize) -> Decimal {
     .normalize()
 }
 
-/// Every candle of the Delta table at `table`; panics on a window stored twice.
-fn stored(table: &Path) -> Candles {
+/// Every window of the Delta table at `table`, by (symbol, window start in µs), as `value` makes
+/// it of its row (given a column reader and the row); panics on a window that is not
+/// `width_micros` long or is stored twice.
+fn windows<V>(
+    table: &Path,
+    width_micros: i64,
+    value: impl Fn(&dyn Fn(&str) -> arrow::array::ArrayRef, usize) -> V,
+) -> BTreeMap<(String, i64), V> {
     use arrow::array::AsArray;
-    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-    let mut candles = Candles::new();
+    use arrow::datatypes::TimestampMicrosecondType;
+    let mut windows = BTreeMap::new();
     for batch in delta_batches(table) {
         let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
-        let symbol = col("symbol");
-        let start = col("window_start");
-        let end = col("window_end");
-        let (open, high, low, close, volume, count) = (
-            col("open"),
-            col("high"),
-            col("low"),
-            col("close"),
-            col("volume"),
-            col("trade_count"),
-        );
+        let (symbol, start, end) = (col("symbol"), col("window_start"), col("window_end"));
         for row in 0..batch.num_rows() {
             let s = start.as_primitive::<TimestampMicrosecondType>().value(row);
             assert_eq!(
                 end.as_primitive::<TimestampMicrosecondType>().value(row),
-                s + MINUTE_MICROS,
-                "window_end is one minute after window_start"
+                s + width_micros,
+                "window_end is {width_micros} µs after window_start"
             );
             let key = (symbol.as_string::<i32>().value(row).to_owned(), s);
-            let candle = (
-                decimal(open.as_ref(), row),
-                decimal(high.as_ref(), row),
-                decimal(low.as_ref(), row),
-                decimal(close.as_ref(), row),
-                decimal(volume.as_ref(), row),
-                count.as_primitive::<Int64Type>().value(row),
-            );
-            let previous = candles.insert(key.clone(), candle);
-            assert!(previous.is_none(), "candle {key:?} stored twice");
+            let previous = windows.insert(key.clone(), value(&col, row));
+            assert!(previous.is_none(), "window {key:?} stored twice");
         }
     }
-    candles
+    windows
+}
+
+/// Every candle of the Delta table at `table`; panics on a window stored twice.
+fn stored(table: &Path) -> Candles {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    windows(table, MINUTE_MICROS, |col, row| {
+        (
+            decimal(col("open").as_ref(), row),
+            decimal(col("high").as_ref(), row),
+            decimal(col("low").as_ref(), row),
+            decimal(col("close").as_ref(), row),
+            decimal(col("volume").as_ref(), row),
+            col("trade_count").as_primitive::<Int64Type>().value(row),
+        )
+    })
 }
 
 /// A trade of a capture: (symbol, trade_id, time in µs, price, size).
@@ -467,33 +471,17 @@ fn hopping_windows_count_every_trade_in_each_window_that_holds_it() {
         }
     }
     use arrow::array::AsArray;
-    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-    let mut got = BTreeMap::new();
-    for batch in delta_batches(&dir.path().join("ohlcv_1m")) {
-        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
-        let (symbol, start, end, count, volume) = (
-            col("symbol"),
-            col("window_start"),
-            col("window_end"),
-            col("trade_count"),
-            col("volume"),
-        );
-        for row in 0..batch.num_rows() {
-            let s = start.as_primitive::<TimestampMicrosecondType>().value(row);
-            assert_eq!(
-                end.as_primitive::<TimestampMicrosecondType>().value(row),
-                s + 3 * MINUTE_MICROS
-            );
-            let previous = got.insert(
-                (symbol.as_string::<i32>().value(row).to_owned(), s),
-                (
-                    count.as_primitive::<Int64Type>().value(row),
-                    decimal(volume.as_ref(), row),
-                ),
-            );
-            assert!(previous.is_none(), "a window written twice");
-        }
-    }
+    use arrow::datatypes::Int64Type;
+    let got = windows(
+        &dir.path().join("ohlcv_1m"),
+        3 * MINUTE_MICROS,
+        |col, row| {
+            (
+                col("trade_count").as_primitive::<Int64Type>().value(row),
+                decimal(col("volume").as_ref(), row),
+            )
+        },
+    );
     let want: BTreeMap<_, _> = want
         .into_iter()
         .map(|(k, (n, v))| (k, (n, v.normalize())))
