@@ -144,6 +144,11 @@ class Kafka:
             "--create", "--topic", topic, "--partitions", str(partitions), "--replication-factor", "1",
         )
 
+    def create_input(self, topic: str, partitions: int) -> None:
+        """An engine's input topic and its dead-letter topic `<topic>_dlq` (one partition)."""
+        self.create_topic(topic, partitions)
+        self.create_topic(f"{topic}_dlq", 1)
+
     def delete_topic(self, topic: str) -> None:
         try:
             self._tool("org.apache.kafka.tools.TopicCommand", "--delete", "--topic", topic)
@@ -349,16 +354,37 @@ def verify_profits(sample: dict, prices: dict, portfolio: dict) -> list[str]:
 # --- one run --------------------------------------------------------------------------------------
 
 
-def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, partitions, prices, portfolio) -> dict:
-    name = f"{engine}-{sink}"
+def generate_command(args, count: int, seed: int, rate, start: str) -> list:
+    """`coinstream generate` of `count` shipped-portfolio trades from `seed`, `rate` a second of
+    trade time from `start`; the caller adds where they go."""
+    return [args.coinstream_bin, "generate", "--count", str(count), "--seed", str(seed), "--start", start,
+            "--rate", str(rate),
+            "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
+            "--coin-map", os.path.join(REPO, "required_data/coin_map.json")]
+
+
+def fresh_table(args, table: str, ddl: str) -> None:
+    """Drops `table` of the bench keyspace and creates it again empty from `ddl` (a format of
+    `ks` and `table`)."""
+    with cql.Session.connect(args.cassandra) as s:
+        s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+        s.execute(ddl.format(ks=args.keyspace, table=table))
+
+
+def fresh_run_dir(args, name: str) -> str:
+    """The run folder `name` under the work folder, emptied of an earlier run's files."""
     run_dir = os.path.join(args.work, name)
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
+    return run_dir
+
+
+def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, partitions, prices, portfolio) -> dict:
+    name = f"{engine}-{sink}"
+    run_dir = fresh_run_dir(args, name)
     table = f"{engine}_{sink}"
     if sink == "cassandra":
-        with cql.Session.connect(args.cassandra) as s:
-            s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
-            s.execute(TABLE_DDL.format(ks=args.keyspace, table=table))
+        fresh_table(args, table, TABLE_DDL)
     cmd, marker = engine_command(args, engine, topic=topic, table=table, sink=sink, run_dir=run_dir, live=False)
     services = service_pids()
     before = {k: proc_cpu_s(p) for k, p in services.items()}
@@ -448,24 +474,16 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
 def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: str | None = None) -> dict:
     """Trades produced live at a fixed rate while the engine runs; latency from send to WRITETIME."""
     name = f"{engine}-live" + (f"-{trigger.split(':')[-1]}" if trigger else "")
-    run_dir = os.path.join(args.work, name)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir)
+    run_dir = fresh_run_dir(args, name)
     topic = f"{args.prefix}_live_{index}_{engine}"
     table = f"{engine}_live_{index}"
-    kafka.create_topic(topic, args.partitions)
-    kafka.create_topic(f"{topic}_dlq", 1)
+    kafka.create_input(topic, args.partitions)
     total_s = args.live_warmup + args.live_seconds
     count = int(args.live_rate * total_s)
     records = os.path.join(run_dir, "records.jsonl")
     start = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
-    sh([args.coinstream_bin, "generate", "--count", str(count), "--format", "record", "--out", records,
-        "--seed", str(1000 + index), "--rate", str(args.live_rate), "--start", start,
-        "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
-        "--coin-map", os.path.join(REPO, "required_data/coin_map.json")])
-    with cql.Session.connect(args.cassandra) as s:
-        s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
-        s.execute(TABLE_DDL.format(ks=args.keyspace, table=table))
+    sh(generate_command(args, count, 1000 + index, args.live_rate, start) + ["--format", "record", "--out", records])
+    fresh_table(args, table, TABLE_DDL)
     cmd, marker = engine_command(args, engine, topic=topic, table=table, sink="cassandra", run_dir=run_dir, live=True,
                                  trigger=trigger)
     stop = os.path.join(run_dir, "STOP")
@@ -686,13 +704,9 @@ def run_ohlcv(args, engine: str, topic: str, expected: dict) -> dict:
     against the recomputation. The candles themselves are kept under "_candles" for the
     cross-engine check."""
     name = f"ohlcv-{engine}"
-    run_dir = os.path.join(args.work, name)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir)
+    run_dir = fresh_run_dir(args, name)
     table = f"ohlcv_{engine}"
-    with cql.Session.connect(args.cassandra) as s:
-        s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
-        s.execute(OHLCV_DDL.format(ks=args.keyspace, table=table))
+    fresh_table(args, table, OHLCV_DDL)
     cmd, marker = ohlcv_command(args, engine, topic=topic, table=table, run_dir=run_dir, live=False)
     services = service_pids()
     before = {k: proc_cpu_s(p) for k, p in services.items()}
@@ -741,13 +755,10 @@ def run_ohlcv_live(args, engine: str, kafka: Kafka, index: int) -> dict:
     moment the watermark passed its window's end (the send of the first trade at least 10 s past
     the end) to WRITETIME(close) in Cassandra."""
     name = f"ohlcv-{engine}-live"
-    run_dir = os.path.join(args.work, name)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir)
+    run_dir = fresh_run_dir(args, name)
     topic = f"{args.prefix}_ohlcv_live_{index}_{engine}"
     table = f"ohlcv_{engine}_live"
-    kafka.create_topic(topic, args.partitions)
-    kafka.create_topic(f"{topic}_dlq", 1)
+    kafka.create_input(topic, args.partitions)
     count = int(args.ohlcv_live_rate * args.ohlcv_live_seconds)
     records = os.path.join(run_dir, "records.jsonl")
     # Trade times advance as the sends do (--rate = the send rate), from 15 s before a minute's
@@ -755,13 +766,9 @@ def run_ohlcv_live(args, engine: str, kafka: Kafka, index: int) -> dict:
     # (so 90 s of sends close two windows per product).
     minute = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
     start = (minute + dt.timedelta(seconds=45)).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
-    sh([args.coinstream_bin, "generate", "--count", str(count), "--format", "record", "--out", records,
-        "--seed", str(2000 + index), "--rate", str(args.ohlcv_live_rate), "--start", start,
-        "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
-        "--coin-map", os.path.join(REPO, "required_data/coin_map.json")])
-    with cql.Session.connect(args.cassandra) as s:
-        s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
-        s.execute(OHLCV_DDL.format(ks=args.keyspace, table=table))
+    sh(generate_command(args, count, 2000 + index, args.ohlcv_live_rate, start)
+       + ["--format", "record", "--out", records])
+    fresh_table(args, table, OHLCV_DDL)
     trigger = args.ohlcv_live_trigger if engine == "coinstream" else None
     cmd, marker = ohlcv_command(args, engine, topic=topic, table=table, run_dir=run_dir, live=True, trigger=trigger)
     stop = os.path.join(run_dir, "STOP")
@@ -1199,8 +1206,7 @@ def main() -> int:
 
     kafka = Kafka(args.brokers, args.kafka_jars)
     topic = f"{args.prefix}_trades"
-    kafka.create_topic(topic, args.partitions)
-    kafka.create_topic(f"{topic}_dlq", 1)
+    kafka.create_input(topic, args.partitions)
     with cql.Session.connect(args.cassandra) as s:
         s.execute(f"CREATE KEYSPACE IF NOT EXISTS {args.keyspace} WITH replication = "
                   "{'class': 'SimpleStrategy', 'replication_factor': 1}")
@@ -1208,10 +1214,7 @@ def main() -> int:
     # The trades: once into the topic, and (same seed, same start: the same records) into a file
     # from which the expected rows and profits are computed independently of every engine.
     start = "2026-11-20T00:00:00.000000Z"
-    gen = [args.coinstream_bin, "generate", "--count", str(args.trades), "--seed", "42", "--start", start,
-           "--rate", str(args.trade_rate),
-           "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
-           "--coin-map", os.path.join(REPO, "required_data/coin_map.json")]
+    gen = generate_command(args, args.trades, 42, args.trade_rate, start)
     t = time.monotonic()
     sh(gen + ["--topic", topic, "--brokers", args.brokers])
     generate_s = time.monotonic() - t

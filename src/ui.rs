@@ -480,137 +480,100 @@ mod tests {
             .unwrap()
     }
 
+    /// A UI that recorded the progress records of batches `ids`, in order.
+    fn recorded(ids: std::ops::Range<u64>) -> Ui {
+        let ui = Ui::new().unwrap();
+        for id in ids {
+            ui.record(&progress(id));
+        }
+        ui
+    }
+
+    /// Asserts that each `(series, value)` of `expected` is a sample of `text`.
+    fn assert_samples(text: &str, expected: &[(&str, f64)]) {
+        for &(series, value) in expected {
+            assert_eq!(sample(text, series), value, "{series}");
+        }
+    }
+
     #[test]
     fn metrics_add_up_the_records_and_gauges_keep_the_last() {
-        let ui = Ui::new().unwrap();
-        ui.record(&progress(0));
-        ui.record(&progress(1));
-        let text = ui.metrics_text();
-        assert_eq!(sample(&text, "coinstream_batches_total"), 2.0);
-        assert_eq!(sample(&text, "coinstream_input_rows_total"), 21.0);
-        assert_eq!(sample(&text, "coinstream_output_rows_total"), 14.0);
-        assert_eq!(sample(&text, "coinstream_rounded_decimals_total"), 2.0);
-        assert_eq!(
-            sample(&text, r#"coinstream_dead_letters_total{reason="decode"}"#),
-            4.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_dead_letters_total{reason="transform profit"}"#
-            ),
-            2.0
-        );
-        // 0.4 s of sink per batch: above the 0.25 s bucket, within the 0.5 s one.
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_batch_duration_seconds_bucket{stage="sink",le="0.25"}"#
-            ),
-            0.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_batch_duration_seconds_bucket{stage="sink",le="0.5"}"#
-            ),
-            2.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_batch_duration_seconds_sum{stage="query"}"#
-            ),
-            0.06
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_batch_duration_seconds_count{stage="getBatch"}"#
-            ),
-            2.0
-        );
-        // 2026-12-01T12:00:01.5Z, the second batch's.
-        assert_eq!(
-            sample(&text, "coinstream_watermark_seconds"),
-            1_796_126_401.5
-        );
-        assert_eq!(
-            sample(&text, r#"coinstream_state_rows{operator="stateStoreSave"}"#),
-            41.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_state_memory_bytes{operator="stateStoreSave"}"#
-            ),
-            4096.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_state_rows_dropped_by_watermark_total{operator="stateStoreSave"}"#
-            ),
-            4.0
+        let ui = recorded(0..2);
+        assert_samples(
+            &ui.metrics_text(),
+            &[
+                ("coinstream_batches_total", 2.0),
+                ("coinstream_input_rows_total", 21.0),
+                ("coinstream_output_rows_total", 14.0),
+                ("coinstream_rounded_decimals_total", 2.0),
+                (r#"coinstream_dead_letters_total{reason="decode"}"#, 4.0),
+                (
+                    r#"coinstream_dead_letters_total{reason="transform profit"}"#,
+                    2.0,
+                ),
+                // 0.4 s of sink per batch: above the 0.25 s bucket, within the 0.5 s one.
+                (
+                    r#"coinstream_batch_duration_seconds_bucket{stage="sink",le="0.25"}"#,
+                    0.0,
+                ),
+                (
+                    r#"coinstream_batch_duration_seconds_bucket{stage="sink",le="0.5"}"#,
+                    2.0,
+                ),
+                (
+                    r#"coinstream_batch_duration_seconds_sum{stage="query"}"#,
+                    0.06,
+                ),
+                (
+                    r#"coinstream_batch_duration_seconds_count{stage="getBatch"}"#,
+                    2.0,
+                ),
+                // 2026-12-01T12:00:01.5Z, the second batch's.
+                ("coinstream_watermark_seconds", 1_796_126_401.5),
+                (r#"coinstream_state_rows{operator="stateStoreSave"}"#, 41.0),
+                (
+                    r#"coinstream_state_memory_bytes{operator="stateStoreSave"}"#,
+                    4096.0,
+                ),
+                (
+                    r#"coinstream_state_rows_dropped_by_watermark_total{operator="stateStoreSave"}"#,
+                    4.0,
+                ),
+            ],
         );
     }
 
     #[test]
     fn retries_add_up_and_source_metrics_and_lag_keep_the_last() {
-        let ui = Ui::new().unwrap();
-        ui.record(&progress(0));
-        ui.record(&progress(1));
-        let text = ui.metrics_text();
-        assert_eq!(
-            sample(&text, r#"coinstream_sink_retries_total{sink="output"}"#),
-            3.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_sink_retries_total{sink="dead_letters"}"#
-            ),
-            8.0
-        );
-        assert_eq!(
-            sample(&text, r#"coinstream_source_metric{name="reconnects"}"#),
-            1.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_source_metric{name="assigned_partitions"}"#
-            ),
-            2.0
-        );
-        // Batch 1 leaves 4 and 2 behind: Spark's summary over the parts.
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_source_metric{name="maxOffsetsBehindLatest"}"#
-            ),
-            4.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_source_metric{name="avgOffsetsBehindLatest"}"#
-            ),
-            3.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_source_offsets_behind_latest{partition="t/0"}"#
-            ),
-            4.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"coinstream_source_offsets_behind_latest{partition="t/1"}"#
-            ),
-            2.0
+        let ui = recorded(0..2);
+        assert_samples(
+            &ui.metrics_text(),
+            &[
+                (r#"coinstream_sink_retries_total{sink="output"}"#, 3.0),
+                (r#"coinstream_sink_retries_total{sink="dead_letters"}"#, 8.0),
+                (r#"coinstream_source_metric{name="reconnects"}"#, 1.0),
+                (
+                    r#"coinstream_source_metric{name="assigned_partitions"}"#,
+                    2.0,
+                ),
+                // Batch 1 leaves 4 and 2 behind: Spark's summary over the parts.
+                (
+                    r#"coinstream_source_metric{name="maxOffsetsBehindLatest"}"#,
+                    4.0,
+                ),
+                (
+                    r#"coinstream_source_metric{name="avgOffsetsBehindLatest"}"#,
+                    3.0,
+                ),
+                (
+                    r#"coinstream_source_offsets_behind_latest{partition="t/0"}"#,
+                    4.0,
+                ),
+                (
+                    r#"coinstream_source_offsets_behind_latest{partition="t/1"}"#,
+                    2.0,
+                ),
+            ],
         );
         // t/1 moved to another instance: its series goes, t/0's follows the record.
         let mut moved = progress(2);

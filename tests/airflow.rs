@@ -17,8 +17,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::candles::check_candle;
 use common::{brokers, repo, unique};
-use connectors::gateio::candles::{Candle, CandleRecord, Ohlcv};
 use testkit::gateio::{Reply, RestServer, now_secs, row, rows};
 use testkit::kafka::{Received, create_topics, messages_on, read_topic};
 
@@ -115,29 +115,6 @@ async fn stand_in() -> (String, Arc<Mutex<BTreeSet<(String, i64)>>>) {
     (server.base, served)
 }
 
-/// The candle record the source makes of the stand-in's row for `pair`'s window at `start`.
-fn expected_record(pair: &str, start: i64, ingest_time: &str) -> String {
-    let cells: Vec<String> = serde_json::from_str(&row(start, true)).unwrap();
-    let record = CandleRecord::new(
-        pair,
-        "1m",
-        Candle {
-            window_start: start,
-            ohlcv: Ohlcv {
-                volume_quote: cells[1].clone(),
-                close: cells[2].clone(),
-                high: cells[3].clone(),
-                low: cells[4].clone(),
-                open: cells[5].clone(),
-                volume_base: Some(cells[6].clone()),
-            },
-            closed: Some(true),
-        },
-        ingest_time,
-    );
-    String::from_utf8(record.to_json()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn airflow_dags_test_runs_the_gateio_dag_into_kafka() {
     let started = Instant::now();
@@ -214,21 +191,8 @@ async fn airflow_dags_test_runs_the_gateio_dag_into_kafka() {
     assert_eq!(on_kafka.len(), served.len());
     let mut published = BTreeSet::new();
     for Received { key, payload, .. } in &on_kafka {
-        let record: CandleRecord = serde_json::from_slice(payload)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)));
-        let start = chrono::DateTime::parse_from_rfc3339(&record.window_start)
-            .unwrap()
-            .timestamp();
-        assert_eq!(key, &record.currency_pair);
-        assert_eq!(
-            String::from_utf8_lossy(payload),
-            expected_record(&record.currency_pair, start, &record.ingest_time),
-            "the record of the stand-in's row"
-        );
-        assert!(
-            published.insert((record.currency_pair.clone(), start)),
-            "{key} {start} twice"
-        );
+        let (pair, start) = check_candle(key, payload, |start| row(start, true));
+        assert!(published.insert((pair, start)), "{key} {start} twice");
     }
     assert_eq!(published, served, "exactly the closed windows served");
     assert_eq!(messages_on(&dead_letters, 1), 0, "no dead letters");

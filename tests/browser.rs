@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use testkit::coinbase::{FeedServer, Step};
 
 mod common;
 
+use common::scrape::{free_addr, get_ok};
 use common::{Running, embedded_config, ok, repo};
 
 /// The browser: `$CHROMIUM`, else `chromium` on the PATH.
@@ -91,30 +92,6 @@ fn headless(browser: &str, url: &str, args: &[&str]) -> String {
     reader.join().unwrap()
 }
 
-/// A loopback address no one listens on now.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `GET path`; the body (the status must be 200).
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-    body.to_owned()
-}
-
 /// The progress records of `/api/progress` once the run has taken the whole capture: their
 /// input has not grown for two seconds.
 fn settled_progress(addr: SocketAddr, running: &mut Running) -> Vec<Value> {
@@ -122,7 +99,7 @@ fn settled_progress(addr: SocketAddr, running: &mut Running) -> Vec<Value> {
     let mut last = (0, Instant::now());
     loop {
         assert!(running.is_running(), "{}", running.log().join("\n"));
-        let records: Vec<Value> = serde_json::from_str(&get(addr, "/api/progress")).unwrap();
+        let records: Vec<Value> = serde_json::from_str(&get_ok(addr, "/api/progress")).unwrap();
         let input: u64 = records
             .iter()
             .map(|r| r["numInputRows"].as_u64().unwrap())
@@ -466,7 +443,7 @@ fn the_page_and_its_assets_are_served_from_the_binary() {
         assert!(Instant::now() < deadline, "{}", running.log().join("\n"));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let index = get(addr, "/");
+    let index = get_ok(addr, "/");
     // Only the binary's own assets: the page works offline.
     for src in ["/assets/uPlot.iife.min.js", "/assets/page.js"] {
         assert!(index.contains(&format!("src=\"{src}\"")), "{index}");
@@ -477,11 +454,14 @@ fn the_page_and_its_assets_are_served_from_the_binary() {
     );
     let shipped = |p: &str| std::fs::read_to_string(repo().join("src/ui/assets").join(p)).unwrap();
     assert_eq!(
-        get(addr, "/assets/uPlot.iife.min.js"),
+        get_ok(addr, "/assets/uPlot.iife.min.js"),
         shipped("uplot/uPlot.iife.min.js")
     );
-    assert_eq!(get(addr, "/assets/uPlot.LICENSE"), shipped("uplot/LICENSE"));
-    assert_eq!(get(addr, "/assets/page.js"), shipped("page.js"));
+    assert_eq!(
+        get_ok(addr, "/assets/uPlot.LICENSE"),
+        shipped("uplot/LICENSE")
+    );
+    assert_eq!(get_ok(addr, "/assets/page.js"), shipped("page.js"));
 
     // The event stream: a reset, then each batch with its progress record and its rows.
     running.wait_for_batches(3, Duration::from_secs(60));

@@ -35,6 +35,12 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts that the standard error of `out` holds `text`, showing it when not.
+fn assert_stderr_has(out: &Output, text: &str) {
+    let stderr = stderr(out);
+    assert!(stderr.contains(text), "{stderr}");
+}
+
 /// `(symbol, trade_id) → (profit, side)` as read back from every Parquet file under `root`.
 fn stored_rows(root: &Path) -> Vec<((String, i64), (Decimal, String))> {
     let mut rows = Vec::new();
@@ -663,11 +669,7 @@ fn explain_shows_plans_and_analyze_shows_metrics() {
     );
     let out = coinstream(&["explain", "nope"]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no transform \"nope\"; the config has profit"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "no transform \"nope\"; the config has profit");
 }
 
 #[test]
@@ -994,11 +996,7 @@ fn excess_decimal_digits_round_half_up_as_spark_and_each_rounding_is_counted() {
     // The human progress line says so too.
     let dir = tempfile::tempdir().unwrap();
     let (out, _) = run_excess_scale(dir.path(), "round_half_up", "human");
-    assert!(
-        stderr(&out).contains("0 dead-lettered, 4 decimals rounded in "),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "0 dead-lettered, 4 decimals rounded in ");
 }
 
 #[test]
@@ -1043,7 +1041,7 @@ fn a_run_that_could_use_none_of_its_messages_exits_non_zero_after_storing_them_a
          dead-lettered because: message without a type (see the dead letters in {})",
         project.path().join("data/dead_letters").display()
     );
-    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    assert_stderr_has(&out, &expected);
     assert_eq!(project.dead_letters().len(), 3);
     assert!(project.stored().is_empty());
 
@@ -1088,7 +1086,7 @@ fn a_declared_column_no_record_has_fails_the_run_naming_the_first_reason() {
          dead-lettered because: missing required field venue (see the dead letters in {})",
         project.path().join("data/dead_letters").display()
     );
-    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    assert_stderr_has(&out, &expected);
     assert_eq!(project.dead_letters().len() as u64, received);
     assert!(
         !stderr(&out).lines().any(|l| l.starts_with('|')),

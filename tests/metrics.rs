@@ -243,23 +243,10 @@ async fn ingest_coinbase_serves_the_ingesters_counters_as_its_progress_reports_t
     let feed = FeedServer::scripted(vec![first, second], 1).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let topic = unique("metrics_ingest");
-    testkit::kafka::create_topics(&[(&topic, 1), (&format!("{topic}_dead_letters"), 1)]).await;
-    let addr = free_addr();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coinstream"));
-    cmd.args([
-        "ingest",
-        "coinbase",
-        "--url",
-        &feed.url,
-        "--products",
-        "BTC-USD",
-    ])
-    .args(["--brokers", &brokers(), "--topic", &topic])
-    .arg("--checkpoint")
-    .arg(dir.path().join("checkpoint"))
-    .args(["--ui", &addr.to_string()])
-    .current_dir(repo());
+    let (mut cmd, addr) = ingest_command("coinbase", &feed.url, "metrics_ingest").await;
+    cmd.args(["--products", "BTC-USD"])
+        .arg("--checkpoint")
+        .arg(dir.path().join("checkpoint"));
     let (running, records, metrics) = ingest_until(cmd, addr, "published", 20.0);
     let last = &records.last().unwrap()["sources"][0]["metrics"];
     for name in [
@@ -301,17 +288,10 @@ async fn ingest_gateio_serves_its_rate_limit_waits_as_its_progress_reports_them(
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let topic = unique("metrics_gateio");
-    testkit::kafka::create_topics(&[(&topic, 1), (&format!("{topic}_dead_letters"), 1)]).await;
-    let addr = free_addr();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coinstream"));
-    cmd.args(["ingest", "gateio", "--url", &server.base])
-        .args(["--pairs", "BTC_USDT", "--interval", "1m"])
-        .args(["--brokers", &brokers(), "--topic", &topic])
+    let (mut cmd, addr) = ingest_command("gateio", &server.base, "metrics_gateio").await;
+    cmd.args(["--pairs", "BTC_USDT", "--interval", "1m"])
         .arg("--state")
-        .arg(dir.path().join("state"))
-        .args(["--ui", &addr.to_string()])
-        .current_dir(repo());
+        .arg(dir.path().join("state"));
     let (running, records, metrics) = ingest_until(cmd, addr, "rate_limited", 1.0);
     // The wait was followed by the same request again, which the server saw.
     let requests = metrics[r#"coinstream_source_metric{name="requests"}"#];
@@ -328,6 +308,25 @@ async fn ingest_gateio_serves_its_rate_limit_waits_as_its_progress_reports_them(
     );
     assert_eq!(metrics["coinstream_output_rows_total"], read as f64);
     running.terminate(Duration::from_secs(60));
+}
+
+/// `coinstream ingest VENUE --url URL`, publishing to a fresh topic named after `topic_prefix`
+/// (made here with its dead-letter topic) and serving its UI at the free address returned; the
+/// venue's own flags are the caller's to add.
+async fn ingest_command(
+    venue: &str,
+    url: &str,
+    topic_prefix: &str,
+) -> (std::process::Command, std::net::SocketAddr) {
+    let topic = unique(topic_prefix);
+    testkit::kafka::create_topics(&[(&topic, 1), (&format!("{topic}_dead_letters"), 1)]).await;
+    let addr = free_addr();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coinstream"));
+    cmd.args(["ingest", venue, "--url", url])
+        .args(["--brokers", &brokers(), "--topic", &topic])
+        .args(["--ui", &addr.to_string()])
+        .current_dir(repo());
+    (cmd, addr)
 }
 
 /// Runs `cmd` (an ingest shortcut serving its UI at `addr`) until `/metrics` shows the source

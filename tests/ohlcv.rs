@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -25,7 +25,13 @@ type Candles = BTreeMap<(String, i64), Candle>;
 const MINUTE_MICROS: i64 = 60_000_000;
 const DELAY_MICROS: i64 = 10_000_000;
 
-fn stderr(out: &Output) -> String {
+/// The standard error of `coinstream run --trigger available-now` with `config`, which must fail.
+fn run_refused(config: &Pipeline) -> String {
+    let out = common::wait_with_limit(
+        coinstream(&args(&["run", "--trigger", "available-now"], config, &[])),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -78,45 +84,49 @@ fn decimal(array: &dyn arrow::array::Array, row: usize) -> Decimal {
     .normalize()
 }
 
-/// Every candle of the Delta table at `table`; panics on a window stored twice.
-fn stored(table: &Path) -> Candles {
+/// Every window of the Delta table at `table`, by (symbol, window start in µs), as `value` makes
+/// it of its row (given a column reader and the row); panics on a window that is not
+/// `width_micros` long or is stored twice.
+fn windows<V>(
+    table: &Path,
+    width_micros: i64,
+    value: impl Fn(&dyn Fn(&str) -> arrow::array::ArrayRef, usize) -> V,
+) -> BTreeMap<(String, i64), V> {
     use arrow::array::AsArray;
-    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-    let mut candles = Candles::new();
+    use arrow::datatypes::TimestampMicrosecondType;
+    let mut windows = BTreeMap::new();
     for batch in delta_batches(table) {
         let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
-        let symbol = col("symbol");
-        let start = col("window_start");
-        let end = col("window_end");
-        let (open, high, low, close, volume, count) = (
-            col("open"),
-            col("high"),
-            col("low"),
-            col("close"),
-            col("volume"),
-            col("trade_count"),
-        );
+        let (symbol, start, end) = (col("symbol"), col("window_start"), col("window_end"));
         for row in 0..batch.num_rows() {
             let s = start.as_primitive::<TimestampMicrosecondType>().value(row);
             assert_eq!(
                 end.as_primitive::<TimestampMicrosecondType>().value(row),
-                s + MINUTE_MICROS,
-                "window_end is one minute after window_start"
+                s + width_micros,
+                "window_end is {width_micros} µs after window_start"
             );
             let key = (symbol.as_string::<i32>().value(row).to_owned(), s);
-            let candle = (
-                decimal(open.as_ref(), row),
-                decimal(high.as_ref(), row),
-                decimal(low.as_ref(), row),
-                decimal(close.as_ref(), row),
-                decimal(volume.as_ref(), row),
-                count.as_primitive::<Int64Type>().value(row),
-            );
-            let previous = candles.insert(key.clone(), candle);
-            assert!(previous.is_none(), "candle {key:?} stored twice");
+            let previous = windows.insert(key.clone(), value(&col, row));
+            assert!(previous.is_none(), "window {key:?} stored twice");
         }
     }
-    candles
+    windows
+}
+
+/// Every candle of the Delta table at `table`; panics on a window stored twice.
+fn stored(table: &Path) -> Candles {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    windows(table, MINUTE_MICROS, |col, row| {
+        (
+            decimal(col("open").as_ref(), row),
+            decimal(col("high").as_ref(), row),
+            decimal(col("low").as_ref(), row),
+            decimal(col("close").as_ref(), row),
+            decimal(col("volume").as_ref(), row),
+            col("trade_count").as_primitive::<Int64Type>().value(row),
+        )
+    })
 }
 
 /// A trade of a capture: (symbol, trade_id, time in µs, price, size).
@@ -124,26 +134,21 @@ type Trade = (String, i64, i64, Decimal, Decimal);
 
 /// The trades of a capture of Coinbase feed messages, read with serde_json alone.
 fn trades_of(feed: &Path) -> Vec<Trade> {
-    let mut trades = Vec::new();
-    for line in std::fs::read_to_string(feed).unwrap().lines() {
-        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if !matches!(m["type"].as_str(), Some("match" | "last_match")) {
-            continue;
-        }
-        let time = chrono::DateTime::parse_from_rfc3339(m["time"].as_str().unwrap())
-            .unwrap()
-            .timestamp_micros();
-        trades.push((
-            m["product_id"].as_str().unwrap().to_owned(),
-            m["trade_id"].as_i64().unwrap(),
-            time,
-            m["price"].as_str().unwrap().parse().unwrap(),
-            m["size"].as_str().unwrap().parse().unwrap(),
-        ));
-    }
-    trades
+    common::feed_matches(feed)
+        .iter()
+        .map(|m| {
+            let time = chrono::DateTime::parse_from_rfc3339(m["time"].as_str().unwrap())
+                .unwrap()
+                .timestamp_micros();
+            (
+                m["product_id"].as_str().unwrap().to_owned(),
+                m["trade_id"].as_i64().unwrap(),
+                time,
+                m["price"].as_str().unwrap().parse().unwrap(),
+                m["size"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// The candles of `trades` whose minute ends at or before `closed_by` (µs): open/close by
@@ -413,19 +418,10 @@ fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reaso
     let dir = tempfile::tempdir().unwrap();
     let feed = repo().join("required_data/sample_trades.jsonl");
     let no_watermark = ohlcv(dir.path(), &feed).set_flag(r#"input={ table = "trades" }"#);
-    let out = common::wait_with_limit(
-        coinstream(&args(
-            &["run", "--trigger", "available-now"],
-            &no_watermark,
-            &[],
-        )),
-        Duration::from_secs(60),
-    );
-    assert!(!out.status.success());
+    let stderr = run_refused(&no_watermark);
     assert!(
-        stderr(&out).contains("append output mode needs a watermark"),
-        "{}",
-        stderr(&out)
+        stderr.contains("append output mode needs a watermark"),
+        "{stderr}"
     );
     assert!(
         !dir.path().join("ohlcv_1m").exists(),
@@ -433,19 +429,10 @@ fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reaso
     );
     let wrong_column =
         ohlcv(dir.path(), &feed).set_flag(r#"input.watermark={ column = "price", delay = "10s" }"#);
-    let out = common::wait_with_limit(
-        coinstream(&args(
-            &["run", "--trigger", "available-now"],
-            &wrong_column,
-            &[],
-        )),
-        Duration::from_secs(60),
-    );
-    assert!(!out.status.success());
+    let stderr = run_refused(&wrong_column);
     assert!(
-        stderr(&out).contains("input.watermark.column") && stderr(&out).contains("not a timestamp"),
-        "{}",
-        stderr(&out)
+        stderr.contains("input.watermark.column") && stderr.contains("not a timestamp"),
+        "{stderr}"
     );
 }
 
@@ -484,33 +471,17 @@ fn hopping_windows_count_every_trade_in_each_window_that_holds_it() {
         }
     }
     use arrow::array::AsArray;
-    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-    let mut got = BTreeMap::new();
-    for batch in delta_batches(&dir.path().join("ohlcv_1m")) {
-        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
-        let (symbol, start, end, count, volume) = (
-            col("symbol"),
-            col("window_start"),
-            col("window_end"),
-            col("trade_count"),
-            col("volume"),
-        );
-        for row in 0..batch.num_rows() {
-            let s = start.as_primitive::<TimestampMicrosecondType>().value(row);
-            assert_eq!(
-                end.as_primitive::<TimestampMicrosecondType>().value(row),
-                s + 3 * MINUTE_MICROS
-            );
-            let previous = got.insert(
-                (symbol.as_string::<i32>().value(row).to_owned(), s),
-                (
-                    count.as_primitive::<Int64Type>().value(row),
-                    decimal(volume.as_ref(), row),
-                ),
-            );
-            assert!(previous.is_none(), "a window written twice");
-        }
-    }
+    use arrow::datatypes::Int64Type;
+    let got = windows(
+        &dir.path().join("ohlcv_1m"),
+        3 * MINUTE_MICROS,
+        |col, row| {
+            (
+                col("trade_count").as_primitive::<Int64Type>().value(row),
+                decimal(col("volume").as_ref(), row),
+            )
+        },
+    );
     let want: BTreeMap<_, _> = want
         .into_iter()
         .map(|(k, (n, v))| (k, (n, v.normalize())))

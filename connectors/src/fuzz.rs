@@ -452,24 +452,22 @@ macro_rules! fuzz {
     }};
 }
 
-#[test]
-fn coinbase_exchange() {
+/// Fuzz target `name` on Coinbase frames: `check` on each, against the bus trade table.
+fn coinbase_target(name: &str, check: fn(&[u8], &SchemaRef, &Seen)) {
     let (schema, seen) = (schema(TRADE_TABLE_DDL, "trades"), Seen::default());
-    let harness = Harness::new("coinbase_exchange", COINBASE_WORDS);
-    fuzz!(&harness, |frame: &[u8]| check_exchange(
-        frame, &schema, &seen
-    ));
+    let harness = Harness::new(name, COINBASE_WORDS);
+    fuzz!(&harness, |frame: &[u8]| check(frame, &schema, &seen));
     harness.report(&seen.line());
 }
 
 #[test]
+fn coinbase_exchange() {
+    coinbase_target("coinbase_exchange", check_exchange);
+}
+
+#[test]
 fn coinbase_advanced() {
-    let (schema, seen) = (schema(TRADE_TABLE_DDL, "trades"), Seen::default());
-    let harness = Harness::new("coinbase_advanced", COINBASE_WORDS);
-    fuzz!(&harness, |frame: &[u8]| check_advanced(
-        frame, &schema, &seen
-    ));
-    harness.report(&seen.line());
+    coinbase_target("coinbase_advanced", check_advanced);
 }
 
 #[test]

@@ -337,6 +337,34 @@ fn parquet_sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
     }))
 }
 
+/// The failures of a sink that writes under a folder (`sink(path, partition_by)`), made in `dir`:
+/// a `kind` path (`store`, `table`) that is a file fails the healthcheck, and a partition column
+/// the rows do not have fails the write; both permanently.
+fn folder_failures(
+    dir: &Path,
+    kind: &str,
+    sink: fn(PathBuf, &[&str]) -> Box<dyn Sink>,
+) -> Vec<Failure> {
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"not a folder").expect("write a file");
+    vec![
+        Failure {
+            what: format!("a {kind} path that is a file"),
+            sink: sink(file, &[]),
+            rows: None,
+            stage: Stage::Healthcheck,
+            retry: Retry::Permanent,
+        },
+        Failure {
+            what: "a partition column the rows do not have".into(),
+            sink: sink(dir.join("other"), &["trade_date"]),
+            rows: None,
+            stage: Stage::Write,
+            retry: Retry::Permanent,
+        },
+    ]
+}
+
 struct Parquet {
     dir: tempfile::TempDir,
 }
@@ -362,24 +390,7 @@ impl SinkFixture for Parquet {
     }
 
     async fn failures(&mut self, _schema: SchemaRef) -> Vec<Failure> {
-        let file = self.dir.path().join("a-file");
-        std::fs::write(&file, b"not a folder").expect("write a file");
-        vec![
-            Failure {
-                what: "a store path that is a file".into(),
-                sink: parquet_sink(file, &[]),
-                rows: None,
-                stage: Stage::Healthcheck,
-                retry: Retry::Permanent,
-            },
-            Failure {
-                what: "a partition column the rows do not have".into(),
-                sink: parquet_sink(self.dir.path().join("other"), &["trade_date"]),
-                rows: None,
-                stage: Stage::Write,
-                retry: Retry::Permanent,
-            },
-        ]
+        folder_failures(self.dir.path(), "store", parquet_sink)
     }
 }
 
@@ -449,31 +460,15 @@ impl SinkFixture for Delta {
     }
 
     async fn failures(&mut self, _schema: SchemaRef) -> Vec<Failure> {
-        let file = self.dir.path().join("a-file");
-        std::fs::write(&file, b"not a folder").expect("write a file");
-        vec![
-            Failure {
-                what: "a table path that is a file".into(),
-                sink: delta_sink(file, &[]),
-                rows: None,
-                stage: Stage::Healthcheck,
-                retry: Retry::Permanent,
-            },
-            Failure {
-                what: "a partition column the rows do not have".into(),
-                sink: delta_sink(self.dir.path().join("other"), &["trade_date"]),
-                rows: None,
-                stage: Stage::Write,
-                retry: Retry::Permanent,
-            },
-            Failure {
-                what: "a table partitioned otherwise than the config says".into(),
-                sink: delta_sink(self.table(), &["id"]),
-                rows: None,
-                stage: Stage::Healthcheck,
-                retry: Retry::Permanent,
-            },
-        ]
+        let mut failures = folder_failures(self.dir.path(), "table", delta_sink);
+        failures.push(Failure {
+            what: "a table partitioned otherwise than the config says".into(),
+            sink: delta_sink(self.table(), &["id"]),
+            rows: None,
+            stage: Stage::Healthcheck,
+            retry: Retry::Permanent,
+        });
+        failures
     }
 }
 

@@ -186,6 +186,22 @@ pub fn is_positive_decimal(text: &str) -> Result<bool, DecimalError> {
     Ok(!n.negative && n.digits().any(|d| d != b'0'))
 }
 
+/// Adds one to `digits`, a number written as ASCII digits, carrying by hand: `"0129"` becomes
+/// `"0130"`, and a carry out of the first digit prepends a `1` (`"99"` → `"100"`, `""` → `"1"`).
+/// Rounding half up on decimal text with this needs no integer type, so no size limit. Digits
+/// that are not ASCII digits are a caller's bug, and the result is then meaningless.
+pub fn increment_digits(digits: &mut Vec<u8>) {
+    for digit in digits.iter_mut().rev() {
+        if *digit == b'9' {
+            *digit = b'0';
+        } else {
+            *digit += 1;
+            return;
+        }
+    }
+    digits.insert(0, b'1');
+}
+
 /// Decimal syntax split into its parts, borrowed from the text.
 struct Number<'a> {
     negative: bool,
@@ -288,6 +304,15 @@ mod tests {
                 Ok((value, rounded)),
                 "{text:?} as decimal({p},{s})"
             );
+        }
+    }
+
+    #[test]
+    fn increment_digits_carries_through_nines() {
+        for (digits, plus_one) in [("", "1"), ("0", "1"), ("0129", "0130"), ("99", "100")] {
+            let mut d = digits.as_bytes().to_vec();
+            increment_digits(&mut d);
+            assert_eq!(String::from_utf8(d).unwrap(), plus_one, "{digits}");
         }
     }
 

@@ -239,21 +239,7 @@ fn reference(text: &str, scale: i8) -> Option<Reference> {
     let mut magnitude: Vec<u8> = kept.trim_start_matches('0').bytes().collect();
     let truncated_digits = magnitude.len();
     if dropped.as_bytes().first().is_some_and(|d| *d >= b'5') {
-        // Add one, by hand.
-        let mut i = magnitude.len();
-        loop {
-            if i == 0 {
-                magnitude.insert(0, b'1');
-                break;
-            }
-            i -= 1;
-            if magnitude[i] == b'9' {
-                magnitude[i] = b'0';
-            } else {
-                magnitude[i] += 1;
-                break;
-            }
-        }
+        crate::decimal::increment_digits(&mut magnitude);
     }
     let magnitude = String::from_utf8(magnitude).expect("ASCII digits");
     Some(Reference {

@@ -916,39 +916,22 @@ sql = "r.sql"
         };
         let shown = |p: &Path| p.display().to_string();
 
-        let problems = load(vec![shown(&bad_type), shown(&reference)], "trades");
-        // Only the file's own problem: the input table may well be in the file that failed, so
-        // "no table trades" would send the reader after a mistake they did not make.
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].starts_with(&format!(
-                "tables.files[0]: {}: table trades, column price: ",
-                bad_type.display()
-            )),
-            "{problems:?}"
-        );
-        assert!(problems[0].contains("MONEY"), "{problems:?}");
-
-        let problems = load(vec![shown(&unparsable), shown(&reference)], "trades");
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].starts_with(&format!(
-                "tables.files[0]: {}: does not parse: ",
-                unparsable.display()
-            )),
-            "{problems:?}"
-        );
-
-        let missing_file = dir.path().join("missing.sql");
-        let problems = load(vec![shown(&missing_file), shown(&reference)], "trades");
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].starts_with(&format!(
-                "tables.files[0]: {}: cannot read: ",
-                missing_file.display()
-            )),
-            "{problems:?}"
-        );
+        // A file that fails is the only problem, named by its key and path: the input table may
+        // well be in the file that failed, so "no table trades" would send the reader after a
+        // mistake they did not make.
+        let only_problem = |file: &Path, after: &str| {
+            let problems = load(vec![shown(file), shown(&reference)], "trades");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].starts_with(&format!("tables.files[0]: {}: {after}", file.display())),
+                "{problems:?}"
+            );
+            problems[0].clone()
+        };
+        let problem = only_problem(&bad_type, "table trades, column price: ");
+        assert!(problem.contains("MONEY"), "{problem}");
+        only_problem(&unparsable, "does not parse: ");
+        only_problem(&dir.path().join("missing.sql"), "cannot read: ");
 
         let trades = repo_root().join("sql/tables/trades.sql");
         let problems = load(vec![shown(&trades)], "trades");

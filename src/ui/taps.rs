@@ -250,20 +250,7 @@ pub fn round_decimal_text(text: &str, places: usize) -> String {
     frac_kept.resize(places, b'0');
     kept.extend_from_slice(&frac_kept);
     if frac.as_bytes().get(places).is_some_and(|&d| d >= b'5') {
-        let mut i = kept.len();
-        loop {
-            if i == 0 {
-                kept.insert(0, b'1');
-                break;
-            }
-            i -= 1;
-            if kept[i] == b'9' {
-                kept[i] = b'0';
-            } else {
-                kept[i] += 1;
-                break;
-            }
-        }
+        engine::decimal::increment_digits(&mut kept);
     }
     let split = kept.len() - places;
     let (int, frac) = kept.split_at(split);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use coinstream::config::Override;
 
+pub mod candles;
 pub mod scrape;
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
@@ -641,17 +642,22 @@ pub fn output_within(child: Child, limit: Duration) -> Output {
     }
 }
 
+/// The `match` and `last_match` messages of a capture of Coinbase feed messages (one JSON
+/// message a line), read with serde_json alone; lines that are not JSON are passed over.
+pub fn feed_matches(feed: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(feed)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| matches!(m["type"].as_str(), Some("match" | "last_match")))
+        .collect()
+}
+
 /// The expected rows, computed from the feed file and the portfolio with no code of ours.
 pub fn expected_rows(feed: &std::path::Path) -> BTreeMap<(String, i64), (Decimal, String)> {
     let portfolio = testkit::profit::Portfolio::shipped();
     let mut expected = BTreeMap::new();
-    for line in std::fs::read_to_string(feed).unwrap().lines() {
-        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if !matches!(m["type"].as_str(), Some("match" | "last_match")) {
-            continue;
-        }
+    for m in feed_matches(feed) {
         let symbol = m["product_id"].as_str().unwrap();
         let (Some(profit), Some(id)) = (
             portfolio.profit_of_text(symbol, m["price"].as_str().unwrap_or("x")),

@@ -32,6 +32,13 @@ pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// `GET path`; the body, which must come with status 200.
+pub fn get_ok(addr: SocketAddr, path: &str) -> String {
+    let (status, body) = get(addr, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
 /// The samples of Prometheus' text format: `name{labels}` (as written) → value.
 pub fn samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -56,10 +63,8 @@ pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 /// (the progress is read before and after the metrics and must not have changed).
 pub fn snapshot(addr: SocketAddr) -> (Vec<Value>, String) {
     for _ in 0..50 {
-        let (status, before) = get(addr, "/api/progress");
-        assert_eq!(status, 200, "{before}");
-        let (status, metrics) = get(addr, "/metrics");
-        assert_eq!(status, 200, "{metrics}");
+        let before = get_ok(addr, "/api/progress");
+        let metrics = get_ok(addr, "/metrics");
         let (_, after) = get(addr, "/api/progress");
         if before == after {
             return (serde_json::from_str(&before).unwrap(), metrics);
