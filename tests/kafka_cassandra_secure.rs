@@ -53,38 +53,22 @@ fn assert_no_secret(out: &Output, secrets: &[String]) {
 /// `pipelines/kafka-cassandra-secure.toml` over fresh names, pointed at the secure servers the
 /// environment names, with the CA of `scripts/services.sh`.
 async fn secure_setup(name: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = unique(&format!("trades_{name}"));
-    let dead_letters = format!("{topic}_dlq");
-    let group = unique(&format!("group_{name}"));
-    let keyspace = unique(&format!("ks_{name}"));
+    let mut setup = Setup::shipped(name, "pipelines/kafka-cassandra-secure.toml", PARTITIONS).await;
     let ca = secure("COINSTREAM_TLS_CA");
     let kafka = secure("KAFKA_SECURE_BOOTSTRAP");
-    let config = Pipeline::shipped("pipelines/kafka-cassandra-secure.toml")
+    setup.config = setup
+        .config
         .set("source.brokers", kafka.clone())
         .set("source.security.ca_file", ca.clone())
-        .set("source.topics", vec![topic.clone()])
-        .set("source.group_id", group.clone())
         .set(
             "sink.contact_points",
             vec![secure("CASSANDRA_SECURE_NODES")],
         )
         .set("sink.tls_ca_cert_path", ca.clone())
-        .set("sink.keyspace", keyspace.clone())
         .set("dead_letter.brokers", kafka)
-        .set("dead_letter.security.ca_file", ca)
-        .set("dead_letter.topic", dead_letters.clone())
-        .set_path("engine.checkpoint_dir", &dir.path().join("checkpoint"));
-    config.load();
-    testkit::kafka::create_topics(&[(&topic, PARTITIONS), (&dead_letters, 1)]).await;
-    Setup {
-        dir,
-        topic,
-        dead_letters,
-        group,
-        keyspace,
-        config,
-    }
+        .set("dead_letter.security.ca_file", ca);
+    setup.config.load();
+    setup
 }
 
 /// Runs `coinstream run` with `config` (and `env` set over the test's environment), which must

@@ -47,6 +47,15 @@ fn pipeline(count: u64) -> (tempfile::TempDir, Pipeline) {
     (dir, config)
 }
 
+/// `config` with its own checkpoint and store in `dir/name`, so each run reads the whole capture
+/// and writes (and logs) the same.
+fn fresh_store(config: &Pipeline, dir: &tempfile::TempDir, name: &str) -> Pipeline {
+    config
+        .clone()
+        .set_path("engine.checkpoint_dir", &dir.path().join(name).join("cp"))
+        .set_path("sink.path", &dir.path().join(name).join("profit"))
+}
+
 /// `args` run under a pseudo-terminal (util-linux `script`), so the binary's stderr is a
 /// terminal; returns what the terminal showed (stdout discarded).
 fn on_terminal(args: &[String], no_color: Option<&str>) -> String {
@@ -85,12 +94,7 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
 fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
     let (dir, config) = pipeline(300);
     // Each run its own store, so each run writes and logs the same.
-    let fresh = |name: &str| {
-        config
-            .clone()
-            .set_path("engine.checkpoint_dir", &dir.path().join(name).join("cp"))
-            .set_path("sink.path", &dir.path().join(name).join("profit"))
-    };
+    let fresh = |name: &str| fresh_store(&config, &dir, name);
     let coloured = on_terminal(&run_args(&fresh("a"), &[]), None);
     assert!(coloured.contains("Run finished."), "{coloured}");
     assert!(
@@ -180,12 +184,7 @@ fn progress_json_goes_to_stdout_alone_and_the_report_to_stderr() {
     const SMALL: &str = "--max-records-per-batch=100";
     let (dir, config) = pipeline(300);
     // Each run its own store, so each run reads the whole capture.
-    let fresh = |name: &str| {
-        config
-            .clone()
-            .set_path("engine.checkpoint_dir", &dir.path().join(name).join("cp"))
-            .set_path("sink.path", &dir.path().join(name).join("profit"))
-    };
+    let fresh = |name: &str| fresh_store(&config, &dir, name);
 
     let (records, stderr) = piped_through_jq(
         &run_args(&fresh("json"), &["--progress", "json", SMALL]),
