@@ -50,6 +50,16 @@ fn assert_no_secret(out: &Output, secrets: &[String]) {
     }
 }
 
+/// Fails unless `stderr` holds every one of `expected`, naming the first missing.
+fn assert_mentions(stderr: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
 /// `pipelines/kafka-cassandra-secure.toml` over fresh names, pointed at the secure servers the
 /// environment names, with the CA of `scripts/services.sh`.
 async fn secure_setup(name: &str) -> Setup {
@@ -175,17 +185,15 @@ async fn a_wrong_kafka_password_stops_the_run_naming_the_broker_and_the_mechanis
         &[("KAFKA_SASL_PASSWORD", "wrong-password-0f9e8d7c")],
     );
     let broker = secure("KAFKA_SECURE_BOOTSTRAP");
-    for expected in [
-        "the broker refused the login",
-        "SCRAM-SHA-512",
-        broker.as_str(),
-        "Authentication failed",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(
+        &stderr,
+        &[
+            "the broker refused the login",
+            "SCRAM-SHA-512",
+            broker.as_str(),
+            "Authentication failed",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,12 +205,7 @@ async fn a_wrong_cassandra_password_stops_the_run_with_an_authentication_error()
         &[("CASSANDRA_PASSWORD", "wrong-password-1a2b3c4d")],
     );
     let node = secure("CASSANDRA_SECURE_NODES");
-    for expected in [node.as_str(), "Authentication"] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(&stderr, &[node.as_str(), "Authentication"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,20 +217,13 @@ async fn a_ca_that_did_not_sign_the_servers_is_a_tls_error_for_kafka_and_for_cas
         .clone()
         .set("source.security.ca_file", other.clone());
     let stderr = fails_fast(&setup, &kafka, &[]);
-    for expected in ["the TLS handshake failed", "certificate verify failed"] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(
+        &stderr,
+        &["the TLS handshake failed", "certificate verify failed"],
+    );
     let cassandra = setup.config.clone().set("sink.tls_ca_cert_path", other);
     let stderr = fails_fast(&setup, &cassandra, &[]);
-    for expected in ["invalid peer certificate", "UnknownIssuer"] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(&stderr, &["invalid peer certificate", "UnknownIssuer"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,12 +241,10 @@ async fn a_broker_certificate_for_another_host_is_a_tls_error_unless_verificatio
         .clone()
         .set("source.brokers", format!("localhost:{port}"));
     let stderr = fails_fast(&setup, &localhost, &[]);
-    for expected in ["the TLS handshake failed", "certificate verify failed"] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(
+        &stderr,
+        &["the TLS handshake failed", "certificate verify failed"],
+    );
     // The same name with verification off: the chain is still checked, the name is not, and
     // the run reads the (empty) topic to its end.
     let unchecked = localhost.set("source.security.verify_hostname", false);
@@ -266,16 +260,14 @@ async fn plaintext_to_a_tls_port_is_a_clear_error() {
     plain.insert("protocol".into(), "plaintext".into());
     let kafka = setup.config.clone().set("source.security", plain);
     let stderr = fails_fast(&setup, &kafka, &[]);
-    for expected in [
-        "closed the connection at the client's first request, as a TLS listener does",
-        "client: plaintext",
-        "APIVERSION_QUERY",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(
+        &stderr,
+        &[
+            "closed the connection at the client's first request, as a TLS listener does",
+            "client: plaintext",
+            "APIVERSION_QUERY",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,13 +295,11 @@ async fn cassandra_without_tls_on_the_tls_port_is_a_clear_error() {
         .retain(|o| !o.to_string().starts_with("sink.tls_ca_cert_path"));
     let stderr = fails_fast(&setup, &plain, &[]);
     let node = secure("CASSANDRA_SECURE_NODES");
-    for expected in [
-        node.as_str(),
-        "closed the connection at the first request (OPTIONS), as a TLS-only port does",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(
+        &stderr,
+        &[
+            node.as_str(),
+            "closed the connection at the first request (OPTIONS), as a TLS-only port does",
+        ],
+    );
 }

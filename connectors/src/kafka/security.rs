@@ -260,39 +260,31 @@ impl KafkaSecurityConfig {
                 _ => None,
             }
         } else {
-            for (key, set) in [
-                ("sasl_mechanism", self.sasl_mechanism.is_some()),
-                ("username_env", self.username_env.is_some()),
-                ("password_env", self.password_env.is_some()),
-            ] {
-                if set {
-                    problems.push(Problem::new(
-                        key,
-                        format!(
-                            "is for a SASL login, which protocol {} does not do (use sasl_ssl)",
-                            self.protocol.as_str()
-                        ),
-                    ));
-                }
-            }
+            problems.extend(not_for_protocol(
+                [
+                    ("sasl_mechanism", self.sasl_mechanism.is_some()),
+                    ("username_env", self.username_env.is_some()),
+                    ("password_env", self.password_env.is_some()),
+                ],
+                &format!(
+                    "is for a SASL login, which protocol {} does not do (use sasl_ssl)",
+                    self.protocol.as_str()
+                ),
+            ));
             None
         };
         if !self.protocol.tls() {
-            for (key, set) in [
-                ("ca_file", self.ca_file.is_some()),
-                ("cert_file", self.cert_file.is_some()),
-                ("key_file", self.key_file.is_some()),
-            ] {
-                if set {
-                    problems.push(Problem::new(
-                        key,
-                        format!(
-                            "is for TLS, which protocol {} does not use (use ssl or sasl_ssl)",
-                            self.protocol.as_str()
-                        ),
-                    ));
-                }
-            }
+            problems.extend(not_for_protocol(
+                [
+                    ("ca_file", self.ca_file.is_some()),
+                    ("cert_file", self.cert_file.is_some()),
+                    ("key_file", self.key_file.is_some()),
+                ],
+                &format!(
+                    "is for TLS, which protocol {} does not use (use ssl or sasl_ssl)",
+                    self.protocol.as_str()
+                ),
+            ));
         }
         for (key, path) in [
             ("ca_file", &self.ca_file),
@@ -425,6 +417,14 @@ impl KafkaSecurity {
             None => self.protocol.as_str().to_owned(),
         }
     }
+}
+
+/// A problem saying `why` for each key of `keys` that is set: keys the chosen protocol does not use.
+fn not_for_protocol(keys: [(&'static str, bool); 3], why: &str) -> Vec<Problem> {
+    keys.into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| Problem::new(key, why))
+        .collect()
 }
 
 /// A client context that keeps the first error retrying cannot fix: a refused login, a failed
