@@ -40,13 +40,13 @@ fn generate(
             .unwrap()
             .timestamp_micros();
         trades.push((
-            record.symbol.clone(),
+            record.symbol.to_string(),
             record.trade_id,
             time,
-            record.price.clone(),
+            record.price.to_string(),
             record.size.parse().unwrap(),
         ));
-        messages.push((record.symbol.clone(), record.to_json()));
+        messages.push((record.symbol.to_string(), record.to_json()));
     }
     (messages, trades)
 }

@@ -200,16 +200,19 @@ fn check_exchange(frame: &[u8], schema: &SchemaRef, seen: &Seen) {
                 Some(record.trade_id)
             );
             assert_eq!(field("sequence").and_then(Value::as_i64), record.sequence);
-            assert_eq!(text("product_id"), Some(record.symbol.as_str()));
-            assert_eq!(text("price"), Some(record.price.as_str()));
-            assert_eq!(text("size"), Some(record.size.as_str()));
-            assert_eq!(text("time"), Some(record.trade_time.as_str()));
+            assert_eq!(text("product_id"), Some(record.symbol.as_ref()));
+            assert_eq!(text("price"), Some(record.price.as_ref()));
+            assert_eq!(text("size"), Some(record.size.as_ref()));
+            assert_eq!(text("time"), Some(record.trade_time.as_ref()));
             assert_eq!(
                 text("side").and_then(feed::taker_side_of),
-                Some(record.side.as_str()),
+                Some(record.side.as_ref()),
                 "the maker's side is inverted"
             );
-            assert_eq!(record.coin_name, coins.get(&record.symbol).cloned());
+            assert_eq!(
+                record.coin_name.as_deref(),
+                coins.get(record.symbol.as_ref()).map(String::as_str)
+            );
             round_trip(record, schema, seen);
         }
         FeedEvent::Heartbeat {
@@ -288,7 +291,7 @@ fn check_advanced(frame: &[u8], schema: &SchemaRef, seen: &Seen) {
                             && t.get("side")
                                 .and_then(Value::as_str)
                                 .and_then(feed::taker_side_of)
-                                == Some(record.side.as_str())
+                                == Some(record.side.as_ref())
                             && *historical == *last_match
                     });
                     assert!(source.is_some(), "{record:?} is not a trade of the frame");

@@ -133,7 +133,7 @@ fn assert_replaced_once_for_silence(c: &Client) {
     assert_eq!(c.server.connections(), 2);
 }
 
-async fn take(feed: &mut FeedTask, n: usize) -> Vec<TradeRecord> {
+async fn take(feed: &mut FeedTask, n: usize) -> Vec<TradeRecord<'static>> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while out.len() < n {
@@ -269,7 +269,7 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
     while feed.trades.recv_many(&mut batch, 500).await > 0 {
         let trades = batch.drain(..);
         let sent = producer
-            .send_all(trades.map(|t| (t.record.symbol.clone(), t.record.to_json())))
+            .send_all(trades.map(|t| (t.record.symbol.to_string(), t.record.to_json())))
             .await
             .unwrap();
         counters
@@ -306,8 +306,8 @@ async fn every_trade_reaches_kafka_once_in_order_across_a_dropped_connection() {
     assert_eq!(
         (
             t.coin_name.as_deref(),
-            t.side.as_str(),
-            t.price.clone(),
+            t.side.as_ref(),
+            t.price.to_string(),
             t.sequence
         ),
         (Some("Bitcoin"), "sell", price(1001), Some(1001 * 7 + 3)),
@@ -356,7 +356,7 @@ async fn a_silent_connection_is_replaced_but_heartbeats_keep_one_alive() {
     );
     assert_eq!(c.counter("reconnects"), 0, "heartbeats kept it alive");
     let rest = take(&mut c.feed, 9).await;
-    let all: Vec<TradeRecord> = first_part.into_iter().chain(rest).collect();
+    let all: Vec<TradeRecord<'static>> = first_part.into_iter().chain(rest).collect();
     assert_eq!(ids(&all, "BTC-USD"), (1..=20).collect::<Vec<_>>());
     assert_no_more(&mut c.feed, Duration::from_millis(500)).await;
     assert_replaced_once_for_silence(&c);
@@ -478,10 +478,10 @@ async fn advanced_trade_market_trades_become_the_same_records() {
     let t = trades.iter().find(|t| t.trade_id == 102).unwrap();
     assert_eq!(
         (
-            t.side.as_str(),
+            t.side.as_ref(),
             t.sequence,
             t.coin_name.as_deref(),
-            t.trade_time.clone()
+            t.trade_time.to_string()
         ),
         ("buy", None, Some("Bitcoin"), trade_time(102)),
         "maker SELL -> taker buy; no per-product sequence"

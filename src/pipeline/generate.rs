@@ -114,7 +114,7 @@ pub(super) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         let records = (0..count).map(|_| {
             let trade = generator.next_trade();
             let record = generator.record(&trade, &ingest_time);
-            (record.symbol.clone(), record.to_json())
+            (record.symbol.to_string(), record.to_json())
         });
         let sent = producer.send_all(records).await?;
         eprintln!("published {sent} trades to {topic} on {brokers}");

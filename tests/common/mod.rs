@@ -214,9 +214,9 @@ pub fn trades(n: u64, seed: u64) -> (Messages, Expected) {
         let trade = generator.next_trade();
         let record = generator.record(&trade, "2026-11-23T00:00:00.000000Z");
         if let Some(profit) = portfolio.profit_of_text(&record.symbol, &record.price) {
-            expected.insert((record.symbol.clone(), record.trade_id), profit);
+            expected.insert((record.symbol.to_string(), record.trade_id), profit);
         }
-        messages.push((record.symbol.clone(), record.to_json()));
+        messages.push((record.symbol.to_string(), record.to_json()));
     }
     (messages, expected)
 }

@@ -18,6 +18,7 @@
 //! - `heartbeats` frames carry no trade ids: they only keep the connection alive (and prove it is).
 //! - Errors come as a bare `{"type":"error","message":...}` without the envelope.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -74,7 +75,11 @@ struct Trade {
 }
 
 /// Parses one frame into the events it holds, in the order to process them.
-pub fn parse(frame: &[u8], coins: &BTreeMap<String, String>, ingest_time: &str) -> Vec<FeedEvent> {
+pub fn parse(
+    frame: &[u8],
+    coins: &BTreeMap<String, String>,
+    ingest_time: &str,
+) -> Vec<FeedEvent<'static>> {
     let envelope: Envelope = match serde_json::from_slice(frame) {
         Ok(e) => e,
         Err(e) => {
@@ -105,7 +110,7 @@ fn trades(
     events: Vec<Value>,
     coins: &BTreeMap<String, String>,
     ingest_time: &str,
-) -> Vec<FeedEvent> {
+) -> Vec<FeedEvent<'static>> {
     let mut out = Vec::new();
     let mut trades = Vec::new();
     for event in events {
@@ -139,7 +144,7 @@ fn normalise(
     trade: Value,
     coins: &BTreeMap<String, String>,
     ingest_time: &str,
-) -> Result<TradeRecord, String> {
+) -> Result<TradeRecord<'static>, String> {
     let t: Trade = serde_json::from_value(trade)
         .map_err(|e| format!("market_trades trade with wrong field types: {e}"))?;
     let trade_id = match &t.trade_id {
@@ -160,15 +165,15 @@ fn normalise(
     let taker = feed::taker_side_of(&side)
         .ok_or_else(|| format!("unknown side {side:?}; expected BUY or SELL"))?;
     let record = TradeRecord {
-        coin_name: coins.get(&product).cloned(),
-        symbol: product,
+        coin_name: coins.get(&product).cloned().map(Cow::Owned),
+        symbol: product.into(),
         trade_id,
         sequence: None,
-        trade_time: time,
-        price,
-        size,
-        side: taker.to_owned(),
-        ingest_time: ingest_time.to_owned(),
+        trade_time: time.into(),
+        price: price.into(),
+        size: size.into(),
+        side: Cow::Borrowed(taker),
+        ingest_time: ingest_time.to_owned().into(),
     };
     record
         .check()
@@ -197,7 +202,7 @@ mod tests {
         assert_eq!(record.coin_name.as_deref(), Some("Ethereum"));
         assert_eq!(record.sequence, None);
         assert_eq!(
-            (record.price.as_str(), record.size.as_str()),
+            (record.price.as_ref(), record.size.as_ref()),
             ("1260.01", "0.3")
         );
     }

@@ -431,10 +431,14 @@ fn read_lines(
                 }
             }
             FeedEvent::Trade { record: trade, .. } => {
-                let last = state
-                    .last_trade_id
-                    .entry(trade.symbol.clone())
-                    .or_insert(i64::MIN);
+                // The product's key is copied only the first time it is seen.
+                let last = match state.last_trade_id.get_mut(trade.symbol.as_ref()) {
+                    Some(last) => last,
+                    None => state
+                        .last_trade_id
+                        .entry(trade.symbol.to_string())
+                        .or_insert(i64::MIN),
+                };
                 if trade.trade_id <= *last {
                     state.counters.duplicates += 1;
                 } else {

@@ -44,7 +44,7 @@ use engine::retry::Backoff;
 #[derive(Debug, Clone)]
 pub struct ReceivedTrade {
     /// The bus record.
-    pub record: TradeRecord,
+    pub record: TradeRecord<'static>,
     /// When the frame holding it was read.
     pub received_at: SystemTime,
 }
@@ -413,7 +413,8 @@ impl Client {
         let ingest_time = rfc3339_micros(chrono::Utc::now());
         match self.settings.feed {
             FeedKind::Exchange => {
-                let event = feed::parse(bytes, &self.settings.coins, &ingest_time);
+                // Owned: `event` needs `&mut self`, which holds the coin map the trade borrows.
+                let event = feed::parse(bytes, &self.settings.coins, &ingest_time).into_owned();
                 self.event(event, bytes, received_at).await
             }
             FeedKind::Advanced => {
@@ -429,7 +430,7 @@ impl Client {
     /// Handles one event of a frame; `true` when it is a trade or a heartbeat.
     async fn event(
         &mut self,
-        event: FeedEvent,
+        event: FeedEvent<'static>,
         frame: &[u8],
         received_at: SystemTime,
     ) -> Result<bool, End> {
@@ -452,7 +453,7 @@ impl Client {
                 add(&self.counters.trades, 1);
                 if record.coin_name.is_none() {
                     add(&self.counters.unknown_products, 1);
-                    if self.warned_unknown.insert(record.symbol.clone()) {
+                    if self.warned_unknown.insert(record.symbol.to_string()) {
                         tracing::warn!(
                             product = %record.symbol,
                             "Trades of a product missing from the coin map are counted and dropped."

@@ -1,18 +1,20 @@
 //! Parsing of Exchange feed messages and their normalisation into bus records.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 use crate::common::trade::TradeRecord;
 
-/// What one feed message is.
+/// What one feed message is. A trade borrows its texts from the message it was parsed from
+/// (`'a`); [`TradeRecord::into_owned`] detaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FeedEvent {
+pub enum FeedEvent<'a> {
     /// A trade (`match`, or `last_match` replayed after subscribing), normalised.
     Trade {
         /// The bus record.
-        record: TradeRecord,
+        record: TradeRecord<'a>,
         /// It came as `last_match` (historical: may duplicate one already seen).
         last_match: bool,
     },
@@ -38,36 +40,63 @@ pub enum FeedEvent {
     Invalid(String),
 }
 
+impl FeedEvent<'_> {
+    /// The event with its own copies of every text, free of the message it was parsed from.
+    pub fn into_owned(self) -> FeedEvent<'static> {
+        match self {
+            FeedEvent::Trade { record, last_match } => FeedEvent::Trade {
+                record: record.into_owned(),
+                last_match,
+            },
+            FeedEvent::Heartbeat {
+                product_id,
+                last_trade_id,
+            } => FeedEvent::Heartbeat {
+                product_id,
+                last_trade_id,
+            },
+            FeedEvent::Subscriptions => FeedEvent::Subscriptions,
+            FeedEvent::Error { message, reason } => FeedEvent::Error { message, reason },
+            FeedEvent::Other(kind) => FeedEvent::Other(kind),
+            FeedEvent::Invalid(reason) => FeedEvent::Invalid(reason),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Message<'a> {
     #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
+    kind: Cow<'a, str>,
     trade_id: Option<i64>,
     sequence: Option<i64>,
     #[serde(borrow)]
-    side: Option<std::borrow::Cow<'a, str>>,
+    side: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    size: Option<std::borrow::Cow<'a, str>>,
+    size: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    price: Option<std::borrow::Cow<'a, str>>,
+    price: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    product_id: Option<std::borrow::Cow<'a, str>>,
+    product_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    time: Option<std::borrow::Cow<'a, str>>,
+    time: Option<Cow<'a, str>>,
     last_trade_id: Option<i64>,
     message: Option<String>,
     reason: Option<String>,
 }
 
 /// Parses one feed message. `coins` maps product ids to coin names; `ingest_time` is when it
-/// arrived (RFC 3339).
-pub fn parse(line: &[u8], coins: &BTreeMap<String, String>, ingest_time: &str) -> FeedEvent {
+/// arrived (RFC 3339). A trade borrows its texts from all three, copying none.
+pub fn parse<'a>(
+    line: &'a [u8],
+    coins: &'a BTreeMap<String, String>,
+    ingest_time: &'a str,
+) -> FeedEvent<'a> {
     let message: Message = match serde_json::from_slice(line) {
         Ok(m) => m,
         Err(e) => return classify_unparsed(line, e),
     };
     match message.kind.as_ref() {
-        "match" | "last_match" => normalise(&message, coins, ingest_time),
+        "match" | "last_match" => normalise(message, coins, ingest_time),
         "heartbeat" => match (message.product_id, message.last_trade_id) {
             (Some(p), Some(id)) => FeedEvent::Heartbeat {
                 product_id: p.into_owned(),
@@ -85,7 +114,7 @@ pub fn parse(line: &[u8], coins: &BTreeMap<String, String>, ingest_time: &str) -
 }
 
 /// A message that did not fit the shape: say why, but skip types we ignore anyway.
-fn classify_unparsed(line: &[u8], error: serde_json::Error) -> FeedEvent {
+fn classify_unparsed(line: &[u8], error: serde_json::Error) -> FeedEvent<'static> {
     match serde_json::from_slice::<serde_json::Value>(line) {
         Err(_) => FeedEvent::Invalid(format!("invalid JSON: {error}")),
         Ok(value) => match value.get("type").and_then(|t| t.as_str()) {
@@ -119,7 +148,11 @@ pub fn subscribe_message(products: &[String]) -> String {
     .to_string()
 }
 
-fn normalise(m: &Message, coins: &BTreeMap<String, String>, ingest_time: &str) -> FeedEvent {
+fn normalise<'a>(
+    m: Message<'a>,
+    coins: &'a BTreeMap<String, String>,
+    ingest_time: &'a str,
+) -> FeedEvent<'a> {
     let missing = [
         ("trade_id", m.trade_id.is_none()),
         ("product_id", m.product_id.is_none()),
@@ -137,17 +170,19 @@ fn normalise(m: &Message, coins: &BTreeMap<String, String>, ingest_time: &str) -
             m.side.as_deref()
         ));
     };
-    let symbol = m.product_id.as_deref().unwrap_or_default();
+    let symbol = m.product_id.unwrap_or_default();
     let record = TradeRecord {
-        symbol: symbol.to_owned(),
-        coin_name: coins.get(symbol).cloned(),
+        coin_name: coins
+            .get(symbol.as_ref())
+            .map(|c| Cow::Borrowed(c.as_str())),
+        symbol,
         trade_id: m.trade_id.unwrap_or_default(),
         sequence: m.sequence,
-        trade_time: m.time.as_deref().unwrap_or_default().to_owned(),
-        price: m.price.as_deref().unwrap_or_default().to_owned(),
-        size: m.size.as_deref().unwrap_or_default().to_owned(),
-        side: taker_side.to_owned(),
-        ingest_time: ingest_time.to_owned(),
+        trade_time: m.time.unwrap_or_default(),
+        price: m.price.unwrap_or_default(),
+        size: m.size.unwrap_or_default(),
+        side: Cow::Borrowed(taker_side),
+        ingest_time: Cow::Borrowed(ingest_time),
     };
     if let Err(why) = record.check() {
         return FeedEvent::Invalid(format!(
@@ -172,8 +207,9 @@ mod tests {
     #[test]
     fn normalises_a_documented_match_inverting_the_makers_side() {
         let line = br#"{"type":"match","trade_id":10,"sequence":50,"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","time":"2014-11-07T08:19:27.028459Z","product_id":"BTC-USD","size":"5.23512","price":"400.23","side":"sell"}"#;
+        let coins = coins();
         let FeedEvent::Trade { record, last_match } =
-            parse(line, &coins(), "2014-11-07T08:19:28.000000Z")
+            parse(line, &coins, "2014-11-07T08:19:28.000000Z")
         else {
             panic!("not a trade");
         };
@@ -182,7 +218,7 @@ mod tests {
         assert_eq!(record.coin_name.as_deref(), Some("Bitcoin"));
         assert_eq!((record.trade_id, record.sequence), (10, Some(50)));
         assert_eq!(
-            (record.price.as_str(), record.size.as_str()),
+            (record.price.as_ref(), record.size.as_ref()),
             ("400.23", "5.23512")
         );
     }

@@ -125,10 +125,11 @@ impl CoinbaseSource {
         for trade in std::mem::take(&mut self.pending) {
             let number = self.product_number(&trade.record.symbol);
             let trade_id = trade.record.trade_id;
-            match self.last_ids.get_mut(&trade.record.symbol) {
+            match self.last_ids.get_mut(trade.record.symbol.as_ref()) {
                 Some(last) => *last = trade_id,
                 None => {
-                    self.last_ids.insert(trade.record.symbol.clone(), trade_id);
+                    self.last_ids
+                        .insert(trade.record.symbol.to_string(), trade_id);
                 }
             }
             records.push(RawRecord {

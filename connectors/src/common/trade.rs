@@ -5,6 +5,8 @@
 //! accept it, and a price or size of zero or below is not a trade (as the holding's last price
 //! it would write the whole holding off).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use super::excerpt::excerpt;
@@ -23,29 +25,34 @@ pub fn trade_schema() -> arrow::datatypes::SchemaRef {
 }
 
 /// One trade as it travels on the bus.
+///
+/// Its text fields are `Cow`s so that a connector can build the record from a frame it has just
+/// parsed without copying (the capture source borrows them from its read buffer);
+/// [`TradeRecord::into_owned`] detaches a record that has to outlive that buffer. Deserialising
+/// always copies (no `#[serde(borrow)]`), so `TradeRecord<'static>` is `DeserializeOwned`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TradeRecord {
+pub struct TradeRecord<'a> {
     /// The product, `BASE-QUOTE` (e.g. `BTC-USD`).
-    pub symbol: String,
+    pub symbol: Cow<'a, str>,
     /// The coin's name from the coin map, if the product is in it.
-    pub coin_name: Option<String>,
+    pub coin_name: Option<Cow<'a, str>>,
     /// The venue's trade id (per product, increasing).
     pub trade_id: i64,
     /// The venue's sequence number, where it has one.
     pub sequence: Option<i64>,
     /// When the venue matched the trade (RFC 3339, UTC).
-    pub trade_time: String,
+    pub trade_time: Cow<'a, str>,
     /// Quote currency per unit of base, as a decimal string.
-    pub price: String,
+    pub price: Cow<'a, str>,
     /// Base quantity, as a decimal string.
-    pub size: String,
+    pub size: Cow<'a, str>,
     /// The taker's side, `buy` or `sell`.
-    pub side: String,
+    pub side: Cow<'a, str>,
     /// When coinstream received it (RFC 3339, UTC).
-    pub ingest_time: String,
+    pub ingest_time: Cow<'a, str>,
 }
 
-impl TradeRecord {
+impl TradeRecord<'_> {
     /// Why the record cannot be published, if it cannot: a negative trade id, a price or size
     /// that is not a finite decimal greater than zero (checked with the engine's one decimal
     /// parser), or a time that is not RFC 3339.
@@ -66,8 +73,30 @@ impl TradeRecord {
 
     /// The record as one JSON object.
     pub fn to_json(&self) -> Vec<u8> {
-        // A struct of strings and integers always serialises.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(256);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the record as one JSON object to `out` (a buffer many records share).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // A struct of strings and integers always serialises, and writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(out, self);
+    }
+
+    /// The record with its own copies of every text, free of the buffer it was parsed from.
+    pub fn into_owned(self) -> TradeRecord<'static> {
+        TradeRecord {
+            symbol: Cow::Owned(self.symbol.into_owned()),
+            coin_name: self.coin_name.map(|c| Cow::Owned(c.into_owned())),
+            trade_id: self.trade_id,
+            sequence: self.sequence,
+            trade_time: Cow::Owned(self.trade_time.into_owned()),
+            price: Cow::Owned(self.price.into_owned()),
+            size: Cow::Owned(self.size.into_owned()),
+            side: Cow::Owned(self.side.into_owned()),
+            ingest_time: Cow::Owned(self.ingest_time.into_owned()),
+        }
     }
 }
 
@@ -93,7 +122,7 @@ pub fn rfc3339_micros(t: chrono::DateTime<chrono::Utc>) -> String {
 mod tests {
     use super::*;
 
-    fn record(price: &str, size: &str) -> TradeRecord {
+    fn record<'a>(price: &'a str, size: &'a str) -> TradeRecord<'a> {
         TradeRecord {
             symbol: "BTC-USD".into(),
             coin_name: Some("Bitcoin".into()),

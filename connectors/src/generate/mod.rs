@@ -7,6 +7,7 @@
 
 pub mod source;
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use engine::{Error, Result};
@@ -199,23 +200,23 @@ impl Generator {
     }
 
     /// The trade as a bus record (the taker's side: the maker's inverted).
-    pub fn record(&self, trade: &Trade, ingest_time: &str) -> TradeRecord {
+    pub fn record<'a>(&'a self, trade: &'a Trade, ingest_time: &'a str) -> TradeRecord<'a> {
         let p = &self.products[trade.product];
         TradeRecord {
-            symbol: p.symbol.clone(),
-            coin_name: p.coin_name.clone(),
+            symbol: p.symbol.as_str().into(),
+            coin_name: p.coin_name.as_deref().map(Cow::Borrowed),
             trade_id: trade.trade_id,
             sequence: Some(trade.sequence),
-            trade_time: time_text(trade.time_us),
-            price: trade.price.clone(),
-            size: trade.size.clone(),
+            trade_time: time_text(trade.time_us).into(),
+            price: trade.price.as_str().into(),
+            size: trade.size.as_str().into(),
             side: if trade.maker_side == "sell" {
                 "buy"
             } else {
                 "sell"
             }
-            .to_owned(),
-            ingest_time: ingest_time.to_owned(),
+            .into(),
+            ingest_time: ingest_time.into(),
         }
     }
 

@@ -276,7 +276,7 @@ mod tests {
         let out = written("pipelines/ingest-coinbase.toml", "symbol", &payloads);
         let expected: Vec<(String, Vec<u8>)> = trades
             .iter()
-            .map(|t| (t.symbol.clone(), t.to_json()))
+            .map(|t| (t.symbol.to_string(), t.to_json()))
             .collect();
         assert_eq!(
             out.iter()
