@@ -131,73 +131,58 @@ pub fn apply(table: &mut toml::Table, overrides: &[Override]) -> Vec<Problem> {
         .iter()
         .filter_map(|o| {
             let parts: Vec<&str> = o.key.split('.').collect();
-            set_in_table(table, "", &parts, o.value.clone())
+            set_in_table(table, &parts, o.value.clone())
                 .err()
                 .map(|why| Problem::new(o.key.clone(), format!("cannot override: {why}")))
         })
         .collect()
 }
 
-/// Sets `path` (at least one key) in `table`, the value at `walked` (`""` for the file), creating
-/// missing tables; a value already there is replaced whole, a table too.
-fn set_in_table(
-    table: &mut toml::Table,
-    walked: &str,
-    path: &[&str],
-    value: toml::Value,
-) -> Result<(), String> {
+/// Sets `path` (at least one key) in `table` (the whole file), creating missing tables on the
+/// way; a value already there is replaced whole, a table too.
+fn set_in_table(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Result<(), String> {
     let Some((first, rest)) = path.split_first() else {
         return Ok(());
     };
-    if rest.is_empty() {
-        table.insert((*first).to_owned(), value);
-        return Ok(());
+    let mut node = table.entry(*first).or_insert_with(empty_table);
+    let mut walked = (*first).to_owned();
+    for key in rest {
+        node = child(node, &walked, key)?;
+        walked = format!("{walked}.{key}");
     }
-    let here = if walked.is_empty() {
-        (*first).to_owned()
-    } else {
-        format!("{walked}.{first}")
-    };
-    let next = table
-        .entry(*first)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    set_in(next, &here, rest, value)
+    *node = value;
+    Ok(())
 }
 
-/// Sets `path` (at least one key) under `node`, the value at `walked`: a table's key, or an
-/// array's entry by its index from 0 (`reference.0.path`, as the file's first `[[reference]]`).
-/// An array is not grown: an index past its end is an error, as is a key under a string or number
-/// (`engine.trigger is a string, not a table`).
-fn set_in(
-    node: &mut toml::Value,
+/// The value at `key` under `node`, the value at `walked`: a table's key (an empty table when
+/// missing), or an array's entry by its index from 0 (`reference.0.path`, as the file's first
+/// `[[reference]]`). An array is not grown: an index past its end is an error, as is a key under
+/// a string or number (`engine.trigger is a string, not a table`).
+fn child<'a>(
+    node: &'a mut toml::Value,
     walked: &str,
-    path: &[&str],
-    value: toml::Value,
-) -> Result<(), String> {
+    key: &str,
+) -> Result<&'a mut toml::Value, String> {
     match node {
-        toml::Value::Table(table) => set_in_table(table, walked, path, value),
+        toml::Value::Table(table) => Ok(table.entry(key).or_insert_with(empty_table)),
         toml::Value::Array(items) => {
-            let Some((first, rest)) = path.split_first() else {
-                return Ok(());
-            };
             let len = items.len();
-            let Some(item) = first.parse::<usize>().ok().and_then(|i| items.get_mut(i)) else {
-                return Err(match len.checked_sub(1) {
-                    None => format!("{walked} is an empty array, it has no entry {first}"),
+            key.parse::<usize>()
+                .ok()
+                .and_then(|i| items.get_mut(i))
+                .ok_or_else(|| match len.checked_sub(1) {
+                    None => format!("{walked} is an empty array, it has no entry {key}"),
                     Some(last) => {
-                        format!("{walked} is an array whose entries are 0 to {last}, not {first}")
+                        format!("{walked} is an array whose entries are 0 to {last}, not {key}")
                     }
-                });
-            };
-            if rest.is_empty() {
-                *item = value;
-                Ok(())
-            } else {
-                set_in(item, &format!("{walked}.{first}"), rest, value)
-            }
+                })
         }
         other => Err(format!("{walked} is a {}, not a table", other.type_str())),
     }
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(toml::Table::new())
 }
 
 #[cfg(test)]

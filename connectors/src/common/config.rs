@@ -85,6 +85,16 @@ impl Problem {
         let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
         engine::Error::config(section, lines.join("; "))
     }
+
+    /// `Ok` when `problems` is empty, else [`Problem::into_error`]: what a section's `validate`
+    /// makes of its `check`.
+    pub fn into_result(section: &str, problems: Vec<Problem>) -> engine::Result<()> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Self::into_error(section, problems))
+        }
+    }
 }
 
 impl fmt::Display for Problem {

@@ -219,10 +219,7 @@ impl KafkaSourceConfig {
 
     /// [`KafkaSourceConfig::check`] as one error naming the `source` section.
     pub fn validate(&self) -> Result<(), Error> {
-        match self.check() {
-            problems if problems.is_empty() => Ok(()),
-            problems => Err(Problem::into_error("source", problems)),
-        }
+        Problem::into_result("source", self.check())
     }
 
     /// The brokers in use.
@@ -362,10 +359,7 @@ impl KafkaDeadLetterConfig {
 
     /// [`KafkaDeadLetterConfig::check`] as one error naming the `dead_letter` section.
     pub fn validate(&self) -> Result<(), Error> {
-        match self.check() {
-            problems if problems.is_empty() => Ok(()),
-            problems => Err(Problem::into_error("dead_letter", problems)),
-        }
+        Problem::into_result("dead_letter", self.check())
     }
 }
 

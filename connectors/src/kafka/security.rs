@@ -273,24 +273,21 @@ impl KafkaSecurityConfig {
             ));
             None
         };
+        let files = [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ];
         if !self.protocol.tls() {
             problems.extend(not_for_protocol(
-                [
-                    ("ca_file", self.ca_file.is_some()),
-                    ("cert_file", self.cert_file.is_some()),
-                    ("key_file", self.key_file.is_some()),
-                ],
+                files.map(|(key, path)| (key, path.is_some())),
                 &format!(
                     "is for TLS, which protocol {} does not use (use ssl or sasl_ssl)",
                     self.protocol.as_str()
                 ),
             ));
         }
-        for (key, path) in [
-            ("ca_file", &self.ca_file),
-            ("cert_file", &self.cert_file),
-            ("key_file", &self.key_file),
-        ] {
+        for (key, path) in files {
             if let Some(path) = path {
                 problems.extend(config::readable_file(key, path));
             }
