@@ -160,7 +160,8 @@ impl Written {
         ctx
     }
 
-    async fn drop(self) {
+    /// Drops the test's keyspace, at the end of a test that passed.
+    async fn drop_keyspace(self) {
         drop_keyspace(&self.admin, &self.keyspace).await;
     }
 }
@@ -344,7 +345,7 @@ async fn pushed_down_filters_read_one_partition_and_return_what_a_full_scan_filt
         counted.result
     );
 
-    written.drop().await;
+    written.drop_keyspace().await;
 }
 
 /// The query: per symbol, the count and the largest profit, exact to the last digit.
@@ -396,7 +397,7 @@ async fn aggregates_every_row_with_exact_decimals() {
         "the 36-digit profit is exact: {got}"
     );
     assert_eq!(ran.rows_read, all.len());
-    written.drop().await;
+    written.drop_keyspace().await;
 }
 
 /// A decimal written outside the pipeline with more digits after the point than the column's
@@ -433,7 +434,7 @@ async fn a_decimal_finer_than_the_column_scale_is_an_error_not_a_rounded_value()
         ),
         "{message}"
     );
-    written.drop().await;
+    written.drop_keyspace().await;
 }
 
 /// Every Arrow type the sink stores reads back as the same Arrow type and value.
