@@ -14,22 +14,9 @@ mod common;
 
 use common::{
     Pipeline, Running, args, coinstream, embedded_config as config, expected_rows, ok,
-    parquet_batches,
+    parquet_batches, run_available_now,
 };
 use testkit::env::repo;
-
-/// The progress records (stdout) and the logs (stderr) of a run to the end of the capture.
-fn run_available_now(config: &Pipeline, max_records: &str) -> (String, String) {
-    let out = common::wait_with_limit(
-        coinstream(&args(
-            &["run", "--trigger", "available-now", "--progress", "json"],
-            config,
-            &["--max-records-per-batch", max_records],
-        )),
-        Duration::from_secs(300),
-    );
-    ok(out)
-}
 
 /// `(symbol, trade_id) → (profit, side)` of every row of the table; panics on a row stored twice.
 fn stored(table: &Path) -> BTreeMap<(String, i64), (Decimal, String)> {
@@ -243,13 +230,7 @@ fn kill_9_at_random_points_then_a_restart_stores_every_trade_exactly_once() {
     let feed = repo().join("required_data/sample_trades.jsonl");
     let cfg = config(dir.path(), &feed);
     // Each kill at another point of the batch cycle (decode, write, Delta commit, checkpoint commit).
-    let kills = common::kill_at_random_points(5, || {
-        coinstream(&args(
-            &["run", "--trigger", "interval:10ms", "--progress", "json"],
-            &cfg,
-            &["--max-records-per-batch", "150"],
-        ))
-    });
+    let kills = common::kill_at_random_points(&cfg, "150", 5);
     run_available_now(&cfg, "150");
     assert_eq!(
         stored(&dir.path().join("data/profit")),

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 
 mod common;
 
-use common::{Pipeline, embedded_config as config};
+use common::{Pipeline, assert_mentions, embedded_config as config};
 use testkit::coinbase::{RESTART_PART_A, RESTART_PART_B};
 use testkit::env::repo;
 
@@ -415,18 +415,42 @@ fn sample_lines(n: usize) -> String {
     out
 }
 
+/// A [`project`] over the first lines of the sample capture, after its first run.
+struct RunOnce {
+    dir: tempfile::TempDir,
+    /// The rows the first run read.
+    input_rows: u64,
+    /// The rows the first run stored.
+    stored: usize,
+}
+
+/// A [`project`] over the first `lines` lines of the sample capture, run once from its folder
+/// with no arguments; panics when that run fails.
+fn run_once(lines: usize) -> RunOnce {
+    let dir = project(&sample_lines(lines));
+    let first = run_in(dir.path(), &[] as &[&str]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let stored = stored_rows(&dir.path().join("data/profit")).len();
+    RunOnce {
+        dir,
+        input_rows: input_rows(&first),
+        stored,
+    }
+}
+
 #[test]
 fn the_same_config_typed_another_way_or_run_from_another_folder_reprocesses_nothing() {
-    let dir = project(&sample_lines(400));
+    let RunOnce {
+        dir,
+        input_rows: read,
+        stored,
+    } = run_once(400);
     let root = dir.path();
-    let first = run_in(root, &[] as &[&str]);
-    assert!(first.status.success(), "{}", stderr(&first));
-    let stored = stored_rows(&root.join("data/profit")).len();
     assert!(
         stored > 100,
         "the first 400 lines hold portfolio trades: {stored}"
     );
-    assert!(input_rows(&first) as usize >= stored);
+    assert!(read as usize >= stored);
 
     let absolute = root.join("coinstream.toml");
     let absolute = absolute.to_str().unwrap();
@@ -459,11 +483,8 @@ fn the_same_config_typed_another_way_or_run_from_another_folder_reprocesses_noth
 
 #[test]
 fn a_checkpoint_of_another_query_is_refused_naming_both() {
-    let dir = project(&sample_lines(50));
+    let RunOnce { dir, stored, .. } = run_once(50);
     let root = dir.path();
-    let first = run_in(root, &[] as &[&str]);
-    assert!(first.status.success(), "{}", stderr(&first));
-    let stored = stored_rows(&root.join("data/profit")).len();
 
     // The same checkpoint folder, another capture.
     std::fs::write(root.join("required_data/other.jsonl"), sample_lines(80)).unwrap();
@@ -721,11 +742,7 @@ fn bad_sql_and_bad_reference_files_stop_the_run_before_data_flows() {
     project.cfg = project.cfg.clone().set_path("reference.0.path", &portfolio);
     let out = project.run();
     assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("portfolio.json") && err.contains("key \"BTC-USD\""),
-        "{err}"
-    );
+    assert_mentions(&stderr(&out), &["portfolio.json", "key \"BTC-USD\""]);
 }
 
 #[test]

@@ -50,16 +50,6 @@ fn assert_no_secret(out: &Output, secrets: &[String]) {
     }
 }
 
-/// Fails unless `stderr` holds every one of `expected`, naming the first missing.
-fn assert_mentions(stderr: &str, expected: &[&str]) {
-    for expected in expected {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
-}
-
 /// `pipelines/kafka-cassandra-secure.toml` over fresh names, pointed at the secure servers the
 /// environment names, with the CA of `scripts/services.sh`.
 async fn secure_setup(name: &str) -> Setup {
@@ -176,14 +166,17 @@ async fn stores_every_trade_once_through_sasl_ssl_and_cassandra_tls_and_query_re
     assert_exactly(&stored, &expected);
 }
 
+/// The stderr of a run (of its own setup, `name`) whose env var `variable` holds the password
+/// `wrong`, which the server refuses; see [`fails_fast`].
+async fn with_wrong_password(name: &str, variable: &str, wrong: &str) -> String {
+    let setup = secure_setup(name).await;
+    fails_fast(&setup, &setup.config, &[(variable, wrong)])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_kafka_password_stops_the_run_naming_the_broker_and_the_mechanism() {
-    let setup = secure_setup("badpass").await;
-    let stderr = fails_fast(
-        &setup,
-        &setup.config,
-        &[("KAFKA_SASL_PASSWORD", "wrong-password-0f9e8d7c")],
-    );
+    let stderr =
+        with_wrong_password("badpass", "KAFKA_SASL_PASSWORD", "wrong-password-0f9e8d7c").await;
     let broker = secure("KAFKA_SECURE_BOOTSTRAP");
     assert_mentions(
         &stderr,
@@ -198,12 +191,8 @@ async fn a_wrong_kafka_password_stops_the_run_naming_the_broker_and_the_mechanis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_cassandra_password_stops_the_run_with_an_authentication_error() {
-    let setup = secure_setup("badcql").await;
-    let stderr = fails_fast(
-        &setup,
-        &setup.config,
-        &[("CASSANDRA_PASSWORD", "wrong-password-1a2b3c4d")],
-    );
+    let stderr =
+        with_wrong_password("badcql", "CASSANDRA_PASSWORD", "wrong-password-1a2b3c4d").await;
     let node = secure("CASSANDRA_SECURE_NODES");
     assert_mentions(&stderr, &[node.as_str(), "Authentication"]);
 }

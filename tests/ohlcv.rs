@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 
 mod common;
 
-use common::{Pipeline, args, coinstream, delta_batches, ok};
+use common::{Pipeline, args, assert_mentions, coinstream, delta_batches, ok, run_available_now};
 use testkit::env::repo;
 
 /// A candle as stored: (open, high, low, close, volume, trade_count), decimals normalised.
@@ -42,18 +42,6 @@ fn ohlcv(dir: &Path, feed: &Path) -> Pipeline {
         .set_path("engine.checkpoint_dir", &dir.join("checkpoint"))
         .set_path("sink.path", &dir.join("ohlcv_1m"))
         .set_path("dead_letter.path", &dir.join("dead_letters"))
-}
-
-/// The progress records (stdout) and the logs (stderr) of a run to the end of the capture.
-fn run_available_now(config: &Pipeline, max_records: &str) -> (String, String) {
-    ok(common::wait_with_limit(
-        coinstream(&args(
-            &["run", "--trigger", "available-now", "--progress", "json"],
-            config,
-            &["--max-records-per-batch", max_records],
-        )),
-        Duration::from_secs(300),
-    ))
 }
 
 fn progress(log: &str) -> Vec<serde_json::Value> {
@@ -337,13 +325,7 @@ fn kill_9_at_random_points_then_a_restart_writes_each_candle_exactly_once() {
     let feed = repo().join("required_data/sample_trades.jsonl");
     let config = ohlcv(dir.path(), &feed);
     // Each kill at another point of the batch cycle (aggregation, Delta commit, state save, checkpoint commit).
-    let kills = common::kill_at_random_points(5, || {
-        coinstream(&args(
-            &["run", "--trigger", "interval:10ms", "--progress", "json"],
-            &config,
-            &["--max-records-per-batch", "50"],
-        ))
-    });
+    let kills = common::kill_at_random_points(&config, "50", 5);
     run_available_now(&config, "150");
     // `stored` panics on a candle written twice.
     assert_eq!(
@@ -418,10 +400,9 @@ fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reaso
     let dir = tempfile::tempdir().unwrap();
     let feed = repo().join("required_data/sample_trades.jsonl");
     let no_watermark = ohlcv(dir.path(), &feed).set_flag(r#"input={ table = "trades" }"#);
-    let stderr = run_refused(&no_watermark);
-    assert!(
-        stderr.contains("append output mode needs a watermark"),
-        "{stderr}"
+    assert_mentions(
+        &run_refused(&no_watermark),
+        &["append output mode needs a watermark"],
     );
     assert!(
         !dir.path().join("ohlcv_1m").exists(),
@@ -429,10 +410,9 @@ fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reaso
     );
     let wrong_column =
         ohlcv(dir.path(), &feed).set_flag(r#"input.watermark={ column = "price", delay = "10s" }"#);
-    let stderr = run_refused(&wrong_column);
-    assert!(
-        stderr.contains("input.watermark.column") && stderr.contains("not a timestamp"),
-        "{stderr}"
+    assert_mentions(
+        &run_refused(&wrong_column),
+        &["input.watermark.column", "not a timestamp"],
     );
 }
 

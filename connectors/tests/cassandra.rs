@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
-    Int8Array, Int16Array, Int32Array, Int64Array, LargeBinaryArray, LargeStringArray, StringArray,
+    Int8Array, Int16Array, Int64Array, LargeBinaryArray, LargeStringArray, StringArray,
     StringViewArray, TimestampMicrosecondArray, TimestampMillisecondArray,
     TimestampNanosecondArray, TimestampSecondArray,
 };
@@ -23,6 +23,7 @@ use engine::{Error, Retry, Sink};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::value::{CqlValue, Row};
+use testkit::cassandra::{column, type_matrix};
 
 /// Held for reading by every test that needs the node up, and for writing by the one that stops it.
 static SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
@@ -172,84 +173,80 @@ async fn type_matrix_round_trips_exactly_with_quoted_mixed_case_names() {
     let reader = session().await;
     let keyspace = unique_keyspace("cs_types");
 
-    let schema: SchemaRef = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int32, false),
-        Field::new("Mixed Case", DataType::Utf8, true),
-        Field::new("b", DataType::Boolean, true),
-        Field::new("i8", DataType::Int8, true),
-        Field::new("i16", DataType::Int16, true),
-        Field::new("i64", DataType::Int64, true),
-        Field::new("f32", DataType::Float32, true),
-        Field::new("f64", DataType::Float64, true),
-        Field::new("dec", DataType::Decimal128(38, 10), true),
-        Field::new("dec_small", DataType::Decimal128(9, 2), true),
-        Field::new("large_text", DataType::LargeUtf8, true),
-        Field::new("view_text", DataType::Utf8View, true),
-        Field::new("bin", DataType::Binary, true),
-        Field::new("large_bin", DataType::LargeBinary, true),
-        Field::new("ts_s", DataType::Timestamp(TimeUnit::Second, None), true),
-        Field::new(
-            "ts_ms",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            true,
+    let batch = type_matrix(vec![
+        column(
+            "Mixed Case",
+            StringArray::from(vec![Some("Ünïcode ✓"), Some(""), None]),
         ),
-        Field::new("ts_us", utc_micros(), true),
-        Field::new(
-            "ts_ns",
-            DataType::Timestamp(TimeUnit::Nanosecond, Some("+02:00".into())),
-            true,
+        column("b", BooleanArray::from(vec![Some(true), Some(false), None])),
+        column(
+            "i8",
+            Int8Array::from(vec![Some(i8::MIN), Some(i8::MAX), None]),
         ),
-        Field::new("day", DataType::Date32, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int32Array::from(vec![1, 2, 3])),
-        Arc::new(StringArray::from(vec![Some("Ünïcode ✓"), Some(""), None])),
-        Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
-        Arc::new(Int8Array::from(vec![Some(i8::MIN), Some(i8::MAX), None])),
-        Arc::new(Int16Array::from(vec![Some(i16::MIN), Some(-7), None])),
-        Arc::new(Int64Array::from(vec![Some(i64::MIN), Some(i64::MAX), None])),
-        Arc::new(Float32Array::from(vec![Some(1.5), Some(-0.25), None])),
-        Arc::new(Float64Array::from(vec![Some(0.1), Some(-1e300), None])),
-        Arc::new(
+        column(
+            "i16",
+            Int16Array::from(vec![Some(i16::MIN), Some(-7), None]),
+        ),
+        column(
+            "i64",
+            Int64Array::from(vec![Some(i64::MIN), Some(i64::MAX), None]),
+        ),
+        column(
+            "f32",
+            Float32Array::from(vec![Some(1.5), Some(-0.25), None]),
+        ),
+        column(
+            "f64",
+            Float64Array::from(vec![Some(0.1), Some(-1e300), None]),
+        ),
+        column(
+            "dec",
             Decimal128Array::from(vec![Some(123_456_789_012_345_678), Some(-1), None])
                 .with_precision_and_scale(38, 10)
                 .unwrap(),
         ),
-        Arc::new(
+        column(
+            "dec_small",
             Decimal128Array::from(vec![Some(12_345), Some(-5), None])
                 .with_precision_and_scale(9, 2)
                 .unwrap(),
         ),
-        Arc::new(LargeStringArray::from(vec![Some("large"), Some("x"), None])),
-        Arc::new(StringViewArray::from(vec![
-            Some("a view string longer than twelve bytes"),
-            Some("short"),
-            None,
-        ])),
-        Arc::new(BinaryArray::from(vec![
-            Some(&[0u8, 1, 255][..]),
-            Some(&[][..]),
-            None,
-        ])),
-        Arc::new(LargeBinaryArray::from(vec![
-            Some(&[7u8][..]),
-            Some(&[8u8, 9][..]),
-            None,
-        ])),
-        Arc::new(TimestampSecondArray::from(vec![
-            Some(1_700_000_000),
-            Some(0),
-            None,
-        ])),
-        Arc::new(
+        column(
+            "large_text",
+            LargeStringArray::from(vec![Some("large"), Some("x"), None]),
+        ),
+        column(
+            "view_text",
+            StringViewArray::from(vec![
+                Some("a view string longer than twelve bytes"),
+                Some("short"),
+                None,
+            ]),
+        ),
+        column(
+            "bin",
+            BinaryArray::from(vec![Some(&[0u8, 1, 255][..]), Some(&[][..]), None]),
+        ),
+        column(
+            "large_bin",
+            LargeBinaryArray::from(vec![Some(&[7u8][..]), Some(&[8u8, 9][..]), None]),
+        ),
+        column(
+            "ts_s",
+            TimestampSecondArray::from(vec![Some(1_700_000_000), Some(0), None]),
+        ),
+        column(
+            "ts_ms",
             TimestampMillisecondArray::from(vec![Some(1_700_000_000_123), Some(-1), None])
                 .with_timezone("UTC"),
         ),
-        Arc::new(
+        column(
+            "ts_us",
             TimestampMicrosecondArray::from(vec![Some(1_700_000_000_123_456), Some(-1), None])
                 .with_timezone("UTC"),
         ),
-        Arc::new(
+        column(
+            "ts_ns",
             TimestampNanosecondArray::from(vec![
                 Some(1_700_000_000_123_456_789),
                 Some(999_999),
@@ -257,9 +254,9 @@ async fn type_matrix_round_trips_exactly_with_quoted_mixed_case_names() {
             ])
             .with_timezone("+02:00"),
         ),
-        Arc::new(Date32Array::from(vec![Some(19_675), Some(-1), None])),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        column("day", Date32Array::from(vec![Some(19_675), Some(-1), None])),
+    ]);
+    let schema = batch.schema();
 
     let mut sink = CassandraSink::new(
         config(serde_json::json!({

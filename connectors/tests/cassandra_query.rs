@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
-    Int8Array, Int16Array, Int32Array, Int64Array, LargeStringArray, RecordBatch, StringArray,
-    StringViewArray, TimestampMicrosecondArray, TimestampMillisecondArray, TimestampSecondArray,
+    Int8Array, Int16Array, Int64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+    TimestampMicrosecondArray, TimestampMillisecondArray, TimestampSecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::pretty::pretty_format_batches;
@@ -23,7 +23,8 @@ use connectors::cassandra::{CassandraConfig, CassandraSink, CassandraTable, regi
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use engine::Sink;
-use testkit::cassandra::{drop_keyspace, session};
+use scylla::client::session::Session;
+use testkit::cassandra::{column, drop_keyspace, session, type_matrix};
 use testkit::env::cassandra_nodes;
 
 const SYMBOLS: [&str; 3] = ["BTC-USD", "ETH-USD", "SOL-USD"];
@@ -127,6 +128,44 @@ async fn write(config: &CassandraConfig, batch: RecordBatch) {
     sink.close().await.unwrap();
 }
 
+/// A test's own keyspace, whose `crypto_trades` table the real sink has written.
+struct Written {
+    /// A session for writing around the sink and dropping the keyspace.
+    admin: Session,
+    keyspace: String,
+    config: CassandraConfig,
+}
+
+impl Written {
+    /// `trades` written into a fresh keyspace named after `prefix`.
+    async fn trades(prefix: &str, trades: &[Trade]) -> Self {
+        let admin = session().await;
+        let keyspace = testkit::unique_name(prefix);
+        let config = config(&keyspace, "crypto_trades");
+        write(&config, batch_of(trades)).await;
+        Self {
+            admin,
+            keyspace,
+            config,
+        }
+    }
+
+    /// A DataFusion context with the table registered as `crypto_trades`, as `coinstream query`
+    /// registers it.
+    async fn context(&self) -> SessionContext {
+        let ctx = SessionContext::new();
+        register_table(&ctx, &["crypto_trades"], &self.config, profit_schema())
+            .await
+            .unwrap();
+        ctx
+    }
+
+    /// Drops the test's keyspace, at the end of a test that passed.
+    async fn drop_keyspace(self) {
+        drop_keyspace(&self.admin, &self.keyspace).await;
+    }
+}
+
 /// A query's result (pretty-printed), its plan as EXPLAIN shows it, and the rows every
 /// `CassandraScan` in it returned.
 struct Ran {
@@ -165,14 +204,12 @@ fn scanned(plan: &Arc<dyn ExecutionPlan>) -> usize {
 
 #[tokio::test]
 async fn pushed_down_filters_read_one_partition_and_return_what_a_full_scan_filtered_returns() {
-    let admin = session().await;
-    let keyspace = testkit::unique_name("cq_push");
-    let config = config(&keyspace, "crypto_trades");
     let all = trades();
-    write(&config, batch_of(&all)).await;
+    let written = Written::trades("cq_push", &all).await;
+    let (config, keyspace) = (&written.config, &written.keyspace);
     // Small pages and batches, so every read spans several of both.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(64));
-    let table = CassandraTable::connect(&config, profit_schema())
+    let table = CassandraTable::connect(config, profit_schema())
         .await
         .expect("the table connects");
     let table = Arc::new(table.with_page_rows(NonZeroU16::new(50).unwrap()));
@@ -197,7 +234,7 @@ async fn pushed_down_filters_read_one_partition_and_return_what_a_full_scan_filt
         pushed.plan.contains(
             "CassandraScan: ks.crypto_trades projection=[symbol, trade_id, trade_time, profit] \
              where=\"symbol\" = ? AND \"trade_date\" = ? ['ETH-USD', 2025-11-24]"
-                .replace("ks", &keyspace)
+                .replace("ks", keyspace)
                 .as_str()
         ),
         "{}",
@@ -308,23 +345,16 @@ async fn pushed_down_filters_read_one_partition_and_return_what_a_full_scan_filt
         counted.result
     );
 
-    drop_keyspace(&admin, &keyspace).await;
+    written.drop_keyspace().await;
 }
 
 /// The issue's query: per symbol, the count and the largest profit, exact to the last digit.
 #[tokio::test]
 async fn aggregates_every_row_with_exact_decimals() {
-    let admin = session().await;
-    let keyspace = testkit::unique_name("cq_agg");
-    let config = config(&keyspace, "crypto_trades");
     let all = trades();
-    write(&config, batch_of(&all)).await;
-    let ctx = SessionContext::new();
-    register_table(&ctx, &["crypto_trades"], &config, profit_schema())
-        .await
-        .unwrap();
+    let written = Written::trades("cq_agg", &all).await;
     let ran = run(
-        &ctx,
+        &written.context().await,
         "SELECT symbol, count(*) AS n, max(profit) AS best, min(profit) AS worst \
          FROM crypto_trades GROUP BY symbol ORDER BY symbol",
     )
@@ -367,18 +397,17 @@ async fn aggregates_every_row_with_exact_decimals() {
         "the 36-digit profit is exact: {got}"
     );
     assert_eq!(ran.rows_read, all.len());
-    drop_keyspace(&admin, &keyspace).await;
+    written.drop_keyspace().await;
 }
 
 /// A decimal written outside the pipeline with more digits after the point than the column's
 /// scale would have to be rounded: the query fails naming the column instead.
 #[tokio::test]
 async fn a_decimal_finer_than_the_column_scale_is_an_error_not_a_rounded_value() {
-    let admin = session().await;
-    let keyspace = testkit::unique_name("cq_dec");
-    let config = config(&keyspace, "crypto_trades");
-    write(&config, batch_of(&trades()[..3])).await;
-    admin
+    let written = Written::trades("cq_dec", &trades()[..3]).await;
+    let keyspace = &written.keyspace;
+    written
+        .admin
         .query_unpaged(
             format!(
                 "INSERT INTO \"{keyspace}\".\"crypto_trades\" \
@@ -389,11 +418,9 @@ async fn a_decimal_finer_than_the_column_scale_is_an_error_not_a_rounded_value()
         )
         .await
         .expect("insert a finer decimal");
-    let ctx = SessionContext::new();
-    register_table(&ctx, &["crypto_trades"], &config, profit_schema())
+    let err = written
+        .context()
         .await
-        .unwrap();
-    let err = ctx
         .sql("SELECT profit FROM crypto_trades WHERE symbol = 'BTC-USD' AND trade_date = DATE '2025-11-23'")
         .await
         .unwrap()
@@ -407,7 +434,7 @@ async fn a_decimal_finer_than_the_column_scale_is_an_error_not_a_rounded_value()
         ),
         "{message}"
     );
-    drop_keyspace(&admin, &keyspace).await;
+    written.drop_keyspace().await;
 }
 
 /// Every Arrow type the sink stores reads back as the same Arrow type and value.
@@ -415,64 +442,63 @@ async fn a_decimal_finer_than_the_column_scale_is_an_error_not_a_rounded_value()
 async fn every_stored_type_reads_back_as_its_arrow_type() {
     let admin = session().await;
     let keyspace = testkit::unique_name("cq_types");
-    let schema: SchemaRef = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int32, false),
-        Field::new("Mixed Case", DataType::Utf8, true),
-        Field::new("b", DataType::Boolean, true),
-        Field::new("i8", DataType::Int8, true),
-        Field::new("i16", DataType::Int16, true),
-        Field::new("i64", DataType::Int64, true),
-        Field::new("f32", DataType::Float32, true),
-        Field::new("f64", DataType::Float64, true),
-        Field::new("dec", DataType::Decimal128(9, 2), true),
-        Field::new("large_text", DataType::LargeUtf8, true),
-        Field::new("view_text", DataType::Utf8View, true),
-        Field::new("bin", DataType::Binary, true),
-        Field::new("ts_s", DataType::Timestamp(TimeUnit::Second, None), true),
-        Field::new(
-            "ts_ms",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into())),
-            true,
+    let written = type_matrix(vec![
+        column(
+            "Mixed Case",
+            StringArray::from(vec![Some("a"), None, Some("ü ✓")]),
         ),
-        Field::new("day", DataType::Date32, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int32Array::from(vec![1, 2, 3])),
-        Arc::new(StringArray::from(vec![Some("a"), None, Some("ü ✓")])),
-        Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
-        Arc::new(Int8Array::from(vec![Some(-128), None, Some(127)])),
-        Arc::new(Int16Array::from(vec![Some(-32768), Some(5), None])),
-        Arc::new(Int64Array::from(vec![Some(i64::MIN), Some(i64::MAX), None])),
-        Arc::new(Float32Array::from(vec![Some(1.5), None, Some(-0.25)])),
-        Arc::new(Float64Array::from(vec![Some(0.1), Some(-1e300), None])),
-        Arc::new(
+        column("b", BooleanArray::from(vec![Some(true), Some(false), None])),
+        column("i8", Int8Array::from(vec![Some(-128), None, Some(127)])),
+        column("i16", Int16Array::from(vec![Some(-32768), Some(5), None])),
+        column(
+            "i64",
+            Int64Array::from(vec![Some(i64::MIN), Some(i64::MAX), None]),
+        ),
+        column(
+            "f32",
+            Float32Array::from(vec![Some(1.5), None, Some(-0.25)]),
+        ),
+        column(
+            "f64",
+            Float64Array::from(vec![Some(0.1), Some(-1e300), None]),
+        ),
+        column(
+            "dec",
             Decimal128Array::from(vec![Some(-999_999_999), Some(1), None])
                 .with_precision_and_scale(9, 2)
                 .unwrap(),
         ),
-        Arc::new(LargeStringArray::from(vec![None, Some("large"), Some("")])),
-        Arc::new(StringViewArray::from(vec![
-            Some("a view longer than twelve bytes"),
-            None,
-            Some("v"),
-        ])),
-        Arc::new(BinaryArray::from(vec![
-            Some(&b"\x00\xff"[..]),
-            None,
-            Some(&b""[..]),
-        ])),
-        Arc::new(TimestampSecondArray::from(vec![
-            Some(-86_400),
-            Some(0),
-            None,
-        ])),
-        Arc::new(
+        column(
+            "large_text",
+            LargeStringArray::from(vec![None, Some("large"), Some("")]),
+        ),
+        column(
+            "view_text",
+            StringViewArray::from(vec![
+                Some("a view longer than twelve bytes"),
+                None,
+                Some("v"),
+            ]),
+        ),
+        column(
+            "bin",
+            BinaryArray::from(vec![Some(&b"\x00\xff"[..]), None, Some(&b""[..])]),
+        ),
+        column(
+            "ts_s",
+            TimestampSecondArray::from(vec![Some(-86_400), Some(0), None]),
+        ),
+        column(
+            "ts_ms",
             TimestampMillisecondArray::from(vec![Some(1_795_000_000_123), None, Some(-1)])
                 .with_timezone("+02:00"),
         ),
-        Arc::new(Date32Array::from(vec![Some(-1), Some(0), Some(20_415)])),
-    ];
-    let written = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        column(
+            "day",
+            Date32Array::from(vec![Some(-1), Some(0), Some(20_415)]),
+        ),
+    ]);
+    let schema = written.schema();
     let config: CassandraConfig = serde_json::from_value(serde_json::json!({
         "contact_points": cassandra_nodes(),
         "keyspace": keyspace,

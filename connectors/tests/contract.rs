@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -295,46 +296,25 @@ async fn kafka_source_meets_the_contract() {
 
 // ---- sinks ----------------------------------------------------------------------------------
 
-/// The rows of every Parquet file under `dir`, with the partition columns of its folder names, as
-/// the contract renders them.
-fn parquet_lines(dir: &Path) -> Vec<String> {
-    let mut files = Vec::new();
-    let mut folders = vec![dir.to_owned()];
-    while let Some(folder) = folders.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.expect("a folder entry").path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                files.push(path);
-            }
-        }
-    }
-    let mut batches = Vec::new();
-    for file in files {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(&file).expect("open a parquet file"),
-        )
-        .expect("a readable parquet file")
-        .build()
-        .expect("a parquet reader");
-        for batch in reader {
-            let batch = batch.expect("a parquet batch");
-            batches.push(testkit::hive::with_partition_columns(dir, &file, batch));
-        }
-    }
-    contract::row_lines(&batches)
-}
+/// A sink that writes under a folder (Parquet's store, Delta's table): what [`InFolder`] needs
+/// to run the contract over it.
+#[async_trait]
+trait FolderFormat: Send {
+    /// Names the sink in failure messages.
+    const NAME: &'static str;
+    /// What its folder is (`store`, `table`), in failure messages and as the folder's name.
+    const KIND: &'static str;
 
-/// A Parquet sink writing to `path`, one folder per value of each `partition_by` column.
-fn parquet_sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
-    Box::new(ParquetSink::new(ParquetConfig {
-        path,
-        partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
-    }))
+    /// A sink writing to `path`, one folder per value of each `partition_by` column.
+    fn sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink>;
+
+    /// Every row written under `path`, as the contract renders them.
+    async fn lines(path: &Path) -> Vec<String>;
+
+    /// Failures of this format alone over the folder at `path`, beyond [`folder_failures`].
+    fn own_failures(_path: PathBuf) -> Vec<Failure> {
+        Vec::new()
+    }
 }
 
 /// The failures of a sink that writes under a folder (`sink(path, partition_by)`), made in `dir`:
@@ -365,117 +345,157 @@ fn folder_failures(
     ]
 }
 
-struct Parquet {
+/// The contract's fixture for a [`FolderFormat`]: one folder in a temp dir, partitioned by `key`.
+struct InFolder<F> {
     dir: tempfile::TempDir,
+    format: PhantomData<F>,
 }
 
-impl Parquet {
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
+impl<F: FolderFormat> InFolder<F> {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            format: PhantomData,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join(F::KIND)
     }
 }
 
 #[async_trait]
-impl SinkFixture for Parquet {
-    const NAME: &str = "parquet";
+impl<F: FolderFormat> SinkFixture for InFolder<F> {
+    const NAME: &str = F::NAME;
 
     const DELIVERY: Delivery = Delivery::Idempotent;
 
     async fn build(&mut self, _schema: SchemaRef) -> Box<dyn Sink> {
-        parquet_sink(self.store(), &["key"])
+        F::sink(self.path(), &["key"])
     }
 
     async fn read_back(&mut self, _at_least: usize) -> Vec<String> {
-        parquet_lines(&self.store())
+        F::lines(&self.path()).await
     }
 
     async fn failures(&mut self, _schema: SchemaRef) -> Vec<Failure> {
-        folder_failures(self.dir.path(), "store", parquet_sink)
+        let mut failures = folder_failures(self.dir.path(), F::KIND, F::sink);
+        failures.extend(F::own_failures(self.path()));
+        failures
+    }
+}
+
+struct Parquet;
+
+#[async_trait]
+impl FolderFormat for Parquet {
+    const NAME: &'static str = "parquet";
+
+    const KIND: &'static str = "store";
+
+    fn sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
+        Box::new(ParquetSink::new(ParquetConfig {
+            path,
+            partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
+        }))
+    }
+
+    /// The rows of every Parquet file under `dir`, with the partition columns of its folder
+    /// names.
+    async fn lines(dir: &Path) -> Vec<String> {
+        let mut files = Vec::new();
+        let mut folders = vec![dir.to_owned()];
+        while let Some(folder) = folders.pop() {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.expect("a folder entry").path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut batches = Vec::new();
+        for file in files {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&file).expect("open a parquet file"),
+            )
+            .expect("a readable parquet file")
+            .build()
+            .expect("a parquet reader");
+            for batch in reader {
+                let batch = batch.expect("a parquet batch");
+                batches.push(testkit::hive::with_partition_columns(dir, &file, batch));
+            }
+        }
+        contract::row_lines(&batches)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_sink_meets_the_contract() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    contract::check_sink(&mut Parquet { dir }).await;
+    contract::check_sink(&mut InFolder::<Parquet>::new()).await;
 }
 
-/// A Delta sink writing to `path`, partitioned by `partition_by`; compaction every other batch,
-/// so the contract's writes also run it.
-fn delta_sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
-    let config = DeltaConfig {
-        path,
-        partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
-        compaction: CompactionConfig {
-            every_batches: std::num::NonZeroU64::new(2).expect("not zero"),
-            ..CompactionConfig::default()
-        },
-    };
-    Box::new(DeltaSink::new(config, testkit::contract::contract_schema()))
-}
-
-/// Every row of the Delta table at `path`, read through its log as `coinstream query` reads it.
-async fn delta_lines(path: &Path) -> Vec<String> {
-    if !path.join("_delta_log").is_dir() {
-        return Vec::new();
-    }
-    let session = datafusion::prelude::SessionContext::new();
-    let schema = testkit::contract::contract_schema();
-    connectors::delta::register_table(&session, "t", path, schema, None)
-        .await
-        .expect("a readable Delta table");
-    // Delta hands partition columns back dictionary-encoded.
-    let batches = session
-        .sql("SELECT arrow_cast(key, 'Utf8') AS key, id, price FROM t")
-        .await
-        .expect("a valid query")
-        .collect()
-        .await
-        .expect("the table's rows");
-    contract::row_lines(&batches)
-}
-
-struct Delta {
-    dir: tempfile::TempDir,
-}
-
-impl Delta {
-    fn table(&self) -> PathBuf {
-        self.dir.path().join("table")
-    }
-}
+struct Delta;
 
 #[async_trait]
-impl SinkFixture for Delta {
-    const NAME: &str = "delta";
+impl FolderFormat for Delta {
+    const NAME: &'static str = "delta";
 
-    const DELIVERY: Delivery = Delivery::Idempotent;
+    const KIND: &'static str = "table";
 
-    async fn build(&mut self, _schema: SchemaRef) -> Box<dyn Sink> {
-        delta_sink(self.table(), &["key"])
+    /// Compaction every other batch, so the contract's writes also run it.
+    fn sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
+        let config = DeltaConfig {
+            path,
+            partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
+            compaction: CompactionConfig {
+                every_batches: std::num::NonZeroU64::new(2).expect("not zero"),
+                ..CompactionConfig::default()
+            },
+        };
+        Box::new(DeltaSink::new(config, testkit::contract::contract_schema()))
     }
 
-    async fn read_back(&mut self, _at_least: usize) -> Vec<String> {
-        delta_lines(&self.table()).await
+    /// Read through the table's log, as `coinstream query` reads it.
+    async fn lines(path: &Path) -> Vec<String> {
+        if !path.join("_delta_log").is_dir() {
+            return Vec::new();
+        }
+        let session = datafusion::prelude::SessionContext::new();
+        let schema = testkit::contract::contract_schema();
+        connectors::delta::register_table(&session, "t", path, schema, None)
+            .await
+            .expect("a readable Delta table");
+        // Delta hands partition columns back dictionary-encoded.
+        let batches = session
+            .sql("SELECT arrow_cast(key, 'Utf8') AS key, id, price FROM t")
+            .await
+            .expect("a valid query")
+            .collect()
+            .await
+            .expect("the table's rows");
+        contract::row_lines(&batches)
     }
 
-    async fn failures(&mut self, _schema: SchemaRef) -> Vec<Failure> {
-        let mut failures = folder_failures(self.dir.path(), "table", delta_sink);
-        failures.push(Failure {
+    fn own_failures(path: PathBuf) -> Vec<Failure> {
+        vec![Failure {
             what: "a table partitioned otherwise than the config says".into(),
-            sink: delta_sink(self.table(), &["id"]),
+            sink: Self::sink(path, &["id"]),
             rows: None,
             stage: Stage::Healthcheck,
             retry: Retry::Permanent,
-        });
-        failures
+        }]
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_sink_meets_the_contract() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    contract::check_sink(&mut Delta { dir }).await;
+    contract::check_sink(&mut InFolder::<Delta>::new()).await;
 }
 
 /// What a stdout sink printed, shared with the test.

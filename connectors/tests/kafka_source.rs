@@ -19,8 +19,9 @@ const LIMITS: PollLimits = PollLimits {
 };
 
 /// A topic of `partitions` partitions holding messages `{"id":0}` .. `{"id":n-1}`, keyed so
-/// every partition gets some.
-async fn topic_with(partitions: i32, n: usize) -> String {
+/// every partition gets some, and a consumer group of its own (`group` made unique) that has
+/// read none of it: `(topic, group)`.
+async fn topic_and_group(group: &str, partitions: i32, n: usize) -> (String, String) {
     let topic = unique_name("kafka_source");
     create_topic(&topic, partitions).await;
     let messages: Vec<(String, Vec<u8>)> = (0..n)
@@ -32,7 +33,7 @@ async fn topic_with(partitions: i32, n: usize) -> String {
         })
         .collect();
     produce(&topic, &messages).await;
-    topic
+    (topic, unique_name(group))
 }
 
 fn config(topic: &str, group: &str) -> KafkaSourceConfig {
@@ -162,8 +163,7 @@ async fn restart_and_finish(
 async fn a_second_instance_joining_the_group_takes_partitions_and_nothing_is_read_twice_or_lost() {
     const PARTITIONS: i32 = 4;
     const N: usize = 400;
-    let topic = topic_with(PARTITIONS, N).await;
-    let group = unique_name("kafka_source_rebalance");
+    let (topic, group) = topic_and_group("kafka_source_rebalance", PARTITIONS, N).await;
     let mut first = started(config(&topic, &group), None).await;
     let mut processed = Vec::new();
     // The first instance alone: all four partitions, a few batches written and committed.
@@ -223,8 +223,7 @@ async fn a_second_instance_joining_the_group_takes_partitions_and_nothing_is_rea
 async fn a_batch_whose_partitions_were_revoked_before_its_commit_is_not_committed_and_read_again() {
     const PARTITIONS: i32 = 2;
     const N: usize = 100;
-    let topic = topic_with(PARTITIONS, N).await;
-    let group = unique_name("kafka_source_revoke");
+    let (topic, group) = topic_and_group("kafka_source_revoke", PARTITIONS, N).await;
     // A short poll interval, so that a batch whose write takes longer loses its partitions.
     let slow = KafkaSourceConfig {
         session_timeout: Duration::from_secs(6),
@@ -291,8 +290,7 @@ async fn a_batch_whose_partitions_were_revoked_before_its_commit_is_not_committe
 async fn an_uncommitted_batch_is_read_again_exactly_after_a_restart() {
     const PARTITIONS: i32 = 3;
     const N: usize = 150;
-    let topic = topic_with(PARTITIONS, N).await;
-    let group = unique_name("kafka_source_replay");
+    let (topic, group) = topic_and_group("kafka_source_replay", PARTITIONS, N).await;
     let mut first = started(config(&topic, &group), None).await;
     let done = next_batch(&mut first).await;
     let mut processed = seen(&first, &done.records);
@@ -374,8 +372,7 @@ fn assert_nothing_committed(group: &str, topic: &str, partitions: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_offsets_naming_a_topic_not_subscribed_is_refused_before_any_read() {
-    let topic = topic_with(3, 30).await;
-    let group = unique_name("kafka_source_other_topic");
+    let (topic, group) = topic_and_group("kafka_source_other_topic", 3, 30).await;
     // The user's report: this started at the end of `topic`, read nothing and exited 0.
     let err = KafkaSource::new(config_at(&topic, &group, r#"{"other":{"0":1}}"#))
         .err()
@@ -396,8 +393,7 @@ async fn starting_offsets_naming_a_topic_not_subscribed_is_refused_before_any_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_offsets_naming_a_partition_the_topic_lacks_stop_the_start_permanently() {
-    let topic = topic_with(3, 30).await;
-    let group = unique_name("kafka_source_no_partition");
+    let (topic, group) = topic_and_group("kafka_source_no_partition", 3, 30).await;
     for offsets in [
         format!(r#"{{"{topic}":{{"5":3}}}}"#),
         format!(r#"{{"{topic}":{{"0":-2,"1":-2,"2":-2,"5":3}}}}"#),
@@ -424,8 +420,7 @@ async fn starting_offsets_naming_a_partition_the_topic_lacks_stop_the_start_perm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_offsets_naming_every_partition_start_each_where_named() {
     const N: usize = 300;
-    let topic = topic_with(3, N).await;
-    let group = unique_name("kafka_source_specific");
+    let (topic, group) = topic_and_group("kafka_source_specific", 3, N).await;
     let ends: BTreeMap<i32, i64> = committed_and_end(&group, &topic, 3)
         .into_iter()
         .map(|(p, _, end)| (p, end))

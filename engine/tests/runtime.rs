@@ -214,6 +214,21 @@ struct Outputs {
 }
 
 impl Outputs {
+    /// Outputs whose sink's first writes end as `writes` says, in order (`Some(retry)` fails
+    /// that write); later writes succeed.
+    fn failing_writes(writes: Vec<Option<Retry>>) -> Self {
+        let out = Self::default();
+        *out.sink.failures.lock().unwrap() = writes;
+        out
+    }
+
+    /// Outputs whose source's first starts fail with `starts`, in order; later starts succeed.
+    fn failing_starts(starts: Vec<Retry>) -> Self {
+        let out = Self::default();
+        *out.start_failures.lock().unwrap() = starts;
+        out
+    }
+
     /// Runs `transform` over `partitions` (of topic `t`) into these outputs, at most
     /// `max_records` per batch, with a checkpoint in `dir` when `checkpoint`.
     async fn run(
@@ -399,12 +414,10 @@ async fn runs_batches_in_order_and_commits_after_each_write() {
 #[tokio::test]
 async fn retries_transient_sink_failures_and_commits_nothing_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Outputs::default();
+    let out = Outputs::failing_writes(vec![Some(Retry::Transient), Some(Retry::Transient)]);
     let (commits, sink) = (&out.commits, &out.sink);
-    *sink.failures.lock().unwrap() = vec![Some(Retry::Transient), Some(Retry::Transient)];
-    let partitions = vec![messages(0..4)];
     let summary = out
-        .run(dir.path(), doubled(), partitions, false, 10)
+        .run(dir.path(), doubled(), vec![messages(0..4)], false, 10)
         .await
         .unwrap();
     assert_eq!(summary.output_rows, 4);
@@ -468,8 +481,7 @@ async fn progress_reports_each_parts_backlog_after_the_batch_and_spark_summary()
 #[tokio::test]
 async fn a_source_that_fails_to_start_transiently_is_started_again_and_a_permanent_failure_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Outputs::default();
-    *out.start_failures.lock().unwrap() = vec![Retry::Transient, Retry::Transient];
+    let out = Outputs::failing_starts(vec![Retry::Transient, Retry::Transient]);
     let summary = out
         .run(dir.path(), doubled(), vec![messages(0..4)], true, 10)
         .await
@@ -480,8 +492,7 @@ async fn a_source_that_fails_to_start_transiently_is_started_again_and_a_permane
         "started three times"
     );
 
-    let out = Outputs::default();
-    *out.start_failures.lock().unwrap() = vec![Retry::Permanent, Retry::Transient];
+    let out = Outputs::failing_starts(vec![Retry::Permanent, Retry::Transient]);
     let err = out
         .run(dir.path(), doubled(), vec![messages(0..4)], false, 10)
         .await
@@ -498,10 +509,9 @@ async fn a_source_that_fails_to_start_transiently_is_started_again_and_a_permane
 #[tokio::test]
 async fn replays_an_uncommitted_batch_with_the_same_id_and_offsets_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Outputs::default();
-    let (commits, sink) = (&out.commits, &out.sink);
     // First run: batch 0 is written; batch 1's write fails for good (the crash).
-    *sink.failures.lock().unwrap() = vec![None, Some(Retry::Permanent)];
+    let out = Outputs::failing_writes(vec![None, Some(Retry::Permanent)]);
+    let (commits, sink) = (&out.commits, &out.sink);
     let partitions = vec![messages(0..5)];
     let first = out.run(dir.path(), doubled(), partitions.clone(), true, 2);
     assert!(first.await.is_err());

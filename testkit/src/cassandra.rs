@@ -1,8 +1,10 @@
 //! Cassandra helpers on the real node ([`crate::env::cassandra_nodes`]): a session for setting up
-//! and reading back, keyspace drop, and exact decimals.
+//! and reading back, keyspace drop, exact decimals, and the batches of type-matrix tests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::{Array, ArrayRef, Int32Array, RecordBatch};
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -34,6 +36,21 @@ pub async fn drop_keyspace(session: &Session, keyspace: &str) {
         .query_unpaged(format!("DROP KEYSPACE IF EXISTS \"{keyspace}\""), ())
         .await
         .expect("drop the test keyspace");
+}
+
+/// Rows 1, 2 and 3 of a type matrix: the not-null key `id` (Int32), then `columns`, each
+/// nullable and typed as its array, so that a test names each column once, next to its values;
+/// panics when a column does not hold three rows.
+pub fn type_matrix(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+    let id: ArrayRef = Arc::new(Int32Array::from(vec![1, 2, 3]));
+    let columns = columns.into_iter().map(|(name, array)| (name, array, true));
+    RecordBatch::try_from_iter_with_nullable(std::iter::once(("id", id, false)).chain(columns))
+        .expect("every column of a type matrix holds three rows")
+}
+
+/// One named column of a [`type_matrix`].
+pub fn column<A: Array + 'static>(name: &str, array: A) -> (&str, ArrayRef) {
+    (name, Arc::new(array))
 }
 
 /// A CQL `decimal` as an exact [`Decimal`]; panics when it does not fit in 96 bits or its scale

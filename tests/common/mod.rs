@@ -107,6 +107,16 @@ pub fn args(head: &[&str], config: &Pipeline, tail: &[&str]) -> Vec<String> {
     all
 }
 
+/// Fails unless `stderr` holds every one of `expected`, naming the first missing.
+pub fn assert_mentions(stderr: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
 /// The stdout and stderr of a run; panics, showing both, when it did not succeed.
 pub fn ok(out: Output) -> (String, String) {
     let (stdout, stderr) = (
@@ -284,13 +294,32 @@ pub async fn wait_for_no_lag(group: &str, topic: &str, limit: Duration) {
     }
 }
 
-/// Runs `command()` and kills it with SIGKILL, `rounds` times, each after its first batch and a
-/// wait that differs by round and by clock (a different point of the batch cycle each time).
-/// Returns the waits, for the failure message.
-pub fn kill_at_random_points(rounds: u64, command: impl Fn() -> Command) -> Vec<Duration> {
+/// The progress records (stdout) and the logs (stderr) of `coinstream run --trigger
+/// available-now` with `config` to the end of its input, at most `max_records` per batch; panics
+/// when the run fails or takes over 300 s.
+pub fn run_available_now(config: &Pipeline, max_records: &str) -> (String, String) {
+    ok(wait_with_limit(
+        coinstream(&args(
+            &["run", "--trigger", "available-now", "--progress", "json"],
+            config,
+            &["--max-records-per-batch", max_records],
+        )),
+        Duration::from_secs(300),
+    ))
+}
+
+/// Runs `coinstream run` with `config` (a batch every 10 ms of at most `max_records`) and kills
+/// it with SIGKILL, `rounds` times, each after its first batch and a wait that differs by round
+/// and by clock (a different point of the batch cycle each time). Returns the waits, for the
+/// failure message.
+pub fn kill_at_random_points(config: &Pipeline, max_records: &str, rounds: u64) -> Vec<Duration> {
     let mut kills = Vec::new();
     for round in 0..rounds {
-        let mut running = Running::spawn(command());
+        let mut running = Running::spawn(coinstream(&args(
+            &["run", "--trigger", "interval:10ms", "--progress", "json"],
+            config,
+            &["--max-records-per-batch", max_records],
+        )));
         running.wait_for_batches(1, Duration::from_secs(60));
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
