@@ -6,15 +6,16 @@ and the OHLCV job of sql/ohlcv_1m.sql.
 - `udf` is the job as the seeds wrote it: Kafka source, `from_json`, profit computed by a Python
   UDF from the portfolio dict, `foreachBatch` appending each micro-batch to Cassandra through the
   spark-cassandra-connector.
-- `sql` is the same job done well: profit as a broadcast join against the portfolio in Spark SQL
-  (the same SQL as coinstream's sql/profit.sql), no Python in the data path.
+- `sql` is the same job done well: coinstream's own sql/profit.sql (read from the file) in Spark
+  SQL, over the portfolio (broadcast to every task) and the coin map as reference views, no Python
+  in the data path.
 
 Both use exact decimals, so that the rows equal coinstream's: prices and sizes are
-DECIMAL(28,10) as coinstream declares them; the arithmetic is done at DECIMAL(18,10) so that
-Spark's result type (38,20) keeps every digit (DECIMAL(28,10) operands would make Spark round the
-product to 6 decimals). The input is the bus record coinstream reads (symbol, coin_name, trade_id,
-sequence, trade_time, price, size, side, ingest_time). Trades of products outside the portfolio
-are dropped, as coinstream's inner join drops them.
+DECIMAL(28,10) as coinstream declares them, and the profit is DECIMAL(38,20) with every digit (the
+`sql` variant turns off Spark's decimal precision loss, without which DECIMAL(28,10) operands
+would make Spark round the product to 6 decimals). The input is the bus record coinstream reads
+(symbol, coin_name, trade_id, sequence, trade_time, price, size, side, ingest_time). Trades of
+products outside the portfolio are dropped, as coinstream's inner join drops them.
 
 - `ohlcv` is coinstream's sql/ohlcv_1m.sql (as pipelines/ohlcv.toml runs it) in Spark: 1-minute
   tumbling candles per product, `withWatermark("trade_time", "10 seconds")`,
@@ -39,6 +40,9 @@ import json
 import os
 import sys
 import time
+
+# The transform the `sql` variant runs, as coinstream runs it.
+PROFIT_SQL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sql", "profit.sql")
 
 
 def parse_args():
@@ -137,7 +141,6 @@ def main() -> int:
         .withColumn("trade_time", F.col("trade_time").cast("timestamp"))
         .withColumn("ingest_time", F.col("ingest_time").cast("timestamp"))
     )
-    dec_calc = T.DecimalType(18, 10)
     dec_out = T.DecimalType(38, 20)
 
     if args.variant == "ohlcv":
@@ -188,35 +191,26 @@ def main() -> int:
             .select("symbol", "coin_name", "trade_id", "trade_time", "trade_date", "price", "size", "side", "profit")
         )
     else:
-        rows = [
-            (s, coin_map.get(s, h["coin_name"]), h["buy_price"], h["size"]) for s, h in portfolio.items()
-        ]
+        # Without precision loss Spark types (price - buy_price) * size at DECIMAL(38,20), as
+        # DataFusion does, instead of rounding it to 6 decimals (the product of two DECIMAL(28,10)
+        # needs 58 digits; a profit past 18 integer digits would be null rather than rounded).
+        spark.conf.set("spark.sql.decimalOperations.allowPrecisionLoss", "false")
+        rows = [(s, h["coin_name"], h["buy_price"], h["size"]) for s, h in portfolio.items()]
         ref = spark.createDataFrame(rows, "symbol string, coin_name string, buy_price string, size string")
         ref = ref.select(
             "symbol",
             "coin_name",
-            F.col("buy_price").cast(dec_calc).alias("buy_price"),
-            F.col("size").cast(dec_calc).alias("size"),
+            F.col("buy_price").cast(dec_in).alias("buy_price"),
+            F.col("size").cast(dec_in).alias("size"),
         )
-        ref.createOrReplaceTempView("portfolio")
+        # The hint travels with the view: the join sends the small portfolio to every task.
+        F.broadcast(ref).createOrReplaceTempView("portfolio")
+        spark.createDataFrame(list(coin_map.items()), "symbol string, coin_name string").createOrReplaceTempView(
+            "coins"
+        )
         trades.createOrReplaceTempView("trades")
-        # sql/profit.sql, with the coin map folded into the portfolio table and a broadcast hint.
-        result = spark.sql(
-            """
-            SELECT /*+ BROADCAST(p) */
-                t.symbol,
-                p.coin_name,
-                t.trade_id,
-                t.trade_time,
-                CAST(t.trade_time AS DATE) AS trade_date,
-                t.price,
-                t.size,
-                t.side,
-                (CAST(t.price AS DECIMAL(18,10)) - p.buy_price) * p.size AS profit
-            FROM trades AS t
-            JOIN portfolio AS p ON p.symbol = t.symbol
-            """
-        )
+        with open(PROFIT_SQL) as f:
+            result = spark.sql(f.read())
 
     writer = result.writeStream.option("checkpointLocation", args.checkpoint)
     if args.sink == "cassandra":

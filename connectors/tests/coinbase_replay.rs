@@ -12,7 +12,7 @@ use connectors::coinbase::config::{CoinbaseConfig, FeedKind, Settings};
 use connectors::coinbase::gaps::TradeTracker;
 use connectors::common::counters::CounterSet;
 use connectors::common::trade::TradeRecord;
-use engine::{Poll, PollLimits, Source, SourceOffset, StartRequest};
+use engine::{OffsetRange, Poll, PollLimits, Source, SourceOffset, StartRequest};
 use testkit::coinbase::{
     FeedServer, Step, advanced_ack, advanced_heartbeat, advanced_trades, exchange_ack,
     exchange_match, heartbeat, interleaved, price, trade_time,
@@ -570,7 +570,10 @@ async fn the_engine_source_hands_out_trades_with_trade_id_offsets_and_cannot_rep
     assert_eq!(metrics["published"], 8);
     assert_eq!(metrics["reconnects"], 0);
     let err = source
-        .fetch_range(&SourceOffset::default(), last)
+        .fetch_range(&OffsetRange {
+            start: SourceOffset::default(),
+            end: last.clone(),
+        })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cannot replay"), "{err}");

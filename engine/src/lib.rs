@@ -102,6 +102,6 @@ pub mod window;
 
 pub use bytes::Bytes;
 pub use error::{BoxError, Error, Result, Retry, report};
-pub use position::{RecordPosition, SourceOffset};
+pub use position::{OffsetRange, RecordPosition, SourceOffset};
 pub use sink::{DeadLetter, DeadLetterSink, Sink};
 pub use source::{Poll, PollLimits, RawRecord, Source, SourceBatch, StartRequest};

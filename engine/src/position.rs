@@ -6,6 +6,7 @@
 //!   `offsets/<id>` entries, shows it in progress records (`startOffset`/`endOffset`) and hands it
 //!   back to the source ([`crate::StartRequest::committed`], [`crate::Source::fetch_range`],
 //!   [`crate::Source::commit`]); it never looks inside.
+//!   Two of them, a batch's start and end, make an [`OffsetRange`].
 //! - [`RecordPosition`]: where one record came from, in a compact neutral form that costs no heap
 //!   allocation per record. The source says what it means ([`crate::Source::describe_position`])
 //!   only when a person needs to know: in a dead letter or an error.
@@ -54,6 +55,22 @@ impl SourceOffset {
 impl std::fmt::Display for SourceOffset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// The offsets a batch spans: from `start` (where the batch before it ended) to `end` (what is
+/// committed once the batch is written). Shown as `start .. end`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OffsetRange {
+    /// Where the batch starts.
+    pub start: SourceOffset,
+    /// Where it ends.
+    pub end: SourceOffset,
+}
+
+impl std::fmt::Display for OffsetRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} .. {}", self.start, self.end)
     }
 }
 

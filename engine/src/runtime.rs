@@ -21,6 +21,7 @@ use crate::context::InputSlot;
 use crate::decode::{Decoded, RecordDecoder};
 use crate::error::{Error, Result, report};
 use crate::isolate::{Isolation, isolate};
+use crate::position::OffsetRange;
 use crate::progress::{
     BatchProgress, Durations, SinkProgress, SourceProgress, StateOperatorProgress,
 };
@@ -100,6 +101,18 @@ pub struct OneBatch {
     pub plan: Arc<dyn ExecutionPlan>,
 }
 
+/// What [`StreamingQuery::run`]'s batch loop carries from one batch to the next.
+struct LoopState {
+    /// When the previous batch started (for the input rate).
+    last_start: Instant,
+    /// The run's totals so far.
+    summary: RunSummary,
+    /// A stateful transform's state; `None` for a transform that does not aggregate the stream.
+    state: Option<States>,
+    /// Turns true when the run is to stop.
+    shutdown: watch::Receiver<bool>,
+}
+
 enum Step {
     Batch(SourceBatch, Duration),
     Idle,
@@ -157,7 +170,7 @@ impl StreamingQuery {
             }
             None => (crate::checkpoint::query_id(), Default::default()),
         };
-        let mut state = self.open_state(&recovered)?;
+        let state = self.open_state(&recovered)?;
         self.sink
             .bind_query(&query_id, recovered.next_batch_id)
             .await?;
@@ -182,39 +195,37 @@ impl StreamingQuery {
             }
             Err(e) => return Err(e),
         }
-        let mut summary = RunSummary::default();
+        let mut run = LoopState {
+            last_start: Instant::now(),
+            summary: RunSummary::default(),
+            state,
+            shutdown,
+        };
         let mut batch_id = recovered.next_batch_id;
         // Where the last batch ended: a no-data batch starts and ends there.
         let mut last_end = recovered.committed.clone();
-        let mut last_start = Instant::now();
         if let Some(pending) = recovered.pending {
             tracing::info!(batch_id = pending.batch_id, start = %pending.start, end = %pending.end,
                 "Replaying a batch that was not committed before the last stop.");
             let started = Instant::now();
+            let range = OffsetRange {
+                start: pending.start,
+                end: pending.end,
+            };
             // A batch without records (a stateful query's no-data batch) has nothing to fetch.
-            let batch = if pending.start == pending.end {
+            let batch = if range.start == range.end {
                 SourceBatch {
                     records: Vec::new(),
-                    start: pending.start.clone(),
-                    end: pending.end.clone(),
+                    start: range.start.clone(),
+                    end: range.end.clone(),
                 }
             } else {
-                self.source
-                    .fetch_range(&pending.start, &pending.end)
-                    .await?
+                self.source.fetch_range(&range).await?
             };
-            last_end = Some(pending.end.clone());
-            self.process(
-                pending.batch_id,
-                batch,
-                started.elapsed(),
-                started,
-                &mut last_start,
-                &mut summary,
-                &mut state,
-                &mut shutdown,
-            )
-            .await?;
+            last_end = Some(range.end);
+            let waited = started.elapsed();
+            self.process(pending.batch_id, batch, waited, started, &mut run)
+                .await?;
         }
         let interval = match self.trigger {
             Trigger::ProcessingTime(i) => i,
@@ -223,10 +234,10 @@ impl StreamingQuery {
         let mut next_tick = Instant::now();
         // The poll's retries stop with the run: the select below drops them when `shutdown`
         // turns true, through its own receiver.
-        let mut poll_shutdown = shutdown.clone();
+        let mut poll_shutdown = run.shutdown.clone();
         let mut stopped = false;
         loop {
-            if *shutdown.borrow() {
+            if *run.shutdown.borrow() {
                 stopped = true;
                 break;
             }
@@ -235,7 +246,7 @@ impl StreamingQuery {
             let pause = next_tick.saturating_duration_since(Instant::now());
             if !pause.is_zero() {
                 tokio::select! {
-                    _ = shutdown.changed() => {
+                    _ = run.shutdown.changed() => {
                         stopped = true;
                         break;
                     }
@@ -257,7 +268,7 @@ impl StreamingQuery {
             };
             let step = tokio::select! {
                 biased;
-                _ = shutdown.changed() => Step::Stopped,
+                _ = run.shutdown.changed() => Step::Stopped,
                 polled = retry_transient(&mut backoff, &mut poll_shutdown, "source poll",
                     async || self.source.poll(limits).await) => match polled? {
                     Poll::Batch(b) => Step::Batch(b, started.elapsed()),
@@ -270,7 +281,7 @@ impl StreamingQuery {
             // An exhausted source is not polled again: the run ends after that batch.
             let ends_after = matches!(step, Step::Exhausted);
             let step = match step {
-                Step::Idle | Step::Exhausted if self.needs_no_data_batch(&state) => {
+                Step::Idle | Step::Exhausted if self.needs_no_data_batch(&run.state) => {
                     let Some(end) = last_end.clone() else {
                         return Err(Error::Internal(
                             "windows to close before any batch ended".into(),
@@ -303,17 +314,8 @@ impl StreamingQuery {
                             end: batch.end.clone(),
                         })?;
                     }
-                    self.process(
-                        batch_id,
-                        batch,
-                        waited,
-                        started,
-                        &mut last_start,
-                        &mut summary,
-                        &mut state,
-                        &mut shutdown,
-                    )
-                    .await?;
+                    self.process(batch_id, batch, waited, started, &mut run)
+                        .await?;
                     batch_id += 1;
                     if ends_after {
                         break;
@@ -324,6 +326,7 @@ impl StreamingQuery {
         self.sink.close().await?;
         self.dead_letters.close().await?;
         self.source.close().await?;
+        let summary = run.summary;
         // Checked once here, for every source: a run that ended by itself with nothing but dead
         // letters has input that does not fit the declared table (or a source that is not what
         // the config says), which an exit 0 would hide. A stop ends a run that might still
@@ -383,18 +386,22 @@ impl StreamingQuery {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Processes one batch of the run: `waited` is how long the source took to hand it over
+    /// since the batch `started`.
     async fn process(
         &mut self,
         batch_id: u64,
         batch: SourceBatch,
         waited: Duration,
         started: Instant,
-        last_start: &mut Instant,
-        summary: &mut RunSummary,
-        state: &mut Option<States>,
-        shutdown: &mut watch::Receiver<bool>,
+        run: &mut LoopState,
     ) -> Result<()> {
+        let LoopState {
+            last_start,
+            summary,
+            state,
+            shutdown,
+        } = run;
         let timestamp = chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let since_last = last_start.elapsed();

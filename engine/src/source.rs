@@ -9,7 +9,7 @@
 //! 1. [`Source::start`] once, with the end offset of the last batch the engine's checkpoint holds
 //!    as committed (if any).
 //! 2. If the checkpoint holds a batch that was planned but never committed,
-//!    [`Source::fetch_range`] once, for exactly that batch's start and end offsets.
+//!    [`Source::fetch_range`] once, for exactly that batch's [`OffsetRange`].
 //! 3. [`Source::poll`] repeatedly, one call per trigger (the batch's offsets are saved in the
 //!    checkpoint before it is processed), then [`Source::commit`] with the batch's end offset after
 //!    the sink acknowledged it. `poll` is never called again before the previous batch is
@@ -41,7 +41,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::position::{RecordPosition, SourceOffset};
+use crate::position::{OffsetRange, RecordPosition, SourceOffset};
 
 /// One raw message from a source.
 #[derive(Debug, Clone)]
@@ -157,20 +157,15 @@ pub trait Source: Send {
     /// calling `start` again with the same request, as for a sink down at start.
     async fn start(&mut self, request: StartRequest) -> Result<()>;
 
-    /// Reads exactly the records between `start` and `end` again (a batch that was planned but
-    /// not committed before a crash). The default refuses: a source that cannot replay must not
-    /// pretend to.
+    /// Reads exactly the records of `range` again (a batch that was planned but not committed
+    /// before a crash). The default refuses: a source that cannot replay must not pretend to.
     ///
     /// # Errors
     /// Permanent when the range cannot be read exactly again (the default; records that expired
     /// from the source; offsets that are not this source's); the run stops, with the batch still
     /// planned in the checkpoint.
-    async fn fetch_range(
-        &mut self,
-        start: &SourceOffset,
-        end: &SourceOffset,
-    ) -> Result<SourceBatch> {
-        let _ = (start, end);
+    async fn fetch_range(&mut self, range: &OffsetRange) -> Result<SourceBatch> {
+        let _ = range;
         Err(crate::Error::source_failed(
             self.description(),
             "this source cannot replay an uncommitted batch",

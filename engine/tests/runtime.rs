@@ -14,8 +14,8 @@ use engine::schema::ddl_table;
 use engine::transform::{PlannedTransform, TransformFile};
 use engine::trigger::Trigger;
 use engine::{
-    DeadLetter, DeadLetterSink, Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry,
-    Sink, Source, SourceBatch, SourceOffset, StartRequest,
+    DeadLetter, DeadLetterSink, Error, OffsetRange, Poll, PollLimits, RawRecord, RecordPosition,
+    Result, Retry, Sink, Source, SourceBatch, SourceOffset, StartRequest,
 };
 use tokio::sync::watch;
 
@@ -87,17 +87,13 @@ impl Source for MemorySource {
         Ok(())
     }
 
-    async fn fetch_range(
-        &mut self,
-        start: &SourceOffset,
-        end: &SourceOffset,
-    ) -> Result<SourceBatch> {
-        let (from, to) = (Self::parse(start), Self::parse(end));
+    async fn fetch_range(&mut self, range: &OffsetRange) -> Result<SourceBatch> {
+        let (from, to) = (Self::parse(&range.start), Self::parse(&range.end));
         self.next = to.clone();
         Ok(SourceBatch {
             records: self.records(&from, &to),
-            start: start.clone(),
-            end: end.clone(),
+            start: range.start.clone(),
+            end: range.end.clone(),
         })
     }
 

@@ -72,6 +72,15 @@ fn array(field: &Field, cells: Vec<Option<CqlValue>>) -> Result<ArrayRef, String
         CqlValue::Blob(b) => Ok(b),
         other => Err(unexpected("blob", &other)),
     };
+    // An Arrow array of the values of one CQL variant (the CQL type's name for the error).
+    macro_rules! one_variant {
+        ($array:ty, $variant:ident, $cql:literal) => {
+            Arc::new(<$array>::from(each(cells, |v| match v {
+                CqlValue::$variant(x) => Ok(x),
+                other => Err(unexpected($cql, &other)),
+            })?))
+        };
+    }
     Ok(match field.data_type() {
         DataType::Utf8 => Arc::new(StringArray::from(each(cells, text)?)),
         DataType::LargeUtf8 => Arc::new(LargeStringArray::from(each(cells, text)?)),
@@ -84,34 +93,13 @@ fn array(field: &Field, cells: Vec<Option<CqlValue>>) -> Result<ArrayRef, String
             let values = each(cells, blob)?;
             Arc::new(LargeBinaryArray::from_iter(values))
         }
-        DataType::Boolean => Arc::new(BooleanArray::from(each(cells, |v| match v {
-            CqlValue::Boolean(b) => Ok(b),
-            other => Err(unexpected("boolean", &other)),
-        })?)),
-        DataType::Int8 => Arc::new(Int8Array::from(each(cells, |v| match v {
-            CqlValue::TinyInt(x) => Ok(x),
-            other => Err(unexpected("tinyint", &other)),
-        })?)),
-        DataType::Int16 => Arc::new(Int16Array::from(each(cells, |v| match v {
-            CqlValue::SmallInt(x) => Ok(x),
-            other => Err(unexpected("smallint", &other)),
-        })?)),
-        DataType::Int32 => Arc::new(Int32Array::from(each(cells, |v| match v {
-            CqlValue::Int(x) => Ok(x),
-            other => Err(unexpected("int", &other)),
-        })?)),
-        DataType::Int64 => Arc::new(Int64Array::from(each(cells, |v| match v {
-            CqlValue::BigInt(x) => Ok(x),
-            other => Err(unexpected("bigint", &other)),
-        })?)),
-        DataType::Float32 => Arc::new(Float32Array::from(each(cells, |v| match v {
-            CqlValue::Float(x) => Ok(x),
-            other => Err(unexpected("float", &other)),
-        })?)),
-        DataType::Float64 => Arc::new(Float64Array::from(each(cells, |v| match v {
-            CqlValue::Double(x) => Ok(x),
-            other => Err(unexpected("double", &other)),
-        })?)),
+        DataType::Boolean => one_variant!(BooleanArray, Boolean, "boolean"),
+        DataType::Int8 => one_variant!(Int8Array, TinyInt, "tinyint"),
+        DataType::Int16 => one_variant!(Int16Array, SmallInt, "smallint"),
+        DataType::Int32 => one_variant!(Int32Array, Int, "int"),
+        DataType::Int64 => one_variant!(Int64Array, BigInt, "bigint"),
+        DataType::Float32 => one_variant!(Float32Array, Float, "float"),
+        DataType::Float64 => one_variant!(Float64Array, Double, "double"),
         DataType::Decimal128(precision, scale) => {
             let values = each(cells, |v| match v {
                 CqlValue::Decimal(d) => decimal128(&d, *precision, *scale),

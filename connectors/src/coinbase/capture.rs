@@ -33,8 +33,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use engine::checkpoint::{LEGACY_OFFSETS, LEGACY_STATE};
 use engine::{
-    Bytes, Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source, SourceBatch,
-    SourceOffset, StartRequest,
+    Bytes, Error, OffsetRange, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source,
+    SourceBatch, SourceOffset, StartRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -518,16 +518,12 @@ impl Source for CoinbaseCaptureSource {
         Ok(())
     }
 
-    async fn fetch_range(
-        &mut self,
-        start: &SourceOffset,
-        end: &SourceOffset,
-    ) -> Result<SourceBatch> {
-        let from = self.resolve(start)?;
-        let to = self.resolve(end)?.line;
+    async fn fetch_range(&mut self, range: &OffsetRange) -> Result<SourceBatch> {
+        let from = self.resolve(&range.start)?;
+        let to = self.resolve(&range.end)?.line;
         if from.line > to {
             return Err(self.error(format!(
-                "checkpointed range {start} .. {end} is not a range of this file"
+                "checkpointed range {range} is not a range of this file"
             )));
         }
         self.state = Some(self.state_at(&from).await?);
@@ -715,7 +711,7 @@ mod tests {
             })
             .await
             .unwrap();
-            let batch = src.fetch_range(&start, &end).await.unwrap();
+            let batch = src.fetch_range(&OffsetRange { start, end }).await.unwrap();
             assert_eq!(trade_ids(&batch.records), [831102702, 831102703]);
             assert_eq!(batch.end.json()["lines"], 8);
         }

@@ -30,8 +30,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use engine::{
-    Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source, SourceBatch,
-    SourceOffset, StartRequest,
+    Error, OffsetRange, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source,
+    SourceBatch, SourceOffset, StartRequest,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -313,12 +313,11 @@ impl Source for GateioSource {
         Ok(())
     }
 
-    async fn fetch_range(
-        &mut self,
-        start: &SourceOffset,
-        end: &SourceOffset,
-    ) -> Result<SourceBatch> {
-        let (start_next, end_next_windows) = (self.parse_offset(start)?, self.parse_offset(end)?);
+    async fn fetch_range(&mut self, range: &OffsetRange) -> Result<SourceBatch> {
+        let (start_next, end_next_windows) = (
+            self.parse_offset(&range.start)?,
+            self.parse_offset(&range.end)?,
+        );
         let secs = self.settings.interval.secs();
         let mut records = Vec::new();
         for (topic, &end_next) in &end_next_windows {
@@ -355,8 +354,8 @@ impl Source for GateioSource {
         self.handed_out = records.len() as u64;
         Ok(SourceBatch {
             records,
-            start: start.clone(),
-            end: end.clone(),
+            start: range.start.clone(),
+            end: range.end.clone(),
         })
     }
 

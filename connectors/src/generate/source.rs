@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use engine::{
-    Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Source, SourceBatch, SourceOffset,
-    StartRequest,
+    Error, OffsetRange, Poll, PollLimits, RawRecord, RecordPosition, Result, Source, SourceBatch,
+    SourceOffset, StartRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -232,12 +232,11 @@ impl Source for GenerateSource {
         serde_json::json!({ "trade": position.offset })
     }
 
-    async fn fetch_range(
-        &mut self,
-        start: &SourceOffset,
-        end: &SourceOffset,
-    ) -> Result<SourceBatch> {
-        let (from, to) = (self.position_in(start)?, self.position_in(end)?);
+    async fn fetch_range(&mut self, range: &OffsetRange) -> Result<SourceBatch> {
+        let (from, to) = (
+            self.position_in(&range.start)?,
+            self.position_in(&range.end)?,
+        );
         self.seek(from)?;
         let batch = self.generate(to.saturating_sub(from));
         self.resumed_at = self.produced;

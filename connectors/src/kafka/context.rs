@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -26,6 +26,12 @@ use super::security::{KafkaSecurity, SecurityWatch};
 
 /// How long broker look-ups inside a rebalance may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `mutex`'s value even when a holder panicked: each value here is replaced or taken whole, so a
+/// panic cannot leave it half-written, and the run must still see the events and the data loss.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A partition and, when known, the offset this member starts reading it at.
 pub type Assignment = ((String, i32), Option<i64>);
@@ -91,15 +97,12 @@ impl SourceContext {
 
     /// Takes the events recorded since the last call.
     pub fn take_events(&self) -> Vec<RebalanceEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *locked(&self.events))
     }
 
     /// The data loss that must stop the run, if any.
     pub fn data_loss(&self) -> Option<String> {
-        self.data_loss
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        locked(&self.data_loss).clone()
     }
 
     /// Offsets skipped at assignment because retention had deleted them.
@@ -108,10 +111,7 @@ impl SourceContext {
     }
 
     fn push(&self, event: RebalanceEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event);
+        locked(&self.events).push(event);
     }
 
     /// Sets each partition's first position in `tpl` (left unset: the committed offset) and
@@ -162,7 +162,7 @@ impl SourceContext {
                     );
                     if policy.fail_on_data_loss {
                         tracing::error!(%message, "Data loss: stopping (fail_on_data_loss = true).");
-                        *self.data_loss.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                        *locked(&self.data_loss) = Some(message);
                         assignments.push((key, Some(c)));
                         continue;
                     }

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use engine::{
-    Error, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source, SourceBatch,
-    SourceOffset, StartRequest,
+    Error, OffsetRange, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source,
+    SourceBatch, SourceOffset, StartRequest,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -848,12 +848,11 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    async fn fetch_range(
-        &mut self,
-        start: &SourceOffset,
-        end: &SourceOffset,
-    ) -> Result<SourceBatch> {
-        let (start, end) = (self.parse_offset(start)?, self.parse_offset(end)?);
+    async fn fetch_range(&mut self, range: &OffsetRange) -> Result<SourceBatch> {
+        let (start, end) = (
+            self.parse_offset(&range.start)?,
+            self.parse_offset(&range.end)?,
+        );
         self.refetch(&start, &end).await
     }
 

@@ -4,7 +4,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use engine::{Error, Poll, PollLimits, RawRecord, Source, SourceBatch, SourceOffset, StartRequest};
+use engine::{
+    Error, OffsetRange, Poll, PollLimits, RawRecord, Source, SourceBatch, SourceOffset,
+    StartRequest,
+};
 
 use super::round_trip;
 
@@ -353,11 +356,11 @@ async fn exact_replay<F: SourceFixture>(fixture: &mut F, reference: &BTreeSet<St
 
     let mut run = Driven::start(fixture, "replay", Some(&committed), "exact replay").await;
     let who = run.who();
-    let (start, end) = (
-        round_trip(&who, &planned.start),
-        round_trip(&who, &planned.end),
-    );
-    let fetched = run.source.fetch_range(&start, &end).await;
+    let range = OffsetRange {
+        start: round_trip(&who, &planned.start),
+        end: round_trip(&who, &planned.end),
+    };
+    let fetched = run.source.fetch_range(&range).await;
     match run.fixture.replay() {
         Replay::Refused => {
             match fetched {
@@ -377,9 +380,8 @@ async fn exact_replay<F: SourceFixture>(fixture: &mut F, reference: &BTreeSet<St
             run.close().await;
         }
         Replay::Exact => {
-            let replayed = fetched.unwrap_or_else(|e| {
-                panic!("{who}: fetch_range {start} .. {end} failed: {}", e.report())
-            });
+            let replayed = fetched
+                .unwrap_or_else(|e| panic!("{who}: fetch_range {range} failed: {}", e.report()));
             let mut again = run.keys(&replayed.records);
             let mut before = planned_keys.clone();
             again.sort();
