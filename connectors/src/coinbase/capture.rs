@@ -81,7 +81,7 @@ struct Counters {
 }
 
 /// Per-product dedupe and the counters; moved into the blocking reader and back.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct ReadState {
     last_trade_id: BTreeMap<String, i64>,
     counters: Counters,
@@ -112,6 +112,25 @@ struct Resolved {
     last_trade_id: Option<BTreeMap<String, i64>>,
 }
 
+/// What `read_lines` hands back from its blocking task: the reader and state, moved back, and
+/// the records, the lines read and whether the file ended.
+type ReadDone = (
+    BufReader<File>,
+    ReadState,
+    std::io::Result<(Vec<RawRecord>, i64, bool)>,
+);
+
+/// A read started before the engine asked for it (see [`CoinbaseCaptureSource::poll`]).
+struct ReadAhead {
+    task: tokio::task::JoinHandle<ReadDone>,
+    /// The batch's first line and start offset, and the state before it: what a read that
+    /// turns out to be unwanted is undone to.
+    first: i64,
+    start: SourceOffset,
+    before: ReadState,
+    max_records: usize,
+}
+
 /// The UTF-8 byte-order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -127,6 +146,13 @@ pub struct CoinbaseCaptureSource {
     at_end: bool,
     /// Set by `start`: a poll before it would read from the first line, whatever was committed.
     started: bool,
+    /// Set by `start` for an available-now run: each poll starts reading the next batch, so
+    /// that parsing it (on a blocking thread) overlaps the engine's work on the current one.
+    read_ahead: bool,
+    ahead: Option<ReadAhead>,
+    /// The counters as of the last batch handed out (the state itself may be with a read
+    /// ahead).
+    counters: Counters,
 }
 
 impl CoinbaseCaptureSource {
@@ -143,6 +169,9 @@ impl CoinbaseCaptureSource {
             next_line: 0,
             at_end: false,
             started: false,
+            read_ahead: false,
+            ahead: None,
+            counters: Counters::default(),
         })
     }
 
@@ -197,6 +226,12 @@ impl CoinbaseCaptureSource {
     /// the end of the file; returns the batch and the lines it spans. Blocking IO runs off the
     /// async executor.
     async fn read(&mut self, max_records: usize, max_lines: i64) -> Result<(SourceBatch, i64)> {
+        let ahead = self.begin_read(max_records, max_lines)?;
+        self.finish_read(ahead).await
+    }
+
+    /// Starts reading the next batch on a blocking thread; the reader and state go with it.
+    fn begin_read(&mut self, max_records: usize, max_lines: i64) -> Result<ReadAhead> {
         let mut reader = match self.reader.take() {
             Some(r) => r,
             None => self.open_at(self.next_line)?,
@@ -204,8 +239,9 @@ impl CoinbaseCaptureSource {
         let first = self.next_line;
         let start = self.offset(first)?;
         let mut state = self.state.take().unwrap_or_default();
+        let before = state.clone();
         let coins = self.coins.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let result = read_lines(
                 &mut reader,
                 &mut state,
@@ -216,21 +252,49 @@ impl CoinbaseCaptureSource {
                 true,
             );
             (reader, state, result)
+        });
+        Ok(ReadAhead {
+            task,
+            first,
+            start,
+            before,
+            max_records,
         })
-        .await
-        .map_err(|e| Error::Internal(format!("capture reader task failed: {e}")))?;
-        let (reader, state, result) = joined;
+    }
+
+    /// Waits for a read and takes its reader and state back.
+    async fn finish_read(&mut self, ahead: ReadAhead) -> Result<(SourceBatch, i64)> {
+        let (reader, state, result) = ahead
+            .task
+            .await
+            .map_err(|e| Error::Internal(format!("capture reader task failed: {e}")))?;
         self.reader = Some(reader);
+        self.counters = state.counters.clone();
         self.state = Some(state);
         let (records, lines, eof) = result.map_err(|e| self.io_error(e))?;
-        self.next_line = first + lines;
+        self.next_line = ahead.first + lines;
         self.at_end = eof;
         let batch = SourceBatch {
             records,
-            start,
+            start: ahead.start,
             end: self.offset(self.next_line)?,
         };
         Ok((batch, lines))
+    }
+
+    /// Drops a read ahead that is not wanted after all: back to where it started.
+    async fn undo_read_ahead(&mut self) -> Result<()> {
+        if let Some(ahead) = self.ahead.take() {
+            let (first, before) = (ahead.first, ahead.before.clone());
+            // Waited for, not aborted: a blocking read cannot be interrupted.
+            let _ = ahead.task.await;
+            self.counters = before.counters.clone();
+            self.state = Some(before);
+            self.reader = Some(self.open_at(first)?);
+            self.next_line = first;
+            self.at_end = false;
+        }
+        Ok(())
     }
 
     /// Where `offset` stands in this file: this version's offset, or an older version's (module
@@ -511,10 +575,17 @@ impl Source for CoinbaseCaptureSource {
                 last_trade_id: None,
             },
         };
+        self.undo_read_ahead().await?;
         self.state = Some(self.state_at(&resolved).await?);
+        self.counters = self
+            .state
+            .as_ref()
+            .map(|s| s.counters.clone())
+            .unwrap_or_default();
         self.next_line = resolved.line;
         self.reader = Some(self.open_at(self.next_line)?);
         self.started = true;
+        self.read_ahead = request.available_now;
         Ok(())
     }
 
@@ -526,6 +597,7 @@ impl Source for CoinbaseCaptureSource {
                 "checkpointed range {range} is not a range of this file"
             )));
         }
+        self.undo_read_ahead().await?;
         self.state = Some(self.state_at(&from).await?);
         self.reader = Some(self.open_at(from.line)?);
         self.next_line = from.line;
@@ -545,12 +617,26 @@ impl Source for CoinbaseCaptureSource {
                 "coinbase capture source polled before start".into(),
             ));
         }
-        if self.at_end {
-            return Ok(Poll::Exhausted);
+        if self
+            .ahead
+            .as_ref()
+            .is_some_and(|a| a.max_records != limits.max_records)
+        {
+            self.undo_read_ahead().await?;
         }
-        let (batch, lines) = self.read(limits.max_records, i64::MAX).await?;
+        let (batch, lines) = match self.ahead.take() {
+            Some(ahead) => self.finish_read(ahead).await?,
+            None if self.at_end => return Ok(Poll::Exhausted),
+            None => self.read(limits.max_records, i64::MAX).await?,
+        };
         if lines == 0 {
             return Ok(Poll::Exhausted);
+        }
+        // The engine decodes, transforms and writes this batch next, on its own thread: the next
+        // one is parsed meanwhile. Nothing of it counts as read until the engine polls it, so a
+        // stop or crash loses no position (the checkpoint only knows planned batches).
+        if self.read_ahead && !self.at_end {
+            self.ahead = Some(self.begin_read(limits.max_records, i64::MAX)?);
         }
         Ok(Poll::Batch(batch))
     }
@@ -561,11 +647,7 @@ impl Source for CoinbaseCaptureSource {
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
-        let c = self
-            .state
-            .as_ref()
-            .map(|s| s.counters.clone())
-            .unwrap_or_default();
+        let c = &self.counters;
         vec![
             ("lines", c.lines),
             ("trades", c.trades),
@@ -640,6 +722,65 @@ mod tests {
 
     fn offset(json: serde_json::Value) -> SourceOffset {
         SourceOffset::new(json)
+    }
+
+    /// An available-now run reads the next batch ahead while the engine works on the current
+    /// one: the batches, their offsets and the counters are those of a run without reading
+    /// ahead, and a planned batch fetched while a read ahead is in flight is read exactly.
+    #[tokio::test]
+    async fn reading_ahead_changes_no_batch_offset_or_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("feed.jsonl");
+        std::fs::write(&path, format!("{PART_A}{PART_B}")).unwrap();
+        let batches = |available_now: bool| {
+            let path = path.clone();
+            async move {
+                let mut s = source(&path);
+                s.start(StartRequest {
+                    committed: None,
+                    available_now,
+                })
+                .await
+                .unwrap();
+                let mut out = Vec::new();
+                while let Poll::Batch(b) = s.poll(LIMITS).await.unwrap() {
+                    let lines = s.metrics()[0];
+                    out.push((trade_ids(&b.records), b.start, b.end, lines));
+                }
+                out
+            }
+        };
+        let (ahead, plain) = (batches(true).await, batches(false).await);
+        assert!(ahead.len() >= 2, "more than one batch: {ahead:?}");
+        assert_eq!(ahead, plain);
+
+        let mut s = source(&path);
+        s.start(StartRequest {
+            committed: None,
+            available_now: true,
+        })
+        .await
+        .unwrap();
+        let Poll::Batch(first) = s.poll(LIMITS).await.unwrap() else {
+            panic!("no first batch");
+        };
+        assert!(s.ahead.is_some(), "the second batch is being read");
+        let again = s
+            .fetch_range(&OffsetRange {
+                start: first.start.clone(),
+                end: first.end.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(trade_ids(&again.records), trade_ids(&first.records));
+        assert_eq!(again.end, first.end);
+        let Poll::Batch(second) = s.poll(LIMITS).await.unwrap() else {
+            panic!("no second batch");
+        };
+        assert_eq!(
+            (second.start, &second.records.len()),
+            (first.end, &ahead[1].0.len())
+        );
     }
 
     #[tokio::test]
