@@ -83,9 +83,22 @@ impl fmt::Display for Compacted {
 /// # Errors
 /// Reading the log, writing the merged files or committing failed; what was committed before
 /// the failure stays (each partition's merge is atomic).
-pub async fn compact(
+pub async fn compact(table: DeltaTable, options: Options) -> Result<Compacted, DeltaTableError> {
+    compact_gated(table, options, &CommitGate::default()).await
+}
+
+/// Held by whoever commits to the table in this process: the sink's appends for the moment of
+/// their commit, a compaction for each partition's merge and for VACUUM. Without it a stream
+/// of blind appends (a few ms each) takes every version a merge tries to commit at: each of
+/// its attempts re-reads the table, which takes longer than the next append, so after its 15
+/// attempts the merge gives up, every time.
+pub(super) type CommitGate = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+/// [`compact`], holding `gate` while it commits; the stream's appends wait meanwhile.
+pub(super) async fn compact_gated(
     mut table: DeltaTable,
     options: Options,
+    gate: &CommitGate,
 ) -> Result<Compacted, DeltaTableError> {
     let mut done = Compacted::default();
     table.update_state().await?;
@@ -116,6 +129,7 @@ pub async fn compact(
                 )
             })
             .collect();
+        let held = gate.lock().await;
         let (merged, metrics) = table
             .clone()
             .optimize()
@@ -124,6 +138,7 @@ pub async fn compact(
             // One core for merging: the stream keeps the other.
             .with_max_concurrent_tasks(1)
             .await?;
+        drop(held);
         table = merged;
         if metrics.num_files_removed > 0 {
             done.partitions += 1;
@@ -133,6 +148,7 @@ pub async fn compact(
     }
     let retention = chrono::Duration::from_std(options.retention)
         .map_err(|e| DeltaTableError::Generic(format!("retention out of range: {e}")))?;
+    let held = gate.lock().await;
     let (table, vacuumed) = table
         .vacuum()
         .with_retention_period(retention)
@@ -140,6 +156,7 @@ pub async fn compact(
         // one that the user set on purpose.
         .with_enforce_retention_duration(false)
         .await?;
+    drop(held);
     done.files_deleted = vacuumed.files_deleted.len() as u64;
     done.version = table.version();
     // Commits older than the table's log retention that a checkpoint covers (the stream's

@@ -5,6 +5,10 @@
 //!   query's id, version = the batch id), as Spark's Delta sink writes it. A batch replayed after
 //!   a crash between the commit and the checkpoint's commit log finds its id recorded in the
 //!   table and is not written twice.
+//! - The commit is a blind append ([`append`]): it reads nothing of the table, so a commit costs
+//!   the same at the 100,000th batch as at the first. Checkpoints of the log (every
+//!   `delta.checkpointInterval` commits, 100 by default), which readers start from, are written
+//!   in the background.
 //! - Partitioned Hive-style by `partition_by` (the partition columns live in the folder names and
 //!   the log, not in the files, as the Delta protocol says).
 //! - Compaction (Delta's OPTIMIZE, bin-packing) runs in the background while the stream goes on:
@@ -14,6 +18,7 @@
 //!   then VACUUM deletes the files removed from the table longer than `retention` ago. Appends and compactions are both commits of the one table, so a
 //!   reader sees the table before or after each, never both the old and the new files.
 
+mod append;
 pub mod maintenance;
 
 use std::collections::HashMap;
@@ -128,6 +133,15 @@ pub struct DeltaSink {
     /// newer than this still receive data and are left alone.
     idle_since_ms: i64,
     compaction: Option<JoinHandle<std::result::Result<maintenance::Compacted, DeltaTableError>>>,
+    /// The fast path of a write, built from the table at the first write of a run; `None` for a
+    /// table only delta-rs's full write may write ([`append::Appender::of`]).
+    appender: Option<append::Appender>,
+    /// The version the last checkpoint was started at.
+    checkpointed: u64,
+    /// The running background checkpoint: the version it covers.
+    checkpoint: Option<JoinHandle<std::result::Result<u64, DeltaTableError>>>,
+    /// Taken by an append's commit and a background compaction's.
+    gate: maintenance::CommitGate,
 }
 
 /// How a background compaction ended: the task's own result inside the join's.
@@ -150,6 +164,10 @@ impl DeltaSink {
             last_compaction: Instant::now(),
             idle_since_ms: now_ms(),
             compaction: None,
+            appender: None,
+            checkpointed: 0,
+            checkpoint: None,
+            gate: maintenance::CommitGate::default(),
         }
     }
 
@@ -229,9 +247,6 @@ impl DeltaSink {
         let due = self.batches_since_compaction >= c.every_batches.get()
             || c.interval
                 .is_some_and(|i| self.last_compaction.elapsed() >= i);
-        let Some(table) = self.table.clone() else {
-            return;
-        };
         if !due {
             return;
         }
@@ -239,7 +254,115 @@ impl DeltaSink {
         self.batches_since_compaction = 0;
         self.last_compaction = Instant::now();
         self.idle_since_ms = now_ms();
-        self.compaction = Some(tokio::spawn(maintenance::compact(table, options)));
+        // Opened afresh (from the latest checkpoint): the sink's own state of the table is not
+        // kept up to date by its blind appends. At the version this sink committed last: a
+        // listing of the log taken while appends land may show a later commit without the one
+        // before it, which the reader refuses as a gap.
+        let path = self.config.path.clone();
+        let version = self.appender.as_ref().map(append::Appender::version);
+        let gate = self.gate.clone();
+        self.compaction = Some(tokio::spawn(async move {
+            let table = open_at(&path, version).await?;
+            maintenance::compact_gated(table, options, &gate).await
+        }));
+    }
+
+    /// Starts a background checkpoint of `version` when `interval` commits passed since the
+    /// last one started and none is running (one that takes longer than `interval` commits, on
+    /// a table of many files, makes the next come later: the stream does not wait for it).
+    fn maybe_checkpoint(&mut self, version: u64, interval: u64) {
+        if let Some(running) = &self.checkpoint {
+            if !running.is_finished() {
+                return;
+            }
+            let running = self.checkpoint.take().expect("checked above");
+            if let Some(finished) = running.now_or_never() {
+                self.report_checkpoint(finished);
+            }
+        }
+        if version < self.checkpointed + interval {
+            return;
+        }
+        self.checkpointed = version;
+        let path = self.config.path.clone();
+        self.checkpoint = Some(tokio::spawn(async move {
+            let url = table_url(&path)?;
+            // Expired commits are deleted at compaction, not here.
+            deltalake::checkpoints::create_checkpoint_from_table_url_and_cleanup(
+                url,
+                version,
+                Some(false),
+                None,
+            )
+            .await?;
+            Ok(version)
+        }));
+    }
+
+    /// Logs how a background checkpoint ended; a failed one is only logged (readers replay
+    /// more commits until the next one).
+    fn report_checkpoint(
+        &self,
+        finished: std::result::Result<
+            std::result::Result<u64, DeltaTableError>,
+            tokio::task::JoinError,
+        >,
+    ) {
+        let table = self.config.path.display();
+        match finished {
+            Ok(Ok(version)) => tracing::debug!(%table, version, "Checkpoint written."),
+            Ok(Err(e)) => tracing::warn!(%table, error = %engine::report(&e),
+                "Checkpoint failed; the next one tries again."),
+            Err(e) => tracing::warn!(%table, error = %e, "Checkpoint task failed."),
+        }
+    }
+
+    /// Records batch `batch_id` as committed by this instance and starts a compaction if due.
+    fn written(&mut self, batch_id: u64) {
+        self.last_written = Some(batch_id);
+        self.batches_since_compaction += 1;
+        self.maybe_compact();
+    }
+
+    /// Forgets what this sink knew of the table: the next write opens it again and asks it
+    /// whether its batch is there.
+    fn forget_table(&mut self) {
+        self.verify_next = true;
+        self.table = None;
+        self.appender = None;
+    }
+
+    /// Writes batch `batch_id` through delta-rs's full write, which rebuilds the table's state
+    /// after the commit: for the commit that creates the table, and for tables a blind append
+    /// may not write.
+    async fn write_through_table(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
+        let table = self.table().await?.clone();
+        let txn = Transaction::new(self.app_id.clone(), batch_id as i64);
+        // Expired commits are deleted at compaction, not after every commit: that cleanup lists
+        // the whole log each time.
+        let commit = CommitProperties::default()
+            .with_application_transaction(txn)
+            .with_cleanup_expired_logs(Some(false));
+        let written = table
+            .write(batches.to_vec())
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(self.config.partition_by.clone())
+            // Applies when this write creates the table (a sink that was not bound to a query).
+            .with_configuration([("delta.logRetentionDuration", Some(self.log_retention()))])
+            .with_commit_properties(commit)
+            .await;
+        match written {
+            Ok(table) => {
+                self.table = Some(table);
+                Ok(())
+            }
+            Err(e) => {
+                // The commit may have landed before the error (a lost response): ask the table
+                // before writing this batch again. The cached state is stale either way.
+                self.forget_table();
+                Err(self.failed("cannot commit the batch", e))
+            }
+        }
     }
 }
 
@@ -321,34 +444,52 @@ impl Sink for DeltaSink {
             return Ok(());
         }
         self.verify_next = false;
-        let table = self.table().await?.clone();
-        let txn = Transaction::new(self.app_id.clone(), batch_id as i64);
-        // Expired commits are deleted at compaction, not after every commit: that cleanup lists
-        // the whole log each time.
-        let commit = CommitProperties::default()
-            .with_application_transaction(txn)
-            .with_cleanup_expired_logs(Some(false));
-        let written = table
-            .write(batches.to_vec())
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(self.config.partition_by.clone())
-            // Applies when this write creates the table (a sink that was not bound to a query).
-            .with_configuration([("delta.logRetentionDuration", Some(self.log_retention()))])
-            .with_commit_properties(commit)
-            .await;
-        match written {
-            Ok(table) => {
-                self.table = Some(table);
-                self.last_written = Some(batch_id);
-                self.batches_since_compaction += 1;
-                self.maybe_compact();
+        if self.appender.is_none() {
+            let table = self.table().await?;
+            if let Some(version) = table.version() {
+                let appender = append::Appender::of(table);
+                let appender = appender.map_err(|e| self.failed("cannot read the table", e))?;
+                // The first checkpoint of a run comes `interval` commits after its start.
+                self.checkpointed = self.checkpointed.max(version);
+                self.appender = appender;
+            }
+        }
+        let Some(appender) = self.appender.as_mut() else {
+            self.write_through_table(batch_id, batches).await?;
+            self.written(batch_id);
+            return Ok(());
+        };
+        let interval = appender.checkpoint_interval();
+        match appender
+            .append(&self.gate, &self.app_id, batch_id, batches)
+            .await
+        {
+            Ok(append::Appended::Committed(version)) => {
+                self.written(batch_id);
+                self.maybe_checkpoint(version, interval);
                 Ok(())
+            }
+            Ok(append::Appended::AlreadyThere(version)) => {
+                tracing::warn!(batch_id, version, table = %self.config.path.display(),
+                    "Another writer of this query committed this batch; not writing it again.");
+                self.last_written = Some(self.last_written.map_or(batch_id, |l| l.max(batch_id)));
+                Ok(())
+            }
+            Ok(append::Appended::Stale(version)) => {
+                self.forget_table();
+                Err(Error::sink_failed(
+                    self.description(),
+                    format!(
+                        "version {version} of the table changed its schema or protocol while this \
+                         run wrote to it; opening it again"
+                    ),
+                    Retry::Transient,
+                ))
             }
             Err(e) => {
                 // The commit may have landed before the error (a lost response): ask the table
-                // before writing this batch again. The cached state is stale either way.
-                self.verify_next = true;
-                self.table = None;
+                // before writing this batch again.
+                self.forget_table();
                 Err(self.failed("cannot commit the batch", e))
             }
         }
@@ -358,6 +499,10 @@ impl Sink for DeltaSink {
         if let Some(running) = self.compaction.take() {
             tracing::info!("Waiting for the running compaction to finish.");
             self.report_compaction(running.await);
+        }
+        if let Some(running) = self.checkpoint.take() {
+            tracing::debug!("Waiting for the running checkpoint to finish.");
+            self.report_checkpoint(running.await);
         }
         Ok(())
     }
@@ -376,6 +521,19 @@ pub async fn open(path: &Path) -> std::result::Result<DeltaTable, DeltaTableErro
         return deltalake::DeltaTableBuilder::from_url(url)?.build();
     }
     DeltaTable::try_from_url(url).await
+}
+
+/// The table at `path` as of `version` (`None`: the latest).
+async fn open_at(
+    path: &Path,
+    version: Option<u64>,
+) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let Some(version) = version else {
+        return open(path).await;
+    };
+    let mut table = deltalake::DeltaTableBuilder::from_url(table_url(path)?)?.build()?;
+    table.load_version(version).await?;
+    Ok(table)
 }
 
 fn table_url(path: &Path) -> std::result::Result<url::Url, DeltaTableError> {
