@@ -9,7 +9,8 @@
 #
 # Environment: GAP_SECS [30], the trade time between two trades, so that the partitions (symbol,
 # trade_date) of earlier days stop receiving data during the run, as a finished day does live;
-# EVERY [1000], sink.compaction.every_batches. The two runs go side by side (one core each). Needs the venv of scripts/test.sh
+# EVERY [1000], sink.compaction.every_batches; RUNS ["compaction no-compaction"], which of the two
+# runs to make (one alone gets a core to itself). The two runs go side by side (one core each). Needs the venv of scripts/test.sh
 # (COINSTREAM_PYTHON or ~/.cache/coinstream/venv) for the file counts. Prints a Markdown table.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +18,7 @@ BATCHES="${1:-100000}"
 BIN="${2:-}"
 GAP_SECS="${GAP_SECS:-30}"
 EVERY="${EVERY:-1000}"
+RUNS="${RUNS:-compaction no-compaction}"
 PYTHON="${COINSTREAM_PYTHON:-$HOME/.cache/coinstream/venv/bin/python}"
 if [[ -z "$BIN" ]]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coinstream/target}"
@@ -85,15 +87,19 @@ PY
 
 echo "| run | micro-batches | wall | live files | data files in the folder | log files (.json) | query median (5 runs, ms) |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-mkdir -p "$WORK/compaction" "$WORK/no-compaction"
-measure compaction --set "sink.compaction.every_batches=$EVERY" >"$WORK/compaction.row" &
-measure no-compaction --set sink.compaction.enabled=false >"$WORK/no-compaction.row" &
+for run in $RUNS; do
+  mkdir -p "$WORK/$run"
+  case $run in
+    compaction) measure compaction --set "sink.compaction.every_batches=$EVERY" >"$WORK/compaction.row" & ;;
+    no-compaction) measure no-compaction --set sink.compaction.enabled=false >"$WORK/no-compaction.row" & ;;
+    *) echo "RUNS: unknown run $run (compaction, no-compaction)" >&2; exit 2 ;;
+  esac
+done
 wait
-cat "$WORK/compaction.row" "$WORK/no-compaction.row"
+for run in $RUNS; do cat "$WORK/$run.row"; done
 echo
 echo "Per-batch ms (sink / total), the mean of the 100 writing batches up to batch id:"
 echo
 echo "| run | 10% | 20% | 30% | 40% | 50% | 60% | 70% | 80% | 90% | 100% |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-per_batch compaction
-per_batch no-compaction
+for run in $RUNS; do per_batch "$run"; done
