@@ -284,10 +284,15 @@ impl CoinbaseCaptureSource {
 
     /// Drops a read ahead that is not wanted after all: back to where it started.
     async fn undo_read_ahead(&mut self) -> Result<()> {
-        if let Some(ahead) = self.ahead.take() {
-            let (first, before) = (ahead.first, ahead.before.clone());
+        if let Some(ReadAhead {
+            task,
+            first,
+            before,
+            ..
+        }) = self.ahead.take()
+        {
             // Waited for, not aborted: a blocking read cannot be interrupted.
-            let _ = ahead.task.await;
+            let _ = task.await;
             self.counters = before.counters.clone();
             self.state = Some(before);
             self.reader = Some(self.open_at(first)?);
