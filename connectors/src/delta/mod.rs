@@ -234,15 +234,10 @@ impl DeltaSink {
         if !c.enabled {
             return;
         }
-        if let Some(running) = &self.compaction {
-            if !running.is_finished() {
-                return;
-            }
-            let running = self.compaction.take().expect("checked above");
-            // Finished: its result is ready, so this does not wait.
-            if let Some(finished) = running.now_or_never() {
-                self.report_compaction(finished);
-            }
+        match background(&mut self.compaction) {
+            Background::Running => return,
+            Background::Free(Some(finished)) => self.report_compaction(finished),
+            Background::Free(None) => {}
         }
         let due = self.batches_since_compaction >= c.every_batches.get()
             || c.interval
@@ -271,14 +266,10 @@ impl DeltaSink {
     /// last one started and none is running (one that takes longer than `interval` commits, on
     /// a table of many files, makes the next come later: the stream does not wait for it).
     fn maybe_checkpoint(&mut self, version: u64, interval: u64) {
-        if let Some(running) = &self.checkpoint {
-            if !running.is_finished() {
-                return;
-            }
-            let running = self.checkpoint.take().expect("checked above");
-            if let Some(finished) = running.now_or_never() {
-                self.report_checkpoint(finished);
-            }
+        match background(&mut self.checkpoint) {
+            Background::Running => return,
+            Background::Free(Some(finished)) => self.report_checkpoint(finished),
+            Background::Free(None) => {}
         }
         if version < self.checkpointed + interval {
             return;
@@ -689,4 +680,22 @@ pub fn files_by_partition(
             .push((file.size(), file.modification_time()));
     }
     Ok(by_partition)
+}
+
+/// A background task's slot (compaction, checkpoint): still running, or free to start another,
+/// with the result of the one that finished since the last look.
+enum Background<T> {
+    Running,
+    Free(Option<T>),
+}
+
+/// Looks at `slot` without waiting: a finished task is taken out and its result returned.
+fn background<T>(
+    slot: &mut Option<JoinHandle<T>>,
+) -> Background<std::result::Result<T, tokio::task::JoinError>> {
+    match slot {
+        Some(running) if !running.is_finished() => Background::Running,
+        // Finished: its result is ready, so `now_or_never` does not wait.
+        _ => Background::Free(slot.take().and_then(FutureExt::now_or_never)),
+    }
 }
