@@ -257,7 +257,13 @@ impl DeltaSink {
         let version = self.appender.as_ref().map(append::Appender::version);
         let gate = self.gate.clone();
         self.compaction = Some(tokio::spawn(async move {
-            let table = open_at(&path, version).await?;
+            let table = {
+                // Opened while no append commits: a log listing that runs while commits land
+                // can miss one of them (a local file system's directory listing is not a
+                // snapshot), and the kernel refuses the gap.
+                let _held = gate.lock().await;
+                open_at(&path, version).await?
+            };
             maintenance::compact_gated(table, options, &gate).await
         }));
     }
