@@ -92,11 +92,13 @@ pub(super) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         let brokers = brokers.unwrap_or_else(connectors::kafka::default_brokers);
         // Short-lived: an unreachable broker is one error below, not librdkafka's ERROR line
         // on each reconnect attempt.
-        let producer = connectors::kafka::producer::TopicProducer::short_lived(
+        let producer = connectors::kafka::producer::TopicProducer::new(
             &brokers,
             &topic,
             compression,
             &Default::default(),
+            None,
+            connectors::kafka::producer::TransportFailures::Debug,
         )?;
         // Without a broker, librdkafka would retry each send until its delivery timeout
         // (minutes); one request tells within seconds. The topic is created before any metadata

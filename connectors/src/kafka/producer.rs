@@ -8,7 +8,8 @@ use engine::{Error, Result, Retry};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::client_log::{ProducerContext, TransportFailures};
+use super::client_log::ProducerContext;
+pub use super::client_log::TransportFailures;
 use super::config::Compression;
 use super::dead_letter::{Failure, classify};
 use super::security::{KafkaSecurity, SecurityWatch};
@@ -31,51 +32,15 @@ pub struct TopicProducer {
 impl TopicProducer {
     /// A producer for `topic` on `brokers` whose record batches are compressed with
     /// `compression` (extra librdkafka properties in `properties`), over TLS and/or with a SASL
-    /// login when `security` says so, for a long-running client: librdkafka's broker connection
-    /// failures are logged each time, at ERROR.
+    /// login when `security` says so. `failures` says where librdkafka's broker connection
+    /// failures go: [`TransportFailures::Logged`] (each time, at ERROR) for a long-running client;
+    /// [`TransportFailures::Debug`] for a short-lived command (`coinstream generate --topic`),
+    /// whose [`TopicProducer::check`] and [`TopicProducer::create_topic`] then name the last one
+    /// in their error instead, once.
     ///
     /// # Errors
     /// A [`Error::Config`] when librdkafka refuses the properties.
     pub fn new(
-        brokers: &str,
-        topic: &str,
-        compression: Compression,
-        properties: &BTreeMap<String, String>,
-        security: Option<KafkaSecurity>,
-    ) -> Result<Self> {
-        Self::with_failures(
-            brokers,
-            topic,
-            compression,
-            properties,
-            security,
-            TransportFailures::Logged,
-        )
-    }
-
-    /// [`TopicProducer::new`] for a short-lived command (`coinstream generate --topic`): broker
-    /// connection failures go to debug, and [`TopicProducer::check`] and
-    /// [`TopicProducer::create_topic`] name the last one in their error instead, once.
-    ///
-    /// # Errors
-    /// As [`TopicProducer::new`].
-    pub fn short_lived(
-        brokers: &str,
-        topic: &str,
-        compression: Compression,
-        properties: &BTreeMap<String, String>,
-    ) -> Result<Self> {
-        Self::with_failures(
-            brokers,
-            topic,
-            compression,
-            properties,
-            None,
-            TransportFailures::Debug,
-        )
-    }
-
-    fn with_failures(
         brokers: &str,
         topic: &str,
         compression: Compression,

@@ -19,7 +19,7 @@ use engine::{Error, Result, Sink};
 use serde::Deserialize;
 
 use super::config::Compression;
-use super::producer::TopicProducer;
+use super::producer::{TopicProducer, TransportFailures};
 use crate::common::config::Problem;
 
 /// `[sink] type = "kafka"`.
@@ -117,6 +117,7 @@ impl KafkaSink {
             config.compression,
             &config.properties,
             super::security::resolve("sink", config.security.as_ref())?,
+            TransportFailures::Logged,
         )?;
         Ok(Self {
             config,

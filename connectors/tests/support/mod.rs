@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use connectors::kafka::config::Compression;
-use connectors::kafka::producer::TopicProducer;
+use connectors::kafka::producer::{TopicProducer, TransportFailures};
 use testkit::env::kafka_bootstrap;
 
 /// A new 3-partition topic named after `prefix` on the real Kafka, and an LZ4 producer to it
@@ -17,6 +17,7 @@ pub async fn fresh_topic_producer(prefix: &str) -> (String, TopicProducer) {
         Compression::Lz4,
         &Default::default(),
         None,
+        TransportFailures::Logged,
     )
     .unwrap();
     producer
