@@ -73,15 +73,11 @@ impl TradeRecord<'_> {
 
     /// The record as one JSON object.
     pub fn to_json(&self) -> Vec<u8> {
+        // Room for a whole record (about 230 bytes) at once; `to_vec` would grow from 128.
         let mut out = Vec::with_capacity(256);
-        self.write_json(&mut out);
+        // Writing a struct of strings and integers to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, self);
         out
-    }
-
-    /// Appends the record as one JSON object to `out` (a buffer many records share).
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        // A struct of strings and integers always serialises, and writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(out, self);
     }
 
     /// The record with its own copies of every text, free of the buffer it was parsed from.
