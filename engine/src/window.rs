@@ -39,8 +39,12 @@ pub const END: &str = "end";
 
 /// Registers `tumble` and `hop` in `session`.
 pub fn register(session: &SessionContext) {
-    session.register_udf(ScalarUDF::new_from_impl(Tumble::new()));
-    session.register_udf(ScalarUDF::new_from_impl(Hop::new()));
+    session.register_udf(ScalarUDF::new_from_impl(WindowFunction::new(
+        WindowKind::Tumble,
+    )));
+    session.register_udf(ScalarUDF::new_from_impl(WindowFunction::new(
+        WindowKind::Hop,
+    )));
 }
 
 /// The window struct for timestamps of type `ts`.
@@ -178,23 +182,46 @@ fn window_start(t: i64, width: i64) -> i64 {
     t - t.rem_euclid(width)
 }
 
-/// `tumble(ts, width)`: the fixed, non-overlapping window of `width` holding `ts`.
+/// The window functions: `tumble(ts, width)`, the fixed, non-overlapping window of `width`
+/// holding `ts`; `hop(ts, slide, width)`, every window of `width`, one starting each `slide`,
+/// that holds `ts`.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct Tumble {
+struct WindowFunction {
+    kind: WindowKind,
     signature: Signature,
 }
 
-impl Tumble {
-    fn new() -> Self {
-        Self {
-            signature: Signature::any(2, Volatility::Immutable),
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum WindowKind {
+    Tumble,
+    Hop,
+}
+
+impl WindowKind {
+    /// The interval arguments after the timestamp: `width`, or `slide` and `width`.
+    fn intervals(self) -> usize {
+        match self {
+            WindowKind::Tumble => 1,
+            WindowKind::Hop => 2,
         }
     }
 }
 
-impl ScalarUDFImpl for Tumble {
+impl WindowFunction {
+    fn new(kind: WindowKind) -> Self {
+        Self {
+            kind,
+            signature: Signature::any(1 + kind.intervals(), Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for WindowFunction {
     fn name(&self) -> &str {
-        "tumble"
+        match self.kind {
+            WindowKind::Tumble => "tumble",
+            WindowKind::Hop => "hop",
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -202,130 +229,110 @@ impl ScalarUDFImpl for Tumble {
     }
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        Ok(window_type(&check_args("tumble", args, 1)?))
+        let ts = check_args(self.name(), args, self.kind.intervals())?;
+        Ok(match self.kind {
+            WindowKind::Tumble => window_type(&ts),
+            WindowKind::Hop => DataType::List(Arc::new(Field::new("item", window_type(&ts), true))),
+        })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let ts = args.arg_fields[0].data_type().clone();
-        let DataType::Timestamp(unit, _) = &ts else {
-            return exec_err!("tumble: the first argument must be a timestamp");
-        };
-        let width = interval_arg("tumble", "width", &args.args[1], *unit)?;
-        let times = args.args[0].to_array(args.number_rows)?;
-        let raw = raw_times(&times)?;
-        // The children hold a value under a null window too (the struct's fields are not
-        // nullable); only the struct's own null mask says the window is null.
-        let starts = PrimitiveArray::<Int64Type>::new(
-            raw.values()
-                .iter()
-                .map(|&t| window_start(t, width))
-                .collect(),
-            None,
+        match self.kind {
+            WindowKind::Tumble => tumble(args),
+            WindowKind::Hop => hop(args),
+        }
+    }
+}
+
+/// `tumble(ts, width)` over a batch: one `{start, end}` struct per row.
+fn tumble(args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+    let ts = args.arg_fields[0].data_type().clone();
+    let DataType::Timestamp(unit, _) = &ts else {
+        return exec_err!("tumble: the first argument must be a timestamp");
+    };
+    let width = interval_arg("tumble", "width", &args.args[1], *unit)?;
+    let times = args.args[0].to_array(args.number_rows)?;
+    let raw = raw_times(&times)?;
+    // The children hold a value under a null window too (the struct's fields are not
+    // nullable); only the struct's own null mask says the window is null.
+    let starts = PrimitiveArray::<Int64Type>::new(
+        raw.values()
+            .iter()
+            .map(|&t| window_start(t, width))
+            .collect(),
+        None,
+    );
+    let ends = starts.try_unary::<_, Int64Type, _>(|s| {
+        s.checked_add(width).ok_or_else(|| {
+            arrow::error::ArrowError::ComputeError(
+                "tumble: a window ends after the largest timestamp".into(),
+            )
+        })
+    })?;
+    let nulls: Option<NullBuffer> = raw.nulls().cloned();
+    let windows = StructArray::try_new(
+        window_fields(&ts),
+        vec![to_timestamps(starts, &ts)?, to_timestamps(ends, &ts)?],
+        nulls,
+    )?;
+    Ok(ColumnarValue::Array(Arc::new(windows)))
+}
+
+/// `hop(ts, slide, width)` over a batch: a list of `{start, end}` structs per row.
+fn hop(args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+    let ts = args.arg_fields[0].data_type().clone();
+    let DataType::Timestamp(unit, _) = &ts else {
+        return exec_err!("hop: the first argument must be a timestamp");
+    };
+    let slide = interval_arg("hop", "slide", &args.args[1], *unit)?;
+    let width = interval_arg("hop", "width", &args.args[2], *unit)?;
+    if width < slide {
+        return exec_err!(
+            "hop: the width must be at least the slide (shorter windows would leave gaps)"
         );
-        let ends = starts.try_unary::<_, Int64Type, _>(|s| {
-            s.checked_add(width).ok_or_else(|| {
-                arrow::error::ArrowError::ComputeError(
-                    "tumble: a window ends after the largest timestamp".into(),
-                )
-            })
-        })?;
-        let nulls: Option<NullBuffer> = raw.nulls().cloned();
-        let windows = StructArray::try_new(
-            window_fields(&ts),
-            vec![to_timestamps(starts, &ts)?, to_timestamps(ends, &ts)?],
-            nulls,
-        )?;
-        Ok(ColumnarValue::Array(Arc::new(windows)))
     }
-}
-
-/// `hop(ts, slide, width)`: every window of `width`, one starting each `slide`, that holds `ts`.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Hop {
-    signature: Signature,
-}
-
-impl Hop {
-    fn new() -> Self {
-        Self {
-            signature: Signature::any(3, Volatility::Immutable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for Hop {
-    fn name(&self) -> &str {
-        "hop"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        let ts = check_args("hop", args, 2)?;
-        Ok(DataType::List(Arc::new(Field::new(
-            "item",
-            window_type(&ts),
-            true,
-        ))))
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let ts = args.arg_fields[0].data_type().clone();
-        let DataType::Timestamp(unit, _) = &ts else {
-            return exec_err!("hop: the first argument must be a timestamp");
-        };
-        let slide = interval_arg("hop", "slide", &args.args[1], *unit)?;
-        let width = interval_arg("hop", "width", &args.args[2], *unit)?;
-        if width < slide {
-            return exec_err!(
-                "hop: the width must be at least the slide (shorter windows would leave gaps)"
-            );
-        }
-        let times = args.args[0].to_array(args.number_rows)?;
-        let raw = raw_times(&times)?;
-        // Window bounds as raw values of the column's unit, then typed as the column.
-        let (mut starts, mut ends) = (Vec::new(), Vec::new());
-        let mut offsets = Vec::with_capacity(raw.len() + 1);
-        offsets.push(0i32);
-        for t in raw.iter() {
-            if let Some(t) = t {
-                // The latest window holding t starts at its slide boundary; the earliest is the
-                // furthest one a whole number of slides before that still ends after t.
-                let latest = window_start(t, slide);
-                let before = (latest + width - t - 1) / slide;
-                let mut start = latest - before * slide;
-                while start <= latest {
-                    let Some(end) = start.checked_add(width) else {
-                        return exec_err!("hop: a window ends after the largest timestamp");
-                    };
-                    starts.push(start);
-                    ends.push(end);
-                    start += slide;
-                }
+    let times = args.args[0].to_array(args.number_rows)?;
+    let raw = raw_times(&times)?;
+    // Window bounds as raw values of the column's unit, then typed as the column.
+    let (mut starts, mut ends) = (Vec::new(), Vec::new());
+    let mut offsets = Vec::with_capacity(raw.len() + 1);
+    offsets.push(0i32);
+    for t in raw.iter() {
+        if let Some(t) = t {
+            // The latest window holding t starts at its slide boundary; the earliest is the
+            // furthest one a whole number of slides before that still ends after t.
+            let latest = window_start(t, slide);
+            let before = (latest + width - t - 1) / slide;
+            let mut start = latest - before * slide;
+            while start <= latest {
+                let Some(end) = start.checked_add(width) else {
+                    return exec_err!("hop: a window ends after the largest timestamp");
+                };
+                starts.push(start);
+                ends.push(end);
+                start += slide;
             }
-            let Ok(offset) = i32::try_from(starts.len()) else {
-                return exec_err!("hop: too many windows in one batch");
-            };
-            offsets.push(offset);
         }
-        let windows = StructArray::try_new(
-            window_fields(&ts),
-            vec![
-                to_timestamps(PrimitiveArray::<Int64Type>::from(starts), &ts)?,
-                to_timestamps(PrimitiveArray::<Int64Type>::from(ends), &ts)?,
-            ],
-            None,
-        )?;
-        let list = arrow::array::ListArray::try_new(
-            Arc::new(Field::new("item", window_type(&ts), true)),
-            arrow::buffer::OffsetBuffer::new(offsets.into()),
-            Arc::new(windows),
-            raw.nulls().cloned(),
-        )?;
-        Ok(ColumnarValue::Array(Arc::new(list)))
+        let Ok(offset) = i32::try_from(starts.len()) else {
+            return exec_err!("hop: too many windows in one batch");
+        };
+        offsets.push(offset);
     }
+    let windows = StructArray::try_new(
+        window_fields(&ts),
+        vec![
+            to_timestamps(PrimitiveArray::<Int64Type>::from(starts), &ts)?,
+            to_timestamps(PrimitiveArray::<Int64Type>::from(ends), &ts)?,
+        ],
+        None,
+    )?;
+    let list = arrow::array::ListArray::try_new(
+        Arc::new(Field::new("item", window_type(&ts), true)),
+        arrow::buffer::OffsetBuffer::new(offsets.into()),
+        Arc::new(windows),
+        raw.nulls().cloned(),
+    )?;
+    Ok(ColumnarValue::Array(Arc::new(list)))
 }
 
 #[cfg(test)]
