@@ -295,16 +295,34 @@ mod tests {
         parse_decimal(text, p, s, DecimalPolicy::RoundHalfUp).map(|v| (v.value, v.rounded))
     }
 
-    /// Each `(text, precision, scale, value, rounded)`: `text` as `decimal(precision, scale)`,
-    /// rounded half up, is `value` (unscaled), and `rounded` says whether digits were dropped.
-    fn assert_half_up(cases: &[(&str, u8, i8, i128, bool)]) {
-        for &(text, p, s, value, rounded) in cases {
+    /// The cases of section `[section]` of `engine/testdata/decimal_half_up.txt`: each text as
+    /// `decimal(precision, scale)`, rounded half up, is the unscaled value, and `rounded` says
+    /// whether digits were dropped.
+    fn assert_half_up(section: &str) {
+        let file = include_str!("../testdata/decimal_half_up.txt");
+        let header = format!("[{section}]");
+        let cases = file
+            .lines()
+            .skip_while(|line| *line != header)
+            .skip(1)
+            .take_while(|line| !line.starts_with('['))
+            .filter(|line| !line.is_empty() && !line.starts_with('#'));
+        let mut checked = 0;
+        for line in cases {
+            let [text, p, s, value, rounded] = line.split_whitespace().collect::<Vec<_>>()[..]
+            else {
+                panic!("{line:?}: expected text precision scale value rounded");
+            };
+            let (p, s) = (p.parse().unwrap(), s.parse().unwrap());
+            let expected = (value.parse().unwrap(), rounded.parse().unwrap());
             assert_eq!(
                 half_up(text, p, s),
-                Ok((value, rounded)),
+                Ok(expected),
                 "{text:?} as decimal({p},{s})"
             );
+            checked += 1;
         }
+        assert!(checked > 0, "no cases under {header}");
     }
 
     #[test]
@@ -318,20 +336,7 @@ mod tests {
 
     #[test]
     fn rounds_excess_fraction_digits_half_up_as_spark() {
-        assert_half_up(&[
-            // The decimal-excess-scale case: 0.7960000001 / 0.0000000002 / 0.7421000001 / 2.
-            ("0.79600000009", 28, 10, 7_960_000_001, true),
-            ("0.00000000019", 28, 10, 2, true),
-            ("0.742100000051", 28, 10, 7_421_000_001, true),
-            ("1.99999999999", 28, 10, 20_000_000_000, true),
-            // Half away from zero, on the first dropped digit only.
-            ("0.125", 10, 2, 13, true),
-            ("-0.125", 10, 2, -13, true),
-            ("0.1249999", 10, 2, 12, true),
-            ("-0.0049", 10, 2, 0, true),
-            // Dropped zeros change nothing.
-            ("1.500000000000000", 10, 2, 150, false),
-        ]);
+        assert_half_up("rounding");
     }
 
     #[test]
@@ -346,26 +351,7 @@ mod tests {
 
     #[test]
     fn accepts_the_forms_java_big_decimal_accepts() {
-        assert_half_up(&[
-            ("1.5E+4", 10, 2, 1_500_000, false),
-            ("15e-1", 10, 2, 150, false),
-            ("+2.5", 10, 2, 250, false),
-            (".5", 10, 2, 50, false),
-            ("5.", 10, 2, 500, false),
-            (
-                "0000000000000000000000000000000000000000042",
-                10,
-                2,
-                4200,
-                false,
-            ),
-            ("-0.00", 10, 2, 0, false),
-            ("0e999999999", 10, 2, 0, false),
-            ("1e-2000000000", 10, 2, 0, true),
-            ("6e-3", 10, 2, 1, true),
-            ("4e-3", 10, 2, 0, true),
-            ("5e-4", 10, 2, 0, true),
-        ]);
+        assert_half_up("java_big_decimal_forms");
     }
 
     #[test]
