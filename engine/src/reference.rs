@@ -150,8 +150,10 @@ mod tests {
     use super::*;
     use crate::schema::ddl_table;
 
-    /// Table `portfolio` keyed by `symbol`, with `columns` (DDL column definitions) besides.
-    fn table(dir: &tempfile::TempDir, body: &str, scalar: bool, columns: &str) -> ReferenceTable {
+    /// Loads `body` (the JSON file's text) as table `portfolio` keyed by `symbol`, with `columns`
+    /// (DDL column definitions) besides; the error as text names the file `ref.json`.
+    fn load(body: &str, scalar: bool, columns: &str) -> std::result::Result<RecordBatch, String> {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ref.json");
         std::fs::write(&path, body).unwrap();
         let ddl = format!("CREATE TABLE portfolio (symbol VARCHAR NOT NULL, {columns})");
@@ -159,7 +161,7 @@ mod tests {
         let t = ReferenceTable::declared("portfolio".into(), path, "symbol", &schema).unwrap();
         assert_eq!(t.scalar_values, scalar);
         assert_eq!(t.schema(), schema, "the declared table is the loaded one");
-        t
+        t.load().map_err(|e| e.to_string())
     }
 
     #[test]
@@ -187,15 +189,13 @@ mod tests {
 
     #[test]
     fn loads_objects_keyed_by_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = table(
-            &dir,
+        let batch = load(
             r#"{"BTC-USD":{"coin_name":"Bitcoin","buy_price":"60000.5","size":"0.25","buy_time":1700000000000}}"#,
             false,
             "coin_name VARCHAR NOT NULL, buy_price DECIMAL(28,10) NOT NULL, \
              size DECIMAL(28,10) NOT NULL, buy_time TIMESTAMP(3) WITH TIME ZONE NOT NULL",
-        );
-        let batch = t.load().unwrap();
+        )
+        .unwrap();
         let text = arrow::util::pretty::pretty_format_batches(&[batch])
             .unwrap()
             .to_string();
@@ -208,69 +208,36 @@ mod tests {
     }
 
     #[test]
-    fn refuses_decimals_finer_than_their_declared_column_naming_key_column_and_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = table(
-            &dir,
-            r#"{"BTC-USD":{"buy_price":"60000.5"},"ADA-USD":{"buy_price":"0.742100000051"}}"#,
-            false,
-            "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)",
-        );
-        let err = t.load().unwrap_err().to_string();
-        assert!(
-            err.contains(
-                r#"key "ADA-USD": column buy_price: "0.742100000051" has non-zero digits beyond the scale 10"#
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
     fn loads_scalar_maps() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = table(
-            &dir,
+        let batch = load(
             r#"{"BTC-USD":"Bitcoin","ETH-USD":"Ethereum"}"#,
             true,
             "coin_name VARCHAR NOT NULL",
         );
-        assert_eq!(t.load().unwrap().num_rows(), 2);
+        assert_eq!(batch.unwrap().num_rows(), 2);
     }
 
     #[test]
-    fn names_file_and_key_on_bad_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = table(
-            &dir,
-            r#"{"BTC-USD":{"buy_price":"1"},"ETH-USD":{"buy_price":"lots"}}"#,
-            false,
-            "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)",
-        );
-        let err = t.load().unwrap_err().to_string();
-        assert!(err.contains("ref.json"), "{err}");
-        assert!(err.contains("key \"ETH-USD\""), "{err}");
-        let t = table(
-            &dir,
-            r#"{"BTC-USD":{"size":"1"}}"#,
-            false,
-            "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)",
-        );
-        let err = t.load().unwrap_err().to_string();
-        assert!(
-            err.contains("key \"BTC-USD\": missing required field buy_price"),
-            "{err}"
-        );
-        let t = table(
-            &dir,
-            r#"["BTC-USD"]"#,
-            false,
-            "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)",
-        );
-        assert!(
-            t.load()
-                .unwrap_err()
-                .to_string()
-                .contains("not a JSON object keyed by id")
-        );
+    fn refuses_bad_values_naming_file_key_column_and_value() {
+        const PRICE_AND_SIZE: &str = "buy_price DECIMAL(28,10) NOT NULL, size DECIMAL(28,10)";
+        for (body, expected) in [
+            (
+                r#"{"BTC-USD":{"buy_price":"60000.5"},"ADA-USD":{"buy_price":"0.742100000051"}}"#,
+                r#"key "ADA-USD": column buy_price: "0.742100000051" has non-zero digits beyond the scale 10"#,
+            ),
+            (
+                r#"{"BTC-USD":{"buy_price":"1"},"ETH-USD":{"buy_price":"lots"}}"#,
+                r#"key "ETH-USD""#,
+            ),
+            (
+                r#"{"BTC-USD":{"size":"1"}}"#,
+                r#"key "BTC-USD": missing required field buy_price"#,
+            ),
+            (r#"["BTC-USD"]"#, "not a JSON object keyed by id"),
+        ] {
+            let err = load(body, false, PRICE_AND_SIZE).unwrap_err();
+            assert!(err.contains(expected), "{body}: {err}");
+            assert!(err.contains("ref.json"), "{body}: {err}");
+        }
     }
 }
