@@ -239,6 +239,16 @@ impl Outputs {
         let (_tx, rx) = watch::channel(false);
         q.run(rx).await
     }
+
+    /// Messages 0 to 3, one partition, `doubled()`: one batch of four.
+    async fn run_four(
+        &self,
+        dir: &std::path::Path,
+        checkpoint: bool,
+    ) -> engine::Result<engine::runtime::RunSummary> {
+        self.run(dir, doubled(), vec![messages(0..4)], checkpoint, 10)
+            .await
+    }
 }
 
 /// The test's `doubled` transform: each trade's price doubled, joined with its tier.
@@ -412,10 +422,7 @@ async fn retries_transient_sink_failures_and_commits_nothing_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let out = Outputs::failing_writes(vec![Some(Retry::Transient), Some(Retry::Transient)]);
     let (commits, sink) = (&out.commits, &out.sink);
-    let summary = out
-        .run(dir.path(), doubled(), vec![messages(0..4)], false, 10)
-        .await
-        .unwrap();
+    let summary = out.run_four(dir.path(), false).await.unwrap();
     assert_eq!(summary.output_rows, 4);
     assert_eq!(
         commits.lock().unwrap().len(),
@@ -478,10 +485,7 @@ async fn progress_reports_each_parts_backlog_after_the_batch_and_spark_summary()
 async fn a_source_that_fails_to_start_transiently_is_started_again_and_a_permanent_failure_stops() {
     let dir = tempfile::tempdir().unwrap();
     let out = Outputs::failing_starts(vec![Retry::Transient, Retry::Transient]);
-    let summary = out
-        .run(dir.path(), doubled(), vec![messages(0..4)], true, 10)
-        .await
-        .unwrap();
+    let summary = out.run_four(dir.path(), true).await.unwrap();
     assert_eq!(summary.output_rows, 4);
     assert!(
         out.start_failures.lock().unwrap().is_empty(),
@@ -489,10 +493,7 @@ async fn a_source_that_fails_to_start_transiently_is_started_again_and_a_permane
     );
 
     let out = Outputs::failing_starts(vec![Retry::Permanent, Retry::Transient]);
-    let err = out
-        .run(dir.path(), doubled(), vec![messages(0..4)], false, 10)
-        .await
-        .unwrap_err();
+    let err = out.run_four(dir.path(), false).await.unwrap_err();
     assert!(err.to_string().contains("not ready"), "{err}");
     assert_eq!(
         out.start_failures.lock().unwrap().len(),
