@@ -1,6 +1,7 @@
 //! Decode + `sql/profit.sql` on 1,000,000 generated trades, and the fixed cost of one micro-batch.
 //! Run: `cargo bench -p coinstream-engine --bench decode_profit`.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -24,28 +25,42 @@ fn repo() -> PathBuf {
 const TRADES_DDL: &str = include_str!("../../sql/tables/trades.sql");
 const REFERENCE_DDL: &str = include_str!("../../sql/tables/reference.sql");
 
-/// Bus records shaped as the connectors write them: 9 portfolio products and 4 others.
+/// The coin map's products with their names and a price level each: the first trade's price of
+/// the product in the shipped sample capture (`required_data/sample_trades.jsonl`), so the
+/// generated prices have the digits the real ones have.
+fn products() -> Vec<(String, String, f64)> {
+    let read =
+        |file: &str| std::fs::read_to_string(repo().join("required_data").join(file)).unwrap();
+    let names: BTreeMap<String, String> = serde_json::from_str(&read("coin_map.json")).unwrap();
+    let mut levels = BTreeMap::new();
+    for line in read("sample_trades.jsonl").lines() {
+        let Ok(frame) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let product = frame["product_id"].as_str();
+        let price = frame["price"].as_str().and_then(|p| p.parse::<f64>().ok());
+        if let (Some(product), Some(price)) = (product, price) {
+            levels.entry(product.to_owned()).or_insert(price);
+        }
+    }
+    names
+        .into_iter()
+        .map(|(symbol, name)| {
+            let level = levels[&symbol];
+            (symbol, name, level)
+        })
+        .collect()
+}
+
+/// Bus records shaped as the connectors write them, over every product of the coin map (9 of the
+/// portfolio and 4 others).
 fn messages(n: usize) -> Vec<RawRecord> {
-    let products = [
-        ("BTC-USD", "Bitcoin", 91000.0),
-        ("ETH-USD", "Ethereum", 3400.0),
-        ("SOL-USD", "Solana", 182.0),
-        ("ADA-USD", "Cardano", 0.74),
-        ("DOGE-USD", "Dogecoin", 0.32),
-        ("XRP-USD", "XRP", 2.18),
-        ("LTC-USD", "Litecoin", 96.3),
-        ("DOT-USD", "Polkadot", 6.48),
-        ("AVAX-USD", "Avalanche", 34.9),
-        ("LINK-USD", "Chainlink", 18.4),
-        ("SHIB-USD", "Shiba Inu", 0.0000223),
-        ("UNI-USD", "Uniswap", 9.87),
-        ("XLM-USD", "Stellar", 0.41),
-    ];
+    let products = products();
     let mut state: u64 = 42;
     (0..n)
         .map(|i| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let (symbol, name, level) = products[(state >> 33) as usize % products.len()];
+            let (symbol, name, level) = &products[(state >> 33) as usize % products.len()];
             let price = level * (1.0 + ((state >> 40) as f64 / (1u64 << 24) as f64 - 0.5) / 50.0);
             let payload = format!(
                 r#"{{"symbol":"{symbol}","coin_name":"{name}","trade_id":{},"sequence":{},"trade_time":"2026-11-20T14:{:02}:{:02}.{:06}Z","price":"{price:.8}","size":"{:.8}","side":"{}","ingest_time":"2026-11-20T14:00:00.000000Z"}}"#,
