@@ -13,18 +13,14 @@
 # runs to make (one alone gets a core to itself). The two runs go side by side (one core each). Needs the venv of scripts/test.sh
 # (COINSTREAM_PYTHON or ~/.cache/coinstream/venv) for the file counts. Prints a Markdown table.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BATCHES="${1:-100000}"
-BIN="${2:-}"
+BIN="${2:-$(release_build)}"
 GAP_SECS="${GAP_SECS:-30}"
 EVERY="${EVERY:-1000}"
 RUNS="${RUNS:-compaction no-compaction}"
 PYTHON="${COINSTREAM_PYTHON:-$HOME/.cache/coinstream/venv/bin/python}"
-if [[ -z "$BIN" ]]; then
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coinstream/target}"
-  (cd "$ROOT" && cargo build --release --quiet --bin coinstream)
-  BIN="$CARGO_TARGET_DIR/release/coinstream"
-fi
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 cd "$ROOT"

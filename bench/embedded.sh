@@ -10,15 +10,12 @@
 #
 # Environment: COUNT [1000000], RUNS [3], MAX [the config's max_records_per_batch].
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 COUNT="${COUNT:-1000000}"
 RUNS="${RUNS:-3}"
 BINS=("$@")
-if [[ ${#BINS[@]} -eq 0 ]]; then
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coinstream/target}"
-  (cd "$ROOT" && cargo build --release --quiet --bin coinstream)
-  BINS=("$CARGO_TARGET_DIR/release/coinstream")
-fi
+[[ ${#BINS[@]} -gt 0 ]] || BINS=("$(release_build)")
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 cd "$ROOT"

@@ -14,7 +14,8 @@
 # it does not build either (the smoke test, tests/bench_scripts.rs, runs it so).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 WORK="${BENCH_WORK:-$ROOT/bench/.work}"
 PYSPARK_VERSION=3.5.7 # must match spark.version in bench/spark/pom.xml
 SERVICES_DIR="${COINSTREAM_SERVICES_DIR:-$ROOT/.services}"
@@ -90,10 +91,8 @@ if [[ $COINSTREAM_ONLY -eq 0 ]]; then
 fi
 
 if [[ -z "$COINSTREAM_BIN" ]]; then
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coinstream/target}"
-  log "building coinstream (release) in $CARGO_TARGET_DIR"
-  (cd "$ROOT" && cargo build --release --quiet --bin coinstream)
-  COINSTREAM_BIN="$CARGO_TARGET_DIR/release/coinstream"
+  log "building coinstream (release) in $BENCH_TARGET_DIR"
+  COINSTREAM_BIN="$(release_build)"
 fi
 [[ -x "$COINSTREAM_BIN" ]] || { echo "no coinstream binary at $COINSTREAM_BIN" >&2; exit 2; }
 

@@ -121,10 +121,10 @@ pub enum Command {
 pub enum IngestCommand {
     /// Coinbase trades over WebSocket, normalised to bus records, into a Kafka topic keyed by
     /// product (`pipelines/ingest-coinbase.toml`).
-    Coinbase(IngestCoinbaseArgs),
+    Coinbase(IngestArgs<CoinbaseArgs>),
     /// Gate.io closed candles over REST, into a Kafka topic keyed by currency pair
     /// (`pipelines/ingest-gateio.toml`).
-    Gateio(IngestGateioArgs),
+    Gateio(IngestArgs<GateioArgs>),
 }
 
 /// The config file of `run`, `explain` and `query`, and the keys set over it.
@@ -172,7 +172,32 @@ impl UiArgs {
     }
 }
 
-/// Where an ingest shortcut publishes: the flags both shortcuts share.
+/// The flags of an ingest shortcut: the pipeline it runs, the flags of its source `S`, and those
+/// both shortcuts share.
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs<S: IngestSource> {
+    /// The pipeline this shortcut runs.
+    #[arg(long, default_value = S::PIPELINE)]
+    pub pipeline: PathBuf,
+    #[command(flatten)]
+    pub source: S,
+    /// `source.portfolio`: the portfolio file, whose products are subscribed to when `--products`
+    /// (coinbase) or `--pairs` (gateio) is left out (default required_data/my_Portfolio.json).
+    #[arg(long)]
+    pub portfolio: Option<PathBuf>,
+    #[command(flatten)]
+    pub kafka: IngestKafkaArgs,
+    #[command(flatten)]
+    pub ui: UiArgs,
+}
+
+/// The source flags of one ingest shortcut.
+pub trait IngestSource: clap::Args {
+    /// The shipped pipeline the shortcut runs when `--pipeline` is left out.
+    const PIPELINE: &'static str;
+}
+
+/// Where an ingest shortcut publishes.
 #[derive(Debug, clap::Args)]
 pub struct IngestKafkaArgs {
     /// `sink.brokers` and `dead_letter.brokers`: Kafka brokers (default: env KAFKA_BOOTSTRAP,
@@ -189,12 +214,9 @@ pub struct IngestKafkaArgs {
     pub compression: Option<Compression>,
 }
 
-/// `coinstream ingest coinbase`.
+/// The source flags of `coinstream ingest coinbase`.
 #[derive(Debug, clap::Args)]
-pub struct IngestCoinbaseArgs {
-    /// The pipeline this shortcut runs.
-    #[arg(long, default_value = "pipelines/ingest-coinbase.toml")]
-    pub pipeline: PathBuf,
+pub struct CoinbaseArgs {
     /// `source.url`: the feed's WebSocket URL (default: wss://ws-feed.exchange.coinbase.com, or
     /// wss://advanced-trade-ws.coinbase.com with `--feed advanced`).
     #[arg(long)]
@@ -207,18 +229,10 @@ pub struct IngestCoinbaseArgs {
     /// or `advanced` (market_trades + heartbeats).
     #[arg(long, value_parser = ["exchange", "advanced"])]
     pub feed: Option<String>,
-    #[command(flatten)]
-    pub kafka: IngestKafkaArgs,
-    #[command(flatten)]
-    pub ui: UiArgs,
     /// `source.idle_timeout_ms`: a connection silent for this long (no trade, no heartbeat) is
     /// replaced, in milliseconds (default 5000).
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
-    /// `source.portfolio`: the portfolio file (its products are the default `--products`;
-    /// default required_data/my_Portfolio.json).
-    #[arg(long)]
-    pub portfolio: Option<PathBuf>,
     /// `source.coin_map`: the coin map (trades of products missing from it are counted and
     /// dropped; default required_data/coin_map.json).
     #[arg(long)]
@@ -230,12 +244,13 @@ pub struct IngestCoinbaseArgs {
     pub checkpoint: Option<PathBuf>,
 }
 
-/// `coinstream ingest gateio`.
+impl IngestSource for CoinbaseArgs {
+    const PIPELINE: &'static str = "pipelines/ingest-coinbase.toml";
+}
+
+/// The source flags of `coinstream ingest gateio`.
 #[derive(Debug, clap::Args)]
-pub struct IngestGateioArgs {
-    /// The pipeline this shortcut runs.
-    #[arg(long, default_value = "pipelines/ingest-gateio.toml")]
-    pub pipeline: PathBuf,
+pub struct GateioArgs {
     /// `source.base_url`: the REST API's base URL (default: https://api.gateio.ws/api/v4).
     #[arg(long)]
     pub url: Option<String>,
@@ -264,14 +279,10 @@ pub struct IngestGateioArgs {
     /// the folder to publish them again.
     #[arg(long, visible_alias = "checkpoint")]
     pub state: Option<PathBuf>,
-    #[command(flatten)]
-    pub kafka: IngestKafkaArgs,
-    #[command(flatten)]
-    pub ui: UiArgs,
-    /// `source.portfolio`: the portfolio file (its products give the default `--pairs`; default
-    /// required_data/my_Portfolio.json).
-    #[arg(long)]
-    pub portfolio: Option<PathBuf>,
+}
+
+impl IngestSource for GateioArgs {
+    const PIPELINE: &'static str = "pipelines/ingest-gateio.toml";
 }
 
 /// `coinstream generate`.

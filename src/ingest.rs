@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::cli::{
-    IngestCoinbaseArgs, IngestCommand, IngestGateioArgs, IngestKafkaArgs, ProgressFormat,
+    CoinbaseArgs, GateioArgs, IngestArgs, IngestCommand, IngestKafkaArgs, ProgressFormat,
 };
 use coinstream::config::{Config, Override};
 
@@ -54,6 +54,16 @@ fn flag_override(key: &str, flag: &str, value: Option<impl Into<toml::Value>>) -
     value.map(|value| Override::new(key, value).from_flag(flag))
 }
 
+/// `key` set to the unix seconds of the time flag `flag` (see [`parse_time`]); nothing when the
+/// flag was left out.
+fn time_override(key: &str, flag: &str, text: Option<&str>) -> anyhow::Result<Option<Override>> {
+    let secs = text
+        .map(parse_time)
+        .transpose()
+        .with_context(|| flag.to_owned())?;
+    Ok(flag_override(key, flag, secs))
+}
+
 /// A list flag's items as a TOML array; nothing when the flag was left out (no items).
 fn list(items: Vec<String>) -> Option<toml::Value> {
     (!items.is_empty())
@@ -88,57 +98,44 @@ fn kafka_overrides(
     overrides
 }
 
-fn coinbase(args: IngestCoinbaseArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
+fn coinbase(args: IngestArgs<CoinbaseArgs>) -> anyhow::Result<(PathBuf, Vec<Override>)> {
+    let source = args.source;
     // In flag order, so that of two bad flags the first is reported.
     let flags = [
         path_override(
             "engine.checkpoint_dir",
             "--checkpoint",
-            args.checkpoint.as_deref(),
+            source.checkpoint.as_deref(),
         )?,
-        flag_override("source.url", "--url", args.url),
-        flag_override("source.product_ids", "--products", list(args.products)),
-        flag_override("source.feed", "--feed", args.feed),
+        flag_override("source.url", "--url", source.url),
+        flag_override("source.product_ids", "--products", list(source.products)),
+        flag_override("source.feed", "--feed", source.feed),
         flag_override(
             "source.idle_timeout_ms",
             "--idle-timeout-ms",
-            args.idle_timeout_ms
+            source
+                .idle_timeout_ms
                 .map(i64::try_from)
                 .transpose()
                 .context("--idle-timeout-ms is too large")?,
         ),
         path_override("source.portfolio", "--portfolio", args.portfolio.as_deref())?,
-        path_override("source.coin_map", "--coin-map", args.coin_map.as_deref())?,
+        path_override("source.coin_map", "--coin-map", source.coin_map.as_deref())?,
     ];
     Ok((args.pipeline, shortcut_overrides(args.kafka, flags)))
 }
 
-fn gateio(args: IngestGateioArgs) -> anyhow::Result<(PathBuf, Vec<Override>)> {
+fn gateio(args: IngestArgs<GateioArgs>) -> anyhow::Result<(PathBuf, Vec<Override>)> {
+    let source = args.source;
     // In flag order, so that of two bad flags the first is reported.
     let flags = [
-        path_override("engine.checkpoint_dir", "--state", args.state.as_deref())?,
-        flag_override("source.base_url", "--url", args.url),
-        flag_override("source.currency_pairs", "--pairs", list(args.pairs)),
-        flag_override("source.interval", "--interval", args.interval),
-        flag_override(
-            "source.from_secs",
-            "--from",
-            args.from
-                .as_deref()
-                .map(parse_time)
-                .transpose()
-                .context("--from")?,
-        ),
-        flag_override(
-            "source.to_secs",
-            "--to",
-            args.to
-                .as_deref()
-                .map(parse_time)
-                .transpose()
-                .context("--to")?,
-        ),
-        flag_override("source.once", "--once", args.once.then_some(true)),
+        path_override("engine.checkpoint_dir", "--state", source.state.as_deref())?,
+        flag_override("source.base_url", "--url", source.url),
+        flag_override("source.currency_pairs", "--pairs", list(source.pairs)),
+        flag_override("source.interval", "--interval", source.interval),
+        time_override("source.from_secs", "--from", source.from.as_deref())?,
+        time_override("source.to_secs", "--to", source.to.as_deref())?,
+        flag_override("source.once", "--once", source.once.then_some(true)),
         path_override("source.portfolio", "--portfolio", args.portfolio.as_deref())?,
     ];
     Ok((args.pipeline, shortcut_overrides(args.kafka, flags)))
@@ -188,84 +185,51 @@ mod tests {
         }
     }
 
-    fn set(key: &str, value: impl Into<toml::Value>, flag: &str) -> Override {
-        Override::new(key, value).from_flag(flag)
+    /// `tests/fixtures/ingest_flags.toml`.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cases {
+        case: Vec<Case>,
+    }
+
+    /// One invocation of `coinstream ingest` and what it should override.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        args: Vec<String>,
+        pipeline: PathBuf,
+        sets: Vec<Set>,
+    }
+
+    /// One override a case expects.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Set {
+        key: String,
+        value: toml::Value,
+        flag: String,
     }
 
     #[test]
-    fn every_coinbase_flag_given_sets_its_keys_after_the_kafka_ones() {
-        let (pipeline, overrides) = ingest(&[
-            "coinbase",
-            "--checkpoint=/c",
-            "--url=wss://x",
-            "--products=A-USD,B-USD",
-            "--feed=advanced",
-            "--idle-timeout-ms=250",
-            "--portfolio=/p.json",
-            "--coin-map=/m.json",
-            "--brokers=b:1",
-            "--topic=t",
-            "--compression=zstd",
-        ])
-        .unwrap();
-        assert_eq!(pipeline, Path::new("pipelines/ingest-coinbase.toml"));
-        assert_eq!(
-            overrides,
-            [
-                set("sink.brokers", "b:1", "--brokers"),
-                set("dead_letter.brokers", "b:1", "--brokers"),
-                set("dead_letter.topic", "t_dead_letters", "--topic"),
-                set("sink.topic", "t", "--topic"),
-                set("sink.compression", "zstd", "--compression"),
-                set("engine.checkpoint_dir", "/c", "--checkpoint"),
-                set("source.url", "wss://x", "--url"),
-                set(
-                    "source.product_ids",
-                    vec!["A-USD".to_owned(), "B-USD".to_owned()],
-                    "--products"
-                ),
-                set("source.feed", "advanced", "--feed"),
-                set("source.idle_timeout_ms", 250, "--idle-timeout-ms"),
-                set("source.portfolio", "/p.json", "--portfolio"),
-                set("source.coin_map", "/m.json", "--coin-map"),
-            ]
-        );
-    }
-
-    #[test]
-    fn every_gateio_flag_given_sets_its_keys_and_flags_left_out_set_none() {
-        let (pipeline, overrides) = ingest(&[
-            "gateio",
-            "--state=/s",
-            "--url=http://x",
-            "--pairs=A_USDT",
-            "--interval=5m",
-            "--from=2026-11-20",
-            "--to=1700000000",
-            "--once",
-            "--portfolio=/p.json",
-        ])
-        .unwrap();
-        assert_eq!(pipeline, Path::new("pipelines/ingest-gateio.toml"));
-        assert_eq!(
-            overrides,
-            [
-                set("engine.checkpoint_dir", "/s", "--state"),
-                set("source.base_url", "http://x", "--url"),
-                set(
-                    "source.currency_pairs",
-                    vec!["A_USDT".to_owned()],
-                    "--pairs"
-                ),
-                set("source.interval", "5m", "--interval"),
-                set("source.from_secs", 1_795_132_800, "--from"),
-                set("source.to_secs", 1_700_000_000, "--to"),
-                set("source.once", true, "--once"),
-                set("source.portfolio", "/p.json", "--portfolio"),
-            ]
-        );
-        assert_eq!(ingest(&["gateio"]).unwrap().1, []);
-        assert_eq!(ingest(&["coinbase"]).unwrap().1, []);
+    fn every_flag_given_sets_its_keys_after_the_kafka_ones_and_flags_left_out_set_none() {
+        let cases: Cases =
+            toml::from_str(include_str!("../tests/fixtures/ingest_flags.toml")).unwrap();
+        assert_eq!(cases.case.len(), 4);
+        for Case {
+            args,
+            pipeline,
+            sets,
+        } in cases.case
+        {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (got_pipeline, overrides) = ingest(&args).unwrap();
+            assert_eq!(got_pipeline, pipeline, "{args:?}");
+            let expected: Vec<Override> = sets
+                .into_iter()
+                .map(|set| Override::new(set.key, set.value).from_flag(set.flag))
+                .collect();
+            assert_eq!(overrides, expected, "{args:?}");
+        }
     }
 
     #[test]

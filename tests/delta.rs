@@ -18,6 +18,15 @@ use common::{
 };
 use testkit::env::repo;
 
+/// A fresh temp dir, the sample capture (`required_data/sample_trades.jsonl`) and the default
+/// pipeline over it, writing into the temp dir.
+fn sample() -> (tempfile::TempDir, PathBuf, Pipeline) {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = repo().join("required_data/sample_trades.jsonl");
+    let cfg = config(dir.path(), &feed);
+    (dir, feed, cfg)
+}
+
 /// `(symbol, trade_id) → (profit, side)` of every row of the table; panics on a row stored twice.
 fn stored(table: &Path) -> BTreeMap<(String, i64), (Decimal, String)> {
     use arrow::array::{Array, AsArray, Decimal128Array};
@@ -108,9 +117,7 @@ fn number(table_text: &str) -> u64 {
 
 #[test]
 fn the_default_run_commits_each_batch_once_with_its_txn_and_time_travel_reads_older_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = repo().join("required_data/sample_trades.jsonl");
-    let cfg = config(dir.path(), &feed);
+    let (dir, feed, cfg) = sample();
     let (records, _) = run_available_now(&cfg, "2000");
     let table = dir.path().join("data/profit");
     let expected = expected_rows(&feed);
@@ -192,9 +199,7 @@ fn the_default_run_commits_each_batch_once_with_its_txn_and_time_travel_reads_ol
 
 #[test]
 fn a_batch_committed_to_the_table_but_not_to_the_checkpoint_is_not_written_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = repo().join("required_data/sample_trades.jsonl");
-    let cfg = config(dir.path(), &feed);
+    let (dir, feed, cfg) = sample();
     run_available_now(&cfg, "2000");
     let table = dir.path().join("data/profit");
     let versions = commits(&table).len();
@@ -226,17 +231,11 @@ fn a_batch_committed_to_the_table_but_not_to_the_checkpoint_is_not_written_again
 
 #[test]
 fn kill_9_at_random_points_then_a_restart_stores_every_trade_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = repo().join("required_data/sample_trades.jsonl");
-    let cfg = config(dir.path(), &feed);
+    let (dir, feed, cfg) = sample();
     // Each kill at another point of the batch cycle (decode, write, Delta commit, checkpoint commit).
-    let kills = common::kill_at_random_points(&cfg, "150", 5);
-    run_available_now(&cfg, "150");
-    assert_eq!(
-        stored(&dir.path().join("data/profit")),
-        expected_rows(&feed),
-        "after kills at {kills:?}"
-    );
+    common::assert_exactly_once_after_kills(&cfg, "150", expected_rows(&feed), || {
+        stored(&dir.path().join("data/profit"))
+    });
 }
 
 /// A capture of `count` trades spread over days of trade time (one every `gap_secs`).

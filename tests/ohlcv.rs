@@ -324,15 +324,11 @@ fn kill_9_at_random_points_then_a_restart_writes_each_candle_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let feed = repo().join("required_data/sample_trades.jsonl");
     let config = ohlcv(dir.path(), &feed);
-    // Each kill at another point of the batch cycle (aggregation, Delta commit, state save, checkpoint commit).
-    let kills = common::kill_at_random_points(&config, "50", 5);
-    run_available_now(&config, "150");
-    // `stored` panics on a candle written twice.
-    assert_eq!(
-        stored(&dir.path().join("ohlcv_1m")),
-        expected(&feed),
-        "after kills at {kills:?}"
-    );
+    // Each kill at another point of the batch cycle (aggregation, Delta commit, state save, checkpoint
+    // commit). `stored` panics on a candle written twice.
+    common::assert_exactly_once_after_kills(&config, "50", expected(&feed), || {
+        stored(&dir.path().join("ohlcv_1m"))
+    });
 }
 
 #[test]
@@ -419,16 +415,7 @@ fn append_mode_without_a_watermark_or_without_a_window_is_refused_with_the_reaso
 #[test]
 fn hopping_windows_count_every_trade_in_each_window_that_holds_it() {
     let dir = tempfile::tempdir().unwrap();
-    let sql = dir.path().join("hop_3m.sql");
-    std::fs::write(
-        &sql,
-        "SELECT symbol, w['start'] AS window_start, w['end'] AS window_end, \
-         count(*) AS trade_count, sum(size) AS volume \
-         FROM (SELECT symbol, size, unnest(hop(trade_time, INTERVAL '1 minute', INTERVAL '3 minutes')) AS w \
-               FROM trades) \
-         GROUP BY symbol, w",
-    )
-    .unwrap();
+    let sql = repo().join("tests/fixtures/hop_3m.sql");
     let feed = repo().join("required_data/sample_trades.jsonl");
     let config = ohlcv(dir.path(), &feed)
         .set("transforms.files", vec![sql.display().to_string()])

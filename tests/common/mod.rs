@@ -333,6 +333,21 @@ pub fn kill_at_random_points(config: &Pipeline, max_records: &str, rounds: u64) 
     kills
 }
 
+/// The crash test of a pipeline: kills `coinstream run` with `config` five times at random points
+/// of its batch cycle ([`kill_at_random_points`], at most `max_records` per batch), runs it to the
+/// end of its input (available-now, at most 150 records per batch), then asserts that `stored`
+/// (what the sink holds) is `expected`: no batch lost, none written twice.
+pub fn assert_exactly_once_after_kills<T: PartialEq + std::fmt::Debug>(
+    config: &Pipeline,
+    max_records: &str,
+    expected: T,
+    stored: impl FnOnce() -> T,
+) {
+    let kills = kill_at_random_points(config, max_records, 5);
+    run_available_now(config, "150");
+    assert_eq!(stored(), expected, "after kills at {kills:?}");
+}
+
 /// Each partition's committed offset in `group` (None when nothing is committed) and its end.
 pub fn committed_and_end(group: &str, topic: &str) -> Vec<(i32, Option<i64>, i64)> {
     testkit::kafka::committed_and_end(group, topic, PARTITIONS)
