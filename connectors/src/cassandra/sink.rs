@@ -106,13 +106,18 @@ impl CassandraSink {
     }
 }
 
+impl Settings {
+    /// `keyspace.table` as descriptions and logs name it (unquoted, unlike
+    /// [`Settings::qualified_table`], which goes into CQL).
+    pub(super) fn table_name(&self) -> String {
+        format!("{}.{}", self.keyspace, self.table)
+    }
+}
+
 #[async_trait]
 impl Sink for CassandraSink {
     fn description(&self) -> String {
-        format!(
-            "cassandra {}.{}",
-            self.settings.keyspace, self.settings.table
-        )
+        format!("cassandra {}", self.settings.table_name())
     }
 
     async fn healthcheck(&mut self) -> Result<()> {

@@ -90,10 +90,7 @@ impl CassandraState {
 #[async_trait]
 impl SharedState for CassandraState {
     fn description(&self) -> String {
-        format!(
-            "cassandra state {}.{}",
-            self.settings.keyspace, self.settings.table
-        )
+        format!("cassandra state {}", self.settings.table_name())
     }
 
     async fn load(&self, query: &str, part: &str) -> Result<Option<Vec<u8>>> {

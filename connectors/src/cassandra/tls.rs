@@ -19,9 +19,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use scylla::client::session::TlsContext;
 
 /// The TLS settings of a Cassandra connection, ready for the driver.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct CassandraTls {
     /// The CA file (for messages).
     pub ca_file: PathBuf,
@@ -30,16 +31,24 @@ pub struct CassandraTls {
     /// Whether a client certificate is presented.
     pub client_cert: bool,
     /// The rustls config the driver uses.
-    pub config: Arc<ClientConfig>,
+    pub config: DriverConfig,
 }
 
-impl fmt::Debug for CassandraTls {
+/// The rustls config handed to the driver (`session.tls_context(Some(config))`). Its `Debug` is
+/// a placeholder: the config holds the client's private key, and the fields of [`CassandraTls`]
+/// already say what it was built from.
+#[derive(Clone)]
+pub struct DriverConfig(pub Arc<ClientConfig>);
+
+impl fmt::Debug for DriverConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CassandraTls")
-            .field("ca_file", &self.ca_file)
-            .field("verify_hostname", &self.verify_hostname)
-            .field("client_cert", &self.client_cert)
-            .finish()
+        f.write_str("ClientConfig { .. }")
+    }
+}
+
+impl From<DriverConfig> for TlsContext {
+    fn from(config: DriverConfig) -> Self {
+        config.0.into()
     }
 }
 
@@ -134,7 +143,7 @@ impl CassandraTls {
             ca_file: ca_file.to_owned(),
             verify_hostname,
             client_cert,
-            config: Arc::new(config),
+            config: DriverConfig(Arc::new(config)),
         })
     }
 }

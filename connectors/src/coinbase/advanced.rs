@@ -185,14 +185,10 @@ fn normalise(
 mod tests {
     use super::*;
 
-    fn coins() -> BTreeMap<String, String> {
-        [("ETH-USD".to_owned(), "Ethereum".to_owned())].into()
-    }
-
     #[test]
     fn normalises_the_documented_snapshot_inverting_the_makers_side() {
         let frame = br#"{"channel":"market_trades","client_id":"","timestamp":"2023-02-09T20:19:35.39625135Z","sequence_num":0,"events":[{"type":"snapshot","trades":[{"trade_id":"000000000","product_id":"ETH-USD","price":"1260.01","size":"0.3","side":"BUY","time":"2019-08-14T20:42:27.265Z"}]}]}"#;
-        let events = parse(frame, &coins(), "now");
+        let events = parse(frame, &feed::test_coins(), "now");
         let [FeedEvent::Trade { record, last_match }] = events.as_slice() else {
             panic!("{events:?}");
         };
@@ -214,7 +210,7 @@ mod tests {
             {"trade_id":"11","product_id":"BTC-USD","price":"1","size":"1","side":"SELL","time":"2023-02-09T20:19:35Z"},
             {"trade_id":"x","product_id":"ETH-USD","price":"1","size":"1","side":"SELL","time":"2023-02-09T20:19:35Z"},
             {"trade_id":"10","product_id":"ETH-USD","price":"1","size":"1","side":"SELL","time":"2023-02-09T20:19:35Z"}]}]}"#;
-        let events = parse(frame, &coins(), "now");
+        let events = parse(frame, &feed::test_coins(), "now");
         let ids: Vec<i64> = events
             .iter()
             .filter_map(|e| match e {
@@ -234,7 +230,7 @@ mod tests {
 
     #[test]
     fn classifies_heartbeats_acks_errors_and_garbage() {
-        let c = coins();
+        let c = feed::test_coins();
         assert_eq!(
             parse(br#"{"channel":"heartbeats","client_id":"","timestamp":"2023-06-23T20:31:56.121961769Z","sequence_num":1,"events":[{"current_time":"2023-06-23 20:31:56.121961769 +0000 UTC m=+91717.525857105","heartbeat_counter":3049}]}"#, &c, ""),
             [FeedEvent::Other("heartbeats".into())]
@@ -270,7 +266,7 @@ mod tests {
 
     #[test]
     fn rejects_trades_without_an_id_or_with_values_that_cannot_be_real() {
-        let c = coins();
+        let c = feed::test_coins();
         let frame = |id: &str, price: &str, size: &str| {
             format!(
                 r#"{{"channel":"market_trades","events":[{{"type":"update","trades":[{{"trade_id":{id},"product_id":"ETH-USD","price":"{price}","size":"{size}","side":"BUY","time":"2019-08-14T20:42:27.265Z"}},{{"trade_id":"8","product_id":"ETH-USD","price":"1260.01","size":"0.3","side":"BUY","time":"2019-08-14T20:42:27.265Z"}}]}}]}}"#

@@ -126,7 +126,7 @@ impl CounterSet for Counters {
 pub struct FeedTask {
     /// Trades in trade-id order per product; closes when the client stops.
     pub trades: mpsc::Receiver<ReceivedTrade>,
-    /// Unusable frames, when asked for ([`spawn_keeping_rejected`]); closes when the client stops.
+    /// Unusable frames, when they are [`Unusable::HandedOn`]; closes when the client stops.
     pub rejected: Option<mpsc::Receiver<RejectedFrame>>,
     /// The client's counters.
     pub counters: Arc<Counters>,
@@ -136,38 +136,39 @@ pub struct FeedTask {
     pub task: JoinHandle<Result<()>>,
 }
 
-/// Starts the client on the current runtime. `tracker` carries what was already handed on (empty,
-/// or seeded from a checkpoint); `capacity` bounds the channel of trades. Unusable frames are
-/// counted and logged, not handed on.
+/// What the client does with frames (or trades in them) it cannot use, e.g. a price of zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// Counted and logged, not handed on.
+    Counted,
+    /// Counted, and handed on through [`FeedTask::rejected`] (for the engine's dead letters);
+    /// whoever takes trades must take those too.
+    HandedOn,
+}
+
+/// Starts the client on the current runtime with unusable frames [`Unusable::Counted`]; see
+/// [`start`].
 pub fn spawn(
     settings: Settings,
     tracker: TradeTracker,
     capacity: usize,
     shutdown: watch::Receiver<bool>,
 ) -> FeedTask {
-    start(settings, tracker, capacity, shutdown, false)
+    start(settings, tracker, capacity, shutdown, Unusable::Counted)
 }
 
-/// As [`spawn`], and unusable frames are handed on through [`FeedTask::rejected`] (for the
-/// engine's dead letters); whoever takes trades must take those too.
-pub fn spawn_keeping_rejected(
+/// Starts the client on the current runtime. `tracker` carries what was already handed on (empty,
+/// or seeded from a checkpoint); `capacity` bounds the channel of trades (and that of unusable
+/// frames, when they are [`Unusable::HandedOn`]).
+pub fn start(
     settings: Settings,
     tracker: TradeTracker,
     capacity: usize,
     shutdown: watch::Receiver<bool>,
-) -> FeedTask {
-    start(settings, tracker, capacity, shutdown, true)
-}
-
-fn start(
-    settings: Settings,
-    tracker: TradeTracker,
-    capacity: usize,
-    shutdown: watch::Receiver<bool>,
-    keep_rejected: bool,
+    unusable: Unusable,
 ) -> FeedTask {
     let (tx, trades) = mpsc::channel(capacity.max(1));
-    let (rejected_tx, rejected) = if keep_rejected {
+    let (rejected_tx, rejected) = if unusable == Unusable::HandedOn {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (Some(tx), Some(rx))
     } else {

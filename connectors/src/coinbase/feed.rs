@@ -196,18 +196,24 @@ fn normalise<'a>(
     }
 }
 
+/// The coin map of the feed parsers' unit tests (here and in [`super::advanced`]).
+#[cfg(test)]
+pub(super) fn test_coins() -> BTreeMap<String, String> {
+    [
+        ("BTC-USD".to_owned(), "Bitcoin".to_owned()),
+        ("ETH-USD".to_owned(), "Ethereum".to_owned()),
+    ]
+    .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn coins() -> BTreeMap<String, String> {
-        [("BTC-USD".to_owned(), "Bitcoin".to_owned())].into()
-    }
-
     #[test]
     fn normalises_a_documented_match_inverting_the_makers_side() {
         let line = br#"{"type":"match","trade_id":10,"sequence":50,"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","time":"2014-11-07T08:19:27.028459Z","product_id":"BTC-USD","size":"5.23512","price":"400.23","side":"sell"}"#;
-        let coins = coins();
+        let coins = test_coins();
         let FeedEvent::Trade { record, last_match } =
             parse(line, &coins, "2014-11-07T08:19:28.000000Z")
         else {
@@ -236,7 +242,7 @@ mod tests {
 
     #[test]
     fn classifies_other_messages() {
-        let c = coins();
+        let c = test_coins();
         assert_eq!(
             parse(br#"{"type":"heartbeat","sequence":90,"last_trade_id":20,"product_id":"BTC-USD","time":"2014-11-07T08:19:28.464459Z"}"#, &c, ""),
             FeedEvent::Heartbeat { product_id: "BTC-USD".into(), last_trade_id: 20 }
@@ -257,7 +263,7 @@ mod tests {
 
     #[test]
     fn explains_unusable_messages() {
-        let c = coins();
+        let c = test_coins();
         let invalid = |line: &[u8]| match parse(line, &c, "") {
             FeedEvent::Invalid(reason) => reason,
             other => panic!("expected invalid, got {other:?}"),
@@ -274,7 +280,7 @@ mod tests {
 
     #[test]
     fn rejects_trades_whose_values_cannot_be_real() {
-        let c = coins();
+        let c = test_coins();
         let reason = |price: &str, size: &str| {
             let line = format!(
                 r#"{{"type":"match","trade_id":12,"product_id":"BTC-USD","price":"{price}","size":"{size}","side":"sell","time":"2014-11-07T08:19:27.028459Z"}}"#

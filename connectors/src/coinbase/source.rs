@@ -32,10 +32,11 @@ use engine::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::client::{self, Counters, FeedTask, ReceivedTrade, RejectedFrame};
+use super::client::{self, Counters, FeedTask, ReceivedTrade, RejectedFrame, Unusable};
 use super::config::{CoinbaseConfig, Settings};
 use super::gaps::TradeTracker;
-use crate::common::counters::{CounterSet, publish};
+use crate::common::counters::CounterSet;
+use crate::common::handout::Handout;
 
 /// Trades buffered between the client and the engine; the client stops reading when it is full.
 const CHANNEL_CAPACITY: usize = 100_000;
@@ -67,8 +68,8 @@ fn last_trade_ids(offset: &SourceOffset) -> Result<BTreeMap<String, i64>, serde_
 /// `[source] type = "coinbase"`.
 pub struct CoinbaseSource {
     settings: Settings,
-    feed: Option<FeedTask>,
-    stop: Option<watch::Sender<bool>>,
+    /// The running client and the sender that stops it.
+    feed: Option<(FeedTask, watch::Sender<bool>)>,
     counters: Arc<Counters>,
     /// Received but not yet handed out (kept here so a dropped `poll` loses nothing).
     pending: Vec<ReceivedTrade>,
@@ -76,10 +77,9 @@ pub struct CoinbaseSource {
     pending_rejected: Vec<RejectedFrame>,
     /// The last trade id handed out per product.
     last_ids: BTreeMap<String, i64>,
-    /// The products trades were handed out for, numbered in the order first seen (the numbers
-    /// records carry).
-    products: Vec<String>,
-    handed_out: u64,
+    /// The products trades were handed out for (numbered as records' partitions), and the
+    /// trades of the last batch.
+    handout: Handout,
     available_now: bool,
     seen_any: bool,
 }
@@ -90,13 +90,11 @@ impl CoinbaseSource {
         Ok(Self {
             settings: config.validate()?,
             feed: None,
-            stop: None,
             counters: Arc::new(Counters::default()),
             pending: Vec::new(),
             pending_rejected: Vec::new(),
             last_ids: BTreeMap::new(),
-            products: Vec::new(),
-            handed_out: 0,
+            handout: Handout::default(),
             available_now: false,
             seen_any: false,
         })
@@ -108,22 +106,11 @@ impl CoinbaseSource {
         })
     }
 
-    /// The number of `product` (numbered if new).
-    fn product_number(&mut self, product: &str) -> u32 {
-        match self.products.iter().position(|p| p == product) {
-            Some(i) => i as u32,
-            None => {
-                self.products.push(product.to_owned());
-                (self.products.len() - 1) as u32
-            }
-        }
-    }
-
     fn batch(&mut self) -> Result<SourceBatch> {
         let start = self.offset()?;
         let mut records = Vec::with_capacity(self.pending.len());
         for trade in std::mem::take(&mut self.pending) {
-            let number = self.product_number(&trade.record.symbol);
+            let number = self.handout.number(&trade.record.symbol);
             let trade_id = trade.record.trade_id;
             match self.last_ids.get_mut(trade.record.symbol.as_ref()) {
                 Some(last) => *last = trade_id,
@@ -141,7 +128,7 @@ impl CoinbaseSource {
             });
         }
         // `published` counts trades; rejected frames are dead letters.
-        let trades = records.len() as u64;
+        let trades = records.len();
         for rejected in self.pending_rejected.drain(..) {
             records.push(RawRecord {
                 payload: rejected.frame,
@@ -151,7 +138,7 @@ impl CoinbaseSource {
                 received_at: rejected.received_at,
             });
         }
-        self.handed_out = trades;
+        self.handout.handed_out(trades);
         Ok(SourceBatch {
             records,
             start,
@@ -174,7 +161,7 @@ impl CoinbaseSource {
     /// Why the client stopped while the source runs: its permanent error (every product
     /// refused), or else a bug.
     async fn stopped(&mut self) -> Error {
-        let Some(feed) = self.feed.take() else {
+        let Some((feed, _stop)) = self.feed.take() else {
             return Error::Internal("coinbase source polled before start".into());
         };
         match feed.task.await {
@@ -215,7 +202,7 @@ impl Source for CoinbaseSource {
     }
 
     fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
-        match self.products.get(position.partition as usize) {
+        match self.handout.name(position.partition) {
             Some(product) => serde_json::json!({ "product": product, "trade_id": position.offset }),
             None => serde_json::json!({ "url": self.settings.url, "frame": position.offset }),
         }
@@ -237,20 +224,20 @@ impl Source for CoinbaseSource {
         }
         self.available_now = request.available_now;
         let (stop, shutdown) = watch::channel(false);
-        let feed = client::spawn_keeping_rejected(
+        let feed = client::start(
             self.settings.clone(),
             tracker,
             CHANNEL_CAPACITY,
             shutdown,
+            Unusable::HandedOn,
         );
         self.counters = feed.counters.clone();
-        self.feed = Some(feed);
-        self.stop = Some(stop);
+        self.feed = Some((feed, stop));
         Ok(())
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
-        let Some(feed) = self.feed.as_mut() else {
+        let Some((feed, _)) = self.feed.as_mut() else {
             return Err(Error::Internal(
                 "coinbase source polled before start".into(),
             ));
@@ -301,8 +288,7 @@ impl Source for CoinbaseSource {
 
     async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
         // Nothing to acknowledge to the exchange; the batch is now published.
-        publish(&self.counters.published, &mut self.handed_out);
-        Ok(())
+        self.handout.commit(&self.counters.published)
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
@@ -310,10 +296,8 @@ impl Source for CoinbaseSource {
     }
 
     async fn close(&mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
+        if let Some((feed, stop)) = self.feed.take() {
             let _ = stop.send(true);
-        }
-        if let Some(feed) = self.feed.take() {
             drop(feed.trades);
             // A client that received frames but could use none of them ends in a permanent
             // error (a wrong feed kind or url): the run is not a success.

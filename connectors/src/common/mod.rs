@@ -5,6 +5,7 @@ pub mod config;
 pub mod counters;
 pub mod excerpt;
 pub mod files;
+pub mod handout;
 pub mod http;
 pub mod reference_files;
 pub mod store;

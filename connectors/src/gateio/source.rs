@@ -40,7 +40,8 @@ use tokio::task::JoinHandle;
 use super::candles::CandleRecord;
 use super::config::{GateioConfig, Interval, Settings};
 use super::poller::{self, Counters};
-use crate::common::counters::{CounterSet, publish};
+use crate::common::counters::CounterSet;
+use crate::common::handout::Handout;
 
 /// Candles buffered between the poller and the engine; the poller waits when it is full.
 const CHANNEL_CAPACITY: usize = 50_000;
@@ -61,10 +62,9 @@ pub struct GateioSource {
     pending: Vec<(i64, CandleRecord)>,
     /// The next window start to publish per `"PAIR interval"`, after everything handed out.
     next: BTreeMap<String, i64>,
-    /// The `"PAIR interval"` keys candles were handed out for, numbered in the order first seen
-    /// (the numbers records carry).
-    keys: Vec<String>,
-    handed_out: u64,
+    /// The `"PAIR interval"` keys candles were handed out for (numbered as records'
+    /// partitions), and the candles of the last batch.
+    handout: Handout,
     started: bool,
 }
 
@@ -149,8 +149,7 @@ impl GateioSource {
             counters: Arc::new(Counters::default()),
             pending: Vec::new(),
             next: BTreeMap::new(),
-            keys: Vec::new(),
-            handed_out: 0,
+            handout: Handout::default(),
             started: false,
         })
     }
@@ -190,17 +189,6 @@ impl GateioSource {
         });
     }
 
-    /// The number of `key` (numbered if new).
-    fn key_number(&mut self, key: &str) -> u32 {
-        match self.keys.iter().position(|k| k == key) {
-            Some(i) => i as u32,
-            None => {
-                self.keys.push(key.to_owned());
-                (self.keys.len() - 1) as u32
-            }
-        }
-    }
-
     fn error(&self, message: String) -> Error {
         Error::source_failed(self.description(), message, Retry::Permanent)
     }
@@ -223,11 +211,11 @@ impl GateioSource {
         for (window, record) in std::mem::take(&mut self.pending) {
             let key = key(&record.currency_pair, &record.interval);
             start.entry(key.clone()).or_insert(window);
-            let number = self.key_number(&key);
+            let number = self.handout.number(&key);
             self.next.insert(key, window + secs);
             records.push(raw_record(&record, number, window));
         }
-        self.handed_out = records.len() as u64;
+        self.handout.handed_out(records.len());
         Ok(SourceBatch {
             records,
             start: to_offset(&start)?,
@@ -294,10 +282,7 @@ impl Source for GateioSource {
     }
 
     fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
-        let key = self
-            .keys
-            .get(position.partition as usize)
-            .map_or("", String::as_str);
+        let key = self.handout.name(position.partition).unwrap_or("");
         let (pair, interval) = key.split_once(' ').unwrap_or((key, ""));
         serde_json::json!({ "pair": pair, "interval": interval, "window_start": position.offset })
     }
@@ -342,7 +327,7 @@ impl Source for GateioSource {
                 shutdown,
                 self.counters.clone(),
             ));
-            let number = self.key_number(topic);
+            let number = self.handout.number(topic);
             while let Some(record) = rx.recv().await {
                 let window = window_start(&record)?;
                 records.push(raw_record(&record, number, window));
@@ -351,7 +336,7 @@ impl Source for GateioSource {
                 .map_err(|e| Error::Internal(format!("the Gate.io poller task failed: {e}")))??;
         }
         self.next.extend(end_next_windows);
-        self.handed_out = records.len() as u64;
+        self.handout.handed_out(records.len());
         Ok(SourceBatch {
             records,
             start: range.start.clone(),
@@ -396,8 +381,7 @@ impl Source for GateioSource {
 
     async fn commit(&mut self, _end: &SourceOffset) -> Result<()> {
         // Nothing to acknowledge to the API; the batch is now published.
-        publish(&self.counters.published, &mut self.handed_out);
-        Ok(())
+        self.handout.commit(&self.counters.published)
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
