@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::tls::CassandraTls;
 use super::types::{CqlType, quote};
-use crate::common::config::{self, Problem};
+use crate::common::config::{self, Problem, millis, positive_millis};
 
 /// The env var the default contact points come from (comma-separated `host:port`).
 pub const NODES_ENV: &str = config::CASSANDRA_NODES_ENV;
@@ -83,16 +83,10 @@ pub struct CassandraConfig {
     pub max_in_flight: NonZeroUsize,
     /// A request (one INSERT, or one schema statement) that got no answer within this long
     /// fails: milliseconds or text such as `"10s"`. Default 10 s.
-    #[serde(
-        rename = "request_timeout_ms",
-        deserialize_with = "config::positive_millis"
-    )]
+    #[serde(rename = "request_timeout_ms", deserialize_with = "positive_millis")]
     pub request_timeout: Duration,
     /// Opening a connection fails after this long: milliseconds or text. Default 5 s.
-    #[serde(
-        rename = "connect_timeout_ms",
-        deserialize_with = "config::positive_millis"
-    )]
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "positive_millis")]
     pub connect_timeout: Duration,
     /// Attempts per INSERT on timeouts, unavailable replicas and connection errors, before the
     /// write fails as transient (and the runtime retries the batch). Default 3.
@@ -100,7 +94,7 @@ pub struct CassandraConfig {
     pub max_attempts: NonZeroU32,
     /// The pause before an INSERT's second attempt (milliseconds or text); it doubles for each
     /// further attempt. Default 100 ms.
-    #[serde(rename = "retry_backoff_ms", deserialize_with = "config::millis")]
+    #[serde(rename = "retry_backoff_ms", deserialize_with = "millis")]
     pub retry_backoff: Duration,
 }
 
