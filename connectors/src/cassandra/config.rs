@@ -232,29 +232,22 @@ pub struct TableColumn {
     pub cql: CqlType,
 }
 
-/// What the sink needs beyond the config: its values with the environment read (contact points,
-/// credentials) and the table's columns from the transform's output. `Debug` redacts credentials.
+/// The config the sink was validated from, plus what it needs beyond it: the contact points and
+/// credentials with the environment read, the TLS settings with their files read, the table's
+/// columns from the transform's output, and the driver's consistency. `Debug` redacts credentials.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The config as written (keyspace, table, keys, limits, timeouts); every check passed.
+    pub config: CassandraConfig,
+    /// `contact_points`, else the environment's fallback ([`NODES_ENV`], then [`DEFAULT_NODE`]).
     pub contact_points: Vec<String>,
-    pub local_datacenter: Option<String>,
     pub credentials: Option<Credentials>,
     /// TLS, when `tls_ca_cert_path` is set.
     pub tls: Option<CassandraTls>,
-    pub keyspace: String,
-    pub table: String,
-    pub replication: Replication,
     /// The transform's columns, in output order (the INSERT binds them in this order).
     pub columns: Vec<TableColumn>,
-    pub partition_key: Vec<String>,
-    pub clustering_key: Vec<String>,
-    pub ttl_secs: Option<NonZeroU32>,
+    /// `consistency` as the driver's type.
     pub consistency: Consistency,
-    pub max_in_flight: NonZeroUsize,
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_attempts: NonZeroU32,
-    pub retry_backoff: Duration,
 }
 
 impl CassandraConfig {
@@ -456,22 +449,11 @@ impl CassandraConfig {
                 .contact_points
                 .clone()
                 .unwrap_or_else(config::cassandra_nodes),
-            local_datacenter: self.local_datacenter.clone(),
             credentials,
             tls,
-            keyspace: self.keyspace.clone(),
-            table: self.table.clone(),
-            replication: self.replication.clone(),
             columns,
-            partition_key: self.partition_key.clone(),
-            clustering_key: self.clustering_key.clone(),
-            ttl_secs: self.ttl_secs,
             consistency: self.consistency.into(),
-            max_in_flight: self.max_in_flight,
-            request_timeout: self.request_timeout,
-            connect_timeout: self.connect_timeout,
-            max_attempts: self.max_attempts,
-            retry_backoff: self.retry_backoff,
+            config: self.clone(),
         })
     }
 }

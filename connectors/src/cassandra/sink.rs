@@ -111,7 +111,7 @@ impl Sink for CassandraSink {
     fn description(&self) -> String {
         format!(
             "cassandra {}.{}",
-            self.settings.keyspace, self.settings.table
+            self.settings.config.keyspace, self.settings.config.table
         )
     }
 
@@ -164,7 +164,7 @@ async fn write_rows(
     batches: &[BatchRows<'_>],
     settings: &Settings,
 ) -> std::result::Result<(), ExecutionError> {
-    let max_in_flight = settings.max_in_flight.get();
+    let max_in_flight = settings.config.max_in_flight.get();
     let mut in_flight = FuturesUnordered::new();
     for rows in batches {
         for r in 0..rows.len() {

@@ -92,7 +92,7 @@ impl SharedState for CassandraState {
     fn description(&self) -> String {
         format!(
             "cassandra state {}.{}",
-            self.settings.keyspace, self.settings.table
+            self.settings.config.keyspace, self.settings.config.table
         )
     }
 
