@@ -74,8 +74,7 @@ pub struct CassandraConfig {
     pub clustering_key: Vec<String>,
     /// Rows expire this many seconds after they are written (1 to 630720000, 20 years).
     /// Default: none (rows never expire).
-    #[serde(deserialize_with = "optional_ttl")]
-    pub ttl_secs: Option<NonZeroU32>,
+    pub ttl_secs: Option<Ttl>,
     /// The consistency level of every write. Default `local_quorum`.
     pub consistency: ConsistencyLevel,
     /// At most this many INSERTs in flight at once. Default 256.
@@ -125,15 +124,28 @@ impl Default for CassandraConfig {
     }
 }
 
-/// `ttl_secs`: at least 1, at most Cassandra's 20 years.
-fn optional_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NonZeroU32>, D::Error> {
-    let ttl: NonZeroU32 = config::at_least_one(d)?;
-    if ttl.get() > MAX_TTL_SECS {
-        return Err(serde::de::Error::custom(format!(
-            "{ttl} is above Cassandra's maximum of {MAX_TTL_SECS} (20 years)"
-        )));
+/// `ttl_secs`: how long a row lives after it is written, in seconds; at least 1, at most
+/// Cassandra's 20 years, so a `Ttl` is always one Cassandra accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(NonZeroU32);
+
+impl Ttl {
+    /// The TTL in seconds (1 to 630720000).
+    pub fn secs(self) -> u32 {
+        self.0.get()
     }
-    Ok(Some(ttl))
+}
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ttl: NonZeroU32 = config::at_least_one(d)?;
+        if ttl.get() > MAX_TTL_SECS {
+            return Err(serde::de::Error::custom(format!(
+                "{ttl} is above Cassandra's maximum of {MAX_TTL_SECS} (20 years)"
+            )));
+        }
+        Ok(Ttl(ttl))
+    }
 }
 
 /// `replication`: how a keyspace the sink creates is replicated.
@@ -544,7 +556,7 @@ pub(crate) mod tests {
                 .unwrap();
         assert_eq!(config.request_timeout, Duration::from_secs(2));
         assert_eq!(config.retry_backoff, Duration::from_millis(50));
-        assert_eq!(config.ttl_secs.map(NonZeroU32::get), Some(60));
+        assert_eq!(config.ttl_secs.map(Ttl::secs), Some(60));
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
     }
 

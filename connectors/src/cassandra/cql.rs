@@ -60,7 +60,7 @@ impl Settings {
         let ttl = self
             .config
             .ttl_secs
-            .map(|t| format!(" USING TTL {t}"))
+            .map(|t| format!(" USING TTL {}", t.secs()))
             .unwrap_or_default();
         format!(
             "INSERT INTO {} ({}) VALUES ({markers}){ttl}",
