@@ -106,21 +106,25 @@ fn check(text: &[u8], accepted: &AtomicU64) {
         Ok(config) => {
             accepted.fetch_add(1, Ordering::Relaxed);
             let stems: Vec<_> = config
-                .transform_files
+                .transforms
+                .files
                 .iter()
                 .filter_map(|p| p.file_stem()?.to_str())
                 .collect();
-            assert!(stems.contains(&config.output.as_str()), "{stems:?}");
-            assert!(!config.transform_files.is_empty());
+            assert!(
+                stems.contains(&config.transforms.output.as_str()),
+                "{stems:?}"
+            );
+            assert!(!config.transforms.files.is_empty());
             assert!(config.context.target_partitions >= 1);
-            if let engine::trigger::Trigger::ProcessingTime(interval) = config.trigger {
+            if let engine::trigger::Trigger::ProcessingTime(interval) = config.engine.trigger {
                 assert!(
                     interval <= engine::trigger::MAX_INTERVAL,
                     "the runtime can add {interval:?} to the clock"
                 );
             }
             assert!(!config.input_schema.fields().is_empty());
-            for path in &config.transform_files {
+            for path in &config.transforms.files {
                 assert!(path.is_absolute(), "{} is rebased", path.display());
             }
         }

@@ -46,19 +46,20 @@ pub const SECTIONS: [&str; 10] = [
 /// `[engine]`: when batches run and how big they get.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct EngineSection {
+pub struct EngineSection {
     /// `interval:<n>ms|s|m` or `available-now`; default `interval:500ms`.
     #[serde(deserialize_with = "trigger")]
-    trigger: Trigger,
+    pub trigger: Trigger,
     /// At most this many messages per batch (Spark's `maxOffsetsPerTrigger`); default 100000.
     #[serde(deserialize_with = "plumbing::at_least_one")]
-    max_records_per_batch: NonZeroUsize,
+    pub max_records_per_batch: NonZeroUsize,
     /// Offsets and commit logs; without it a restart starts from the source's own position.
     #[serde(deserialize_with = "plumbing::optional_path")]
-    checkpoint_dir: Option<PathBuf>,
-    /// Threads one batch's query may use; default 1.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Threads one batch's query may use; default 1 (the engine reads it from
+    /// [`Config::context`]).
     #[serde(deserialize_with = "plumbing::at_least_one")]
-    target_partitions: NonZeroUsize,
+    pub target_partitions: NonZeroUsize,
 }
 
 impl Default for EngineSection {
@@ -121,16 +122,16 @@ struct WatermarkSection {
 /// `[transforms]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TransformsSection {
+pub struct TransformsSection {
     /// SQL files, planned in order (later ones may read earlier ones' views).
     #[serde(deserialize_with = "plumbing::paths")]
-    files: Vec<PathBuf>,
-    /// The transform whose rows go to the sink.
-    output: String,
+    pub files: Vec<PathBuf>,
+    /// The transform whose rows go to the sink (a file stem of `files`).
+    pub output: String,
     /// When an aggregating query's groups go to the sink: `append` (default; each window once,
     /// when the watermark passes its end) or `update` (every group a batch changed).
     #[serde(default, deserialize_with = "from_str")]
-    output_mode: OutputMode,
+    pub output_mode: OutputMode,
 }
 
 /// `[report]`: a query over the store printed at the end of a run that ends.
@@ -144,18 +145,12 @@ struct ReportSection {
 /// A config whose every section was read and checked.
 #[derive(Debug)]
 pub struct Config {
-    /// When batches run.
-    pub trigger: Trigger,
-    /// At most this many messages per batch.
-    pub max_records_per_batch: NonZeroUsize,
-    /// Offsets and commit logs, if any.
-    pub checkpoint_dir: Option<PathBuf>,
-    /// The engine's session options.
+    /// `[engine]`: when batches run, how big they get, where the checkpoint is.
+    pub engine: EngineSection,
+    /// The engine's session options (`engine.target_partitions`).
     pub context: ContextOptions,
     /// The input table's event-time watermark, if any.
     pub watermark: Option<Watermark>,
-    /// When an aggregating query's groups go to the sink.
-    pub output_mode: OutputMode,
     /// The input table's name.
     pub input_table: String,
     /// The input table's columns.
@@ -164,10 +159,9 @@ pub struct Config {
     pub decimal_policy: DecimalPolicy,
     /// Reference tables, loaded once.
     pub references: Vec<ReferenceTable>,
-    /// The SQL files, in planning order.
-    pub transform_files: Vec<PathBuf>,
-    /// The transform whose rows go to the sink (a file stem of `transform_files`).
-    pub output: String,
+    /// `[transforms]`: the SQL files in planning order, the one whose rows go to the sink, and
+    /// when an aggregating query's groups go there.
+    pub transforms: TransformsSection,
     /// `[source]`.
     pub source: SourceConfig,
     /// `[sink]`.
@@ -393,25 +387,21 @@ impl Config {
                 Some(sink),
                 Some(dead_letter),
             ) if problems.is_empty() => Ok(Config {
-                trigger: engine.trigger,
-                max_records_per_batch: engine.max_records_per_batch,
-                checkpoint_dir: engine.checkpoint_dir,
                 context: ContextOptions {
                     target_partitions: engine.target_partitions.get(),
                     ..ContextOptions::default()
                 },
+                engine,
                 watermark: input.watermark.map(|w| Watermark {
                     column: w.column,
                     delay: w.delay,
                     dead_letter_late: w.dead_letter,
                 }),
-                output_mode: transforms.output_mode,
                 input_table: input.table,
                 input_schema,
                 decimal_policy: input.decimal_policy,
                 references: reference_tables,
-                transform_files: transforms.files,
-                output: transforms.output,
+                transforms,
                 source,
                 sink,
                 state: state.flatten(),
@@ -523,7 +513,7 @@ mod tests {
         for file in files {
             // Every section, the connectors' own checks included (they read the files named).
             let c = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
-            for sql in c.transform_files.iter().chain(&c.report) {
+            for sql in c.transforms.files.iter().chain(&c.report) {
                 assert!(sql.exists(), "{}: {} exists", file.display(), sql.display());
             }
             for r in &c.references {
@@ -536,7 +526,7 @@ mod tests {
             }
         }
         let c = Config::load(&repo_root().join("pipelines/candles-cassandra.toml")).unwrap();
-        assert_eq!(c.output, "candles");
+        assert_eq!(c.transforms.output, "candles");
     }
 
     #[test]
@@ -705,7 +695,10 @@ sql = "r.sql"
             panic!("{:?}", c.sink)
         };
         assert_eq!(sink.keyspace, "ks_test");
-        assert_eq!(c.checkpoint_dir, Some(repo_root().join("pipelines/ck")));
+        assert_eq!(
+            c.engine.checkpoint_dir,
+            Some(repo_root().join("pipelines/ck"))
+        );
         assert_eq!(
             c.references[0].path,
             repo_root().join("pipelines/../required_data/my_Portfolio.json")
@@ -994,7 +987,7 @@ sql = "r.sql"
         };
         assert_eq!(source.from_secs, Some(1_780_000_000));
         assert_eq!(source.interval, "1m", "the file's value stays");
-        assert_eq!(c.checkpoint_dir, Some(PathBuf::from("/tmp/cp")));
+        assert_eq!(c.engine.checkpoint_dir, Some(PathBuf::from("/tmp/cp")));
 
         let err = Config::load_with(
             &file,

@@ -36,7 +36,7 @@ pub(super) async fn explain(
     {
         println!(
             "{}\n",
-            transform.explain(config.output_mode, config.watermark.as_ref())
+            transform.explain(config.transforms.output_mode, config.watermark.as_ref())
         );
         if analyze {
             // The engine's own batch path; nothing is written or committed, so the sink and
@@ -51,8 +51,8 @@ pub(super) async fn explain(
                 dead_letters: Box::new(NullDeadLetters),
                 checkpoint: None,
                 trigger: Trigger::AvailableNow,
-                max_records_per_batch: config.max_records_per_batch.get(),
-                output_mode: config.output_mode,
+                max_records_per_batch: config.engine.max_records_per_batch.get(),
+                output_mode: config.transforms.output_mode,
                 watermark: config.watermark.clone(),
                 shared_state: None,
                 on_progress: Box::new(|_| {}),

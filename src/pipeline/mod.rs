@@ -34,7 +34,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(t) = trigger {
                 // The flag names itself: the engine's "config: trigger:" prefix would name a key
                 // the user did not write.
-                config.trigger = t.parse().map_err(|e| match e {
+                config.engine.trigger = t.parse().map_err(|e| match e {
                     engine::Error::Config { message, .. } => anyhow!("--trigger: {message}"),
                     other => anyhow::Error::new(other).context("--trigger"),
                 })?;
@@ -42,7 +42,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(n) = max_records_per_batch {
                 // The conversion's own error ("out of range integral type conversion") says
                 // nothing a user can act on, so it is not kept as a cause.
-                config.max_records_per_batch = NonZeroUsize::new(n)
+                config.engine.max_records_per_batch = NonZeroUsize::new(n)
                     .ok_or_else(|| anyhow!("--max-records-per-batch: must be at least 1"))?;
             }
             run::run(config, progress, ui.bind()).await
@@ -78,7 +78,7 @@ async fn plan(
     }
     let slot = ctx.register_input(&config.input_table, config.input_schema.clone())?;
     let mut transforms = Vec::new();
-    for file in &config.transform_files {
+    for file in &config.transforms.files {
         transforms.push(ctx.register_transform(TransformFile::read(file)?).await?);
     }
     Ok((ctx, slot, transforms))
@@ -89,8 +89,14 @@ fn take_output(
     config: &Config,
     transforms: Vec<PlannedTransform>,
 ) -> anyhow::Result<PlannedTransform> {
-    match transforms.into_iter().find(|t| t.name() == config.output) {
+    match transforms
+        .into_iter()
+        .find(|t| t.name() == config.transforms.output)
+    {
         Some(t) => Ok(t),
-        None => bail!("transforms.output {:?} was not planned", config.output),
+        None => bail!(
+            "transforms.output {:?} was not planned",
+            config.transforms.output
+        ),
     }
 }

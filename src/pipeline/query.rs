@@ -89,7 +89,7 @@ async fn query_batches(
     for table in &config.references {
         ctx.register_reference(table)?;
     }
-    let (session, name) = (ctx.session(), &config.output);
+    let (session, name) = (ctx.session(), &config.transforms.output);
     match &config.sink {
         SinkConfig::Delta(d) => {
             connectors::delta::register_table(session, name, &d.path, schema, as_of).await?
@@ -119,8 +119,10 @@ async fn register_cassandra(
     cassandra: &connectors::cassandra::CassandraConfig,
     schema: arrow::datatypes::SchemaRef,
 ) -> anyhow::Result<()> {
-    let mut names = vec![config.output.as_str()];
-    if cassandra.table != config.output && !ctx.session().table_exist(cassandra.table.as_str())? {
+    let mut names = vec![config.transforms.output.as_str()];
+    if cassandra.table != config.transforms.output
+        && !ctx.session().table_exist(cassandra.table.as_str())?
+    {
         names.push(cassandra.table.as_str());
     }
     connectors::cassandra::register_table(ctx.session(), &names, cassandra, schema).await?;

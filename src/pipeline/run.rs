@@ -40,9 +40,12 @@ pub(crate) async fn run(
     // Before the sink or the checkpoint is touched: a stateful query whose output mode cannot
     // work (append without a window or a watermark) would write nothing, ever.
     if let Some(agg) = transform.stateful() {
-        agg.check(config.output_mode, config.watermark.as_ref())
+        agg.check(config.transforms.output_mode, config.watermark.as_ref())
             .map_err(|m| {
-                anyhow::anyhow!("transforms.output_mode = \"{}\": {m}", config.output_mode)
+                anyhow::anyhow!(
+                    "transforms.output_mode = \"{}\": {m}",
+                    config.transforms.output_mode
+                )
             })?;
     }
     // The sink is checked against the transform's output columns (a Parquet partition column, a
@@ -61,6 +64,7 @@ pub(crate) async fn run(
         crate::ui::serve(listener, state.clone(), page.clone());
     }
     let checkpoint = config
+        .engine
         .checkpoint_dir
         .as_ref()
         .map(Checkpoint::open)
@@ -77,9 +81,9 @@ pub(crate) async fn run(
             page.clone(),
         )),
         checkpoint,
-        trigger: config.trigger,
-        max_records_per_batch: config.max_records_per_batch.get(),
-        output_mode: config.output_mode,
+        trigger: config.engine.trigger,
+        max_records_per_batch: config.engine.max_records_per_batch.get(),
+        output_mode: config.transforms.output_mode,
         watermark: config.watermark.clone(),
         shared_state: config
             .state

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::tls::CassandraTls;
 use super::types::{CqlType, quote};
-use crate::common::config::{self, Problem};
+use crate::common::config::{self, Problem, millis, positive_millis};
 
 /// The env var the default contact points come from (comma-separated `host:port`).
 pub const NODES_ENV: &str = config::CASSANDRA_NODES_ENV;
@@ -74,8 +74,7 @@ pub struct CassandraConfig {
     pub clustering_key: Vec<String>,
     /// Rows expire this many seconds after they are written (1 to 630720000, 20 years).
     /// Default: none (rows never expire).
-    #[serde(deserialize_with = "optional_ttl")]
-    pub ttl_secs: Option<NonZeroU32>,
+    pub ttl_secs: Option<Ttl>,
     /// The consistency level of every write. Default `local_quorum`.
     pub consistency: ConsistencyLevel,
     /// At most this many INSERTs in flight at once. Default 256.
@@ -83,16 +82,10 @@ pub struct CassandraConfig {
     pub max_in_flight: NonZeroUsize,
     /// A request (one INSERT, or one schema statement) that got no answer within this long
     /// fails: milliseconds or text such as `"10s"`. Default 10 s.
-    #[serde(
-        rename = "request_timeout_ms",
-        deserialize_with = "config::positive_millis"
-    )]
+    #[serde(rename = "request_timeout_ms", deserialize_with = "positive_millis")]
     pub request_timeout: Duration,
     /// Opening a connection fails after this long: milliseconds or text. Default 5 s.
-    #[serde(
-        rename = "connect_timeout_ms",
-        deserialize_with = "config::positive_millis"
-    )]
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "positive_millis")]
     pub connect_timeout: Duration,
     /// Attempts per INSERT on timeouts, unavailable replicas and connection errors, before the
     /// write fails as transient (and the runtime retries the batch). Default 3.
@@ -100,7 +93,7 @@ pub struct CassandraConfig {
     pub max_attempts: NonZeroU32,
     /// The pause before an INSERT's second attempt (milliseconds or text); it doubles for each
     /// further attempt. Default 100 ms.
-    #[serde(rename = "retry_backoff_ms", deserialize_with = "config::millis")]
+    #[serde(rename = "retry_backoff_ms", deserialize_with = "millis")]
     pub retry_backoff: Duration,
 }
 
@@ -131,15 +124,28 @@ impl Default for CassandraConfig {
     }
 }
 
-/// `ttl_secs`: at least 1, at most Cassandra's 20 years.
-fn optional_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NonZeroU32>, D::Error> {
-    let ttl: NonZeroU32 = config::at_least_one(d)?;
-    if ttl.get() > MAX_TTL_SECS {
-        return Err(serde::de::Error::custom(format!(
-            "{ttl} is above Cassandra's maximum of {MAX_TTL_SECS} (20 years)"
-        )));
+/// `ttl_secs`: how long a row lives after it is written, in seconds; at least 1, at most
+/// Cassandra's 20 years, so a `Ttl` is always one Cassandra accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(NonZeroU32);
+
+impl Ttl {
+    /// The TTL in seconds (1 to 630720000).
+    pub fn secs(self) -> u32 {
+        self.0.get()
     }
-    Ok(Some(ttl))
+}
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ttl: NonZeroU32 = config::at_least_one(d)?;
+        if ttl.get() > MAX_TTL_SECS {
+            return Err(serde::de::Error::custom(format!(
+                "{ttl} is above Cassandra's maximum of {MAX_TTL_SECS} (20 years)"
+            )));
+        }
+        Ok(Ttl(ttl))
+    }
 }
 
 /// `replication`: how a keyspace the sink creates is replicated.
@@ -238,29 +244,22 @@ pub struct TableColumn {
     pub cql: CqlType,
 }
 
-/// What the sink needs beyond the config: its values with the environment read (contact points,
-/// credentials) and the table's columns from the transform's output. `Debug` redacts credentials.
+/// The config the sink was validated from, plus what it needs beyond it: the contact points and
+/// credentials with the environment read, the TLS settings with their files read, the table's
+/// columns from the transform's output, and the driver's consistency. `Debug` redacts credentials.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The config as written (keyspace, table, keys, limits, timeouts); every check passed.
+    pub config: CassandraConfig,
+    /// `contact_points`, else the environment's fallback ([`NODES_ENV`], then [`DEFAULT_NODE`]).
     pub contact_points: Vec<String>,
-    pub local_datacenter: Option<String>,
     pub credentials: Option<Credentials>,
     /// TLS, when `tls_ca_cert_path` is set.
     pub tls: Option<CassandraTls>,
-    pub keyspace: String,
-    pub table: String,
-    pub replication: Replication,
     /// The transform's columns, in output order (the INSERT binds them in this order).
     pub columns: Vec<TableColumn>,
-    pub partition_key: Vec<String>,
-    pub clustering_key: Vec<String>,
-    pub ttl_secs: Option<NonZeroU32>,
+    /// `consistency` as the driver's type.
     pub consistency: Consistency,
-    pub max_in_flight: NonZeroUsize,
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_attempts: NonZeroU32,
-    pub retry_backoff: Duration,
 }
 
 impl CassandraConfig {
@@ -462,22 +461,11 @@ impl CassandraConfig {
                 .contact_points
                 .clone()
                 .unwrap_or_else(config::cassandra_nodes),
-            local_datacenter: self.local_datacenter.clone(),
             credentials,
             tls,
-            keyspace: self.keyspace.clone(),
-            table: self.table.clone(),
-            replication: self.replication.clone(),
             columns,
-            partition_key: self.partition_key.clone(),
-            clustering_key: self.clustering_key.clone(),
-            ttl_secs: self.ttl_secs,
             consistency: self.consistency.into(),
-            max_in_flight: self.max_in_flight,
-            request_timeout: self.request_timeout,
-            connect_timeout: self.connect_timeout,
-            max_attempts: self.max_attempts,
-            retry_backoff: self.retry_backoff,
+            config: self.clone(),
         })
     }
 }
@@ -568,7 +556,7 @@ pub(crate) mod tests {
                 .unwrap();
         assert_eq!(config.request_timeout, Duration::from_secs(2));
         assert_eq!(config.retry_backoff, Duration::from_millis(50));
-        assert_eq!(config.ttl_secs.map(NonZeroU32::get), Some(60));
+        assert_eq!(config.ttl_secs.map(Ttl::secs), Some(60));
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
     }
 

@@ -8,12 +8,16 @@ use super::types::quote;
 impl Settings {
     /// `keyspace.table`, quoted.
     pub fn qualified_table(&self) -> String {
-        format!("{}.{}", quote(&self.keyspace), quote(&self.table))
+        format!(
+            "{}.{}",
+            quote(&self.config.keyspace),
+            quote(&self.config.table)
+        )
     }
 
     /// `CREATE KEYSPACE IF NOT EXISTS …` with the configured replication.
     pub fn create_keyspace_cql(&self) -> String {
-        let replication = match &self.replication {
+        let replication = match &self.config.replication {
             Replication::Simple { replication_factor } => {
                 format!("{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}")
             }
@@ -27,7 +31,7 @@ impl Settings {
         };
         format!(
             "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {replication}",
-            quote(&self.keyspace)
+            quote(&self.config.keyspace)
         )
     }
 
@@ -38,9 +42,9 @@ impl Settings {
             .iter()
             .map(|c| format!("{} {}", quote(&c.name), c.cql.cql_name()))
             .collect();
-        let partition: Vec<String> = self.partition_key.iter().map(|c| quote(c)).collect();
+        let partition: Vec<String> = self.config.partition_key.iter().map(|c| quote(c)).collect();
         let mut key = vec![format!("({})", partition.join(", "))];
-        key.extend(self.clustering_key.iter().map(|c| quote(c)));
+        key.extend(self.config.clustering_key.iter().map(|c| quote(c)));
         parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
         format!(
             "CREATE TABLE IF NOT EXISTS {} ({})",
@@ -54,8 +58,9 @@ impl Settings {
         let names: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
         let markers = vec!["?"; names.len()].join(", ");
         let ttl = self
+            .config
             .ttl_secs
-            .map(|t| format!(" USING TTL {t}"))
+            .map(|t| format!(" USING TTL {}", t.secs()))
             .unwrap_or_default();
         format!(
             "INSERT INTO {} ({}) VALUES ({markers}){ttl}",
@@ -66,9 +71,10 @@ impl Settings {
 
     /// The index, in [`Settings::columns`], of every primary key column.
     pub fn key_column_indices(&self) -> Vec<usize> {
-        self.partition_key
+        self.config
+            .partition_key
             .iter()
-            .chain(&self.clustering_key)
+            .chain(&self.config.clustering_key)
             .filter_map(|k| self.columns.iter().position(|c| &c.name == k))
             .collect()
     }
@@ -85,7 +91,7 @@ mod tests {
         let config = parse(r#"{"contact_points": ["127.0.0.1:9042"]}"#).unwrap();
         let settings = config.validate(&profit_schema()).unwrap();
         assert_eq!(settings.consistency, Consistency::LocalQuorum);
-        assert_eq!(settings.max_in_flight.get(), 256);
+        assert_eq!(settings.config.max_in_flight.get(), 256);
         assert_eq!(
             settings.create_keyspace_cql(),
             "CREATE KEYSPACE IF NOT EXISTS \"crypto_keyspace\" WITH replication = \

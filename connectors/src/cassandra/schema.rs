@@ -49,7 +49,7 @@ async fn existing_columns(
     const QUERY: &str = "SELECT column_name, type, kind, position FROM system_schema.columns \
                          WHERE keyspace_name = ? AND table_name = ?";
     let result = session
-        .query_unpaged(QUERY, (&s.keyspace, &s.table))
+        .query_unpaged(QUERY, (&s.config.keyspace, &s.config.table))
         .await
         .map_err(|e| ClientError::cassandra("cannot read the table's columns", e).at_sink(sink))?;
     let unexpected = |e: &dyn std::fmt::Display| {
@@ -116,7 +116,7 @@ fn check_table(s: &Settings, existing: &[ExistingColumn]) -> std::result::Result
         cols.into_iter().map(|e| e.name.clone()).collect::<Vec<_>>()
     };
     let (partition, clustering) = (key_of("partition_key"), key_of("clustering"));
-    if partition != s.partition_key || clustering != s.clustering_key {
+    if partition != s.config.partition_key || clustering != s.config.clustering_key {
         let show = |p: &[String], c: &[String]| {
             let p: Vec<String> = p.iter().map(|n| quote(n)).collect();
             let mut all = vec![format!("({})", p.join(", "))];
@@ -126,7 +126,7 @@ fn check_table(s: &Settings, existing: &[ExistingColumn]) -> std::result::Result
         return Err(format!(
             "existing table {table} has {}, but the config asks for {}",
             show(&partition, &clustering),
-            show(&s.partition_key, &s.clustering_key)
+            show(&s.config.partition_key, &s.config.clustering_key)
         ));
     }
     Ok(())

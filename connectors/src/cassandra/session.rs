@@ -27,17 +27,17 @@ pub(super) async fn connect(s: &Settings, who: &str) -> Result<Session> {
     // sink's module docs).
     let profile = ExecutionProfile::builder()
         .consistency(s.consistency)
-        .request_timeout(Some(s.request_timeout))
+        .request_timeout(Some(s.config.request_timeout))
         .retry_policy(Arc::new(DefaultRetryPolicy::new()))
         .build();
     // The default load balancing policy is token-aware; it needs the keyspace's replication,
     // which is the only schema metadata fetched.
     let mut builder = SessionBuilder::new()
         .known_nodes(&s.contact_points)
-        .connection_timeout(s.connect_timeout)
-        .keyspaces_to_fetch([s.keyspace.clone()])
+        .connection_timeout(s.config.connect_timeout)
+        .keyspaces_to_fetch([s.config.keyspace.clone()])
         .default_execution_profile_handle(profile.into_handle());
-    if let Some(dc) = &s.local_datacenter {
+    if let Some(dc) = &s.config.local_datacenter {
         builder = builder.prefer_datacenter(dc.clone());
     }
     if let Some(c) = &s.credentials {
@@ -77,7 +77,7 @@ pub(super) async fn connect(s: &Settings, who: &str) -> Result<Session> {
         dcs.dedup();
         dcs
     };
-    if let Some(dc) = &s.local_datacenter
+    if let Some(dc) = &s.config.local_datacenter
         && !datacenters.contains(dc)
     {
         return Err(Error::sink_failed(

@@ -110,7 +110,7 @@ impl Settings {
     /// `keyspace.table` as descriptions and logs name it (unquoted, unlike
     /// [`Settings::qualified_table`], which goes into CQL).
     pub(super) fn table_name(&self) -> String {
-        format!("{}.{}", self.keyspace, self.table)
+        format!("{}.{}", self.config.keyspace, self.config.table)
     }
 }
 
@@ -169,7 +169,7 @@ async fn write_rows(
     batches: &[BatchRows<'_>],
     settings: &Settings,
 ) -> std::result::Result<(), ExecutionError> {
-    let max_in_flight = settings.max_in_flight.get();
+    let max_in_flight = settings.config.max_in_flight.get();
     let mut in_flight = FuturesUnordered::new();
     for rows in batches {
         for r in 0..rows.len() {

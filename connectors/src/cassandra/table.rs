@@ -75,7 +75,10 @@ impl CassandraTable {
     /// and checks the table holds the transform's columns under the configured key.
     pub async fn connect(config: &CassandraConfig, schema: SchemaRef) -> engine::Result<Self> {
         let settings = config.validate(&schema)?;
-        let who = format!("cassandra {}.{}", settings.keyspace, settings.table);
+        let who = format!(
+            "cassandra {}.{}",
+            settings.config.keyspace, settings.config.table
+        );
         let session = connect(&settings, &who).await?;
         check_existing(&session, &settings, &who).await?;
         let fields: Vec<Field> = schema
@@ -102,8 +105,8 @@ impl CassandraTable {
             filters,
             &Keys {
                 schema: &self.schema,
-                partition_key: &self.settings.partition_key,
-                clustering_key: &self.settings.clustering_key,
+                partition_key: &self.settings.config.partition_key,
+                clustering_key: &self.settings.config.clustering_key,
             },
         )
     }
@@ -162,7 +165,7 @@ impl TableProvider for CassandraTable {
         let selects_nothing = columns.is_empty();
         if selects_nothing {
             // CQL selects at least one column; `count(*)` needs only the rows.
-            columns.push(quote(&self.settings.partition_key[0]));
+            columns.push(quote(&self.settings.config.partition_key[0]));
         }
         let mut cql = format!(
             "SELECT {} FROM {}",
@@ -181,7 +184,7 @@ impl TableProvider for CassandraTable {
         }
         let who = format!(
             "cassandra {}.{}",
-            self.settings.keyspace, self.settings.table
+            self.settings.config.keyspace, self.settings.config.table
         );
         let mut prepared = self.session.prepare(cql.as_str()).await.map_err(|e| {
             external(ClientError::cassandra(format!("cannot prepare {cql}"), e).at_sink(&who))
@@ -196,7 +199,10 @@ impl TableProvider for CassandraTable {
         );
         Ok(Arc::new(CassandraScan {
             session: self.session.clone(),
-            table: format!("{}.{}", self.settings.keyspace, self.settings.table),
+            table: format!(
+                "{}.{}",
+                self.settings.config.keyspace, self.settings.config.table
+            ),
             prepared,
             values: pushdown
                 .restrictions

@@ -9,7 +9,7 @@ use std::time::Duration;
 use engine::Result;
 use serde::Deserialize;
 
-use crate::common::config::{self, Problem};
+use crate::common::config::{self, Problem, millis, positive_millis};
 use crate::common::reference_files::{read_coin_map, read_portfolio};
 
 /// The Exchange feed's public URL.
@@ -60,30 +60,21 @@ pub struct CoinbaseConfig {
     /// A connection that delivers nothing (not even a heartbeat, which the feeds send every
     /// second) for this long is dead and is replaced: milliseconds or text such as `"5s"`.
     /// Default 5 s.
-    #[serde(
-        rename = "idle_timeout_ms",
-        deserialize_with = "config::positive_millis"
-    )]
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "positive_millis")]
     pub idle_timeout: Duration,
     /// Opening a connection (TCP, TLS and the WebSocket handshake) fails after this long:
     /// milliseconds or text. Default 10 s.
-    #[serde(
-        rename = "connect_timeout_ms",
-        deserialize_with = "config::positive_millis"
-    )]
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "positive_millis")]
     pub connect_timeout: Duration,
     /// The first pause before reconnecting (milliseconds or text); it doubles (with jitter) on
     /// every failed attempt in a row. Default 500 ms.
     #[serde(
         rename = "reconnect_backoff_initial_ms",
-        deserialize_with = "config::positive_millis"
+        deserialize_with = "positive_millis"
     )]
     pub reconnect_backoff_initial: Duration,
     /// The longest pause before reconnecting (milliseconds or text). Default 30 s.
-    #[serde(
-        rename = "reconnect_backoff_max_ms",
-        deserialize_with = "config::millis"
-    )]
+    #[serde(rename = "reconnect_backoff_max_ms", deserialize_with = "millis")]
     pub reconnect_backoff_max: Duration,
 }
 

@@ -12,7 +12,7 @@ use super::offsets::KafkaOffsets;
 use super::security::{self, KafkaSecurityConfig};
 use serde::Deserialize;
 
-use crate::common::config::{self, Problem};
+use crate::common::config::{self, Problem, positive_millis};
 
 /// Where a partition starts when the group has no committed offset for it (the first start).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,17 +153,11 @@ pub struct KafkaSourceConfig {
     /// true); when false, log it and continue from the earliest available offset.
     pub fail_on_data_loss: bool,
     /// The group session timeout: milliseconds or text such as `"10s"` (default 10 s).
-    #[serde(
-        rename = "session_timeout_ms",
-        deserialize_with = "config::positive_millis"
-    )]
+    #[serde(rename = "session_timeout_ms", deserialize_with = "positive_millis")]
     pub session_timeout: Duration,
     /// The longest time between polls before the group drops this member: milliseconds or text
     /// such as `"15m"` (default 15 min).
-    #[serde(
-        rename = "max_poll_interval_ms",
-        deserialize_with = "config::positive_millis"
-    )]
+    #[serde(rename = "max_poll_interval_ms", deserialize_with = "positive_millis")]
     pub max_poll_interval: Duration,
     /// Extra librdkafka properties (never secrets: those come from `security`).
     pub properties: BTreeMap<String, String>,
