@@ -16,7 +16,7 @@ use connectors::gateio::candles::CandleRecord;
 use connectors::gateio::config::{GateioConfig, Settings};
 use connectors::gateio::poller::{self, Counters};
 use connectors::gateio::source::GateioSource;
-use engine::{OffsetRange, Poll, PollLimits, Source, SourceBatch, StartRequest};
+use engine::{Poll, PollLimits, Source, SourceBatch, StartRequest};
 use testkit::gateio::{Handler, Reply, RestServer, Seen, now_secs, row, rows};
 use tokio::sync::{mpsc, watch};
 
@@ -768,13 +768,7 @@ async fn a_restarted_source_resumes_from_its_checkpoint_position_without_duplica
         })
         .await
         .unwrap();
-    let replayed = second
-        .fetch_range(&OffsetRange {
-            start: planned.start.clone(),
-            end: planned.end.clone(),
-        })
-        .await
-        .unwrap();
+    let replayed = second.fetch_range(&planned.range()).await.unwrap();
     let (replayed_windows, planned_windows) = (windows_of(&replayed), windows_of(&planned));
     assert_eq!(replayed_windows, planned_windows, "the same records");
     assert_eq!(

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use connectors::kafka::config::{KafkaSourceConfig, StartingOffsets, parse_starting_offsets};
 use connectors::kafka::source::KafkaSource;
-use engine::{
-    OffsetRange, Poll, PollLimits, RawRecord, Source, SourceBatch, SourceOffset, StartRequest,
-};
+use engine::{Poll, PollLimits, RawRecord, Source, SourceBatch, SourceOffset, StartRequest};
 use testkit::env::kafka_bootstrap;
 use testkit::kafka::{committed_and_end, create_topic, produce};
 use testkit::unique_name;
@@ -305,10 +303,7 @@ async fn an_uncommitted_batch_is_read_again_exactly_after_a_restart() {
     // The restart, from the checkpoint's committed end: the planned batch again.
     let mut second = started(config(&topic, &group), Some(done.end.clone())).await;
     let replayed = second
-        .fetch_range(&OffsetRange {
-            start: planned.start.clone(),
-            end: planned.end.clone(),
-        })
+        .fetch_range(&planned.range())
         .await
         .expect("the batch is re-read");
     assert_eq!(

@@ -72,6 +72,16 @@ pub struct SourceBatch {
     pub end: SourceOffset,
 }
 
+impl SourceBatch {
+    /// The offsets the batch spans: what [`Source::fetch_range`] is given to read it again.
+    pub fn range(&self) -> OffsetRange {
+        OffsetRange {
+            start: self.start.clone(),
+            end: self.end.clone(),
+        }
+    }
+}
+
 /// What a poll returned.
 #[derive(Debug)]
 pub enum Poll {

@@ -770,13 +770,7 @@ mod tests {
             panic!("no first batch");
         };
         assert!(s.ahead.is_some(), "the second batch is being read");
-        let again = s
-            .fetch_range(&OffsetRange {
-                start: first.start.clone(),
-                end: first.end.clone(),
-            })
-            .await
-            .unwrap();
+        let again = s.fetch_range(&first.range()).await.unwrap();
         assert_eq!(trade_ids(&again.records), trade_ids(&first.records));
         assert_eq!(again.end, first.end);
         let Poll::Batch(second) = s.poll(LIMITS).await.unwrap() else {
