@@ -17,7 +17,7 @@ use arrow::array::{
     Int8Array, Int16Array, Int64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
     TimestampMicrosecondArray, TimestampMillisecondArray, TimestampSecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use arrow::util::pretty::pretty_format_batches;
 use connectors::cassandra::{CassandraConfig, CassandraSink, CassandraTable, register_table};
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
@@ -34,19 +34,17 @@ const DAYS: [i32; 3] = [20_415, 20_416, 20_417];
 const PER_PARTITION: usize = 120;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
+/// The profit rows' table, in SQL DDL as users declare tables.
 fn profit_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("trade_id", DataType::Int64, false),
-        Field::new(
-            "trade_time",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("trade_date", DataType::Date32, false),
-        Field::new("side", DataType::Utf8, true),
-        Field::new("profit", DataType::Decimal128(38, 10), true),
-    ]))
+    const DDL: &str = "CREATE TABLE profit (
+        symbol     VARCHAR NOT NULL,
+        trade_id   BIGINT NOT NULL,
+        trade_time TIMESTAMP(6) WITH TIME ZONE NOT NULL,
+        trade_date DATE NOT NULL,
+        side       VARCHAR,
+        profit     DECIMAL(38,10)
+    )";
+    engine::schema::ddl_table("profit.sql", DDL, "profit").unwrap()
 }
 
 /// One written trade.
