@@ -322,6 +322,14 @@ pub struct GenerateArgs {
     /// Start of trade times, RFC 3339 (default: now minus count/rate).
     #[arg(long)]
     pub start: Option<String>,
+    #[command(flatten)]
+    pub references: ReferenceFileArgs,
+}
+
+/// Where `generate` takes products, prices and names from: the files, else the reference tables
+/// of a config.
+#[derive(Debug, clap::Args)]
+pub struct ReferenceFileArgs {
     /// The portfolio file (default: the config's reference table `portfolio`).
     #[arg(long)]
     pub portfolio: Option<PathBuf>,

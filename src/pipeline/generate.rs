@@ -5,55 +5,59 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 
-use crate::cli::{GenerateArgs, GenerateFormat};
+use crate::cli::{GenerateArgs, GenerateFormat, ReferenceFileArgs};
 
 /// How long `--topic` waits for a broker's first answer.
 const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The portfolio and the coin map: the flags, else the paths of the reference tables `portfolio`
-/// and `coins` of `config` (as `run` resolves them: against the config file's folder, so
-/// `generate` works from any folder given `--config`).
-///
-/// # Errors
-/// The config does not load, or lacks a reference table a missing flag needs (naming the file).
-fn reference_files(
-    config: &std::path::Path,
-    portfolio: Option<std::path::PathBuf>,
-    coin_map: Option<std::path::PathBuf>,
-) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
-    if let (Some(portfolio), Some(coin_map)) = (&portfolio, &coin_map) {
-        return Ok((portfolio.clone(), coin_map.clone()));
+impl ReferenceFileArgs {
+    /// The portfolio and the coin map: the flags, else the paths of the reference tables
+    /// `portfolio` and `coins` of `--config` (as `run` resolves them: against the config file's
+    /// folder, so `generate` works from any folder given `--config`).
+    ///
+    /// # Errors
+    /// The config does not load, or lacks a reference table a missing flag needs (naming the
+    /// file).
+    fn files(self) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let ReferenceFileArgs {
+            portfolio,
+            coin_map,
+            config,
+        } = self;
+        if let (Some(portfolio), Some(coin_map)) = (&portfolio, &coin_map) {
+            return Ok((portfolio.clone(), coin_map.clone()));
+        }
+        let loaded = coinstream::config::Config::load(&config).with_context(|| {
+            format!(
+                "--portfolio and --coin-map default to the reference tables of {}; pass both, or \
+                 --config with a pipeline that declares them",
+                config.display()
+            )
+        })?;
+        let path = |name: &str, flag: &str| {
+            loaded
+                .references
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.path.clone())
+                .with_context(|| {
+                    format!(
+                        "{}: no [[reference]] named {name:?} to take {flag} from; pass {flag}",
+                        config.display()
+                    )
+                })
+        };
+        Ok((
+            match portfolio {
+                Some(p) => p,
+                None => path("portfolio", "--portfolio")?,
+            },
+            match coin_map {
+                Some(p) => p,
+                None => path("coins", "--coin-map")?,
+            },
+        ))
     }
-    let loaded = coinstream::config::Config::load(config).with_context(|| {
-        format!(
-            "--portfolio and --coin-map default to the reference tables of {}; pass both, or \
-             --config with a pipeline that declares them",
-            config.display()
-        )
-    })?;
-    let path = |name: &str, flag: &str| {
-        loaded
-            .references
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.path.clone())
-            .with_context(|| {
-                format!(
-                    "{}: no [[reference]] named {name:?} to take {flag} from; pass {flag}",
-                    config.display()
-                )
-            })
-    };
-    Ok((
-        match portfolio {
-            Some(p) => p,
-            None => path("portfolio", "--portfolio")?,
-        },
-        match coin_map {
-            Some(p) => p,
-            None => path("coins", "--coin-map")?,
-        },
-    ))
 }
 
 /// Writes generated trades to a file (feed frames or bus records) or publishes them to Kafka.
@@ -69,11 +73,9 @@ pub(super) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         format,
         seed,
         start,
-        portfolio,
-        coin_map,
-        config,
+        references,
     } = args;
-    let (portfolio, coin_map) = reference_files(&config, portfolio, coin_map)?;
+    let (portfolio, coin_map) = references.files()?;
     if !(rate > 0.0 && rate.is_finite()) {
         bail!("--rate must be a positive number");
     }

@@ -113,6 +113,7 @@ impl SaslMechanism {
 
 /// `[source.security]`, `[sink.security]` (Kafka sink) and `[dead_letter.security]`: how to reach
 /// brokers that require TLS and/or a SASL login. Without the table the client uses plain TCP.
+// Serde reads a missing `Option` field as `None`: only the fields read by a function say so.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSecurityConfig {
@@ -120,14 +121,11 @@ pub struct KafkaSecurityConfig {
     pub protocol: SecurityProtocol,
     /// `SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN`; required with the `sasl_*` protocols, refused
     /// with the others.
-    #[serde(default)]
     pub sasl_mechanism: Option<SaslMechanism>,
     /// The NAME of the environment variable holding the SASL user name (never the name itself);
     /// required with SASL.
-    #[serde(default)]
     pub username_env: Option<String>,
     /// The NAME of the environment variable holding the SASL password; required with SASL.
-    #[serde(default)]
     pub password_env: Option<String>,
     /// PEM file of the CA(s) the brokers' certificates must chain to (relative to the config
     /// file). Default: the system's trust store.
