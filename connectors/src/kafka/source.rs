@@ -44,7 +44,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::{KafkaSourceConfig, StartingOffsets};
 use super::consumer::{
-    CONSUMER_DEFAULTS, Gathered, REQUEST_TIMEOUT, committed_positions, gather, retry_of, watermarks,
+    CONSUMER_DEFAULTS, REQUEST_TIMEOUT, committed_positions, gather, retry_of, watermarks,
 };
 use super::context::{RebalanceEvent, SourceContext, StartPolicy};
 use super::offsets::{KafkaOffsets, Partition, PartitionTable};
@@ -89,14 +89,7 @@ pub struct KafkaSource {
     ends: BTreeMap<Partition, i64>,
     ends_read: Option<Instant>,
     counters: Counters,
-    /// A gather started when a full batch was handed out, running on a blocking thread while the
-    /// engine decodes, queries and writes that batch; applied by the next call that reads the
-    /// consumer (poll, a replay, close).
-    read_ahead: Option<PendingGather>,
 }
-
-/// A gather on a blocking thread: it gives back the partition table with any partitions it met.
-type PendingGather = tokio::task::JoinHandle<(PartitionTable, Result<Gathered, KafkaError>)>;
 
 /// Each partition's share of a batch ([`KafkaSource::shares`]).
 struct Shares {
@@ -135,7 +128,6 @@ impl KafkaSource {
             ends: BTreeMap::new(),
             ends_read: None,
             counters: Counters::default(),
-            read_ahead: None,
         })
     }
 
@@ -159,39 +151,17 @@ impl KafkaSource {
         KafkaOffsets::from_source_offset(offset).map_err(|e| self.error(e, Retry::Permanent))
     }
 
-    /// Polls the consumer on a blocking thread (see [`gather`]) and applies what it returned,
-    /// after a gather read ahead, if any.
+    /// Polls the consumer on a blocking thread (see [`gather`]) and applies what it returned.
     pub(super) async fn gather(&mut self, max_records: usize, max_wait: Duration) -> Result<()> {
-        self.finish_read_ahead().await?;
-        let pending = self.start_gather(max_records, max_wait)?;
-        self.apply_gather(pending).await
-    }
-
-    /// Starts a gather on a blocking thread. It polls with a copy of the partition table, so
-    /// dead letters of the batch in flight still find their partitions' names meanwhile.
-    fn start_gather(&self, max_records: usize, max_wait: Duration) -> Result<PendingGather> {
         let consumer = self.consumer()?;
-        let mut table = self.partitions.clone();
-        Ok(tokio::task::spawn_blocking(move || {
+        // The table goes to the blocking thread and comes back with any new partitions.
+        let mut table = std::mem::take(&mut self.partitions);
+        let (table, gathered) = tokio::task::spawn_blocking(move || {
             let gathered = gather(&consumer, &mut table, max_records, max_wait);
             (table, gathered)
-        }))
-    }
-
-    /// Applies the gather read ahead, if one was started.
-    async fn finish_read_ahead(&mut self) -> Result<()> {
-        match self.read_ahead.take() {
-            Some(pending) => self.apply_gather(pending).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Waits for a gather and applies what it returned: its partition table (the current one and
-    /// any partitions met), rebalances, positions, and its records to the buffer.
-    async fn apply_gather(&mut self, pending: PendingGather) -> Result<()> {
-        let (table, gathered) = pending
-            .await
-            .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
         self.partitions = table;
         let gathered = match gathered {
             Ok(g) => g,
@@ -887,7 +857,6 @@ impl Source for KafkaSource {
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
-        self.finish_read_ahead().await?;
         if self.buffer.len() < limits.max_records {
             self.gather(limits.max_records - self.buffer.len(), limits.max_wait)
                 .await?;
@@ -913,16 +882,7 @@ impl Source for KafkaSource {
             shares = self.shares(limits.max_records);
         }
         if !self.buffer.is_empty() {
-            let batch = self.take_batch(&shares, limits.max_records);
-            // A full batch means a backlog: read the next one while the engine works on this
-            // one (the consumer polls on one core, decoding and SQL run on the other). A batch
-            // short of the limit means caught up: the next poll waits for new trades itself, so
-            // a live feed's latency stays as it was.
-            if batch.records.len() >= limits.max_records && self.buffer.len() < limits.max_records {
-                let wanted = limits.max_records - self.buffer.len();
-                self.read_ahead = Some(self.start_gather(wanted, limits.max_wait)?);
-            }
-            return Ok(Poll::Batch(batch));
+            return Ok(Poll::Batch(self.take_batch(&shares, limits.max_records)));
         }
         self.commit_marker_positions().await?;
         if self.caught_up().await? {
@@ -977,10 +937,6 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) -> Result<()> {
-        // A gather read ahead ends within its wait; what it read is not handed out.
-        if let Some(pending) = self.read_ahead.take() {
-            let _ = pending.await;
-        }
         if let Some(consumer) = self.consumer.take() {
             tokio::task::spawn_blocking(move || consumer.unsubscribe())
                 .await
