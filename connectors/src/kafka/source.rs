@@ -857,6 +857,11 @@ impl Source for KafkaSource {
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
+        // Available-now with every partition read and committed up to its end at start: a gather
+        // would only wait out `max_wait` for records that are not to be read.
+        if self.targets.is_some() && self.caught_up().await? {
+            return Ok(Poll::Exhausted);
+        }
         if self.buffer.len() < limits.max_records {
             self.gather(limits.max_records - self.buffer.len(), limits.max_wait)
                 .await?;
