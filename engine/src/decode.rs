@@ -61,6 +61,11 @@ struct DecimalColumn {
     scale: i8,
 }
 
+/// The fewest messages a part of a batch decoded on its own thread has: below it, starting a
+/// thread and copying the part's columns into the batch cost more than the part's share of the
+/// parsing saves.
+const PART_ROWS: usize = 8_192;
+
 /// Values longer than this are cut in dead-letter reasons.
 const MAX_VALUE_IN_REASON: usize = 40;
 
@@ -76,6 +81,8 @@ pub struct RecordDecoder {
     /// The reusable decoder and the most rows it takes per batch; dropped after any error, since
     /// a failed decoder may hold part of a row.
     decoder: Option<(Decoder, usize)>,
+    /// The processors a large batch is decoded on.
+    cores: usize,
 }
 
 impl std::fmt::Debug for RecordDecoder {
@@ -116,6 +123,7 @@ impl RecordDecoder {
             decimals,
             decimal_policy,
             decoder: None,
+            cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         }
     }
 
@@ -138,12 +146,14 @@ impl RecordDecoder {
             let all: Vec<usize> = (0..records.len()).collect();
             return self.decode_slowly(records, &all);
         };
+        let payloads: Vec<Option<&[u8]>> = records
+            .iter()
+            .map(|r| r.rejected.is_none().then_some(r.payload.as_slice()))
+            .collect();
+        // A large batch is read on every core, in parts of at least PART_ROWS messages.
+        let parts = self.cores.min(records.len() / PART_ROWS).max(1);
         let read = flat
-            .decode_each(
-                records
-                    .iter()
-                    .map(|r| r.rejected.is_none().then_some(r.payload.as_slice())),
-            )
+            .decode_in_parts(&payloads, parts)
             .ok_or_else(|| crate::Error::Internal("the flat decoder lost its columns".into()))?;
         if read.accepted.len() == records.len() {
             return Ok(Decoded {
