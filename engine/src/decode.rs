@@ -6,7 +6,9 @@
 //! nothing for the dead-letter policy and a bad message costs only itself:
 //! 1. [`FlatDecoder`](crate::flat_json), for flat objects in the plain shape connectors write
 //!    (no escapes, no nesting), straight into the columns; messages a source already rejected
-//!    and messages outside that shape are passed over, one by one;
+//!    and messages outside that shape are passed over, one by one. A batch of at least
+//!    2 × 8,192 messages is read in parts, one per processor, on scoped threads, and the
+//!    parts' columns are concatenated;
 //! 2. arrow's decoder over all the messages passed over, each checked to hold exactly one
 //!    complete object;
 //! 3. each of those alone, to find the bad ones and their reasons.
