@@ -43,6 +43,9 @@ pub(super) const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 /// take a whole fetch response, short enough not to hold a live trade back.
 const LINGER: Duration = Duration::from_millis(2);
 
+/// Messages polled between two clock reads in [`gather`] while messages are queued.
+const CLOCK_EVERY: u32 = 64;
+
 /// What one blocking gather returned.
 pub(super) struct Gathered {
     /// The records, each numbered by the source's [`PartitionTable`].
@@ -88,18 +91,32 @@ pub(super) fn gather(
     max_records: usize,
     max_wait: Duration,
 ) -> Result<Gathered, KafkaError> {
-    // One clock read per message: this loop runs once for every message consumed.
+    // The clocks are read once per CLOCK_EVERY messages, not per message: on this loop's path
+    // a clock read cost as much as a tenth of a message's polling (perf, 1,000,000 messages).
+    // While messages are queued, a poll does not wait, so a time a few messages old is as good.
     let mut now = Instant::now();
+    let mut received_at = SystemTime::now();
     let deadline = now + max_wait;
     let mut records: Vec<RawRecord> = Vec::with_capacity(max_records.min(65_536));
     let mut events = Vec::new();
     let mut errors = 0;
+    let mut since_clock = 0;
     loop {
-        let mut remaining = deadline.saturating_duration_since(now);
-        if !records.is_empty() {
-            remaining = remaining.min(LINGER);
+        // First without waiting (librdkafka then reads no clock either); only an empty queue
+        // waits, up to the deadline, or the linger once there are records.
+        let mut polled = consumer.poll(Duration::ZERO);
+        if polled.is_none() {
+            now = Instant::now();
+            received_at = SystemTime::now();
+            since_clock = 0;
+            let mut remaining = deadline.saturating_duration_since(now);
+            if !records.is_empty() {
+                remaining = remaining.min(LINGER);
+            }
+            if !remaining.is_zero() {
+                polled = consumer.poll(remaining);
+            }
         }
-        let polled = consumer.poll(remaining);
         for event in consumer.context().take_events() {
             if let RebalanceEvent::Revoked(parts) = &event {
                 let revoked: Vec<u32> = parts.iter().filter_map(|p| table.index_of(p)).collect();
@@ -113,7 +130,7 @@ pub(super) fn gather(
                 payload: m.payload().unwrap_or_default().to_vec(),
                 rejected: None,
                 frame: None,
-                received_at: SystemTime::now(),
+                received_at,
             }),
             Some(Err(e)) if retry_of(&e) == Retry::Permanent => {
                 return Err(e);
@@ -126,8 +143,16 @@ pub(super) fn gather(
             None if !records.is_empty() => break,
             None => {}
         }
-        now = Instant::now();
-        if records.len() >= max_records || now >= deadline {
+        if records.len() >= max_records {
+            break;
+        }
+        since_clock += 1;
+        if since_clock >= CLOCK_EVERY {
+            now = Instant::now();
+            received_at = SystemTime::now();
+            since_clock = 0;
+        }
+        if now >= deadline {
             break;
         }
     }
