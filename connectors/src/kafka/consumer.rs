@@ -91,8 +91,9 @@ pub(super) fn gather(
     max_records: usize,
     max_wait: Duration,
 ) -> Result<Gathered, KafkaError> {
-    // The clocks are read once per CLOCK_EVERY messages, not per message: on this loop's path
-    // a clock read cost as much as a tenth of a message's polling (perf, 1,000,000 messages).
+    // The clocks are read once per CLOCK_EVERY messages, not per message: with a read per
+    // message here, one in rust-rdkafka's poll and one in librdkafka's timed queue pop,
+    // `clock_gettime` was about a quarter of this thread's profile samples (1,000,000 messages).
     // While messages are queued, a poll does not wait, so a time a few messages old is as good.
     let mut now = Instant::now();
     let mut received_at = SystemTime::now();
