@@ -306,7 +306,7 @@ trait FolderFormat: Send {
     const KIND: &'static str;
 
     /// A sink writing to `path`, one folder per value of each `partition_by` column.
-    fn sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink>;
+    fn sink(path: PathBuf, partition_by: Vec<String>) -> Box<dyn Sink>;
 
     /// Every row written under `path`, as the contract renders them.
     async fn lines(path: &Path) -> Vec<String>;
@@ -323,21 +323,21 @@ trait FolderFormat: Send {
 fn folder_failures(
     dir: &Path,
     kind: &str,
-    sink: fn(PathBuf, &[&str]) -> Box<dyn Sink>,
+    sink: fn(PathBuf, Vec<String>) -> Box<dyn Sink>,
 ) -> Vec<Failure> {
     let file = dir.join("a-file");
     std::fs::write(&file, b"not a folder").expect("write a file");
     vec![
         Failure {
             what: format!("a {kind} path that is a file"),
-            sink: sink(file, &[]),
+            sink: sink(file, Vec::new()),
             rows: None,
             stage: Stage::Healthcheck,
             retry: Retry::Permanent,
         },
         Failure {
             what: "a partition column the rows do not have".into(),
-            sink: sink(dir.join("other"), &["trade_date"]),
+            sink: sink(dir.join("other"), vec!["trade_date".into()]),
             rows: None,
             stage: Stage::Write,
             retry: Retry::Permanent,
@@ -371,7 +371,7 @@ impl<F: FolderFormat> SinkFixture for InFolder<F> {
     const DELIVERY: Delivery = Delivery::Idempotent;
 
     async fn build(&mut self, _schema: SchemaRef) -> Box<dyn Sink> {
-        F::sink(self.path(), &["key"])
+        F::sink(self.path(), vec!["key".into()])
     }
 
     async fn read_back(&mut self, _at_least: usize) -> Vec<String> {
@@ -393,11 +393,8 @@ impl FolderFormat for Parquet {
 
     const KIND: &'static str = "store";
 
-    fn sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
-        Box::new(ParquetSink::new(ParquetConfig {
-            path,
-            partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
-        }))
+    fn sink(path: PathBuf, partition_by: Vec<String>) -> Box<dyn Sink> {
+        Box::new(ParquetSink::new(ParquetConfig { path, partition_by }))
     }
 
     /// The rows of every Parquet file under `dir`, with the partition columns of its folder
@@ -449,10 +446,10 @@ impl FolderFormat for Delta {
     const KIND: &'static str = "table";
 
     /// Compaction every other batch, so the contract's writes also run it.
-    fn sink(path: PathBuf, partition_by: &[&str]) -> Box<dyn Sink> {
+    fn sink(path: PathBuf, partition_by: Vec<String>) -> Box<dyn Sink> {
         let config = DeltaConfig {
             path,
-            partition_by: partition_by.iter().map(|c| (*c).to_owned()).collect(),
+            partition_by,
             compaction: CompactionConfig {
                 every_batches: std::num::NonZeroU64::new(2).expect("not zero"),
                 ..CompactionConfig::default()
@@ -485,7 +482,7 @@ impl FolderFormat for Delta {
     fn own_failures(path: PathBuf) -> Vec<Failure> {
         vec![Failure {
             what: "a table partitioned otherwise than the config says".into(),
-            sink: Self::sink(path, &["id"]),
+            sink: Self::sink(path, vec!["id".into()]),
             rows: None,
             stage: Stage::Healthcheck,
             retry: Retry::Permanent,
