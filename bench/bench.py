@@ -175,20 +175,29 @@ def toml_value(v) -> str:
     return json.dumps(v)
 
 
-def shipped_pipeline(pipeline: str, overrides: dict) -> list[str]:
-    """`--config pipelines/<pipeline> --set KEY=VALUE ...`: the shipped file as it is, with only the
-    keys a run must own changed (README "The config file": a table value replaces the whole key)."""
-    args = ["--config", os.path.join(REPO, "pipelines", pipeline)]
+def config_args(path: str, overrides: dict) -> list[str]:
+    """`--config PATH --set KEY=VALUE ...`: a shipped file as it is, with only the keys a run must
+    own changed (README "The config file": a table value replaces the whole key)."""
+    args = ["--config", path]
     for key, value in overrides.items():
         args += ["--set", f"{key}={toml_value(value)}"]
     return args
 
 
+def shipped_pipeline(pipeline: str, overrides: dict) -> list[str]:
+    """config_args of `pipelines/<pipeline>`."""
+    return config_args(os.path.join(REPO, "pipelines", pipeline), overrides)
+
+
 def shipped_settings(pipeline: str) -> dict:
     """The shipped file's own keys, for the report (batch size, consistency)."""
+    return shipped_settings_at(os.path.join(REPO, "pipelines", pipeline))
+
+
+def shipped_settings_at(path: str) -> dict:
     import tomllib  # Python 3.11+; only the report needs it
 
-    with open(os.path.join(REPO, "pipelines", pipeline), "rb") as f:
+    with open(path, "rb") as f:
         return tomllib.load(f)
 
 
@@ -379,6 +388,29 @@ def fresh_run_dir(args, name: str) -> str:
     return run_dir
 
 
+def batch_figures(m: dict, coinstream: bool, after_first_key: str) -> dict:
+    """From measure.py's record `m` of an available-now run whose marker lines are coinstream's
+    progress records or Spark's BENCH_BATCH lines: when the first batch with rows was written (s
+    after start), the batches, and (under `after_first_key`) the input rows per second once the
+    first batch was done, start-up and warm-up (JIT) left out."""
+    # (end time since start, input rows) of each batch with rows.
+    if coinstream:
+        batches = [(t, json.loads(line[line.find("{"):])["numInputRows"]) for t, line in m["markers"]]
+        cpu_at_first = m["cpu_at_first_marker_s"]
+    else:
+        # Spark prints its batches' end times (from its progress records) when the query ended.
+        batches = sorted((float(line.split()[3]) - m["start_unix"], int(line.split()[2])) for _, line in m["markers"])
+        cpu_at_first = None
+    out = {"first_batch_s": round(batches[0][0], 3) if batches else None, "cpu_at_first_batch_s": cpu_at_first,
+           "batches": len(batches)}
+    if len(batches) >= 2:
+        out["last_batch_s"] = round(batches[-1][0], 3)
+        later = sum(n for _, n in batches[1:])
+        span = batches[-1][0] - batches[0][0]
+        out[after_first_key] = round(later / span, 1) if span > 0 else None
+    return out
+
+
 def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, partitions, prices, portfolio) -> dict:
     name = f"{engine}-{sink}"
     run_dir = fresh_run_dir(args, name)
@@ -411,30 +443,13 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
         "sys_s": m["sys_s"],
         "peak_rss_mb": m["peak_rss_mb"],
         "exit_code": m["exit_code"],
-        "first_batch_s": m["markers"][0][0] if m["markers"] else None,
-        "cpu_at_first_batch_s": m["cpu_at_first_marker_s"],
-        "batches": len(m["markers"]),
         "start_unix": m["start_unix"],
         "machine_busy_cores": round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2),
         "service_cpu_s": {k: round(proc_cpu_s(p) - before[k], 1) for k, p in services.items()},
         "trades": args.trades,
         "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
     }
-    # (end time since start, input rows) of each batch with rows.
-    if is_coinstream(engine):
-        batches = [(t, json.loads(line[line.find("{"):])["numInputRows"]) for t, line in m["markers"]]
-    else:
-        # Spark prints its batches' end times (from its progress records) when the query ended.
-        batches = sorted((float(line.split()[3]) - m["start_unix"], int(line.split()[2])) for _, line in m["markers"])
-        result["first_batch_s"] = round(batches[0][0], 3) if batches else None
-        result["cpu_at_first_batch_s"] = None
-    result["batches"] = len(batches)
-    if len(batches) >= 2:
-        # Throughput once the first batch is done: start-up and warm-up (JIT) left out.
-        result["last_batch_s"] = round(batches[-1][0], 3)
-        later = sum(n for _, n in batches[1:])
-        span = batches[-1][0] - batches[0][0]
-        result["trades_per_s_after_first_batch"] = round(later / span, 1) if span > 0 else None
+    result.update(batch_figures(m, is_coinstream(engine), "trades_per_s_after_first_batch"))
     result["trades_per_s"] = round(args.trades / m["wall_s"], 1)
     if m["exit_code"] != 0:
         log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
@@ -914,6 +929,204 @@ def ohlcv_report(args, ohlcv: dict) -> list[str]:
     return lines
 
 
+# --- the embedded job: a Coinbase capture replayed (available-now) ----------------------------------
+
+EMBEDDED_CONFIG = "coinstream.toml"
+EMBEDDED_ENGINES = {
+    "coinstream": "coinstream (coinstream.toml, Delta sink)",
+    "spark": "Spark (file source, SQL join, noop sink)",
+}
+# Removed from the run's coin map, as in bench/embedded.sh: the capture source dead-letters its
+# trades (about 10% of them), Spark's join with the coin map drops them.
+MISSING_PRODUCT = "XRP-USD"
+TRADES_START = "2026-11-20T00:00:00.000000Z"
+
+
+def expected_from_capture(path: str, coin_map: dict, portfolio: dict) -> dict:
+    """What the embedded job must make of the capture, counted independently of both engines: its
+    lines, its trade frames (`match`, `last_match`), those of products outside the coin map, the
+    trades coinstream drops as repeats (id not above the product's last; a generated capture has
+    none) and the profit rows (the other trades of portfolio products)."""
+    lines = frames = unknown = repeats = rows = 0
+    last: dict = {}
+    with open(path) as f:
+        for line in f:
+            lines += 1
+            m = json.loads(line)
+            if m.get("type") not in ("match", "last_match"):
+                continue
+            frames += 1
+            product = m["product_id"]
+            if product not in coin_map:
+                unknown += 1
+            elif m["trade_id"] <= last.get(product, -1):
+                repeats += 1
+            else:
+                last[product] = m["trade_id"]
+                rows += product in portfolio
+    return {"lines": lines, "trade_frames": frames, "unknown_product": unknown, "repeats": repeats, "rows": rows}
+
+
+def embedded_counts(engine: str, log_path: str) -> dict:
+    """From an engine's output: the rows it wrote and the trades of products outside the coin map
+    (coinstream: its dead letters, which a generated capture gives no other cause; Spark: what its
+    `observe` counted)."""
+    rows = dropped = 0
+    with open(log_path) as f:
+        for line in f:
+            if engine == "coinstream" and '"numInputRows"' in line and "{" in line:
+                p = json.loads(line[line.find("{"):])
+                rows += p["sink"]["numOutputRows"]
+                dropped += p.get("numDeadLetters", 0)
+            elif engine == "spark" and "BENCH_ROWS " in line:
+                counts = json.loads(line[line.find("BENCH_ROWS ") + len("BENCH_ROWS "):])
+                rows, dropped = counts.get("rows", 0), counts.get("unknown_product", 0)
+    return {"rows_written": rows, "unknown_product_dropped": dropped}
+
+
+def run_embedded(args, engine: str, capture: str, coin_map: str, expected: dict) -> dict:
+    """One fresh process of `engine` replays the capture available-now; measured as the profit runs."""
+    name = f"embedded-{engine}"
+    run_dir = fresh_run_dir(args, name)
+    if engine == "coinstream":
+        # As bench/embedded.sh runs it: the shipped file with only the run's paths changed.
+        overrides = {
+            "source.path": capture,
+            "source.coin_map": coin_map,
+            "engine.checkpoint_dir": os.path.join(run_dir, "checkpoint"),
+            "sink.path": os.path.join(run_dir, "profit"),
+            "dead_letter.path": os.path.join(run_dir, "dead_letters"),
+        }
+        cmd = [args.coinstream_bin, "run", *config_args(os.path.join(REPO, EMBEDDED_CONFIG), overrides),
+               "--trigger", "available-now", "--no-ui", "--progress", "json"]
+        marker = r'"numInputRows":[1-9]'
+    else:
+        cmd = [
+            args.spark_python, os.path.join(BENCH, "spark/job.py"), "--variant", "capture", "--sink", "noop",
+            "--input", os.path.dirname(capture), "--jars", args.spark_jars,
+            "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"), "--coin-map", coin_map,
+            "--checkpoint", os.path.join(run_dir, "checkpoint"), "--driver-memory", args.spark_driver_memory,
+        ]
+        marker = r"BENCH_BATCH "
+    busy0, total0 = cpu_jiffies()
+    load = loadavg()
+    log(f"{name}: {' '.join(cmd)}")
+    proc, out = measured(cmd, run_dir, marker, timeout=args.run_timeout)
+    proc.wait()
+    busy1, total1 = cpu_jiffies()
+    with open(out) as f:
+        m = json.load(f)
+    frames = args.embedded_frames
+    result = {
+        "engine": engine,
+        "load_before": load,
+        # The machine's busy CPU during the run that was not the engine's (idle Kafka and
+        # Cassandra included): other work on the machine shows here.
+        "other_cpu_s": round(max(0.0, (busy1 - busy0) / os.sysconf("SC_CLK_TCK") - m["cpu_s"]), 1),
+        "machine_busy_cores": round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2),
+        "wall_s": m["wall_s"],
+        "trade_frames": frames,
+        "trade_frames_per_s": round(frames / m["wall_s"], 1),
+        "cpu_s": m["cpu_s"],
+        "user_s": m["user_s"],
+        "sys_s": m["sys_s"],
+        "peak_rss_mb": m["peak_rss_mb"],
+        "exit_code": m["exit_code"],
+        "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
+    }
+    result.update(batch_figures(m, engine == "coinstream", "trade_frames_per_s_after_first_batch"))
+    if m["exit_code"] != 0:
+        log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
+        with open(os.path.join(run_dir, "output.log")) as f:
+            sys.stderr.write("".join(f.readlines()[-30:]))
+        result["error"] = f"exit code {m['exit_code']}"
+        return result
+    result.update(embedded_counts(engine, os.path.join(run_dir, "output.log")))
+    problems = []
+    if result["rows_written"] != expected["rows"]:
+        problems.append(f"{fmt(result['rows_written'])} rows written, expected {fmt(expected['rows'])}")
+    if result["unknown_product_dropped"] != expected["unknown_product"]:
+        problems.append(f"{fmt(result['unknown_product_dropped'])} trades of products outside the coin map "
+                        f"dropped, expected {fmt(expected['unknown_product'])}")
+    result["problems"] = problems
+    if not args.keep:
+        shutil.rmtree(os.path.join(run_dir, "profit"), ignore_errors=True)
+    log(f"{name}: {m['wall_s']:.1f} s wall, {result['trade_frames_per_s']:.0f} trade frames/s, first batch at "
+        f"{result['first_batch_s']}, {m['cpu_s']:.1f} CPU s, peak RSS {m['peak_rss_mb']:.0f} MB, "
+        f"{result['rows_written']} rows, {result['unknown_product_dropped']} trades of {MISSING_PRODUCT} dropped, "
+        f"problems: {problems or 'none'}")
+    return result
+
+
+def embedded_phase(args, portfolio: dict) -> dict:
+    """The capture generated once, then each engine replays it in a fresh process."""
+    run_dir = fresh_run_dir(args, "embedded")
+    # Spark's file source reads a folder: the capture gets one of its own.
+    capture = os.path.join(run_dir, "capture", "feed.jsonl")
+    os.makedirs(os.path.dirname(capture))
+    t = time.monotonic()
+    sh(generate_command(args, args.embedded_frames, 42, args.trade_rate, TRADES_START) + ["--out", capture])
+    generate_s = time.monotonic() - t
+    with open(os.path.join(REPO, "required_data/coin_map.json")) as f:
+        coin_map = json.load(f)
+    coin_map.pop(MISSING_PRODUCT)
+    coin_map_path = os.path.join(run_dir, "coin_map.json")
+    with open(coin_map_path, "w") as f:
+        json.dump(coin_map, f)
+    expected = expected_from_capture(capture, coin_map, portfolio)
+    log(f"embedded: generated {args.embedded_frames:,} trades ({expected['lines']:,} lines) in {generate_s:.1f} s; "
+        f"{expected['unknown_product']:,} of {MISSING_PRODUCT} (outside the run's coin map), "
+        f"{expected['rows']:,} profit rows expected")
+    runs = []
+    for engine in args.embedded_engines:
+        runs.append(run_embedded(args, engine, capture, coin_map_path, expected))
+        time.sleep(args.pause)
+    if not args.keep:
+        shutil.rmtree(os.path.dirname(capture))
+    return {"trade_frames": args.embedded_frames, "generate_s": round(generate_s, 1), "expected": expected,
+            "missing_product": MISSING_PRODUCT, "runs": runs}
+
+
+def embedded_report(args, embedded: dict) -> list[str]:
+    e = embedded["expected"]
+    settings = shipped_settings_at(os.path.join(REPO, EMBEDDED_CONFIG))
+    max_batch = settings["engine"].get("max_records_per_batch", 100_000)
+    lines = ["", "## Embedded job: a Coinbase capture replayed (available-now)", "",
+             f"{embedded['trade_frames']:,} trades generated once as Coinbase Exchange feed frames by `coinstream "
+             f"generate --count {embedded['trade_frames']} --seed 42 --out` ({e['lines']:,} lines with the heartbeats "
+             f"and the subscriptions ack), in {embedded['generate_s']:.1f} s. {embedded['missing_product']} is removed "
+             f"from the run's coin map, so its {e['unknown_product']:,} trades are dead-lettered by coinstream and "
+             f"dropped by Spark; {e['rows']:,} profit rows remain. Each engine replays the capture in one fresh "
+             "process, start-up included.", "",
+             "| engine | wall s | trade frames/s | same, after 1st batch | first batch written s | CPU s (user+sys) "
+             "| peak RSS MB | batches | rows written | dropped (not in the coin map) | other CPU s | check |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in embedded["runs"]:
+        check = r.get("error") or ("OK" if not r.get("problems") else "; ".join(r["problems"]))
+        lines.append(f"| {EMBEDDED_ENGINES[r['engine']]} | {fmt(r['wall_s'], 2)} | {fmt(r['trade_frames_per_s'], 0)} "
+                     f"| {fmt(r.get('trade_frames_per_s_after_first_batch'), 0)} | {fmt(r.get('first_batch_s'), 2)} "
+                     f"| {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r.get('batches'))} "
+                     f"| {fmt(r.get('rows_written'))} | {fmt(r.get('unknown_product_dropped'))} "
+                     f"| {fmt(r.get('other_cpu_s'))} | {check} |")
+    lines += ["", "How: coinstream runs the shipped `coinstream.toml` (a `coinbase_capture` source, sql/profit.sql, "
+              f"the Delta Lake sink writing to disk, file dead letters, the end-of-run P&L report; max "
+              f"{fmt(max_batch)} records per batch) with `--set` for the capture, the coin map, the checkpoint, the "
+              "sink and dead-letter folders, and `--trigger available-now --no-ui --progress json`, as "
+              "bench/embedded.sh does. Spark runs `bench/spark/job.py --variant capture`: `local[2]`, driver memory "
+              f"{args.spark_driver_memory}, the JSON file source on the capture's folder with a declared schema "
+              "(`maxFilesPerTrigger` 1, `trigger(availableNow=True)`: the one file is one batch), trades made as "
+              "coinstream's source makes them, an inner broadcast join with the coin map, sql/profit.sql over "
+              "the broadcast portfolio with exact decimals, the `noop` sink: Spark writes nothing, coinstream "
+              "writes a Delta table. Trade frames/s = the generated trades ÷ wall. First batch written: "
+              "coinstream's first progress record with rows, Spark's only batch's end. Check: the rows "
+              "written (coinstream: the progress records' `sink.numOutputRows`; Spark: an `observe` count "
+              "before the sink) and the trades dropped for a product outside the coin map (coinstream: "
+              "`numDeadLetters`; Spark: an `observe` count) against a count in Python from the capture. "
+              "Other CPU s: the machine's busy CPU during the run that was not the engine's (idle Kafka and "
+              "Cassandra, other work on the machine)."]
+    return lines
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 
@@ -946,7 +1159,58 @@ def engine_table(engines, by, sink, columns):
     return lines
 
 
-def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None) -> str:
+# The engines' names where space is short (the ratio chart).
+SHORT_NAMES = {"spark_udf": "Spark UDF", "spark_sql": "Spark SQL", "coinstream": "coinstream",
+               "coinstream_tuned": "coinstream tuned"}
+
+
+def ratio_rows(runs, live, embedded) -> list[dict]:
+    """Every figure that both coinstream and Spark have, with its two values: the one list that the
+    ratio table and the ratio chart are drawn from. Each is a dict of figure, pair (which
+    coinstream against which Spark job), coinstream, spark, digits (to print the values with) and
+    higher_is_better."""
+    by = {(r["engine"], r["sink"]): r for r in runs}
+    engines = [e for e in ENGINES if any(k[0] == e for k in by)]
+    pairs = [(c, s) for c in engines if is_coinstream(c) for s in engines if not is_coinstream(s)]
+    rows = []
+
+    def add(figure, pair, c, s, digits, higher_is_better):
+        if c and s:
+            rows.append({"figure": figure, "pair": pair[0], "short_pair": pair[1], "coinstream": c, "spark": s,
+                         "digits": digits, "higher_is_better": higher_is_better})
+
+    def names(c, s):
+        return f"{ENGINES[c]} vs {ENGINES[s]}", f"{SHORT_NAMES[c]} vs {SHORT_NAMES[s]}"
+
+    profit_figures = [
+        ("throughput → Cassandra, trades/s", "cassandra", "trades_per_s", 0, True),
+        ("same, after the 1st batch", "cassandra", "trades_per_s_after_first_batch", 0, True),
+        ("throughput compute-only, trades/s", "null", "trades_per_s", 0, True),
+        ("same, after the 1st batch", "null", "trades_per_s_after_first_batch", 0, True),
+        ("CPU s (→ Cassandra)", "cassandra", "cpu_s", 2, False),
+        ("peak RSS MB (→ Cassandra)", "cassandra", "peak_rss_mb", 0, False),
+        ("first batch written s (→ Cassandra)", "cassandra", "first_batch_s", 2, False),
+    ]
+    for figure, sink, key, digits, higher in profit_figures:
+        for c, s in pairs:
+            add(figure, names(c, s), (by.get((c, sink)) or {}).get(key),
+                (by.get((s, sink)) or {}).get(key), digits, higher)
+    for c, s in pairs:
+        lc = min((r for r in live if r["engine"] == c and r.get("p99_ms")), key=lambda r: r["p99_ms"], default=None)
+        ls = next((r for r in live if r["engine"] == s), None)
+        add("live p99 ms", names(c, s), lc and lc["p99_ms"], ls and ls.get("p99_ms"), 1, False)
+    if embedded:
+        e = {r["engine"]: r for r in embedded["runs"] if not r.get("error")}
+        c, s = e.get("coinstream", {}), e.get("spark", {})
+        pair = ("coinstream.toml vs Spark's capture job (above)", "coinstream.toml vs Spark capture job")
+        add("embedded: throughput, trade frames/s", pair, c.get("trade_frames_per_s"), s.get("trade_frames_per_s"), 0, True)
+        add("embedded: CPU s", pair, c.get("cpu_s"), s.get("cpu_s"), 2, False)
+        add("embedded: peak RSS MB", pair, c.get("peak_rss_mb"), s.get("peak_rss_mb"), 0, False)
+        add("embedded: first batch written s", pair, c.get("first_batch_s"), s.get("first_batch_s"), 2, False)
+    return rows
+
+
+def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None, embedded=None) -> str:
     by = {(r["engine"], r["sink"]): r for r in runs}
     profit_file = shipped_settings(PROFIT_PIPELINE)
     engines = [e for e in ENGINES if any(k[0] == e for k in by)]
@@ -995,29 +1259,22 @@ def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None) -
                 f"| {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | {fmt(r['engine_cpu_s'])} "
                 f"| {fmt(r['peak_rss_mb'], 0)} |"
             )
-    spark_variants = [e for e in engines if not is_coinstream(e)]
-    c_variants = [e for e in engines if is_coinstream(e) and (e, "cassandra") in by]
-    if c_variants and spark_variants:
+    if embedded:
+        lines += embedded_report(args, embedded)
+    ratios = ratio_rows(runs, live, embedded)
+    if ratios:
         lines += ["", "## coinstream ÷ Spark", "",
-                  "| coinstream vs | throughput → Cassandra | same, after 1st batch | throughput compute-only | same, after 1st batch "
-                  "| CPU s (→ Cassandra) | peak RSS (→ Cassandra) | first batch | live p99 |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for ce, e in [(ce, e) for ce in c_variants for e in spark_variants]:
-            c, cn = by.get((ce, "cassandra")), by.get((ce, "null"))
-            lc = min((r for r in live if r["engine"] == ce and r.get("p99_ms")), key=lambda r: r["p99_ms"], default=None)
-            s, sn = by.get((e, "cassandra")), by.get((e, "null"))
-            ls = next((r for r in live if r["engine"] == e), None)
-            lines.append(
-                f"| {ENGINES[ce]} vs {ENGINES[e]} | {ratio(c['trades_per_s'], s and s['trades_per_s'])} "
-                f"| {ratio(c.get('trades_per_s_after_first_batch'), s and s.get('trades_per_s_after_first_batch'))} "
-                f"| {ratio(cn and cn['trades_per_s'], sn and sn['trades_per_s'])} "
-                f"| {ratio(cn and cn.get('trades_per_s_after_first_batch'), sn and sn.get('trades_per_s_after_first_batch'))} "
-                f"| {ratio(c['cpu_s'], s and s['cpu_s'], False)} | {ratio(c['peak_rss_mb'], s and s['peak_rss_mb'], False)} "
-                f"| {ratio(c['first_batch_s'], s and s['first_batch_s'], False)} "
-                f"| {ratio(lc and lc.get('p99_ms'), ls and ls.get('p99_ms'), False)} |"
-            )
-        lines += ["", "Throughput ratios: higher is better for coinstream; CPU, RSS, first-batch and latency "
-                  "ratios: lower is better (0.10× = a tenth of Spark's). Live p99: coinstream's best trigger above."]
+                  "Every figure measured for both: coinstream's value divided by Spark's. Throughput: higher is "
+                  "better for coinstream (5× = five times Spark's); CPU, memory, first batch and latency: lower "
+                  "is better (0.10× = a tenth of Spark's).", "",
+                  "| figure | coinstream vs | coinstream | Spark | coinstream ÷ Spark | better |",
+                  "| --- | --- | ---: | ---: | ---: | --- |"]
+        for r in ratios:
+            lines.append(f"| {r['figure']} | {r['pair']} | {fmt(r['coinstream'], r['digits'])} "
+                         f"| {fmt(r['spark'], r['digits'])} | {ratio(r['coinstream'], r['spark'])} "
+                         f"| {'higher' if r['higher_is_better'] else 'lower'} |")
+        if any(r["figure"] == "live p99 ms" for r in ratios):
+            lines += ["", "Live p99: coinstream's best trigger above."]
         if "coinstream_tuned" in engines:
             lines += ["", f"coinstream, Kafka source tuned: the same config plus `[source] properties = "
                       f"{json.dumps(TUNED_SOURCE_PROPERTIES)}` (librdkafka), to show what the source's prefetch "
@@ -1039,6 +1296,16 @@ def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None) -
         )
     if equal_check:
         lines.append(f"- Across engines: {equal_check}")
+    if embedded:
+        if not runs:
+            lines += ["", "## Checks", ""]
+        e = embedded["expected"]
+        for r in embedded["runs"]:
+            verdict = r.get("error") or ("OK" if not r.get("problems") else "MISMATCH " + "; ".join(r["problems"]))
+            lines.append(f"- Embedded, {EMBEDDED_ENGINES[r['engine']]}: {fmt(r.get('rows_written'))} rows written, "
+                         f"{fmt(r.get('unknown_product_dropped'))} trades of {embedded['missing_product']} dropped; "
+                         f"counted from the capture: {fmt(e['rows'])} and {fmt(e['unknown_product'])} "
+                         f"({fmt(e['repeats'])} repeated trades): {verdict}")
     lines += ["", "## How it was measured", "",
               "- wall: from the engine process's start to the exit of its whole process tree (all rows are "
               "in Cassandra then: coinstream commits a batch only after Cassandra acknowledged every row, "
@@ -1051,7 +1318,8 @@ def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None) -
               "rusage and the sum of each process's own CPU time sampled every 100 ms (rusage misses "
               "PySpark's Python workers that nobody waits for). "
               "Kafka's and Cassandra's own CPU is not in it (see `service_cpu_s` in the JSON).",
-              "- peak RSS: the largest sum of VmRSS over the tree, sampled every 100 ms.",
+              "- peak RSS: the largest sum of VmRSS over the tree, sampled every 100 ms, or the largest peak "
+              "of one process (`wait4`'s ru_maxrss) if that is more (a run shorter than a few samples).",
               f"- Spark: pyspark {facts.get('pyspark', '?')}, `local[2]`, driver memory {args.spark_driver_memory}, "
               f"`trigger(availableNow=True)`, maxOffsetsPerTrigger {args.spark_max_offsets or 'unset'}, "
               "spark-sql-kafka and spark-cassandra-connector 3.5.1 from Maven Central as local jars, default "
@@ -1072,7 +1340,7 @@ def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None) -
     return "\n".join(lines) + "\n"
 
 
-def chart(path: str, runs, live) -> str | None:
+def chart(path: str, runs, live, embedded=None) -> str | None:
     try:
         import matplotlib
 
@@ -1085,44 +1353,82 @@ def chart(path: str, runs, live) -> str | None:
     labels = {"spark_udf": "Spark\n(Python UDF)", "spark_sql": "Spark\n(SQL join)", "coinstream": "coinstream",
               "coinstream_tuned": "coinstream\n(source tuned)"}
     colors = {"spark_udf": "#d62728", "spark_sql": "#ff7f0e", "coinstream": "#2ca02c", "coinstream_tuned": "#98df8a"}
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    embedded_runs = [r for r in (embedded or {}).get("runs", []) if not r.get("error")]
+    ratios = ratio_rows(runs, live, embedded)
+    # Rows of panels: the profit runs' 2 × 2, the embedded job's 1 × 2, every ratio across both columns.
+    heights = ([4, 4] if runs else []) + ([4] if embedded_runs else []) + ([0.8 + 0.32 * len(ratios)] if ratios else [])
+    if not heights:
+        return "nothing to draw: no chart"
+    fig = plt.figure(figsize=(11, sum(heights) + 1))
+    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
+    row = 0
 
-    def bars(ax, values, title, unit):
-        xs = [labels[e] for e, _ in values]
+    def bars(ax, values, title, unit, names=labels, palette=colors):
+        xs = [names[e] for e, _ in values]
         ys = [v or 0 for _, v in values]
-        b = ax.bar(xs, ys, color=[colors[e] for e, _ in values])
+        b = ax.bar(xs, ys, color=[palette[e] for e, _ in values])
         ax.set_title(title)
         ax.set_ylabel(unit)
         for rect, y in zip(b, ys):
-            ax.annotate(f"{y:,.0f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+            ax.annotate(f"{y:,.0f}" if y >= 10 else f"{y:.2g}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
                         ha="center", va="bottom", fontsize=9)
 
-    bars(axes[0][0], [(e, by.get((e, "cassandra"), {}).get("trades_per_s")) for e in engines],
-         "Kafka → Cassandra throughput", "trades/s (higher is better)")
-    bars(axes[0][1], [(e, by.get((e, "null"), {}).get("trades_per_s")) for e in engines],
-         "Compute only (noop / null sink)", "trades/s (higher is better)")
-    bars(axes[1][0], [(e, by.get((e, "cassandra"), {}).get("peak_rss_mb")) for e in engines],
-         "Peak RSS of the process tree (→ Cassandra)", "MB (lower is better)")
-    ax = axes[1][1]
-    if live:
-        xs = [labels[r["engine"]] + (f"\n{r['trigger']}" if is_coinstream(r["engine"]) else "") for r in live]
-        p50 = [r.get("p50_ms") or 0 for r in live]
-        p99 = [r.get("p99_ms") or 0 for r in live]
-        x = range(len(xs))
-        ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50", color="#1f77b4")
-        ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99", color="#9467bd")
-        ax.set_xticks(list(x), xs)
-        ax.set_yscale("log")
-        ax.set_ylabel("ms, log scale (lower is better)")
-        ax.set_title("Live end-to-end latency")
-        ax.legend()
-        for i in x:
-            ax.annotate(f"{p99[i]:,.0f}", (i + 0.2, p99[i] or 1), ha="center", va="bottom", fontsize=9)
-    else:
-        bars(ax, [(e, by.get((e, "cassandra"), {}).get("cpu_s")) for e in engines],
-             "CPU seconds (→ Cassandra)", "s (lower is better)")
-    fig.suptitle("coinstream vs Spark Structured Streaming (same Kafka topic, same Cassandra, 2 cores)")
-    fig.tight_layout()
+    if runs:
+        axes = [[fig.add_subplot(grid[row + i, j]) for j in range(2)] for i in range(2)]
+        row += 2
+        bars(axes[0][0], [(e, by.get((e, "cassandra"), {}).get("trades_per_s")) for e in engines],
+             "Kafka → Cassandra throughput", "trades/s (higher is better)")
+        bars(axes[0][1], [(e, by.get((e, "null"), {}).get("trades_per_s")) for e in engines],
+             "Compute only (noop / null sink)", "trades/s (higher is better)")
+        bars(axes[1][0], [(e, by.get((e, "cassandra"), {}).get("peak_rss_mb")) for e in engines],
+             "Peak RSS of the process tree (→ Cassandra)", "MB (lower is better)")
+        ax = axes[1][1]
+        if live:
+            xs = [labels[r["engine"]] + (f"\n{r['trigger']}" if is_coinstream(r["engine"]) else "") for r in live]
+            p50 = [r.get("p50_ms") or 0 for r in live]
+            p99 = [r.get("p99_ms") or 0 for r in live]
+            x = range(len(xs))
+            ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50", color="#1f77b4")
+            ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99", color="#9467bd")
+            ax.set_xticks(list(x), xs)
+            ax.set_yscale("log")
+            ax.set_ylabel("ms, log scale (lower is better)")
+            ax.set_title("Live end-to-end latency")
+            ax.legend()
+            for i in x:
+                ax.annotate(f"{p99[i]:,.0f}", (i + 0.2, p99[i] or 1), ha="center", va="bottom", fontsize=9)
+        else:
+            bars(ax, [(e, by.get((e, "cassandra"), {}).get("cpu_s")) for e in engines],
+                 "CPU seconds (→ Cassandra)", "s (lower is better)")
+    if embedded_runs:
+        names = {"coinstream": "coinstream\n(Delta sink)", "spark": "Spark\n(noop sink)"}
+        palette = {"coinstream": colors["coinstream"], "spark": colors["spark_sql"]}
+        left, right = fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])
+        row += 1
+        bars(left, [(r["engine"], r["trade_frames_per_s"]) for r in embedded_runs],
+             f"Embedded job: {embedded['trade_frames']:,}-trade capture",
+             "trade frames/s (higher is better)", names, palette)
+        bars(right, [(r["engine"], r["peak_rss_mb"]) for r in embedded_runs],
+             "Embedded job: peak RSS", "MB (lower is better)", names, palette)
+    if ratios:
+        ax = fig.add_subplot(grid[row, :])
+        ys = list(range(len(ratios)))[::-1]
+        values = [r["coinstream"] / r["spark"] for r in ratios]
+        better = [(v > 1) == r["higher_is_better"] for v, r in zip(values, ratios)]
+        ax.barh(ys, values, color=["#2ca02c" if b else "#d62728" for b in better])
+        ax.set_xscale("log")
+        # Room on both sides of 1× and for the labels right of the longest bar.
+        ax.set_xlim(min(min(values), 1) / 2, max(max(values), 1) * 4)
+        ax.axvline(1, color="black", linewidth=0.8)
+        ax.set_yticks(ys, [f"{r['figure']}\n{r['short_pair']} ({'higher' if r['higher_is_better'] else 'lower'} "
+                           "is better)" for r in ratios], fontsize=7)
+        for y, v in zip(ys, values):
+            ax.annotate(ratio(v, 1), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.set_xlabel("coinstream ÷ Spark, log scale (green: coinstream better, red: Spark better)")
+        ax.set_title("coinstream ÷ Spark, every figure")
+    fig.suptitle("coinstream vs Spark Structured Streaming (2 cores; Kafka and Cassandra on the same machine)")
+    # Leave the title its own half inch above the panels.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (sum(heights) + 1)))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
@@ -1168,21 +1474,40 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=50, help="rows per partition whose profit is checked")
     ap.add_argument("--run-timeout", type=float, default=1200)
     ap.add_argument("--pause", type=float, default=5, help="seconds between runs (Cassandra settles)")
-    ap.add_argument("--keep", action="store_true", help="keep the keyspace, tables and topic")
+    ap.add_argument("--no-embedded", action="store_true",
+                    help="skip the embedded phase (a generated Coinbase capture replayed by each engine)")
+    ap.add_argument("--embedded-only", action="store_true",
+                    help="only the embedded phase (no Kafka topic, no Cassandra)")
+    ap.add_argument("--embedded-frames", type=int, default=1_000_000,
+                    help="trades in the embedded phase's capture (`coinstream generate --count`)")
+    ap.add_argument("--embedded-engines", default="coinstream,spark")
+    ap.add_argument("--keep", action="store_true", help="keep the keyspace, tables, topic and capture")
     ap.add_argument("--command", default=os.environ.get("BENCH_COMMAND", "bench/run.sh"),
                     help="the command line to quote in the report")
     args = ap.parse_args()
 
-    engines = [e for e in args.engines.split(",") if e] if not args.ohlcv_only else []
-    live_engines = [e for e in args.live_engines.split(",") if e] if args.live_seconds > 0 else []
-    args.ohlcv = args.ohlcv or args.ohlcv_only
+    if args.ohlcv_only and args.embedded_only:
+        ap.error("--ohlcv-only and --embedded-only exclude each other")
+    only = args.ohlcv_only or args.embedded_only
+    engines = [e for e in args.engines.split(",") if e] if not only else []
+    live_engines = [e for e in args.live_engines.split(",") if e] if args.live_seconds > 0 and not only else []
+    args.ohlcv = (args.ohlcv or args.ohlcv_only) and not args.embedded_only
+    embedded_wanted = args.embedded_only or not (args.no_embedded or args.ohlcv_only)
+    args.embedded_engines = [e for e in args.embedded_engines.split(",") if e] if embedded_wanted else []
+    if args.embedded_engines and args.embedded_frames <= 0:
+        ap.error("--embedded-frames must be positive")
+    for e in args.embedded_engines:
+        if e not in EMBEDDED_ENGINES:
+            ap.error(f"unknown embedded engine {e!r} (one of {', '.join(EMBEDDED_ENGINES)})")
     if args.coinstream_only:
         engines = [e for e in engines if is_coinstream(e)]
         live_engines = [e for e in live_engines if is_coinstream(e)]
         args.ohlcv_engines = ",".join(e for e in args.ohlcv_engines.split(",") if e == "coinstream")
+        args.embedded_engines = [e for e in args.embedded_engines if e == "coinstream"]
     else:
         live_engines = [e for e in live_engines if e in engines]
-        spark = any(not is_coinstream(e) for e in engines) or (args.ohlcv and "spark" in args.ohlcv_engines.split(","))
+        spark = (any(not is_coinstream(e) for e in engines) or (args.ohlcv and "spark" in args.ohlcv_engines.split(","))
+                 or "spark" in args.embedded_engines)
         if spark and not (args.spark_python and args.spark_jars):
             ap.error("the Spark runs need --spark-python and --spark-jars (or --coinstream-only)")
     for e in engines + live_engines:
@@ -1204,29 +1529,31 @@ def main() -> int:
     with open(os.path.join(REPO, "required_data/my_Portfolio.json")) as f:
         portfolio = json.load(f)
 
+    # The embedded phase alone needs neither Kafka nor Cassandra.
+    uses_kafka = bool(engines or live_engines or args.ohlcv)
     kafka = Kafka(args.brokers, args.kafka_jars)
-    topic = f"{args.prefix}_trades"
-    kafka.create_input(topic, args.partitions)
-    with cql.Session.connect(args.cassandra) as s:
-        s.execute(f"CREATE KEYSPACE IF NOT EXISTS {args.keyspace} WITH replication = "
-                  "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+    topic, records, generate_s = f"{args.prefix}_trades", None, None
+    if uses_kafka:
+        kafka.create_input(topic, args.partitions)
+        with cql.Session.connect(args.cassandra) as s:
+            s.execute(f"CREATE KEYSPACE IF NOT EXISTS {args.keyspace} WITH replication = "
+                      "{'class': 'SimpleStrategy', 'replication_factor': 1}")
 
-    # The trades: once into the topic, and (same seed, same start: the same records) into a file
-    # from which the expected rows and profits are computed independently of every engine.
-    start = "2026-11-20T00:00:00.000000Z"
-    gen = generate_command(args, args.trades, 42, args.trade_rate, start)
-    t = time.monotonic()
-    sh(gen + ["--topic", topic, "--brokers", args.brokers])
-    generate_s = time.monotonic() - t
-    in_topic = kafka.message_count(topic)
-    log(f"published {args.trades:,} trades to {topic} in {generate_s:.1f} s ({in_topic:,} messages in the topic)")
-    if in_topic != args.trades:
-        raise SystemExit(f"the topic holds {in_topic} messages, expected {args.trades}")
-    records = os.path.join(args.work, "records.jsonl")
-    sh(gen + ["--format", "record", "--out", records])
-    partitions, prices = expected_from_records(records, portfolio)
-    expected_rows = sum(partitions.values())
-    log(f"expected {expected_rows:,} rows in {len(partitions)} Cassandra partitions")
+        # The trades: once into the topic, and (same seed, same start: the same records) into a file
+        # from which the expected rows and profits are computed independently of every engine.
+        gen = generate_command(args, args.trades, 42, args.trade_rate, TRADES_START)
+        t = time.monotonic()
+        sh(gen + ["--topic", topic, "--brokers", args.brokers])
+        generate_s = time.monotonic() - t
+        in_topic = kafka.message_count(topic)
+        log(f"published {args.trades:,} trades to {topic} in {generate_s:.1f} s ({in_topic:,} messages in the topic)")
+        if in_topic != args.trades:
+            raise SystemExit(f"the topic holds {in_topic} messages, expected {args.trades}")
+        records = os.path.join(args.work, "records.jsonl")
+        sh(gen + ["--format", "record", "--out", records])
+        partitions, prices = expected_from_records(records, portfolio)
+        expected_rows = sum(partitions.values())
+        log(f"expected {expected_rows:,} rows in {len(partitions)} Cassandra partitions")
 
     runs, live = [], []
     sinks = ["cassandra"] + ([] if args.no_noop else ["null"])
@@ -1244,6 +1571,7 @@ def main() -> int:
         live.append(run_live(args, engine, kafka, i, portfolio, trigger))
         time.sleep(args.pause)
     ohlcv = ohlcv_phase(args, kafka, topic, records) if args.ohlcv else None
+    embedded = embedded_phase(args, portfolio) if args.embedded_engines else None
 
     # The same rows from every engine: the sampled rows must be identical across engines.
     samples = {r["engine"]: r.pop("_sample") for r in runs if "_sample" in r}
@@ -1264,7 +1592,7 @@ def main() -> int:
         for r in runs:
             r.pop("_sample", None)
 
-    if not args.keep:
+    if not args.keep and uses_kafka:
         with cql.Session.connect(args.cassandra) as s:
             s.execute(f"DROP KEYSPACE IF EXISTS {args.keyspace}")
         kafka.delete_topic(topic)
@@ -1274,10 +1602,12 @@ def main() -> int:
     facts["loadavg_at_end"] = loadavg()
 
     date = dt.datetime.now().strftime("%Y-%m-%d")
-    base = date + ("-ohlcv" if args.ohlcv_only else "") + ("" if not args.coinstream_only else "-coinstream-only")
+    base = (date + ("-ohlcv" if args.ohlcv_only else "") + ("-embedded" if args.embedded_only else "")
+            + ("" if not args.coinstream_only else "-coinstream-only"))
     png = os.path.join(args.results, base + ".png")
-    note = chart(png, runs, live) if runs else "the profit phases did not run: no chart"
-    md = report(args, facts, runs, live, generate_s, equal_check, date, ohlcv)
+    note = (chart(png, runs, live, embedded) if runs or embedded
+            else "neither the profit phases nor the embedded phase ran: no chart")
+    md = report(args, facts, runs, live, generate_s, equal_check, date, ohlcv, embedded)
     if note:
         md += f"\n({note})\n"
     else:
@@ -1286,8 +1616,8 @@ def main() -> int:
     with open(md_path, "w") as f:
         f.write(md)
     with open(os.path.join(args.results, base + ".json"), "w") as f:
-        json.dump({"facts": facts, "runs": runs, "live": live, "ohlcv": ohlcv, "generate_s": generate_s,
-                   "equal_check": equal_check, "args": {k: v for k, v in vars(args).items()}}, f, indent=1,
+        json.dump({"facts": facts, "runs": runs, "live": live, "ohlcv": ohlcv, "embedded": embedded,
+                   "ratios": ratio_rows(runs, live, embedded), "generate_s": generate_s, "equal_check": equal_check, "args": {k: v for k, v in vars(args).items()}}, f, indent=1,
                   default=str)
     log(f"wrote {md_path} ({facts['bench_wall_time']})")
     print(md)
@@ -1297,6 +1627,8 @@ def main() -> int:
     if ohlcv:
         failed += [r for r in ohlcv["runs"] if r.get("error") or r.get("problems")]
         failed += [r for r in ohlcv["live"] if r["problems"] or (r["exit_code"] not in (0, None) and r["engine"] == "coinstream")]
+    if embedded:
+        failed += [r for r in embedded["runs"] if r.get("error") or r.get("problems")]
     return 1 if failed else 0
 
 

@@ -8,14 +8,16 @@
   does not wait for, say) are re-parented here and their rusage is counted when reaped; as a
   cross-check, each process's own CPU time as last sampled, summed over the tree;
 - peak RSS of the tree: every 100 ms, the sum of VmRSS over the command's live descendants
-  (shared pages of forked workers are counted once per process, as `ps` would);
+  (shared pages of forked workers are counted once per process, as `ps` would), or the largest
+  one process's own peak (`wait4`'s ru_maxrss, as /usr/bin/time reports it) if that is more: a
+  run shorter than a few samples (coinstream on a small capture) has its peak between them;
 - the time each line of the command's stdout/stderr appeared, for lines matching --marker
   (the first one is "first batch written"), with the line itself;
 - the tree's CPU seconds at the first marker line too, so that startup cost can be told apart.
 
 Output lines go to --log, each prefixed with seconds since start. The JSON written to --out has
-wall_s, user_s, sys_s, cpu_rusage_s, cpu_sampled_s, cpu_s (the larger of the two), peak_rss_mb,
-exit_code, markers [[t, line], ...].
+wall_s, user_s, sys_s, cpu_rusage_s, cpu_sampled_s, cpu_s (the larger of the two), peak_rss_mb
+(the larger of peak_rss_sampled_mb and peak_rss_process_mb), exit_code, markers [[t, line], ...].
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def main() -> int:
     log = open(args.log, "w", buffering=1) if args.log else None
     markers: list[tuple[float, str]] = []
     peak_rss = 0
+    peak_rss_process = 0  # the largest ru_maxrss of a reaped process, bytes
     cpu_at_first_marker = None
     lock = threading.Lock()
     live_ticks: dict[int, int] = {}
@@ -149,6 +152,7 @@ def main() -> int:
                 break
             user += ru.ru_utime
             sys_ += ru.ru_stime
+            peak_rss_process = max(peak_rss_process, ru.ru_maxrss * 1024)  # Linux: KiB
             if pid == proc.pid:
                 exit_code = os.waitstatus_to_exitcode(status)
                 proc.returncode = exit_code
@@ -187,7 +191,9 @@ def main() -> int:
         "cpu_sampled_s": round(sum(seen_ticks.values()) / TICKS, 3),
         "processes_seen": len(seen_ticks),
         "cpu_at_first_marker_s": cpu_at_first_marker,
-        "peak_rss_mb": round(peak_rss / 2**20, 1),
+        "peak_rss_mb": round(max(peak_rss, peak_rss_process) / 2**20, 1),
+        "peak_rss_sampled_mb": round(peak_rss / 2**20, 1),
+        "peak_rss_process_mb": round(peak_rss_process / 2**20, 1),
         "exit_code": exit_code,
         "timed_out": terminated and not asked_to_stop and not (args.stop_file and os.path.exists(args.stop_file)),
         "markers": markers,

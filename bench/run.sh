@@ -8,7 +8,9 @@
 # matplotlib (pip → PyPI), the Spark Kafka and Cassandra connector jars (mvn → Maven Central,
 # bench/spark/pom.xml). Starts Kafka and Cassandra with scripts/services.sh if they are not up,
 # builds coinstream in release mode, then runs bench/bench.py, which writes
-# bench/results/<date>.md, .json and .png. See bench/README.md.
+# bench/results/<date>.md, .json and .png. See bench/README.md. It ends with the embedded job
+# (coinstream.toml on a generated Coinbase capture against Spark's file source; --no-embedded,
+# --embedded-only, --embedded-frames N).
 #
 # --coinstream-only runs just the coinstream part (no pyspark, no jars); with --coinstream-bin
 # it does not build either (the smoke test, tests/bench_scripts.rs, runs it so).
@@ -27,7 +29,7 @@ COINSTREAM_BIN=""
 PASS=()
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   echo
   echo "bench.py options (passed through):"
   python3 "$ROOT/bench/bench.py" --help | sed -n '/^options:/,$p'

@@ -1,7 +1,8 @@
 """The Spark baseline of the benchmark: the seeds' PySpark Structured Streaming job, in two variants,
-and the OHLCV job of sql/ohlcv_1m.sql.
+the OHLCV job of sql/ohlcv_1m.sql, and the embedded job on a capture file.
 
     python bench/spark/job.py --variant udf|sql|ohlcv --sink cassandra|noop --topic T --jars DIR ...
+    python bench/spark/job.py --variant capture --sink noop --input DIR --jars DIR ...
 
 - `udf` is the job as the seeds wrote it: Kafka source, `from_json`, profit computed by a Python
   UDF from the portfolio dict, `foreachBatch` appending each micro-batch to Cassandra through the
@@ -25,6 +26,19 @@ products outside the portfolio are dropped, as coinstream's inner join drops the
   (DECIMAL(38,10)), trade_count a bigint. Every trade counts, in the portfolio or not. Rows:
   symbol, window_start, window_end, open, high, low, close, volume, trade_count.
 
+- `capture` is coinstream's embedded job (coinstream.toml, a `coinbase_capture` source) in Spark:
+  the file source reads the folder `--input`, which holds one capture of Coinbase Exchange feed
+  frames (`coinstream generate --out`, one JSON message a line), with a declared schema. `match`
+  and `last_match` frames become trades as coinstream's source makes them: product_id → symbol,
+  `time` → trade_time, the maker's `side` turned into the taker's, DECIMAL(28,10) price and size,
+  the coin name from the coin map. Other frames (heartbeats, the subscriptions ack) are skipped.
+  Trades of products missing from the coin map are dropped by the inner (broadcast) join with it;
+  coinstream dead-letters them. The profit is then the `sql` variant's. coinstream also drops a
+  trade whose id is not above its product's last one (a capture repeats `last_match` after a
+  reconnect); a generated capture repeats none, so no stateful `dropDuplicates` runs here.
+  `observe` counts the trade frames, those of products outside the coin map and the rows written,
+  printed as `BENCH_ROWS {...}` at the end, for the bench's correctness check.
+
 When the query has ended, each batch with rows is printed as
 `BENCH_BATCH <id> <rows> <unix time it ended> <durationMs>` from Spark's own progress records
 (the batch's start plus its triggerExecution time), for bench/bench.py; a stateful query (ohlcv)
@@ -34,6 +48,7 @@ also prints `BENCH_STATE {"dropped_by_watermark": N, "last_watermark": "..."}`.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import glob
 import json
@@ -47,16 +62,17 @@ PROFIT_SQL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."
 
 def parse_args():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", choices=["udf", "sql", "ohlcv"], required=True)
+    ap.add_argument("--variant", choices=["udf", "sql", "ohlcv", "capture"], required=True)
     ap.add_argument("--sink", choices=["cassandra", "noop"], required=True)
-    ap.add_argument("--topic", required=True)
+    ap.add_argument("--topic", help="the Kafka topic (every variant but capture)")
+    ap.add_argument("--input", help="capture only: the folder that holds the capture file")
     ap.add_argument("--brokers", default="127.0.0.1:9092")
     ap.add_argument("--cassandra", default="127.0.0.1:9042")
     ap.add_argument("--keyspace")
     ap.add_argument("--table")
     ap.add_argument("--jars", required=True, help="folder of the connector jars")
-    ap.add_argument("--portfolio", help="udf and sql only")
-    ap.add_argument("--coin-map", help="udf and sql only")
+    ap.add_argument("--portfolio", help="udf, sql and capture only")
+    ap.add_argument("--coin-map", help="udf, sql and capture only")
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--max-offsets", type=int, default=0, help="maxOffsetsPerTrigger (0: none)")
     ap.add_argument("--trigger", default="available-now", help="available-now or continuous-microbatch")
@@ -66,8 +82,95 @@ def parse_args():
     return ap.parse_args()
 
 
+def kafka_trades(spark, args, dec_in):
+    """The bus records of the Kafka topic (the udf, sql and ohlcv variants)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    raw = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", args.brokers)
+        .option("subscribe", args.topic)
+        .option("startingOffsets", "earliest")
+        .option("failOnDataLoss", "true")
+    )
+    if args.max_offsets > 0:
+        raw = raw.option("maxOffsetsPerTrigger", str(args.max_offsets))
+    raw = raw.load()
+
+    schema = T.StructType(
+        [
+            T.StructField("symbol", T.StringType()),
+            T.StructField("coin_name", T.StringType()),
+            T.StructField("trade_id", T.LongType()),
+            T.StructField("sequence", T.LongType()),
+            T.StructField("trade_time", T.StringType()),
+            T.StructField("price", dec_in),
+            T.StructField("size", dec_in),
+            T.StructField("side", T.StringType()),
+            T.StructField("ingest_time", T.StringType()),
+        ]
+    )
+    return (
+        raw.selectExpr("CAST(value AS STRING) AS value")
+        .select(F.from_json(F.col("value"), schema).alias("t"))
+        .select("t.*")
+        .withColumn("trade_time", F.col("trade_time").cast("timestamp"))
+        .withColumn("ingest_time", F.col("ingest_time").cast("timestamp"))
+    )
+
+
+def capture_trades(spark, folder: str, coin_map: dict, dec_in):
+    """The trades of the capture in `folder`, as coinstream's `coinbase_capture` source makes them
+    (see the module docs), counted by `observe` as they pass."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    # Only the fields a trade needs; heartbeats and the subscriptions ack parse to mostly nulls.
+    # `time` stays text and is cast below, as in the Kafka variants (the JSON reader's default
+    # timestamp pattern stops at milliseconds).
+    frame = T.StructType(
+        [
+            T.StructField("type", T.StringType()),
+            T.StructField("product_id", T.StringType()),
+            T.StructField("trade_id", T.LongType()),
+            T.StructField("sequence", T.LongType()),
+            T.StructField("time", T.StringType()),
+            T.StructField("price", dec_in),
+            T.StructField("size", dec_in),
+            T.StructField("side", T.StringType()),
+        ]
+    )
+    matches = (
+        spark.readStream.schema(frame)
+        .option("maxFilesPerTrigger", "1")
+        .json(folder)
+        .filter(F.col("type").isin("match", "last_match"))
+        .observe(
+            "capture",
+            F.count(F.lit(1)).alias("trade_frames"),
+            F.count(F.when(~F.col("product_id").isin(list(coin_map)), 1)).alias("unknown_product"),
+        )
+    )
+    coins = spark.createDataFrame(list(coin_map.items()), "symbol string, coin_name string")
+    return matches.join(F.broadcast(coins), matches.product_id == coins.symbol).select(
+        "symbol",
+        "coin_name",
+        "trade_id",
+        "sequence",
+        F.col("time").cast("timestamp").alias("trade_time"),
+        "price",
+        "size",
+        # The frame's side is the maker's; the bus record carries the taker's.
+        F.when(F.col("side") == "sell", "buy").when(F.col("side") == "buy", "sell").alias("side"),
+    )
+
+
 def main() -> int:
     args = parse_args()
+    if (args.variant == "capture") != bool(args.input) or (args.variant != "capture") != bool(args.topic):
+        print("--variant capture needs --input, the other variants --topic", file=sys.stderr)
+        return 2
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -109,38 +212,11 @@ def main() -> int:
         with open(args.coin_map) as f:
             coin_map = json.load(f)
 
-    raw = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", args.brokers)
-        .option("subscribe", args.topic)
-        .option("startingOffsets", "earliest")
-        .option("failOnDataLoss", "true")
-    )
-    if args.max_offsets > 0:
-        raw = raw.option("maxOffsetsPerTrigger", str(args.max_offsets))
-    raw = raw.load()
-
     dec_in = T.DecimalType(28, 10)
-    schema = T.StructType(
-        [
-            T.StructField("symbol", T.StringType()),
-            T.StructField("coin_name", T.StringType()),
-            T.StructField("trade_id", T.LongType()),
-            T.StructField("sequence", T.LongType()),
-            T.StructField("trade_time", T.StringType()),
-            T.StructField("price", dec_in),
-            T.StructField("size", dec_in),
-            T.StructField("side", T.StringType()),
-            T.StructField("ingest_time", T.StringType()),
-        ]
-    )
-    trades = (
-        raw.selectExpr("CAST(value AS STRING) AS value")
-        .select(F.from_json(F.col("value"), schema).alias("t"))
-        .select("t.*")
-        .withColumn("trade_time", F.col("trade_time").cast("timestamp"))
-        .withColumn("ingest_time", F.col("ingest_time").cast("timestamp"))
-    )
+    if args.variant == "capture":
+        trades = capture_trades(spark, args.input, coin_map, dec_in)
+    else:
+        trades = kafka_trades(spark, args, dec_in)
     dec_out = T.DecimalType(38, 20)
 
     if args.variant == "ohlcv":
@@ -211,6 +287,8 @@ def main() -> int:
         trades.createOrReplaceTempView("trades")
         with open(PROFIT_SQL) as f:
             result = spark.sql(f.read())
+        if args.variant == "capture":
+            result = result.observe("written", F.count(F.lit(1)).alias("rows"))
 
     writer = result.writeStream.option("checkpointLocation", args.checkpoint)
     if args.sink == "cassandra":
@@ -255,6 +333,13 @@ def main() -> int:
     if any(p.get("stateOperators") for p in progress):
         print(f"BENCH_STATE {json.dumps({'dropped_by_watermark': dropped, 'last_watermark': (watermarks or [None])[-1]})}",
               flush=True)
+    # The capture variant: what its `observe` counted, summed over the batches.
+    observed = collections.Counter()
+    for p in progress:
+        for metrics in p.get("observedMetrics", {}).values():
+            observed.update({k: v for k, v in metrics.items() if isinstance(v, int)})
+    if observed:
+        print(f"BENCH_ROWS {json.dumps(dict(observed))}", flush=True)
     spark.stop()
     if error is not None:
         print(f"query failed: {error}", file=sys.stderr)
