@@ -538,6 +538,46 @@ async fn default_trade_key_keeps_every_trade_and_replays_change_nothing() {
 }
 
 #[tokio::test]
+async fn partition_batches_write_every_row_of_every_partition() {
+    let _server = SERVER.read().await;
+    let reader = session().await;
+    let keyspace = unique_keyspace("cs_batches");
+    // Two rows per batch: BTC-USD of 03-01 fills one, ETH-USD of 03-01 (split across the two
+    // record batches) another, and BTC-USD of 03-02 goes alone.
+    let cfg = config(serde_json::json!({ "keyspace": keyspace, "batch_size_rows": 2 }));
+    let batches = [profit_batch(&TRADES[..4]), profit_batch(&TRADES[4..])];
+    let mut sink = CassandraSink::new(cfg.clone(), profit_schema()).unwrap();
+    sink.healthcheck().await.expect("healthcheck");
+    sink.write(1, &batches).await.expect("write in partition batches");
+    assert_eq!(read_trades(&reader, &keyspace).await, expected_trades());
+
+    // 1,000 trades over 7 products and 3 days, 30 rows a batch: full batches and a partial
+    // one in each partition, every row written once and only once.
+    let products = ["A", "B", "C", "D", "E", "F", "G"];
+    let many: Vec<Trade> = (0..1_000i64)
+        .map(|i| {
+            let symbol = products[(i % 7) as usize];
+            let time = NOON + (i % 3) * DAY_US + i;
+            (symbol, None, i, time, 1 + i128::from(i), 1, "buy", i128::from(i))
+        })
+        .collect();
+    let cfg = config(serde_json::json!({ "keyspace": keyspace, "table": "many", "batch_size_rows": 30 }));
+    let mut sink = CassandraSink::new(cfg, profit_schema()).unwrap();
+    sink.write(2, &[profit_batch(&many[..500]), profit_batch(&many[500..])])
+        .await
+        .expect("write 1,000 rows in partition batches");
+    let ids = select(&reader, &format!("SELECT trade_id FROM \"{keyspace}\".many")).await;
+    let mut ids: Vec<i64> = ids
+        .iter()
+        .map(|row| row.strip_prefix("trade_id=").unwrap().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..1_000).collect::<Vec<_>>());
+
+    drop_keyspace(&reader, &keyspace).await;
+}
+
+#[tokio::test]
 async fn healthcheck_names_a_column_of_an_incompatible_existing_table() {
     let _server = SERVER.read().await;
     let reader = session().await;

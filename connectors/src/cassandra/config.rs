@@ -77,9 +77,18 @@ pub struct CassandraConfig {
     pub ttl_secs: Option<Ttl>,
     /// The consistency level of every write. Default `local_quorum`.
     pub consistency: ConsistencyLevel,
-    /// At most this many INSERTs in flight at once. Default 256.
+    /// At most this many requests (INSERTs, or batches of `batch_size_rows`) in flight at once.
+    /// Default 256.
     #[serde(deserialize_with = "config::at_least_one")]
     pub max_in_flight: NonZeroUsize,
+    /// Rows of one partition (equal `partition_key` values) sent together as one UNLOGGED batch,
+    /// as spark-cassandra-connector's `batch.size.rows` with its default grouping by partition
+    /// key: Cassandra applies such a batch as one mutation, so a row costs it less than an INSERT
+    /// of its own. 1 sends each row as its own INSERT. Cassandra refuses a batch over its
+    /// `batch_size_fail_threshold` (50 KiB by default; it logs one over 5 KiB). 1 to 65535.
+    /// Default 1.
+    #[serde(deserialize_with = "config::at_least_one")]
+    pub batch_size_rows: NonZeroUsize,
     /// A request (one INSERT, or one schema statement) that got no answer within this long
     /// fails: milliseconds or text such as `"10s"`. Default 10 s.
     #[serde(rename = "request_timeout_ms", deserialize_with = "positive_millis")]
@@ -116,6 +125,7 @@ impl Default for CassandraConfig {
             ttl_secs: None,
             consistency: ConsistencyLevel::default(),
             max_in_flight: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            batch_size_rows: NonZeroUsize::MIN,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_attempts: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
@@ -403,6 +413,13 @@ impl CassandraConfig {
         if self.partition_key.is_empty() {
             problem("partition_key", "must name at least one column".into());
         }
+        // The native protocol counts a batch's statements in 16 bits.
+        if self.batch_size_rows.get() > usize::from(u16::MAX) {
+            problem(
+                "batch_size_rows",
+                format!("must be at most {} (the CQL protocol's limit)", u16::MAX),
+            );
+        }
         (credentials, tls, problems)
     }
 
@@ -546,6 +563,7 @@ pub(crate) mod tests {
                 "above Cassandra's maximum of 630720000",
             ),
             (r#"{"max_in_flight": 0}"#, "must be at least 1"),
+            (r#"{"batch_size_rows": 0}"#, "must be at least 1"),
             (r#"{"request_timeout_ms": 0}"#, "must be at least 1"),
         ] {
             let err = parse(json).unwrap_err();

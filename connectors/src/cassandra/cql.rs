@@ -69,12 +69,19 @@ impl Settings {
         )
     }
 
+    /// The index, in [`Settings::columns`], of every partition key column, in key order.
+    pub fn partition_key_indices(&self) -> Vec<usize> {
+        self.indices_of(&self.config.partition_key)
+    }
+
     /// The index, in [`Settings::columns`], of every primary key column.
     pub fn key_column_indices(&self) -> Vec<usize> {
-        self.config
-            .partition_key
-            .iter()
-            .chain(&self.config.clustering_key)
+        self.indices_of(self.config.partition_key.iter().chain(&self.config.clustering_key))
+    }
+
+    fn indices_of<'n>(&self, names: impl IntoIterator<Item = &'n String>) -> Vec<usize> {
+        names
+            .into_iter()
             .filter_map(|k| self.columns.iter().position(|c| &c.name == k))
             .collect()
     }

@@ -13,13 +13,15 @@
 //!   column with the right type and the configured primary key (a permanent error naming the
 //!   column otherwise), and prepares the one INSERT.
 //! - `write` sends one INSERT per row, at most `max_in_flight` at once, token-aware (the driver's
-//!   default policy; `local_datacenter` confines coordinators to one DC). The driver's default
-//!   retry policy sends an INSERT once more, at once, to another node when its coordinator was
-//!   overloaded, unavailable or lost the connection; any other transient failure fails the batch,
-//!   and the runtime retries it whole with the engine's backoff (`sink.rs`'s module docs say why
-//!   retries live there and not in a loop per INSERT). `Ok` means every row was acknowledged at
-//!   the configured consistency level. `max_attempts` and `retry_backoff_ms` are accepted but no
-//!   longer used.
+//!   default policy; `local_datacenter` confines coordinators to one DC). With `batch_size_rows`
+//!   above 1 it groups the micro-batch's rows by partition key and sends each partition's rows as
+//!   UNLOGGED batches of up to that many rows, routed to a replica of that partition. The
+//!   driver's default retry policy sends an INSERT (or a batch) once more, at once, to another
+//!   node when its coordinator was overloaded, unavailable or lost the connection; any other
+//!   transient failure fails the batch, and the runtime retries it whole with the engine's
+//!   backoff (`sink.rs`'s module docs say why retries live there and not in a loop per INSERT).
+//!   `Ok` means every row was acknowledged at the configured consistency level. `max_attempts`
+//!   and `retry_backoff_ms` are accepted but no longer used.
 //!
 //! Column types ([`types`] is the one place that decides them): Boolean → `boolean`, Int8 →
 //! `tinyint`, Int16 → `smallint`, Int32 → `int`, Int64 → `bigint`, Float32 → `float`, Float64 →

@@ -1,5 +1,6 @@
 //! The sink: connect, make sure the keyspace and a compatible table exist ([`super::schema`]),
-//! prepare the INSERT once, then write each batch as concurrent idempotent INSERTs.
+//! prepare the INSERT once, then write each batch as concurrent idempotent INSERTs, or, with
+//! `batch_size_rows` above 1, as concurrent UNLOGGED batches each holding rows of one partition.
 //!
 //! Retries live in two layers, neither of them here. The driver's `DefaultRetryPolicy` sends an
 //! INSERT (idempotent: it carries its full primary key) once more at once, to another node, when
@@ -10,17 +11,21 @@
 //! cluster is down every INSERT fails, and pausing each one before the runtime pauses the batch
 //! stacked two backoffs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use engine::{Error, Result, Retry, Sink};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use scylla::client::session::Session;
 use scylla::errors::ExecutionError;
+use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::config::{CassandraConfig, Settings};
@@ -139,12 +144,18 @@ impl Sink for CassandraSink {
             self.check_keys(&rows)?;
             all_rows.push(rows);
         }
-        write_rows(&session, &insert, &all_rows, &self.settings)
-            .await
-            .map_err(|e| {
-                ClientError::cassandra(format!("batch {batch_id}: an insert failed"), e)
-                    .at_sink(self.description())
-            })?;
+        let batch_size = self.settings.config.batch_size_rows.get();
+        let written = if batch_size == 1 {
+            write_rows(&session, &insert, &all_rows, &self.settings).await
+        } else {
+            let groups = partitions(batches, &self.settings.partition_key_indices())
+                .map_err(|e| Error::Internal(format!("cannot group rows by partition: {e}")))?;
+            write_partitions(&session, &insert, &all_rows, &groups, &self.settings).await
+        };
+        written.map_err(|e| {
+            ClientError::cassandra(format!("batch {batch_id}: an insert failed"), e)
+                .at_sink(self.description())
+        })?;
         let elapsed = started.elapsed();
         tracing::debug!(sink = %self.description(), batch_id, rows = total,
             elapsed_ms = elapsed.as_millis() as u64,
@@ -185,4 +196,131 @@ async fn write_rows(
         done?;
     }
     Ok(())
+}
+
+/// Where each row of `batches` is, `(batch, row)`, grouped by partition (equal values in the
+/// `key_columns`, indices into each batch's columns): the groups in order of their first row, the
+/// rows of a group in their order. Fails only if a key column's Arrow type cannot be compared,
+/// which the sink's column types rule out.
+fn partitions(
+    batches: &[RecordBatch],
+    key_columns: &[usize],
+) -> std::result::Result<Vec<Vec<(usize, usize)>>, ArrowError> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let fields = key_columns
+        .iter()
+        .map(|&c| SortField::new(first.schema_ref().field(c).data_type().clone()))
+        .collect();
+    // One converter for every batch: its rows compare byte for byte across them.
+    let converter = RowConverter::new(fields)?;
+    let mut group_of: HashMap<Box<[u8]>, usize> = HashMap::new();
+    let mut groups: Vec<Vec<(usize, usize)>> = Vec::new();
+    for (b, batch) in batches.iter().enumerate() {
+        let columns: Vec<_> = key_columns.iter().map(|&c| batch.column(c).clone()).collect();
+        let keys = converter.convert_columns(&columns)?;
+        for (r, key) in keys.iter().enumerate() {
+            match group_of.get(key.as_ref()) {
+                Some(&g) => groups[g].push((b, r)),
+                None => {
+                    group_of.insert(key.as_ref().into(), groups.len());
+                    groups.push(vec![(b, r)]);
+                }
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// Sends the rows of each partition in `groups` (from [`partitions`]) as UNLOGGED batches of at
+/// most `batch_size_rows` rows, at most `max_in_flight` batches at once. The driver routes each
+/// batch by its first row's token, so every batch goes to a replica of its one partition. Returns
+/// at the first batch that failed, dropping the ones in flight: the runtime retries the whole
+/// micro-batch (every row is rewritten with the same values).
+async fn write_partitions(
+    session: &Session,
+    insert: &PreparedStatement,
+    batches: &[BatchRows<'_>],
+    groups: &[Vec<(usize, usize)>],
+    settings: &Settings,
+) -> std::result::Result<(), ExecutionError> {
+    let max_in_flight = settings.config.max_in_flight.get();
+    let batch_size = settings.config.batch_size_rows.get();
+    let statement = |rows: usize| {
+        let mut batch = Batch::new_with_statements(
+            BatchType::Unlogged,
+            vec![BatchStatement::PreparedStatement(insert.clone()); rows],
+        );
+        // Every row carries its full primary key: re-sending the batch rewrites the same rows.
+        batch.set_is_idempotent(true);
+        batch
+    };
+    let mut in_flight = FuturesUnordered::new();
+    for chunk in groups.iter().flat_map(|g| g.chunks(batch_size)) {
+        if in_flight.len() >= max_in_flight
+            && let Some(done) = in_flight.next().await
+        {
+            done?;
+        }
+        let values: Vec<_> = chunk.iter().map(|&(b, r)| batches[b].row(r)).collect();
+        let batch = statement(chunk.len());
+        in_flight.push(async move { session.batch(&batch, values).await });
+    }
+    while let Some(done) = in_flight.next().await {
+        done?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Date32Array, Int64Array, StringArray};
+    use arrow::record_batch::RecordBatch;
+
+    use super::partitions;
+
+    fn batch(rows: &[(&str, i32, i64)]) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            (
+                "symbol",
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+            ),
+            (
+                "trade_date",
+                Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ),
+            (
+                "trade_id",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn rows_group_by_every_partition_key_column_across_batches() {
+        let batches = [
+            batch(&[("BTC", 1, 10), ("ETH", 1, 11), ("BTC", 2, 12), ("BTC", 1, 13)]),
+            batch(&[("ETH", 1, 14), ("BTC", 1, 15), ("ETH", 2, 16)]),
+        ];
+        // Keys (symbol, trade_date): groups in order of first row, rows in order.
+        assert_eq!(
+            partitions(&batches, &[0, 1]).unwrap(),
+            [
+                vec![(0, 0), (0, 3), (1, 1)],
+                vec![(0, 1), (1, 0)],
+                vec![(0, 2)],
+                vec![(1, 2)],
+            ]
+        );
+        // Keyed by the date alone, the products share partitions.
+        assert_eq!(
+            partitions(&batches, &[1]).unwrap(),
+            [vec![(0, 0), (0, 1), (0, 3), (1, 0), (1, 1)], vec![(0, 2), (1, 2)]]
+        );
+        assert!(partitions(&[], &[0]).unwrap().is_empty());
+    }
 }
