@@ -62,8 +62,9 @@
 //! The query runs as one task: batches are sequential, each batch's query may use
 //! `target_partitions` threads. Shutdown (a `watch` flag) is checked between batches and while
 //! retrying; a batch in flight is finished, then the sink, the dead-letter output and the source are
-//! closed in that order. A shutdown before the sink has passed its healthcheck ends the run at
-//! once with nothing read (the healthcheck has no side effects, so one in progress is dropped).
+//! closed in that order. The sink's healthcheck and the source's start run side by side (both are
+//! network round trips); a shutdown before both are done ends the run at once with nothing read
+//! (the healthcheck has no side effects, so one in progress is dropped).
 //!
 //! ## Runs that could use nothing
 //! A run that ends by itself (available-now done, or the source exhausted) having received

@@ -101,6 +101,11 @@ pub struct OneBatch {
     pub plan: Arc<dyn ExecutionPlan>,
 }
 
+/// What the retries of the sink's healthcheck and the source's start are called in logs and in
+/// [`Error::Stopped`].
+const SINK_CHECK: &str = "sink healthcheck";
+const SOURCE_START: &str = "source start";
+
 /// What [`StreamingQuery::run`]'s batch loop carries from one batch to the next.
 struct LoopState {
     /// When the previous batch started (for the input rate).
@@ -124,10 +129,11 @@ enum Step {
 
 impl StreamingQuery {
     /// Runs until the source is exhausted (or, with an interval trigger, until `shutdown` turns
-    /// true), then closes the sink and the source. A batch in flight when `shutdown` turns true is
+    /// true), then closes the sink and the source. The sink's healthcheck and the source's start
+    /// run side by side before the first poll. A batch in flight when `shutdown` turns true is
     /// finished first. A `shutdown` while the sink has not yet passed its healthcheck (an
-    /// unreachable sink is waited for) ends the run at once with an empty summary: nothing was
-    /// read, so nothing is left uncommitted.
+    /// unreachable sink is waited for) or the source has not started ends the run at once with an
+    /// empty summary: nothing was read, so nothing is left uncommitted.
     ///
     /// # Errors
     /// A permanent failure of the source, the sink, the dead-letter output, the transform or the
@@ -137,26 +143,6 @@ impl StreamingQuery {
     /// committing them, so a restart does not meet them again). A run that received nothing, or
     /// wrote at least one row, or was stopped by `shutdown`, is `Ok`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<RunSummary> {
-        // A sink that is down at start (a transient failure) is waited for, as one that goes down
-        // mid-run is. A healthcheck has no side effects, so one in progress is dropped at a stop:
-        // a check that takes its full timeout against an unreachable service must not delay it.
-        let mut backoff = Backoff::default();
-        let mut check_shutdown = shutdown.clone();
-        let checked = tokio::select! {
-            biased;
-            _ = stop_requested(&mut shutdown) => None,
-            checked = retry_transient(&mut backoff, &mut check_shutdown, "sink healthcheck",
-                async || self.sink.healthcheck().await) => Some(checked),
-        };
-        match checked {
-            Some(Ok(())) => {}
-            None | Some(Err(Error::Stopped { .. })) => {
-                tracing::info!(sink = %self.sink.description(),
-                    "Stopped while waiting for the sink to pass its healthcheck; nothing was read, written or committed.");
-                return Ok(RunSummary::default());
-            }
-            Some(Err(e)) => return Err(e),
-        }
         let (query_id, recovered) = match &self.checkpoint {
             Some(cp) => {
                 let id = cp.bind_recognising(
@@ -171,30 +157,53 @@ impl StreamingQuery {
             None => (crate::checkpoint::query_id(), Default::default()),
         };
         let state = self.open_state(&recovered)?;
-        self.sink
-            .bind_query(&query_id, recovered.next_batch_id)
-            .await?;
         let available_now = self.trigger == Trigger::AvailableNow;
         let request = StartRequest {
             committed: recovered.committed.clone(),
             available_now,
         };
-        let started = retry_transient(
-            &mut backoff,
-            &mut check_shutdown,
-            "source start",
-            async || self.source.start(request.clone()).await,
-        )
-        .await;
-        match started {
-            Ok(()) => {}
-            Err(Error::Stopped { .. }) => {
+        // The sink's healthcheck and the source's start run side by side: each is a few network
+        // round trips (connecting and checking a table, joining a consumer group) that do not
+        // depend on each other, and one after the other they were most of the time to the first
+        // batch. Nothing is polled before both are done. A sink that is down at start (a
+        // transient failure) is waited for, as one that goes down mid-run is. A healthcheck has
+        // no side effects, so one in progress is dropped at a stop: a check that takes its full
+        // timeout against an unreachable service must not delay it.
+        let mut backoff = Backoff::default();
+        let mut check_shutdown = shutdown.clone();
+        let mut start_backoff = Backoff::default();
+        let mut start_shutdown = shutdown.clone();
+        let (sink, source) = (&mut self.sink, &mut self.source);
+        let ready = tokio::select! {
+            biased;
+            _ = stop_requested(&mut shutdown) => None,
+            // The first permanent failure of either ends the run at once.
+            ready = async {
+                tokio::try_join!(
+                    retry_transient(&mut backoff, &mut check_shutdown, SINK_CHECK,
+                        async || sink.healthcheck().await),
+                    retry_transient(&mut start_backoff, &mut start_shutdown, SOURCE_START,
+                        async || source.start(request.clone()).await),
+                )
+            } => Some(ready),
+        };
+        match ready {
+            Some(Ok(((), ()))) => {}
+            Some(Err(Error::Stopped { what, .. })) if what == SOURCE_START => {
                 tracing::info!(source = %self.source.description(),
                     "Stopped while waiting for the source to start; nothing was read, written or committed.");
                 return Ok(RunSummary::default());
             }
-            Err(e) => return Err(e),
+            None | Some(Err(Error::Stopped { .. })) => {
+                tracing::info!(sink = %self.sink.description(),
+                    "Stopped while waiting for the sink to pass its healthcheck; nothing was read, written or committed.");
+                return Ok(RunSummary::default());
+            }
+            Some(Err(e)) => return Err(e),
         }
+        self.sink
+            .bind_query(&query_id, recovered.next_batch_id)
+            .await?;
         let mut run = LoopState {
             last_start: Instant::now(),
             summary: RunSummary::default(),

@@ -989,3 +989,55 @@ async fn a_stop_while_the_sink_fails_its_healthcheck_ends_the_run_cleanly_and_pr
         assert!(out.progress.lock().unwrap().is_empty());
     }
 }
+
+/// A sink whose healthcheck passes only once the source's `start` has been called (its one
+/// scripted failure used up): the two must run side by side. Were they one after the other, the
+/// check would give up after 5 s, failing the run.
+struct ReadyAfterSourceStart {
+    inner: MemorySink,
+    start_failures: Arc<Mutex<Vec<Retry>>>,
+}
+
+#[async_trait]
+impl Sink for ReadyAfterSourceStart {
+    fn description(&self) -> String {
+        "ready after the source's start".into()
+    }
+
+    async fn healthcheck(&mut self) -> Result<()> {
+        for _ in 0..500 {
+            if self.start_failures.lock().unwrap().is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(Error::sink_failed(
+            "ready after the source's start",
+            "the source was not started while the sink's healthcheck ran",
+            Retry::Permanent,
+        ))
+    }
+
+    async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
+        self.inner.write(batch_id, batches).await
+    }
+}
+
+#[tokio::test]
+async fn the_sink_healthcheck_and_the_source_start_run_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Outputs::default();
+    *out.start_failures.lock().unwrap() = vec![Retry::Transient];
+    let mut q = query_with(dir.path(), doubled(), vec![messages(0..3)], &out, true, 10).await;
+    q.sink = Box::new(ReadyAfterSourceStart {
+        inner: out.sink.clone(),
+        start_failures: out.start_failures.clone(),
+    });
+    let (_tx, rx) = watch::channel(false);
+    let summary = q
+        .run(rx)
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.report()));
+    assert_eq!(summary.output_rows, 3);
+    assert_eq!(out.commits.lock().unwrap().len(), 1);
+}
