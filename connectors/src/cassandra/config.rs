@@ -83,10 +83,12 @@ pub struct CassandraConfig {
     pub max_in_flight: NonZeroUsize,
     /// Rows of one partition (equal `partition_key` values) sent together as one UNLOGGED batch,
     /// as spark-cassandra-connector's `batch.size.rows` with its default grouping by partition
-    /// key: Cassandra applies such a batch as one mutation, so a row costs it less than an INSERT
-    /// of its own. 1 sends each row as its own INSERT. Cassandra refuses a batch over its
-    /// `batch_size_fail_threshold` (50 KiB by default; it logs one over 5 KiB). 1 to 65535.
-    /// Default 1.
+    /// key: Cassandra applies such a batch as one mutation, so a row costs it a third of what an
+    /// INSERT of its own does (bench/results/2026-12-02-cassandra-batches.md). 1 sends each row
+    /// as its own INSERT. A batch of one partition is exempt from Cassandra's
+    /// `batch_size_warn_threshold` and `batch_size_fail_threshold` (CASSANDRA-10876) but, as one
+    /// mutation, must stay under `max_mutation_size` (half of `commitlog_segment_size`, 16 MiB by
+    /// default): with rows of more than about 100 KiB, lower this. 1 to 65535. Default 128.
     #[serde(deserialize_with = "config::at_least_one")]
     pub batch_size_rows: NonZeroUsize,
     /// A request (one INSERT, or one schema statement) that got no answer within this long
@@ -125,7 +127,7 @@ impl Default for CassandraConfig {
             ttl_secs: None,
             consistency: ConsistencyLevel::default(),
             max_in_flight: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
-            batch_size_rows: NonZeroUsize::MIN,
+            batch_size_rows: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_attempts: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),

@@ -99,6 +99,7 @@ mod tests {
         let settings = config.validate(&profit_schema()).unwrap();
         assert_eq!(settings.consistency, Consistency::LocalQuorum);
         assert_eq!(settings.config.max_in_flight.get(), 256);
+        assert_eq!(settings.config.batch_size_rows.get(), 128);
         assert_eq!(
             settings.create_keyspace_cql(),
             "CREATE KEYSPACE IF NOT EXISTS \"crypto_keyspace\" WITH replication = \

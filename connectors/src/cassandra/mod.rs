@@ -12,10 +12,10 @@
 //!   and table when missing (`IF NOT EXISTS`), checks that an existing table has every output
 //!   column with the right type and the configured primary key (a permanent error naming the
 //!   column otherwise), and prepares the one INSERT.
-//! - `write` sends one INSERT per row, at most `max_in_flight` at once, token-aware (the driver's
-//!   default policy; `local_datacenter` confines coordinators to one DC). With `batch_size_rows`
-//!   above 1 it groups the micro-batch's rows by partition key and sends each partition's rows as
-//!   UNLOGGED batches of up to that many rows, routed to a replica of that partition. The
+//! - `write` groups the micro-batch's rows by partition key and sends each partition's rows as
+//!   UNLOGGED batches of up to `batch_size_rows` (default 128; 1 sends one INSERT per row), at
+//!   most `max_in_flight` requests at once, token-aware: each goes to a replica of its partition
+//!   (the driver's default policy; `local_datacenter` confines coordinators to one DC). The
 //!   driver's default retry policy sends an INSERT (or a batch) once more, at once, to another
 //!   node when its coordinator was overloaded, unavailable or lost the connection; any other
 //!   transient failure fails the batch, and the runtime retries it whole with the engine's

@@ -1,6 +1,7 @@
 //! The sink: connect, make sure the keyspace and a compatible table exist ([`super::schema`]),
-//! prepare the INSERT once, then write each batch as concurrent idempotent INSERTs, or, with
-//! `batch_size_rows` above 1, as concurrent UNLOGGED batches each holding rows of one partition.
+//! prepare the INSERT once, then write each micro-batch as concurrent UNLOGGED batches, each
+//! holding rows of one partition (or, with `batch_size_rows = 1`, as concurrent INSERTs), all
+//! idempotent.
 //!
 //! Retries live in two layers, neither of them here. The driver's `DefaultRetryPolicy` sends an
 //! INSERT (idempotent: it carries its full primary key) once more at once, to another node, when
