@@ -548,7 +548,9 @@ async fn partition_batches_write_every_row_of_every_partition() {
     let batches = [profit_batch(&TRADES[..4]), profit_batch(&TRADES[4..])];
     let mut sink = CassandraSink::new(cfg.clone(), profit_schema()).unwrap();
     sink.healthcheck().await.expect("healthcheck");
-    sink.write(1, &batches).await.expect("write in partition batches");
+    sink.write(1, &batches)
+        .await
+        .expect("write in partition batches");
     assert_eq!(read_trades(&reader, &keyspace).await, expected_trades());
 
     // 1,000 trades over 7 products and 3 days, 30 rows a batch: full batches and a partial
@@ -558,15 +560,29 @@ async fn partition_batches_write_every_row_of_every_partition() {
         .map(|i| {
             let symbol = products[(i % 7) as usize];
             let time = NOON + (i % 3) * DAY_US + i;
-            (symbol, None, i, time, 1 + i128::from(i), 1, "buy", i128::from(i))
+            (
+                symbol,
+                None,
+                i,
+                time,
+                1 + i128::from(i),
+                1,
+                "buy",
+                i128::from(i),
+            )
         })
         .collect();
-    let cfg = config(serde_json::json!({ "keyspace": keyspace, "table": "many", "batch_size_rows": 30 }));
+    let cfg =
+        config(serde_json::json!({ "keyspace": keyspace, "table": "many", "batch_size_rows": 30 }));
     let mut sink = CassandraSink::new(cfg, profit_schema()).unwrap();
     sink.write(2, &[profit_batch(&many[..500]), profit_batch(&many[500..])])
         .await
         .expect("write 1,000 rows in partition batches");
-    let ids = select(&reader, &format!("SELECT trade_id FROM \"{keyspace}\".many")).await;
+    let ids = select(
+        &reader,
+        &format!("SELECT trade_id FROM \"{keyspace}\".many"),
+    )
+    .await;
     let mut ids: Vec<i64> = ids
         .iter()
         .map(|row| row.strip_prefix("trade_id=").unwrap().parse().unwrap())

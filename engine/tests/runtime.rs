@@ -1034,10 +1034,7 @@ async fn the_sink_healthcheck_and_the_source_start_run_side_by_side() {
         start_failures: out.start_failures.clone(),
     });
     let (_tx, rx) = watch::channel(false);
-    let summary = q
-        .run(rx)
-        .await
-        .unwrap_or_else(|e| panic!("{}", e.report()));
+    let summary = q.run(rx).await.unwrap_or_else(|e| panic!("{}", e.report()));
     assert_eq!(summary.output_rows, 3);
     assert_eq!(out.commits.lock().unwrap().len(), 1);
 }

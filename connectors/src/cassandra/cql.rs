@@ -76,7 +76,12 @@ impl Settings {
 
     /// The index, in [`Settings::columns`], of every primary key column.
     pub fn key_column_indices(&self) -> Vec<usize> {
-        self.indices_of(self.config.partition_key.iter().chain(&self.config.clustering_key))
+        self.indices_of(
+            self.config
+                .partition_key
+                .iter()
+                .chain(&self.config.clustering_key),
+        )
     }
 
     fn indices_of<'n>(&self, names: impl IntoIterator<Item = &'n String>) -> Vec<usize> {

@@ -219,7 +219,10 @@ fn partitions(
     let mut group_of: HashMap<Box<[u8]>, usize> = HashMap::new();
     let mut groups: Vec<Vec<(usize, usize)>> = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
-        let columns: Vec<_> = key_columns.iter().map(|&c| batch.column(c).clone()).collect();
+        let columns: Vec<_> = key_columns
+            .iter()
+            .map(|&c| batch.column(c).clone())
+            .collect();
         let keys = converter.convert_columns(&columns)?;
         for (r, key) in keys.iter().enumerate() {
             match group_of.get(key.as_ref()) {
@@ -304,7 +307,12 @@ mod tests {
     #[test]
     fn rows_group_by_every_partition_key_column_across_batches() {
         let batches = [
-            batch(&[("BTC", 1, 10), ("ETH", 1, 11), ("BTC", 2, 12), ("BTC", 1, 13)]),
+            batch(&[
+                ("BTC", 1, 10),
+                ("ETH", 1, 11),
+                ("BTC", 2, 12),
+                ("BTC", 1, 13),
+            ]),
             batch(&[("ETH", 1, 14), ("BTC", 1, 15), ("ETH", 2, 16)]),
         ];
         // Keys (symbol, trade_date): groups in order of first row, rows in order.
@@ -320,7 +328,10 @@ mod tests {
         // Keyed by the date alone, the products share partitions.
         assert_eq!(
             partitions(&batches, &[1]).unwrap(),
-            [vec![(0, 0), (0, 1), (0, 3), (1, 0), (1, 1)], vec![(0, 2), (1, 2)]]
+            [
+                vec![(0, 0), (0, 1), (0, 3), (1, 0), (1, 1)],
+                vec![(0, 2), (1, 2)]
+            ]
         );
         assert!(partitions(&[], &[0]).unwrap().is_empty());
     }
