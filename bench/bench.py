@@ -306,6 +306,36 @@ def measured(cmd: list[str], run_dir: str, marker: str, stop_file: str | None = 
 RUNNING: list[subprocess.Popen] = []
 
 
+def measured_run(args, name: str, cmd: list[str], run_dir: str, marker: str) -> dict:
+    """Runs `cmd` to its end through `measured` and returns its measurements, plus the load
+    average before it (`load_before`), every core's busy CPU seconds over it (`busy_s`) and how
+    many cores that kept busy on average (`machine_busy_cores`)."""
+    busy0, total0 = cpu_jiffies()
+    load = loadavg()
+    log(f"{name}: {' '.join(cmd)}")
+    proc, out = measured(cmd, run_dir, marker, timeout=args.run_timeout)
+    proc.wait()
+    busy1, total1 = cpu_jiffies()
+    with open(out) as f:
+        m = json.load(f)
+    m["load_before"] = load
+    m["busy_s"] = (busy1 - busy0) / os.sysconf("SC_CLK_TCK")
+    m["machine_busy_cores"] = round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2)
+    return m
+
+
+def failed(name: str, m: dict, result: dict, run_dir: str) -> bool:
+    """Whether the measured run `m` exited non-zero; if so, the end of its output goes to stderr
+    and `result` gets its `error`."""
+    if m["exit_code"] == 0:
+        return False
+    log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
+    with open(os.path.join(run_dir, "output.log")) as f:
+        sys.stderr.write("".join(f.readlines()[-30:]))
+    result["error"] = f"exit code {m['exit_code']}"
+    return True
+
+
 def stop_running() -> None:
     """Stops engines still running (after an error): measure.py passes the TERM on to the tree."""
     for p in RUNNING:
@@ -420,20 +450,12 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
     cmd, marker = engine_command(args, engine, topic=topic, table=table, sink=sink, run_dir=run_dir, live=False)
     services = service_pids()
     before = {k: proc_cpu_s(p) for k, p in services.items()}
-    busy0, total0 = cpu_jiffies()
-    load = loadavg()
-    log(f"{name}: {' '.join(cmd)}")
-    proc, out = measured(cmd, run_dir, marker, timeout=args.run_timeout)
-    proc.wait()
-    busy1, total1 = cpu_jiffies()
-    with open(out) as f:
-        m = json.load(f)
-    other_s = (busy1 - busy0) / os.sysconf("SC_CLK_TCK") - m["cpu_s"] - sum(
-        proc_cpu_s(p) - before[k] for k, p in services.items())
+    m = measured_run(args, name, cmd, run_dir, marker)
+    other_s = m["busy_s"] - m["cpu_s"] - sum(proc_cpu_s(p) - before[k] for k, p in services.items())
     result = {
         "engine": engine,
         "sink": sink,
-        "load_before": load,
+        "load_before": m["load_before"],
         "other_cpu_s": round(max(0.0, other_s), 1),
         "wall_s": m["wall_s"],
         "cpu_s": m["cpu_s"],
@@ -444,19 +466,14 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
         "peak_rss_mb": m["peak_rss_mb"],
         "exit_code": m["exit_code"],
         "start_unix": m["start_unix"],
-        "machine_busy_cores": round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2),
+        "machine_busy_cores": m["machine_busy_cores"],
         "service_cpu_s": {k: round(proc_cpu_s(p) - before[k], 1) for k, p in services.items()},
         "trades": args.trades,
         "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
     }
     result.update(batch_figures(m, is_coinstream(engine), "trades_per_s_after_first_batch"))
     result["trades_per_s"] = round(args.trades / m["wall_s"], 1)
-    if m["exit_code"] != 0:
-        log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
-        with open(os.path.join(run_dir, "output.log")) as f:
-            tail = f.readlines()[-30:]
-        sys.stderr.write("".join(tail))
-        result["error"] = f"exit code {m['exit_code']}"
+    if failed(name, m, result, run_dir):
         return result
     if is_coinstream(engine):
         rows_out = 0
@@ -745,11 +762,7 @@ def run_ohlcv(args, engine: str, topic: str, expected: dict) -> dict:
         "candles_expected": len(expected),
         "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
     }
-    if m["exit_code"] != 0:
-        log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
-        with open(os.path.join(run_dir, "output.log")) as f:
-            sys.stderr.write("".join(f.readlines()[-30:]))
-        result["error"] = f"exit code {m['exit_code']}"
+    if failed(name, m, result, run_dir):
         return result
     result.update(state_counts(engine, os.path.join(run_dir, "output.log")))
     with cql.Session.connect(args.cassandra) as s:
@@ -1008,22 +1021,15 @@ def run_embedded(args, engine: str, capture: str, coin_map: str, expected: dict)
             "--checkpoint", os.path.join(run_dir, "checkpoint"), "--driver-memory", args.spark_driver_memory,
         ]
         marker = r"BENCH_BATCH "
-    busy0, total0 = cpu_jiffies()
-    load = loadavg()
-    log(f"{name}: {' '.join(cmd)}")
-    proc, out = measured(cmd, run_dir, marker, timeout=args.run_timeout)
-    proc.wait()
-    busy1, total1 = cpu_jiffies()
-    with open(out) as f:
-        m = json.load(f)
+    m = measured_run(args, name, cmd, run_dir, marker)
     frames = args.embedded_frames
     result = {
         "engine": engine,
-        "load_before": load,
+        "load_before": m["load_before"],
         # The machine's busy CPU during the run that was not the engine's (idle Kafka and
         # Cassandra included): other work on the machine shows here.
-        "other_cpu_s": round(max(0.0, (busy1 - busy0) / os.sysconf("SC_CLK_TCK") - m["cpu_s"]), 1),
-        "machine_busy_cores": round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2),
+        "other_cpu_s": round(max(0.0, m["busy_s"] - m["cpu_s"]), 1),
+        "machine_busy_cores": m["machine_busy_cores"],
         "wall_s": m["wall_s"],
         "trade_frames": frames,
         "trade_frames_per_s": round(frames / m["wall_s"], 1),
@@ -1035,11 +1041,7 @@ def run_embedded(args, engine: str, capture: str, coin_map: str, expected: dict)
         "log": os.path.relpath(os.path.join(run_dir, "output.log"), REPO),
     }
     result.update(batch_figures(m, engine == "coinstream", "trade_frames_per_s_after_first_batch"))
-    if m["exit_code"] != 0:
-        log(f"{name}: exit code {m['exit_code']}; see {result['log']}")
-        with open(os.path.join(run_dir, "output.log")) as f:
-            sys.stderr.write("".join(f.readlines()[-30:]))
-        result["error"] = f"exit code {m['exit_code']}"
+    if failed(name, m, result, run_dir):
         return result
     result.update(embedded_counts(engine, os.path.join(run_dir, "output.log")))
     problems = []

@@ -85,7 +85,6 @@ def parse_args():
 def kafka_trades(spark, args, dec_in):
     """The bus records of the Kafka topic (the udf, sql and ohlcv variants)."""
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
     raw = (
         spark.readStream.format("kafka")
@@ -98,18 +97,10 @@ def kafka_trades(spark, args, dec_in):
         raw = raw.option("maxOffsetsPerTrigger", str(args.max_offsets))
     raw = raw.load()
 
-    schema = T.StructType(
-        [
-            T.StructField("symbol", T.StringType()),
-            T.StructField("coin_name", T.StringType()),
-            T.StructField("trade_id", T.LongType()),
-            T.StructField("sequence", T.LongType()),
-            T.StructField("trade_time", T.StringType()),
-            T.StructField("price", dec_in),
-            T.StructField("size", dec_in),
-            T.StructField("side", T.StringType()),
-            T.StructField("ingest_time", T.StringType()),
-        ]
+    dec = dec_in.simpleString()
+    schema = (
+        f"symbol STRING, coin_name STRING, trade_id BIGINT, sequence BIGINT, trade_time STRING, "
+        f"price {dec}, size {dec}, side STRING, ingest_time STRING"
     )
     return (
         raw.selectExpr("CAST(value AS STRING) AS value")
@@ -124,22 +115,14 @@ def capture_trades(spark, folder: str, coin_map: dict, dec_in):
     """The trades of the capture in `folder`, as coinstream's `coinbase_capture` source makes them
     (see the module docs), counted by `observe` as they pass."""
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
     # Only the fields a trade needs; heartbeats and the subscriptions ack parse to mostly nulls.
     # `time` stays text and is cast below, as in the Kafka variants (the JSON reader's default
     # timestamp pattern stops at milliseconds).
-    frame = T.StructType(
-        [
-            T.StructField("type", T.StringType()),
-            T.StructField("product_id", T.StringType()),
-            T.StructField("trade_id", T.LongType()),
-            T.StructField("sequence", T.LongType()),
-            T.StructField("time", T.StringType()),
-            T.StructField("price", dec_in),
-            T.StructField("size", dec_in),
-            T.StructField("side", T.StringType()),
-        ]
+    dec = dec_in.simpleString()
+    frame = (
+        f"type STRING, product_id STRING, trade_id BIGINT, sequence BIGINT, time STRING, "
+        f"price {dec}, size {dec}, side STRING"
     )
     matches = (
         spark.readStream.schema(frame)
