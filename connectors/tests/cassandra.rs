@@ -73,6 +73,28 @@ fn config(extra: serde_json::Value) -> CassandraConfig {
     serde_json::from_value(value).expect("the test config is valid")
 }
 
+/// A test's own keyspace: the read side of [`SERVER`] while it lives, a session to read back
+/// what was written, and the keyspace's name (unique per run).
+struct TestKeyspace {
+    _server: tokio::sync::RwLockReadGuard<'static, ()>,
+    reader: Session,
+    name: String,
+}
+
+impl TestKeyspace {
+    async fn new(prefix: &str) -> Self {
+        Self {
+            _server: SERVER.read().await,
+            reader: session().await,
+            name: unique_keyspace(prefix),
+        }
+    }
+
+    async fn drop(self) {
+        drop_keyspace(&self.reader, &self.name).await;
+    }
+}
+
 async fn drop_keyspace(session: &Session, keyspace: &str) {
     session
         .query_unpaged(format!("DROP KEYSPACE IF EXISTS \"{keyspace}\""), ())
@@ -169,9 +191,8 @@ fn utc_micros() -> DataType {
 
 #[tokio::test]
 async fn type_matrix_round_trips_exactly_with_quoted_mixed_case_names() {
-    let _server = SERVER.read().await;
-    let reader = session().await;
-    let keyspace = unique_keyspace("cs_types");
+    let ks = TestKeyspace::new("cs_types").await;
+    let (reader, keyspace) = (&ks.reader, &ks.name);
 
     let batch = type_matrix(vec![
         column(
@@ -278,7 +299,7 @@ async fn type_matrix_round_trips_exactly_with_quoted_mixed_case_names() {
         .map(|f| format!("\"{}\"", f.name()))
         .collect();
     let got = select(
-        &reader,
+        reader,
         &format!(
             "SELECT {} FROM \"{keyspace}\".\"TypeMatrix\"",
             names.join(", ")
@@ -305,7 +326,7 @@ async fn type_matrix_round_trips_exactly_with_quoted_mixed_case_names() {
 
     // The table the sink created has the CQL types of the documented mapping.
     let types = select(
-        &reader,
+        reader,
         &format!(
             "SELECT column_name, type FROM system_schema.columns \
              WHERE keyspace_name = '{keyspace}' AND table_name = 'TypeMatrix'"
@@ -340,7 +361,7 @@ async fn type_matrix_round_trips_exactly_with_quoted_mixed_case_names() {
     expected_types.sort();
     assert_eq!(types, expected_types);
 
-    drop_keyspace(&reader, &keyspace).await;
+    ks.drop().await;
 }
 
 fn profit_schema() -> SchemaRef {
@@ -496,9 +517,8 @@ async fn read_trades(session: &Session, keyspace: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn default_trade_key_keeps_every_trade_and_replays_change_nothing() {
-    let _server = SERVER.read().await;
-    let reader = session().await;
-    let keyspace = unique_keyspace("cs_trades");
+    let ks = TestKeyspace::new("cs_trades").await;
+    let (reader, keyspace) = (&ks.reader, &ks.name);
     let cfg = config(serde_json::json!({ "keyspace": keyspace }));
 
     // Two record batches in one write, as a transform may return.
@@ -506,7 +526,7 @@ async fn default_trade_key_keeps_every_trade_and_replays_change_nothing() {
     let mut sink = CassandraSink::new(cfg.clone(), profit_schema()).unwrap();
     sink.healthcheck().await.expect("healthcheck");
     sink.write(42, &batches).await.expect("first write");
-    let first = read_trades(&reader, &keyspace).await;
+    let first = read_trades(reader, keyspace).await;
     assert_eq!(first, expected_trades());
 
     // The same batch again, then once more from a new sink (a restarted engine replaying it).
@@ -521,11 +541,11 @@ async fn default_trade_key_keeps_every_trade_and_replays_change_nothing() {
         .write(42, &batches)
         .await
         .expect("write after restart");
-    assert_eq!(read_trades(&reader, &keyspace).await, first);
+    assert_eq!(read_trades(reader, keyspace).await, first);
 
     // One partition per product per day; both same-microsecond BTC trades are in it.
     let partition = select(
-        &reader,
+        reader,
         &format!(
             "SELECT trade_id FROM \"{keyspace}\".crypto_trades \
              WHERE symbol = 'BTC-USD' AND trade_date = '2024-03-01'"
@@ -534,14 +554,13 @@ async fn default_trade_key_keeps_every_trade_and_replays_change_nothing() {
     .await;
     assert_eq!(partition, ["trade_id=101", "trade_id=102"]);
 
-    drop_keyspace(&reader, &keyspace).await;
+    ks.drop().await;
 }
 
 #[tokio::test]
 async fn partition_batches_write_every_row_of_every_partition() {
-    let _server = SERVER.read().await;
-    let reader = session().await;
-    let keyspace = unique_keyspace("cs_batches");
+    let ks = TestKeyspace::new("cs_batches").await;
+    let (reader, keyspace) = (&ks.reader, &ks.name);
     // Two rows per batch: BTC-USD of 03-01 fills one, ETH-USD of 03-01 (split across the two
     // record batches) another, and BTC-USD of 03-02 goes alone.
     let cfg = config(serde_json::json!({ "keyspace": keyspace, "batch_size_rows": 2 }));
@@ -551,7 +570,7 @@ async fn partition_batches_write_every_row_of_every_partition() {
     sink.write(1, &batches)
         .await
         .expect("write in partition batches");
-    assert_eq!(read_trades(&reader, &keyspace).await, expected_trades());
+    assert_eq!(read_trades(reader, keyspace).await, expected_trades());
 
     // 1,000 trades over 7 products and 3 days, 30 rows a batch: full batches and a partial
     // one in each partition, every row written once and only once.
@@ -578,11 +597,7 @@ async fn partition_batches_write_every_row_of_every_partition() {
     sink.write(2, &[profit_batch(&many[..500]), profit_batch(&many[500..])])
         .await
         .expect("write 1,000 rows in partition batches");
-    let ids = select(
-        &reader,
-        &format!("SELECT trade_id FROM \"{keyspace}\".many"),
-    )
-    .await;
+    let ids = select(reader, &format!("SELECT trade_id FROM \"{keyspace}\".many")).await;
     let mut ids: Vec<i64> = ids
         .iter()
         .map(|row| row.strip_prefix("trade_id=").unwrap().parse().unwrap())
@@ -590,14 +605,13 @@ async fn partition_batches_write_every_row_of_every_partition() {
     ids.sort_unstable();
     assert_eq!(ids, (0..1_000).collect::<Vec<_>>());
 
-    drop_keyspace(&reader, &keyspace).await;
+    ks.drop().await;
 }
 
 #[tokio::test]
 async fn healthcheck_names_a_column_of_an_incompatible_existing_table() {
-    let _server = SERVER.read().await;
-    let reader = session().await;
-    let keyspace = unique_keyspace("cs_incompatible");
+    let ks = TestKeyspace::new("cs_incompatible").await;
+    let (reader, keyspace) = (&ks.reader, &ks.name);
     reader
         .query_unpaged(
             format!(
@@ -647,7 +661,7 @@ async fn healthcheck_names_a_column_of_an_incompatible_existing_table() {
         "{err}"
     );
 
-    drop_keyspace(&reader, &keyspace).await;
+    ks.drop().await;
 }
 
 fn services(args: &[&str]) {

@@ -17,6 +17,7 @@ use engine::{
     DeadLetter, DeadLetterSink, Error, OffsetRange, Poll, PollLimits, RawRecord, RecordPosition,
     Result, Retry, Sink, Source, SourceBatch, SourceOffset, StartRequest,
 };
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 /// Messages in partitions, handed out in order, with a record of commits. Its offset is its own
@@ -923,33 +924,27 @@ async fn a_run_with_one_good_row_or_no_messages_at_all_succeeds() {
     assert_eq!(summary, engine::runtime::RunSummary::default());
 }
 
-/// A sink that cannot be reached: its healthcheck fails transiently, at once or (`hang`) after
-/// waiting a minute, as a client with a long connect timeout does.
-struct UnreachableSink {
-    hang: bool,
-    healthchecks: Arc<Mutex<u32>>,
+/// A sink whose healthcheck is the test's `check`, called once per attempt; writes go to `inner`.
+struct CheckedSink<F> {
+    inner: MemorySink,
+    check: F,
 }
 
 #[async_trait]
-impl Sink for UnreachableSink {
+impl<F> Sink for CheckedSink<F>
+where
+    F: FnMut() -> BoxFuture<'static, Result<()>> + Send + Sync,
+{
     fn description(&self) -> String {
-        "unreachable".into()
+        "checked".into()
     }
 
     async fn healthcheck(&mut self) -> Result<()> {
-        *self.healthchecks.lock().unwrap() += 1;
-        if self.hang {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        }
-        Err(Error::sink_failed(
-            "unreachable",
-            "cannot connect",
-            Retry::Transient,
-        ))
+        (self.check)().await
     }
 
-    async fn write(&mut self, _batch_id: u64, _batches: &[RecordBatch]) -> Result<()> {
-        panic!("nothing is written before the healthcheck passes");
+    async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
+        self.inner.write(batch_id, batches).await
     }
 }
 
@@ -960,9 +955,24 @@ async fn a_stop_while_the_sink_fails_its_healthcheck_ends_the_run_cleanly_and_pr
         let out = Outputs::default();
         let healthchecks = Arc::new(Mutex::new(0));
         let mut q = query_with(dir.path(), doubled(), vec![messages(0..3)], &out, true, 10).await;
-        q.sink = Box::new(UnreachableSink {
-            hang,
-            healthchecks: healthchecks.clone(),
+        // An unreachable sink: its healthcheck fails transiently, at once or (`hang`) after
+        // waiting a minute, as a client with a long connect timeout does.
+        let counted = healthchecks.clone();
+        q.sink = Box::new(CheckedSink {
+            inner: out.sink.clone(),
+            check: move || -> BoxFuture<'static, Result<()>> {
+                *counted.lock().unwrap() += 1;
+                Box::pin(async move {
+                    if hang {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    Err(Error::sink_failed(
+                        "unreachable",
+                        "cannot connect",
+                        Retry::Transient,
+                    ))
+                })
+            },
         });
         let (tx, rx) = watch::channel(false);
         let started = std::time::Instant::now();
@@ -986,40 +996,8 @@ async fn a_stop_while_the_sink_fails_its_healthcheck_ends_the_run_cleanly_and_pr
             "hang {hang}: {checks} healthchecks"
         );
         assert!(out.commits.lock().unwrap().is_empty(), "nothing read");
+        assert!(out.sink.written.lock().unwrap().is_empty());
         assert!(out.progress.lock().unwrap().is_empty());
-    }
-}
-
-/// A sink whose healthcheck passes only once the source's `start` has been called (its one
-/// scripted failure used up): the two must run side by side. Were they one after the other, the
-/// check would give up after 5 s, failing the run.
-struct ReadyAfterSourceStart {
-    inner: MemorySink,
-    start_failures: Arc<Mutex<Vec<Retry>>>,
-}
-
-#[async_trait]
-impl Sink for ReadyAfterSourceStart {
-    fn description(&self) -> String {
-        "ready after the source's start".into()
-    }
-
-    async fn healthcheck(&mut self) -> Result<()> {
-        for _ in 0..500 {
-            if self.start_failures.lock().unwrap().is_empty() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Err(Error::sink_failed(
-            "ready after the source's start",
-            "the source was not started while the sink's healthcheck ran",
-            Retry::Permanent,
-        ))
-    }
-
-    async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
-        self.inner.write(batch_id, batches).await
     }
 }
 
@@ -1029,9 +1007,28 @@ async fn the_sink_healthcheck_and_the_source_start_run_side_by_side() {
     let out = Outputs::default();
     *out.start_failures.lock().unwrap() = vec![Retry::Transient];
     let mut q = query_with(dir.path(), doubled(), vec![messages(0..3)], &out, true, 10).await;
-    q.sink = Box::new(ReadyAfterSourceStart {
+    // The sink's healthcheck passes only once the source's `start` has been called (its one
+    // scripted failure used up): the two must run side by side. Were they one after the other,
+    // the check would give up after 5 s, failing the run.
+    let start_failures = out.start_failures.clone();
+    q.sink = Box::new(CheckedSink {
         inner: out.sink.clone(),
-        start_failures: out.start_failures.clone(),
+        check: move || -> BoxFuture<'static, Result<()>> {
+            let start_failures = start_failures.clone();
+            Box::pin(async move {
+                let source_started = async {
+                    while !start_failures.lock().unwrap().is_empty() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(5), source_started)
+                    .await
+                    .map_err(|_| {
+                        let why = "the source was not started while the sink's healthcheck ran";
+                        Error::sink_failed("checked", why, Retry::Permanent)
+                    })
+            })
+        },
     });
     let (_tx, rx) = watch::channel(false);
     let summary = q.run(rx).await.unwrap_or_else(|e| panic!("{}", e.report()));
