@@ -39,8 +39,9 @@ pub const RECENT_RECORDS: usize = 100;
 type StageMs = fn(&engine::progress::Durations) -> u64;
 
 /// The stages of a batch, as `durationMs` names them, with the field each is read from.
-const STAGES: [(&str, StageMs); 5] = [
+const STAGES: [(&str, StageMs); 6] = [
     ("getBatch", |d| d.get_batch),
+    ("walCommit", |d| d.wal_commit),
     ("decode", |d| d.decode),
     ("query", |d| d.query),
     ("sink", |d| d.sink),
@@ -193,7 +194,7 @@ impl Ui {
                 // in-memory decode) to tens of seconds (a sink retrying).
                 let opts = HistogramOpts::new(
                     "batch_duration_seconds",
-                    "Time per batch in each stage (getBatch, decode, query, sink, commit).",
+                    "Time per batch in each stage (getBatch, walCommit, decode, query, sink, commit).",
                 )
                 .buckets(vec![
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -433,6 +434,7 @@ mod tests {
             num_rounded_decimals: 1,
             duration_ms: Durations {
                 get_batch: 1,
+                wal_commit: 0,
                 decode: 2,
                 query: 30,
                 sink: 400,

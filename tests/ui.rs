@@ -15,7 +15,7 @@ use common::scrape::{free_addr, get, samples, snapshot};
 use common::{Running, embedded_config};
 use testkit::env::repo;
 
-const STAGES: [&str; 5] = ["getBatch", "decode", "query", "sink", "commit"];
+const STAGES: [&str; 6] = ["getBatch", "walCommit", "decode", "query", "sink", "commit"];
 
 /// `coinstream run` of the embedded job (`coinstream.toml`) printing JSON progress, with `extra`
 /// flags. `live` swaps the sample capture, which ends the run once read, for a `generate` source

@@ -12,6 +12,9 @@ use crate::position::SourceOffset;
 pub struct Durations {
     /// Waiting for the source (the trigger's poll).
     pub get_batch: u64,
+    /// Writing the batch's offsets to the checkpoint's write-ahead log before processing it
+    /// (synced to disk; Spark's `walCommit`). 0 without a checkpoint and for a replayed batch.
+    pub wal_commit: u64,
     /// Decoding raw messages into Arrow.
     pub decode: u64,
     /// Running the SQL transform.

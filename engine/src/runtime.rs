@@ -118,6 +118,14 @@ struct LoopState {
     shutdown: watch::Receiver<bool>,
 }
 
+/// The stages of a batch before [`StreamingQuery::process`] takes it over.
+struct Stages {
+    /// The source's poll, or a replayed batch's re-read.
+    get_batch: Duration,
+    /// Writing its offsets to the checkpoint.
+    wal_commit: Duration,
+}
+
 enum Step {
     Batch(SourceBatch, Duration),
     Idle,
@@ -232,8 +240,11 @@ impl StreamingQuery {
                 self.source.fetch_range(&range).await?
             };
             last_end = Some(range.end);
-            let waited = started.elapsed();
-            self.process(pending.batch_id, batch, waited, started, &mut run)
+            let stages = Stages {
+                get_batch: started.elapsed(),
+                wal_commit: Duration::ZERO,
+            };
+            self.process(pending.batch_id, batch, stages, started, &mut run)
                 .await?;
         }
         let interval = match self.trigger {
@@ -316,6 +327,7 @@ impl StreamingQuery {
                 Step::Idle => {}
                 Step::Batch(batch, waited) => {
                     last_end = Some(batch.end.clone());
+                    let t = Instant::now();
                     if let Some(cp) = &self.checkpoint {
                         cp.plan(&PlannedBatch {
                             batch_id,
@@ -323,7 +335,11 @@ impl StreamingQuery {
                             end: batch.end.clone(),
                         })?;
                     }
-                    self.process(batch_id, batch, waited, started, &mut run)
+                    let stages = Stages {
+                        get_batch: waited,
+                        wal_commit: t.elapsed(),
+                    };
+                    self.process(batch_id, batch, stages, started, &mut run)
                         .await?;
                     batch_id += 1;
                     if ends_after {
@@ -395,13 +411,13 @@ impl StreamingQuery {
         })
     }
 
-    /// Processes one batch of the run: `waited` is how long the source took to hand it over
-    /// since the batch `started`.
+    /// Processes one batch of the run: `before` says how long the batch took before it was
+    /// handed here, since it `started`.
     async fn process(
         &mut self,
         batch_id: u64,
         batch: SourceBatch,
-        waited: Duration,
+        before: Stages,
         started: Instant,
         run: &mut LoopState,
     ) -> Result<()> {
@@ -505,7 +521,7 @@ impl StreamingQuery {
         }
         let commit = t.elapsed();
 
-        let processing = decode + query + sink + commit;
+        let processing = before.wal_commit + decode + query + sink + commit;
         let n = batch.records.len() as u64;
         summary.batches += 1;
         summary.input_rows += n;
@@ -532,12 +548,13 @@ impl StreamingQuery {
             dead_letters_by_reason: by_reason,
             num_rounded_decimals: decoded.rounded_decimals as u64,
             duration_ms: Durations {
-                get_batch: millis(waited),
+                get_batch: millis(before.get_batch),
+                wal_commit: millis(before.wal_commit),
                 decode: millis(decode),
                 query: millis(query),
                 sink: millis(sink),
                 commit: millis(commit),
-                total: millis(waited + processing),
+                total: millis(before.get_batch + processing),
             },
             sources: vec![SourceProgress {
                 description: self.source.description(),

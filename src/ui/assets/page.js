@@ -10,7 +10,7 @@ const MAX_LETTERS = 50;      // rows of the dead-letters table
 const MAX_PLAIN_ROWS = 20;   // rows of the latest-rows table when the output has no key column
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
   "#7f7f7f", "#bcbd22", "#17becf"];
-const STAGES = ["getBatch", "decode", "query", "sink", "commit"];
+const STAGES = ["getBatch", "walCommit", "decode", "query", "sink", "commit"];
 
 let state;
 
