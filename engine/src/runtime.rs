@@ -182,32 +182,44 @@ impl StreamingQuery {
         let mut start_backoff = Backoff::default();
         let mut start_shutdown = shutdown.clone();
         let (sink, source) = (&mut self.sink, &mut self.source);
+        // Which of the two a stop interrupted, for the log.
+        let sink_passed = std::cell::Cell::new(false);
         let ready = tokio::select! {
             biased;
             _ = stop_requested(&mut shutdown) => None,
             // The first permanent failure of either ends the run at once.
             ready = async {
                 tokio::try_join!(
-                    retry_transient(&mut backoff, &mut check_shutdown, SINK_CHECK,
-                        async || sink.healthcheck().await),
+                    async {
+                        retry_transient(&mut backoff, &mut check_shutdown, SINK_CHECK,
+                            async || sink.healthcheck().await).await?;
+                        sink_passed.set(true);
+                        Ok(())
+                    },
                     retry_transient(&mut start_backoff, &mut start_shutdown, SOURCE_START,
                         async || source.start(request.clone()).await),
                 )
             } => Some(ready),
         };
-        match ready {
-            Some(Ok(((), ()))) => {}
-            Some(Err(Error::Stopped { what, .. })) if what == SOURCE_START => {
-                tracing::info!(source = %self.source.description(),
-                    "Stopped while waiting for the source to start; nothing was read, written or committed.");
-                return Ok(RunSummary::default());
-            }
-            None | Some(Err(Error::Stopped { .. })) => {
+        // A stop while either was still waiting: whether it was the sink's healthcheck.
+        let stopped_waiting_for_sink = match ready {
+            Some(Ok(((), ()))) => None,
+            Some(Err(Error::Stopped { what, .. })) => Some(what == SINK_CHECK),
+            None => Some(!sink_passed.get()),
+            Some(Err(e)) => return Err(e),
+        };
+        match stopped_waiting_for_sink {
+            None => {}
+            Some(true) => {
                 tracing::info!(sink = %self.sink.description(),
                     "Stopped while waiting for the sink to pass its healthcheck; nothing was read, written or committed.");
                 return Ok(RunSummary::default());
             }
-            Some(Err(e)) => return Err(e),
+            Some(false) => {
+                tracing::info!(source = %self.source.description(),
+                    "Stopped while waiting for the source to start; nothing was read, written or committed.");
+                return Ok(RunSummary::default());
+            }
         }
         self.sink
             .bind_query(&query_id, recovered.next_batch_id)
