@@ -83,24 +83,12 @@ pub struct KafkaSource {
     expected: BTreeMap<Partition, i64>,
     /// Per partition, what this instance knows to be committed in the group.
     committed: BTreeMap<Partition, i64>,
-    /// The last batch's commit, while the broker has not answered it.
-    in_flight: Option<InFlightCommit>,
     /// Per partition, its end as last read from the broker (the high watermark, or the last
     /// stable offset under `read_committed`), and when: what each partition has left to read
     /// decides its share of a batch.
     ends: BTreeMap<Partition, i64>,
     ends_read: Option<Instant>,
     counters: Counters,
-}
-
-/// A commit sent to the group and not yet answered: the runtime's `commit` of a batch returns once
-/// it is sent, so that it travels while the next batch is polled (Spark commits nothing to the
-/// group at all; here the group's offsets are what monitoring reads and where a run without a
-/// checkpoint resumes). It is waited for before anything reads `committed`, before the next
-/// commit, and at close.
-struct InFlightCommit {
-    task: tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>>,
-    end: KafkaOffsets,
 }
 
 /// Each partition's share of a batch ([`KafkaSource::shares`]).
@@ -137,7 +125,6 @@ impl KafkaSource {
             positions: BTreeMap::new(),
             expected: BTreeMap::new(),
             committed: BTreeMap::new(),
-            in_flight: None,
             ends: BTreeMap::new(),
             ends_read: None,
             counters: Counters::default(),
@@ -425,11 +412,10 @@ impl KafkaSource {
     /// A partition of this instance is done when the consumer's position reached that end (a
     /// position counts commit markers and compacted offsets, which no record fills); one of
     /// another instance of the group when the group's committed offset reached it.
-    async fn caught_up(&mut self) -> Result<bool> {
+    async fn caught_up(&self) -> Result<bool> {
         let Some(targets) = self.targets.clone() else {
             return Ok(false);
         };
-        self.settle_commit().await?;
         if !self.buffer.is_empty() {
             return Ok(false);
         }
@@ -482,7 +468,6 @@ impl KafkaSource {
     /// Commits positions that commit markers alone moved (no record to hand out), for
     /// partitions with no batch in flight, so the group's lag reaches 0 on transactional topics.
     async fn commit_marker_positions(&mut self) -> Result<()> {
-        self.settle_commit().await?;
         let advanced: Vec<(Partition, i64)> = self
             .positions
             .iter()
@@ -620,25 +605,8 @@ impl KafkaSource {
         )
     }
 
-    /// Waits for the commit in flight, if any (its failure is this call's).
-    async fn settle_commit(&mut self) -> Result<()> {
-        match self.in_flight.take() {
-            Some(commit) => self.finish_commit(commit).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Commits `end` to the group for the partitions this instance holds, and waits for it.
+    /// Commits `end` to the group for the partitions this instance holds.
     async fn commit_offsets(&mut self, end: &KafkaOffsets) -> Result<()> {
-        match self.start_commit(end)? {
-            Some(commit) => self.finish_commit(commit).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Sends the commit of `end` for the partitions this instance holds, on a blocking thread
-    /// (`None`: it holds none of them).
-    fn start_commit(&self, end: &KafkaOffsets) -> Result<Option<InFlightCommit>> {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in end.iter() {
             if self.assigned.contains(&(topic.to_owned(), partition)) {
@@ -647,19 +615,10 @@ impl KafkaSource {
             }
         }
         if tpl.count() == 0 {
-            return Ok(None);
+            return Ok(());
         }
         let consumer = self.consumer()?;
-        Ok(Some(InFlightCommit {
-            task: tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)),
-            end: end.clone(),
-        }))
-    }
-
-    /// Waits for `commit` and records what it committed.
-    async fn finish_commit(&mut self, commit: InFlightCommit) -> Result<()> {
-        let InFlightCommit { task, end } = commit;
-        let result = task
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
             .await
             .map_err(|e| Error::Internal(format!("kafka commit task failed: {e}")))?;
         match result {
@@ -918,13 +877,6 @@ impl Source for KafkaSource {
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
-        if self
-            .in_flight
-            .as_ref()
-            .is_some_and(|c| c.task.is_finished())
-        {
-            self.settle_commit().await?;
-        }
         // Available-now with every partition read and committed up to its end at start: a gather
         // would only wait out `max_wait` for records that are not to be read.
         if self.targets.is_some() && self.caught_up().await? {
@@ -964,14 +916,9 @@ impl Source for KafkaSource {
         Ok(Poll::Idle)
     }
 
-    /// Sends the commit of `end` and returns: the broker's answer is waited for by the next
-    /// commit, poll that needs it, or `close`. A failure of the previous batch's commit is this
-    /// call's (transient: the runtime retries, and `end` covers the previous batch's offsets).
     async fn commit(&mut self, end: &SourceOffset) -> Result<()> {
         let end = self.parse_offset(end)?;
-        self.settle_commit().await?;
-        self.in_flight = self.start_commit(&end)?;
-        Ok(())
+        self.commit_offsets(&end).await
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
@@ -1015,15 +962,6 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) -> Result<()> {
-        // The last batch's commit: a transient failure gets the one retry the runtime no longer
-        // gives it.
-        if let Some(commit) = self.in_flight.take() {
-            let end = commit.end.clone();
-            if let Err(e) = self.finish_commit(commit).await {
-                tracing::warn!(error = %engine::report(&e), "The last commit failed; committing once more.");
-                self.commit_offsets(&end).await?;
-            }
-        }
         if let Some(consumer) = self.consumer.take() {
             tokio::task::spawn_blocking(move || consumer.unsubscribe())
                 .await
