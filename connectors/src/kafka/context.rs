@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::config::StartingOffsets;
 use super::security::{KafkaSecurity, SecurityWatch};
@@ -70,18 +70,30 @@ pub struct SourceContext {
     lost_offsets: AtomicU64,
     /// A refused login or failed TLS handshake, which must stop the source.
     security: SecurityWatch,
+    /// Whether the group rebalances incrementally (cooperative-sticky, or the KIP-848 consumer
+    /// protocol), decided from the client's config. Asking librdkafka in the rebalance callback
+    /// (`rd_kafka_rebalance_protocol`) can block forever when the callback runs from the
+    /// consumer's close (librdkafka issue #4041): a run then never exits.
+    cooperative: bool,
 }
 
 impl SourceContext {
     /// A context whose start policy is set with [`SourceContext::set_policy`] before subscribing,
-    /// for a client configured with `security`.
-    pub fn new(security: Option<&KafkaSecurity>) -> Self {
+    /// for a client configured as `client` with `security`.
+    pub fn new(client: &ClientConfig, security: Option<&KafkaSecurity>) -> Self {
+        let cooperative = client
+            .get("partition.assignment.strategy")
+            .is_some_and(|s| s.contains("cooperative-sticky"))
+            || client
+                .get("group.protocol")
+                .is_some_and(|p| p.eq_ignore_ascii_case("consumer"));
         Self {
             policy: OnceLock::new(),
             events: Mutex::default(),
             data_loss: Mutex::default(),
             lost_offsets: AtomicU64::new(0),
             security: SecurityWatch::new(security),
+            cooperative,
         }
     }
 
@@ -246,10 +258,7 @@ impl ConsumerContext for SourceContext {
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect::<Vec<_>>()
         };
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+        let cooperative = self.cooperative;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let (assigned, resolved) = self.choose_positions(consumer, tpl);
@@ -290,5 +299,34 @@ impl ConsumerContext for SourceContext {
                 let _ = consumer.unassign();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::ClientConfig;
+
+    use super::SourceContext;
+
+    #[test]
+    fn the_rebalance_protocol_comes_from_the_clients_config() {
+        let cooperative = |settings: &[(&str, &str)]| {
+            let mut client = ClientConfig::new();
+            for (key, value) in settings {
+                client.set(*key, *value);
+            }
+            SourceContext::new(&client, None).cooperative
+        };
+        assert!(!cooperative(&[]));
+        assert!(!cooperative(&[(
+            "partition.assignment.strategy",
+            "range,roundrobin"
+        )]));
+        assert!(cooperative(&[(
+            "partition.assignment.strategy",
+            "cooperative-sticky"
+        )]));
+        assert!(cooperative(&[("group.protocol", "consumer")]));
+        assert!(!cooperative(&[("group.protocol", "classic")]));
     }
 }

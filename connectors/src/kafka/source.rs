@@ -785,7 +785,7 @@ impl Source for KafkaSource {
                 self.config.max_poll_interval.as_millis().to_string(),
             );
         let consumer: BaseConsumer<SourceContext> = client
-            .create_with_context(SourceContext::new(security.as_ref()))
+            .create_with_context(SourceContext::new(&client, security.as_ref()))
             .map_err(|e| self.error(format!("cannot create consumer: {e}"), Retry::Permanent))?;
         let consumer = Arc::new(consumer);
         // The partitions there are now, their ends, and whether the group committed any of them:
