@@ -16,7 +16,7 @@ use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rust_decimal::Decimal;
 
 fn admin() -> AdminClient<DefaultClientContext> {
@@ -171,6 +171,29 @@ async fn produce_to(topic: &str, messages: &[(i32, String, Vec<u8>)]) {
         .set("linger.ms", "5")
         .create()
         .unwrap();
+    // A partition added a moment ago may not be in the broker's metadata answer yet; librdkafka
+    // refuses a send to a partition its metadata lacks (UnknownPartition) rather than waiting.
+    let highest = messages.iter().map(|m| m.0).max().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .expect("topic metadata");
+        let known = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        if known > highest as usize {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} still has {known} partitions after 30 s; partition {highest} expected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (partition, key, body) in messages {
         producer
             .send(
