@@ -12,6 +12,7 @@
 //! cluster is down every INSERT fails, and pausing each one before the runtime pauses the batch
 //! stacked two backoffs.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -172,26 +173,35 @@ impl Sink for CassandraSink {
     }
 }
 
-/// Sends every row, at most `max_in_flight` at once. Returns at the first INSERT that failed
-/// (after the driver's retry policy), dropping the ones in flight: the runtime retries the whole
-/// batch.
+/// Sends every row as its own INSERT, at most `max_in_flight` at once (see [`send_bounded`]).
 async fn write_rows(
     session: &Session,
     insert: &PreparedStatement,
     batches: &[BatchRows<'_>],
     settings: &Settings,
 ) -> std::result::Result<(), ExecutionError> {
-    let max_in_flight = settings.config.max_in_flight.get();
+    let requests = batches.iter().flat_map(|rows| {
+        (0..rows.len()).map(move |r| session.execute_unpaged(insert, rows.row(r)))
+    });
+    send_bounded(requests, settings.config.max_in_flight.get()).await
+}
+
+/// Awaits every request `requests` makes, at most `max_in_flight` at once (each is made when a
+/// place is free). Returns at the first that failed (after the driver's retry policy), dropping
+/// the ones in flight: the runtime retries the whole micro-batch, and every request carries full
+/// primary keys, so re-sending rewrites the same rows.
+async fn send_bounded<T>(
+    requests: impl Iterator<Item = impl Future<Output = std::result::Result<T, ExecutionError>>>,
+    max_in_flight: usize,
+) -> std::result::Result<(), ExecutionError> {
     let mut in_flight = FuturesUnordered::new();
-    for rows in batches {
-        for r in 0..rows.len() {
-            if in_flight.len() >= max_in_flight
-                && let Some(done) = in_flight.next().await
-            {
-                done?;
-            }
-            in_flight.push(session.execute_unpaged(insert, rows.row(r)));
+    for request in requests {
+        if in_flight.len() >= max_in_flight
+            && let Some(done) = in_flight.next().await
+        {
+            done?;
         }
+        in_flight.push(request);
     }
     while let Some(done) = in_flight.next().await {
         done?;
@@ -249,7 +259,6 @@ async fn write_partitions(
     groups: &[Vec<(usize, usize)>],
     settings: &Settings,
 ) -> std::result::Result<(), ExecutionError> {
-    let max_in_flight = settings.config.max_in_flight.get();
     let batch_size = settings.config.batch_size_rows.get();
     let statement = |rows: usize| {
         let mut batch = Batch::new_with_statements(
@@ -260,21 +269,23 @@ async fn write_partitions(
         batch.set_is_idempotent(true);
         batch
     };
-    let mut in_flight = FuturesUnordered::new();
-    for chunk in groups.iter().flat_map(|g| g.chunks(batch_size)) {
-        if in_flight.len() >= max_in_flight
-            && let Some(done) = in_flight.next().await
-        {
-            done?;
-        }
-        let values: Vec<_> = chunk.iter().map(|&(b, r)| batches[b].row(r)).collect();
-        let batch = statement(chunk.len());
-        in_flight.push(async move { session.batch(&batch, values).await });
-    }
-    while let Some(done) = in_flight.next().await {
-        done?;
-    }
-    Ok(())
+    // Built at the first full chunk: a live micro-batch of a few rows per partition has none.
+    let full = std::sync::OnceLock::new();
+    let requests = groups
+        .iter()
+        .flat_map(|g| g.chunks(batch_size))
+        .map(|chunk| {
+            let values: Vec<_> = chunk.iter().map(|&(b, r)| batches[b].row(r)).collect();
+            // Full batches share one statement; only a partition's last, shorter one needs its own
+            // (a statement holds one copy of the prepared INSERT per row).
+            let batch = if chunk.len() == batch_size {
+                Cow::Borrowed(full.get_or_init(|| statement(batch_size)))
+            } else {
+                Cow::Owned(statement(chunk.len()))
+            };
+            async move { session.batch(&batch, values).await }
+        });
+    send_bounded(requests, settings.config.max_in_flight.get()).await
 }
 
 #[cfg(test)]
