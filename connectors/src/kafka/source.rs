@@ -228,15 +228,10 @@ impl KafkaSource {
     /// Partitions advance together, so event time does too: a batch drawn from one partition's
     /// backlog would push a query's watermark past the other partitions' rows and make them late.
     fn shares(&self, max: usize) -> Shares {
-        // Counted by partition number in a dense list: the buffer holds up to eight batches, and
-        // a map look-up per record stood out in the profile.
+        // Counted in a dense list: the buffer holds up to eight batches.
         let mut counts: Vec<(usize, i64)> = Vec::new();
         for r in &self.buffer {
-            let number = r.position.partition as usize;
-            if number >= counts.len() {
-                counts.resize(number + 1, (0, 0));
-            }
-            let (count, first) = &mut counts[number];
+            let (count, first) = dense_slot(&mut counts, r.position.partition);
             if *count == 0 {
                 *first = r.position.offset;
             }
@@ -372,14 +367,10 @@ impl KafkaSource {
             }
             total -= 1;
         }
-        // What each partition number may still give, in a dense list (no map look-up per record).
+        // What each partition number may still give, in a dense list.
         let mut left: Vec<usize> = Vec::new();
         for (&number, &q) in &quota {
-            let number = number as usize;
-            if number >= left.len() {
-                left.resize(number + 1, 0);
-            }
-            left[number] = q;
+            *dense_slot(&mut left, number) = q;
         }
         let mut records = Vec::with_capacity(total);
         let mut kept = VecDeque::with_capacity(self.buffer.len().saturating_sub(total));
@@ -650,6 +641,17 @@ impl KafkaSource {
             Err(e) => Err(self.error(format!("commit of {end} failed: {e}"), Retry::Transient)),
         }
     }
+}
+
+/// The entry of partition `number` in a list indexed by partition number, grown with defaults
+/// to hold it: partition numbers are small and dense, and a map look-up per record stood out in
+/// the profile.
+fn dense_slot<T: Clone + Default>(list: &mut Vec<T>, number: u32) -> &mut T {
+    let number = number as usize;
+    if number >= list.len() {
+        list.resize(number + 1, T::default());
+    }
+    &mut list[number]
 }
 
 /// The start and end of a batch of `records` just taken from the buffer (`still_buffered` is what
