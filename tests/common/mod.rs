@@ -678,10 +678,23 @@ pub fn output_within(child: Child, limit: Duration) -> Output {
     match rx.recv_timeout(limit) {
         Ok(out) => out.unwrap(),
         Err(_) => {
+            // Where every thread waits, so that a hang seen once (in CI) can be diagnosed;
+            // gdb is optional, its absence only leaves the stacks out.
+            let stacks = Command::new("gdb")
+                .args([
+                    "-batch",
+                    "-p",
+                    &id.to_string(),
+                    "-ex",
+                    "thread apply all bt",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("(no stacks: gdb: {e})"));
             let _ = Command::new("kill")
                 .args(["-KILL", &id.to_string()])
                 .status();
-            panic!("coinstream did not stop within {limit:?}");
+            panic!("coinstream did not stop within {limit:?}; its threads:\n{stacks}");
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct SourceContext {
     /// (`rd_kafka_rebalance_protocol`) can block forever when the callback runs from the
     /// consumer's close (librdkafka issue #4041): a run then never exits.
     cooperative: bool,
+    /// Rebalance callbacks served so far, so a close can tell when none is left queued.
+    rebalances: AtomicU64,
 }
 
 impl SourceContext {
@@ -94,7 +96,13 @@ impl SourceContext {
             lost_offsets: AtomicU64::new(0),
             security: SecurityWatch::new(security),
             cooperative,
+            rebalances: AtomicU64::new(0),
         }
+    }
+
+    /// How many rebalance callbacks (assign, revoke or failed) have been served.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
     }
 
     /// The refused login or failed TLS handshake that must stop the source, if any.
@@ -259,6 +267,7 @@ impl ConsumerContext for SourceContext {
                 .collect::<Vec<_>>()
         };
         let cooperative = self.cooperative;
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let (assigned, resolved) = self.choose_positions(consumer, tpl);

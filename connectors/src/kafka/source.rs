@@ -965,11 +965,43 @@ impl Source for KafkaSource {
 
     async fn close(&mut self) -> Result<()> {
         if let Some(consumer) = self.consumer.take() {
-            tokio::task::spawn_blocking(move || consumer.unsubscribe())
+            tokio::task::spawn_blocking(move || leave_group(&consumer))
                 .await
                 .map_err(|e| Error::Internal(format!("kafka close task failed: {e}")))?;
         }
         Ok(())
+    }
+}
+
+/// How long a close waits for the group to take back this member's partitions.
+const LEAVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Leaves the group with the consumer still open: unsubscribes, then polls until the revoke this
+/// raises has been answered, no partition is assigned and a poll served no further rebalance (one
+/// already queued, such as an assignment not yet taken, is served by the next poll at once).
+///
+/// Why before dropping the consumer: its `Drop` closes it and serves what is queued, and answering
+/// a rebalance from inside that close can block forever in `rd_kafka_assign` (librdkafka issue
+/// #4884, open; seen here as a run that never exited). With nothing left to revoke, the close
+/// answers nothing. Messages still fetched are dropped: no batch holds them and nothing was
+/// committed for them, so the partition's next owner reads them.
+fn leave_group(consumer: &BaseConsumer<SourceContext>) {
+    consumer.unsubscribe();
+    let deadline = Instant::now() + LEAVE_WITHIN;
+    loop {
+        let served = consumer.context().rebalances();
+        let _ = consumer.poll(Duration::from_millis(100));
+        let quiet = consumer.context().rebalances() == served;
+        let unassigned = consumer.assignment().map_or(true, |a| a.count() == 0);
+        if quiet && unassigned {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "The group did not take back this instance's partitions within {LEAVE_WITHIN:?}; closing the consumer anyway."
+            );
+            return;
+        }
     }
 }
 
