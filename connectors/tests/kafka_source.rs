@@ -335,6 +335,68 @@ async fn an_uncommitted_batch_is_read_again_exactly_after_a_restart() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_starts_at_the_checkpoints_offsets_where_the_groups_commit_is_behind_them() {
+    const PARTITIONS: i32 = 3;
+    const N: usize = 150;
+    let (topic, group) = topic_and_group("kafka_source_checkpoint_first", PARTITIONS, N).await;
+    let mut first = started(config(&topic, &group), None).await;
+    let mut processed = write_and_commit(&mut first).await;
+    first.close().await.expect("close");
+    let group_before = committed(&group, &topic, PARTITIONS);
+
+    // The next batch is written and the checkpoint records it as committed, but the group never
+    // gets its commit (a crash before the broker's answer: the commit returns once it is sent).
+    let mut second = started(config(&topic, &group), None).await;
+    let lost_commit = next_batch(&mut second).await;
+    processed.extend(seen(&second, &lost_commit.records));
+    drop(second);
+    assert_eq!(
+        committed(&group, &topic, PARTITIONS),
+        group_before,
+        "the group's offsets are behind the checkpoint's"
+    );
+
+    // The restart is given the checkpoint's end: none of that batch is read again, and the group
+    // records the checkpoint's offsets at once.
+    let mut third = started(config(&topic, &group), Some(lost_commit.end.clone())).await;
+    let batch = next_batch(&mut third).await;
+    // Each partition's first offset not processed: the checkpoint's end, else the group's.
+    let start_of = |partition: i64| {
+        lost_commit.end.json()[&topic][partition.to_string()]
+            .as_i64()
+            .or(group_before[&(partition as i32)])
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        committed(&group, &topic, PARTITIONS),
+        (0..PARTITIONS)
+            .map(|p| (p, Some(start_of(p.into()))))
+            .collect::<BTreeMap<_, _>>(),
+        "the group took the checkpoint's offsets at assignment"
+    );
+    let after = seen(&third, &batch.records);
+    third.commit(&batch.end).await.expect("commit");
+    for record in &after {
+        let start = start_of(record.0);
+        assert!(
+            record.1 >= start,
+            "{record:?} was read again although the checkpoint holds it as processed (start {start})"
+        );
+    }
+    processed.extend(after);
+    third.close().await.expect("close");
+
+    // A stale checkpoint (its offsets behind the group's, as when another instance read on) does
+    // not rewind: the group's offsets stand, and the rest is read once.
+    let mut fourth = started(config(&topic, &group), Some(lost_commit.start.clone())).await;
+    while processed.len() < N {
+        processed.extend(write_and_commit(&mut fourth).await);
+    }
+    assert_each_once(&processed, N);
+    fourth.close().await.expect("close");
+}
+
 /// `config` starting at the JSON `offsets` (Spark's `startingOffsets` form).
 fn config_at(topic: &str, group: &str, offsets: &str) -> KafkaSourceConfig {
     KafkaSourceConfig {

@@ -107,7 +107,9 @@ pub struct PollLimits {
 #[derive(Debug, Clone, Default)]
 pub struct StartRequest {
     /// The end offset of the last committed batch in the engine's checkpoint, if any. A source
-    /// with its own committed positions (a Kafka consumer group) may prefer those.
+    /// with its own committed positions (a Kafka consumer group) may prefer those where they are
+    /// ahead (another instance read further), but must start from this one where its own lag
+    /// behind it: it may have returned from [`Source::commit`] before its commit was durable.
     pub committed: Option<SourceOffset>,
     /// Process what is available at start, then report [`Poll::Exhausted`].
     pub available_now: bool,
@@ -192,6 +194,10 @@ pub trait Source: Send {
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll>;
 
     /// Makes the batch ending at `end` durable at the source (after the sink acknowledged it).
+    /// The engine records the batch as committed in its checkpoint as soon as this returns; a
+    /// source may return once the commit is sent, before it is durable, when its
+    /// [`Source::start`] resumes from [`StartRequest::committed`] wherever its own record is
+    /// behind (the Kafka source does, so its commit travels while the next batch is polled).
     ///
     /// # Errors
     /// Transient when the commit may succeed later (the runtime retries it; the rows are already

@@ -11,7 +11,7 @@
 //! It records every rebalance, with each assigned partition's first position, so the source can
 //! drop messages of partitions it no longer owns and check each fetch for data loss.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -77,6 +77,11 @@ pub struct SourceContext {
     cooperative: bool,
     /// Rebalance callbacks served so far, so a close can tell when none is left queued.
     rebalances: AtomicU64,
+    /// Per partition, the end of the last batch this query processed (its checkpoint's offsets
+    /// at start, then each batch committed): a partition assigned to this member starts there
+    /// when the group's committed offset is behind it, as after a crash before a commit was
+    /// answered.
+    processed: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl SourceContext {
@@ -97,6 +102,17 @@ impl SourceContext {
             security: SecurityWatch::new(security),
             cooperative,
             rebalances: AtomicU64::new(0),
+            processed: Mutex::default(),
+        }
+    }
+
+    /// Records that this query processed each partition up to (not including) its offset; an
+    /// offset below one already recorded is ignored.
+    pub fn record_processed(&self, ends: impl IntoIterator<Item = ((String, i32), i64)>) {
+        let mut processed = locked(&self.processed);
+        for (partition, end) in ends {
+            let at = processed.entry(partition).or_insert(end);
+            *at = (*at).max(end);
         }
     }
 
@@ -162,12 +178,47 @@ impl SourceContext {
                 return (unknown(tpl), resolved);
             }
         };
+        let processed = locked(&self.processed).clone();
         let mut assignments = Vec::new();
         for elem in committed.elements() {
             let (topic, partition) = (elem.topic().to_owned(), elem.partition());
             let key = (topic.clone(), partition);
             let marks = || consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT);
-            let (position, first) = match elem.offset() {
+            let group = match elem.offset() {
+                Offset::Offset(c) => Some(c),
+                _ => None,
+            };
+            let mut offset = elem.offset();
+            if let Some(&done) = processed.get(&key)
+                && group.is_none_or(|c| c < done)
+            {
+                // This query processed the partition further than the group recorded: a batch's
+                // commit was not answered before a crash, or not sent before the partition
+                // moved. An offset past the partition's end is not this partition's (a topic
+                // deleted and made again): the group's offset stands.
+                match marks() {
+                    Ok((_, high)) if done <= high => {
+                        tracing::info!(topic, partition, group = ?group, processed = done, "Starting where this query's checkpoint says it processed to, ahead of the group's committed offset.");
+                        offset = Offset::Offset(done);
+                        // Committed below, so the group records it too.
+                        let _ = resolved.add_partition_offset(&topic, partition, offset);
+                        if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+                            tracing::warn!(error = %e, topic, partition, "Could not set a starting position.");
+                        }
+                    }
+                    Ok((_, high)) => tracing::warn!(
+                        topic,
+                        partition,
+                        processed = done,
+                        high,
+                        "The checkpoint's offset is past the partition's end; using the group's."
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic, partition, "Could not read the partition's end to check the checkpoint's offset; using the group's.")
+                    }
+                }
+            }
+            let (position, first) = match offset {
                 Offset::Offset(c) => {
                     let Ok((low, _high)) = marks() else {
                         assignments.push((key, Some(c)));

@@ -83,6 +83,9 @@ pub struct KafkaSource {
     expected: BTreeMap<Partition, i64>,
     /// Per partition, what this instance knows to be committed in the group.
     committed: BTreeMap<Partition, i64>,
+    /// The end of the last batch whose commit was sent without waiting for the broker's answer
+    /// ([`Source::commit`]); `close` commits it again and waits.
+    in_flight: Option<KafkaOffsets>,
     /// Per partition, its end as last read from the broker (the high watermark, or the last
     /// stable offset under `read_committed`), and when: what each partition has left to read
     /// decides its share of a batch.
@@ -125,6 +128,7 @@ impl KafkaSource {
             positions: BTreeMap::new(),
             expected: BTreeMap::new(),
             committed: BTreeMap::new(),
+            in_flight: None,
             ends: BTreeMap::new(),
             ends_read: None,
             counters: Counters::default(),
@@ -403,7 +407,7 @@ impl KafkaSource {
     /// A partition of this instance is done when the consumer's position reached that end (a
     /// position counts commit markers and compacted offsets, which no record fills); one of
     /// another instance of the group when the group's committed offset reached it.
-    async fn caught_up(&self) -> Result<bool> {
+    async fn caught_up(&mut self) -> Result<bool> {
         let Some(targets) = self.targets.clone() else {
             return Ok(false);
         };
@@ -596,8 +600,19 @@ impl KafkaSource {
         )
     }
 
-    /// Commits `end` to the group for the partitions this instance holds.
-    async fn commit_offsets(&mut self, end: &KafkaOffsets) -> Result<()> {
+    /// Makes sure the last batch's commit, sent without waiting, is in the group: commits the same
+    /// offsets again and waits (librdkafka sends a group's commits in order); its failure is this
+    /// call's.
+    async fn settle_commit(&mut self) -> Result<()> {
+        match self.in_flight.take() {
+            Some(end) => self.commit_offsets(&end).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The offsets of `end` of the partitions this instance holds, as librdkafka takes them
+    /// (`None`: it holds none of them).
+    fn owned(&self, end: &KafkaOffsets) -> Result<Option<TopicPartitionList>> {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in end.iter() {
             if self.assigned.contains(&(topic.to_owned(), partition)) {
@@ -605,9 +620,14 @@ impl KafkaSource {
                     .map_err(|e| Error::Internal(format!("bad offset list: {e}")))?;
             }
         }
-        if tpl.count() == 0 {
+        Ok((tpl.count() > 0).then_some(tpl))
+    }
+
+    /// Commits `end` to the group for the partitions this instance holds, and waits for it.
+    async fn commit_offsets(&mut self, end: &KafkaOffsets) -> Result<()> {
+        let Some(tpl) = self.owned(end)? else {
             return Ok(());
-        }
+        };
         let consumer = self.consumer()?;
         let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
             .await
@@ -641,6 +661,17 @@ impl KafkaSource {
             Err(e) => Err(self.error(format!("commit of {end} failed: {e}"), Retry::Transient)),
         }
     }
+}
+
+/// The offsets a commit list holds, by partition.
+fn offsets_of(tpl: &TopicPartitionList) -> Vec<(Partition, i64)> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(next) => Some(((e.topic().to_owned(), e.partition()), next)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The entry of partition `number` in a list indexed by partition number, grown with defaults
@@ -820,13 +851,19 @@ impl Source for KafkaSource {
                 Retry::Transient,
             ),
         })?;
-        let checkpointed = match &request.committed {
+        // The checkpoint's offsets of these topics: where this query processed each partition
+        // to, which is where it starts when the group's committed offset is behind.
+        let processed: Vec<(Partition, i64)> = match &request.committed {
             Some(offset) => self
                 .parse_offset(offset)?
                 .iter()
-                .any(|(topic, _, _)| self.config.topics.iter().any(|t| t == topic)),
-            None => false,
+                .filter(|(topic, _, _)| self.config.topics.iter().any(|t| t == topic))
+                .map(|(topic, partition, next)| ((topic.to_owned(), partition), next))
+                .collect(),
+            None => Vec::new(),
         };
+        let checkpointed = !processed.is_empty();
+        consumer.context().record_processed(processed);
         let first_start = !checkpointed && committed.is_empty();
         // Checked against the broker's partitions before subscribing: a partition named by
         // mistake, or one left out, would otherwise start at the end and skip its records.
@@ -918,9 +955,33 @@ impl Source for KafkaSource {
         Ok(Poll::Idle)
     }
 
+    /// Sends the commit of `end` to the group and returns without waiting for the broker's
+    /// answer, so that it travels while the next batch is polled (Kafka's `commitAsync` after
+    /// each batch, `commitSync` at close). Transient when it cannot be sent.
+    ///
+    /// Why no answer is needed: the engine's checkpoint records the batch as committed once this
+    /// returns, and a restart resumes each partition at the checkpoint's offset where the group's
+    /// is behind it (a crash before the commit arrived); librdkafka sends the commit ahead of
+    /// anything a later rebalance sends, so the partitions' next owner reads on past the batch;
+    /// and `close` commits the last batch's end again and waits. A commit the broker refuses is
+    /// logged (librdkafka's COMMITFAIL warning) and superseded by the next batch's, which covers
+    /// its offsets.
     async fn commit(&mut self, end: &SourceOffset) -> Result<()> {
         let end = self.parse_offset(end)?;
-        self.commit_offsets(&end).await
+        let Some(tpl) = self.owned(&end)? else {
+            return Ok(());
+        };
+        let consumer = self.consumer()?;
+        let sent = offsets_of(&tpl);
+        consumer.context().record_processed(sent.iter().cloned());
+        consumer
+            .commit(&tpl, CommitMode::Async)
+            .map_err(|e| self.error(format!("commit of {end} failed: {e}"), Retry::Transient))?;
+        // What the group holds once the commit arrives; the partitions' next reader, this
+        // instance or another, starts there.
+        self.committed.extend(sent);
+        self.in_flight = Some(end);
+        Ok(())
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
@@ -964,6 +1025,8 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) -> Result<()> {
+        // The last batch's commit, answered before the consumer leaves the group.
+        self.settle_commit().await?;
         if let Some(consumer) = self.consumer.take() {
             tokio::task::spawn_blocking(move || leave_group(&consumer))
                 .await
