@@ -219,6 +219,9 @@ impl Checkpoint {
         let Some(last) = self.last_id("offsets")? else {
             return Ok(Recovered::default());
         };
+        if let Some(before) = (last + 1).checked_sub(RETAINED_BATCHES) {
+            self.prune(before);
+        }
         let entry = self.read_entry(last)?;
         if self.dir.join("commits").join(last.to_string()).exists() {
             return Ok(Recovered {
@@ -251,10 +254,22 @@ impl Checkpoint {
     /// Records a batch's offsets before it is processed.
     pub fn plan(&self, batch: &PlannedBatch) -> Result<()> {
         let body = serde_json::to_vec(batch).map_err(|e| Error::Internal(e.to_string()))?;
-        write_atomically(
-            &self.dir.join("offsets").join(batch.batch_id.to_string()),
-            &body,
-        )
+        write_atomically(&self.offsets_path(batch.batch_id), &body)
+    }
+
+    /// As [`Self::plan`], on a blocking thread: the batch may be decoded and queried meanwhile,
+    /// as long as nothing leaves the process (no sink or dead-letter write, no commit) before
+    /// [`WalWrite::wait`] returned. Must be called from a Tokio runtime.
+    pub fn plan_in_background(&self, batch: &PlannedBatch) -> Result<WalWrite> {
+        let body = serde_json::to_vec(batch).map_err(|e| Error::Internal(e.to_string()))?;
+        let path = self.offsets_path(batch.batch_id);
+        Ok(WalWrite(tokio::task::spawn_blocking(move || {
+            write_atomically(&path, &body)
+        })))
+    }
+
+    fn offsets_path(&self, batch_id: u64) -> PathBuf {
+        self.dir.join("offsets").join(batch_id.to_string())
     }
 
     /// Records that a batch was written and committed (see the module docs on why this is not
@@ -262,14 +277,19 @@ impl Checkpoint {
     pub fn commit(&self, batch_id: u64) -> Result<()> {
         let path = self.dir.join("commits").join(batch_id.to_string());
         fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        if batch_id > 0 && batch_id.is_multiple_of(RETAINED_BATCHES) {
-            self.prune(batch_id - RETAINED_BATCHES);
+        // One batch's entries out for each batch in, best effort (a leftover old entry is
+        // harmless, recovery reads only the newest): two unlinks a batch, where deleting a
+        // hundred batches' at once stalled every hundredth batch.
+        if let Some(old) = batch_id.checked_sub(RETAINED_BATCHES) {
+            for sub in ["offsets", "commits"] {
+                let _ = fs::remove_file(self.dir.join(sub).join(old.to_string()));
+            }
         }
         Ok(())
     }
 
-    /// Deletes the entries of batches before `before`, best effort: a leftover old entry is
-    /// harmless, recovery reads only the newest. Runs once every [`RETAINED_BATCHES`] batches.
+    /// Deletes the entries of batches before `before`, best effort: what [`Self::commit`] left
+    /// (a run that stopped between the two writes, or an older version's pruning).
     fn prune(&self, before: u64) {
         for sub in ["offsets", "commits"] {
             let Ok(entries) = fs::read_dir(self.dir.join(sub)) else {
@@ -312,6 +332,22 @@ impl Checkpoint {
             }
         }
         Ok(last)
+    }
+}
+
+/// A batch's offsets entry being written and synced ([`Checkpoint::plan_in_background`]).
+#[must_use = "the entry is durable only once `wait` returned"]
+pub struct WalWrite(tokio::task::JoinHandle<Result<()>>);
+
+impl WalWrite {
+    /// Waits until the entry is written and synced.
+    ///
+    /// # Errors
+    /// The write's own (the folder unwritable, the disk full), or the blocking task failing.
+    pub async fn wait(self) -> Result<()> {
+        self.0
+            .await
+            .map_err(|e| Error::Internal(format!("checkpoint write task failed: {e}")))?
     }
 }
 
@@ -385,7 +421,8 @@ mod tests {
     fn keeps_the_latest_batches_and_prunes_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let cp = Checkpoint::open(dir.path()).unwrap();
-        for id in 0..=2 * RETAINED_BATCHES + 5 {
+        let last = 2 * RETAINED_BATCHES + 5;
+        for id in 0..=last {
             cp.plan(&PlannedBatch {
                 batch_id: id,
                 start: offsets(id as i64),
@@ -402,11 +439,17 @@ mod tests {
             ids.sort();
             ids
         };
-        // The last prune ran at batch 200 and removed everything before batch 100.
-        let kept: Vec<u64> = (RETAINED_BATCHES..=2 * RETAINED_BATCHES + 5).collect();
+        // Each commit removed the batch RETAINED_BATCHES before it.
+        let kept: Vec<u64> = (last + 1 - RETAINED_BATCHES..=last).collect();
         assert_eq!(ids("offsets"), kept);
         assert_eq!(ids("commits"), kept);
+        // What a stopped run or an older version left behind goes at the next start.
+        for sub in ["offsets", "commits"] {
+            fs::write(dir.path().join(sub).join("7"), b"{}").unwrap();
+        }
         let r = cp.recover().unwrap();
+        assert_eq!(ids("offsets"), kept);
+        assert_eq!(ids("commits"), kept);
         assert_eq!(r.next_batch_id, 2 * RETAINED_BATCHES + 6);
         assert_eq!(r.committed, Some(offsets(2 * RETAINED_BATCHES as i64 + 6)));
         assert_eq!(r.pending, None);

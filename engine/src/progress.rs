@@ -12,8 +12,10 @@ use crate::position::SourceOffset;
 pub struct Durations {
     /// Waiting for the source (the trigger's poll).
     pub get_batch: u64,
-    /// Writing the batch's offsets to the checkpoint's write-ahead log before processing it
-    /// (synced to disk; Spark's `walCommit`). 0 without a checkpoint and for a replayed batch.
+    /// Waiting for the batch's offsets to be written to the checkpoint's write-ahead log (synced
+    /// to disk; Spark's `walCommit`). The write runs while the batch is decoded and queried, so
+    /// this is only what is left of it before the sink write. 0 without a checkpoint and for a
+    /// replayed batch.
     pub wal_commit: u64,
     /// Decoding raw messages into Arrow.
     pub decode: u64,

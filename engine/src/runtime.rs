@@ -16,7 +16,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 use tokio::sync::watch;
 
-use crate::checkpoint::{Checkpoint, PlannedBatch, QueryIdentity};
+use crate::checkpoint::{Checkpoint, PlannedBatch, QueryIdentity, WalWrite};
 use crate::context::InputSlot;
 use crate::decode::{Decoded, RecordDecoder};
 use crate::error::{Error, Result, report};
@@ -122,8 +122,9 @@ struct LoopState {
 struct Stages {
     /// The source's poll, or a replayed batch's re-read.
     get_batch: Duration,
-    /// Writing its offsets to the checkpoint.
-    wal_commit: Duration,
+    /// Its offsets being written to the checkpoint, which `process` waits for before the batch
+    /// is written anywhere (none for a replayed batch: its offsets are there already).
+    wal: Option<WalWrite>,
 }
 
 enum Step {
@@ -254,7 +255,7 @@ impl StreamingQuery {
             last_end = Some(range.end);
             let stages = Stages {
                 get_batch: started.elapsed(),
-                wal_commit: Duration::ZERO,
+                wal: None,
             };
             self.process(pending.batch_id, batch, stages, started, &mut run)
                 .await?;
@@ -339,17 +340,19 @@ impl StreamingQuery {
                 Step::Idle => {}
                 Step::Batch(batch, waited) => {
                     last_end = Some(batch.end.clone());
-                    let t = Instant::now();
-                    if let Some(cp) = &self.checkpoint {
-                        cp.plan(&PlannedBatch {
+                    // Written and synced while the batch is decoded and queried (a disk flush
+                    // takes milliseconds, and longer while other writers share the disk).
+                    let wal = match &self.checkpoint {
+                        Some(cp) => Some(cp.plan_in_background(&PlannedBatch {
                             batch_id,
                             start: batch.start.clone(),
                             end: batch.end.clone(),
-                        })?;
-                    }
+                        })?),
+                        None => None,
+                    };
                     let stages = Stages {
                         get_batch: waited,
-                        wal_commit: t.elapsed(),
+                        wal,
                     };
                     self.process(batch_id, batch, stages, started, &mut run)
                         .await?;
@@ -495,6 +498,14 @@ impl StreamingQuery {
             letter.position = self.source.describe_position(letter.record_position);
         }
 
+        // The batch's offsets are durable before anything of it leaves the process: a restart
+        // must replay exactly this batch if a sink saw any of it.
+        let t = Instant::now();
+        if let Some(wal) = before.wal {
+            wal.wait().await?;
+        }
+        let wal_commit = t.elapsed();
+
         let t = Instant::now();
         let output_rows: usize = rows.iter().map(RecordBatch::num_rows).sum();
         let mut backoff = Backoff::default();
@@ -533,7 +544,7 @@ impl StreamingQuery {
         }
         let commit = t.elapsed();
 
-        let processing = before.wal_commit + decode + query + sink + commit;
+        let processing = wal_commit + decode + query + sink + commit;
         let n = batch.records.len() as u64;
         summary.batches += 1;
         summary.input_rows += n;
@@ -561,7 +572,7 @@ impl StreamingQuery {
             num_rounded_decimals: decoded.rounded_decimals as u64,
             duration_ms: Durations {
                 get_batch: millis(before.get_batch),
-                wal_commit: millis(before.wal_commit),
+                wal_commit: millis(wal_commit),
                 decode: millis(decode),
                 query: millis(query),
                 sink: millis(sink),
