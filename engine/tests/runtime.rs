@@ -153,6 +153,15 @@ struct MemorySink {
     written: Written,
     /// Per write call: `Some(retry)` fails that call.
     failures: Arc<Mutex<Vec<Option<Retry>>>>,
+    planned: Arc<Mutex<Planned>>,
+}
+
+/// With a checkpoint folder set: per sink write, the batch id that the folder's offsets entry of
+/// the batch being written records, as read when the write came (`None`: no entry yet).
+#[derive(Default)]
+struct Planned {
+    checkpoint: Option<std::path::PathBuf>,
+    seen: Vec<Option<u64>>,
 }
 
 #[async_trait]
@@ -168,6 +177,14 @@ impl Sink for MemorySink {
         };
         if let Some(retry) = scripted {
             return Err(Error::sink_failed("memory", "scripted failure", retry));
+        }
+        let mut planned = self.planned.lock().unwrap();
+        if let Some(dir) = planned.checkpoint.clone() {
+            let entry = std::fs::read(dir.join("offsets").join(batch_id.to_string()))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["batchId"].as_u64());
+            planned.seen.push(entry);
         }
         let mut w = self.written.lock().unwrap();
         w.retain(|(id, _)| *id != batch_id);
@@ -358,6 +375,22 @@ fn ids_of(written: &[(u64, Vec<RecordBatch>)]) -> Vec<Vec<i64>> {
             ids
         })
         .collect()
+}
+
+#[tokio::test]
+async fn a_batchs_offsets_are_in_the_checkpoint_before_the_sink_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Outputs::default();
+    out.sink.planned.lock().unwrap().checkpoint = Some(dir.path().join("checkpoint"));
+    let partitions = vec![messages(0..7), messages(100..103)];
+    let summary = out
+        .run(dir.path(), doubled(), partitions, true, 2)
+        .await
+        .unwrap();
+    assert_eq!(summary.batches, 5);
+    // The entry is written beside decode and query, and waited for before the write.
+    let planned = out.sink.planned.lock().unwrap().seen.clone();
+    assert_eq!(planned, (0..5).map(Some).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -170,6 +170,12 @@ pub(super) fn positions(consumer: &BaseConsumer<SourceContext>) -> BTreeMap<Part
     let Ok(tpl) = consumer.position() else {
         return BTreeMap::new();
     };
+    offsets_of(&tpl).into_iter().collect()
+}
+
+/// The offsets a partition list holds (a position, a commit), by partition; entries without
+/// one (a logical offset such as `Invalid`) are left out.
+pub(super) fn offsets_of(tpl: &TopicPartitionList) -> Vec<(Partition, i64)> {
     tpl.elements()
         .iter()
         .filter_map(|e| match e.offset() {

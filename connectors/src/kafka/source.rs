@@ -44,7 +44,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::{KafkaSourceConfig, StartingOffsets};
 use super::consumer::{
-    CONSUMER_DEFAULTS, REQUEST_TIMEOUT, committed_positions, gather, retry_of, watermarks,
+    CONSUMER_DEFAULTS, REQUEST_TIMEOUT, committed_positions, gather, offsets_of, retry_of,
+    watermarks,
 };
 use super::context::{RebalanceEvent, SourceContext, StartPolicy};
 use super::offsets::{KafkaOffsets, Partition, PartitionTable};
@@ -687,17 +688,6 @@ impl KafkaSource {
             Err(e) => Err(self.error(format!("commit of {end} failed: {e}"), Retry::Transient)),
         }
     }
-}
-
-/// The offsets a commit list holds, by partition.
-fn offsets_of(tpl: &TopicPartitionList) -> Vec<(Partition, i64)> {
-    tpl.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(next) => Some(((e.topic().to_owned(), e.partition()), next)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The entry of partition `number` in a list indexed by partition number, grown with defaults
