@@ -233,7 +233,7 @@ fn a_batch_committed_to_the_table_but_not_to_the_checkpoint_is_not_written_again
 fn kill_9_at_random_points_then_a_restart_stores_every_trade_exactly_once() {
     let (dir, feed, cfg) = sample();
     // Each kill at another point of the batch cycle (decode, write, Delta commit, checkpoint commit).
-    common::assert_exactly_once_after_kills(&cfg, "150", expected_rows(&feed), || {
+    common::assert_exactly_once_after_kills(&cfg, "20", expected_rows(&feed), || {
         stored(&dir.path().join("data/profit"))
     });
 }

@@ -326,7 +326,7 @@ fn kill_9_at_random_points_then_a_restart_writes_each_candle_exactly_once() {
     let config = ohlcv(dir.path(), &feed);
     // Each kill at another point of the batch cycle (aggregation, Delta commit, state save, checkpoint
     // commit). `stored` panics on a candle written twice.
-    common::assert_exactly_once_after_kills(&config, "50", expected(&feed), || {
+    common::assert_exactly_once_after_kills(&config, "20", expected(&feed), || {
         stored(&dir.path().join("ohlcv_1m"))
     });
 }

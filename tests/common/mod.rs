@@ -334,7 +334,9 @@ pub fn kill_at_random_points(config: &Pipeline, max_records: &str, rounds: u64) 
 }
 
 /// The crash test of a pipeline: kills `coinstream run` with `config` five times at random points
-/// of its batch cycle ([`kill_at_random_points`], at most `max_records` per batch), runs it to the
+/// of its batch cycle ([`kill_at_random_points`], at most `max_records` per batch; the input must
+/// hold more than five rounds' batches at the 10 ms trigger's pace, about 70 each, whatever the
+/// build's speed, or a round finds nothing left to read), runs it to the
 /// end of its input (available-now, at most 150 records per batch), then asserts that `stored`
 /// (what the sink holds) is `expected`: no batch lost, none written twice.
 pub fn assert_exactly_once_after_kills<T: PartialEq + std::fmt::Debug>(
@@ -411,6 +413,14 @@ impl Running {
                 "fewer than {batches} batches after {limit:?}:\n{}",
                 self.log.join("\n")
             );
+            // A run that ended by itself (a finite source read to its end) will print no more.
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.read_for(Duration::from_millis(200));
+                panic!(
+                    "the run ended ({status}) after fewer than {batches} batches:\n{}",
+                    self.log.join("\n")
+                );
+            }
             if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
                 self.log.push(line);
             }
