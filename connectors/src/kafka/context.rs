@@ -183,7 +183,12 @@ impl SourceContext {
         for elem in committed.elements() {
             let (topic, partition) = (elem.topic().to_owned(), elem.partition());
             let key = (topic.clone(), partition);
-            let marks = || consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT);
+            // Read from the broker once per partition, by whichever check needs them first.
+            let read = std::cell::OnceCell::new();
+            let marks = || {
+                read.get_or_init(|| consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT))
+                    .clone()
+            };
             let group = match elem.offset() {
                 Offset::Offset(c) => Some(c),
                 _ => None,
