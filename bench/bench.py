@@ -10,6 +10,7 @@ matplotlib (skipped with a note when it cannot be imported).
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import datetime as dt
 import decimal
@@ -229,10 +230,10 @@ def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_
                                   table=table, checkpoint=os.path.join(run_dir, "checkpoint"))
         if engine == "coinstream_tuned":
             overrides["source.properties"] = TUNED_SOURCE_PROPERTIES
-        if sink == "null":
+        if sink in ("null", "delta"):
             # A table value replaces the whole [sink]: none of the Cassandra keys remain.
             overrides = {k: v for k, v in overrides.items() if not k.startswith("sink.")}
-            overrides["sink"] = {"type": "null"}
+            overrides["sink"] = {"type": "null"} if sink == "null" else delta_sink(run_dir)
         trigger = trigger if live else "available-now"
         # The progress records go to stdout, the logs to stderr: measure.py reads both as one
         # stream, so the marker below sees the records.
@@ -257,13 +258,74 @@ def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_
 
 
 
-def drain_and_stop(args, table: str, rows: int, stop: str, proc, out: str) -> dict:
-    """Waits (at most --live-drain-timeout) until `table` holds `rows` rows, stops the live
-    engine through its stop file, and returns what measured.py recorded of the run."""
+def delta_sink(run_dir: str) -> dict:
+    """The embedded store of the shipped coinstream.toml (a Delta table on disk, partitioned as
+    it is), in the run's folder."""
+    sink = dict(shipped_settings_at(os.path.join(REPO, "coinstream.toml"))["sink"])
+    sink["path"] = os.path.join(run_dir, "profit")
+    return sink
+
+
+def delta_commits(table: str) -> dict[str, list[tuple[int, int, int, int]]]:
+    """The data files each commit of the Delta table at `table` added, per symbol: sorted
+    (lowest trade_id, highest trade_id, rows, commit time in µs) from the files' statistics in the
+    log, where the commit time is the modification time of the commit's log entry (`_delta_log/
+    N.json`, written after the batch's data files: the moment the rows became readable). Files a
+    compaction rewrote (`dataChange` false) are not new rows and are left out."""
+    log_dir = os.path.join(table, "_delta_log")
+    ranges = collections.defaultdict(list)
+    if not os.path.isdir(log_dir):
+        return ranges
+    for name in os.listdir(log_dir):
+        if not re.fullmatch(r"\d{20}\.json", name):
+            continue
+        path = os.path.join(log_dir, name)
+        at_us = os.stat(path).st_mtime_ns // 1000
+        with open(path) as f:
+            for line in f:
+                add = json.loads(line).get("add")
+                if not add or not add.get("dataChange") or not add.get("stats"):
+                    continue
+                stats = json.loads(add["stats"])
+                ranges[add["partitionValues"]["symbol"]].append(
+                    (stats["minValues"]["trade_id"], stats["maxValues"]["trade_id"], stats["numRecords"], at_us))
+    for spans in ranges.values():
+        spans.sort()
+    return ranges
+
+
+def delta_written_at(table: str, sent: dict) -> tuple[int, dict]:
+    """The rows in the Delta table at `table`, and when each sent trade (`(symbol, trade_id)`)
+    became readable there (µs), from [`delta_commits`]. A trade is placed by its commit's file
+    statistics: within one symbol, the files' trade_id ranges must not overlap, or the rows could
+    not be told apart (an error rather than a guess)."""
+    ranges = delta_commits(table)
+    rows = sum(n for spans in ranges.values() for _, _, n, _ in spans)
+    for symbol, spans in ranges.items():
+        for (_, hi, _, _), (lo, _, _, _) in zip(spans, spans[1:]):
+            if lo <= hi:
+                raise SystemExit(f"{table}: files of {symbol} overlap in trade_id ({lo} <= {hi}): "
+                                 "the commit of each row cannot be told from the log")
+    written = {}
+    for (symbol, trade_id) in sent:
+        spans = ranges.get(symbol, [])
+        i = bisect.bisect_right(spans, (trade_id, float("inf"))) - 1
+        if i >= 0 and spans[i][0] <= trade_id <= spans[i][1]:
+            written[(symbol, trade_id)] = spans[i][3]
+    return rows, written
+
+
+def drain_and_stop(args, table: str, rows: int, stop: str, proc, out: str, delta: str | None = None) -> dict:
+    """Waits (at most --live-drain-timeout) until `table` (or, with `delta`, the Delta table at
+    that path) holds `rows` rows, stops the live engine through its stop file, and returns what
+    measured.py recorded of the run."""
     deadline = time.monotonic() + args.live_drain_timeout
     with cql.Session.connect(args.cassandra) as s:
         while True:
-            n = s.execute(f"SELECT COUNT(*) FROM {args.keyspace}.{table}")[0][0]
+            if delta:
+                n = sum(n for spans in delta_commits(delta).values() for _, _, n, _ in spans)
+            else:
+                n = s.execute(f"SELECT COUNT(*) FROM {args.keyspace}.{table}")[0][0]
             if n >= rows or time.monotonic() > deadline:
                 break
             time.sleep(1)
@@ -503,9 +565,12 @@ def run_engine(args, engine: str, sink: str, topic: str, expected_rows: int, par
     return result
 
 
-def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: str | None = None) -> dict:
-    """Trades produced live at a fixed rate while the engine runs; latency from send to WRITETIME."""
-    name = f"{engine}-live" + (f"-{trigger.split(':')[-1]}" if trigger else "")
+def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: str | None = None,
+             store: str = "cassandra") -> dict:
+    """Trades produced live at a fixed rate while the engine runs; latency from send to WRITETIME
+    (`store` "cassandra"), or to the commit that made the row readable in coinstream's embedded
+    store (`store` "delta": the shipped Delta sink, on disk)."""
+    name = f"{engine}-live" + (f"-{trigger.split(':')[-1]}" if trigger else "") + ("-delta" if store == "delta" else "")
     run_dir = fresh_run_dir(args, name)
     topic = f"{args.prefix}_live_{index}_{engine}"
     table = f"{engine}_live_{index}"
@@ -515,8 +580,10 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
     records = os.path.join(run_dir, "records.jsonl")
     start = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
     sh(generate_command(args, count, 1000 + index, args.live_rate, start) + ["--format", "record", "--out", records])
-    fresh_table(args, table, TABLE_DDL)
-    cmd, marker = engine_command(args, engine, topic=topic, table=table, sink="cassandra", run_dir=run_dir, live=True,
+    delta = os.path.join(run_dir, "profit") if store == "delta" else None
+    if not delta:
+        fresh_table(args, table, TABLE_DDL)
+    cmd, marker = engine_command(args, engine, topic=topic, table=table, sink=store, run_dir=run_dir, live=True,
                                  trigger=trigger)
     stop = os.path.join(run_dir, "STOP")
     log(f"{name}: {' '.join(cmd)}")
@@ -547,12 +614,17 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
             first_send = us if first_send is None else min(first_send, us)
             if symbol in portfolio:
                 sent[(symbol, int(trade_id))] = us
-    # Wait (bounded) until every portfolio trade is in Cassandra, then stop the engine.
-    m = drain_and_stop(args, table, len(sent), stop, proc, out)
-    with cql.Session.connect(args.cassandra) as s:
-        rows = s.execute(f"SELECT symbol, trade_id, WRITETIME(profit) FROM {args.keyspace}.{table}")
-        if not args.keep:
-            s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+    # Wait (bounded) until every portfolio trade is in the store, then stop the engine.
+    m = drain_and_stop(args, table, len(sent), stop, proc, out, delta)
+    if delta:
+        rows_written, written = delta_written_at(delta, sent)
+        rows = [(symbol, trade_id, us) for (symbol, trade_id), us in written.items()]
+    else:
+        with cql.Session.connect(args.cassandra) as s:
+            rows = s.execute(f"SELECT symbol, trade_id, WRITETIME(profit) FROM {args.keyspace}.{table}")
+            if not args.keep:
+                s.execute(f"DROP TABLE IF EXISTS {args.keyspace}.{table}")
+        rows_written = len(rows)
     warm_until = first_send + int(args.live_warmup * 1e6)
     lat_ms = []
     for symbol, trade_id, written_us in rows:
@@ -567,8 +639,9 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
         "seconds": args.live_seconds,
         "warmup_s": args.live_warmup,
         "trigger": trigger or "default (micro-batches back to back)",
+        "store": store,
         "rows_sent": len(sent),
-        "rows_written": len(rows),
+        "rows_written": rows_written,
         "rows_measured": len(lat_ms),
         "rows_expected_measured": measured_sent,
         "machine_busy_cores": round((busy1 - busy0) / max(1, total1 - total0) * os.cpu_count(), 2),
@@ -1161,6 +1234,9 @@ def engine_table(engines, by, sink, columns):
     return lines
 
 
+# Where a live run's rows went.
+STORES = {"cassandra": "Cassandra", "delta": "Delta (embedded)"}
+
 # The engines' names where space is short (the ratio chart).
 SHORT_NAMES = {"spark_udf": "Spark UDF", "spark_sql": "Spark SQL", "coinstream": "coinstream",
                "coinstream_tuned": "coinstream tuned"}
@@ -1198,7 +1274,8 @@ def ratio_rows(runs, live, embedded) -> list[dict]:
             add(figure, names(c, s), (by.get((c, sink)) or {}).get(key),
                 (by.get((s, sink)) or {}).get(key), digits, higher)
     for c, s in pairs:
-        lc = min((r for r in live if r["engine"] == c and r.get("p99_ms")), key=lambda r: r["p99_ms"], default=None)
+        lc = min((r for r in live if r["engine"] == c and r.get("p99_ms") and r.get("store", "cassandra") == "cassandra"),
+                 key=lambda r: r["p99_ms"], default=None)
         ls = next((r for r in live if r["engine"] == s), None)
         add("live p99 ms", names(c, s), lc and lc["p99_ms"], ls and ls.get("p99_ms"), 1, False)
     if embedded:
@@ -1252,12 +1329,15 @@ def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None, e
         ])
     if live:
         lines += ["", f"## Live: {args.live_rate:,.0f} trades/s for {args.live_seconds:.0f} s "
-                  f"(after {args.live_warmup:.0f} s of warm-up), latency from send to Cassandra write time", "",
-                  "| engine | trigger | rows measured | p50 ms | p99 ms | max ms | CPU s (whole run) | peak RSS MB |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  f"(after {args.live_warmup:.0f} s of warm-up), latency from send to the store: Cassandra's write "
+                  "time, or the modification time of the Delta commit's log entry that made the row readable "
+                  "(coinstream's embedded store: coinstream.toml's Delta sink on local disk)", "",
+                  "| engine | store | trigger | rows measured | p50 ms | p99 ms | max ms | CPU s (whole run) | peak RSS MB |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in live:
             lines.append(
-                f"| {ENGINES[r['engine']]} | {r['trigger']} | {fmt(r['rows_measured'])} of {fmt(r['rows_expected_measured'])} "
+                f"| {ENGINES[r['engine']]} | {STORES[r.get('store', 'cassandra')]} | {r['trigger']} "
+                f"| {fmt(r['rows_measured'])} of {fmt(r['rows_expected_measured'])} "
                 f"| {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | {fmt(r['engine_cpu_s'])} "
                 f"| {fmt(r['peak_rss_mb'], 0)} |"
             )
@@ -1386,7 +1466,8 @@ def chart(path: str, runs, live, embedded=None) -> str | None:
              "Peak RSS of the process tree (→ Cassandra)", "MB (lower is better)")
         ax = axes[1][1]
         if live:
-            xs = [labels[r["engine"]] + (f"\n{r['trigger']}" if is_coinstream(r["engine"]) else "") for r in live]
+            xs = [labels[r["engine"]] + (f"\n{r['trigger']}" if is_coinstream(r["engine"]) else "")
+                  + (" Delta" if r.get("store") == "delta" else "") for r in live]
             p50 = [r.get("p50_ms") or 0 for r in live]
             p99 = [r.get("p99_ms") or 0 for r in live]
             x = range(len(xs))
@@ -1464,6 +1545,9 @@ def main() -> int:
     ap.add_argument("--live-drain-timeout", type=float, default=60)
     ap.add_argument("--coinstream-live-triggers", default="interval:10ms,interval:100ms",
                     help="coinstream's live phase runs once per trigger")
+    ap.add_argument("--coinstream-live-delta-triggers", default="interval:10ms",
+                    help="and once per trigger into the embedded store (coinstream.toml's Delta sink) "
+                         "instead of Cassandra; empty skips it")
     ap.add_argument("--ohlcv", action="store_true",
                     help="also run the OHLCV phase (1-minute candles, a stateful window aggregation)")
     ap.add_argument("--ohlcv-only", action="store_true", help="only the OHLCV phase (no profit runs)")
@@ -1566,11 +1650,13 @@ def main() -> int:
     live_runs = []
     for engine in live_engines:
         if is_coinstream(engine):
-            live_runs += [(engine, t) for t in args.coinstream_live_triggers.split(",") if t]
+            live_runs += [(engine, t, "cassandra") for t in args.coinstream_live_triggers.split(",") if t]
+            if engine == "coinstream":
+                live_runs += [(engine, t, "delta") for t in args.coinstream_live_delta_triggers.split(",") if t]
         else:
-            live_runs.append((engine, None))
-    for i, (engine, trigger) in enumerate(live_runs):
-        live.append(run_live(args, engine, kafka, i, portfolio, trigger))
+            live_runs.append((engine, None, "cassandra"))
+    for i, (engine, trigger, store) in enumerate(live_runs):
+        live.append(run_live(args, engine, kafka, i, portfolio, trigger, store))
         time.sleep(args.pause)
     ohlcv = ohlcv_phase(args, kafka, topic, records) if args.ohlcv else None
     embedded = embedded_phase(args, portfolio) if args.embedded_engines else None

@@ -75,8 +75,8 @@ fn python_scripts_compile() {
 }
 
 /// bench/run.sh --coinstream-only on 1,000 trades: Kafka → coinstream → Cassandra, the null-sink
-/// run, a short live phase and the OHLCV phase (drain and live), each with its measurements and
-/// checks in the results JSON.
+/// run, short live phases into Cassandra and into the embedded store (Delta), and the OHLCV
+/// phase (drain and live), each with its measurements and checks in the results JSON.
 #[test]
 fn coinstream_part_of_the_bench_runs_on_1000_trades() {
     let tmp = tempfile::tempdir().unwrap();
@@ -94,6 +94,8 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
             "--engines",
             "coinstream",
             "--coinstream-live-triggers",
+            "interval:100ms",
+            "--coinstream-live-delta-triggers",
             "interval:100ms",
             "--live-rate",
             "200",
@@ -186,14 +188,21 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
     assert_eq!(null["exit_code"], 0, "{null}");
     assert_eq!(null["rows_reported"].as_u64(), Some(expected), "{null}");
 
-    let live = &report["live"][0];
-    assert_eq!(live["engine"], "coinstream", "{report}");
-    assert!(live["rows_measured"].as_u64().unwrap() > 0, "{live}");
-    assert_eq!(
-        live["rows_measured"], live["rows_expected_measured"],
-        "{live}"
-    );
-    assert!(live["p99_ms"].as_f64().is_some(), "{live}");
+    // Live, into Cassandra then into the embedded store (the Delta table of coinstream.toml):
+    // every measured trade found in the store, its latency taken.
+    for (i, store) in ["cassandra", "delta"].into_iter().enumerate() {
+        let live = &report["live"][i];
+        assert_eq!(live["engine"], "coinstream", "{report}");
+        assert_eq!(live["store"], store, "{report}");
+        assert_eq!(live["exit_code"], 0, "{live}");
+        assert!(live["rows_measured"].as_u64().unwrap() > 0, "{live}");
+        assert_eq!(
+            live["rows_measured"], live["rows_expected_measured"],
+            "{live}"
+        );
+        assert_eq!(live["rows_written"], live["rows_sent"], "{live}");
+        assert!(live["p99_ms"].as_f64().is_some(), "{live}");
+    }
 
     // OHLCV: every candle the final watermark closes, equal to the bench's own recomputation
     // from the generated records; live, every closed candle written and its latency measured.
