@@ -240,22 +240,26 @@ def engine_command(args, engine: str, *, topic: str, table: str, sink: str, run_
         cmd = [args.coinstream_bin, "run", *shipped_pipeline(PROFIT_PIPELINE, overrides), "--trigger", trigger,
                "--progress", "json"]
         return cmd, r'"numInputRows":[1-9]'
-    variant = engine.split("_", 1)[1]
+    return spark_job(args, engine.split("_", 1)[1], sink="noop" if sink == "null" else "cassandra", topic=topic,
+                     table=table, run_dir=run_dir, live=live,
+                     extra=["--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
+                            "--coin-map", os.path.join(REPO, "required_data/coin_map.json")])
+
+
+def spark_job(args, variant: str, *, sink: str, topic: str, table: str, run_dir: str, live: bool,
+              extra: list[str]) -> tuple[list[str], str]:
+    """The command line of one run of bench/spark/job.py (`variant`, `extra` arguments) and the
+    regex of its "a batch was written" lines."""
     cmd = [
-        args.spark_python, os.path.join(BENCH, "spark/job.py"),
-        "--variant", variant, "--sink", "noop" if sink == "null" else "cassandra",
+        args.spark_python, os.path.join(BENCH, "spark/job.py"), "--variant", variant, "--sink", sink,
         "--topic", topic, "--brokers", args.brokers, "--cassandra", args.cassandra,
-        "--keyspace", args.keyspace, "--table", table, "--jars", args.spark_jars,
-        "--portfolio", os.path.join(REPO, "required_data/my_Portfolio.json"),
-        "--coin-map", os.path.join(REPO, "required_data/coin_map.json"),
+        "--keyspace", args.keyspace, "--table", table, "--jars", args.spark_jars, *extra,
         "--checkpoint", os.path.join(run_dir, "checkpoint"),
         "--max-offsets", str(args.spark_max_offsets), "--driver-memory", args.spark_driver_memory,
     ]
     if live:
         cmd += ["--trigger", "continuous-microbatch", "--stop-file", os.path.join(run_dir, "STOP")]
     return cmd, r"BENCH_BATCH "
-
-
 
 
 def delta_sink(run_dir: str) -> dict:
@@ -690,16 +694,7 @@ def ohlcv_command(args, engine: str, *, topic: str, table: str, run_dir: str, li
         cmd = [args.coinstream_bin, "run", *shipped_pipeline(OHLCV_PIPELINE, overrides), "--trigger",
                trigger if live else "available-now", "--progress", "json"]
         return cmd, r'"numInputRows":[1-9]'
-    cmd = [
-        args.spark_python, os.path.join(BENCH, "spark/job.py"), "--variant", "ohlcv", "--sink", "cassandra",
-        "--topic", topic, "--brokers", args.brokers, "--cassandra", args.cassandra,
-        "--keyspace", args.keyspace, "--table", table, "--jars", args.spark_jars,
-        "--checkpoint", os.path.join(run_dir, "checkpoint"),
-        "--max-offsets", str(args.spark_max_offsets), "--driver-memory", args.spark_driver_memory,
-    ]
-    if live:
-        cmd += ["--trigger", "continuous-microbatch", "--stop-file", os.path.join(run_dir, "STOP")]
-    return cmd, r"BENCH_BATCH "
+    return spark_job(args, "ohlcv", sink="cassandra", topic=topic, table=table, run_dir=run_dir, live=live, extra=[])
 
 
 def time_us(text: str) -> int:
