@@ -270,64 +270,69 @@ def delta_sink(run_dir: str) -> dict:
     return sink
 
 
-def delta_commits(table: str) -> dict[str, list[tuple[int, int, int, int]]]:
-    """The data files each commit of the Delta table at `table` added, per symbol: sorted
-    (lowest trade_id, highest trade_id, rows, commit time in µs) from the files' statistics in the
-    log, where the commit time is the modification time of the commit's log entry (`_delta_log/
+class DeltaLog:
+    """The data files each commit of the Delta table at `table` added, per symbol: (lowest
+    trade_id, highest trade_id, rows, commit time in µs) from the files' statistics in the log,
+    where the commit time is the modification time of the commit's log entry (`_delta_log/
     N.json`, written after the batch's data files: the moment the rows became readable). Files a
-    compaction rewrote (`dataChange` false) are not new rows and are left out."""
-    log_dir = os.path.join(table, "_delta_log")
-    ranges = collections.defaultdict(list)
-    if not os.path.isdir(log_dir):
-        return ranges
-    for name in os.listdir(log_dir):
-        if not re.fullmatch(r"\d{20}\.json", name):
-            continue
-        path = os.path.join(log_dir, name)
-        at_us = os.stat(path).st_mtime_ns // 1000
-        with open(path) as f:
-            for line in f:
-                add = json.loads(line).get("add")
-                if not add or not add.get("dataChange") or not add.get("stats"):
-                    continue
-                stats = json.loads(add["stats"])
-                ranges[add["partitionValues"]["symbol"]].append(
-                    (stats["minValues"]["trade_id"], stats["maxValues"]["trade_id"], stats["numRecords"], at_us))
-    for spans in ranges.values():
-        spans.sort()
-    return ranges
+    compaction rewrote (`dataChange` false) are not new rows and are left out. `update` reads only
+    the entries that appeared since the last call (an entry appears whole: the sink creates it
+    under its final name in one step)."""
+
+    def __init__(self, table: str):
+        self.log_dir = os.path.join(table, "_delta_log")
+        self.read: set[str] = set()
+        self.ranges: dict[str, list[tuple[int, int, int, int]]] = collections.defaultdict(list)
+        self.rows = 0
+
+    def update(self) -> None:
+        names = os.listdir(self.log_dir) if os.path.isdir(self.log_dir) else []
+        for name in names:
+            if name in self.read or not re.fullmatch(r"\d{20}\.json", name):
+                continue
+            self.read.add(name)
+            path = os.path.join(self.log_dir, name)
+            at_us = os.stat(path).st_mtime_ns // 1000
+            with open(path) as f:
+                for line in f:
+                    add = json.loads(line).get("add")
+                    if not add or not add.get("dataChange") or not add.get("stats"):
+                        continue
+                    stats = json.loads(add["stats"])
+                    self.rows += stats["numRecords"]
+                    self.ranges[add["partitionValues"]["symbol"]].append(
+                        (stats["minValues"]["trade_id"], stats["maxValues"]["trade_id"], stats["numRecords"], at_us))
+
+    def written_at(self, sent: dict) -> dict:
+        """When each sent trade (`(symbol, trade_id)`) became readable (µs), for those the table
+        holds. A trade is placed by its commit's file statistics: within one symbol, the files'
+        trade_id ranges must not overlap, or the rows could not be told apart (an error rather
+        than a guess)."""
+        for symbol, spans in self.ranges.items():
+            spans.sort()
+            for (_, hi, _, _), (lo, _, _, _) in zip(spans, spans[1:]):
+                if lo <= hi:
+                    raise SystemExit(f"{self.log_dir}: files of {symbol} overlap in trade_id ({lo} <= {hi}): "
+                                     "the commit of each row cannot be told from the log")
+        written = {}
+        for (symbol, trade_id) in sent:
+            spans = self.ranges.get(symbol, [])
+            i = bisect.bisect_right(spans, (trade_id, float("inf"))) - 1
+            if i >= 0 and spans[i][0] <= trade_id <= spans[i][1]:
+                written[(symbol, trade_id)] = spans[i][3]
+        return written
 
 
-def delta_written_at(table: str, sent: dict) -> tuple[int, dict]:
-    """The rows in the Delta table at `table`, and when each sent trade (`(symbol, trade_id)`)
-    became readable there (µs), from [`delta_commits`]. A trade is placed by its commit's file
-    statistics: within one symbol, the files' trade_id ranges must not overlap, or the rows could
-    not be told apart (an error rather than a guess)."""
-    ranges = delta_commits(table)
-    rows = sum(n for spans in ranges.values() for _, _, n, _ in spans)
-    for symbol, spans in ranges.items():
-        for (_, hi, _, _), (lo, _, _, _) in zip(spans, spans[1:]):
-            if lo <= hi:
-                raise SystemExit(f"{table}: files of {symbol} overlap in trade_id ({lo} <= {hi}): "
-                                 "the commit of each row cannot be told from the log")
-    written = {}
-    for (symbol, trade_id) in sent:
-        spans = ranges.get(symbol, [])
-        i = bisect.bisect_right(spans, (trade_id, float("inf"))) - 1
-        if i >= 0 and spans[i][0] <= trade_id <= spans[i][1]:
-            written[(symbol, trade_id)] = spans[i][3]
-    return rows, written
-
-
-def drain_and_stop(args, table: str, rows: int, stop: str, proc, out: str, delta: str | None = None) -> dict:
-    """Waits (at most --live-drain-timeout) until `table` (or, with `delta`, the Delta table at
-    that path) holds `rows` rows, stops the live engine through its stop file, and returns what
-    measured.py recorded of the run."""
+def drain_and_stop(args, table: str, rows: int, stop: str, proc, out: str, delta: DeltaLog | None = None) -> dict:
+    """Waits (at most --live-drain-timeout) until `table` (or, with `delta`, that Delta table)
+    holds `rows` rows, stops the live engine through its stop file, and returns what measured.py
+    recorded of the run."""
     deadline = time.monotonic() + args.live_drain_timeout
     with cql.Session.connect(args.cassandra) as s:
         while True:
             if delta:
-                n = sum(n for spans in delta_commits(delta).values() for _, _, n, _ in spans)
+                delta.update()
+                n = delta.rows
             else:
                 n = s.execute(f"SELECT COUNT(*) FROM {args.keyspace}.{table}")[0][0]
             if n >= rows or time.monotonic() > deadline:
@@ -584,7 +589,7 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
     records = os.path.join(run_dir, "records.jsonl")
     start = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
     sh(generate_command(args, count, 1000 + index, args.live_rate, start) + ["--format", "record", "--out", records])
-    delta = os.path.join(run_dir, "profit") if store == "delta" else None
+    delta = DeltaLog(os.path.join(run_dir, "profit")) if store == "delta" else None
     if not delta:
         fresh_table(args, table, TABLE_DDL)
     cmd, marker = engine_command(args, engine, topic=topic, table=table, sink=store, run_dir=run_dir, live=True,
@@ -621,8 +626,9 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
     # Wait (bounded) until every portfolio trade is in the store, then stop the engine.
     m = drain_and_stop(args, table, len(sent), stop, proc, out, delta)
     if delta:
-        rows_written, written = delta_written_at(delta, sent)
-        rows = [(symbol, trade_id, us) for (symbol, trade_id), us in written.items()]
+        delta.update()
+        rows_written = delta.rows
+        rows = [(symbol, trade_id, us) for (symbol, trade_id), us in delta.written_at(sent).items()]
     else:
         with cql.Session.connect(args.cassandra) as s:
             rows = s.execute(f"SELECT symbol, trade_id, WRITETIME(profit) FROM {args.keyspace}.{table}")

@@ -170,19 +170,18 @@ pub(super) fn positions(consumer: &BaseConsumer<SourceContext>) -> BTreeMap<Part
     let Ok(tpl) = consumer.position() else {
         return BTreeMap::new();
     };
-    offsets_of(&tpl).into_iter().collect()
+    offsets_of(&tpl).collect()
 }
 
 /// The offsets a partition list holds (a position, a commit), by partition; entries without
 /// one (a logical offset such as `Invalid`) are left out.
-pub(super) fn offsets_of(tpl: &TopicPartitionList) -> Vec<(Partition, i64)> {
+pub(super) fn offsets_of(tpl: &TopicPartitionList) -> impl Iterator<Item = (Partition, i64)> {
     tpl.elements()
-        .iter()
+        .into_iter()
         .filter_map(|e| match e.offset() {
             Offset::Offset(n) => Some(((e.topic().to_owned(), e.partition()), n)),
             _ => None,
         })
-        .collect()
 }
 
 /// The group's committed offset of each partition that has one.
@@ -195,14 +194,7 @@ pub(super) fn committed_positions(
         tpl.add_partition(topic, *partition);
     }
     let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(c) => Some(((e.topic().to_owned(), e.partition()), c)),
-            _ => None,
-        })
-        .collect())
+    Ok(offsets_of(&committed).collect())
 }
 
 /// Every partition's (low, high) watermarks.

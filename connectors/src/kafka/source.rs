@@ -988,7 +988,7 @@ impl Source for KafkaSource {
             return Ok(());
         };
         let consumer = self.consumer()?;
-        let sent = offsets_of(&tpl);
+        let sent: Vec<_> = offsets_of(&tpl).collect();
         consumer.context().record_processed(sent.iter().cloned());
         consumer
             .commit(&tpl, CommitMode::Async)
