@@ -176,12 +176,10 @@ pub(super) fn positions(consumer: &BaseConsumer<SourceContext>) -> BTreeMap<Part
 /// The offsets a partition list holds (a position, a commit), by partition; entries without
 /// one (a logical offset such as `Invalid`) are left out.
 pub(super) fn offsets_of(tpl: &TopicPartitionList) -> impl Iterator<Item = (Partition, i64)> {
-    tpl.elements()
-        .into_iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(n) => Some(((e.topic().to_owned(), e.partition()), n)),
-            _ => None,
-        })
+    tpl.elements().into_iter().filter_map(|e| match e.offset() {
+        Offset::Offset(n) => Some(((e.topic().to_owned(), e.partition()), n)),
+        _ => None,
+    })
 }
 
 /// The group's committed offset of each partition that has one.
