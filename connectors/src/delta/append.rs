@@ -21,7 +21,7 @@ use arrow::array::RecordBatch;
 use deltalake::kernel::transaction::CommitData;
 use deltalake::kernel::{Action, Transaction};
 use deltalake::logstore::LogStoreRef;
-use deltalake::logstore::object_store::{self, PutMode, PutOptions};
+use deltalake::logstore::object_store::{self, PutMode, PutOptions, PutPayload};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -124,46 +124,106 @@ impl Appender {
             vec![Transaction::new(app_id, batch_id as i64)],
         );
         let bytes = commit.get_bytes()?;
-        let store = self.log_store.object_store(None);
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        // Held to the end: a compaction's commit waits for this one, and this one for it.
-        let _committing = gate.lock().await;
-        let mut version = self.version + 1;
-        loop {
-            let path = Path::from(format!("_delta_log/{version:020}.json"));
-            match store
-                .put_opts(&path, bytes.clone().into(), create.clone())
-                .await
-            {
-                Ok(_) => {
-                    self.version = version;
-                    return Ok(Appended::Committed(version));
-                }
-                Err(object_store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e.into()),
+        let put = put_after(
+            &self.log_store,
+            gate,
+            self.version,
+            bytes.into(),
+            |theirs| {
+                Ok(match other_commit(theirs, app_id, batch_id)? {
+                    Other::NoConflict => None,
+                    stop => Some(stop),
+                })
+            },
+        )
+        .await?;
+        Ok(match put {
+            Put::Committed(version) => {
+                self.version = version;
+                Appended::Committed(version)
             }
-            let theirs = self
-                .log_store
-                .read_commit_entry(version)
-                .await?
-                .ok_or_else(|| {
-                    DeltaTableError::Generic(format!(
-                        "commit {version} exists for a put but cannot be read"
-                    ))
-                })?;
-            match other_commit(&theirs, app_id, batch_id)? {
-                Other::NoConflict => version += 1,
-                Other::ThisBatch => {
-                    self.version = version;
-                    return Ok(Appended::AlreadyThere(version));
-                }
-                Other::ChangedTable => return Ok(Appended::Stale(version)),
+            Put::Stopped(version, Other::ThisBatch) => {
+                self.version = version;
+                Appended::AlreadyThere(version)
             }
-        }
+            Put::Stopped(version, _) => Appended::Stale(version),
+        })
     }
+}
+
+/// How [`put_after`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Put<S> {
+    /// The commit is this version of the table.
+    Committed(u64),
+    /// Nothing was committed: another writer's commit at this version is in the way, for the
+    /// judge's reason.
+    Stopped(u64, S),
+}
+
+/// Puts the commit `bytes` as the first free version of the log after `after`, each version
+/// created with put-if-absent. A version another writer took first is read and given to
+/// `judge`: `None` (no conflict) moves on to the next version, `Some(reason)` stops there.
+///
+/// The commits already in the log are read before `gate` is taken (reading a commit by name
+/// needs no gate; only listings of the log do), so the gate is held for the put and for
+/// whatever lands in between: a compaction that merged for seconds while a stream appended
+/// catches up on those appends without holding the stream up.
+///
+/// # Errors
+/// The put failed for another reason than an existing version, a commit of another writer
+/// cannot be read, or `judge` failed.
+pub(super) async fn put_after<S>(
+    log_store: &LogStoreRef,
+    gate: &super::maintenance::CommitGate,
+    after: u64,
+    bytes: PutPayload,
+    mut judge: impl FnMut(&[u8]) -> Result<Option<S>, DeltaTableError>,
+) -> Result<Put<S>, DeltaTableError> {
+    let mut version = after + 1;
+    while let Some(theirs) = log_store.read_commit_entry(version).await? {
+        if let Some(stop) = judge(&theirs)? {
+            return Ok(Put::Stopped(version, stop));
+        }
+        version += 1;
+    }
+    let store = log_store.object_store(None);
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    // Held to the end: another commit of this process waits for this one, and this one for it.
+    let _committing = gate.lock().await;
+    loop {
+        let path = Path::from(format!("_delta_log/{version:020}.json"));
+        match store.put_opts(&path, bytes.clone(), create.clone()).await {
+            Ok(_) => return Ok(Put::Committed(version)),
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let theirs = log_store.read_commit_entry(version).await?.ok_or_else(|| {
+            DeltaTableError::Generic(format!(
+                "commit {version} exists for a put but cannot be read"
+            ))
+        })?;
+        if let Some(stop) = judge(&theirs)? {
+            return Ok(Put::Stopped(version, stop));
+        }
+        version += 1;
+    }
+}
+
+/// The actions of a commit (`_delta_log/N.json`: one JSON object a line).
+///
+/// # Errors
+/// The commit is not UTF-8 or a line is not JSON.
+pub(super) fn actions_of(log: &[u8]) -> Result<Vec<serde_json::Value>, DeltaTableError> {
+    let text = std::str::from_utf8(log)
+        .map_err(|e| DeltaTableError::Generic(format!("a commit is not UTF-8: {e}")))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| Ok(serde_json::from_str(line)?))
+        .collect()
 }
 
 /// What another writer's commit means for a blind append of batch `batch_id` of `app_id`.
@@ -178,11 +238,8 @@ enum Other {
 }
 
 fn other_commit(log: &[u8], app_id: &str, batch_id: u64) -> Result<Other, DeltaTableError> {
-    let text = std::str::from_utf8(log)
-        .map_err(|e| DeltaTableError::Generic(format!("a commit is not UTF-8: {e}")))?;
     let mut found = Other::NoConflict;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let action: serde_json::Value = serde_json::from_str(line)?;
+    for action in actions_of(log)? {
         if action.get("metaData").is_some() || action.get("protocol").is_some() {
             return Ok(Other::ChangedTable);
         }

@@ -254,16 +254,12 @@ impl DeltaSink {
         // listing of the log taken while appends land may show a later commit without the one
         // before it, which the reader refuses as a gap.
         let path = self.config.path.clone();
-        let version = self.appender.as_ref().map(append::Appender::version);
+        let version = (self.appender.as_ref().map(append::Appender::version))
+            .or_else(|| self.table.as_ref().and_then(DeltaTable::version));
         let gate = self.gate.clone();
         self.compaction = Some(tokio::spawn(async move {
-            let table = {
-                // Opened while no append commits: a log listing that runs while commits land
-                // can miss one of them (a local file system's directory listing is not a
-                // snapshot), and the kernel refuses the gap.
-                let _held = gate.lock().await;
-                open_at(&path, version).await?
-            };
+            // No gate: every commit up to `version` was complete before the listing began.
+            let table = open_at(&path, version).await?;
             maintenance::compact_gated(table, options, &gate).await
         }));
     }
