@@ -21,7 +21,7 @@ use arrow::array::RecordBatch;
 use deltalake::kernel::transaction::CommitData;
 use deltalake::kernel::{Action, Transaction};
 use deltalake::logstore::LogStoreRef;
-use deltalake::logstore::object_store::{self, PutMode, PutOptions, PutPayload};
+use deltalake::logstore::object_store::{self, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -47,8 +47,7 @@ pub(super) enum Appended {
     /// Committed as this version of the table.
     Committed(u64),
     /// Another writer of the same query committed this batch already (its `txn` is in the log
-    /// at this version); the files this append wrote are referenced by no commit (VACUUM
-    /// deletes them).
+    /// at this version); the files this append wrote were deleted again.
     AlreadyThere(u64),
     /// The table's schema or protocol changed since this appender was built (at this version):
     /// nothing was committed; open the table again.
@@ -112,6 +111,7 @@ impl Appender {
             writer.write(batch.clone()).await?;
         }
         let adds = writer.flush().await?;
+        let written: Vec<String> = adds.iter().map(|add| add.path.clone()).collect();
         let partition_by = (!self.partition_by.is_empty()).then(|| self.partition_by.clone());
         let commit = CommitData::new(
             adds.into_iter().map(Action::Add).collect(),
@@ -142,11 +142,15 @@ impl Appender {
                 self.version = version;
                 Appended::Committed(version)
             }
-            Put::Stopped(version, Other::ThisBatch) => {
-                self.version = version;
-                Appended::AlreadyThere(version)
+            Put::Stopped(version, other) => {
+                delete_unreferenced(&self.log_store, &written).await;
+                if other == Other::ThisBatch {
+                    self.version = version;
+                    Appended::AlreadyThere(version)
+                } else {
+                    Appended::Stale(version)
+                }
             }
-            Put::Stopped(version, _) => Appended::Stale(version),
         })
     }
 }
@@ -210,6 +214,19 @@ pub(super) async fn put_after<S>(
             return Ok(Put::Stopped(version, stop));
         }
         version += 1;
+    }
+}
+
+/// Deletes the data files at `adds` (paths in the table, as their `add` actions name them), which no commit references (a commit that was not made):
+/// VACUUM in its default (lite) mode deletes only files a commit removed, so these would stay in
+/// the folder for good. A file that cannot be deleted is only logged.
+pub(super) async fn delete_unreferenced(log_store: &LogStoreRef, adds: &[String]) {
+    let store = log_store.object_store(None);
+    for add in adds {
+        let path = Path::from(add.as_str());
+        if let Err(e) = store.delete(&path).await {
+            tracing::warn!(file = %path, error = %e, "Cannot delete a data file no commit references.");
+        }
     }
 }
 

@@ -14,8 +14,8 @@ use deltalake::datafile::reader::ParquetFileReader;
 use deltalake::datafile::writer::{PartitionWriter, PartitionWriterConfig};
 use deltalake::kernel::schema::cast_record_batch;
 use deltalake::kernel::transaction::CommitData;
-use deltalake::kernel::{Action, EagerSnapshot, LogicalFileView};
-use deltalake::logstore::{LogStore, ObjectStoreRef};
+use deltalake::kernel::{Action, Add, EagerSnapshot, LogicalFileView};
+use deltalake::logstore::{LogStore, LogStoreRef};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::DeltaOperation;
@@ -157,7 +157,13 @@ pub(super) async fn compact_gated(
             continue;
         }
         let actions = merge.partition(&bins).await?;
-        let added = actions.len() - files;
+        let new_files: Vec<String> = (actions.iter())
+            .filter_map(|action| match action {
+                Action::Add(add) => Some(add.path.clone()),
+                _ => None,
+            })
+            .collect();
+        let added = new_files.len();
         let commit = CommitData::new(
             actions,
             DeltaOperation::Optimize {
@@ -192,7 +198,7 @@ pub(super) async fn compact_gated(
                 done.files_added += added as u64;
             }
             Put::Stopped(at, why) => {
-                // The merged files are referenced by no commit: VACUUM deletes them.
+                append::delete_unreferenced(&table.log_store(), &new_files).await;
                 tracing::info!(
                     version = at,
                     reason = why,
@@ -206,19 +212,24 @@ pub(super) async fn compact_gated(
     let retention = chrono::Duration::from_std(options.retention)
         .map_err(|e| DeltaTableError::Generic(format!("retention out of range: {e}")))?;
     // VACUUM deletes by the state it reads: with this compaction's removes. Up to a version
-    // known to be complete, so the listing needs no gate.
+    // known to be complete, so the listing needs no gate; a dry run there says whether any file
+    // expired (rarely, with days of retention) before the gate is taken for the real one.
     table.update_incremental(Some(seen.version)).await?;
-    let held = gate.lock().await;
-    // delta-rs's commits (VACUUM START/END, when it deletes files) expect the latest state.
-    table.update_state().await?;
-    let (table, vacuumed) = table
-        .vacuum()
-        .with_retention_period(retention)
-        // The retention is the config's choice; Delta's own 7-day floor would refuse a shorter
-        // one that the user set on purpose.
-        .with_enforce_retention_duration(false)
-        .await?;
-    drop(held);
+    let vacuum = |table: DeltaTable| {
+        table
+            .vacuum()
+            .with_retention_period(retention)
+            // The retention is the config's choice; Delta's own 7-day floor would refuse a
+            // shorter one that the user set on purpose.
+            .with_enforce_retention_duration(false)
+    };
+    let (mut table, mut vacuumed) = vacuum(table).with_dry_run(true).await?;
+    if !vacuumed.files_deleted.is_empty() {
+        let _held = gate.lock().await;
+        // delta-rs's commits (VACUUM START/END) expect the latest state.
+        table.update_state().await?;
+        (table, vacuumed) = vacuum(table).await?;
+    }
     done.files_deleted = vacuumed.files_deleted.len() as u64;
     done.version = table.version();
     // Commits older than the table's log retention that a checkpoint covers (the stream's
@@ -294,7 +305,7 @@ fn chosen_bins(
 
 /// What merging a partition's files needs of the table, read once per compaction.
 struct Merge {
-    store: ObjectStoreRef,
+    log_store: LogStoreRef,
     partition_columns: Vec<String>,
     /// The table's schema without its partition columns: what a data file holds.
     file_schema: SchemaRef,
@@ -314,7 +325,7 @@ impl Merge {
             .cloned()
             .collect();
         Ok(Self {
-            store: table.log_store().object_store(None),
+            log_store: table.log_store(),
             partition_columns,
             file_schema: Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
             snapshot: snapshot.snapshot().clone(),
@@ -326,63 +337,78 @@ impl Merge {
     /// rows are the same).
     ///
     /// # Errors
-    /// A file cannot be read or written. New files written before the failure are referenced
-    /// by no commit (VACUUM deletes them).
+    /// A file cannot be read or written; the new files written before the failure are deleted
+    /// again.
     async fn partition(
         &self,
         bins: &[Vec<LogicalFileView>],
     ) -> Result<Vec<Action>, DeltaTableError> {
-        let mut actions = Vec::new();
-        let properties = self.snapshot.table_properties();
+        let mut removes = Vec::new();
+        let mut adds = Vec::new();
         for bin in bins {
-            let Some(first) = bin.first() else { continue };
-            // The typed values (a date, a number) name the new file's folder as the old ones'.
-            let values = first.partition_values();
-            let values = self
-                .partition_columns
-                .iter()
-                .map(|column| {
-                    let data = values.as_ref();
-                    let at = data.and_then(|d| d.fields().iter().position(|f| f.name() == column));
-                    match (data, at) {
-                        (Some(data), Some(at)) => Ok((column.clone(), data.values()[at].clone())),
-                        _ => Err(DeltaTableError::Generic(format!(
-                            "the file {} has no value of the partition column {column}",
-                            first.path()
-                        ))),
-                    }
-                })
-                .collect::<Result<IndexMap<_, _>, DeltaTableError>>()?;
-            let config = PartitionWriterConfig::try_new(
-                self.file_schema.clone(),
-                values,
-                Some(merged_file_properties()),
-                // One file per bin: a bin is at most the target size already.
-                None,
-                None,
-                None,
-                None,
-            )?;
-            let mut writer = PartitionWriter::try_with_config(
-                self.store.clone(),
-                config,
-                properties.num_indexed_cols(),
-                properties
-                    .data_skipping_stats_columns
-                    .as_ref()
-                    .map(|columns| columns.iter().map(ToString::to_string).collect()),
-            )?;
-            if let Err(e) = self.copy(bin, &mut writer).await {
-                writer.abort().await.ok();
-                return Err(e);
+            match self.bin(bin).await {
+                Ok(added) => adds.extend(added),
+                Err(e) => {
+                    let written: Vec<String> = adds.into_iter().map(|a: Add| a.path).collect();
+                    append::delete_unreferenced(&self.log_store, &written).await;
+                    return Err(e);
+                }
             }
-            actions.extend(bin.iter().map(|f| Action::Remove(f.remove_action(false))));
-            actions.extend(writer.close().await?.into_iter().map(|mut add| {
-                add.data_change = false;
-                Action::Add(add)
-            }));
+            removes.extend(bin.iter().map(|f| Action::Remove(f.remove_action(false))));
         }
-        Ok(actions)
+        Ok(removes
+            .into_iter()
+            .chain(adds.into_iter().map(Action::Add))
+            .collect())
+    }
+
+    /// Writes the rows of `bin` (files of one partition) as one new file: its `add`.
+    async fn bin(&self, bin: &[LogicalFileView]) -> Result<Vec<Add>, DeltaTableError> {
+        let Some(first) = bin.first() else {
+            return Ok(Vec::new());
+        };
+        // The typed values (a date, a number) name the new file's folder as the old ones'.
+        let values = first.partition_values();
+        let values = (self.partition_columns.iter())
+            .map(|column| {
+                let data = values.as_ref();
+                let at = data.and_then(|d| d.fields().iter().position(|f| f.name() == column));
+                match (data, at) {
+                    (Some(data), Some(at)) => Ok((column.clone(), data.values()[at].clone())),
+                    _ => Err(DeltaTableError::Generic(format!(
+                        "the file {} has no value of the partition column {column}",
+                        first.path()
+                    ))),
+                }
+            })
+            .collect::<Result<IndexMap<_, _>, DeltaTableError>>()?;
+        let config = PartitionWriterConfig::try_new(
+            self.file_schema.clone(),
+            values,
+            Some(merged_file_properties()),
+            // One file per bin: a bin is at most the target size already.
+            None,
+            None,
+            None,
+            None,
+        )?;
+        let properties = self.snapshot.table_properties();
+        let mut writer = PartitionWriter::try_with_config(
+            self.log_store.object_store(None),
+            config,
+            properties.num_indexed_cols(),
+            (properties.data_skipping_stats_columns.as_ref())
+                .map(|columns| columns.iter().map(ToString::to_string).collect()),
+        )?;
+        if let Err(e) = self.copy(bin, &mut writer).await {
+            writer.abort().await.ok();
+            return Err(e);
+        }
+        let mut adds = writer.close().await?;
+        for add in &mut adds {
+            add.data_change = false;
+        }
+        Ok(adds)
     }
 
     /// Writes the rows of `files`, in order, to `writer`.
@@ -391,7 +417,7 @@ impl Merge {
         files: &[LogicalFileView],
         writer: &mut PartitionWriter,
     ) -> Result<(), DeltaTableError> {
-        let reader = ParquetFileReader::new(self.store.clone());
+        let reader = ParquetFileReader::new(self.log_store.object_store(None));
         for file in files {
             let mut batches = reader.read_file(file.object_store_path()).await?;
             while let Some(batch) = batches.try_next().await? {
@@ -671,5 +697,39 @@ mod tests {
             6 + 6 * 2,
             "the first compaction's files and the later appends'"
         );
+        // The merges that were not committed left no file behind: on disk are the live files
+        // and the 30 the first compaction removed.
+        assert_eq!(parquet_files(&path), 6 + 6 * 2 + 30);
+
+        // VACUUM with no retention deletes every removed file.
+        let last = compact(
+            open(&path).await.unwrap(),
+            Options {
+                retention: Duration::ZERO,
+                ..every_partition()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (last.partitions, last.files_removed, last.files_deleted),
+            (6, 18, 48),
+            "{last}"
+        );
+        assert_eq!(parquet_files(&path), 6);
+        assert_eq!(table_rows(&path).await, (expected_rows(0..7), 6));
+    }
+
+    /// Data files in the table's folder (in its partition folders), referenced or not.
+    fn parquet_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|p| !p.ends_with("_delta_log"))
+            .map(|p| match p.is_dir() {
+                true => parquet_files(&p),
+                false => usize::from(p.extension().is_some_and(|e| e == "parquet")),
+            })
+            .sum()
     }
 }
