@@ -512,13 +512,16 @@ mod tests {
     use super::super::{CompactionConfig, DeltaConfig, DeltaSink, open};
     use super::*;
 
+    /// A trade table's columns, partitioned by the first two (a null symbol is a partition too).
     fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("symbol", DataType::Utf8, true),
-            Field::new("trade_date", DataType::Date32, false),
-            Field::new("trade_id", DataType::Int64, false),
-            Field::new("price", DataType::Decimal128(18, 8), false),
-        ]))
+        let columns = [
+            ("symbol", DataType::Utf8),
+            ("trade_date", DataType::Date32),
+            ("trade_id", DataType::Int64),
+            ("price", DataType::Decimal128(18, 8)),
+        ];
+        let fields = columns.map(|(name, kind)| Field::new(name, kind, name == "symbol"));
+        Arc::new(Schema::new(fields.to_vec()))
     }
 
     /// Batch `n`'s rows: one per partition of three symbols (one of them null) on two dates.
@@ -559,6 +562,15 @@ mod tests {
         DeltaSink::new(config, schema())
     }
 
+    /// The sink of a new table at `path` that holds `batches`.
+    async fn table_with(path: &Path, batches: std::ops::Range<i64>) -> DeltaSink {
+        let mut sink = sink(path);
+        sink.healthcheck().await.unwrap();
+        sink.bind_query("q", 0).await.unwrap();
+        append(&mut sink, batches).await;
+        sink
+    }
+
     async fn append(sink: &mut DeltaSink, batches: std::ops::Range<i64>) {
         for n in batches {
             sink.write(n as u64, &[rows(n)]).await.unwrap();
@@ -581,13 +593,8 @@ mod tests {
         let ctx = SessionContext::new();
         ctx.register_table("t", table.table_provider().await.unwrap())
             .unwrap();
-        let batches = ctx
-            .sql("SELECT symbol, trade_date, trade_id, price FROM t ORDER BY trade_id")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let sql = "SELECT symbol, trade_date, trade_id, price FROM t ORDER BY trade_id";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let text = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
@@ -612,10 +619,7 @@ mod tests {
     async fn appends_go_on_while_a_compaction_merges_and_every_row_stays_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        let mut sink = sink(&path);
-        sink.healthcheck().await.unwrap();
-        sink.bind_query("q", 0).await.unwrap();
-        append(&mut sink, 0..30).await;
+        let mut sink = table_with(&path, 0..30).await;
         let (_, before) = table_rows(&path).await;
         assert_eq!(before, 6 * 30);
 
@@ -674,10 +678,7 @@ mod tests {
     async fn a_merge_of_files_another_compaction_rewrote_first_is_not_committed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        let mut sink = sink(&path);
-        sink.healthcheck().await.unwrap();
-        sink.bind_query("q", 0).await.unwrap();
-        append(&mut sink, 0..5).await;
+        let mut sink = table_with(&path, 0..5).await;
         // Loaded before the other compaction: its plan merges the files that one removes.
         let stale = open(&path).await.unwrap();
         let first = compact(open(&path).await.unwrap(), every_partition())
