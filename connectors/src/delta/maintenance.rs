@@ -721,6 +721,24 @@ mod tests {
         assert_eq!(table_rows(&path).await, (expected_rows(0..7), 6));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sinks_log_checkpoint_holds_the_table_without_the_commits_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        // Version 0 creates the table; batch 99 is version 100, `delta.checkpointInterval`.
+        let mut sink = table_with(&path, 0..101).await;
+        sink.close().await.unwrap();
+        let log = path.join("_delta_log");
+        let hint = std::fs::read_to_string(log.join("_last_checkpoint")).unwrap();
+        let hint: serde_json::Value = serde_json::from_str(&hint).unwrap();
+        assert_eq!(hint["version"], 100, "{hint}");
+        assert!(log.join(format!("{:020}.checkpoint.parquet", 100)).exists());
+        for version in 0..=100 {
+            std::fs::remove_file(log.join(format!("{version:020}.json"))).unwrap();
+        }
+        assert_eq!(table_rows(&path).await, (expected_rows(0..101), 6 * 101));
+    }
+
     /// Data files in the table's folder (in its partition folders), referenced or not.
     fn parquet_files(dir: &Path) -> usize {
         std::fs::read_dir(dir)

@@ -279,15 +279,7 @@ impl DeltaSink {
         self.checkpointed = version;
         let path = self.config.path.clone();
         self.checkpoint = Some(tokio::spawn(async move {
-            let url = table_url(&path)?;
-            // Expired commits are deleted at compaction, not here.
-            deltalake::checkpoints::create_checkpoint_from_table_url_and_cleanup(
-                url,
-                version,
-                Some(false),
-                None,
-            )
-            .await?;
+            checkpoint(&path, version).await?;
             Ok(version)
         }));
     }
@@ -527,6 +519,33 @@ async fn open_at(
     let mut table = deltalake::DeltaTableBuilder::from_url(table_url(path)?)?.build()?;
     table.load_version(version).await?;
     Ok(table)
+}
+
+/// Writes the log checkpoint of `version` of the table at `path` with the Delta kernel, which
+/// streams the previous checkpoint and the commits since into the new one. delta-rs's
+/// `create_checkpoint_from_table_url_and_cleanup` does the same after loading the whole table
+/// (every live file's `add` with its parsed statistics, about 10 KB a file), which it uses only to
+/// delete expired commits: that load made a checkpoint's memory and CPU grow with the table.
+/// Expired commits are deleted at compaction, not here. The kernel's work is blocking I/O and
+/// Parquet encoding: on a blocking thread, not the stream's.
+///
+/// # Errors
+/// The log up to `version` cannot be read, or the checkpoint cannot be written.
+async fn checkpoint(path: &Path, version: u64) -> std::result::Result<(), DeltaTableError> {
+    let log_store = deltalake::DeltaTableBuilder::from_url(table_url(path)?)?
+        .build()?
+        .log_store();
+    let engine = log_store.engine(None);
+    let root = log_store.transaction_url(None)?;
+    tokio::task::spawn_blocking(move || {
+        let snapshot = delta_kernel::Snapshot::builder_for(root)
+            .at_version(version)
+            .build(engine.as_ref())?;
+        snapshot.checkpoint(engine.as_ref(), None)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| DeltaTableError::Generic(format!("the checkpoint task failed: {e}")))?
 }
 
 fn table_url(path: &Path) -> std::result::Result<url::Url, DeltaTableError> {
