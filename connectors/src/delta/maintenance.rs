@@ -118,9 +118,10 @@ pub async fn compact(table: DeltaTable, options: Options) -> Result<Compacted, D
 /// the kernel's "Expected contiguous commit files, but found gap" over 88,889 one-trade
 /// batches) and the kernel refuses the gap, so a compaction lists the log only up to a version
 /// it knows to be complete (its files existed before the listing began), and delta-rs's own
-/// commits (VACUUM's), which list the latest, run under the gate. Reading and merging files needs no gate:
-/// a compaction that held it through each partition's merge stalled the stream's appends for
-/// seconds (p99 from produce to the table 2.0 s at 2,000 trades/s, 48.6 ms with compaction off).
+/// commits (VACUUM's), which list the latest, run under the gate. Reading and merging files
+/// needs no gate: a compaction that held it through each partition's merge stalled the
+/// stream's appends for seconds (p99 from the Kafka send to a readable row 4.5–5.2 s at 2,000
+/// trades/s, 93–105 ms since; bench/results/2026-12-02-delta-live-tail.md).
 pub(super) type CommitGate = std::sync::Arc<tokio::sync::Mutex<()>>;
 
 /// [`compact`] of `table` as it was loaded, taking `gate` only to put each partition's commit
