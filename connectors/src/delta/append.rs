@@ -111,7 +111,6 @@ impl Appender {
             writer.write(batch.clone()).await?;
         }
         let adds = writer.flush().await?;
-        let written: Vec<String> = adds.iter().map(|add| add.path.clone()).collect();
         let partition_by = (!self.partition_by.is_empty()).then(|| self.partition_by.clone());
         let commit = CommitData::new(
             adds.into_iter().map(Action::Add).collect(),
@@ -143,7 +142,7 @@ impl Appender {
                 Appended::Committed(version)
             }
             Put::Stopped(version, other) => {
-                delete_unreferenced(&self.log_store, &written).await;
+                delete_unreferenced(&self.log_store, &added_paths(&commit.actions)).await;
                 if other == Other::ThisBatch {
                     self.version = version;
                     Appended::AlreadyThere(version)
@@ -169,10 +168,10 @@ pub(super) enum Put<S> {
 /// created with put-if-absent. A version another writer took first is read and given to
 /// `judge`: `None` (no conflict) moves on to the next version, `Some(reason)` stops there.
 ///
-/// The commits already in the log are read before `gate` is taken (reading a commit by name
-/// needs no gate; only listings of the log do), so the gate is held for the put and for
-/// whatever lands in between: a compaction that merged for seconds while a stream appended
-/// catches up on those appends without holding the stream up.
+/// The gate is held from the first put to the last: a writer that may be many versions behind
+/// (a compaction that merged for seconds while the stream appended) reads those commits before
+/// it calls this, without the gate (reading a commit by name needs none; only listings of the
+/// log do).
 ///
 /// # Errors
 /// The put failed for another reason than an existing version, a commit of another writer
@@ -185,12 +184,6 @@ pub(super) async fn put_after<S>(
     mut judge: impl FnMut(&[u8]) -> Result<Option<S>, DeltaTableError>,
 ) -> Result<Put<S>, DeltaTableError> {
     let mut version = after + 1;
-    while let Some(theirs) = log_store.read_commit_entry(version).await? {
-        if let Some(stop) = judge(&theirs)? {
-            return Ok(Put::Stopped(version, stop));
-        }
-        version += 1;
-    }
     let store = log_store.object_store(None);
     let create = PutOptions {
         mode: PutMode::Create,
@@ -215,6 +208,16 @@ pub(super) async fn put_after<S>(
         }
         version += 1;
     }
+}
+
+/// The paths of the files `actions` add.
+pub(super) fn added_paths(actions: &[Action]) -> Vec<String> {
+    (actions.iter())
+        .filter_map(|action| match action {
+            Action::Add(add) => Some(add.path.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Deletes the data files at `adds` (paths in the table, as their `add` actions name them), which no commit references (a commit that was not made):

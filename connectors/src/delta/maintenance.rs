@@ -2,7 +2,7 @@
 //! expired commits from the log. Used in the background by the Delta sink and by
 //! `coinstream compact`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -24,7 +24,6 @@ use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 use indexmap::IndexMap;
 
-use super::PartitionValues;
 use super::append::{self, Put};
 
 /// What to compact and what to delete.
@@ -158,12 +157,7 @@ pub(super) async fn compact_gated(
             continue;
         }
         let actions = merge.partition(&bins).await?;
-        let new_files: Vec<String> = (actions.iter())
-            .filter_map(|action| match action {
-                Action::Add(add) => Some(add.path.clone()),
-                _ => None,
-            })
-            .collect();
+        let new_files = append::added_paths(&actions);
         let added = new_files.len();
         let commit = CommitData::new(
             actions,
@@ -180,17 +174,24 @@ pub(super) async fn compact_gated(
             ]),
             Vec::new(),
         );
-        let put = append::put_after(
-            &table.log_store(),
-            gate,
-            seen.version,
-            commit.get_bytes()?.into(),
-            |theirs| {
-                seen.record(theirs)?;
-                Ok(seen.conflict(&rewritten))
-            },
-        )
-        .await?;
+        // The appends of the merge's seconds, read without the gate.
+        seen.catch_up(table.log_store().as_ref()).await?;
+        let put = match seen.conflict(&rewritten) {
+            Some(why) => Put::Stopped(seen.version, why),
+            None => {
+                append::put_after(
+                    &table.log_store(),
+                    gate,
+                    seen.version,
+                    commit.get_bytes()?.into(),
+                    |theirs| {
+                        seen.record(theirs)?;
+                        Ok(seen.conflict(&rewritten))
+                    },
+                )
+                .await?
+            }
+        };
         match put {
             Put::Committed(at) => {
                 seen.version = at;
@@ -263,14 +264,8 @@ fn chosen_bins(
     options: &Options,
 ) -> Result<Vec<Vec<Vec<LogicalFileView>>>, DeltaTableError> {
     let target = options.target_file_size.get() as i64;
-    let mut by_partition: BTreeMap<PartitionValues, Vec<LogicalFileView>> = BTreeMap::new();
-    for file in table.snapshot()?.log_data().iter() {
-        let mut values: PartitionValues = file.partition_values_map().into_iter().collect();
-        values.sort();
-        by_partition.entry(values).or_default().push(file);
-    }
     let mut chosen = Vec::new();
-    for mut files in by_partition.into_values() {
+    for mut files in super::live_files(table)?.into_values() {
         let small = files.iter().filter(|f| f.size() < target).count();
         let newest = files.iter().map(LogicalFileView::modification_time).max();
         let idle = match (options.idle_since_ms, newest) {

@@ -21,7 +21,7 @@
 mod append;
 pub mod maintenance;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,8 +30,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
-use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::kernel::{LogicalFileView, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use engine::{Error, Result, Retry, Sink};
@@ -691,14 +691,24 @@ pub type PartitionValues = Vec<(String, Option<String>)>;
 pub fn files_by_partition(
     table: &DeltaTable,
 ) -> std::result::Result<HashMap<PartitionValues, Vec<(i64, i64)>>, DeltaTableError> {
-    let mut by_partition: HashMap<_, Vec<(i64, i64)>> = HashMap::new();
+    Ok(live_files(table)?
+        .into_iter()
+        .map(|(partition, files)| {
+            let files = files.iter().map(|f| (f.size(), f.modification_time()));
+            (partition, files.collect())
+        })
+        .collect())
+}
+
+/// The live files of the table's loaded version, by partition.
+fn live_files(
+    table: &DeltaTable,
+) -> std::result::Result<BTreeMap<PartitionValues, Vec<LogicalFileView>>, DeltaTableError> {
+    let mut by_partition: BTreeMap<_, Vec<_>> = BTreeMap::new();
     for file in table.snapshot()?.log_data().iter() {
         let mut values: PartitionValues = file.partition_values_map().into_iter().collect();
         values.sort();
-        by_partition
-            .entry(values)
-            .or_default()
-            .push((file.size(), file.modification_time()));
+        by_partition.entry(values).or_default().push(file);
     }
     Ok(by_partition)
 }
