@@ -38,6 +38,7 @@ use arrow::record_batch::RecordBatch;
 use crate::decimal::{DecimalPolicy, parse_decimal};
 use crate::error::Result;
 use crate::flat_json::FlatDecoder;
+pub use crate::flat_json::{FlatRows, RowBuilder, RowLayout};
 use crate::sink::DeadLetter;
 use crate::source::RawRecord;
 
@@ -79,7 +80,7 @@ pub struct RecordDecoder {
     decimals: Vec<DecimalColumn>,
     decimal_policy: DecimalPolicy,
     /// The fast path for flat records, when the schema's types allow it.
-    flat: Option<FlatDecoder>,
+    flat: Option<Arc<FlatDecoder>>,
     /// The reusable decoder and the most rows it takes per batch; dropped after any error, since
     /// a failed decoder may hold part of a row.
     decoder: Option<(Decoder, usize)>,
@@ -119,7 +120,7 @@ impl RecordDecoder {
         let text_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
         let decimal_policy = DecimalPolicy::default();
         Self {
-            flat: FlatDecoder::new(schema.clone(), decimal_policy),
+            flat: FlatDecoder::new(schema.clone(), decimal_policy).map(Arc::new),
             schema,
             text_schema,
             decimals,
@@ -133,7 +134,7 @@ impl RecordDecoder {
     /// round half up, as Spark).
     pub fn with_decimal_policy(mut self, policy: DecimalPolicy) -> Self {
         self.decimal_policy = policy;
-        self.flat = FlatDecoder::new(self.schema.clone(), policy);
+        self.flat = FlatDecoder::new(self.schema.clone(), policy).map(Arc::new);
         self
     }
 
@@ -144,20 +145,85 @@ impl RecordDecoder {
 
     /// Decodes `records`; see the module docs.
     pub fn decode(&mut self, records: &[RawRecord]) -> Result<Decoded> {
+        self.decode_with(records, None)
+    }
+
+    /// The columns a source may build rows in itself ([`crate::Source::build_rows`]); `None`
+    /// when the schema has a column type only arrow's decoder reads.
+    pub fn row_layout(&self) -> Option<RowLayout> {
+        self.flat.clone().map(RowLayout::new)
+    }
+
+    /// Decodes `records`, of which those at [`FlatRows::accepted`] of `built` already are rows
+    /// (built by their source with [`Self::row_layout`]'s builder): only the others are decoded,
+    /// and all rows come back in input order.
+    ///
+    /// # Errors
+    /// As [`Self::decode`], and [`crate::Error::Internal`] when `built` is not of this
+    /// decoder's schema.
+    pub fn decode_with(
+        &mut self,
+        records: &[RawRecord],
+        built: Option<&FlatRows>,
+    ) -> Result<Decoded> {
+        let built = built.filter(|b| !b.accepted.is_empty());
+        if let Some(b) = built
+            && (b.batch.schema() != self.schema || b.accepted.len() != b.batch.num_rows())
+        {
+            return Err(crate::Error::Internal(
+                "a source built rows that are not of the input table's schema".into(),
+            ));
+        }
+        let taken: Option<Vec<bool>> = built.map(|b| {
+            let mut taken = vec![false; records.len()];
+            for &i in &b.accepted {
+                if let Some(t) = taken.get_mut(i) {
+                    *t = true;
+                }
+            }
+            taken
+        });
+        let is_taken = |i: usize| taken.as_ref().is_some_and(|t| t[i]);
+        let rest = self.decode_rest(records, &is_taken)?;
+        let Some(built) = built else {
+            return Ok(rest);
+        };
+        let (batch, rows) = if rest.rows.is_empty() {
+            (built.batch.clone(), built.accepted.clone())
+        } else {
+            merge_in_order((&built.batch, &built.accepted), (&rest.batch, &rest.rows))?
+        };
+        Ok(Decoded {
+            batch,
+            rows,
+            rounded_decimals: built.rounded + rest.rounded_decimals,
+            ..rest
+        })
+    }
+
+    /// Decodes the records not `taken` (rows of their source), flat path first.
+    fn decode_rest(
+        &mut self,
+        records: &[RawRecord],
+        taken: &dyn Fn(usize) -> bool,
+    ) -> Result<Decoded> {
         let Some(flat) = &self.flat else {
-            let all: Vec<usize> = (0..records.len()).collect();
+            let all: Vec<usize> = (0..records.len()).filter(|&i| !taken(i)).collect();
             return self.decode_slowly(records, &all);
         };
         let payloads: Vec<Option<&[u8]>> = records
             .iter()
-            .map(|r| r.rejected.is_none().then_some(r.payload.as_slice()))
+            .enumerate()
+            .map(|(i, r)| (r.rejected.is_none() && !taken(i)).then_some(r.payload.as_slice()))
             .collect();
+        let wanted = payloads.iter().filter(|p| p.is_some()).count();
+        let taken_count = (0..records.len()).filter(|&i| taken(i)).count();
         // A large batch is read on every core, in parts of at least PART_ROWS messages.
-        let parts = self.cores.min(records.len() / PART_ROWS).max(1);
+        let parts = self.cores.min(wanted / PART_ROWS).max(1);
         let read = flat
             .decode_in_parts(&payloads, parts)
             .ok_or_else(|| crate::Error::Internal("the flat decoder lost its columns".into()))?;
-        if read.accepted.len() == records.len() {
+        if read.accepted.len() + taken_count == records.len() {
             return Ok(Decoded {
                 batch: read.batch,
                 dead_letters: Vec::new(),
@@ -169,7 +235,7 @@ impl RecordDecoder {
         // are then put back in input order.
         let mut accepted = read.accepted.iter().copied().peekable();
         let rest: Vec<usize> = (0..records.len())
-            .filter(|&i| accepted.next_if_eq(&i).is_none())
+            .filter(|&i| accepted.next_if_eq(&i).is_none() && !taken(i))
             .collect();
         let slow = self.decode_slowly(records, &rest)?;
         if read.accepted.is_empty() {

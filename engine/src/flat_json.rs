@@ -105,8 +105,8 @@ impl Column {
     }
 }
 
-/// What [`FlatDecoder::decode_each`] read of a batch.
-#[derive(Debug)]
+/// What [`FlatDecoder::decode_each`] read of a batch, or what a [`RowBuilder`] built.
+#[derive(Debug, Clone)]
 pub struct FlatRows {
     /// The rows of the accepted messages, in input order.
     pub batch: RecordBatch,
@@ -224,61 +224,16 @@ impl FlatDecoder {
         &self,
         payloads: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
     ) -> Option<FlatRows> {
-        let capacity = payloads.len();
-        let mut columns: Vec<Column> = self
-            .kinds
-            .iter()
-            .map(|k| Column::new(k, capacity))
-            .collect();
-        let mut accepted = Vec::with_capacity(capacity);
-        // Which built rows to keep; `None` while every row so far is kept, so a clean batch
-        // is never filtered.
-        let mut keep: Option<Vec<bool>> = None;
-        let mut rounded = 0;
-        let mut built = 0;
+        let mut rows = Rows::new(&self.kinds, payloads.len());
         for (i, payload) in payloads.enumerate() {
             let Some(payload) = payload else { continue };
             let mut row_rounded = 0;
-            let ok = self.row(payload, &mut columns, &mut row_rounded).is_some();
-            built += 1;
-            if ok {
-                accepted.push(i);
-                rounded += row_rounded;
-            } else {
-                // A declined message may have filled some columns before the value that stopped
-                // it: fill the rest with nulls so the columns stay aligned, and drop the row
-                // below (arrow's builders cannot take a value back).
-                for column in &mut columns {
-                    if column.len() < built {
-                        column.append_null();
-                    }
-                }
-                keep.get_or_insert_with(|| vec![true; built - 1])
-                    .push(false);
-                continue;
-            }
-            if let Some(keep) = &mut keep {
-                keep.push(true);
-            }
+            let ok = self
+                .row(payload, &mut rows.columns, &mut row_rounded)
+                .is_some();
+            rows.end(i, ok.then_some(row_rounded));
         }
-        let mut arrays = columns
-            .into_iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| c.finish(f.data_type()))
-            .collect::<Option<Vec<_>>>()?;
-        if let Some(keep) = keep {
-            let keep = BooleanArray::from(keep);
-            arrays = arrays
-                .iter()
-                .map(|a| filter(a, &keep).ok())
-                .collect::<Option<Vec<_>>>()?;
-        }
-        let batch = RecordBatch::try_new(self.schema.clone(), arrays).ok()?;
-        Some(FlatRows {
-            batch,
-            accepted,
-            rounded,
-        })
+        rows.finish(&self.schema)
     }
 
     /// Appends one message's row: exactly one value (or null) to every column.
@@ -396,6 +351,276 @@ impl FlatDecoder {
             _ => return None,
         }
         Some(())
+    }
+}
+
+/// The columns of the rows being built, and which messages they came from.
+struct Rows {
+    columns: Vec<Column>,
+    /// Rows built so far, kept or not.
+    built: usize,
+    /// Which built rows to keep; `None` while every row so far is kept, so a clean batch is
+    /// never filtered.
+    keep: Option<Vec<bool>>,
+    accepted: Vec<usize>,
+    rounded: usize,
+}
+
+impl Rows {
+    fn new(kinds: &[Kind], capacity: usize) -> Self {
+        Self {
+            columns: kinds.iter().map(|k| Column::new(k, capacity)).collect(),
+            built: 0,
+            keep: None,
+            accepted: Vec::with_capacity(capacity),
+            rounded: 0,
+        }
+    }
+
+    /// Ends the row of message `position`: kept with its count of rounded decimals, or dropped.
+    fn end(&mut self, position: usize, kept: Option<usize>) {
+        self.built += 1;
+        match kept {
+            Some(rounded) => {
+                self.accepted.push(position);
+                self.rounded += rounded;
+                if let Some(keep) = &mut self.keep {
+                    keep.push(true);
+                }
+            }
+            None => {
+                // A declined message may have filled some columns before the value that
+                // stopped it: fill the rest with nulls so the columns stay aligned, and drop the
+                // row when finishing (arrow's builders cannot take a value back).
+                for column in &mut self.columns {
+                    if column.len() < self.built {
+                        column.append_null();
+                    }
+                }
+                self.keep
+                    .get_or_insert_with(|| vec![true; self.built - 1])
+                    .push(false);
+            }
+        }
+    }
+
+    /// The kept rows as a batch of `schema`; `None` only if the columns cannot be assembled (a
+    /// bug).
+    fn finish(self, schema: &SchemaRef) -> Option<FlatRows> {
+        let mut arrays = self
+            .columns
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| c.finish(f.data_type()))
+            .collect::<Option<Vec<_>>>()?;
+        if let Some(keep) = self.keep {
+            let keep = BooleanArray::from(keep);
+            arrays = arrays
+                .iter()
+                .map(|a| filter(a, &keep).ok())
+                .collect::<Option<Vec<_>>>()?;
+        }
+        let batch = RecordBatch::try_new(schema.clone(), arrays).ok()?;
+        Some(FlatRows {
+            batch,
+            accepted: self.accepted,
+            rounded: self.rounded,
+        })
+    }
+}
+
+/// The declared input table's columns, for a source that parses its messages itself and can
+/// hand over rows instead of JSON for the engine to parse again
+/// ([`crate::Source::build_rows`]). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RowLayout(Arc<FlatDecoder>);
+
+impl RowLayout {
+    /// The layout of `decoder`'s schema.
+    pub(crate) fn new(decoder: Arc<FlatDecoder>) -> Self {
+        Self(decoder)
+    }
+
+    /// The schema rows are built in.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.0.schema
+    }
+
+    /// The index of the column `name`, if the table has it.
+    pub fn field(&self, name: &str) -> Option<usize> {
+        self.0.field_index(name.as_bytes(), 0)
+    }
+
+    /// An empty builder with room for `capacity` rows.
+    pub fn builder(&self, capacity: usize) -> RowBuilder {
+        RowBuilder {
+            rows: Rows::new(&self.0.kinds, capacity),
+            layout: self.clone(),
+            seen: 0,
+            refused: false,
+            rounded: 0,
+        }
+    }
+}
+
+/// Builds rows from values a source parsed out of its messages, one message at a time: set the
+/// columns the message has ([`RowBuilder::text`], [`RowBuilder::integer`], [`RowBuilder::null`];
+/// columns not set are null), then [`RowBuilder::end_row`].
+///
+/// A value is converted exactly as the same value written in a JSON message is on the decoder's
+/// flat path (text as a JSON string, an integer as a JSON number: decimals through the one
+/// checked parser, timestamps through the same parsing), so a row built here is the row that
+/// message decodes into. A value that path would pass over (text in an integer column, a null in
+/// a NOT NULL column, a decimal the policy refuses, a column set twice) makes `end_row` refuse
+/// the row: the source then hands that message over as JSON, and the decoder judges it (a dead
+/// letter with its reason, or a row).
+pub struct RowBuilder {
+    layout: RowLayout,
+    rows: Rows,
+    /// The columns set in the current row.
+    seen: u64,
+    /// The current row has a value the flat path would pass over.
+    refused: bool,
+    /// Decimals rounded in the current row.
+    rounded: usize,
+}
+
+impl std::fmt::Debug for RowBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowBuilder")
+            .field("rows", &self.rows.built)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RowBuilder {
+    /// Marks column `f` set in this row; `false` (and the row refused) when it already was.
+    fn set(&mut self, f: usize) -> bool {
+        if self.refused || f >= self.rows.columns.len() || self.seen & (1 << f) != 0 {
+            self.refused = true;
+            return false;
+        }
+        self.seen |= 1 << f;
+        true
+    }
+
+    /// Column `f` holds `value`, as a JSON string would.
+    pub fn text(&mut self, f: usize, value: &str) {
+        if !self.set(f) {
+            return;
+        }
+        let decoder = &self.layout.0;
+        let ok = match (&mut self.rows.columns[f], &decoder.kinds[f]) {
+            (Column::Utf8(b), _) => {
+                b.append_value(value);
+                true
+            }
+            (Column::Decimal(b), Kind::Decimal(precision, scale)) => {
+                match parse_decimal(value, *precision, *scale, decoder.decimal_policy) {
+                    Ok(parsed) => {
+                        self.rounded += usize::from(parsed.rounded);
+                        b.append_value(parsed.value);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            (Column::Timestamp(b), Kind::Timestamp(unit, zone)) => timestamp(value, *unit, zone)
+                .map(|v| b.append_value(v))
+                .is_some(),
+            // A string in a number or boolean column: the flat path passes it over.
+            _ => false,
+        };
+        self.refused |= !ok;
+    }
+
+    /// Column `f` holds `value`, as a JSON integer would.
+    pub fn integer(&mut self, f: usize, value: i64) {
+        if !self.set(f) {
+            return;
+        }
+        let decoder = &self.layout.0;
+        let ok = match (&mut self.rows.columns[f], &decoder.kinds[f]) {
+            (Column::Int64(b), _) => {
+                b.append_value(value);
+                true
+            }
+            (Column::Int32(b), _) => i32::try_from(value).map(|v| b.append_value(v)).is_ok(),
+            // Both round to the nearest double, as parsing the integer's text does.
+            (Column::Float64(b), _) => {
+                b.append_value(value as f64);
+                true
+            }
+            (Column::Decimal(b), Kind::Decimal(precision, scale)) => {
+                let text = value.to_string();
+                match parse_decimal(&text, *precision, *scale, decoder.decimal_policy) {
+                    Ok(parsed) => {
+                        self.rounded += usize::from(parsed.rounded);
+                        b.append_value(parsed.value);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            // A number in a text, boolean or timestamp column: the flat path passes it over.
+            _ => false,
+        };
+        self.refused |= !ok;
+    }
+
+    /// Column `f` is null, as a JSON null would make it (refused in a NOT NULL column).
+    pub fn null(&mut self, f: usize) {
+        if !self.set(f) {
+            return;
+        }
+        if self.layout.0.nullable[f] {
+            self.rows.columns[f].append_null();
+        } else {
+            self.refused = true;
+        }
+    }
+
+    /// Ends the row of the batch's message at `position` (its index in
+    /// [`crate::SourceBatch::records`], ascending from row to row): `true` if the row was
+    /// kept, `false` if it was refused (see the type's docs) and the message has to be handed
+    /// over as JSON.
+    pub fn end_row(&mut self, position: usize) -> bool {
+        let decoder = &self.layout.0;
+        for (f, column) in self.rows.columns.iter_mut().enumerate() {
+            if self.seen & (1 << f) == 0 {
+                if !decoder.nullable[f] {
+                    self.refused = true;
+                    break;
+                }
+                column.append_null();
+            }
+        }
+        let kept = !self.refused;
+        self.rows.end(position, kept.then_some(self.rounded));
+        self.seen = 0;
+        self.refused = false;
+        self.rounded = 0;
+        kept
+    }
+
+    /// Rows built so far, kept or not.
+    pub fn len(&self) -> usize {
+        self.rows.built
+    }
+
+    /// Whether no row was built.
+    pub fn is_empty(&self) -> bool {
+        self.rows.built == 0
+    }
+
+    /// The kept rows, for [`crate::SourceBatch::rows`].
+    ///
+    /// # Errors
+    /// [`crate::Error::Internal`] if the columns cannot be assembled (a bug).
+    pub fn finish(self) -> crate::Result<FlatRows> {
+        self.rows
+            .finish(&self.layout.0.schema)
+            .ok_or_else(|| crate::Error::Internal("built rows lost their columns".into()))
     }
 }
 
@@ -906,5 +1131,134 @@ mod tests {
                 None => assert!(arrow.is_none() || text.len() < 20, "{text}: {arrow:?}"),
             }
         }
+    }
+
+    fn raw(i: usize, payload: &str, rejected: Option<&str>) -> RawRecord {
+        RawRecord {
+            position: crate::RecordPosition::new(0, i as i64),
+            payload: payload.as_bytes().to_vec(),
+            frame: None,
+            rejected: rejected.map(str::to_owned),
+            received_at: std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// [`random_message`] without its booleans and fractional numbers (which no builder method
+    /// takes) and with its spacing and key order normalised.
+    fn random_typed_message(rng: &mut Lcg) -> String {
+        let message = random_message(rng);
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&message).unwrap();
+        object.retain(|_, v| !v.is_boolean() && !(v.is_number() && !v.is_i64()));
+        serde_json::to_string(&object).unwrap()
+    }
+
+    /// Builds `message`'s row from its parsed values, as a source that parsed it itself would;
+    /// `None` when it has a value no builder method takes (a fraction, a boolean), `Some(kept)`
+    /// otherwise.
+    fn build(rows: &mut RowBuilder, layout: &RowLayout, message: &str, at: usize) -> Option<bool> {
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(message).ok()?;
+        if object
+            .values()
+            .any(|v| v.is_boolean() || (v.is_number() && !v.is_i64()))
+        {
+            return None;
+        }
+        for (key, value) in &object {
+            let Some(f) = layout.field(key) else { continue };
+            match value {
+                serde_json::Value::String(text) => rows.text(f, text),
+                serde_json::Value::Null => rows.null(f),
+                number => rows.integer(f, number.as_i64()?),
+            }
+        }
+        Some(rows.end_row(at))
+    }
+
+    #[test]
+    fn rows_built_from_parsed_values_are_the_rows_their_messages_decode_into() {
+        let schema = schema();
+        let mut rng = Lcg(23);
+        for policy in [DecimalPolicy::RoundHalfUp, DecimalPolicy::Reject] {
+            let layout =
+                RowLayout::new(Arc::new(FlatDecoder::new(schema.clone(), policy).unwrap()));
+            let messages: Vec<String> =
+                (0..2_000).map(|_| random_typed_message(&mut rng)).collect();
+            let mut rows = layout.builder(16);
+            let (mut given, mut refused) = (0, 0);
+            for (i, m) in messages.iter().enumerate() {
+                match build(&mut rows, &layout, m, i) {
+                    Some(true) => given += 1,
+                    Some(false) => (given, refused) = (given + 1, refused + 1),
+                    None => {}
+                }
+            }
+            let built = rows.finish().unwrap();
+            // The same messages as JSON, through the whole decoder (arrow's path included).
+            let kept: Vec<RawRecord> = built
+                .accepted
+                .iter()
+                .map(|&i| raw(i, &messages[i], None))
+                .collect();
+            let decoded = RecordDecoder::new(schema.clone())
+                .with_decimal_policy(policy)
+                .decode(&kept)
+                .unwrap();
+            assert!(
+                decoded.dead_letters.is_empty(),
+                "{:?}",
+                decoded.dead_letters
+            );
+            assert_eq!(built.batch, decoded.batch, "{policy:?}");
+            assert_eq!(built.rounded, decoded.rounded_decimals, "{policy:?}");
+            // Most rows are built; the refused ones (a decimal out of range or refused by the
+            // policy, a zoned time out of range) are left to the decoder.
+            assert!(
+                built.accepted.len() * 2 > given,
+                "{} of {given}",
+                built.accepted.len()
+            );
+            assert!(refused > 0, "{policy:?}: nothing refused of {given}");
+        }
+    }
+
+    #[test]
+    fn a_batch_with_built_rows_decodes_as_the_same_batch_all_in_json() {
+        let schema = schema();
+        let layout = RowLayout::new(Arc::new(
+            FlatDecoder::new(schema.clone(), DecimalPolicy::RoundHalfUp).unwrap(),
+        ));
+        let mut rng = Lcg(29);
+        let messages: Vec<String> = (0..600).map(|_| random_typed_message(&mut rng)).collect();
+        let rejected = |i: usize| (i % 5 == 1).then_some("refused by the source");
+        let json: Vec<RawRecord> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| raw(i, m, rejected(i)))
+            .collect();
+        // Every third message that the source did not reject, as a built row where it can be.
+        let mut rows = layout.builder(16);
+        let mut mixed = json.clone();
+        for (i, m) in messages.iter().enumerate() {
+            if i % 3 == 0 && rejected(i).is_none() && build(&mut rows, &layout, m, i) == Some(true)
+            {
+                mixed[i].payload.clear();
+            }
+        }
+        let built = rows.finish().unwrap();
+        assert!(built.accepted.len() > 50, "{}", built.accepted.len());
+        let expected = RecordDecoder::new(schema.clone()).decode(&json).unwrap();
+        let got = RecordDecoder::new(schema)
+            .decode_with(&mixed, Some(&built))
+            .unwrap();
+        assert_eq!(got.batch, expected.batch);
+        assert_eq!(got.rows, expected.rows);
+        assert_eq!(got.dead_letters, expected.dead_letters);
+        assert_eq!(got.rounded_decimals, expected.rounded_decimals);
+        assert!(
+            expected.dead_letters.len() > 120,
+            "rejected and bad messages"
+        );
     }
 }

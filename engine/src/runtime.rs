@@ -167,6 +167,9 @@ impl StreamingQuery {
         };
         let state = self.open_state(&recovered)?;
         let available_now = self.trigger == Trigger::AvailableNow;
+        if let Some(layout) = self.decoder.row_layout() {
+            self.source.build_rows(layout);
+        }
         let request = StartRequest {
             committed: recovered.committed.clone(),
             available_now,
@@ -248,6 +251,7 @@ impl StreamingQuery {
                     records: Vec::new(),
                     start: range.start.clone(),
                     end: range.end.clone(),
+                    rows: None,
                 }
             } else {
                 self.source.fetch_range(&range).await?
@@ -325,6 +329,7 @@ impl StreamingQuery {
                             records: Vec::new(),
                             start: end.clone(),
                             end,
+                            rows: None,
                         },
                         started.elapsed(),
                     )
@@ -397,6 +402,9 @@ impl StreamingQuery {
     /// for), the batch failing to decode as a whole, or the transform failing in a way no single
     /// row explains.
     pub async fn run_one_batch(&mut self, max_wait: Duration) -> Result<OneBatch> {
+        if let Some(layout) = self.decoder.row_layout() {
+            self.source.build_rows(layout);
+        }
         self.source
             .start(StartRequest {
                 available_now: true,
@@ -407,11 +415,11 @@ impl StreamingQuery {
             max_records: self.max_records_per_batch.max(1),
             max_wait,
         };
-        let records = match self.source.poll(limits).await? {
-            Poll::Batch(batch) => batch.records,
-            Poll::Idle | Poll::Exhausted => Vec::new(),
+        let (records, rows) = match self.source.poll(limits).await? {
+            Poll::Batch(batch) => (batch.records, batch.rows),
+            Poll::Idle | Poll::Exhausted => (Vec::new(), None),
         };
-        let decoded = self.decoder.decode(&records)?;
+        let decoded = self.decoder.decode_with(&records, rows.as_ref())?;
         let (output, transform_letters, plan) = self.run_transform(&decoded, &records).await?;
         self.source.close().await?;
         let decoded_rows = decoded.batch.num_rows();
@@ -447,7 +455,9 @@ impl StreamingQuery {
         let since_last = last_start.elapsed();
         *last_start = started;
         let t = Instant::now();
-        let decoded = self.decoder.decode(&batch.records)?;
+        let decoded = self
+            .decoder
+            .decode_with(&batch.records, batch.rows.as_ref())?;
         let decode = t.elapsed();
 
         let t = Instant::now();

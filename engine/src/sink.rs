@@ -90,11 +90,13 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The dead letter of `record`: its frame as received and, when the source converted it, the
-    /// converted payload. Its `position` is the neutral description of the record's position
+    /// The dead letter of `record`: its frame as received and, when the source converted it into
+    /// JSON, the converted payload. Its `position` is the neutral description of the record's position
     /// (the runtime replaces it with the source's).
     pub fn from_record(record: &RawRecord, reason: impl Into<String>) -> Self {
         let (raw, converted) = match &record.frame {
+            // An empty payload beside a frame: the source built the row itself (no JSON).
+            Some(frame) if record.payload.is_empty() => (frame.to_vec(), None),
             Some(frame) => (frame.to_vec(), Some(record.payload.clone())),
             None => (record.payload.clone(), None),
         };

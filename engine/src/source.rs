@@ -40,6 +40,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::decode::{FlatRows, RowLayout};
 use crate::error::Result;
 use crate::position::{OffsetRange, RecordPosition, SourceOffset};
 
@@ -48,7 +49,8 @@ use crate::position::{OffsetRange, RecordPosition, SourceOffset};
 pub struct RawRecord {
     /// Where the message came from, compactly ([`Source::describe_position`] says it in words).
     pub position: RecordPosition,
-    /// The message body: one JSON object in the declared schema.
+    /// The message body: one JSON object in the declared schema; empty when the source built
+    /// the message's row itself ([`SourceBatch::rows`]).
     pub payload: Vec<u8>,
     /// The message as it was received, when `payload` is a conversion of it (e.g. a feed frame
     /// turned into a bus record); `None` when `payload` is the message as received. Only dead
@@ -70,6 +72,10 @@ pub struct SourceBatch {
     pub start: SourceOffset,
     /// Where the batch ends: what [`Source::commit`] is given, and where a restart continues.
     pub end: SourceOffset,
+    /// Rows the source built itself for some of `records` (after [`Source::build_rows`]), at
+    /// their positions in `records` ([`FlatRows::accepted`]); those records' `payload`s are
+    /// empty and only the others are decoded. `None` from sources that hand over JSON only.
+    pub rows: Option<FlatRows>,
 }
 
 impl SourceBatch {
@@ -158,6 +164,15 @@ pub trait Source: Send {
     /// every part is this instance's.
     fn assigned_partitions(&self) -> Option<Vec<u32>> {
         None
+    }
+
+    /// Offers the builder of the input table's rows, before [`Source::start`]. A source that
+    /// parses each message itself (a feed frame into a trade) may build rows with it
+    /// ([`RowLayout::builder`]) and hand them over in [`SourceBatch::rows`] instead of writing
+    /// JSON for the engine to parse again; a message whose row the builder refuses is handed
+    /// over as JSON, as before. The default ignores the offer.
+    fn build_rows(&mut self, layout: RowLayout) {
+        let _ = layout;
     }
 
     /// Prepares to read; see [`StartRequest`].

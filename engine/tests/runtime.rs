@@ -95,6 +95,7 @@ impl Source for MemorySource {
             records: self.records(&from, &to),
             start: range.start.clone(),
             end: range.end.clone(),
+            rows: None,
         })
     }
 
@@ -124,6 +125,7 @@ impl Source for MemorySource {
             records: self.records(&from, &to),
             start: Self::offsets(&from),
             end: Self::offsets(&to),
+            rows: None,
         }))
     }
 

@@ -32,6 +32,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use engine::checkpoint::{LEGACY_OFFSETS, LEGACY_STATE};
+use engine::decode::{RowBuilder, RowLayout};
 use engine::{
     Bytes, Error, OffsetRange, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source,
     SourceBatch, SourceOffset, StartRequest,
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use super::feed::{self, FeedEvent};
 use crate::common::config::{self, Problem};
 use crate::common::reference_files::read_coin_map;
-use crate::common::trade::rfc3339_micros;
+use crate::common::trade::{TradeColumns, rfc3339_micros};
 
 /// `[source] type = "coinbase_capture"` (formerly `"replay"`).
 #[derive(Debug, Clone, Deserialize)]
@@ -112,13 +113,20 @@ struct Resolved {
     last_trade_id: Option<BTreeMap<String, i64>>,
 }
 
+/// What `read_lines` read.
+struct Read {
+    records: Vec<RawRecord>,
+    /// The rows of the trades it built rows for, when the engine offered its builder.
+    rows: Option<RowBuilder>,
+    /// Lines read.
+    lines: i64,
+    /// Whether the file ended.
+    eof: bool,
+}
+
 /// What `read_lines` hands back from its blocking task: the reader and state, moved back, and
-/// the records, the lines read and whether the file ended.
-type ReadDone = (
-    BufReader<File>,
-    ReadState,
-    std::io::Result<(Vec<RawRecord>, i64, bool)>,
-);
+/// what it read.
+type ReadDone = (BufReader<File>, ReadState, std::io::Result<Read>);
 
 /// A read started before the engine asked for it (see [`CoinbaseCaptureSource::poll`]).
 struct ReadAhead {
@@ -153,6 +161,8 @@ pub struct CoinbaseCaptureSource {
     /// The counters as of the last batch handed out (the state itself may be with a read
     /// ahead).
     counters: Counters,
+    /// Set by `build_rows`: trades are handed over as rows, not as JSON.
+    columns: Option<TradeColumns>,
 }
 
 impl CoinbaseCaptureSource {
@@ -172,6 +182,7 @@ impl CoinbaseCaptureSource {
             read_ahead: false,
             ahead: None,
             counters: Counters::default(),
+            columns: None,
         })
     }
 
@@ -241,6 +252,7 @@ impl CoinbaseCaptureSource {
         let mut state = self.state.take().unwrap_or_default();
         let before = state.clone();
         let coins = self.coins.clone();
+        let columns = self.columns.clone();
         let task = tokio::task::spawn_blocking(move || {
             let result = read_lines(
                 &mut reader,
@@ -249,7 +261,7 @@ impl CoinbaseCaptureSource {
                 first,
                 max_records,
                 max_lines,
-                true,
+                Emit::Records(columns.as_ref()),
             );
             (reader, state, result)
         });
@@ -271,13 +283,19 @@ impl CoinbaseCaptureSource {
         self.reader = Some(reader);
         self.counters = state.counters.clone();
         self.state = Some(state);
-        let (records, lines, eof) = result.map_err(|e| self.io_error(e))?;
+        let Read {
+            records,
+            rows,
+            lines,
+            eof,
+        } = result.map_err(|e| self.io_error(e))?;
         self.next_line = ahead.first + lines;
         self.at_end = eof;
         let batch = SourceBatch {
             records,
             start: ahead.start,
             end: self.offset(self.next_line)?,
+            rows: rows.map(RowBuilder::finish).transpose()?,
         };
         Ok((batch, lines))
     }
@@ -399,7 +417,15 @@ impl CoinbaseCaptureSource {
         let coins = self.coins.clone();
         let (state, result) = tokio::task::spawn_blocking(move || {
             let mut state = ReadState::default();
-            let result = read_lines(&mut reader, &mut state, &coins, 0, usize::MAX, lines, false);
+            let result = read_lines(
+                &mut reader,
+                &mut state,
+                &coins,
+                0,
+                usize::MAX,
+                lines,
+                Emit::Nothing,
+            );
             (state, result)
         })
         .await
@@ -445,10 +471,29 @@ fn trimmed(raw: &[u8], first_line: bool) -> Range<usize> {
     from..to
 }
 
-/// Reads lines, updating `state`; with `emit` the records are returned, without it only the
-/// state is rebuilt. Each trade's record keeps its line as received (`frame`): the lines are read
-/// into one buffer per batch that the records share, so keeping them costs no copy.
-#[allow(clippy::too_many_arguments)]
+/// What `read_lines` hands back besides the state.
+#[derive(Clone, Copy)]
+enum Emit<'a> {
+    /// Only the state is rebuilt.
+    Nothing,
+    /// The records, and the trades' rows when there are columns to build them in.
+    Records(Option<&'a TradeColumns>),
+}
+
+/// The fewest lines parsed on a thread of their own: below it, starting the thread costs more
+/// than its share of the parsing saves.
+const PARSE_PART_LINES: usize = 4_096;
+
+/// The most lines read and parsed in one round (what a rebuild of the state holds at once).
+const ROUND_LINES: usize = 65_536;
+
+/// Reads lines, updating `state`, and returns what `emit` asks for.
+///
+/// Lines are read in rounds, and each round's lines are parsed on every core at once; the
+/// state, the counters and the records then follow the lines in order, as if read one by one.
+/// A line makes at most one record, so a round reads no more lines than the batch still lacks
+/// records, and never reads past the batch's end. The lines stay in one buffer per batch that
+/// the records share: a record keeps its line as received (`frame`) at no copy.
 fn read_lines(
     reader: &mut BufReader<File>,
     state: &mut ReadState,
@@ -456,100 +501,168 @@ fn read_lines(
     first_line: i64,
     max_records: usize,
     max_lines: i64,
-    emit: bool,
-) -> std::io::Result<(Vec<RawRecord>, i64, bool)> {
-    let mut records = Vec::with_capacity(if emit { max_records.min(65_536) } else { 0 });
-    // Trade lines stay in `arena` (their records' frames); other lines are dropped from it.
+    emit: Emit<'_>,
+) -> std::io::Result<Read> {
+    let (emit, columns) = match emit {
+        Emit::Nothing => (false, None),
+        Emit::Records(columns) => (true, columns),
+    };
+    let capacity = if emit { max_records.min(65_536) } else { 0 };
+    let mut records = Vec::with_capacity(capacity);
+    let mut rows = columns.map(|c| c.builder(capacity));
     let mut arena: Vec<u8> = Vec::with_capacity(if emit { 64 << 10 } else { 4096 });
     let mut frames: Vec<(usize, Range<usize>)> = Vec::new();
+    let mut ranges: Vec<Range<usize>> = Vec::new();
     let mut lines = 0i64;
     let mut eof = false;
     let received_at = SystemTime::now();
     let ingest_time = rfc3339_micros(chrono::Utc::now());
-    while records.len() < max_records && lines < max_lines {
-        let line_start = arena.len();
-        if reader.read_until(b'\n', &mut arena)? == 0 {
-            eof = true;
-            break;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    while !eof && records.len() < max_records && lines < max_lines {
+        let want = (max_records - records.len())
+            .min(ROUND_LINES)
+            .min(usize::try_from(max_lines - lines).unwrap_or(usize::MAX));
+        if !emit {
+            arena.clear();
         }
-        let offset = first_line + lines;
-        lines += 1;
-        state.counters.lines += 1;
-        let range = trimmed(&arena[line_start..], offset == 0);
-        let range = line_start + range.start..line_start + range.end;
-        let line = &arena[range.clone()];
-        let mut keep_frame = false;
-        if line.is_empty() {
-            state.counters.skipped += 1;
-            arena.truncate(line_start);
-            continue;
-        }
-        let record = |payload: Vec<u8>, rejected: Option<String>| RawRecord {
-            position: RecordPosition::new(0, offset),
-            payload,
-            rejected,
-            frame: None,
-            received_at,
-        };
-        match feed::parse(line, coins, &ingest_time) {
-            FeedEvent::Trade { record: trade, .. } if trade.coin_name.is_none() => {
-                state.counters.invalid += 1;
-                let reason = format!("unknown product {} (not in the coin map)", trade.symbol);
-                if emit {
-                    records.push(record(line.to_vec(), Some(reason)));
-                }
+        ranges.clear();
+        let round_first = first_line + lines;
+        while ranges.len() < want {
+            let start = arena.len();
+            if reader.read_until(b'\n', &mut arena)? == 0 {
+                eof = true;
+                break;
             }
-            FeedEvent::Trade { record: trade, .. } => {
-                // The product's key is copied only the first time it is seen.
-                let last = match state.last_trade_id.get_mut(trade.symbol.as_ref()) {
-                    Some(last) => last,
-                    None => state
-                        .last_trade_id
-                        .entry(trade.symbol.to_string())
-                        .or_insert(i64::MIN),
-                };
-                if trade.trade_id <= *last {
-                    state.counters.duplicates += 1;
-                } else {
-                    *last = trade.trade_id;
-                    state.counters.trades += 1;
+            let range = trimmed(&arena[start..], round_first + ranges.len() as i64 == 0);
+            ranges.push(start + range.start..start + range.end);
+        }
+        let events = parse_lines(&arena, &ranges, coins, &ingest_time, cores);
+        for (k, (range, event)) in ranges.iter().zip(events).enumerate() {
+            let offset = round_first + k as i64;
+            lines += 1;
+            state.counters.lines += 1;
+            let Some(event) = event else {
+                state.counters.skipped += 1;
+                continue;
+            };
+            // The record this line makes, if any, goes there.
+            let position = records.len();
+            // A record the source rejects keeps its line as its frame, with no payload: the
+            // engine dead-letters it with its reason without reading it.
+            let mut record = |payload: Vec<u8>, rejected: Option<String>| {
+                frames.push((position, range.clone()));
+                records.push(RawRecord {
+                    position: RecordPosition::new(0, offset),
+                    payload,
+                    rejected,
+                    frame: None,
+                    received_at,
+                });
+            };
+            match event {
+                FeedEvent::Trade { record: trade, .. } if trade.coin_name.is_none() => {
+                    state.counters.invalid += 1;
                     if emit {
-                        records.push(record(trade.to_json(), None));
-                        frames.push((records.len() - 1, range));
-                        keep_frame = true;
+                        let reason =
+                            format!("unknown product {} (not in the coin map)", trade.symbol);
+                        record(Vec::new(), Some(reason));
                     }
                 }
-            }
-            FeedEvent::Invalid(reason) => {
-                state.counters.invalid += 1;
-                if emit {
-                    records.push(record(line.to_vec(), Some(reason)));
+                FeedEvent::Trade { record: trade, .. } => {
+                    // The product's key is copied only the first time it is seen.
+                    let last = match state.last_trade_id.get_mut(trade.symbol.as_ref()) {
+                        Some(last) => last,
+                        None => state
+                            .last_trade_id
+                            .entry(trade.symbol.to_string())
+                            .or_insert(i64::MIN),
+                    };
+                    if trade.trade_id <= *last {
+                        state.counters.duplicates += 1;
+                    } else {
+                        *last = trade.trade_id;
+                        state.counters.trades += 1;
+                        if emit {
+                            // The trade's row when the engine takes rows and the builder accepts
+                            // it; else its JSON, which the engine decodes (and judges) itself.
+                            let built = match (columns, &mut rows) {
+                                (Some(c), Some(rows)) => c.append(rows, &trade, position),
+                                _ => false,
+                            };
+                            record(if built { Vec::new() } else { trade.to_json() }, None);
+                        }
+                    }
+                }
+                FeedEvent::Invalid(reason) => {
+                    state.counters.invalid += 1;
+                    if emit {
+                        record(Vec::new(), Some(reason));
+                    }
+                }
+                FeedEvent::Error { message, reason } => {
+                    state.counters.exchange_errors += 1;
+                    if emit {
+                        tracing::warn!(
+                            offset,
+                            message,
+                            reason = reason.as_deref().unwrap_or(""),
+                            "The exchange sent an error message."
+                        );
+                    }
+                }
+                FeedEvent::Heartbeat { .. } | FeedEvent::Subscriptions | FeedEvent::Other(_) => {
+                    state.counters.skipped += 1
                 }
             }
-            FeedEvent::Error { message, reason } => {
-                state.counters.exchange_errors += 1;
-                if emit {
-                    tracing::warn!(
-                        offset,
-                        message,
-                        reason = reason.as_deref().unwrap_or(""),
-                        "The exchange sent an error message."
-                    );
-                }
-            }
-            FeedEvent::Heartbeat { .. } | FeedEvent::Subscriptions | FeedEvent::Other(_) => {
-                state.counters.skipped += 1
-            }
-        }
-        if !keep_frame {
-            arena.truncate(line_start);
         }
     }
     let arena = Bytes::from(arena);
     for (index, range) in frames {
         records[index].frame = Some(arena.slice(range));
     }
-    Ok((records, lines, eof))
+    Ok(Read {
+        records,
+        rows,
+        lines,
+        eof,
+    })
+}
+
+/// The feed event of each line of `arena` at `ranges` (`None` for an empty line), in order;
+/// parsed on up to `cores` threads, in parts of at least [`PARSE_PART_LINES`] lines.
+fn parse_lines<'a>(
+    arena: &'a [u8],
+    ranges: &[Range<usize>],
+    coins: &'a BTreeMap<String, String>,
+    ingest_time: &'a str,
+    cores: usize,
+) -> Vec<Option<FeedEvent<'a>>> {
+    let parse = |part: &[Range<usize>]| -> Vec<Option<FeedEvent<'a>>> {
+        part.iter()
+            .map(|r| (!r.is_empty()).then(|| feed::parse(&arena[r.clone()], coins, ingest_time)))
+            .collect()
+    };
+    let parts = cores.min(ranges.len() / PARSE_PART_LINES).max(1);
+    if parts == 1 {
+        return parse(ranges);
+    }
+    let chunk = ranges.len().div_ceil(parts);
+    let parse = &parse;
+    std::thread::scope(|scope| {
+        let others: Vec<_> = ranges[chunk..]
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || parse(part)))
+            .collect();
+        let mut all = parse(&ranges[..chunk]);
+        for other in others {
+            all.extend(
+                other
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        all
+    })
 }
 
 #[async_trait]
@@ -570,6 +683,10 @@ impl Source for CoinbaseCaptureSource {
 
     fn describe_position(&self, position: RecordPosition) -> serde_json::Value {
         serde_json::json!({ "file": self.file, "line": position.offset + 1 })
+    }
+
+    fn build_rows(&mut self, layout: RowLayout) {
+        self.columns = Some(TradeColumns::new(layout));
     }
 
     async fn start(&mut self, request: StartRequest) -> Result<()> {
@@ -854,6 +971,109 @@ mod tests {
             let batch = src.fetch_range(&OffsetRange { start, end }).await.unwrap();
             assert_eq!(trade_ids(&batch.records), [831102702, 831102703]);
             assert_eq!(batch.end.json()["lines"], 8);
+        }
+    }
+
+    /// With the engine's row builder offered, trades come as rows instead of JSON: every batch
+    /// decodes into the rows and dead letters its JSON gave, in the same order.
+    #[tokio::test]
+    async fn trades_handed_over_as_rows_decode_as_their_json_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("capture.jsonl");
+        let odd = [
+            // Not in the coin map: rejected by the source.
+            r#"{"type":"match","trade_id":5,"side":"buy","size":"1","price":"2","product_id":"FOO-USD","sequence":1,"time":"2025-05-12T14:03:25.100000Z"}"#,
+            // A price beyond DECIMAL(28,10): refused by the builder, dead-lettered by the decoder.
+            r#"{"type":"match","trade_id":831102800,"side":"buy","size":"1","price":"1e30","product_id":"BTC-USD","sequence":2,"time":"2025-05-12T14:03:26.100000Z"}"#,
+            "not json",
+            // Rounded to the column's scale.
+            r#"{"type":"match","trade_id":831102801,"side":"sell","size":"0.123456789012345","price":"3","product_id":"BTC-USD","time":"2025-05-12T14:03:27Z"}"#,
+        ];
+        std::fs::write(&path, format!("{PART_A}{PART_B}{}\n", odd.join("\n"))).unwrap();
+        let schema = crate::common::trade::trade_schema();
+        let decode_all = |batches: Vec<SourceBatch>| {
+            let mut decoder = engine::decode::RecordDecoder::new(schema.clone());
+            let (mut rows, mut letters, mut rounded, mut built) = (Vec::new(), Vec::new(), 0, 0);
+            for b in batches {
+                let d = decoder.decode_with(&b.records, b.rows.as_ref()).unwrap();
+                built += b.rows.map_or(0, |r| r.accepted.len());
+                rows.push(d.batch);
+                letters.extend(d.dead_letters);
+                rounded += d.rounded_decimals;
+            }
+            // Without the ingest time, which differs from run to run.
+            let rows = arrow::compute::concat_batches(&schema, &rows).unwrap();
+            let rows = rows.project(&[0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+            let letters: Vec<_> = letters
+                .into_iter()
+                .map(|l| (l.record_position, l.raw, l.reason))
+                .collect();
+            (rows, letters, rounded, built)
+        };
+        let mut batches = [Vec::new(), Vec::new()];
+        for (offer, batches) in batches.iter_mut().enumerate() {
+            let mut src = source(&path);
+            if offer == 1 {
+                let decoder = engine::decode::RecordDecoder::new(schema.clone());
+                src.build_rows(decoder.row_layout().unwrap());
+            }
+            src.start(StartRequest {
+                committed: None,
+                available_now: true,
+            })
+            .await
+            .unwrap();
+            while let Poll::Batch(batch) = src.poll(LIMITS).await.unwrap() {
+                batches.push(batch);
+            }
+        }
+        let [json, rows] = batches;
+        let (json, rows) = (decode_all(json), decode_all(rows));
+        assert_eq!(json.3, 0);
+        assert_eq!(rows.0, json.0);
+        assert_eq!(rows.1, json.1);
+        assert_eq!(rows.2, json.2);
+        assert_eq!(rows.2, 1, "one size rounded");
+        assert_eq!(
+            rows.3,
+            rows.0.num_rows(),
+            "every row that decodes was built"
+        );
+        assert!(rows.3 >= 5, "{} rows", rows.3);
+        let reasons: Vec<&str> = rows.1.iter().map(|l| l.2.as_str()).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+    }
+
+    #[test]
+    fn lines_parsed_in_parts_are_the_lines_parsed_one_by_one() {
+        let sample: Vec<&str> = PART_A
+            .lines()
+            .chain(PART_B.lines())
+            .chain(["", "not json"])
+            .collect();
+        let mut arena = Vec::new();
+        let mut ranges = Vec::new();
+        for i in 0..3 * PARSE_PART_LINES + 7 {
+            let line = sample[i % sample.len()].as_bytes();
+            ranges.push(arena.len()..arena.len() + line.len());
+            arena.extend_from_slice(line);
+        }
+        let coins = read_coin_map(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../required_data/coin_map.json"),
+        )
+        .unwrap();
+        let one = parse_lines(&arena, &ranges, &coins, "2026-12-02T00:00:00Z", 1);
+        assert_eq!(one.len(), ranges.len());
+        assert!(
+            one.iter()
+                .any(|e| matches!(e, Some(FeedEvent::Trade { .. })))
+        );
+        assert!(one.iter().any(Option::is_none));
+        for cores in [2, 3, 8] {
+            assert_eq!(
+                parse_lines(&arena, &ranges, &coins, "2026-12-02T00:00:00Z", cores),
+                one
+            );
         }
     }
 

@@ -143,6 +143,7 @@ impl CoinbaseSource {
             records,
             start,
             end: self.offset()?,
+            rows: None,
         })
     }
 

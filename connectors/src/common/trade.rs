@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use engine::decode::{RowBuilder, RowLayout};
 use serde::{Deserialize, Serialize};
 
 use super::excerpt::excerpt;
@@ -96,6 +97,78 @@ impl TradeRecord<'_> {
     }
 }
 
+/// Where each field of a [`TradeRecord`] goes in the input table's rows, for a source that
+/// builds rows itself ([`engine::Source::build_rows`]) instead of writing each trade as JSON for
+/// the engine to parse again. A field the table has no column for is left out, as the decoder
+/// ignores it in JSON; a column no field fills is null.
+#[derive(Debug, Clone)]
+pub struct TradeColumns {
+    layout: RowLayout,
+    symbol: Option<usize>,
+    coin_name: Option<usize>,
+    trade_id: Option<usize>,
+    sequence: Option<usize>,
+    trade_time: Option<usize>,
+    price: Option<usize>,
+    size: Option<usize>,
+    side: Option<usize>,
+    ingest_time: Option<usize>,
+}
+
+impl TradeColumns {
+    /// The columns of `layout` the fields go to, by their names in the bus record's JSON.
+    pub fn new(layout: RowLayout) -> Self {
+        let f = |name: &str| layout.field(name);
+        Self {
+            symbol: f("symbol"),
+            coin_name: f("coin_name"),
+            trade_id: f("trade_id"),
+            sequence: f("sequence"),
+            trade_time: f("trade_time"),
+            price: f("price"),
+            size: f("size"),
+            side: f("side"),
+            ingest_time: f("ingest_time"),
+            layout,
+        }
+    }
+
+    /// An empty builder with room for `capacity` rows.
+    pub fn builder(&self, capacity: usize) -> RowBuilder {
+        self.layout.builder(capacity)
+    }
+
+    /// Appends `trade`'s row as the batch's record at `position`: what decoding
+    /// [`TradeRecord::to_json`] would give. `false` when the builder refused it: then the
+    /// record has to be handed over as that JSON, for the decoder to judge.
+    pub fn append(&self, rows: &mut RowBuilder, trade: &TradeRecord<'_>, position: usize) -> bool {
+        let text = |rows: &mut RowBuilder, column: Option<usize>, value: Option<&str>| match (
+            column, value,
+        ) {
+            (Some(c), Some(v)) => rows.text(c, v),
+            (Some(c), None) => rows.null(c),
+            (None, _) => {}
+        };
+        let integer = |rows: &mut RowBuilder, column: Option<usize>, value: Option<i64>| match (
+            column, value,
+        ) {
+            (Some(c), Some(v)) => rows.integer(c, v),
+            (Some(c), None) => rows.null(c),
+            (None, _) => {}
+        };
+        text(rows, self.symbol, Some(&trade.symbol));
+        text(rows, self.coin_name, trade.coin_name.as_deref());
+        integer(rows, self.trade_id, Some(trade.trade_id));
+        integer(rows, self.sequence, trade.sequence);
+        text(rows, self.trade_time, Some(&trade.trade_time));
+        text(rows, self.price, Some(&trade.price));
+        text(rows, self.size, Some(&trade.size));
+        text(rows, self.side, Some(&trade.side));
+        text(rows, self.ingest_time, Some(&trade.ingest_time));
+        rows.end_row(position)
+    }
+}
+
 /// Checks that `text`, the value of `field`, is a finite decimal greater than zero (a price, a
 /// size); the error names the field and the (shortened) value.
 pub fn check_positive_decimal(field: &str, text: &str) -> Result<(), String> {
@@ -169,5 +242,64 @@ mod tests {
             bad_time.check().unwrap_err(),
             "time \"yesterday\" is not an RFC 3339 time"
         );
+    }
+
+    #[test]
+    fn a_built_row_is_the_row_its_json_decodes_into() {
+        let schema = trade_schema();
+        let mut decoder = engine::decode::RecordDecoder::new(schema.clone());
+        let columns = TradeColumns::new(decoder.row_layout().unwrap());
+        let mut trades = Vec::new();
+        for (price, size) in [
+            ("400.23", "5.23512"),
+            ("1.5E+4", "0.00000001"),
+            ("0.123456789012345", "1"),
+            ("1e30", "1"),
+        ] {
+            for (coin_name, sequence) in [(Some("Bitcoin"), Some(9)), (None, None)] {
+                let mut trade = record(price, size);
+                trade.coin_name = coin_name.map(Into::into);
+                trade.sequence = sequence;
+                trades.push(trade);
+            }
+        }
+        let mut quoted = record("1", "2");
+        quoted.symbol = "BTC-\"USD\"".into();
+        trades.push(quoted);
+        let mut zoned = record("1", "2");
+        zoned.trade_time = "2026-11-20T01:00:00.5+01:00".into();
+        trades.push(zoned);
+        let mut bad_time = record("1", "2");
+        bad_time.ingest_time = "yesterday".into();
+        trades.push(bad_time);
+
+        let mut rows = columns.builder(trades.len());
+        let kept: Vec<usize> = (0..trades.len())
+            .filter(|&i| columns.append(&mut rows, &trades[i], i))
+            .collect();
+        let built = rows.finish().unwrap();
+        assert_eq!(built.accepted, kept);
+        // Refused: the two decimals beyond DECIMAL(28,10) and the time that is not one.
+        assert_eq!(kept.len(), trades.len() - 3, "{kept:?}");
+        let as_json = |i: usize| engine::RawRecord {
+            position: engine::RecordPosition::new(0, i as i64),
+            payload: trades[i].to_json(),
+            frame: None,
+            rejected: None,
+            received_at: std::time::SystemTime::UNIX_EPOCH,
+        };
+        let decoded = decoder
+            .decode(&kept.iter().map(|&i| as_json(i)).collect::<Vec<_>>())
+            .unwrap();
+        assert!(decoded.dead_letters.is_empty());
+        assert_eq!(built.batch, decoded.batch);
+        assert_eq!(built.rounded, 2);
+        assert_eq!(decoded.rounded_decimals, 2);
+        // What it refused, the decoder dead-letters from the JSON.
+        let refused: Vec<_> = (0..trades.len())
+            .filter(|i| !kept.contains(i))
+            .map(as_json)
+            .collect();
+        assert_eq!(decoder.decode(&refused).unwrap().dead_letters.len(), 3);
     }
 }

@@ -220,6 +220,7 @@ impl GateioSource {
             records,
             start: to_offset(&start)?,
             end: to_offset(&self.next)?,
+            rows: None,
         })
     }
 
@@ -341,6 +342,7 @@ impl Source for GateioSource {
             records,
             start: range.start.clone(),
             end: range.end.clone(),
+            rows: None,
         })
     }
 

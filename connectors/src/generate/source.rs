@@ -188,6 +188,7 @@ impl GenerateSource {
             records,
             start: offset(first as u64),
             end: offset(self.produced),
+            rows: None,
         }
     }
 

@@ -73,6 +73,7 @@ impl KafkaSource {
             records,
             start: s.to_source_offset(),
             end: e.to_source_offset(),
+            rows: None,
         })
     }
 

@@ -427,6 +427,7 @@ impl KafkaSource {
             records,
             start: start.to_source_offset(),
             end: end.to_source_offset(),
+            rows: None,
         }
     }
 
