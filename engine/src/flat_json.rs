@@ -116,6 +116,25 @@ pub struct FlatRows {
     pub rounded: usize,
 }
 
+impl FlatRows {
+    /// `parts` (rows of `schema`, each part's positions after the previous part's) as one.
+    ///
+    /// # Errors
+    /// [`crate::Error::Arrow`] when a part is not of `schema` (a bug).
+    pub fn concat(schema: &SchemaRef, parts: Vec<FlatRows>) -> crate::Result<FlatRows> {
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part"));
+        }
+        let batches: Vec<&RecordBatch> = parts.iter().map(|p| &p.batch).collect();
+        let batch = arrow::compute::concat_batches(schema, batches)?;
+        Ok(FlatRows {
+            batch,
+            rounded: parts.iter().map(|p| p.rounded).sum(),
+            accepted: parts.into_iter().flat_map(|p| p.accepted).collect(),
+        })
+    }
+}
+
 /// Decodes batches of flat JSON objects into a declared schema; see the module docs.
 #[derive(Debug)]
 pub struct FlatDecoder {
@@ -198,21 +217,16 @@ impl FlatDecoder {
                 }))
                 .collect()
         });
-        let mut batches = Vec::with_capacity(reads.len());
-        let mut accepted = Vec::with_capacity(payloads.len());
-        let mut rounded = 0;
-        for (part, read) in reads.into_iter().enumerate() {
-            let read = read?;
-            accepted.extend(read.accepted.iter().map(|&i| i + part * chunk));
-            rounded += read.rounded;
-            batches.push(read.batch);
-        }
-        let batch = arrow::compute::concat_batches(&self.schema, &batches).ok()?;
-        Some(FlatRows {
-            batch,
-            accepted,
-            rounded,
-        })
+        let reads = reads
+            .into_iter()
+            .enumerate()
+            .map(|(part, read)| {
+                let mut read = read?;
+                read.accepted.iter_mut().for_each(|i| *i += part * chunk);
+                Some(read)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        FlatRows::concat(&self.schema, reads).ok()
     }
 
     /// Reads every message it can: the rows of the `Some` payloads in this path's shape, in

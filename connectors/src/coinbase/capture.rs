@@ -32,7 +32,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use engine::checkpoint::{LEGACY_OFFSETS, LEGACY_STATE};
-use engine::decode::{RowBuilder, RowLayout};
+use engine::decode::{FlatRows, RowLayout};
 use engine::{
     Bytes, Error, OffsetRange, Poll, PollLimits, RawRecord, RecordPosition, Result, Retry, Source,
     SourceBatch, SourceOffset, StartRequest,
@@ -116,8 +116,8 @@ struct Resolved {
 /// What `read_lines` read.
 struct Read {
     records: Vec<RawRecord>,
-    /// The rows of the trades it built rows for, when the engine offered its builder.
-    rows: Option<RowBuilder>,
+    /// The rows of the trades it built rows for, in parts, when the engine offered its builder.
+    rows: Vec<Result<FlatRows>>,
     /// Lines read.
     lines: i64,
     /// Whether the file ended.
@@ -295,7 +295,13 @@ impl CoinbaseCaptureSource {
             records,
             start: ahead.start,
             end: self.offset(self.next_line)?,
-            rows: rows.map(RowBuilder::finish).transpose()?,
+            rows: match (&self.columns, rows.is_empty()) {
+                (Some(columns), false) => Some(FlatRows::concat(
+                    columns.schema(),
+                    rows.into_iter().collect::<Result<_>>()?,
+                )?),
+                _ => None,
+            },
         };
         Ok((batch, lines))
     }
@@ -489,11 +495,12 @@ const ROUND_LINES: usize = 65_536;
 
 /// Reads lines, updating `state`, and returns what `emit` asks for.
 ///
-/// Lines are read in rounds, and each round's lines are parsed on every core at once; the
-/// state, the counters and the records then follow the lines in order, as if read one by one.
-/// A line makes at most one record, so a round reads no more lines than the batch still lacks
-/// records, and never reads past the batch's end. The lines stay in one buffer per batch that
-/// the records share: a record keeps its line as received (`frame`) at no copy.
+/// Lines are read in rounds. Each round's lines are parsed on every core at once; the state,
+/// the counters and the records then follow the lines in order, as if read one by one; and the
+/// rows of the round's new trades are built on every core at once. A line makes at most one
+/// record, so a round reads no more lines than the batch still lacks records, and never reads
+/// past the batch's end. The lines stay in one buffer per batch that the records share: a record
+/// keeps its line as received (`frame`) at no copy.
 fn read_lines(
     reader: &mut BufReader<File>,
     state: &mut ReadState,
@@ -507,12 +514,13 @@ fn read_lines(
         Emit::Nothing => (false, None),
         Emit::Records(columns) => (true, columns),
     };
-    let capacity = if emit { max_records.min(65_536) } else { 0 };
-    let mut records = Vec::with_capacity(capacity);
-    let mut rows = columns.map(|c| c.builder(capacity));
-    let mut arena: Vec<u8> = Vec::with_capacity(if emit { 64 << 10 } else { 4096 });
+    let mut records = Vec::with_capacity(if emit { max_records.min(65_536) } else { 0 });
+    let mut rows = Vec::new();
+    let mut arena: Vec<u8> = Vec::new();
     let mut frames: Vec<(usize, Range<usize>)> = Vec::new();
     let mut ranges: Vec<Range<usize>> = Vec::new();
+    // The trades whose rows a round builds: (record position, line in the round).
+    let mut to_build: Vec<(usize, usize)> = Vec::new();
     let mut lines = 0i64;
     let mut eof = false;
     let received_at = SystemTime::now();
@@ -525,6 +533,14 @@ fn read_lines(
         if !emit {
             arena.clear();
         }
+        // Room for the round's lines at the length of those read so far (a line of a feed
+        // frame is about 300 bytes), so the buffer is not copied as it grows.
+        let line_bytes = if lines > 0 {
+            arena.len() / lines as usize + 1
+        } else {
+            320
+        };
+        arena.reserve(want.saturating_mul(line_bytes).min(256 << 20));
         ranges.clear();
         let round_first = first_line + lines;
         while ranges.len() < want {
@@ -536,8 +552,15 @@ fn read_lines(
             let range = trimmed(&arena[start..], round_first + ranges.len() as i64 == 0);
             ranges.push(start + range.start..start + range.end);
         }
-        let events = parse_lines(&arena, &ranges, coins, &ingest_time, cores);
-        for (k, (range, event)) in ranges.iter().zip(events).enumerate() {
+        let events = in_parts(&ranges, cores, |part| {
+            part.iter()
+                .map(|r| {
+                    (!r.is_empty()).then(|| feed::parse(&arena[r.clone()], coins, &ingest_time))
+                })
+                .collect()
+        });
+        to_build.clear();
+        for (k, (range, event)) in ranges.iter().zip(&events).enumerate() {
             let offset = round_first + k as i64;
             lines += 1;
             state.counters.lines += 1;
@@ -582,21 +605,19 @@ fn read_lines(
                     } else {
                         *last = trade.trade_id;
                         state.counters.trades += 1;
-                        if emit {
-                            // The trade's row when the engine takes rows and the builder accepts
-                            // it; else its JSON, which the engine decodes (and judges) itself.
-                            let built = match (columns, &mut rows) {
-                                (Some(c), Some(rows)) => c.append(rows, &trade, position),
-                                _ => false,
-                            };
-                            record(if built { Vec::new() } else { trade.to_json() }, None);
+                        if emit && columns.is_some() {
+                            // Its row is built below; a trade the builder refuses gets its JSON.
+                            to_build.push((position, k));
+                            record(Vec::new(), None);
+                        } else if emit {
+                            record(trade.to_json(), None);
                         }
                     }
                 }
                 FeedEvent::Invalid(reason) => {
                     state.counters.invalid += 1;
                     if emit {
-                        record(Vec::new(), Some(reason));
+                        record(Vec::new(), Some(reason.clone()));
                     }
                 }
                 FeedEvent::Error { message, reason } => {
@@ -615,6 +636,29 @@ fn read_lines(
                 }
             }
         }
+        if let Some(columns) = columns {
+            let trade = |k: usize| match &events[k] {
+                Some(FeedEvent::Trade { record, .. }) => Some(record),
+                _ => None,
+            };
+            for (built, refused) in in_parts(&to_build, cores, |part| {
+                let mut rows = columns.builder(part.len());
+                let mut refused = Vec::new();
+                for &(position, k) in part {
+                    if let Some(t) = trade(k)
+                        && !columns.append(&mut rows, t, position)
+                    {
+                        refused.push((position, t.to_json()));
+                    }
+                }
+                vec![(rows.finish(), refused)]
+            }) {
+                rows.push(built);
+                for (position, json) in refused {
+                    records[position].payload = json;
+                }
+            }
+        }
     }
     let arena = Bytes::from(arena);
     for (index, range) in frames {
@@ -628,32 +672,26 @@ fn read_lines(
     })
 }
 
-/// The feed event of each line of `arena` at `ranges` (`None` for an empty line), in order;
-/// parsed on up to `cores` threads, in parts of at least [`PARSE_PART_LINES`] lines.
-fn parse_lines<'a>(
-    arena: &'a [u8],
-    ranges: &[Range<usize>],
-    coins: &'a BTreeMap<String, String>,
-    ingest_time: &'a str,
+/// `work` over consecutive parts of `items` on up to `cores` threads at once, in parts of at
+/// least [`PARSE_PART_LINES`] items (below that, starting a thread costs more than its share of
+/// the work saves); the parts' outputs in order.
+fn in_parts<T: Sync, R: Send>(
+    items: &[T],
     cores: usize,
-) -> Vec<Option<FeedEvent<'a>>> {
-    let parse = |part: &[Range<usize>]| -> Vec<Option<FeedEvent<'a>>> {
-        part.iter()
-            .map(|r| (!r.is_empty()).then(|| feed::parse(&arena[r.clone()], coins, ingest_time)))
-            .collect()
-    };
-    let parts = cores.min(ranges.len() / PARSE_PART_LINES).max(1);
+    work: impl Fn(&[T]) -> Vec<R> + Sync,
+) -> Vec<R> {
+    let parts = cores.min(items.len() / PARSE_PART_LINES).max(1);
     if parts == 1 {
-        return parse(ranges);
+        return work(items);
     }
-    let chunk = ranges.len().div_ceil(parts);
-    let parse = &parse;
+    let chunk = items.len().div_ceil(parts);
+    let work = &work;
     std::thread::scope(|scope| {
-        let others: Vec<_> = ranges[chunk..]
+        let others: Vec<_> = items[chunk..]
             .chunks(chunk)
-            .map(|part| scope.spawn(move || parse(part)))
+            .map(|part| scope.spawn(move || work(part)))
             .collect();
-        let mut all = parse(&ranges[..chunk]);
+        let mut all = work(&items[..chunk]);
         for other in others {
             all.extend(
                 other
@@ -975,7 +1013,8 @@ mod tests {
     }
 
     /// With the engine's row builder offered, trades come as rows instead of JSON: every batch
-    /// decodes into the rows and dead letters its JSON gave, in the same order.
+    /// decodes into the rows and dead letters its JSON gave, in the same order; in small
+    /// batches, and in batches whose rounds parse and build on more than one thread.
     #[tokio::test]
     async fn trades_handed_over_as_rows_decode_as_their_json_did() {
         let dir = tempfile::tempdir().unwrap();
@@ -989,7 +1028,18 @@ mod tests {
             // Rounded to the column's scale.
             r#"{"type":"match","trade_id":831102801,"side":"sell","size":"0.123456789012345","price":"3","product_id":"BTC-USD","time":"2025-05-12T14:03:27Z"}"#,
         ];
-        std::fs::write(&path, format!("{PART_A}{PART_B}{}\n", odd.join("\n"))).unwrap();
+        // Trades enough for rounds on more than one thread, with repeats (dropped by the source)
+        // and refused prices among them.
+        let many: String = (0..3 * PARSE_PART_LINES as i64)
+            .map(|i| {
+                let id = 831_103_000 + if i % 100 == 99 { i - 50 } else { i };
+                let price = if i % 997 == 500 { "1e30" } else { "104212.5" };
+                format!(
+                    r#"{{"type":"match","trade_id":{id},"side":"buy","size":"0.25","price":"{price}","product_id":"BTC-USD","sequence":{i},"time":"2025-05-12T14:04:00.{i:06}Z"}}"#,
+                ) + "\n"
+            })
+            .collect();
+        std::fs::write(&path, format!("{PART_A}{PART_B}{}\n{many}", odd.join("\n"))).unwrap();
         let schema = crate::common::trade::trade_schema();
         let decode_all = |batches: Vec<SourceBatch>| {
             let mut decoder = engine::decode::RecordDecoder::new(schema.clone());
@@ -1010,38 +1060,46 @@ mod tests {
                 .collect();
             (rows, letters, rounded, built)
         };
-        let mut batches = [Vec::new(), Vec::new()];
-        for (offer, batches) in batches.iter_mut().enumerate() {
-            let mut src = source(&path);
-            if offer == 1 {
-                let decoder = engine::decode::RecordDecoder::new(schema.clone());
-                src.build_rows(decoder.row_layout().unwrap());
+        let big = PollLimits {
+            max_records: 100_000,
+            ..LIMITS
+        };
+        for limits in [LIMITS, big] {
+            let mut batches = [Vec::new(), Vec::new()];
+            for (offer, batches) in batches.iter_mut().enumerate() {
+                let mut src = source(&path);
+                if offer == 1 {
+                    let decoder = engine::decode::RecordDecoder::new(schema.clone());
+                    src.build_rows(decoder.row_layout().unwrap());
+                }
+                src.start(StartRequest {
+                    committed: None,
+                    available_now: true,
+                })
+                .await
+                .unwrap();
+                while let Poll::Batch(batch) = src.poll(limits).await.unwrap() {
+                    batches.push(batch);
+                }
             }
-            src.start(StartRequest {
-                committed: None,
-                available_now: true,
-            })
-            .await
-            .unwrap();
-            while let Poll::Batch(batch) = src.poll(LIMITS).await.unwrap() {
-                batches.push(batch);
-            }
+            let [json, rows] = batches;
+            let (json, rows) = (decode_all(json), decode_all(rows));
+            assert_eq!(json.3, 0);
+            assert_eq!(rows.0, json.0);
+            assert_eq!(rows.1, json.1);
+            assert_eq!(rows.2, json.2);
+            assert_eq!(rows.2, 1, "one size rounded");
+            assert_eq!(
+                rows.3,
+                rows.0.num_rows(),
+                "every row that decodes was built"
+            );
+            // The capture's parts hold 4 new trades and `odd` 1 that decodes; of the 3 * 4,096
+            // generated, 122 repeat an earlier id and 12 have a refused price.
+            assert_eq!(rows.3, 5 + 3 * PARSE_PART_LINES - 122 - 12);
+            let reasons: Vec<&str> = rows.1.iter().map(|l| l.2.as_str()).collect();
+            assert_eq!(reasons.len(), 3 + 12, "{reasons:?}");
         }
-        let [json, rows] = batches;
-        let (json, rows) = (decode_all(json), decode_all(rows));
-        assert_eq!(json.3, 0);
-        assert_eq!(rows.0, json.0);
-        assert_eq!(rows.1, json.1);
-        assert_eq!(rows.2, json.2);
-        assert_eq!(rows.2, 1, "one size rounded");
-        assert_eq!(
-            rows.3,
-            rows.0.num_rows(),
-            "every row that decodes was built"
-        );
-        assert!(rows.3 >= 5, "{} rows", rows.3);
-        let reasons: Vec<&str> = rows.1.iter().map(|l| l.2.as_str()).collect();
-        assert_eq!(reasons.len(), 3, "{reasons:?}");
     }
 
     #[test]
@@ -1062,7 +1120,17 @@ mod tests {
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../required_data/coin_map.json"),
         )
         .unwrap();
-        let one = parse_lines(&arena, &ranges, &coins, "2026-12-02T00:00:00Z", 1);
+        let parse_lines = |cores| {
+            in_parts(&ranges, cores, |part| {
+                part.iter()
+                    .map(|r| {
+                        (!r.is_empty())
+                            .then(|| feed::parse(&arena[r.clone()], &coins, "2026-12-02T00:00:00Z"))
+                    })
+                    .collect()
+            })
+        };
+        let one = parse_lines(1);
         assert_eq!(one.len(), ranges.len());
         assert!(
             one.iter()
@@ -1070,10 +1138,7 @@ mod tests {
         );
         assert!(one.iter().any(Option::is_none));
         for cores in [2, 3, 8] {
-            assert_eq!(
-                parse_lines(&arena, &ranges, &coins, "2026-12-02T00:00:00Z", cores),
-                one
-            );
+            assert_eq!(parse_lines(cores), one);
         }
     }
 

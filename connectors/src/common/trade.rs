@@ -138,6 +138,11 @@ impl TradeColumns {
         self.layout.builder(capacity)
     }
 
+    /// The schema of the rows.
+    pub fn schema(&self) -> &arrow::datatypes::SchemaRef {
+        self.layout.schema()
+    }
+
     /// Appends `trade`'s row as the batch's record at `position`: what decoding
     /// [`TradeRecord::to_json`] would give. `false` when the builder refused it: then the
     /// record has to be handed over as that JSON, for the decoder to judge.
