@@ -13,6 +13,10 @@
 //!    complete object;
 //! 3. each of those alone, to find the bad ones and their reasons.
 //!
+//! A source that parses its messages itself may hand over some of them as rows it built with
+//! [`RowLayout`]'s builder, converted exactly as this path converts the same values in JSON
+//! ([`RecordDecoder::decode_with`]); only the other messages are decoded.
+//!
 //! The decoder is kept from batch to batch: it owns buffers sized for a whole batch, and building
 //! a new one per batch spent more time in page faults than in parsing.
 //!
@@ -160,7 +164,8 @@ impl RecordDecoder {
     ///
     /// # Errors
     /// As [`Self::decode`], and [`crate::Error::Internal`] when `built` is not of this
-    /// decoder's schema.
+    /// decoder's schema or its positions are not ascending positions in `records` (a bug of the
+    /// source).
     pub fn decode_with(
         &mut self,
         records: &[RawRecord],
@@ -168,18 +173,21 @@ impl RecordDecoder {
     ) -> Result<Decoded> {
         let built = built.filter(|b| !b.accepted.is_empty());
         if let Some(b) = built
-            && (b.batch.schema() != self.schema || b.accepted.len() != b.batch.num_rows())
+            && (b.batch.schema() != self.schema
+                || b.accepted.len() != b.batch.num_rows()
+                || !b.accepted.windows(2).all(|w| w[0] < w[1])
+                || b.accepted.last().is_some_and(|&last| last >= records.len()))
         {
             return Err(crate::Error::Internal(
-                "a source built rows that are not of the input table's schema".into(),
+                "a source built rows that are not of the input table's schema, or not one per \
+                 record of the batch in order"
+                    .into(),
             ));
         }
         let taken: Option<Vec<bool>> = built.map(|b| {
             let mut taken = vec![false; records.len()];
             for &i in &b.accepted {
-                if let Some(t) = taken.get_mut(i) {
-                    *t = true;
-                }
+                taken[i] = true;
             }
             taken
         });

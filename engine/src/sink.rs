@@ -91,8 +91,8 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// The dead letter of `record`: its frame as received and, when the source converted it into
-    /// JSON, the converted payload. Its `position` is the neutral description of the record's position
-    /// (the runtime replaces it with the source's).
+    /// JSON, the converted payload. Its `position` is the neutral description of the record's
+    /// position (the runtime replaces it with the source's).
     pub fn from_record(record: &RawRecord, reason: impl Into<String>) -> Self {
         let (raw, converted) = match &record.frame {
             // An empty payload beside a frame: the source built the row itself (no JSON).

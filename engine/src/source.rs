@@ -6,6 +6,7 @@
 //! the sink has acknowledged the batch.
 //!
 //! # Call order
+//! 0. [`Source::build_rows`] once, if the engine's decoder can build rows of the input table.
 //! 1. [`Source::start`] once, with the end offset of the last batch the engine's checkpoint holds
 //!    as committed (if any).
 //! 2. If the checkpoint holds a batch that was planned but never committed,

@@ -491,7 +491,7 @@ enum Emit<'a> {
 const PARSE_PART_LINES: usize = 4_096;
 
 /// The most lines read and parsed in one round (what a rebuild of the state holds at once).
-const ROUND_LINES: usize = 65_536;
+const ROUND_LINES: usize = 16_384;
 
 /// Reads lines, updating `state`, and returns what `emit` asks for.
 ///
