@@ -42,7 +42,7 @@ use arrow::record_batch::RecordBatch;
 use crate::decimal::{DecimalPolicy, parse_decimal};
 use crate::error::Result;
 use crate::flat_json::FlatDecoder;
-pub use crate::flat_json::{FlatRows, RowBuilder, RowLayout};
+pub use crate::flat_json::{FlatRows, RowBuilder, RowLayout, in_parts};
 use crate::sink::DeadLetter;
 use crate::source::RawRecord;
 
@@ -191,8 +191,7 @@ impl RecordDecoder {
             }
             taken
         });
-        let is_taken = |i: usize| taken.as_ref().is_some_and(|t| t[i]);
-        let rest = self.decode_rest(records, &is_taken)?;
+        let rest = self.decode_rest(records, taken.as_deref())?;
         let Some(built) = built else {
             return Ok(rest);
         };
@@ -209,12 +208,10 @@ impl RecordDecoder {
         })
     }
 
-    /// Decodes the records not `taken` (rows of their source), flat path first.
-    fn decode_rest(
-        &mut self,
-        records: &[RawRecord],
-        taken: &dyn Fn(usize) -> bool,
-    ) -> Result<Decoded> {
+    /// Decodes the records not `taken` (one flag per record: a row of its source), flat path
+    /// first.
+    fn decode_rest(&mut self, records: &[RawRecord], taken: Option<&[bool]>) -> Result<Decoded> {
+        let taken = |i: usize| taken.is_some_and(|t| t[i]);
         let Some(flat) = &self.flat else {
             let all: Vec<usize> = (0..records.len()).filter(|&i| !taken(i)).collect();
             return self.decode_slowly(records, &all);

@@ -105,6 +105,35 @@ impl Column {
     }
 }
 
+/// `work` over `parts` consecutive slices of `items` at once, each but the first on a scoped
+/// thread of its own: the outputs in order, one per slice. The slices are
+/// `items.len().div_ceil(parts)` long (the last may be shorter); `parts` is clamped to between 1
+/// and the number of items, and one part runs on the calling thread alone.
+pub fn in_parts<T: Sync, R: Send>(
+    items: &[T],
+    parts: usize,
+    work: impl Fn(&[T]) -> R + Sync,
+) -> Vec<R> {
+    let parts = parts.clamp(1, items.len().max(1));
+    if parts == 1 {
+        return vec![work(items)];
+    }
+    let chunk = items.len().div_ceil(parts);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let others: Vec<_> = items[chunk..]
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || work(part)))
+            .collect();
+        std::iter::once(work(&items[..chunk]))
+            .chain(others.into_iter().map(|part| {
+                part.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }))
+            .collect()
+    })
+}
+
 /// What [`FlatDecoder::decode_each`] read of a batch, or what a [`RowBuilder`] built.
 #[derive(Debug, Clone)]
 pub struct FlatRows {
@@ -204,18 +233,8 @@ impl FlatDecoder {
             return self.decode_each(payloads.iter().copied());
         }
         let chunk = payloads.len().div_ceil(parts);
-        let reads: Vec<Option<FlatRows>> = std::thread::scope(|scope| {
-            let others: Vec<_> = payloads[chunk..]
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || self.decode_each(part.iter().copied())))
-                .collect();
-            let first = self.decode_each(payloads[..chunk].iter().copied());
-            std::iter::once(first)
-                .chain(others.into_iter().map(|part| {
-                    part.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                }))
-                .collect()
+        let reads = in_parts(payloads, parts, |part| {
+            self.decode_each(part.iter().copied())
         });
         let reads = reads
             .into_iter()

@@ -680,27 +680,13 @@ fn in_parts<T: Sync, R: Send>(
     cores: usize,
     work: impl Fn(&[T]) -> Vec<R> + Sync,
 ) -> Vec<R> {
-    let parts = cores.min(items.len() / PARSE_PART_LINES).max(1);
-    if parts == 1 {
-        return work(items);
+    let mut outputs =
+        engine::decode::in_parts(items, cores.min(items.len() / PARSE_PART_LINES), work);
+    // One part (most rounds of a small batch) is handed back as it is, not copied.
+    if outputs.len() == 1 {
+        return outputs.pop().unwrap_or_default();
     }
-    let chunk = items.len().div_ceil(parts);
-    let work = &work;
-    std::thread::scope(|scope| {
-        let others: Vec<_> = items[chunk..]
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || work(part)))
-            .collect();
-        let mut all = work(&items[..chunk]);
-        for other in others {
-            all.extend(
-                other
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
-        all
-    })
+    outputs.into_iter().flatten().collect()
 }
 
 #[async_trait]
