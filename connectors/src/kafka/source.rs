@@ -1056,6 +1056,20 @@ impl Source for KafkaSource {
     }
 }
 
+/// A source dropped without `close` (an error path, a test's simulated crash) still leaves the
+/// group before its consumer is dropped: the consumer's own `Drop` would otherwise answer the
+/// revoke from inside its close, which can hang forever (see [`leave_group`]). Nothing is
+/// committed here, so what was handed out but not committed is read again by the next owner.
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Another holder (a read of the ends still running) drops the last reference later; the
+        // group then sees this member leave when its session times out.
+        if let Some(consumer) = self.consumer.take().and_then(|c| Arc::try_unwrap(c).ok()) {
+            leave_group(&consumer);
+        }
+    }
+}
+
 /// How long a close waits for the group to take back this member's partitions.
 const LEAVE_WITHIN: Duration = Duration::from_secs(10);
 
