@@ -1071,9 +1071,9 @@ def embedded_counts(engine: str, log_path: str) -> dict:
     return {"rows_written": rows, "unknown_product_dropped": dropped}
 
 
-def run_embedded(args, engine: str, capture: str, coin_map: str, expected: dict) -> dict:
+def run_embedded(args, engine: str, capture: str, coin_map: str, expected: dict, round_no: int) -> dict:
     """One fresh process of `engine` replays the capture available-now; measured as the profit runs."""
-    name = f"embedded-{engine}"
+    name = f"embedded-{engine}-{round_no}"
     run_dir = fresh_run_dir(args, name)
     if engine == "coinstream":
         # As bench/embedded.sh runs it: the shipped file with only the run's paths changed.
@@ -1099,6 +1099,7 @@ def run_embedded(args, engine: str, capture: str, coin_map: str, expected: dict)
     frames = args.embedded_frames
     result = {
         "engine": engine,
+        "round": round_no,
         "load_before": m["load_before"],
         # The machine's busy CPU during the run that was not the engine's (idle Kafka and
         # Cassandra included): other work on the machine shows here.
@@ -1153,14 +1154,27 @@ def embedded_phase(args, portfolio: dict) -> dict:
     log(f"embedded: generated {args.embedded_frames:,} trades ({expected['lines']:,} lines) in {generate_s:.1f} s; "
         f"{expected['unknown_product']:,} of {MISSING_PRODUCT} (outside the run's coin map), "
         f"{expected['rows']:,} profit rows expected")
+    # The engines alternate, round after round, so that a slow spell of the shared machine falls on
+    # both; the figures compared are each engine's median run (median_embedded_runs).
     runs = []
-    for engine in args.embedded_engines:
-        runs.append(run_embedded(args, engine, capture, coin_map_path, expected))
-        time.sleep(args.pause)
+    for round_no in range(1, args.embedded_runs + 1):
+        for engine in args.embedded_engines:
+            runs.append(run_embedded(args, engine, capture, coin_map_path, expected, round_no))
+            time.sleep(args.pause)
     if not args.keep:
         shutil.rmtree(os.path.dirname(capture))
     return {"trade_frames": args.embedded_frames, "generate_s": round(generate_s, 1), "expected": expected,
-            "missing_product": MISSING_PRODUCT, "runs": runs}
+            "missing_product": MISSING_PRODUCT, "rounds": args.embedded_runs, "runs": runs}
+
+
+def median_embedded_runs(embedded: dict | None) -> dict:
+    """Each engine's run of median wall among its runs without an error (of an even count, the
+    faster of the two middle ones), by engine."""
+    by_engine = {}
+    for r in (embedded or {}).get("runs", []):
+        if not r.get("error"):
+            by_engine.setdefault(r["engine"], []).append(r)
+    return {e: sorted(rs, key=lambda r: r["wall_s"])[(len(rs) - 1) // 2] for e, rs in by_engine.items()}
 
 
 def embedded_report(args, embedded: dict) -> list[str]:
@@ -1172,14 +1186,17 @@ def embedded_report(args, embedded: dict) -> list[str]:
              f"generate --count {embedded['trade_frames']} --seed 42 --out` ({e['lines']:,} lines with the heartbeats "
              f"and the subscriptions ack), in {embedded['generate_s']:.1f} s. {embedded['missing_product']} is removed "
              f"from the run's coin map, so its {e['unknown_product']:,} trades are dead-lettered by coinstream and "
-             f"dropped by Spark; {e['rows']:,} profit rows remain. Each engine replays the capture in one fresh "
-             "process, start-up included.", "",
-             "| engine | wall s | trade frames/s | same, after 1st batch | first batch written s | CPU s (user+sys) "
+             f"dropped by Spark; {e['rows']:,} profit rows remain. Each engine replays the capture in a fresh "
+             f"process, start-up included, {embedded.get('rounds', 1)} time(s), the engines alternating; "
+             "the ratios and the chart take each engine's median run (marked *).", "",
+             "| engine | run | wall s | trade frames/s | same, after 1st batch | first batch written s | CPU s (user+sys) "
              "| peak RSS MB | batches | rows written | dropped (not in the coin map) | other CPU s | check |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in embedded["runs"]:
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    medians = median_embedded_runs(embedded)
+    for r in sorted(embedded["runs"], key=lambda r: (r["engine"], r.get("round", 1))):
         check = r.get("error") or ("OK" if not r.get("problems") else "; ".join(r["problems"]))
-        lines.append(f"| {EMBEDDED_ENGINES[r['engine']]} | {fmt(r['wall_s'], 2)} | {fmt(r['trade_frames_per_s'], 0)} "
+        mark = " *" if medians.get(r["engine"]) is r else ""
+        lines.append(f"| {EMBEDDED_ENGINES[r['engine']]} | {r.get('round', 1)}{mark} | {fmt(r['wall_s'], 2)} | {fmt(r['trade_frames_per_s'], 0)} "
                      f"| {fmt(r.get('trade_frames_per_s_after_first_batch'), 0)} | {fmt(r.get('first_batch_s'), 2)} "
                      f"| {fmt(r['cpu_s'])} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r.get('batches'))} "
                      f"| {fmt(r.get('rows_written'))} | {fmt(r.get('unknown_product_dropped'))} "
@@ -1280,7 +1297,7 @@ def ratio_rows(runs, live, embedded) -> list[dict]:
         ls = next((r for r in live if r["engine"] == s), None)
         add("live p99 ms", names(c, s), lc and lc["p99_ms"], ls and ls.get("p99_ms"), 1, False)
     if embedded:
-        e = {r["engine"]: r for r in embedded["runs"] if not r.get("error")}
+        e = median_embedded_runs(embedded)
         c, s = e.get("coinstream", {}), e.get("spark", {})
         pair = ("coinstream.toml vs Spark's capture job (above)", "coinstream.toml vs Spark capture job")
         add("embedded: throughput, trade frames/s", pair, c.get("trade_frames_per_s"), s.get("trade_frames_per_s"), 0, True)
@@ -1385,7 +1402,8 @@ def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None, e
         e = embedded["expected"]
         for r in embedded["runs"]:
             verdict = r.get("error") or ("OK" if not r.get("problems") else "MISMATCH " + "; ".join(r["problems"]))
-            lines.append(f"- Embedded, {EMBEDDED_ENGINES[r['engine']]}: {fmt(r.get('rows_written'))} rows written, "
+            lines.append(f"- Embedded, {EMBEDDED_ENGINES[r['engine']]} run {r.get('round', 1)}: "
+                         f"{fmt(r.get('rows_written'))} rows written, "
                          f"{fmt(r.get('unknown_product_dropped'))} trades of {embedded['missing_product']} dropped; "
                          f"counted from the capture: {fmt(e['rows'])} and {fmt(e['unknown_product'])} "
                          f"({fmt(e['repeats'])} repeated trades): {verdict}")
@@ -1436,7 +1454,7 @@ def chart(path: str, runs, live, embedded=None) -> str | None:
     labels = {"spark_udf": "Spark\n(Python UDF)", "spark_sql": "Spark\n(SQL join)", "coinstream": "coinstream",
               "coinstream_tuned": "coinstream\n(source tuned)"}
     colors = {"spark_udf": "#d62728", "spark_sql": "#ff7f0e", "coinstream": "#2ca02c", "coinstream_tuned": "#98df8a"}
-    embedded_runs = [r for r in (embedded or {}).get("runs", []) if not r.get("error")]
+    embedded_runs = list(median_embedded_runs(embedded).values())
     ratios = ratio_rows(runs, live, embedded)
     # Rows of panels: the profit runs' 2 × 2, the embedded job's 1 × 2, every ratio across both columns.
     heights = ([4, 4] if runs else []) + ([4] if embedded_runs else []) + ([0.8 + 0.32 * len(ratios)] if ratios else [])
@@ -1568,6 +1586,8 @@ def main() -> int:
     ap.add_argument("--embedded-frames", type=int, default=1_000_000,
                     help="trades in the embedded phase's capture (`coinstream generate --count`)")
     ap.add_argument("--embedded-engines", default="coinstream,spark")
+    ap.add_argument("--embedded-runs", type=int, default=3,
+                    help="runs of each engine in the embedded phase, alternating; the median run is compared")
     ap.add_argument("--keep", action="store_true", help="keep the keyspace, tables, topic and capture")
     ap.add_argument("--command", default=os.environ.get("BENCH_COMMAND", "bench/run.sh"),
                     help="the command line to quote in the report")
@@ -1583,6 +1603,8 @@ def main() -> int:
     args.embedded_engines = [e for e in args.embedded_engines.split(",") if e] if embedded_wanted else []
     if args.embedded_engines and args.embedded_frames <= 0:
         ap.error("--embedded-frames must be positive")
+    if args.embedded_engines and args.embedded_runs <= 0:
+        ap.error("--embedded-runs must be positive")
     for e in args.embedded_engines:
         if e not in EMBEDDED_ENGINES:
             ap.error(f"unknown embedded engine {e!r} (one of {', '.join(EMBEDDED_ENGINES)})")

@@ -56,7 +56,12 @@ mkdir -p "$WORK"
 listening() { local a="${1%%,*}"; (exec 3<>"/dev/tcp/${a%:*}/${a##*:}") 2>/dev/null; }
 KAFKA_ADDR="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 CASSANDRA_ADDR="${CASSANDRA_NODES:-127.0.0.1:9042}"
-if listening "$KAFKA_ADDR" && listening "$CASSANDRA_ADDR"; then
+EMBEDDED_ONLY=0
+for a in "${PASS[@]}"; do [[ "$a" == --embedded-only ]] && EMBEDDED_ONLY=1; done
+if [[ $EMBEDDED_ONLY -eq 1 ]]; then
+  # The embedded job runs with no servers, as a user runs it; idle JVMs would only load the cores.
+  log "--embedded-only: Kafka and Cassandra are not needed and not started"
+elif listening "$KAFKA_ADDR" && listening "$CASSANDRA_ADDR"; then
   log "Kafka ($KAFKA_ADDR) and Cassandra ($CASSANDRA_ADDR) are listening; using them"
 else
   log "checking Kafka and Cassandra (scripts/services.sh up)"

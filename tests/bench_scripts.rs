@@ -118,9 +118,11 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
             "--ohlcv-live-seconds",
             "30",
             // The embedded phase: coinstream's embedded job on a generated capture of 1,000
-            // trades, one product missing from the coin map.
+            // trades, one product missing from the coin map, run twice.
             "--embedded-frames",
             "1000",
+            "--embedded-runs",
+            "2",
         ])
         .env("BENCH_WORK", tmp.path().join("bench-work"))
         .output()
@@ -237,22 +239,28 @@ fn coinstream_part_of_the_bench_runs_on_1000_trades() {
 
     // The embedded job: the rows and dropped trades it reports equal the bench's own count from
     // the capture.
-    let embedded = &report["embedded"]["runs"][0];
-    assert_eq!(embedded["engine"], "coinstream", "{report}");
-    assert_eq!(embedded["exit_code"], 0, "{embedded}");
+    let runs = report["embedded"]["runs"]
+        .as_array()
+        .expect("embedded runs");
+    assert_eq!(runs.len(), 2, "{report}");
     let want = &report["embedded"]["expected"];
     assert!(want["rows"].as_u64().unwrap() > 0, "{want}");
     assert!(want["unknown_product"].as_u64().unwrap() > 0, "{want}");
-    assert_eq!(embedded["rows_written"], want["rows"], "{embedded}");
-    assert_eq!(
-        embedded["unknown_product_dropped"], want["unknown_product"],
-        "{embedded}"
-    );
-    assert_eq!(embedded["problems"], serde_json::json!([]), "{embedded}");
-    assert!(
-        embedded["peak_rss_mb"].as_f64().is_some_and(|v| v > 0.0),
-        "{embedded}"
-    );
+    for (i, embedded) in runs.iter().enumerate() {
+        assert_eq!(embedded["round"], i + 1, "{embedded}");
+        assert_eq!(embedded["engine"], "coinstream", "{report}");
+        assert_eq!(embedded["exit_code"], 0, "{embedded}");
+        assert_eq!(embedded["rows_written"], want["rows"], "{embedded}");
+        assert_eq!(
+            embedded["unknown_product_dropped"], want["unknown_product"],
+            "{embedded}"
+        );
+        assert_eq!(embedded["problems"], serde_json::json!([]), "{embedded}");
+        assert!(
+            embedded["peak_rss_mb"].as_f64().is_some_and(|v| v > 0.0),
+            "{embedded}"
+        );
+    }
 
     let md = std::fs::read_to_string(json.with_extension("md")).unwrap();
     assert!(md.contains("| coinstream |"), "{md}");
