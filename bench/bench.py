@@ -1307,6 +1307,16 @@ def ratio_rows(runs, live, embedded) -> list[dict]:
     return rows
 
 
+def unused_name(folder: str, base: str) -> str:
+    """`base`, or `base-2`, `base-3`, ... : the first whose .md, .json and .png are all absent from
+    `folder`, so a second run on the same day does not overwrite the first."""
+    name, n = base, 1
+    while any(os.path.exists(os.path.join(folder, name + ext)) for ext in (".md", ".json", ".png")):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None, embedded=None) -> str:
     by = {(r["engine"], r["sink"]): r for r in runs}
     profit_file = shipped_settings(PROFIT_PIPELINE)
@@ -1715,6 +1725,7 @@ def main() -> int:
     date = dt.datetime.now().strftime("%Y-%m-%d")
     base = (date + ("-ohlcv" if args.ohlcv_only else "") + ("-embedded" if args.embedded_only else "")
             + ("" if not args.coinstream_only else "-coinstream-only"))
+    base = unused_name(args.results, base)
     png = os.path.join(args.results, base + ".png")
     note = (chart(png, runs, live, embedded) if runs or embedded
             else "neither the profit phases nor the embedded phase ran: no chart")
