@@ -164,6 +164,12 @@ async fn a_second_instance_joining_the_group_takes_partitions_and_nothing_is_rea
     const PARTITIONS: i32 = 4;
     const N: usize = 400;
     let (topic, group) = topic_and_group("kafka_source_rebalance", PARTITIONS, N).await;
+    // Commits only when partitions are revoked and at close: where the second instance starts
+    // in each partition it takes is what the first committed as it let the partition go.
+    let config = |topic: &str, group: &str| KafkaSourceConfig {
+        commit_interval: Duration::from_secs(3600),
+        ..config(topic, group)
+    };
     let mut first = started(config(&topic, &group), None).await;
     let mut processed = Vec::new();
     // The first instance alone: all four partitions, a few batches written and committed.
@@ -217,6 +223,105 @@ async fn a_second_instance_joining_the_group_takes_partitions_and_nothing_is_rea
             "partition {partition} committed to its end"
         );
     }
+}
+
+/// Each partition's end after `batches` (None: in none of them), as the group should hold it.
+fn ends_of(topic: &str, partitions: i32, batches: &[&SourceBatch]) -> BTreeMap<i32, Option<i64>> {
+    let mut ends: BTreeMap<i32, Option<i64>> = (0..partitions).map(|p| (p, None)).collect();
+    for batch in batches {
+        for (partition, end) in ends.iter_mut() {
+            if let Some(next) = batch.end.json()[topic][partition.to_string()].as_i64() {
+                *end = Some(next);
+            }
+        }
+    }
+    ends
+}
+
+/// Waits (up to 30 s) until the group's committed offsets are `expected`; the last ones read.
+async fn committed_eventually(
+    group: &str,
+    topic: &str,
+    expected: &BTreeMap<i32, Option<i64>>,
+) -> BTreeMap<i32, Option<i64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = committed(group, topic, expected.len() as i32);
+        if &now == expected || Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_query_commits_to_the_group_once_per_commit_interval_and_the_rest_at_close() {
+    const PARTITIONS: i32 = 2;
+    const N: usize = 100;
+    let (topic, group) = topic_and_group("kafka_source_commit_interval", PARTITIONS, N).await;
+    let hourly = KafkaSourceConfig {
+        commit_interval: Duration::from_secs(3600),
+        ..config(&topic, &group)
+    };
+    let mut source = started(hourly, None).await;
+    // The first batch's commit is sent at once: none was sent before.
+    let first = next_batch(&mut source).await;
+    source.commit(&first.end).await.expect("commit");
+    let after_first = ends_of(&topic, PARTITIONS, &[&first]);
+    assert_eq!(
+        committed_eventually(&group, &topic, &after_first).await,
+        after_first,
+        "the first batch's commit"
+    );
+    // The next batches' wait for the interval: the group still holds the first batch's end
+    // after they were committed and the broker had time to take any commit sent.
+    let (second, third) = (next_batch(&mut source).await, next_batch(&mut source).await);
+    source.commit(&second.end).await.expect("commit");
+    source.commit(&third.end).await.expect("commit");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        committed(&group, &topic, PARTITIONS),
+        after_first,
+        "a commit was sent before the interval passed"
+    );
+    // Close commits everything processed, and waits for it.
+    source.close().await.expect("close");
+    assert_eq!(
+        committed(&group, &topic, PARTITIONS),
+        ends_of(&topic, PARTITIONS, &[&first, &second, &third]),
+        "close commits the batches held back"
+    );
+
+    // With a short interval, the ends held back go out once it has passed, with no batch after
+    // them: the source's next poll sends them.
+    let (topic, group) = topic_and_group("kafka_source_commit_interval_idle", PARTITIONS, 20).await;
+    let brief = KafkaSourceConfig {
+        commit_interval: Duration::from_millis(500),
+        ..config(&topic, &group)
+    };
+    let mut source = started(brief, None).await;
+    let mut batches = Vec::new();
+    let mut read = 0;
+    while read < 20 {
+        let batch = next_batch(&mut source).await;
+        source.commit(&batch.end).await.expect("commit");
+        read += batch.records.len();
+        batches.push(batch);
+    }
+    let all = ends_of(&topic, PARTITIONS, &batches.iter().collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&group, &topic, PARTITIONS) != all && Instant::now() < deadline {
+        assert!(
+            matches!(source.poll(LIMITS).await.expect("poll"), Poll::Idle),
+            "every record was read"
+        );
+    }
+    assert_eq!(
+        committed(&group, &topic, PARTITIONS),
+        all,
+        "the held-back ends were committed by the polls after the interval"
+    );
+    source.close().await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,7 +213,8 @@ pub trait Source: Send {
     /// The engine records the batch as committed in its checkpoint as soon as this returns; a
     /// source may return once the commit is sent, before it is durable, when its
     /// [`Source::start`] resumes from [`StartRequest::committed`] wherever its own record is
-    /// behind (the Kafka source does, so its commit travels while the next batch is polled).
+    /// behind (the Kafka source does, so its commit travels while the next batch is polled, and
+    /// it commits to its group at most once per `commit_interval_ms`).
     ///
     /// # Errors
     /// Transient when the commit may succeed later (the runtime retries it; the rows are already

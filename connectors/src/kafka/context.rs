@@ -82,6 +82,10 @@ pub struct SourceContext {
     /// when the group's committed offset is behind it, as after a crash before a commit was
     /// answered.
     processed: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Per partition, the end of processed batches not committed to the group yet (the source
+    /// commits at most every `commit_interval_ms`): a revoked partition's is committed in the
+    /// rebalance callback, before the partition goes to its next owner.
+    uncommitted: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl SourceContext {
@@ -103,6 +107,45 @@ impl SourceContext {
             cooperative,
             rebalances: AtomicU64::new(0),
             processed: Mutex::default(),
+            uncommitted: Mutex::default(),
+        }
+    }
+
+    /// Records batch ends (next offset per partition) whose commit to the group waits for the
+    /// next [`SourceContext::take_uncommitted`] or a revocation; a later end of a partition
+    /// replaces an earlier one.
+    pub fn defer_commit(&self, ends: impl IntoIterator<Item = ((String, i32), i64)>) {
+        let mut uncommitted = locked(&self.uncommitted);
+        for (partition, end) in ends {
+            let at = uncommitted.entry(partition).or_insert(end);
+            *at = (*at).max(end);
+        }
+    }
+
+    /// Takes every end recorded by [`SourceContext::defer_commit`] and not committed since.
+    pub fn take_uncommitted(&self) -> BTreeMap<(String, i32), i64> {
+        std::mem::take(&mut *locked(&self.uncommitted))
+    }
+
+    /// Commits (and waits for) the uncommitted ends of the partitions being revoked, so their
+    /// next owner starts after what this instance processed. A failure is logged: the next owner
+    /// then re-reads those records, which the sinks' idempotent writes absorb.
+    fn commit_revoked(&self, consumer: &BaseConsumer<Self>, revoked: &[(String, i32)]) {
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut uncommitted = locked(&self.uncommitted);
+            for partition in revoked {
+                if let Some(end) = uncommitted.remove(partition) {
+                    let _ =
+                        tpl.add_partition_offset(&partition.0, partition.1, Offset::Offset(end));
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            tracing::warn!(error = %e, "Could not commit the processed offsets of the revoked partitions; their next owner reads those records again.");
         }
     }
 
@@ -348,6 +391,7 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = parts(tpl);
                 tracing::info!(partitions = ?revoked, "Partitions revoked from this instance.");
+                self.commit_revoked(consumer, &revoked);
                 self.push(RebalanceEvent::Revoked(revoked));
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)

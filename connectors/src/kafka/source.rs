@@ -84,9 +84,11 @@ pub struct KafkaSource {
     expected: BTreeMap<Partition, i64>,
     /// Per partition, what this instance knows to be committed in the group.
     committed: BTreeMap<Partition, i64>,
-    /// The end of the last batch whose commit was sent without waiting for the broker's answer
-    /// ([`Source::commit`]); `close` commits it again and waits.
+    /// The offsets of the last commit sent without waiting for the broker's answer
+    /// ([`Self::send_uncommitted`]); `close` commits them again and waits.
     in_flight: Option<KafkaOffsets>,
+    /// When the last commit to the group was sent ([`Self::commit_due`]).
+    last_commit: Option<Instant>,
     /// Per partition, its end as last read from the broker (the high watermark, or the last
     /// stable offset under `read_committed`), and when: what each partition has left to read
     /// decides its share of a batch.
@@ -135,6 +137,7 @@ impl KafkaSource {
             expected: BTreeMap::new(),
             committed: BTreeMap::new(),
             in_flight: None,
+            last_commit: None,
             ends: BTreeMap::new(),
             ends_read: None,
             ends_reading: None,
@@ -206,6 +209,11 @@ impl KafkaSource {
                         .retain(|r| !numbers.contains(&r.position.partition));
                     self.counters.dropped_on_revoke += (before - self.buffer.len()) as u64;
                     for p in &revoked {
+                        // Its next owner may commit past this: `close` must not commit it back.
+                        if let Some(sent) = self.in_flight.as_mut().and_then(|o| o.0.get_mut(&p.0))
+                        {
+                            sent.remove(&p.1);
+                        }
                         self.assigned.remove(p);
                         self.last_end.remove(p);
                         self.expected.remove(p);
@@ -628,14 +636,56 @@ impl KafkaSource {
         )
     }
 
-    /// Makes sure the last batch's commit, sent without waiting, is in the group: commits the same
-    /// offsets again and waits (librdkafka sends a group's commits in order); its failure is this
+    /// Makes sure every processed batch is committed in the group: commits the offsets not sent
+    /// yet and those of the last commit sent without waiting, and waits (librdkafka sends a
+    /// group's commits in order, so the earlier ones are answered by then); its failure is this
     /// call's.
     async fn settle_commit(&mut self) -> Result<()> {
-        match self.in_flight.take() {
-            Some(end) => self.commit_offsets(&end).await,
-            None => Ok(()),
+        let mut end = self.in_flight.take().unwrap_or_default();
+        if let Some(consumer) = &self.consumer {
+            for ((topic, partition), next) in consumer.context().take_uncommitted() {
+                end.set(&topic, partition, next);
+            }
         }
+        if end.iter().next().is_none() {
+            return Ok(());
+        }
+        self.commit_offsets(&end).await
+    }
+
+    /// Whether processed offsets go to the group now: at once under available-now (whose end
+    /// is judged by what the group committed) or with `commit_interval_ms` 0, else once the
+    /// interval has passed since the last commit.
+    fn commit_due(&self) -> bool {
+        let interval = self.config.commit_interval;
+        self.targets.is_some()
+            || interval.is_zero()
+            || self.last_commit.is_none_or(|t| t.elapsed() >= interval)
+    }
+
+    /// Sends the processed offsets not committed yet, of the partitions this instance holds, to
+    /// the group without waiting for the answer. Transient when they cannot be sent (they stay
+    /// to be sent with the next batch's).
+    fn send_uncommitted(&mut self) -> Result<()> {
+        let consumer = self.consumer()?;
+        let uncommitted = consumer.context().take_uncommitted();
+        let mut end = KafkaOffsets::new();
+        for ((topic, partition), next) in &uncommitted {
+            end.set(topic, *partition, *next);
+        }
+        let Some(tpl) = self.owned(&end)? else {
+            return Ok(());
+        };
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            consumer.context().defer_commit(uncommitted);
+            return Err(self.error(format!("commit of {end} failed: {e}"), Retry::Transient));
+        }
+        self.last_commit = Some(Instant::now());
+        // What the group holds once the commit arrives; the partitions' next reader, this
+        // instance or another, starts there.
+        self.committed.extend(offsets_of(&tpl));
+        self.in_flight = Some(end);
+        Ok(())
     }
 
     /// The offsets of `end` of the partitions this instance holds, as librdkafka takes them
@@ -933,6 +983,11 @@ impl Source for KafkaSource {
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
+        // Batch ends held back by the commit interval go out once it has passed, also when no
+        // batch follows them.
+        if self.commit_due() {
+            self.send_uncommitted()?;
+        }
         // Available-now with every partition read and committed up to its end at start: a gather
         // would only wait out `max_wait` for records that are not to be read.
         if self.targets.is_some() && self.caught_up().await? {
@@ -972,32 +1027,31 @@ impl Source for KafkaSource {
         Ok(Poll::Idle)
     }
 
-    /// Sends the commit of `end` to the group and returns without waiting for the broker's
-    /// answer, so that it travels while the next batch is polled (Kafka's `commitAsync` after
-    /// each batch, `commitSync` at close). Transient when it cannot be sent.
+    /// Records the batch ending at `end` as processed and sends its commit to the group without
+    /// waiting for the broker's answer, so that it travels while the next batch is polled
+    /// (Kafka's `commitAsync` after a batch, `commitSync` at close), at most once per
+    /// `commit_interval_ms`: the ends of batches in between go with the next commit, with a
+    /// revoked partition's commit, or at close. Transient when the commit cannot be sent.
     ///
     /// Why no answer is needed: the engine's checkpoint records the batch as committed once this
     /// returns, and a restart resumes each partition at the checkpoint's offset where the group's
-    /// is behind it (a crash before the commit arrived); librdkafka sends the commit ahead of
-    /// anything a later rebalance sends, so the partitions' next owner reads on past the batch;
-    /// and `close` commits the last batch's end again and waits. A commit the broker refuses is
-    /// logged (librdkafka's COMMITFAIL warning) and superseded by the next batch's, which covers
-    /// its offsets.
+    /// is behind it (a crash before the commit was sent or arrived); librdkafka sends the commit
+    /// ahead of anything a later rebalance sends, so the partitions' next owner reads on past the
+    /// batch; and `close` commits the last ends again and waits. A commit the broker refuses is
+    /// logged (librdkafka's COMMITFAIL warning) and superseded by the next one, which covers its
+    /// offsets.
     async fn commit(&mut self, end: &SourceOffset) -> Result<()> {
         let end = self.parse_offset(end)?;
         let Some(tpl) = self.owned(&end)? else {
             return Ok(());
         };
         let consumer = self.consumer()?;
-        let sent: Vec<_> = offsets_of(&tpl).collect();
-        consumer.context().record_processed(sent.iter().cloned());
-        consumer
-            .commit(&tpl, CommitMode::Async)
-            .map_err(|e| self.error(format!("commit of {end} failed: {e}"), Retry::Transient))?;
-        // What the group holds once the commit arrives; the partitions' next reader, this
-        // instance or another, starts there.
-        self.committed.extend(sent);
-        self.in_flight = Some(end);
+        let ends: Vec<_> = offsets_of(&tpl).collect();
+        consumer.context().record_processed(ends.iter().cloned());
+        consumer.context().defer_commit(ends);
+        if self.commit_due() {
+            self.send_uncommitted()?;
+        }
         Ok(())
     }
 
