@@ -637,10 +637,12 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
         rows_written = len(rows)
     warm_until = first_send + int(args.live_warmup * 1e6)
     lat_ms = []
+    timed = []  # (latency ms, sent µs, written µs)
     for symbol, trade_id, written_us in rows:
         us = sent.get((symbol, trade_id))
         if us is not None and us >= warm_until:
             lat_ms.append((written_us - us) / 1000.0)
+            timed.append((lat_ms[-1], us, written_us))
     measured_sent = sum(1 for us in sent.values() if us >= warm_until)
     lat_ms.sort()
     result = {
@@ -665,10 +667,62 @@ def run_live(args, engine: str, kafka: Kafka, index: int, portfolio, trigger: st
         q = statistics.quantiles(lat_ms, n=100, method="inclusive") if len(lat_ms) > 1 else [lat_ms[0]] * 99
         result.update(p50_ms=round(q[49], 1), p99_ms=round(q[98], 1), max_ms=round(lat_ms[-1], 1),
                       min_ms=round(lat_ms[0], 1), mean_ms=round(statistics.fmean(lat_ms), 1))
+        if is_coinstream(engine):
+            result["tail"] = tail_attribution(timed, os.path.join(run_dir, "output.log"))
     log(f"{name}: {result}")
     kafka.delete_topic(topic)
     kafka.delete_topic(f"{topic}_dlq")
     return result
+
+
+SLOW_BATCH_MS = 25  # the live p99 target: a batch longer than this holds rows past it
+
+
+def tail_attribution(timed: list[tuple[float, int, int]], output_log: str) -> dict | None:
+    """Where coinstream's slowest 1% of live rows spent their time, from its progress records:
+    waiting for the micro-batch that took them to start polling, or inside that batch (poll,
+    decode, query, write); and which stage was longest in each batch that took over
+    SLOW_BATCH_MS. `timed` holds (latency ms, sent µs, written µs) per measured row. A batch
+    starts polling `getBatch` ms before its progress record's timestamp (taken once the poll
+    returned); all three clocks are this machine's wall clock."""
+    batches = []
+    with open(output_log) as f:
+        for line in f:
+            i = line.find('{"batchId"')
+            if i < 0:
+                continue
+            b = json.loads(line[i:])
+            at = dt.datetime.fromisoformat(b["timestamp"].replace("Z", "+00:00")).timestamp() * 1e6
+            batches.append((at - b["durationMs"]["getBatch"] * 1000, b))
+    if not batches or not timed:
+        return None
+    batches.sort(key=lambda x: x[0])
+    starts = [t for t, _ in batches]
+    slow = sorted(timed)[-max(1, len(timed) // 100):]
+    waited, inside = [], []
+    for _, sent_us, written_us in slow:
+        i = bisect.bisect_right(starts, written_us) - 1
+        if i < 0:
+            continue
+        waited.append(max(0.0, (starts[i] - sent_us) / 1000))
+        inside.append((written_us - starts[i]) / 1000)
+    stages = ("getBatch", "walCommit", "decode", "query", "sink", "commit")
+    by_stage: dict[str, int] = {}
+    longest = max((b for _, b in batches), key=lambda b: b["durationMs"]["total"])
+    for _, b in batches:
+        d = b["durationMs"]
+        if d["total"] > SLOW_BATCH_MS:
+            top = max(stages, key=lambda k: d.get(k, 0))
+            by_stage[top] = by_stage.get(top, 0) + 1
+    return {
+        "slow_rows": len(waited),
+        "waited_for_batch_ms": round(statistics.fmean(waited), 1) if waited else None,
+        "in_batch_ms": round(statistics.fmean(inside), 1) if inside else None,
+        "batches": len(batches),
+        "batches_over_25ms": sum(by_stage.values()),
+        "over_25ms_by_longest_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1])),
+        "longest_batch_ms": {k: longest["durationMs"].get(k) for k in (*stages, "total")},
+    }
 
 
 # --- OHLCV: 1-minute candles, a stateful window aggregation -----------------------------------------
@@ -1369,6 +1423,20 @@ def report(args, facts, runs, live, generate_s, equal_check, date, ohlcv=None, e
                 f"| {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | {fmt(r['engine_cpu_s'])} "
                 f"| {fmt(r['peak_rss_mb'], 0)} |"
             )
+        tails = [r for r in live if r.get("tail")]
+        if tails:
+            lines += ["", f"Where coinstream's live tail comes from (its slowest 1% of rows, and its micro-batches "
+                      f"that took over {SLOW_BATCH_MS} ms, by their longest stage; from its progress records):", ""]
+            for r in tails:
+                t = r["tail"]
+                stages = ", ".join(f"{k} {v}" for k, v in t["over_25ms_by_longest_stage"].items()) or "none"
+                longest = ", ".join(f"{k} {v}" for k, v in t["longest_batch_ms"].items() if v)
+                lines.append(
+                    f"- {STORES[r.get('store', 'cassandra')]}, {r['trigger']}: the slowest {fmt(t['slow_rows'])} rows "
+                    f"waited {fmt(t['waited_for_batch_ms'])} ms on average for the batch that took them to start, "
+                    f"then {fmt(t['in_batch_ms'])} ms in it; {fmt(t['batches_over_25ms'])} of {fmt(t['batches'])} "
+                    f"batches took over {SLOW_BATCH_MS} ms ({stages}); the longest (ms): {longest}."
+                )
     if embedded:
         lines += embedded_report(args, embedded)
     ratios = ratio_rows(runs, live, embedded)
