@@ -259,11 +259,11 @@ impl Checkpoint {
 
     /// As [`Self::plan`], on a blocking thread: the batch may be decoded and queried meanwhile,
     /// as long as nothing leaves the process (no sink or dead-letter write, no commit) before
-    /// [`WalWrite::wait`] returned. Must be called from a Tokio runtime.
-    pub fn plan_in_background(&self, batch: &PlannedBatch) -> Result<WalWrite> {
+    /// [`EntryWrite::wait`] returned. Must be called from a Tokio runtime.
+    pub fn plan_in_background(&self, batch: &PlannedBatch) -> Result<EntryWrite> {
         let body = serde_json::to_vec(batch).map_err(|e| Error::Internal(e.to_string()))?;
         let path = self.offsets_path(batch.batch_id);
-        Ok(WalWrite(tokio::task::spawn_blocking(move || {
+        Ok(EntryWrite(tokio::task::spawn_blocking(move || {
             write_atomically(&path, &body)
         })))
     }
@@ -275,17 +275,20 @@ impl Checkpoint {
     /// Records that a batch was written and committed (see the module docs on why this is not
     /// synced).
     pub fn commit(&self, batch_id: u64) -> Result<()> {
-        let path = self.dir.join("commits").join(batch_id.to_string());
-        fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        // One batch's entries out for each batch in, best effort (a leftover old entry is
-        // harmless, recovery reads only the newest): two unlinks a batch, where deleting a
-        // hundred batches' at once stalled every hundredth batch.
-        if let Some(old) = batch_id.checked_sub(RETAINED_BATCHES) {
-            for sub in ["offsets", "commits"] {
-                let _ = fs::remove_file(self.dir.join(sub).join(old.to_string()));
-            }
-        }
-        Ok(())
+        write_commit_marker(&self.dir, batch_id)
+    }
+
+    /// As [`Self::commit`], on a blocking thread, so that the file system's stalls (tens of
+    /// milliseconds while another writer syncs) stay off the next batch's path. Safe because
+    /// recovery reads only the newest offsets entry's marker: once the next batch's offsets
+    /// entry exists this marker is never read, and before that a lost marker only replays the
+    /// batch, as after an operating-system crash. The marker is on disk once
+    /// [`EntryWrite::wait`] returned. Must be called from a Tokio runtime.
+    pub fn commit_in_background(&self, batch_id: u64) -> EntryWrite {
+        let dir = self.dir.clone();
+        EntryWrite(tokio::task::spawn_blocking(move || {
+            write_commit_marker(&dir, batch_id)
+        }))
     }
 
     /// Deletes the entries of batches before `before`, best effort: what [`Self::commit`] left
@@ -335,12 +338,35 @@ impl Checkpoint {
     }
 }
 
-/// A batch's offsets entry being written and synced ([`Checkpoint::plan_in_background`]).
-#[must_use = "the entry is durable only once `wait` returned"]
-pub struct WalWrite(tokio::task::JoinHandle<Result<()>>);
+/// Writes batch `batch_id`'s commit marker in the checkpoint folder `dir`, and deletes the
+/// entries of the batch [`RETAINED_BATCHES`] before it.
+fn write_commit_marker(dir: &Path, batch_id: u64) -> Result<()> {
+    let path = dir.join("commits").join(batch_id.to_string());
+    fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+    // One batch's entries out for each batch in, best effort (a leftover old entry is harmless,
+    // recovery reads only the newest): two unlinks a batch, where deleting a hundred batches' at
+    // once stalled every hundredth batch.
+    if let Some(old) = batch_id.checked_sub(RETAINED_BATCHES) {
+        for sub in ["offsets", "commits"] {
+            let _ = fs::remove_file(dir.join(sub).join(old.to_string()));
+        }
+    }
+    Ok(())
+}
 
-impl WalWrite {
-    /// Waits until the entry is written and synced.
+/// A checkpoint entry being written on a blocking thread: a batch's offsets entry, synced
+/// ([`Checkpoint::plan_in_background`]), or its commit marker
+/// ([`Checkpoint::commit_in_background`]).
+#[must_use = "the entry is written only once `wait` returned"]
+pub struct EntryWrite(tokio::task::JoinHandle<Result<()>>);
+
+impl EntryWrite {
+    /// Whether the write has ended (then [`EntryWrite::wait`] returns at once).
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// Waits until the entry is written (and, for an offsets entry, synced).
     ///
     /// # Errors
     /// The write's own (the folder unwritable, the disk full), or the blocking task failing.
@@ -453,6 +479,35 @@ mod tests {
         assert_eq!(r.next_batch_id, 2 * RETAINED_BATCHES + 6);
         assert_eq!(r.committed, Some(offsets(2 * RETAINED_BATCHES as i64 + 6)));
         assert_eq!(r.pending, None);
+    }
+
+    #[tokio::test]
+    async fn a_marker_written_in_the_background_while_the_next_batch_is_planned_recovers_as_written()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        let batch = |id: u64| PlannedBatch {
+            batch_id: id,
+            start: offsets(id as i64 * 10),
+            end: offsets(id as i64 * 10 + 10),
+        };
+        cp.plan(&batch(0)).unwrap();
+        let marker = cp.commit_in_background(0);
+        // The next batch's offsets entry may land before the marker: recovery replays it.
+        let planned = cp.plan_in_background(&batch(1)).unwrap();
+        planned.wait().await.unwrap();
+        marker.wait().await.unwrap();
+        let r = cp.recover().unwrap();
+        assert_eq!(
+            (r.next_batch_id, r.committed.clone(), r.pending.clone()),
+            (2, Some(offsets(10)), Some(batch(1)))
+        );
+        cp.commit_in_background(1).wait().await.unwrap();
+        let r = cp.recover().unwrap();
+        assert_eq!(
+            (r.next_batch_id, r.committed, r.pending),
+            (2, Some(offsets(20)), None)
+        );
     }
 
     #[test]

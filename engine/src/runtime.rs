@@ -7,7 +7,7 @@
 //! transform runs again over the other rows, and the batch is written and committed as usual, so
 //! a restart never meets that row again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,7 +16,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 use tokio::sync::watch;
 
-use crate::checkpoint::{Checkpoint, PlannedBatch, QueryIdentity, WalWrite};
+use crate::checkpoint::{Checkpoint, EntryWrite, PlannedBatch, QueryIdentity};
 use crate::context::InputSlot;
 use crate::decode::{Decoded, RecordDecoder};
 use crate::error::{Error, Result, report};
@@ -116,6 +116,8 @@ struct LoopState {
     state: Option<States>,
     /// Turns true when the run is to stop.
     shutdown: watch::Receiver<bool>,
+    /// Commit markers being written in the checkpoint, oldest first.
+    markers: VecDeque<EntryWrite>,
 }
 
 /// The stages of a batch before [`StreamingQuery::process`] takes it over.
@@ -124,7 +126,7 @@ struct Stages {
     get_batch: Duration,
     /// Its offsets being written to the checkpoint, which `process` waits for before the batch
     /// is written anywhere (none for a replayed batch: its offsets are there already).
-    wal: Option<WalWrite>,
+    wal: Option<EntryWrite>,
 }
 
 enum Step {
@@ -233,6 +235,7 @@ impl StreamingQuery {
             summary: RunSummary::default(),
             state,
             shutdown,
+            markers: VecDeque::new(),
         };
         let mut batch_id = recovered.next_batch_id;
         // Where the last batch ended: a no-data batch starts and ends there.
@@ -368,6 +371,11 @@ impl StreamingQuery {
                 }
             }
         }
+        // A clean stop leaves the last batch marked committed, so the next start does not
+        // replay it.
+        for marker in run.markers.drain(..) {
+            marker.wait().await?;
+        }
         self.sink.close().await?;
         self.dead_letters.close().await?;
         self.source.close().await?;
@@ -449,6 +457,7 @@ impl StreamingQuery {
             summary,
             state,
             shutdown,
+            markers,
         } = run;
         let timestamp = chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -550,7 +559,14 @@ impl StreamingQuery {
         })
         .await?;
         if let Some(cp) = &self.checkpoint {
-            cp.commit(batch_id)?;
+            // Earlier markers that are written are taken (their failure is this batch's); one
+            // the file system still holds is not waited for here.
+            while markers.front().is_some_and(EntryWrite::is_finished) {
+                if let Some(written) = markers.pop_front() {
+                    written.wait().await?;
+                }
+            }
+            markers.push_back(cp.commit_in_background(batch_id));
         }
         let commit = t.elapsed();
 
