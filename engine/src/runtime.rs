@@ -692,8 +692,15 @@ impl StreamingQuery {
             tracing::warn!(source = %self.source.description(),
                 "The source's parts may move to other instances of the query, but the aggregation's state stays in this instance's checkpoint: run one instance, or configure a shared [state] store.");
         }
+        // The newest version at or before the last committed batch: a batch to replay saved its
+        // state before it was committed (its commit marker is written after, in the background),
+        // and replaying it over that state would count its rows twice.
+        let last_committed = match &recovered.pending {
+            Some(pending) => pending.batch_id.checked_sub(1),
+            None => recovered.next_batch_id.checked_sub(1),
+        };
         let store = match &self.checkpoint {
-            Some(cp) => agg.load(&cp.state_dir(), recovered.next_batch_id.checked_sub(1))?,
+            Some(cp) => agg.load(&cp.state_dir(), last_committed)?,
             None => StateStore::default(),
         };
         Ok(Some(States {
