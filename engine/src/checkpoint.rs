@@ -273,13 +273,8 @@ impl Checkpoint {
     }
 
     /// Records that a batch was written and committed (see the module docs on why this is not
-    /// synced).
-    pub fn commit(&self, batch_id: u64) -> Result<()> {
-        write_commit_marker(&self.dir, batch_id)
-    }
-
-    /// As [`Self::commit`], on a blocking thread, so that the file system's stalls (tens of
-    /// milliseconds while another writer syncs) stay off the next batch's path. Safe because
+    /// synced), on a blocking thread, so that the file system's stalls (tens of milliseconds
+    /// while another writer syncs) stay off the next batch's path. Safe because
     /// recovery reads only the newest offsets entry's marker: once the next batch's offsets
     /// entry exists this marker is never read, and before that a lost marker only replays the
     /// batch, as after an operating-system crash. The marker is on disk once
@@ -291,7 +286,7 @@ impl Checkpoint {
         }))
     }
 
-    /// Deletes the entries of batches before `before`, best effort: what [`Self::commit`] left
+    /// Deletes the entries of batches before `before`, best effort: what [`Self::commit_in_background`] left
     /// (a run that stopped between the two writes, or an older version's pruning).
     fn prune(&self, before: u64) {
         for sub in ["offsets", "commits"] {
@@ -455,7 +450,7 @@ mod tests {
                 end: offsets(id as i64 + 1),
             })
             .unwrap();
-            cp.commit(id).unwrap();
+            write_commit_marker(dir.path(), id).unwrap();
         }
         let ids = |sub: &str| -> Vec<u64> {
             let mut ids: Vec<u64> = fs::read_dir(dir.path().join(sub))
@@ -521,7 +516,7 @@ mod tests {
             end: offsets(10),
         })
         .unwrap();
-        cp.commit(0).unwrap();
+        write_commit_marker(dir.path(), 0).unwrap();
         let r = cp.recover().unwrap();
         assert_eq!(
             (r.next_batch_id, r.committed.clone(), r.pending.clone()),
@@ -557,7 +552,7 @@ mod tests {
         for (batch_id, entry) in entries.iter().enumerate() {
             fs::write(dir.path().join(format!("offsets/{batch_id}")), entry).unwrap();
         }
-        cp.commit(0).unwrap();
+        write_commit_marker(dir.path(), 0).unwrap();
         let recovered = cp.recover().unwrap();
         (dir, cp, recovered)
     }

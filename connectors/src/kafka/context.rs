@@ -58,6 +58,17 @@ pub struct StartPolicy {
     pub fail_on_data_loss: bool,
 }
 
+/// Raises each partition's offset in `offsets` to its end in `ends` (never lowers one).
+fn raise(
+    offsets: &mut BTreeMap<(String, i32), i64>,
+    ends: impl IntoIterator<Item = ((String, i32), i64)>,
+) {
+    for (partition, end) in ends {
+        let at = offsets.entry(partition).or_insert(end);
+        *at = (*at).max(end);
+    }
+}
+
 /// Decides first positions and records rebalance events for the source to apply.
 #[derive(Debug)]
 pub struct SourceContext {
@@ -115,11 +126,7 @@ impl SourceContext {
     /// next [`SourceContext::take_uncommitted`] or a revocation; a later end of a partition
     /// replaces an earlier one.
     pub fn defer_commit(&self, ends: impl IntoIterator<Item = ((String, i32), i64)>) {
-        let mut uncommitted = locked(&self.uncommitted);
-        for (partition, end) in ends {
-            let at = uncommitted.entry(partition).or_insert(end);
-            *at = (*at).max(end);
-        }
+        raise(&mut locked(&self.uncommitted), ends);
     }
 
     /// Takes every end recorded by [`SourceContext::defer_commit`] and not committed since.
@@ -152,11 +159,7 @@ impl SourceContext {
     /// Records that this query processed each partition up to (not including) its offset; an
     /// offset below one already recorded is ignored.
     pub fn record_processed(&self, ends: impl IntoIterator<Item = ((String, i32), i64)>) {
-        let mut processed = locked(&self.processed);
-        for (partition, end) in ends {
-            let at = processed.entry(partition).or_insert(end);
-            *at = (*at).max(end);
-        }
+        raise(&mut locked(&self.processed), ends);
     }
 
     /// How many rebalance callbacks (assign, revoke or failed) have been served.
