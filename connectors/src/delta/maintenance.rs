@@ -505,7 +505,7 @@ mod tests {
     use datafusion::prelude::SessionContext;
     use engine::Sink;
 
-    use super::super::{CompactionConfig, DeltaConfig, DeltaSink, open};
+    use super::super::{CompactionConfig, DeltaConfig, DeltaSink, open, register_table};
     use super::*;
 
     /// A trade table's columns, partitioned by the first two (a null symbol is a partition too).
@@ -587,7 +587,8 @@ mod tests {
         let table = open(path).await.unwrap();
         let files = table.snapshot().unwrap().log_data().iter().count();
         let ctx = SessionContext::new();
-        ctx.register_table("t", table.table_provider().await.unwrap())
+        register_table(&ctx, "t", path, schema(), None)
+            .await
             .unwrap();
         let sql = "SELECT symbol, trade_date, trade_id, price FROM t ORDER BY trade_id";
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();

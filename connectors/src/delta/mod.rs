@@ -20,18 +20,22 @@
 
 mod append;
 pub mod maintenance;
+mod read;
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
-use deltalake::kernel::transaction::{CommitProperties, TransactionError};
-use deltalake::kernel::{LogicalFileView, Transaction};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::schema::cast::normalize_for_delta;
+use deltalake::kernel::transaction::TransactionError;
+use deltalake::kernel::{LogicalFileView, StructType};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use engine::{Error, Result, Retry, Sink};
@@ -317,37 +321,56 @@ impl DeltaSink {
         self.appender = None;
     }
 
-    /// Writes batch `batch_id` through delta-rs's full write, which rebuilds the table's state
-    /// after the commit: for the commit that creates the table, and for tables a blind append
-    /// may not write.
-    async fn write_through_table(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
-        let table = self.table().await?.clone();
-        let txn = Transaction::new(self.app_id.clone(), batch_id as i64);
-        // Expired commits are deleted at compaction, not after every commit: that cleanup lists
-        // the whole log each time.
-        let commit = CommitProperties::default()
-            .with_application_transaction(txn)
-            .with_cleanup_expired_logs(Some(false));
-        let written = table
-            .write(batches.to_vec())
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(self.config.partition_by.clone())
-            // Applies when this write creates the table (a sink that was not bound to a query).
-            .with_configuration([("delta.logRetentionDuration", Some(self.log_retention()))])
-            .with_commit_properties(commit)
-            .await;
-        match written {
-            Ok(table) => {
-                self.table = Some(table);
-                Ok(())
-            }
-            Err(e) => {
-                // The commit may have landed before the error (a lost response): ask the table
-                // before writing this batch again. The cached state is stale either way.
-                self.forget_table();
-                Err(self.failed("cannot commit the batch", e))
-            }
+    /// The appender of the table, created first when it has no version yet (a sink not bound to
+    /// a query: its first batch creates the table).
+    ///
+    /// # Errors
+    /// The table cannot be created or read, or it uses table features a blind append cannot
+    /// honour (permanent).
+    async fn appender_of_table(&mut self) -> Result<append::Appender> {
+        if self.table().await?.version().is_none() {
+            self.create_table().await?;
         }
+        let table = self.table().await?;
+        let version = table.version().unwrap_or_default();
+        let appender = append::Appender::of(table);
+        let Some(appender) = appender.map_err(|e| self.failed("cannot read the table", e))? else {
+            return Err(Error::sink_failed(
+                self.description(),
+                "the table uses Delta table features a blind append cannot honour (a writer \
+                 protocol above 2, or column mapping); coinstream writes only tables without \
+                 them: write to another path"
+                    .to_owned(),
+                Retry::Permanent,
+            ));
+        };
+        // The first checkpoint of a run comes `interval` commits after its start.
+        self.checkpointed = self.checkpointed.max(version);
+        Ok(appender)
+    }
+
+    /// Creates the table, empty, with the sink's columns and `partition_by`. A table another
+    /// writer created meanwhile is taken as it is (its layout is checked at the next start).
+    async fn create_table(&mut self) -> Result<()> {
+        let table = self.table().await?.clone();
+        let columns: StructType = normalize_for_delta(&self.schema)
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| self.failed("the output's columns have no Delta type", e.into()))?;
+        let created = table
+            .create()
+            .with_columns(columns.fields().cloned())
+            .with_partition_columns(self.config.partition_by.clone())
+            .with_configuration([("delta.logRetentionDuration", Some(self.log_retention()))])
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(|e| {
+                // A lost response may have left it created: open it again before the retry.
+                self.forget_table();
+                self.failed("cannot create the table", e)
+            })?;
+        self.table = Some(created);
+        Ok(())
     }
 }
 
@@ -403,17 +426,7 @@ impl Sink for DeltaSink {
         }
         // Created now, empty, so that a run whose batches hold no rows (no portfolio trade yet)
         // still leaves a table, and the check above means what it says at the next start.
-        let table = self.table().await?.clone();
-        let empty = RecordBatch::new_empty(self.schema.clone());
-        let created = table
-            .write(vec![empty])
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(self.config.partition_by.clone())
-            .with_configuration([("delta.logRetentionDuration", Some(self.log_retention()))])
-            .await
-            .map_err(|e| self.failed("cannot create the table", e))?;
-        self.table = Some(created);
-        Ok(())
+        self.create_table().await
     }
 
     async fn write(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<()> {
@@ -429,21 +442,11 @@ impl Sink for DeltaSink {
             return Ok(());
         }
         self.verify_next = false;
-        if self.appender.is_none() {
-            let table = self.table().await?;
-            if let Some(version) = table.version() {
-                let appender = append::Appender::of(table);
-                let appender = appender.map_err(|e| self.failed("cannot read the table", e))?;
-                // The first checkpoint of a run comes `interval` commits after its start.
-                self.checkpointed = self.checkpointed.max(version);
-                self.appender = appender;
-            }
-        }
-        let Some(appender) = self.appender.as_mut() else {
-            self.write_through_table(batch_id, batches).await?;
-            self.written(batch_id);
-            return Ok(());
+        let appender = match self.appender.take() {
+            Some(appender) => appender,
+            None => self.appender_of_table().await?,
         };
+        let appender = self.appender.insert(appender);
         let interval = appender.checkpoint_interval();
         match appender
             .append(&self.gate, &self.app_id, batch_id, batches)
@@ -648,14 +651,10 @@ pub async fn register_table(
             }
         }
     }
-    table
-        .update_datafusion_session(&session.state())
-        .map_err(|e| failed("cannot register the table's store".into(), e))?;
-    let provider = table
-        .table_provider()
-        .await
-        .map_err(|e| Error::Internal(format!("cannot read the table {}: {e}", path.display())))?;
-    session.register_table(name, provider)?;
+    let root = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    let version = read::DeltaVersion::of(&table, &root)
+        .map_err(|e| failed("cannot read the table".into(), e))?;
+    session.register_table(name, Arc::new(version))?;
     Ok(())
 }
 
