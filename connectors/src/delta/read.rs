@@ -5,7 +5,8 @@
 //! files by their partition values and row groups by their statistics. delta-rs has such a table
 //! provider too, behind its `datafusion` feature, which also builds DataFusion's default
 //! features and the parts of delta-rs this project does not use (MERGE, UPDATE, DELETE, its
-//! DataFusion writer): about a fifth of a cold release build (bench/results/2026-12-03-build.md).
+//! DataFusion writer), about a tenth of a cold release build's work, and puts delta-rs on the
+//! build's critical path behind DataFusion (bench/results/2026-12-03-build.md).
 //!
 //! Not read here, refused with an error that says so: column mapping (the files' column names
 //! are not the table's) and deletion vectors (rows of a file marked deleted). coinstream never
@@ -99,7 +100,9 @@ impl DeltaVersion {
             let meta = ObjectMeta {
                 location,
                 last_modified: file.modification_datetime()?,
-                size: u64::try_from(file.size()).unwrap_or_default(),
+                size: u64::try_from(file.size()).map_err(|_| {
+                    DeltaTableError::Generic(format!("file {} has a negative size", file.path()))
+                })?,
                 e_tag: None,
                 version: None,
             };
@@ -115,11 +118,11 @@ impl DeltaVersion {
     }
 }
 
-/// A partition value as the log holds it (text; `None`: null), as a value of `field`'s type.
-/// Delta writes dates as `2026-11-30` and timestamps as `2026-11-30 12:00:00.000000` (UTC),
-/// which Arrow's casts from text read.
+/// A partition value as the log holds it (text; `None` or, as the protocol says, an empty
+/// text: null), as a value of `field`'s type. Delta writes dates as `2026-11-30` and timestamps
+/// as `2026-11-30 12:00:00.000000` (UTC), which Arrow's casts from text read.
 fn partition_value(field: &Field, text: Option<String>) -> Result<ScalarValue, DeltaTableError> {
-    let parsed = match text {
+    let parsed = match text.filter(|t| !t.is_empty()) {
         None => ScalarValue::try_from(field.data_type()),
         Some(text) => ScalarValue::try_from_string(text, field.data_type()),
     };
@@ -153,7 +156,9 @@ fn unsupported(what: String) -> DeltaTableError {
 
 impl DeltaVersion {
     /// The files whose partition values pass the `filters` that read only partition columns
-    /// (all files when there are none), as Spark and delta-rs prune partitions at planning.
+    /// (all files when there are none), as Spark and delta-rs prune partitions at planning. A
+    /// volatile filter (`random() < 0.5`) is left to DataFusion: evaluated here too, it would
+    /// be applied twice.
     fn files_matching(
         &self,
         state: &dyn Session,
@@ -162,7 +167,7 @@ impl DeltaVersion {
         let is_partition = |c: &Column| self.partition_fields.iter().any(|f| f.name() == &c.name);
         let on_partitions = filters
             .iter()
-            .filter(|f| f.column_refs().iter().all(|c| is_partition(c)))
+            .filter(|f| !f.is_volatile() && f.column_refs().iter().all(|c| is_partition(c)))
             .cloned();
         let (Some(predicate), false) =
             (conjunction(on_partitions), self.partition_fields.is_empty())
