@@ -58,7 +58,7 @@ impl Appender {
     /// The appender of `table` (loaded, at its latest version as far as the caller knows), or
     /// `None` when the table needs more of a writer than a blind append does: a writer protocol
     /// above 2 (table features such as deletion vectors, row tracking, constraints) or column
-    /// mapping, which only delta-rs's full write handles.
+    /// mapping, which the sink refuses.
     ///
     /// # Errors
     /// The table has no version yet, or its schema cannot be read.
