@@ -137,8 +137,8 @@ pub struct DeltaSink {
     /// newer than this still receive data and are left alone.
     idle_since_ms: i64,
     compaction: Option<JoinHandle<std::result::Result<maintenance::Compacted, DeltaTableError>>>,
-    /// The fast path of a write, built from the table at the first write of a run; `None` for a
-    /// table only delta-rs's full write may write ([`append::Appender::of`]).
+    /// The blind-append writer, built from the table at the first write of a run and again
+    /// after the table changed under it; `None` until then.
     appender: Option<append::Appender>,
     /// The version the last checkpoint was started at.
     checkpointed: u64,
