@@ -436,12 +436,8 @@ mod tests {
             let e = register_table(&ctx, "t", path, price.clone(), None)
                 .await
                 .unwrap_err();
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                text += &format!(": {c}");
-                cause = c.source();
-            }
+            // What a user reads: the error with every cause.
+            let text = e.report().to_string();
             assert!(text.contains(reason), "{}: {text}", path.display());
         }
     }
