@@ -298,7 +298,17 @@ launch() {
     exec setsid "$JAVA_HOME_17/bin/java" "-Dcoinstream.service=$svc" "$@" \
       >>"$logf" 2>&1 </dev/null 9>&-
   ) &
-  echo $! >"$(pid_file "$svc")"
+  local pid=$! i
+  echo "$pid" >"$(pid_file "$svc")"
+  # The background shell becomes java by exec (through setsid). Until it has, its command line is
+  # the shell's, and running_pid takes the service for gone: wait_ready, checking at once, then
+  # reported "the process exited during startup" for a Cassandra that went on to start. Wait
+  # for the exec, or for the process to end (wait_ready reports that).
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -- "-Dcoinstream.service=$svc " && break
+    sleep 0.1
+  done
 }
 
 # --- Kafka ----------------------------------------------------------------------------------
