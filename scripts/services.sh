@@ -255,9 +255,12 @@ running_pid() {
   pid="$(cat "$pf")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -- "-Dcoinstream.service=$svc " || return 1
+  is_server "$pid" "$svc" || return 1
   echo "$pid"
 }
+
+# Whether process $1 is the java server of service $2 (launch marks its command line).
+is_server() { ps -ww -o args= -p "$1" 2>/dev/null | grep -q -- "-Dcoinstream.service=$2 "; }
 
 service_ports() {
   case "$1" in
@@ -306,7 +309,7 @@ launch() {
   # for the exec, or for the process to end (wait_ready reports that).
   for ((i = 0; i < 100; i++)); do
     kill -0 "$pid" 2>/dev/null || break
-    ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -- "-Dcoinstream.service=$svc " && break
+    is_server "$pid" "$svc" && break
     sleep 0.1
   done
 }
