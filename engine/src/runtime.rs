@@ -496,9 +496,30 @@ impl StreamingQuery {
             }
         };
         let query = t.elapsed();
+        // The batch's messages, their input rows and the buffer they were read into are not
+        // needed once its rows and dead letters exist, but for a stateful query's save (the
+        // offsets each part's state holds): freed before the sink write, so they are not held
+        // beside the next batch a source reads ahead meanwhile. (Fields left out of a pattern
+        // would live to the end of the function.)
+        let Decoded {
+            dead_letters: decode_letters,
+            rounded_decimals,
+            batch: input_rows,
+            rows: input_positions,
+        } = decoded;
+        drop((input_rows, input_positions));
+        let n = batch.records.len() as u64;
+        let SourceBatch {
+            records,
+            start,
+            end,
+            rows: built_rows,
+        } = batch;
+        drop(built_rows);
+        let records = if state.is_some() { records } else { Vec::new() };
         let mut by_reason = BTreeMap::new();
-        if !decoded.dead_letters.is_empty() {
-            by_reason.insert("decode".to_owned(), decoded.dead_letters.len() as u64);
+        if !decode_letters.is_empty() {
+            by_reason.insert("decode".to_owned(), decode_letters.len() as u64);
         }
         if !late_letters.is_empty() {
             by_reason.insert("late".to_owned(), late_letters.len() as u64);
@@ -509,7 +530,7 @@ impl StreamingQuery {
                 transform_letters.len() as u64,
             );
         }
-        let mut dead_letters = decoded.dead_letters;
+        let mut dead_letters = decode_letters;
         dead_letters.extend(late_letters);
         dead_letters.extend(transform_letters);
         // Positions in the source's own words, once per letter (never per record).
@@ -551,11 +572,11 @@ impl StreamingQuery {
         // replays the batch from the state before it (the newest version at or before the last
         // commit), which is the state it was planned against.
         if let Some(states) = state.as_mut() {
-            self.save_states(states, batch_id, &batch.records, shutdown)
+            self.save_states(states, batch_id, &records, shutdown)
                 .await?;
         }
         retry_transient(&mut backoff, shutdown, "source commit", async || {
-            self.source.commit(&batch.end).await
+            self.source.commit(&end).await
         })
         .await?;
         if let Some(cp) = &self.checkpoint {
@@ -571,7 +592,6 @@ impl StreamingQuery {
         let commit = t.elapsed();
 
         let processing = wal_commit + decode + query + sink + commit;
-        let n = batch.records.len() as u64;
         summary.batches += 1;
         summary.input_rows += n;
         summary.output_rows += output_rows as u64;
@@ -595,7 +615,7 @@ impl StreamingQuery {
             processed_rows_per_second: per_second(n, processing),
             num_dead_letters: dead_letters.len() as u64,
             dead_letters_by_reason: by_reason,
-            num_rounded_decimals: decoded.rounded_decimals as u64,
+            num_rounded_decimals: rounded_decimals as u64,
             duration_ms: Durations {
                 get_batch: millis(before.get_batch),
                 wal_commit: millis(wal_commit),
@@ -607,8 +627,8 @@ impl StreamingQuery {
             },
             sources: vec![SourceProgress {
                 description: self.source.description(),
-                start_offset: batch.start,
-                end_offset: batch.end,
+                start_offset: start,
+                end_offset: end,
                 num_input_rows: n,
                 metrics: source_metrics,
                 offsets_behind_latest,
