@@ -1234,7 +1234,7 @@ def median_embedded_runs(embedded: dict | None) -> dict:
 def embedded_report(args, embedded: dict) -> list[str]:
     e = embedded["expected"]
     settings = shipped_settings_at(os.path.join(REPO, EMBEDDED_CONFIG))
-    max_batch = settings["engine"].get("max_records_per_batch", 100_000)
+    max_batch = settings["engine"].get("max_records_per_batch", 50_000)
     lines = ["", "## Embedded job: a Coinbase capture replayed (available-now)", "",
              f"{embedded['trade_frames']:,} trades generated once as Coinbase Exchange feed frames by `coinstream "
              f"generate --count {embedded['trade_frames']} --seed 42 --out` ({e['lines']:,} lines with the heartbeats "

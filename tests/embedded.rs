@@ -137,7 +137,7 @@ impl Project {
 #[test]
 fn available_now_run_stores_every_portfolio_trade_with_its_exact_profit() {
     let mut project = Project::on(repo().join("required_data/sample_trades.jsonl"));
-    // The shipped config reads a capture in batches of up to 100,000; a 2,000-record cap makes
+    // The shipped config reads a capture in batches of up to 50,000; a 2,000-record cap makes
     // the sample several batches, whose ids must follow each other.
     project.cfg = project.cfg.set("engine.max_records_per_batch", 2000);
     let out = project.run_ok();
