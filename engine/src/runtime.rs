@@ -496,10 +496,9 @@ impl StreamingQuery {
             }
         };
         let query = t.elapsed();
-        // The batch's messages, their input rows and the buffer they were read into are not
-        // needed once its rows and dead letters exist, but for a stateful query's save (the
-        // offsets each part's state holds): freed before the sink write, so they are not held
-        // beside the next batch a source reads ahead meanwhile. (Fields left out of a pattern
+        // The batch's messages and input rows are not needed once its rows and dead letters
+        // exist, but for a stateful query's save (the offsets each part's state holds): freed
+        // before the sink write rather than held through it. (Fields left out of a pattern
         // would live to the end of the function.)
         let Decoded {
             dead_letters: decode_letters,
