@@ -497,7 +497,7 @@ impl StreamingQuery {
         };
         let query = t.elapsed();
         // The batch's messages and input rows are not needed once its rows and dead letters
-        // exist, but for a stateful query's save (the offsets each part's state holds): freed
+        // exist (a shared state's save needs only the offset after each part's records): freed
         // before the sink write rather than held through it. (Fields left out of a pattern
         // would live to the end of the function.)
         let Decoded {
@@ -515,7 +515,12 @@ impl StreamingQuery {
             rows: built_rows,
         } = batch;
         drop(built_rows);
-        let records = if state.is_some() { records } else { Vec::new() };
+        // Only a shared state's save reads them: a walk of every record otherwise wasted.
+        let offsets_after = match (&state, &self.shared_state) {
+            (Some(_), Some(_)) => offsets_after(&records),
+            _ => BTreeMap::new(),
+        };
+        drop(records);
         let mut by_reason = BTreeMap::new();
         if !decode_letters.is_empty() {
             by_reason.insert("decode".to_owned(), decode_letters.len() as u64);
@@ -571,7 +576,7 @@ impl StreamingQuery {
         // replays the batch from the state before it (the newest version at or before the last
         // commit), which is the state it was planned against.
         if let Some(states) = state.as_mut() {
-            self.save_states(states, batch_id, &records, shutdown)
+            self.save_states(states, batch_id, &offsets_after, shutdown)
                 .await?;
         }
         retry_transient(&mut backoff, shutdown, "source commit", async || {
@@ -796,12 +801,13 @@ impl StreamingQuery {
     /// Saves the state after batch `batch_id`, before the batch is committed: a crash in between
     /// replays the batch from the state before it. In the checkpoint (the newest version at or
     /// before the last commit is what a restart loads), or, shared, each part held, with the
-    /// offset after the records it holds, so that its next owner skips those.
+    /// offset after the records it holds (`after`, by part, from [`offsets_after`]), so that its
+    /// next owner skips those.
     async fn save_states(
         &self,
         states: &mut States,
         batch_id: u64,
-        records: &[RawRecord],
+        after: &BTreeMap<u32, i64>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<()> {
         let Some(agg) = self.transform.stateful() else {
@@ -822,12 +828,6 @@ impl StreamingQuery {
             .watermark
             .as_ref()
             .and_then(|w| states.watermark(w.delay));
-        let mut after: BTreeMap<u32, i64> = BTreeMap::new();
-        for r in records {
-            let next = r.position.offset.saturating_add(1);
-            let entry = after.entry(r.position.partition).or_insert(next);
-            *entry = (*entry).max(next);
-        }
         let key = self.shared_state_key();
         let mut backoff = Backoff::default();
         for (part, store) in &mut states.stores {
@@ -1123,6 +1123,17 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// The offset after the last of `records` in each part (source partition) they come from.
+fn offsets_after(records: &[RawRecord]) -> BTreeMap<u32, i64> {
+    let mut after = BTreeMap::new();
+    for r in records {
+        let next = r.position.offset.saturating_add(1);
+        let entry = after.entry(r.position.partition).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+    after
 }
 
 fn millis(d: Duration) -> u64 {
