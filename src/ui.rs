@@ -234,7 +234,8 @@ impl Ui {
                 "source_metric",
                 "The source's own metrics as its last progress record reports them \
                  (sources[].metrics): counts since it started (messages, reconnects, gaps, \
-                 lost_trades, rate_limited...), levels (assigned_partitions) and the backlog's \
+                 lost_trades, rate_limited...), levels (assigned_partitions, paused_partitions, \
+                 buffered_records) and the backlog's \
                  min/max/avgOffsetsBehindLatest.",
                 "name",
             )?,

@@ -79,9 +79,14 @@ fn seen(source: &KafkaSource, records: &[RawRecord]) -> Vec<Seen> {
 
 /// The next batch with records (within 60 s).
 async fn next_batch(source: &mut KafkaSource) -> SourceBatch {
+    next_batch_of(source, LIMITS).await
+}
+
+/// The next batch with records within `limits` (within 60 s).
+async fn next_batch_of(source: &mut KafkaSource, limits: PollLimits) -> SourceBatch {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Poll::Batch(b) = source.poll(LIMITS).await.expect("poll")
+        if let Poll::Batch(b) = source.poll(limits).await.expect("poll")
             && !b.records.is_empty()
         {
             return b;
@@ -90,12 +95,17 @@ async fn next_batch(source: &mut KafkaSource) -> SourceBatch {
     panic!("no batch within 60 s");
 }
 
-fn assigned(source: &KafkaSource) -> u64 {
+/// The source's metric `name` (0 when it has none).
+fn metric(source: &KafkaSource, name: &str) -> u64 {
     source
         .metrics()
         .into_iter()
-        .find(|(name, _)| *name == "assigned_partitions")
-        .map_or(0, |(_, n)| n)
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, value)| value)
+}
+
+fn assigned(source: &KafkaSource) -> u64 {
+    metric(source, "assigned_partitions")
 }
 
 /// The next batch, "written" (its records returned) and committed, as the runtime does.
@@ -622,4 +632,86 @@ async fn starting_offsets_naming_every_partition_start_each_where_named() {
         BTreeMap::from([(0, 2), (1, 0)]),
         "first offset read per partition"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_holding_most_of_a_backlog_gets_its_share_without_the_others_filling_the_buffer()
+ {
+    // Seven messages in ten under one key: one partition holds most of the topic. Each batch
+    // takes each partition's share of what is left (most of it from the busy partition), while
+    // librdkafka fetches every partition alike. Messages are about a trade's size, so a fetch
+    // response holds about as many of them as of trades.
+    const PARTITIONS: i32 = 6;
+    const N: usize = 200_000;
+    const BIG: PollLimits = PollLimits {
+        max_records: 500,
+        max_wait: Duration::from_millis(500),
+    };
+    let topic = unique_name("kafka_source_skew");
+    create_topic(&topic, PARTITIONS).await;
+    let pad = "x".repeat(160);
+    let messages: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            let key = if i % 10 < 7 {
+                "busy".to_owned()
+            } else {
+                format!("key-{}", i % 16)
+            };
+            let body = serde_json::json!({ "id": i, "pad": pad });
+            (key, body.to_string().into_bytes())
+        })
+        .collect();
+    produce(&topic, &messages).await;
+    let group = unique_name("kafka_source_skew");
+    let config = |topic: &str, group: &str| KafkaSourceConfig {
+        commit_interval: Duration::from_secs(3600),
+        ..config(topic, group)
+    };
+
+    // Half the topic, alone.
+    let mut first = started(config(&topic, &group), None).await;
+    let mut processed = Vec::new();
+    let (mut most_buffered, mut most_paused) = (0, 0);
+    while processed.len() < N / 2 {
+        let batch = next_batch_of(&mut first, BIG).await;
+        processed.extend(seen(&first, &batch.records));
+        first.commit(&batch.end).await.expect("commit");
+        most_buffered = most_buffered.max(metric(&first, "buffered_records"));
+        most_paused = most_paused.max(metric(&first, "paused_partitions"));
+    }
+    assert!(most_paused > 0, "no partition's fetching was ever paused");
+    // Unpaused, the other partitions' records filled the buffer up to the poll's bound (65,500
+    // records after a batch) while the busy partition's share came in.
+    assert!(
+        most_buffered <= 20_000,
+        "{most_buffered} records were buffered after a batch of {}",
+        BIG.max_records
+    );
+
+    // A second instance joins while partitions are paused, then leaves: the first takes every
+    // partition back and reads each to its end (none stays paused), each record once.
+    let mut second = started(config(&topic, &group), None).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut by_second = 0;
+    while by_second == 0 && Instant::now() < deadline {
+        for (source, is_second) in [(&mut first, false), (&mut second, true)] {
+            if let Poll::Batch(batch) = source.poll(BIG).await.expect("poll") {
+                let records = seen(source, &batch.records);
+                if is_second {
+                    by_second += records.len();
+                }
+                processed.extend(records);
+                source.commit(&batch.end).await.expect("commit");
+            }
+        }
+    }
+    assert!(by_second > 0, "the second instance read nothing");
+    second.close().await.expect("close");
+    while processed.len() < N {
+        let batch = next_batch_of(&mut first, BIG).await;
+        processed.extend(seen(&first, &batch.records));
+        first.commit(&batch.end).await.expect("commit");
+    }
+    assert_each_once(&processed, N);
+    first.close().await.expect("close");
 }

@@ -223,7 +223,8 @@ pub trait Source: Send {
 
     /// Counters the source keeps (e.g. reconnects, gaps), reported with each batch's progress
     /// (`sources[].metrics`), read after the batch was committed. Each is a count since the
-    /// source was built, except where its name says it is a level (`assigned_partitions`).
+    /// source was built, except where its name says it is a level (`assigned_partitions`,
+    /// `paused_partitions`, `buffered_records`).
     fn metrics(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }

@@ -35,6 +35,11 @@ pub(super) const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     // each without buffering megabytes of one partition first (see `KafkaSource::shares`).
     ("max.partition.fetch.bytes", "131072"),
     ("fetch.queue.backoff.ms", "20"),
+    // A fetch of partitions at their end waits on the broker for new records up to this long
+    // (librdkafka's default 500 ms), and while it waits no other fetch goes out: a partition
+    // resumed meanwhile (`KafkaSource::throttle`) waited for it at every batch near a backlog's
+    // end. Records that arrive still return at once.
+    ("fetch.wait.max.ms", "50"),
     ("isolation.level", "read_committed"),
     ("topic.metadata.refresh.interval.ms", "5000"),
 ];

@@ -395,6 +395,12 @@ impl ConsumerContext for SourceContext {
                 let revoked = parts(tpl);
                 tracing::info!(partitions = ?revoked, "Partitions revoked from this instance.");
                 self.commit_revoked(consumer, &revoked);
+                // A partition the source paused ([`super::source`]'s flow control) would stay
+                // paused in librdkafka when it is assigned again; resuming one that is not
+                // paused does nothing.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "Could not resume the revoked partitions.");
+                }
                 self.push(RebalanceEvent::Revoked(revoked));
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -408,6 +414,9 @@ impl ConsumerContext for SourceContext {
             other => {
                 let code: RDKafkaErrorCode = other.into();
                 tracing::warn!(error = %code, "Rebalance failed.");
+                if let Ok(assignment) = consumer.assignment() {
+                    let _ = consumer.resume(&assignment);
+                }
                 let _ = consumer.unassign();
             }
         }

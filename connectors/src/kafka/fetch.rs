@@ -26,6 +26,8 @@ impl KafkaSource {
         start: &KafkaOffsets,
         end: &KafkaOffsets,
     ) -> Result<SourceBatch> {
+        // A paused partition would never reach the batch's end.
+        self.resume_all()?;
         let deadline = Instant::now() + REPLAY_TIMEOUT;
         while self.assigned.is_empty() && Instant::now() < deadline {
             self.gather(usize::MAX, Duration::from_millis(200)).await?;

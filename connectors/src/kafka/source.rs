@@ -20,6 +20,12 @@
 //!   deleted records before they were read. With `fail_on_data_loss` the query stops naming the
 //!   partition and the lost range; without it the loss is logged at ERROR and counted
 //!   (`lost_offsets` in the progress record).
+//! - **Skewed partitions.** A batch takes each partition's share of its backlog (as Spark splits
+//!   `maxOffsetsPerTrigger`), but librdkafka fetches every partition alike, so a backlog in one
+//!   partition would fill the buffer with the others' records while it waits for its share.
+//!   Fetching of a partition with two shares buffered is paused until it is down to one, as
+//!   Kafka's own consumers apply back-pressure (`KafkaConsumer.pause`); see
+//!   [`KafkaSource::throttle`].
 //!
 //! Positions: a batch's offsets are Spark's `{"topic":{"0":42}}` (next offset per partition,
 //! [`KafkaOffsets`]); a record carries its partition's number in the source's [`PartitionTable`]
@@ -71,6 +77,10 @@ pub struct KafkaSource {
     /// Per partition, the end of the last batch handed out: the next batch's start.
     pub(super) last_end: BTreeMap<Partition, i64>,
     pub(super) assigned: BTreeSet<Partition>,
+    /// Assigned partitions whose fetching this source paused ([`Self::throttle`]).
+    paused: BTreeSet<Partition>,
+    /// Partitions resumed since the last gather, whose broker thread the next gather wakes.
+    wake: Vec<Partition>,
     /// With `available_now`: every partition's (low, end) at start, the end being the last
     /// stable offset under `read_committed`.
     targets: Option<BTreeMap<Partition, (i64, i64)>>,
@@ -117,6 +127,11 @@ struct Shares {
 /// look past one partition's fetch (128 KiB of records) for the others'.
 const BALANCE_BUFFER: usize = 65_536;
 
+/// Records a partition keeps buffered beyond its shares before its fetching is paused, and after
+/// it is resumed: about one fetch response of trade records (`max.partition.fetch.bytes`), so
+/// that small shares do not pause and resume a partition at every batch.
+const PAUSE_MARGIN: usize = 2_048;
+
 /// How often a running (not available-now) source reads the partitions' ends again.
 const ENDS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -131,6 +146,8 @@ impl KafkaSource {
             buffer: VecDeque::new(),
             last_end: BTreeMap::new(),
             assigned: BTreeSet::new(),
+            paused: BTreeSet::new(),
+            wake: Vec::new(),
             targets: None,
             skipped_by_latest: BTreeSet::new(),
             positions: BTreeMap::new(),
@@ -170,7 +187,9 @@ impl KafkaSource {
         let consumer = self.consumer()?;
         // The table goes to the blocking thread and comes back with any new partitions.
         let mut table = std::mem::take(&mut self.partitions);
+        let wake = std::mem::take(&mut self.wake);
         let (table, gathered) = tokio::task::spawn_blocking(move || {
+            wake_fetchers(&consumer, &wake);
             let gathered = gather(&consumer, &mut table, max_records, max_wait);
             (table, gathered)
         })
@@ -190,6 +209,17 @@ impl KafkaSource {
             self.counters.rebalances += 1;
             match event {
                 RebalanceEvent::Assigned(parts) => {
+                    // librdkafka may keep a partition paused across its release and return
+                    // (the rebalance callback resumes it first, but a resume can be lost to the
+                    // release's own version barrier); resuming one that is not paused does
+                    // nothing.
+                    let mut tpl = TopicPartitionList::new();
+                    for ((topic, partition), _) in &parts {
+                        tpl.add_partition(topic, *partition);
+                    }
+                    if let Err(e) = self.consumer()?.resume(&tpl) {
+                        tracing::warn!(error = %e, "Could not resume the assigned partitions.");
+                    }
                     for (partition, first) in parts {
                         if let Some(first) = first {
                             self.expected.insert(partition.clone(), first);
@@ -215,6 +245,8 @@ impl KafkaSource {
                             sent.remove(&p.1);
                         }
                         self.assigned.remove(p);
+                        // The rebalance callback resumed it before releasing it.
+                        self.paused.remove(p);
                         self.last_end.remove(p);
                         self.expected.remove(p);
                         self.committed.remove(p);
@@ -334,6 +366,83 @@ impl KafkaSource {
                 .by_number
                 .iter()
                 .any(|(number, &share)| shares.buffered.get(number).copied().unwrap_or(0) < share)
+    }
+
+    /// Pauses fetching of each partition with two shares and [`PAUSE_MARGIN`] records buffered,
+    /// and resumes each paused one down to less than one share and the margin. Without it, a
+    /// partition holding most of a backlog gets its share only once librdkafka, which fetches all
+    /// partitions alike, has handed over as many records of every other partition: measured on a
+    /// 1,000,000-trade topic whose busiest partition held a third of it, the buffer held up to
+    /// eight batches (the poll's bound), 70 MB of a 106 MB heap peak.
+    ///
+    /// Pausing drops what librdkafka has fetched of the partition and not yet handed over; a
+    /// resume fetches again from the consumer's position, the offset after the last record
+    /// buffered, so nothing is skipped or read twice, and the next gather wakes the fetcher
+    /// ([`wake_fetchers`]). Transient when librdkafka refuses the list.
+    ///
+    /// On that topic (`kb_1m` of bench/results/2026-12-03-kafka-skew.md, Kafka -> null), peak
+    /// RSS went from 200-210 MB to 152-176 MB and wall time from 3.2-3.3 s to 3.3-3.7 s; without
+    /// it the smallest partitions were read to their end while the busiest was a quarter
+    /// through, with it every batch took each partition's share.
+    fn throttle(&mut self, shares: &Shares) -> Result<()> {
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for partition in &self.assigned {
+            let Some(number) = self.partitions.index_of(partition) else {
+                continue;
+            };
+            let buffered = shares.buffered.get(&number).copied().unwrap_or(0);
+            let share = shares.by_number.get(&number).copied().unwrap_or(0);
+            let paused = self.paused.contains(partition);
+            if !paused && buffered >= 2 * share + PAUSE_MARGIN {
+                pause.add_partition(&partition.0, partition.1);
+            } else if paused && buffered < share + PAUSE_MARGIN {
+                resume.add_partition(&partition.0, partition.1);
+            }
+        }
+        if pause.count() == 0 && resume.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self.consumer()?;
+        let listed = |tpl: &TopicPartitionList| -> Vec<Partition> {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect()
+        };
+        if resume.count() > 0 {
+            consumer.resume(&resume).map_err(|e| {
+                self.error(format!("cannot resume fetching: {e}"), Retry::Transient)
+            })?;
+            for p in listed(&resume) {
+                self.paused.remove(&p);
+            }
+            self.wake.extend(listed(&resume));
+        }
+        if pause.count() > 0 {
+            consumer
+                .pause(&pause)
+                .map_err(|e| self.error(format!("cannot pause fetching: {e}"), Retry::Transient))?;
+            self.paused.extend(listed(&pause));
+        }
+        Ok(())
+    }
+
+    /// Resumes fetching of every partition this source paused (before a re-read, which must
+    /// reach each partition's end).
+    pub(super) fn resume_all(&mut self) -> Result<()> {
+        if self.paused.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &self.paused {
+            tpl.add_partition(topic, *partition);
+        }
+        self.consumer()?
+            .resume(&tpl)
+            .map_err(|e| self.error(format!("cannot resume fetching: {e}"), Retry::Transient))?;
+        self.wake.extend(std::mem::take(&mut self.paused));
+        Ok(())
     }
 
     /// Reads the partitions' ends again, at most every [`ENDS_REFRESH`] (available-now keeps
@@ -741,6 +850,19 @@ impl KafkaSource {
     }
 }
 
+/// Wakes the broker threads that fetch `resumed`: librdkafka notices a resumed partition only at
+/// its broker thread's next loop, which idles up to a second when it has nothing to fetch (the
+/// other partitions paused or at their end), and every batch then waited for it. A request to
+/// the partition's leader (its offsets, answered from memory) runs that loop at once. Measured
+/// on the skewed 1,000,000-trade topic of [`KafkaSource::throttle`]: without it, 8.1-11.5 s
+/// against 3.0 s unpaused; with it and `fetch.wait.max.ms` at 50 ms, 3.5 s.
+fn wake_fetchers(consumer: &BaseConsumer<SourceContext>, resumed: &[Partition]) {
+    for (topic, partition) in resumed {
+        // Only the request matters, not its answer; a failure leaves the wait as it was.
+        let _ = consumer.fetch_watermarks(topic, *partition, REQUEST_TIMEOUT);
+    }
+}
+
 /// The entry of partition `number` in a list indexed by partition number, grown with defaults
 /// to hold it: partition numbers are small and dense, and a map look-up per record stood out in
 /// the profile.
@@ -993,6 +1115,9 @@ impl Source for KafkaSource {
         if self.targets.is_some() && self.caught_up().await? {
             return Ok(Poll::Exhausted);
         }
+        // Partitions short of this batch's share fetch again before the first gather waits.
+        let shares = self.shares(limits.max_records);
+        self.throttle(&shares)?;
         if self.buffer.len() < limits.max_records {
             self.gather(limits.max_records - self.buffer.len(), limits.max_wait)
                 .await?;
@@ -1004,6 +1129,7 @@ impl Source for KafkaSource {
         // a bounded buffer.
         let deadline = Instant::now() + limits.max_wait;
         let mut shares = self.shares(limits.max_records);
+        self.throttle(&shares)?;
         let bound = limits.max_records.saturating_mul(8).max(BALANCE_BUFFER);
         while Self::short_of(&shares) && self.buffer.len() < bound {
             let wait = deadline.saturating_duration_since(Instant::now());
@@ -1016,6 +1142,7 @@ impl Source for KafkaSource {
                 break;
             }
             shares = self.shares(limits.max_records);
+            self.throttle(&shares)?;
         }
         if !self.buffer.is_empty() {
             return Ok(Poll::Batch(self.take_batch(&shares, limits.max_records)));
@@ -1071,6 +1198,8 @@ impl Source for KafkaSource {
                         .map_or(0, |consumer| consumer.context().lost_offsets()),
             ),
             ("assigned_partitions", self.assigned.len() as u64),
+            ("paused_partitions", self.paused.len() as u64),
+            ("buffered_records", self.buffer.len() as u64),
         ]
     }
 
