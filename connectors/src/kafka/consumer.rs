@@ -192,12 +192,19 @@ pub(super) fn committed_positions(
     consumer: &BaseConsumer<SourceContext>,
     partitions: &[Partition],
 ) -> Result<BTreeMap<Partition, i64>, KafkaError> {
+    let committed = consumer.committed_offsets(partition_list(partitions), REQUEST_TIMEOUT)?;
+    Ok(offsets_of(&committed).collect())
+}
+
+/// `partitions` as a librdkafka partition list, without offsets.
+pub(super) fn partition_list<'a>(
+    partitions: impl IntoIterator<Item = &'a Partition>,
+) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition) in partitions {
         tpl.add_partition(topic, *partition);
     }
-    let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
-    Ok(offsets_of(&committed).collect())
+    tpl
 }
 
 /// Every partition's (low, high) watermarks.

@@ -50,8 +50,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::{KafkaSourceConfig, StartingOffsets};
 use super::consumer::{
-    CONSUMER_DEFAULTS, REQUEST_TIMEOUT, committed_positions, gather, offsets_of, retry_of,
-    watermarks,
+    CONSUMER_DEFAULTS, REQUEST_TIMEOUT, committed_positions, gather, offsets_of, partition_list,
+    retry_of, watermarks,
 };
 use super::context::{RebalanceEvent, SourceContext, StartPolicy};
 use super::offsets::{KafkaOffsets, Partition, PartitionTable};
@@ -213,10 +213,7 @@ impl KafkaSource {
                     // (the rebalance callback resumes it first, but a resume can be lost to the
                     // release's own version barrier); resuming one that is not paused does
                     // nothing.
-                    let mut tpl = TopicPartitionList::new();
-                    for ((topic, partition), _) in &parts {
-                        tpl.add_partition(topic, *partition);
-                    }
+                    let tpl = partition_list(parts.iter().map(|(p, _)| p));
                     if let Err(e) = self.consumer()?.resume(&tpl) {
                         tracing::warn!(error = %e, "Could not resume the assigned partitions.");
                     }
@@ -385,8 +382,7 @@ impl KafkaSource {
     /// it the smallest partitions were read to their end while the busiest was a quarter
     /// through, with it every batch took each partition's share.
     fn throttle(&mut self, shares: &Shares) -> Result<()> {
-        let mut pause = TopicPartitionList::new();
-        let mut resume = TopicPartitionList::new();
+        let (mut pause, mut resume) = (Vec::new(), Vec::new());
         for partition in &self.assigned {
             let Some(number) = self.partitions.index_of(partition) else {
                 continue;
@@ -395,35 +391,27 @@ impl KafkaSource {
             let share = shares.by_number.get(&number).copied().unwrap_or(0);
             let paused = self.paused.contains(partition);
             if !paused && buffered >= 2 * share + PAUSE_MARGIN {
-                pause.add_partition(&partition.0, partition.1);
+                pause.push(partition.clone());
             } else if paused && buffered < share + PAUSE_MARGIN {
-                resume.add_partition(&partition.0, partition.1);
+                resume.push(partition.clone());
             }
         }
-        if pause.count() == 0 && resume.count() == 0 {
-            return Ok(());
-        }
-        let consumer = self.consumer()?;
-        let listed = |tpl: &TopicPartitionList| -> Vec<Partition> {
-            tpl.elements()
-                .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect()
-        };
-        if resume.count() > 0 {
-            consumer.resume(&resume).map_err(|e| {
-                self.error(format!("cannot resume fetching: {e}"), Retry::Transient)
-            })?;
-            for p in listed(&resume) {
-                self.paused.remove(&p);
+        if !resume.is_empty() {
+            self.consumer()?
+                .resume(&partition_list(&resume))
+                .map_err(|e| {
+                    self.error(format!("cannot resume fetching: {e}"), Retry::Transient)
+                })?;
+            for p in &resume {
+                self.paused.remove(p);
             }
-            self.wake.extend(listed(&resume));
+            self.wake.extend(resume);
         }
-        if pause.count() > 0 {
-            consumer
-                .pause(&pause)
+        if !pause.is_empty() {
+            self.consumer()?
+                .pause(&partition_list(&pause))
                 .map_err(|e| self.error(format!("cannot pause fetching: {e}"), Retry::Transient))?;
-            self.paused.extend(listed(&pause));
+            self.paused.extend(pause);
         }
         Ok(())
     }
@@ -434,12 +422,8 @@ impl KafkaSource {
         if self.paused.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in &self.paused {
-            tpl.add_partition(topic, *partition);
-        }
         self.consumer()?
-            .resume(&tpl)
+            .resume(&partition_list(&self.paused))
             .map_err(|e| self.error(format!("cannot resume fetching: {e}"), Retry::Transient))?;
         self.wake.extend(std::mem::take(&mut self.paused));
         Ok(())
