@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
@@ -26,6 +26,12 @@ use super::security::{KafkaSecurity, SecurityWatch};
 
 /// How long broker look-ups inside a rebalance may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a revocation waits for the batch in process to be committed
+/// ([`SourceContext::wait_for_batch`]): a healthy batch takes milliseconds to a second; one whose
+/// sink keeps failing is not waited for past this, and its records are read again by the
+/// partitions' next owner (which the sinks' idempotent writes absorb).
+const BATCH_WAIT: Duration = Duration::from_secs(30);
 
 /// `mutex`'s value even when a holder panicked: each value here is replaced or taken whole, so a
 /// panic cannot leave it half-written, and the run must still see the events and the data loss.
@@ -97,6 +103,11 @@ pub struct SourceContext {
     /// commits at most every `commit_interval_ms`): a revoked partition's is committed in the
     /// rebalance callback, before the partition goes to its next owner.
     uncommitted: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Whether a batch was handed to the engine and not committed yet, and its signal: a gather
+    /// reading ahead while the engine processes a batch can serve a revocation, which waits for
+    /// the batch's commit so that the partitions' next owner starts after it.
+    in_process: Mutex<bool>,
+    batch_done: Condvar,
 }
 
 impl SourceContext {
@@ -119,6 +130,8 @@ impl SourceContext {
             rebalances: AtomicU64::new(0),
             processed: Mutex::default(),
             uncommitted: Mutex::default(),
+            in_process: Mutex::new(false),
+            batch_done: Condvar::new(),
         }
     }
 
@@ -132,6 +145,40 @@ impl SourceContext {
     /// Takes every end recorded by [`SourceContext::defer_commit`] and not committed since.
     pub fn take_uncommitted(&self) -> BTreeMap<(String, i32), i64> {
         std::mem::take(&mut *locked(&self.uncommitted))
+    }
+
+    /// Marks a batch as handed to the engine: a revocation served from now on waits for
+    /// [`SourceContext::batch_finished`] (or [`BATCH_WAIT`]).
+    pub fn batch_handed_out(&self) {
+        *locked(&self.in_process) = true;
+    }
+
+    /// Marks the batch handed out as finished (committed, or given up by a closing source) and
+    /// wakes a revocation waiting for it.
+    pub fn batch_finished(&self) {
+        *locked(&self.in_process) = false;
+        self.batch_done.notify_all();
+    }
+
+    /// Waits until no batch is in process, at most [`BATCH_WAIT`]: a revocation served by a
+    /// gather reading ahead then commits the batch's ends (deferred by the source's `commit`).
+    fn wait_for_batch(&self) {
+        let deadline = Instant::now() + BATCH_WAIT;
+        let mut in_process = locked(&self.in_process);
+        while *in_process {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    waited_s = BATCH_WAIT.as_secs(),
+                    "A revocation did not wait longer for the batch in process; the partitions' next owner reads its records again."
+                );
+                return;
+            }
+            in_process = match self.batch_done.wait_timeout(in_process, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
     }
 
     /// Commits (and waits for) the uncommitted ends of the partitions being revoked, so their
@@ -394,6 +441,7 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = parts(tpl);
                 tracing::info!(partitions = ?revoked, "Partitions revoked from this instance.");
+                self.wait_for_batch();
                 self.commit_revoked(consumer, &revoked);
                 // A partition the source paused ([`super::source`]'s flow control) would stay
                 // paused in librdkafka when it is assigned again; resuming one that is not

@@ -50,8 +50,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::{KafkaSourceConfig, StartingOffsets};
 use super::consumer::{
-    CONSUMER_DEFAULTS, REQUEST_TIMEOUT, committed_positions, gather, offsets_of, partition_list,
-    retry_of, watermarks,
+    CONSUMER_DEFAULTS, Gathered, REQUEST_TIMEOUT, committed_positions, gather, offsets_of,
+    partition_list, retry_of, watermarks,
 };
 use super::context::{RebalanceEvent, SourceContext, StartPolicy};
 use super::offsets::{KafkaOffsets, Partition, PartitionTable};
@@ -106,11 +106,18 @@ pub struct KafkaSource {
     ends_read: Option<Instant>,
     /// A read of the ends running on a blocking thread ([`Self::refresh_ends`]).
     ends_reading: Option<EndsRead>,
+    /// A gather running on a blocking thread: the read-ahead a poll starts for the next batch
+    /// while the engine processes this one ([`Self::read_ahead`]).
+    gathering: Option<GatherTask>,
     counters: Counters,
 }
 
 /// The partitions' (low, end) offsets read from the broker by a blocking task.
 type EndsRead = tokio::task::JoinHandle<Result<BTreeMap<Partition, (i64, i64)>, KafkaError>>;
+
+/// A gather on a blocking thread ([`KafkaSource::start_gather`]): the partition table it
+/// numbered records with, and what it read.
+type GatherTask = tokio::task::JoinHandle<(PartitionTable, Result<Gathered, KafkaError>)>;
 
 /// Each partition's share of a batch ([`KafkaSource::shares`]).
 struct Shares {
@@ -158,6 +165,7 @@ impl KafkaSource {
             ends: BTreeMap::new(),
             ends_read: None,
             ends_reading: None,
+            gathering: None,
             counters: Counters::default(),
         })
     }
@@ -184,17 +192,37 @@ impl KafkaSource {
 
     /// Polls the consumer on a blocking thread (see [`gather`]) and applies what it returned.
     pub(super) async fn gather(&mut self, max_records: usize, max_wait: Duration) -> Result<()> {
+        self.start_gather(max_records, max_wait).await?;
+        self.finish_gather().await
+    }
+
+    /// Starts a gather on a blocking thread (after taking the one in flight, if any): it runs
+    /// while the caller goes on, and [`Self::finish_gather`] takes what it read.
+    async fn start_gather(&mut self, max_records: usize, max_wait: Duration) -> Result<()> {
+        self.finish_gather().await?;
         let consumer = self.consumer()?;
-        // The table goes to the blocking thread and comes back with any new partitions.
-        let mut table = std::mem::take(&mut self.partitions);
+        // A copy of the table goes to the blocking thread and comes back with any new
+        // partitions (only a gather numbers partitions); the source keeps naming the records it
+        // handed out meanwhile.
+        let mut table = self.partitions.clone();
         let wake = std::mem::take(&mut self.wake);
-        let (table, gathered) = tokio::task::spawn_blocking(move || {
+        self.gathering = Some(tokio::task::spawn_blocking(move || {
             wake_fetchers(&consumer, &wake);
             let gathered = gather(&consumer, &mut table, max_records, max_wait);
             (table, gathered)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
+        }));
+        Ok(())
+    }
+
+    /// Waits for the gather in flight, if any, and buffers what it read: its records, the
+    /// rebalances it served, the consumer's positions; checks the records for data loss.
+    async fn finish_gather(&mut self) -> Result<()> {
+        let Some(gathering) = self.gathering.take() else {
+            return Ok(());
+        };
+        let (table, gathered) = gathering
+            .await
+            .map_err(|e| Error::Internal(format!("kafka poll task failed: {e}")))?;
         self.partitions = table;
         let gathered = match gathered {
             Ok(g) => g,
@@ -469,6 +497,31 @@ impl KafkaSource {
             Err(e) => tracing::debug!(error = %e, "Could not read the partitions' ends."),
         }
         Ok(())
+    }
+
+    /// Starts a gather of up to a batch of records for the next batches (within the poll's buffer
+    /// bound) that runs while the engine decodes, queries and writes the batch just taken, when some
+    /// partition still being fetched has records the consumer has not read (by the last read
+    /// of the ends): a backlog, whose records are there to be read at once. A source that is
+    /// caught up reads nothing ahead, so a live record is never held in a gather until the
+    /// next poll. The next poll takes what it read; `close` waits for it and drops it.
+    ///
+    /// Why: librdkafka hands over records at about 1 CPU-s per 1,000,000 trades but mostly
+    /// waits on fetches, and without this the engine's decode and query waited for the poll and
+    /// the poll for them.
+    async fn read_ahead(&mut self, limits: PollLimits) -> Result<()> {
+        if self.buffer.len() >= buffer_bound(limits.max_records) {
+            return Ok(());
+        }
+        let unread = self
+            .assigned
+            .iter()
+            .filter(|p| !self.paused.contains(*p))
+            .any(|p| matches!((self.positions.get(p), self.ends.get(p)), (Some(at), Some(end)) if at < end));
+        if !unread {
+            return Ok(());
+        }
+        self.start_gather(limits.max_records, limits.max_wait).await
     }
 
     /// Takes a batch of each partition's share of buffered records (see [`Self::shares`]),
@@ -834,6 +887,12 @@ impl KafkaSource {
     }
 }
 
+/// The most records a poll buffers (with its read-ahead) for batches of `max_records`: enough to
+/// wait for every partition's share (see [`BALANCE_BUFFER`]), bounded.
+fn buffer_bound(max_records: usize) -> usize {
+    max_records.saturating_mul(8).max(BALANCE_BUFFER)
+}
+
 /// Wakes the broker threads that fetch `resumed`: librdkafka notices a resumed partition only at
 /// its broker thread's next loop, which idles up to a second when it has nothing to fetch (the
 /// other partitions paused or at their end), and every batch then waited for it. A request to
@@ -1085,10 +1144,14 @@ impl Source for KafkaSource {
             self.parse_offset(&range.start)?,
             self.parse_offset(&range.end)?,
         );
-        self.refetch(&start, &end).await
+        let batch = self.refetch(&start, &end).await?;
+        self.consumer()?.context().batch_handed_out();
+        Ok(batch)
     }
 
     async fn poll(&mut self, limits: PollLimits) -> Result<Poll> {
+        // What the last poll's read-ahead read, and the rebalances it served, first.
+        self.finish_gather().await?;
         // Batch ends held back by the commit interval go out once it has passed, also when no
         // batch follows them.
         if self.commit_due() {
@@ -1114,7 +1177,7 @@ impl Source for KafkaSource {
         let deadline = Instant::now() + limits.max_wait;
         let mut shares = self.shares(limits.max_records);
         self.throttle(&shares)?;
-        let bound = limits.max_records.saturating_mul(8).max(BALANCE_BUFFER);
+        let bound = buffer_bound(limits.max_records);
         while Self::short_of(&shares) && self.buffer.len() < bound {
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
@@ -1129,7 +1192,14 @@ impl Source for KafkaSource {
             self.throttle(&shares)?;
         }
         if !self.buffer.is_empty() {
-            return Ok(Poll::Batch(self.take_batch(&shares, limits.max_records)));
+            let batch = self.take_batch(&shares, limits.max_records);
+            self.consumer()?.context().batch_handed_out();
+            // Partitions the batch took down to less than their next share resume now, so
+            // that their fetch, like the read-ahead, runs while the batch is processed.
+            let shares = self.shares(limits.max_records);
+            self.throttle(&shares)?;
+            self.read_ahead(limits).await?;
+            return Ok(Poll::Batch(batch));
         }
         self.commit_marker_positions().await?;
         if self.caught_up().await? {
@@ -1154,12 +1224,17 @@ impl Source for KafkaSource {
     async fn commit(&mut self, end: &SourceOffset) -> Result<()> {
         let end = self.parse_offset(end)?;
         let Some(tpl) = self.owned(&end)? else {
+            if let Some(consumer) = &self.consumer {
+                consumer.context().batch_finished();
+            }
             return Ok(());
         };
         let consumer = self.consumer()?;
         let ends: Vec<_> = offsets_of(&tpl).collect();
         consumer.context().record_processed(ends.iter().cloned());
         consumer.context().defer_commit(ends);
+        // A revocation waiting for this batch commits the ends deferred above.
+        consumer.context().batch_finished();
         if self.commit_due() {
             self.send_uncommitted()?;
         }
@@ -1209,8 +1284,19 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) -> Result<()> {
-        // A read of the ends holds the consumer too: the consumer is closed here, not on the
-        // read's thread after this returns.
+        // A batch handed out and not committed is given up (a revocation must not wait for it
+        // while the group is left). A read of the ends or a read-ahead holds the consumer too:
+        // the consumer is closed here, not on their thread after this returns.
+        if let Some(consumer) = &self.consumer {
+            consumer.context().batch_finished();
+        }
+        // What a read-ahead read is dropped with the rest of the buffer, and so is a failure of
+        // it: no batch holds those records, and the run that closes the source is over.
+        if let Some(gathering) = self.gathering.take()
+            && let Ok((_, Err(e))) = gathering.await
+        {
+            tracing::debug!(error = %e, "The read-ahead at close failed.");
+        }
         self.take_ends().await?;
         // The last batch's commit, answered before the consumer leaves the group.
         self.settle_commit().await?;
@@ -1229,8 +1315,18 @@ impl Source for KafkaSource {
 /// committed here, so what was handed out but not committed is read again by the next owner.
 impl Drop for KafkaSource {
     fn drop(&mut self) {
-        // Another holder (a read of the ends still running) drops the last reference later; the
-        // group then sees this member leave when its session times out.
+        // A read-ahead ends within its poll's wait once no revocation waits for a batch; another
+        // holder still running after that (a read of the ends) drops the last reference later,
+        // and the group then sees this member leave when its session times out.
+        if let Some(consumer) = &self.consumer {
+            consumer.context().batch_finished();
+        }
+        if let Some(gathering) = self.gathering.take() {
+            let deadline = Instant::now() + LEAVE_WITHIN;
+            while !gathering.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         if let Some(consumer) = self.consumer.take().and_then(|c| Arc::try_unwrap(c).ok()) {
             leave_group(&consumer);
         }
