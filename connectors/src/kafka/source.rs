@@ -1168,6 +1168,11 @@ impl Source for KafkaSource {
         if self.buffer.len() < limits.max_records {
             self.gather(limits.max_records - self.buffer.len(), limits.max_wait)
                 .await?;
+        } else {
+            // Read ahead far enough, but the consumer is still polled at every batch, without
+            // waiting: librdkafka serves rebalances only in a poll, and a member that keeps
+            // taking batches from its buffer would never let a joining member have partitions.
+            self.gather(1, Duration::ZERO).await?;
         }
         self.refresh_ends().await?;
         // Fetch on until every partition has its share buffered (librdkafka hands over one
