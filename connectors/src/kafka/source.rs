@@ -499,6 +499,15 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Marks the batch handed out as finished without committing anything (none of its
+    /// partitions is this instance's any more, or the source is closing), so that no revocation
+    /// waits for it.
+    fn give_up_batch(&self) {
+        if let Some(consumer) = &self.consumer {
+            consumer.context().batch_finished();
+        }
+    }
+
     /// Starts a gather of up to a batch of records for the next batches (within the poll's buffer
     /// bound) that runs while the engine decodes, queries and writes the batch just taken, when some
     /// partition still being fetched has records the consumer has not read (by the last read
@@ -1229,9 +1238,7 @@ impl Source for KafkaSource {
     async fn commit(&mut self, end: &SourceOffset) -> Result<()> {
         let end = self.parse_offset(end)?;
         let Some(tpl) = self.owned(&end)? else {
-            if let Some(consumer) = &self.consumer {
-                consumer.context().batch_finished();
-            }
+            self.give_up_batch();
             return Ok(());
         };
         let consumer = self.consumer()?;
@@ -1292,9 +1299,7 @@ impl Source for KafkaSource {
         // A batch handed out and not committed is given up (a revocation must not wait for it
         // while the group is left). A read of the ends or a read-ahead holds the consumer too:
         // the consumer is closed here, not on their thread after this returns.
-        if let Some(consumer) = &self.consumer {
-            consumer.context().batch_finished();
-        }
+        self.give_up_batch();
         // What a read-ahead read is dropped with the rest of the buffer, and so is a failure of
         // it: no batch holds those records, and the run that closes the source is over.
         if let Some(gathering) = self.gathering.take()
@@ -1323,9 +1328,7 @@ impl Drop for KafkaSource {
         // A read-ahead ends within its poll's wait once no revocation waits for a batch; another
         // holder still running after that (a read of the ends) drops the last reference later,
         // and the group then sees this member leave when its session times out.
-        if let Some(consumer) = &self.consumer {
-            consumer.context().batch_finished();
-        }
+        self.give_up_batch();
         if let Some(gathering) = self.gathering.take() {
             let deadline = Instant::now() + LEAVE_WITHIN;
             while !gathering.is_finished() && Instant::now() < deadline {
