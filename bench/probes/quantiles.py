@@ -1,0 +1,9 @@
+"""The one-line latency summary the probes print."""
+
+
+def summary(ms):
+    """`n=… p50=… p90=… p99=… p99.9=… max=… ms; over 25 ms: …` of a list of milliseconds."""
+    ms = sorted(ms)
+    q = lambda p: ms[min(len(ms) - 1, int(p * len(ms)))]  # noqa: E731
+    return (f"n={len(ms)} p50={q(.5):.2f} p90={q(.9):.2f} p99={q(.99):.2f} "
+            f"p99.9={q(.999):.2f} max={ms[-1]:.2f} ms; over 25 ms: {sum(m > 25 for m in ms)}")
