@@ -29,7 +29,7 @@ def sample(pid):
 
 
 def main():
-    if len(sys.argv) < 2:
+    if len(sys.argv) < 2 or sys.argv[1:] == ["--pid"]:
         sys.exit(__doc__)
     if sys.argv[1] == "--pid":
         pid, child = int(sys.argv[2]), None
