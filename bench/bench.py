@@ -1563,14 +1563,17 @@ def chart(path: str, runs, live, embedded=None) -> str | None:
              "Peak RSS of the process tree (→ Cassandra)", "MB (lower is better)")
         ax = axes[1][1]
         if live:
-            xs = [labels[r["engine"]] + (f"\n{r['trigger']}" if is_coinstream(r["engine"]) else "")
-                  + (" Delta" if r.get("store") == "delta" else "") for r in live]
+            # Five or more bars share half the figure's width: the trigger without its
+            # `interval:` prefix, and the store on a line of its own, keep the labels apart.
+            xs = [labels[r["engine"]]
+                  + (f"\n{r['trigger'].removeprefix('interval:')}" if is_coinstream(r["engine"]) else "")
+                  + ("\nDelta" if r.get("store") == "delta" else "") for r in live]
             p50 = [r.get("p50_ms") or 0 for r in live]
             p99 = [r.get("p99_ms") or 0 for r in live]
             x = range(len(xs))
             ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50", color="#1f77b4")
             ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99", color="#9467bd")
-            ax.set_xticks(list(x), xs)
+            ax.set_xticks(list(x), xs, fontsize=8)
             ax.set_yscale("log")
             ax.set_ylabel("ms, log scale (lower is better)")
             ax.set_title("Live end-to-end latency")
