@@ -15,7 +15,10 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use connectors::delta::{CompactionConfig, DeltaConfig, DeltaSink};
 use connectors::parquet::{ParquetConfig, ParquetSink};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use engine::Sink;
 
 const SYMBOLS: [&str; 9] = [
@@ -95,6 +98,30 @@ fn partition_by() -> Vec<String> {
     vec!["symbol".into(), "trade_date".into()]
 }
 
+/// Benches `sink` as `name`: one write of `batch` per iteration, each the next micro-batch (a
+/// batch id the sink has not committed), after the healthcheck and the query binding a run does.
+fn bench_sink(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    mut sink: Box<dyn Sink>,
+    batch: &RecordBatch,
+) {
+    rt.block_on(async {
+        sink.healthcheck().await.unwrap();
+        sink.bind_query("bench", 0).await.unwrap();
+    });
+    let mut batch_id = 0;
+    group.bench_function(BenchmarkId::new(name, batch.num_rows()), |b| {
+        b.iter(|| {
+            rt.block_on(sink.write(batch_id, std::slice::from_ref(batch)))
+                .unwrap();
+            batch_id += 1;
+        })
+    });
+    rt.block_on(sink.close()).unwrap();
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -106,9 +133,8 @@ fn bench(c: &mut Criterion) {
     for rows in [40_000, 20] {
         let batch = profit_rows(rows);
         group.throughput(Throughput::Elements(rows as u64));
-
         let dir = tempfile::tempdir().unwrap();
-        let mut delta = DeltaSink::new(
+        let delta = DeltaSink::new(
             DeltaConfig {
                 path: dir.path().join("delta"),
                 partition_by: partition_by(),
@@ -119,41 +145,19 @@ fn bench(c: &mut Criterion) {
             },
             profit_schema(),
         );
-        rt.block_on(async {
-            delta.healthcheck().await.unwrap();
-            delta.bind_query("bench", 0).await.unwrap();
-        });
-        // Each iteration is the next micro-batch: a batch id the table has not committed.
-        let mut batch_id = 0;
-        group.bench_function(BenchmarkId::new("delta, one commit", rows), |b| {
-            b.iter(|| {
-                rt.block_on(delta.write(batch_id, std::slice::from_ref(&batch)))
-                    .unwrap();
-                batch_id += 1;
-            })
-        });
-        rt.block_on(delta.close()).unwrap();
-
-        let mut parquet = ParquetSink::new(ParquetConfig {
+        bench_sink(
+            &mut group,
+            &rt,
+            "delta, one commit",
+            Box::new(delta),
+            &batch,
+        );
+        let parquet = ParquetSink::new(ParquetConfig {
             path: dir.path().join("parquet"),
             partition_by: partition_by(),
         });
-        rt.block_on(async {
-            parquet.healthcheck().await.unwrap();
-            parquet.bind_query("bench", 0).await.unwrap();
-        });
-        let mut batch_id = 0;
-        group.bench_function(
-            BenchmarkId::new("parquet, files per partition", rows),
-            |b| {
-                b.iter(|| {
-                    rt.block_on(parquet.write(batch_id, std::slice::from_ref(&batch)))
-                        .unwrap();
-                    batch_id += 1;
-                })
-            },
-        );
-        rt.block_on(parquet.close()).unwrap();
+        let name = "parquet, files per partition";
+        bench_sink(&mut group, &rt, name, Box::new(parquet), &batch);
     }
     group.finish();
 }
